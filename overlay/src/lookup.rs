@@ -1,0 +1,302 @@
+//! The iterative lookup: a state machine that knows whom to ask next.
+//!
+//! It holds candidates sorted by distance to the target. A driver (the
+//! [`Overlay`](crate::Overlay)) asks it for the next peer to query, and feeds
+//! it each answer (`on_success`) or failure (`on_failure`). At most `alpha`
+//! requests are in flight per path; the lookup ends when the `k` closest
+//! candidates that did not fail have all answered, or nothing is left to ask.
+//!
+//! With `paths > 1` it runs disjoint paths (S/Kademlia): the seeds are dealt
+//! round-robin to the paths, and no peer is queried by two paths, so one
+//! adversarial region cannot capture every path.
+
+use std::collections::BTreeSet;
+
+use crate::{Addr, Distance, Key, PeerInfo};
+
+/// Where a candidate stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    NotContacted,
+    Waiting,
+    Succeeded,
+    /// Failed, or skipped because another path claimed it.
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate<A> {
+    peer: PeerInfo<A>,
+    distance: Distance,
+    state: State,
+    /// Length of the chain of responses through which this peer was first
+    /// learned: 0 for seeds from the local table.
+    hops: u8,
+}
+
+#[derive(Clone, Debug)]
+struct Path<A> {
+    /// Sorted by distance, closest first; at most `capacity` long.
+    candidates: Vec<Candidate<A>>,
+    in_flight: usize,
+}
+
+/// A lookup's progress; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Lookup<A> {
+    target: Key,
+    k: usize,
+    alpha: usize,
+    capacity: usize,
+    paths: Vec<Path<A>>,
+    /// Peers queried by some path; only kept with disjoint paths.
+    claimed: BTreeSet<Key>,
+}
+
+impl<A: Addr> Lookup<A> {
+    /// A lookup for `target` starting from `seeds` (the local table's closest).
+    pub fn new(target: Key, seeds: Vec<PeerInfo<A>>, k: usize, alpha: usize, paths: usize) -> Self {
+        let paths_count = paths.clamp(1, alpha.max(1));
+        let capacity = (3 * k).max(16);
+        let mut lookup = Lookup {
+            target,
+            k,
+            alpha: (alpha / paths_count).max(1),
+            capacity,
+            paths: (0..paths_count)
+                .map(|_| Path {
+                    candidates: Vec::new(),
+                    in_flight: 0,
+                })
+                .collect(),
+            claimed: BTreeSet::new(),
+        };
+        for (i, seed) in seeds.into_iter().enumerate() {
+            let path = i % paths_count;
+            lookup.insert(path, seed, 0);
+        }
+        lookup
+    }
+
+    /// The key being looked up.
+    pub fn target(&self) -> Key {
+        self.target
+    }
+
+    /// Number of disjoint paths.
+    pub fn path_count(&self) -> usize {
+        self.paths.len()
+    }
+
+    fn insert(&mut self, path: usize, peer: PeerInfo<A>, hops: u8) {
+        let distance = peer.key.distance(&self.target);
+        let candidates = &mut self.paths[path].candidates;
+        let pos = match candidates.binary_search_by(|c| c.distance.cmp(&distance)) {
+            Ok(_) => return, // already known on this path
+            Err(pos) => pos,
+        };
+        if pos >= self.capacity {
+            return;
+        }
+        candidates.insert(
+            pos,
+            Candidate {
+                peer,
+                distance,
+                state: State::NotContacted,
+                hops,
+            },
+        );
+        if candidates.len() > self.capacity {
+            // Drop the farthest candidate that is not awaiting an answer.
+            if let Some(drop) = candidates.iter().rposition(|c| c.state != State::Waiting) {
+                candidates.remove(drop);
+            }
+        }
+    }
+
+    /// The next peer to query on some path, marked as in flight, with the
+    /// path it belongs to. `None` when every path has `alpha` requests in
+    /// flight or nothing worth asking.
+    pub fn next_query(&mut self) -> Option<(usize, PeerInfo<A>)> {
+        for path in 0..self.paths.len() {
+            if let Some(peer) = self.next_on_path(path) {
+                return Some((path, peer));
+            }
+        }
+        None
+    }
+
+    fn next_on_path(&mut self, path_index: usize) -> Option<PeerInfo<A>> {
+        let disjoint = self.paths.len() > 1;
+        let (k, alpha) = (self.k, self.alpha);
+        let path = &mut self.paths[path_index];
+        if path.in_flight >= alpha {
+            return None;
+        }
+        let mut live = 0;
+        for c in path.candidates.iter_mut() {
+            if live >= k {
+                break;
+            }
+            match c.state {
+                State::Failed => continue,
+                State::NotContacted => {
+                    if disjoint && self.claimed.contains(&c.peer.key) {
+                        c.state = State::Failed;
+                        continue;
+                    }
+                    c.state = State::Waiting;
+                    path.in_flight += 1;
+                    if disjoint {
+                        self.claimed.insert(c.peer.key);
+                    }
+                    return Some(c.peer.clone());
+                }
+                State::Waiting | State::Succeeded => live += 1,
+            }
+        }
+        None
+    }
+
+    fn find(&mut self, path: usize, key: &Key) -> Option<&mut Candidate<A>> {
+        let distance = key.distance(&self.target);
+        let candidates = &mut self.paths.get_mut(path)?.candidates;
+        let pos = candidates.binary_search_by(|c| c.distance.cmp(&distance)).ok()?;
+        Some(&mut candidates[pos])
+    }
+
+    /// `peer` on `path` answered with `closer` peers.
+    pub fn on_success(&mut self, path: usize, peer: &Key, closer: Vec<PeerInfo<A>>) {
+        let Some(c) = self.find(path, peer) else { return };
+        if c.state != State::Waiting {
+            return;
+        }
+        c.state = State::Succeeded;
+        let hops = c.hops.saturating_add(1);
+        self.paths[path].in_flight -= 1;
+        for p in closer {
+            self.insert(path, p, hops);
+        }
+    }
+
+    /// The request to `peer` on `path` failed.
+    pub fn on_failure(&mut self, path: usize, peer: &Key) {
+        let Some(c) = self.find(path, peer) else { return };
+        if c.state != State::Waiting {
+            return;
+        }
+        c.state = State::Failed;
+        self.paths[path].in_flight -= 1;
+    }
+
+    /// Whether the lookup is over: no path has a request in flight or a
+    /// candidate left to ask among its `k` closest live ones.
+    pub fn is_finished(&self) -> bool {
+        self.paths.iter().all(|path| {
+            if path.in_flight > 0 {
+                return false;
+            }
+            let mut live = 0;
+            for c in &path.candidates {
+                if live >= self.k {
+                    break;
+                }
+                match c.state {
+                    State::Failed => {}
+                    State::Succeeded => live += 1,
+                    State::NotContacted => {
+                        if !(self.paths.len() > 1 && self.claimed.contains(&c.peer.key)) {
+                            return false;
+                        }
+                    }
+                    State::Waiting => return false,
+                }
+            }
+            true
+        })
+    }
+
+    /// The up-to-`count` closest peers that answered, over all paths, closest
+    /// first, and the hop count of the closest (see `BENCHMARKS.md`).
+    pub fn result(&self, count: usize) -> (Vec<PeerInfo<A>>, u8) {
+        let mut answered: Vec<&Candidate<A>> = self
+            .paths
+            .iter()
+            .flat_map(|p| p.candidates.iter())
+            .filter(|c| c.state == State::Succeeded)
+            .collect();
+        answered.sort_by(|a, b| a.distance.cmp(&b.distance));
+        answered.dedup_by(|a, b| a.peer.key == b.peer.key);
+        let hops = answered.first().map_or(0, |c| c.hops);
+        (answered.into_iter().take(count).map(|c| c.peer.clone()).collect(), hops)
+    }
+
+    /// The peers that answered, closest first (for the store phase).
+    pub fn answered(&self, count: usize) -> Vec<PeerInfo<A>> {
+        self.result(count).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    /// Runs a lookup against a fully known set of peers where each peer
+    /// answers with the `k` closest it knows (all of them): it must find the
+    /// true closest `k`.
+    #[test]
+    fn finds_true_closest_in_a_static_world() {
+        for paths in [1, 2, 3] {
+            let mut rng = Rng::seed_from_u64(paths as u64);
+            let peers: Vec<PeerInfo<u32>> = (0..200).map(|i| PeerInfo::new(rng.key(), i)).collect();
+            let target = rng.key();
+            let mut by_distance = peers.clone();
+            by_distance.sort_by_key(|p| p.key.distance(&target));
+            let seeds = peers[..6].to_vec();
+            let mut lookup = Lookup::new(target, seeds, 20, 3, paths);
+            let mut steps = 0;
+            while !lookup.is_finished() {
+                steps += 1;
+                assert!(steps < 10_000, "lookup livelocked");
+                let Some((path, peer)) = lookup.next_query() else {
+                    panic!("not finished, yet nothing to ask and nothing in flight")
+                };
+                // Each peer knows a random third of the world.
+                let mut known: Vec<PeerInfo<u32>> =
+                    peers.iter().filter(|p| (p.addr + peer.addr) % 3 == 0).cloned().collect();
+                known.sort_by_key(|p| p.key.distance(&target));
+                known.truncate(20);
+                if peer.addr % 17 == 5 {
+                    lookup.on_failure(path, &peer.key);
+                } else {
+                    lookup.on_success(path, &peer.key, known);
+                }
+            }
+            let (result, _hops) = lookup.result(20);
+            let closest_live = by_distance.iter().find(|p| p.addr % 17 != 5).unwrap();
+            assert_eq!(result.first(), Some(closest_live), "paths = {paths}");
+        }
+    }
+
+    #[test]
+    fn hop_counts_follow_the_chain_of_responses() {
+        let mut rng = Rng::seed_from_u64(9);
+        let target = rng.key();
+        let far = PeerInfo::new(target.random_in_bucket(0, &rng.key()), 1u32);
+        let mid = PeerInfo::new(target.random_in_bucket(8, &rng.key()), 2u32);
+        let near = PeerInfo::new(target.random_in_bucket(40, &rng.key()), 3u32);
+        let mut lookup = Lookup::new(target, vec![far.clone()], 20, 3, 1);
+        let (p, _) = lookup.next_query().unwrap();
+        lookup.on_success(p, &far.key, vec![mid.clone()]);
+        let (q, _) = lookup.next_query().unwrap();
+        lookup.on_success(q, &mid.key, vec![near.clone()]);
+        let (r, _) = lookup.next_query().unwrap();
+        lookup.on_success(r, &near.key, vec![]);
+        assert!(lookup.is_finished());
+        let (result, hops) = lookup.result(20);
+        assert_eq!(result[0], near);
+        assert_eq!(hops, 2);
+    }
+}

@@ -1,0 +1,834 @@
+//! The overlay core: one peer's Kademlia state machine.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::lookup::Lookup;
+use crate::query::{Query, QueryKind};
+use crate::record::{AnyRecord, PutOutcome, RecordStore, Signer, MAX_VALUE_BYTES};
+use crate::routing::{Failed, Observed, RoutingTable};
+use crate::{
+    Addr, CommandError, Config, ConfigError, Event, Instant, Key, Mode, PeerInfo, ProviderRecord, QueryId,
+    QueryStats, RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
+};
+
+/// Why a request was sent; decides what its answer means.
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    /// A step of a query's lookup, on one of its paths.
+    Lookup { query: QueryId, path: usize },
+    /// Storing a record at a home member, for a put or a leave.
+    Store { query: QueryId },
+    /// Pinging a bucket's oldest entry to decide whether it stays.
+    EvictionPing,
+    /// Pinging a stale entry in case it came back.
+    Probe,
+    /// Replicating a record to a home member; only liveness matters.
+    Replicate,
+}
+
+#[derive(Clone, Debug)]
+struct Outstanding<A> {
+    peer: PeerInfo<A>,
+    purpose: Purpose,
+    deadline: Instant,
+}
+
+/// A record this peer publishes itself and so re-signs and re-puts.
+#[derive(Clone, Debug)]
+enum Published {
+    Value { value: Vec<u8>, next: Instant },
+    Provider { next: Instant },
+}
+
+#[derive(Debug)]
+struct Leave {
+    query: QueryId,
+    pending: usize,
+    handed_off: usize,
+    failed: usize,
+}
+
+/// One peer's overlay: routing table, lookups, records, replication.
+///
+/// # Driving it
+///
+/// - Inputs, each with the driver's `now`: [`handle_request`](Self::handle_request)
+///   (answered at once), [`handle_response`](Self::handle_response),
+///   [`handle_failure`](Self::handle_failure), [`handle_timeout`](Self::handle_timeout).
+/// - Commands: [`bootstrap`](Self::bootstrap), [`find_node`](Self::find_node),
+///   [`get_value`](Self::get_value), [`put_value`](Self::put_value),
+///   [`start_providing`](Self::start_providing), [`get_providers`](Self::get_providers),
+///   [`leave`](Self::leave), [`add_peer`](Self::add_peer). Each returns the
+///   [`QueryId`] that comes back in its [`Event`].
+/// - Outputs, drained after every input or command, in this order:
+///   [`poll_transmit`](Self::poll_transmit) until `None`, then
+///   [`poll_event`](Self::poll_event) until `None`, then
+///   [`poll_timeout`](Self::poll_timeout) — the instant at which to call
+///   `handle_timeout` next.
+#[derive(Debug)]
+pub struct Overlay<A: Addr> {
+    config: Arc<Config>,
+    local: PeerInfo<A>,
+    signer: Box<dyn Signer>,
+    rng: Rng,
+    table: RoutingTable<A>,
+    store: RecordStore<A>,
+    published: BTreeMap<Key, Published>,
+    queries: BTreeMap<QueryId, Query<A>>,
+    /// Bootstrap queries waiting on their refresh lookups: how many are left.
+    bootstraps: BTreeMap<QueryId, (usize, QueryStats)>,
+    outstanding: BTreeMap<RequestId, Outstanding<A>>,
+    deadlines: BTreeSet<(Instant, RequestId)>,
+    maintenance_at: Instant,
+    transmits: VecDeque<Transmit<A>>,
+    events: VecDeque<Event<A>>,
+    next_request: u64,
+    next_query: u64,
+    leave: Option<Leave>,
+}
+
+impl<A: Addr> Overlay<A> {
+    /// A core for the local peer `local`, signing with `signer` (whose public
+    /// key must hash to `local.key`), drawing randomness from `rng_seed`.
+    pub fn new(config: Arc<Config>, local: PeerInfo<A>, signer: Box<dyn Signer>, rng_seed: u64, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if Key::of_public_key(signer.public_key()) != local.key {
+            return Err(ConfigError("the local key must be the BLAKE3 hash of the signer's public key"));
+        }
+        let table = RoutingTable::new(local.key, config.k, config.replacement_cache, config.max_failures);
+        let store = RecordStore::new(config.store);
+        let maintenance_at = now + config.maintenance_interval;
+        Ok(Overlay {
+            config,
+            local,
+            signer,
+            rng: Rng::seed_from_u64(rng_seed),
+            table,
+            store,
+            published: BTreeMap::new(),
+            queries: BTreeMap::new(),
+            bootstraps: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            maintenance_at,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_request: 0,
+            next_query: 0,
+            leave: None,
+        })
+    }
+
+    // ----- getters -------------------------------------------------------
+
+    /// This peer.
+    pub fn local(&self) -> &PeerInfo<A> {
+        &self.local
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The routing table.
+    pub fn routing_table(&self) -> &RoutingTable<A> {
+        &self.table
+    }
+
+    /// The records this peer holds for the homes it belongs to.
+    pub fn record_store(&self) -> &RecordStore<A> {
+        &self.store
+    }
+
+    /// Queries running now.
+    pub fn queries_in_flight(&self) -> usize {
+        self.queries.len()
+    }
+
+    /// Requests awaiting an answer.
+    pub fn requests_in_flight(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The `r` peers this peer believes form the home of `key`, counting
+    /// itself when it is one of them; closest first.
+    pub fn home_of(&self, key: &Key) -> Vec<PeerInfo<A>> {
+        let r = self.config.replication;
+        let mut home = self.table.closest(key, r, None);
+        let own = self.local.key.distance(key);
+        let pos = home.iter().position(|p| p.key.distance(key) > own).unwrap_or(home.len());
+        if pos < r {
+            home.insert(pos, self.local.clone());
+            home.truncate(r);
+        }
+        home
+    }
+
+    // ----- inputs ----------------------------------------------------------
+
+    /// Answers a request from `from`, who says it runs in `mode`.
+    ///
+    /// `from.key` must already be bound to `from.addr` by the driver (the node
+    /// derives it from the authenticated peer id).
+    pub fn handle_request(&mut self, now: Instant, from: PeerInfo<A>, mode: Mode, request: Request<A>) -> Response<A> {
+        if mode == Mode::Server && from.addr.matches_key(&from.key) && self.leave.is_none() {
+            self.observe(now, from.clone());
+        }
+        let k = self.config.k;
+        match request {
+            Request::Ping => Response::Pong,
+            Request::FindNode { target } => Response::Nodes {
+                closer: self.table.closest(&target, k, Some(&from.key)),
+            },
+            Request::GetValue { key } => Response::Value {
+                record: self.store.value(&key, now).cloned(),
+                closer: self.table.closest(&key, k, Some(&from.key)),
+            },
+            Request::GetProviders { key } => Response::Providers {
+                providers: self.store.providers(&key, now, self.config.max_providers),
+                closer: self.table.closest(&key, k, Some(&from.key)),
+            },
+            Request::PutValue { record } => match self.accept(now, AnyRecord::Value(record)) {
+                Ok(_) => Response::Stored,
+                Err(e) => Response::Rejected(e),
+            },
+            Request::AddProvider { record } => match self.accept(now, AnyRecord::Provider(record)) {
+                Ok(_) => Response::Stored,
+                Err(e) => Response::Rejected(e),
+            },
+        }
+    }
+
+    /// The answer to request `id` arrived.
+    pub fn handle_response(&mut self, now: Instant, id: RequestId, response: Response<A>) {
+        let Some(out) = self.take_outstanding(id) else {
+            return; // answered after its timeout, or a duplicate
+        };
+        let peer = out.peer;
+        match out.purpose {
+            Purpose::EvictionPing => {
+                if matches!(response, Response::Pong) {
+                    self.table.finish_eviction_ping(&peer.key, true, now);
+                } else {
+                    self.eviction_failed(now, &peer);
+                }
+            }
+            Purpose::Probe | Purpose::Replicate => {
+                self.observe(now, peer);
+            }
+            Purpose::Store { query } => {
+                let stored = matches!(response, Response::Stored);
+                self.observe(now, peer);
+                self.store_answered(now, query, stored);
+            }
+            Purpose::Lookup { query, path } => self.lookup_answered(now, query, path, peer, response),
+        }
+    }
+
+    /// Request `id` failed: the connection broke, or the peer refused it.
+    pub fn handle_failure(&mut self, now: Instant, id: RequestId) {
+        let Some(out) = self.take_outstanding(id) else { return };
+        self.request_failed(now, out);
+    }
+
+    /// Time passed: expire requests and run due maintenance.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            if let Some(out) = self.take_outstanding(id) {
+                self.request_failed(now, out);
+            }
+        }
+        if self.maintenance_at <= now {
+            self.maintenance_at = now + self.config.maintenance_interval;
+            self.maintain(now);
+        }
+    }
+
+    // ----- commands -------------------------------------------------------
+
+    /// Joins the overlay through `seeds` (bootstrap peers, peers found by
+    /// mDNS, or remembered ones): a lookup for the local key, then a refresh
+    /// of every bucket farther than the closest neighbour found.
+    pub fn bootstrap(&mut self, now: Instant, seeds: Vec<PeerInfo<A>>) -> Result<QueryId, CommandError> {
+        for seed in seeds {
+            self.add_peer(now, seed);
+        }
+        self.start_query(now, self.local.key, QueryKind::Bootstrap)
+    }
+
+    /// Adds a peer the driver learned about (mDNS, configuration).
+    pub fn add_peer(&mut self, now: Instant, peer: PeerInfo<A>) {
+        if peer.addr.matches_key(&peer.key) {
+            self.observe(now, peer);
+        }
+    }
+
+    /// Forgets a peer the driver knows has left.
+    pub fn remove_peer(&mut self, now: Instant, key: &Key) {
+        if let Failed::Removed | Failed::Replaced(_) = self.table.remove(key) {
+            self.peer_gone(now, key);
+        }
+    }
+
+    /// Looks up the k peers closest to `target`.
+    pub fn find_node(&mut self, now: Instant, target: Key) -> Result<QueryId, CommandError> {
+        self.start_query(now, target, QueryKind::FindNode)
+    }
+
+    /// Looks up the value record at `key`.
+    pub fn get_value(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
+        self.start_query(now, key, QueryKind::GetValue { found: None, valid: 0 })
+    }
+
+    /// Looks up providers of `key`.
+    pub fn get_providers(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
+        self.start_query(now, key, QueryKind::GetProviders { found: Vec::new() })
+    }
+
+    /// Signs `value` as the record at `key` and stores it at the key's home.
+    /// The core republishes it every `republish_interval`.
+    pub fn put_value(&mut self, now: Instant, key: Key, value: Vec<u8>) -> Result<QueryId, CommandError> {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(CommandError::ValueTooLarge { key, bytes: value.len(), max: MAX_VALUE_BYTES });
+        }
+        let record = self.sign_value(now, key, value.clone());
+        let id = self.start_query(now, key, QueryKind::PutValue { record })?;
+        let next = now + self.config.republish_interval;
+        self.published.insert(key, Published::Value { value, next });
+        Ok(id)
+    }
+
+    /// Announces at the home of `key` that this peer provides it, and keeps
+    /// announcing until [`stop_providing`](Self::stop_providing).
+    pub fn start_providing(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
+        let record = self.sign_provider(now, key);
+        let id = self.start_query(now, key, QueryKind::AddProvider { record })?;
+        let next = now + self.config.republish_interval;
+        self.published.insert(key, Published::Provider { next });
+        Ok(id)
+    }
+
+    /// Stops re-announcing `key`; the record lapses at its home when it expires.
+    pub fn stop_providing(&mut self, key: &Key) {
+        if matches!(self.published.get(key), Some(Published::Provider { .. })) {
+            self.published.remove(key);
+        }
+    }
+
+    /// Leaves gracefully: hands every held record to the rest of its home and
+    /// reports [`Event::Left`] when they have answered. Stops serving.
+    pub fn leave(&mut self, now: Instant) -> QueryId {
+        let query = self.next_query_id();
+        let mut leave = Leave { query, pending: 0, handed_off: 0, failed: 0 };
+        for key in self.store.keys() {
+            let records = self.store.records_at(&key, now);
+            let home = self.table.closest(&key, self.config.replication, None);
+            for member in home {
+                for record in &records {
+                    let request = store_request(record.clone());
+                    self.send(now, member.clone(), request, Purpose::Store { query });
+                    leave.pending += 1;
+                }
+            }
+        }
+        self.published.clear();
+        self.queries.clear();
+        self.bootstraps.clear();
+        let done = leave.pending == 0;
+        self.leave = Some(leave);
+        if done {
+            self.finish_leave();
+        }
+        query
+    }
+
+    // ----- outputs --------------------------------------------------------
+
+    /// The next request to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the user.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event<A>> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let request = self.deadlines.first().map(|&(t, _)| t);
+        Some(request.map_or(self.maintenance_at, |t| t.min(self.maintenance_at)))
+    }
+
+    // ----- internals: requests ---------------------------------------------
+
+    fn next_query_id(&mut self) -> QueryId {
+        self.next_query += 1;
+        QueryId(self.next_query)
+    }
+
+    fn send(&mut self, now: Instant, to: PeerInfo<A>, request: Request<A>, purpose: Purpose) {
+        self.next_request += 1;
+        let id = RequestId(self.next_request);
+        let deadline = now + self.config.request_timeout;
+        self.deadlines.insert((deadline, id));
+        self.outstanding.insert(id, Outstanding { peer: to.clone(), purpose, deadline });
+        self.transmits.push_back(Transmit { id, to, mode: self.config.mode, request });
+    }
+
+    fn take_outstanding(&mut self, id: RequestId) -> Option<Outstanding<A>> {
+        let out = self.outstanding.remove(&id)?;
+        self.deadlines.remove(&(out.deadline, id));
+        Some(out)
+    }
+
+    fn request_failed(&mut self, now: Instant, out: Outstanding<A>) {
+        let peer = out.peer;
+        match out.purpose {
+            Purpose::EvictionPing => self.eviction_failed(now, &peer),
+            Purpose::Lookup { query, path } => {
+                self.count_failure(now, &peer);
+                if let Some(q) = self.queries.get_mut(&query) {
+                    q.stats.failures += 1;
+                    q.lookup.on_failure(path, &peer.key);
+                    self.drive(now, query);
+                }
+            }
+            Purpose::Store { query } => {
+                self.count_failure(now, &peer);
+                self.store_answered(now, query, false);
+            }
+            Purpose::Probe | Purpose::Replicate => self.count_failure(now, &peer),
+        }
+    }
+
+    fn count_failure(&mut self, now: Instant, peer: &PeerInfo<A>) {
+        match self.table.record_failure(&peer.key) {
+            Failed::Replaced(replacement) => {
+                self.events.push_back(Event::PeerRemoved { peer: peer.clone() });
+                self.peer_gone(now, &peer.key);
+                self.peer_arrived(now, replacement);
+            }
+            Failed::Removed => {
+                self.events.push_back(Event::PeerRemoved { peer: peer.clone() });
+                self.peer_gone(now, &peer.key);
+            }
+            Failed::Unknown | Failed::Counted | Failed::Stale => {}
+        }
+    }
+
+    fn eviction_failed(&mut self, now: Instant, peer: &PeerInfo<A>) {
+        match self.table.finish_eviction_ping(&peer.key, false, now) {
+            Some((evicted, newcomer)) => {
+                self.events.push_back(Event::PeerRemoved { peer: evicted.clone() });
+                self.peer_gone(now, &evicted.key);
+                self.peer_arrived(now, newcomer);
+            }
+            None => self.count_failure(now, peer),
+        }
+    }
+
+    // ----- internals: routing table ----------------------------------------
+
+    fn observe(&mut self, now: Instant, peer: PeerInfo<A>) {
+        match self.table.observe(peer.clone(), now) {
+            Observed::Inserted => self.peer_arrived(now, peer),
+            Observed::Replaced(old) => {
+                self.events.push_back(Event::PeerRemoved { peer: old.clone() });
+                self.peer_gone(now, &old.key);
+                self.peer_arrived(now, peer);
+            }
+            Observed::PingOldest(oldest) => self.send(now, oldest, Request::Ping, Purpose::EvictionPing),
+            Observed::Local | Observed::Refreshed | Observed::Queued => {}
+        }
+    }
+
+    /// A peer entered the table: hand it the records whose home it joined.
+    fn peer_arrived(&mut self, now: Instant, peer: PeerInfo<A>) {
+        self.events.push_back(Event::PeerAdded { peer: peer.clone() });
+        if self.store.is_empty() {
+            return;
+        }
+        for key in self.store.keys() {
+            if self.home_of(&key).iter().any(|m| m.key == peer.key) {
+                let next = now + self.config.replicate_interval;
+                for record in self.store.records_at(&key, next) {
+                    self.send(now, peer.clone(), store_request(record), Purpose::Replicate);
+                }
+            }
+        }
+    }
+
+    /// A peer left the table: where it was in a home with us, the home now
+    /// has a new member, who gets the records.
+    fn peer_gone(&mut self, now: Instant, gone: &Key) {
+        if self.store.is_empty() {
+            return;
+        }
+        for key in self.store.keys() {
+            let home = self.home_of(&key);
+            let Some(last) = home.last() else { continue };
+            let was_member = gone.distance(&key) <= last.key.distance(&key);
+            if !was_member || !home.iter().any(|m| m.key == self.local.key) {
+                continue;
+            }
+            let next = now + self.config.replicate_interval;
+            let local = self.local.key;
+            let records = self.store.records_at(&key, next);
+            for member in home.iter().filter(|m| m.key != local) {
+                for record in &records {
+                    self.send(now, member.clone(), store_request(record.clone()), Purpose::Replicate);
+                }
+            }
+        }
+    }
+
+    // ----- internals: queries ----------------------------------------------
+
+    fn start_query(&mut self, now: Instant, target: Key, kind: QueryKind<A>) -> Result<QueryId, CommandError> {
+        if self.leave.is_some() {
+            return Err(CommandError::Leaving);
+        }
+        if self.queries.len() >= self.config.max_queries {
+            return Err(CommandError::TooManyQueries { max: self.config.max_queries });
+        }
+        let id = self.next_query_id();
+        let seeds = self.table.closest(&target, self.config.k, None);
+        self.table.touch(&target, now);
+        let lookup = Lookup::new(target, seeds, self.config.k, self.config.alpha, self.config.disjoint_paths);
+        self.queries.insert(id, Query { kind, lookup, started: now, stats: QueryStats::default(), storing: None });
+        self.drive(now, id);
+        Ok(id)
+    }
+
+    /// Sends what the lookup wants sent, and finishes it when it is done.
+    fn drive(&mut self, now: Instant, id: QueryId) {
+        let Some(query) = self.queries.get_mut(&id) else { return };
+        if query.storing.is_some() {
+            return;
+        }
+        let target = query.lookup.target();
+        let mut sends = Vec::new();
+        while let Some((path, peer)) = query.lookup.next_query() {
+            let request = match query.kind {
+                QueryKind::GetValue { .. } => Request::GetValue { key: target },
+                QueryKind::GetProviders { .. } => Request::GetProviders { key: target },
+                _ => Request::FindNode { target },
+            };
+            query.stats.requests += 1;
+            sends.push((peer, request, path));
+        }
+        let finished = query.lookup.is_finished();
+        for (peer, request, path) in sends {
+            self.send(now, peer, request, Purpose::Lookup { query: id, path });
+        }
+        if finished {
+            self.lookup_finished(now, id);
+        }
+    }
+
+    fn lookup_answered(&mut self, now: Instant, id: QueryId, path: usize, peer: PeerInfo<A>, response: Response<A>) {
+        let (closer, record, providers) = match response {
+            Response::Nodes { closer } => (closer, None, Vec::new()),
+            Response::Value { record, closer } => (closer, record, Vec::new()),
+            Response::Providers { providers, closer } => (closer, None, providers),
+            Response::Pong | Response::Stored | Response::Rejected(_) => {
+                // Not an answer to a lookup step: the peer misbehaves.
+                return self.request_failed(now, Outstanding { peer, purpose: Purpose::Lookup { query: id, path }, deadline: now });
+            }
+        };
+        self.observe(now, peer.clone());
+        let local = self.local.key;
+        let closer: Vec<PeerInfo<A>> = closer
+            .into_iter()
+            .take(self.config.k)
+            .filter(|p| p.key != local && p.addr.matches_key(&p.key))
+            .collect();
+        let (verifier, max_life) = (self.config.verifier, self.max_lifetime());
+        let (quorum, max_providers) = (self.config.value_quorum, self.config.max_providers);
+        let Some(query) = self.queries.get_mut(&id) else { return };
+        query.stats.responses += 1;
+        let mut done_early = false;
+        match &mut query.kind {
+            QueryKind::GetValue { found, valid } => {
+                if let Some(record) = record.filter(|r| r.key == query.lookup.target() && r.verify(verifier, now, max_life).is_ok()) {
+                    *valid += 1;
+                    if found.as_ref().is_none_or(|f| record.seq > f.seq) {
+                        *found = Some(record);
+                    }
+                    done_early = *valid >= quorum;
+                }
+            }
+            QueryKind::GetProviders { found } => {
+                for p in providers {
+                    if p.key == query.lookup.target()
+                        && !found.iter().any(|f| f.provider.key == p.provider.key)
+                        && p.verify(verifier, now, max_life).is_ok()
+                    {
+                        found.push(p);
+                    }
+                }
+                done_early = found.len() >= max_providers;
+            }
+            _ => {}
+        }
+        query.lookup.on_success(path, &peer.key, closer);
+        if done_early {
+            self.lookup_finished(now, id);
+        } else {
+            self.drive(now, id);
+        }
+    }
+
+    fn lookup_finished(&mut self, now: Instant, id: QueryId) {
+        let Some(mut query) = self.queries.remove(&id) else { return };
+        let (peers, hops) = query.lookup.result(self.config.k);
+        query.stats.hops = hops;
+        query.stats.duration = now.saturating_since(query.started);
+        let stats = query.stats;
+        let target = query.lookup.target();
+        match query.kind {
+            QueryKind::FindNode => self.events.push_back(Event::FoundNodes { query: id, target, peers, stats }),
+            QueryKind::GetValue { found, .. } => {
+                self.events.push_back(Event::GotValue { query: id, key: target, record: found, stats })
+            }
+            QueryKind::GetProviders { found, .. } => {
+                self.events.push_back(Event::GotProviders { query: id, key: target, providers: found, stats })
+            }
+            QueryKind::Bootstrap => self.bootstrap_refresh(now, id, &peers, stats),
+            QueryKind::Refresh { bootstrap } => {
+                if let Some(parent) = bootstrap {
+                    self.refresh_done(parent);
+                }
+            }
+            QueryKind::PutValue { ref record } => {
+                let request = Request::PutValue { record: record.clone() };
+                let local = self.accept(now, AnyRecord::Value(record.clone()));
+                self.start_storing(now, id, query, peers, request, local);
+            }
+            QueryKind::AddProvider { ref record } => {
+                let request = Request::AddProvider { record: record.clone() };
+                let local = self.accept(now, AnyRecord::Provider(record.clone()));
+                self.start_storing(now, id, query, peers, request, local);
+            }
+        }
+    }
+
+    /// The store phase of a put: the home is the `r` closest among the peers
+    /// that answered and this peer itself.
+    fn start_storing(&mut self, now: Instant, id: QueryId, mut query: Query<A>, answered: Vec<PeerInfo<A>>, request: Request<A>, local: Result<PutOutcome, RecordError>) {
+        let target = query.lookup.target();
+        let r = self.config.replication;
+        let own = self.local.key.distance(&target);
+        let remote: Vec<PeerInfo<A>> = answered.into_iter().take(r).collect();
+        let self_in_home = remote.len() < r || remote.iter().any(|p| p.key.distance(&target) > own);
+        let members: Vec<PeerInfo<A>> = remote.into_iter().take(if self_in_home { r - 1 } else { r }).collect();
+        let stored = usize::from(self_in_home && local.is_ok());
+        query.storing = Some((members.len(), stored));
+        query.stats.requests += members.len() as u32;
+        for member in members {
+            self.send(now, member, request.clone(), Purpose::Store { query: id });
+        }
+        self.queries.insert(id, query);
+        self.maybe_finish_put(now, id);
+    }
+
+    fn store_answered(&mut self, now: Instant, id: QueryId, stored: bool) {
+        if let Some(leave) = self.leave.as_mut().filter(|l| l.query == id) {
+            leave.pending -= 1;
+            if stored {
+                leave.handed_off += 1;
+            } else {
+                leave.failed += 1;
+            }
+            if leave.pending == 0 {
+                self.finish_leave();
+            }
+            return;
+        }
+        let Some(query) = self.queries.get_mut(&id) else { return };
+        if let Some((pending, count)) = query.storing.as_mut() {
+            *pending -= 1;
+            if stored {
+                *count += 1;
+                query.stats.responses += 1;
+            } else {
+                query.stats.failures += 1;
+            }
+        }
+        self.maybe_finish_put(now, id);
+    }
+
+    fn maybe_finish_put(&mut self, now: Instant, id: QueryId) {
+        let Some(query) = self.queries.get(&id) else { return };
+        let Some((0, stored)) = query.storing else { return };
+        let Some(mut query) = self.queries.remove(&id) else { return };
+        query.stats.duration = now.saturating_since(query.started);
+        self.events.push_back(Event::Put { query: id, key: query.lookup.target(), stored, stats: query.stats });
+    }
+
+    fn finish_leave(&mut self) {
+        if let Some(leave) = &self.leave {
+            self.events.push_back(Event::Left { query: leave.query, handed_off: leave.handed_off, failed: leave.failed });
+        }
+    }
+
+    /// After the self-lookup: refresh every bucket farther out than the
+    /// closest neighbour, so that the table covers the whole key space.
+    fn bootstrap_refresh(&mut self, now: Instant, id: QueryId, found: &[PeerInfo<A>], stats: QueryStats) {
+        let depth = found.first().map_or(0, |p| self.local.key.common_prefix_len(&p.key));
+        for bucket in 0..depth.min(self.table.bucket_count()) {
+            let target = self.local.key.random_in_bucket(bucket, &self.rng.key());
+            // A full query table skips a bucket; maintenance refreshes it later.
+            let _ = self.start_query(now, target, QueryKind::Refresh { bootstrap: Some(id) });
+        }
+        // Refresh lookups that finished at once (no peers) already counted
+        // down from zero; start from what is still running.
+        let running = self
+            .queries
+            .values()
+            .filter(|q| matches!(q.kind, QueryKind::Refresh { bootstrap: Some(b) } if b == id))
+            .count();
+        if running == 0 {
+            self.events.push_back(Event::Bootstrapped { query: id, peers: self.table.len(), stats });
+        } else {
+            self.bootstraps.insert(id, (running, stats));
+        }
+    }
+
+    fn refresh_done(&mut self, parent: QueryId) {
+        let Some((left, stats)) = self.bootstraps.get_mut(&parent) else { return };
+        *left -= 1;
+        if *left == 0 {
+            let stats = *stats;
+            self.bootstraps.remove(&parent);
+            self.events.push_back(Event::Bootstrapped { query: parent, peers: self.table.len(), stats });
+        }
+    }
+
+    // ----- internals: records ----------------------------------------------
+
+    fn max_lifetime(&self) -> std::time::Duration {
+        self.config.record_ttl + self.config.clock_skew_tolerance
+    }
+
+    fn accept(&mut self, now: Instant, record: AnyRecord<A>) -> Result<PutOutcome, RecordError> {
+        let (verifier, max_life) = (self.config.verifier, self.max_lifetime());
+        let next = now + self.config.replicate_interval;
+        match record {
+            AnyRecord::Value(r) => {
+                r.verify(verifier, now, max_life)?;
+                self.store.put_value(r, now, next)
+            }
+            AnyRecord::Provider(r) => {
+                r.verify(verifier, now, max_life)?;
+                self.store.put_provider(r, next)
+            }
+        }
+    }
+
+    fn sign_value(&mut self, now: Instant, key: Key, value: Vec<u8>) -> ValueRecord {
+        // Versions are the signing time in microseconds: later puts win, and
+        // a restarted publisher never reuses a version.
+        let seq = now.as_micros();
+        ValueRecord::sign(key, value, seq, now + self.config.record_ttl, self.signer.as_ref())
+    }
+
+    fn sign_provider(&mut self, now: Instant, key: Key) -> ProviderRecord<A> {
+        ProviderRecord::sign(key, self.local.clone(), now + self.config.record_ttl, self.signer.as_ref())
+    }
+
+    // ----- internals: maintenance ----------------------------------------
+
+    fn maintain(&mut self, now: Instant) {
+        if self.leave.is_some() {
+            return;
+        }
+        self.store.remove_expired(now);
+        self.replicate(now);
+        self.republish(now);
+        for bucket in self.table.take_idle_buckets(now, self.config.refresh_interval) {
+            let target = self.local.key.random_in_bucket(bucket, &self.rng.key());
+            // A full query table skips this round; the bucket stays idle and
+            // is tried again at the next maintenance.
+            let _ = self.start_query(now, target, QueryKind::Refresh { bootstrap: None });
+        }
+        for peer in self.table.stale_peers() {
+            self.send(now, peer, Request::Ping, Purpose::Probe);
+        }
+    }
+
+    /// Sends each record due for replication to the rest of its home. A home
+    /// member that received the same record from another member this round
+    /// skips its own turn (the record's timer was pushed back on receipt).
+    fn replicate(&mut self, now: Instant) {
+        let next = now + self.config.replicate_interval;
+        for key in self.store.due_for_replication(now) {
+            let home = self.home_of(&key);
+            let local = self.local.key;
+            let records = self.store.records_at(&key, next);
+            for member in home.iter().filter(|m| m.key != local) {
+                for record in &records {
+                    self.send(now, member.clone(), store_request(record.clone()), Purpose::Replicate);
+                }
+            }
+        }
+    }
+
+    fn republish(&mut self, now: Instant) {
+        let due: Vec<Key> = self
+            .published
+            .iter()
+            .filter(|(_, p)| match p {
+                Published::Value { next, .. } | Published::Provider { next } => *next <= now,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let next_time = now + self.config.republish_interval;
+        for key in due {
+            let kind = match self.published.get_mut(&key) {
+                Some(Published::Value { value, next }) => {
+                    *next = next_time;
+                    let value = value.clone();
+                    QueryKind::PutValue { record: self.sign_value(now, key, value) }
+                }
+                Some(Published::Provider { next }) => {
+                    *next = next_time;
+                    QueryKind::AddProvider { record: self.sign_provider(now, key) }
+                }
+                None => continue,
+            };
+            let _ = self.start_query(now, key, kind);
+        }
+    }
+
+    /// Checks internal invariants; the simulator calls this as it runs.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.table.check_invariants()?;
+        if self.outstanding.len() != self.deadlines.len() {
+            return Err(format!("{} requests outstanding but {} deadlines", self.outstanding.len(), self.deadlines.len()));
+        }
+        if self.queries.len() > self.config.max_queries {
+            return Err("more queries than max_queries".into());
+        }
+        if self.store.len() > self.config.store.max_records {
+            return Err("record store over its bound".into());
+        }
+        Ok(())
+    }
+}
+
+fn store_request<A>(record: AnyRecord<A>) -> Request<A> {
+    match record {
+        AnyRecord::Value(record) => Request::PutValue { record },
+        AnyRecord::Provider(record) => Request::AddProvider { record },
+    }
+}

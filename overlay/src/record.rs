@@ -1,0 +1,488 @@
+//! Signed records and the bounded store that holds them.
+//!
+//! Two kinds of record live at a key's home: *value records* (small, versioned
+//! values) and *provider records* (who can serve the resource with that key).
+//! Both are signed by their publisher and carry an absolute expiry; the store
+//! checks the signature on every put, and a reader checks it again on get.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Addr, Instant, Key, PeerInfo};
+
+/// Largest value a value record may carry, in bytes.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+/// Largest public key or signature accepted in a record, in bytes.
+pub const MAX_CREDENTIAL_BYTES: usize = 256;
+
+/// Signs records with the local peer's key. The node uses ed25519.
+pub trait Signer: Debug + Send {
+    /// The public key whose BLAKE3 hash is this peer's [`Key`].
+    fn public_key(&self) -> &[u8];
+    /// A signature of `message`.
+    fn sign(&self, message: &[u8]) -> Vec<u8>;
+}
+
+/// Checks a signature: `verify(public_key, message, signature)`.
+///
+/// A plain function pointer so that every core in a 10^6-peer simulation
+/// carries eight bytes for it, not a boxed object.
+#[derive(Clone, Copy)]
+pub struct Verifier(pub fn(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool);
+
+impl Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier(..)")
+    }
+}
+
+/// A small versioned value at a key, signed by its publisher.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ValueRecord {
+    /// Where the record lives.
+    pub key: Key,
+    /// The value, at most [`MAX_VALUE_BYTES`].
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Version: a later put by the same publisher carries a larger number.
+    pub seq: u64,
+    /// When the record stops being valid, on the publisher's clock.
+    pub expires: Instant,
+    /// The publisher's public key.
+    #[serde(with = "serde_bytes")]
+    pub publisher: Vec<u8>,
+    /// The publisher's signature over [`ValueRecord::signed_bytes`].
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// A statement by a peer that it provides the resource at `key`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(bound = "A: Addr")]
+pub struct ProviderRecord<A> {
+    /// The resource's key.
+    pub key: Key,
+    /// The provider: its key must be the hash of `publisher`.
+    pub provider: PeerInfo<A>,
+    /// When the record stops being valid.
+    pub expires: Instant,
+    /// The provider's public key.
+    #[serde(with = "serde_bytes")]
+    pub publisher: Vec<u8>,
+    /// The provider's signature over [`ProviderRecord::signed_bytes`].
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// Why a record was refused.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error, Serialize, Deserialize)]
+pub enum RecordError {
+    /// The signature does not verify against the publisher's key.
+    #[error("record at {key} has a signature that does not verify")]
+    BadSignature {
+        /// The record's key.
+        key: Key,
+    },
+    /// The provider's key is not the hash of the publisher's public key, or
+    /// its address does not belong to that key.
+    #[error("provider record at {key} names a provider that is not its publisher")]
+    ProviderMismatch {
+        /// The record's key.
+        key: Key,
+    },
+    /// The record has expired.
+    #[error("record at {key} has expired")]
+    Expired {
+        /// The record's key.
+        key: Key,
+    },
+    /// The record claims to live longer than the longest accepted lifetime.
+    #[error("record at {key} expires too far in the future")]
+    ExpiresTooLate {
+        /// The record's key.
+        key: Key,
+    },
+    /// The value or a credential is larger than allowed.
+    #[error("record at {key} is too large: {bytes} bytes, at most {max}")]
+    TooLarge {
+        /// The record's key.
+        key: Key,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The store holds as many records as it may.
+    #[error("record store is full ({capacity} records); cannot store {key}")]
+    StoreFull {
+        /// The record's key.
+        key: Key,
+        /// The store's capacity.
+        capacity: usize,
+    },
+    /// The key already has as many providers as it may.
+    #[error("key {key} already has {max} providers")]
+    ProvidersFull {
+        /// The record's key.
+        key: Key,
+        /// The per-key limit.
+        max: usize,
+    },
+    /// Another publisher holds this key until its record expires.
+    #[error("key {key} is held by another publisher")]
+    Conflict {
+        /// The record's key.
+        key: Key,
+    },
+    /// The store already has this publisher's record with a newer version.
+    #[error("record at {key} has version {seq}, the store has {current}")]
+    Stale {
+        /// The record's key.
+        key: Key,
+        /// The version offered.
+        seq: u64,
+        /// The version held.
+        current: u64,
+    },
+}
+
+impl ValueRecord {
+    /// A record signed by `signer`.
+    pub fn sign(key: Key, value: Vec<u8>, seq: u64, expires: Instant, signer: &dyn Signer) -> Self {
+        let mut record = ValueRecord {
+            key,
+            value,
+            seq,
+            expires,
+            publisher: signer.public_key().to_vec(),
+            signature: Vec::new(),
+        };
+        record.signature = signer.sign(&record.signed_bytes());
+        record
+    }
+
+    /// The bytes the signature covers, with a domain separator so that a
+    /// signature over one kind of message is never valid for another.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(96 + self.value.len() + self.publisher.len());
+        bytes.extend_from_slice(b"shoal value record v1\0");
+        bytes.extend_from_slice(&self.key.to_bytes());
+        bytes.extend_from_slice(&self.seq.to_be_bytes());
+        bytes.extend_from_slice(&self.expires.as_micros().to_be_bytes());
+        push_with_len(&mut bytes, &self.publisher);
+        push_with_len(&mut bytes, &self.value);
+        bytes
+    }
+
+    /// Checks size, expiry and signature.
+    pub fn verify(&self, verifier: Verifier, now: Instant, max_lifetime: Duration) -> Result<(), RecordError> {
+        let key = self.key;
+        check_size(key, self.value.len(), MAX_VALUE_BYTES)?;
+        check_credentials(key, &self.publisher, &self.signature)?;
+        check_expiry(key, self.expires, now, max_lifetime)?;
+        if !(verifier.0)(&self.publisher, &self.signed_bytes(), &self.signature) {
+            return Err(RecordError::BadSignature { key });
+        }
+        Ok(())
+    }
+}
+
+impl<A: Addr> ProviderRecord<A> {
+    /// A record, signed by `signer`, saying that `provider` serves `key`.
+    pub fn sign(key: Key, provider: PeerInfo<A>, expires: Instant, signer: &dyn Signer) -> Self {
+        let mut record = ProviderRecord {
+            key,
+            provider,
+            expires,
+            publisher: signer.public_key().to_vec(),
+            signature: Vec::new(),
+        };
+        record.signature = signer.sign(&record.signed_bytes());
+        record
+    }
+
+    /// The bytes the signature covers.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(160);
+        bytes.extend_from_slice(b"shoal provider record v1\0");
+        bytes.extend_from_slice(&self.key.to_bytes());
+        bytes.extend_from_slice(&self.provider.key.to_bytes());
+        bytes.extend_from_slice(&self.expires.as_micros().to_be_bytes());
+        push_with_len(&mut bytes, &self.publisher);
+        let mut addr = Vec::new();
+        // Writing CBOR into a Vec cannot fail for these plain data types; an
+        // address that will not encode signs as empty and so fails to verify
+        // against any honest signature.
+        if ciborium::into_writer(&self.provider.addr, &mut addr).is_err() {
+            addr.clear();
+        }
+        push_with_len(&mut bytes, &addr);
+        bytes
+    }
+
+    /// Checks size, expiry, the provider's identity and the signature.
+    pub fn verify(&self, verifier: Verifier, now: Instant, max_lifetime: Duration) -> Result<(), RecordError> {
+        let key = self.key;
+        check_credentials(key, &self.publisher, &self.signature)?;
+        check_expiry(key, self.expires, now, max_lifetime)?;
+        if Key::of_public_key(&self.publisher) != self.provider.key || !self.provider.addr.matches_key(&self.provider.key) {
+            return Err(RecordError::ProviderMismatch { key });
+        }
+        if !(verifier.0)(&self.publisher, &self.signed_bytes(), &self.signature) {
+            return Err(RecordError::BadSignature { key });
+        }
+        Ok(())
+    }
+}
+
+fn push_with_len(bytes: &mut Vec<u8>, field: &[u8]) {
+    bytes.extend_from_slice(&(field.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(field);
+}
+
+fn check_size(key: Key, bytes: usize, max: usize) -> Result<(), RecordError> {
+    if bytes > max {
+        return Err(RecordError::TooLarge { key, bytes, max });
+    }
+    Ok(())
+}
+
+fn check_credentials(key: Key, publisher: &[u8], signature: &[u8]) -> Result<(), RecordError> {
+    check_size(key, publisher.len(), MAX_CREDENTIAL_BYTES)?;
+    check_size(key, signature.len(), MAX_CREDENTIAL_BYTES)
+}
+
+fn check_expiry(key: Key, expires: Instant, now: Instant, max_lifetime: Duration) -> Result<(), RecordError> {
+    if expires <= now {
+        return Err(RecordError::Expired { key });
+    }
+    if expires > now + max_lifetime {
+        return Err(RecordError::ExpiresTooLate { key });
+    }
+    Ok(())
+}
+
+/// Bounds on a [`RecordStore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most records (values plus provider entries) held at once.
+    pub max_records: usize,
+    /// Most providers held for one key.
+    pub max_providers_per_key: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_records: 65_536,
+            max_providers_per_key: 20,
+        }
+    }
+}
+
+/// A stored record and when this peer next replicates it.
+#[derive(Clone, Debug)]
+pub(crate) struct Stored<R> {
+    pub(crate) record: R,
+    pub(crate) next_replicate: Instant,
+}
+
+/// The records this peer holds as a member of their homes, bounded.
+///
+/// Iteration is in key order, so replication and hand-off are deterministic.
+#[derive(Debug)]
+pub struct RecordStore<A> {
+    limits: StoreLimits,
+    values: BTreeMap<Key, Stored<ValueRecord>>,
+    providers: BTreeMap<Key, Vec<Stored<ProviderRecord<A>>>>,
+    provider_count: usize,
+}
+
+/// What a successful put changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The record was new to this store.
+    Inserted,
+    /// The record replaced an older version or refreshed its expiry.
+    Updated,
+    /// The store already held exactly this record.
+    Unchanged,
+}
+
+impl<A: Addr> RecordStore<A> {
+    /// An empty store with these limits.
+    pub fn new(limits: StoreLimits) -> Self {
+        RecordStore {
+            limits,
+            values: BTreeMap::new(),
+            providers: BTreeMap::new(),
+            provider_count: 0,
+        }
+    }
+
+    /// How many records (values plus provider entries) the store holds.
+    pub fn len(&self) -> usize {
+        self.values.len() + self.provider_count
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value record at `key`, if one is held and unexpired.
+    pub fn value(&self, key: &Key, now: Instant) -> Option<&ValueRecord> {
+        self.values.get(key).map(|s| &s.record).filter(|r| r.expires > now)
+    }
+
+    /// Up to `max` unexpired provider records for `key`.
+    pub fn providers(&self, key: &Key, now: Instant, max: usize) -> Vec<ProviderRecord<A>> {
+        self.providers
+            .get(key)
+            .map(|list| {
+                list.iter()
+                    .map(|s| &s.record)
+                    .filter(|r| r.expires > now)
+                    .take(max)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stores a value record that has already been verified.
+    pub(crate) fn put_value(&mut self, record: ValueRecord, now: Instant, next_replicate: Instant) -> Result<PutOutcome, RecordError> {
+        let key = record.key;
+        if let Some(held) = self.values.get_mut(&key) {
+            let current = &held.record;
+            if current.expires <= now {
+                // An expired record holds nothing: the new one takes its place.
+                held.record = record;
+                held.next_replicate = next_replicate;
+                return Ok(PutOutcome::Updated);
+            }
+            if current.publisher != record.publisher {
+                // The first writer holds the key until its record expires.
+                return Err(RecordError::Conflict { key });
+            }
+            if record.seq < current.seq {
+                return Err(RecordError::Stale { key, seq: record.seq, current: current.seq });
+            }
+            if *current == record {
+                // Another home member replicated the same record: it did this
+                // round's work, so this peer may skip its own.
+                held.next_replicate = held.next_replicate.max(next_replicate);
+                return Ok(PutOutcome::Unchanged);
+            }
+            if record.seq == current.seq && record.expires <= current.expires {
+                return Ok(PutOutcome::Unchanged);
+            }
+            held.record = record;
+            return Ok(PutOutcome::Updated);
+        }
+        if self.len() >= self.limits.max_records {
+            return Err(RecordError::StoreFull { key, capacity: self.limits.max_records });
+        }
+        self.values.insert(key, Stored { record, next_replicate });
+        Ok(PutOutcome::Inserted)
+    }
+
+    /// Stores a provider record that has already been verified.
+    pub(crate) fn put_provider(&mut self, record: ProviderRecord<A>, next_replicate: Instant) -> Result<PutOutcome, RecordError> {
+        let key = record.key;
+        let full = self.len() >= self.limits.max_records;
+        let list = self.providers.entry(key).or_default();
+        if let Some(held) = list.iter_mut().find(|s| s.record.provider.key == record.provider.key) {
+            if held.record == record {
+                held.next_replicate = held.next_replicate.max(next_replicate);
+                return Ok(PutOutcome::Unchanged);
+            }
+            if record.expires <= held.record.expires {
+                return Ok(PutOutcome::Unchanged);
+            }
+            held.record = record;
+            return Ok(PutOutcome::Updated);
+        }
+        let result = if full {
+            Err(RecordError::StoreFull { key, capacity: self.limits.max_records })
+        } else if list.len() >= self.limits.max_providers_per_key {
+            Err(RecordError::ProvidersFull { key, max: self.limits.max_providers_per_key })
+        } else {
+            list.push(Stored { record, next_replicate });
+            self.provider_count += 1;
+            Ok(PutOutcome::Inserted)
+        };
+        if list.is_empty() {
+            self.providers.remove(&key);
+        }
+        result
+    }
+
+    /// Drops every record that expired at or before `now`; returns how many.
+    pub fn remove_expired(&mut self, now: Instant) -> usize {
+        let before = self.len();
+        self.values.retain(|_, s| s.record.expires > now);
+        let mut count = 0;
+        self.providers.retain(|_, list| {
+            list.retain(|s| s.record.expires > now);
+            count += list.len();
+            !list.is_empty()
+        });
+        self.provider_count = count;
+        before - self.len()
+    }
+
+    /// The keys held, in order.
+    pub fn keys(&self) -> Vec<Key> {
+        let mut keys: Vec<Key> = self.values.keys().chain(self.providers.keys()).copied().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Every record stored under `key`, as store requests, and marks them
+    /// replicated until `next_replicate`.
+    pub(crate) fn records_at(&mut self, key: &Key, next_replicate: Instant) -> Vec<AnyRecord<A>> {
+        let mut out = Vec::new();
+        if let Some(s) = self.values.get_mut(key) {
+            s.next_replicate = next_replicate;
+            out.push(AnyRecord::Value(s.record.clone()));
+        }
+        if let Some(list) = self.providers.get_mut(key) {
+            for s in list {
+                s.next_replicate = next_replicate;
+                out.push(AnyRecord::Provider(s.record.clone()));
+            }
+        }
+        out
+    }
+
+    /// Keys with a record due for replication at `now`.
+    pub(crate) fn due_for_replication(&self, now: Instant) -> Vec<Key> {
+        let mut keys: Vec<Key> = self
+            .values
+            .iter()
+            .filter(|(_, s)| s.next_replicate <= now)
+            .map(|(k, _)| *k)
+            .chain(
+                self.providers
+                    .iter()
+                    .filter(|(_, l)| l.iter().any(|s| s.next_replicate <= now))
+                    .map(|(k, _)| *k),
+            )
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}
+
+/// Either kind of record, as carried by replication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AnyRecord<A> {
+    Value(ValueRecord),
+    Provider(ProviderRecord<A>),
+}

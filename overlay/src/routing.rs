@@ -1,0 +1,520 @@
+//! The routing table: k-buckets indexed by common-prefix length.
+//!
+//! Bucket `i` holds peers whose keys share exactly `i` leading bits with the
+//! local key. Entries are kept least-recently-seen first. A full bucket does
+//! not drop a live old entry for a new one: the new peer waits in a small
+//! replacement cache while the oldest entry is pinged, and takes its place
+//! only if the ping fails (old peers that stayed up tend to stay up).
+//! An entry that fails repeatedly is replaced from the cache, or, when the
+//! cache is empty, kept but marked stale: stale entries are left out of
+//! lookups and pinged now and then, so that a healed partition finds its
+//! way back.
+
+use std::time::Duration;
+
+use crate::{Addr, Distance, Instant, Key, KEY_BITS, PeerInfo};
+
+/// One peer in a bucket.
+#[derive(Clone, Debug)]
+struct Entry<A> {
+    key: Key,
+    addr: A,
+    /// Consecutive requests to this peer that failed.
+    failures: u8,
+    /// Failed too often with no replacement at hand; skipped by lookups.
+    stale: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Bucket<A> {
+    /// Least recently seen first.
+    entries: Vec<Entry<A>>,
+    /// Peers waiting for a place, most recently seen last.
+    replacements: Vec<PeerInfo<A>>,
+    /// Whether the least-recently-seen entry is being pinged for eviction.
+    pinging: bool,
+    /// Last time a lookup went into this bucket's range or it gained a peer.
+    last_active: Instant,
+}
+
+impl<A> Bucket<A> {
+    fn new(now: Instant) -> Self {
+        Bucket {
+            entries: Vec::new(),
+            replacements: Vec::new(),
+            pinging: false,
+            last_active: now,
+        }
+    }
+}
+
+/// What [`RoutingTable::observe`] did with a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed<A> {
+    /// The peer is the local peer; nothing changed.
+    Local,
+    /// The peer was known; it is now the most recently seen.
+    Refreshed,
+    /// The peer was added to its bucket.
+    Inserted,
+    /// The peer took the place of a stale entry, which is returned.
+    Replaced(PeerInfo<A>),
+    /// The bucket is full: the peer waits in the replacement cache, and the
+    /// returned least-recently-seen entry must be pinged to decide.
+    PingOldest(PeerInfo<A>),
+    /// The bucket is full and its oldest entry is already being pinged; the
+    /// peer waits in the replacement cache.
+    Queued,
+}
+
+/// What [`RoutingTable::record_failure`] did with a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failed<A> {
+    /// The peer is not in the table.
+    Unknown,
+    /// The failure was counted; the peer stays.
+    Counted,
+    /// The peer was removed, and the returned replacement took its place.
+    Replaced(PeerInfo<A>),
+    /// The peer was removed and no replacement was waiting.
+    Removed,
+    /// The peer failed too often but has no replacement: kept, marked stale.
+    Stale,
+}
+
+/// The k-bucket routing table of one peer.
+#[derive(Clone, Debug)]
+pub struct RoutingTable<A> {
+    local: Key,
+    k: usize,
+    replacement_cap: usize,
+    max_failures: u8,
+    /// `buckets[i]` holds peers at common-prefix length `i`; grown on demand,
+    /// so a peer in a swarm of N holds about log2(N / k) + 1 buckets.
+    buckets: Vec<Bucket<A>>,
+    len: usize,
+}
+
+impl<A: Addr> RoutingTable<A> {
+    /// An empty table around `local`.
+    pub fn new(local: Key, k: usize, replacement_cap: usize, max_failures: u8) -> Self {
+        assert!(k > 0 && max_failures > 0, "k and max_failures must be positive");
+        RoutingTable {
+            local,
+            k,
+            replacement_cap,
+            max_failures,
+            buckets: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// The local key.
+    pub fn local_key(&self) -> Key {
+        self.local
+    }
+
+    /// Number of peers in the table.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of buckets allocated (the deepest non-empty prefix length + 1).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether `key` is in the table.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.bucket_of(key)
+            .is_some_and(|b| b.entries.iter().any(|e| e.key == *key))
+    }
+
+    /// Every peer in the table, bucket by bucket.
+    pub fn peers(&self) -> impl Iterator<Item = PeerInfo<A>> + '_ {
+        self.buckets
+            .iter()
+            .flat_map(|b| b.entries.iter().map(|e| PeerInfo::new(e.key, e.addr.clone())))
+    }
+
+    fn index(&self, key: &Key) -> usize {
+        self.local.common_prefix_len(key)
+    }
+
+    fn bucket_of(&self, key: &Key) -> Option<&Bucket<A>> {
+        self.buckets.get(self.index(key))
+    }
+
+    fn bucket_mut(&mut self, key: &Key, now: Instant) -> &mut Bucket<A> {
+        let index = self.index(key);
+        while self.buckets.len() <= index {
+            self.buckets.push(Bucket::new(now));
+        }
+        &mut self.buckets[index]
+    }
+
+    /// Notes that `peer` was just heard from (it sent a request or answered).
+    pub fn observe(&mut self, peer: PeerInfo<A>, now: Instant) -> Observed<A> {
+        if peer.key == self.local {
+            return Observed::Local;
+        }
+        let (k, cap) = (self.k, self.replacement_cap);
+        let bucket = self.bucket_mut(&peer.key, now);
+        if let Some(pos) = bucket.entries.iter().position(|e| e.key == peer.key) {
+            let mut entry = bucket.entries.remove(pos);
+            entry.failures = 0;
+            entry.stale = false;
+            entry.addr = peer.addr;
+            bucket.entries.push(entry);
+            return Observed::Refreshed;
+        }
+        let entry = Entry {
+            key: peer.key,
+            addr: peer.addr,
+            failures: 0,
+            stale: false,
+        };
+        if bucket.entries.len() < k {
+            if bucket.entries.capacity() == bucket.entries.len() {
+                // Grow towards exactly k: a full bucket should not carry the
+                // slack of Vec's doubling (it adds up over 10^6 peers).
+                let target = (bucket.entries.len() * 2).clamp(4, k);
+                bucket.entries.reserve_exact(target - bucket.entries.len());
+            }
+            bucket.entries.push(entry);
+            bucket.last_active = now;
+            self.len += 1;
+            return Observed::Inserted;
+        }
+        if let Some(pos) = bucket.entries.iter().position(|e| e.stale) {
+            let old = bucket.entries.remove(pos);
+            let new_key = entry.key;
+            bucket.entries.push(entry);
+            bucket.replacements.retain(|r| r.key != new_key);
+            return Observed::Replaced(PeerInfo::new(old.key, old.addr));
+        }
+        let waiting = PeerInfo::new(entry.key, entry.addr);
+        bucket.replacements.retain(|r| r.key != waiting.key);
+        if cap > 0 {
+            if bucket.replacements.len() >= cap {
+                bucket.replacements.remove(0);
+            }
+            bucket.replacements.push(waiting);
+        }
+        if bucket.pinging {
+            return Observed::Queued;
+        }
+        bucket.pinging = true;
+        let oldest = &bucket.entries[0];
+        Observed::PingOldest(PeerInfo::new(oldest.key, oldest.addr.clone()))
+    }
+
+    /// Ends the eviction ping of the bucket holding `key`: the ping answered
+    /// (`alive`), or it failed and the oldest entry gives way to the newest
+    /// replacement. Returns the evicted peer and the one that took its place.
+    pub fn finish_eviction_ping(&mut self, key: &Key, alive: bool, now: Instant) -> Option<(PeerInfo<A>, PeerInfo<A>)> {
+        let index = self.index(key);
+        let bucket = self.buckets.get_mut(index)?;
+        bucket.pinging = false;
+        if alive {
+            self.observe_known(key, now);
+            return None;
+        }
+        let pos = bucket.entries.iter().position(|e| e.key == *key)?;
+        let replacement = bucket.replacements.pop()?;
+        let old = bucket.entries.remove(pos);
+        bucket.entries.push(Entry {
+            key: replacement.key,
+            addr: replacement.addr.clone(),
+            failures: 0,
+            stale: false,
+        });
+        Some((PeerInfo::new(old.key, old.addr), replacement))
+    }
+
+    fn observe_known(&mut self, key: &Key, now: Instant) {
+        let index = self.index(key);
+        if let Some(bucket) = self.buckets.get_mut(index)
+            && let Some(pos) = bucket.entries.iter().position(|e| e.key == *key)
+        {
+            let mut entry = bucket.entries.remove(pos);
+            entry.failures = 0;
+            entry.stale = false;
+            bucket.entries.push(entry);
+            bucket.last_active = bucket.last_active.max(now);
+        }
+    }
+
+    /// Notes that a request to `key` failed (timed out or was refused).
+    pub fn record_failure(&mut self, key: &Key) -> Failed<A> {
+        let max_failures = self.max_failures;
+        let index = self.index(key);
+        let Some(bucket) = self.buckets.get_mut(index) else {
+            return Failed::Unknown;
+        };
+        bucket.replacements.retain(|r| r.key != *key);
+        let Some(pos) = bucket.entries.iter().position(|e| e.key == *key) else {
+            return Failed::Unknown;
+        };
+        let entry = &mut bucket.entries[pos];
+        entry.failures = entry.failures.saturating_add(1);
+        if entry.failures < max_failures {
+            return Failed::Counted;
+        }
+        if let Some(replacement) = bucket.replacements.pop() {
+            bucket.entries.remove(pos);
+            bucket.entries.push(Entry {
+                key: replacement.key,
+                addr: replacement.addr.clone(),
+                failures: 0,
+                stale: false,
+            });
+            return Failed::Replaced(replacement);
+        }
+        entry.stale = true;
+        Failed::Stale
+    }
+
+    /// Removes `key` from the table (a peer that left gracefully).
+    pub fn remove(&mut self, key: &Key) -> Failed<A> {
+        let index = self.index(key);
+        let Some(bucket) = self.buckets.get_mut(index) else {
+            return Failed::Unknown;
+        };
+        bucket.replacements.retain(|r| r.key != *key);
+        let Some(pos) = bucket.entries.iter().position(|e| e.key == *key) else {
+            return Failed::Unknown;
+        };
+        bucket.entries.remove(pos);
+        if let Some(replacement) = bucket.replacements.pop() {
+            bucket.entries.push(Entry {
+                key: replacement.key,
+                addr: replacement.addr.clone(),
+                failures: 0,
+                stale: false,
+            });
+            return Failed::Replaced(replacement);
+        }
+        self.len -= 1;
+        Failed::Removed
+    }
+
+    /// Up to `count` live (non-stale) peers closest to `target`, closest
+    /// first, leaving out `exclude`.
+    ///
+    /// Walks buckets in distance order instead of sorting the whole table:
+    /// peers in bucket `i = cpl(local, target)` are closest to the target,
+    /// then all deeper buckets (they differ from the target at bit `i`), then
+    /// shallower buckets from `i - 1` down to 0.
+    pub fn closest(&self, target: &Key, count: usize, exclude: Option<&Key>) -> Vec<PeerInfo<A>> {
+        let mut out: Vec<(Distance, PeerInfo<A>)> = Vec::with_capacity(count + self.k);
+        let first = self.index(target).min(KEY_BITS - 1);
+        let take_bucket = |bucket: &Bucket<A>, out: &mut Vec<(Distance, PeerInfo<A>)>| {
+            for e in &bucket.entries {
+                if !e.stale && Some(&e.key) != exclude {
+                    out.push((e.key.distance(target), PeerInfo::new(e.key, e.addr.clone())));
+                }
+            }
+        };
+        let mut done = 0;
+        if let Some(bucket) = self.buckets.get(first) {
+            take_bucket(bucket, &mut out);
+        }
+        sort_tail(&mut out, done);
+        done = out.len();
+        if done < count {
+            for bucket in self.buckets.iter().skip(first + 1) {
+                take_bucket(bucket, &mut out);
+            }
+            sort_tail(&mut out, done);
+            done = out.len();
+        }
+        for bucket in self.buckets.iter().take(first.min(self.buckets.len())).rev() {
+            if done >= count {
+                break;
+            }
+            take_bucket(bucket, &mut out);
+            sort_tail(&mut out, done);
+            done = out.len();
+        }
+        out.truncate(count);
+        out.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Indices of buckets with no activity since `now - idle`, touching
+    /// them so that each is reported once per idle period. Buckets deeper
+    /// than the deepest non-empty one are not refreshed: nobody lives there.
+    pub fn take_idle_buckets(&mut self, now: Instant, idle: Duration) -> Vec<usize> {
+        let mut idle_buckets = Vec::new();
+        for (i, bucket) in self.buckets.iter_mut().enumerate() {
+            if bucket.last_active + idle <= now {
+                bucket.last_active = now;
+                idle_buckets.push(i);
+            }
+        }
+        idle_buckets
+    }
+
+    /// Marks the bucket that `target` falls in as active (a lookup went there).
+    pub fn touch(&mut self, target: &Key, now: Instant) {
+        let index = self.index(target);
+        if let Some(bucket) = self.buckets.get_mut(index) {
+            bucket.last_active = bucket.last_active.max(now);
+        }
+    }
+
+    /// The stale entries, to be pinged in case they came back.
+    pub fn stale_peers(&self) -> Vec<PeerInfo<A>> {
+        self.buckets
+            .iter()
+            .flat_map(|b| b.entries.iter().filter(|e| e.stale))
+            .map(|e| PeerInfo::new(e.key, e.addr.clone()))
+            .collect()
+    }
+
+    /// Heap bytes held by the table, for memory reports.
+    pub fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * size_of::<Bucket<A>>()
+            + self
+                .buckets
+                .iter()
+                .map(|b| {
+                    b.entries.capacity() * size_of::<Entry<A>>()
+                        + b.replacements.capacity() * size_of::<PeerInfo<A>>()
+                })
+                .sum::<usize>()
+    }
+
+    /// Checks the table's invariants; the simulator calls this as it runs.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut count = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            if bucket.entries.len() > self.k {
+                return Err(format!("bucket {i} holds {} > k = {}", bucket.entries.len(), self.k));
+            }
+            if bucket.replacements.len() > self.replacement_cap {
+                return Err(format!("bucket {i} replacement cache over its cap"));
+            }
+            for (j, e) in bucket.entries.iter().enumerate() {
+                if e.key == self.local {
+                    return Err("the local key is in its own table".into());
+                }
+                if self.index(&e.key) != i {
+                    return Err(format!("peer {:?} is in bucket {i}, belongs in {}", e.key, self.index(&e.key)));
+                }
+                if bucket.entries[..j].iter().any(|o| o.key == e.key) {
+                    return Err(format!("peer {:?} appears twice in bucket {i}", e.key));
+                }
+            }
+            count += bucket.entries.len();
+        }
+        if count != self.len {
+            return Err(format!("table counts {} peers but holds {count}", self.len));
+        }
+        Ok(())
+    }
+}
+
+/// Sorts `out[from..]` by distance; earlier parts are already sorted and all
+/// closer than the tail (the bucket walk guarantees it).
+fn sort_tail<A>(out: &mut [(Distance, PeerInfo<A>)], from: usize) {
+    out[from..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+    use proptest::prelude::*;
+
+    fn table(local: Key) -> RoutingTable<u32> {
+        RoutingTable::new(local, 4, 2, 2)
+    }
+
+    proptest! {
+        #[test]
+        fn closest_matches_brute_force(seed in any::<u64>(), n in 0usize..300, count in 1usize..30) {
+            let mut rng = Rng::seed_from_u64(seed);
+            let local = rng.key();
+            let mut t = RoutingTable::new(local, 20, 3, 2);
+            for i in 0..n {
+                t.observe(PeerInfo::new(rng.key(), i as u32), Instant::ZERO);
+            }
+            t.check_invariants().map_err(TestCaseError::fail)?;
+            let target = if seed % 3 == 0 { local.with_bit_flipped(255) } else { rng.key() };
+            let got: Vec<Key> = t.closest(&target, count, None).iter().map(|p| p.key).collect();
+            let mut all: Vec<Key> = t.peers().map(|p| p.key).collect();
+            all.sort_by_key(|k| k.distance(&target));
+            all.truncate(count);
+            prop_assert_eq!(got, all);
+        }
+    }
+
+    #[test]
+    fn full_bucket_pings_oldest_and_keeps_it_when_alive() {
+        let mut rng = Rng::seed_from_u64(3);
+        let local = rng.key();
+        let mut t = table(local);
+        // Five peers in bucket 0 (first bit differs from local).
+        let peers: Vec<PeerInfo<u32>> = (0..5)
+            .map(|i| PeerInfo::new(local.random_in_bucket(0, &rng.key()), i))
+            .collect();
+        for p in &peers[..4] {
+            assert_eq!(t.observe(p.clone(), Instant::ZERO), Observed::Inserted);
+        }
+        assert_eq!(t.observe(peers[4].clone(), Instant::ZERO), Observed::PingOldest(peers[0].clone()));
+        // A second newcomer does not start a second ping.
+        let sixth = PeerInfo::new(local.random_in_bucket(0, &rng.key()), 6);
+        assert_eq!(t.observe(sixth, Instant::ZERO), Observed::Queued);
+        assert_eq!(t.finish_eviction_ping(&peers[0].key, true, Instant::ZERO), None);
+        assert!(t.contains(&peers[0].key));
+        assert!(!t.contains(&peers[4].key));
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn failed_ping_evicts_oldest_for_newest_replacement() {
+        let mut rng = Rng::seed_from_u64(4);
+        let local = rng.key();
+        let mut t = table(local);
+        let peers: Vec<PeerInfo<u32>> = (0..5)
+            .map(|i| PeerInfo::new(local.random_in_bucket(0, &rng.key()), i))
+            .collect();
+        for p in &peers {
+            t.observe(p.clone(), Instant::ZERO);
+        }
+        assert_eq!(t.finish_eviction_ping(&peers[0].key, false, Instant::ZERO), Some((peers[0].clone(), peers[4].clone())));
+        assert!(!t.contains(&peers[0].key));
+        assert!(t.contains(&peers[4].key));
+        assert_eq!(t.len(), 4);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn repeated_failures_mark_stale_without_replacement_and_recover() {
+        let mut rng = Rng::seed_from_u64(5);
+        let local = rng.key();
+        let mut t = table(local);
+        let p = PeerInfo::new(rng.key(), 1u32);
+        t.observe(p.clone(), Instant::ZERO);
+        assert_eq!(t.record_failure(&p.key), Failed::Counted);
+        assert_eq!(t.record_failure(&p.key), Failed::Stale);
+        assert!(t.closest(&p.key, 5, None).is_empty(), "stale peers are left out of lookups");
+        assert_eq!(t.stale_peers(), vec![p.clone()]);
+        assert_eq!(t.observe(p.clone(), Instant::ZERO), Observed::Refreshed);
+        assert_eq!(t.closest(&p.key, 5, None), vec![p]);
+    }
+
+    #[test]
+    fn local_key_never_enters() {
+        let local = Rng::seed_from_u64(6).key();
+        let mut t = table(local);
+        assert_eq!(t.observe(PeerInfo::new(local, 0), Instant::ZERO), Observed::Local);
+        assert!(t.is_empty());
+    }
+}
