@@ -610,28 +610,28 @@ impl<A: Addr> Overlay<A> {
                 }
             }
             QueryKind::PutValue { ref record } => {
-                let request = Request::PutValue { record: record.clone() };
-                let local = self.accept(now, AnyRecord::Value(record.clone()));
-                self.start_storing(now, id, query, peers, request, local);
+                let record = AnyRecord::Value(record.clone());
+                self.start_storing(now, id, query, peers, record);
             }
             QueryKind::AddProvider { ref record } => {
-                let request = Request::AddProvider { record: record.clone() };
-                let local = self.accept(now, AnyRecord::Provider(record.clone()));
-                self.start_storing(now, id, query, peers, request, local);
+                let record = AnyRecord::Provider(record.clone());
+                self.start_storing(now, id, query, peers, record);
             }
         }
     }
 
     /// The store phase of a put: the home is the `r` closest among the peers
     /// that answered and this peer itself.
-    fn start_storing(&mut self, now: Instant, id: QueryId, mut query: Query<A>, answered: Vec<PeerInfo<A>>, request: Request<A>, local: Result<PutOutcome, RecordError>) {
+    fn start_storing(&mut self, now: Instant, id: QueryId, mut query: Query<A>, answered: Vec<PeerInfo<A>>, record: AnyRecord<A>) {
         let target = query.lookup.target();
         let r = self.config.replication;
         let own = self.local.key.distance(&target);
         let remote: Vec<PeerInfo<A>> = answered.into_iter().take(r).collect();
-        let self_in_home = remote.len() < r || remote.iter().any(|p| p.key.distance(&target) > own);
+        let self_in_home =
+            self.config.mode == Mode::Server && (remote.len() < r || remote.iter().any(|p| p.key.distance(&target) > own));
         let members: Vec<PeerInfo<A>> = remote.into_iter().take(if self_in_home { r - 1 } else { r }).collect();
-        let stored = usize::from(self_in_home && local.is_ok());
+        let stored = usize::from(self_in_home && self.accept(now, record.clone()).is_ok());
+        let request = store_request(record);
         query.storing = Some((members.len(), stored));
         query.stats.requests += members.len() as u32;
         for member in members {

@@ -1,0 +1,385 @@
+//! A virtual-time harness that drives a handful of overlay cores against each
+//! other, the way quinn-proto's `Pair` drives two endpoints: messages are
+//! delivered after a fixed latency, timers fire when virtual time reaches
+//! them, and `drive` fails loudly on livelock. Records are signed with real
+//! ed25519 keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::{Signature, SigningKey, Verifier as _, VerifyingKey};
+use shoal_overlay::{
+    Config, Event, Instant, Key, Mode, Overlay, PeerInfo, Request, RequestId, Response, Signer, ValueRecord, Verifier,
+};
+
+#[derive(Debug)]
+struct Ed25519(SigningKey, Vec<u8>);
+
+impl Ed25519 {
+    fn new(index: u32) -> Self {
+        let mut seed = [0u8; 32];
+        seed[..4].copy_from_slice(&index.to_be_bytes());
+        seed[4] = 0x5a;
+        let key = SigningKey::from_bytes(&seed);
+        let public = key.verifying_key().to_bytes().to_vec();
+        Ed25519(key, public)
+    }
+}
+
+impl Signer for Ed25519 {
+    fn public_key(&self) -> &[u8] {
+        &self.1
+    }
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        use ed25519_dalek::Signer as _;
+        self.0.sign(message).to_bytes().to_vec()
+    }
+}
+
+fn ed25519_verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let (Ok(public), Ok(signature)) = (<[u8; 32]>::try_from(public_key), <[u8; 64]>::try_from(signature)) else {
+        return false;
+    };
+    let Ok(key) = VerifyingKey::from_bytes(&public) else { return false };
+    key.verify(message, &Signature::from_bytes(&signature)).is_ok()
+}
+
+const LATENCY: Duration = Duration::from_millis(5);
+
+enum Message {
+    Request { from: u32, id: RequestId, mode: Mode, request: Request<u32> },
+    Response { id: RequestId, response: Response<u32> },
+}
+
+struct Swarm {
+    config: Arc<Config>,
+    now: Instant,
+    peers: Vec<Overlay<u32>>,
+    down: BTreeSet<u32>,
+    queue: BTreeMap<(Instant, u64), (u32, Message)>,
+    seq: u64,
+    events: Vec<(u32, Event<u32>)>,
+}
+
+impl Swarm {
+    fn new(config: Config) -> Self {
+        Swarm {
+            config: Arc::new(config),
+            now: Instant::ZERO,
+            peers: Vec::new(),
+            down: BTreeSet::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            events: Vec::new(),
+        }
+    }
+
+    fn config() -> Config {
+        let mut config = Config::new(Verifier(ed25519_verify));
+        config.request_timeout = Duration::from_millis(200);
+        config
+    }
+
+    fn spawn(&mut self, mode: Mode) -> u32 {
+        let index = self.peers.len() as u32;
+        let signer = Ed25519::new(index);
+        let local = PeerInfo::new(Key::of_public_key(signer.public_key()), index);
+        let mut config = (*self.config).clone();
+        config.mode = mode;
+        let core = Overlay::new(Arc::new(config), local, Box::new(signer), u64::from(index), self.now).unwrap();
+        self.peers.push(core);
+        index
+    }
+
+    fn info(&self, index: u32) -> PeerInfo<u32> {
+        self.peers[index as usize].local().clone()
+    }
+
+    fn flush(&mut self, index: u32) {
+        let core = &mut self.peers[index as usize];
+        let mode = core.config().mode;
+        while let Some(t) = core.poll_transmit() {
+            self.seq += 1;
+            let message = Message::Request { from: index, id: t.id, mode, request: t.request };
+            self.queue.insert((self.now + LATENCY, self.seq), (t.to.addr, message));
+        }
+        while let Some(event) = core.poll_event() {
+            self.events.push((index, event));
+        }
+    }
+
+    fn next_timer(&self) -> Option<(Instant, u32)> {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.down.contains(&(*i as u32)))
+            .filter_map(|(i, p)| p.poll_timeout().map(|t| (t, i as u32)))
+            .min()
+    }
+
+    /// Delivers the next message or fires the next timer. False when idle.
+    fn step(&mut self) -> bool {
+        let next_message = self.queue.keys().next().map(|&(t, _)| t);
+        let next_timer = self.next_timer();
+        match (next_message, next_timer) {
+            (Some(tm), timer) if timer.is_none_or(|(tt, _)| tm <= tt) => {
+                let (key, (to, message)) = self.queue.pop_first().unwrap();
+                self.now = key.0;
+                self.deliver(to, message);
+            }
+            (_, Some((t, index))) => {
+                self.now = self.now.max(t);
+                self.peers[index as usize].handle_timeout(self.now);
+                self.flush(index);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn deliver(&mut self, to: u32, message: Message) {
+        if self.down.contains(&to) {
+            return; // lost: the sender will time out
+        }
+        match message {
+            Message::Request { from, id, mode, request } => {
+                let sender = self.info(from);
+                let response = self.peers[to as usize].handle_request(self.now, sender, mode, request);
+                self.flush(to);
+                self.seq += 1;
+                self.queue.insert((self.now + LATENCY, self.seq), (from, Message::Response { id, response }));
+            }
+            Message::Response { id, response } => {
+                self.peers[to as usize].handle_response(self.now, id, response);
+                self.flush(to);
+            }
+        }
+    }
+
+    /// Runs until `done` holds, failing if it takes more than `limit` steps.
+    fn drive_until(&mut self, limit: usize, mut done: impl FnMut(&Swarm) -> bool) {
+        for _ in 0..limit {
+            if done(self) {
+                return;
+            }
+            assert!(self.step(), "swarm went idle before the condition held");
+        }
+        panic!("no progress after {limit} steps: livelock");
+    }
+
+    /// Runs for `duration` of virtual time.
+    fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        for _ in 0..10_000_000 {
+            let next_message = self.queue.keys().next().map(|&(t, _)| t);
+            let next_timer = self.next_timer().map(|(t, _)| t);
+            let next = next_message.into_iter().chain(next_timer).min();
+            if next.is_none_or(|t| t > end) {
+                self.now = end;
+                return;
+            }
+            self.step();
+        }
+        panic!("run_for did not reach its end: livelock");
+    }
+
+    fn take_event(&mut self, mut matches: impl FnMut(&(u32, Event<u32>)) -> bool) -> Option<(u32, Event<u32>)> {
+        let pos = self.events.iter().position(&mut matches)?;
+        Some(self.events.remove(pos))
+    }
+
+    /// Spawns `n` servers, each joining through peer 0, one after another.
+    fn join(n: u32) -> Swarm {
+        let mut swarm = Swarm::new(Swarm::config());
+        let first = swarm.spawn(Mode::Server);
+        for _ in 1..n {
+            let index = swarm.spawn(Mode::Server);
+            let seed = swarm.info(first);
+            let now = swarm.now;
+            swarm.peers[index as usize].bootstrap(now, vec![seed]).unwrap();
+            swarm.flush(index);
+            swarm.drive_until(200_000, |s| {
+                s.events.iter().any(|(i, e)| *i == index && matches!(e, Event::Bootstrapped { .. }))
+            });
+        }
+        swarm.events.clear();
+        swarm
+    }
+
+    fn true_closest(&self, key: &Key, exclude: u32) -> Vec<u32> {
+        let mut live: Vec<u32> = (0..self.peers.len() as u32)
+            .filter(|i| *i != exclude && !self.down.contains(i) && self.peers[*i as usize].config().mode == Mode::Server)
+            .collect();
+        live.sort_by_key(|i| self.peers[*i as usize].local().key.distance(key));
+        live
+    }
+
+    fn holders(&self, key: &Key) -> Vec<u32> {
+        (0..self.peers.len() as u32)
+            .filter(|i| !self.down.contains(i) && self.peers[*i as usize].record_store().value(key, self.now).is_some())
+            .collect()
+    }
+}
+
+fn target(n: u8) -> Key {
+    Key::of_content(&[n; 3])
+}
+
+#[test]
+fn lookups_find_the_true_closest_peer() {
+    let mut swarm = Swarm::join(40);
+    for n in 0..20u8 {
+        let from = u32::from(n) % 40;
+        let key = target(n);
+        let now = swarm.now;
+        let query = swarm.peers[from as usize].find_node(now, key).unwrap();
+        swarm.flush(from);
+        swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::FoundNodes { query: q, .. } if *q == query)));
+        let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::FoundNodes { query: q, .. } if *q == query)).unwrap();
+        let Event::FoundNodes { peers, stats, .. } = event else { unreachable!() };
+        let truth = swarm.true_closest(&key, from);
+        assert_eq!(peers.first().map(|p| p.addr), Some(truth[0]), "lookup {n} from {from}");
+        assert_eq!(peers.len(), 20);
+        assert!(stats.requests >= 20 && stats.responses >= 20);
+    }
+    for peer in &swarm.peers {
+        peer.check_invariants().unwrap();
+    }
+}
+
+fn put(swarm: &mut Swarm, from: u32, key: Key, value: &[u8]) -> usize {
+    let now = swarm.now;
+    let query = swarm.peers[from as usize].put_value(now, key, value.to_vec()).unwrap();
+    swarm.flush(from);
+    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query)));
+    let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query)).unwrap();
+    let Event::Put { stored, .. } = event else { unreachable!() };
+    stored
+}
+
+fn get(swarm: &mut Swarm, from: u32, key: Key) -> Option<ValueRecord> {
+    let now = swarm.now;
+    let query = swarm.peers[from as usize].get_value(now, key).unwrap();
+    swarm.flush(from);
+    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::GotValue { query: q, .. } if *q == query)));
+    let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::GotValue { query: q, .. } if *q == query)).unwrap();
+    let Event::GotValue { record, .. } = event else { unreachable!() };
+    record
+}
+
+#[test]
+fn value_put_on_one_peer_is_read_on_another_and_lives_at_its_home() {
+    let mut swarm = Swarm::join(30);
+    let key = target(1);
+    assert_eq!(put(&mut swarm, 3, key, b"hello"), 3);
+    let home: Vec<u32> = swarm.true_closest(&key, u32::MAX)[..3].to_vec();
+    assert_eq!(swarm.holders(&key), {
+        let mut h = home.clone();
+        h.sort();
+        h
+    });
+    let record = get(&mut swarm, 17, key).expect("record found");
+    assert_eq!(record.value, b"hello");
+    // A newer put by the same publisher replaces it.
+    swarm.run_for(Duration::from_secs(1));
+    put(&mut swarm, 3, key, b"again");
+    assert_eq!(get(&mut swarm, 22, key).unwrap().value, b"again");
+}
+
+#[test]
+fn forged_and_tampered_records_are_refused() {
+    let mut swarm = Swarm::join(10);
+    let key = target(2);
+    put(&mut swarm, 1, key, b"genuine");
+    let holder = swarm.holders(&key)[0];
+    let mut forged = swarm.peers[holder as usize].record_store().value(&key, swarm.now).unwrap().clone();
+    forged.value = b"forged".to_vec();
+    forged.seq += 1;
+    let sender = swarm.info(5);
+    let now = swarm.now;
+    let response = swarm.peers[holder as usize].handle_request(now, sender, Mode::Server, Request::PutValue { record: forged });
+    assert!(matches!(response, Response::Rejected(shoal_overlay::RecordError::BadSignature { .. })), "{response:?}");
+    // Another publisher cannot take over the key while the record lives.
+    let stolen = put(&mut swarm, 7, key, b"mine now");
+    assert_eq!(stolen, 0, "no home member accepts another publisher's record");
+    assert_eq!(get(&mut swarm, 8, key).unwrap().value, b"genuine");
+}
+
+#[test]
+fn providers_are_found_from_elsewhere() {
+    let mut swarm = Swarm::join(25);
+    let key = target(3);
+    let now = swarm.now;
+    let query = swarm.peers[4].start_providing(now, key).unwrap();
+    swarm.flush(4);
+    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query)));
+    let now = swarm.now;
+    let query = swarm.peers[20].get_providers(now, key).unwrap();
+    swarm.flush(20);
+    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::GotProviders { query: q, .. } if *q == query)));
+    let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::GotProviders { query: q, .. } if *q == query)).unwrap();
+    let Event::GotProviders { providers, .. } = event else { unreachable!() };
+    assert_eq!(providers.iter().map(|p| p.provider.addr).collect::<Vec<_>>(), vec![4]);
+}
+
+#[test]
+fn crashed_home_members_are_replaced_by_replication() {
+    let mut swarm = Swarm::join(30);
+    let key = target(4);
+    put(&mut swarm, 0, key, b"durable");
+    let home = swarm.true_closest(&key, u32::MAX);
+    // Two of the three home members crash (no graceful hand-off).
+    swarm.down.insert(home[0]);
+    swarm.down.insert(home[1]);
+    // Lookups touch the dead peers, replication rounds repair the home.
+    let replicate = swarm.config.replicate_interval;
+    for round in 0..4u8 {
+        let from = 10 + u32::from(round);
+        if !swarm.down.contains(&from) {
+            let _ = get(&mut swarm, from, key);
+        }
+        swarm.run_for(replicate);
+    }
+    let new_home: BTreeSet<u32> = swarm.true_closest(&key, u32::MAX)[..3].iter().copied().collect();
+    let holders: BTreeSet<u32> = swarm.holders(&key).into_iter().collect();
+    assert!(new_home.is_subset(&holders), "home {new_home:?} should hold the record, holders {holders:?}");
+    assert_eq!(get(&mut swarm, 25, key).unwrap().value, b"durable");
+}
+
+#[test]
+fn a_leaving_home_member_hands_its_records_on() {
+    let mut swarm = Swarm::join(20);
+    let key = target(5);
+    put(&mut swarm, 2, key, b"handed");
+    let home = swarm.true_closest(&key, u32::MAX);
+    let leaver = home[0];
+    let now = swarm.now;
+    let query = swarm.peers[leaver as usize].leave(now);
+    swarm.flush(leaver);
+    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::Left { query: q, .. } if *q == query)));
+    let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::Left { .. })).unwrap();
+    let Event::Left { handed_off, .. } = event else { unreachable!() };
+    assert!(handed_off >= 2, "handed off {handed_off}");
+    swarm.down.insert(leaver);
+    let fourth = home[3];
+    assert!(swarm.holders(&key).contains(&fourth), "the next-closest peer took the record over");
+}
+
+#[test]
+fn clients_never_enter_routing_tables() {
+    let mut swarm = Swarm::join(12);
+    let client = swarm.spawn(Mode::Client);
+    let now = swarm.now;
+    let seed = swarm.info(0);
+    swarm.peers[client as usize].bootstrap(now, vec![seed]).unwrap();
+    swarm.flush(client);
+    swarm.drive_until(100_000, |s| s.events.iter().any(|(i, e)| *i == client && matches!(e, Event::Bootstrapped { .. })));
+    let client_key = swarm.info(client).key;
+    assert!(swarm.peers[client as usize].routing_table().len() > 5, "the client learned the overlay");
+    for (i, peer) in swarm.peers.iter().enumerate() {
+        if i as u32 != client {
+            assert!(!peer.routing_table().contains(&client_key), "peer {i} holds the client");
+        }
+    }
+}
