@@ -1,1 +1,22 @@
-//! f
+//! `shoal`: a structured peer-to-peer overlay that turns the machines of a
+//! LAN into one pool of files, compute slots and devices, with no central
+//! coordinator.
+//!
+//! This facade re-exports the workspace's crates, the way the `libp2p`
+//! crate does:
+//!
+//! - [`overlay`] (`shoal-overlay`): the sans-IO Kademlia core — keys,
+//!   routing table, lookups, signed records, replication, wire codec.
+//! - [`simnet`] (`shoal-simnet`): the deterministic simulator that runs
+//!   that core at 10^5–10^6 peers.
+//!
+//! ```
+//! use shoal::overlay::Key;
+//! let key = Key::of_content(b"abc");
+//! assert_eq!(key.to_string().len(), 64);
+//! ```
+
+pub use shoal_overlay as overlay;
+pub use shoal_simnet as simnet;
+
+pub use shoal_overlay::{Key, Overlay, PeerInfo};

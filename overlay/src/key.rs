@@ -116,6 +116,20 @@ impl Key {
         self
     }
 
+    /// The smallest and the largest key that share the first `len` bits with
+    /// this one: the range a prefix covers in key order.
+    pub fn prefix_range(&self, len: usize) -> (Key, Key) {
+        let mut low = [0u64; 4];
+        let mut high = [0u64; 4];
+        for i in 0..4 {
+            let keep = len.saturating_sub(i * 64).min(64);
+            let mask = if keep == 0 { 0 } else { u64::MAX << (64 - keep) };
+            low[i] = self.0[i] & mask;
+            high[i] = self.0[i] | !mask;
+        }
+        (Key(low), Key(high))
+    }
+
     /// The first 64 bits of the key, for cheap hashing and short display.
     pub fn prefix_u64(&self) -> u64 {
         self.0[0]
@@ -251,6 +265,14 @@ mod tests {
         fn random_in_bucket_lands_in_that_bucket(a in any::<[u8; 32]>(), r in any::<[u8; 32]>(), p in 0usize..256) {
             let (a, r) = (key(a), key(r));
             prop_assert_eq!(a.common_prefix_len(&a.random_in_bucket(p, &r)), p);
+        }
+
+        #[test]
+        fn prefix_range_bounds_exactly_the_prefix(a in any::<[u8; 32]>(), b in any::<[u8; 32]>(), len in 0usize..=256) {
+            let (a, b) = (key(a), key(b));
+            let (low, high) = a.prefix_range(len);
+            let inside = b >= low && b <= high;
+            prop_assert_eq!(inside, a.common_prefix_len(&b) >= len);
         }
 
         #[test]

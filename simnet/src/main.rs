@@ -1,0 +1,229 @@
+//! `shoal-simnet`: run a simulated shoal swarm and report what it did.
+//!
+//! ```text
+//! cargo run --release -p shoal-simnet -- lookups --peers 10000 --lookups 10000 --seed 1 --json
+//! cargo run --release -p shoal-simnet -- churn --peers 10000 --hours 6 --session-median-min 60 --seed 1
+//! cargo run --release -p shoal-simnet -- partition --peers 10000 --seed 1 --out sim-out
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use shoal_simnet::scenario::{self, ChurnSpec, PartitionSpec, Swarm};
+use shoal_simnet::{Preset, Report, SessionDist};
+
+/// Deterministic simulator of a shoal swarm. The same seed reproduces a run
+/// exactly (compare `trace_hash`). Peers join through the real join protocol
+/// and run the real overlay core; lookups are judged against the true
+/// closest live peer.
+#[derive(Parser, Debug)]
+#[command(name = "shoal-simnet", version)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Join N peers, then run M lookups for random keys from random peers.
+    Lookups {
+        #[command(flatten)]
+        common: Common,
+        /// Number of lookups.
+        #[arg(long, default_value_t = 10_000)]
+        lookups: usize,
+        /// Lookups started per virtual second.
+        #[arg(long, default_value_t = 1000.0)]
+        lookup_rate: f64,
+    },
+    /// Join N peers, store records, then churn for H hours with lookups and
+    /// record reads throughout; finally read every record once more.
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        /// Simulated hours of churn.
+        #[arg(long, default_value_t = 6.0)]
+        hours: f64,
+        /// Median session length, in minutes.
+        #[arg(long, default_value_t = 60.0)]
+        session_median_min: f64,
+        /// Median time a departed peer stays away, in minutes.
+        #[arg(long, default_value_t = 10.0)]
+        downtime_median_min: f64,
+        /// Session length distribution.
+        #[arg(long, value_enum, default_value_t = SessionDist::Exponential)]
+        session_dist: SessionDist,
+        /// Fraction of departures that are crashes (the rest leave gracefully).
+        #[arg(long, default_value_t = 0.5)]
+        crash_fraction: f64,
+        /// Value records stored before churn starts.
+        #[arg(long, default_value_t = 1000)]
+        records: usize,
+        /// Lookups per virtual second during churn.
+        #[arg(long, default_value_t = 1.0)]
+        lookup_rate: f64,
+        /// Record reads per virtual second during churn.
+        #[arg(long, default_value_t = 0.5)]
+        get_rate: f64,
+    },
+    /// Join N peers, split them into two random halves, heal, and measure
+    /// how long until lookups succeed at 99.9% again.
+    Partition {
+        #[command(flatten)]
+        common: Common,
+        /// Minutes the halves stay apart.
+        #[arg(long, default_value_t = 10.0)]
+        split_min: f64,
+        /// Minutes of lookups before the split.
+        #[arg(long, default_value_t = 2.0)]
+        before_min: f64,
+        /// Minutes of lookups after the heal.
+        #[arg(long, default_value_t = 15.0)]
+        after_min: f64,
+        /// Lookups per virtual second.
+        #[arg(long, default_value_t = 100.0)]
+        lookup_rate: f64,
+        /// Width in seconds of the windows success is measured in.
+        #[arg(long, default_value_t = 10.0)]
+        window_s: f64,
+        /// Cut one direction only instead of both.
+        #[arg(long)]
+        one_way: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Number of peers.
+    #[arg(long, default_value_t = 1000)]
+    peers: usize,
+    /// Seed of the run; the same seed gives the same run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Network model.
+    #[arg(long, value_enum, default_value_t = Preset::Lan)]
+    net: Preset,
+    /// Peers that start joining per virtual second.
+    #[arg(long, default_value_t = 200.0)]
+    join_rate: f64,
+    /// Disjoint lookup paths (S/Kademlia); 1 is plain Kademlia.
+    #[arg(long, default_value_t = 1)]
+    disjoint_paths: usize,
+    /// Probability that the network loses a message.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Probability that the network delivers a message twice.
+    #[arg(long, default_value_t = 0.0)]
+    duplication: f64,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Also write SVG plots (hop histogram, latency CDF, success over time) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl Common {
+    fn swarm(&self) -> anyhow::Result<Swarm> {
+        anyhow::ensure!(self.peers >= 2, "--peers must be at least 2");
+        anyhow::ensure!(self.peers <= u32::MAX as usize, "--peers must fit in 32 bits");
+        anyhow::ensure!(self.join_rate > 0.0, "--join-rate must be positive");
+        anyhow::ensure!((1..=3).contains(&self.disjoint_paths), "--disjoint-paths must be 1, 2 or 3");
+        anyhow::ensure!((0.0..1.0).contains(&self.loss), "--loss must be in [0, 1)");
+        anyhow::ensure!((0.0..1.0).contains(&self.duplication), "--duplication must be in [0, 1)");
+        let mut swarm = Swarm::new(self.peers, self.seed);
+        swarm.net = self.net;
+        swarm.join_rate = self.join_rate;
+        swarm.disjoint_paths = self.disjoint_paths;
+        swarm.loss = self.loss;
+        swarm.duplication = self.duplication;
+        Ok(swarm)
+    }
+}
+
+fn minutes(m: f64, flag: &str) -> anyhow::Result<Duration> {
+    anyhow::ensure!(m.is_finite() && m >= 0.0, "{flag} must be a non-negative number of minutes");
+    Ok(Duration::from_secs_f64(m * 60.0))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (common, result) = match cli.scenario {
+        Scenario::Lookups { common, lookups, lookup_rate } => {
+            anyhow::ensure!(lookup_rate > 0.0, "--lookup-rate must be positive");
+            let swarm = common.swarm()?;
+            let result = scenario::lookups(&swarm, lookups, lookup_rate);
+            (common, result)
+        }
+        Scenario::Churn {
+            common,
+            hours,
+            session_median_min,
+            downtime_median_min,
+            session_dist,
+            crash_fraction,
+            records,
+            lookup_rate,
+            get_rate,
+        } => {
+            anyhow::ensure!(hours.is_finite() && hours > 0.0, "--hours must be positive");
+            anyhow::ensure!((0.0..=1.0).contains(&crash_fraction), "--crash-fraction must be in [0, 1]");
+            anyhow::ensure!(lookup_rate > 0.0 && get_rate > 0.0, "--lookup-rate and --get-rate must be positive");
+            let spec = ChurnSpec {
+                hours,
+                session_median: minutes(session_median_min, "--session-median-min")?,
+                downtime_median: minutes(downtime_median_min, "--downtime-median-min")?,
+                dist: session_dist,
+                crash_fraction,
+                records,
+                lookup_rate,
+                get_rate,
+            };
+            let swarm = common.swarm()?;
+            let result = scenario::churn(&swarm, &spec);
+            (common, result)
+        }
+        Scenario::Partition { common, split_min, before_min, after_min, lookup_rate, window_s, one_way } => {
+            anyhow::ensure!(lookup_rate > 0.0, "--lookup-rate must be positive");
+            anyhow::ensure!(window_s > 0.0, "--window-s must be positive");
+            let spec = PartitionSpec {
+                split: minutes(split_min, "--split-min")?,
+                before: minutes(before_min, "--before-min")?,
+                after: minutes(after_min, "--after-min")?,
+                lookup_rate,
+                window: Duration::from_secs_f64(window_s),
+                one_way,
+            };
+            let swarm = common.swarm()?;
+            let result = scenario::partition(&swarm, &spec);
+            (common, result)
+        }
+    };
+    let report: Report = result.map_err(|v| {
+        anyhow::anyhow!("{v}\nreproduce with the same arguments and --seed {}", v.seed)
+    })?;
+    if common.json {
+        println!("{}", serde_json::to_string(&report).context("cannot encode the report as JSON")?);
+    } else {
+        print!("{}", report.summary());
+    }
+    if let Some(dir) = &common.out {
+        shoal_simnet::svg::write_plots(&report, dir).with_context(|| format!("cannot write plots to {}", dir.display()))?;
+        if !common.json {
+            println!("  plots         {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The scenarios the `shoal-simnet` binary runs, also usable from Rust.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant as WallClock};
+
+use shoal_overlay::{Config, Key, Rng};
+
+use crate::churn::SessionDist;
+use crate::net::{NetConfig, Partition, Preset};
+use crate::report::{success, ChurnCounts, PhaseSuccess, Report};
+use crate::sim::{PeerIndex, PeerState, Sim, SimConfig, Violation};
+
+const SECOND: u64 = 1_000_000;
+const MINUTE: u64 = 60 * SECOND;
+
+/// Settings every scenario shares.
+#[derive(Clone, Debug)]
+pub struct Swarm {
+    /// Number of peers.
+    pub peers: usize,
+    /// Seed of the whole run.
+    pub seed: u64,
+    /// Network preset.
+    pub net: Preset,
+    /// Peers that start joining per virtual second.
+    pub join_rate: f64,
+    /// Disjoint lookup paths.
+    pub disjoint_paths: usize,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message arrives twice.
+    pub duplication: f64,
+}
+
+impl Swarm {
+    /// A swarm of `peers` with the defaults.
+    pub fn new(peers: usize, seed: u64) -> Self {
+        Swarm { peers, seed, net: Preset::Lan, join_rate: 200.0, disjoint_paths: 1, loss: 0.0, duplication: 0.0 }
+    }
+
+    fn sim(&self) -> Sim {
+        let mut net = NetConfig::preset(self.net);
+        net.loss = self.loss;
+        net.duplication = self.duplication;
+        let mut overlay = Config::new(crate::sim::sim_verifier());
+        overlay.disjoint_paths = self.disjoint_paths;
+        overlay.request_timeout = match self.net {
+            Preset::Lan => Duration::from_millis(500),
+            Preset::Wan => Duration::from_secs(2),
+        };
+        Sim::new(SimConfig {
+            seed: self.seed,
+            net,
+            overlay,
+            check_interval: Duration::from_secs(30),
+            check_sample: 64,
+        })
+    }
+
+    fn net_name(&self) -> &'static str {
+        match self.net {
+            Preset::Lan => "lan",
+            Preset::Wan => "wan",
+        }
+    }
+
+    /// Creates the sim and joins every peer through the protocol, one after
+    /// another at `join_rate`, each through a random peer already joined.
+    /// Returns the sim and the wall time the join took.
+    pub fn join(&self) -> Result<(Sim, f64), Violation> {
+        let wall = WallClock::now();
+        let mut sim = self.sim();
+        let gap = (SECOND as f64 / self.join_rate.max(1e-3)) as u64;
+        for i in 0..self.peers {
+            let peer = sim.add_slot();
+            sim.run_until(i as u64 * gap)?;
+            sim.start(peer);
+        }
+        // Let the last joins finish and the swarm settle.
+        let settle = sim.now_us() + MINUTE;
+        sim.run_until(settle)?;
+        if sim.live() < self.peers {
+            return Err(Violation {
+                seed: self.seed,
+                time_s: sim.now_s(),
+                peer: None,
+                message: format!("only {} of {} peers finished joining", sim.live(), self.peers),
+            });
+        }
+        Ok((sim, wall.elapsed().as_secs_f64()))
+    }
+}
+
+/// `lookups`: join, then `lookups` lookups for random keys from random peers.
+pub fn lookups(swarm: &Swarm, lookups: usize, rate_per_s: f64) -> Result<Report, Violation> {
+    let wall = WallClock::now();
+    let (mut sim, join_wall) = swarm.join()?;
+    let start = sim.now_us();
+    let gap = (SECOND as f64 / rate_per_s.max(1e-3)) as u64;
+    let mut rng = Rng::derive(swarm.seed, 1);
+    for i in 0..lookups {
+        sim.run_until(start + i as u64 * gap)?;
+        let from = sim.random_live().unwrap_or(0);
+        sim.lookup(from, rng.key());
+    }
+    sim.run_until_idle(sim.now_us() + 10 * MINUTE)?;
+    sim.check_all()?;
+    let all = sim.lookups.clone();
+    let measured: Vec<_> = all.iter().collect();
+    let report = Report::build("lookups", &mut sim, swarm.net_name(), &measured, wall.elapsed().as_secs_f64(), join_wall);
+    Ok(report)
+}
+
+/// Settings of the churn scenario.
+#[derive(Clone, Debug)]
+pub struct ChurnSpec {
+    /// Simulated hours of churn.
+    pub hours: f64,
+    /// Median session length.
+    pub session_median: Duration,
+    /// Median time a departed peer stays away before it restarts.
+    pub downtime_median: Duration,
+    /// Session length distribution.
+    pub dist: SessionDist,
+    /// Fraction of departures that are crashes (the rest leave gracefully).
+    pub crash_fraction: f64,
+    /// Value records stored before churn starts.
+    pub records: usize,
+    /// Lookups per virtual second during churn.
+    pub lookup_rate: f64,
+    /// Record reads per virtual second during churn.
+    pub get_rate: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Action {
+    Depart(PeerIndex),
+    Return(PeerIndex),
+    ForceOff(PeerIndex),
+    Lookup,
+    Get,
+}
+
+/// `churn`: join, store records, then churn for `hours` with lookups and
+/// record reads throughout, then read every record once more.
+pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
+    let wall = WallClock::now();
+    let (mut sim, join_wall) = swarm.join()?;
+    let mut rng = Rng::derive(swarm.seed, 2);
+
+    // Store the records from random peers.
+    let mut records: Vec<(Key, [u8; 32])> = Vec::with_capacity(spec.records);
+    for i in 0..spec.records {
+        let key = rng.key();
+        let value = format!("record {i} of seed {}", swarm.seed).into_bytes();
+        let from = sim.random_live().unwrap_or(0);
+        if sim.put(from, key, value.clone()) {
+            records.push((key, *blake3::hash(&value).as_bytes()));
+        }
+    }
+    sim.run_until_idle(sim.now_us() + 10 * MINUTE)?;
+
+    let start = sim.now_us();
+    let end = start + (spec.hours * 3600.0 * SECOND as f64) as u64;
+    let mut plan: BTreeMap<(u64, u64), Action> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut schedule = |plan: &mut BTreeMap<(u64, u64), Action>, at: u64, action: Action| {
+        seq += 1;
+        plan.insert((at, seq), action);
+    };
+    for peer in 0..sim.slots() as PeerIndex {
+        let session = spec.dist.sample(spec.session_median, &mut rng);
+        schedule(&mut plan, start + micros(session), Action::Depart(peer));
+    }
+    schedule(&mut plan, start, Action::Lookup);
+    if !records.is_empty() {
+        schedule(&mut plan, start, Action::Get);
+    }
+    let lookup_gap = (SECOND as f64 / spec.lookup_rate.max(1e-6)) as u64;
+    let get_gap = (SECOND as f64 / spec.get_rate.max(1e-6)) as u64;
+    let first_lookup = sim.lookups.len();
+    let mut live_samples = (0.0, 0u64);
+    let mut next_sample = start;
+
+    while let Some((&(at, s), &action)) = plan.iter().next() {
+        if at > end {
+            break;
+        }
+        plan.remove(&(at, s));
+        while next_sample <= at {
+            sim.run_until(next_sample)?;
+            live_samples.0 += sim.live() as f64;
+            live_samples.1 += 1;
+            next_sample += MINUTE;
+        }
+        sim.run_until(at)?;
+        match action {
+            Action::Depart(peer) => {
+                match sim.state(peer) {
+                    PeerState::Joined | PeerState::Joining => {
+                        if rng.chance(spec.crash_fraction) {
+                            sim.crash(peer);
+                        } else {
+                            sim.leave(peer);
+                            schedule(&mut plan, at + 30 * SECOND, Action::ForceOff(peer));
+                        }
+                    }
+                    PeerState::Leaving | PeerState::Offline => {}
+                }
+                let downtime = SessionDist::Exponential.sample(spec.downtime_median, &mut rng);
+                schedule(&mut plan, at + micros(downtime).max(31 * SECOND), Action::Return(peer));
+            }
+            Action::ForceOff(peer) => {
+                if sim.state(peer) == PeerState::Leaving {
+                    sim.crash(peer);
+                }
+            }
+            Action::Return(peer) => {
+                if sim.state(peer) == PeerState::Offline {
+                    sim.start(peer);
+                }
+                let session = spec.dist.sample(spec.session_median, &mut rng);
+                schedule(&mut plan, at + micros(session), Action::Depart(peer));
+            }
+            Action::Lookup => {
+                if let Some(from) = sim.random_live() {
+                    sim.lookup(from, rng.key());
+                }
+                schedule(&mut plan, at + lookup_gap, Action::Lookup);
+            }
+            Action::Get => {
+                let (key, hash) = records[rng.index(records.len())];
+                if let Some(from) = sim.random_live() {
+                    sim.get(from, key, hash);
+                }
+                schedule(&mut plan, at + get_gap, Action::Get);
+            }
+        }
+    }
+    sim.run_until(end)?;
+    sim.run_until_idle(end + 5 * MINUTE)?;
+    let during: Vec<bool> = sim.gets.iter().map(|g| g.found).collect();
+    let first_final = sim.gets.len();
+    for (key, hash) in &records {
+        if let Some(from) = sim.random_live() {
+            sim.get(from, *key, *hash);
+        }
+    }
+    sim.run_until_idle(sim.now_us() + 10 * MINUTE)?;
+    sim.check_all()?;
+    let finals = &sim.gets[first_final..];
+    let final_rate = if records.is_empty() {
+        1.0
+    } else {
+        finals.iter().filter(|g| g.found).count() as f64 / records.len() as f64
+    };
+    let during_rate = if during.is_empty() { 1.0 } else { during.iter().filter(|f| **f).count() as f64 / during.len() as f64 };
+    let lookups: Vec<_> = sim.lookups[first_lookup..].to_vec();
+    let measured: Vec<_> = lookups.iter().collect();
+    let counts = ChurnCounts { crashes: sim.counters.crashes, leaves: sim.counters.leaves, joins: sim.counters.joins };
+    let mut report = Report::build("churn", &mut sim, swarm.net_name(), &measured, wall.elapsed().as_secs_f64(), join_wall);
+    report.record_success_rate = Some(final_rate);
+    report.record_success_rate_during = Some(during_rate);
+    report.mean_live_peers = Some(live_samples.0 / live_samples.1.max(1) as f64);
+    report.churn_events = Some(counts);
+    Ok(report)
+}
+
+/// Settings of the partition scenario.
+#[derive(Clone, Debug)]
+pub struct PartitionSpec {
+    /// How long the halves stay apart.
+    pub split: Duration,
+    /// How long lookups run before the split.
+    pub before: Duration,
+    /// How long lookups run after the heal.
+    pub after: Duration,
+    /// Lookups per virtual second.
+    pub lookup_rate: f64,
+    /// Width of the windows in which success is measured after the heal.
+    pub window: Duration,
+    /// Cut one direction only (group 0 cannot reach group 1).
+    pub one_way: bool,
+}
+
+/// `partition`: join, split the swarm into two random halves, heal, and
+/// measure how long until lookups succeed at 99.9% again.
+pub fn partition(swarm: &Swarm, spec: &PartitionSpec) -> Result<Report, Violation> {
+    let wall = WallClock::now();
+    let (mut sim, join_wall) = swarm.join()?;
+    let mut rng = Rng::derive(swarm.seed, 3);
+    let start = sim.now_us();
+    let split_at = start + micros(spec.before);
+    let heal_at = split_at + micros(spec.split);
+    let end = heal_at + micros(spec.after);
+    let gap = (SECOND as f64 / spec.lookup_rate.max(1e-6)) as u64;
+    let first_lookup = sim.lookups.len();
+    let mut t = start;
+    let mut split = false;
+    let mut healed = false;
+    let halves: Vec<u8> = (0..sim.slots()).map(|_| rng.below(2) as u8).collect();
+    while t < end {
+        sim.run_until(t)?;
+        if !split && t >= split_at {
+            let kind = if spec.one_way { Partition::OneWay } else { Partition::Symmetric };
+            sim.partition(kind, |p| halves[p as usize]);
+            split = true;
+        }
+        if !healed && t >= heal_at {
+            sim.partition(Partition::None, |_| 0);
+            healed = true;
+        }
+        if let Some(from) = sim.random_live() {
+            sim.lookup(from, rng.key());
+        }
+        t += gap;
+    }
+    sim.run_until_idle(end + 5 * MINUTE)?;
+    sim.check_all()?;
+    let all: Vec<_> = sim.lookups[first_lookup..].to_vec();
+    let (split_s, heal_s) = (split_at as f64 / 1e6, heal_at as f64 / 1e6);
+    let before: Vec<_> = all.iter().filter(|l| l.start_s < split_s).collect();
+    let during: Vec<_> = all.iter().filter(|l| l.start_s >= split_s && l.start_s < heal_s).collect();
+    let after: Vec<_> = all.iter().filter(|l| l.start_s >= heal_s).collect();
+    let reconverge = reconverge_s(&after, heal_s, spec.window.as_secs_f64());
+    let measured: Vec<_> = all.iter().collect();
+    let mut report = Report::build("partition", &mut sim, swarm.net_name(), &measured, wall.elapsed().as_secs_f64(), join_wall);
+    report.partition_success = Some(PhaseSuccess { before: success(&before), during: success(&during), after: success(&after) });
+    report.reconverge_s = reconverge;
+    Ok(report)
+}
+
+/// Seconds from `heal_s` to the start of the first window from which every
+/// window to the end has success of at least 99.9%.
+fn reconverge_s(after: &[&crate::sim::LookupOutcome], heal_s: f64, window_s: f64) -> Option<f64> {
+    let last = after.iter().map(|l| l.start_s).fold(heal_s, f64::max);
+    let count = ((last - heal_s) / window_s) as usize + 1;
+    let mut windows = vec![(0usize, 0usize); count];
+    for l in after {
+        let w = (((l.start_s - heal_s) / window_s) as usize).min(count - 1);
+        windows[w].0 += usize::from(l.success);
+        windows[w].1 += 1;
+    }
+    let good = |(ok, n): (usize, usize)| n == 0 || ok as f64 >= 0.999 * n as f64;
+    let mut first_good = None;
+    for (i, w) in windows.iter().enumerate().rev() {
+        if good(*w) {
+            first_good = Some(i);
+        } else {
+            break;
+        }
+    }
+    first_good.map(|i| i as f64 * window_s)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
