@@ -34,6 +34,9 @@ pub struct Config {
     pub max_failures: u8,
     /// Peers kept waiting per full bucket.
     pub replacement_cache: usize,
+    /// A full bucket whose oldest entry answered within this long keeps it
+    /// without pinging it (a newcomer waits in the replacement cache).
+    pub recently_seen: Duration,
     /// How often maintenance runs: expiry, replication, refresh, stale pings.
     pub maintenance_interval: Duration,
     /// A bucket with no lookup or new peer for this long is refreshed.
@@ -72,6 +75,7 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             max_failures: 2,
             replacement_cache: 3,
+            recently_seen: Duration::from_secs(5 * 60),
             maintenance_interval: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(10 * 60),
             replicate_interval: Duration::from_secs(5 * 60),

@@ -12,6 +12,9 @@ use crate::{
     QueryStats, RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
 };
 
+/// Output queues keep at most this much capacity once drained.
+const IDLE_QUEUE_CAPACITY: usize = 4;
+
 /// Why a request was sent; decides what its answer means.
 #[derive(Clone, Copy, Debug)]
 enum Purpose {
@@ -96,7 +99,8 @@ impl<A: Addr> Overlay<A> {
         if Key::of_public_key(signer.public_key()) != local.key {
             return Err(ConfigError("the local key must be the BLAKE3 hash of the signer's public key"));
         }
-        let table = RoutingTable::new(local.key, config.k, config.replacement_cache, config.max_failures);
+        let table =
+            RoutingTable::new(local.key, config.k, config.replacement_cache, config.max_failures, config.recently_seen);
         let store = RecordStore::new(config.store);
         let maintenance_at = now + config.maintenance_interval;
         Ok(Overlay {
@@ -270,7 +274,7 @@ impl<A: Addr> Overlay<A> {
 
     /// Forgets a peer the driver knows has left.
     pub fn remove_peer(&mut self, now: Instant, key: &Key) {
-        if let Failed::Removed | Failed::Replaced(_) = self.table.remove(key) {
+        if let Failed::Removed | Failed::Replaced(_) = self.table.remove(key, now) {
             self.peer_gone(now, key);
         }
     }
@@ -352,13 +356,23 @@ impl<A: Addr> Overlay<A> {
     /// The next request to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
-        self.transmits.pop_front()
+        let next = self.transmits.pop_front();
+        if next.is_none() && self.transmits.capacity() > IDLE_QUEUE_CAPACITY {
+            // A burst (a bootstrap, a hand-off) is over: give its memory
+            // back, which adds up over a million simulated peers.
+            self.transmits = VecDeque::new();
+        }
+        next
     }
 
     /// The next event for the user.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event<A>> {
-        self.events.pop_front()
+        let next = self.events.pop_front();
+        if next.is_none() && self.events.capacity() > IDLE_QUEUE_CAPACITY {
+            self.events = VecDeque::new();
+        }
+        next
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next.
@@ -411,7 +425,7 @@ impl<A: Addr> Overlay<A> {
     }
 
     fn count_failure(&mut self, now: Instant, peer: &PeerInfo<A>) {
-        match self.table.record_failure(&peer.key) {
+        match self.table.record_failure(&peer.key, now) {
             Failed::Replaced(replacement) => {
                 self.events.push_back(Event::PeerRemoved { peer: peer.clone() });
                 self.peer_gone(now, &peer.key);

@@ -19,6 +19,8 @@ use crate::{Addr, Distance, Instant, Key, KEY_BITS, PeerInfo};
 struct Entry<A> {
     key: Key,
     addr: A,
+    /// When the peer was last heard from, in whole seconds of the core's clock.
+    seen_s: u32,
     /// Consecutive requests to this peer that failed.
     failures: u8,
     /// Failed too often with no replacement at hand; skipped by lookups.
@@ -35,6 +37,22 @@ struct Bucket<A> {
     pinging: bool,
     /// Last time a lookup went into this bucket's range or it gained a peer.
     last_active: Instant,
+}
+
+impl<A> Entry<A> {
+    fn new(peer: PeerInfo<A>, now: Instant) -> Self {
+        Entry {
+            key: peer.key,
+            addr: peer.addr,
+            seen_s: seconds(now),
+            failures: 0,
+            stale: false,
+        }
+    }
+}
+
+fn seconds(now: Instant) -> u32 {
+    u32::try_from(now.as_micros() / 1_000_000).unwrap_or(u32::MAX)
 }
 
 impl<A> Bucket<A> {
@@ -89,6 +107,8 @@ pub struct RoutingTable<A> {
     k: usize,
     replacement_cap: usize,
     max_failures: u8,
+    /// An oldest entry heard from this recently is not pinged for eviction.
+    recently_seen_s: u32,
     /// `buckets[i]` holds peers at common-prefix length `i`; grown on demand,
     /// so a peer in a swarm of N holds about log2(N / k) + 1 buckets.
     buckets: Vec<Bucket<A>>,
@@ -96,14 +116,16 @@ pub struct RoutingTable<A> {
 }
 
 impl<A: Addr> RoutingTable<A> {
-    /// An empty table around `local`.
-    pub fn new(local: Key, k: usize, replacement_cap: usize, max_failures: u8) -> Self {
+    /// An empty table around `local`. A full bucket whose oldest entry was
+    /// heard from within `recently_seen` keeps it without a ping.
+    pub fn new(local: Key, k: usize, replacement_cap: usize, max_failures: u8, recently_seen: Duration) -> Self {
         assert!(k > 0 && max_failures > 0, "k and max_failures must be positive");
         RoutingTable {
             local,
             k,
             replacement_cap,
             max_failures,
+            recently_seen_s: u32::try_from(recently_seen.as_secs()).unwrap_or(u32::MAX),
             buckets: Vec::new(),
             len: 0,
         }
@@ -163,22 +185,18 @@ impl<A: Addr> RoutingTable<A> {
         if peer.key == self.local {
             return Observed::Local;
         }
-        let (k, cap) = (self.k, self.replacement_cap);
+        let (k, cap, recent) = (self.k, self.replacement_cap, self.recently_seen_s);
         let bucket = self.bucket_mut(&peer.key, now);
         if let Some(pos) = bucket.entries.iter().position(|e| e.key == peer.key) {
             let mut entry = bucket.entries.remove(pos);
             entry.failures = 0;
             entry.stale = false;
             entry.addr = peer.addr;
+            entry.seen_s = seconds(now);
             bucket.entries.push(entry);
             return Observed::Refreshed;
         }
-        let entry = Entry {
-            key: peer.key,
-            addr: peer.addr,
-            failures: 0,
-            stale: false,
-        };
+        let entry = Entry::new(peer, now);
         if bucket.entries.len() < k {
             if bucket.entries.capacity() == bucket.entries.len() {
                 // Grow towards exactly k: a full bucket should not carry the
@@ -206,7 +224,8 @@ impl<A: Addr> RoutingTable<A> {
             }
             bucket.replacements.push(waiting);
         }
-        if bucket.pinging {
+        let oldest_seen = bucket.entries[0].seen_s;
+        if bucket.pinging || oldest_seen.saturating_add(recent) > seconds(now) {
             return Observed::Queued;
         }
         bucket.pinging = true;
@@ -228,12 +247,7 @@ impl<A: Addr> RoutingTable<A> {
         let pos = bucket.entries.iter().position(|e| e.key == *key)?;
         let replacement = bucket.replacements.pop()?;
         let old = bucket.entries.remove(pos);
-        bucket.entries.push(Entry {
-            key: replacement.key,
-            addr: replacement.addr.clone(),
-            failures: 0,
-            stale: false,
-        });
+        bucket.entries.push(Entry::new(replacement.clone(), now));
         Some((PeerInfo::new(old.key, old.addr), replacement))
     }
 
@@ -245,13 +259,14 @@ impl<A: Addr> RoutingTable<A> {
             let mut entry = bucket.entries.remove(pos);
             entry.failures = 0;
             entry.stale = false;
+            entry.seen_s = seconds(now);
             bucket.entries.push(entry);
             bucket.last_active = bucket.last_active.max(now);
         }
     }
 
     /// Notes that a request to `key` failed (timed out or was refused).
-    pub fn record_failure(&mut self, key: &Key) -> Failed<A> {
+    pub fn record_failure(&mut self, key: &Key, now: Instant) -> Failed<A> {
         let max_failures = self.max_failures;
         let index = self.index(key);
         let Some(bucket) = self.buckets.get_mut(index) else {
@@ -268,12 +283,7 @@ impl<A: Addr> RoutingTable<A> {
         }
         if let Some(replacement) = bucket.replacements.pop() {
             bucket.entries.remove(pos);
-            bucket.entries.push(Entry {
-                key: replacement.key,
-                addr: replacement.addr.clone(),
-                failures: 0,
-                stale: false,
-            });
+            bucket.entries.push(Entry::new(replacement.clone(), now));
             return Failed::Replaced(replacement);
         }
         entry.stale = true;
@@ -281,7 +291,7 @@ impl<A: Addr> RoutingTable<A> {
     }
 
     /// Removes `key` from the table (a peer that left gracefully).
-    pub fn remove(&mut self, key: &Key) -> Failed<A> {
+    pub fn remove(&mut self, key: &Key, now: Instant) -> Failed<A> {
         let index = self.index(key);
         let Some(bucket) = self.buckets.get_mut(index) else {
             return Failed::Unknown;
@@ -292,12 +302,7 @@ impl<A: Addr> RoutingTable<A> {
         };
         bucket.entries.remove(pos);
         if let Some(replacement) = bucket.replacements.pop() {
-            bucket.entries.push(Entry {
-                key: replacement.key,
-                addr: replacement.addr.clone(),
-                failures: 0,
-                stale: false,
-            });
+            bucket.entries.push(Entry::new(replacement.clone(), now));
             return Failed::Replaced(replacement);
         }
         self.len -= 1;
@@ -433,7 +438,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn table(local: Key) -> RoutingTable<u32> {
-        RoutingTable::new(local, 4, 2, 2)
+        RoutingTable::new(local, 4, 2, 2, Duration::ZERO)
     }
 
     proptest! {
@@ -441,7 +446,7 @@ mod tests {
         fn closest_matches_brute_force(seed in any::<u64>(), n in 0usize..300, count in 1usize..30) {
             let mut rng = Rng::seed_from_u64(seed);
             let local = rng.key();
-            let mut t = RoutingTable::new(local, 20, 3, 2);
+            let mut t = RoutingTable::new(local, 20, 3, 2, Duration::ZERO);
             for i in 0..n {
                 t.observe(PeerInfo::new(rng.key(), i as u32), Instant::ZERO);
             }
@@ -478,6 +483,20 @@ mod tests {
     }
 
     #[test]
+    fn recently_seen_oldest_is_kept_without_a_ping() {
+        let mut rng = Rng::seed_from_u64(8);
+        let local = rng.key();
+        let mut t = RoutingTable::new(local, 2, 2, 2, Duration::from_secs(60));
+        let at = |s: u64| Instant::from_micros(s * 1_000_000);
+        let peers: Vec<PeerInfo<u32>> =
+            (0..3).map(|i| PeerInfo::new(local.random_in_bucket(0, &rng.key()), i)).collect();
+        t.observe(peers[0].clone(), at(0));
+        t.observe(peers[1].clone(), at(10));
+        assert_eq!(t.observe(peers[2].clone(), at(30)), Observed::Queued, "oldest seen 30 s ago");
+        assert_eq!(t.observe(peers[2].clone(), at(61)), Observed::PingOldest(peers[0].clone()));
+    }
+
+    #[test]
     fn failed_ping_evicts_oldest_for_newest_replacement() {
         let mut rng = Rng::seed_from_u64(4);
         let local = rng.key();
@@ -502,8 +521,8 @@ mod tests {
         let mut t = table(local);
         let p = PeerInfo::new(rng.key(), 1u32);
         t.observe(p.clone(), Instant::ZERO);
-        assert_eq!(t.record_failure(&p.key), Failed::Counted);
-        assert_eq!(t.record_failure(&p.key), Failed::Stale);
+        assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Counted);
+        assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Stale);
         assert!(t.closest(&p.key, 5, None).is_empty(), "stale peers are left out of lookups");
         assert_eq!(t.stale_peers(), vec![p.clone()]);
         assert_eq!(t.observe(p.clone(), Instant::ZERO), Observed::Refreshed);

@@ -57,6 +57,8 @@ pub struct Report {
     pub events_per_s: f64,
     /// Messages sent in the whole run (requests and responses).
     pub messages: u64,
+    /// Requests sent in the whole run, by kind.
+    pub requests_by_kind: RequestsByKind,
     /// Virtual time simulated.
     pub sim_time_s: f64,
     /// Wall time of the whole run.
@@ -67,6 +69,8 @@ pub struct Report {
     pub peak_rss_mb: f64,
     /// Peak resident memory divided by peers.
     pub memory_bytes_per_peer: u64,
+    /// Bytes per peer held by its slot, core and routing table at the end.
+    pub core_bytes_per_peer: u64,
     /// Hash of the event trace: the same seed gives the same hash.
     pub trace_hash: String,
     /// Churn: fraction of stored records found by a read at the end.
@@ -96,6 +100,23 @@ pub struct Report {
     /// Sorted latencies, for the CDF plot.
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
+}
+
+/// Requests sent, by kind.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RequestsByKind {
+    /// Liveness and eviction pings.
+    pub ping: u64,
+    /// Lookup steps for peers.
+    pub find_node: u64,
+    /// Lookup steps for values.
+    pub get_value: u64,
+    /// Lookup steps for providers.
+    pub get_providers: u64,
+    /// Value stores (puts, replication, hand-off).
+    pub put_value: u64,
+    /// Provider stores.
+    pub add_provider: u64,
 }
 
 /// Churn counters.
@@ -172,11 +193,16 @@ impl Report {
             events: sim.counters.events,
             events_per_s: (sim.counters.events as f64 / wall_s.max(1e-9)).round(),
             messages: sim.counters.messages,
+            requests_by_kind: {
+                let k = sim.counters.requests_by_kind;
+                RequestsByKind { ping: k[0], find_node: k[1], get_value: k[2], get_providers: k[3], put_value: k[4], add_provider: k[5] }
+            },
             sim_time_s: round3(sim.now_s()),
             wall_s: round3(wall_s),
             join_wall_s: round3(join_wall_s),
             peak_rss_mb: round3(peak_rss_mb),
             memory_bytes_per_peer: (peak_rss_bytes() / peers.max(1) as u64),
+            core_bytes_per_peer: sim.core_bytes_per_peer(),
             trace_hash: sim.trace_hash(),
             timeline: timeline(measured),
             hop_histogram: histogram,

@@ -172,6 +172,9 @@ pub struct Counters {
     pub puts: u64,
     /// Sum over puts of the members that confirmed.
     pub put_stored: u64,
+    /// Requests sent, by kind: ping, find_node, get_value, get_providers,
+    /// put_value, add_provider.
+    pub requests_by_kind: [u64; 6],
 }
 
 /// A simulated swarm.
@@ -279,6 +282,18 @@ impl Sim {
     /// The core running in a slot.
     pub fn core(&self, peer: PeerIndex) -> Option<&Overlay<PeerIndex>> {
         self.slots[peer as usize].core.as_ref()
+    }
+
+    /// Mean bytes per running core: the core itself plus its routing table.
+    pub fn core_bytes_per_peer(&self) -> u64 {
+        let (mut bytes, mut cores) = (0usize, 0usize);
+        for slot in &self.slots {
+            if let Some(core) = &slot.core {
+                bytes += size_of::<Overlay<PeerIndex>>() + core.routing_table().heap_bytes();
+                cores += 1;
+            }
+        }
+        (bytes / cores.max(1)) as u64 + size_of::<Slot>() as u64
     }
 
     /// Queries started by the simulator that have not finished.
@@ -646,6 +661,7 @@ impl Sim {
         }
         for t in transmits.drain(..) {
             let (to, id, mode, request) = (t.to.addr, t.id, t.mode, t.request);
+            self.counters.requests_by_kind[request_kind(&request)] += 1;
             self.send(peer, to, Payload::Request { to, from: peer, from_inc: inc, id, mode, request });
         }
         for e in events.drain(..) {
@@ -775,5 +791,16 @@ fn clone_payload(payload: &Payload) -> Payload {
         Payload::Response { to, to_inc, id, response } => {
             Payload::Response { to: *to, to_inc: *to_inc, id: *id, response: response.clone() }
         }
+    }
+}
+
+fn request_kind(request: &Request<PeerIndex>) -> usize {
+    match request {
+        Request::Ping => 0,
+        Request::FindNode { .. } => 1,
+        Request::GetValue { .. } => 2,
+        Request::GetProviders { .. } => 3,
+        Request::PutValue { .. } => 4,
+        Request::AddProvider { .. } => 5,
     }
 }
