@@ -201,7 +201,7 @@ impl<A: Addr> RoutingTable<A> {
             if bucket.entries.capacity() == bucket.entries.len() {
                 // Grow towards exactly k: a full bucket should not carry the
                 // slack of Vec's doubling (it adds up over 10^6 peers).
-                let target = (bucket.entries.len() * 2).clamp(4, k);
+                let target = (bucket.entries.len() * 2).max(4).min(k);
                 bucket.entries.reserve_exact(target - bucket.entries.len());
             }
             bucket.entries.push(entry);
