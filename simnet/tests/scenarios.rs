@@ -1,0 +1,78 @@
+//! Scenario runs small enough for CI: determinism, churn, partition, faults.
+
+use std::time::Duration;
+
+use shoal_simnet::scenario::{self, ChurnSpec, PartitionSpec, Swarm};
+use shoal_simnet::{Preset, SessionDist};
+
+#[test]
+fn the_same_seed_gives_the_same_trace_and_another_seed_does_not() {
+    let swarm = Swarm::new(300, 42);
+    let a = scenario::lookups(&swarm, 300, 200.0).unwrap();
+    let b = scenario::lookups(&swarm, 300, 200.0).unwrap();
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.events, b.events);
+    assert_eq!(a.messages, b.messages);
+    assert_eq!(a.latency_ms.p99, b.latency_ms.p99);
+    let c = scenario::lookups(&Swarm::new(300, 43), 300, 200.0).unwrap();
+    assert_ne!(a.trace_hash, c.trace_hash);
+}
+
+#[test]
+fn lookups_on_a_wan_with_loss_and_duplication_find_the_closest_peer() {
+    let mut swarm = Swarm::new(400, 5);
+    swarm.net = Preset::Wan;
+    swarm.loss = 0.01;
+    swarm.duplication = 0.01;
+    swarm.join_rate = 50.0;
+    let report = scenario::lookups(&swarm, 400, 50.0).unwrap();
+    assert_eq!(report.lookups, 400);
+    assert!(report.success_rate >= 0.98, "success {}", report.success_rate);
+    assert!(report.hops.p50 <= 3, "hops {:?}", report.hops);
+}
+
+#[test]
+fn disjoint_paths_still_find_the_closest_peer() {
+    let mut swarm = Swarm::new(300, 9);
+    swarm.disjoint_paths = 3;
+    let report = scenario::lookups(&swarm, 200, 100.0).unwrap();
+    assert!(report.success_rate >= 0.99, "success {}", report.success_rate);
+}
+
+#[test]
+fn records_survive_an_hour_of_churn_with_crashes() {
+    let swarm = Swarm::new(300, 11);
+    let spec = ChurnSpec {
+        hours: 1.0,
+        session_median: Duration::from_secs(30 * 60),
+        downtime_median: Duration::from_secs(10 * 60),
+        dist: SessionDist::Exponential,
+        crash_fraction: 0.5,
+        records: 50,
+        lookup_rate: 0.5,
+        get_rate: 0.2,
+    };
+    let report = scenario::churn(&swarm, &spec).unwrap();
+    let churn = report.churn_events.unwrap();
+    assert!(churn.crashes > 20 && churn.leaves > 20, "churn happened: {churn:?}");
+    assert!(report.success_rate >= 0.95, "lookup success {}", report.success_rate);
+    assert!(report.record_success_rate.unwrap() >= 0.98, "records {:?}", report.record_success_rate);
+}
+
+#[test]
+fn a_healed_partition_reconverges() {
+    let swarm = Swarm::new(300, 13);
+    let spec = PartitionSpec {
+        split: Duration::from_secs(5 * 60),
+        before: Duration::from_secs(60),
+        after: Duration::from_secs(10 * 60),
+        lookup_rate: 20.0,
+        window: Duration::from_secs(30),
+        one_way: false,
+    };
+    let report = scenario::partition(&swarm, &spec).unwrap();
+    let phases = report.partition_success.unwrap();
+    assert!(phases.before >= 0.99, "{phases:?}");
+    assert!(phases.during < 0.9, "a split swarm cannot find peers across the cut: {phases:?}");
+    assert!(report.reconverge_s.is_some(), "never reconverged: {phases:?}");
+}
