@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::{Addr, Distance, Key, PeerInfo};
+use crate::{Addr, Key, PeerInfo};
 
 /// Where a candidate stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +27,6 @@ enum State {
 #[derive(Clone, Debug)]
 struct Candidate<A> {
     peer: PeerInfo<A>,
-    distance: Distance,
     state: State,
     /// Length of the chain of responses through which this peer was first
     /// learned: 0 for seeds from the local table.
@@ -89,9 +88,10 @@ impl<A: Addr> Lookup<A> {
     }
 
     fn insert(&mut self, path: usize, peer: PeerInfo<A>, hops: u8) {
-        let distance = peer.key.distance(&self.target);
+        let target = self.target;
+        let distance = peer.key.distance(&target);
         let candidates = &mut self.paths[path].candidates;
-        let pos = match candidates.binary_search_by(|c| c.distance.cmp(&distance)) {
+        let pos = match candidates.binary_search_by(|c| c.peer.key.distance(&target).cmp(&distance)) {
             Ok(_) => return, // already known on this path
             Err(pos) => pos,
         };
@@ -102,7 +102,6 @@ impl<A: Addr> Lookup<A> {
             pos,
             Candidate {
                 peer,
-                distance,
                 state: State::NotContacted,
                 hops,
             },
@@ -160,9 +159,10 @@ impl<A: Addr> Lookup<A> {
     }
 
     fn find(&mut self, path: usize, key: &Key) -> Option<&mut Candidate<A>> {
-        let distance = key.distance(&self.target);
+        let target = self.target;
+        let distance = key.distance(&target);
         let candidates = &mut self.paths.get_mut(path)?.candidates;
-        let pos = candidates.binary_search_by(|c| c.distance.cmp(&distance)).ok()?;
+        let pos = candidates.binary_search_by(|c| c.peer.key.distance(&target).cmp(&distance)).ok()?;
         Some(&mut candidates[pos])
     }
 
@@ -226,7 +226,8 @@ impl<A: Addr> Lookup<A> {
             .flat_map(|p| p.candidates.iter())
             .filter(|c| c.state == State::Succeeded)
             .collect();
-        answered.sort_by(|a, b| a.distance.cmp(&b.distance));
+        let target = self.target;
+        answered.sort_by_key(|c| c.peer.key.distance(&target));
         answered.dedup_by(|a, b| a.peer.key == b.peer.key);
         let hops = answered.first().map_or(0, |c| c.hops);
         (answered.into_iter().take(count).map(|c| c.peer.clone()).collect(), hops)

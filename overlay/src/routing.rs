@@ -1,7 +1,9 @@
 //! The routing table: k-buckets indexed by common-prefix length.
 //!
 //! Bucket `i` holds peers whose keys share exactly `i` leading bits with the
-//! local key. Entries are kept least-recently-seen first. A full bucket does
+//! local key. Each entry remembers when it was last heard from; the
+//! least-recently-seen entry is the one with the oldest time (ties go to the
+//! earlier inserted), so hearing from a peer updates it in place. A full bucket does
 //! not drop a live old entry for a new one: the new peer waits in a small
 //! replacement cache while the oldest entry is pinged, and takes its place
 //! only if the ping fails (old peers that stayed up tend to stay up).
@@ -29,7 +31,7 @@ struct Entry<A> {
 
 #[derive(Clone, Debug)]
 struct Bucket<A> {
-    /// Least recently seen first.
+    /// In insertion order; recency is in `Entry::seen_s`.
     entries: Vec<Entry<A>>,
     /// Peers waiting for a place, most recently seen last.
     replacements: Vec<PeerInfo<A>>,
@@ -56,6 +58,17 @@ fn seconds(now: Instant) -> u32 {
 }
 
 impl<A> Bucket<A> {
+    /// Position of the least-recently-seen entry (the first of the oldest).
+    fn oldest(&self) -> Option<usize> {
+        let mut best: Option<(u32, usize)> = None;
+        for (i, e) in self.entries.iter().enumerate() {
+            if best.is_none_or(|(seen, _)| e.seen_s < seen) {
+                best = Some((e.seen_s, i));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
     fn new(now: Instant) -> Self {
         Bucket {
             entries: Vec::new(),
@@ -187,13 +200,11 @@ impl<A: Addr> RoutingTable<A> {
         }
         let (k, cap, recent) = (self.k, self.replacement_cap, self.recently_seen_s);
         let bucket = self.bucket_mut(&peer.key, now);
-        if let Some(pos) = bucket.entries.iter().position(|e| e.key == peer.key) {
-            let mut entry = bucket.entries.remove(pos);
+        if let Some(entry) = bucket.entries.iter_mut().find(|e| e.key == peer.key) {
             entry.failures = 0;
             entry.stale = false;
             entry.addr = peer.addr;
             entry.seen_s = seconds(now);
-            bucket.entries.push(entry);
             return Observed::Refreshed;
         }
         let entry = Entry::new(peer, now);
@@ -224,13 +235,15 @@ impl<A: Addr> RoutingTable<A> {
             }
             bucket.replacements.push(waiting);
         }
-        let oldest_seen = bucket.entries[0].seen_s;
-        if bucket.pinging || oldest_seen.saturating_add(recent) > seconds(now) {
+        let Some(oldest) = bucket.oldest().map(|i| &bucket.entries[i]) else {
+            return Observed::Queued; // unreachable: the bucket is full
+        };
+        if bucket.pinging || oldest.seen_s.saturating_add(recent) > seconds(now) {
             return Observed::Queued;
         }
+        let oldest = PeerInfo::new(oldest.key, oldest.addr.clone());
         bucket.pinging = true;
-        let oldest = &bucket.entries[0];
-        Observed::PingOldest(PeerInfo::new(oldest.key, oldest.addr.clone()))
+        Observed::PingOldest(oldest)
     }
 
     /// Ends the eviction ping of the bucket holding `key`: the ping answered
@@ -254,13 +267,11 @@ impl<A: Addr> RoutingTable<A> {
     fn observe_known(&mut self, key: &Key, now: Instant) {
         let index = self.index(key);
         if let Some(bucket) = self.buckets.get_mut(index)
-            && let Some(pos) = bucket.entries.iter().position(|e| e.key == *key)
+            && let Some(entry) = bucket.entries.iter_mut().find(|e| e.key == *key)
         {
-            let mut entry = bucket.entries.remove(pos);
             entry.failures = 0;
             entry.stale = false;
             entry.seen_s = seconds(now);
-            bucket.entries.push(entry);
             bucket.last_active = bucket.last_active.max(now);
         }
     }
@@ -317,38 +328,26 @@ impl<A: Addr> RoutingTable<A> {
     /// then all deeper buckets (they differ from the target at bit `i`), then
     /// shallower buckets from `i - 1` down to 0.
     pub fn closest(&self, target: &Key, count: usize, exclude: Option<&Key>) -> Vec<PeerInfo<A>> {
-        let mut out: Vec<(Distance, PeerInfo<A>)> = Vec::with_capacity(count + self.k);
+        let mut out: Vec<(Distance, &Entry<A>)> = Vec::with_capacity(count + self.k);
         let first = self.index(target).min(KEY_BITS - 1);
-        let take_bucket = |bucket: &Bucket<A>, out: &mut Vec<(Distance, PeerInfo<A>)>| {
-            for e in &bucket.entries {
-                if !e.stale && Some(&e.key) != exclude {
-                    out.push((e.key.distance(target), PeerInfo::new(e.key, e.addr.clone())));
-                }
-            }
-        };
-        let mut done = 0;
         if let Some(bucket) = self.buckets.get(first) {
-            take_bucket(bucket, &mut out);
+            take_bucket(bucket, target, exclude, &mut out);
         }
-        sort_tail(&mut out, done);
-        done = out.len();
-        if done < count {
+        if out.len() < count {
+            // Deeper buckets are all at the same order of distance: one sort.
+            let from = out.len();
             for bucket in self.buckets.iter().skip(first + 1) {
-                take_bucket(bucket, &mut out);
+                out.extend(bucket.entries.iter().filter(|e| !e.stale && Some(&e.key) != exclude).map(|e| (e.key.distance(target), e)));
             }
-            sort_tail(&mut out, done);
-            done = out.len();
+            out[from..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
         for bucket in self.buckets.iter().take(first.min(self.buckets.len())).rev() {
-            if done >= count {
+            if out.len() >= count {
                 break;
             }
-            take_bucket(bucket, &mut out);
-            sort_tail(&mut out, done);
-            done = out.len();
+            take_bucket(bucket, target, exclude, &mut out);
         }
-        out.truncate(count);
-        out.into_iter().map(|(_, p)| p).collect()
+        out.iter().take(count).map(|(_, e)| PeerInfo::new(e.key, e.addr.clone())).collect()
     }
 
     /// Indices of buckets with no activity since `now - idle`, touching
@@ -425,9 +424,16 @@ impl<A: Addr> RoutingTable<A> {
     }
 }
 
-/// Sorts `out[from..]` by distance; earlier parts are already sorted and all
-/// closer than the tail (the bucket walk guarantees it).
-fn sort_tail<A>(out: &mut [(Distance, PeerInfo<A>)], from: usize) {
+/// Appends a bucket's live entries (but `exclude`) sorted by distance to
+/// `target`. Earlier parts of `out` are sorted and all closer than this
+/// bucket: the bucket walk in `closest` guarantees it.
+fn take_bucket<'a, A>(bucket: &'a Bucket<A>, target: &Key, exclude: Option<&Key>, out: &mut Vec<(Distance, &'a Entry<A>)>) {
+    let from = out.len();
+    for e in &bucket.entries {
+        if !e.stale && Some(&e.key) != exclude {
+            out.push((e.key.distance(target), e));
+        }
+    }
     out[from..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
 }
 
