@@ -401,6 +401,10 @@ impl<A: Addr> Overlay<A> {
     fn take_outstanding(&mut self, id: RequestId) -> Option<Outstanding<A>> {
         let out = self.outstanding.remove(&id)?;
         self.deadlines.remove(&(out.deadline, id));
+        release_if_empty(&mut self.outstanding);
+        if self.deadlines.is_empty() {
+            self.deadlines = BTreeSet::new();
+        }
         Some(out)
     }
 
@@ -604,6 +608,7 @@ impl<A: Addr> Overlay<A> {
 
     fn lookup_finished(&mut self, now: Instant, id: QueryId) {
         let Some(mut query) = self.queries.remove(&id) else { return };
+        release_if_empty(&mut self.queries);
         let (peers, hops) = query.lookup.result(self.config.k);
         query.stats.hops = hops;
         query.stats.duration = now.saturating_since(query.started);
@@ -685,6 +690,7 @@ impl<A: Addr> Overlay<A> {
         let Some(query) = self.queries.get(&id) else { return };
         let Some((0, stored)) = query.storing else { return };
         let Some(mut query) = self.queries.remove(&id) else { return };
+        release_if_empty(&mut self.queries);
         query.stats.duration = now.saturating_since(query.started);
         self.events.push_back(Event::Put { query: id, key: query.lookup.target(), stored, stats: query.stats });
     }
@@ -724,6 +730,7 @@ impl<A: Addr> Overlay<A> {
         if *left == 0 {
             let stats = *stats;
             self.bootstraps.remove(&parent);
+            release_if_empty(&mut self.bootstraps);
             self.events.push_back(Event::Bootstrapped { query: parent, peers: self.table.len(), stats });
         }
     }
@@ -837,6 +844,14 @@ impl<A: Addr> Overlay<A> {
             return Err("record store over its bound".into());
         }
         Ok(())
+    }
+}
+
+/// Drops the empty root node a `BTreeMap` keeps after its last removal: a
+/// few hundred bytes per map, which add up over a million simulated peers.
+fn release_if_empty<K, V>(map: &mut BTreeMap<K, V>) {
+    if map.is_empty() {
+        *map = BTreeMap::new();
     }
 }
 
