@@ -6,6 +6,7 @@
 //! cargo run --release -p shoal-simnet -- partition --peers 10000 --seed 1 --out sim-out
 //! ```
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -118,6 +119,13 @@ struct Common {
     /// Probability that the network delivers a message twice.
     #[arg(long, default_value_t = 0.0)]
     duplication: f64,
+    /// Stop adding peers once resident memory passes this many MiB, and run
+    /// the scenario with the peers joined so far; the report says so.
+    #[arg(long)]
+    max_rss_mb: Option<u64>,
+    /// Print join progress to standard error (on by default when it is a terminal).
+    #[arg(long)]
+    progress: bool,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -140,6 +148,8 @@ impl Common {
         swarm.disjoint_paths = self.disjoint_paths;
         swarm.loss = self.loss;
         swarm.duplication = self.duplication;
+        swarm.max_rss_mb = self.max_rss_mb;
+        swarm.progress = self.progress || std::io::stderr().is_terminal();
         Ok(swarm)
     }
 }

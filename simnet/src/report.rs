@@ -91,6 +91,9 @@ pub struct Report {
     /// Partition: lookup success before, during and after the partition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition_success: Option<PhaseSuccess>,
+    /// Why the run differs from what was asked (a memory limit stopped the join).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// Lookup success over time, `(window start s, success rate, lookups)`.
     #[serde(skip)]
     pub timeline: Vec<(f64, f64, usize)>,
@@ -268,6 +271,9 @@ impl Report {
             self.events, self.wall_s, self.events_per_s, self.sim_time_s, self.peak_rss_mb, self.memory_bytes_per_peer
         );
         let _ = writeln!(s, "  trace hash    {}", self.trace_hash);
+        if let Some(note) = &self.note {
+            let _ = writeln!(s, "  note          {note}");
+        }
         s
     }
 }
@@ -302,10 +308,19 @@ fn timeline(lookups: &[&LookupOutcome]) -> Vec<(f64, f64, usize)> {
 
 /// Peak resident set size of this process (VmHWM), 0 where unknown.
 pub fn peak_rss_bytes() -> u64 {
+    proc_status_kb("VmHWM:")
+}
+
+/// Resident set size of this process now (VmRSS), 0 where unknown.
+pub fn rss_bytes() -> u64 {
+    proc_status_kb("VmRSS:")
+}
+
+fn proc_status_kb(field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }

@@ -30,12 +30,38 @@ pub struct Swarm {
     pub loss: f64,
     /// Probability that a message arrives twice.
     pub duplication: f64,
+    /// Stop adding peers once resident memory passes this many MiB, and run
+    /// the scenario with the peers joined so far (`None`: no limit).
+    pub max_rss_mb: Option<u64>,
+    /// Print join progress to standard error.
+    pub progress: bool,
+}
+
+/// A joined swarm, ready for a scenario.
+#[derive(Debug)]
+pub struct Joined {
+    /// The simulation.
+    pub sim: Sim,
+    /// Wall time the join phase took.
+    pub wall_s: f64,
+    /// Why fewer peers joined than asked for, if they did.
+    pub note: Option<String>,
 }
 
 impl Swarm {
     /// A swarm of `peers` with the defaults.
     pub fn new(peers: usize, seed: u64) -> Self {
-        Swarm { peers, seed, net: Preset::Lan, join_rate: 200.0, disjoint_paths: 1, loss: 0.0, duplication: 0.0 }
+        Swarm {
+            peers,
+            seed,
+            net: Preset::Lan,
+            join_rate: 200.0,
+            disjoint_paths: 1,
+            loss: 0.0,
+            duplication: 0.0,
+            max_rss_mb: None,
+            progress: false,
+        }
     }
 
     fn sim(&self) -> Sim {
@@ -66,12 +92,29 @@ impl Swarm {
 
     /// Creates the sim and joins every peer through the protocol, one after
     /// another at `join_rate`, each through a random peer already joined.
-    /// Returns the sim and the wall time the join took.
-    pub fn join(&self) -> Result<(Sim, f64), Violation> {
+    pub fn join(&self) -> Result<Joined, Violation> {
         let wall = WallClock::now();
         let mut sim = self.sim();
         let gap = (SECOND as f64 / self.join_rate.max(1e-3)) as u64;
+        let mut note = None;
         for i in 0..self.peers {
+            if i % 4096 == 0 && i > 0 {
+                let rss_mb = crate::report::rss_bytes() / (1024 * 1024);
+                if self.progress {
+                    eprintln!(
+                        "joining: {i} of {} peers started, {:.0} s wall, {rss_mb} MiB resident",
+                        self.peers,
+                        wall.elapsed().as_secs_f64()
+                    );
+                }
+                if let Some(limit) = self.max_rss_mb.filter(|limit| rss_mb > *limit) {
+                    note = Some(format!(
+                        "stopped adding peers at {i} of {}: resident memory reached {rss_mb} MiB (limit {limit} MiB)",
+                        self.peers
+                    ));
+                    break;
+                }
+            }
             let peer = sim.add_slot();
             sim.run_until(i as u64 * gap)?;
             sim.start(peer);
@@ -79,22 +122,22 @@ impl Swarm {
         // Let the last joins finish and the swarm settle.
         let settle = sim.now_us() + MINUTE;
         sim.run_until(settle)?;
-        if sim.live() < self.peers {
+        if sim.live() < sim.slots() {
             return Err(Violation {
                 seed: self.seed,
                 time_s: sim.now_s(),
                 peer: None,
-                message: format!("only {} of {} peers finished joining", sim.live(), self.peers),
+                message: format!("only {} of {} peers finished joining", sim.live(), sim.slots()),
             });
         }
-        Ok((sim, wall.elapsed().as_secs_f64()))
+        Ok(Joined { sim, wall_s: wall.elapsed().as_secs_f64(), note })
     }
 }
 
 /// `lookups`: join, then `lookups` lookups for random keys from random peers.
 pub fn lookups(swarm: &Swarm, lookups: usize, rate_per_s: f64) -> Result<Report, Violation> {
     let wall = WallClock::now();
-    let (mut sim, join_wall) = swarm.join()?;
+    let Joined { mut sim, wall_s: join_wall, note } = swarm.join()?;
     let start = sim.now_us();
     let gap = (SECOND as f64 / rate_per_s.max(1e-3)) as u64;
     let mut rng = Rng::derive(swarm.seed, 1);
@@ -107,7 +150,8 @@ pub fn lookups(swarm: &Swarm, lookups: usize, rate_per_s: f64) -> Result<Report,
     sim.check_all()?;
     let all = sim.lookups.clone();
     let measured: Vec<_> = all.iter().collect();
-    let report = Report::build("lookups", &mut sim, swarm.net_name(), &measured, wall.elapsed().as_secs_f64(), join_wall);
+    let mut report = Report::build("lookups", &mut sim, swarm.net_name(), &measured, wall.elapsed().as_secs_f64(), join_wall);
+    report.note = note;
     Ok(report)
 }
 
@@ -145,7 +189,7 @@ enum Action {
 /// record reads throughout, then read every record once more.
 pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
     let wall = WallClock::now();
-    let (mut sim, join_wall) = swarm.join()?;
+    let Joined { mut sim, wall_s: join_wall, note } = swarm.join()?;
     let mut rng = Rng::derive(swarm.seed, 2);
 
     // Store the records from random peers.
@@ -192,6 +236,15 @@ pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
             live_samples.0 += sim.live() as f64;
             live_samples.1 += 1;
             next_sample += MINUTE;
+            if swarm.progress && (next_sample - start) % (30 * MINUTE) == 0 {
+                eprintln!(
+                    "churn: {:.1} of {} simulated hours, {} peers up, {:.0} s wall",
+                    (next_sample - start) as f64 / 3.6e9,
+                    spec.hours,
+                    sim.live(),
+                    wall.elapsed().as_secs_f64()
+                );
+            }
         }
         sim.run_until(at)?;
         match action {
@@ -263,6 +316,7 @@ pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
     report.record_success_rate_during = Some(during_rate);
     report.mean_live_peers = Some(live_samples.0 / live_samples.1.max(1) as f64);
     report.churn_events = Some(counts);
+    report.note = note;
     Ok(report)
 }
 
@@ -287,7 +341,7 @@ pub struct PartitionSpec {
 /// measure how long until lookups succeed at 99.9% again.
 pub fn partition(swarm: &Swarm, spec: &PartitionSpec) -> Result<Report, Violation> {
     let wall = WallClock::now();
-    let (mut sim, join_wall) = swarm.join()?;
+    let Joined { mut sim, wall_s: join_wall, note } = swarm.join()?;
     let mut rng = Rng::derive(swarm.seed, 3);
     let start = sim.now_us();
     let split_at = start + micros(spec.before);
@@ -327,6 +381,7 @@ pub fn partition(swarm: &Swarm, spec: &PartitionSpec) -> Result<Report, Violatio
     let mut report = Report::build("partition", &mut sim, swarm.net_name(), &measured, wall.elapsed().as_secs_f64(), join_wall);
     report.partition_success = Some(PhaseSuccess { before: success(&before), during: success(&during), after: success(&after) });
     report.reconverge_s = reconverge;
+    report.note = note;
     Ok(report)
 }
 
