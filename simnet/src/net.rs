@@ -156,8 +156,9 @@ pub(crate) fn to_local(virtual_us: u64, p: &Placement) -> u64 {
 pub(crate) fn to_virtual(local_us: u64, p: &Placement) -> u64 {
     let shifted = i128::from(local_us) - i128::from(p.offset_us) - OFFSET_BIAS;
     let scale = 1_000_000 + i128::from(p.drift_ppm);
-    let mut v = (shifted * 1_000_000 + scale - 1).div_euclid(scale).max(0);
-    // Integer rounding may leave the clock a microsecond short; step forward.
+    // The estimate may be off by a microsecond either way (to_local rounds);
+    // start just below it and step to the first instant that reads late enough.
+    let mut v = ((shifted * 1_000_000).div_euclid(scale) - 2).max(0);
     while to_local(v as u64, p) < local_us {
         v += 1;
     }

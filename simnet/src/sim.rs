@@ -498,25 +498,7 @@ impl Sim {
     /// Descends the implicit binary trie of the sorted live keys: at each
     /// bit, keep to the half that matches the target's bit if it is not empty.
     pub fn true_closest(&self, key: &Key, exclude: PeerIndex) -> Option<PeerIndex> {
-        let excluded = self.slots.get(exclude as usize).map(|s| s.key);
-        let mut len = 0;
-        let (mut low, mut high) = key.prefix_range(0);
-        loop {
-            let mut range = self.live_keys.range(low..=high).filter(|(k, _)| Some(**k) != excluded);
-            let first = range.next()?;
-            if range.next().is_none() || len == shoal_overlay::KEY_BITS {
-                return Some(*first.1);
-            }
-            // Prefer the half that agrees with the target on bit `len`.
-            let (want_low, want_high) = key.prefix_range(len + 1);
-            let has_wanted =
-                self.live_keys.range(want_low..=want_high).any(|(k, _)| Some(*k) != excluded);
-            let (next_low, next_high) =
-                if has_wanted { (want_low, want_high) } else { key.with_bit_flipped(len).prefix_range(len + 1) };
-            low = next_low;
-            high = next_high;
-            len += 1;
-        }
+        closest_in(&self.live_keys, key, self.slots.get(exclude as usize).map(|s| s.key))
     }
 
     // ----- running ---------------------------------------------------------
@@ -777,6 +759,30 @@ impl Sim {
     }
 }
 
+/// The value in `keys` whose key is XOR-closest to `target`, skipping `excluded`.
+///
+/// Descends the implicit binary trie of the sorted keys. `path` holds the
+/// prefix chosen so far in its first `len` bits and the target's bits after
+/// it; at each bit, keep to the half that agrees with the target if it has a
+/// key, else take the other half.
+fn closest_in(keys: &BTreeMap<Key, PeerIndex>, target: &Key, excluded: Option<Key>) -> Option<PeerIndex> {
+    let mut path = *target;
+    let mut len = 0;
+    loop {
+        let (low, high) = path.prefix_range(len);
+        let mut range = keys.range(low..=high).filter(|(k, _)| Some(**k) != excluded);
+        let first = range.next()?;
+        if len == shoal_overlay::KEY_BITS || range.next().is_none() {
+            return Some(*first.1);
+        }
+        let (want_low, want_high) = path.prefix_range(len + 1);
+        if !keys.range(want_low..=want_high).any(|(k, _)| Some(*k) != excluded) {
+            path = path.with_bit_flipped(len);
+        }
+        len += 1;
+    }
+}
+
 /// A duplicate of a message for the network's duplication fault.
 fn clone_payload(payload: &Payload) -> Payload {
     match payload {
@@ -802,5 +808,28 @@ fn request_kind(request: &Request<PeerIndex>) -> usize {
         Request::GetProviders { .. } => 3,
         Request::PutValue { .. } => 4,
         Request::AddProvider { .. } => 5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_in_matches_brute_force() {
+        let mut rng = Rng::seed_from_u64(17);
+        for n in [1usize, 2, 3, 10, 100, 1000] {
+            let keys: BTreeMap<Key, PeerIndex> = (0..n).map(|i| (rng.key(), i as PeerIndex)).collect();
+            for _ in 0..300 {
+                let target = rng.key();
+                let excluded = if rng.chance(0.5) { keys.keys().nth(rng.index(n)).copied() } else { None };
+                let brute = keys
+                    .iter()
+                    .filter(|(k, _)| Some(**k) != excluded)
+                    .min_by_key(|(k, _)| k.distance(&target))
+                    .map(|(_, v)| *v);
+                assert_eq!(closest_in(&keys, &target, excluded), brute, "n = {n}");
+            }
+        }
     }
 }
