@@ -78,7 +78,7 @@ pub use record::{
     StoreLimits, ValueRecord, Verifier,
 };
 pub use rng::Rng;
-pub use routing::{Failed, Observed, RoutingTable};
+pub use routing::{Failed, Observed, RoutingTable, STALE_PROBES};
 pub use time::Instant;
 pub use wire::{Request, Response};
 

@@ -782,7 +782,8 @@ impl<A: Addr> Overlay<A> {
             // is tried again at the next maintenance.
             let _ = self.start_query(now, target, QueryKind::Refresh { bootstrap: None });
         }
-        for peer in self.table.stale_peers() {
+        let round = now.as_micros() / self.config.maintenance_interval.as_micros().max(1) as u64;
+        for peer in self.table.stale_peers(round) {
             self.send(now, peer, Request::Ping, Purpose::Probe);
         }
     }

@@ -16,6 +16,12 @@ use std::time::Duration;
 
 use crate::{Addr, Distance, Instant, Key, KEY_BITS, PeerInfo};
 
+/// Failed probes after which a stale entry is dropped: with the probe gap
+/// doubling to eight maintenance rounds, about 80 rounds (80 minutes by
+/// default) — long enough to ride out a partition, short enough that the
+/// dead do not linger.
+pub const STALE_PROBES: u8 = 12;
+
 /// One peer in a bucket.
 #[derive(Clone, Debug)]
 struct Entry<A> {
@@ -297,6 +303,12 @@ impl<A: Addr> RoutingTable<A> {
             bucket.entries.push(Entry::new(replacement.clone(), now));
             return Failed::Replaced(replacement);
         }
+        if entry.failures >= max_failures.saturating_add(STALE_PROBES) {
+            // Probed for over an hour without an answer: gone for good.
+            bucket.entries.remove(pos);
+            self.len -= 1;
+            return Failed::Removed;
+        }
         entry.stale = true;
         Failed::Stale
     }
@@ -372,11 +384,19 @@ impl<A: Addr> RoutingTable<A> {
         }
     }
 
-    /// The stale entries, to be pinged in case they came back.
-    pub fn stale_peers(&self) -> Vec<PeerInfo<A>> {
+    /// The stale entries due for a probe at maintenance round `round`, in
+    /// case they came back. Each failed probe doubles the gap to the next,
+    /// up to every eighth round; after [`STALE_PROBES`] failed probes the
+    /// entry is dropped.
+    pub fn stale_peers(&self, round: u64) -> Vec<PeerInfo<A>> {
+        let max_failures = self.max_failures;
         self.buckets
             .iter()
             .flat_map(|b| b.entries.iter().filter(|e| e.stale))
+            .filter(|e| {
+                let missed = u32::from(e.failures.saturating_sub(max_failures)).min(3);
+                round % (1u64 << missed) == 0
+            })
             .map(|e| PeerInfo::new(e.key, e.addr.clone()))
             .collect()
     }
@@ -530,7 +550,18 @@ mod tests {
         assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Counted);
         assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Stale);
         assert!(t.closest(&p.key, 5, None).is_empty(), "stale peers are left out of lookups");
-        assert_eq!(t.stale_peers(), vec![p.clone()]);
+        assert_eq!(t.stale_peers(0), vec![p.clone()]);
+        // Each failed probe spaces the next one further out; then it goes.
+        assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Stale);
+        assert!(t.stale_peers(1).is_empty() && t.stale_peers(2).len() == 1);
+        for _ in 1..STALE_PROBES - 1 {
+            assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Stale);
+        }
+        assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Removed);
+        assert!(t.is_empty());
+        t.observe(p.clone(), Instant::ZERO);
+        t.record_failure(&p.key, Instant::ZERO);
+        t.record_failure(&p.key, Instant::ZERO);
         assert_eq!(t.observe(p.clone(), Instant::ZERO), Observed::Refreshed);
         assert_eq!(t.closest(&p.key, 5, None), vec![p]);
     }
