@@ -64,6 +64,7 @@ mod query;
 mod record;
 mod rng;
 mod routing;
+mod rtt;
 mod time;
 pub mod wire;
 

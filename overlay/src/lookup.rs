@@ -5,6 +5,9 @@
 //! it each answer (`on_success`) or failure (`on_failure`). At most `alpha`
 //! requests are in flight per path; the lookup ends when the `k` closest
 //! candidates that did not fail have all answered, or nothing is left to ask.
+//! Once `alpha` answers in a row bring nothing closer than the closest
+//! candidate known, the path asks all of its `k` closest unasked candidates
+//! at once, as the Kademlia paper prescribes for its final round.
 //!
 //! With `paths > 1` it runs disjoint paths (S/Kademlia): the seeds are dealt
 //! round-robin to the paths, and no peer is queried by two paths, so one
@@ -20,6 +23,9 @@ enum State {
     NotContacted,
     Waiting,
     Succeeded,
+    /// No answer within the stall timeout: the lookup moved on, but a late
+    /// answer is still taken.
+    Stalled,
     /// Failed, or skipped because another path claimed it.
     Failed,
 }
@@ -38,6 +44,8 @@ struct Path<A> {
     /// Sorted by distance, closest first; at most `capacity` long.
     candidates: Vec<Candidate<A>>,
     in_flight: usize,
+    /// Answers in a row that brought no candidate closer than the closest.
+    without_progress: usize,
 }
 
 /// A lookup's progress; see the module docs.
@@ -66,6 +74,7 @@ impl<A: Addr> Lookup<A> {
                 .map(|_| Path {
                     candidates: Vec::new(),
                     in_flight: 0,
+                    without_progress: 0,
                 })
                 .collect(),
             claimed: BTreeSet::new(),
@@ -108,7 +117,7 @@ impl<A: Addr> Lookup<A> {
         );
         if candidates.len() > self.capacity {
             // Drop the farthest candidate that is not awaiting an answer.
-            if let Some(drop) = candidates.iter().rposition(|c| c.state != State::Waiting) {
+            if let Some(drop) = candidates.iter().rposition(|c| !matches!(c.state, State::Waiting | State::Stalled)) {
                 candidates.remove(drop);
             }
         }
@@ -130,7 +139,8 @@ impl<A: Addr> Lookup<A> {
         let disjoint = self.paths.len() > 1;
         let (k, alpha) = (self.k, self.alpha);
         let path = &mut self.paths[path_index];
-        if path.in_flight >= alpha {
+        let parallelism = if path.without_progress >= alpha { k } else { alpha };
+        if path.in_flight >= parallelism {
             return None;
         }
         let mut live = 0;
@@ -139,7 +149,7 @@ impl<A: Addr> Lookup<A> {
                 break;
             }
             match c.state {
-                State::Failed => continue,
+                State::Failed | State::Stalled => continue,
                 State::NotContacted => {
                     if disjoint && self.claimed.contains(&c.peer.key) {
                         c.state = State::Failed;
@@ -169,24 +179,49 @@ impl<A: Addr> Lookup<A> {
     /// `peer` on `path` answered with `closer` peers.
     pub fn on_success(&mut self, path: usize, peer: &Key, closer: Vec<PeerInfo<A>>) {
         let Some(c) = self.find(path, peer) else { return };
-        if c.state != State::Waiting {
+        let was = c.state;
+        if was != State::Waiting && was != State::Stalled {
             return;
         }
         c.state = State::Succeeded;
         let hops = c.hops.saturating_add(1);
-        self.paths[path].in_flight -= 1;
+        if was == State::Waiting {
+            self.paths[path].in_flight -= 1;
+        }
+        let closest_before = self.paths[path].candidates.first().map(|c| c.peer.key);
         for p in closer {
             self.insert(path, p, hops);
+        }
+        let state = &mut self.paths[path];
+        if state.candidates.first().map(|c| c.peer.key) == closest_before {
+            state.without_progress += 1;
+        } else {
+            state.without_progress = 0;
         }
     }
 
     /// The request to `peer` on `path` failed.
     pub fn on_failure(&mut self, path: usize, peer: &Key) {
         let Some(c) = self.find(path, peer) else { return };
-        if c.state != State::Waiting {
+        let was = c.state;
+        if was != State::Waiting && was != State::Stalled {
             return;
         }
         c.state = State::Failed;
+        if was == State::Waiting {
+            self.paths[path].in_flight -= 1;
+        }
+    }
+
+    /// The request to `peer` on `path` has not answered in time: stop
+    /// waiting for it (it no longer counts as in flight or among the closest
+    /// to wait for), but take its answer if it comes.
+    pub fn on_stall(&mut self, path: usize, peer: &Key) {
+        let Some(c) = self.find(path, peer) else { return };
+        if c.state != State::Waiting {
+            return;
+        }
+        c.state = State::Stalled;
         self.paths[path].in_flight -= 1;
     }
 
@@ -203,7 +238,7 @@ impl<A: Addr> Lookup<A> {
                     break;
                 }
                 match c.state {
-                    State::Failed => {}
+                    State::Failed | State::Stalled => {}
                     State::Succeeded => live += 1,
                     State::NotContacted => {
                         if !(self.paths.len() > 1 && self.claimed.contains(&c.peer.key)) {
@@ -279,6 +314,31 @@ mod tests {
             let closest_live = by_distance.iter().find(|p| p.addr % 17 != 5).unwrap();
             assert_eq!(result.first(), Some(closest_live), "paths = {paths}");
         }
+    }
+
+    #[test]
+    fn a_stalled_peer_is_routed_around_and_its_late_answer_still_counts() {
+        let mut rng = Rng::seed_from_u64(10);
+        let target = rng.key();
+        let slow = PeerInfo::new(target.random_in_bucket(30, &rng.key()), 1u32);
+        let other = PeerInfo::new(target.random_in_bucket(2, &rng.key()), 2u32);
+        let hidden = PeerInfo::new(target.random_in_bucket(60, &rng.key()), 3u32);
+        let mut lookup = Lookup::new(target, vec![slow.clone(), other.clone()], 20, 1, 1);
+        let (p, first) = lookup.next_query().unwrap();
+        assert_eq!(first, slow, "closest first");
+        assert!(lookup.next_query().is_none(), "alpha = 1 is in flight");
+        lookup.on_stall(p, &slow.key);
+        let (q, second) = lookup.next_query().expect("the stall frees the slot");
+        assert_eq!(second, other);
+        lookup.on_success(q, &other.key, vec![]);
+        assert!(lookup.is_finished(), "nothing left to wait for");
+        // The slow peer answers after all, naming a closer peer.
+        lookup.on_success(p, &slow.key, vec![hidden.clone()]);
+        assert!(!lookup.is_finished());
+        let (r, third) = lookup.next_query().unwrap();
+        assert_eq!(third, hidden);
+        lookup.on_success(r, &hidden.key, vec![]);
+        assert_eq!(lookup.result(20).0, vec![hidden, slow, other]);
     }
 
     #[test]

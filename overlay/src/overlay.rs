@@ -7,6 +7,7 @@ use crate::lookup::Lookup;
 use crate::query::{Query, QueryKind};
 use crate::record::{AnyRecord, PutOutcome, RecordStore, Signer, MAX_VALUE_BYTES};
 use crate::routing::{Failed, Observed, RoutingTable};
+use crate::rtt::RttEstimate;
 use crate::{
     Addr, CommandError, Config, ConfigError, Event, Instant, Key, Mode, PeerInfo, ProviderRecord, QueryId,
     QueryStats, RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
@@ -34,7 +35,10 @@ enum Purpose {
 struct Outstanding<A> {
     peer: PeerInfo<A>,
     purpose: Purpose,
+    sent: Instant,
     deadline: Instant,
+    /// When a lookup step counts as stalled (lookup steps only).
+    stall_at: Option<Instant>,
 }
 
 /// A record this peer publishes itself and so re-signs and re-puts.
@@ -83,6 +87,10 @@ pub struct Overlay<A: Addr> {
     bootstraps: BTreeMap<QueryId, (usize, QueryStats)>,
     outstanding: BTreeMap<RequestId, Outstanding<A>>,
     deadlines: BTreeSet<(Instant, RequestId)>,
+    /// Lookup steps that have not answered within the stall timeout move
+    /// their lookup on to other peers (the request stays open).
+    stalls: BTreeSet<(Instant, RequestId)>,
+    rtt: RttEstimate,
     maintenance_at: Instant,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
@@ -115,6 +123,8 @@ impl<A: Addr> Overlay<A> {
             bootstraps: BTreeMap::new(),
             outstanding: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            stalls: BTreeSet::new(),
+            rtt: RttEstimate::default(),
             maintenance_at,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -210,6 +220,7 @@ impl<A: Addr> Overlay<A> {
         let Some(out) = self.take_outstanding(id) else {
             return; // answered after its timeout, or a duplicate
         };
+        self.rtt.sample(now.saturating_since(out.sent));
         let peer = out.peer;
         match out.purpose {
             Purpose::EvictionPing => {
@@ -239,6 +250,13 @@ impl<A: Addr> Overlay<A> {
 
     /// Time passed: expire requests and run due maintenance.
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.stalls.first() {
+            if at > now {
+                break;
+            }
+            self.stalls.remove(&(at, id));
+            self.request_stalled(now, id);
+        }
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -379,7 +397,9 @@ impl<A: Addr> Overlay<A> {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let request = self.deadlines.first().map(|&(t, _)| t);
-        Some(request.map_or(self.maintenance_at, |t| t.min(self.maintenance_at)))
+        let stall = self.stalls.first().map(|&(t, _)| t);
+        let next = [request, stall].into_iter().flatten().fold(self.maintenance_at, Instant::min);
+        Some(next)
     }
 
     // ----- internals: requests ---------------------------------------------
@@ -394,18 +414,46 @@ impl<A: Addr> Overlay<A> {
         let id = RequestId(self.next_request);
         let deadline = now + self.config.request_timeout;
         self.deadlines.insert((deadline, id));
-        self.outstanding.insert(id, Outstanding { peer: to.clone(), purpose, deadline });
+        let stall_at = match purpose {
+            Purpose::Lookup { .. } => {
+                let at = now + self.rtt.stall_timeout(self.config.request_timeout);
+                self.stalls.insert((at, id));
+                Some(at)
+            }
+            _ => None,
+        };
+        self.outstanding.insert(id, Outstanding { peer: to.clone(), purpose, sent: now, deadline, stall_at });
         self.transmits.push_back(Transmit { id, to, mode: self.config.mode, request });
     }
 
     fn take_outstanding(&mut self, id: RequestId) -> Option<Outstanding<A>> {
         let out = self.outstanding.remove(&id)?;
         self.deadlines.remove(&(out.deadline, id));
+        if let Some(at) = out.stall_at {
+            self.stalls.remove(&(at, id));
+        }
         release_if_empty(&mut self.outstanding);
         if self.deadlines.is_empty() {
             self.deadlines = BTreeSet::new();
         }
+        if self.stalls.is_empty() {
+            self.stalls = BTreeSet::new();
+        }
         Some(out)
+    }
+
+    /// A lookup step has not answered within the stall timeout: its lookup
+    /// stops waiting for it (a late answer is still used).
+    fn request_stalled(&mut self, now: Instant, id: RequestId) {
+        let Some(out) = self.outstanding.get_mut(&id) else { return };
+        out.stall_at = None;
+        if let Purpose::Lookup { query, path } = out.purpose {
+            let key = out.peer.key;
+            if let Some(q) = self.queries.get_mut(&query) {
+                q.lookup.on_stall(path, &key);
+                self.drive(now, query);
+            }
+        }
     }
 
     fn request_failed(&mut self, now: Instant, out: Outstanding<A>) {
@@ -560,7 +608,8 @@ impl<A: Addr> Overlay<A> {
             Response::Providers { providers, closer } => (closer, None, providers),
             Response::Pong | Response::Stored | Response::Rejected(_) => {
                 // Not an answer to a lookup step: the peer misbehaves.
-                return self.request_failed(now, Outstanding { peer, purpose: Purpose::Lookup { query: id, path }, deadline: now });
+                let purpose = Purpose::Lookup { query: id, path };
+                return self.request_failed(now, Outstanding { peer, purpose, sent: now, deadline: now, stall_at: None });
             }
         };
         self.observe(now, peer.clone());
@@ -837,6 +886,10 @@ impl<A: Addr> Overlay<A> {
         self.table.check_invariants()?;
         if self.outstanding.len() != self.deadlines.len() {
             return Err(format!("{} requests outstanding but {} deadlines", self.outstanding.len(), self.deadlines.len()));
+        }
+        let stalling = self.outstanding.values().filter(|o| o.stall_at.is_some()).count();
+        if stalling != self.stalls.len() {
+            return Err(format!("{stalling} lookup steps may stall but {} stall timers", self.stalls.len()));
         }
         if self.queries.len() > self.config.max_queries {
             return Err("more queries than max_queries".into());
