@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::record::{StoreLimits, Verifier};
 use crate::Mode;
+use crate::record::{StoreLimits, Verifier};
 
 /// Bucket size and the number of peers a lookup must hear from: k = 20.
 pub const K: usize = 20;
@@ -14,7 +14,10 @@ pub const REPLICATION: usize = 3;
 
 const _: () = assert!(ALPHA <= K, "a lookup cannot have more requests in flight than results");
 const _: () = assert!(REPLICATION <= K, "a home is found by a lookup for the k closest peers");
-const _: () = assert!(K <= crate::wire::MAX_PEERS_PER_MESSAGE, "a response must be able to list k peers");
+const _: () = assert!(
+    K <= crate::wire::MAX_PEERS_PER_MESSAGE,
+    "a response must be able to list k peers"
+);
 
 /// How one core behaves. [`Config::default`] is right for a LAN peer; the
 /// simulator tunes timeouts to its network model.

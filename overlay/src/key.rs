@@ -299,15 +299,9 @@ mod tests {
 
     #[test]
     fn malformed_hex_is_an_error() {
-        assert_eq!(
-            "abc".parse::<Key>(),
-            Err(ParseKeyError::Length { length: 3 })
-        );
+        assert_eq!("abc".parse::<Key>(), Err(ParseKeyError::Length { length: 3 }));
         let bad = "g".repeat(64);
-        assert_eq!(
-            bad.parse::<Key>(),
-            Err(ParseKeyError::NotHex { character: 'g' })
-        );
+        assert_eq!(bad.parse::<Key>(), Err(ParseKeyError::NotHex { character: 'g' }));
         // Multi-byte characters must not panic on slicing.
         let wide = "é".repeat(32);
         assert!(wide.parse::<Key>().is_err());

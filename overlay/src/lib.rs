@@ -70,13 +70,13 @@ pub mod wire;
 
 pub use config::{ALPHA, Config, ConfigError, K, REPLICATION};
 pub use key::{Distance, KEY_BITS, Key, ParseKeyError};
-pub use lookup::Lookup;
+pub use lookup::{Lookup, MAX_ATTEMPTS};
 pub use overlay::Overlay;
 pub use peer::{Addr, Mode, PeerInfo};
 pub use query::{CommandError, Event, QueryId, QueryStats, RequestId};
 pub use record::{
-    MAX_CREDENTIAL_BYTES, MAX_VALUE_BYTES, ProviderRecord, PutOutcome, RecordError, RecordStore, Signer,
-    StoreLimits, ValueRecord, Verifier,
+    MAX_CREDENTIAL_BYTES, MAX_VALUE_BYTES, ProviderRecord, PutOutcome, RecordError, RecordStore, Signer, StoreLimits,
+    ValueRecord, Verifier,
 };
 pub use rng::Rng;
 pub use routing::{Failed, Observed, RoutingTable, STALE_PROBES};

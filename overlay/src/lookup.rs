@@ -37,7 +37,13 @@ struct Candidate<A> {
     /// Length of the chain of responses through which this peer was first
     /// learned: 0 for seeds from the local table.
     hops: u8,
+    /// Requests sent to this peer so far.
+    attempts: u8,
 }
+
+/// Requests a lookup sends one peer before it stops waiting for it: one
+/// retry covers a lost message without waiting out the whole timeout.
+pub const MAX_ATTEMPTS: u8 = 2;
 
 #[derive(Clone, Debug)]
 struct Path<A> {
@@ -113,11 +119,15 @@ impl<A: Addr> Lookup<A> {
                 peer,
                 state: State::NotContacted,
                 hops,
+                attempts: 0,
             },
         );
         if candidates.len() > self.capacity {
             // Drop the farthest candidate that is not awaiting an answer.
-            if let Some(drop) = candidates.iter().rposition(|c| !matches!(c.state, State::Waiting | State::Stalled)) {
+            if let Some(drop) = candidates
+                .iter()
+                .rposition(|c| !matches!(c.state, State::Waiting | State::Stalled))
+            {
                 candidates.remove(drop);
             }
         }
@@ -156,6 +166,7 @@ impl<A: Addr> Lookup<A> {
                         continue;
                     }
                     c.state = State::Waiting;
+                    c.attempts = 1;
                     path.in_flight += 1;
                     if disjoint {
                         self.claimed.insert(c.peer.key);
@@ -172,7 +183,9 @@ impl<A: Addr> Lookup<A> {
         let target = self.target;
         let distance = key.distance(&target);
         let candidates = &mut self.paths.get_mut(path)?.candidates;
-        let pos = candidates.binary_search_by(|c| c.peer.key.distance(&target).cmp(&distance)).ok()?;
+        let pos = candidates
+            .binary_search_by(|c| c.peer.key.distance(&target).cmp(&distance))
+            .ok()?;
         Some(&mut candidates[pos])
     }
 
@@ -200,11 +213,12 @@ impl<A: Addr> Lookup<A> {
         }
     }
 
-    /// The request to `peer` on `path` failed.
-    pub fn on_failure(&mut self, path: usize, peer: &Key) {
+    /// Attempt `attempt` of the request to `peer` on `path` failed. A
+    /// failure of an earlier attempt while a retry is out is ignored.
+    pub fn on_failure(&mut self, path: usize, peer: &Key, attempt: u8) {
         let Some(c) = self.find(path, peer) else { return };
         let was = c.state;
-        if was != State::Waiting && was != State::Stalled {
+        if (was != State::Waiting && was != State::Stalled) || attempt < c.attempts {
             return;
         }
         c.state = State::Failed;
@@ -213,16 +227,39 @@ impl<A: Addr> Lookup<A> {
         }
     }
 
-    /// The request to `peer` on `path` has not answered in time: stop
-    /// waiting for it (it no longer counts as in flight or among the closest
-    /// to wait for), but take its answer if it comes.
-    pub fn on_stall(&mut self, path: usize, peer: &Key) {
-        let Some(c) = self.find(path, peer) else { return };
+    /// The request to `peer` on `path` has not answered in time. Returns
+    /// true when the caller should send it once more (the lookup keeps
+    /// waiting for it); otherwise the lookup stops waiting for it — it no
+    /// longer counts as in flight or among the closest to wait for — but
+    /// still takes its answer if it comes.
+    #[must_use]
+    pub fn on_stall(&mut self, path: usize, peer: &Key) -> bool {
+        let Some(c) = self.find(path, peer) else { return false };
         if c.state != State::Waiting {
-            return;
+            return false;
+        }
+        if c.attempts < MAX_ATTEMPTS {
+            c.attempts += 1;
+            return true;
         }
         c.state = State::Stalled;
         self.paths[path].in_flight -= 1;
+        false
+    }
+
+    /// Which attempt the request to `peer` on `path` is at.
+    pub fn attempts(&self, path: usize, peer: &Key) -> u8 {
+        let target = self.target;
+        let distance = peer.distance(&target);
+        self.paths
+            .get(path)
+            .and_then(|p| {
+                p.candidates
+                    .binary_search_by(|c| c.peer.key.distance(&target).cmp(&distance))
+                    .ok()
+                    .map(|i| p.candidates[i].attempts)
+            })
+            .unwrap_or(0)
     }
 
     /// Whether the lookup is over: no path has a request in flight or a
@@ -300,12 +337,15 @@ mod tests {
                     panic!("not finished, yet nothing to ask and nothing in flight")
                 };
                 // Each peer knows a random third of the world.
-                let mut known: Vec<PeerInfo<u32>> =
-                    peers.iter().filter(|p| (p.addr + peer.addr) % 3 == 0).cloned().collect();
+                let mut known: Vec<PeerInfo<u32>> = peers
+                    .iter()
+                    .filter(|p| (p.addr + peer.addr) % 3 == 0)
+                    .cloned()
+                    .collect();
                 known.sort_by_key(|p| p.key.distance(&target));
                 known.truncate(20);
                 if peer.addr % 17 == 5 {
-                    lookup.on_failure(path, &peer.key);
+                    lookup.on_failure(path, &peer.key, 1);
                 } else {
                     lookup.on_success(path, &peer.key, known);
                 }
@@ -327,7 +367,9 @@ mod tests {
         let (p, first) = lookup.next_query().unwrap();
         assert_eq!(first, slow, "closest first");
         assert!(lookup.next_query().is_none(), "alpha = 1 is in flight");
-        lookup.on_stall(p, &slow.key);
+        assert!(lookup.on_stall(p, &slow.key), "the first stall asks for a retry");
+        assert!(lookup.next_query().is_none(), "still waiting on the retry");
+        assert!(!lookup.on_stall(p, &slow.key), "the second stall gives up waiting");
         let (q, second) = lookup.next_query().expect("the stall frees the slot");
         assert_eq!(second, other);
         lookup.on_success(q, &other.key, vec![]);
@@ -339,6 +381,21 @@ mod tests {
         assert_eq!(third, hidden);
         lookup.on_success(r, &hidden.key, vec![]);
         assert_eq!(lookup.result(20).0, vec![hidden, slow, other]);
+    }
+
+    #[test]
+    fn a_failed_first_attempt_does_not_cancel_its_retry() {
+        let mut rng = Rng::seed_from_u64(12);
+        let target = rng.key();
+        let peer = PeerInfo::new(target.random_in_bucket(20, &rng.key()), 1u32);
+        let mut lookup = Lookup::new(target, vec![peer.clone()], 20, 3, 1);
+        let (p, _) = lookup.next_query().unwrap();
+        assert!(lookup.on_stall(p, &peer.key));
+        lookup.on_failure(p, &peer.key, 1);
+        assert!(!lookup.is_finished(), "the retry is still out");
+        lookup.on_success(p, &peer.key, vec![]);
+        assert!(lookup.is_finished());
+        assert_eq!(lookup.result(20).0, vec![peer]);
     }
 
     #[test]

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use crate::lookup::Lookup;
 use crate::query::{Query, QueryKind};
-use crate::record::{AnyRecord, PutOutcome, RecordStore, Signer, MAX_VALUE_BYTES};
+use crate::record::{AnyRecord, MAX_VALUE_BYTES, PutOutcome, RecordStore, Signer};
 use crate::routing::{Failed, Observed, RoutingTable};
 use crate::rtt::RttEstimate;
 use crate::{
-    Addr, CommandError, Config, ConfigError, Event, Instant, Key, Mode, PeerInfo, ProviderRecord, QueryId,
-    QueryStats, RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
+    Addr, CommandError, Config, ConfigError, Event, Instant, Key, Mode, PeerInfo, ProviderRecord, QueryId, QueryStats,
+    RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
 };
 
 /// Output queues keep at most this much capacity once drained.
@@ -19,8 +19,9 @@ const IDLE_QUEUE_CAPACITY: usize = 4;
 /// Why a request was sent; decides what its answer means.
 #[derive(Clone, Copy, Debug)]
 enum Purpose {
-    /// A step of a query's lookup, on one of its paths.
-    Lookup { query: QueryId, path: usize },
+    /// A step of a query's lookup, on one of its paths; `attempt` 1 is the
+    /// first request to that peer, 2 the retry after a stall.
+    Lookup { query: QueryId, path: usize, attempt: u8 },
     /// Storing a record at a home member, for a put or a leave.
     Store { query: QueryId },
     /// Pinging a bucket's oldest entry to decide whether it stays.
@@ -102,13 +103,26 @@ pub struct Overlay<A: Addr> {
 impl<A: Addr> Overlay<A> {
     /// A core for the local peer `local`, signing with `signer` (whose public
     /// key must hash to `local.key`), drawing randomness from `rng_seed`.
-    pub fn new(config: Arc<Config>, local: PeerInfo<A>, signer: Box<dyn Signer>, rng_seed: u64, now: Instant) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: Arc<Config>,
+        local: PeerInfo<A>,
+        signer: Box<dyn Signer>,
+        rng_seed: u64,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         if Key::of_public_key(signer.public_key()) != local.key {
-            return Err(ConfigError("the local key must be the BLAKE3 hash of the signer's public key"));
+            return Err(ConfigError(
+                "the local key must be the BLAKE3 hash of the signer's public key",
+            ));
         }
-        let table =
-            RoutingTable::new(local.key, config.k, config.replacement_cache, config.max_failures, config.recently_seen);
+        let table = RoutingTable::new(
+            local.key,
+            config.k,
+            config.replacement_cache,
+            config.max_failures,
+            config.recently_seen,
+        );
         let store = RecordStore::new(config.store);
         let maintenance_at = now + config.maintenance_interval;
         Ok(Overlay {
@@ -172,7 +186,10 @@ impl<A: Addr> Overlay<A> {
         let r = self.config.replication;
         let mut home = self.table.closest(key, r, None);
         let own = self.local.key.distance(key);
-        let pos = home.iter().position(|p| p.key.distance(key) > own).unwrap_or(home.len());
+        let pos = home
+            .iter()
+            .position(|p| p.key.distance(key) > own)
+            .unwrap_or(home.len());
         if pos < r {
             home.insert(pos, self.local.clone());
             home.truncate(r);
@@ -238,7 +255,7 @@ impl<A: Addr> Overlay<A> {
                 self.observe(now, peer);
                 self.store_answered(now, query, stored);
             }
-            Purpose::Lookup { query, path } => self.lookup_answered(now, query, path, peer, response),
+            Purpose::Lookup { query, path, .. } => self.lookup_answered(now, query, path, peer, response),
         }
     }
 
@@ -316,7 +333,11 @@ impl<A: Addr> Overlay<A> {
     /// The core republishes it every `republish_interval`.
     pub fn put_value(&mut self, now: Instant, key: Key, value: Vec<u8>) -> Result<QueryId, CommandError> {
         if value.len() > MAX_VALUE_BYTES {
-            return Err(CommandError::ValueTooLarge { key, bytes: value.len(), max: MAX_VALUE_BYTES });
+            return Err(CommandError::ValueTooLarge {
+                key,
+                bytes: value.len(),
+                max: MAX_VALUE_BYTES,
+            });
         }
         let record = self.sign_value(now, key, value.clone());
         let id = self.start_query(now, key, QueryKind::PutValue { record })?;
@@ -346,7 +367,12 @@ impl<A: Addr> Overlay<A> {
     /// reports [`Event::Left`] when they have answered. Stops serving.
     pub fn leave(&mut self, now: Instant) -> QueryId {
         let query = self.next_query_id();
-        let mut leave = Leave { query, pending: 0, handed_off: 0, failed: 0 };
+        let mut leave = Leave {
+            query,
+            pending: 0,
+            handed_off: 0,
+            failed: 0,
+        };
         for key in self.store.keys() {
             let records = self.store.records_at(&key, now);
             let home = self.table.closest(&key, self.config.replication, None);
@@ -398,7 +424,10 @@ impl<A: Addr> Overlay<A> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let request = self.deadlines.first().map(|&(t, _)| t);
         let stall = self.stalls.first().map(|&(t, _)| t);
-        let next = [request, stall].into_iter().flatten().fold(self.maintenance_at, Instant::min);
+        let next = [request, stall]
+            .into_iter()
+            .flatten()
+            .fold(self.maintenance_at, Instant::min);
         Some(next)
     }
 
@@ -422,8 +451,22 @@ impl<A: Addr> Overlay<A> {
             }
             _ => None,
         };
-        self.outstanding.insert(id, Outstanding { peer: to.clone(), purpose, sent: now, deadline, stall_at });
-        self.transmits.push_back(Transmit { id, to, mode: self.config.mode, request });
+        self.outstanding.insert(
+            id,
+            Outstanding {
+                peer: to.clone(),
+                purpose,
+                sent: now,
+                deadline,
+                stall_at,
+            },
+        );
+        self.transmits.push_back(Transmit {
+            id,
+            to,
+            mode: self.config.mode,
+            request,
+        });
     }
 
     fn take_outstanding(&mut self, id: RequestId) -> Option<Outstanding<A>> {
@@ -445,14 +488,23 @@ impl<A: Addr> Overlay<A> {
     /// A lookup step has not answered within the stall timeout: its lookup
     /// stops waiting for it (a late answer is still used).
     fn request_stalled(&mut self, now: Instant, id: RequestId) {
-        let Some(out) = self.outstanding.get_mut(&id) else { return };
+        let Some(out) = self.outstanding.get_mut(&id) else {
+            return;
+        };
         out.stall_at = None;
-        if let Purpose::Lookup { query, path } = out.purpose {
-            let key = out.peer.key;
-            if let Some(q) = self.queries.get_mut(&query) {
-                q.lookup.on_stall(path, &key);
-                self.drive(now, query);
-            }
+        let Purpose::Lookup { query, path, .. } = out.purpose else {
+            return;
+        };
+        let peer = out.peer.clone();
+        let Some(q) = self.queries.get_mut(&query) else { return };
+        if q.lookup.on_stall(path, &peer.key) {
+            // Perhaps only a message was lost: ask once more, and keep waiting.
+            q.stats.requests += 1;
+            let attempt = q.lookup.attempts(path, &peer.key);
+            let request = lookup_request(&q.kind, q.lookup.target());
+            self.send(now, peer, request, Purpose::Lookup { query, path, attempt });
+        } else {
+            self.drive(now, query);
         }
     }
 
@@ -460,11 +512,11 @@ impl<A: Addr> Overlay<A> {
         let peer = out.peer;
         match out.purpose {
             Purpose::EvictionPing => self.eviction_failed(now, &peer),
-            Purpose::Lookup { query, path } => {
+            Purpose::Lookup { query, path, attempt } => {
                 self.count_failure(now, &peer);
                 if let Some(q) = self.queries.get_mut(&query) {
                     q.stats.failures += 1;
-                    q.lookup.on_failure(path, &peer.key);
+                    q.lookup.on_failure(path, &peer.key, attempt);
                     self.drive(now, query);
                 }
             }
@@ -564,13 +616,30 @@ impl<A: Addr> Overlay<A> {
             return Err(CommandError::Leaving);
         }
         if self.queries.len() >= self.config.max_queries {
-            return Err(CommandError::TooManyQueries { max: self.config.max_queries });
+            return Err(CommandError::TooManyQueries {
+                max: self.config.max_queries,
+            });
         }
         let id = self.next_query_id();
         let seeds = self.table.closest(&target, self.config.k, None);
         self.table.touch(&target, now);
-        let lookup = Lookup::new(target, seeds, self.config.k, self.config.alpha, self.config.disjoint_paths);
-        self.queries.insert(id, Query { kind, lookup, started: now, stats: QueryStats::default(), storing: None });
+        let lookup = Lookup::new(
+            target,
+            seeds,
+            self.config.k,
+            self.config.alpha,
+            self.config.disjoint_paths,
+        );
+        self.queries.insert(
+            id,
+            Query {
+                kind,
+                lookup,
+                started: now,
+                stats: QueryStats::default(),
+                storing: None,
+            },
+        );
         self.drive(now, id);
         Ok(id)
     }
@@ -584,17 +653,21 @@ impl<A: Addr> Overlay<A> {
         let target = query.lookup.target();
         let mut sends = Vec::new();
         while let Some((path, peer)) = query.lookup.next_query() {
-            let request = match query.kind {
-                QueryKind::GetValue { .. } => Request::GetValue { key: target },
-                QueryKind::GetProviders { .. } => Request::GetProviders { key: target },
-                _ => Request::FindNode { target },
-            };
             query.stats.requests += 1;
-            sends.push((peer, request, path));
+            sends.push((peer, lookup_request(&query.kind, target), path));
         }
         let finished = query.lookup.is_finished();
         for (peer, request, path) in sends {
-            self.send(now, peer, request, Purpose::Lookup { query: id, path });
+            self.send(
+                now,
+                peer,
+                request,
+                Purpose::Lookup {
+                    query: id,
+                    path,
+                    attempt: 1,
+                },
+            );
         }
         if finished {
             self.lookup_finished(now, id);
@@ -608,8 +681,22 @@ impl<A: Addr> Overlay<A> {
             Response::Providers { providers, closer } => (closer, None, providers),
             Response::Pong | Response::Stored | Response::Rejected(_) => {
                 // Not an answer to a lookup step: the peer misbehaves.
-                let purpose = Purpose::Lookup { query: id, path };
-                return self.request_failed(now, Outstanding { peer, purpose, sent: now, deadline: now, stall_at: None });
+                let attempt = self.queries.get(&id).map_or(1, |q| q.lookup.attempts(path, &peer.key));
+                let purpose = Purpose::Lookup {
+                    query: id,
+                    path,
+                    attempt,
+                };
+                return self.request_failed(
+                    now,
+                    Outstanding {
+                        peer,
+                        purpose,
+                        sent: now,
+                        deadline: now,
+                        stall_at: None,
+                    },
+                );
             }
         };
         self.observe(now, peer.clone());
@@ -626,7 +713,9 @@ impl<A: Addr> Overlay<A> {
         let mut done_early = false;
         match &mut query.kind {
             QueryKind::GetValue { found, valid } => {
-                if let Some(record) = record.filter(|r| r.key == query.lookup.target() && r.verify(verifier, now, max_life).is_ok()) {
+                if let Some(record) =
+                    record.filter(|r| r.key == query.lookup.target() && r.verify(verifier, now, max_life).is_ok())
+                {
                     *valid += 1;
                     if found.as_ref().is_none_or(|f| record.seq > f.seq) {
                         *found = Some(record);
@@ -656,7 +745,9 @@ impl<A: Addr> Overlay<A> {
     }
 
     fn lookup_finished(&mut self, now: Instant, id: QueryId) {
-        let Some(mut query) = self.queries.remove(&id) else { return };
+        let Some(mut query) = self.queries.remove(&id) else {
+            return;
+        };
         release_if_empty(&mut self.queries);
         let (peers, hops) = query.lookup.result(self.config.k);
         query.stats.hops = hops;
@@ -664,13 +755,24 @@ impl<A: Addr> Overlay<A> {
         let stats = query.stats;
         let target = query.lookup.target();
         match query.kind {
-            QueryKind::FindNode => self.events.push_back(Event::FoundNodes { query: id, target, peers, stats }),
-            QueryKind::GetValue { found, .. } => {
-                self.events.push_back(Event::GotValue { query: id, key: target, record: found, stats })
-            }
-            QueryKind::GetProviders { found, .. } => {
-                self.events.push_back(Event::GotProviders { query: id, key: target, providers: found, stats })
-            }
+            QueryKind::FindNode => self.events.push_back(Event::FoundNodes {
+                query: id,
+                target,
+                peers,
+                stats,
+            }),
+            QueryKind::GetValue { found, .. } => self.events.push_back(Event::GotValue {
+                query: id,
+                key: target,
+                record: found,
+                stats,
+            }),
+            QueryKind::GetProviders { found, .. } => self.events.push_back(Event::GotProviders {
+                query: id,
+                key: target,
+                providers: found,
+                stats,
+            }),
             QueryKind::Bootstrap => self.bootstrap_refresh(now, id, &peers, stats),
             QueryKind::Refresh { bootstrap } => {
                 if let Some(parent) = bootstrap {
@@ -690,13 +792,20 @@ impl<A: Addr> Overlay<A> {
 
     /// The store phase of a put: the home is the `r` closest among the peers
     /// that answered and this peer itself.
-    fn start_storing(&mut self, now: Instant, id: QueryId, mut query: Query<A>, answered: Vec<PeerInfo<A>>, record: AnyRecord<A>) {
+    fn start_storing(
+        &mut self,
+        now: Instant,
+        id: QueryId,
+        mut query: Query<A>,
+        answered: Vec<PeerInfo<A>>,
+        record: AnyRecord<A>,
+    ) {
         let target = query.lookup.target();
         let r = self.config.replication;
         let own = self.local.key.distance(&target);
         let remote: Vec<PeerInfo<A>> = answered.into_iter().take(r).collect();
-        let self_in_home =
-            self.config.mode == Mode::Server && (remote.len() < r || remote.iter().any(|p| p.key.distance(&target) > own));
+        let self_in_home = self.config.mode == Mode::Server
+            && (remote.len() < r || remote.iter().any(|p| p.key.distance(&target) > own));
         let members: Vec<PeerInfo<A>> = remote.into_iter().take(if self_in_home { r - 1 } else { r }).collect();
         let stored = usize::from(self_in_home && self.accept(now, record.clone()).is_ok());
         let request = store_request(record);
@@ -738,15 +847,26 @@ impl<A: Addr> Overlay<A> {
     fn maybe_finish_put(&mut self, now: Instant, id: QueryId) {
         let Some(query) = self.queries.get(&id) else { return };
         let Some((0, stored)) = query.storing else { return };
-        let Some(mut query) = self.queries.remove(&id) else { return };
+        let Some(mut query) = self.queries.remove(&id) else {
+            return;
+        };
         release_if_empty(&mut self.queries);
         query.stats.duration = now.saturating_since(query.started);
-        self.events.push_back(Event::Put { query: id, key: query.lookup.target(), stored, stats: query.stats });
+        self.events.push_back(Event::Put {
+            query: id,
+            key: query.lookup.target(),
+            stored,
+            stats: query.stats,
+        });
     }
 
     fn finish_leave(&mut self) {
         if let Some(leave) = &self.leave {
-            self.events.push_back(Event::Left { query: leave.query, handed_off: leave.handed_off, failed: leave.failed });
+            self.events.push_back(Event::Left {
+                query: leave.query,
+                handed_off: leave.handed_off,
+                failed: leave.failed,
+            });
         }
     }
 
@@ -767,20 +887,30 @@ impl<A: Addr> Overlay<A> {
             .filter(|q| matches!(q.kind, QueryKind::Refresh { bootstrap: Some(b) } if b == id))
             .count();
         if running == 0 {
-            self.events.push_back(Event::Bootstrapped { query: id, peers: self.table.len(), stats });
+            self.events.push_back(Event::Bootstrapped {
+                query: id,
+                peers: self.table.len(),
+                stats,
+            });
         } else {
             self.bootstraps.insert(id, (running, stats));
         }
     }
 
     fn refresh_done(&mut self, parent: QueryId) {
-        let Some((left, stats)) = self.bootstraps.get_mut(&parent) else { return };
+        let Some((left, stats)) = self.bootstraps.get_mut(&parent) else {
+            return;
+        };
         *left -= 1;
         if *left == 0 {
             let stats = *stats;
             self.bootstraps.remove(&parent);
             release_if_empty(&mut self.bootstraps);
-            self.events.push_back(Event::Bootstrapped { query: parent, peers: self.table.len(), stats });
+            self.events.push_back(Event::Bootstrapped {
+                query: parent,
+                peers: self.table.len(),
+                stats,
+            });
         }
     }
 
@@ -813,7 +943,12 @@ impl<A: Addr> Overlay<A> {
     }
 
     fn sign_provider(&mut self, now: Instant, key: Key) -> ProviderRecord<A> {
-        ProviderRecord::sign(key, self.local.clone(), now + self.config.record_ttl, self.signer.as_ref())
+        ProviderRecord::sign(
+            key,
+            self.local.clone(),
+            now + self.config.record_ttl,
+            self.signer.as_ref(),
+        )
     }
 
     // ----- internals: maintenance ----------------------------------------
@@ -869,11 +1004,15 @@ impl<A: Addr> Overlay<A> {
                 Some(Published::Value { value, next }) => {
                     *next = next_time;
                     let value = value.clone();
-                    QueryKind::PutValue { record: self.sign_value(now, key, value) }
+                    QueryKind::PutValue {
+                        record: self.sign_value(now, key, value),
+                    }
                 }
                 Some(Published::Provider { next }) => {
                     *next = next_time;
-                    QueryKind::AddProvider { record: self.sign_provider(now, key) }
+                    QueryKind::AddProvider {
+                        record: self.sign_provider(now, key),
+                    }
                 }
                 None => continue,
             };
@@ -885,11 +1024,18 @@ impl<A: Addr> Overlay<A> {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.table.check_invariants()?;
         if self.outstanding.len() != self.deadlines.len() {
-            return Err(format!("{} requests outstanding but {} deadlines", self.outstanding.len(), self.deadlines.len()));
+            return Err(format!(
+                "{} requests outstanding but {} deadlines",
+                self.outstanding.len(),
+                self.deadlines.len()
+            ));
         }
         let stalling = self.outstanding.values().filter(|o| o.stall_at.is_some()).count();
         if stalling != self.stalls.len() {
-            return Err(format!("{stalling} lookup steps may stall but {} stall timers", self.stalls.len()));
+            return Err(format!(
+                "{stalling} lookup steps may stall but {} stall timers",
+                self.stalls.len()
+            ));
         }
         if self.queries.len() > self.config.max_queries {
             return Err("more queries than max_queries".into());
@@ -898,6 +1044,15 @@ impl<A: Addr> Overlay<A> {
             return Err("record store over its bound".into());
         }
         Ok(())
+    }
+}
+
+/// The request a lookup step of this kind of query sends.
+fn lookup_request<A>(kind: &QueryKind<A>, target: Key) -> Request<A> {
+    match kind {
+        QueryKind::GetValue { .. } => Request::GetValue { key: target },
+        QueryKind::GetProviders { .. } => Request::GetProviders { key: target },
+        _ => Request::FindNode { target },
     }
 }
 

@@ -228,7 +228,9 @@ impl<A: Addr> ProviderRecord<A> {
         let key = self.key;
         check_credentials(key, &self.publisher, &self.signature)?;
         check_expiry(key, self.expires, now, max_lifetime)?;
-        if Key::of_public_key(&self.publisher) != self.provider.key || !self.provider.addr.matches_key(&self.provider.key) {
+        if Key::of_public_key(&self.publisher) != self.provider.key
+            || !self.provider.addr.matches_key(&self.provider.key)
+        {
             return Err(RecordError::ProviderMismatch { key });
         }
         if !(verifier.0)(&self.publisher, &self.signed_bytes(), &self.signature) {
@@ -354,7 +356,12 @@ impl<A: Addr> RecordStore<A> {
     }
 
     /// Stores a value record that has already been verified.
-    pub(crate) fn put_value(&mut self, record: ValueRecord, now: Instant, next_replicate: Instant) -> Result<PutOutcome, RecordError> {
+    pub(crate) fn put_value(
+        &mut self,
+        record: ValueRecord,
+        now: Instant,
+        next_replicate: Instant,
+    ) -> Result<PutOutcome, RecordError> {
         let key = record.key;
         if let Some(held) = self.values.get_mut(&key) {
             let current = &held.record;
@@ -369,7 +376,11 @@ impl<A: Addr> RecordStore<A> {
                 return Err(RecordError::Conflict { key });
             }
             if record.seq < current.seq {
-                return Err(RecordError::Stale { key, seq: record.seq, current: current.seq });
+                return Err(RecordError::Stale {
+                    key,
+                    seq: record.seq,
+                    current: current.seq,
+                });
             }
             if *current == record {
                 // Another home member replicated the same record: it did this
@@ -384,14 +395,21 @@ impl<A: Addr> RecordStore<A> {
             return Ok(PutOutcome::Updated);
         }
         if self.len() >= self.limits.max_records {
-            return Err(RecordError::StoreFull { key, capacity: self.limits.max_records });
+            return Err(RecordError::StoreFull {
+                key,
+                capacity: self.limits.max_records,
+            });
         }
         self.values.insert(key, Stored { record, next_replicate });
         Ok(PutOutcome::Inserted)
     }
 
     /// Stores a provider record that has already been verified.
-    pub(crate) fn put_provider(&mut self, record: ProviderRecord<A>, next_replicate: Instant) -> Result<PutOutcome, RecordError> {
+    pub(crate) fn put_provider(
+        &mut self,
+        record: ProviderRecord<A>,
+        next_replicate: Instant,
+    ) -> Result<PutOutcome, RecordError> {
         let key = record.key;
         let full = self.len() >= self.limits.max_records;
         let list = self.providers.entry(key).or_default();
@@ -407,9 +425,15 @@ impl<A: Addr> RecordStore<A> {
             return Ok(PutOutcome::Updated);
         }
         let result = if full {
-            Err(RecordError::StoreFull { key, capacity: self.limits.max_records })
+            Err(RecordError::StoreFull {
+                key,
+                capacity: self.limits.max_records,
+            })
         } else if list.len() >= self.limits.max_providers_per_key {
-            Err(RecordError::ProvidersFull { key, max: self.limits.max_providers_per_key })
+            Err(RecordError::ProvidersFull {
+                key,
+                max: self.limits.max_providers_per_key,
+            })
         } else {
             list.push(Stored { record, next_replicate });
             self.provider_count += 1;

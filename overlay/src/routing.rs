@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use crate::{Addr, Distance, Instant, Key, KEY_BITS, PeerInfo};
+use crate::{Addr, Distance, Instant, KEY_BITS, Key, PeerInfo};
 
 /// Failed probes after which a stale entry is dropped: with the probe gap
 /// doubling to eight maintenance rounds, about 80 rounds (80 minutes by
@@ -349,9 +349,15 @@ impl<A: Addr> RoutingTable<A> {
             // Deeper buckets are all at the same order of distance: one sort.
             let from = out.len();
             for bucket in self.buckets.iter().skip(first + 1) {
-                out.extend(bucket.entries.iter().filter(|e| !e.stale && Some(&e.key) != exclude).map(|e| (e.key.distance(target), e)));
+                out.extend(
+                    bucket
+                        .entries
+                        .iter()
+                        .filter(|e| !e.stale && Some(&e.key) != exclude)
+                        .map(|e| (e.key.distance(target), e)),
+                );
             }
-            out[from..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out[from..].sort_unstable_by_key(|a| a.0);
         }
         for bucket in self.buckets.iter().take(first.min(self.buckets.len())).rev() {
             if out.len() >= count {
@@ -359,7 +365,10 @@ impl<A: Addr> RoutingTable<A> {
             }
             take_bucket(bucket, target, exclude, &mut out);
         }
-        out.iter().take(count).map(|(_, e)| PeerInfo::new(e.key, e.addr.clone())).collect()
+        out.iter()
+            .take(count)
+            .map(|(_, e)| PeerInfo::new(e.key, e.addr.clone()))
+            .collect()
     }
 
     /// Indices of buckets with no activity since `now - idle`, touching
@@ -395,7 +404,7 @@ impl<A: Addr> RoutingTable<A> {
             .flat_map(|b| b.entries.iter().filter(|e| e.stale))
             .filter(|e| {
                 let missed = u32::from(e.failures.saturating_sub(max_failures)).min(3);
-                round % (1u64 << missed) == 0
+                round.is_multiple_of(1u64 << missed)
             })
             .map(|e| PeerInfo::new(e.key, e.addr.clone()))
             .collect()
@@ -408,8 +417,7 @@ impl<A: Addr> RoutingTable<A> {
                 .buckets
                 .iter()
                 .map(|b| {
-                    b.entries.capacity() * size_of::<Entry<A>>()
-                        + b.replacements.capacity() * size_of::<PeerInfo<A>>()
+                    b.entries.capacity() * size_of::<Entry<A>>() + b.replacements.capacity() * size_of::<PeerInfo<A>>()
                 })
                 .sum::<usize>()
     }
@@ -429,7 +437,11 @@ impl<A: Addr> RoutingTable<A> {
                     return Err("the local key is in its own table".into());
                 }
                 if self.index(&e.key) != i {
-                    return Err(format!("peer {:?} is in bucket {i}, belongs in {}", e.key, self.index(&e.key)));
+                    return Err(format!(
+                        "peer {:?} is in bucket {i}, belongs in {}",
+                        e.key,
+                        self.index(&e.key)
+                    ));
                 }
                 if bucket.entries[..j].iter().any(|o| o.key == e.key) {
                     return Err(format!("peer {:?} appears twice in bucket {i}", e.key));
@@ -447,14 +459,19 @@ impl<A: Addr> RoutingTable<A> {
 /// Appends a bucket's live entries (but `exclude`) sorted by distance to
 /// `target`. Earlier parts of `out` are sorted and all closer than this
 /// bucket: the bucket walk in `closest` guarantees it.
-fn take_bucket<'a, A>(bucket: &'a Bucket<A>, target: &Key, exclude: Option<&Key>, out: &mut Vec<(Distance, &'a Entry<A>)>) {
+fn take_bucket<'a, A>(
+    bucket: &'a Bucket<A>,
+    target: &Key,
+    exclude: Option<&Key>,
+    out: &mut Vec<(Distance, &'a Entry<A>)>,
+) {
     let from = out.len();
     for e in &bucket.entries {
         if !e.stale && Some(&e.key) != exclude {
             out.push((e.key.distance(target), e));
         }
     }
-    out[from..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out[from..].sort_unstable_by_key(|a| a.0);
 }
 
 #[cfg(test)]
@@ -498,7 +515,10 @@ mod tests {
         for p in &peers[..4] {
             assert_eq!(t.observe(p.clone(), Instant::ZERO), Observed::Inserted);
         }
-        assert_eq!(t.observe(peers[4].clone(), Instant::ZERO), Observed::PingOldest(peers[0].clone()));
+        assert_eq!(
+            t.observe(peers[4].clone(), Instant::ZERO),
+            Observed::PingOldest(peers[0].clone())
+        );
         // A second newcomer does not start a second ping.
         let sixth = PeerInfo::new(local.random_in_bucket(0, &rng.key()), 6);
         assert_eq!(t.observe(sixth, Instant::ZERO), Observed::Queued);
@@ -514,12 +534,20 @@ mod tests {
         let local = rng.key();
         let mut t = RoutingTable::new(local, 2, 2, 2, Duration::from_secs(60));
         let at = |s: u64| Instant::from_micros(s * 1_000_000);
-        let peers: Vec<PeerInfo<u32>> =
-            (0..3).map(|i| PeerInfo::new(local.random_in_bucket(0, &rng.key()), i)).collect();
+        let peers: Vec<PeerInfo<u32>> = (0..3)
+            .map(|i| PeerInfo::new(local.random_in_bucket(0, &rng.key()), i))
+            .collect();
         t.observe(peers[0].clone(), at(0));
         t.observe(peers[1].clone(), at(10));
-        assert_eq!(t.observe(peers[2].clone(), at(30)), Observed::Queued, "oldest seen 30 s ago");
-        assert_eq!(t.observe(peers[2].clone(), at(61)), Observed::PingOldest(peers[0].clone()));
+        assert_eq!(
+            t.observe(peers[2].clone(), at(30)),
+            Observed::Queued,
+            "oldest seen 30 s ago"
+        );
+        assert_eq!(
+            t.observe(peers[2].clone(), at(61)),
+            Observed::PingOldest(peers[0].clone())
+        );
     }
 
     #[test]
@@ -533,7 +561,10 @@ mod tests {
         for p in &peers {
             t.observe(p.clone(), Instant::ZERO);
         }
-        assert_eq!(t.finish_eviction_ping(&peers[0].key, false, Instant::ZERO), Some((peers[0].clone(), peers[4].clone())));
+        assert_eq!(
+            t.finish_eviction_ping(&peers[0].key, false, Instant::ZERO),
+            Some((peers[0].clone(), peers[4].clone()))
+        );
         assert!(!t.contains(&peers[0].key));
         assert!(t.contains(&peers[4].key));
         assert_eq!(t.len(), 4);
@@ -549,7 +580,10 @@ mod tests {
         t.observe(p.clone(), Instant::ZERO);
         assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Counted);
         assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Stale);
-        assert!(t.closest(&p.key, 5, None).is_empty(), "stale peers are left out of lookups");
+        assert!(
+            t.closest(&p.key, 5, None).is_empty(),
+            "stale peers are left out of lookups"
+        );
         assert_eq!(t.stale_peers(0), vec![p.clone()]);
         // Each failed probe spaces the next one further out; then it goes.
         assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Stale);

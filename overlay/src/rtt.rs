@@ -8,6 +8,9 @@ use std::time::Duration;
 pub(crate) struct RttEstimate {
     srtt_us: u32,
     rttvar_us: u32,
+    /// The largest recent round trip: jumps up to a new maximum, decays by
+    /// 1/64 of the gap per smaller sample.
+    max_us: u32,
     samples: u32,
 }
 
@@ -19,6 +22,11 @@ const WARM_UP_SAMPLES: u32 = 4;
 impl RttEstimate {
     pub(crate) fn sample(&mut self, rtt: Duration) {
         let rtt_us = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX);
+        if rtt_us >= self.max_us {
+            self.max_us = rtt_us;
+        } else {
+            self.max_us -= (self.max_us - rtt_us) / 64;
+        }
         if self.samples == 0 {
             self.srtt_us = rtt_us;
             self.rttvar_us = rtt_us / 2;
@@ -31,14 +39,20 @@ impl RttEstimate {
     }
 
     /// How long a lookup waits for an answer before it asks someone else
-    /// (the request itself stays open until `request_timeout`): `srtt +
-    /// 4 rttvar`, at least [`MIN_STALL`], at most `request_timeout`; half
-    /// of `request_timeout` until a few samples are in.
+    /// (the request itself stays open until `request_timeout`): the larger
+    /// of `srtt + 4 rttvar` and twice the largest recent round trip, at
+    /// least [`MIN_STALL`], at most `request_timeout`; half of
+    /// `request_timeout` until a few samples are in.
+    ///
+    /// The estimate is per core, not per peer, and peers on a WAN differ
+    /// tenfold in distance: the recent maximum keeps the far but live ones
+    /// from being taken for dead, which would cost lookups their closest
+    /// peer.
     pub(crate) fn stall_timeout(&self, request_timeout: Duration) -> Duration {
         if self.samples < WARM_UP_SAMPLES {
             return request_timeout / 2;
         }
-        let rto = u64::from(self.srtt_us) + 4 * u64::from(self.rttvar_us);
+        let rto = (u64::from(self.srtt_us) + 4 * u64::from(self.rttvar_us)).max(2 * u64::from(self.max_us));
         Duration::from_micros(rto).clamp(MIN_STALL, request_timeout)
     }
 }
@@ -56,7 +70,10 @@ mod tests {
             steady.sample(Duration::from_millis(40));
         }
         let tight = steady.stall_timeout(timeout);
-        assert!(tight >= Duration::from_millis(40) && tight < Duration::from_millis(60), "{tight:?}");
+        assert!(
+            tight >= Duration::from_millis(80) && tight < Duration::from_millis(100),
+            "{tight:?}"
+        );
         let mut jittery = RttEstimate::default();
         for i in 0..50 {
             jittery.sample(Duration::from_millis(if i % 2 == 0 { 10 } else { 70 }));

@@ -23,9 +23,8 @@ pub const MAX_PROVIDERS_PER_MESSAGE: usize = 32;
 
 // A full response must fit under the cap: a value, its credentials, a full
 // list of peers (a node address is at most ~1 KiB) and full provider records.
-const _: () = assert!(
-    MAX_VALUE_BYTES + 2 * MAX_CREDENTIAL_BYTES + MAX_PEERS_PER_MESSAGE * 1024 / 2 <= MAX_MESSAGE_BYTES
-);
+const _: () =
+    assert!(MAX_VALUE_BYTES + 2 * MAX_CREDENTIAL_BYTES + MAX_PEERS_PER_MESSAGE * 1024 / 2 <= MAX_MESSAGE_BYTES);
 
 /// A request from one peer to another.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -264,7 +263,9 @@ fn check_response<A: Addr>(response: &Response<A>) -> Result<(), DecodeError> {
         }
         Response::Providers { providers, closer } => {
             if providers.len() > MAX_PROVIDERS_PER_MESSAGE {
-                return Err(DecodeError::OutOfBounds("more providers than MAX_PROVIDERS_PER_MESSAGE"));
+                return Err(DecodeError::OutOfBounds(
+                    "more providers than MAX_PROVIDERS_PER_MESSAGE",
+                ));
             }
             for p in providers {
                 check_credentials(&p.publisher, &p.signature)?;
@@ -313,8 +314,14 @@ mod tests {
         vec![
             Response::Pong,
             Response::Nodes { closer: closer.clone() },
-            Response::Value { record: None, closer: closer.clone() },
-            Response::Providers { providers: vec![], closer },
+            Response::Value {
+                record: None,
+                closer: closer.clone(),
+            },
+            Response::Providers {
+                providers: vec![],
+                closer,
+            },
             Response::Stored,
             Response::Rejected(RecordError::Conflict { key: rng.key() }),
         ]
@@ -338,9 +345,14 @@ mod tests {
         let big = vec![0u8; MAX_MESSAGE_BYTES + 1];
         assert!(matches!(decode_request::<u32>(&big), Err(DecodeError::TooLarge { .. })));
         let mut rng = Rng::seed_from_u64(2);
-        let many: Vec<PeerInfo<u32>> = (0..MAX_PEERS_PER_MESSAGE as u32 + 1).map(|i| PeerInfo::new(rng.key(), i)).collect();
+        let many: Vec<PeerInfo<u32>> = (0..MAX_PEERS_PER_MESSAGE as u32 + 1)
+            .map(|i| PeerInfo::new(rng.key(), i))
+            .collect();
         let bytes = encode_response(&Response::Nodes { closer: many }).unwrap();
-        assert!(matches!(decode_response::<u32>(&bytes), Err(DecodeError::OutOfBounds(_))));
+        assert!(matches!(
+            decode_response::<u32>(&bytes),
+            Err(DecodeError::OutOfBounds(_))
+        ));
         let huge = ValueRecord {
             key: rng.key(),
             value: vec![0; MAX_VALUE_BYTES + 1],
@@ -350,7 +362,10 @@ mod tests {
             signature: vec![],
         };
         let bytes = encode_request(Mode::Server, &Request::<u32>::PutValue { record: huge }).unwrap();
-        assert!(matches!(decode_request::<u32>(&bytes), Err(DecodeError::OutOfBounds(_))));
+        assert!(matches!(
+            decode_request::<u32>(&bytes),
+            Err(DecodeError::OutOfBounds(_))
+        ));
     }
 
     #[test]
@@ -365,7 +380,15 @@ mod tests {
             request: Request<u32>,
         }
         let mut future = Vec::new();
-        ciborium::into_writer(&Future { version: 9, mode: Mode::Server, request: Request::Ping }, &mut future).unwrap();
+        ciborium::into_writer(
+            &Future {
+                version: 9,
+                mode: Mode::Server,
+                request: Request::Ping,
+            },
+            &mut future,
+        )
+        .unwrap();
         assert_eq!(decode_request::<u32>(&future), Err(DecodeError::Version { found: 9 }));
     }
 

@@ -4,6 +4,9 @@
 //! them, and `drive` fails loudly on livelock. Records are signed with real
 //! ed25519 keys.
 
+// Harness code outside #[test] functions unwraps too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,15 +44,25 @@ fn ed25519_verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
     let (Ok(public), Ok(signature)) = (<[u8; 32]>::try_from(public_key), <[u8; 64]>::try_from(signature)) else {
         return false;
     };
-    let Ok(key) = VerifyingKey::from_bytes(&public) else { return false };
+    let Ok(key) = VerifyingKey::from_bytes(&public) else {
+        return false;
+    };
     key.verify(message, &Signature::from_bytes(&signature)).is_ok()
 }
 
 const LATENCY: Duration = Duration::from_millis(5);
 
 enum Message {
-    Request { from: u32, id: RequestId, mode: Mode, request: Request<u32> },
-    Response { id: RequestId, response: Response<u32> },
+    Request {
+        from: u32,
+        id: RequestId,
+        mode: Mode,
+        request: Request<u32>,
+    },
+    Response {
+        id: RequestId,
+        response: Response<u32>,
+    },
 }
 
 struct Swarm {
@@ -101,7 +114,12 @@ impl Swarm {
         let mode = core.config().mode;
         while let Some(t) = core.poll_transmit() {
             self.seq += 1;
-            let message = Message::Request { from: index, id: t.id, mode, request: t.request };
+            let message = Message::Request {
+                from: index,
+                id: t.id,
+                mode,
+                request: t.request,
+            };
             self.queue.insert((self.now + LATENCY, self.seq), (t.to.addr, message));
         }
         while let Some(event) = core.poll_event() {
@@ -143,12 +161,20 @@ impl Swarm {
             return; // lost: the sender will time out
         }
         match message {
-            Message::Request { from, id, mode, request } => {
+            Message::Request {
+                from,
+                id,
+                mode,
+                request,
+            } => {
                 let sender = self.info(from);
                 let response = self.peers[to as usize].handle_request(self.now, sender, mode, request);
                 self.flush(to);
                 self.seq += 1;
-                self.queue.insert((self.now + LATENCY, self.seq), (from, Message::Response { id, response }));
+                self.queue.insert(
+                    (self.now + LATENCY, self.seq),
+                    (from, Message::Response { id, response }),
+                );
             }
             Message::Response { id, response } => {
                 self.peers[to as usize].handle_response(self.now, id, response);
@@ -200,7 +226,9 @@ impl Swarm {
             swarm.peers[index as usize].bootstrap(now, vec![seed]).unwrap();
             swarm.flush(index);
             swarm.drive_until(200_000, |s| {
-                s.events.iter().any(|(i, e)| *i == index && matches!(e, Event::Bootstrapped { .. }))
+                s.events
+                    .iter()
+                    .any(|(i, e)| *i == index && matches!(e, Event::Bootstrapped { .. }))
             });
         }
         swarm.events.clear();
@@ -209,7 +237,9 @@ impl Swarm {
 
     fn true_closest(&self, key: &Key, exclude: u32) -> Vec<u32> {
         let mut live: Vec<u32> = (0..self.peers.len() as u32)
-            .filter(|i| *i != exclude && !self.down.contains(i) && self.peers[*i as usize].config().mode == Mode::Server)
+            .filter(|i| {
+                *i != exclude && !self.down.contains(i) && self.peers[*i as usize].config().mode == Mode::Server
+            })
             .collect();
         live.sort_by_key(|i| self.peers[*i as usize].local().key.distance(key));
         live
@@ -235,9 +265,17 @@ fn lookups_find_the_true_closest_peer() {
         let now = swarm.now;
         let query = swarm.peers[from as usize].find_node(now, key).unwrap();
         swarm.flush(from);
-        swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::FoundNodes { query: q, .. } if *q == query)));
-        let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::FoundNodes { query: q, .. } if *q == query)).unwrap();
-        let Event::FoundNodes { peers, stats, .. } = event else { unreachable!() };
+        swarm.drive_until(100_000, |s| {
+            s.events
+                .iter()
+                .any(|(_, e)| matches!(e, Event::FoundNodes { query: q, .. } if *q == query))
+        });
+        let (_, event) = swarm
+            .take_event(|(_, e)| matches!(e, Event::FoundNodes { query: q, .. } if *q == query))
+            .unwrap();
+        let Event::FoundNodes { peers, stats, .. } = event else {
+            unreachable!()
+        };
         let truth = swarm.true_closest(&key, from);
         assert_eq!(peers.first().map(|p| p.addr), Some(truth[0]), "lookup {n} from {from}");
         assert_eq!(peers.len(), 20);
@@ -252,9 +290,17 @@ fn put(swarm: &mut Swarm, from: u32, key: Key, value: &[u8]) -> usize {
     let now = swarm.now;
     let query = swarm.peers[from as usize].put_value(now, key, value.to_vec()).unwrap();
     swarm.flush(from);
-    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query)));
-    let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query)).unwrap();
-    let Event::Put { stored, .. } = event else { unreachable!() };
+    swarm.drive_until(100_000, |s| {
+        s.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
+    });
+    let (_, event) = swarm
+        .take_event(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
+        .unwrap();
+    let Event::Put { stored, .. } = event else {
+        unreachable!()
+    };
     stored
 }
 
@@ -262,9 +308,17 @@ fn get(swarm: &mut Swarm, from: u32, key: Key) -> Option<ValueRecord> {
     let now = swarm.now;
     let query = swarm.peers[from as usize].get_value(now, key).unwrap();
     swarm.flush(from);
-    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::GotValue { query: q, .. } if *q == query)));
-    let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::GotValue { query: q, .. } if *q == query)).unwrap();
-    let Event::GotValue { record, .. } = event else { unreachable!() };
+    swarm.drive_until(100_000, |s| {
+        s.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::GotValue { query: q, .. } if *q == query))
+    });
+    let (_, event) = swarm
+        .take_event(|(_, e)| matches!(e, Event::GotValue { query: q, .. } if *q == query))
+        .unwrap();
+    let Event::GotValue { record, .. } = event else {
+        unreachable!()
+    };
     record
 }
 
@@ -293,13 +347,24 @@ fn forged_and_tampered_records_are_refused() {
     let key = target(2);
     put(&mut swarm, 1, key, b"genuine");
     let holder = swarm.holders(&key)[0];
-    let mut forged = swarm.peers[holder as usize].record_store().value(&key, swarm.now).unwrap().clone();
+    let mut forged = swarm.peers[holder as usize]
+        .record_store()
+        .value(&key, swarm.now)
+        .unwrap()
+        .clone();
     forged.value = b"forged".to_vec();
     forged.seq += 1;
     let sender = swarm.info(5);
     let now = swarm.now;
-    let response = swarm.peers[holder as usize].handle_request(now, sender, Mode::Server, Request::PutValue { record: forged });
-    assert!(matches!(response, Response::Rejected(shoal_overlay::RecordError::BadSignature { .. })), "{response:?}");
+    let response =
+        swarm.peers[holder as usize].handle_request(now, sender, Mode::Server, Request::PutValue { record: forged });
+    assert!(
+        matches!(
+            response,
+            Response::Rejected(shoal_overlay::RecordError::BadSignature { .. })
+        ),
+        "{response:?}"
+    );
     // Another publisher cannot take over the key while the record lives.
     let stolen = put(&mut swarm, 7, key, b"mine now");
     assert_eq!(stolen, 0, "no home member accepts another publisher's record");
@@ -313,13 +378,25 @@ fn providers_are_found_from_elsewhere() {
     let now = swarm.now;
     let query = swarm.peers[4].start_providing(now, key).unwrap();
     swarm.flush(4);
-    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query)));
+    swarm.drive_until(100_000, |s| {
+        s.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
+    });
     let now = swarm.now;
     let query = swarm.peers[20].get_providers(now, key).unwrap();
     swarm.flush(20);
-    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::GotProviders { query: q, .. } if *q == query)));
-    let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::GotProviders { query: q, .. } if *q == query)).unwrap();
-    let Event::GotProviders { providers, .. } = event else { unreachable!() };
+    swarm.drive_until(100_000, |s| {
+        s.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::GotProviders { query: q, .. } if *q == query))
+    });
+    let (_, event) = swarm
+        .take_event(|(_, e)| matches!(e, Event::GotProviders { query: q, .. } if *q == query))
+        .unwrap();
+    let Event::GotProviders { providers, .. } = event else {
+        unreachable!()
+    };
     assert_eq!(providers.iter().map(|p| p.provider.addr).collect::<Vec<_>>(), vec![4]);
 }
 
@@ -343,7 +420,10 @@ fn crashed_home_members_are_replaced_by_replication() {
     }
     let new_home: BTreeSet<u32> = swarm.true_closest(&key, u32::MAX)[..3].iter().copied().collect();
     let holders: BTreeSet<u32> = swarm.holders(&key).into_iter().collect();
-    assert!(new_home.is_subset(&holders), "home {new_home:?} should hold the record, holders {holders:?}");
+    assert!(
+        new_home.is_subset(&holders),
+        "home {new_home:?} should hold the record, holders {holders:?}"
+    );
     assert_eq!(get(&mut swarm, 25, key).unwrap().value, b"durable");
 }
 
@@ -357,13 +437,22 @@ fn a_leaving_home_member_hands_its_records_on() {
     let now = swarm.now;
     let query = swarm.peers[leaver as usize].leave(now);
     swarm.flush(leaver);
-    swarm.drive_until(100_000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::Left { query: q, .. } if *q == query)));
+    swarm.drive_until(100_000, |s| {
+        s.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Left { query: q, .. } if *q == query))
+    });
     let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::Left { .. })).unwrap();
-    let Event::Left { handed_off, .. } = event else { unreachable!() };
+    let Event::Left { handed_off, .. } = event else {
+        unreachable!()
+    };
     assert!(handed_off >= 2, "handed off {handed_off}");
     swarm.down.insert(leaver);
     let fourth = home[3];
-    assert!(swarm.holders(&key).contains(&fourth), "the next-closest peer took the record over");
+    assert!(
+        swarm.holders(&key).contains(&fourth),
+        "the next-closest peer took the record over"
+    );
 }
 
 #[test]
@@ -374,9 +463,16 @@ fn clients_never_enter_routing_tables() {
     let seed = swarm.info(0);
     swarm.peers[client as usize].bootstrap(now, vec![seed]).unwrap();
     swarm.flush(client);
-    swarm.drive_until(100_000, |s| s.events.iter().any(|(i, e)| *i == client && matches!(e, Event::Bootstrapped { .. })));
+    swarm.drive_until(100_000, |s| {
+        s.events
+            .iter()
+            .any(|(i, e)| *i == client && matches!(e, Event::Bootstrapped { .. }))
+    });
     let client_key = swarm.info(client).key;
-    assert!(swarm.peers[client as usize].routing_table().len() > 5, "the client learned the overlay");
+    assert!(
+        swarm.peers[client as usize].routing_table().len() > 5,
+        "the client learned the overlay"
+    );
     for (i, peer) in swarm.peers.iter().enumerate() {
         if i as u32 != client {
             assert!(!peer.routing_table().contains(&client_key), "peer {i} holds the client");

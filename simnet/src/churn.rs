@@ -56,7 +56,9 @@ mod tests {
         for dist in [SessionDist::Exponential, SessionDist::Weibull, SessionDist::Pareto] {
             let mut rng = Rng::seed_from_u64(11);
             let median = Duration::from_secs(3600);
-            let mut samples: Vec<f64> = (0..20_001).map(|_| dist.sample(median, &mut rng).as_secs_f64()).collect();
+            let mut samples: Vec<f64> = (0..20_001)
+                .map(|_| dist.sample(median, &mut rng).as_secs_f64())
+                .collect();
             samples.sort_by(f64::total_cmp);
             let got = samples[10_000];
             assert!((got / 3600.0 - 1.0).abs() < 0.05, "{dist:?}: median {got}");

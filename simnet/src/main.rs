@@ -139,9 +139,15 @@ impl Common {
         anyhow::ensure!(self.peers >= 2, "--peers must be at least 2");
         anyhow::ensure!(self.peers <= u32::MAX as usize, "--peers must fit in 32 bits");
         anyhow::ensure!(self.join_rate > 0.0, "--join-rate must be positive");
-        anyhow::ensure!((1..=3).contains(&self.disjoint_paths), "--disjoint-paths must be 1, 2 or 3");
+        anyhow::ensure!(
+            (1..=3).contains(&self.disjoint_paths),
+            "--disjoint-paths must be 1, 2 or 3"
+        );
         anyhow::ensure!((0.0..1.0).contains(&self.loss), "--loss must be in [0, 1)");
-        anyhow::ensure!((0.0..1.0).contains(&self.duplication), "--duplication must be in [0, 1)");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.duplication),
+            "--duplication must be in [0, 1)"
+        );
         let mut swarm = Swarm::new(self.peers, self.seed);
         swarm.net = self.net;
         swarm.join_rate = self.join_rate;
@@ -155,13 +161,20 @@ impl Common {
 }
 
 fn minutes(m: f64, flag: &str) -> anyhow::Result<Duration> {
-    anyhow::ensure!(m.is_finite() && m >= 0.0, "{flag} must be a non-negative number of minutes");
+    anyhow::ensure!(
+        m.is_finite() && m >= 0.0,
+        "{flag} must be a non-negative number of minutes"
+    );
     Ok(Duration::from_secs_f64(m * 60.0))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (common, result) = match cli.scenario {
-        Scenario::Lookups { common, lookups, lookup_rate } => {
+        Scenario::Lookups {
+            common,
+            lookups,
+            lookup_rate,
+        } => {
             anyhow::ensure!(lookup_rate > 0.0, "--lookup-rate must be positive");
             let swarm = common.swarm()?;
             let result = scenario::lookups(&swarm, lookups, lookup_rate);
@@ -179,8 +192,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             get_rate,
         } => {
             anyhow::ensure!(hours.is_finite() && hours > 0.0, "--hours must be positive");
-            anyhow::ensure!((0.0..=1.0).contains(&crash_fraction), "--crash-fraction must be in [0, 1]");
-            anyhow::ensure!(lookup_rate > 0.0 && get_rate > 0.0, "--lookup-rate and --get-rate must be positive");
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&crash_fraction),
+                "--crash-fraction must be in [0, 1]"
+            );
+            anyhow::ensure!(
+                lookup_rate > 0.0 && get_rate > 0.0,
+                "--lookup-rate and --get-rate must be positive"
+            );
             let spec = ChurnSpec {
                 hours,
                 session_median: minutes(session_median_min, "--session-median-min")?,
@@ -195,7 +214,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let result = scenario::churn(&swarm, &spec);
             (common, result)
         }
-        Scenario::Partition { common, split_min, before_min, after_min, lookup_rate, window_s, one_way } => {
+        Scenario::Partition {
+            common,
+            split_min,
+            before_min,
+            after_min,
+            lookup_rate,
+            window_s,
+            one_way,
+        } => {
             anyhow::ensure!(lookup_rate > 0.0, "--lookup-rate must be positive");
             anyhow::ensure!(window_s > 0.0, "--window-s must be positive");
             let spec = PartitionSpec {
@@ -211,16 +238,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             (common, result)
         }
     };
-    let report: Report = result.map_err(|v| {
-        anyhow::anyhow!("{v}\nreproduce with the same arguments and --seed {}", v.seed)
-    })?;
+    let report: Report =
+        result.map_err(|v| anyhow::anyhow!("{v}\nreproduce with the same arguments and --seed {}", v.seed))?;
     if common.json {
-        println!("{}", serde_json::to_string(&report).context("cannot encode the report as JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("cannot encode the report as JSON")?
+        );
     } else {
         print!("{}", report.summary());
     }
     if let Some(dir) = &common.out {
-        shoal_simnet::svg::write_plots(&report, dir).with_context(|| format!("cannot write plots to {}", dir.display()))?;
+        shoal_simnet::svg::write_plots(&report, dir)
+            .with_context(|| format!("cannot write plots to {}", dir.display()))?;
         if !common.json {
             println!("  plots         {}", dir.display());
         }

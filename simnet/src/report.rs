@@ -162,7 +162,14 @@ pub fn success(lookups: &[&LookupOutcome]) -> f64 {
 
 impl Report {
     /// The common fields, from the lookups that count and the whole run.
-    pub fn build(scenario: &str, sim: &mut Sim, net: &str, measured: &[&LookupOutcome], wall_s: f64, join_wall_s: f64) -> Report {
+    pub fn build(
+        scenario: &str,
+        sim: &mut Sim,
+        net: &str,
+        measured: &[&LookupOutcome],
+        wall_s: f64,
+        join_wall_s: f64,
+    ) -> Report {
         let mut hops: Vec<u8> = measured.iter().map(|l| l.hops).collect();
         hops.sort_unstable();
         let mut latencies: Vec<f64> = measured.iter().map(|l| l.latency_ms).collect();
@@ -192,13 +199,24 @@ impl Report {
                 p90: round3(percentile(&latencies, 90.0).unwrap_or(0.0)),
                 p99: round3(percentile(&latencies, 99.0).unwrap_or(0.0)),
             },
-            messages_per_lookup: round3(if measured.is_empty() { 0.0 } else { requests as f64 / measured.len() as f64 }),
+            messages_per_lookup: round3(if measured.is_empty() {
+                0.0
+            } else {
+                requests as f64 / measured.len() as f64
+            }),
             events: sim.counters.events,
             events_per_s: (sim.counters.events as f64 / wall_s.max(1e-9)).round(),
             messages: sim.counters.messages,
             requests_by_kind: {
                 let k = sim.counters.requests_by_kind;
-                RequestsByKind { ping: k[0], find_node: k[1], get_value: k[2], get_providers: k[3], put_value: k[4], add_provider: k[5] }
+                RequestsByKind {
+                    ping: k[0],
+                    find_node: k[1],
+                    get_value: k[2],
+                    get_providers: k[3],
+                    put_value: k[4],
+                    add_provider: k[5],
+                }
             },
             sim_time_s: round3(sim.now_s()),
             wall_s: round3(wall_s),
@@ -217,7 +235,11 @@ impl Report {
     /// A few lines for a person.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "scenario {} — {} peers, {} network, seed {}", self.scenario, self.peers, self.net, self.seed);
+        let _ = writeln!(
+            s,
+            "scenario {} — {} peers, {} network, seed {}",
+            self.scenario, self.peers, self.net, self.seed
+        );
         let _ = writeln!(
             s,
             "  lookups       {} measured, {:.3}% found the true closest peer",
@@ -239,7 +261,11 @@ impl Report {
             let _ = writeln!(s, "  records       {:.3}% found at the end", r * 100.0);
         }
         if let Some(r) = self.record_success_rate_during {
-            let _ = writeln!(s, "                {:.3}% of reads during churn found theirs", r * 100.0);
+            let _ = writeln!(
+                s,
+                "                {:.3}% of reads during churn found theirs",
+                r * 100.0
+            );
         }
         if let (Some(live), Some(c)) = (self.mean_live_peers, self.churn_events) {
             let _ = writeln!(
@@ -317,7 +343,9 @@ pub fn rss_bytes() -> u64 {
 }
 
 fn proc_status_kb(field: &str) -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))

@@ -7,7 +7,7 @@ use shoal_overlay::{Config, Key, Rng};
 
 use crate::churn::SessionDist;
 use crate::net::{NetConfig, Partition, Preset};
-use crate::report::{success, ChurnCounts, PhaseSuccess, Report};
+use crate::report::{ChurnCounts, PhaseSuccess, Report, success};
 use crate::sim::{PeerIndex, PeerState, Sim, SimConfig, Violation};
 
 const SECOND: u64 = 1_000_000;
@@ -130,14 +130,22 @@ impl Swarm {
                 message: format!("only {} of {} peers finished joining", sim.live(), sim.slots()),
             });
         }
-        Ok(Joined { sim, wall_s: wall.elapsed().as_secs_f64(), note })
+        Ok(Joined {
+            sim,
+            wall_s: wall.elapsed().as_secs_f64(),
+            note,
+        })
     }
 }
 
 /// `lookups`: join, then `lookups` lookups for random keys from random peers.
 pub fn lookups(swarm: &Swarm, lookups: usize, rate_per_s: f64) -> Result<Report, Violation> {
     let wall = WallClock::now();
-    let Joined { mut sim, wall_s: join_wall, note } = swarm.join()?;
+    let Joined {
+        mut sim,
+        wall_s: join_wall,
+        note,
+    } = swarm.join()?;
     let start = sim.now_us();
     let gap = (SECOND as f64 / rate_per_s.max(1e-3)) as u64;
     let mut rng = Rng::derive(swarm.seed, 1);
@@ -150,7 +158,14 @@ pub fn lookups(swarm: &Swarm, lookups: usize, rate_per_s: f64) -> Result<Report,
     sim.check_all()?;
     let all = sim.lookups.clone();
     let measured: Vec<_> = all.iter().collect();
-    let mut report = Report::build("lookups", &mut sim, swarm.net_name(), &measured, wall.elapsed().as_secs_f64(), join_wall);
+    let mut report = Report::build(
+        "lookups",
+        &mut sim,
+        swarm.net_name(),
+        &measured,
+        wall.elapsed().as_secs_f64(),
+        join_wall,
+    );
     report.note = note;
     Ok(report)
 }
@@ -189,7 +204,11 @@ enum Action {
 /// record reads throughout, then read every record once more.
 pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
     let wall = WallClock::now();
-    let Joined { mut sim, wall_s: join_wall, note } = swarm.join()?;
+    let Joined {
+        mut sim,
+        wall_s: join_wall,
+        note,
+    } = swarm.join()?;
     let mut rng = Rng::derive(swarm.seed, 2);
 
     // Store the records from random peers.
@@ -307,11 +326,26 @@ pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
     } else {
         finals.iter().filter(|g| g.found).count() as f64 / records.len() as f64
     };
-    let during_rate = if during.is_empty() { 1.0 } else { during.iter().filter(|f| **f).count() as f64 / during.len() as f64 };
+    let during_rate = if during.is_empty() {
+        1.0
+    } else {
+        during.iter().filter(|f| **f).count() as f64 / during.len() as f64
+    };
     let lookups: Vec<_> = sim.lookups[first_lookup..].to_vec();
     let measured: Vec<_> = lookups.iter().collect();
-    let counts = ChurnCounts { crashes: sim.counters.crashes, leaves: sim.counters.leaves, joins: sim.counters.joins };
-    let mut report = Report::build("churn", &mut sim, swarm.net_name(), &measured, wall.elapsed().as_secs_f64(), join_wall);
+    let counts = ChurnCounts {
+        crashes: sim.counters.crashes,
+        leaves: sim.counters.leaves,
+        joins: sim.counters.joins,
+    };
+    let mut report = Report::build(
+        "churn",
+        &mut sim,
+        swarm.net_name(),
+        &measured,
+        wall.elapsed().as_secs_f64(),
+        join_wall,
+    );
     report.record_success_rate = Some(final_rate);
     report.record_success_rate_during = Some(during_rate);
     report.mean_live_peers = Some(live_samples.0 / live_samples.1.max(1) as f64);
@@ -341,7 +375,11 @@ pub struct PartitionSpec {
 /// measure how long until lookups succeed at 99.9% again.
 pub fn partition(swarm: &Swarm, spec: &PartitionSpec) -> Result<Report, Violation> {
     let wall = WallClock::now();
-    let Joined { mut sim, wall_s: join_wall, note } = swarm.join()?;
+    let Joined {
+        mut sim,
+        wall_s: join_wall,
+        note,
+    } = swarm.join()?;
     let mut rng = Rng::derive(swarm.seed, 3);
     let start = sim.now_us();
     let split_at = start + micros(spec.before);
@@ -356,7 +394,11 @@ pub fn partition(swarm: &Swarm, spec: &PartitionSpec) -> Result<Report, Violatio
     while t < end {
         sim.run_until(t)?;
         if !split && t >= split_at {
-            let kind = if spec.one_way { Partition::OneWay } else { Partition::Symmetric };
+            let kind = if spec.one_way {
+                Partition::OneWay
+            } else {
+                Partition::Symmetric
+            };
             sim.partition(kind, |p| halves[p as usize]);
             split = true;
         }
@@ -374,12 +416,26 @@ pub fn partition(swarm: &Swarm, spec: &PartitionSpec) -> Result<Report, Violatio
     let all: Vec<_> = sim.lookups[first_lookup..].to_vec();
     let (split_s, heal_s) = (split_at as f64 / 1e6, heal_at as f64 / 1e6);
     let before: Vec<_> = all.iter().filter(|l| l.start_s < split_s).collect();
-    let during: Vec<_> = all.iter().filter(|l| l.start_s >= split_s && l.start_s < heal_s).collect();
+    let during: Vec<_> = all
+        .iter()
+        .filter(|l| l.start_s >= split_s && l.start_s < heal_s)
+        .collect();
     let after: Vec<_> = all.iter().filter(|l| l.start_s >= heal_s).collect();
     let reconverge = reconverge_s(&after, heal_s, spec.window.as_secs_f64());
     let measured: Vec<_> = all.iter().collect();
-    let mut report = Report::build("partition", &mut sim, swarm.net_name(), &measured, wall.elapsed().as_secs_f64(), join_wall);
-    report.partition_success = Some(PhaseSuccess { before: success(&before), during: success(&during), after: success(&after) });
+    let mut report = Report::build(
+        "partition",
+        &mut sim,
+        swarm.net_name(),
+        &measured,
+        wall.elapsed().as_secs_f64(),
+        join_wall,
+    );
+    report.partition_success = Some(PhaseSuccess {
+        before: success(&before),
+        during: success(&during),
+        after: success(&after),
+    });
     report.reconverge_s = reconverge;
     report.note = note;
     Ok(report)

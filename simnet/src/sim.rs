@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_overlay::{
-    Config, Event, Instant, Key, Mode, Overlay, PeerInfo, QueryId, Request, RequestId, Response, Rng, Signer,
-    Transmit, Verifier,
+    Config, Event, Instant, Key, Mode, Overlay, PeerInfo, QueryId, Request, RequestId, Response, Rng, Signer, Transmit,
+    Verifier,
 };
 
 use crate::net::{self, NetConfig, Network, Partition, Placement};
@@ -97,8 +97,20 @@ struct Slot {
 
 #[derive(Debug)]
 enum Payload {
-    Request { to: PeerIndex, from: PeerIndex, from_inc: u32, id: RequestId, mode: Mode, request: Request<PeerIndex> },
-    Response { to: PeerIndex, to_inc: u32, id: RequestId, response: Response<PeerIndex> },
+    Request {
+        to: PeerIndex,
+        from: PeerIndex,
+        from_inc: u32,
+        id: RequestId,
+        mode: Mode,
+        request: Request<PeerIndex>,
+    },
+    Response {
+        to: PeerIndex,
+        to_inc: u32,
+        id: RequestId,
+        response: Response<PeerIndex>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -110,8 +122,15 @@ enum Ev {
 /// What the simulator tracks about a query it started.
 #[derive(Debug)]
 enum Pending {
-    Lookup { start: u64, key: Key, closest_at_start: Option<PeerIndex> },
-    Get { start: u64, value_hash: [u8; 32] },
+    Lookup {
+        start: u64,
+        key: Key,
+        closest_at_start: Option<PeerIndex>,
+    },
+    Get {
+        start: u64,
+        value_hash: [u8; 32],
+    },
     Put,
 }
 
@@ -357,7 +376,9 @@ impl Sim {
             Ok(core) => core,
             Err(e) => panic!("simulator built an invalid overlay config: {e}"),
         };
-        let seeds = seed_peer.map(|s| vec![PeerInfo::new(self.slots[s as usize].key, s)]).unwrap_or_default();
+        let seeds = seed_peer
+            .map(|s| vec![PeerInfo::new(self.slots[s as usize].key, s)])
+            .unwrap_or_default();
         if let Err(e) = core.bootstrap(now_local, seeds) {
             panic!("a fresh core refused to bootstrap: {e}");
         }
@@ -448,7 +469,11 @@ impl Sim {
 
     // ----- queries ---------------------------------------------------------
 
-    fn command(&mut self, peer: PeerIndex, f: impl FnOnce(&mut Overlay<PeerIndex>, Instant) -> Option<QueryId>) -> Option<QueryId> {
+    fn command(
+        &mut self,
+        peer: PeerIndex,
+        f: impl FnOnce(&mut Overlay<PeerIndex>, Instant) -> Option<QueryId>,
+    ) -> Option<QueryId> {
         let slot = &mut self.slots[peer as usize];
         let core = slot.core.as_mut()?;
         let now_local = Instant::from_micros(net::to_local(self.now, &slot.place));
@@ -463,7 +488,14 @@ impl Sim {
         let start = self.now;
         match self.command(peer, |core, now| core.find_node(now, key).ok()) {
             Some(id) => {
-                self.pending.insert((peer, id), Pending::Lookup { start, key, closest_at_start });
+                self.pending.insert(
+                    (peer, id),
+                    Pending::Lookup {
+                        start,
+                        key,
+                        closest_at_start,
+                    },
+                );
                 true
             }
             None => false,
@@ -545,7 +577,10 @@ impl Sim {
         let local = Instant::from_micros(net::to_local(now, &slot.place));
         core.handle_timeout(local);
         if core.poll_timeout().is_some_and(|t| t <= local) {
-            return Err(self.violation(Some(peer), "a timer stayed due after handle_timeout: the core would livelock".into()));
+            return Err(self.violation(
+                Some(peer),
+                "a timer stayed due after handle_timeout: the core would livelock".into(),
+            ));
         }
         self.trace.record(now, 5, peer, 0);
         self.flush(peer);
@@ -553,10 +588,19 @@ impl Sim {
     }
 
     fn deliver(&mut self, index: u32) {
-        let Some(payload) = self.payloads[index as usize].take() else { return };
+        let Some(payload) = self.payloads[index as usize].take() else {
+            return;
+        };
         self.free.push(index);
         match payload {
-            Payload::Request { to, from, from_inc, id, mode, request } => {
+            Payload::Request {
+                to,
+                from,
+                from_inc,
+                id,
+                mode,
+                request,
+            } => {
                 let from_key = self.slots[from as usize].key;
                 let slot = &mut self.slots[to as usize];
                 let Some(core) = slot.core.as_mut() else {
@@ -567,9 +611,23 @@ impl Sim {
                 let response = core.handle_request(local, PeerInfo::new(from_key, from), mode, request);
                 self.trace.record(self.now, 6, to, id.0);
                 self.flush(to);
-                self.send(to, from, Payload::Response { to: from, to_inc: from_inc, id, response });
+                self.send(
+                    to,
+                    from,
+                    Payload::Response {
+                        to: from,
+                        to_inc: from_inc,
+                        id,
+                        response,
+                    },
+                );
             }
-            Payload::Response { to, to_inc, id, response } => {
+            Payload::Response {
+                to,
+                to_inc,
+                id,
+                response,
+            } => {
                 let slot = &mut self.slots[to as usize];
                 let Some(core) = slot.core.as_mut().filter(|_| slot.incarnation == to_inc) else {
                     self.counters.dropped += 1;
@@ -594,7 +652,11 @@ impl Sim {
                 self.net.transmit(&a.place, &b.place)
             }
         };
-        let duplicate = if delays[1].is_some() { Some(clone_payload(&payload)) } else { None };
+        let duplicate = if delays[1].is_some() {
+            Some(clone_payload(&payload))
+        } else {
+            None
+        };
         match delays[0] {
             Some(delay) => {
                 let slot = self.alloc(payload);
@@ -644,7 +706,18 @@ impl Sim {
         for t in transmits.drain(..) {
             let (to, id, mode, request) = (t.to.addr, t.id, t.mode, t.request);
             self.counters.requests_by_kind[request_kind(&request)] += 1;
-            self.send(peer, to, Payload::Request { to, from: peer, from_inc: inc, id, mode, request });
+            self.send(
+                peer,
+                to,
+                Payload::Request {
+                    to,
+                    from: peer,
+                    from_inc: inc,
+                    id,
+                    mode,
+                    request,
+                },
+            );
         }
         for e in events.drain(..) {
             self.on_event(peer, e);
@@ -670,8 +743,15 @@ impl Sim {
                 }
             }
             Event::Left { .. } => self.go_offline(peer),
-            Event::FoundNodes { query, peers, stats, .. } => {
-                let Some(Pending::Lookup { start, key, closest_at_start }) = self.pending.remove(&(peer, query)) else {
+            Event::FoundNodes {
+                query, peers, stats, ..
+            } => {
+                let Some(Pending::Lookup {
+                    start,
+                    key,
+                    closest_at_start,
+                }) = self.pending.remove(&(peer, query))
+                else {
                     return;
                 };
                 let success = self.judge(peer, start, &key, closest_at_start, &peers);
@@ -684,9 +764,14 @@ impl Sim {
                 });
             }
             Event::GotValue { query, record, .. } => {
-                let Some(Pending::Get { start, value_hash }) = self.pending.remove(&(peer, query)) else { return };
+                let Some(Pending::Get { start, value_hash }) = self.pending.remove(&(peer, query)) else {
+                    return;
+                };
                 let found = record.is_some_and(|r| *blake3::hash(&r.value).as_bytes() == value_hash);
-                self.gets.push(GetOutcome { start_s: start as f64 / 1e6, found });
+                self.gets.push(GetOutcome {
+                    start_s: start as f64 / 1e6,
+                    found,
+                });
             }
             Event::Put { query, stored, .. } => {
                 if let Some(Pending::Put) = self.pending.remove(&(peer, query)) {
@@ -701,15 +786,21 @@ impl Sim {
     /// A lookup succeeds when its result holds the closest joined peer at
     /// its end; if that peer joined after the lookup began, holding the
     /// closest peer at its start (still joined) also counts.
-    fn judge(&self, origin: PeerIndex, start: u64, key: &Key, at_start: Option<PeerIndex>, result: &[PeerInfo<PeerIndex>]) -> bool {
+    fn judge(
+        &self,
+        origin: PeerIndex,
+        start: u64,
+        key: &Key,
+        at_start: Option<PeerIndex>,
+        result: &[PeerInfo<PeerIndex>],
+    ) -> bool {
         let holds = |p: PeerIndex| result.iter().any(|r| r.addr == p);
         match self.true_closest(key, origin) {
             None => true, // nobody else is up: nothing to find
             Some(now_closest) if holds(now_closest) => true,
             Some(now_closest) => {
                 let joined_late = self.slots[now_closest as usize].joined_at > start;
-                joined_late
-                    && at_start.is_some_and(|p| self.slots[p as usize].state == PeerState::Joined && holds(p))
+                joined_late && at_start.is_some_and(|p| self.slots[p as usize].state == PeerState::Joined && holds(p))
             }
         }
     }
@@ -717,7 +808,12 @@ impl Sim {
     // ----- invariants ------------------------------------------------------
 
     fn violation(&self, peer: Option<PeerIndex>, message: String) -> Violation {
-        Violation { seed: self.seed, time_s: self.now_s(), peer, message }
+        Violation {
+            seed: self.seed,
+            time_s: self.now_s(),
+            peer,
+            message,
+        }
     }
 
     fn check_sample(&mut self) -> Result<(), Violation> {
@@ -786,7 +882,14 @@ fn closest_in(keys: &BTreeMap<Key, PeerIndex>, target: &Key, excluded: Option<Ke
 /// A duplicate of a message for the network's duplication fault.
 fn clone_payload(payload: &Payload) -> Payload {
     match payload {
-        Payload::Request { to, from, from_inc, id, mode, request } => Payload::Request {
+        Payload::Request {
+            to,
+            from,
+            from_inc,
+            id,
+            mode,
+            request,
+        } => Payload::Request {
             to: *to,
             from: *from,
             from_inc: *from_inc,
@@ -794,9 +897,17 @@ fn clone_payload(payload: &Payload) -> Payload {
             mode: *mode,
             request: request.clone(),
         },
-        Payload::Response { to, to_inc, id, response } => {
-            Payload::Response { to: *to, to_inc: *to_inc, id: *id, response: response.clone() }
-        }
+        Payload::Response {
+            to,
+            to_inc,
+            id,
+            response,
+        } => Payload::Response {
+            to: *to,
+            to_inc: *to_inc,
+            id: *id,
+            response: response.clone(),
+        },
     }
 }
 
@@ -822,7 +933,11 @@ mod tests {
             let keys: BTreeMap<Key, PeerIndex> = (0..n).map(|i| (rng.key(), i as PeerIndex)).collect();
             for _ in 0..300 {
                 let target = rng.key();
-                let excluded = if rng.chance(0.5) { keys.keys().nth(rng.index(n)).copied() } else { None };
+                let excluded = if rng.chance(0.5) {
+                    keys.keys().nth(rng.index(n)).copied()
+                } else {
+                    None
+                };
                 let brute = keys
                     .iter()
                     .filter(|(k, _)| Some(**k) != excluded)

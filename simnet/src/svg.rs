@@ -53,17 +53,35 @@ impl Plot {
 
     fn tick_x(&mut self, fraction: f64, label: &str) {
         let x = self.x(fraction);
-        let _ = writeln!(self.svg, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, HEIGHT - MARGIN + 16.0, escape(label));
+        let _ = writeln!(
+            self.svg,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            HEIGHT - MARGIN + 16.0,
+            escape(label)
+        );
     }
 
     fn tick_y(&mut self, fraction: f64, label: &str) {
         let y = self.y(fraction);
-        let _ = writeln!(self.svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, MARGIN - 4.0, y + 4.0, escape(label));
+        let _ = writeln!(
+            self.svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            MARGIN - 4.0,
+            y + 4.0,
+            escape(label)
+        );
     }
 
     fn polyline(&mut self, points: &[(f64, f64)]) {
-        let coords: Vec<String> = points.iter().map(|(x, y)| format!("{:.1},{:.1}", self.x(*x), self.y(*y))).collect();
-        let _ = writeln!(self.svg, r#"<polyline fill="none" stroke="steelblue" stroke-width="2" points="{}"/>"#, coords.join(" "));
+        let coords: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", self.x(*x), self.y(*y)))
+            .collect();
+        let _ = writeln!(
+            self.svg,
+            r#"<polyline fill="none" stroke="steelblue" stroke-width="2" points="{}"/>"#,
+            coords.join(" ")
+        );
     }
 
     fn bar(&mut self, x0: f64, x1: f64, height: f64) {
@@ -116,8 +134,12 @@ fn latency_cdf(report: &Report) -> String {
     let lat = &report.latencies_ms;
     let max = lat.last().copied().unwrap_or(1.0).max(1e-9);
     let step = (lat.len() / 400).max(1);
-    let points: Vec<(f64, f64)> =
-        lat.iter().enumerate().step_by(step).map(|(i, v)| (v / max, (i + 1) as f64 / lat.len() as f64)).collect();
+    let points: Vec<(f64, f64)> = lat
+        .iter()
+        .enumerate()
+        .step_by(step)
+        .map(|(i, v)| (v / max, (i + 1) as f64 / lat.len() as f64))
+        .collect();
     plot.polyline(&points);
     plot.tick_x(0.0, "0");
     plot.tick_x(1.0, &format!("{max:.1}"));
@@ -134,8 +156,11 @@ fn success(report: &Report) -> String {
     };
     let (t0, span) = (first.0, (last.0 - first.0).max(1e-9));
     let floor = report.timeline.iter().map(|w| w.1).fold(1.0f64, f64::min).min(0.99);
-    let points: Vec<(f64, f64)> =
-        report.timeline.iter().map(|(t, s, _)| ((t - t0) / span, (s - floor) / (1.0 - floor).max(1e-9))).collect();
+    let points: Vec<(f64, f64)> = report
+        .timeline
+        .iter()
+        .map(|(t, s, _)| ((t - t0) / span, (s - floor) / (1.0 - floor).max(1e-9)))
+        .collect();
     plot.polyline(&points);
     plot.tick_x(0.0, &format!("{t0:.0}"));
     plot.tick_x(1.0, &format!("{:.0}", last.0));

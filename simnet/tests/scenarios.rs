@@ -1,5 +1,8 @@
 //! Scenario runs small enough for CI: determinism, churn, partition, faults.
 
+// Harness code outside #[test] functions unwraps too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use shoal_simnet::scenario::{self, ChurnSpec, PartitionSpec, Swarm};
@@ -56,7 +59,11 @@ fn records_survive_an_hour_of_churn_with_crashes() {
     let churn = report.churn_events.unwrap();
     assert!(churn.crashes > 20 && churn.leaves > 20, "churn happened: {churn:?}");
     assert!(report.success_rate >= 0.95, "lookup success {}", report.success_rate);
-    assert!(report.record_success_rate.unwrap() >= 0.98, "records {:?}", report.record_success_rate);
+    assert!(
+        report.record_success_rate.unwrap() >= 0.98,
+        "records {:?}",
+        report.record_success_rate
+    );
 }
 
 #[test]
@@ -73,6 +80,9 @@ fn a_healed_partition_reconverges() {
     let report = scenario::partition(&swarm, &spec).unwrap();
     let phases = report.partition_success.unwrap();
     assert!(phases.before >= 0.99, "{phases:?}");
-    assert!(phases.during < 0.9, "a split swarm cannot find peers across the cut: {phases:?}");
+    assert!(
+        phases.during < 0.9,
+        "a split swarm cannot find peers across the cut: {phases:?}"
+    );
     assert!(report.reconverge_s.is_some(), "never reconverged: {phases:?}");
 }
