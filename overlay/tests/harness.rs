@@ -210,6 +210,13 @@ impl Swarm {
         panic!("run_for did not reach its end: livelock");
     }
 
+    /// Runs until an event matching `wanted` appears, and takes it.
+    fn await_event(&mut self, wanted: impl Fn(&Event<u32>) -> bool) -> Event<u32> {
+        self.drive_until(100_000, |s| s.events.iter().any(|(_, e)| wanted(e)));
+        let (_, event) = self.take_event(|(_, e)| wanted(e)).unwrap();
+        event
+    }
+
     fn take_event(&mut self, mut matches: impl FnMut(&(u32, Event<u32>)) -> bool) -> Option<(u32, Event<u32>)> {
         let pos = self.events.iter().position(&mut matches)?;
         Some(self.events.remove(pos))
@@ -265,14 +272,7 @@ fn lookups_find_the_true_closest_peer() {
         let now = swarm.now;
         let query = swarm.peers[from as usize].find_node(now, key).unwrap();
         swarm.flush(from);
-        swarm.drive_until(100_000, |s| {
-            s.events
-                .iter()
-                .any(|(_, e)| matches!(e, Event::FoundNodes { query: q, .. } if *q == query))
-        });
-        let (_, event) = swarm
-            .take_event(|(_, e)| matches!(e, Event::FoundNodes { query: q, .. } if *q == query))
-            .unwrap();
+        let event = swarm.await_event(|e| matches!(e, Event::FoundNodes { query: q, .. } if *q == query));
         let Event::FoundNodes { peers, stats, .. } = event else {
             unreachable!()
         };
@@ -290,14 +290,7 @@ fn put(swarm: &mut Swarm, from: u32, key: Key, value: &[u8]) -> usize {
     let now = swarm.now;
     let query = swarm.peers[from as usize].put_value(now, key, value.to_vec()).unwrap();
     swarm.flush(from);
-    swarm.drive_until(100_000, |s| {
-        s.events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
-    });
-    let (_, event) = swarm
-        .take_event(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
-        .unwrap();
+    let event = swarm.await_event(|e| matches!(e, Event::Put { query: q, .. } if *q == query));
     let Event::Put { stored, .. } = event else {
         unreachable!()
     };
@@ -308,14 +301,7 @@ fn get(swarm: &mut Swarm, from: u32, key: Key) -> Option<ValueRecord> {
     let now = swarm.now;
     let query = swarm.peers[from as usize].get_value(now, key).unwrap();
     swarm.flush(from);
-    swarm.drive_until(100_000, |s| {
-        s.events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::GotValue { query: q, .. } if *q == query))
-    });
-    let (_, event) = swarm
-        .take_event(|(_, e)| matches!(e, Event::GotValue { query: q, .. } if *q == query))
-        .unwrap();
+    let event = swarm.await_event(|e| matches!(e, Event::GotValue { query: q, .. } if *q == query));
     let Event::GotValue { record, .. } = event else {
         unreachable!()
     };
@@ -386,14 +372,7 @@ fn providers_are_found_from_elsewhere() {
     let now = swarm.now;
     let query = swarm.peers[20].get_providers(now, key).unwrap();
     swarm.flush(20);
-    swarm.drive_until(100_000, |s| {
-        s.events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::GotProviders { query: q, .. } if *q == query))
-    });
-    let (_, event) = swarm
-        .take_event(|(_, e)| matches!(e, Event::GotProviders { query: q, .. } if *q == query))
-        .unwrap();
+    let event = swarm.await_event(|e| matches!(e, Event::GotProviders { query: q, .. } if *q == query));
     let Event::GotProviders { providers, .. } = event else {
         unreachable!()
     };
@@ -437,12 +416,7 @@ fn a_leaving_home_member_hands_its_records_on() {
     let now = swarm.now;
     let query = swarm.peers[leaver as usize].leave(now);
     swarm.flush(leaver);
-    swarm.drive_until(100_000, |s| {
-        s.events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Left { query: q, .. } if *q == query))
-    });
-    let (_, event) = swarm.take_event(|(_, e)| matches!(e, Event::Left { .. })).unwrap();
+    let event = swarm.await_event(|e| matches!(e, Event::Left { query: q, .. } if *q == query));
     let Event::Left { handed_off, .. } = event else {
         unreachable!()
     };

@@ -95,7 +95,7 @@ struct Slot {
     live_pos: u32,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Payload {
     Request {
         to: PeerIndex,
@@ -653,7 +653,7 @@ impl Sim {
             }
         };
         let duplicate = if delays[1].is_some() {
-            Some(clone_payload(&payload))
+            Some(payload.clone())
         } else {
             None
         };
@@ -876,38 +876,6 @@ fn closest_in(keys: &BTreeMap<Key, PeerIndex>, target: &Key, excluded: Option<Ke
             path = path.with_bit_flipped(len);
         }
         len += 1;
-    }
-}
-
-/// A duplicate of a message for the network's duplication fault.
-fn clone_payload(payload: &Payload) -> Payload {
-    match payload {
-        Payload::Request {
-            to,
-            from,
-            from_inc,
-            id,
-            mode,
-            request,
-        } => Payload::Request {
-            to: *to,
-            from: *from,
-            from_inc: *from_inc,
-            id: *id,
-            mode: *mode,
-            request: request.clone(),
-        },
-        Payload::Response {
-            to,
-            to_inc,
-            id,
-            response,
-        } => Payload::Response {
-            to: *to,
-            to_inc: *to_inc,
-            id: *id,
-            response: response.clone(),
-        },
     }
 }
 
