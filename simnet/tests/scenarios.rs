@@ -86,3 +86,29 @@ fn a_healed_partition_reconverges() {
     );
     assert!(report.reconverge_s.is_some(), "never reconverged: {phases:?}");
 }
+
+#[test]
+fn a_one_way_cut_heals_too_and_plots_are_written() {
+    let swarm = Swarm::new(200, 17);
+    let spec = PartitionSpec {
+        split: Duration::from_secs(3 * 60),
+        before: Duration::from_secs(30),
+        after: Duration::from_secs(8 * 60),
+        lookup_rate: 20.0,
+        window: Duration::from_secs(30),
+        one_way: true,
+    };
+    let report = scenario::partition(&swarm, &spec).unwrap();
+    let phases = report.partition_success.unwrap();
+    assert!(phases.during < 0.95, "a one-way cut still breaks lookups: {phases:?}");
+    assert!(report.reconverge_s.is_some(), "never reconverged: {phases:?}");
+    let dir = std::env::temp_dir().join(format!("shoal-simnet-plots-{}", std::process::id()));
+    shoal_simnet::svg::write_plots(&report, &dir).unwrap();
+    for name in ["hops.svg", "latency_cdf.svg", "success.svg"] {
+        let svg = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{name}");
+    }
+    let success = std::fs::read_to_string(dir.join("success.svg")).unwrap();
+    assert!(success.contains("<polyline"), "the success plot has a line");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
