@@ -42,11 +42,14 @@ struct Outstanding<A> {
     stall_at: Option<Instant>,
 }
 
-/// A record this peer publishes itself and so re-signs and re-puts.
+/// A value this peer publishes itself and so re-signs and re-puts.
 #[derive(Clone, Debug)]
-enum Published {
-    Value { value: Vec<u8>, next: Instant },
-    Provider { next: Instant },
+struct PublishedValue {
+    value: Vec<u8>,
+    /// Version of the last signed record; the next is larger.
+    seq: u64,
+    /// When to republish.
+    next: Instant,
 }
 
 #[derive(Debug)]
@@ -82,7 +85,9 @@ pub struct Overlay<A: Addr> {
     rng: Rng,
     table: RoutingTable<A>,
     store: RecordStore<A>,
-    published: BTreeMap<Key, Published>,
+    published_values: BTreeMap<Key, PublishedValue>,
+    /// Keys this peer announces itself as provider of, and when to re-announce.
+    published_providers: BTreeMap<Key, Instant>,
     queries: BTreeMap<QueryId, Query<A>>,
     /// Bootstrap queries waiting on their refresh lookups: how many are left.
     bootstraps: BTreeMap<QueryId, (usize, QueryStats)>,
@@ -132,7 +137,8 @@ impl<A: Addr> Overlay<A> {
             rng: Rng::seed_from_u64(rng_seed),
             table,
             store,
-            published: BTreeMap::new(),
+            published_values: BTreeMap::new(),
+            published_providers: BTreeMap::new(),
             queries: BTreeMap::new(),
             bootstraps: BTreeMap::new(),
             outstanding: BTreeMap::new(),
@@ -208,6 +214,14 @@ impl<A: Addr> Overlay<A> {
             self.observe(now, from.clone());
         }
         let k = self.config.k;
+        if self.leave.is_some() {
+            // What is stored now would not be handed on: send it elsewhere.
+            match &request {
+                Request::PutValue { record } => return Response::Rejected(RecordError::Leaving { key: record.key }),
+                Request::AddProvider { record } => return Response::Rejected(RecordError::Leaving { key: record.key }),
+                _ => {}
+            }
+        }
         match request {
             Request::Ping => Response::Pong,
             Request::FindNode { target } => Response::Nodes {
@@ -252,10 +266,12 @@ impl<A: Addr> Overlay<A> {
             }
             Purpose::Store { query } => {
                 let stored = matches!(response, Response::Stored);
-                self.observe(now, peer);
+                if self.leave.is_none() {
+                    self.observe(now, peer);
+                }
                 self.store_answered(now, query, stored);
             }
-            Purpose::Lookup { query, path, .. } => self.lookup_answered(now, query, path, peer, response),
+            Purpose::Lookup { query, path, attempt } => self.lookup_answered(now, query, path, attempt, peer, response),
         }
     }
 
@@ -309,8 +325,20 @@ impl<A: Addr> Overlay<A> {
 
     /// Forgets a peer the driver knows has left.
     pub fn remove_peer(&mut self, now: Instant, key: &Key) {
-        if let Failed::Removed | Failed::Replaced(_) = self.table.remove(key, now) {
-            self.peer_gone(now, key);
+        let Some(peer) = self.table.peers().find(|p| p.key == *key) else {
+            return;
+        };
+        match self.table.remove(key, now) {
+            Failed::Replaced(replacement) => {
+                self.events.push_back(Event::PeerRemoved { peer });
+                self.peer_gone(now, key);
+                self.peer_arrived(now, replacement);
+            }
+            Failed::Removed => {
+                self.events.push_back(Event::PeerRemoved { peer });
+                self.peer_gone(now, key);
+            }
+            Failed::Unknown | Failed::Counted | Failed::Stale => {}
         }
     }
 
@@ -321,12 +349,17 @@ impl<A: Addr> Overlay<A> {
 
     /// Looks up the value record at `key`.
     pub fn get_value(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
-        self.start_query(now, key, QueryKind::GetValue { found: None, valid: 0 })
+        // A copy held here counts like one found on the way (it was
+        // verified when it was stored).
+        let found = self.store.value(&key, now).cloned();
+        let valid = usize::from(found.is_some());
+        self.start_query(now, key, QueryKind::GetValue { found, valid })
     }
 
     /// Looks up providers of `key`.
     pub fn get_providers(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
-        self.start_query(now, key, QueryKind::GetProviders { found: Vec::new() })
+        let found = self.store.providers(&key, now, self.config.max_providers);
+        self.start_query(now, key, QueryKind::GetProviders { found })
     }
 
     /// Signs `value` as the record at `key` and stores it at the key's home.
@@ -339,10 +372,11 @@ impl<A: Addr> Overlay<A> {
                 max: MAX_VALUE_BYTES,
             });
         }
-        let record = self.sign_value(now, key, value.clone());
+        let seq = self.next_seq(now, &key);
+        let record = self.sign_value(now, key, value.clone(), seq);
         let id = self.start_query(now, key, QueryKind::PutValue { record })?;
         let next = now + self.config.republish_interval;
-        self.published.insert(key, Published::Value { value, next });
+        self.published_values.insert(key, PublishedValue { value, seq, next });
         Ok(id)
     }
 
@@ -352,20 +386,36 @@ impl<A: Addr> Overlay<A> {
         let record = self.sign_provider(now, key);
         let id = self.start_query(now, key, QueryKind::AddProvider { record })?;
         let next = now + self.config.republish_interval;
-        self.published.insert(key, Published::Provider { next });
+        self.published_providers.insert(key, next);
         Ok(id)
     }
 
     /// Stops re-announcing `key`; the record lapses at its home when it expires.
     pub fn stop_providing(&mut self, key: &Key) {
-        if matches!(self.published.get(key), Some(Published::Provider { .. })) {
-            self.published.remove(key);
-        }
+        self.published_providers.remove(key);
+    }
+
+    /// Stops republishing the value this peer put at `key`; the record lapses
+    /// at its home when it expires.
+    pub fn stop_publishing(&mut self, key: &Key) {
+        self.published_values.remove(key);
+    }
+
+    /// A version for a new record at `key`: the signing time in
+    /// microseconds, but always above the last version this peer signed for
+    /// the key, so two puts in one microsecond (or after the clock stepped
+    /// back) still order.
+    fn next_seq(&self, now: Instant, key: &Key) -> u64 {
+        let last = self.published_values.get(key).map_or(0, |p| p.seq);
+        now.as_micros().max(last.saturating_add(1))
     }
 
     /// Leaves gracefully: hands every held record to the rest of its home and
     /// reports [`Event::Left`] when they have answered. Stops serving.
     pub fn leave(&mut self, now: Instant) -> QueryId {
+        if let Some(leave) = &self.leave {
+            return leave.query;
+        }
         let query = self.next_query_id();
         let mut leave = Leave {
             query,
@@ -384,9 +434,14 @@ impl<A: Addr> Overlay<A> {
                 }
             }
         }
-        self.published.clear();
-        self.queries.clear();
-        self.bootstraps.clear();
+        self.published_values.clear();
+        self.published_providers.clear();
+        for (id, _) in std::mem::take(&mut self.queries) {
+            self.events.push_back(Event::Aborted { query: id });
+        }
+        for (id, _) in std::mem::take(&mut self.bootstraps) {
+            self.events.push_back(Event::Aborted { query: id });
+        }
         let done = leave.pending == 0;
         self.leave = Some(leave);
         if done {
@@ -557,6 +612,9 @@ impl<A: Addr> Overlay<A> {
     // ----- internals: routing table ----------------------------------------
 
     fn observe(&mut self, now: Instant, peer: PeerInfo<A>) {
+        if self.leave.is_some() {
+            return; // a leaving peer starts no new work
+        }
         match self.table.observe(peer.clone(), now) {
             Observed::Inserted => self.peer_arrived(now, peer),
             Observed::Replaced(old) => {
@@ -586,7 +644,8 @@ impl<A: Addr> Overlay<A> {
     }
 
     /// A peer left the table: where it was in a home with us, the home now
-    /// has a new member, who gets the records.
+    /// has a new member. We do not know which member lacks the records, so
+    /// all of them get them again; those that hold them answer at once.
     fn peer_gone(&mut self, now: Instant, gone: &Key) {
         if self.store.is_empty() {
             return;
@@ -674,14 +733,21 @@ impl<A: Addr> Overlay<A> {
         }
     }
 
-    fn lookup_answered(&mut self, now: Instant, id: QueryId, path: usize, peer: PeerInfo<A>, response: Response<A>) {
+    fn lookup_answered(
+        &mut self,
+        now: Instant,
+        id: QueryId,
+        path: usize,
+        attempt: u8,
+        peer: PeerInfo<A>,
+        response: Response<A>,
+    ) {
         let (closer, record, providers) = match response {
             Response::Nodes { closer } => (closer, None, Vec::new()),
             Response::Value { record, closer } => (closer, record, Vec::new()),
             Response::Providers { providers, closer } => (closer, None, providers),
             Response::Pong | Response::Stored | Response::Rejected(_) => {
                 // Not an answer to a lookup step: the peer misbehaves.
-                let attempt = self.queries.get(&id).map_or(1, |q| q.lookup.attempts(path, &peer.key));
                 let purpose = Purpose::Lookup {
                     query: id,
                     path,
@@ -717,7 +783,13 @@ impl<A: Addr> Overlay<A> {
                     record.filter(|r| r.key == query.lookup.target() && r.verify(verifier, now, max_life).is_ok())
                 {
                     *valid += 1;
-                    if found.as_ref().is_none_or(|f| record.seq > f.seq) {
+                    // Versions order one publisher's records; a record by
+                    // another publisher never displaces the first found (the
+                    // home keeps the first writer's record the same way).
+                    if found
+                        .as_ref()
+                        .is_none_or(|f| f.publisher == record.publisher && record.seq > f.seq)
+                    {
                         *found = Some(record);
                     }
                     done_early = *valid >= quorum;
@@ -935,10 +1007,7 @@ impl<A: Addr> Overlay<A> {
         }
     }
 
-    fn sign_value(&mut self, now: Instant, key: Key, value: Vec<u8>) -> ValueRecord {
-        // Versions are the signing time in microseconds: later puts win, and
-        // a restarted publisher never reuses a version.
-        let seq = now.as_micros();
+    fn sign_value(&mut self, now: Instant, key: Key, value: Vec<u8>, seq: u64) -> ValueRecord {
         ValueRecord::sign(key, value, seq, now + self.config.record_ttl, self.signer.as_ref())
     }
 
@@ -960,11 +1029,16 @@ impl<A: Addr> Overlay<A> {
         self.store.remove_expired(now);
         self.replicate(now);
         self.republish(now);
-        for bucket in self.table.take_idle_buckets(now, self.config.refresh_interval) {
+        for bucket in self.table.idle_buckets(now, self.config.refresh_interval) {
             let target = self.local.key.random_in_bucket(bucket, &self.rng.key());
-            // A full query table skips this round; the bucket stays idle and
-            // is tried again at the next maintenance.
-            let _ = self.start_query(now, target, QueryKind::Refresh { bootstrap: None });
+            // Starting the lookup marks the bucket active; a full query table
+            // leaves it idle, to be tried again at the next maintenance.
+            if self
+                .start_query(now, target, QueryKind::Refresh { bootstrap: None })
+                .is_err()
+            {
+                break;
+            }
         }
         let round = now.as_micros() / self.config.maintenance_interval.as_micros().max(1) as u64;
         for peer in self.table.stale_peers(round) {
@@ -990,33 +1064,39 @@ impl<A: Addr> Overlay<A> {
     }
 
     fn republish(&mut self, now: Instant) {
-        let due: Vec<Key> = self
-            .published
+        let next_time = now + self.config.republish_interval;
+        let values: Vec<Key> = self
+            .published_values
             .iter()
-            .filter(|(_, p)| match p {
-                Published::Value { next, .. } | Published::Provider { next } => *next <= now,
-            })
+            .filter(|(_, p)| p.next <= now)
             .map(|(k, _)| *k)
             .collect();
-        let next_time = now + self.config.republish_interval;
-        for key in due {
-            let kind = match self.published.get_mut(&key) {
-                Some(Published::Value { value, next }) => {
-                    *next = next_time;
-                    let value = value.clone();
-                    QueryKind::PutValue {
-                        record: self.sign_value(now, key, value),
-                    }
-                }
-                Some(Published::Provider { next }) => {
-                    *next = next_time;
-                    QueryKind::AddProvider {
-                        record: self.sign_provider(now, key),
-                    }
-                }
-                None => continue,
+        for key in values {
+            let seq = self.next_seq(now, &key);
+            let Some(value) = self.published_values.get(&key).map(|p| p.value.clone()) else {
+                continue;
             };
-            let _ = self.start_query(now, key, kind);
+            let record = self.sign_value(now, key, value, seq);
+            // A full query table leaves the entry due: it is tried again at
+            // the next maintenance round.
+            if self.start_query(now, key, QueryKind::PutValue { record }).is_ok()
+                && let Some(p) = self.published_values.get_mut(&key)
+            {
+                p.seq = seq;
+                p.next = next_time;
+            }
+        }
+        let providers: Vec<Key> = self
+            .published_providers
+            .iter()
+            .filter(|(_, next)| **next <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in providers {
+            let record = self.sign_provider(now, key);
+            if self.start_query(now, key, QueryKind::AddProvider { record }).is_ok() {
+                self.published_providers.insert(key, next_time);
+            }
         }
     }
 

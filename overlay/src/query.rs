@@ -95,6 +95,11 @@ pub enum Event<A> {
         /// Hand-offs that failed.
         failed: usize,
     },
+    /// A query was dropped unfinished because the peer is leaving.
+    Aborted {
+        /// The query.
+        query: QueryId,
+    },
     /// A peer entered the routing table (the node remembers it for restarts).
     PeerAdded {
         /// The peer.

@@ -137,6 +137,12 @@ pub enum RecordError {
         /// The record's key.
         key: Key,
     },
+    /// The peer is leaving the overlay and stores nothing more.
+    #[error("the peer is leaving; store record {key} elsewhere")]
+    Leaving {
+        /// The record's key.
+        key: Key,
+    },
     /// The store already has this publisher's record with a newer version.
     #[error("record at {key} has version {seq}, the store has {current}")]
     Stale {

@@ -371,18 +371,15 @@ impl<A: Addr> RoutingTable<A> {
             .collect()
     }
 
-    /// Indices of buckets with no activity since `now - idle`, touching
-    /// them so that each is reported once per idle period. Buckets deeper
-    /// than the deepest non-empty one are not refreshed: nobody lives there.
-    pub fn take_idle_buckets(&mut self, now: Instant, idle: Duration) -> Vec<usize> {
-        let mut idle_buckets = Vec::new();
-        for (i, bucket) in self.buckets.iter_mut().enumerate() {
-            if bucket.last_active + idle <= now {
-                bucket.last_active = now;
-                idle_buckets.push(i);
-            }
-        }
-        idle_buckets
+    /// Indices of buckets with no activity since `now - idle`. A lookup
+    /// into a bucket's range marks it active again ([`touch`](Self::touch)).
+    pub fn idle_buckets(&self, now: Instant, idle: Duration) -> Vec<usize> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.last_active + idle <= now)
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Marks the bucket that `target` falls in as active (a lookup went there).

@@ -53,7 +53,8 @@ impl RttEstimate {
             return request_timeout / 2;
         }
         let rto = (u64::from(self.srtt_us) + 4 * u64::from(self.rttvar_us)).max(2 * u64::from(self.max_us));
-        Duration::from_micros(rto).clamp(MIN_STALL, request_timeout)
+        // Not `clamp`: a request timeout below MIN_STALL must win, not panic.
+        Duration::from_micros(rto).max(MIN_STALL).min(request_timeout)
     }
 }
 

@@ -453,3 +453,71 @@ fn clients_never_enter_routing_tables() {
         }
     }
 }
+
+#[test]
+fn two_puts_in_one_microsecond_keep_their_order() {
+    let mut swarm = Swarm::join(8);
+    let key = target(6);
+    let now = swarm.now;
+    swarm.peers[1].put_value(now, key, b"first".to_vec()).unwrap();
+    swarm.peers[1].put_value(now, key, b"second".to_vec()).unwrap();
+    swarm.flush(1);
+    swarm.run_for(Duration::from_secs(1));
+    assert_eq!(get(&mut swarm, 5, key).unwrap().value, b"second");
+}
+
+#[test]
+fn a_lone_peer_reads_its_own_record() {
+    let mut swarm = Swarm::join(1);
+    let key = target(7);
+    assert_eq!(put(&mut swarm, 0, key, b"mine"), 1, "the only peer is the whole home");
+    assert_eq!(get(&mut swarm, 0, key).unwrap().value, b"mine");
+}
+
+#[test]
+fn a_leaving_peer_refuses_new_records() {
+    let mut swarm = Swarm::join(6);
+    let key = target(8);
+    put(&mut swarm, 1, key, b"before");
+    let holder = swarm.holders(&key)[0];
+    let record = swarm.peers[holder as usize]
+        .record_store()
+        .value(&key, swarm.now)
+        .unwrap()
+        .clone();
+    let now = swarm.now;
+    let first = swarm.peers[holder as usize].leave(now);
+    assert_eq!(
+        swarm.peers[holder as usize].leave(now),
+        first,
+        "leaving twice is one leave"
+    );
+    let sender = swarm.info(1);
+    let response = swarm.peers[holder as usize].handle_request(now, sender, Mode::Server, Request::PutValue { record });
+    assert!(
+        matches!(response, Response::Rejected(shoal_overlay::RecordError::Leaving { .. })),
+        "{response:?}"
+    );
+}
+
+#[test]
+fn a_request_timeout_below_the_minimum_stall_is_no_panic() {
+    let mut config = Swarm::config();
+    config.request_timeout = Duration::from_millis(2);
+    let mut swarm = Swarm::new(config);
+    for _ in 0..4 {
+        swarm.spawn(Mode::Server);
+    }
+    for i in 1..4u32 {
+        let now = swarm.now;
+        let seed = swarm.info(0);
+        swarm.peers[i as usize].bootstrap(now, vec![seed]).unwrap();
+        swarm.flush(i);
+    }
+    // 5 ms links against a 2 ms timeout: every request times out, and the
+    // lookups end without an answer instead of panicking.
+    swarm.run_for(Duration::from_secs(5));
+    for peer in &swarm.peers {
+        peer.check_invariants().unwrap();
+    }
+}
