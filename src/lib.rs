@@ -9,6 +9,7 @@
 //!   routing table, lookups, signed records, replication, wire codec.
 //! - [`simnet`] (`shoal-simnet`): the deterministic simulator that runs
 //!   that core at 10^5–10^6 peers.
+//! - [`node`] (`shoal-node`): the real peer, the same core over libp2p.
 //!
 //! ```
 //! use shoal::overlay::Key;
@@ -16,6 +17,7 @@
 //! assert_eq!(key.to_string().len(), 64);
 //! ```
 
+pub use shoal_node as node;
 pub use shoal_overlay as overlay;
 pub use shoal_simnet as simnet;
 

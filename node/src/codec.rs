@@ -1,0 +1,103 @@
+//! Frames overlay messages on a request-response stream: a 4-byte big-endian
+//! length, then that many bytes of the overlay's CBOR encoding. Lengths
+//! above the overlay's cap are refused before anything is read.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use shoal_overlay::wire::MAX_MESSAGE_BYTES;
+
+/// The protocol overlay messages travel under.
+pub const OVERLAY_PROTOCOL: StreamProtocol = StreamProtocol::new(shoal_overlay::wire::PROTOCOL);
+
+/// Length-prefixed frames of at most `MAX_MESSAGE_BYTES`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut header = [0u8; 4];
+    io.read_exact(&mut header).await?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_MESSAGE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the {MAX_MESSAGE_BYTES}-byte cap"),
+        ));
+    }
+    let mut frame = vec![0u8; len];
+    io.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: Vec<u8>) -> io::Result<()> {
+    let len = u32::try_from(frame.len())
+        .ok()
+        .filter(|len| *len as usize <= MAX_MESSAGE_BYTES)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame exceeds the message cap"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&frame).await?;
+    io.close().await
+}
+
+impl libp2p::request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Vec<u8>,
+    ) -> io::Result<()> {
+        write_frame(io, request).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: Vec<u8>,
+    ) -> io::Result<()> {
+        write_frame(io, response).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_oversized_lengths_are_refused() {
+        futures::executor::block_on(async {
+            let mut buffer = futures::io::Cursor::new(Vec::new());
+            write_frame(&mut buffer, b"hello".to_vec()).await.unwrap();
+            let mut reader = futures::io::Cursor::new(buffer.into_inner());
+            assert_eq!(read_frame(&mut reader).await.unwrap(), b"hello");
+            let mut huge = futures::io::Cursor::new(u32::MAX.to_be_bytes().to_vec());
+            assert_eq!(
+                read_frame(&mut huge).await.unwrap_err().kind(),
+                io::ErrorKind::InvalidData
+            );
+            let mut short = futures::io::Cursor::new(vec![0, 0, 0, 9, 1, 2]);
+            assert!(read_frame(&mut short).await.is_err());
+        });
+    }
+}

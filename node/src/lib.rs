@@ -1,0 +1,30 @@
+//! `shoal-node`: the real shoal peer. It drives the sans-IO overlay core of
+//! `shoal-overlay` over libp2p (TCP with noise and yamux, and QUIC; identify,
+//! ping, mDNS) on a tokio runtime.
+//!
+//! One task owns the swarm and the core; a [`Client`] talks to it over a
+//! bounded channel and gets each result back on the query id the core
+//! returned. Overlay messages travel as request-response on
+//! `/shoal/overlay/1`, framed by [`codec::FrameCodec`] around the overlay's
+//! CBOR codec and its size cap. A peer's overlay key is BLAKE3 of its ed25519
+//! public key, which its peer id carries ([`addr::key_of_peer`]), so no peer
+//! can claim a position it does not own. Records are signed with the node's
+//! key ([`identity`]).
+//!
+//! This is the first part of the peer; the control API, the remaining CLI
+//! subcommands, private swarms and settings files come next.
+//!
+//! # Layout
+//!
+//! - [`addr`]: [`NodeAddr`], the overlay address of a peer.
+//! - [`identity`]: the key in the data directory, signing and verification.
+//! - [`codec`]: length-prefixed frames on request-response streams.
+//! - [`node`]: [`start`], the driver task, and [`Client`].
+
+pub mod addr;
+pub mod codec;
+pub mod identity;
+pub mod node;
+
+pub use addr::NodeAddr;
+pub use node::{Client, Lookup, NodeConfig, NodeError, start};

@@ -1,0 +1,588 @@
+//! The node: one task that owns the libp2p swarm and the overlay core, and a
+//! [`Client`] handle that talks to it over a bounded channel — the shape of
+//! rust-libp2p's `file-sharing` example.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, identity::Keypair, mdns, noise, ping, tcp, yamux};
+use shoal_overlay::{Config, Event, Instant, Key, Overlay, PeerInfo, QueryId, RequestId, Transmit, ValueRecord, wire};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::addr::{MAX_ADDRS_PER_PEER, NodeAddr, key_of_peer};
+use crate::codec::{FrameCodec, OVERLAY_PROTOCOL};
+use crate::identity::{self, NodeSigner};
+
+/// Commands waiting in the channel to the node, at most.
+const COMMAND_QUEUE: usize = 64;
+
+/// How a node starts.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the identity lives.
+    pub data_dir: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through; each must end in `/p2p/PEER_ID`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Find peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Overlay settings (the verifier is replaced by ed25519's).
+    pub overlay: Option<Config>,
+}
+
+impl NodeConfig {
+    /// Defaults: all interfaces, TCP and QUIC on ports the system picks, mDNS on.
+    pub fn new(data_dir: PathBuf) -> Self {
+        NodeConfig {
+            data_dir,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("a literal multiaddr parses"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("a literal multiaddr parses"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            overlay: None,
+        }
+    }
+}
+
+/// Why a node or one of its operations failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The transport could not be built.
+    #[error("cannot set up the network transport: {0}")]
+    Transport(String),
+    /// Listening on an address failed (in use, not local, ...).
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// A bootstrap address lacks its `/p2p/PEER_ID` suffix.
+    #[error("bootstrap address {0} must end in /p2p/PEER_ID")]
+    BootstrapWithoutPeer(Multiaddr),
+    /// The overlay refused the command.
+    #[error(transparent)]
+    Command(#[from] shoal_overlay::CommandError),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// The node's view of one finished lookup.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    /// The closest peers that answered, closest first.
+    pub peers: Vec<PeerInfo<NodeAddr>>,
+    /// What it cost.
+    pub stats: shoal_overlay::QueryStats,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+enum Command {
+    FindNode {
+        target: Key,
+        reply: Reply<Lookup>,
+    },
+    PutValue {
+        key: Key,
+        value: Vec<u8>,
+        reply: Reply<usize>,
+    },
+    GetValue {
+        key: Key,
+        reply: Reply<Option<ValueRecord>>,
+    },
+    Peers {
+        reply: Reply<Vec<PeerInfo<NodeAddr>>>,
+    },
+    Listening {
+        reply: Reply<Vec<Multiaddr>>,
+    },
+    Leave {
+        reply: Reply<()>,
+    },
+}
+
+enum Pending {
+    FindNode(Reply<Lookup>),
+    PutValue(Reply<usize>),
+    GetValue(Reply<Option<ValueRecord>>),
+    Leave(Reply<()>),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    overlay: request_response::Behaviour<FrameCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// A handle to a running node.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    key: Key,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl Client {
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The node's overlay key.
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        answer.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Looks up the peers closest to `target`.
+    pub async fn find_node(&self, target: Key) -> Result<Lookup, NodeError> {
+        self.ask(|reply| Command::FindNode { target, reply }).await
+    }
+
+    /// Stores a signed value record at `key`'s home; returns how many home
+    /// members confirmed.
+    pub async fn put_value(&self, key: Key, value: Vec<u8>) -> Result<usize, NodeError> {
+        self.ask(|reply| Command::PutValue { key, value, reply }).await
+    }
+
+    /// Reads the value record at `key`.
+    pub async fn get_value(&self, key: Key) -> Result<Option<ValueRecord>, NodeError> {
+        self.ask(|reply| Command::GetValue { key, reply }).await
+    }
+
+    /// The peers in the routing table.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo<NodeAddr>>, NodeError> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// The addresses the node listens on, each ending in `/p2p/PEER_ID`.
+    pub async fn listening(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        self.ask(|reply| Command::Listening { reply }).await
+    }
+
+    /// Hands the node's records to their new homes, then stops the node.
+    pub async fn leave(&self) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Leave { reply }).await
+    }
+}
+
+/// The clock the core runs on: microseconds since the Unix epoch.
+fn now() -> Instant {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+}
+
+/// Starts a node and returns its handle; the node runs on the current tokio
+/// runtime until [`Client::leave`] or until every handle is dropped.
+pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
+    let keypair = identity::load_or_create(&config.data_dir)?;
+    let signer = NodeSigner::new(&keypair).ok_or_else(|| NodeError::Transport("identity is not ed25519".into()))?;
+    let key = signer.key();
+    let mut swarm = build_swarm(&keypair, config.mdns)?;
+    let peer_id = *swarm.local_peer_id();
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| NodeError::Listen {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let mut seeds = Vec::new();
+    for addr in &config.bootstrap {
+        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+            return Err(NodeError::BootstrapWithoutPeer(addr.clone()));
+        };
+        let Some(peer_key) = key_of_peer(&peer) else { continue };
+        swarm.add_peer_address(peer, addr.clone());
+        seeds.push(PeerInfo::new(
+            peer_key,
+            NodeAddr {
+                peer,
+                addrs: vec![addr.clone()],
+            },
+        ));
+    }
+    let mut overlay_config = config
+        .overlay
+        .clone()
+        .unwrap_or_else(|| Config::new(identity::verifier()));
+    overlay_config.verifier = identity::verifier();
+    let local = PeerInfo::new(
+        key,
+        NodeAddr {
+            peer: peer_id,
+            addrs: Vec::new(),
+        },
+    );
+    let rng_seed = u64::from_le_bytes(key.to_bytes()[..8].try_into().unwrap_or_default()) ^ now().as_micros();
+    let core = Overlay::new(Arc::new(overlay_config), local, Box::new(signer), rng_seed, now())
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+    let mut driver = Driver {
+        swarm,
+        core,
+        commands: receiver,
+        pending: BTreeMap::new(),
+        outbound: HashMap::new(),
+        addresses: HashMap::new(),
+        listening: Vec::new(),
+        bootstrapped: false,
+        stopping: None,
+    };
+    if !seeds.is_empty() {
+        driver.bootstrap(seeds);
+    }
+    tokio::spawn(driver.run());
+    Ok(Client { commands, peer_id, key })
+}
+
+fn build_swarm(keypair: &Keypair, mdns: bool) -> Result<Swarm<Behaviour>, NodeError> {
+    let transport = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let overlay = request_response::Behaviour::new(
+                [(OVERLAY_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            );
+            let identify = identify::Behaviour::new(identify::Config::new("/shoal/1".into(), key.public()));
+            let mdns = if mdns {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    key.public().to_peer_id(),
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                overlay,
+                identify,
+                ping: ping::Behaviour::default(),
+                mdns: mdns.into(),
+            })
+        })
+        .map_err(|e| transport(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    core: Overlay<NodeAddr>,
+    commands: mpsc::Receiver<Command>,
+    pending: BTreeMap<QueryId, Pending>,
+    outbound: HashMap<OutboundRequestId, RequestId>,
+    /// Addresses learned through identify and mDNS, per peer.
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    listening: Vec<Multiaddr>,
+    bootstrapped: bool,
+    stopping: Option<Reply<()>>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            let wake = self.core.poll_timeout().map(|t| {
+                let wait = t.saturating_since(now());
+                tokio::time::Instant::now() + wait
+            });
+            let sleep = tokio::time::sleep_until(
+                wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+            );
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => return, // every client is gone
+                },
+                () = sleep => self.core.handle_timeout(now()),
+            }
+            self.drain();
+            if self.stopping.is_some() && self.pending.is_empty() {
+                if let Some(reply) = self.stopping.take() {
+                    let _ = reply.send(Ok(()));
+                }
+                return;
+            }
+        }
+    }
+
+    fn bootstrap(&mut self, seeds: Vec<PeerInfo<NodeAddr>>) {
+        if self.bootstrapped {
+            for seed in seeds {
+                self.core.add_peer(now(), seed);
+            }
+            return;
+        }
+        self.bootstrapped = true;
+        if let Err(e) = self.core.bootstrap(now(), seeds) {
+            tracing::warn!("bootstrap did not start: {e}");
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let t = now();
+        match command {
+            Command::FindNode { target, reply } => match self.core.find_node(t, target) {
+                Ok(id) => drop(self.pending.insert(id, Pending::FindNode(reply))),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Command::PutValue { key, value, reply } => match self.core.put_value(t, key, value) {
+                Ok(id) => drop(self.pending.insert(id, Pending::PutValue(reply))),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Command::GetValue { key, reply } => match self.core.get_value(t, key) {
+                Ok(id) => drop(self.pending.insert(id, Pending::GetValue(reply))),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Command::Peers { reply } => drop(reply.send(Ok(self.core.routing_table().peers().collect()))),
+            Command::Listening { reply } => drop(reply.send(Ok(self.listening.clone()))),
+            Command::Leave { reply } => {
+                let id = self.core.leave(t);
+                self.pending.insert(id, Pending::Leave(reply));
+            }
+        }
+    }
+
+    fn info_of(&self, peer: PeerId) -> Option<PeerInfo<NodeAddr>> {
+        let key = key_of_peer(&peer)?;
+        let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+        Some(PeerInfo::new(key, NodeAddr { peer, addrs }))
+    }
+
+    fn learn_addresses(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let known = self.addresses.entry(peer).or_default();
+        for addr in addrs {
+            if known.len() >= MAX_ADDRS_PER_PEER {
+                break;
+            }
+            if !known.contains(&addr) {
+                known.push(addr);
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                tracing::info!("listening on {full}");
+                self.listening.push(full);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(event)) => self.on_overlay_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                let serves = info.protocols.iter().any(|p| p.as_ref() == wire::PROTOCOL);
+                self.learn_addresses(peer_id, info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER));
+                if serves && let Some(info) = self.info_of(peer_id) {
+                    for addr in &info.addr.addrs {
+                        self.swarm.add_peer_address(peer_id, addr.clone());
+                    }
+                    // Refreshes the addresses the routing table holds for it.
+                    if self.core.routing_table().contains(&info.key) {
+                        self.core.add_peer(now(), info);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut seeds = Vec::new();
+                for (peer, addr) in found {
+                    self.swarm.add_peer_address(peer, addr.clone());
+                    self.learn_addresses(peer, [addr]);
+                    if let Some(info) = self.info_of(peer) {
+                        seeds.push(info);
+                    }
+                }
+                self.bootstrap(seeds);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_overlay_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let t = now();
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let Some(from) = self.info_of(peer) else {
+                        tracing::debug!("request from {peer}, whose id carries no ed25519 key: ignored");
+                        return;
+                    };
+                    let response = match wire::decode_request::<NodeAddr>(&request) {
+                        Ok((mode, request)) => {
+                            let mut response = self.core.handle_request(t, from, mode, request);
+                            self.fill_addresses(&mut response);
+                            response
+                        }
+                        Err(e) => {
+                            tracing::debug!("malformed request from {peer}: {e}");
+                            return; // dropping the channel tells the peer it failed
+                        }
+                    };
+                    match wire::encode_response(&response) {
+                        Ok(bytes) => drop(self.swarm.behaviour_mut().overlay.send_response(channel, bytes)),
+                        Err(e) => tracing::warn!("cannot encode a response: {e}"),
+                    }
+                }
+                request_response::Message::Response { request_id, response } => {
+                    let Some(id) = self.outbound.remove(&request_id) else {
+                        return;
+                    };
+                    match wire::decode_response::<NodeAddr>(&response) {
+                        Ok(response) => self.core.handle_response(t, id, response),
+                        Err(e) => {
+                            tracing::debug!("malformed response from {peer}: {e}");
+                            self.core.handle_failure(t, id);
+                        }
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                tracing::debug!("request to {peer} failed: {error}");
+                if let Some(id) = self.outbound.remove(&request_id) {
+                    self.core.handle_failure(t, id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Peers the core learned from inbound requests may lack addresses (the
+    /// sender's identify had not arrived yet); fill them in from what the
+    /// node has learned since, so the asker can dial them.
+    fn fill_addresses(&self, response: &mut shoal_overlay::Response<NodeAddr>) {
+        use shoal_overlay::Response;
+        let closer = match response {
+            Response::Nodes { closer } | Response::Value { closer, .. } | Response::Providers { closer, .. } => closer,
+            Response::Pong | Response::Stored | Response::Rejected(_) => return,
+        };
+        for peer in closer.iter_mut() {
+            if peer.addr.addrs.is_empty()
+                && let Some(known) = self.addresses.get(&peer.addr.peer)
+            {
+                peer.addr.addrs = known.iter().take(MAX_ADDRS_PER_PEER).cloned().collect();
+            }
+        }
+    }
+
+    /// Drains the core's outputs: transmits, then events.
+    fn drain(&mut self) {
+        while let Some(transmit) = self.core.poll_transmit() {
+            self.send(transmit);
+        }
+        while let Some(event) = self.core.poll_event() {
+            self.on_core_event(event);
+        }
+    }
+
+    fn send(&mut self, transmit: Transmit<NodeAddr>) {
+        let Transmit { id, to, mode, request } = transmit;
+        let bytes = match wire::encode_request(mode, &request) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!("cannot encode a request: {e}");
+                self.core.handle_failure(now(), id);
+                return;
+            }
+        };
+        let peer = to.addr.peer;
+        for addr in to.addr.addrs.iter().take(MAX_ADDRS_PER_PEER) {
+            self.swarm.add_peer_address(peer, addr.clone());
+        }
+        let outbound = self.swarm.behaviour_mut().overlay.send_request(&peer, bytes);
+        self.outbound.insert(outbound, id);
+    }
+
+    fn on_core_event(&mut self, event: Event<NodeAddr>) {
+        match event {
+            Event::FoundNodes {
+                query, peers, stats, ..
+            } => {
+                if let Some(Pending::FindNode(reply)) = self.pending.remove(&query) {
+                    let _ = reply.send(Ok(Lookup { peers, stats }));
+                }
+            }
+            Event::Put { query, stored, .. } => {
+                if let Some(Pending::PutValue(reply)) = self.pending.remove(&query) {
+                    let _ = reply.send(Ok(stored));
+                }
+            }
+            Event::GotValue { query, record, .. } => {
+                if let Some(Pending::GetValue(reply)) = self.pending.remove(&query) {
+                    let _ = reply.send(Ok(record));
+                }
+            }
+            Event::Left {
+                query,
+                handed_off,
+                failed,
+            } => {
+                tracing::info!("left the overlay: {handed_off} records handed on, {failed} hand-offs failed");
+                if let Some(Pending::Leave(reply)) = self.pending.remove(&query) {
+                    self.stopping = Some(reply);
+                }
+            }
+            Event::Aborted { query } => {
+                if let Some(pending) = self.pending.remove(&query) {
+                    match pending {
+                        Pending::FindNode(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Pending::PutValue(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Pending::GetValue(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Pending::Leave(r) => drop(r.send(Err(NodeError::Stopped))),
+                    }
+                }
+            }
+            Event::Bootstrapped { peers, .. } => {
+                tracing::info!("joined the overlay: {peers} peers in the routing table")
+            }
+            Event::GotProviders { .. } | Event::PeerAdded { .. } | Event::PeerRemoved { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Real peers on loopback: several nodes in one process, joined through one
+//! bootstrap peer over TCP and QUIC, with mDNS off (it would multicast out of
+//! the machine's real interface).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use shoal::node::{Client, NodeConfig, start};
+use shoal::overlay::Key;
+
+const PEERS: usize = 8;
+
+fn data_dir(test: &str, i: usize) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("shoal-loopback-{}-{test}-{i}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn swarm(test: &str) -> Vec<Client> {
+    let mut clients: Vec<Client> = Vec::new();
+    for i in 0..PEERS {
+        let mut config = NodeConfig::new(data_dir(test, i));
+        config.mdns = false;
+        config.listen = vec![
+            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        ];
+        if let Some(first) = clients.first() {
+            let mut addrs = Vec::new();
+            for _ in 0..50 {
+                addrs = first.listening().await.unwrap();
+                if !addrs.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Alternate the transport the joiners bootstrap over.
+            let quic = i % 2 == 0;
+            let pick = addrs
+                .iter()
+                .find(|a| a.to_string().contains("quic") == quic)
+                .unwrap()
+                .clone();
+            config.bootstrap = vec![pick];
+        }
+        clients.push(start(config).await.unwrap());
+    }
+    // Wait until every table knows most of the swarm.
+    for _ in 0..200 {
+        let mut ready = true;
+        for client in &clients {
+            if client.peers().await.unwrap().len() < PEERS / 2 {
+                ready = false;
+            }
+        }
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    clients
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_form_one_overlay_and_lookups_find_the_true_closest() {
+    let clients = swarm("lookup").await;
+    let mut sizes = Vec::new();
+    for client in &clients {
+        sizes.push(client.peers().await.unwrap().len());
+    }
+    assert!(
+        sizes.iter().all(|s| *s >= PEERS / 2),
+        "every peer joined: table sizes {sizes:?}"
+    );
+    for (n, origin) in clients.iter().enumerate() {
+        let target = Key::of_content(format!("target {n}").as_bytes());
+        let mut others: Vec<Key> = clients.iter().map(Client::key).filter(|k| *k != origin.key()).collect();
+        others.sort_by_key(|k| k.distance(&target));
+        let lookup = tokio::time::timeout(Duration::from_secs(20), origin.find_node(target))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lookup.peers.first().map(|p| p.key), Some(others[0]), "lookup {n}");
+        assert!(lookup.peers.iter().all(|p| p.addr.peer != origin.peer_id()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_put_on_one_peer_is_read_on_another() {
+    let clients = swarm("record").await;
+    let key = Key::of_name("test", b"greeting");
+    let stored = clients[1].put_value(key, b"hello from peer 1".to_vec()).await.unwrap();
+    assert_eq!(stored, 3, "the whole home confirmed");
+    for reader in [&clients[5], &clients[7]] {
+        let record = reader.get_value(key).await.unwrap().expect("found");
+        assert_eq!(record.value, b"hello from peer 1");
+    }
+    assert!(
+        clients[3]
+            .get_value(Key::of_name("test", b"nothing"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
