@@ -104,3 +104,48 @@ async fn a_record_put_on_one_peer_is_read_on_another() {
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_rejoins_through_the_peers_it_remembers() {
+    let mut config = NodeConfig::new(data_dir("remember", 0));
+    config.mdns = false;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    let first = start(config).await.unwrap();
+    let mut addrs = Vec::new();
+    for _ in 0..50 {
+        addrs = first.listening().await.unwrap();
+        if !addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second_dir = data_dir("remember", 1);
+    let mut config = NodeConfig::new(second_dir.clone());
+    config.mdns = false;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = addrs;
+    let second = start(config.clone()).await.unwrap();
+    for _ in 0..100 {
+        if !second.peers().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(second.peers().await.unwrap().len(), 1);
+    second.leave().await.unwrap();
+    // Restart with no bootstrap address: the remembered peer is enough.
+    config.bootstrap = Vec::new();
+    let again = start(config).await.unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..100 {
+        peers = again.peers().await.unwrap();
+        if !peers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        peers.iter().map(|p| p.addr.peer).collect::<Vec<_>>(),
+        vec![first.peer_id()]
+    );
+}

@@ -19,11 +19,13 @@
 //! - [`addr`]: [`NodeAddr`], the overlay address of a peer.
 //! - [`identity`]: the key in the data directory, signing and verification.
 //! - [`codec`]: length-prefixed frames on request-response streams.
+//! - [`known`]: peers remembered across restarts.
 //! - [`node`]: [`start`], the driver task, and [`Client`].
 
 pub mod addr;
 pub mod codec;
 pub mod identity;
+pub mod known;
 pub mod node;
 
 pub use addr::NodeAddr;

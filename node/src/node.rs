@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::addr::{MAX_ADDRS_PER_PEER, NodeAddr, key_of_peer};
 use crate::codec::{FrameCodec, OVERLAY_PROTOCOL};
 use crate::identity::{self, NodeSigner};
+use crate::known::KnownPeers;
 
 /// Commands waiting in the channel to the node, at most.
 const COMMAND_QUEUE: usize = 64;
@@ -222,8 +223,11 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
             reason: e.to_string(),
         })?;
     }
+    let known = KnownPeers::new(&config.data_dir);
+    // Peers remembered from the last run join the bootstrap list.
+    let remembered = known.load();
     let mut seeds = Vec::new();
-    for addr in &config.bootstrap {
+    for addr in config.bootstrap.iter().chain(&remembered) {
         let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
             return Err(NodeError::BootstrapWithoutPeer(addr.clone()));
         };
@@ -263,6 +267,8 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         listening: Vec::new(),
         bootstrapped: false,
         stopping: None,
+        known,
+        known_dirty: false,
     };
     if !seeds.is_empty() {
         driver.bootstrap(seeds);
@@ -320,6 +326,9 @@ struct Driver {
     listening: Vec<Multiaddr>,
     bootstrapped: bool,
     stopping: Option<Reply<()>>,
+    /// Routing-table peers, saved for the next start.
+    known: KnownPeers,
+    known_dirty: bool,
 }
 
 impl Driver {
@@ -338,10 +347,16 @@ impl Driver {
                     Some(command) => self.on_command(command),
                     None => return, // every client is gone
                 },
-                () = sleep => self.core.handle_timeout(now()),
+                () = sleep => {
+                    self.core.handle_timeout(now());
+                    // Maintenance runs on these wake-ups: a good moment to
+                    // save what changed.
+                    self.save_known();
+                }
             }
             self.drain();
             if self.stopping.is_some() && self.pending.is_empty() {
+                self.save_known();
                 if let Some(reply) = self.stopping.take() {
                     let _ = reply.send(Ok(()));
                 }
@@ -512,6 +527,15 @@ impl Driver {
         }
     }
 
+    fn save_known(&mut self) {
+        if self.known_dirty {
+            self.known_dirty = false;
+            if let Err(e) = self.known.save() {
+                tracing::warn!("cannot save known peers: {e}");
+            }
+        }
+    }
+
     /// Drains the core's outputs: transmits, then events.
     fn drain(&mut self) {
         while let Some(transmit) = self.core.poll_transmit() {
@@ -582,7 +606,15 @@ impl Driver {
             Event::Bootstrapped { peers, .. } => {
                 tracing::info!("joined the overlay: {peers} peers in the routing table")
             }
-            Event::GotProviders { .. } | Event::PeerAdded { .. } | Event::PeerRemoved { .. } => {}
+            Event::PeerAdded { peer } => {
+                self.known.add(peer.addr.peer, &peer.addr.addrs);
+                self.known_dirty = true;
+            }
+            Event::PeerRemoved { peer } => {
+                self.known.remove(&peer.addr.peer);
+                self.known_dirty = true;
+            }
+            Event::GotProviders { .. } => {}
         }
     }
 }
