@@ -11,8 +11,9 @@
 //! can claim a position it does not own. Records are signed with the node's
 //! key ([`identity`]).
 //!
-//! This is the first part of the peer; the control API, the remaining CLI
-//! subcommands, private swarms and settings files come next.
+//! `shoal up` serves a control API on loopback ([`control`]) that the other
+//! subcommands call ([`cli_client`]). Private swarms, settings files and the
+//! persistent record store come next.
 //!
 //! # Layout
 //!
@@ -20,10 +21,13 @@
 //! - [`identity`]: the key in the data directory, signing and verification.
 //! - [`codec`]: length-prefixed frames on request-response streams.
 //! - [`known`]: peers remembered across restarts.
+//! - [`control`] and [`cli_client`]: the HTTP/JSON control API and its caller.
 //! - [`node`]: [`start`], the driver task, and [`Client`].
 
 pub mod addr;
+pub mod cli_client;
 pub mod codec;
+pub mod control;
 pub mod identity;
 pub mod known;
 pub mod node;

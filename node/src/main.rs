@@ -1,18 +1,26 @@
-//! `shoal`: run a shoal peer.
+//! `shoal`: run a shoal peer, and talk to it.
 //!
 //! ```text
 //! cargo run --release -p shoal-node -- up --no-mdns --data-dir /tmp/peer1
+//! cargo run --release -p shoal-node -- status --data-dir /tmp/peer1
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
-use shoal_node::{NodeConfig, start};
+use serde_json::Value;
+use shoal_node::cli_client::call;
+use shoal_node::{NodeConfig, control, start};
 
 /// A peer of a shoal swarm: the machines of a LAN pooled into one overlay.
+///
+/// `shoal up` runs the peer (the daemon); every other subcommand talks to the
+/// daemon of the same `--data-dir` through its control API.
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version)]
 struct Cli {
@@ -20,11 +28,44 @@ struct Cli {
     command: Command,
 }
 
+/// Options of the subcommands that talk to a running daemon.
+#[derive(clap::Args, Debug)]
+struct Talk {
+    /// The data directory of the daemon to talk to.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Record {
+    /// Store a small signed value record at KEY's home.
+    Put {
+        /// 64 hex digits.
+        key: String,
+        /// The value (text, at most 16 KiB).
+        value: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Read the value record at KEY.
+    Get {
+        /// 64 hex digits.
+        key: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the peer until Ctrl-C or SIGTERM, then hand its records on and stop.
+    /// Run the peer until Ctrl-C, SIGTERM or `shoal down`, then hand its
+    /// records on and stop.
     Up {
-        /// Where the identity key lives (created on first start).
+        /// Where the identity key, remembered peers and control.json live
+        /// (created on first start).
         #[arg(long, env = "SHOAL_DATA_DIR", default_value_os_t = default_data_dir())]
         data_dir: PathBuf,
         /// Address to listen on (repeatable). Default: all interfaces, TCP
@@ -38,6 +79,31 @@ enum Command {
         #[arg(long, env = "SHOAL_NO_MDNS")]
         no_mdns: bool,
     },
+    /// Show the running peer: its id, key, addresses and table size.
+    Status {
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// List the peers in the routing table.
+    Peers {
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Find the peers closest to KEY (64 hex digits).
+    Lookup {
+        /// 64 hex digits.
+        key: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Small value records.
+    #[command(subcommand)]
+    Record(Record),
+    /// Stop the running peer (it hands its records on first).
+    Down {
+        #[command(flatten)]
+        talk: Talk,
+    },
 }
 
 fn default_data_dir() -> PathBuf {
@@ -49,6 +115,16 @@ fn default_data_dir() -> PathBuf {
 }
 
 async fn up(data_dir: PathBuf, listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>, no_mdns: bool) -> anyhow::Result<()> {
+    if let Ok(text) = std::fs::read_to_string(data_dir.join(control::CONTROL_FILE))
+        && let Ok(info) = serde_json::from_str::<control::ControlInfo>(&text)
+        && std::net::TcpStream::connect_timeout(&info.addr, Duration::from_millis(500)).is_ok()
+    {
+        anyhow::bail!(
+            "a shoal daemon is already running for {} (control API at {})",
+            data_dir.display(),
+            info.addr
+        );
+    }
     let mut config = NodeConfig::new(data_dir.clone());
     if !listen.is_empty() {
         config.listen = listen;
@@ -58,21 +134,124 @@ async fn up(data_dir: PathBuf, listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>
     let client = start(config)
         .await
         .with_context(|| format!("cannot start the peer (data dir {})", data_dir.display()))?;
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let control_file = control::serve(client.clone(), &data_dir, shutdown.clone())
+        .await
+        .context("cannot start the control API")?;
     println!("peer id {}", client.peer_id());
     // Listen addresses arrive as the transports come up.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for addr in client.listening().await? {
         println!("listening on {addr}");
     }
+    println!("ready");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+        () = shutdown.notified() => {}
     }
     eprintln!("stopping: handing records to their new homes");
+    let _ = std::fs::remove_file(&control_file);
     client.leave().await?;
     Ok(())
+}
+
+/// Calls the daemon and prints its answer: the JSON with `--json`, else `human(answer)`.
+fn talk_to(
+    talk: &Talk,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    human: impl FnOnce(&Value) -> String,
+) -> anyhow::Result<()> {
+    let answer = call(&talk.data_dir, method, path, body)?;
+    if talk.json {
+        println!("{answer}");
+    } else {
+        println!("{}", human(&answer));
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("?")
+}
+
+fn status(v: &Value) -> String {
+    let listening: Vec<&str> = v["listening"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    format!(
+        "peer id   {}\nkey       {}\npeers     {}\nlistening {}",
+        text(&v["peer_id"]),
+        text(&v["key"]),
+        v["peers"],
+        listening.join("\n          ")
+    )
+}
+
+fn peer_lines(peers: &[Value]) -> String {
+    peers
+        .iter()
+        .map(|p| format!("\n{}  {}", text(&p["key"]), text(&p["peer_id"])))
+        .collect()
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up {
+            data_dir,
+            listen,
+            bootstrap,
+            no_mdns,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(up(data_dir, listen, bootstrap, no_mdns))
+        }
+        Command::Status { talk } => talk_to(&talk, "GET", "/v1/status", None, status),
+        Command::Peers { talk } => talk_to(&talk, "GET", "/v1/peers", None, |v| {
+            let peers = v.as_array().cloned().unwrap_or_default();
+            format!("{} peers{}", peers.len(), peer_lines(&peers))
+        }),
+        Command::Lookup { key, talk } => {
+            let body = serde_json::json!({ "key": key });
+            talk_to(&talk, "POST", "/v1/lookup", Some(&body), |v| {
+                let peers = v["peers"].as_array().cloned().unwrap_or_default();
+                format!(
+                    "{} closest peers ({} hops, {} requests, {:.1} ms){}",
+                    peers.len(),
+                    v["hops"],
+                    v["requests"],
+                    v["duration_ms"].as_f64().unwrap_or(0.0),
+                    peer_lines(&peers)
+                )
+            })
+        }
+        Command::Record(Record::Put { key, value, talk }) => {
+            let body = serde_json::json!({ "key": key, "value": value });
+            talk_to(&talk, "POST", "/v1/record/put", Some(&body), |v| {
+                format!("stored at {} home members", v["stored"])
+            })
+        }
+        Command::Record(Record::Get { key, talk }) => {
+            let body = serde_json::json!({ "key": key });
+            talk_to(&talk, "POST", "/v1/record/get", Some(&body), |v| {
+                match v["value"].as_str() {
+                    Some(value) => value.to_string(),
+                    None => "no record at this key".to_string(),
+                }
+            })
+        }
+        Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", None, |_| "stopping".to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -81,25 +260,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Up {
-                data_dir,
-                listen,
-                bootstrap,
-                no_mdns,
-            } => up(data_dir, listen, bootstrap, no_mdns).await,
-        }
-    });
-    match result {
+    match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,0 +1,110 @@
+//! The subcommands' side of the control API: find the daemon through
+//! `control.json` and make one HTTP/1.1 request to it on loopback.
+//!
+//! A dozen lines of HTTP over a `TcpStream` serve here: one request per
+//! process, to a server we wrote, on loopback.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::control::{CONTROL_FILE, ControlInfo};
+
+/// Largest answer read from the daemon.
+const MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why a subcommand could not talk to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No `control.json`: no daemon was started with this data directory.
+    #[error("no shoal daemon is running for {dir} (no {CONTROL_FILE}); start one with `shoal up --data-dir {dir}`")]
+    NoDaemon {
+        /// The data directory.
+        dir: String,
+    },
+    /// `control.json` is unreadable or malformed.
+    #[error("cannot read {path}: {reason}")]
+    BadControlFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing answers at the recorded address.
+    #[error(
+        "the daemon at {addr} does not answer ({reason}); it may have stopped without cleaning up — start it again with `shoal up`"
+    )]
+    Unreachable {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends `method path` with an optional JSON `body` to the daemon of
+/// `data_dir`; returns the JSON answer.
+pub fn call(
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, ControlError> {
+    let file = data_dir.join(CONTROL_FILE);
+    let shown = file.display().to_string();
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ControlError::NoDaemon {
+                dir: data_dir.display().to_string(),
+            });
+        }
+        Err(e) => {
+            return Err(ControlError::BadControlFile {
+                path: shown,
+                reason: e.to_string(),
+            });
+        }
+    };
+    let info: ControlInfo = serde_json::from_str(&text).map_err(|e| ControlError::BadControlFile {
+        path: shown,
+        reason: e.to_string(),
+    })?;
+    let unreachable = |e: std::io::Error| ControlError::Unreachable {
+        addr: info.addr.to_string(),
+        reason: e.to_string(),
+    };
+    let mut stream = TcpStream::connect_timeout(&info.addr, Duration::from_secs(2)).map_err(unreachable)?;
+    // Lookups can take a while on a large swarm; a minute is generous.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(unreachable)?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        info.addr,
+        info.token,
+        payload.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(unreachable)?;
+    let mut raw = Vec::new();
+    stream
+        .take(MAX_RESPONSE_BYTES)
+        .read_to_end(&mut raw)
+        .map_err(unreachable)?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    if !(200..300).contains(&status) {
+        let message = value.get("error").and_then(|e| e.as_str()).map(str::to_owned);
+        return Err(ControlError::Refused(
+            message.unwrap_or_else(|| format!("the daemon answered HTTP {status}")),
+        ));
+    }
+    Ok(value)
+}

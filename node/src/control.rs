@@ -1,0 +1,284 @@
+//! The control API: HTTP/JSON on loopback, guarded by a token.
+//!
+//! `shoal up` serves it and writes its address and a fresh token into
+//! `control.json` in the data directory (readable by the owner only); every
+//! other subcommand reads that file and calls the API. Requests carry
+//! `Authorization: Bearer TOKEN`; answers are JSON, errors `{"error": "..."}`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use shoal_overlay::Key;
+use tokio::sync::Notify;
+
+use crate::Client;
+
+/// File in the data directory with the API's address and token.
+pub const CONTROL_FILE: &str = "control.json";
+
+/// Where the API listens and the token it wants.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlInfo {
+    /// The loopback address.
+    pub addr: SocketAddr,
+    /// The bearer token.
+    pub token: String,
+}
+
+/// A peer as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The libp2p peer id.
+    pub peer_id: String,
+    /// The overlay key.
+    pub key: String,
+    /// Known addresses.
+    pub addrs: Vec<String>,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// The peer id.
+    pub peer_id: String,
+    /// The overlay key.
+    pub key: String,
+    /// Listen addresses, each ending in `/p2p/PEER_ID`.
+    pub listening: Vec<String>,
+    /// Peers in the routing table.
+    pub peers: usize,
+}
+
+/// Body of `POST /v1/lookup` and `POST /v1/record/get`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyRequest {
+    /// 64 hex digits.
+    pub key: String,
+}
+
+/// Body of `POST /v1/record/put`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PutRequest {
+    /// 64 hex digits.
+    pub key: String,
+    /// The value, as text.
+    pub value: String,
+}
+
+/// `POST /v1/lookup`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LookupView {
+    /// The closest peers that answered, closest first.
+    pub peers: Vec<PeerView>,
+    /// Hops to the closest (see BENCHMARKS.md).
+    pub hops: u8,
+    /// Requests sent.
+    pub requests: u32,
+    /// Milliseconds from start to result.
+    pub duration_ms: f64,
+}
+
+/// `POST /v1/record/put`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PutView {
+    /// Home members that confirmed.
+    pub stored: usize,
+}
+
+/// `POST /v1/record/get`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecordView {
+    /// Whether a record was found.
+    pub found: bool,
+    /// Its value as text (lossy for non-UTF-8 bytes).
+    pub value: Option<String>,
+    /// Its version.
+    pub seq: Option<u64>,
+}
+
+struct AppState {
+    client: Client,
+    token: String,
+    shutdown: Arc<Notify>,
+}
+
+type Failure = (StatusCode, Json<serde_json::Value>);
+
+fn failure(status: StatusCode, message: impl std::fmt::Display) -> Failure {
+    (status, Json(serde_json::json!({ "error": message.to_string() })))
+}
+
+fn check(state: &AppState, headers: &HeaderMap) -> Result<(), Failure> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without an early exit, so timing does not reveal a prefix.
+    let ok = given.is_some_and(|g| {
+        g.len() == state.token.len()
+            && g.bytes()
+                .zip(state.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(failure(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token (see control.json)",
+        ))
+    }
+}
+
+fn parse_key(text: &str) -> Result<Key, Failure> {
+    text.parse::<Key>()
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, format!("bad key {text:?}: {e}")))
+}
+
+fn node_failure(e: crate::NodeError) -> Failure {
+    failure(StatusCode::SERVICE_UNAVAILABLE, e)
+}
+
+fn view(peer: &shoal_overlay::PeerInfo<crate::NodeAddr>) -> PeerView {
+    PeerView {
+        peer_id: peer.addr.peer.to_string(),
+        key: peer.key.to_string(),
+        addrs: peer.addr.addrs.iter().map(ToString::to_string).collect(),
+    }
+}
+
+async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Status>, Failure> {
+    check(&state, &headers)?;
+    let client = &state.client;
+    let listening = client.listening().await.map_err(node_failure)?;
+    let peers = client.peers().await.map_err(node_failure)?.len();
+    Ok(Json(Status {
+        peer_id: client.peer_id().to_string(),
+        key: client.key().to_string(),
+        listening: listening.iter().map(ToString::to_string).collect(),
+        peers,
+    }))
+}
+
+async fn peers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Vec<PeerView>>, Failure> {
+    check(&state, &headers)?;
+    let peers = state.client.peers().await.map_err(node_failure)?;
+    Ok(Json(peers.iter().map(view).collect()))
+}
+
+async fn lookup(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<KeyRequest>,
+) -> Result<Json<LookupView>, Failure> {
+    check(&state, &headers)?;
+    let key = parse_key(&body.key)?;
+    let lookup = state.client.find_node(key).await.map_err(node_failure)?;
+    Ok(Json(LookupView {
+        peers: lookup.peers.iter().map(view).collect(),
+        hops: lookup.stats.hops,
+        requests: lookup.stats.requests,
+        duration_ms: lookup.stats.duration.as_secs_f64() * 1e3,
+    }))
+}
+
+async fn put(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<PutRequest>,
+) -> Result<Json<PutView>, Failure> {
+    check(&state, &headers)?;
+    let key = parse_key(&body.key)?;
+    let stored = state
+        .client
+        .put_value(key, body.value.into_bytes())
+        .await
+        .map_err(|e| match e {
+            crate::NodeError::Command(e) => failure(StatusCode::BAD_REQUEST, e),
+            e => node_failure(e),
+        })?;
+    Ok(Json(PutView { stored }))
+}
+
+async fn get_record(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<KeyRequest>,
+) -> Result<Json<RecordView>, Failure> {
+    check(&state, &headers)?;
+    let key = parse_key(&body.key)?;
+    let record = state.client.get_value(key).await.map_err(node_failure)?;
+    Ok(Json(RecordView {
+        found: record.is_some(),
+        value: record.as_ref().map(|r| String::from_utf8_lossy(&r.value).into_owned()),
+        seq: record.map(|r| r.seq),
+    }))
+}
+
+async fn down(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = check(&state, &headers) {
+        return e.into_response();
+    }
+    state.shutdown.notify_one();
+    Json(serde_json::json!({ "stopping": true })).into_response()
+}
+
+/// Serves the API on a loopback port for `client`, writes `control.json`
+/// into `data_dir`, and returns the file's path. `shutdown` is notified when
+/// a client asks the peer to stop.
+pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> std::io::Result<PathBuf> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let info = ControlInfo {
+        addr: listener.local_addr()?,
+        token: token.clone(),
+    };
+    let state = Arc::new(AppState {
+        client,
+        token,
+        shutdown,
+    });
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/lookup", post(lookup))
+        .route("/v1/record/put", post(put))
+        .route("/v1/record/get", post(get_record))
+        .route("/v1/down", post(down))
+        .with_state(state);
+    let path = data_dir.join(CONTROL_FILE);
+    write_private(&path, &serde_json::to_vec_pretty(&info).map_err(std::io::Error::other)?)?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("control API stopped: {e}");
+        }
+    });
+    Ok(path)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
