@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# LAN test: five hosts as network namespaces on one bridge, each running
+# `shoal up` with mDNS on and no bootstrap address. Checks that mDNS alone
+# forms the overlay and a record crosses hosts; then kills one host (kill -9),
+# cuts another off (link down), heals it, and checks the overlay recovers.
+#
+# Usage: sudo tests/lan/run.sh [PATH_TO_SHOAL_BINARY]   (default target/debug/shoal)
+# All addresses (10.77.0.0/24) live inside namespaces this script creates and
+# removes; nothing leaves the machine.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SHOAL=${1:-target/debug/shoal}
+HOSTS=5
+PREFIX=shoal-lan
+WORK=$(mktemp -d /tmp/shoal-lan.XXXXXX)
+pass=0
+fail=0
+
+say() { printf '%s\n' "$*"; }
+check() { # check NAME CONDITION-COMMAND...
+  local name=$1; shift
+  if "$@"; then pass=$((pass + 1)); say "ok   - $name"; else fail=$((fail + 1)); say "FAIL - $name"; fi
+}
+
+cleanup() {
+  for i in $(seq 1 $HOSTS); do
+    ip netns pids "$PREFIX-h$i" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$PREFIX-h$i" 2>/dev/null || true
+  done
+  ip netns del "$PREFIX-sw" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
+  say "error: the LAN test needs root and iproute2 (ip netns) to build its hosts" >&2
+  exit 1
+fi
+[ -x "$SHOAL" ] || { say "error: no shoal binary at $SHOAL (cargo build -p shoal-node)" >&2; exit 1; }
+cleanup 2>/dev/null || true
+WORK=$(mktemp -d /tmp/shoal-lan.XXXXXX)
+
+# The switch: a bridge inside its own namespace, so the host is untouched.
+if ! ip netns add "$PREFIX-sw"; then
+  say "error: cannot create network namespaces here" >&2
+  exit 1
+fi
+ip -n "$PREFIX-sw" link add br0 type bridge
+ip -n "$PREFIX-sw" link set br0 up
+for i in $(seq 1 $HOSTS); do
+  ns="$PREFIX-h$i"
+  ip netns add "$ns"
+  ip link add "shl$i" netns "$ns" type veth peer name "port$i" netns "$PREFIX-sw"
+  ip -n "$PREFIX-sw" link set "port$i" master br0 up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" addr add "10.77.0.$i/24" dev "shl$i"
+  ip -n "$ns" link set "shl$i" up
+  ip -n "$ns" route add 224.0.0.0/4 dev "shl$i"
+done
+
+start() { # start HOST
+  local i=$1
+  mkdir -p "$WORK/h$i"
+  ip netns exec "$PREFIX-h$i" "$SHOAL" up --data-dir "$WORK/h$i" \
+    --listen "/ip4/10.77.0.$i/tcp/0" --listen "/ip4/10.77.0.$i/udp/0/quic-v1" \
+    >"$WORK/h$i.out" 2>"$WORK/h$i.log" &
+  echo $! >"$WORK/h$i.pid"
+  disown  # its kill -9 later is the test, not news
+}
+cli() { # cli HOST ARGS...
+  local i=$1; shift
+  ip netns exec "$PREFIX-h$i" "$SHOAL" "$@" --data-dir "$WORK/h$i"
+}
+peers_of() { cli "$1" peers --json 2>/dev/null | grep -o '"peer_id"' | wc -l; }
+wait_for() { # wait_for SECONDS COMMAND...
+  local until=$((SECONDS + $1)); shift
+  while [ $SECONDS -lt $until ]; do "$@" && return 0; sleep 0.5; done
+  return 1
+}
+all_see() { # every running host sees at least N peers
+  local n=$1; shift
+  for i in "$@"; do [ "$(peers_of "$i")" -ge "$n" ] || return 1; done
+}
+
+for i in $(seq 1 $HOSTS); do start "$i"; done
+for i in $(seq 1 $HOSTS); do wait_for 20 test -f "$WORK/h$i/control.json" || true; done
+
+check "mDNS alone forms the overlay (every host sees all 4 others)" wait_for 30 all_see 4 1 2 3 4 5
+KEY=$(printf 'cd%.0s' $(seq 32))
+check "a record put on host 1 is stored at its home" wait_for 10 sh -c "ip netns exec $PREFIX-h1 $SHOAL record put $KEY across-the-lan --data-dir $WORK/h1 | grep -q 'stored at 3'"
+check "host 3 reads it" sh -c "[ \"\$(ip netns exec $PREFIX-h3 $SHOAL record get $KEY --data-dir $WORK/h3)\" = across-the-lan ]"
+
+kill -9 "$(cat "$WORK/h5.pid")"
+ip -n "$PREFIX-h4" link set shl4 down
+lookups_work() { cli "$1" lookup "$KEY" --json >/dev/null 2>&1; }
+check "after a kill -9 and a cut, lookups still work on host 2" wait_for 30 lookups_work 2
+check "the record survives (read on host 2)" sh -c "[ \"\$(ip netns exec $PREFIX-h2 $SHOAL record get $KEY --data-dir $WORK/h2)\" = across-the-lan ]"
+
+ip -n "$PREFIX-h4" link set shl4 up
+ip -n "$PREFIX-h4" route replace 224.0.0.0/4 dev shl4
+check "the healed host finds the others again and reads the record" wait_for 60 sh -c "[ \"\$(ip netns exec $PREFIX-h4 $SHOAL record get $KEY --data-dir $WORK/h4 2>/dev/null)\" = across-the-lan ]"
+start 5
+check "the killed host restarts and rejoins" wait_for 60 all_see 3 5
+
+if [ $fail -gt 0 ]; then
+  for i in $(seq 1 $HOSTS); do say "--- host $i log (tail)"; tail -5 "$WORK/h$i.log" || true; done
+fi
+say "lan: $pass passed, $fail failed"
+[ $fail -eq 0 ]
