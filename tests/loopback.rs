@@ -149,3 +149,65 @@ async fn a_restarted_peer_rejoins_through_the_peers_it_remembers() {
         vec![first.peer_id()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_outlive_their_crashed_home_through_repair() {
+    // Short intervals so that a repair round fits in a test.
+    let mut overlay = shoal::overlay::Config::new(shoal::node::identity::verifier());
+    overlay.request_timeout = Duration::from_millis(500);
+    overlay.maintenance_interval = Duration::from_millis(500);
+    overlay.replicate_interval = Duration::from_secs(1);
+    let mut clients: Vec<Option<Client>> = Vec::new();
+    for i in 0..12 {
+        let mut config = NodeConfig::new(data_dir("repair", i));
+        config.mdns = false;
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.overlay = Some(overlay.clone());
+        if let Some(Some(first)) = clients.first() {
+            let mut addrs = Vec::new();
+            for _ in 0..50 {
+                addrs = first.listening().await.unwrap();
+                if !addrs.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            config.bootstrap = addrs;
+        }
+        clients.push(Some(start(config).await.unwrap()));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A key whose home does not include the writer, so that only the home
+    // members (and the repairs among them) hold the record.
+    let keys: Vec<Key> = clients.iter().map(|c| c.as_ref().unwrap().key()).collect();
+    let key = (0u32..)
+        .map(|n| Key::of_name("test", format!("durable {n}").as_bytes()))
+        .find(|k| {
+            let mut order: Vec<usize> = (0..keys.len()).collect();
+            order.sort_by_key(|i| keys[*i].distance(k));
+            !order[..3].contains(&0)
+        })
+        .unwrap();
+    let writer = clients[0].as_ref().unwrap().clone();
+    assert_eq!(writer.put_value(key, b"still here".to_vec()).await.unwrap(), 3);
+    // The home: the three peers closest to the key (the writer may be one).
+    let mut by_distance: Vec<usize> = (1..clients.len()).collect();
+    by_distance.sort_by_key(|i| clients[*i].as_ref().unwrap().key().distance(&key));
+    // Crash two home members (dropping every handle stops a node at once,
+    // with no hand-off), let replication repair, then crash the third.
+    for i in &by_distance[..2] {
+        clients[*i] = None;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    clients[by_distance[2]] = None;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reader = clients[by_distance[5]].as_ref().unwrap();
+    let record = tokio::time::timeout(Duration::from_secs(20), reader.get_value(key))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.expect("the repaired home still holds the record").value,
+        b"still here"
+    );
+}
