@@ -17,6 +17,30 @@ fn data_dir(test: &str, i: usize) -> std::path::PathBuf {
     dir
 }
 
+/// The listen addresses of `client`, once its transports are up (1 s at most).
+async fn listening_addrs(client: &Client) -> Vec<shoal::node::Multiaddr> {
+    for _ in 0..50 {
+        let addrs = client.listening().await.unwrap();
+        if !addrs.is_empty() {
+            return addrs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the node never started listening")
+}
+
+/// The routing table of `client` once it holds someone (2 s at most).
+async fn peers_soon(client: &Client) -> Vec<shoal::overlay::PeerInfo<shoal::node::NodeAddr>> {
+    for _ in 0..100 {
+        let peers = client.peers().await.unwrap();
+        if !peers.is_empty() {
+            return peers;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Vec::new()
+}
+
 async fn swarm(test: &str) -> Vec<Client> {
     let mut clients: Vec<Client> = Vec::new();
     for i in 0..PEERS {
@@ -27,14 +51,7 @@ async fn swarm(test: &str) -> Vec<Client> {
             "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
         ];
         if let Some(first) = clients.first() {
-            let mut addrs = Vec::new();
-            for _ in 0..50 {
-                addrs = first.listening().await.unwrap();
-                if !addrs.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let addrs = listening_addrs(first).await;
             // Alternate the transport the joiners bootstrap over.
             let quic = i % 2 == 0;
             let pick = addrs
@@ -111,39 +128,19 @@ async fn a_restarted_peer_rejoins_through_the_peers_it_remembers() {
     config.mdns = false;
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     let first = start(config).await.unwrap();
-    let mut addrs = Vec::new();
-    for _ in 0..50 {
-        addrs = first.listening().await.unwrap();
-        if !addrs.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let addrs = listening_addrs(&first).await;
     let second_dir = data_dir("remember", 1);
     let mut config = NodeConfig::new(second_dir.clone());
     config.mdns = false;
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     config.bootstrap = addrs;
     let second = start(config.clone()).await.unwrap();
-    for _ in 0..100 {
-        if !second.peers().await.unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(second.peers().await.unwrap().len(), 1);
+    assert_eq!(peers_soon(&second).await.len(), 1);
     second.leave().await.unwrap();
     // Restart with no bootstrap address: the remembered peer is enough.
     config.bootstrap = Vec::new();
     let again = start(config).await.unwrap();
-    let mut peers = Vec::new();
-    for _ in 0..100 {
-        peers = again.peers().await.unwrap();
-        if !peers.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let peers = peers_soon(&again).await;
     assert_eq!(
         peers.iter().map(|p| p.addr.peer).collect::<Vec<_>>(),
         vec![first.peer_id()]
@@ -164,14 +161,7 @@ async fn records_outlive_their_crashed_home_through_repair() {
         config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         config.overlay = Some(overlay.clone());
         if let Some(Some(first)) = clients.first() {
-            let mut addrs = Vec::new();
-            for _ in 0..50 {
-                addrs = first.listening().await.unwrap();
-                if !addrs.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let addrs = listening_addrs(first).await;
             config.bootstrap = addrs;
         }
         clients.push(Some(start(config).await.unwrap()));

@@ -33,4 +33,5 @@ pub mod known;
 pub mod node;
 
 pub use addr::NodeAddr;
+pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Client, Lookup, NodeConfig, NodeError, start};
