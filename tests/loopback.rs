@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
+use shoal::node::admission::SwarmKey;
 use shoal::node::{Client, NodeConfig, start};
 use shoal::overlay::Key;
 
-const PEERS: usize = 8;
+const PEERS: usize = 10;
 
 fn data_dir(test: &str, i: usize) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("shoal-loopback-{}-{test}-{i}", std::process::id()));
@@ -42,10 +43,17 @@ async fn peers_soon(client: &Client) -> Vec<shoal::overlay::PeerInfo<shoal::node
 }
 
 async fn swarm(test: &str) -> Vec<Client> {
+    private_swarm(test, PEERS, None).await
+}
+
+/// `n` peers joined through the first, bootstrapping alternately over TCP
+/// and QUIC; admitting only holders of `key` when one is given.
+async fn private_swarm(test: &str, n: usize, key: Option<SwarmKey>) -> Vec<Client> {
     let mut clients: Vec<Client> = Vec::new();
-    for i in 0..PEERS {
+    for i in 0..n {
         let mut config = NodeConfig::new(data_dir(test, i));
         config.mdns = false;
+        config.swarm_key = key.clone();
         config.listen = vec![
             "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
             "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
@@ -67,7 +75,7 @@ async fn swarm(test: &str) -> Vec<Client> {
     for _ in 0..200 {
         let mut ready = true;
         for client in &clients {
-            if client.peers().await.unwrap().len() < PEERS / 2 {
+            if client.peers().await.unwrap().len() < n / 2 {
                 ready = false;
             }
         }
@@ -200,4 +208,71 @@ async fn records_outlive_their_crashed_home_through_repair() {
         record.expect("the repaired home still holds the record").value,
         b"still here"
     );
+}
+
+fn swarm_key(test: &str, name: &str) -> SwarmKey {
+    let path = std::env::temp_dir().join(format!("shoal-loopback-{}-{test}-{name}.key", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let key = SwarmKey::create(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_swarm_refuses_peers_without_its_key_on_tcp_and_quic() {
+    let key = swarm_key("private", "members");
+    let members = private_swarm("private", 4, Some(key)).await;
+    let member_addrs = listening_addrs(&members[1]).await;
+    // Outsiders: no key, and another swarm's key; each tries TCP and QUIC.
+    let other = swarm_key("private", "other");
+    let mut outsiders = Vec::new();
+    for (i, (outsider_key, quic)) in [
+        (None, false),
+        (None, true),
+        (Some(other.clone()), false),
+        (Some(other), true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut config = NodeConfig::new(data_dir("private-outsider", i));
+        config.mdns = false;
+        config.listen = vec![
+            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        ];
+        config.swarm_key = outsider_key;
+        let pick = member_addrs
+            .iter()
+            .find(|a| a.to_string().contains("quic") == quic)
+            .unwrap()
+            .clone();
+        config.bootstrap = vec![pick];
+        outsiders.push(start(config).await.unwrap());
+    }
+    // Give the outsiders time to try, then try from inside as well: a
+    // member looking up an outsider's key never reaches it either.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outsider_ids: Vec<_> = outsiders.iter().map(Client::peer_id).collect();
+    for (n, member) in members.iter().enumerate() {
+        let lookup = member.find_node(outsiders[n].key()).await.unwrap();
+        assert!(lookup.peers.iter().all(|p| !outsider_ids.contains(&p.addr.peer)));
+        let table = member.peers().await.unwrap();
+        assert!(table.len() >= 2, "member {n} still sees the swarm: {}", table.len());
+        assert!(
+            table.iter().all(|p| !outsider_ids.contains(&p.addr.peer)),
+            "an outsider entered the table of member {n}"
+        );
+    }
+    for (n, outsider) in outsiders.iter().enumerate() {
+        assert!(outsider.peers().await.unwrap().is_empty(), "outsider {n} got in");
+    }
+    // The same members admit each other: a record still crosses the swarm.
+    let record = Key::of_name("test", b"private");
+    assert_eq!(members[0].put_value(record, b"members only".to_vec()).await.unwrap(), 3);
+    assert_eq!(
+        members[3].get_value(record).await.unwrap().unwrap().value,
+        b"members only"
+    );
+    assert!(outsiders[0].get_value(record).await.unwrap().is_none());
 }

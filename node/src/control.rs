@@ -54,6 +54,10 @@ pub struct Status {
     pub listening: Vec<String>,
     /// Peers in the routing table.
     pub peers: usize,
+    /// Records held for others (values and providers).
+    pub records: usize,
+    /// The swarm key's fingerprint in a private swarm; none in an open one.
+    pub swarm: Option<String>,
 }
 
 /// Body of `POST /v1/lookup` and `POST /v1/record/get`.
@@ -160,11 +164,14 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resul
     let client = &state.client;
     let listening = client.listening().await.map_err(node_failure)?;
     let peers = client.peers().await.map_err(node_failure)?.len();
+    let records = client.records_held().await.map_err(node_failure)?;
     Ok(Json(Status {
         peer_id: client.peer_id().to_string(),
         key: client.key().to_string(),
         listening: listening.iter().map(ToString::to_string).collect(),
         peers,
+        records,
+        swarm: client.swarm_fingerprint().map(str::to_string),
     }))
 }
 

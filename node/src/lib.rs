@@ -25,12 +25,14 @@
 //! - [`node`]: [`start`], the driver task, and [`Client`].
 
 pub mod addr;
+pub mod admission;
 pub mod cli_client;
 pub mod codec;
 pub mod control;
 pub mod identity;
 pub mod known;
 pub mod node;
+pub mod settings;
 
 pub use addr::NodeAddr;
 pub use libp2p::{Multiaddr, PeerId};

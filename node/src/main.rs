@@ -14,8 +14,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use serde_json::Value;
+use shoal_node::admission::SwarmKey;
 use shoal_node::cli_client::call;
-use shoal_node::{NodeConfig, control, start};
+use shoal_node::settings::{self, Given};
+use shoal_node::{control, start};
 
 /// A peer of a shoal swarm: the machines of a LAN pooled into one overlay.
 ///
@@ -60,25 +62,54 @@ enum Record {
 }
 
 #[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Write a new random swarm key to FILE (mode 0600; never overwrites).
+    /// Copy it to every peer of the swarm and start each with
+    /// `shoal up --swarm-key FILE`.
+    New {
+        /// Where to write the key.
+        #[arg(default_value = "swarm.key")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Run the peer until Ctrl-C, SIGTERM or `shoal down`, then hand its
     /// records on and stop.
+    ///
+    /// Each setting comes from its flag, else its SHOAL_* environment
+    /// variable, else `shoal.toml` in the data directory (keys `listen`,
+    /// `bootstrap`, `mdns`, `swarm_key`; see README.md), else the default.
+    #[command(verbatim_doc_comment)]
     Up {
-        /// Where the identity key, remembered peers and control.json live
-        /// (created on first start).
+        /// Where the identity key, records, remembered peers, shoal.toml and
+        /// control.json live (created on first start).
         #[arg(long, env = "SHOAL_DATA_DIR", default_value_os_t = default_data_dir())]
         data_dir: PathBuf,
-        /// Address to listen on (repeatable). Default: all interfaces, TCP
-        /// and QUIC, ports chosen by the system.
+        /// Address to listen on (repeatable, or comma-separated in the
+        /// variable). Default: all interfaces, TCP and QUIC, ports chosen by
+        /// the system (/ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1).
+        /// File: listen = ["..."].
         #[arg(long, env = "SHOAL_LISTEN", value_delimiter = ',')]
         listen: Vec<Multiaddr>,
-        /// Peer to join through, ending in /p2p/PEER_ID (repeatable).
+        /// Peer to join through, ending in /p2p/PEER_ID (repeatable). Peers
+        /// met in earlier runs are tried as well. File: bootstrap = ["..."].
         #[arg(long, env = "SHOAL_BOOTSTRAP", value_delimiter = ',')]
         bootstrap: Vec<Multiaddr>,
-        /// Do not look for peers on the LAN by mDNS.
+        /// Do not look for peers on the LAN by mDNS (on by default).
+        /// File: mdns = false.
         #[arg(long, env = "SHOAL_NO_MDNS")]
         no_mdns: bool,
+        /// Make the swarm private: admit only peers holding this key (made
+        /// by `shoal key new`), on TCP and QUIC. Default: open swarm.
+        /// File: swarm_key = "PATH" (relative to the data directory).
+        #[arg(long, env = "SHOAL_SWARM_KEY", value_name = "FILE")]
+        swarm_key: Option<PathBuf>,
     },
+    /// Swarm keys for private swarms.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Show the running peer: its id, key, addresses and table size.
     Status {
         #[command(flatten)]
@@ -114,7 +145,7 @@ fn default_data_dir() -> PathBuf {
     base.join("shoal")
 }
 
-async fn up(data_dir: PathBuf, listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>, no_mdns: bool) -> anyhow::Result<()> {
+async fn up(data_dir: PathBuf, given: Given) -> anyhow::Result<()> {
     if let Ok(text) = std::fs::read_to_string(data_dir.join(control::CONTROL_FILE))
         && let Ok(info) = serde_json::from_str::<control::ControlInfo>(&text)
         && std::net::TcpStream::connect_timeout(&info.addr, Duration::from_millis(500)).is_ok()
@@ -125,12 +156,11 @@ async fn up(data_dir: PathBuf, listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>
             info.addr
         );
     }
-    let mut config = NodeConfig::new(data_dir.clone());
-    if !listen.is_empty() {
-        config.listen = listen;
+    let config = settings::resolve(data_dir.clone(), given)?;
+    match &config.swarm_key {
+        Some(key) => tracing::info!("private swarm {}", key.fingerprint()),
+        None => tracing::info!("open swarm (no swarm key)"),
     }
-    config.bootstrap = bootstrap;
-    config.mdns = !no_mdns;
     let client = start(config)
         .await
         .with_context(|| format!("cannot start the peer (data dir {})", data_dir.display()))?;
@@ -186,11 +216,16 @@ fn status(v: &Value) -> String {
         .flatten()
         .filter_map(Value::as_str)
         .collect();
+    let swarm = match v["swarm"].as_str() {
+        Some(fingerprint) => format!("private ({fingerprint})"),
+        None => "open".to_string(),
+    };
     format!(
-        "peer id   {}\nkey       {}\npeers     {}\nlistening {}",
+        "peer id   {}\nkey       {}\nswarm     {swarm}\npeers     {}\nrecords   {}\nlistening {}",
         text(&v["peer_id"]),
         text(&v["key"]),
         v["peers"],
+        v["records"],
         listening.join("\n          ")
     )
 }
@@ -209,12 +244,29 @@ fn run(command: Command) -> anyhow::Result<()> {
             listen,
             bootstrap,
             no_mdns,
+            swarm_key,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(up(data_dir, listen, bootstrap, no_mdns))
+            let given = Given {
+                listen,
+                bootstrap,
+                no_mdns,
+                swarm_key,
+            };
+            runtime.block_on(up(data_dir, given))
+        }
+        Command::Key(KeyCommand::New { file }) => {
+            let key = SwarmKey::create(&file)?;
+            println!(
+                "wrote swarm key {} (fingerprint {})\ncopy it to every peer of the swarm and start each with: shoal up --swarm-key {}",
+                file.display(),
+                key.fingerprint(),
+                file.display()
+            );
+            Ok(())
         }
         Command::Status { talk } => talk_to(&talk, "GET", "/v1/status", None, status),
         Command::Peers { talk } => talk_to(&talk, "GET", "/v1/peers", None, |v| {

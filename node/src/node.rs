@@ -8,14 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport};
+use libp2p::core::upgrade;
+use libp2p::futures::future::Either;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, identity::Keypair, mdns, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, identity::Keypair, mdns, noise, ping, quic, tcp, yamux};
 use shoal_overlay::{Config, Event, Instant, Key, Overlay, PeerInfo, QueryId, RequestId, Transmit, ValueRecord, wire};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::addr::{MAX_ADDRS_PER_PEER, NodeAddr, key_of_peer};
+use crate::admission::{self, SwarmKey};
 use crate::codec::{FrameCodec, OVERLAY_PROTOCOL};
 use crate::identity::{self, NodeSigner};
 use crate::known::KnownPeers;
@@ -34,6 +39,8 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Find peers on the LAN by mDNS.
     pub mdns: bool,
+    /// Admit only peers holding this key (a private swarm).
+    pub swarm_key: Option<SwarmKey>,
     /// Overlay settings (the verifier is replaced by ed25519's).
     pub overlay: Option<Config>,
 }
@@ -51,6 +58,7 @@ impl NodeConfig {
             ],
             bootstrap: Vec::new(),
             mdns: true,
+            swarm_key: None,
             overlay: None,
         }
     }
@@ -115,6 +123,9 @@ enum Command {
     Listening {
         reply: Reply<Vec<Multiaddr>>,
     },
+    RecordsHeld {
+        reply: Reply<usize>,
+    },
     Leave {
         reply: Reply<()>,
     },
@@ -141,6 +152,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
     key: Key,
+    swarm: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -158,6 +170,16 @@ impl Client {
     /// The node's overlay key.
     pub fn key(&self) -> Key {
         self.key
+    }
+
+    /// The swarm key's fingerprint in a private swarm.
+    pub fn swarm_fingerprint(&self) -> Option<&str> {
+        self.swarm.as_deref()
+    }
+
+    /// How many records the node holds for others.
+    pub async fn records_held(&self) -> Result<usize, NodeError> {
+        self.ask(|reply| Command::RecordsHeld { reply }).await
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
@@ -201,6 +223,23 @@ impl Client {
     }
 }
 
+/// An error and its sources on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
 /// The clock the core runs on: microseconds since the Unix epoch.
 fn now() -> Instant {
     let micros = SystemTime::now()
@@ -215,31 +254,30 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     let keypair = identity::load_or_create(&config.data_dir)?;
     let signer = NodeSigner::new(&keypair).ok_or_else(|| NodeError::Transport("identity is not ed25519".into()))?;
     let key = signer.key();
-    let mut swarm = build_swarm(&keypair, config.mdns)?;
+    let mut swarm = build_swarm(&keypair, config.mdns, config.swarm_key.clone())?;
     let peer_id = *swarm.local_peer_id();
     for addr in &config.listen {
         swarm.listen_on(addr.clone()).map_err(|e| NodeError::Listen {
             addr: addr.clone(),
-            reason: e.to_string(),
+            reason: error_chain(&e),
         })?;
     }
     let known = KnownPeers::new(&config.data_dir);
     // Peers remembered from the last run join the bootstrap list.
     let remembered = known.load();
+    // Seeds are dialed, not put into the table: a peer enters the routing
+    // table only once a connection to it is up (and, in a private swarm,
+    // has passed admission) and identify has shown it serves the overlay.
     let mut seeds = Vec::new();
     for addr in config.bootstrap.iter().chain(&remembered) {
         let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
             return Err(NodeError::BootstrapWithoutPeer(addr.clone()));
         };
-        let Some(peer_key) = key_of_peer(&peer) else { continue };
+        if key_of_peer(&peer).is_none() || peer == *swarm.local_peer_id() {
+            continue;
+        }
         swarm.add_peer_address(peer, addr.clone());
-        seeds.push(PeerInfo::new(
-            peer_key,
-            NodeAddr {
-                peer,
-                addrs: vec![addr.clone()],
-            },
-        ));
+        seeds.push(peer);
     }
     let mut overlay_config = config
         .overlay
@@ -270,49 +308,57 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         known,
         known_dirty: false,
     };
-    if !seeds.is_empty() {
-        driver.bootstrap(seeds);
+    for peer in seeds {
+        driver.dial(peer);
     }
     tokio::spawn(driver.run());
-    Ok(Client { commands, peer_id, key })
+    let swarm = config.swarm_key.as_ref().map(|k| Arc::from(k.fingerprint()));
+    Ok(Client {
+        commands,
+        peer_id,
+        key,
+        swarm,
+    })
 }
 
-fn build_swarm(keypair: &Keypair, mdns: bool) -> Result<Swarm<Behaviour>, NodeError> {
-    let transport = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| transport(&e))?
-        .with_quic()
-        .with_behaviour(|key| {
-            let overlay = request_response::Behaviour::new(
-                [(OVERLAY_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            );
-            let identify = identify::Behaviour::new(identify::Config::new("/shoal/1".into(), key.public()));
-            let mdns = if mdns {
-                Some(mdns::tokio::Behaviour::new(
-                    mdns::Config::default(),
-                    key.public().to_peer_id(),
-                )?)
-            } else {
-                None
-            };
-            Ok(Behaviour {
-                overlay,
-                identify,
-                ping: ping::Behaviour::default(),
-                mdns: mdns.into(),
-            })
-        })
-        .map_err(|e| transport(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    Ok(swarm)
+fn build_swarm(keypair: &Keypair, mdns: bool, swarm_key: Option<SwarmKey>) -> Result<Swarm<Behaviour>, NodeError> {
+    let transport_error = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
+    let peer_id = keypair.public().to_peer_id();
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1)
+        .authenticate(noise::Config::new(keypair).map_err(|e| transport_error(&e))?)
+        .multiplex(yamux::Config::default());
+    let quic = quic::tokio::Transport::new(quic::Config::new(keypair));
+    let both = tcp.or_transport(quic).map(|either, _| match either {
+        Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+        Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+    });
+    // In a private swarm every connection, TCP or QUIC, passes admission
+    // before the swarm hears of it.
+    let transport: Boxed<(PeerId, StreamMuxerBox)> = match swarm_key {
+        Some(key) => both
+            .and_then(move |output, endpoint| admission::admit(key.clone(), peer_id, output, endpoint))
+            .boxed(),
+        None => both.boxed(),
+    };
+    let overlay = request_response::Behaviour::new(
+        [(OVERLAY_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    let identify = identify::Behaviour::new(identify::Config::new("/shoal/1".into(), keypair.public()));
+    let mdns = if mdns {
+        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(|e| transport_error(&e))?)
+    } else {
+        None
+    };
+    let behaviour = Behaviour {
+        overlay,
+        identify,
+        ping: ping::Behaviour::default(),
+        mdns: mdns.into(),
+    };
+    let config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(60));
+    Ok(Swarm::new(transport, behaviour, peer_id, config))
 }
 
 struct Driver {
@@ -365,15 +411,24 @@ impl Driver {
         }
     }
 
-    fn bootstrap(&mut self, seeds: Vec<PeerInfo<NodeAddr>>) {
+    /// Dials a peer unless already connected; what it is learns identify.
+    fn dial(&mut self, peer: PeerId) {
+        if !self.swarm.is_connected(&peer)
+            && let Err(e) = self.swarm.dial(peer)
+        {
+            tracing::debug!("cannot dial {peer}: {e}");
+        }
+    }
+
+    /// A connected (and admitted) peer that serves the overlay: the first
+    /// one starts the join, later ones go into the routing table.
+    fn met(&mut self, info: PeerInfo<NodeAddr>) {
         if self.bootstrapped {
-            for seed in seeds {
-                self.core.add_peer(now(), seed);
-            }
+            self.core.add_peer(now(), info);
             return;
         }
         self.bootstrapped = true;
-        if let Err(e) = self.core.bootstrap(now(), seeds) {
+        if let Err(e) = self.core.bootstrap(now(), vec![info]) {
             tracing::warn!("bootstrap did not start: {e}");
         }
     }
@@ -395,6 +450,7 @@ impl Driver {
             },
             Command::Peers { reply } => drop(reply.send(Ok(self.core.routing_table().peers().collect()))),
             Command::Listening { reply } => drop(reply.send(Ok(self.listening.clone()))),
+            Command::RecordsHeld { reply } => drop(reply.send(Ok(self.core.record_store().len()))),
             Command::Leave { reply } => {
                 let id = self.core.leave(t);
                 self.pending.insert(id, Pending::Leave(reply));
@@ -435,22 +491,30 @@ impl Driver {
                     for addr in &info.addr.addrs {
                         self.swarm.add_peer_address(peer_id, addr.clone());
                     }
-                    // Refreshes the addresses the routing table holds for it.
-                    if self.core.routing_table().contains(&info.key) {
-                        self.core.add_peer(now(), info);
-                    }
+                    // Adds it, or refreshes the addresses the table holds.
+                    self.met(info);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                let mut seeds = Vec::new();
                 for (peer, addr) in found {
                     self.swarm.add_peer_address(peer, addr.clone());
                     self.learn_addresses(peer, [addr]);
-                    if let Some(info) = self.info_of(peer) {
-                        seeds.push(info);
+                    if key_of_peer(&peer).is_some() {
+                        self.dial(peer);
                     }
                 }
-                self.bootstrap(seeds);
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr, error, ..
+            } => {
+                tracing::warn!("refused a connection from {send_back_addr}: {}", error_chain(&error));
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::info!("cannot connect to {peer}: {}", error_chain(&error));
             }
             _ => {}
         }

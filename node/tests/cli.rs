@@ -25,14 +25,25 @@ fn shoal(data_dir: &Path, args: &[&str]) -> Output {
 }
 
 fn up(data_dir: &Path, bootstrap: Option<&str>) -> Child {
+    up_with(data_dir, bootstrap, &[])
+}
+
+/// The log of a daemon started by [`up_with`].
+fn log_of(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
+}
+
+fn up_with(data_dir: &Path, bootstrap: Option<&str>, extra: &[&str]) -> Child {
     let mut command = Command::new(SHOAL);
     command
         .args(["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
-        .arg(data_dir);
+        .arg(data_dir)
+        .args(extra);
     if let Some(addr) = bootstrap {
         command.args(["--bootstrap", addr]);
     }
-    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+    let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !data_dir.join("control.json").exists() {
         assert!(Instant::now() < deadline, "shoal up never wrote control.json");
@@ -106,4 +117,113 @@ fn subcommands_talk_to_the_daemon_and_down_stops_it() {
     }
     let after = shoal(&a, &["status"]);
     assert!(String::from_utf8_lossy(&after.stderr).contains("no shoal daemon is running"));
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stop(mut child: Child, data_dir: &Path) {
+    let _ = shoal(data_dir, &["down"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_private_daemon_refuses_and_logs_a_peer_without_the_key() {
+    let a = dir("private-a");
+    let b = dir("private-b");
+    std::fs::create_dir_all(&a).unwrap();
+    // `key new` writes a key once and never overwrites it.
+    let key_path = a.join("swarm.key");
+    let made = Command::new(SHOAL)
+        .args(["key", "new"])
+        .arg(&key_path)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert!(String::from_utf8_lossy(&made.stdout).contains("fingerprint"));
+    let again = Command::new(SHOAL)
+        .args(["key", "new"])
+        .arg(&key_path)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+    // The key comes from shoal.toml, relative to the data directory.
+    std::fs::write(a.join("shoal.toml"), "swarm_key = \"swarm.key\"\n").unwrap();
+    let first = up_with(&a, None, &[]);
+    let status = json(&shoal(&a, &["status", "--json"]));
+    assert!(status["swarm"].is_string(), "{status}");
+    let addr = status["listening"][0].as_str().unwrap().to_string();
+    let second = up(&b, Some(&addr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_of(&a).contains("refused a connection") {
+        assert!(Instant::now() < deadline, "no refusal logged:\n{}", log_of(&a));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        log_of(&a).contains("did not open the admission handshake"),
+        "{}",
+        log_of(&a)
+    );
+    assert_eq!(json(&shoal(&a, &["peers", "--json"])), serde_json::json!([]));
+    assert_eq!(json(&shoal(&b, &["peers", "--json"])), serde_json::json!([]));
+    stop(second, &b);
+    stop(first, &a);
+}
+
+#[test]
+fn startup_errors_are_clear() {
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let c = dir("busy");
+    let busy = Command::new(SHOAL)
+        .args([
+            "up",
+            "--no-mdns",
+            "--listen",
+            &format!("/ip4/127.0.0.1/tcp/{port}"),
+            "--data-dir",
+        ])
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(!busy.status.success());
+    assert!(stderr(&busy).contains("already in use"), "{}", stderr(&busy));
+    // A malformed settings file, named with its fault.
+    std::fs::write(c.join("shoal.toml"), "mdns = \"sometimes\"\n").unwrap();
+    let bad = Command::new(SHOAL).args(["up", "--data-dir"]).arg(&c).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("shoal.toml") && stderr(&bad).contains("mdns"),
+        "{}",
+        stderr(&bad)
+    );
+    // A swarm key file that is not one.
+    std::fs::write(c.join("shoal.toml"), "").unwrap();
+    std::fs::write(c.join("not.key"), "hello").unwrap();
+    let bad = Command::new(SHOAL)
+        .args(["up", "--no-mdns", "--swarm-key"])
+        .arg(c.join("not.key"))
+        .arg("--data-dir")
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("not a shoal swarm key"), "{}", stderr(&bad));
+    // A bad multiaddr, before anything starts.
+    let bad = Command::new(SHOAL)
+        .args(["up", "--no-mdns", "--listen", "tcp:4001", "--data-dir"])
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--listen"), "{}", stderr(&bad));
 }
