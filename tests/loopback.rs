@@ -112,7 +112,7 @@ async fn peers_form_one_overlay_and_lookups_find_the_true_closest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_put_on_one_peer_is_read_on_another() {
+async fn value_and_provider_records_put_on_one_peer_are_read_on_another() {
     let clients = swarm("record").await;
     let key = Key::of_name("test", b"greeting");
     let stored = clients[1].put_value(key, b"hello from peer 1".to_vec()).await.unwrap();
@@ -121,6 +121,26 @@ async fn a_record_put_on_one_peer_is_read_on_another() {
         let record = reader.get_value(key).await.unwrap().expect("found");
         assert_eq!(record.value, b"hello from peer 1");
     }
+    // Provider records: a batch of keys announced on one peer, each found
+    // from elsewhere.
+    let keys: Vec<Key> = (0..200u32).map(|n| Key::of_name("test", &n.to_be_bytes())).collect();
+    let provided = clients[2].provide(keys.clone()).await.unwrap();
+    assert_eq!((provided.keys, provided.unconfirmed), (200, 0), "{provided:?}");
+    assert_eq!(provided.stored_everywhere, 200, "{provided:?}");
+    for key in [keys[0], keys[77], keys[199]] {
+        let found = clients[8].get_providers(key).await.unwrap();
+        assert_eq!(
+            found.iter().map(|p| p.addr.peer).collect::<Vec<_>>(),
+            vec![clients[2].peer_id()]
+        );
+    }
+    assert!(
+        clients[8]
+            .get_providers(Key::of_name("test", b"nobody"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         clients[3]
             .get_value(Key::of_name("test", b"nothing"))

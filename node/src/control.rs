@@ -107,6 +107,33 @@ pub struct RecordView {
     pub seq: Option<u64>,
 }
 
+/// Most keys one `POST /v1/provide` may announce.
+pub const MAX_PROVIDE_KEYS: usize = 100_000;
+
+/// Body of `POST /v1/provide`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProvideRequest {
+    /// Keys, 64 hex digits each.
+    pub keys: Vec<String>,
+}
+
+/// `POST /v1/provide`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProvideView {
+    /// Keys announced.
+    pub keys: usize,
+    /// Keys every home member confirmed.
+    pub stored_everywhere: usize,
+    /// Keys no home member confirmed.
+    pub unconfirmed: usize,
+    /// Lookups it took.
+    pub lookups: u32,
+    /// Store messages sent.
+    pub stores: u32,
+    /// Milliseconds from start to the last answer.
+    pub duration_ms: f64,
+}
+
 struct AppState {
     client: Client,
     token: String,
@@ -230,6 +257,41 @@ async fn get_record(
     }))
 }
 
+async fn provide(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<ProvideRequest>,
+) -> Result<Json<ProvideView>, Failure> {
+    check(&state, &headers)?;
+    if body.keys.is_empty() || body.keys.len() > MAX_PROVIDE_KEYS {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            format!("give between 1 and {MAX_PROVIDE_KEYS} keys, not {}", body.keys.len()),
+        ));
+    }
+    let keys = body.keys.iter().map(|k| parse_key(k)).collect::<Result<Vec<_>, _>>()?;
+    let done = state.client.provide(keys).await.map_err(node_failure)?;
+    Ok(Json(ProvideView {
+        keys: done.keys,
+        stored_everywhere: done.stored_everywhere,
+        unconfirmed: done.unconfirmed,
+        lookups: done.lookups,
+        stores: done.stores,
+        duration_ms: done.duration.as_secs_f64() * 1e3,
+    }))
+}
+
+async fn providers(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<KeyRequest>,
+) -> Result<Json<Vec<PeerView>>, Failure> {
+    check(&state, &headers)?;
+    let key = parse_key(&body.key)?;
+    let found = state.client.get_providers(key).await.map_err(node_failure)?;
+    Ok(Json(found.iter().map(view).collect()))
+}
+
 async fn down(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = check(&state, &headers) {
         return e.into_response();
@@ -261,7 +323,11 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         .route("/v1/lookup", post(lookup))
         .route("/v1/record/put", post(put))
         .route("/v1/record/get", post(get_record))
+        .route("/v1/provide", post(provide))
+        .route("/v1/providers", post(providers))
         .route("/v1/down", post(down))
+        // 100,000 keys as JSON text are about 7 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
         .with_state(state);
     let path = data_dir.join(CONTROL_FILE);
     write_private(&path, &serde_json::to_vec_pretty(&info).map_err(std::io::Error::other)?)?;

@@ -12,8 +12,9 @@
 //! key ([`identity`]).
 //!
 //! `shoal up` serves a control API on loopback ([`control`]) that the other
-//! subcommands call ([`cli_client`]). Private swarms, settings files and the
-//! persistent record store come next.
+//! subcommands call ([`cli_client`]). A private swarm admits only peers that
+//! hold its key ([`admission`]); settings come from flags, `SHOAL_*` and
+//! `shoal.toml` ([`settings`]).
 //!
 //! # Layout
 //!
@@ -22,6 +23,8 @@
 //! - [`codec`]: length-prefixed frames on request-response streams.
 //! - [`known`]: peers remembered across restarts.
 //! - [`control`] and [`cli_client`]: the HTTP/JSON control API and its caller.
+//! - [`admission`]: swarm keys and the admission handshake.
+//! - [`settings`]: flags, environment and `shoal.toml`.
 //! - [`node`]: [`start`], the driver task, and [`Client`].
 
 pub mod addr;
@@ -36,4 +39,4 @@ pub mod settings;
 
 pub use addr::NodeAddr;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{Client, Lookup, NodeConfig, NodeError, start};
+pub use node::{Client, Lookup, NodeConfig, NodeError, Provided, start};

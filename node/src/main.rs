@@ -130,6 +130,23 @@ enum Command {
     /// Small value records.
     #[command(subcommand)]
     Record(Record),
+    /// Announce this peer as a provider of each KEY (batched by home;
+    /// re-announced every hour while the peer runs). With `-`, read keys
+    /// from standard input, one per line.
+    Provide {
+        /// 64 hex digits each, or `-`.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Find the peers that provide KEY.
+    Providers {
+        /// 64 hex digits.
+        key: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Stop the running peer (it hands its records on first).
     Down {
         #[command(flatten)]
@@ -300,6 +317,38 @@ fn run(command: Command) -> anyhow::Result<()> {
                     Some(value) => value.to_string(),
                     None => "no record at this key".to_string(),
                 }
+            })
+        }
+        Command::Provide { keys, talk } => {
+            let keys = if keys == ["-"] {
+                std::io::read_to_string(std::io::stdin())
+                    .context("cannot read keys from standard input")?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            } else {
+                keys
+            };
+            let body = serde_json::json!({ "keys": keys });
+            talk_to(&talk, "POST", "/v1/provide", Some(&body), |v| {
+                format!(
+                    "announced {} keys: {} stored at their whole home, {} unconfirmed ({} lookups, {} messages, {:.1} ms)",
+                    v["keys"],
+                    v["stored_everywhere"],
+                    v["unconfirmed"],
+                    v["lookups"],
+                    v["stores"],
+                    v["duration_ms"].as_f64().unwrap_or(0.0)
+                )
+            })
+        }
+        Command::Providers { key, talk } => {
+            let body = serde_json::json!({ "key": key });
+            talk_to(&talk, "POST", "/v1/providers", Some(&body), |v| {
+                let peers = v.as_array().cloned().unwrap_or_default();
+                format!("{} providers{}", peers.len(), peer_lines(&peers))
             })
         }
         Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", None, |_| "stopping".to_string()),

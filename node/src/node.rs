@@ -101,6 +101,23 @@ pub struct Lookup {
     pub stats: shoal_overlay::QueryStats,
 }
 
+/// How a batch of provider announcements went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Provided {
+    /// Keys announced.
+    pub keys: usize,
+    /// Keys every home member confirmed.
+    pub stored_everywhere: usize,
+    /// Keys no home member confirmed.
+    pub unconfirmed: usize,
+    /// Lookups it took.
+    pub lookups: u32,
+    /// Store messages sent.
+    pub stores: u32,
+    /// How long it took.
+    pub duration: Duration,
+}
+
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
 enum Command {
@@ -116,6 +133,14 @@ enum Command {
     GetValue {
         key: Key,
         reply: Reply<Option<ValueRecord>>,
+    },
+    Provide {
+        keys: Vec<Key>,
+        reply: Reply<Provided>,
+    },
+    GetProviders {
+        key: Key,
+        reply: Reply<Vec<PeerInfo<NodeAddr>>>,
     },
     Peers {
         reply: Reply<Vec<PeerInfo<NodeAddr>>>,
@@ -135,6 +160,8 @@ enum Pending {
     FindNode(Reply<Lookup>),
     PutValue(Reply<usize>),
     GetValue(Reply<Option<ValueRecord>>),
+    Provide(Reply<Provided>),
+    GetProviders(Reply<Vec<PeerInfo<NodeAddr>>>),
     Leave(Reply<()>),
 }
 
@@ -205,6 +232,18 @@ impl Client {
     /// Reads the value record at `key`.
     pub async fn get_value(&self, key: Key) -> Result<Option<ValueRecord>, NodeError> {
         self.ask(|reply| Command::GetValue { key, reply }).await
+    }
+
+    /// Announces this node as a provider of every key in `keys`, batched
+    /// by home (one lookup per range of keys that share one, one message per
+    /// home member per few hundred keys); re-announced every hour.
+    pub async fn provide(&self, keys: Vec<Key>) -> Result<Provided, NodeError> {
+        self.ask(|reply| Command::Provide { keys, reply }).await
+    }
+
+    /// The providers of `key`.
+    pub async fn get_providers(&self, key: Key) -> Result<Vec<PeerInfo<NodeAddr>>, NodeError> {
+        self.ask(|reply| Command::GetProviders { key, reply }).await
     }
 
     /// The peers in the routing table.
@@ -448,6 +487,14 @@ impl Driver {
                 Ok(id) => drop(self.pending.insert(id, Pending::GetValue(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
+            Command::Provide { keys, reply } => match self.core.provide_many(t, keys) {
+                Ok(id) => drop(self.pending.insert(id, Pending::Provide(reply))),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Command::GetProviders { key, reply } => match self.core.get_providers(t, key) {
+                Ok(id) => drop(self.pending.insert(id, Pending::GetProviders(reply))),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
             Command::Peers { reply } => drop(reply.send(Ok(self.core.routing_table().peers().collect()))),
             Command::Listening { reply } => drop(reply.send(Ok(self.listening.clone()))),
             Command::RecordsHeld { reply } => drop(reply.send(Ok(self.core.record_store().len()))),
@@ -580,7 +627,7 @@ impl Driver {
         use shoal_overlay::Response;
         let closer = match response {
             Response::Nodes { closer } | Response::Value { closer, .. } | Response::Providers { closer, .. } => closer,
-            Response::Pong | Response::Stored | Response::Rejected(_) => return,
+            Response::Pong | Response::Stored | Response::Rejected(_) | Response::StoredBatch { .. } => return,
         };
         for peer in closer.iter_mut() {
             if peer.addr.addrs.is_empty()
@@ -663,6 +710,8 @@ impl Driver {
                         Pending::FindNode(r) => drop(r.send(Err(NodeError::Stopped))),
                         Pending::PutValue(r) => drop(r.send(Err(NodeError::Stopped))),
                         Pending::GetValue(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Pending::Provide(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Pending::GetProviders(r) => drop(r.send(Err(NodeError::Stopped))),
                         Pending::Leave(r) => drop(r.send(Err(NodeError::Stopped))),
                     }
                 }
@@ -678,7 +727,31 @@ impl Driver {
                 self.known.remove(&peer.addr.peer);
                 self.known_dirty = true;
             }
-            Event::GotProviders { .. } => {}
+            Event::GotProviders { query, providers, .. } => {
+                if let Some(Pending::GetProviders(reply)) = self.pending.remove(&query) {
+                    let _ = reply.send(Ok(providers.into_iter().map(|p| p.provider).collect()));
+                }
+            }
+            Event::ProvidedMany {
+                query,
+                keys,
+                stored_everywhere,
+                unconfirmed,
+                lookups,
+                stores,
+                duration,
+            } => {
+                if let Some(Pending::Provide(reply)) = self.pending.remove(&query) {
+                    let _ = reply.send(Ok(Provided {
+                        keys,
+                        stored_everywhere,
+                        unconfirmed,
+                        lookups,
+                        stores,
+                        duration,
+                    }));
+                }
+            }
         }
     }
 }

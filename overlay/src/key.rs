@@ -156,6 +156,23 @@ impl Distance {
     }
 }
 
+impl Distance {
+    /// `self + other` as 256-bit integers, or `None` if it overflows. XOR
+    /// distances obey `d(a,c) <= d(a,b) + d(b,c)`, which bounds how far a
+    /// lookup's answer for one key carries over to a nearby key.
+    pub fn checked_add(&self, other: &Distance) -> Option<Distance> {
+        let mut out = [0u64; 4];
+        let mut carry = false;
+        for i in (0..4).rev() {
+            let (sum, c1) = self.0[i].overflowing_add(other.0[i]);
+            let (sum, c2) = sum.overflowing_add(u64::from(carry));
+            out[i] = sum;
+            carry = c1 || c2;
+        }
+        (!carry).then_some(Distance(out))
+    }
+}
+
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for limb in self.0 {
@@ -259,6 +276,19 @@ mod tests {
             prop_assert_eq!(a.distance(&b), b.distance(&a));
             prop_assert_eq!(a.distance(&a), Distance::default());
             prop_assert_eq!(a == b, a.distance(&b) == Distance::default());
+        }
+
+        #[test]
+        fn xor_distance_obeys_the_triangle_inequality(a in any::<[u8; 32]>(), b in any::<[u8; 32]>(), c in any::<[u8; 32]>()) {
+            let (a, b, c) = (key(a), key(b), key(c));
+            // (An overflowing sum exceeds every distance.)
+            if let Some(sum) = a.distance(&b).checked_add(&b.distance(&c)) {
+                prop_assert!(a.distance(&c) <= sum);
+            }
+            // Addition agrees with u128 arithmetic on the low limbs.
+            let small = |x: u128| Distance([0, 0, (x >> 64) as u64, x as u64]);
+            let (x, y) = (u128::from(a.prefix_u64()), u128::from(b.prefix_u64()));
+            prop_assert_eq!(small(x).checked_add(&small(y)), Some(small(x + y)));
         }
 
         #[test]

@@ -8,6 +8,7 @@ use crate::query::{Query, QueryKind};
 use crate::record::{AnyRecord, MAX_VALUE_BYTES, PutOutcome, RecordStore, Signer};
 use crate::routing::{Failed, Observed, RoutingTable};
 use crate::rtt::RttEstimate;
+use crate::wire::{MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES};
 use crate::{
     Addr, CommandError, Config, ConfigError, Event, Instant, Key, Mode, PeerInfo, ProviderRecord, QueryId, QueryStats,
     RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
@@ -30,6 +31,8 @@ enum Purpose {
     Probe,
     /// Replicating a record to a home member; only liveness matters.
     Replicate,
+    /// Storing many provider records at one home member, for a batch.
+    StoreBatch { batch: QueryId },
 }
 
 #[derive(Clone, Debug)]
@@ -50,6 +53,24 @@ struct PublishedValue {
     seq: u64,
     /// When to republish.
     next: Instant,
+}
+
+/// A [`Overlay::provide_many`] batch: keys are placed at their homes a
+/// range at a time, one lookup per range.
+#[derive(Debug)]
+struct Batch {
+    /// Keys not yet placed, in key order.
+    remaining: BTreeSet<Key>,
+    /// The running lookup and the key it looks up.
+    lookup: Option<(QueryId, Key)>,
+    /// Per key: home members it was sent to (or stored locally), and how
+    /// many confirmed.
+    homes: BTreeMap<Key, (u8, u8)>,
+    /// Keys carried by each store request awaiting its answer.
+    sent: BTreeMap<RequestId, Vec<Key>>,
+    lookups: u32,
+    stores: u32,
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -103,6 +124,7 @@ pub struct Overlay<A: Addr> {
     next_request: u64,
     next_query: u64,
     leave: Option<Leave>,
+    batches: BTreeMap<QueryId, Batch>,
 }
 
 impl<A: Addr> Overlay<A> {
@@ -151,6 +173,7 @@ impl<A: Addr> Overlay<A> {
             next_request: 0,
             next_query: 0,
             leave: None,
+            batches: BTreeMap::new(),
         })
     }
 
@@ -219,6 +242,11 @@ impl<A: Addr> Overlay<A> {
             match &request {
                 Request::PutValue { record } => return Response::Rejected(RecordError::Leaving { key: record.key }),
                 Request::AddProvider { record } => return Response::Rejected(RecordError::Leaving { key: record.key }),
+                Request::AddProviders { records } => {
+                    return Response::StoredBatch {
+                        refused: (0..records.len() as u32).collect(),
+                    };
+                }
                 _ => {}
             }
         }
@@ -243,6 +271,15 @@ impl<A: Addr> Overlay<A> {
                 Ok(_) => Response::Stored,
                 Err(e) => Response::Rejected(e),
             },
+            Request::AddProviders { records } => {
+                let mut refused = Vec::new();
+                for (i, record) in records.into_iter().take(MAX_BATCH_RECORDS).enumerate() {
+                    if self.accept(now, AnyRecord::Provider(record)).is_err() {
+                        refused.push(i as u32);
+                    }
+                }
+                Response::StoredBatch { refused }
+            }
         }
     }
 
@@ -271,14 +308,26 @@ impl<A: Addr> Overlay<A> {
                 }
                 self.store_answered(now, query, stored);
             }
-            Purpose::Lookup { query, path, attempt } => self.lookup_answered(now, query, path, attempt, peer, response),
+            Purpose::StoreBatch { batch } => {
+                let refused = match response {
+                    Response::StoredBatch { refused } => Some(refused),
+                    _ => None,
+                };
+                if refused.is_some() && self.leave.is_none() {
+                    self.observe(now, peer);
+                }
+                self.batch_stored(now, batch, id, refused);
+            }
+            Purpose::Lookup { query, path, attempt } => {
+                self.lookup_answered(now, id, query, path, attempt, peer, response)
+            }
         }
     }
 
     /// Request `id` failed: the connection broke, or the peer refused it.
     pub fn handle_failure(&mut self, now: Instant, id: RequestId) {
         let Some(out) = self.take_outstanding(id) else { return };
-        self.request_failed(now, out);
+        self.request_failed(now, id, out);
     }
 
     /// Time passed: expire requests and run due maintenance.
@@ -295,7 +344,7 @@ impl<A: Addr> Overlay<A> {
                 break;
             }
             if let Some(out) = self.take_outstanding(id) {
-                self.request_failed(now, out);
+                self.request_failed(now, id, out);
             }
         }
         if self.maintenance_at <= now {
@@ -390,6 +439,40 @@ impl<A: Addr> Overlay<A> {
         Ok(id)
     }
 
+    /// Announces many keys at once, as [`start_providing`](Self::start_providing)
+    /// does one, but batched by home: the keys are taken in key order, a
+    /// lookup for the first unplaced key finds the k peers closest to it, and
+    /// every following key whose home provably lies among those peers is
+    /// placed too (XOR's triangle inequality: if the r-th closest of them to
+    /// key y is nearer to y than the farthest of the k is to the looked-up
+    /// key x, less d(x, y), no peer outside can be closer). Each home member
+    /// then gets one message per [`MAX_BATCH_RECORDS`] keys. In a swarm of at
+    /// most k peers one lookup places every key. Ends with
+    /// [`Event::ProvidedMany`]; the keys are re-announced together every
+    /// `republish_interval`.
+    pub fn provide_many(&mut self, now: Instant, keys: Vec<Key>) -> Result<QueryId, CommandError> {
+        if self.leave.is_some() {
+            return Err(CommandError::Leaving);
+        }
+        let id = self.next_query_id();
+        let next = now + self.config.republish_interval;
+        for key in &keys {
+            self.published_providers.insert(*key, next);
+        }
+        let batch = Batch {
+            remaining: keys.into_iter().collect(),
+            lookup: None,
+            homes: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            lookups: 0,
+            stores: 0,
+            started: now,
+        };
+        self.batches.insert(id, batch);
+        self.batch_next(now, id);
+        Ok(id)
+    }
+
     /// Stops re-announcing `key`; the record lapses at its home when it expires.
     pub fn stop_providing(&mut self, key: &Key) {
         self.published_providers.remove(key);
@@ -440,6 +523,9 @@ impl<A: Addr> Overlay<A> {
             self.events.push_back(Event::Aborted { query: id });
         }
         for (id, _) in std::mem::take(&mut self.bootstraps) {
+            self.events.push_back(Event::Aborted { query: id });
+        }
+        for (id, _) in std::mem::take(&mut self.batches) {
             self.events.push_back(Event::Aborted { query: id });
         }
         let done = leave.pending == 0;
@@ -493,7 +579,7 @@ impl<A: Addr> Overlay<A> {
         QueryId(self.next_query)
     }
 
-    fn send(&mut self, now: Instant, to: PeerInfo<A>, request: Request<A>, purpose: Purpose) {
+    fn send(&mut self, now: Instant, to: PeerInfo<A>, request: Request<A>, purpose: Purpose) -> RequestId {
         self.next_request += 1;
         let id = RequestId(self.next_request);
         let deadline = now + self.config.request_timeout;
@@ -522,6 +608,7 @@ impl<A: Addr> Overlay<A> {
             mode: self.config.mode,
             request,
         });
+        id
     }
 
     fn take_outstanding(&mut self, id: RequestId) -> Option<Outstanding<A>> {
@@ -563,7 +650,7 @@ impl<A: Addr> Overlay<A> {
         }
     }
 
-    fn request_failed(&mut self, now: Instant, out: Outstanding<A>) {
+    fn request_failed(&mut self, now: Instant, id: RequestId, out: Outstanding<A>) {
         let peer = out.peer;
         match out.purpose {
             Purpose::EvictionPing => self.eviction_failed(now, &peer),
@@ -578,6 +665,10 @@ impl<A: Addr> Overlay<A> {
             Purpose::Store { query } => {
                 self.count_failure(now, &peer);
                 self.store_answered(now, query, false);
+            }
+            Purpose::StoreBatch { batch } => {
+                self.count_failure(now, &peer);
+                self.batch_stored(now, batch, id, None);
             }
             Purpose::Probe | Purpose::Replicate => self.count_failure(now, &peer),
         }
@@ -622,7 +713,9 @@ impl<A: Addr> Overlay<A> {
                 self.peer_gone(now, &old.key);
                 self.peer_arrived(now, peer);
             }
-            Observed::PingOldest(oldest) => self.send(now, oldest, Request::Ping, Purpose::EvictionPing),
+            Observed::PingOldest(oldest) => {
+                self.send(now, oldest, Request::Ping, Purpose::EvictionPing);
+            }
             Observed::Local | Observed::Refreshed | Observed::Queued => {}
         }
     }
@@ -733,9 +826,11 @@ impl<A: Addr> Overlay<A> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn lookup_answered(
         &mut self,
         now: Instant,
+        request: RequestId,
         id: QueryId,
         path: usize,
         attempt: u8,
@@ -746,7 +841,7 @@ impl<A: Addr> Overlay<A> {
             Response::Nodes { closer } => (closer, None, Vec::new()),
             Response::Value { record, closer } => (closer, record, Vec::new()),
             Response::Providers { providers, closer } => (closer, None, providers),
-            Response::Pong | Response::Stored | Response::Rejected(_) => {
+            Response::Pong | Response::Stored | Response::Rejected(_) | Response::StoredBatch { .. } => {
                 // Not an answer to a lookup step: the peer misbehaves.
                 let purpose = Purpose::Lookup {
                     query: id,
@@ -755,6 +850,7 @@ impl<A: Addr> Overlay<A> {
                 };
                 return self.request_failed(
                     now,
+                    request,
                     Outstanding {
                         peer,
                         purpose,
@@ -859,6 +955,7 @@ impl<A: Addr> Overlay<A> {
                 let record = AnyRecord::Provider(record.clone());
                 self.start_storing(now, id, query, peers, record);
             }
+            QueryKind::BatchLookup { batch } => self.batch_place(now, batch, id, &peers),
         }
     }
 
@@ -930,6 +1027,169 @@ impl<A: Addr> Overlay<A> {
             stored,
             stats: query.stats,
         });
+    }
+
+    /// Starts the lookup for the next unplaced key of a batch, or ends the
+    /// batch when nothing is left to place or to confirm.
+    fn batch_next(&mut self, now: Instant, id: QueryId) {
+        let Some(batch) = self.batches.get(&id) else { return };
+        if batch.lookup.is_some() {
+            return;
+        }
+        if let Some(&first) = batch.remaining.first() {
+            match self.start_query(now, first, QueryKind::BatchLookup { batch: id }) {
+                Ok(query) => {
+                    if let Some(batch) = self.batches.get_mut(&id) {
+                        batch.lookups += 1;
+                        // A lookup that finished at once (no peers) has
+                        // placed its keys already.
+                        if self.queries.contains_key(&query) {
+                            batch.lookup = Some((query, first));
+                        }
+                    }
+                    return self.batch_next(now, id);
+                }
+                Err(_) => {
+                    // The query table is full: what is left stays unplaced
+                    // this time and goes out with the next republish.
+                    if let Some(batch) = self.batches.get_mut(&id) {
+                        batch.remaining.clear();
+                    }
+                }
+            }
+        }
+        let Some(batch) = self.batches.get(&id) else { return };
+        if batch.remaining.is_empty() && batch.lookup.is_none() && batch.sent.is_empty() {
+            let Some(batch) = self.batches.remove(&id) else { return };
+            release_if_empty(&mut self.batches);
+            let keys = batch.homes.len();
+            let placed_everywhere = batch.homes.values().filter(|(sent, ok)| ok >= sent && *ok > 0).count();
+            let unconfirmed = batch.homes.values().filter(|(_, ok)| *ok == 0).count();
+            self.events.push_back(Event::ProvidedMany {
+                query: id,
+                keys,
+                stored_everywhere: placed_everywhere,
+                unconfirmed,
+                lookups: batch.lookups,
+                stores: batch.stores,
+                duration: now.saturating_since(batch.started),
+            });
+        }
+    }
+
+    /// The lookup for a batch's first unplaced key found `peers`: place
+    /// every key whose home is provably among them, and send the stores.
+    fn batch_place(&mut self, now: Instant, id: QueryId, lookup: QueryId, peers: &[PeerInfo<A>]) {
+        let Some(batch) = self.batches.get_mut(&id) else { return };
+        let Some((_, x)) = batch.lookup.take_if(|(q, _)| *q == lookup).or_else(|| {
+            // Finished inside `start_query` before its id was recorded.
+            batch.remaining.first().map(|k| (lookup, *k))
+        }) else {
+            return;
+        };
+        let r = self.config.replication;
+        // Farther than every peer the lookup did not return: the k-th
+        // answer's distance, or unbounded if fewer than k peers answered.
+        let bound = (peers.len() >= self.config.k)
+            .then(|| peers.last().map(|p| p.key.distance(&x)))
+            .flatten();
+        let mut candidates: Vec<PeerInfo<A>> = peers.to_vec();
+        if self.config.mode == Mode::Server {
+            candidates.push(self.local.clone());
+        }
+        let mut placed: Vec<(Key, Vec<PeerInfo<A>>)> = Vec::new();
+        for &y in batch.remaining.range(x..) {
+            candidates.sort_by_key(|p| p.key.distance(&y));
+            let home: Vec<PeerInfo<A>> = candidates.iter().take(r).cloned().collect();
+            if let (Some(bound), Some(farthest)) = (bound, home.last()) {
+                let certain = farthest
+                    .key
+                    .distance(&y)
+                    .checked_add(&x.distance(&y))
+                    .is_some_and(|reach| reach < bound);
+                if !certain {
+                    break;
+                }
+            }
+            placed.push((y, home));
+        }
+        for (key, _) in &placed {
+            batch.remaining.remove(key);
+        }
+        // One signed record per key; one message per member per chunk.
+        let local = self.local.key;
+        let mut per_member: BTreeMap<Key, (PeerInfo<A>, Vec<ProviderRecord<A>>)> = BTreeMap::new();
+        let mut confirmed_here = Vec::new();
+        for (key, home) in placed {
+            let record = self.sign_provider(now, key);
+            let mut here = false;
+            for member in &home {
+                if member.key == local {
+                    here = self.accept(now, AnyRecord::Provider(record.clone())).is_ok();
+                } else {
+                    per_member
+                        .entry(member.key)
+                        .or_insert_with(|| (member.clone(), Vec::new()))
+                        .1
+                        .push(record.clone());
+                }
+            }
+            confirmed_here.push((key, home.len() as u8, u8::from(here)));
+        }
+        let chunk = self.batch_chunk(per_member.values().flat_map(|(_, r)| r.first()).next());
+        let mut sends = Vec::new();
+        for (_, (member, records)) in per_member {
+            for part in records.chunks(chunk) {
+                sends.push((member.clone(), part.to_vec()));
+            }
+        }
+        let Some(batch) = self.batches.get_mut(&id) else { return };
+        for (key, members, ok) in confirmed_here {
+            batch.homes.insert(key, (members, ok));
+        }
+        for (member, records) in sends {
+            let keys = records.iter().map(|r| r.key).collect();
+            let request = self.send(
+                now,
+                member,
+                Request::AddProviders { records },
+                Purpose::StoreBatch { batch: id },
+            );
+            if let Some(batch) = self.batches.get_mut(&id) {
+                batch.stores += 1;
+                batch.sent.insert(request, keys);
+            }
+        }
+        self.batch_next(now, id);
+    }
+
+    /// How many provider records fit in one batched store message.
+    fn batch_chunk(&self, sample: Option<&ProviderRecord<A>>) -> usize {
+        let Some(sample) = sample else { return 1 };
+        let one = crate::wire::encode_request(self.config.mode, &Request::AddProvider { record: sample.clone() })
+            .map_or(MAX_MESSAGE_BYTES, |b| b.len());
+        // Leave room for the envelope and for records with longer addresses.
+        ((MAX_MESSAGE_BYTES * 3 / 4) / one.max(1)).clamp(1, MAX_BATCH_RECORDS)
+    }
+
+    /// A batched store was answered (`refused` lists what the member did not
+    /// store) or failed (`None`).
+    fn batch_stored(&mut self, now: Instant, id: QueryId, request: RequestId, refused: Option<Vec<u32>>) {
+        let Some(batch) = self.batches.get_mut(&id) else { return };
+        let Some(keys) = batch.sent.remove(&request) else {
+            return;
+        };
+        if let Some(refused) = refused {
+            let refused: BTreeSet<u32> = refused.into_iter().collect();
+            for (i, key) in keys.iter().enumerate() {
+                if !refused.contains(&(i as u32))
+                    && let Some((_, ok)) = batch.homes.get_mut(key)
+                {
+                    *ok = ok.saturating_add(1);
+                }
+            }
+        }
+        self.batch_next(now, id);
     }
 
     fn finish_leave(&mut self) {
@@ -1092,6 +1352,14 @@ impl<A: Addr> Overlay<A> {
             .filter(|(_, next)| **next <= now)
             .map(|(k, _)| *k)
             .collect();
+        if providers.len() > 1 {
+            // Many keys due together (they were announced together): one
+            // batch places them a home at a time.
+            if self.provide_many(now, providers).is_err() {
+                // Tried again at the next maintenance round.
+            }
+            return;
+        }
         for key in providers {
             let record = self.sign_provider(now, key);
             if self.start_query(now, key, QueryKind::AddProvider { record }).is_ok() {

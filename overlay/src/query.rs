@@ -86,6 +86,24 @@ pub enum Event<A> {
         /// Cost.
         stats: QueryStats,
     },
+    /// A `provide_many` batch ended.
+    ProvidedMany {
+        /// The batch.
+        query: QueryId,
+        /// Keys announced.
+        keys: usize,
+        /// Keys that every home member confirmed (the local peer counts
+        /// when it is one of them).
+        stored_everywhere: usize,
+        /// Keys no home member confirmed.
+        unconfirmed: usize,
+        /// Lookups it took to place every key at its home.
+        lookups: u32,
+        /// Store messages sent (each carries many keys).
+        stores: u32,
+        /// From start to end on the core's clock.
+        duration: Duration,
+    },
     /// `leave` finished handing records to their new homes.
     Left {
         /// The leave query.
@@ -140,11 +158,28 @@ pub enum CommandError {
 pub(crate) enum QueryKind<A> {
     FindNode,
     Bootstrap,
-    Refresh { bootstrap: Option<QueryId> },
-    GetValue { found: Option<ValueRecord>, valid: usize },
-    GetProviders { found: Vec<ProviderRecord<A>> },
-    PutValue { record: ValueRecord },
-    AddProvider { record: ProviderRecord<A> },
+    Refresh {
+        bootstrap: Option<QueryId>,
+    },
+    GetValue {
+        found: Option<ValueRecord>,
+        valid: usize,
+    },
+    GetProviders {
+        found: Vec<ProviderRecord<A>>,
+    },
+    PutValue {
+        record: ValueRecord,
+    },
+    AddProvider {
+        record: ProviderRecord<A>,
+    },
+    /// A lookup for the first unplaced key of a [`provide_many`] batch.
+    ///
+    /// [`provide_many`]: crate::Overlay::provide_many
+    BatchLookup {
+        batch: QueryId,
+    },
 }
 
 #[derive(Debug)]

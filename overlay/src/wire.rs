@@ -20,6 +20,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const MAX_PEERS_PER_MESSAGE: usize = 32;
 /// Most provider records one response may carry.
 pub const MAX_PROVIDERS_PER_MESSAGE: usize = 32;
+/// Most provider records one batched store may carry (the batch must also
+/// fit under [`MAX_MESSAGE_BYTES`]).
+pub const MAX_BATCH_RECORDS: usize = 512;
 
 // A full response must fit under the cap: a value, its credentials, a full
 // list of peers (a node address is at most ~1 KiB) and full provider records.
@@ -57,6 +60,12 @@ pub enum Request<A> {
         /// The record, signed by the provider.
         record: ProviderRecord<A>,
     },
+    /// Store these provider records (you are in the home of each): one
+    /// message for many keys that share a home.
+    AddProviders {
+        /// The records, each signed by its provider.
+        records: Vec<ProviderRecord<A>>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -88,6 +97,12 @@ pub enum Response<A> {
     Stored,
     /// The record was refused.
     Rejected(RecordError),
+    /// Answer to [`Request::AddProviders`]: which records were refused, by
+    /// position in the request; the rest were stored.
+    StoredBatch {
+        /// Positions of the refused records.
+        refused: Vec<u32>,
+    },
 }
 
 #[derive(Serialize)]
@@ -248,6 +263,16 @@ fn check_request<A: Addr>(request: &Request<A>) -> Result<(), DecodeError> {
     match request {
         Request::PutValue { record } => check_value(record),
         Request::AddProvider { record } => check_credentials(&record.publisher, &record.signature),
+        Request::AddProviders { records } => {
+            if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
+                return Err(DecodeError::OutOfBounds(
+                    "a batch of 0 or more than MAX_BATCH_RECORDS records",
+                ));
+            }
+            records
+                .iter()
+                .try_for_each(|r| check_credentials(&r.publisher, &r.signature))
+        }
         Request::Ping | Request::FindNode { .. } | Request::GetValue { .. } | Request::GetProviders { .. } => Ok(()),
     }
 }
@@ -271,6 +296,12 @@ fn check_response<A: Addr>(response: &Response<A>) -> Result<(), DecodeError> {
                 check_credentials(&p.publisher, &p.signature)?;
             }
             check_peers(closer)
+        }
+        Response::StoredBatch { refused } => {
+            if refused.len() > MAX_BATCH_RECORDS {
+                return Err(DecodeError::OutOfBounds("more refusals than MAX_BATCH_RECORDS"));
+            }
+            Ok(())
         }
         Response::Pong | Response::Stored | Response::Rejected(_) => Ok(()),
     }
@@ -305,7 +336,12 @@ mod tests {
             Request::GetValue { key },
             Request::GetProviders { key },
             Request::PutValue { record },
-            Request::AddProvider { record: provider },
+            Request::AddProvider {
+                record: provider.clone(),
+            },
+            Request::AddProviders {
+                records: vec![provider; 3],
+            },
         ]
     }
 
@@ -324,6 +360,7 @@ mod tests {
             },
             Response::Stored,
             Response::Rejected(RecordError::Conflict { key: rng.key() }),
+            Response::StoredBatch { refused: vec![0, 2] },
         ]
     }
 

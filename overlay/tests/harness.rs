@@ -521,3 +521,70 @@ fn a_request_timeout_below_the_minimum_stall_is_no_panic() {
         peer.check_invariants().unwrap();
     }
 }
+
+fn provide_many(swarm: &mut Swarm, from: u32, keys: Vec<Key>) -> Event<u32> {
+    let now = swarm.now;
+    let query = swarm.peers[from as usize].provide_many(now, keys).unwrap();
+    swarm.flush(from);
+    swarm.await_event(|e| matches!(e, Event::ProvidedMany { query: q, .. } if *q == query))
+}
+
+#[test]
+fn a_batch_of_keys_lands_at_the_true_home_of_each_with_few_lookups() {
+    let mut swarm = Swarm::join(70);
+    let keys: Vec<Key> = (0..600u32).map(|n| Key::of_name("batch", &n.to_be_bytes())).collect();
+    let Event::ProvidedMany {
+        keys: placed,
+        stored_everywhere,
+        unconfirmed,
+        lookups,
+        stores,
+        ..
+    } = provide_many(&mut swarm, 7, keys.clone())
+    else {
+        unreachable!()
+    };
+    assert_eq!((placed, stored_everywhere, unconfirmed), (600, 600, 0));
+    // 70 peers, k = 20: more than one lookup, far fewer than one per key;
+    // and far fewer messages than one per key and home member.
+    assert!(lookups > 1 && lookups < 60, "{lookups} lookups");
+    assert!(stores < 300, "{stores} store messages");
+    let now = swarm.now;
+    for key in &keys {
+        for member in swarm.true_closest(key, u32::MAX).into_iter().take(3) {
+            let held = swarm.peers[member as usize].record_store().providers(key, now, 20);
+            assert!(
+                held.iter().any(|p| p.provider.addr == 7),
+                "home member {member} of {key} lacks the record"
+            );
+        }
+    }
+    let now = swarm.now;
+    let query = swarm.peers[50].get_providers(now, keys[123]).unwrap();
+    swarm.flush(50);
+    let Event::GotProviders { providers, .. } =
+        swarm.await_event(|e| matches!(e, Event::GotProviders { query: q, .. } if *q == query))
+    else {
+        unreachable!()
+    };
+    assert_eq!(providers.iter().map(|p| p.provider.addr).collect::<Vec<_>>(), vec![7]);
+}
+
+#[test]
+fn in_a_swarm_of_at_most_k_peers_one_lookup_places_every_key() {
+    let mut swarm = Swarm::join(15);
+    let keys: Vec<Key> = (0..300u32).map(|n| Key::of_name("batch", &n.to_be_bytes())).collect();
+    let Event::ProvidedMany {
+        keys: placed,
+        unconfirmed,
+        lookups,
+        stores,
+        ..
+    } = provide_many(&mut swarm, 3, keys)
+    else {
+        unreachable!()
+    };
+    assert_eq!((placed, unconfirmed, lookups), (300, 0, 1));
+    // One message per home member that holds anything (the batch fits).
+    assert!(stores <= 14, "{stores} store messages");
+}

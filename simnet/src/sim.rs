@@ -785,6 +785,7 @@ impl Sim {
                 }
             }
             Event::GotProviders { .. }
+            | Event::ProvidedMany { .. }
             | Event::PeerAdded { .. }
             | Event::PeerRemoved { .. }
             | Event::Aborted { .. } => {}
@@ -894,7 +895,7 @@ fn request_kind(request: &Request<PeerIndex>) -> usize {
         Request::GetValue { .. } => 2,
         Request::GetProviders { .. } => 3,
         Request::PutValue { .. } => 4,
-        Request::AddProvider { .. } => 5,
+        Request::AddProvider { .. } | Request::AddProviders { .. } => 5,
     }
 }
 
