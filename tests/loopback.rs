@@ -296,3 +296,34 @@ async fn a_private_swarm_refuses_peers_without_its_key_on_tcp_and_quic() {
     );
     assert!(outsiders[0].get_value(record).await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_still_holds_the_records_it_kept_for_others() {
+    let mut config = NodeConfig::new(data_dir("keep", 0));
+    config.mdns = false;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    let writer = start(config).await.unwrap();
+    let keeper_dir = data_dir("keep", 1);
+    let mut config = NodeConfig::new(keeper_dir.clone());
+    config.mdns = false;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = listening_addrs(&writer).await;
+    let keeper = start(config.clone()).await.unwrap();
+    assert_eq!(peers_soon(&keeper).await.len(), 1);
+    let key = Key::of_name("test", b"kept");
+    assert_eq!(
+        writer.put_value(key, b"kept across restarts".to_vec()).await.unwrap(),
+        2
+    );
+    writer.provide(vec![key]).await.unwrap();
+    assert_eq!(keeper.records_held().await.unwrap(), 2);
+    // Both stop; the keeper comes back alone and still serves the records.
+    keeper.leave().await.unwrap();
+    drop(writer);
+    config.bootstrap = Vec::new();
+    let again = start(config).await.unwrap();
+    assert_eq!(again.records_held().await.unwrap(), 2);
+    let record = again.get_value(key).await.unwrap().expect("restored");
+    assert_eq!(record.value, b"kept across restarts");
+    assert_eq!(again.get_providers(key).await.unwrap().len(), 1);
+}

@@ -35,6 +35,7 @@ pub mod control;
 pub mod identity;
 pub mod known;
 pub mod node;
+pub mod saved;
 pub mod settings;
 
 pub use addr::NodeAddr;

@@ -24,6 +24,10 @@ use crate::admission::{self, SwarmKey};
 use crate::codec::{FrameCodec, OVERLAY_PROTOCOL};
 use crate::identity::{self, NodeSigner};
 use crate::known::KnownPeers;
+use crate::saved::SavedRecords;
+
+/// How often a changed record store is written to disk, at most.
+const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Commands waiting in the channel to the node, at most.
 const COMMAND_QUEUE: usize = 64;
@@ -331,8 +335,16 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         },
     );
     let rng_seed = u64::from_le_bytes(key.to_bytes()[..8].try_into().unwrap_or_default()) ^ now().as_micros();
-    let core = Overlay::new(Arc::new(overlay_config), local, Box::new(signer), rng_seed, now())
+    let mut core = Overlay::new(Arc::new(overlay_config), local, Box::new(signer), rng_seed, now())
         .map_err(|e| NodeError::Transport(e.to_string()))?;
+    let saved = SavedRecords::new(&config.data_dir);
+    let (values, providers) = saved.load();
+    let offered = values.len() + providers.len();
+    if offered > 0 {
+        let kept = core.restore_records(now(), values, providers);
+        tracing::info!("restored {kept} of {offered} saved records (the rest expired or failed verification)");
+    }
+    let saved_changes = core.record_store().changes();
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
     let mut driver = Driver {
         swarm,
@@ -346,6 +358,9 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         stopping: None,
         known,
         known_dirty: false,
+        saved,
+        saved_changes,
+        saved_at: std::time::Instant::now(),
     };
     for peer in seeds {
         driver.dial(peer);
@@ -414,6 +429,11 @@ struct Driver {
     /// Routing-table peers, saved for the next start.
     known: KnownPeers,
     known_dirty: bool,
+    /// The record store on disk, the store's change count when last saved,
+    /// and when.
+    saved: SavedRecords,
+    saved_changes: u64,
+    saved_at: std::time::Instant,
 }
 
 impl Driver {
@@ -437,11 +457,13 @@ impl Driver {
                     // Maintenance runs on these wake-ups: a good moment to
                     // save what changed.
                     self.save_known();
+                    self.save_records(false);
                 }
             }
             self.drain();
             if self.stopping.is_some() && self.pending.is_empty() {
                 self.save_known();
+                self.save_records(true);
                 if let Some(reply) = self.stopping.take() {
                     let _ = reply.send(Ok(()));
                 }
@@ -635,6 +657,23 @@ impl Driver {
             {
                 peer.addr.addrs = known.iter().take(MAX_ADDRS_PER_PEER).cloned().collect();
             }
+        }
+    }
+
+    /// Saves the record store if it changed, at most every
+    /// [`RECORD_SAVE_INTERVAL`] unless `now` says so.
+    fn save_records(&mut self, now: bool) {
+        let changes = self.core.record_store().changes();
+        if changes == self.saved_changes || (!now && self.saved_at.elapsed() < RECORD_SAVE_INTERVAL) {
+            return;
+        }
+        let store = self.core.record_store();
+        match self.saved.save(store.value_records(), store.provider_records()) {
+            Ok(()) => {
+                self.saved_changes = changes;
+                self.saved_at = std::time::Instant::now();
+            }
+            Err(e) => tracing::warn!("cannot save records: {e}"),
         }
     }
 

@@ -372,6 +372,23 @@ impl<A: Addr> Overlay<A> {
         }
     }
 
+    /// Takes back records saved by an earlier run of this peer: each is
+    /// verified and stored as if a home member had sent it (expired or
+    /// forged ones are dropped), then replicated on the usual schedule.
+    /// Returns how many were kept.
+    pub fn restore_records(
+        &mut self,
+        now: Instant,
+        values: Vec<ValueRecord>,
+        providers: Vec<ProviderRecord<A>>,
+    ) -> usize {
+        let records = values
+            .into_iter()
+            .map(AnyRecord::Value)
+            .chain(providers.into_iter().map(AnyRecord::Provider));
+        records.filter(|r| self.accept(now, r.clone()).is_ok()).count()
+    }
+
     /// Forgets a peer the driver knows has left.
     pub fn remove_peer(&mut self, now: Instant, key: &Key) {
         let Some(peer) = self.table.peers().find(|p| p.key == *key) else {

@@ -307,6 +307,9 @@ pub struct RecordStore<A> {
     values: BTreeMap<Key, Stored<ValueRecord>>,
     providers: BTreeMap<Key, Vec<Stored<ProviderRecord<A>>>>,
     provider_count: usize,
+    /// Counts inserts, updates and removals: tells a driver that saves the
+    /// store whether anything changed since it last did.
+    changes: u64,
 }
 
 /// What a successful put changed.
@@ -328,12 +331,29 @@ impl<A: Addr> RecordStore<A> {
             values: BTreeMap::new(),
             providers: BTreeMap::new(),
             provider_count: 0,
+            changes: 0,
         }
     }
 
     /// How many records (values plus provider entries) the store holds.
     pub fn len(&self) -> usize {
         self.values.len() + self.provider_count
+    }
+
+    /// How many times the store has changed since it was made.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Every value record held, in key order (expired ones included until
+    /// the next [`remove_expired`](Self::remove_expired)).
+    pub fn value_records(&self) -> impl Iterator<Item = &ValueRecord> {
+        self.values.values().map(|s| &s.record)
+    }
+
+    /// Every provider record held, in key order.
+    pub fn provider_records(&self) -> impl Iterator<Item = &ProviderRecord<A>> {
+        self.providers.values().flatten().map(|s| &s.record)
     }
 
     /// Whether the store is empty.
@@ -363,6 +383,34 @@ impl<A: Addr> RecordStore<A> {
 
     /// Stores a value record that has already been verified.
     pub(crate) fn put_value(
+        &mut self,
+        record: ValueRecord,
+        now: Instant,
+        next_replicate: Instant,
+    ) -> Result<PutOutcome, RecordError> {
+        let outcome = self.put_value_inner(record, now, next_replicate);
+        self.count(&outcome);
+        outcome
+    }
+
+    /// Stores a provider record that has already been verified.
+    pub(crate) fn put_provider(
+        &mut self,
+        record: ProviderRecord<A>,
+        next_replicate: Instant,
+    ) -> Result<PutOutcome, RecordError> {
+        let outcome = self.put_provider_inner(record, next_replicate);
+        self.count(&outcome);
+        outcome
+    }
+
+    fn count(&mut self, outcome: &Result<PutOutcome, RecordError>) {
+        if matches!(outcome, Ok(PutOutcome::Inserted | PutOutcome::Updated)) {
+            self.changes += 1;
+        }
+    }
+
+    fn put_value_inner(
         &mut self,
         record: ValueRecord,
         now: Instant,
@@ -410,8 +458,7 @@ impl<A: Addr> RecordStore<A> {
         Ok(PutOutcome::Inserted)
     }
 
-    /// Stores a provider record that has already been verified.
-    pub(crate) fn put_provider(
+    fn put_provider_inner(
         &mut self,
         record: ProviderRecord<A>,
         next_replicate: Instant,
@@ -462,7 +509,11 @@ impl<A: Addr> RecordStore<A> {
             !list.is_empty()
         });
         self.provider_count = count;
-        before - self.len()
+        let removed = before - self.len();
+        if removed > 0 {
+            self.changes += 1;
+        }
+        removed
     }
 
     /// The keys held, in order.
