@@ -35,8 +35,11 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: Vec<u8>) -
         .ok()
         .filter(|len| *len as usize <= MAX_MESSAGE_BYTES)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame exceeds the message cap"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(&frame).await?;
+    // One write: the header and the frame go out in one muxer frame.
+    let mut out = Vec::with_capacity(4 + frame.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&frame);
+    io.write_all(&out).await?;
     io.close().await
 }
 

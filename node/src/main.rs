@@ -181,14 +181,17 @@ async fn up(data_dir: PathBuf, given: Given) -> anyhow::Result<()> {
     let client = start(config)
         .await
         .with_context(|| format!("cannot start the peer (data dir {})", data_dir.display()))?;
+    // Listen addresses arrive as the transports come up.
+    let addrs = match tokio::time::timeout(Duration::from_secs(5), client.ready()).await {
+        Ok(addrs) => addrs?,
+        Err(_) => client.listening().await?,
+    };
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let control_file = control::serve(client.clone(), &data_dir, shutdown.clone())
         .await
         .context("cannot start the control API")?;
     println!("peer id {}", client.peer_id());
-    // Listen addresses arrive as the transports come up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for addr in client.listening().await? {
+    for addr in addrs {
         println!("listening on {addr}");
     }
     println!("ready");

@@ -152,6 +152,9 @@ enum Command {
     Listening {
         reply: Reply<Vec<Multiaddr>>,
     },
+    Ready {
+        reply: Reply<Vec<Multiaddr>>,
+    },
     RecordsHeld {
         reply: Reply<usize>,
     },
@@ -260,6 +263,11 @@ impl Client {
         self.ask(|reply| Command::Listening { reply }).await
     }
 
+    /// Waits until every listener is up, then returns the listen addresses.
+    pub async fn ready(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        self.ask(|reply| Command::Ready { reply }).await
+    }
+
     /// Hands the node's records to their new homes, then stops the node.
     pub async fn leave(&self) -> Result<(), NodeError> {
         self.ask(|reply| Command::Leave { reply }).await
@@ -299,11 +307,13 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     let key = signer.key();
     let mut swarm = build_swarm(&keypair, config.mdns, config.swarm_key.clone())?;
     let peer_id = *swarm.local_peer_id();
+    let mut listeners = Vec::new();
     for addr in &config.listen {
-        swarm.listen_on(addr.clone()).map_err(|e| NodeError::Listen {
+        let id = swarm.listen_on(addr.clone()).map_err(|e| NodeError::Listen {
             addr: addr.clone(),
             reason: error_chain(&e),
         })?;
+        listeners.push(id);
     }
     let known = KnownPeers::new(&config.data_dir);
     // Peers remembered from the last run join the bootstrap list.
@@ -354,6 +364,8 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         outbound: HashMap::new(),
         addresses: HashMap::new(),
         listening: Vec::new(),
+        listeners_starting: listeners,
+        ready_waiters: Vec::new(),
         bootstrapped: false,
         stopping: None,
         known,
@@ -379,7 +391,7 @@ fn build_swarm(keypair: &Keypair, mdns: bool, swarm_key: Option<SwarmKey>) -> Re
     let transport_error = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
     let peer_id = keypair.public().to_peer_id();
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-        .upgrade(upgrade::Version::V1)
+        .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise::Config::new(keypair).map_err(|e| transport_error(&e))?)
         .multiplex(yamux::Config::default());
     let quic = quic::tokio::Transport::new(quic::Config::new(keypair));
@@ -424,6 +436,10 @@ struct Driver {
     /// Addresses learned through identify and mDNS, per peer.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     listening: Vec<Multiaddr>,
+    /// Listeners that have not reported an address yet.
+    listeners_starting: Vec<libp2p::core::transport::ListenerId>,
+    /// `ready` calls waiting for them.
+    ready_waiters: Vec<Reply<Vec<Multiaddr>>>,
     bootstrapped: bool,
     stopping: Option<Reply<()>>,
     /// Routing-table peers, saved for the next start.
@@ -468,6 +484,17 @@ impl Driver {
                     let _ = reply.send(Ok(()));
                 }
                 return;
+            }
+        }
+    }
+
+    /// A listener reported its first address (or gave up): once all have,
+    /// `ready` calls are answered.
+    fn listener_started(&mut self, id: libp2p::core::transport::ListenerId) {
+        self.listeners_starting.retain(|l| *l != id);
+        if self.listeners_starting.is_empty() {
+            for reply in self.ready_waiters.drain(..) {
+                let _ = reply.send(Ok(self.listening.clone()));
             }
         }
     }
@@ -519,6 +546,13 @@ impl Driver {
             },
             Command::Peers { reply } => drop(reply.send(Ok(self.core.routing_table().peers().collect()))),
             Command::Listening { reply } => drop(reply.send(Ok(self.listening.clone()))),
+            Command::Ready { reply } => {
+                if self.listeners_starting.is_empty() {
+                    let _ = reply.send(Ok(self.listening.clone()));
+                } else {
+                    self.ready_waiters.push(reply);
+                }
+            }
             Command::RecordsHeld { reply } => drop(reply.send(Ok(self.core.record_store().len()))),
             Command::Leave { reply } => {
                 let id = self.core.leave(t);
@@ -547,10 +581,19 @@ impl Driver {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr { address, listener_id } => {
                 let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
                 tracing::info!("listening on {full}");
                 self.listening.push(full);
+                self.listener_started(listener_id);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id, reason, ..
+            } => {
+                if let Err(e) = reason {
+                    tracing::warn!("a listener stopped: {}", error_chain(&e));
+                }
+                self.listener_started(listener_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(event)) => self.on_overlay_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
@@ -707,8 +750,12 @@ impl Driver {
             }
         };
         let peer = to.addr.peer;
-        for addr in to.addr.addrs.iter().take(MAX_ADDRS_PER_PEER) {
-            self.swarm.add_peer_address(peer, addr.clone());
+        // Each address added is announced to every behaviour: only worth it
+        // when the request has to dial.
+        if !self.swarm.is_connected(&peer) {
+            for addr in to.addr.addrs.iter().take(MAX_ADDRS_PER_PEER) {
+                self.swarm.add_peer_address(peer, addr.clone());
+            }
         }
         let outbound = self.swarm.behaviour_mut().overlay.send_request(&peer, bytes);
         self.outbound.insert(outbound, id);
