@@ -75,6 +75,14 @@ enum Bench {
         #[arg(long, default_value = "target/release/shoal")]
         shoal: PathBuf,
     },
+    /// A lone libp2p-kad peer in its own process, for `memory`: prints
+    /// `idle`, waits for a line on stdin, stores RECORDS records of 100 B,
+    /// prints `held`, waits again.
+    #[command(hide = true)]
+    KadPeer {
+        #[arg(long)]
+        records: usize,
+    },
     /// Resident memory of a `shoal up` peer, idle and holding records.
     Memory {
         #[arg(long, default_value_t = 10_000)]
@@ -102,6 +110,7 @@ fn main() -> Result<()> {
         } => runtime.block_on(bench_provide(peers, keys, transport, window)),
         Bench::Ready { runs, shoal } => bench_ready(runs, &shoal),
         Bench::Memory { records, shoal } => bench_memory(records, &shoal),
+        Bench::KadPeer { records } => runtime.block_on(kad_holder(records)),
     }
 }
 
@@ -245,6 +254,8 @@ enum KadCommand {
     Provide(Vec<kad::RecordKey>, usize, oneshot::Sender<(u32, usize)>),
     TableSize(oneshot::Sender<usize>),
     Listening(oneshot::Sender<Vec<Multiaddr>>),
+    /// Puts this many 100-byte records into the local store.
+    Fill(usize, oneshot::Sender<()>),
 }
 
 #[derive(Clone)]
@@ -344,6 +355,15 @@ async fn kad_peer(transport: Transport, bootstrap: Option<(PeerId, Multiaddr)>, 
                         let _ = reply.send(n);
                     }
                     Some(KadCommand::Listening(reply)) => { let _ = reply.send(listening.clone()); }
+                    Some(KadCommand::Fill(n, reply)) => {
+                        use kad::store::RecordStore;
+                        for i in 0..n {
+                            let key = kad::RecordKey::new(&Key::of_name("bench", &(i as u64).to_be_bytes()).to_bytes());
+                            let record = kad::Record::new(key, format!("{i:0>100}").into_bytes());
+                            let _ = swarm.behaviour_mut().kad.store_mut().put(record);
+                        }
+                        let _ = reply.send(());
+                    }
                 },
             }
             // Keep the provide window full; answer when every key is done.
@@ -586,6 +606,44 @@ fn rss_kib(pid: u32) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
 }
 
+/// The `kad-peer` child: one libp2p-kad peer (TCP and QUIC on 127.0.0.1,
+/// identify) whose store is filled locally on request.
+async fn kad_holder(records: usize) -> Result<()> {
+    use std::io::BufRead;
+    let peer = kad_peer(Transport::Tcp, None, 20).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!("idle");
+    let mut stdin = std::io::stdin().lock().lines();
+    stdin.next();
+    peer.ask(|r| KadCommand::Fill(records, r)).await?;
+    println!("held");
+    stdin.next();
+    Ok(())
+}
+
+/// RSS of a libp2p-kad peer process: idle, then holding `records` records.
+fn kad_memory(records: usize) -> Result<(f64, f64)> {
+    use std::io::{BufRead, Write};
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["kad-peer", "--records", &records.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    let mut rss = Vec::new();
+    for expected in ["idle", "held"] {
+        let line = lines.next().context("kad peer exited")??;
+        if line != expected {
+            bail!("kad peer said {line:?}");
+        }
+        rss.push(rss_kib(child.id())? as f64 / 1024.0);
+        writeln!(stdin)?;
+    }
+    child.wait()?;
+    Ok((rss[0], rss[1]))
+}
+
 fn bench_memory(records: usize, shoal: &Path) -> Result<()> {
     check_binary(shoal)?;
     // Three peers: every key's home (r = 3) is all of them, so each holds
@@ -643,6 +701,10 @@ fn bench_memory(records: usize, shoal: &Path) -> Result<()> {
     println!(
         "records.cbor on disk after stop: {:.1} MiB",
         size_after as f64 / (1024.0 * 1024.0)
+    );
+    let (idle, held) = kad_memory(records)?;
+    println!(
+        "libp2p-kad peer in its own process (TCP+QUIC, identify, MemoryStore): idle RSS {idle:.1} MiB, holding {records} records of 100 B {held:.1} MiB"
     );
     Ok(())
 }

@@ -70,6 +70,9 @@ enum KeyCommand {
         /// Where to write the key.
         #[arg(default_value = "swarm.key")]
         file: PathBuf,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -278,8 +281,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             runtime.block_on(up(data_dir, given))
         }
-        Command::Key(KeyCommand::New { file }) => {
+        Command::Key(KeyCommand::New { file, json }) => {
             let key = SwarmKey::create(&file)?;
+            if json {
+                let path = file.display().to_string();
+                println!("{}", serde_json::json!({ "file": path, "fingerprint": key.fingerprint() }));
+                return Ok(());
+            }
             println!(
                 "wrote swarm key {} (fingerprint {})\ncopy it to every peer of the swarm and start each with: shoal up --swarm-key {}",
                 file.display(),
