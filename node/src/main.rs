@@ -285,7 +285,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             let key = SwarmKey::create(&file)?;
             if json {
                 let path = file.display().to_string();
-                println!("{}", serde_json::json!({ "file": path, "fingerprint": key.fingerprint() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "file": path, "fingerprint": key.fingerprint() })
+                );
                 return Ok(());
             }
             println!(
