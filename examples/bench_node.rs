@@ -250,7 +250,7 @@ struct KadBehaviour {
 }
 
 enum KadCommand {
-    Closest(PeerId, oneshot::Sender<u32>),
+    Closest(Vec<u8>, oneshot::Sender<u32>),
     Provide(Vec<kad::RecordKey>, usize, oneshot::Sender<(u32, usize)>),
     TableSize(oneshot::Sender<usize>),
     Listening(oneshot::Sender<Vec<Multiaddr>>),
@@ -437,14 +437,17 @@ async fn kad_swarm(
     Ok((peers, started.elapsed().as_secs_f64()))
 }
 
-async fn kad_lookups(peers: usize, lookups: usize, transport: Transport, _seed: u64) -> Result<LookupRow> {
+async fn kad_lookups(peers: usize, lookups: usize, transport: Transport, seed: u64) -> Result<LookupRow> {
     let (swarm, ready_s) = kad_swarm(peers, transport, 20, peers.min(20) * 3 / 4).await?;
     let mut table = 0;
     for p in &swarm {
         table += p.ask(KadCommand::TableSize).await?;
     }
+    // The same targets as shoal's run (kad hashes them into its key space).
+    let mut rng = Rng::seed_from_u64(seed);
     for p in &swarm {
-        p.ask(|r| KadCommand::Closest(PeerId::random(), r)).await?;
+        let target = rng.key().to_bytes().to_vec();
+        p.ask(|r| KadCommand::Closest(target, r)).await?;
     }
     let mut row = LookupRow {
         system: "libp2p-kad",
@@ -455,7 +458,7 @@ async fn kad_lookups(peers: usize, lookups: usize, transport: Transport, _seed: 
         requests: Vec::new(),
     };
     for i in 0..lookups {
-        let target = PeerId::random();
+        let target = rng.key().to_bytes().to_vec();
         let t = Instant::now();
         let requests = swarm[i % peers].ask(|r| KadCommand::Closest(target, r)).await?;
         row.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
