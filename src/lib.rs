@@ -7,6 +7,8 @@
 //!
 //! - [`overlay`] (`shoal-overlay`): the sans-IO Kademlia core — keys,
 //!   routing table, lookups, signed records, replication, wire codec.
+//! - [`resources`] (`shoal-resources`): the resource layer — files as
+//!   content-addressed blobs, the download planner, the blob store.
 //! - [`simnet`] (`shoal-simnet`): the deterministic simulator that runs
 //!   that core at 10^5–10^6 peers.
 //! - [`node`] (`shoal-node`): the real peer, the same core over libp2p.
@@ -19,6 +21,7 @@
 
 pub use shoal_node as node;
 pub use shoal_overlay as overlay;
+pub use shoal_resources as resources;
 pub use shoal_simnet as simnet;
 
 pub use shoal_overlay::{Key, Overlay, PeerInfo};

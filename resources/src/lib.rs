@@ -1,0 +1,20 @@
+//! `shoal-resources`: the resource layer. Its first resource is files:
+//! blobs addressed by the BLAKE3 hash of their bytes.
+//!
+//! The protocol half is sans-IO, like the overlay: [`fetch`] plans a
+//! download across providers (which groups to ask whom, faster providers
+//! given more, liars dropped, resumption from a bitmap), [`ticket`] reads and
+//! writes tickets, [`blob`] holds the chunk-group geometry. The local engine,
+//! [`store`] (feature `store`, on by default), keeps blobs on disk with their
+//! bao outboards and serves and receives verified ranges; the simulator
+//! builds this crate without it.
+
+pub mod blob;
+pub mod fetch;
+#[cfg(feature = "store")]
+pub mod store;
+pub mod ticket;
+
+pub use blob::{BlobInfo, GROUP_BYTES};
+pub use fetch::{Failure, Fetch, ProviderId};
+pub use ticket::{Ticket, TicketError};

@@ -1,0 +1,177 @@
+//! Tickets: a blob's id plus addresses of a peer that has it, as one
+//! printable string, so a download can start where the overlay cannot be
+//! reached. `shoal1` + lowercase base32 (RFC 4648, no padding) of a CBOR
+//! map `{v: 1, id, size, addrs}`; the version inside lets later formats be
+//! told apart.
+
+use serde::{Deserialize, Serialize};
+use shoal_overlay::Key;
+
+use crate::blob::BlobInfo;
+
+/// What every ticket starts with.
+pub const TICKET_PREFIX: &str = "shoal1";
+const VERSION: u8 = 1;
+/// Most addresses one ticket carries.
+pub const MAX_TICKET_ADDRS: usize = 16;
+/// Longest address accepted in a ticket.
+pub const MAX_ADDR_LEN: usize = 256;
+/// Longest ticket text accepted.
+pub const MAX_TICKET_LEN: usize = 8 * 1024;
+const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// A blob and where to get it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    /// The blob.
+    pub blob: BlobInfo,
+    /// Addresses of a peer that provides it (multiaddrs as text, each ending
+    /// in `/p2p/PEER_ID`).
+    pub addrs: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    v: u8,
+    #[serde(with = "serde_bytes")]
+    id: Vec<u8>,
+    size: u64,
+    addrs: Vec<String>,
+}
+
+/// Why a text is not a ticket.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// It does not start with `shoal1`.
+    #[error("a ticket starts with {TICKET_PREFIX}")]
+    Prefix,
+    /// Too long to be a ticket.
+    #[error("longer than {MAX_TICKET_LEN} characters")]
+    TooLong,
+    /// A character outside base32.
+    #[error("a character outside the ticket alphabet (a-z, 2-7)")]
+    Alphabet,
+    /// The bytes inside are not a ticket.
+    #[error("malformed contents: {0}")]
+    Contents(String),
+    /// A later format.
+    #[error("ticket version {0}; this shoal reads version {VERSION}")]
+    Version(u8),
+}
+
+impl Ticket {
+    /// The printable form.
+    pub fn to_text(&self) -> String {
+        let wire = Wire {
+            v: VERSION,
+            id: self.blob.id.to_bytes().to_vec(),
+            size: self.blob.size,
+            addrs: self.addrs.iter().take(MAX_TICKET_ADDRS).cloned().collect(),
+        };
+        let mut bytes = Vec::new();
+        // Writing CBOR into a Vec cannot fail.
+        let _ = ciborium::into_writer(&wire, &mut bytes);
+        format!("{TICKET_PREFIX}{}", encode_base32(&bytes))
+    }
+
+    /// Parses a ticket; every bound is checked.
+    pub fn parse(text: &str) -> Result<Self, TicketError> {
+        let text = text.trim();
+        if text.len() > MAX_TICKET_LEN {
+            return Err(TicketError::TooLong);
+        }
+        let body = text.strip_prefix(TICKET_PREFIX).ok_or(TicketError::Prefix)?;
+        let bytes = decode_base32(body).ok_or(TicketError::Alphabet)?;
+        let wire: Wire = ciborium::from_reader(bytes.as_slice()).map_err(|e| TicketError::Contents(e.to_string()))?;
+        if wire.v != VERSION {
+            return Err(TicketError::Version(wire.v));
+        }
+        let id: [u8; 32] = wire
+            .id
+            .try_into()
+            .map_err(|_| TicketError::Contents("the id is not 32 bytes".into()))?;
+        if wire.addrs.len() > MAX_TICKET_ADDRS || wire.addrs.iter().any(|a| a.len() > MAX_ADDR_LEN) {
+            return Err(TicketError::Contents("too many or too long addresses".into()));
+        }
+        Ok(Ticket {
+            blob: BlobInfo {
+                id: Key::from_bytes(id),
+                size: wire.size,
+            },
+            addrs: wire.addrs,
+        })
+    }
+}
+
+fn encode_base32(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        buffer = (buffer << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+fn decode_base32(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 5 / 8);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let value = ALPHABET.iter().position(|&a| a == c)? as u32;
+        buffer = (buffer << 5) | value;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+        buffer &= (1 << bits) - 1;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Ticket {
+        Ticket {
+            blob: BlobInfo {
+                id: Key::of_content(b"hello"),
+                size: 5,
+            },
+            addrs: vec!["/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWExample".into()],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_names_its_faults() {
+        let ticket = sample();
+        let text = ticket.to_text();
+        assert!(text.starts_with("shoal1"));
+        assert_eq!(Ticket::parse(&text), Ok(ticket));
+        assert_eq!(Ticket::parse("bafy123"), Err(TicketError::Prefix));
+        assert_eq!(Ticket::parse("shoal1ABC"), Err(TicketError::Alphabet));
+        assert!(matches!(Ticket::parse("shoal1aaaa"), Err(TicketError::Contents(_))));
+        assert_eq!(Ticket::parse(&"shoal1".repeat(2000)), Err(TicketError::TooLong));
+    }
+
+    proptest! {
+        #[test]
+        fn base32_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            prop_assert_eq!(decode_base32(&encode_base32(&bytes)), Some(bytes));
+        }
+
+        #[test]
+        fn random_text_never_panics(text in "shoal1[a-z2-7]{0,300}") {
+            let _ = Ticket::parse(&text);
+        }
+    }
+}
