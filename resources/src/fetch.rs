@@ -96,7 +96,7 @@ impl Fetch {
         let words = groups.div_ceil(64) as usize;
         let mut have = have.filter(|h| h.len() == words).unwrap_or_else(|| vec![0; words]);
         // Bits past the last group mean nothing.
-        if groups % 64 != 0
+        if !groups.is_multiple_of(64)
             && let Some(last) = have.last_mut()
         {
             *last &= (1u64 << (groups % 64)) - 1;
@@ -251,7 +251,11 @@ impl Fetch {
         let bytes = group_bytes(&range, self.size) as f64;
         if let Some(p) = self.providers.get_mut(&provider) {
             let sample = bytes / elapsed.as_secs_f64().max(1e-6);
-            p.rate = if p.rate == 0.0 { sample } else { 0.5 * p.rate + 0.5 * sample };
+            p.rate = if p.rate == 0.0 {
+                sample
+            } else {
+                0.5 * p.rate + 0.5 * sample
+            };
             p.failures = 0;
         }
     }
@@ -261,7 +265,9 @@ impl Fetch {
     /// return all its runs).
     pub fn failed(&mut self, provider: ProviderId, range: Range<u64>, why: Failure) {
         self.take_in_flight(provider, &range);
-        let Some(p) = self.providers.get_mut(&provider) else { return };
+        let Some(p) = self.providers.get_mut(&provider) else {
+            return;
+        };
         p.failures += 1;
         let drop = match why {
             Failure::BadData | Failure::NotFound => true,
@@ -348,7 +354,11 @@ mod tests {
 
     #[test]
     fn faster_providers_carry_more_and_everything_arrives() {
-        let fetch = simulate(256 * MIB, &[100.0 * MIB as f64, 50.0 * MIB as f64, 25.0 * MIB as f64], &[]);
+        let fetch = simulate(
+            256 * MIB,
+            &[100.0 * MIB as f64, 50.0 * MIB as f64, 25.0 * MIB as f64],
+            &[],
+        );
         assert!(fetch.is_complete());
         assert_eq!(fetch.verified_bytes(), 256 * MIB);
         let delivered: Vec<u64> = fetch.delivered().map(|(_, b)| b).collect();
@@ -363,7 +373,11 @@ mod tests {
 
     #[test]
     fn a_liar_is_dropped_and_its_groups_come_from_the_others() {
-        let fetch = simulate(64 * MIB + 123, &[80.0 * MIB as f64, 40.0 * MIB as f64, 200.0 * MIB as f64], &[2]);
+        let fetch = simulate(
+            64 * MIB + 123,
+            &[80.0 * MIB as f64, 40.0 * MIB as f64, 200.0 * MIB as f64],
+            &[2],
+        );
         assert!(fetch.is_complete());
         assert_eq!(fetch.dropped(2), Some(Failure::BadData));
         assert_eq!(fetch.delivered().find(|(id, _)| *id == 2).map(|(_, b)| b), Some(0));

@@ -1,0 +1,597 @@
+//! The local blob store: blobs on disk with their bao outboards, served as
+//! verified ranges and received group by group.
+//!
+//! Layout of the store's directory (`blobs/` in the data directory):
+//!
+//! - `ID.data` — the bytes (absent for a blob shared in place);
+//! - `ID.obao` — the pre-order bao outboard (16 KiB groups: 1/256 of the
+//!   size);
+//! - `ID.meta` — CBOR: size, and for a blob shared in place the source path
+//!   with its length and modification time, checked before every use;
+//! - `ID.part` and `ID.have` — a download in progress and the bitmap of its
+//!   verified groups, which is what lets it resume after a crash.
+//!
+//! Imports stream: the file is read once, copied and hashed in the same
+//! pass, never loaded whole into memory.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use bao_tree::BaoTree;
+use bao_tree::io::outboard::{EmptyOutboard, PreOrderOutboard};
+use bao_tree::io::sync::{DecodeResponseIter, WriteAt, encode_ranges_validated, outboard};
+use bao_tree::io::{BaoContentItem, DecodeError};
+use serde::{Deserialize, Serialize};
+use shoal_overlay::Key;
+
+use crate::blob::{BLOCK_SIZE, BlobInfo, GROUP_BYTES, chunk_ranges, group_count, hash_of_key, key_of_hash};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file to share cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The store's own files could not be read or written (disk full,
+    /// permissions).
+    #[error("blob store: {0}")]
+    Io(#[from] io::Error),
+    /// The store holds no such blob.
+    #[error("no blob {0} in this store")]
+    Unknown(Key),
+    /// A blob shared in place changed on disk since it was shared.
+    #[error("{path} changed since it was shared as {id}; share it again")]
+    SourceChanged {
+        /// The blob.
+        id: Key,
+        /// Its source.
+        path: PathBuf,
+    },
+    /// Data did not verify against its id.
+    #[error("data for {id} does not match its hash")]
+    Corrupt {
+        /// The blob.
+        id: Key,
+    },
+}
+
+/// Why receiving a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The sender's bytes do not verify: it lies or is broken.
+    #[error("the data does not verify against the id")]
+    BadData,
+    /// Reading from the sender or writing locally failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Meta {
+    size: u64,
+    /// For a blob served in place: where, and the length and mtime it had.
+    source: Option<Source>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Source {
+    path: PathBuf,
+    len: u64,
+    modified_ns: u128,
+}
+
+/// One blob the store holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Id and size.
+    pub info: BlobInfo,
+    /// Served from this file in place, not from a copy.
+    pub in_place: Option<PathBuf>,
+}
+
+/// How [`BlobStore::import`] keeps the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Import {
+    /// Copy it into the store.
+    Copy,
+    /// Serve it from where it is (only the outboard goes into the store).
+    InPlace,
+}
+
+/// Blobs on disk.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+fn source_of(path: &Path, file: &File) -> io::Result<Source> {
+    let meta = file.metadata()?;
+    let modified_ns = meta.modified()?.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    Ok(Source {
+        path: std::fs::canonicalize(path)?,
+        len: meta.len(),
+        modified_ns,
+    })
+}
+
+/// Copies everything it reads into `copy`.
+struct Tee<R, W> {
+    read: R,
+    copy: Option<W>,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.read.read(buf)?;
+        if let Some(copy) = self.copy.as_mut() {
+            copy.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
+}
+
+impl BlobStore {
+    /// The store in `dir` (created if missing).
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(BlobStore { dir: dir.to_path_buf() })
+    }
+
+    fn path(&self, id: &Key, ext: &str) -> PathBuf {
+        self.dir.join(format!("{id}.{ext}"))
+    }
+
+    /// Imports the file at `path`: hashes it and computes its outboard in
+    /// one streaming pass (copying it too unless in place).
+    pub fn import(&self, path: &Path, how: Import) -> Result<BlobInfo, StoreError> {
+        let unreadable = |source| StoreError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(unreadable)?;
+        let source = source_of(path, &file).map_err(unreadable)?;
+        if !file.metadata().map_err(unreadable)?.is_file() {
+            return Err(unreadable(io::Error::other("not a regular file")));
+        }
+        let size = source.len;
+        let nonce = format!("import-{}-{}", std::process::id(), source.modified_ns);
+        let tmp_data = self.dir.join(format!("{nonce}.data.tmp"));
+        let tmp_obao = self.dir.join(format!("{nonce}.obao.tmp"));
+        let copy = match how {
+            Import::Copy => Some(io::BufWriter::with_capacity(1 << 20, File::create(&tmp_data)?)),
+            Import::InPlace => None,
+        };
+        let mut tee = Tee {
+            read: io::BufReader::with_capacity(1 << 20, file),
+            copy,
+        };
+        let tree = BaoTree::new(size, BLOCK_SIZE);
+        let mut ob = PreOrderOutboard {
+            root: blake3::Hash::from_bytes([0; 32]),
+            tree,
+            data: File::create(&tmp_obao)?,
+        };
+        let root = match outboard(&mut tee, tree, &mut ob) {
+            Ok(root) => root,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp_data);
+                let _ = std::fs::remove_file(&tmp_obao);
+                return Err(unreadable(e));
+            }
+        };
+        // The file must not have grown or shrunk under us.
+        if tee.read.into_inner().metadata().map_err(unreadable)?.len() != size {
+            return Err(unreadable(io::Error::other("the file changed while it was read")));
+        }
+        if let Some(copy) = tee.copy.take() {
+            copy.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        ob.data.sync_all()?;
+        let id = key_of_hash(&root);
+        if how == Import::Copy {
+            std::fs::rename(&tmp_data, self.path(&id, "data"))?;
+        }
+        std::fs::rename(&tmp_obao, self.path(&id, "obao"))?;
+        let meta = Meta {
+            size,
+            source: (how == Import::InPlace).then_some(source),
+        };
+        self.write_meta(&id, &meta)?;
+        Ok(BlobInfo { id, size })
+    }
+
+    fn write_meta(&self, id: &Key, meta: &Meta) -> io::Result<()> {
+        let tmp = self.path(id, "meta.tmp");
+        let mut bytes = Vec::new();
+        ciborium::into_writer(meta, &mut bytes).map_err(io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, self.path(id, "meta"))
+    }
+
+    fn read_meta(&self, id: &Key) -> Result<Option<Meta>, StoreError> {
+        match File::open(self.path(id, "meta")) {
+            Ok(file) => ciborium::from_reader(io::BufReader::new(file.take(64 * 1024)))
+                .map(Some)
+                .map_err(|e| StoreError::Io(io::Error::other(format!("blob {id}: bad metadata: {e}")))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the store holds the whole blob `id`.
+    pub fn contains(&self, id: &Key) -> bool {
+        self.path(id, "meta").exists()
+    }
+
+    /// The size of blob `id`, if held.
+    pub fn size(&self, id: &Key) -> Result<Option<u64>, StoreError> {
+        Ok(self.read_meta(id)?.map(|m| m.size))
+    }
+
+    /// Opens blob `id` for serving: its bytes and outboard.
+    fn open_blob(&self, id: &Key) -> Result<(File, PreOrderOutboard<File>), StoreError> {
+        let meta = self.read_meta(id)?.ok_or(StoreError::Unknown(*id))?;
+        let data = match &meta.source {
+            None => File::open(self.path(id, "data"))?,
+            Some(source) => {
+                let file = File::open(&source.path).map_err(|_| StoreError::SourceChanged {
+                    id: *id,
+                    path: source.path.clone(),
+                })?;
+                let now = source_of(&source.path, &file)?;
+                if now != *source {
+                    return Err(StoreError::SourceChanged {
+                        id: *id,
+                        path: source.path.clone(),
+                    });
+                }
+                file
+            }
+        };
+        let outboard = PreOrderOutboard {
+            root: hash_of_key(id),
+            tree: BaoTree::new(meta.size, BLOCK_SIZE),
+            data: File::open(self.path(id, "obao"))?,
+        };
+        Ok((data, outboard))
+    }
+
+    /// Writes the bao encoding of the groups `groups` of blob `id` (parent
+    /// hashes and data, verified as they are read) to `out`.
+    pub fn encode(&self, id: &Key, groups: &Range<u64>, out: impl Write) -> Result<(), StoreError> {
+        let (data, outboard) = self.open_blob(id)?;
+        let ranges = chunk_ranges(groups);
+        encode_ranges_validated(&data, &outboard, &ranges, out).map_err(|e| match e {
+            bao_tree::io::EncodeError::Io(e) => StoreError::Io(e),
+            _ => StoreError::Corrupt { id: *id },
+        })
+    }
+
+    /// Every whole blob held.
+    pub fn list(&self) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+                continue;
+            };
+            let Ok(id) = hex.parse::<Key>() else { continue };
+            if let Some(meta) = self.read_meta(&id)? {
+                out.push(Entry {
+                    info: BlobInfo { id, size: meta.size },
+                    in_place: meta.source.map(|s| s.path),
+                });
+            }
+        }
+        out.sort_by_key(|e| e.info.id);
+        Ok(out)
+    }
+
+    /// Forgets blob `id` (its copy and outboard; an in-place source stays).
+    pub fn remove(&self, id: &Key) -> Result<(), StoreError> {
+        for ext in ["meta", "data", "obao"] {
+            match std::fs::remove_file(self.path(id, ext)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts or resumes a download of `info` into the store.
+    pub fn partial(&self, info: BlobInfo) -> Result<Partial, StoreError> {
+        let data_path = self.path(&info.id, "part");
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data_path)?;
+        if data.metadata()?.len() != info.size {
+            data.set_len(info.size)?;
+        }
+        let have_path = self.path(&info.id, "have");
+        let words = group_count(info.size).div_ceil(64) as usize;
+        let have = std::fs::read(&have_path).ok().and_then(|bytes| {
+            (bytes.len() == words * 8).then(|| {
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                    .collect()
+            })
+        });
+        Ok(Partial {
+            store: self.clone(),
+            info,
+            data,
+            have,
+        })
+    }
+}
+
+/// A download in progress: a sparse file and the bitmap of verified groups.
+#[derive(Debug)]
+pub struct Partial {
+    store: BlobStore,
+    info: BlobInfo,
+    data: File,
+    have: Option<Vec<u64>>,
+}
+
+impl Partial {
+    /// The blob being fetched.
+    pub fn info(&self) -> BlobInfo {
+        self.info
+    }
+
+    /// The bitmap saved by an earlier run, if any.
+    pub fn saved_have(&self) -> Option<Vec<u64>> {
+        self.have.clone()
+    }
+
+    /// Reads the bao encoding of `groups` from `encoded`, verifying as it
+    /// goes; each verified group is written to disk and reported to
+    /// `on_group`. Stops at the first group that does not verify.
+    pub fn receive(
+        &mut self,
+        groups: &Range<u64>,
+        encoded: impl Read,
+        mut on_group: impl FnMut(u64),
+    ) -> Result<(), ReceiveError> {
+        let ranges = chunk_ranges(groups);
+        let root = hash_of_key(&self.info.id);
+        let tree = BaoTree::new(self.info.size, BLOCK_SIZE);
+        for item in DecodeResponseIter::new(root, tree, encoded, &ranges) {
+            match item {
+                Ok(BaoContentItem::Parent(_)) => {}
+                Ok(BaoContentItem::Leaf(leaf)) => {
+                    self.data.write_all_at(leaf.offset, &leaf.data)?;
+                    on_group(leaf.offset / GROUP_BYTES);
+                }
+                Err(DecodeError::Io(e)) => return Err(ReceiveError::Io(e)),
+                Err(_) => return Err(ReceiveError::BadData),
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the bitmap of verified groups (atomically).
+    pub fn save_have(&self, have: &[u64]) -> io::Result<()> {
+        let path = self.store.path(&self.info.id, "have");
+        let tmp = self.store.path(&self.info.id, "have.tmp");
+        let bytes: Vec<u8> = have.iter().flat_map(|w| w.to_le_bytes()).collect();
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Every group arrived: checks the whole file against the id once more
+    /// while computing its outboard, and moves it into the store.
+    pub fn finish(self) -> Result<BlobInfo, StoreError> {
+        let id = self.info.id;
+        self.data.sync_all()?;
+        let tree = BaoTree::new(self.info.size, BLOCK_SIZE);
+        let tmp_obao = self.store.path(&id, "obao.tmp");
+        let mut ob = PreOrderOutboard {
+            root: hash_of_key(&id),
+            tree,
+            data: File::create(&tmp_obao)?,
+        };
+        let reader = io::BufReader::with_capacity(1 << 20, File::open(self.store.path(&id, "part"))?);
+        let root = outboard(reader, tree, &mut ob)?;
+        if key_of_hash(&root) != id {
+            let _ = std::fs::remove_file(&tmp_obao);
+            return Err(StoreError::Corrupt { id });
+        }
+        ob.data.sync_all()?;
+        std::fs::rename(self.store.path(&id, "part"), self.store.path(&id, "data"))?;
+        std::fs::rename(&tmp_obao, self.store.path(&id, "obao"))?;
+        self.store.write_meta(
+            &id,
+            &Meta {
+                size: self.info.size,
+                source: None,
+            },
+        )?;
+        let _ = std::fs::remove_file(self.store.path(&id, "have"));
+        Ok(self.info)
+    }
+}
+
+/// Verifies a range without storing it (for a probe, or the simulator's
+/// disk-less runs): decodes `encoded` against `info`.
+pub fn verify_range(info: BlobInfo, groups: &Range<u64>, encoded: impl Read) -> Result<u64, ReceiveError> {
+    let ranges = chunk_ranges(groups);
+    let ob = EmptyOutboard {
+        tree: BaoTree::new(info.size, BLOCK_SIZE),
+        root: hash_of_key(&info.id),
+    };
+    let mut bytes = 0;
+    for item in DecodeResponseIter::new(ob.root, ob.tree, encoded, &ranges) {
+        match item {
+            Ok(BaoContentItem::Leaf(leaf)) => bytes += leaf.data.len() as u64,
+            Ok(BaoContentItem::Parent(_)) => {}
+            Err(DecodeError::Io(e)) => return Err(ReceiveError::Io(e)),
+            Err(_) => return Err(ReceiveError::BadData),
+        }
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Fetch;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shoal-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn import_gives_the_b3sum_id_and_ranges_move_between_stores() {
+        let dir = temp("move");
+        let bytes = content(3 * GROUP_BYTES as usize + 1000);
+        let path = dir.join("file");
+        std::fs::write(&path, &bytes).unwrap();
+        let a = BlobStore::open(&dir.join("a")).unwrap();
+        let info = a.import(&path, Import::Copy).unwrap();
+        assert_eq!(info.id, Key::of_content(&bytes));
+        assert_eq!(info.size, bytes.len() as u64);
+        assert_eq!(a.list().unwrap().len(), 1);
+
+        let b = BlobStore::open(&dir.join("b")).unwrap();
+        let mut partial = b.partial(info).unwrap();
+        let mut fetch = Fetch::new(info.size, partial.saved_have());
+        fetch.add_provider(0);
+        while let Some(range) = fetch.next_range(0) {
+            let mut wire = Vec::new();
+            a.encode(&info.id, &range, &mut wire).unwrap();
+            partial
+                .receive(&range, wire.as_slice(), |g| {
+                    fetch.verified(0, g);
+                })
+                .unwrap();
+            fetch.finished(0, range, std::time::Duration::from_millis(1));
+        }
+        assert!(fetch.is_complete());
+        partial.finish().unwrap();
+        assert_eq!(
+            std::fs::read(dir.join("b").join(format!("{}.data", info.id))).unwrap(),
+            bytes
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tampered_data_is_caught_group_by_group() {
+        let dir = temp("tamper");
+        let bytes = content(4 * GROUP_BYTES as usize);
+        std::fs::write(dir.join("file"), &bytes).unwrap();
+        let a = BlobStore::open(&dir.join("a")).unwrap();
+        let info = a.import(&dir.join("file"), Import::Copy).unwrap();
+        let mut wire = Vec::new();
+        a.encode(&info.id, &(0..4), &mut wire).unwrap();
+        // Flip one byte near the end: the groups before it still verify.
+        let at = wire.len() - 10;
+        wire[at] ^= 1;
+        let b = BlobStore::open(&dir.join("b")).unwrap();
+        let mut partial = b.partial(info).unwrap();
+        let mut good = Vec::new();
+        let result = partial.receive(&(0..4), wire.as_slice(), |g| good.push(g));
+        assert!(matches!(result, Err(ReceiveError::BadData)));
+        assert_eq!(good, vec![0, 1, 2]);
+        assert!(matches!(
+            verify_range(info, &(0..4), wire.as_slice()),
+            Err(ReceiveError::BadData)
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn in_place_blobs_are_served_until_their_source_changes() {
+        let dir = temp("inplace");
+        let path = dir.join("file");
+        std::fs::write(&path, content(50_000)).unwrap();
+        let store = BlobStore::open(&dir.join("s")).unwrap();
+        let info = store.import(&path, Import::InPlace).unwrap();
+        assert!(!dir.join("s").join(format!("{}.data", info.id)).exists());
+        let mut wire = Vec::new();
+        store.encode(&info.id, &(0..4), &mut wire).unwrap();
+        assert_eq!(verify_range(info, &(0..4), wire.as_slice()).unwrap(), 50_000);
+        std::fs::write(&path, content(50_001)).unwrap();
+        assert!(matches!(
+            store.encode(&info.id, &(0..4), &mut Vec::new()),
+            Err(StoreError::SourceChanged { .. })
+        ));
+        assert!(matches!(
+            store.import(&dir.join("missing"), Import::Copy),
+            Err(StoreError::Unreadable { .. })
+        ));
+        assert!(matches!(
+            store.encode(&Key::of_content(b"x"), &(0..1), &mut Vec::new()),
+            Err(StoreError::Unknown(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_download_resumes_from_its_saved_bitmap() {
+        let dir = temp("resume");
+        let bytes = content(40 * GROUP_BYTES as usize + 3);
+        std::fs::write(dir.join("file"), &bytes).unwrap();
+        let a = BlobStore::open(&dir.join("a")).unwrap();
+        let info = a.import(&dir.join("file"), Import::Copy).unwrap();
+        let b = BlobStore::open(&dir.join("b")).unwrap();
+        {
+            let mut partial = b.partial(info).unwrap();
+            let mut fetch = Fetch::new(info.size, None);
+            fetch.add_provider(0);
+            let range = 0..16;
+            let mut wire = Vec::new();
+            a.encode(&info.id, &range, &mut wire).unwrap();
+            partial
+                .receive(&range, wire.as_slice(), |g| {
+                    fetch.verified(0, g);
+                })
+                .unwrap();
+            partial.save_have(fetch.have()).unwrap();
+            // Dropped here: the process "dies".
+        }
+        let mut partial = b.partial(info).unwrap();
+        let mut fetch = Fetch::new(info.size, partial.saved_have());
+        assert_eq!(fetch.verified_bytes(), 16 * GROUP_BYTES);
+        fetch.add_provider(0);
+        let mut asked = 0;
+        while let Some(range) = fetch.next_range(0) {
+            asked += range.end - range.start;
+            let mut wire = Vec::new();
+            a.encode(&info.id, &range, &mut wire).unwrap();
+            partial
+                .receive(&range, wire.as_slice(), |g| {
+                    fetch.verified(0, g);
+                })
+                .unwrap();
+            fetch.finished(0, range, std::time::Duration::from_millis(1));
+        }
+        assert_eq!(asked, 41 - 16);
+        let done = partial.finish().unwrap();
+        assert_eq!(done, info);
+        assert!(b.contains(&info.id));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
