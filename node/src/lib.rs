@@ -32,6 +32,7 @@ pub mod admission;
 pub mod cli_client;
 pub mod codec;
 pub mod control;
+pub mod files;
 pub mod identity;
 pub mod known;
 pub mod node;

@@ -25,6 +25,8 @@ use crate::codec::{FrameCodec, OVERLAY_PROTOCOL};
 use crate::identity::{self, NodeSigner};
 use crate::known::KnownPeers;
 use crate::saved::SavedRecords;
+use shoal_resources::store::{BlobStore, Import};
+use shoal_resources::{BlobInfo, Ticket};
 
 /// How often a changed record store is written to disk, at most.
 const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -94,6 +96,12 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// The blob store failed.
+    #[error(transparent)]
+    Store(#[from] shoal_resources::store::StoreError),
+    /// A download failed.
+    #[error(transparent)]
+    Fetch(#[from] crate::files::FetchError),
 }
 
 /// The node's view of one finished lookup.
@@ -155,6 +163,11 @@ enum Command {
     Ready {
         reply: Reply<Vec<Multiaddr>>,
     },
+    Addresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: Reply<()>,
+    },
     RecordsHeld {
         reply: Reply<usize>,
     },
@@ -178,15 +191,26 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
 }
 
 /// A handle to a running node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
     key: Key,
     swarm: Option<Arc<str>>,
+    blobs: BlobStore,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -268,6 +292,79 @@ impl Client {
         self.ask(|reply| Command::Ready { reply }).await
     }
 
+    /// Tells the swarm where `peer` can be reached.
+    pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Addresses { peer, addrs, reply }).await
+    }
+
+    /// The local blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Imports the file at `path` into the blob store (or serves it in
+    /// place) and announces this peer as its provider. Returns the blob and
+    /// a ticket naming this peer's addresses.
+    pub async fn share(&self, path: std::path::PathBuf, how: Import) -> Result<(BlobInfo, Ticket), NodeError> {
+        let store = self.blobs.clone();
+        let info = tokio::task::spawn_blocking(move || store.import(&path, how))
+            .await
+            .map_err(|e| NodeError::Transport(e.to_string()))??;
+        self.provide(vec![info.id]).await?;
+        let addrs = self.listening().await?.iter().map(ToString::to_string).collect();
+        Ok((info, Ticket { blob: info, addrs }))
+    }
+
+    /// Downloads blob `id` (size and a first provider may come from a
+    /// ticket) from every provider the overlay knows, several at once, into
+    /// the blob store; then provides it too.
+    pub async fn download(
+        &self,
+        id: Key,
+        ticket: Option<Ticket>,
+        progress: Arc<crate::files::Progress>,
+    ) -> Result<BlobInfo, NodeError> {
+        let mut providers: Vec<PeerId> = Vec::new();
+        if let Some(ticket) = &ticket {
+            let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+            for text in &ticket.addrs {
+                if let Ok(addr) = text.parse::<Multiaddr>()
+                    && let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last()
+                {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+            }
+            for (peer, addrs) in by_peer {
+                self.add_addresses(peer, addrs).await?;
+                providers.push(peer);
+            }
+        }
+        if !self.blobs.contains(&id) {
+            // The overlay may not be reachable; a ticket alone is enough.
+            if let Ok(found) = self.get_providers(id).await {
+                for p in found {
+                    if !providers.contains(&p.addr.peer) {
+                        self.add_addresses(p.addr.peer, p.addr.addrs.clone()).await?;
+                        providers.push(p.addr.peer);
+                    }
+                }
+            }
+        }
+        providers.retain(|p| *p != self.peer_id);
+        let size = match ticket.map(|t| t.blob.size) {
+            Some(size) => Some(size),
+            None if self.blobs.contains(&id) => self.blobs.size(&id)?,
+            None => crate::files::stat(&self.streams, &id, &providers).await,
+        };
+        let Some(size) = size else {
+            return Err(crate::files::FetchError::NoProvider(id).into());
+        };
+        let info = BlobInfo { id, size };
+        let info = crate::files::fetch(self.blobs.clone(), self.streams.clone(), info, providers, progress).await?;
+        self.provide(vec![info.id]).await?;
+        Ok(info)
+    }
+
     /// Hands the node's records to their new homes, then stops the node.
     pub async fn leave(&self) -> Result<(), NodeError> {
         self.ask(|reply| Command::Leave { reply }).await
@@ -306,6 +403,11 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     let signer = NodeSigner::new(&keypair).ok_or_else(|| NodeError::Transport("identity is not ed25519".into()))?;
     let key = signer.key();
     let mut swarm = build_swarm(&keypair, config.mdns, config.swarm_key.clone())?;
+    let blobs = BlobStore::open(&config.data_dir.join("blobs")).map_err(|e| NodeError::Store(e.into()))?;
+    let mut streams = swarm.behaviour().stream.new_control();
+    let incoming = streams
+        .accept(crate::files::BLOB_PROTOCOL)
+        .map_err(|_| NodeError::Transport("the blob protocol is registered twice".into()))?;
     let peer_id = *swarm.local_peer_id();
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -379,11 +481,14 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     }
     tokio::spawn(driver.run());
     let swarm = config.swarm_key.as_ref().map(|k| Arc::from(k.fingerprint()));
+    tokio::spawn(crate::files::serve(blobs.clone(), incoming));
     Ok(Client {
         commands,
         peer_id,
         key,
         swarm,
+        blobs,
+        streams,
     })
 }
 
@@ -422,6 +527,7 @@ fn build_swarm(keypair: &Keypair, mdns: bool, swarm_key: Option<SwarmKey>) -> Re
         identify,
         ping: ping::Behaviour::default(),
         mdns: mdns.into(),
+        stream: libp2p_stream::Behaviour::new(),
     };
     let config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(60));
     Ok(Swarm::new(transport, behaviour, peer_id, config))
@@ -546,6 +652,12 @@ impl Driver {
             },
             Command::Peers { reply } => drop(reply.send(Ok(self.core.routing_table().peers().collect()))),
             Command::Listening { reply } => drop(reply.send(Ok(self.listening.clone()))),
+            Command::Addresses { peer, addrs, reply } => {
+                for addr in addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
+                    self.swarm.add_peer_address(peer, addr);
+                }
+                let _ = reply.send(Ok(()));
+            }
             Command::Ready { reply } => {
                 if self.listeners_starting.is_empty() {
                     let _ = reply.send(Ok(self.listening.clone()));
@@ -596,6 +708,7 @@ impl Driver {
                 self.listener_started(listener_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(event)) => self.on_overlay_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 let serves = info.protocols.iter().any(|p| p.as_ref() == wire::PROTOCOL);
                 self.learn_addresses(peer_id, info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER));

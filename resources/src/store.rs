@@ -22,7 +22,7 @@ use std::time::UNIX_EPOCH;
 
 use bao_tree::BaoTree;
 use bao_tree::io::outboard::{EmptyOutboard, PreOrderOutboard};
-use bao_tree::io::sync::{DecodeResponseIter, WriteAt, encode_ranges_validated, outboard};
+use bao_tree::io::sync::{DecodeResponseIter, encode_ranges, encode_ranges_validated, outboard};
 use bao_tree::io::{BaoContentItem, DecodeError};
 use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
@@ -236,8 +236,9 @@ impl BlobStore {
         Ok(self.read_meta(id)?.map(|m| m.size))
     }
 
-    /// Opens blob `id` for serving: its bytes and outboard.
-    fn open_blob(&self, id: &Key) -> Result<(File, PreOrderOutboard<File>), StoreError> {
+    /// Opens blob `id` for serving: its bytes and outboard, and whether
+    /// they come from an in-place source.
+    fn open_blob(&self, id: &Key) -> Result<(File, PreOrderOutboard<File>, bool), StoreError> {
         let meta = self.read_meta(id)?.ok_or(StoreError::Unknown(*id))?;
         let data = match &meta.source {
             None => File::open(self.path(id, "data"))?,
@@ -261,15 +262,22 @@ impl BlobStore {
             tree: BaoTree::new(meta.size, BLOCK_SIZE),
             data: File::open(self.path(id, "obao"))?,
         };
-        Ok((data, outboard))
+        Ok((data, outboard, meta.source.is_some()))
     }
 
     /// Writes the bao encoding of the groups `groups` of blob `id` (parent
-    /// hashes and data, verified as they are read) to `out`.
+    /// hashes and data) to `out`. Data shared in place is verified as it is
+    /// read (the file may have been edited behind the store's back); a
+    /// store copy is sent as it is, and the receiver verifies every group.
     pub fn encode(&self, id: &Key, groups: &Range<u64>, out: impl Write) -> Result<(), StoreError> {
-        let (data, outboard) = self.open_blob(id)?;
+        let (data, outboard, in_place) = self.open_blob(id)?;
         let ranges = chunk_ranges(groups);
-        encode_ranges_validated(&data, &outboard, &ranges, out).map_err(|e| match e {
+        let result = if in_place {
+            encode_ranges_validated(&data, &outboard, &ranges, out)
+        } else {
+            encode_ranges(&data, &outboard, &ranges, out)
+        };
+        result.map_err(|e| match e {
             bao_tree::io::EncodeError::Io(e) => StoreError::Io(e),
             _ => StoreError::Corrupt { id: *id },
         })
@@ -362,7 +370,7 @@ impl Partial {
     /// goes; each verified group is written to disk and reported to
     /// `on_group`. Stops at the first group that does not verify.
     pub fn receive(
-        &mut self,
+        &self,
         groups: &Range<u64>,
         encoded: impl Read,
         mut on_group: impl FnMut(u64),
@@ -374,7 +382,9 @@ impl Partial {
             match item {
                 Ok(BaoContentItem::Parent(_)) => {}
                 Ok(BaoContentItem::Leaf(leaf)) => {
-                    self.data.write_all_at(leaf.offset, &leaf.data)?;
+                    // Positioned writes through a shared handle: several
+                    // providers' runs land in one file at once.
+                    std::os::unix::fs::FileExt::write_all_at(&self.data, &leaf.data, leaf.offset)?;
                     on_group(leaf.offset / GROUP_BYTES);
                 }
                 Err(DecodeError::Io(e)) => return Err(ReceiveError::Io(e)),
@@ -395,7 +405,7 @@ impl Partial {
 
     /// Every group arrived: checks the whole file against the id once more
     /// while computing its outboard, and moves it into the store.
-    pub fn finish(self) -> Result<BlobInfo, StoreError> {
+    pub fn finish(&self) -> Result<BlobInfo, StoreError> {
         let id = self.info.id;
         self.data.sync_all()?;
         let tree = BaoTree::new(self.info.size, BLOCK_SIZE);
@@ -475,7 +485,7 @@ mod tests {
         assert_eq!(a.list().unwrap().len(), 1);
 
         let b = BlobStore::open(&dir.join("b")).unwrap();
-        let mut partial = b.partial(info).unwrap();
+        let partial = b.partial(info).unwrap();
         let mut fetch = Fetch::new(info.size, partial.saved_have());
         fetch.add_provider(0);
         while let Some(range) = fetch.next_range(0) {
@@ -510,7 +520,7 @@ mod tests {
         let at = wire.len() - 10;
         wire[at] ^= 1;
         let b = BlobStore::open(&dir.join("b")).unwrap();
-        let mut partial = b.partial(info).unwrap();
+        let partial = b.partial(info).unwrap();
         let mut good = Vec::new();
         let result = partial.receive(&(0..4), wire.as_slice(), |g| good.push(g));
         assert!(matches!(result, Err(ReceiveError::BadData)));
@@ -558,7 +568,7 @@ mod tests {
         let info = a.import(&dir.join("file"), Import::Copy).unwrap();
         let b = BlobStore::open(&dir.join("b")).unwrap();
         {
-            let mut partial = b.partial(info).unwrap();
+            let partial = b.partial(info).unwrap();
             let mut fetch = Fetch::new(info.size, None);
             fetch.add_provider(0);
             let range = 0..16;
@@ -572,7 +582,7 @@ mod tests {
             partial.save_have(fetch.have()).unwrap();
             // Dropped here: the process "dies".
         }
-        let mut partial = b.partial(info).unwrap();
+        let partial = b.partial(info).unwrap();
         let mut fetch = Fetch::new(info.size, partial.saved_have());
         assert_eq!(fetch.verified_bytes(), 16 * GROUP_BYTES);
         fetch.add_provider(0);

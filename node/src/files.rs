@@ -1,0 +1,395 @@
+//! Files over libp2p streams: serving verified ranges of blobs, and
+//! downloading a blob from several providers at once.
+//!
+//! `/shoal/blob/1` is a stream protocol, not one request per chunk: the
+//! downloader opens one stream per provider and sends requests on it one
+//! after another; each names a run of 16 KiB groups and is answered with a
+//! header and the bao encoding of that run (parent hashes and data), which
+//! the downloader verifies group by group before writing it.
+//!
+//! ```text
+//! request  : u32 length | CBOR {id: bytes(32), start: u64, end: u64}    (start = end = 0: size only)
+//! response : u8 status | u64 size | u64 payload length | payload
+//! ```
+//!
+//! The plan — which run to ask whom — is the sans-IO [`Fetch`] of
+//! `shoal-resources`; this module only moves bytes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use shoal_overlay::Key;
+use shoal_resources::blob::{GROUP_BYTES, group_bytes};
+use shoal_resources::fetch::MAX_SPAN;
+use shoal_resources::store::{BlobStore, Partial, ReceiveError, StoreError};
+use shoal_resources::{BlobInfo, Failure, Fetch, ProviderId};
+
+/// The stream protocol for blob ranges.
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/blob/1");
+/// Largest request frame accepted.
+const MAX_REQUEST_BYTES: u32 = 256;
+/// Largest payload accepted: a full run plus its parent hashes (64 bytes
+/// per group is far more than the tree needs).
+const MAX_PAYLOAD_BYTES: u64 = MAX_SPAN * (GROUP_BYTES + 64) + 4096;
+/// How long one run may take before the provider counts as failed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+const OK: u8 = 0;
+const NOT_FOUND: u8 = 1;
+const BAD_REQUEST: u8 = 2;
+const FAILED: u8 = 3;
+
+#[derive(Serialize, Deserialize)]
+struct BlobRequest {
+    #[serde(with = "serde_bytes")]
+    id: Vec<u8>,
+    start: u64,
+    end: u64,
+}
+
+/// Serves blob ranges from `store` to whoever opens a stream.
+pub(crate) async fn serve(store: BlobStore, mut incoming: libp2p_stream::IncomingStreams) {
+    while let Some((peer, stream)) = incoming.next().await {
+        tokio::spawn(serve_stream(store.clone(), peer, stream));
+    }
+}
+
+async fn serve_stream(store: BlobStore, peer: PeerId, mut stream: Stream) {
+    loop {
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).await.is_err() {
+            return; // the downloader is done
+        }
+        let len = u32::from_be_bytes(len);
+        if len > MAX_REQUEST_BYTES {
+            tracing::debug!("blob request of {len} bytes from {peer}: refused");
+            return;
+        }
+        let mut frame = vec![0u8; len as usize];
+        if stream.read_exact(&mut frame).await.is_err() {
+            return;
+        }
+        let (status, size, payload) = match ciborium::from_reader::<BlobRequest, _>(frame.as_slice()) {
+            Ok(request) => answer(&store, request).await,
+            Err(_) => (BAD_REQUEST, 0, Vec::new()),
+        };
+        let mut header = Vec::with_capacity(17);
+        header.push(status);
+        header.extend_from_slice(&size.to_be_bytes());
+        header.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        if stream.write_all(&header).await.is_err()
+            || stream.write_all(&payload).await.is_err()
+            || stream.flush().await.is_err()
+        {
+            return;
+        }
+        if status == BAD_REQUEST {
+            return;
+        }
+    }
+}
+
+async fn answer(store: &BlobStore, request: BlobRequest) -> (u8, u64, Vec<u8>) {
+    let Ok(id) = <[u8; 32]>::try_from(request.id.as_slice()) else {
+        return (BAD_REQUEST, 0, Vec::new());
+    };
+    let id = Key::from_bytes(id);
+    let store = store.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let size = match store.size(&id) {
+            Ok(Some(size)) => size,
+            Ok(None) => return (NOT_FOUND, 0, Vec::new()),
+            Err(_) => return (FAILED, 0, Vec::new()),
+        };
+        let groups = request.start..request.end;
+        if groups.is_empty() {
+            return (OK, size, Vec::new());
+        }
+        if groups.end > shoal_resources::blob::group_count(size) || groups.end - groups.start > MAX_SPAN {
+            return (BAD_REQUEST, size, Vec::new());
+        }
+        let mut payload = Vec::with_capacity(group_bytes(&groups, size) as usize + 4096);
+        match store.encode(&id, &groups, &mut payload) {
+            Ok(()) => (OK, size, payload),
+            Err(StoreError::Unknown(_)) => (NOT_FOUND, size, Vec::new()),
+            Err(e) => {
+                tracing::warn!("cannot serve {id}: {e}");
+                (FAILED, size, Vec::new())
+            }
+        }
+    });
+    work.await.unwrap_or((FAILED, 0, Vec::new()))
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Nobody to ask.
+    #[error("no provider of {0} found")]
+    NoProvider(Key),
+    /// Every provider failed or was dropped.
+    #[error("no provider of {id} could deliver it ({lying} sent bad data, {unreachable} unreachable or without it)")]
+    ProvidersFailed {
+        /// The blob.
+        id: Key,
+        /// Providers dropped for bad data.
+        lying: usize,
+        /// Providers dropped as unreachable or not holding it.
+        unreachable: usize,
+    },
+    /// The local store failed (disk full, permissions).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Local I/O failed.
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How a download is going; shared with whoever shows progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Blob size once known.
+    pub size: AtomicU64,
+    /// Bytes verified and written.
+    pub verified: AtomicU64,
+    /// Providers still delivering.
+    pub providers: AtomicUsize,
+    /// Verified bytes each provider delivered, filled in at the end.
+    pub delivered: Mutex<Vec<(PeerId, u64)>>,
+}
+
+/// One provider's stream, opened lazily.
+async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> std::io::Result<Stream> {
+    tokio::time::timeout(RUN_TIMEOUT, control.open_stream(peer, BLOB_PROTOCOL))
+        .await
+        .map_err(|_| std::io::Error::other("timed out opening a stream"))?
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Sends one request and reads its answer: status, size, payload.
+async fn ask(stream: &mut Stream, id: &Key, groups: std::ops::Range<u64>) -> std::io::Result<(u8, u64, Vec<u8>)> {
+    let request = BlobRequest {
+        id: id.to_bytes().to_vec(),
+        start: groups.start,
+        end: groups.end,
+    };
+    let mut frame = Vec::new();
+    ciborium::into_writer(&request, &mut frame).map_err(std::io::Error::other)?;
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    let mut header = [0u8; 17];
+    stream.read_exact(&mut header).await?;
+    let status = header[0];
+    let size = u64::from_be_bytes(header[1..9].try_into().unwrap_or_default());
+    let len = u64::from_be_bytes(header[9..17].try_into().unwrap_or_default());
+    if len > MAX_PAYLOAD_BYTES {
+        return Err(std::io::Error::other(format!("payload of {len} bytes is over the cap")));
+    }
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload).await?;
+    Ok((status, size, payload))
+}
+
+/// Asks providers for the size of `id` until one answers.
+pub(crate) async fn stat(control: &libp2p_stream::Control, id: &Key, providers: &[PeerId]) -> Option<u64> {
+    for peer in providers {
+        let mut control = control.clone();
+        let Ok(mut stream) = open(&mut control, *peer).await else {
+            continue;
+        };
+        if let Ok(Ok((OK, size, _))) = tokio::time::timeout(RUN_TIMEOUT, ask(&mut stream, id, 0..0)).await {
+            return Some(size);
+        }
+    }
+    None
+}
+
+struct Shared {
+    fetch: Mutex<Fetch>,
+    partial: Partial,
+    progress: Arc<Progress>,
+    changed: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fetch> {
+        self.fetch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Downloads `info` from `providers` into `store`, several at once.
+pub(crate) async fn fetch(
+    store: BlobStore,
+    control: libp2p_stream::Control,
+    info: BlobInfo,
+    providers: Vec<PeerId>,
+    progress: Arc<Progress>,
+) -> Result<BlobInfo, FetchError> {
+    progress.size.store(info.size, Ordering::Relaxed);
+    if store.contains(&info.id) {
+        progress.verified.store(info.size, Ordering::Relaxed);
+        return Ok(info);
+    }
+    if providers.is_empty() {
+        return Err(FetchError::NoProvider(info.id));
+    }
+    let partial = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.partial(info))
+            .await
+            .map_err(|e| FetchError::Io(std::io::Error::other(e)))??
+    };
+    let mut plan = Fetch::new(info.size, partial.saved_have());
+    let ids: BTreeMap<ProviderId, PeerId> = providers.iter().enumerate().map(|(i, p)| (i as u32, *p)).collect();
+    for id in ids.keys() {
+        plan.add_provider(*id);
+    }
+    progress.verified.store(plan.verified_bytes(), Ordering::Relaxed);
+    progress.providers.store(ids.len(), Ordering::Relaxed);
+    let shared = Arc::new(Shared {
+        fetch: Mutex::new(plan),
+        partial,
+        progress,
+        changed: tokio::sync::Notify::new(),
+    });
+    let mut workers = Vec::new();
+    for (id, peer) in &ids {
+        let (shared, mut control, id, peer, blob) = (shared.clone(), control.clone(), *id, *peer, info.id);
+        workers.push(tokio::spawn(async move {
+            worker(&shared, &mut control, id, peer, blob).await
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let (complete, lying, unreachable, have) = {
+        let plan = shared.lock();
+        let delivered = plan.delivered().filter_map(|(i, b)| Some((*ids.get(&i)?, b))).collect();
+        *shared.progress.delivered.lock().unwrap_or_else(|p| p.into_inner()) = delivered;
+        let lying = ids
+            .keys()
+            .filter(|i| plan.dropped(**i) == Some(Failure::BadData))
+            .count();
+        (plan.is_complete(), lying, ids.len() - lying, plan.have().to_vec())
+    };
+    let shared2 = shared.clone();
+    if !complete {
+        let _ = tokio::task::spawn_blocking(move || shared2.partial.save_have(&have)).await;
+        return Err(FetchError::ProvidersFailed {
+            id: info.id,
+            lying,
+            unreachable,
+        });
+    }
+    let done = tokio::task::spawn_blocking(move || shared2.partial.finish())
+        .await
+        .map_err(|e| FetchError::Io(std::io::Error::other(e)))??;
+    Ok(done)
+}
+
+/// Pulls runs for one provider until the plan has nothing more for it.
+async fn worker(shared: &Shared, control: &mut libp2p_stream::Control, me: ProviderId, peer: PeerId, id: Key) {
+    let mut stream: Option<Stream> = None;
+    loop {
+        let next = {
+            let mut plan = shared.lock();
+            if plan.is_complete() || plan.dropped(me).is_some() {
+                None
+            } else {
+                Some(plan.next_range(me))
+            }
+        };
+        let range = match next {
+            None => break,
+            Some(Some(range)) => range,
+            Some(None) => {
+                // Others hold the rest: wait for a change, then look again.
+                let wait = shared.changed.notified();
+                if shared.lock().is_complete() {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), wait).await;
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let result = run(shared, control, &mut stream, me, peer, &id, range.clone()).await;
+        {
+            let mut plan = shared.lock();
+            match result {
+                Ok(()) => plan.finished(me, range, started.elapsed()),
+                Err(why) => {
+                    tracing::info!("provider {peer}: run {range:?} of {id} failed: {why:?}");
+                    stream = None;
+                    plan.failed(me, range, why);
+                    if plan.dropped(me).is_some() {
+                        shared.progress.providers.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let have = plan.have().to_vec();
+            drop(plan);
+            // The bitmap is what a restart resumes from.
+            if let Err(e) = shared.partial.save_have(&have) {
+                tracing::warn!("cannot save download progress: {e}");
+            }
+        }
+        shared.changed.notify_waiters();
+    }
+    shared.changed.notify_waiters();
+}
+
+async fn run(
+    shared: &Shared,
+    control: &mut libp2p_stream::Control,
+    stream: &mut Option<Stream>,
+    me: ProviderId,
+    peer: PeerId,
+    id: &Key,
+    range: std::ops::Range<u64>,
+) -> Result<(), Failure> {
+    if stream.is_none() {
+        *stream = Some(open(control, peer).await.map_err(|_| Failure::Unreachable)?);
+    }
+    let Some(s) = stream.as_mut() else {
+        return Err(Failure::Unreachable);
+    };
+    let (status, _, payload) = tokio::time::timeout(RUN_TIMEOUT, ask(s, id, range.clone()))
+        .await
+        .map_err(|_| Failure::Unreachable)?
+        .map_err(|_| Failure::Unreachable)?;
+    match status {
+        OK => {}
+        NOT_FOUND => return Err(Failure::NotFound),
+        _ => return Err(Failure::Unreachable),
+    }
+    // Verify and write off the async threads.
+    let mut groups = Vec::new();
+    let outcome =
+        tokio::task::block_in_place(|| shared.partial.receive(&range, payload.as_slice(), |g| groups.push(g)));
+    {
+        let mut plan = shared.lock();
+        let mut bytes = 0;
+        for g in groups {
+            if plan.verified(me, g) {
+                bytes += group_bytes(&(g..g + 1), plan.size());
+            }
+        }
+        shared.progress.verified.fetch_add(bytes, Ordering::Relaxed);
+    }
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(ReceiveError::BadData) => Err(Failure::BadData),
+        Err(ReceiveError::Io(e)) => {
+            tracing::warn!("writing {id}: {e}");
+            Err(Failure::Unreachable)
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Files between real peers on loopback (mDNS off): share on one peer,
+//! fetch on another from several providers at once, verified; a provider
+//! whose copy is corrupted is caught and bypassed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal::node::files::Progress;
+use shoal::node::{Client, NodeConfig, start};
+use shoal::overlay::Key;
+use shoal::resources::store::Import;
+
+fn data_dir(test: &str, i: usize) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("shoal-files-{}-{test}-{i}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn swarm(test: &str, n: usize) -> Vec<Client> {
+    let mut clients: Vec<Client> = Vec::new();
+    for i in 0..n {
+        let mut config = NodeConfig::new(data_dir(test, i));
+        config.mdns = false;
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        if let Some(first) = clients.first() {
+            config.bootstrap = first.ready().await.unwrap();
+        }
+        clients.push(start(config).await.unwrap());
+    }
+    for _ in 0..100 {
+        let mut ready = true;
+        for c in &clients {
+            ready &= c.peers().await.unwrap().len() >= n - 1;
+        }
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    clients
+}
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    let mut state = u64::from(seed) + 1;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+fn stored(test: &str, i: usize, id: &Key) -> std::path::PathBuf {
+    data_dir_existing(test, i).join("blobs").join(format!("{id}.data"))
+}
+
+fn data_dir_existing(test: &str, i: usize) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shoal-files-{}-{test}-{i}", std::process::id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_shared_on_two_peers_is_fetched_from_both_and_verified() {
+    let peers = swarm("fetch", 4).await;
+    let bytes = content(5 * 1024 * 1024 + 123, 1);
+    let source = data_dir_existing("fetch", 0).join("source.bin");
+    std::fs::write(&source, &bytes).unwrap();
+    let (info, ticket) = peers[0].share(source.clone(), Import::Copy).await.unwrap();
+    assert_eq!(info.id, Key::of_content(&bytes));
+    peers[1].share(source.clone(), Import::InPlace).await.unwrap();
+    // Found through the overlay alone: no ticket.
+    let progress = Arc::new(Progress::default());
+    let got = peers[3].download(info.id, None, progress.clone()).await.unwrap();
+    assert_eq!(got, info);
+    assert_eq!(std::fs::read(stored("fetch", 3, &info.id)).unwrap(), bytes);
+    assert_eq!(progress.verified.load(std::sync::atomic::Ordering::Relaxed), info.size);
+    let delivered = progress.delivered.lock().unwrap().clone();
+    for provider in [&peers[0], &peers[1]] {
+        let bytes = delivered
+            .iter()
+            .find(|(p, _)| *p == provider.peer_id())
+            .map_or(0, |(_, b)| *b);
+        assert!(bytes > 0, "both providers carried part of the file: {delivered:?}");
+    }
+    // The fetching peer now provides it too.
+    let providers = peers[2].get_providers(info.id).await.unwrap();
+    assert!(
+        providers.iter().any(|p| p.addr.peer == peers[3].peer_id()),
+        "{providers:?}"
+    );
+    // A ticket alone is enough, and it parses from its text.
+    let ticket = shoal::resources::Ticket::parse(&ticket.to_text()).unwrap();
+    let got = peers[2]
+        .download(info.id, Some(ticket), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(stored("fetch", 2, &got.id)).unwrap(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_with_a_corrupted_copy_is_dropped_and_the_file_still_arrives() {
+    let peers = swarm("corrupt", 3).await;
+    let bytes = content(3 * 1024 * 1024, 2);
+    let source = data_dir_existing("corrupt", 0).join("source.bin");
+    std::fs::write(&source, &bytes).unwrap();
+    let (info, _) = peers[0].share(source.clone(), Import::Copy).await.unwrap();
+    peers[1].share(source.clone(), Import::Copy).await.unwrap();
+    // Peer 1's copy rots on disk: every 64 KiB, one byte flips.
+    let path = stored("corrupt", 1, &info.id);
+    let mut rotten = std::fs::read(&path).unwrap();
+    for i in (0..rotten.len()).step_by(64 * 1024) {
+        rotten[i] ^= 0xff;
+    }
+    std::fs::write(&path, rotten).unwrap();
+    let got = peers[2]
+        .download(info.id, None, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(stored("corrupt", 2, &got.id)).unwrap(), bytes);
+
+    // With only the rotten copy left, the download fails and says why.
+    let only_bad = swarm("corrupt-only", 2).await;
+    let lone = data_dir_existing("corrupt-only", 0).join("source.bin");
+    std::fs::write(&lone, &bytes).unwrap();
+    only_bad[0].share(lone, Import::Copy).await.unwrap();
+    let path = stored("corrupt-only", 0, &info.id);
+    let mut rotten = std::fs::read(&path).unwrap();
+    rotten[100] ^= 1;
+    std::fs::write(&path, rotten).unwrap();
+    let error = only_bad[1]
+        .download(info.id, None, Arc::new(Progress::default()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("1 sent bad data"), "{error}");
+}
