@@ -73,7 +73,7 @@ async fn a_file_shared_on_two_peers_is_fetched_from_both_and_verified() {
     peers[1].share(source.clone(), Import::InPlace).await.unwrap();
     // Found through the overlay alone: no ticket.
     let progress = Arc::new(Progress::default());
-    let got = peers[3].download(info.id, None, progress.clone()).await.unwrap();
+    let got = peers[3].download(info.id, None, progress.clone(), None).await.unwrap();
     assert_eq!(got, info);
     assert_eq!(std::fs::read(stored("fetch", 3, &info.id)).unwrap(), bytes);
     assert_eq!(progress.verified.load(std::sync::atomic::Ordering::Relaxed), info.size);
@@ -94,7 +94,7 @@ async fn a_file_shared_on_two_peers_is_fetched_from_both_and_verified() {
     // A ticket alone is enough, and it parses from its text.
     let ticket = shoal::resources::Ticket::parse(&ticket.to_text()).unwrap();
     let got = peers[2]
-        .download(info.id, Some(ticket), Arc::new(Progress::default()))
+        .download(info.id, Some(ticket), Arc::new(Progress::default()), None)
         .await
         .unwrap();
     assert_eq!(std::fs::read(stored("fetch", 2, &got.id)).unwrap(), bytes);
@@ -116,7 +116,7 @@ async fn a_provider_with_a_corrupted_copy_is_dropped_and_the_file_still_arrives(
     }
     std::fs::write(&path, rotten).unwrap();
     let got = peers[2]
-        .download(info.id, None, Arc::new(Progress::default()))
+        .download(info.id, None, Arc::new(Progress::default()), None)
         .await
         .unwrap();
     assert_eq!(std::fs::read(stored("corrupt", 2, &got.id)).unwrap(), bytes);
@@ -131,7 +131,7 @@ async fn a_provider_with_a_corrupted_copy_is_dropped_and_the_file_still_arrives(
     rotten[100] ^= 1;
     std::fs::write(&path, rotten).unwrap();
     let error = only_bad[1]
-        .download(info.id, None, Arc::new(Progress::default()))
+        .download(info.id, None, Arc::new(Progress::default()), None)
         .await
         .unwrap_err()
         .to_string();

@@ -138,6 +138,83 @@ struct AppState {
     client: Client,
     token: String,
     shutdown: Arc<Notify>,
+    downloads: std::sync::Mutex<Downloads>,
+}
+
+#[derive(Default)]
+struct Downloads {
+    next: u64,
+    running: std::collections::BTreeMap<u64, Arc<DownloadState>>,
+}
+
+#[derive(Default)]
+struct DownloadState {
+    id: String,
+    progress: Arc<crate::files::Progress>,
+    /// `Some(Ok(out path or ""))` once done, `Some(Err(..))` on failure.
+    outcome: std::sync::Mutex<Option<Result<String, String>>>,
+}
+
+/// Body of `POST /v1/share`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShareRequest {
+    /// An absolute path to a file.
+    pub path: String,
+    /// Serve it from where it is instead of copying it into the store.
+    #[serde(default)]
+    pub in_place: bool,
+}
+
+/// `POST /v1/share`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShareView {
+    /// The content id (BLAKE3, as `b3sum` prints it).
+    pub id: String,
+    /// Bytes.
+    pub size: u64,
+    /// A ticket: the id and this peer's addresses.
+    pub ticket: String,
+}
+
+/// Body of `POST /v1/get`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GetRequest {
+    /// A content id (64 hex digits) or a ticket.
+    pub target: String,
+    /// Where to write the file (absolute); none: keep it in the store only.
+    pub out: Option<String>,
+}
+
+/// `GET /v1/downloads/N`, and the answer to `POST /v1/get`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DownloadView {
+    /// The download's number.
+    pub download: u64,
+    /// The content id.
+    pub id: String,
+    /// Bytes in all (0 until known).
+    pub size: u64,
+    /// Bytes verified so far.
+    pub verified: u64,
+    /// Providers still delivering.
+    pub providers: usize,
+    /// Whether it ended.
+    pub done: bool,
+    /// Where the file was written, once done.
+    pub out: Option<String>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// One blob in `GET /v1/blobs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlobView {
+    /// The content id.
+    pub id: String,
+    /// Bytes.
+    pub size: u64,
+    /// The file it is served from in place, if so.
+    pub in_place: Option<String>,
 }
 
 type Failure = (StatusCode, Json<serde_json::Value>);
@@ -292,6 +369,134 @@ async fn providers(
     Ok(Json(found.iter().map(view).collect()))
 }
 
+async fn share(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<ShareRequest>,
+) -> Result<Json<ShareView>, Failure> {
+    check(&state, &headers)?;
+    let how = if body.in_place {
+        shoal_resources::store::Import::InPlace
+    } else {
+        shoal_resources::store::Import::Copy
+    };
+    let (info, ticket) = state
+        .client
+        .share(PathBuf::from(&body.path), how)
+        .await
+        .map_err(|e| match e {
+            crate::NodeError::Store(e @ shoal_resources::store::StoreError::Unreadable { .. }) => {
+                failure(StatusCode::BAD_REQUEST, e)
+            }
+            e => node_failure(e),
+        })?;
+    Ok(Json(ShareView {
+        id: info.id.to_string(),
+        size: info.size,
+        ticket: ticket.to_text(),
+    }))
+}
+
+fn download_view(n: u64, d: &DownloadState) -> DownloadView {
+    use std::sync::atomic::Ordering::Relaxed;
+    let outcome = d.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    DownloadView {
+        download: n,
+        id: d.id.clone(),
+        size: d.progress.size.load(Relaxed),
+        verified: d.progress.verified.load(Relaxed),
+        providers: d.progress.providers.load(Relaxed),
+        done: outcome.is_some(),
+        out: outcome.clone().and_then(Result::ok).filter(|o| !o.is_empty()),
+        error: outcome.and_then(Result::err),
+    }
+}
+
+async fn get_blob(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<GetRequest>,
+) -> Result<Json<DownloadView>, Failure> {
+    check(&state, &headers)?;
+    let target = body.target.trim();
+    let (id, ticket) = if target.starts_with(shoal_resources::ticket::TICKET_PREFIX) {
+        let ticket = shoal_resources::Ticket::parse(target)
+            .map_err(|e| failure(StatusCode::BAD_REQUEST, format!("malformed ticket: {e}")))?;
+        (ticket.blob.id, Some(ticket))
+    } else {
+        (parse_key(target)?, None)
+    };
+    let out = body.out.map(PathBuf::from);
+    if let Some(out) = &out
+        && !out.is_absolute()
+    {
+        return Err(failure(StatusCode::BAD_REQUEST, "the output path must be absolute"));
+    }
+    let download = Arc::new(DownloadState {
+        id: id.to_string(),
+        ..DownloadState::default()
+    });
+    let n = {
+        let mut downloads = state.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        downloads.next += 1;
+        let n = downloads.next;
+        // Keep the last few finished ones for their callers; bound the rest.
+        while downloads.running.len() >= 256 {
+            let Some(oldest) = downloads.running.keys().next().copied() else {
+                break;
+            };
+            downloads.running.remove(&oldest);
+        }
+        downloads.running.insert(n, download.clone());
+        n
+    };
+    let client = state.client.clone();
+    let task = download.clone();
+    tokio::spawn(async move {
+        let result = client.download(id, ticket, task.progress.clone(), out.clone()).await;
+        let outcome = result
+            .map(|_| out.map(|o| o.display().to_string()).unwrap_or_default())
+            .map_err(|e| e.to_string());
+        *task.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+    });
+    Ok(Json(download_view(n, &download)))
+}
+
+async fn download_status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(n): axum::extract::Path<u64>,
+) -> Result<Json<DownloadView>, Failure> {
+    check(&state, &headers)?;
+    let download = state
+        .downloads
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .running
+        .get(&n)
+        .cloned()
+        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no download {n}")))?;
+    Ok(Json(download_view(n, &download)))
+}
+
+async fn blobs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Vec<BlobView>>, Failure> {
+    check(&state, &headers)?;
+    let store = state.client.blobs().clone();
+    let list = tokio::task::spawn_blocking(move || store.list())
+        .await
+        .map_err(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .map_err(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(Json(
+        list.into_iter()
+            .map(|e| BlobView {
+                id: e.info.id.to_string(),
+                size: e.info.size,
+                in_place: e.in_place.map(|p| p.display().to_string()),
+            })
+            .collect(),
+    ))
+}
+
 async fn down(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = check(&state, &headers) {
         return e.into_response();
@@ -316,6 +521,7 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         client,
         token,
         shutdown,
+        downloads: std::sync::Mutex::new(Downloads::default()),
     });
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -325,6 +531,10 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         .route("/v1/record/get", post(get_record))
         .route("/v1/provide", post(provide))
         .route("/v1/providers", post(providers))
+        .route("/v1/share", post(share))
+        .route("/v1/get", post(get_blob))
+        .route("/v1/downloads/{n}", get(download_status))
+        .route("/v1/blobs", get(blobs))
         .route("/v1/down", post(down))
         // 100,000 keys as JSON text are about 7 MB.
         .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))

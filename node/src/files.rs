@@ -36,6 +36,9 @@ const MAX_REQUEST_BYTES: u32 = 256;
 /// Largest payload accepted: a full run plus its parent hashes (64 bytes
 /// per group is far more than the tree needs).
 const MAX_PAYLOAD_BYTES: u64 = MAX_SPAN * (GROUP_BYTES + 64) + 4096;
+/// Streams opened to each provider, each pulling its own runs: while one
+/// stream's run is being verified and written, the other's is on the wire.
+pub const STREAMS_PER_PROVIDER: u32 = 2;
 /// How long one run may take before the provider counts as failed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -60,6 +63,9 @@ pub(crate) async fn serve(store: BlobStore, mut incoming: libp2p_stream::Incomin
 }
 
 async fn serve_stream(store: BlobStore, peer: PeerId, mut stream: Stream) {
+    // One buffer per stream, reused: fresh 16 MiB buffers cost page faults
+    // and zeroing on every run.
+    let mut buffer = Vec::new();
     loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
@@ -75,7 +81,7 @@ async fn serve_stream(store: BlobStore, peer: PeerId, mut stream: Stream) {
             return;
         }
         let (status, size, payload) = match ciborium::from_reader::<BlobRequest, _>(frame.as_slice()) {
-            Ok(request) => answer(&store, request).await,
+            Ok(request) => answer(&store, request, std::mem::take(&mut buffer)).await,
             Err(_) => (BAD_REQUEST, 0, Vec::new()),
         };
         let mut header = Vec::with_capacity(17);
@@ -91,10 +97,12 @@ async fn serve_stream(store: BlobStore, peer: PeerId, mut stream: Stream) {
         if status == BAD_REQUEST {
             return;
         }
+        buffer = payload;
     }
 }
 
-async fn answer(store: &BlobStore, request: BlobRequest) -> (u8, u64, Vec<u8>) {
+async fn answer(store: &BlobStore, request: BlobRequest, mut payload: Vec<u8>) -> (u8, u64, Vec<u8>) {
+    payload.clear();
     let Ok(id) = <[u8; 32]>::try_from(request.id.as_slice()) else {
         return (BAD_REQUEST, 0, Vec::new());
     };
@@ -113,7 +121,7 @@ async fn answer(store: &BlobStore, request: BlobRequest) -> (u8, u64, Vec<u8>) {
         if groups.end > shoal_resources::blob::group_count(size) || groups.end - groups.start > MAX_SPAN {
             return (BAD_REQUEST, size, Vec::new());
         }
-        let mut payload = Vec::with_capacity(group_bytes(&groups, size) as usize + 4096);
+        payload.reserve(group_bytes(&groups, size) as usize + 4096);
         match store.encode(&id, &groups, &mut payload) {
             Ok(()) => (OK, size, payload),
             Err(StoreError::Unknown(_)) => (NOT_FOUND, size, Vec::new()),
@@ -172,7 +180,14 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> std::io::Re
 }
 
 /// Sends one request and reads its answer: status, size, payload.
-async fn ask(stream: &mut Stream, id: &Key, groups: std::ops::Range<u64>) -> std::io::Result<(u8, u64, Vec<u8>)> {
+/// Sends one request and reads its answer into `buffer` (reused across
+/// runs); returns status, size and payload length.
+async fn ask(
+    stream: &mut Stream,
+    id: &Key,
+    groups: std::ops::Range<u64>,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<(u8, u64, usize)> {
     let request = BlobRequest {
         id: id.to_bytes().to_vec(),
         start: groups.start,
@@ -192,9 +207,12 @@ async fn ask(stream: &mut Stream, id: &Key, groups: std::ops::Range<u64>) -> std
     if len > MAX_PAYLOAD_BYTES {
         return Err(std::io::Error::other(format!("payload of {len} bytes is over the cap")));
     }
-    let mut payload = vec![0u8; len as usize];
-    stream.read_exact(&mut payload).await?;
-    Ok((status, size, payload))
+    let len = len as usize;
+    if buffer.len() < len {
+        buffer.resize(len, 0);
+    }
+    stream.read_exact(&mut buffer[..len]).await?;
+    Ok((status, size, len))
 }
 
 /// Asks providers for the size of `id` until one answers.
@@ -204,7 +222,9 @@ pub(crate) async fn stat(control: &libp2p_stream::Control, id: &Key, providers: 
         let Ok(mut stream) = open(&mut control, *peer).await else {
             continue;
         };
-        if let Ok(Ok((OK, size, _))) = tokio::time::timeout(RUN_TIMEOUT, ask(&mut stream, id, 0..0)).await {
+        let mut buffer = Vec::new();
+        if let Ok(Ok((OK, size, _))) = tokio::time::timeout(RUN_TIMEOUT, ask(&mut stream, id, 0..0, &mut buffer)).await
+        {
             return Some(size);
         }
     }
@@ -231,10 +251,17 @@ pub(crate) async fn fetch(
     info: BlobInfo,
     providers: Vec<PeerId>,
     progress: Arc<Progress>,
+    out: Option<std::path::PathBuf>,
 ) -> Result<BlobInfo, FetchError> {
     progress.size.store(info.size, Ordering::Relaxed);
     if store.contains(&info.id) {
         progress.verified.store(info.size, Ordering::Relaxed);
+        if let Some(out) = out {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.export(&info.id, &out))
+                .await
+                .map_err(|e| FetchError::Io(std::io::Error::other(e)))??;
+        }
         return Ok(info);
     }
     if providers.is_empty() {
@@ -247,23 +274,30 @@ pub(crate) async fn fetch(
             .map_err(|e| FetchError::Io(std::io::Error::other(e)))??
     };
     let mut plan = Fetch::new(info.size, partial.saved_have());
-    let ids: BTreeMap<ProviderId, PeerId> = providers.iter().enumerate().map(|(i, p)| (i as u32, *p)).collect();
+    let ids: BTreeMap<ProviderId, PeerId> = providers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| (0..STREAMS_PER_PROVIDER).map(move |s| (i as u32 * STREAMS_PER_PROVIDER + s, *p)))
+        .collect();
+    let ids = Arc::new(ids);
     for id in ids.keys() {
         plan.add_provider(*id);
     }
     progress.verified.store(plan.verified_bytes(), Ordering::Relaxed);
-    progress.providers.store(ids.len(), Ordering::Relaxed);
+    progress.providers.store(providers.len(), Ordering::Relaxed);
     let shared = Arc::new(Shared {
         fetch: Mutex::new(plan),
         partial,
         progress,
         changed: tokio::sync::Notify::new(),
     });
+    let started = Instant::now();
     let mut workers = Vec::new();
-    for (id, peer) in &ids {
-        let (shared, mut control, id, peer, blob) = (shared.clone(), control.clone(), *id, *peer, info.id);
+    for (id, peer) in ids.iter() {
+        let (shared, control, id, peer, blob, ids) =
+            (shared.clone(), control.clone(), *id, *peer, info.id, ids.clone());
         workers.push(tokio::spawn(async move {
-            worker(&shared, &mut control, id, peer, blob).await
+            worker(&shared, &control, id, peer, blob, &ids).await
         }));
     }
     for w in workers {
@@ -271,13 +305,24 @@ pub(crate) async fn fetch(
     }
     let (complete, lying, unreachable, have) = {
         let plan = shared.lock();
-        let delivered = plan.delivered().filter_map(|(i, b)| Some((*ids.get(&i)?, b))).collect();
-        *shared.progress.delivered.lock().unwrap_or_else(|p| p.into_inner()) = delivered;
-        let lying = ids
-            .keys()
-            .filter(|i| plan.dropped(**i) == Some(Failure::BadData))
-            .count();
-        (plan.is_complete(), lying, ids.len() - lying, plan.have().to_vec())
+        let mut delivered: BTreeMap<PeerId, u64> = BTreeMap::new();
+        for (slot, bytes) in plan.delivered() {
+            if let Some(peer) = ids.get(&slot) {
+                *delivered.entry(*peer).or_default() += bytes;
+            }
+        }
+        *shared.progress.delivered.lock().unwrap_or_else(|p| p.into_inner()) = delivered.into_iter().collect();
+        let lying: std::collections::BTreeSet<PeerId> = ids
+            .iter()
+            .filter(|(slot, _)| plan.dropped(**slot) == Some(Failure::BadData))
+            .map(|(_, peer)| *peer)
+            .collect();
+        (
+            plan.is_complete(),
+            lying.len(),
+            providers.len() - lying.len(),
+            plan.have().to_vec(),
+        )
     };
     let shared2 = shared.clone();
     if !complete {
@@ -288,15 +333,38 @@ pub(crate) async fn fetch(
             unreachable,
         });
     }
-    let done = tokio::task::spawn_blocking(move || shared2.partial.finish())
+    let transfer = started.elapsed();
+    let done = tokio::task::spawn_blocking(move || shared2.partial.finish(out.as_deref()))
         .await
         .map_err(|e| FetchError::Io(std::io::Error::other(e)))??;
+    let mib = info.size as f64 / (1024.0 * 1024.0);
+    tracing::info!(
+        "fetched {} ({mib:.1} MiB) from {} providers: transfer {:.2} s ({:.0} MiB/s), then {:.2} s to file it",
+        info.id,
+        providers.len(),
+        transfer.as_secs_f64(),
+        mib / transfer.as_secs_f64().max(1e-9),
+        (started.elapsed() - transfer).as_secs_f64()
+    );
     Ok(done)
 }
 
 /// Pulls runs for one provider until the plan has nothing more for it.
-async fn worker(shared: &Shared, control: &mut libp2p_stream::Control, me: ProviderId, peer: PeerId, id: Key) {
-    let mut stream: Option<Stream> = None;
+async fn worker(
+    shared: &Shared,
+    control: &libp2p_stream::Control,
+    me: ProviderId,
+    peer: PeerId,
+    id: Key,
+    ids: &BTreeMap<ProviderId, PeerId>,
+) {
+    let mut link = Link {
+        control: control.clone(),
+        stream: None,
+        buffer: Vec::new(),
+        me,
+        peer,
+    };
     loop {
         let next = {
             let mut plan = shared.lock();
@@ -320,18 +388,21 @@ async fn worker(shared: &Shared, control: &mut libp2p_stream::Control, me: Provi
             }
         };
         let started = Instant::now();
-        let result = run(shared, control, &mut stream, me, peer, &id, range.clone()).await;
+        let result = link.run(shared, &id, range.clone()).await;
         {
             let mut plan = shared.lock();
             match result {
                 Ok(()) => plan.finished(me, range, started.elapsed()),
                 Err(why) => {
                     tracing::info!("provider {peer}: run {range:?} of {id} failed: {why:?}");
-                    stream = None;
+                    link.stream = None;
                     plan.failed(me, range, why);
-                    if plan.dropped(me).is_some() {
-                        shared.progress.providers.fetch_sub(1, Ordering::Relaxed);
-                    }
+                    let live: std::collections::BTreeSet<PeerId> = ids
+                        .iter()
+                        .filter(|(slot, _)| plan.dropped(**slot).is_none())
+                        .map(|(_, p)| *p)
+                        .collect();
+                    shared.progress.providers.store(live.len(), Ordering::Relaxed);
                 }
             }
             let have = plan.have().to_vec();
@@ -346,50 +417,61 @@ async fn worker(shared: &Shared, control: &mut libp2p_stream::Control, me: Provi
     shared.changed.notify_waiters();
 }
 
-async fn run(
-    shared: &Shared,
-    control: &mut libp2p_stream::Control,
-    stream: &mut Option<Stream>,
+/// One worker's connection to its provider: the stream, opened lazily and
+/// reopened after a failure, and the payload buffer reused across runs.
+struct Link {
+    control: libp2p_stream::Control,
+    stream: Option<Stream>,
+    buffer: Vec<u8>,
     me: ProviderId,
     peer: PeerId,
-    id: &Key,
-    range: std::ops::Range<u64>,
-) -> Result<(), Failure> {
-    if stream.is_none() {
-        *stream = Some(open(control, peer).await.map_err(|_| Failure::Unreachable)?);
-    }
-    let Some(s) = stream.as_mut() else {
-        return Err(Failure::Unreachable);
-    };
-    let (status, _, payload) = tokio::time::timeout(RUN_TIMEOUT, ask(s, id, range.clone()))
-        .await
-        .map_err(|_| Failure::Unreachable)?
-        .map_err(|_| Failure::Unreachable)?;
-    match status {
-        OK => {}
-        NOT_FOUND => return Err(Failure::NotFound),
-        _ => return Err(Failure::Unreachable),
-    }
-    // Verify and write off the async threads.
-    let mut groups = Vec::new();
-    let outcome =
-        tokio::task::block_in_place(|| shared.partial.receive(&range, payload.as_slice(), |g| groups.push(g)));
-    {
-        let mut plan = shared.lock();
-        let mut bytes = 0;
-        for g in groups {
-            if plan.verified(me, g) {
-                bytes += group_bytes(&(g..g + 1), plan.size());
-            }
+}
+
+impl Link {
+    /// Fetches one run, verifies it and writes it; reports each verified
+    /// group to the plan.
+    async fn run(&mut self, shared: &Shared, id: &Key, range: std::ops::Range<u64>) -> Result<(), Failure> {
+        if self.stream.is_none() {
+            self.stream = Some(
+                open(&mut self.control, self.peer)
+                    .await
+                    .map_err(|_| Failure::Unreachable)?,
+            );
         }
-        shared.progress.verified.fetch_add(bytes, Ordering::Relaxed);
-    }
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(ReceiveError::BadData) => Err(Failure::BadData),
-        Err(ReceiveError::Io(e)) => {
-            tracing::warn!("writing {id}: {e}");
-            Err(Failure::Unreachable)
+        let Some(s) = self.stream.as_mut() else {
+            return Err(Failure::Unreachable);
+        };
+        let (status, _, len) = tokio::time::timeout(RUN_TIMEOUT, ask(s, id, range.clone(), &mut self.buffer))
+            .await
+            .map_err(|_| Failure::Unreachable)?
+            .map_err(|_| Failure::Unreachable)?;
+        match status {
+            OK => {}
+            NOT_FOUND => return Err(Failure::NotFound),
+            _ => return Err(Failure::Unreachable),
+        }
+        let (me, buffer) = (self.me, &self.buffer);
+        // Verify and write off the async threads.
+        let mut groups = Vec::new();
+        let outcome =
+            tokio::task::block_in_place(|| shared.partial.receive(&range, &buffer[..len], |g| groups.push(g)));
+        {
+            let mut plan = shared.lock();
+            let mut bytes = 0;
+            for g in groups {
+                if plan.verified(me, g) {
+                    bytes += group_bytes(&(g..g + 1), plan.size());
+                }
+            }
+            shared.progress.verified.fetch_add(bytes, Ordering::Relaxed);
+        }
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(ReceiveError::BadData) => Err(Failure::BadData),
+            Err(ReceiveError::Io(e)) => {
+                tracing::warn!("writing {id}: {e}");
+                Err(Failure::Unreachable)
+            }
         }
     }
 }

@@ -143,6 +143,35 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
+    /// Share a file: import it into the blob store (or serve it in place)
+    /// and announce this peer as its provider. Prints the content id (its
+    /// BLAKE3 hash, as `b3sum` prints it) and a ticket.
+    Share {
+        /// The file.
+        path: PathBuf,
+        /// Serve the file from where it is instead of copying it (it must
+        /// not change afterwards; a changed file stops being served).
+        #[arg(long)]
+        in_place: bool,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Download a file by content id or ticket from every provider at once,
+    /// verifying each 16 KiB as it arrives; resumes an interrupted download.
+    Get {
+        /// A content id (64 hex digits) or a ticket (shoal1...).
+        target: String,
+        /// Where to write the file. Default: ./ID
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// List the blobs this peer stores.
+    Blobs {
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Find the peers that provide KEY.
     Providers {
         /// 64 hex digits.
@@ -358,6 +387,28 @@ fn run(command: Command) -> anyhow::Result<()> {
                 )
             })
         }
+        Command::Share { path, in_place, talk } => {
+            let path = std::path::absolute(&path).with_context(|| format!("cannot resolve {}", path.display()))?;
+            let body = serde_json::json!({ "path": path, "in_place": in_place });
+            talk_to(&talk, "POST", "/v1/share", Some(&body), |v| {
+                format!("{}  {}\nticket {}", text(&v["id"]), path.display(), text(&v["ticket"]))
+            })
+        }
+        Command::Get { target, out, talk } => get(&target, out, &talk),
+        Command::Blobs { talk } => talk_to(&talk, "GET", "/v1/blobs", None, |v| {
+            let blobs = v.as_array().cloned().unwrap_or_default();
+            let lines: String = blobs
+                .iter()
+                .map(|b| {
+                    let place = b["in_place"]
+                        .as_str()
+                        .map(|p| format!("  (in place: {p})"))
+                        .unwrap_or_default();
+                    format!("\n{}  {:>14}{place}", text(&b["id"]), b["size"])
+                })
+                .collect();
+            format!("{} blobs{lines}", blobs.len())
+        }),
         Command::Providers { key, talk } => {
             let body = serde_json::json!({ "key": key });
             talk_to(&talk, "POST", "/v1/providers", Some(&body), |v| {
@@ -367,6 +418,62 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", None, |_| "stopping".to_string()),
     }
+}
+
+/// Starts a download in the daemon and follows it to the end, with a
+/// progress bar on a terminal.
+fn get(target: &str, out: Option<PathBuf>, talk: &Talk) -> anyhow::Result<()> {
+    let target = target.trim();
+    let id_text = if target.starts_with(shoal_resources::ticket::TICKET_PREFIX) {
+        shoal_resources::Ticket::parse(target)
+            .map_err(|e| anyhow::anyhow!("malformed ticket: {e}"))?
+            .blob
+            .id
+            .to_string()
+    } else {
+        target.to_string()
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from(&id_text));
+    let out = std::path::absolute(&out).with_context(|| format!("cannot resolve {}", out.display()))?;
+    if out.exists() {
+        anyhow::bail!("{} already exists; not overwriting it", out.display());
+    }
+    let body = serde_json::json!({ "target": target, "out": out });
+    let started = call(&talk.data_dir, "POST", "/v1/get", Some(&body))?;
+    let n = started["download"]
+        .as_u64()
+        .context("the daemon did not number the download")?;
+    let show = !talk.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = indicatif::ProgressBar::hidden();
+    if show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bytes:>10}/{total_bytes:<10} {bar:40} {bytes_per_sec:>12}  eta {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    }
+    let last = loop {
+        let v = call(&talk.data_dir, "GET", &format!("/v1/downloads/{n}"), None)?;
+        bar.set_length(v["size"].as_u64().unwrap_or(0));
+        bar.set_position(v["verified"].as_u64().unwrap_or(0));
+        bar.set_message(format!("{} providers", v["providers"]));
+        if v["done"].as_bool().unwrap_or(false) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    bar.finish_and_clear();
+    if let Some(error) = last["error"].as_str() {
+        anyhow::bail!("{error}");
+    }
+    if talk.json {
+        println!("{last}");
+    } else {
+        println!("{}  {}", text(&last["id"]), text(&last["out"]));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

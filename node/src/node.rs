@@ -317,12 +317,14 @@ impl Client {
 
     /// Downloads blob `id` (size and a first provider may come from a
     /// ticket) from every provider the overlay knows, several at once, into
-    /// the blob store; then provides it too.
+    /// the blob store — or to `out`, which the store then serves in place —
+    /// and provides it too.
     pub async fn download(
         &self,
         id: Key,
         ticket: Option<Ticket>,
         progress: Arc<crate::files::Progress>,
+        out: Option<std::path::PathBuf>,
     ) -> Result<BlobInfo, NodeError> {
         let mut providers: Vec<PeerId> = Vec::new();
         if let Some(ticket) = &ticket {
@@ -360,7 +362,8 @@ impl Client {
             return Err(crate::files::FetchError::NoProvider(id).into());
         };
         let info = BlobInfo { id, size };
-        let info = crate::files::fetch(self.blobs.clone(), self.streams.clone(), info, providers, progress).await?;
+        let info =
+            crate::files::fetch(self.blobs.clone(), self.streams.clone(), info, providers, progress, out).await?;
         self.provide(vec![info.id]).await?;
         Ok(info)
     }

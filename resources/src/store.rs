@@ -303,6 +303,29 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Writes blob `id` to `path` (a new file; an existing one is not
+    /// overwritten). The bytes were verified when they arrived or were
+    /// imported; the copy is made by the kernel where it can
+    /// (`copy_file_range`).
+    pub fn export(&self, id: &Key, path: &Path) -> Result<(), StoreError> {
+        let (mut data, _, _) = self.open_blob(id)?;
+        let tmp = path.with_extension("shoal-part");
+        let mut out = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        if let Err(e) = io::copy(&mut data, &mut out) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        if path.exists() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Io(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already exists", path.display()),
+            )));
+        }
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
     /// Forgets blob `id` (its copy and outboard; an in-place source stays).
     pub fn remove(&self, id: &Key) -> Result<(), StoreError> {
         for ext in ["meta", "data", "obao"] {
@@ -327,6 +350,16 @@ impl BlobStore {
         if data.metadata()?.len() != info.size {
             data.set_len(info.size)?;
         }
+        let outboard = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.path(&info.id, "opart"))?;
+        let tree = BaoTree::new(info.size, BLOCK_SIZE);
+        if outboard.metadata()?.len() != tree.outboard_size() {
+            outboard.set_len(tree.outboard_size())?;
+        }
         let have_path = self.path(&info.id, "have");
         let words = group_count(info.size).div_ceil(64) as usize;
         let have = std::fs::read(&have_path).ok().and_then(|bytes| {
@@ -340,7 +373,9 @@ impl BlobStore {
         Ok(Partial {
             store: self.clone(),
             info,
+            tree,
             data,
+            outboard,
             have,
         })
     }
@@ -351,7 +386,12 @@ impl BlobStore {
 pub struct Partial {
     store: BlobStore,
     info: BlobInfo,
+    tree: BaoTree,
     data: File,
+    /// The outboard, filled with the parent hashes that arrive (verified)
+    /// with the data: once every group has arrived it is complete, so the
+    /// finished blob needs no second hashing pass.
+    outboard: File,
     have: Option<Vec<u64>>,
 }
 
@@ -375,16 +415,23 @@ impl Partial {
         encoded: impl Read,
         mut on_group: impl FnMut(u64),
     ) -> Result<(), ReceiveError> {
+        use std::os::unix::fs::FileExt;
         let ranges = chunk_ranges(groups);
         let root = hash_of_key(&self.info.id);
-        let tree = BaoTree::new(self.info.size, BLOCK_SIZE);
-        for item in DecodeResponseIter::new(root, tree, encoded, &ranges) {
+        for item in DecodeResponseIter::new(root, self.tree, encoded, &ranges) {
             match item {
-                Ok(BaoContentItem::Parent(_)) => {}
+                Ok(BaoContentItem::Parent(parent)) => {
+                    if let Some(offset) = self.tree.pre_order_offset(parent.node) {
+                        let mut pair = [0u8; 64];
+                        pair[..32].copy_from_slice(parent.pair.0.as_bytes());
+                        pair[32..].copy_from_slice(parent.pair.1.as_bytes());
+                        self.outboard.write_all_at(&pair, offset * 64)?;
+                    }
+                }
                 Ok(BaoContentItem::Leaf(leaf)) => {
                     // Positioned writes through a shared handle: several
                     // providers' runs land in one file at once.
-                    std::os::unix::fs::FileExt::write_all_at(&self.data, &leaf.data, leaf.offset)?;
+                    self.data.write_all_at(&leaf.data, leaf.offset)?;
                     on_group(leaf.offset / GROUP_BYTES);
                 }
                 Err(DecodeError::Io(e)) => return Err(ReceiveError::Io(e)),
@@ -403,32 +450,44 @@ impl Partial {
         std::fs::rename(&tmp, path)
     }
 
-    /// Every group arrived: checks the whole file against the id once more
-    /// while computing its outboard, and moves it into the store.
-    pub fn finish(&self) -> Result<BlobInfo, StoreError> {
+    /// Every group arrived (the caller's plan says so): moves the file and
+    /// its outboard, both filled from verified data, into the store. With
+    /// `out`, the file is moved there instead (no copy) and the store serves
+    /// it in place from there; if `out` is on another file system it is
+    /// copied there and the store keeps its own copy.
+    pub fn finish(&self, out: Option<&Path>) -> Result<BlobInfo, StoreError> {
         let id = self.info.id;
-        self.data.sync_all()?;
-        let tree = BaoTree::new(self.info.size, BLOCK_SIZE);
-        let tmp_obao = self.store.path(&id, "obao.tmp");
-        let mut ob = PreOrderOutboard {
-            root: hash_of_key(&id),
-            tree,
-            data: File::create(&tmp_obao)?,
-        };
-        let reader = io::BufReader::with_capacity(1 << 20, File::open(self.store.path(&id, "part"))?);
-        let root = outboard(reader, tree, &mut ob)?;
-        if key_of_hash(&root) != id {
-            let _ = std::fs::remove_file(&tmp_obao);
-            return Err(StoreError::Corrupt { id });
+        let part = self.store.path(&id, "part");
+        let mut source = None;
+        if let Some(out) = out {
+            if out.exists() {
+                return Err(StoreError::Io(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} already exists", out.display()),
+                )));
+            }
+            match std::fs::rename(&part, out) {
+                Ok(()) => source = Some(source_of(out, &File::open(out)?)?),
+                Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+                    let tmp = out.with_extension("shoal-part");
+                    std::fs::copy(&part, &tmp)?;
+                    std::fs::rename(&tmp, out)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        ob.data.sync_all()?;
-        std::fs::rename(self.store.path(&id, "part"), self.store.path(&id, "data"))?;
-        std::fs::rename(&tmp_obao, self.store.path(&id, "obao"))?;
+        // No fsync of the bytes: a crash of the process keeps them (the page
+        // cache survives it), and after a power loss a damaged blob is
+        // caught by whoever fetches it (every group is verified there).
+        if source.is_none() {
+            std::fs::rename(&part, self.store.path(&id, "data"))?;
+        }
+        std::fs::rename(self.store.path(&id, "opart"), self.store.path(&id, "obao"))?;
         self.store.write_meta(
             &id,
             &Meta {
                 size: self.info.size,
-                source: None,
+                source,
             },
         )?;
         let _ = std::fs::remove_file(self.store.path(&id, "have"));
@@ -499,11 +558,24 @@ mod tests {
             fetch.finished(0, range, std::time::Duration::from_millis(1));
         }
         assert!(fetch.is_complete());
-        partial.finish().unwrap();
+        partial.finish(None).unwrap();
         assert_eq!(
             std::fs::read(dir.join("b").join(format!("{}.data", info.id))).unwrap(),
             bytes
         );
+        // The outboard built from the parents that arrived is complete: b
+        // serves the blob, and its outboard equals the one an import makes.
+        let mut wire = Vec::new();
+        b.encode(&info.id, &(0..4), &mut wire).unwrap();
+        assert_eq!(verify_range(info, &(0..4), wire.as_slice()).unwrap(), info.size);
+        assert_eq!(
+            std::fs::read(dir.join("b").join(format!("{}.obao", info.id))).unwrap(),
+            std::fs::read(dir.join("a").join(format!("{}.obao", info.id))).unwrap()
+        );
+        let out = dir.join("exported");
+        b.export(&info.id, &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), bytes);
+        assert!(b.export(&info.id, &out).is_err(), "export never overwrites");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -599,9 +671,14 @@ mod tests {
             fetch.finished(0, range, std::time::Duration::from_millis(1));
         }
         assert_eq!(asked, 41 - 16);
-        let done = partial.finish().unwrap();
+        let done = partial.finish(None).unwrap();
         assert_eq!(done, info);
         assert!(b.contains(&info.id));
+        // Parents saved before the crash and after it make a whole outboard.
+        assert_eq!(
+            std::fs::read(dir.join("b").join(format!("{}.obao", info.id))).unwrap(),
+            std::fs::read(dir.join("a").join(format!("{}.obao", info.id))).unwrap()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
