@@ -284,6 +284,14 @@ pub(crate) async fn fetch(
         plan.add_provider(*id);
     }
     progress.verified.store(plan.verified_bytes(), Ordering::Relaxed);
+    if plan.verified_bytes() > 0 {
+        tracing::info!(
+            "resuming {}: {:.1} of {:.1} MiB already verified",
+            info.id,
+            plan.verified_bytes() as f64 / (1024.0 * 1024.0),
+            info.size as f64 / (1024.0 * 1024.0)
+        );
+    }
     progress.providers.store(providers.len(), Ordering::Relaxed);
     let shared = Arc::new(Shared {
         fetch: Mutex::new(plan),

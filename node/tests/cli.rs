@@ -227,3 +227,79 @@ fn startup_errors_are_clear() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("--listen"), "{}", stderr(&bad));
 }
+
+/// Polls a download through the control API until `until` holds.
+fn wait_download(data_dir: &Path, n: u64, until: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = shoal_node::cli_client::call(data_dir, "GET", &format!("/v1/downloads/{n}"), None).unwrap();
+        if until(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "download never got there: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn share_get_and_a_download_that_resumes_after_kill_9() {
+    let a = dir("share-a");
+    let b = dir("share-b");
+    std::fs::create_dir_all(&a).unwrap();
+    // 96 MiB of pseudo-random bytes.
+    let mut state = 7u64;
+    let bytes: Vec<u8> = (0..96 * 1024 * 1024)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect();
+    let source = a.join("source.bin");
+    std::fs::write(&source, &bytes).unwrap();
+    let id = shoal_overlay::Key::of_content(&bytes).to_string();
+    let first = up(&a, None);
+    let shared = json(&shoal(&a, &["share", source.to_str().unwrap(), "--json"]));
+    assert_eq!(shared["id"].as_str().unwrap(), id, "the id is the b3sum of the file");
+    let ticket = shared["ticket"].as_str().unwrap().to_string();
+    let unreadable = shoal(&a, &["share", "/nonexistent/file"]);
+    assert!(stderr(&unreadable).contains("cannot read"), "{}", stderr(&unreadable));
+    let bad_ticket = shoal(&a, &["get", "shoal1!!!", "-o", "/tmp/x"]);
+    assert!(
+        stderr(&bad_ticket).contains("malformed ticket"),
+        "{}",
+        stderr(&bad_ticket)
+    );
+
+    // Start fetching on b, and kill -9 b part of the way through.
+    let mut second = up(&b, None);
+    let out = b.with_extension("out");
+    let _ = std::fs::remove_file(&out);
+    let body = serde_json::json!({ "target": ticket, "out": out });
+    let started = shoal_node::cli_client::call(&b, "POST", "/v1/get", Some(&body)).unwrap();
+    let n = started["download"].as_u64().unwrap();
+    let partway = wait_download(&b, n, |v| v["verified"].as_u64().unwrap_or(0) > 0 || v["done"] == true);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let got_before = partway["verified"].as_u64().unwrap();
+    assert!(
+        partway["done"] != true && got_before < bytes.len() as u64,
+        "the download finished before the kill: {partway}"
+    );
+    let have = std::fs::read(b.join("blobs").join(format!("{id}.have"))).unwrap();
+    assert!(have.iter().any(|b| *b != 0), "progress was saved before the kill");
+    // Restart b: the same get resumes from the saved bitmap.
+    let _ = std::fs::remove_file(b.join("control.json"));
+    let mut second = up(&b, None);
+    let got = shoal(&b, &["get", &ticket, "-o", out.to_str().unwrap(), "--json"]);
+    let done = json(&got);
+    assert!(done["error"].is_null(), "{done}");
+    assert_eq!(std::fs::read(&out).unwrap(), bytes, "byte-identical after the restart");
+    let blobs = json(&shoal(&b, &["blobs", "--json"]));
+    assert_eq!(blobs[0]["id"].as_str().unwrap(), id);
+    assert!(log_of(&b).contains(&format!("resuming {id}")), "{}", log_of(&b));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    stop(first, &a);
+}
