@@ -10,6 +10,7 @@
 //! builds this crate without it.
 
 pub mod blob;
+pub mod collection;
 pub mod fetch;
 #[cfg(feature = "store")]
 pub mod store;
