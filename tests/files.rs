@@ -137,3 +137,45 @@ async fn a_provider_with_a_corrupted_copy_is_dropped_and_the_file_still_arrives(
         .to_string();
     assert!(error.contains("1 sent bad data"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_directory_arrives_as_the_same_tree() {
+    let peers = swarm("dir", 2).await;
+    let root = data_dir_existing("dir", 0).join("tree");
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    let files = [
+        ("a.txt", content(10, 3)),
+        ("empty", Vec::new()),
+        ("sub/b.bin", content(200_000, 4)),
+        ("sub/deeper/c.bin", content(70_000, 5)),
+        ("sub/same-as-a.txt", content(10, 3)),
+    ];
+    for (path, bytes) in &files {
+        std::fs::write(root.join(path), bytes).unwrap();
+    }
+    let (listing, ticket) = peers[0].share(root.clone(), Import::Copy).await.unwrap();
+    let out = data_dir_existing("dir", 1).join("got");
+    let progress = Arc::new(Progress::default());
+    let got = peers[1]
+        .download(listing.id, Some(ticket), progress.clone(), Some(out.clone()))
+        .await
+        .unwrap();
+    assert_eq!(got.id, listing.id);
+    for (path, bytes) in &files {
+        assert_eq!(&std::fs::read(out.join(path)).unwrap(), bytes, "{path}");
+    }
+    let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + listing.size;
+    assert_eq!(progress.size.load(std::sync::atomic::Ordering::Relaxed), total);
+    // A single file by id still lands as a file.
+    let single = peers[1]
+        .download(
+            Key::of_content(&files[2].1),
+            None,
+            Arc::new(Progress::default()),
+            Some(out.join("copy.bin")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out.join("copy.bin")).unwrap(), files[2].1);
+    assert_eq!(single.size, 200_000);
+}

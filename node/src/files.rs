@@ -253,9 +253,8 @@ pub(crate) async fn fetch(
     progress: Arc<Progress>,
     out: Option<std::path::PathBuf>,
 ) -> Result<BlobInfo, FetchError> {
-    progress.size.store(info.size, Ordering::Relaxed);
     if store.contains(&info.id) {
-        progress.verified.store(info.size, Ordering::Relaxed);
+        progress.verified.fetch_add(info.size, Ordering::Relaxed);
         if let Some(out) = out {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.export(&info.id, &out))
@@ -283,7 +282,7 @@ pub(crate) async fn fetch(
     for id in ids.keys() {
         plan.add_provider(*id);
     }
-    progress.verified.store(plan.verified_bytes(), Ordering::Relaxed);
+    progress.verified.fetch_add(plan.verified_bytes(), Ordering::Relaxed);
     if plan.verified_bytes() > 0 {
         tracing::info!(
             "resuming {}: {:.1} of {:.1} MiB already verified",

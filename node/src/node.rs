@@ -28,6 +28,9 @@ use crate::saved::SavedRecords;
 use shoal_resources::store::{BlobStore, Import};
 use shoal_resources::{BlobInfo, Ticket};
 
+/// A listing (directory) blob larger than this is treated as a file.
+const MAX_LISTING_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How often a changed record store is written to disk, at most.
 const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -307,10 +310,18 @@ impl Client {
     /// a ticket naming this peer's addresses.
     pub async fn share(&self, path: std::path::PathBuf, how: Import) -> Result<(BlobInfo, Ticket), NodeError> {
         let store = self.blobs.clone();
-        let info = tokio::task::spawn_blocking(move || store.import(&path, how))
-            .await
-            .map_err(|e| NodeError::Transport(e.to_string()))??;
-        self.provide(vec![info.id]).await?;
+        let (info, files) = tokio::task::spawn_blocking(move || {
+            if path.is_dir() {
+                store.import_dir(&path, how)
+            } else {
+                store.import(&path, how).map(|info| (info, Vec::new()))
+            }
+        })
+        .await
+        .map_err(|e| NodeError::Transport(e.to_string()))??;
+        let mut keys: Vec<Key> = files.iter().map(|f| f.id).collect();
+        keys.push(info.id);
+        self.provide(keys).await?;
         let addrs = self.listening().await?.iter().map(ToString::to_string).collect();
         Ok((info, Ticket { blob: info, addrs }))
     }
@@ -362,9 +373,73 @@ impl Client {
             return Err(crate::files::FetchError::NoProvider(id).into());
         };
         let info = BlobInfo { id, size };
-        let info =
-            crate::files::fetch(self.blobs.clone(), self.streams.clone(), info, providers, progress, out).await?;
-        self.provide(vec![info.id]).await?;
+        progress.size.store(size, std::sync::atomic::Ordering::Relaxed);
+        let info = crate::files::fetch(
+            self.blobs.clone(),
+            self.streams.clone(),
+            info,
+            providers.clone(),
+            progress.clone(),
+            None,
+        )
+        .await?;
+        let mut provided = vec![info.id];
+        // A directory's id names its listing: fetch every file it lists.
+        let listing = if info.size <= MAX_LISTING_BYTES {
+            let store = self.blobs.clone();
+            let bytes = tokio::task::spawn_blocking(move || store.read_small(&id, MAX_LISTING_BYTES))
+                .await
+                .map_err(|e| NodeError::Transport(e.to_string()))??;
+            match shoal_resources::collection::decode(&bytes) {
+                Ok(entries) => Some(entries),
+                Err(shoal_resources::collection::CollectionError::NotACollection) => None,
+                Err(e) => return Err(NodeError::Transport(format!("{id}: {e}"))),
+            }
+        } else {
+            None
+        };
+        match (listing, out) {
+            (None, None) => {}
+            (None, Some(out)) => {
+                let store = self.blobs.clone();
+                tokio::task::spawn_blocking(move || store.move_out(&id, &out))
+                    .await
+                    .map_err(|e| NodeError::Transport(e.to_string()))??;
+            }
+            (Some(entries), out) => {
+                let total: u64 = entries.iter().map(|e| e.blob.size).sum();
+                progress.size.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+                if let Some(out) = &out {
+                    std::fs::create_dir_all(out).map_err(|e| NodeError::Store(e.into()))?;
+                }
+                for entry in entries {
+                    let mut from = providers.clone();
+                    if let Ok(found) = self.get_providers(entry.blob.id).await {
+                        for p in found {
+                            if p.addr.peer != self.peer_id && !from.contains(&p.addr.peer) {
+                                self.add_addresses(p.addr.peer, p.addr.addrs.clone()).await?;
+                                from.push(p.addr.peer);
+                            }
+                        }
+                    }
+                    let target = out.as_ref().map(|o| o.join(&entry.path));
+                    if let Some(parent) = target.as_ref().and_then(|t| t.parent()) {
+                        std::fs::create_dir_all(parent).map_err(|e| NodeError::Store(e.into()))?;
+                    }
+                    let got = crate::files::fetch(
+                        self.blobs.clone(),
+                        self.streams.clone(),
+                        entry.blob,
+                        from,
+                        progress.clone(),
+                        target,
+                    )
+                    .await?;
+                    provided.push(got.id);
+                }
+            }
+        }
+        self.provide(provided).await?;
         Ok(info)
     }
 

@@ -78,7 +78,9 @@ pub fn encode(entries: &[Entry]) -> Result<Vec<u8>, CollectionError> {
 
 /// Decodes and checks a listing.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, CollectionError> {
-    let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or(CollectionError::NotACollection)?;
+    let body = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or(CollectionError::NotACollection)?;
     let wire: Vec<WireEntry> = ciborium::from_reader(body).map_err(|e| CollectionError::Malformed(e.to_string()))?;
     if wire.len() > MAX_ENTRIES {
         return Err(CollectionError::Malformed(format!("more than {MAX_ENTRIES} files")));
@@ -93,10 +95,9 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, CollectionError> {
         if !seen.insert(w.path.clone()) {
             return Err(CollectionError::Malformed(format!("{} listed twice", w.path)));
         }
-        let id: [u8; 32] = w
-            .id
-            .try_into()
-            .map_err(|_| CollectionError::Malformed("an id is not 32 bytes".into()))?;
+        let id: [u8; 32] =
+            w.id.try_into()
+                .map_err(|_| CollectionError::Malformed("an id is not 32 bytes".into()))?;
         out.push(Entry {
             path: w.path,
             blob: BlobInfo {
@@ -107,13 +108,21 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, CollectionError> {
     }
     for e in &out {
         let mut prefix = String::new();
-        for component in e.path.split('/').collect::<Vec<_>>().split_last().map_or(&[][..], |(_, d)| d) {
+        for component in e
+            .path
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, d)| d)
+        {
             if !prefix.is_empty() {
                 prefix.push('/');
             }
             prefix.push_str(component);
             if seen.contains(&prefix) {
-                return Err(CollectionError::Malformed(format!("{prefix} is both a file and a directory")));
+                return Err(CollectionError::Malformed(format!(
+                    "{prefix} is both a file and a directory"
+                )));
             }
         }
     }
@@ -144,7 +153,17 @@ mod tests {
 
     #[test]
     fn escaping_and_odd_paths_are_refused() {
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", "a\\b", "a\0b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a/.",
+            "a\\b",
+            "a\0b",
+        ] {
             assert!(!valid_path(bad), "{bad:?}");
         }
         assert!(valid_path("a/b c/d.txt"));
@@ -157,7 +176,7 @@ mod tests {
         }];
         ciborium::into_writer(&wire, &mut bytes).unwrap();
         assert!(matches!(decode(&bytes), Err(CollectionError::BadPath(_))));
-        let both = vec![entry("a"), entry("a/b")];
+        let both = [entry("a"), entry("a/b")];
         let mut bytes = MAGIC.to_vec();
         let wire: Vec<WireEntry> = both
             .iter()
@@ -169,6 +188,9 @@ mod tests {
             .collect();
         ciborium::into_writer(&wire, &mut bytes).unwrap();
         assert!(matches!(decode(&bytes), Err(CollectionError::Malformed(_))));
-        assert!(matches!(decode(&[MAGIC.as_slice(), b"\xff\xff"].concat()), Err(CollectionError::Malformed(_))));
+        assert!(matches!(
+            decode(&[MAGIC.as_slice(), b"\xff\xff"].concat()),
+            Err(CollectionError::Malformed(_))
+        ));
     }
 }

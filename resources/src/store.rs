@@ -326,6 +326,100 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Moves the store's copy of blob `id` to `path` (a new file) and serves
+    /// it in place from there; copies instead if `path` is on another file
+    /// system or the blob is already served in place.
+    pub fn move_out(&self, id: &Key, path: &Path) -> Result<(), StoreError> {
+        let meta = self.read_meta(id)?.ok_or(StoreError::Unknown(*id))?;
+        if meta.source.is_some() || path.exists() {
+            return self.export(id, path);
+        }
+        match std::fs::rename(self.path(id, "data"), path) {
+            Ok(()) => {
+                let source = source_of(path, &File::open(path)?)?;
+                self.write_meta(
+                    id,
+                    &Meta {
+                        size: meta.size,
+                        source: Some(source),
+                    },
+                )?;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => self.export(id, path),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a small blob whole (a collection listing), at most `max` bytes.
+    pub fn read_small(&self, id: &Key, max: u64) -> Result<Vec<u8>, StoreError> {
+        let (data, _, _) = self.open_blob(id)?;
+        let mut out = Vec::new();
+        data.take(max + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > max {
+            return Err(StoreError::Io(io::Error::other(format!(
+                "blob {id} is larger than {max} bytes"
+            ))));
+        }
+        Ok(out)
+    }
+
+    /// Imports every regular file below `dir` and a listing of them (a
+    /// collection blob, whose id names the directory). Symbolic links and
+    /// names that are not portable UTF-8 are refused, not followed.
+    pub fn import_dir(&self, dir: &Path, how: Import) -> Result<(BlobInfo, Vec<BlobInfo>), StoreError> {
+        let unreadable = |path: &Path, source| StoreError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut entries = Vec::new();
+        let mut stack = vec![(dir.to_path_buf(), String::new())];
+        while let Some((at, prefix)) = stack.pop() {
+            let mut children: Vec<_> = std::fs::read_dir(&at)
+                .map_err(|e| unreadable(&at, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| unreadable(&at, e))?;
+            children.sort_by_key(|c| c.file_name());
+            for child in children {
+                let path = child.path();
+                let name = child
+                    .file_name()
+                    .into_string()
+                    .map_err(|_| unreadable(&path, io::Error::other("the name is not UTF-8")))?;
+                let rel = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                if !crate::collection::valid_path(&rel) {
+                    return Err(unreadable(
+                        &path,
+                        io::Error::other("the name cannot be shared portably"),
+                    ));
+                }
+                let kind = child.file_type().map_err(|e| unreadable(&path, e))?;
+                if kind.is_dir() {
+                    stack.push((path, rel));
+                } else if kind.is_file() {
+                    let blob = self.import(&path, how)?;
+                    entries.push(crate::collection::Entry { path: rel, blob });
+                } else {
+                    return Err(unreadable(
+                        &path,
+                        io::Error::other("not a regular file or directory (links are not followed)"),
+                    ));
+                }
+            }
+        }
+        let listing =
+            crate::collection::encode(&entries).map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?;
+        let tmp = self.dir.join(format!("listing-{}.tmp", std::process::id()));
+        std::fs::write(&tmp, listing)?;
+        let root = self.import(&tmp, Import::Copy);
+        let _ = std::fs::remove_file(&tmp);
+        Ok((root?, entries.into_iter().map(|e| e.blob).collect()))
+    }
+
     /// Forgets blob `id` (its copy and outboard; an in-place source stays).
     pub fn remove(&self, id: &Key) -> Result<(), StoreError> {
         for ext in ["meta", "data", "obao"] {
