@@ -179,3 +179,38 @@ async fn a_shared_directory_arrives_as_the_same_tree() {
     assert_eq!(std::fs::read(out.join("copy.bin")).unwrap(), files[2].1);
     assert_eq!(single.size, 200_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
+    let peers = swarm("quota", 1).await;
+    let mut config = NodeConfig::new(data_dir("quota", 1));
+    config.mdns = false;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = peers[0].ready().await.unwrap();
+    config.quota = Some(3 * 1024 * 1024);
+    let small = start(config).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3u8 {
+        let path = data_dir_existing("quota", 0).join(format!("f{n}"));
+        std::fs::write(&path, content(2 * 1024 * 1024, 10 + n)).unwrap();
+        let (info, ticket) = peers[0].share(path, Import::Copy).await.unwrap();
+        ids.push(info.id);
+        small
+            .download(info.id, Some(ticket), Arc::new(Progress::default()), None)
+            .await
+            .unwrap();
+    }
+    // 3 MiB hold one 2 MiB blob: each download dropped the one before.
+    assert!(small.blobs().contains(&ids[2]));
+    assert!(!small.blobs().contains(&ids[0]) && !small.blobs().contains(&ids[1]));
+    assert!(small.blobs().usage().unwrap() <= 3 * 1024 * 1024);
+    let big = data_dir_existing("quota", 0).join("big");
+    std::fs::write(&big, content(4 * 1024 * 1024, 20)).unwrap();
+    let (info, ticket) = peers[0].share(big, Import::Copy).await.unwrap();
+    let error = small
+        .download(info.id, Some(ticket), Arc::new(Progress::default()), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("quota exceeded"), "{error}");
+}

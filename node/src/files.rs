@@ -123,7 +123,10 @@ async fn answer(store: &BlobStore, request: BlobRequest, mut payload: Vec<u8>) -
         }
         payload.reserve(group_bytes(&groups, size) as usize + 4096);
         match store.encode(&id, &groups, &mut payload) {
-            Ok(()) => (OK, size, payload),
+            Ok(()) => {
+                store.touch(&id);
+                (OK, size, payload)
+            }
             Err(StoreError::Unknown(_)) => (NOT_FOUND, size, Vec::new()),
             Err(e) => {
                 tracing::warn!("cannot serve {id}: {e}");
@@ -132,6 +135,10 @@ async fn answer(store: &BlobStore, request: BlobRequest, mut payload: Vec<u8>) -
         }
     });
     work.await.unwrap_or((FAILED, 0, Vec::new()))
+}
+
+fn store_part_path(store: &BlobStore, id: &Key) -> std::path::PathBuf {
+    store.part_path(id)
 }
 
 /// Why a download failed.
@@ -252,6 +259,7 @@ pub(crate) async fn fetch(
     providers: Vec<PeerId>,
     progress: Arc<Progress>,
     out: Option<std::path::PathBuf>,
+    quota: Option<u64>,
 ) -> Result<BlobInfo, FetchError> {
     if store.contains(&info.id) {
         progress.verified.fetch_add(info.size, Ordering::Relaxed);
@@ -268,9 +276,16 @@ pub(crate) async fn fetch(
     }
     let partial = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.partial(info))
-            .await
-            .map_err(|e| FetchError::Io(std::io::Error::other(e)))??
+        tokio::task::spawn_blocking(move || {
+            if let Some(quota) = quota {
+                // A resumed download's bytes are already counted.
+                let held = std::fs::metadata(store_part_path(&store, &info.id)).map_or(0, |m| m.len());
+                store.make_room(info.size.saturating_sub(held), quota, &[info.id])?;
+            }
+            store.partial(info)
+        })
+        .await
+        .map_err(|e| FetchError::Io(std::io::Error::other(e)))??
     };
     let mut plan = Fetch::new(info.size, partial.saved_have());
     let ids: BTreeMap<ProviderId, PeerId> = providers

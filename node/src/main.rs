@@ -83,7 +83,7 @@ enum Command {
     ///
     /// Each setting comes from its flag, else its SHOAL_* environment
     /// variable, else `shoal.toml` in the data directory (keys `listen`,
-    /// `bootstrap`, `mdns`, `swarm_key`; see README.md), else the default.
+    /// `bootstrap`, `mdns`, `swarm_key`, `quota`; see README.md), else the default.
     #[command(verbatim_doc_comment)]
     Up {
         /// Where the identity key, records, remembered peers, shoal.toml and
@@ -109,6 +109,11 @@ enum Command {
         /// File: swarm_key = "PATH" (relative to the data directory).
         #[arg(long, env = "SHOAL_SWARM_KEY", value_name = "FILE")]
         swarm_key: Option<PathBuf>,
+        /// Most disk the blob store may take (e.g. 500M, 10G): the least
+        /// recently used blobs are dropped to make room, and what still does
+        /// not fit is refused. Default: no limit. File: quota = "10G".
+        #[arg(long, env = "SHOAL_QUOTA", value_name = "SIZE", value_parser = settings::parse_size)]
+        quota: Option<u64>,
     },
     /// Swarm keys for private swarms.
     #[command(subcommand)]
@@ -297,6 +302,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             bootstrap,
             no_mdns,
             swarm_key,
+            quota,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -307,6 +313,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 bootstrap,
                 no_mdns,
                 swarm_key,
+                quota,
             };
             runtime.block_on(up(data_dir, given))
         }

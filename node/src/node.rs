@@ -28,6 +28,23 @@ use crate::saved::SavedRecords;
 use shoal_resources::store::{BlobStore, Import};
 use shoal_resources::{BlobInfo, Ticket};
 
+/// Bytes of the regular files at or below `path` (0 if unreadable: the
+/// import then says why).
+fn tree_size(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_file() {
+        return meta.len();
+    }
+    if !meta.is_dir() {
+        return 0;
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| tree_size(&e.path())).sum())
+        .unwrap_or(0)
+}
+
 /// A listing (directory) blob larger than this is treated as a file.
 const MAX_LISTING_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -50,6 +67,9 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Admit only peers holding this key (a private swarm).
     pub swarm_key: Option<SwarmKey>,
+    /// Most bytes the blob store may take; least recently used blobs are
+    /// dropped to make room. None: no limit.
+    pub quota: Option<u64>,
     /// Overlay settings (the verifier is replaced by ed25519's).
     pub overlay: Option<Config>,
 }
@@ -68,6 +88,7 @@ impl NodeConfig {
             bootstrap: Vec::new(),
             mdns: true,
             swarm_key: None,
+            quota: None,
             overlay: None,
         }
     }
@@ -206,6 +227,7 @@ pub struct Client {
     swarm: Option<Arc<str>>,
     blobs: BlobStore,
     streams: libp2p_stream::Control,
+    quota: Option<u64>,
 }
 
 impl std::fmt::Debug for Client {
@@ -310,7 +332,11 @@ impl Client {
     /// a ticket naming this peer's addresses.
     pub async fn share(&self, path: std::path::PathBuf, how: Import) -> Result<(BlobInfo, Ticket), NodeError> {
         let store = self.blobs.clone();
+        let quota = self.quota;
         let (info, files) = tokio::task::spawn_blocking(move || {
+            if let (Some(quota), Import::Copy) = (quota, how) {
+                store.make_room(tree_size(&path), quota, &[])?;
+            }
             if path.is_dir() {
                 store.import_dir(&path, how)
             } else {
@@ -381,6 +407,7 @@ impl Client {
             providers.clone(),
             progress.clone(),
             None,
+            self.quota,
         )
         .await?;
         let mut provided = vec![info.id];
@@ -433,6 +460,7 @@ impl Client {
                         from,
                         progress.clone(),
                         target,
+                        self.quota,
                     )
                     .await?;
                     provided.push(got.id);
@@ -567,6 +595,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         swarm,
         blobs,
         streams,
+        quota: config.quota,
     })
 }
 

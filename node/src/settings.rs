@@ -8,6 +8,7 @@
 //! bootstrap = ["/ip4/192.168.1.20/tcp/4001/p2p/12D3KooW..."]
 //! mdns = false
 //! swarm_key = "swarm.key"   # relative to the data directory
+//! quota = "100G"            # the blob store's size limit
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,8 @@ pub struct Given {
     pub no_mdns: bool,
     /// `--swarm-key`.
     pub swarm_key: Option<PathBuf>,
+    /// `--quota`, in bytes.
+    pub quota: Option<u64>,
 }
 
 /// The contents of `shoal.toml`.
@@ -48,6 +51,8 @@ pub struct FileSettings {
     pub mdns: Option<bool>,
     /// The swarm key file, relative to the data directory unless absolute.
     pub swarm_key: Option<PathBuf>,
+    /// The blob store's quota, like `"10G"`.
+    pub quota: Option<String>,
 }
 
 /// Why the settings could not be put together.
@@ -121,9 +126,44 @@ pub fn resolve(data_dir: PathBuf, given: Given) -> Result<NodeConfig, SettingsEr
         given.bootstrap
     };
     config.mdns = !given.no_mdns && file.mdns.unwrap_or(true);
+    config.quota = match (given.quota, file.quota) {
+        (Some(q), _) => Some(q),
+        (None, Some(text)) => Some(parse_size(&text).map_err(|why| SettingsError::Invalid {
+            path: data_dir.join(SETTINGS_FILE).display().to_string(),
+            why: format!("quota: {why}"),
+        })?),
+        (None, None) => None,
+    };
     let key_path = given.swarm_key.or_else(|| file.swarm_key.map(|p| data_dir.join(p)));
     config.swarm_key = key_path.map(|p| SwarmKey::load(&p)).transpose()?;
     Ok(config)
+}
+
+/// Parses a size: a number of bytes, or one with a binary suffix
+/// (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 500M or 10G"))?;
+    let shift = match unit
+        .trim()
+        .trim_end_matches("iB")
+        .trim_end_matches('B')
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{text:?} is not a size like 500M or 10G")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -167,6 +207,17 @@ mod tests {
     }
 
     #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("500MiB"), Ok(500 << 20));
+        assert_eq!(parse_size("2 TB"), Ok(2 << 40));
+        for bad in ["", "G", "10X", "-1", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn bad_files_are_named_with_their_fault() {
         let d = dir("bad");
         for (text, needle) in [
@@ -174,6 +225,7 @@ mod tests {
             ("listen = [\"not an address\"]", "listen"),
             ("mdns = \"yes\"", "mdns"),
             ("swarm_key = \"missing.key\"", "missing.key"),
+            ("quota = \"lots\"", "quota"),
         ] {
             std::fs::write(d.join(SETTINGS_FILE), text).unwrap();
             let error = resolve(d.clone(), Given::default()).unwrap_err().to_string();

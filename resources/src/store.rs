@@ -61,6 +61,19 @@ pub enum StoreError {
         /// The blob.
         id: Key,
     },
+    /// Storing this would take the store over its quota, even after
+    /// dropping every blob it may drop.
+    #[error(
+        "quota exceeded: {need} bytes more do not fit ({used} of the {quota}-byte quota in use by blobs that must stay)"
+    )]
+    QuotaExceeded {
+        /// Bytes asked for.
+        need: u64,
+        /// Bytes in use after collecting what could be collected.
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
 }
 
 /// Why receiving a run failed.
@@ -263,6 +276,76 @@ impl BlobStore {
             data: File::open(self.path(id, "obao"))?,
         };
         Ok((data, outboard, meta.source.is_some()))
+    }
+
+    /// Where a download of `id` in progress keeps its bytes.
+    pub fn part_path(&self, id: &Key) -> PathBuf {
+        self.path(id, "part")
+    }
+
+    /// Bytes the store's own files take (copies, outboards, downloads in
+    /// progress; files served in place count only their outboards).
+    pub fn usage(&self) -> Result<u64, StoreError> {
+        let mut used = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                used += entry.metadata()?.len();
+            }
+        }
+        Ok(used)
+    }
+
+    /// Marks blob `id` as used now (garbage collection drops the least
+    /// recently used first). Cheap: touches the metadata file at most every
+    /// ten minutes.
+    // The store is the local engine, not the sans-IO protocol: it may read
+    // the clock.
+    #[allow(clippy::disallowed_methods)]
+    pub fn touch(&self, id: &Key) {
+        let path = self.path(id, "meta");
+        let now = std::time::SystemTime::now();
+        let stale = std::fs::metadata(&path).and_then(|m| m.modified()).map_or(true, |t| {
+            now.duration_since(t).unwrap_or_default() > std::time::Duration::from_secs(600)
+        });
+        if stale && let Ok(file) = OpenOptions::new().append(true).open(&path) {
+            let _ = file.set_modified(now);
+        }
+    }
+
+    /// Makes room for `need` more bytes under `quota`: drops the least
+    /// recently used blobs (never those in `keep`, never a download in
+    /// progress) until the store fits, or says why it cannot.
+    pub fn make_room(&self, need: u64, quota: u64, keep: &[Key]) -> Result<Vec<Key>, StoreError> {
+        let mut used = self.usage()?;
+        let mut dropped = Vec::new();
+        if used.saturating_add(need) <= quota {
+            return Ok(dropped);
+        }
+        let mut candidates = Vec::new();
+        for entry in self.list()? {
+            if keep.contains(&entry.info.id) {
+                continue;
+            }
+            let modified = std::fs::metadata(self.path(&entry.info.id, "meta")).and_then(|m| m.modified())?;
+            candidates.push((modified, entry.info.id));
+        }
+        candidates.sort();
+        for (_, id) in candidates {
+            if used.saturating_add(need) <= quota {
+                break;
+            }
+            let before = used;
+            self.remove(&id)?;
+            used = self.usage()?;
+            if used < before {
+                dropped.push(id);
+            }
+        }
+        if used.saturating_add(need) > quota {
+            return Err(StoreError::QuotaExceeded { need, used, quota });
+        }
+        Ok(dropped)
     }
 
     /// Writes the bao encoding of the groups `groups` of blob `id` (parent
@@ -773,6 +856,38 @@ mod tests {
             std::fs::read(dir.join("b").join(format!("{}.obao", info.id))).unwrap(),
             std::fs::read(dir.join("a").join(format!("{}.obao", info.id))).unwrap()
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_quota_drops_the_least_recently_used_and_refuses_what_cannot_fit() {
+        let dir = temp("quota");
+        let store = BlobStore::open(&dir.join("s")).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..3u8 {
+            let path = dir.join(format!("f{n}"));
+            std::fs::write(&path, content(100_000 + usize::from(n))).unwrap();
+            ids.push(store.import(&path, Import::Copy).unwrap().id);
+            // Distinct, ordered use times.
+            let meta = dir.join("s").join(format!("{}.meta", ids[usize::from(n)]));
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + u64::from(n));
+            OpenOptions::new()
+                .append(true)
+                .open(meta)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        let used = store.usage().unwrap();
+        assert!(used > 300_000);
+        // Room for 50 kB within the current use plus 10 kB: the oldest goes.
+        let dropped = store.make_room(50_000, used + 10_000, &[]).unwrap();
+        assert_eq!(dropped, vec![ids[0]]);
+        assert!(!store.contains(&ids[0]) && store.contains(&ids[1]));
+        // Kept blobs are never dropped; what cannot fit is refused clearly.
+        let error = store.make_room(10_000_000, used, &[ids[1], ids[2]]).unwrap_err();
+        assert!(matches!(error, StoreError::QuotaExceeded { .. }), "{error}");
+        assert!(store.contains(&ids[1]) && store.contains(&ids[2]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
