@@ -243,9 +243,16 @@ struct Shared {
     partial: Partial,
     progress: Arc<Progress>,
     changed: tokio::sync::Notify,
+    /// A local failure (disk full, permissions) that ends the download: no
+    /// provider can help with it.
+    fatal: Mutex<Option<std::io::Error>>,
 }
 
 impl Shared {
+    fn is_fatal(&self) -> bool {
+        self.fatal.lock().map(|f| f.is_some()).unwrap_or(true)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Fetch> {
         self.fetch.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -312,6 +319,7 @@ pub(crate) async fn fetch(
         partial,
         progress,
         changed: tokio::sync::Notify::new(),
+        fatal: Mutex::new(None),
     });
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -346,6 +354,14 @@ pub(crate) async fn fetch(
             plan.have().to_vec(),
         )
     };
+    let shared2 = shared.clone();
+    if let Some(e) = shared.fatal.lock().ok().and_then(|mut f| f.take()) {
+        let _ = tokio::task::spawn_blocking(move || shared2.partial.save_have(&have)).await;
+        return Err(FetchError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot write the download of {}: {e}", info.id),
+        )));
+    }
     let shared2 = shared.clone();
     if !complete {
         let _ = tokio::task::spawn_blocking(move || shared2.partial.save_have(&have)).await;
@@ -390,7 +406,7 @@ async fn worker(
     loop {
         let next = {
             let mut plan = shared.lock();
-            if plan.is_complete() || plan.dropped(me).is_some() {
+            if plan.is_complete() || plan.dropped(me).is_some() || shared.is_fatal() {
                 None
             } else {
                 Some(plan.next_range(me))
@@ -490,8 +506,13 @@ impl Link {
         match outcome {
             Ok(()) => Ok(()),
             Err(ReceiveError::BadData) => Err(Failure::BadData),
+            // The payload is in memory: a short one is the provider's fault.
+            Err(ReceiveError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Failure::BadData),
             Err(ReceiveError::Io(e)) => {
                 tracing::warn!("writing {id}: {e}");
+                if let Ok(mut fatal) = shared.fatal.lock() {
+                    fatal.get_or_insert(e);
+                }
                 Err(Failure::Unreachable)
             }
         }

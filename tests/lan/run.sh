@@ -111,6 +111,22 @@ TICKET=$(cli 1 share "$WORK/file.bin" --json | grep -o '"ticket":"[a-z0-9]*"' | 
 check "a file shared on host 1 is fetched on host 3 by id" wait_for 30 sh -c "ip netns exec $PREFIX-h3 $SHOAL get $ID -o $WORK/h3.file --data-dir $WORK/h3 >/dev/null 2>&1 && cmp -s $WORK/file.bin $WORK/h3.file"
 check "and on host 2 by ticket" sh -c "ip netns exec $PREFIX-h2 $SHOAL get $TICKET -o $WORK/h2.file --data-dir $WORK/h2 >/dev/null && cmp -s $WORK/file.bin $WORK/h2.file"
 
+# A download onto a full disk stops with a clear error: a second peer on
+# host 2 keeps its data on a 1 MiB tmpfs (in a private mount namespace).
+disk_full() {
+  ip netns exec "$PREFIX-h2" unshare -m bash -c "
+    mkdir -p $WORK/tiny && mount -t tmpfs -o size=1m tmpfs $WORK/tiny
+    $SHOAL up --no-mdns --data-dir $WORK/tiny/d --listen /ip4/10.77.0.2/tcp/0 \
+      --bootstrap \$(grep -m1 'listening on /ip4/10.77.0.1/tcp' $WORK/h1.out | awk '{print \$3}') >/dev/null 2>&1 &
+    for _ in \$(seq 100); do [ -f $WORK/tiny/d/control.json ] && break; sleep 0.1; done
+    $SHOAL get $TICKET -o $WORK/tiny/out.bin --data-dir $WORK/tiny/d 2>$WORK/tiny.err
+    status=\$?
+    $SHOAL down --data-dir $WORK/tiny/d >/dev/null 2>&1
+    sleep 0.5
+    [ \$status -ne 0 ] && grep -q 'No space left on device' $WORK/tiny.err"
+}
+check "a download onto a full disk fails with a clear error" disk_full
+
 if [ $fail -gt 0 ]; then
   for i in $(seq 1 $HOSTS); do say "--- host $i log (tail)"; tail -5 "$WORK/h$i.log" || true; done
 fi
