@@ -214,3 +214,94 @@ async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
         .to_string();
     assert!(error.contains("quota exceeded"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
+    let mut overlay = shoal::overlay::Config::new(shoal::node::identity::verifier());
+    overlay.request_timeout = Duration::from_millis(500);
+    overlay.maintenance_interval = Duration::from_millis(500);
+    overlay.replicate_interval = Duration::from_secs(1);
+    let mut peers: Vec<Option<Client>> = Vec::new();
+    for i in 0..7 {
+        let mut config = NodeConfig::new(data_dir("pin", i));
+        config.mdns = false;
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.overlay = Some(overlay.clone());
+        config.pin_check = Duration::from_millis(300);
+        if let Some(Some(first)) = peers.first() {
+            config.bootstrap = first.ready().await.unwrap();
+        }
+        peers.push(Some(start(config).await.unwrap()));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bytes = content(1024 * 1024 + 7, 30);
+    let source = data_dir_existing("pin", 0).join("source.bin");
+    std::fs::write(&source, &bytes).unwrap();
+    let owner = peers[0].as_ref().unwrap().clone();
+    let (info, _) = owner.share(source, Import::Copy).await.unwrap();
+    assert!(
+        owner.pin(info.id, 9).await.is_err(),
+        "more replicas than homes hold records"
+    );
+    assert!(owner.pin(info.id, 3).await.unwrap() >= 2);
+    drop(owner);
+
+    // The live peers closest to the blob, and whether they hold it.
+    let home = |peers: &[Option<Client>]| {
+        let mut live: Vec<&Client> = peers.iter().flatten().collect();
+        live.sort_by_key(|c| c.key().distance(&info.id));
+        live.into_iter()
+            .take(3)
+            .map(|c| c.blobs().contains(&info.id))
+            .collect::<Vec<bool>>()
+    };
+    let mut held = false;
+    for _ in 0..100 {
+        if home(&peers).iter().all(|h| *h) {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(held, "the home fetched its copies");
+
+    // Crash the original provider and one home member that is not it.
+    let mut by_distance: Vec<usize> = (1..peers.len()).collect();
+    by_distance.sort_by_key(|i| peers[*i].as_ref().unwrap().key().distance(&info.id));
+    peers[0] = None;
+    peers[by_distance[0]] = None;
+    let mut repaired = false;
+    for _ in 0..150 {
+        if home(&peers).iter().all(|h| *h) {
+            repaired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !repaired {
+        let mut live: Vec<&Client> = peers.iter().flatten().collect();
+        live.sort_by_key(|c| c.key().distance(&info.id));
+        for c in live {
+            eprintln!(
+                "peer {}: holds {} pinned {} pins {:?} table {}",
+                c.key().short(),
+                c.blobs().contains(&info.id),
+                c.blobs().is_pinned(&info.id),
+                c.pins().await.unwrap(),
+                c.peers().await.unwrap().len()
+            );
+        }
+    }
+    assert!(repaired, "a new member joined the home and fetched the file");
+    // And the file is still fetchable, whole, elsewhere.
+    let reader = peers
+        .iter()
+        .flatten()
+        .max_by_key(|c| c.key().distance(&info.id))
+        .unwrap();
+    let got = reader
+        .download(info.id, None, Arc::new(Progress::default()), None)
+        .await
+        .unwrap();
+    assert_eq!(got.size, info.size);
+}

@@ -206,6 +206,15 @@ pub struct DownloadView {
     pub error: Option<String>,
 }
 
+/// Body of `POST /v1/pin` and `POST /v1/unpin`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PinRequest {
+    /// The content id.
+    pub id: String,
+    /// Copies the home keeps (pin only; default 3).
+    pub replicas: Option<u8>,
+}
+
 /// One blob in `GET /v1/blobs`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BlobView {
@@ -215,6 +224,8 @@ pub struct BlobView {
     pub size: u64,
     /// The file it is served from in place, if so.
     pub in_place: Option<String>,
+    /// Kept for its home (exempt from garbage collection).
+    pub pinned: bool,
 }
 
 type Failure = (StatusCode, Json<serde_json::Value>);
@@ -492,9 +503,39 @@ async fn blobs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result
                 id: e.info.id.to_string(),
                 size: e.info.size,
                 in_place: e.in_place.map(|p| p.display().to_string()),
+                pinned: state.client.blobs().is_pinned(&e.info.id),
             })
             .collect(),
     ))
+}
+
+async fn pin(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<PinRequest>,
+) -> Result<Json<PutView>, Failure> {
+    check(&state, &headers)?;
+    let id = parse_key(&body.id)?;
+    let stored = state
+        .client
+        .pin(id, body.replicas.unwrap_or(3))
+        .await
+        .map_err(|e| match e {
+            e @ crate::NodeError::Pin(_) => failure(StatusCode::BAD_REQUEST, e),
+            e => node_failure(e),
+        })?;
+    Ok(Json(PutView { stored }))
+}
+
+async fn unpin(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<PinRequest>,
+) -> Result<Json<PutView>, Failure> {
+    check(&state, &headers)?;
+    let id = parse_key(&body.id)?;
+    let stored = state.client.unpin(id).await.map_err(node_failure)?;
+    Ok(Json(PutView { stored }))
 }
 
 async fn down(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -535,6 +576,8 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         .route("/v1/get", post(get_blob))
         .route("/v1/downloads/{n}", get(download_status))
         .route("/v1/blobs", get(blobs))
+        .route("/v1/pin", post(pin))
+        .route("/v1/unpin", post(unpin))
         .route("/v1/down", post(down))
         // 100,000 keys as JSON text are about 7 MB.
         .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))

@@ -172,6 +172,24 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
+    /// Pin a file: its home (the R peers closest to its id) keeps a copy
+    /// each, and a new member fetches one when another leaves or crashes.
+    Pin {
+        /// The content id.
+        id: String,
+        /// Copies to keep (at most the swarm's record replication, 3).
+        #[arg(long, default_value_t = 3)]
+        replicas: u8,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Unpin a file this peer pinned: its home stops keeping copies for it.
+    Unpin {
+        /// The content id.
+        id: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// List the blobs this peer stores.
     Blobs {
         #[command(flatten)]
@@ -402,15 +420,28 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Get { target, out, talk } => get(&target, out, &talk),
+        Command::Pin { id, replicas, talk } => {
+            let body = serde_json::json!({ "id": id, "replicas": replicas });
+            talk_to(&talk, "POST", "/v1/pin", Some(&body), |v| {
+                format!("pinned: {} home members hold the pin", v["stored"])
+            })
+        }
+        Command::Unpin { id, talk } => {
+            let body = serde_json::json!({ "id": id });
+            talk_to(&talk, "POST", "/v1/unpin", Some(&body), |_| "unpinned".to_string())
+        }
         Command::Blobs { talk } => talk_to(&talk, "GET", "/v1/blobs", None, |v| {
             let blobs = v.as_array().cloned().unwrap_or_default();
             let lines: String = blobs
                 .iter()
                 .map(|b| {
-                    let place = b["in_place"]
+                    let mut place = b["in_place"]
                         .as_str()
                         .map(|p| format!("  (in place: {p})"))
                         .unwrap_or_default();
+                    if b["pinned"] == true {
+                        place.push_str("  pinned");
+                    }
                     format!("\n{}  {:>14}{place}", text(&b["id"]), b["size"])
                 })
                 .collect();

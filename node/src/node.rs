@@ -25,6 +25,7 @@ use crate::codec::{FrameCodec, OVERLAY_PROTOCOL};
 use crate::identity::{self, NodeSigner};
 use crate::known::KnownPeers;
 use crate::saved::SavedRecords;
+use shoal_resources::pin::{Action as PinAction, Pin};
 use shoal_resources::store::{BlobStore, Import};
 use shoal_resources::{BlobInfo, Ticket};
 
@@ -70,6 +71,8 @@ pub struct NodeConfig {
     /// Most bytes the blob store may take; least recently used blobs are
     /// dropped to make room. None: no limit.
     pub quota: Option<u64>,
+    /// How often the node checks its duties for pinned blobs.
+    pub pin_check: Duration,
     /// Overlay settings (the verifier is replaced by ed25519's).
     pub overlay: Option<Config>,
 }
@@ -89,6 +92,7 @@ impl NodeConfig {
             mdns: true,
             swarm_key: None,
             quota: None,
+            pin_check: Duration::from_secs(30),
             overlay: None,
         }
     }
@@ -126,6 +130,9 @@ pub enum NodeError {
     /// A download failed.
     #[error(transparent)]
     Fetch(#[from] crate::files::FetchError),
+    /// A pin was refused.
+    #[error(transparent)]
+    Pin(#[from] PinError),
 }
 
 /// The node's view of one finished lookup.
@@ -135,6 +142,32 @@ pub struct Lookup {
     pub peers: Vec<PeerInfo<NodeAddr>>,
     /// What it cost.
     pub stats: shoal_overlay::QueryStats,
+}
+
+/// A pin record this node holds, and whether it is among the pinned blob's
+/// `replicas` closest peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PinView {
+    /// The blob.
+    pub id: Key,
+    /// What the pin says.
+    pub pin: Pin,
+    /// Whether this node must keep a copy.
+    pub member: bool,
+}
+
+/// Why a pin was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// More replicas than the overlay keeps records at.
+    #[error("at most {max} replicas in this swarm (its records live at the {max} closest peers)")]
+    TooManyReplicas {
+        /// The overlay's replication factor.
+        max: usize,
+    },
+    /// The pin record reached no home member.
+    #[error("the pin of {0} reached no home member")]
+    NotStored(Key),
 }
 
 /// How a batch of provider announcements went.
@@ -195,6 +228,9 @@ enum Command {
     RecordsHeld {
         reply: Reply<usize>,
     },
+    Pins {
+        reply: Reply<Vec<PinView>>,
+    },
     Leave {
         reply: Reply<()>,
     },
@@ -228,6 +264,7 @@ pub struct Client {
     blobs: BlobStore,
     streams: libp2p_stream::Control,
     quota: Option<u64>,
+    replication: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -315,6 +352,43 @@ impl Client {
     /// Waits until every listener is up, then returns the listen addresses.
     pub async fn ready(&self) -> Result<Vec<Multiaddr>, NodeError> {
         self.ask(|reply| Command::Ready { reply }).await
+    }
+
+    /// The pin records this node holds, with its duty for each.
+    pub async fn pins(&self) -> Result<Vec<PinView>, NodeError> {
+        self.ask(|reply| Command::Pins { reply }).await
+    }
+
+    /// Pins blob `id`: its home (the `replicas` closest peers) keeps a copy
+    /// each and repairs the count when members leave or crash. Returns how
+    /// many home members stored the pin record.
+    pub async fn pin(&self, id: Key, replicas: u8) -> Result<usize, NodeError> {
+        if usize::from(replicas) > self.replication || replicas == 0 {
+            return Err(PinError::TooManyReplicas { max: self.replication }.into());
+        }
+        let size = match self.blobs.size(&id)? {
+            Some(size) => size,
+            None => {
+                let providers: Vec<PeerId> = self.get_providers(id).await?.into_iter().map(|p| p.addr.peer).collect();
+                crate::files::stat(&self.streams, &id, &providers)
+                    .await
+                    .ok_or(crate::files::FetchError::NoProvider(id))?
+            }
+        };
+        self.put_pin(id, Pin { replicas, size }).await
+    }
+
+    /// Unpins blob `id` (only the peer that pinned it can).
+    pub async fn unpin(&self, id: Key) -> Result<usize, NodeError> {
+        self.put_pin(id, Pin { replicas: 0, size: 0 }).await
+    }
+
+    async fn put_pin(&self, id: Key, pin: Pin) -> Result<usize, NodeError> {
+        match self.put_value(id, pin.encode()).await {
+            Ok(0) => Err(PinError::NotStored(id).into()),
+            Ok(stored) => Ok(stored),
+            Err(e) => Err(e),
+        }
     }
 
     /// Tells the swarm where `peer` can be reached.
@@ -545,6 +619,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         .clone()
         .unwrap_or_else(|| Config::new(identity::verifier()));
     overlay_config.verifier = identity::verifier();
+    let replication = overlay_config.replication;
     let local = PeerInfo::new(
         key,
         NodeAddr {
@@ -588,7 +663,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     tokio::spawn(driver.run());
     let swarm = config.swarm_key.as_ref().map(|k| Arc::from(k.fingerprint()));
     tokio::spawn(crate::files::serve(blobs.clone(), incoming));
-    Ok(Client {
+    let client = Client {
         commands,
         peer_id,
         key,
@@ -596,7 +671,111 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         blobs,
         streams,
         quota: config.quota,
-    })
+        replication,
+    };
+    tokio::spawn(pin_duties(client.downgrade(), config.pin_check));
+    Ok(client)
+}
+
+/// A handle that does not keep the node alive.
+struct WeakClient {
+    commands: mpsc::WeakSender<Command>,
+    template: Client,
+}
+
+impl Client {
+    fn downgrade(&self) -> WeakClient {
+        let (dead, _) = mpsc::channel(1);
+        WeakClient {
+            commands: self.commands.downgrade(),
+            template: Client {
+                commands: dead,
+                ..self.clone()
+            },
+        }
+    }
+}
+
+impl WeakClient {
+    fn upgrade(&self) -> Option<Client> {
+        Some(Client {
+            commands: self.commands.upgrade()?,
+            ..self.template.clone()
+        })
+    }
+}
+
+/// The home duties of pinned blobs, every `every`: fetch what this node
+/// must keep, mark it exempt from garbage collection, release what it no
+/// longer must keep. Ends with the node.
+async fn pin_duties(node: WeakClient, every: Duration) {
+    let fetching = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::<Key>::new()));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(client) = node.upgrade() else { return };
+        let Ok(pins) = client.pins().await else { return };
+        let running = fetching.lock().map(|f| f.clone()).unwrap_or_default();
+        let mut members = Vec::with_capacity(pins.len());
+        for p in &pins {
+            // The routing table may still list crashed peers for a while (a
+            // home member whose replication is done by another never sends
+            // them anything); a lookup asks the peers themselves, and only
+            // those that answer count.
+            let member = match client.find_node(p.id).await {
+                Ok(lookup) => {
+                    let own = client.key().distance(&p.id);
+                    let closer = lookup.peers.iter().filter(|q| q.key.distance(&p.id) < own).count();
+                    p.pin.replicas > 0 && closer < usize::from(p.pin.replicas)
+                }
+                Err(_) => p.member,
+            };
+            members.push(member);
+        }
+        let duties: Vec<shoal_resources::pin::Duty> = pins
+            .iter()
+            .zip(&members)
+            .map(|(p, member)| shoal_resources::pin::Duty {
+                id: p.id,
+                pin: p.pin,
+                member: *member,
+                held: client.blobs.contains(&p.id),
+                fetching: running.contains(&p.id),
+                marked: client.blobs.is_pinned(&p.id),
+            })
+            .collect();
+        for action in shoal_resources::pin::duties(&duties) {
+            match action {
+                PinAction::Keep(id) => {
+                    if let Err(e) = client.blobs.set_pinned(&id, true) {
+                        tracing::warn!("cannot mark {id} pinned: {e}");
+                    }
+                }
+                PinAction::Release(id) => {
+                    tracing::info!("no longer keeping {id} for its home");
+                    let _ = client.blobs.set_pinned(&id, false);
+                }
+                PinAction::Fetch(id) => {
+                    tracing::info!("fetching {id}: this peer joined its home");
+                    if let Ok(mut f) = fetching.lock() {
+                        f.insert(id);
+                    }
+                    let (client, fetching) = (client.clone(), fetching.clone());
+                    tokio::spawn(async move {
+                        let progress = Arc::new(crate::files::Progress::default());
+                        match client.download(id, None, progress, None).await {
+                            Ok(_) => {
+                                let _ = client.blobs.set_pinned(&id, true);
+                            }
+                            Err(e) => tracing::warn!("cannot fetch pinned {id}: {e}"),
+                        }
+                        if let Ok(mut f) = fetching.lock() {
+                            f.remove(&id);
+                        }
+                    });
+                }
+            }
+        }
+    }
 }
 
 fn build_swarm(keypair: &Keypair, mdns: bool, swarm_key: Option<SwarmKey>) -> Result<Swarm<Behaviour>, NodeError> {
@@ -701,6 +880,35 @@ impl Driver {
         }
     }
 
+    /// The pin records held, with membership: whether this node is among
+    /// each blob's `replicas` closest (by its routing table).
+    fn pins(&self, t: Instant) -> Vec<PinView> {
+        let local = self.core.local().key;
+        let mut out = Vec::new();
+        for record in self.core.record_store().value_records() {
+            if record.expires <= t {
+                continue;
+            }
+            let Some(pin) = Pin::decode(&record.value) else {
+                continue;
+            };
+            let r = usize::from(pin.replicas);
+            let closer = self
+                .core
+                .routing_table()
+                .closest(&record.key, r, None)
+                .iter()
+                .filter(|p| p.key.distance(&record.key) < local.distance(&record.key))
+                .count();
+            out.push(PinView {
+                id: record.key,
+                pin,
+                member: r > 0 && closer < r,
+            });
+        }
+        out
+    }
+
     /// A listener reported its first address (or gave up): once all have,
     /// `ready` calls are answered.
     fn listener_started(&mut self, id: libp2p::core::transport::ListenerId) {
@@ -773,6 +981,7 @@ impl Driver {
                 }
             }
             Command::RecordsHeld { reply } => drop(reply.send(Ok(self.core.record_store().len()))),
+            Command::Pins { reply } => drop(reply.send(Ok(self.pins(t)))),
             Command::Leave { reply } => {
                 let id = self.core.leave(t);
                 self.pending.insert(id, Pending::Leave(reply));

@@ -298,6 +298,12 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     assert_eq!(std::fs::read(&out).unwrap(), bytes, "byte-identical after the restart");
     let blobs = json(&shoal(&b, &["blobs", "--json"]));
     assert_eq!(blobs[0]["id"].as_str().unwrap(), id);
+    // Pinning: both peers form the home; too many replicas is refused.
+    let pinned = json(&shoal(&a, &["pin", &id, "--replicas", "2", "--json"]));
+    assert!(pinned["stored"].as_u64().unwrap() >= 1, "{pinned}");
+    let too_many = shoal(&a, &["pin", &id, "--replicas", "9"]);
+    assert!(stderr(&too_many).contains("at most"), "{}", stderr(&too_many));
+    assert!(shoal(&a, &["unpin", &id]).status.success());
     assert!(log_of(&b).contains(&format!("resuming {id}")), "{}", log_of(&b));
     second.kill().unwrap();
     second.wait().unwrap();

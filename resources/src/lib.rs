@@ -12,6 +12,7 @@
 pub mod blob;
 pub mod collection;
 pub mod fetch;
+pub mod pin;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod ticket;

@@ -278,6 +278,25 @@ impl BlobStore {
         Ok((data, outboard, meta.source.is_some()))
     }
 
+    /// Marks blob `id` pinned (or not): pinned blobs are never dropped to
+    /// make room.
+    pub fn set_pinned(&self, id: &Key, pinned: bool) -> Result<(), StoreError> {
+        let path = self.path(id, "pin");
+        if pinned {
+            std::fs::write(path, b"")?;
+        } else if let Err(e) = std::fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Whether blob `id` is marked pinned.
+    pub fn is_pinned(&self, id: &Key) -> bool {
+        self.path(id, "pin").exists()
+    }
+
     /// Where a download of `id` in progress keeps its bytes.
     pub fn part_path(&self, id: &Key) -> PathBuf {
         self.path(id, "part")
@@ -324,7 +343,7 @@ impl BlobStore {
         }
         let mut candidates = Vec::new();
         for entry in self.list()? {
-            if keep.contains(&entry.info.id) {
+            if keep.contains(&entry.info.id) || self.is_pinned(&entry.info.id) {
                 continue;
             }
             let modified = std::fs::metadata(self.path(&entry.info.id, "meta")).and_then(|m| m.modified())?;
@@ -505,7 +524,7 @@ impl BlobStore {
 
     /// Forgets blob `id` (its copy and outboard; an in-place source stays).
     pub fn remove(&self, id: &Key) -> Result<(), StoreError> {
-        for ext in ["meta", "data", "obao"] {
+        for ext in ["meta", "data", "obao", "pin"] {
             match std::fs::remove_file(self.path(id, ext)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

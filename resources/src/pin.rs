@@ -1,0 +1,141 @@
+//! Pins: "the home of this blob keeps R copies". A pin is a small signed
+//! value record stored at the blob's own key, so it lives exactly at the
+//! blob's home and the overlay's replication and hand-off carry it to
+//! whoever joins that home — which is how a crashed or departed member is
+//! replaced (repair): the newcomer finds the pin among the records it now
+//! holds and fetches the blob from the remaining copies.
+//!
+//! [`duties`] is the sans-IO half: given the pins this peer holds, whether
+//! it is among each blob's `R` closest peers, and what it stores, it says
+//! what to fetch and what to stop keeping.
+
+use serde::{Deserialize, Serialize};
+use shoal_overlay::Key;
+
+/// The first bytes of a pin record's value.
+const MAGIC: &[u8; 13] = b"shoal-pin-v1\n";
+
+/// What a pin record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// Copies the home keeps; 0 is an unpin.
+    pub replicas: u8,
+    /// The blob's size (what a member must fetch).
+    pub size: u64,
+}
+
+impl Pin {
+    /// The record value.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        // Writing CBOR into a Vec cannot fail.
+        let _ = ciborium::into_writer(self, &mut out);
+        out
+    }
+
+    /// Reads a record value; `None` if it is not a pin.
+    pub fn decode(value: &[u8]) -> Option<Pin> {
+        let body = value.strip_prefix(MAGIC.as_slice())?;
+        if body.len() > 64 {
+            return None;
+        }
+        ciborium::from_reader(body).ok()
+    }
+}
+
+/// One pin as this peer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duty {
+    /// The blob.
+    pub id: Key,
+    /// The pin.
+    pub pin: Pin,
+    /// Whether this peer is among the blob's `pin.replicas` closest peers.
+    pub member: bool,
+    /// Whether this peer stores the whole blob.
+    pub held: bool,
+    /// Whether a fetch of it is already running.
+    pub fetching: bool,
+    /// Whether this peer marks it pinned (exempt from garbage collection).
+    pub marked: bool,
+}
+
+/// What to do about one pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Fetch the blob and keep it (mark it pinned).
+    Fetch(Key),
+    /// Already held: mark it pinned.
+    Keep(Key),
+    /// No longer a member, or unpinned: stop exempting it from garbage
+    /// collection (the bytes stay until the quota needs the room).
+    Release(Key),
+}
+
+/// The actions for `duties`, in key order.
+pub fn duties(duties: &[Duty]) -> Vec<Action> {
+    let mut out = Vec::new();
+    for d in duties {
+        let wanted = d.member && d.pin.replicas > 0;
+        match (wanted, d.held, d.marked) {
+            (true, false, _) if !d.fetching => out.push(Action::Fetch(d.id)),
+            (true, true, false) => out.push(Action::Keep(d.id)),
+            (false, _, true) => out.push(Action::Release(d.id)),
+            _ => {}
+        }
+    }
+    out.sort_by_key(|a| match a {
+        Action::Fetch(k) | Action::Keep(k) | Action::Release(k) => *k,
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn duty(n: u8, member: bool, held: bool, marked: bool) -> Duty {
+        Duty {
+            id: Key::of_content(&[n]),
+            pin: Pin { replicas: 3, size: 10 },
+            member,
+            held,
+            fetching: false,
+            marked,
+        }
+    }
+
+    #[test]
+    fn pins_round_trip_and_other_values_are_not_pins() {
+        let pin = Pin {
+            replicas: 3,
+            size: 1 << 40,
+        };
+        assert_eq!(Pin::decode(&pin.encode()), Some(pin));
+        assert_eq!(Pin::decode(b"hello"), None);
+        assert_eq!(Pin::decode(&[MAGIC.as_slice(), &[0xff; 100]].concat()), None);
+    }
+
+    #[test]
+    fn members_fetch_or_keep_and_others_release() {
+        let ds = [
+            duty(1, true, false, false),
+            duty(2, true, true, false),
+            duty(3, false, true, true),
+            duty(4, true, true, true),
+            duty(5, false, true, false),
+        ];
+        let actions = duties(&ds);
+        assert!(actions.contains(&Action::Fetch(ds[0].id)));
+        assert!(actions.contains(&Action::Keep(ds[1].id)));
+        assert!(actions.contains(&Action::Release(ds[2].id)));
+        assert_eq!(actions.len(), 3);
+        // A running fetch is not started twice; an unpin releases.
+        let mut running = ds[0];
+        running.fetching = true;
+        assert!(duties(&[running]).is_empty());
+        let mut unpinned = ds[3];
+        unpinned.pin.replicas = 0;
+        assert_eq!(duties(&[unpinned]), vec![Action::Release(unpinned.id)]);
+    }
+}
