@@ -262,8 +262,17 @@ fn parse_key(text: &str) -> Result<Key, Failure> {
         .map_err(|e| failure(StatusCode::BAD_REQUEST, format!("bad key {text:?}: {e}")))
 }
 
+/// A node error as an HTTP answer: the caller's fault (a bad value, path
+/// or pin) is 400, the rest 503.
 fn node_failure(e: crate::NodeError) -> Failure {
-    failure(StatusCode::SERVICE_UNAVAILABLE, e)
+    use crate::NodeError as E;
+    let status = match &e {
+        E::Command(_) | E::Pin(_) | E::Store(shoal_resources::store::StoreError::Unreadable { .. }) => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    failure(status, e)
 }
 
 fn view(peer: &shoal_overlay::PeerInfo<crate::NodeAddr>) -> PeerView {
@@ -323,10 +332,7 @@ async fn put(
         .client
         .put_value(key, body.value.into_bytes())
         .await
-        .map_err(|e| match e {
-            crate::NodeError::Command(e) => failure(StatusCode::BAD_REQUEST, e),
-            e => node_failure(e),
-        })?;
+        .map_err(node_failure)?;
     Ok(Json(PutView { stored }))
 }
 
@@ -395,12 +401,7 @@ async fn share(
         .client
         .share(PathBuf::from(&body.path), how)
         .await
-        .map_err(|e| match e {
-            crate::NodeError::Store(e @ shoal_resources::store::StoreError::Unreadable { .. }) => {
-                failure(StatusCode::BAD_REQUEST, e)
-            }
-            e => node_failure(e),
-        })?;
+        .map_err(node_failure)?;
     Ok(Json(ShareView {
         id: info.id.to_string(),
         size: info.size,
@@ -520,10 +521,7 @@ async fn pin(
         .client
         .pin(id, body.replicas.unwrap_or(3))
         .await
-        .map_err(|e| match e {
-            e @ crate::NodeError::Pin(_) => failure(StatusCode::BAD_REQUEST, e),
-            e => node_failure(e),
-        })?;
+        .map_err(node_failure)?;
     Ok(Json(PutView { stored }))
 }
 
