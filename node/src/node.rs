@@ -46,6 +46,9 @@ fn tree_size(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Lookups one round of pin duties may run to check membership.
+const MAX_PIN_LOOKUPS: usize = 32;
+
 /// A listing (directory) blob larger than this is treated as a file.
 const MAX_LISTING_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -710,26 +713,48 @@ impl WeakClient {
 /// longer must keep. Ends with the node.
 async fn pin_duties(node: WeakClient, every: Duration) {
     let fetching = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::<Key>::new()));
+    let mut round = 0usize;
     loop {
         tokio::time::sleep(every).await;
         let Some(client) = node.upgrade() else { return };
         let Ok(pins) = client.pins().await else { return };
         let running = fetching.lock().map(|f| f.clone()).unwrap_or_default();
-        let mut members = Vec::with_capacity(pins.len());
-        for p in &pins {
+        let mut members: Vec<bool> = pins.iter().map(|p| p.member).collect();
+        let mut looked_up = vec![false; pins.len()];
+        let mut lookups = 0;
+        let start = round % pins.len().max(1);
+        round = round.wrapping_add(MAX_PIN_LOOKUPS);
+        for i in (0..pins.len()).map(|i| (i + start) % pins.len()) {
+            let p = &pins[i];
             // The routing table may still list crashed peers for a while (a
             // home member whose replication is done by another never sends
-            // them anything); a lookup asks the peers themselves, and only
-            // those that answer count.
-            let member = match client.find_node(p.id).await {
-                Ok(lookup) => {
-                    let own = client.key().distance(&p.id);
-                    let closer = lookup.peers.iter().filter(|q| q.key.distance(&p.id) < own).count();
-                    p.pin.replicas > 0 && closer < usize::from(p.pin.replicas)
+            // them anything), so "not a member" by the table is checked with
+            // a lookup, where only peers that answer count. A bounded number
+            // per round, starting at a rotating place, so that many pins
+            // cost a steady trickle of lookups, not a burst.
+            let unsure = !p.member && p.pin.replicas > 0;
+            let member = if unsure && lookups < MAX_PIN_LOOKUPS {
+                lookups += 1;
+                looked_up[i] = true;
+                match client.find_node(p.id).await {
+                    Ok(lookup) => {
+                        let own = client.key().distance(&p.id);
+                        let closer = lookup.peers.iter().filter(|q| q.key.distance(&p.id) < own).count();
+                        closer < usize::from(p.pin.replicas)
+                    }
+                    Err(_) => p.member,
                 }
-                Err(_) => p.member,
+            } else {
+                p.member
             };
-            members.push(member);
+            members[i] = member;
+        }
+        // Unchecked "not a member" verdicts change nothing this round: a
+        // copy is released only on a lookup's word (or an unpin).
+        for (i, p) in pins.iter().enumerate() {
+            if !members[i] && !looked_up[i] && p.pin.replicas > 0 {
+                members[i] = client.blobs.is_pinned(&p.id);
+            }
         }
         let duties: Vec<shoal_resources::pin::Duty> = pins
             .iter()
