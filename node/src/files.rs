@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! request  : u32 length | CBOR {id: bytes(32), start: u64, end: u64}    (start = end = 0: size only)
-//! response : u8 status | u64 size | u64 payload length | payload
+//! response : u8 status | u64 size | (u32 n | n bytes)* | u32 0          (u32 0xffffffff: failed half way)
 //! ```
 //!
 //! The plan — which run to ask whom — is the sans-IO [`Fetch`] of
@@ -63,9 +63,6 @@ pub(crate) async fn serve(store: BlobStore, mut incoming: libp2p_stream::Incomin
 }
 
 async fn serve_stream(store: BlobStore, peer: PeerId, mut stream: Stream) {
-    // One buffer per stream, reused: fresh 16 MiB buffers cost page faults
-    // and zeroing on every run.
-    let mut buffer = Vec::new();
     loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
@@ -80,61 +77,131 @@ async fn serve_stream(store: BlobStore, peer: PeerId, mut stream: Stream) {
         if stream.read_exact(&mut frame).await.is_err() {
             return;
         }
-        let (status, size, payload) = match ciborium::from_reader::<BlobRequest, _>(frame.as_slice()) {
-            Ok(request) => answer(&store, request, std::mem::take(&mut buffer)).await,
-            Err(_) => (BAD_REQUEST, 0, Vec::new()),
-        };
-        let mut header = Vec::with_capacity(17);
-        header.push(status);
-        header.extend_from_slice(&size.to_be_bytes());
-        header.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-        if stream.write_all(&header).await.is_err()
-            || stream.write_all(&payload).await.is_err()
-            || stream.flush().await.is_err()
-        {
+        let request = ciborium::from_reader::<BlobRequest, _>(frame.as_slice()).ok();
+        let bad = request.is_none();
+        // The encoder runs on a blocking thread and hands over the encoding
+        // in chunks as it goes, so reading and encoding overlap sending.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(4);
+        match request {
+            Some(request) => drop(tokio::task::spawn_blocking({
+                let store = store.clone();
+                move || answer(&store, request, &tx)
+            })),
+            None => {
+                let _ = tx.try_send(Piece::Head(BAD_REQUEST, 0));
+                let _ = tx.try_send(Piece::Chunk(Vec::new()));
+                drop(tx);
+            }
+        }
+        let mut out = Vec::with_capacity(CHUNK_BYTES + 16);
+        while let Some(piece) = rx.recv().await {
+            out.clear();
+            match piece {
+                Piece::Head(status, size) => {
+                    out.push(status);
+                    out.extend_from_slice(&size.to_be_bytes());
+                }
+                Piece::Chunk(bytes) => {
+                    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&bytes);
+                }
+                Piece::Failed => out.extend_from_slice(&CHUNK_FAILED.to_be_bytes()),
+            }
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        // The encoder is done: it ended with an empty chunk or a failure
+        // mark.
+        if stream.flush().await.is_err() || bad {
             return;
         }
-        if status == BAD_REQUEST {
-            return;
-        }
-        buffer = payload;
     }
 }
 
-async fn answer(store: &BlobStore, request: BlobRequest, mut payload: Vec<u8>) -> (u8, u64, Vec<u8>) {
-    payload.clear();
+/// Bytes per chunk of a response.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Marks a response that failed after it started.
+const CHUNK_FAILED: u32 = u32::MAX;
+
+enum Piece {
+    Head(u8, u64),
+    Chunk(Vec<u8>),
+    Failed,
+}
+
+/// A `Write` that hands the encoding over in chunks.
+struct ChunkWriter<'a> {
+    tx: &'a tokio::sync::mpsc::Sender<Piece>,
+    chunk: Vec<u8>,
+}
+
+impl std::io::Write for ChunkWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK_BYTES - self.chunk.len();
+        let n = buf.len().min(room);
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.chunk.is_empty() {
+            let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
+            self.tx
+                .blocking_send(Piece::Chunk(chunk))
+                .map_err(|_| std::io::Error::other("the stream closed"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Answers one request on a blocking thread: the header, the encoding in
+/// chunks, then an empty chunk (done) or a failure mark.
+fn answer(store: &BlobStore, request: BlobRequest, tx: &tokio::sync::mpsc::Sender<Piece>) {
+    let head = |status, size| {
+        let _ = tx.blocking_send(Piece::Head(status, size));
+        let _ = tx.blocking_send(Piece::Chunk(Vec::new()));
+    };
     let Ok(id) = <[u8; 32]>::try_from(request.id.as_slice()) else {
-        return (BAD_REQUEST, 0, Vec::new());
+        return head(BAD_REQUEST, 0);
     };
     let id = Key::from_bytes(id);
-    let store = store.clone();
-    let work = tokio::task::spawn_blocking(move || {
-        let size = match store.size(&id) {
-            Ok(Some(size)) => size,
-            Ok(None) => return (NOT_FOUND, 0, Vec::new()),
-            Err(_) => return (FAILED, 0, Vec::new()),
-        };
-        let groups = request.start..request.end;
-        if groups.is_empty() {
-            return (OK, size, Vec::new());
+    let size = match store.size(&id) {
+        Ok(Some(size)) => size,
+        Ok(None) => return head(NOT_FOUND, 0),
+        Err(_) => return head(FAILED, 0),
+    };
+    let groups = request.start..request.end;
+    if groups.is_empty() {
+        return head(OK, size);
+    }
+    if groups.end > shoal_resources::blob::group_count(size) || groups.end - groups.start > MAX_SPAN {
+        return head(BAD_REQUEST, size);
+    }
+    if tx.blocking_send(Piece::Head(OK, size)).is_err() {
+        return;
+    }
+    let mut writer = ChunkWriter {
+        tx,
+        chunk: Vec::with_capacity(CHUNK_BYTES),
+    };
+    match store
+        .encode(&id, &groups, &mut writer)
+        .and_then(|()| Ok(std::io::Write::flush(&mut writer)?))
+    {
+        Ok(()) => {
+            store.touch(&id);
+            let _ = tx.blocking_send(Piece::Chunk(Vec::new()));
         }
-        if groups.end > shoal_resources::blob::group_count(size) || groups.end - groups.start > MAX_SPAN {
-            return (BAD_REQUEST, size, Vec::new());
+        Err(e) => {
+            tracing::warn!("cannot serve {id}: {e}");
+            // A chunk of length CHUNK_FAILED: the receiver drops this run.
+            let _ = tx.blocking_send(Piece::Failed);
         }
-        payload.reserve(group_bytes(&groups, size) as usize + 4096);
-        match store.encode(&id, &groups, &mut payload) {
-            Ok(()) => {
-                store.touch(&id);
-                (OK, size, payload)
-            }
-            Err(StoreError::Unknown(_)) => (NOT_FOUND, size, Vec::new()),
-            Err(e) => {
-                tracing::warn!("cannot serve {id}: {e}");
-                (FAILED, size, Vec::new())
-            }
-        }
-    });
-    work.await.unwrap_or((FAILED, 0, Vec::new()))
+    }
 }
 
 fn store_part_path(store: &BlobStore, id: &Key) -> std::path::PathBuf {
@@ -200,26 +267,37 @@ async fn ask(
         start: groups.start,
         end: groups.end,
     };
+    let mut len = 0usize;
     let mut frame = Vec::new();
     ciborium::into_writer(&request, &mut frame).map_err(std::io::Error::other)?;
     let mut out = (frame.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(&frame);
     stream.write_all(&out).await?;
     stream.flush().await?;
-    let mut header = [0u8; 17];
+    let mut header = [0u8; 9];
     stream.read_exact(&mut header).await?;
     let status = header[0];
     let size = u64::from_be_bytes(header[1..9].try_into().unwrap_or_default());
-    let len = u64::from_be_bytes(header[9..17].try_into().unwrap_or_default());
-    if len > MAX_PAYLOAD_BYTES {
-        return Err(std::io::Error::other(format!("payload of {len} bytes is over the cap")));
+    loop {
+        let mut chunk = [0u8; 4];
+        stream.read_exact(&mut chunk).await?;
+        let n = u32::from_be_bytes(chunk);
+        if n == 0 {
+            return Ok((status, size, len));
+        }
+        if n == CHUNK_FAILED {
+            return Err(std::io::Error::other("the provider failed half way"));
+        }
+        let n = n as usize;
+        if n > CHUNK_BYTES || (len + n) as u64 > MAX_PAYLOAD_BYTES {
+            return Err(std::io::Error::other("the response is over the cap"));
+        }
+        if buffer.len() < len + n {
+            buffer.resize(len + n, 0);
+        }
+        stream.read_exact(&mut buffer[len..len + n]).await?;
+        len += n;
     }
-    let len = len as usize;
-    if buffer.len() < len {
-        buffer.resize(len, 0);
-    }
-    stream.read_exact(&mut buffer[..len]).await?;
-    Ok((status, size, len))
 }
 
 /// Asks providers for the size of `id` until one answers.
