@@ -193,7 +193,7 @@ fn answer(store: &BlobStore, request: BlobRequest, tx: &tokio::sync::mpsc::Sende
         .and_then(|()| Ok(std::io::Write::flush(&mut writer)?))
     {
         Ok(()) => {
-            store.touch(&id);
+            store.touch(&id, std::time::SystemTime::now());
             let _ = tx.blocking_send(Piece::Chunk(Vec::new()));
         }
         Err(e) => {

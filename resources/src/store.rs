@@ -315,15 +315,11 @@ impl BlobStore {
         Ok(used)
     }
 
-    /// Marks blob `id` as used now (garbage collection drops the least
-    /// recently used first). Cheap: touches the metadata file at most every
-    /// ten minutes.
-    // The store is the local engine, not the sans-IO protocol: it may read
-    // the clock.
-    #[allow(clippy::disallowed_methods)]
-    pub fn touch(&self, id: &Key) {
+    /// Marks blob `id` as used at `now`, the driver's clock (garbage
+    /// collection drops the least recently used first). Cheap: touches the
+    /// metadata file at most every ten minutes.
+    pub fn touch(&self, id: &Key, now: std::time::SystemTime) {
         let path = self.path(id, "meta");
-        let now = std::time::SystemTime::now();
         let stale = std::fs::metadata(&path).and_then(|m| m.modified()).map_or(true, |t| {
             now.duration_since(t).unwrap_or_default() > std::time::Duration::from_secs(600)
         });
@@ -723,6 +719,25 @@ mod tests {
         dir
     }
 
+    /// Fetches every group `fetch` still lacks from store `from` into
+    /// `partial`, as one provider; returns how many groups were asked for.
+    fn pull(from: &BlobStore, info: BlobInfo, partial: &Partial, fetch: &mut Fetch) -> u64 {
+        fetch.add_provider(0);
+        let mut asked = 0;
+        while let Some(range) = fetch.next_range(0) {
+            asked += range.end - range.start;
+            let mut wire = Vec::new();
+            from.encode(&info.id, &range, &mut wire).unwrap();
+            partial
+                .receive(&range, wire.as_slice(), |g| {
+                    fetch.verified(0, g);
+                })
+                .unwrap();
+            fetch.finished(0, range, std::time::Duration::from_millis(1));
+        }
+        asked
+    }
+
     fn content(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
@@ -742,17 +757,7 @@ mod tests {
         let b = BlobStore::open(&dir.join("b")).unwrap();
         let partial = b.partial(info).unwrap();
         let mut fetch = Fetch::new(info.size, partial.saved_have());
-        fetch.add_provider(0);
-        while let Some(range) = fetch.next_range(0) {
-            let mut wire = Vec::new();
-            a.encode(&info.id, &range, &mut wire).unwrap();
-            partial
-                .receive(&range, wire.as_slice(), |g| {
-                    fetch.verified(0, g);
-                })
-                .unwrap();
-            fetch.finished(0, range, std::time::Duration::from_millis(1));
-        }
+        pull(&a, info, &partial, &mut fetch);
         assert!(fetch.is_complete());
         partial.finish(None).unwrap();
         assert_eq!(
@@ -853,20 +858,7 @@ mod tests {
         let partial = b.partial(info).unwrap();
         let mut fetch = Fetch::new(info.size, partial.saved_have());
         assert_eq!(fetch.verified_bytes(), 16 * GROUP_BYTES);
-        fetch.add_provider(0);
-        let mut asked = 0;
-        while let Some(range) = fetch.next_range(0) {
-            asked += range.end - range.start;
-            let mut wire = Vec::new();
-            a.encode(&info.id, &range, &mut wire).unwrap();
-            partial
-                .receive(&range, wire.as_slice(), |g| {
-                    fetch.verified(0, g);
-                })
-                .unwrap();
-            fetch.finished(0, range, std::time::Duration::from_millis(1));
-        }
-        assert_eq!(asked, 41 - 16);
+        assert_eq!(pull(&a, info, &partial, &mut fetch), 41 - 16);
         let done = partial.finish(None).unwrap();
         assert_eq!(done, info);
         assert!(b.contains(&info.id));
