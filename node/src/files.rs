@@ -408,8 +408,18 @@ pub(crate) async fn fetch(
             worker(&shared, &control, id, peer, blob, &ids).await
         }));
     }
-    for w in workers {
-        let _ = w.await;
+    // Done when every group is in, or when every worker has given up. A
+    // worker still waiting on a slow or dead provider (up to RUN_TIMEOUT)
+    // must not hold up a finished download: it is stopped.
+    loop {
+        let wait = shared.changed.notified();
+        if shared.lock().is_complete() || workers.iter().all(|w| w.is_finished()) {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), wait).await;
+    }
+    for w in &workers {
+        w.abort();
     }
     let (complete, lying, unreachable, have) = {
         let plan = shared.lock();
