@@ -421,6 +421,12 @@ pub(crate) async fn fetch(
     for w in &workers {
         w.abort();
     }
+    // An aborted worker stops at its next await; one in the middle of
+    // writing a run finishes that write first. Wait for that, so nothing
+    // touches the file once it is filed.
+    for w in workers {
+        let _ = w.await;
+    }
     let (complete, lying, unreachable, have) = {
         let plan = shared.lock();
         let mut delivered: BTreeMap<PeerId, u64> = BTreeMap::new();
