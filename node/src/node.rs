@@ -200,6 +200,8 @@ enum Command {
     PutValue {
         key: Key,
         value: Vec<u8>,
+        /// `None`: the overlay's `record_ttl`.
+        lifetime: Option<Duration>,
         reply: Reply<usize>,
     },
     GetValue {
@@ -322,7 +324,13 @@ impl Client {
     /// Stores a signed value record at `key`'s home; returns how many home
     /// members confirmed.
     pub async fn put_value(&self, key: Key, value: Vec<u8>) -> Result<usize, NodeError> {
-        self.ask(|reply| Command::PutValue { key, value, reply }).await
+        self.ask(|reply| Command::PutValue {
+            key,
+            value,
+            lifetime: None,
+            reply,
+        })
+        .await
     }
 
     /// Reads the value record at `key`.
@@ -387,7 +395,13 @@ impl Client {
     }
 
     async fn put_pin(&self, id: Key, pin: Pin) -> Result<usize, NodeError> {
-        match self.put_value(id, pin.encode()).await {
+        let put = self.ask(|reply| Command::PutValue {
+            key: id,
+            value: pin.encode(),
+            lifetime: Some(shoal_resources::pin::PIN_LIFETIME),
+            reply,
+        });
+        match put.await {
             Ok(0) => Err(PinError::NotStored(id).into()),
             Ok(stored) => Ok(stored),
             Err(e) => Err(e),
@@ -974,7 +988,15 @@ impl Driver {
                 Ok(id) => drop(self.pending.insert(id, Pending::FindNode(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
-            Command::PutValue { key, value, reply } => match self.core.put_value(t, key, value) {
+            Command::PutValue {
+                key,
+                value,
+                lifetime,
+                reply,
+            } => match self
+                .core
+                .put_value_for(t, key, value, lifetime.unwrap_or(self.core.config().record_ttl))
+            {
                 Ok(id) => drop(self.pending.insert(id, Pending::PutValue(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },

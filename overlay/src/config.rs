@@ -50,6 +50,11 @@ pub struct Config {
     pub republish_interval: Duration,
     /// Lifetime given to records this peer signs.
     pub record_ttl: Duration,
+    /// The longest lifetime a value record may be signed for
+    /// ([`Overlay::put_value_for`](crate::Overlay::put_value_for), used for
+    /// pins that must outlive their publisher); peers refuse value records
+    /// that expire later than this plus `clock_skew_tolerance`.
+    pub max_value_lifetime: Duration,
     /// How far peers' clocks may disagree; records expiring later than
     /// `record_ttl` plus this are refused.
     pub clock_skew_tolerance: Duration,
@@ -84,6 +89,7 @@ impl Config {
             replicate_interval: Duration::from_secs(5 * 60),
             republish_interval: Duration::from_secs(60 * 60),
             record_ttl: Duration::from_secs(24 * 60 * 60),
+            max_value_lifetime: Duration::from_secs(400 * 24 * 60 * 60),
             clock_skew_tolerance: Duration::from_secs(5 * 60),
             store: StoreLimits::default(),
             value_quorum: 1,

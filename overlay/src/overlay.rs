@@ -51,6 +51,8 @@ struct PublishedValue {
     value: Vec<u8>,
     /// Version of the last signed record; the next is larger.
     seq: u64,
+    /// How long each signed version lives.
+    lifetime: std::time::Duration,
     /// When to republish.
     next: Instant,
 }
@@ -429,8 +431,30 @@ impl<A: Addr> Overlay<A> {
     }
 
     /// Signs `value` as the record at `key` and stores it at the key's home.
-    /// The core republishes it every `republish_interval`.
+    /// The core republishes it every `republish_interval`; each version lives
+    /// `record_ttl`.
     pub fn put_value(&mut self, now: Instant, key: Key, value: Vec<u8>) -> Result<QueryId, CommandError> {
+        self.put_value_for(now, key, value, self.config.record_ttl)
+    }
+
+    /// As [`put_value`](Self::put_value), but the record lives `lifetime`
+    /// (at most `max_value_lifetime`): it outlasts this peer by that long if
+    /// the peer goes away for good. Republished versions get the same.
+    pub fn put_value_for(
+        &mut self,
+        now: Instant,
+        key: Key,
+        value: Vec<u8>,
+        lifetime: std::time::Duration,
+    ) -> Result<QueryId, CommandError> {
+        let max = self.config.max_value_lifetime.max(self.config.record_ttl);
+        if lifetime > max || lifetime.is_zero() {
+            return Err(CommandError::BadLifetime {
+                key,
+                secs: lifetime.as_secs(),
+                max_secs: max.as_secs(),
+            });
+        }
         if value.len() > MAX_VALUE_BYTES {
             return Err(CommandError::ValueTooLarge {
                 key,
@@ -439,10 +463,18 @@ impl<A: Addr> Overlay<A> {
             });
         }
         let seq = self.next_seq(now, &key);
-        let record = self.sign_value(now, key, value.clone(), seq);
+        let record = self.sign_value(now, key, value.clone(), seq, lifetime);
         let id = self.start_query(now, key, QueryKind::PutValue { record })?;
         let next = now + self.config.republish_interval;
-        self.published_values.insert(key, PublishedValue { value, seq, next });
+        self.published_values.insert(
+            key,
+            PublishedValue {
+                value,
+                seq,
+                lifetime,
+                next,
+            },
+        );
         Ok(id)
     }
 
@@ -885,7 +917,8 @@ impl<A: Addr> Overlay<A> {
             .take(self.config.k)
             .filter(|p| p.key != local && p.addr.matches_key(&p.key))
             .collect();
-        let (verifier, max_life) = (self.config.verifier, self.max_lifetime());
+        let (verifier, max_life) = (self.config.verifier, self.max_value_lifetime());
+        let provider_life = self.max_lifetime();
         let (quorum, max_providers) = (self.config.value_quorum, self.config.max_providers);
         let Some(query) = self.queries.get_mut(&id) else { return };
         query.stats.responses += 1;
@@ -912,7 +945,7 @@ impl<A: Addr> Overlay<A> {
                 for p in providers {
                     if p.key == query.lookup.target()
                         && !found.iter().any(|f| f.provider.key == p.provider.key)
-                        && p.verify(verifier, now, max_life).is_ok()
+                        && p.verify(verifier, now, provider_life).is_ok()
                     {
                         found.push(p);
                     }
@@ -1269,12 +1302,16 @@ impl<A: Addr> Overlay<A> {
         self.config.record_ttl + self.config.clock_skew_tolerance
     }
 
+    fn max_value_lifetime(&self) -> std::time::Duration {
+        self.config.max_value_lifetime.max(self.config.record_ttl) + self.config.clock_skew_tolerance
+    }
+
     fn accept(&mut self, now: Instant, record: AnyRecord<A>) -> Result<PutOutcome, RecordError> {
         let (verifier, max_life) = (self.config.verifier, self.max_lifetime());
         let next = now + self.config.replicate_interval;
         match record {
             AnyRecord::Value(r) => {
-                r.verify(verifier, now, max_life)?;
+                r.verify(verifier, now, self.max_value_lifetime())?;
                 self.store.put_value(r, now, next)
             }
             AnyRecord::Provider(r) => {
@@ -1284,8 +1321,15 @@ impl<A: Addr> Overlay<A> {
         }
     }
 
-    fn sign_value(&mut self, now: Instant, key: Key, value: Vec<u8>, seq: u64) -> ValueRecord {
-        ValueRecord::sign(key, value, seq, now + self.config.record_ttl, self.signer.as_ref())
+    fn sign_value(
+        &mut self,
+        now: Instant,
+        key: Key,
+        value: Vec<u8>,
+        seq: u64,
+        lifetime: std::time::Duration,
+    ) -> ValueRecord {
+        ValueRecord::sign(key, value, seq, now + lifetime, self.signer.as_ref())
     }
 
     fn sign_provider(&mut self, now: Instant, key: Key) -> ProviderRecord<A> {
@@ -1350,10 +1394,10 @@ impl<A: Addr> Overlay<A> {
             .collect();
         for key in values {
             let seq = self.next_seq(now, &key);
-            let Some(value) = self.published_values.get(&key).map(|p| p.value.clone()) else {
+            let Some((value, lifetime)) = self.published_values.get(&key).map(|p| (p.value.clone(), p.lifetime)) else {
                 continue;
             };
-            let record = self.sign_value(now, key, value, seq);
+            let record = self.sign_value(now, key, value, seq, lifetime);
             // A full query table leaves the entry due: it is tried again at
             // the next maintenance round.
             if self.start_query(now, key, QueryKind::PutValue { record }).is_ok()

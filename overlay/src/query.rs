@@ -152,6 +152,16 @@ pub enum CommandError {
     /// The peer is leaving and takes no new work.
     #[error("the peer is leaving the overlay")]
     Leaving,
+    /// A record lifetime of zero or beyond `max_value_lifetime`.
+    #[error("a record at {key} cannot live {secs} s; the most is {max_secs} s")]
+    BadLifetime {
+        /// The key.
+        key: Key,
+        /// The lifetime asked for.
+        secs: u64,
+        /// The limit.
+        max_secs: u64,
+    },
 }
 
 #[derive(Debug)]

@@ -588,3 +588,25 @@ fn in_a_swarm_of_at_most_k_peers_one_lookup_places_every_key() {
     // One message per home member that holds anything (the batch fits).
     assert!(stores <= 14, "{stores} store messages");
 }
+
+#[test]
+fn a_long_lived_value_outlives_its_silent_publisher_and_the_default_ttl() {
+    let mut swarm = Swarm::join(12);
+    let (key, short) = (target(9), target(10));
+    let day = Duration::from_secs(24 * 60 * 60);
+    let now = swarm.now;
+    let core = &mut swarm.peers[5];
+    // Beyond the limit, or zero, is refused up front.
+    assert!(core.put_value_for(now, key, b"x".to_vec(), 500 * day).is_err());
+    assert!(core.put_value_for(now, key, b"x".to_vec(), Duration::ZERO).is_err());
+    let query = core.put_value_for(now, key, b"pin".to_vec(), 10 * day).unwrap();
+    swarm.flush(5);
+    swarm.await_event(|e| matches!(e, Event::Put { query: q, stored, .. } if *q == query && *stored > 0));
+    assert!(put(&mut swarm, 5, short, b"short") > 0);
+    // The publisher goes silent: it never republishes again.
+    swarm.down.insert(5);
+    swarm.run_for(2 * day);
+    // The default-lifetime record lapsed; the long-lived one is still held and served.
+    assert!(get(&mut swarm, 7, short).is_none());
+    assert_eq!(get(&mut swarm, 7, key).expect("still held").value, b"pin");
+}

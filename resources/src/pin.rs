@@ -15,6 +15,12 @@ use shoal_overlay::Key;
 /// The first bytes of a pin record's value.
 const MAGIC: &[u8; 13] = b"shoal-pin-v1\n";
 
+/// How long a pin record lives. The pinning peer re-signs it every hour
+/// while it runs; if it goes away for good, the pin still holds for this
+/// long (and an unpin, signed the same way, outlives any stale copy of the
+/// pin it replaces).
+pub const PIN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 60 * 60);
+
 /// What a pin record says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {
