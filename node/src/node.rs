@@ -728,9 +728,25 @@ impl WeakClient {
 async fn pin_duties(node: WeakClient, every: Duration) {
     let fetching = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::<Key>::new()));
     let mut round = 0usize;
+    let mut announced = false;
     loop {
         tokio::time::sleep(every).await;
         let Some(client) = node.upgrade() else { return };
+        if !announced {
+            // After a restart, announce every blob kept from earlier runs
+            // (the overlay re-announces them hourly from then on).
+            announced = true;
+            match client.blobs.list() {
+                Ok(held) if !held.is_empty() => {
+                    let ids: Vec<Key> = held.iter().map(|e| e.info.id).collect();
+                    if let Err(e) = client.provide(ids).await {
+                        tracing::warn!("cannot announce the blobs held: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot list the blobs held: {e}"),
+            }
+        }
         let Ok(pins) = client.pins().await else { return };
         let running = fetching.lock().map(|f| f.clone()).unwrap_or_default();
         let mut members: Vec<bool> = pins.iter().map(|p| p.member).collect();
@@ -740,22 +756,23 @@ async fn pin_duties(node: WeakClient, every: Duration) {
         round = round.wrapping_add(MAX_PIN_LOOKUPS);
         for i in (0..pins.len()).map(|i| (i + start) % pins.len()) {
             let p = &pins[i];
-            // The routing table may still list crashed peers for a while (a
-            // home member whose replication is done by another never sends
-            // them anything), so "not a member" by the table is checked with
-            // a lookup, where only peers that answer count. A bounded number
-            // per round, starting at a rotating place, so that many pins
-            // cost a steady trickle of lookups, not a burst.
-            let unsure = !p.member && p.pin.replicas > 0;
+            // The routing table may list a crashed peer for a round or two
+            // (until the overlay's neighbour probes drop it), so a copy kept
+            // for the home is released only when a lookup, where only peers
+            // that answer count, says this node is no longer a member. A
+            // bounded number per round, starting at a rotating place, so
+            // that many pins cost a steady trickle of lookups, not a burst.
+            let unsure = shoal_resources::pin::confirm_by_lookup(p.member, &p.pin, client.blobs.is_pinned(&p.id));
             let member = if unsure && lookups < MAX_PIN_LOOKUPS {
                 lookups += 1;
                 looked_up[i] = true;
                 match client.find_node(p.id).await {
-                    Ok(lookup) => {
-                        let own = client.key().distance(&p.id);
-                        let closer = lookup.peers.iter().filter(|q| q.key.distance(&p.id) < own).count();
-                        closer < usize::from(p.pin.replicas)
-                    }
+                    Ok(lookup) => shoal_resources::pin::is_member(
+                        &client.key(),
+                        &p.id,
+                        p.pin.replicas,
+                        lookup.peers.iter().map(|q| q.key),
+                    ),
                     Err(_) => p.member,
                 }
             } else {
@@ -931,18 +948,14 @@ impl Driver {
             let Some(pin) = Pin::decode(&record.value) else {
                 continue;
             };
-            let r = usize::from(pin.replicas);
-            let closer = self
+            let known = self
                 .core
                 .routing_table()
-                .closest(&record.key, r, None)
-                .iter()
-                .filter(|p| p.key.distance(&record.key) < local.distance(&record.key))
-                .count();
+                .closest(&record.key, usize::from(pin.replicas), None);
             out.push(PinView {
                 id: record.key,
                 pin,
-                member: r > 0 && closer < r,
+                member: shoal_resources::pin::is_member(&local, &record.key, pin.replicas, known.iter().map(|p| p.key)),
             });
         }
         out

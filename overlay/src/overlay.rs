@@ -734,7 +734,10 @@ impl<A: Addr> Overlay<A> {
                 self.events.push_back(Event::PeerRemoved { peer: peer.clone() });
                 self.peer_gone(now, &peer.key);
             }
-            Failed::Unknown | Failed::Counted | Failed::Stale => {}
+            // Skipped by lookups and homes from now on: its records need
+            // another member at once.
+            Failed::Stale => self.peer_gone(now, &peer.key),
+            Failed::Unknown | Failed::Counted => {}
         }
     }
 
@@ -1363,6 +1366,13 @@ impl<A: Addr> Overlay<A> {
         }
         let round = now.as_micros() / self.config.maintenance_interval.as_micros().max(1) as u64;
         for peer in self.table.stale_peers(round) {
+            self.send(now, peer, Request::Ping, Purpose::Probe);
+        }
+        // The nearest neighbours share this peer's homes: one that stopped
+        // answering must leave the table within a few rounds, so that the
+        // home (and whoever keeps copies for it) moves on.
+        let quiet = self.config.maintenance_interval;
+        for peer in self.table.quiet_neighbours(self.config.replication, now, quiet) {
             self.send(now, peer, Request::Ping, Purpose::Probe);
         }
     }

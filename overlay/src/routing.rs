@@ -115,7 +115,8 @@ pub enum Failed<A> {
     Replaced(PeerInfo<A>),
     /// The peer was removed and no replacement was waiting.
     Removed,
-    /// The peer failed too often but has no replacement: kept, marked stale.
+    /// The peer failed too often but has no replacement: kept, marked stale
+    /// (returned once, when the mark is set).
     Stale,
 }
 
@@ -309,7 +310,10 @@ impl<A: Addr> RoutingTable<A> {
             self.len -= 1;
             return Failed::Removed;
         }
-        entry.stale = true;
+        if std::mem::replace(&mut entry.stale, true) {
+            // Already stale: one more failed probe.
+            return Failed::Counted;
+        }
         Failed::Stale
     }
 
@@ -340,6 +344,25 @@ impl<A: Addr> RoutingTable<A> {
     /// then all deeper buckets (they differ from the target at bit `i`), then
     /// shallower buckets from `i - 1` down to 0.
     pub fn closest(&self, target: &Key, count: usize, exclude: Option<&Key>) -> Vec<PeerInfo<A>> {
+        self.closest_entries(target, count, exclude)
+            .iter()
+            .map(|(_, e)| PeerInfo::new(e.key, e.addr.clone()))
+            .collect()
+    }
+
+    /// Of the `count` live peers closest to the local peer, those not heard
+    /// from within `quiet` before `now`: the neighbours whose liveness the
+    /// home depends on, due for a probe.
+    pub fn quiet_neighbours(&self, count: usize, now: Instant, quiet: Duration) -> Vec<PeerInfo<A>> {
+        let horizon = seconds(now).saturating_sub(u32::try_from(quiet.as_secs()).unwrap_or(u32::MAX));
+        self.closest_entries(&self.local, count, None)
+            .iter()
+            .filter(|(_, e)| e.seen_s < horizon)
+            .map(|(_, e)| PeerInfo::new(e.key, e.addr.clone()))
+            .collect()
+    }
+
+    fn closest_entries(&self, target: &Key, count: usize, exclude: Option<&Key>) -> Vec<(Distance, &Entry<A>)> {
         let mut out: Vec<(Distance, &Entry<A>)> = Vec::with_capacity(count + self.k);
         let first = self.index(target).min(KEY_BITS - 1);
         if let Some(bucket) = self.buckets.get(first) {
@@ -365,10 +388,8 @@ impl<A: Addr> RoutingTable<A> {
             }
             take_bucket(bucket, target, exclude, &mut out);
         }
-        out.iter()
-            .take(count)
-            .map(|(_, e)| PeerInfo::new(e.key, e.addr.clone()))
-            .collect()
+        out.truncate(count);
+        out
     }
 
     /// Indices of buckets with no activity since `now - idle`. A lookup
@@ -582,11 +603,12 @@ mod tests {
             "stale peers are left out of lookups"
         );
         assert_eq!(t.stale_peers(0), vec![p.clone()]);
-        // Each failed probe spaces the next one further out; then it goes.
-        assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Stale);
+        // Each failed probe spaces the next one further out (and is only
+        // counted: the entry became stale once); then it goes.
+        assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Counted);
         assert!(t.stale_peers(1).is_empty() && t.stale_peers(2).len() == 1);
         for _ in 1..STALE_PROBES - 1 {
-            assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Stale);
+            assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Counted);
         }
         assert_eq!(t.record_failure(&p.key, Instant::ZERO), Failed::Removed);
         assert!(t.is_empty());

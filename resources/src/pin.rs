@@ -49,6 +49,32 @@ impl Pin {
     }
 }
 
+/// Whether `local` is among the `replicas` peers closest to blob `id`, given
+/// the peers it knows nearest to `id` (at least `replicas` of them if it
+/// knows that many; any order, `local` itself not among them).
+pub fn is_member(local: &Key, id: &Key, replicas: u8, known: impl IntoIterator<Item = Key>) -> bool {
+    let mine = local.distance(id);
+    let closer = known.into_iter().filter(|k| k.distance(id) < mine).count();
+    replicas > 0 && closer < usize::from(replicas)
+}
+
+/// Whether "not a member", by the routing table, must be confirmed by a
+/// lookup before it is acted on: only when this peer keeps a copy for the
+/// home (`marked`), which it would otherwise release on the word of a table
+/// that may list a crashed peer for a minute or two. A peer without a copy
+/// trusts its table; the overlay probes its nearest neighbours every round,
+/// so a dead one soon drops out and the table makes it a member.
+pub fn confirm_by_lookup(member_by_table: bool, pin: &Pin, marked: bool) -> bool {
+    !member_by_table && pin.replicas > 0 && marked
+}
+
+/// Where a peer that leaves gracefully hands its copy of blob `id` first:
+/// every member of the home it leaves behind (`home`: the `replicas` peers
+/// nearest `id` other than itself) that does not hold it yet.
+pub fn handoff_targets<P: Copy>(home: &[P], holds: impl Fn(P) -> bool) -> Vec<P> {
+    home.iter().copied().filter(|p| !holds(*p)).collect()
+}
+
 /// One pin as this peer sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Duty {
@@ -109,6 +135,35 @@ mod tests {
             fetching: false,
             marked,
         }
+    }
+
+    #[test]
+    fn membership_counts_the_known_peers_nearer_the_blob() {
+        let id = Key::of_content(b"blob");
+        let mut peers: Vec<Key> = (0..10u8).map(|n| Key::of_content(&[n, 1])).collect();
+        peers.sort_by_key(|k| k.distance(&id));
+        // The 3rd nearest is a member of a 3-replica home, the 4th is not.
+        assert!(is_member(
+            &peers[2],
+            &id,
+            3,
+            peers.iter().copied().filter(|k| *k != peers[2])
+        ));
+        assert!(!is_member(
+            &peers[3],
+            &id,
+            3,
+            peers.iter().copied().filter(|k| *k != peers[3])
+        ));
+        assert!(is_member(
+            &peers[3],
+            &id,
+            4,
+            peers.iter().copied().filter(|k| *k != peers[3])
+        ));
+        // An unpin (0 replicas) makes nobody a member.
+        assert!(!is_member(&peers[0], &id, 0, []));
+        assert_eq!(handoff_targets(&[1, 2, 3], |p| p == 2), vec![1, 3]);
     }
 
     #[test]

@@ -51,4 +51,7 @@ mod trace;
 pub use churn::SessionDist;
 pub use net::{NetConfig, Partition, Preset};
 pub use report::Report;
-pub use sim::{Counters, GetOutcome, LookupOutcome, PeerIndex, PeerState, Sim, SimConfig, Violation, sim_verifier};
+pub use sim::{
+    Counters, FileCounters, FilesConfig, GetOutcome, LookupOutcome, PeerIndex, PeerState, Sim, SimConfig, Violation,
+    sim_verifier,
+};

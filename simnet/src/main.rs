@@ -70,6 +70,54 @@ enum Scenario {
         #[arg(long, default_value_t = 0.5)]
         get_rate: f64,
     },
+    /// Join N peers, share and pin F files with R copies each, then churn for
+    /// D days (peers crash, leave, come back; some never do and fresh peers
+    /// take their place) and report files lost, repair traffic and spread.
+    Durability {
+        #[command(flatten)]
+        common: Common,
+        /// Simulated days of churn.
+        #[arg(long, default_value_t = 30.0)]
+        days: f64,
+        /// Files pinned before churn begins.
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+        /// Size of each file, in MiB.
+        #[arg(long, default_value_t = 100)]
+        file_mib: u64,
+        /// Copies each pin asks for (at most the overlay's replication, 3).
+        #[arg(long, default_value_t = 3)]
+        replicas: u8,
+        /// Median session length, in minutes (half the peers are gone within it).
+        #[arg(long, default_value_t = 120.0)]
+        session_median_min: f64,
+        /// Median time a departed peer stays away, in minutes.
+        #[arg(long, default_value_t = 30.0)]
+        downtime_median_min: f64,
+        /// Session length distribution.
+        #[arg(long, value_enum, default_value_t = SessionDist::Exponential)]
+        session_dist: SessionDist,
+        /// Fraction of departures that are crashes (the rest leave gracefully).
+        #[arg(long, default_value_t = 0.5)]
+        crash_fraction: f64,
+        /// Fraction of departures that are for good: the disk is lost and a
+        /// fresh peer with an empty disk joins instead.
+        #[arg(long, default_value_t = 0.1)]
+        permanent_fraction: f64,
+        /// Each peer's link speed each way, in Mbit/s.
+        #[arg(long, default_value_t = 1000)]
+        link_mbit: u64,
+        /// Seconds between two rounds of a peer's pin duties.
+        #[arg(long, default_value_t = 30.0)]
+        pin_check_s: f64,
+        /// Leaving peers do not hand their copies on first.
+        #[arg(long)]
+        no_handoff: bool,
+        /// Minutes a routing-table bucket may go without a lookup before it
+        /// is refreshed.
+        #[arg(long, default_value_t = 10.0)]
+        refresh_min: f64,
+    },
     /// Join N peers, split them into two random halves, heal, and measure
     /// how long until lookups succeed at 99.9% again.
     Partition {
@@ -212,6 +260,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let swarm = common.swarm()?;
             let result = scenario::churn(&swarm, &spec);
+            (common, result)
+        }
+        Scenario::Durability {
+            common,
+            days,
+            files,
+            file_mib,
+            replicas,
+            session_median_min,
+            downtime_median_min,
+            session_dist,
+            crash_fraction,
+            permanent_fraction,
+            link_mbit,
+            pin_check_s,
+            no_handoff,
+            refresh_min,
+        } => {
+            anyhow::ensure!(days.is_finite() && days > 0.0, "--days must be positive");
+            anyhow::ensure!((1..=3).contains(&replicas), "--replicas must be 1, 2 or 3");
+            anyhow::ensure!(
+                (1..=1 << 20).contains(&file_mib),
+                "--file-mib must be between 1 and 1048576"
+            );
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&crash_fraction) && (0.0..=1.0).contains(&permanent_fraction),
+                "--crash-fraction and --permanent-fraction must be in [0, 1]"
+            );
+            anyhow::ensure!(link_mbit > 0, "--link-mbit must be positive");
+            anyhow::ensure!(
+                pin_check_s.is_finite() && pin_check_s >= 1.0,
+                "--pin-check-s must be at least 1"
+            );
+            anyhow::ensure!(refresh_min >= 1.0, "--refresh-min must be at least 1");
+            let spec = scenario::DurabilitySpec {
+                days,
+                files,
+                file_bytes: file_mib << 20,
+                replicas,
+                session_median: minutes(session_median_min, "--session-median-min")?,
+                downtime_median: minutes(downtime_median_min, "--downtime-median-min")?,
+                dist: session_dist,
+                crash_fraction,
+                permanent_fraction,
+                files_config: shoal_simnet::FilesConfig {
+                    link_bytes_per_s: link_mbit * 1_000_000 / 8,
+                    pin_check: Duration::from_secs_f64(pin_check_s),
+                    max_lookups: 32,
+                    handoff: !no_handoff,
+                },
+            };
+            let mut swarm = common.swarm()?;
+            swarm.refresh_interval = Some(minutes(refresh_min, "--refresh-min")?);
+            let result = scenario::durability(&swarm, &spec);
             (common, result)
         }
         Scenario::Partition {

@@ -134,10 +134,17 @@ impl Network {
         [first, second]
     }
 
-    fn delay(&mut self, a: &Placement, b: &Placement) -> Duration {
+    /// The one-way delay between two places, without jitter.
+    pub(crate) fn path_delay(&self, a: &Placement, b: &Placement) -> Duration {
         let (dx, dy) = (f64::from(a.x - b.x), f64::from(a.y - b.y));
         let distance = (dx * dx + dy * dy).sqrt() / std::f64::consts::SQRT_2;
-        let path = self.config.base_latency.as_secs_f64() + distance * self.config.span_latency.as_secs_f64();
+        Duration::from_secs_f64(
+            self.config.base_latency.as_secs_f64() + distance * self.config.span_latency.as_secs_f64(),
+        )
+    }
+
+    fn delay(&mut self, a: &Placement, b: &Placement) -> Duration {
+        let path = self.path_delay(a, b).as_secs_f64();
         // Exponential jitter by inversion: -ln(U) * mean.
         let u = self.rng.unit_f64().max(1e-12);
         let extra = -u.ln() * self.config.jitter * path;

@@ -91,6 +91,9 @@ pub struct Report {
     /// Partition: lookup success before, during and after the partition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition_success: Option<PhaseSuccess>,
+    /// Durability: what became of the pinned files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
     /// Why the run differs from what was asked (a memory limit stopped the join).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -103,6 +106,47 @@ pub struct Report {
     /// Sorted latencies, for the CDF plot.
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
+}
+
+/// What the `durability` scenario measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Durability {
+    /// Files pinned.
+    pub files: usize,
+    /// Bytes of each file.
+    pub file_bytes: u64,
+    /// Copies each pin asks for.
+    pub replicas: u8,
+    /// Simulated days of churn.
+    pub days: f64,
+    /// Files with all `replicas` copies on live peers once pinning settled.
+    pub placed: usize,
+    /// Files with no copy left on any disk that still exists (the goal is 0).
+    pub lost: usize,
+    /// Files with no copy on a live peer at the end (copies only on peers
+    /// that are away and will come back).
+    pub unavailable_at_end: usize,
+    /// Mean over 10-minute samples of the files with no live copy.
+    pub unavailable_mean: f64,
+    /// Most files without a live copy at one sample.
+    pub unavailable_max: usize,
+    /// Mean over samples of the files with fewer than `replicas` live copies.
+    pub under_replicated_mean: f64,
+    /// Bytes moved by repair (every transfer after churn began), per peer
+    /// per simulated day, averaged over the mean number of live peers.
+    pub repair_bytes_per_peer_day: f64,
+    /// The most bytes one slot received by repair, per simulated day.
+    pub repair_bytes_max_peer_day: f64,
+    /// Pinned copies per live peer at the end: most, mean, and their ratio.
+    pub spread_max: u32,
+    /// Mean pinned copies per live peer at the end.
+    pub spread_mean: f64,
+    /// `spread_max / spread_mean`.
+    pub spread_ratio: f64,
+    /// Departures that never came back (disk gone; a fresh peer joined instead).
+    pub permanent_departures: u64,
+    /// Counters of the files layer.
+    pub counters: crate::sim::FileCounters,
 }
 
 /// Requests sent, by kind.
@@ -272,6 +316,42 @@ impl Report {
                 s,
                 "  churn         {:.0} peers up on average; {} crashes, {} leaves, {} joins",
                 live, c.crashes, c.leaves, c.joins
+            );
+        }
+        if let Some(d) = &self.durability {
+            let _ = writeln!(
+                s,
+                "  files         {} of {} MiB pinned ×{}, {} placed; after {:.1} days: {} lost, {} unavailable at the end",
+                d.files,
+                d.file_bytes >> 20,
+                d.replicas,
+                d.placed,
+                d.days,
+                d.lost,
+                d.unavailable_at_end
+            );
+            let _ = writeln!(
+                s,
+                "                without a live copy: mean {:.2}, max {}; under-replicated: mean {:.1}",
+                d.unavailable_mean, d.unavailable_max, d.under_replicated_mean
+            );
+            let _ = writeln!(
+                s,
+                "  repair        {:.1} MiB per peer per day (most on one peer {:.1} MiB/day); {} permanent departures",
+                d.repair_bytes_per_peer_day / 1048576.0,
+                d.repair_bytes_max_peer_day / 1048576.0,
+                d.permanent_departures
+            );
+            let _ = writeln!(
+                s,
+                "  spread        pinned copies per live peer: max {}, mean {:.2}, max/mean {:.2}",
+                d.spread_max, d.spread_mean, d.spread_ratio
+            );
+            let c = &d.counters;
+            let _ = writeln!(
+                s,
+                "  duties        {} fetches ({} done, {} without provider, {} cut off), {} hand-offs, {} released, {} membership lookups",
+                c.fetches, c.fetched, c.no_provider, c.broken_transfers, c.handoffs, c.released, c.membership_lookups
             );
         }
         if let Some(p) = self.partition_success {

@@ -35,6 +35,9 @@ pub struct Swarm {
     pub max_rss_mb: Option<u64>,
     /// Print join progress to standard error.
     pub progress: bool,
+    /// How long a bucket may go without a lookup before it is refreshed
+    /// (`None`: the overlay's default).
+    pub refresh_interval: Option<Duration>,
 }
 
 /// A joined swarm, ready for a scenario.
@@ -61,6 +64,7 @@ impl Swarm {
             duplication: 0.0,
             max_rss_mb: None,
             progress: false,
+            refresh_interval: None,
         }
     }
 
@@ -70,6 +74,9 @@ impl Swarm {
         net.duplication = self.duplication;
         let mut overlay = Config::new(crate::sim::sim_verifier());
         overlay.disjoint_paths = self.disjoint_paths;
+        if let Some(refresh) = self.refresh_interval {
+            overlay.refresh_interval = refresh;
+        }
         overlay.request_timeout = match self.net {
             Preset::Lan => Duration::from_millis(500),
             Preset::Wan => Duration::from_secs(2),
@@ -93,8 +100,15 @@ impl Swarm {
     /// Creates the sim and joins every peer through the protocol, one after
     /// another at `join_rate`, each through a random peer already joined.
     pub fn join(&self) -> Result<Joined, Violation> {
+        self.join_with(|_| {})
+    }
+
+    /// As [`join`](Self::join), with `setup` applied to the simulation
+    /// before the first peer starts.
+    pub fn join_with(&self, setup: impl FnOnce(&mut Sim)) -> Result<Joined, Violation> {
         let wall = WallClock::now();
         let mut sim = self.sim();
+        setup(&mut sim);
         let gap = (SECOND as f64 / self.join_rate.max(1e-3)) as u64;
         let mut note = None;
         for i in 0..self.peers {
@@ -466,4 +480,223 @@ fn reconverge_s(after: &[&crate::sim::LookupOutcome], heal_s: f64, window_s: f64
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Settings of the durability scenario.
+#[derive(Clone, Debug)]
+pub struct DurabilitySpec {
+    /// Simulated days of churn.
+    pub days: f64,
+    /// Files pinned before churn begins.
+    pub files: usize,
+    /// Bytes of each file.
+    pub file_bytes: u64,
+    /// Copies each pin asks its home to keep.
+    pub replicas: u8,
+    /// Median session length.
+    pub session_median: Duration,
+    /// Median time a departed peer stays away before it comes back.
+    pub downtime_median: Duration,
+    /// Session length distribution.
+    pub dist: SessionDist,
+    /// Fraction of departures that are crashes (the rest leave gracefully).
+    pub crash_fraction: f64,
+    /// Fraction of departures that are for good: the disk is gone and a
+    /// fresh peer with an empty disk joins in its place.
+    pub permanent_fraction: f64,
+    /// The files layer: link speed, duty period, hand-off.
+    pub files_config: crate::sim::FilesConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Turn {
+    Depart(PeerIndex),
+    Return(PeerIndex),
+    Replace(PeerIndex),
+    ForceOff(PeerIndex),
+    Sample,
+}
+
+/// `durability`: join, share and pin files with `replicas` copies, drop the
+/// pinners' own copies, then churn for `days` and count what survived.
+pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violation> {
+    let wall = WallClock::now();
+    let files_config = spec.files_config.clone();
+    let Joined {
+        mut sim,
+        wall_s: join_wall,
+        note,
+    } = swarm.join_with(|sim| sim.enable_files(files_config))?;
+    let mut rng = Rng::derive(swarm.seed, 4);
+
+    // Share and pin every file from a random peer; let the homes fetch.
+    for i in 0..spec.files {
+        let blob = Key::of_content(format!("file {i} of seed {}", swarm.seed).as_bytes());
+        let Some(from) = sim.random_live() else { break };
+        sim.share(from, blob, spec.file_bytes);
+        sim.pin(from, blob, spec.replicas);
+    }
+    let settle = micros(spec.files_config.pin_check) * 4 + 5 * MINUTE;
+    sim.run_until(sim.now_us() + settle)?;
+    let replicas = u32::from(spec.replicas);
+    let placed = sim.copies(|_| false).values().filter(|c| c.0 >= replicas).count();
+    // Only the homes' copies count from here on.
+    for peer in 0..sim.slots() as PeerIndex {
+        sim.drop_unpinned(peer);
+    }
+    let received_before: Vec<u64> = sim.transfer_bytes().iter().map(|b| b.1).collect();
+
+    let start = sim.now_us();
+    let end = start + (spec.days * 86_400.0 * SECOND as f64) as u64;
+    let mut plan: BTreeMap<(u64, u64), Turn> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut schedule = |plan: &mut BTreeMap<(u64, u64), Turn>, at: u64, turn: Turn| {
+        seq += 1;
+        plan.insert((at, seq), turn);
+    };
+    for peer in 0..sim.slots() as PeerIndex {
+        let session = spec.dist.sample(spec.session_median, &mut rng);
+        schedule(&mut plan, start + micros(session), Turn::Depart(peer));
+    }
+    schedule(&mut plan, start, Turn::Sample);
+    let mut gone: Vec<bool> = vec![false; sim.slots()];
+    let mut permanent = 0u64;
+    let (mut live_sum, mut samples) = (0.0, 0u64);
+    let (mut unavailable_sum, mut unavailable_max, mut under_sum) = (0u64, 0usize, 0u64);
+
+    while let Some((&(at, s), &turn)) = plan.iter().next() {
+        if at > end {
+            break;
+        }
+        plan.remove(&(at, s));
+        sim.run_until(at)?;
+        match turn {
+            Turn::Depart(peer) => {
+                if matches!(sim.state(peer), PeerState::Joined | PeerState::Joining) {
+                    if rng.chance(spec.crash_fraction) {
+                        sim.crash(peer);
+                    } else {
+                        sim.leave(peer);
+                        schedule(&mut plan, at + 5 * MINUTE, Turn::ForceOff(peer));
+                    }
+                }
+                let downtime = SessionDist::Exponential.sample(spec.downtime_median, &mut rng);
+                let back = at + micros(downtime).max(31 * SECOND);
+                if rng.chance(spec.permanent_fraction) {
+                    permanent += 1;
+                    schedule(&mut plan, back, Turn::Replace(peer));
+                } else {
+                    schedule(&mut plan, back, Turn::Return(peer));
+                }
+            }
+            Turn::ForceOff(peer) => {
+                if sim.state(peer) == PeerState::Leaving {
+                    sim.crash(peer);
+                }
+            }
+            Turn::Return(peer) => {
+                if sim.state(peer) == PeerState::Offline {
+                    sim.start(peer);
+                }
+                let session = spec.dist.sample(spec.session_median, &mut rng);
+                schedule(&mut plan, at + micros(session), Turn::Depart(peer));
+            }
+            Turn::Replace(peer) => {
+                if sim.state(peer) == PeerState::Leaving {
+                    // Still handing its copies on.
+                    schedule(&mut plan, at + MINUTE, Turn::Replace(peer));
+                    continue;
+                }
+                // Gone for good; a new machine with an empty disk joins.
+                if sim.state(peer) != PeerState::Offline {
+                    sim.crash(peer);
+                }
+                sim.wipe_disk(peer);
+                gone[peer as usize] = true;
+                let fresh = sim.add_slot();
+                gone.push(false);
+                sim.start(fresh);
+                let session = spec.dist.sample(spec.session_median, &mut rng);
+                schedule(&mut plan, at + micros(session), Turn::Depart(fresh));
+            }
+            Turn::Sample => {
+                let copies = sim.copies(|p| gone[p as usize]);
+                let unavailable = copies.values().filter(|c| c.0 == 0).count();
+                unavailable_sum += unavailable as u64;
+                unavailable_max = unavailable_max.max(unavailable);
+                under_sum += copies.values().filter(|c| c.0 < replicas).count() as u64;
+                live_sum += sim.live() as f64;
+                samples += 1;
+                if swarm.progress && samples % 36 == 1 {
+                    let lost = copies.values().filter(|c| c.1 == 0).count();
+                    eprintln!(
+                        "durability: day {:.2} of {}, {} peers up, {unavailable} files without a live copy, {lost} lost, {:.0} s wall",
+                        (at - start) as f64 / 86_400e6,
+                        spec.days,
+                        sim.live(),
+                        wall.elapsed().as_secs_f64()
+                    );
+                }
+                schedule(&mut plan, at + 10 * MINUTE, Turn::Sample);
+            }
+        }
+    }
+    sim.run_until(end)?;
+    sim.check_all()?;
+
+    let copies = sim.copies(|p| gone[p as usize]);
+    let lost = copies.values().filter(|c| c.1 == 0).count();
+    let unavailable_at_end = copies.values().filter(|c| c.0 == 0).count();
+    let per_peer = sim.pinned_per_live_peer();
+    let spread_max = per_peer.iter().copied().max().unwrap_or(0);
+    let spread_mean = per_peer.iter().map(|c| f64::from(*c)).sum::<f64>() / per_peer.len().max(1) as f64;
+    let received: Vec<u64> = sim
+        .transfer_bytes()
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b.1.saturating_sub(received_before.get(i).copied().unwrap_or(0)))
+        .collect();
+    let mean_live = live_sum / samples.max(1) as f64;
+    let days = spec.days.max(1e-9);
+    let durability = crate::report::Durability {
+        files: spec.files,
+        file_bytes: spec.file_bytes,
+        replicas: spec.replicas,
+        days: spec.days,
+        placed,
+        lost,
+        unavailable_at_end,
+        unavailable_mean: unavailable_sum as f64 / samples.max(1) as f64,
+        unavailable_max,
+        under_replicated_mean: under_sum as f64 / samples.max(1) as f64,
+        repair_bytes_per_peer_day: received.iter().sum::<u64>() as f64 / mean_live.max(1.0) / days,
+        repair_bytes_max_peer_day: received.iter().copied().max().unwrap_or(0) as f64 / days,
+        spread_max,
+        spread_mean,
+        spread_ratio: if spread_mean > 0.0 {
+            f64::from(spread_max) / spread_mean
+        } else {
+            0.0
+        },
+        permanent_departures: permanent,
+        counters: sim.file_counters(),
+    };
+    let counts = ChurnCounts {
+        crashes: sim.counters.crashes,
+        leaves: sim.counters.leaves,
+        joins: sim.counters.joins,
+    };
+    let mut report = Report::build(
+        "durability",
+        &mut sim,
+        swarm.net_name(),
+        &[],
+        wall.elapsed().as_secs_f64(),
+        join_wall,
+    );
+    report.mean_live_peers = Some(mean_live);
+    report.churn_events = Some(counts);
+    report.durability = Some(durability);
+    report.note = note;
+    Ok(report)
 }

@@ -14,6 +14,10 @@ use shoal_overlay::{
 use crate::net::{self, NetConfig, Network, Partition, Placement};
 use crate::trace::Trace;
 
+mod files;
+
+pub use files::{FileCounters, FilesConfig};
+
 /// Index of a peer slot. A slot keeps its key across crashes and restarts.
 pub type PeerIndex = u32;
 
@@ -93,6 +97,10 @@ struct Slot {
     joined_at: u64,
     /// Position in `live_list` while joined.
     live_pos: u32,
+    /// Its disk and links (files layer).
+    files: files::PeerFiles,
+    /// A leaving peer stays up until its hand-off pushes end (virtual µs).
+    leave_until: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -115,8 +123,28 @@ enum Payload {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
-    Wake { peer: PeerIndex, inc: u32 },
-    Message { slot: u32 },
+    Wake {
+        peer: PeerIndex,
+        inc: u32,
+    },
+    Message {
+        slot: u32,
+    },
+    /// A round of pin duties.
+    Duty {
+        peer: PeerIndex,
+        inc: u32,
+        first: bool,
+    },
+    /// A file transfer ends.
+    Transfer {
+        id: u64,
+    },
+    /// A leaving peer's hand-off is over.
+    Offline {
+        peer: PeerIndex,
+        inc: u32,
+    },
 }
 
 /// What the simulator tracks about a query it started.
@@ -132,6 +160,14 @@ enum Pending {
         value_hash: [u8; 32],
     },
     Put,
+    /// Providers of a blob a pin duty fetches.
+    Providers {
+        blob: Key,
+    },
+    /// Whether this peer is a home member of a pinned blob.
+    Membership {
+        blob: Key,
+    },
 }
 
 /// How one lookup went.
@@ -227,6 +263,7 @@ pub struct Sim {
     pub gets: Vec<GetOutcome>,
     /// Counters.
     pub counters: Counters,
+    files: Option<files::Files>,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -262,6 +299,7 @@ impl Sim {
             lookups: Vec::new(),
             gets: Vec::new(),
             counters: Counters::default(),
+            files: None,
         }
     }
 
@@ -362,6 +400,8 @@ impl Sim {
             state: PeerState::Offline,
             joined_at: 0,
             live_pos: u32::MAX,
+            files: files::PeerFiles::default(),
+            leave_until: 0,
         });
         index
     }
@@ -393,6 +433,7 @@ impl Sim {
         slot.wake_at = u64::MAX;
         self.trace.record(self.now, 1, peer, 0);
         self.flush(peer);
+        self.files_started(peer);
     }
 
     /// Stops the peer at once: its state is gone, messages to it are lost.
@@ -417,12 +458,14 @@ impl Sim {
         core.leave(now_local);
         self.remove_live(peer);
         self.slots[peer as usize].state = PeerState::Leaving;
+        self.slots[peer as usize].leave_until = self.files_leaving(peer).unwrap_or(0);
         self.counters.leaves += 1;
         self.trace.record(self.now, 3, peer, 0);
         self.flush(peer);
     }
 
     fn go_offline(&mut self, peer: PeerIndex) {
+        self.files_stopping(peer);
         self.remove_live(peer);
         let slot = &mut self.slots[peer as usize];
         slot.core = None;
@@ -552,6 +595,17 @@ impl Sim {
             match ev {
                 Ev::Wake { peer, inc } => self.wake(peer, inc)?,
                 Ev::Message { slot } => self.deliver(slot),
+                Ev::Duty { peer, inc, first } => self.duty(peer, inc, first),
+                Ev::Transfer { id } => {
+                    self.trace.record(self.now, 8, 0, id);
+                    self.transfer_done(id);
+                }
+                Ev::Offline { peer, inc } => {
+                    let slot = &self.slots[peer as usize];
+                    if slot.incarnation == inc && slot.state == PeerState::Leaving {
+                        self.go_offline(peer);
+                    }
+                }
             }
             if self.now >= self.next_check {
                 self.next_check = self.now + self.check_interval;
@@ -747,17 +801,27 @@ impl Sim {
                     self.counters.joins += 1;
                 }
             }
-            Event::Left { .. } => self.go_offline(peer),
+            Event::Left { .. } => {
+                let slot = &self.slots[peer as usize];
+                if slot.leave_until > self.now {
+                    // Its hand-off pushes are still running.
+                    let (at, inc) = (slot.leave_until, slot.incarnation);
+                    self.push(at, Ev::Offline { peer, inc });
+                } else {
+                    self.go_offline(peer);
+                }
+            }
             Event::FoundNodes {
                 query, peers, stats, ..
             } => {
-                let Some(Pending::Lookup {
-                    start,
-                    key,
-                    closest_at_start,
-                }) = self.pending.remove(&(peer, query))
-                else {
-                    return;
+                let (start, key, closest_at_start) = match self.pending.remove(&(peer, query)) {
+                    Some(Pending::Lookup {
+                        start,
+                        key,
+                        closest_at_start,
+                    }) => (start, key, closest_at_start),
+                    Some(Pending::Membership { blob }) => return self.membership_found(peer, blob, &peers),
+                    _ => return,
                 };
                 let success = self.judge(peer, start, &key, closest_at_start, &peers);
                 self.lookups.push(LookupOutcome {
@@ -784,8 +848,13 @@ impl Sim {
                     self.counters.put_stored += stored as u64;
                 }
             }
-            Event::GotProviders { .. }
-            | Event::ProvidedMany { .. }
+            Event::GotProviders { query, providers, .. } => {
+                if let Some(Pending::Providers { blob }) = self.pending.remove(&(peer, query)) {
+                    let from: Vec<PeerIndex> = providers.iter().map(|r| r.provider.addr).collect();
+                    self.providers_found(peer, blob, &from);
+                }
+            }
+            Event::ProvidedMany { .. }
             | Event::PeerAdded { .. }
             | Event::PeerRemoved { .. }
             | Event::Aborted { .. } => {}

@@ -1,0 +1,494 @@
+//! Files in the simulator: blobs on each peer's simulated disk, the pin
+//! duties of [`shoal_resources::pin`] run by every peer on a timer, and
+//! transfers that take time on each peer's link.
+//!
+//! The overlay part is the real core: pins are value records put with
+//! [`Overlay::put_value_for`](shoal_overlay::Overlay::put_value_for), a
+//! copy is announced with a provider record, a fetch looks providers up with
+//! `get_providers`, and membership that the routing table cannot vouch for
+//! is checked with a lookup — what the node does. Only the bytes are
+//! modelled: a transfer of `n` bytes occupies the sender's uplink and the
+//! receiver's downlink for `n / link` seconds, after the ones already
+//! booked on either (first come, first served), and fails if either peer is
+//! gone or restarted when it would end. A fetch takes the whole blob from
+//! one provider (the node spreads it over several, so this is slower).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use shoal_overlay::{Instant, Key, PeerInfo};
+use shoal_resources::pin::{self, Action, Duty, Pin};
+
+use super::{Ev, PeerIndex, PeerState, Pending, Sim, micros};
+use crate::net;
+
+/// Settings of the files layer.
+#[derive(Clone, Debug)]
+pub struct FilesConfig {
+    /// Each peer's link speed, each way, in bytes per second.
+    pub link_bytes_per_s: u64,
+    /// How often each peer runs its pin duties.
+    pub pin_check: Duration,
+    /// Most membership lookups one round of duties starts.
+    pub max_lookups: usize,
+    /// Whether a peer that leaves gracefully hands its pinned copies to the
+    /// home it leaves behind first.
+    pub handoff: bool,
+}
+
+/// Counters of the files layer.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct FileCounters {
+    /// Fetches started by pin duties.
+    pub fetches: u64,
+    /// Of which ended with a whole copy.
+    pub fetched: u64,
+    /// Provider lookups that found no live provider holding the blob.
+    pub no_provider: u64,
+    /// Transfers cut off because an end went away.
+    pub broken_transfers: u64,
+    /// Copies pushed by leaving peers.
+    pub handoffs: u64,
+    /// Membership lookups.
+    pub membership_lookups: u64,
+    /// Copies dropped after their peer stopped being a home member.
+    pub released: u64,
+    /// Bytes moved by finished transfers.
+    pub bytes_moved: u64,
+}
+
+/// A peer's disk and links. It survives restarts; a peer that is gone for
+/// good loses it.
+#[derive(Debug, Default)]
+pub(crate) struct PeerFiles {
+    /// Whole blobs held, and whether each is marked pinned.
+    disk: BTreeMap<Key, bool>,
+    /// Blobs being fetched.
+    fetching: BTreeSet<Key>,
+    /// Virtual time at which the uplink and the downlink are free.
+    up_free: u64,
+    down_free: u64,
+    /// Bytes sent and received by finished transfers.
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    /// Value records kept across a restart (the node's records.cbor).
+    saved: Vec<shoal_overlay::ValueRecord>,
+}
+
+#[derive(Debug)]
+struct Transfer {
+    blob: Key,
+    from: PeerIndex,
+    from_inc: u32,
+    to: PeerIndex,
+    to_inc: u32,
+    bytes: u64,
+}
+
+/// The files layer's state.
+#[derive(Debug)]
+pub(crate) struct Files {
+    config: FilesConfig,
+    /// Every blob's size.
+    sizes: BTreeMap<Key, u64>,
+    transfers: BTreeMap<u64, Transfer>,
+    next_transfer: u64,
+    pub(crate) counters: FileCounters,
+}
+
+impl Sim {
+    /// Turns the files layer on (before any peer starts).
+    pub fn enable_files(&mut self, config: FilesConfig) {
+        self.files = Some(Files {
+            config,
+            sizes: BTreeMap::new(),
+            transfers: BTreeMap::new(),
+            next_transfer: 0,
+            counters: FileCounters::default(),
+        });
+    }
+
+    /// Counters of the files layer.
+    pub fn file_counters(&self) -> FileCounters {
+        self.files.as_ref().map(|f| f.counters).unwrap_or_default()
+    }
+
+    /// Puts a whole blob of `size` bytes on `peer`'s disk (not pinned) and
+    /// announces it, as `shoal share` does.
+    pub fn share(&mut self, peer: PeerIndex, blob: Key, size: u64) {
+        let Some(files) = self.files.as_mut() else { return };
+        files.sizes.insert(blob, size);
+        self.slots[peer as usize].files.disk.entry(blob).or_insert(false);
+        let _ = self.command(peer, |core, now| core.start_providing(now, blob).ok());
+    }
+
+    /// Pins `blob` from `peer` with `replicas` copies, as `shoal pin` does.
+    pub fn pin(&mut self, peer: PeerIndex, blob: Key, replicas: u8) -> bool {
+        let Some(size) = self.files.as_ref().and_then(|f| f.sizes.get(&blob).copied()) else {
+            return false;
+        };
+        let value = Pin { replicas, size }.encode();
+        match self.command(peer, |core, now| {
+            core.put_value_for(now, blob, value, pin::PIN_LIFETIME).ok()
+        }) {
+            Some(id) => {
+                self.pending.insert((peer, id), Pending::Put);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes from `peer`'s disk every blob it does not keep for a home.
+    pub fn drop_unpinned(&mut self, peer: PeerIndex) {
+        let slot = &mut self.slots[peer as usize];
+        let dropped: Vec<Key> = slot.files.disk.iter().filter(|(_, p)| !**p).map(|(k, _)| *k).collect();
+        for blob in dropped {
+            slot.files.disk.remove(&blob);
+            if let Some(core) = slot.core.as_mut() {
+                core.stop_providing(&blob);
+            }
+        }
+    }
+
+    /// Wipes `peer`'s disk: the peer is gone for good.
+    pub fn wipe_disk(&mut self, peer: PeerIndex) {
+        let files = &mut self.slots[peer as usize].files;
+        files.disk.clear();
+        files.fetching.clear();
+        files.saved.clear();
+    }
+
+    /// Every blob the files layer knows, with its size.
+    pub fn blobs(&self) -> Vec<(Key, u64)> {
+        self.files
+            .as_ref()
+            .map(|f| f.sizes.iter().map(|(k, s)| (*k, *s)).collect())
+            .unwrap_or_default()
+    }
+
+    /// For each blob: how many whole copies live peers hold, and how many
+    /// exist on any disk that is not gone (`gone(peer)`).
+    pub fn copies(&self, gone: impl Fn(PeerIndex) -> bool) -> BTreeMap<Key, (u32, u32)> {
+        let mut out: BTreeMap<Key, (u32, u32)> = self.blobs().into_iter().map(|(k, _)| (k, (0, 0))).collect();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if gone(i as PeerIndex) {
+                continue;
+            }
+            let live = slot.state == PeerState::Joined;
+            for blob in slot.files.disk.keys() {
+                if let Some(c) = out.get_mut(blob) {
+                    c.0 += u32::from(live);
+                    c.1 += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Pinned copies held by each joined peer.
+    pub fn pinned_per_live_peer(&self) -> Vec<u32> {
+        self.live_list
+            .iter()
+            .map(|p| self.slots[*p as usize].files.disk.values().filter(|p| **p).count() as u32)
+            .collect()
+    }
+
+    /// Bytes each slot sent and received in finished transfers.
+    pub fn transfer_bytes(&self) -> Vec<(u64, u64)> {
+        self.slots.iter().map(|s| (s.files.sent, s.files.received)).collect()
+    }
+
+    // ----- hooks called by the engine ---------------------------------------
+
+    /// A peer started: take back its saved records, announce what its disk
+    /// holds, and start its duty timer.
+    pub(super) fn files_started(&mut self, peer: PeerIndex) {
+        let Some(files) = self.files.as_ref() else { return };
+        let every = micros(files.config.pin_check);
+        let slot = &mut self.slots[peer as usize];
+        let saved = std::mem::take(&mut slot.files.saved);
+        slot.files.fetching.clear();
+        let held: Vec<Key> = slot.files.disk.keys().copied().collect();
+        let inc = slot.incarnation;
+        if let Some(core) = slot.core.as_mut() {
+            let now = Instant::from_micros(net::to_local(self.now, &slot.place));
+            core.restore_records(now, saved, Vec::new());
+        }
+        // The announcement waits for the join (the node's first duty round).
+        let phase = self.rng.below(every.max(1));
+        self.push(
+            self.now + every + phase,
+            Ev::Duty {
+                peer,
+                inc,
+                first: !held.is_empty(),
+            },
+        );
+    }
+
+    /// A peer stops: keep its value records on its disk.
+    pub(super) fn files_stopping(&mut self, peer: PeerIndex) {
+        if self.files.is_none() {
+            return;
+        }
+        let slot = &mut self.slots[peer as usize];
+        if let Some(core) = slot.core.as_ref() {
+            slot.files.saved = core.record_store().value_records().cloned().collect();
+        }
+    }
+
+    /// A peer leaves gracefully: push each pinned copy to every member of
+    /// the home it leaves behind that lacks one. Returns when the last push
+    /// ends (virtual µs), if any.
+    pub(super) fn files_leaving(&mut self, peer: PeerIndex) -> Option<u64> {
+        let files = self.files.as_ref()?;
+        if !files.config.handoff {
+            return None;
+        }
+        let slot = &self.slots[peer as usize];
+        let core = slot.core.as_ref()?;
+        let now = Instant::from_micros(net::to_local(self.now, &slot.place));
+        let mut pushes = Vec::new();
+        for (blob, pinned) in &slot.files.disk {
+            if !*pinned {
+                continue;
+            }
+            let Some(pin) = core.record_store().value(blob, now).and_then(|r| Pin::decode(&r.value)) else {
+                continue;
+            };
+            let home: Vec<PeerIndex> = core
+                .routing_table()
+                .closest(blob, usize::from(pin.replicas), None)
+                .iter()
+                .map(|p| p.addr)
+                .collect();
+            let targets = pin::handoff_targets(&home, |p| {
+                let s = &self.slots[p as usize];
+                s.files.disk.contains_key(blob) || s.files.fetching.contains(blob) || s.core.is_none()
+            });
+            pushes.extend(targets.into_iter().map(|to| (*blob, to)));
+        }
+        let mut last = None;
+        for (blob, to) in pushes {
+            if let Some(end) = self.start_transfer(blob, peer, to) {
+                self.slots[to as usize].files.fetching.insert(blob);
+                if let Some(f) = self.files.as_mut() {
+                    f.counters.handoffs += 1;
+                }
+                last = last.max(Some(end));
+            }
+        }
+        last
+    }
+
+    /// One round of pin duties on `peer`.
+    pub(super) fn duty(&mut self, peer: PeerIndex, inc: u32, first: bool) {
+        let Some(files) = self.files.as_ref() else { return };
+        let (every, max_lookups) = (micros(files.config.pin_check), files.config.max_lookups);
+        let slot = &self.slots[peer as usize];
+        if slot.incarnation != inc || slot.core.is_none() {
+            return;
+        }
+        let joined = slot.state == PeerState::Joined;
+        // The first round waits for the join to announce the disk.
+        self.push(
+            self.now + every,
+            Ev::Duty {
+                peer,
+                inc,
+                first: first && !joined,
+            },
+        );
+        if !joined {
+            return;
+        }
+        let slot = &self.slots[peer as usize];
+        if first {
+            let held: Vec<Key> = slot.files.disk.keys().copied().collect();
+            let _ = self.command(peer, |core, now| core.provide_many(now, held).ok());
+        }
+        let slot = &self.slots[peer as usize];
+        let Some(core) = slot.core.as_ref() else { return };
+        let now = Instant::from_micros(net::to_local(self.now, &slot.place));
+        let local = slot.key;
+        let mut duties = Vec::new();
+        let mut unsure = Vec::new();
+        for record in core.record_store().value_records() {
+            if record.expires <= now {
+                continue;
+            }
+            let Some(pin) = Pin::decode(&record.value) else {
+                continue;
+            };
+            let known = core
+                .routing_table()
+                .closest(&record.key, usize::from(pin.replicas), None);
+            let mut member = pin::is_member(&local, &record.key, pin.replicas, known.iter().map(|p| p.key));
+            let marked = slot.files.disk.get(&record.key).copied().unwrap_or(false);
+            if pin::confirm_by_lookup(member, &pin, marked) {
+                // As the node does: a kept copy is released only on a
+                // lookup's word; until one answers it stays.
+                if unsure.len() < max_lookups {
+                    unsure.push(record.key);
+                }
+                member = true;
+            }
+            duties.push(Duty {
+                id: record.key,
+                pin,
+                member,
+                held: slot.files.disk.contains_key(&record.key),
+                fetching: slot.files.fetching.contains(&record.key),
+                marked,
+            });
+        }
+        self.apply(peer, &duties);
+        for blob in unsure {
+            if let Some(id) = self.command(peer, |core, now| core.find_node(now, blob).ok()) {
+                self.pending.insert((peer, id), Pending::Membership { blob });
+                if let Some(f) = self.files.as_mut() {
+                    f.counters.membership_lookups += 1;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, peer: PeerIndex, duties: &[Duty]) {
+        for action in pin::duties(duties) {
+            match action {
+                Action::Fetch(blob) => {
+                    if let Some(id) = self.command(peer, |core, now| core.get_providers(now, blob).ok()) {
+                        self.slots[peer as usize].files.fetching.insert(blob);
+                        self.pending.insert((peer, id), Pending::Providers { blob });
+                        if let Some(f) = self.files.as_mut() {
+                            f.counters.fetches += 1;
+                        }
+                    }
+                }
+                Action::Keep(blob) => {
+                    self.slots[peer as usize].files.disk.insert(blob, true);
+                }
+                Action::Release(blob) => {
+                    // The quota is taken to be tight: a copy the home no
+                    // longer needs is dropped at once (a real peer keeps it
+                    // until it needs the room).
+                    let slot = &mut self.slots[peer as usize];
+                    slot.files.disk.remove(&blob);
+                    if let Some(core) = slot.core.as_mut() {
+                        core.stop_providing(&blob);
+                    }
+                    if let Some(f) = self.files.as_mut() {
+                        f.counters.released += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A membership lookup ended: act on that one pin with its answer.
+    pub(super) fn membership_found(&mut self, peer: PeerIndex, blob: Key, found: &[PeerInfo<PeerIndex>]) {
+        let slot = &self.slots[peer as usize];
+        let Some(core) = slot.core.as_ref() else { return };
+        let now = Instant::from_micros(net::to_local(self.now, &slot.place));
+        let Some(pin) = core
+            .record_store()
+            .value(&blob, now)
+            .and_then(|r| Pin::decode(&r.value))
+        else {
+            return;
+        };
+        let member = pin::is_member(&slot.key, &blob, pin.replicas, found.iter().map(|p| p.key));
+        let duty = Duty {
+            id: blob,
+            pin,
+            member,
+            held: slot.files.disk.contains_key(&blob),
+            fetching: slot.files.fetching.contains(&blob),
+            marked: slot.files.disk.get(&blob).copied().unwrap_or(false),
+        };
+        self.apply(peer, &[duty]);
+    }
+
+    /// A provider lookup for a fetch ended: take the blob from the first
+    /// provider that is up and holds it.
+    pub(super) fn providers_found(&mut self, peer: PeerIndex, blob: Key, providers: &[PeerIndex]) {
+        let source = providers.iter().copied().find(|p| {
+            *p != peer && {
+                let s = &self.slots[*p as usize];
+                s.state == PeerState::Joined && s.files.disk.contains_key(&blob)
+            }
+        });
+        let started = source.and_then(|from| self.start_transfer(blob, from, peer));
+        if started.is_none() {
+            self.slots[peer as usize].files.fetching.remove(&blob);
+            if let Some(f) = self.files.as_mut() {
+                f.counters.no_provider += 1;
+            }
+        }
+    }
+
+    /// Books a transfer of `blob` from `from` to `to`; returns when it ends.
+    fn start_transfer(&mut self, blob: Key, from: PeerIndex, to: PeerIndex) -> Option<u64> {
+        let files = self.files.as_mut()?;
+        let bytes = *files.sizes.get(&blob)?;
+        let link = files.config.link_bytes_per_s.max(1);
+        let duration = (u128::from(bytes) * 1_000_000 / u128::from(link)) as u64;
+        let rtt = 2 * micros(
+            self.net
+                .path_delay(&self.slots[from as usize].place, &self.slots[to as usize].place),
+        );
+        let start = (self.now + rtt)
+            .max(self.slots[from as usize].files.up_free)
+            .max(self.slots[to as usize].files.down_free);
+        let end = start + duration.max(1);
+        self.slots[from as usize].files.up_free = end;
+        self.slots[to as usize].files.down_free = end;
+        let id = files.next_transfer;
+        files.next_transfer += 1;
+        files.transfers.insert(
+            id,
+            Transfer {
+                blob,
+                from,
+                from_inc: self.slots[from as usize].incarnation,
+                to,
+                to_inc: self.slots[to as usize].incarnation,
+                bytes,
+            },
+        );
+        self.push(end, Ev::Transfer { id });
+        Some(end)
+    }
+
+    /// A transfer's last byte would arrive now.
+    pub(super) fn transfer_done(&mut self, id: u64) {
+        let Some(t) = self.files.as_mut().and_then(|f| f.transfers.remove(&id)) else {
+            return;
+        };
+        let (from, to) = (&self.slots[t.from as usize], &self.slots[t.to as usize]);
+        // The sender must have stayed up (a leaving sender counts: it waits
+        // for its pushes), and the receiver be the same run that asked.
+        let sender_ok = from.incarnation == t.from_inc && from.core.is_some();
+        let receiver_ok = to.incarnation == t.to_inc && to.core.is_some();
+        if receiver_ok {
+            self.slots[t.to as usize].files.fetching.remove(&t.blob);
+        }
+        if !(sender_ok && receiver_ok) {
+            if let Some(f) = self.files.as_mut() {
+                f.counters.broken_transfers += 1;
+            }
+            return;
+        }
+        self.slots[t.from as usize].files.sent += t.bytes;
+        let slot = &mut self.slots[t.to as usize];
+        slot.files.received += t.bytes;
+        slot.files.disk.insert(t.blob, true);
+        if let Some(f) = self.files.as_mut() {
+            f.counters.fetched += 1;
+            f.counters.bytes_moved += t.bytes;
+        }
+        let blob = t.blob;
+        let _ = self.command(t.to, |core, now| core.start_providing(now, blob).ok());
+    }
+}
