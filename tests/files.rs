@@ -10,6 +10,7 @@ use std::time::Duration;
 use shoal::node::files::Progress;
 use shoal::node::{Client, NodeConfig, start};
 use shoal::overlay::Key;
+use shoal::resources::BlobInfo;
 use shoal::resources::store::Import;
 
 fn data_dir(test: &str, i: usize) -> std::path::PathBuf {
@@ -215,15 +216,16 @@ async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
     assert!(error.contains("quota exceeded"), "{error}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
+/// `n` peers with short overlay and pin-duty intervals; peer 0 shares and
+/// pins (3 replicas) a 1 MiB file; returns once the blob's home holds it.
+async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8]) -> (Vec<Option<Client>>, BlobInfo) {
     let mut overlay = shoal::overlay::Config::new(shoal::node::identity::verifier());
     overlay.request_timeout = Duration::from_millis(500);
     overlay.maintenance_interval = Duration::from_millis(500);
     overlay.replicate_interval = Duration::from_secs(1);
     let mut peers: Vec<Option<Client>> = Vec::new();
-    for i in 0..7 {
-        let mut config = NodeConfig::new(data_dir("pin", i));
+    for i in 0..n {
+        let mut config = NodeConfig::new(data_dir(tag, i));
         config.mdns = false;
         config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         config.overlay = Some(overlay.clone());
@@ -234,9 +236,8 @@ async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
         peers.push(Some(start(config).await.unwrap()));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let bytes = content(1024 * 1024 + 7, 30);
-    let source = data_dir_existing("pin", 0).join("source.bin");
-    std::fs::write(&source, &bytes).unwrap();
+    let source = data_dir_existing(tag, 0).join("source.bin");
+    std::fs::write(&source, bytes).unwrap();
     let owner = peers[0].as_ref().unwrap().clone();
     let (info, _) = owner.share(source, Import::Copy).await.unwrap();
     assert!(
@@ -245,25 +246,53 @@ async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
     );
     assert!(owner.pin(info.id, 3).await.unwrap() >= 2);
     drop(owner);
-
-    // The live peers closest to the blob, and whether they hold it.
-    let home = |peers: &[Option<Client>]| {
-        let mut live: Vec<&Client> = peers.iter().flatten().collect();
-        live.sort_by_key(|c| c.key().distance(&info.id));
-        live.into_iter()
-            .take(3)
-            .map(|c| c.blobs().contains(&info.id))
-            .collect::<Vec<bool>>()
-    };
     let mut held = false;
     for _ in 0..100 {
-        if home(&peers).iter().all(|h| *h) {
+        if home(&peers, &info.id).iter().all(|h| *h) {
             held = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(held, "the home fetched its copies");
+    (peers, info)
+}
+
+/// Whether each of the 3 live peers closest to `id` holds it.
+fn home(peers: &[Option<Client>], id: &shoal::overlay::Key) -> Vec<bool> {
+    let mut live: Vec<&Client> = peers.iter().flatten().collect();
+    live.sort_by_key(|c| c.key().distance(id));
+    live.into_iter().take(3).map(|c| c.blobs().contains(id)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_home_member_hands_its_copy_on_first() {
+    let bytes = content(1024 * 1024 + 3, 31);
+    let (mut peers, info) = pinned_swarm("handoff", 7, &bytes).await;
+    let mut by_distance: Vec<usize> = (0..peers.len()).collect();
+    by_distance.sort_by_key(|i| peers[*i].as_ref().unwrap().key().distance(&info.id));
+    if by_distance[3] == 0 {
+        // The sharer keeps its own copy; outside the home, it just goes.
+        peers[0] = None;
+        by_distance.remove(3);
+    }
+    let (leaver, successor) = (by_distance[0], by_distance[3]);
+    let successor = peers[successor].clone().unwrap();
+    assert!(
+        !successor.blobs().contains(&info.id),
+        "the 4th closest keeps no copy yet"
+    );
+    let handed = peers[leaver].take().unwrap().leave().await.unwrap();
+    // The copy moved before the leaver was gone, not by a later repair.
+    assert_eq!(handed.taken, 1, "{handed:?}");
+    assert!(successor.blobs().contains(&info.id) && successor.blobs().is_pinned(&info.id));
+    assert_eq!(home(&peers, &info.id), vec![true; 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
+    let bytes = content(1024 * 1024 + 7, 30);
+    let (mut peers, info) = pinned_swarm("pin", 7, &bytes).await;
 
     // Crash the original provider and one home member that is not it.
     let mut by_distance: Vec<usize> = (1..peers.len()).collect();
@@ -272,7 +301,7 @@ async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
     peers[by_distance[0]] = None;
     let mut repaired = false;
     for _ in 0..150 {
-        if home(&peers).iter().all(|h| *h) {
+        if home(&peers, &info.id).iter().all(|h| *h) {
             repaired = true;
             break;
         }

@@ -257,9 +257,15 @@ async fn up(data_dir: PathBuf, given: Given) -> anyhow::Result<()> {
         _ = terminate.recv() => {}
         () = shutdown.notified() => {}
     }
-    eprintln!("stopping: handing records to their new homes");
+    eprintln!("stopping: handing pinned copies and records to their new homes");
     let _ = std::fs::remove_file(&control_file);
-    client.leave().await?;
+    let handed = client.leave().await?;
+    if handed.taken + handed.failed > 0 {
+        eprintln!(
+            "handed {} pinned copies on ({} offers failed)",
+            handed.taken, handed.failed
+        );
+    }
     Ok(())
 }
 

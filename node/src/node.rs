@@ -76,6 +76,9 @@ pub struct NodeConfig {
     pub quota: Option<u64>,
     /// How often the node checks its duties for pinned blobs.
     pub pin_check: Duration,
+    /// How long a graceful leave may spend handing pinned copies to the
+    /// home it leaves behind before it goes anyway.
+    pub handoff_deadline: Duration,
     /// Overlay settings (the verifier is replaced by ed25519's).
     pub overlay: Option<Config>,
 }
@@ -96,6 +99,7 @@ impl NodeConfig {
             swarm_key: None,
             quota: None,
             pin_check: Duration::from_secs(30),
+            handoff_deadline: Duration::from_secs(10 * 60),
             overlay: None,
         }
     }
@@ -270,6 +274,7 @@ pub struct Client {
     streams: libp2p_stream::Control,
     quota: Option<u64>,
     replication: usize,
+    handoff_deadline: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -562,9 +567,28 @@ impl Client {
         Ok(info)
     }
 
-    /// Hands the node's records to their new homes, then stops the node.
-    pub async fn leave(&self) -> Result<(), NodeError> {
-        self.ask(|reply| Command::Leave { reply }).await
+    /// Hands the pinned copies this node keeps for homes to the members
+    /// that replace it (see [`crate::handoff`]), then its records, then
+    /// stops the node.
+    pub async fn leave(&self) -> Result<crate::handoff::HandedOff, NodeError> {
+        let handed = crate::handoff::hand_off(self, self.handoff_deadline).await;
+        if handed != crate::handoff::HandedOff::default() {
+            tracing::info!(
+                "handed {} pinned copies on before leaving ({} offers failed)",
+                handed.taken,
+                handed.failed
+            );
+        }
+        self.ask(|reply| Command::Leave { reply }).await?;
+        Ok(handed)
+    }
+
+    pub(crate) fn blob_store(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    pub(crate) fn stream_control(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 }
 
@@ -605,6 +629,9 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     let incoming = streams
         .accept(crate::files::BLOB_PROTOCOL)
         .map_err(|_| NodeError::Transport("the blob protocol is registered twice".into()))?;
+    let offers = streams
+        .accept(crate::handoff::HANDOFF_PROTOCOL)
+        .map_err(|_| NodeError::Transport("the hand-off protocol is registered twice".into()))?;
     let peer_id = *swarm.local_peer_id();
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -689,19 +716,21 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         streams,
         quota: config.quota,
         replication,
+        handoff_deadline: config.handoff_deadline,
     };
     tokio::spawn(pin_duties(client.downgrade(), config.pin_check));
+    tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
     Ok(client)
 }
 
 /// A handle that does not keep the node alive.
-struct WeakClient {
+pub(crate) struct WeakClient {
     commands: mpsc::WeakSender<Command>,
     template: Client,
 }
 
 impl Client {
-    fn downgrade(&self) -> WeakClient {
+    pub(crate) fn downgrade(&self) -> WeakClient {
         let (dead, _) = mpsc::channel(1);
         WeakClient {
             commands: self.commands.downgrade(),
@@ -714,7 +743,7 @@ impl Client {
 }
 
 impl WeakClient {
-    fn upgrade(&self) -> Option<Client> {
+    pub(crate) fn upgrade(&self) -> Option<Client> {
         Some(Client {
             commands: self.commands.upgrade()?,
             ..self.template.clone()

@@ -304,7 +304,11 @@ impl<A: Addr> Overlay<A> {
                 self.observe(now, peer);
             }
             Purpose::Store { query } => {
-                let stored = matches!(response, Response::Stored);
+                let stored = match &response {
+                    Response::Stored => true,
+                    Response::StoredBatch { refused } => refused.is_empty(),
+                    _ => false,
+                };
                 if self.leave.is_none() {
                     self.observe(now, peer);
                 }
@@ -558,10 +562,10 @@ impl<A: Addr> Overlay<A> {
         for key in self.store.keys() {
             let records = self.store.records_at(&key, now);
             let home = self.table.closest(&key, self.config.replication, None);
+            let requests = self.store_requests(records);
             for member in home {
-                for record in &records {
-                    let request = store_request(record.clone());
-                    self.send(now, member.clone(), request, Purpose::Store { query });
+                for request in &requests {
+                    self.send(now, member.clone(), request.clone(), Purpose::Store { query });
                     leave.pending += 1;
                 }
             }
@@ -781,8 +785,9 @@ impl<A: Addr> Overlay<A> {
         for key in self.store.keys() {
             if self.home_of(&key).iter().any(|m| m.key == peer.key) {
                 let next = now + self.config.replicate_interval;
-                for record in self.store.records_at(&key, next) {
-                    self.send(now, peer.clone(), store_request(record), Purpose::Replicate);
+                let records = self.store.records_at(&key, next);
+                for request in self.store_requests(records) {
+                    self.send(now, peer.clone(), request, Purpose::Replicate);
                 }
             }
         }
@@ -803,14 +808,43 @@ impl<A: Addr> Overlay<A> {
                 continue;
             }
             let next = now + self.config.replicate_interval;
-            let local = self.local.key;
             let records = self.store.records_at(&key, next);
-            for member in home.iter().filter(|m| m.key != local) {
-                for record in &records {
-                    self.send(now, member.clone(), store_request(record.clone()), Purpose::Replicate);
-                }
+            self.send_to_home(now, &home, records);
+        }
+    }
+
+    /// Sends `records` (all at one key) to every member of `home` but this
+    /// peer, provider records batched.
+    fn send_to_home(&mut self, now: Instant, home: &[PeerInfo<A>], records: Vec<AnyRecord<A>>) {
+        let local = self.local.key;
+        let requests = self.store_requests(records);
+        for member in home.iter().filter(|m| m.key != local) {
+            for request in &requests {
+                self.send(now, member.clone(), request.clone(), Purpose::Replicate);
             }
         }
+    }
+
+    /// The store messages that carry `records`: one per value record, and
+    /// the provider records in as few `AddProviders` batches as fit.
+    fn store_requests(&self, records: Vec<AnyRecord<A>>) -> Vec<Request<A>> {
+        let mut out = Vec::new();
+        let mut providers = Vec::new();
+        for record in records {
+            match record {
+                AnyRecord::Value(record) => out.push(Request::PutValue { record }),
+                AnyRecord::Provider(record) => providers.push(record),
+            }
+        }
+        if providers.len() == 1 {
+            out.extend(providers.pop().map(|record| Request::AddProvider { record }));
+        } else if !providers.is_empty() {
+            let chunk = self.batch_chunk(providers.first());
+            for part in providers.chunks(chunk) {
+                out.push(Request::AddProviders { records: part.to_vec() });
+            }
+        }
+        out
     }
 
     // ----- internals: queries ----------------------------------------------
@@ -1380,16 +1414,29 @@ impl<A: Addr> Overlay<A> {
     /// Sends each record due for replication to the rest of its home. A home
     /// member that received the same record from another member this round
     /// skips its own turn (the record's timer was pushed back on receipt).
+    ///
+    /// A peer that has drifted far outside a key's home (at least twice
+    /// `replication` live peers nearer the key) hands the records on this
+    /// once and forgets them: otherwise every peer that was ever in the
+    /// home of a long-lived record would keep sending it, forever. Peers
+    /// just outside keep theirs, so a table that still lists a dead peer
+    /// never costs the last copy.
     fn replicate(&mut self, now: Instant) {
         let next = now + self.config.replicate_interval;
+        let far = 2 * self.config.replication;
         for key in self.store.due_for_replication(now) {
             let home = self.home_of(&key);
-            let local = self.local.key;
             let records = self.store.records_at(&key, next);
-            for member in home.iter().filter(|m| m.key != local) {
-                for record in &records {
-                    self.send(now, member.clone(), store_request(record.clone()), Purpose::Replicate);
-                }
+            self.send_to_home(now, &home, records);
+            let own = self.local.key.distance(&key);
+            let nearer = self
+                .table
+                .closest(&key, far, None)
+                .iter()
+                .filter(|p| p.key.distance(&key) < own)
+                .count();
+            if nearer >= far {
+                self.store.forget(&key);
             }
         }
     }

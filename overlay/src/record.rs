@@ -542,6 +542,17 @@ impl<A: Addr> RecordStore<A> {
     }
 
     /// Keys with a record due for replication at `now`.
+    /// Drops every record at `key` (this peer is far outside its home and
+    /// has handed them on).
+    pub(crate) fn forget(&mut self, key: &Key) {
+        let values = usize::from(self.values.remove(key).is_some());
+        let providers = self.providers.remove(key).map_or(0, |l| l.len());
+        self.provider_count -= providers;
+        if values + providers > 0 {
+            self.changes += 1;
+        }
+    }
+
     pub(crate) fn due_for_replication(&self, now: Instant) -> Vec<Key> {
         let mut keys: Vec<Key> = self
             .values
