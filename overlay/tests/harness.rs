@@ -610,3 +610,38 @@ fn a_long_lived_value_outlives_its_silent_publisher_and_the_default_ttl() {
     assert!(get(&mut swarm, 7, short).is_none());
     assert_eq!(get(&mut swarm, 7, key).expect("still held").value, b"pin");
 }
+
+#[test]
+fn a_peer_far_outside_a_home_hands_its_records_on_and_forgets_them() {
+    let mut swarm = Swarm::join(30);
+    let key = target(11);
+    assert_eq!(put(&mut swarm, 2, key, b"kept at home"), 3);
+    let ranked = swarm.true_closest(&key, u32::MAX);
+    let (home, far) = (ranked[..3].to_vec(), *ranked.last().unwrap());
+    // The farthest peer holds a copy (as a long-ago home member would).
+    let record = swarm.peers[home[0] as usize]
+        .record_store()
+        .value(&key, swarm.now)
+        .unwrap()
+        .clone();
+    let now = swarm.now;
+    assert_eq!(
+        swarm.peers[far as usize].restore_records(now, vec![record], Vec::new()),
+        1
+    );
+    // A home member just outside keeps its copy (rank 4 of 30 is not far).
+    let near = ranked[3];
+    let record = swarm.peers[home[0] as usize]
+        .record_store()
+        .value(&key, swarm.now)
+        .unwrap()
+        .clone();
+    swarm.peers[near as usize].restore_records(now, vec![record], Vec::new());
+    swarm.run_for(swarm.config.replicate_interval * 2);
+    let holders = swarm.holders(&key);
+    assert!(!holders.contains(&far), "the far copy was forgotten: {holders:?}");
+    assert!(holders.contains(&near), "the near copy stays: {holders:?}");
+    for member in home {
+        assert!(holders.contains(&member), "{member} of the home holds it: {holders:?}");
+    }
+}
