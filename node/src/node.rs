@@ -828,6 +828,44 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                 marked: client.blobs.is_pinned(&p.id),
             })
             .collect();
+        // Copies kept for a home whose pin record this node no longer holds
+        // (it drifted away from the home and forgot the record): ask the
+        // home, within the same lookup budget, and release what is not ours
+        // to keep any more.
+        let orphans: Vec<Key> = client
+            .blobs
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.info.id)
+            .filter(|id| client.blobs.is_pinned(id) && !pins.iter().any(|p| p.id == *id))
+            .collect();
+        for id in orphans {
+            if lookups >= MAX_PIN_LOOKUPS {
+                break;
+            }
+            lookups += 1;
+            let keep = match client.get_value(id).await {
+                Ok(Some(record)) => match Pin::decode(&record.value) {
+                    Some(pin) if pin.replicas > 0 => match client.find_node(id).await {
+                        Ok(lookup) => shoal_resources::pin::is_member(
+                            &client.key(),
+                            &id,
+                            pin.replicas,
+                            lookup.peers.iter().map(|q| q.key),
+                        ),
+                        Err(_) => true,
+                    },
+                    _ => false,
+                },
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if !keep {
+                tracing::info!("no longer keeping {id} for its home (its pin is elsewhere or gone)");
+                let _ = client.blobs.set_pinned(&id, false);
+            }
+        }
         for action in shoal_resources::pin::duties(&duties) {
             match action {
                 PinAction::Keep(id) => {

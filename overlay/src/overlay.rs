@@ -1404,9 +1404,11 @@ impl<A: Addr> Overlay<A> {
         }
         // The nearest neighbours share this peer's homes: one that stopped
         // answering must leave the table within a few rounds, so that the
-        // home (and whoever keeps copies for it) moves on.
+        // home (and whoever keeps copies for it) moves on. Twice the home's
+        // size, so that a peer just outside a home also notices a member
+        // of it die and finds itself in the home.
         let quiet = self.config.maintenance_interval;
-        for peer in self.table.quiet_neighbours(self.config.replication, now, quiet) {
+        for peer in self.table.quiet_neighbours(2 * self.config.replication, now, quiet) {
             self.send(now, peer, Request::Ping, Purpose::Probe);
         }
     }
