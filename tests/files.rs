@@ -246,16 +246,20 @@ async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8]) -> (Vec<Option<Client>>
     );
     assert!(owner.pin(info.id, 3).await.unwrap() >= 2);
     drop(owner);
-    let mut held = false;
-    for _ in 0..100 {
-        if home(&peers, &info.id).iter().all(|h| *h) {
-            held = true;
-            break;
+    let held = eventually(100, || home(&peers, &info.id).iter().all(|h| *h)).await;
+    assert!(held, "the home fetched its copies");
+    (peers, info)
+}
+
+/// Whether `done` holds within `tries` checks 200 ms apart.
+async fn eventually(tries: usize, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..tries {
+        if done() {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(held, "the home fetched its copies");
-    (peers, info)
+    false
 }
 
 /// Whether each of the 3 live peers closest to `id` holds it.
@@ -288,14 +292,7 @@ async fn a_leaving_home_member_hands_its_copy_on_first() {
     assert!(successor.blobs().contains(&info.id));
     assert_eq!(home(&peers, &info.id), vec![true; 3]);
     // Once the leaver's records arrive it keeps the copy for the home.
-    let mut kept = false;
-    for _ in 0..50 {
-        if successor.blobs().is_pinned(&info.id) {
-            kept = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let kept = eventually(50, || successor.blobs().is_pinned(&info.id)).await;
     assert!(kept, "the new member keeps its copy pinned");
 }
 
@@ -309,14 +306,7 @@ async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
     by_distance.sort_by_key(|i| peers[*i].as_ref().unwrap().key().distance(&info.id));
     peers[0] = None;
     peers[by_distance[0]] = None;
-    let mut repaired = false;
-    for _ in 0..150 {
-        if home(&peers, &info.id).iter().all(|h| *h) {
-            repaired = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let repaired = eventually(150, || home(&peers, &info.id).iter().all(|h| *h)).await;
     if !repaired {
         let mut live: Vec<&Client> = peers.iter().flatten().collect();
         live.sort_by_key(|c| c.key().distance(&info.id));

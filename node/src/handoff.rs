@@ -135,10 +135,11 @@ pub(crate) async fn accept(node: WeakClient, mut incoming: libp2p_stream::Incomi
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_RECEIVING));
     while let Some((peer, stream)) = incoming.next().await {
         let Some(client) = node.upgrade() else { return };
-        let slot = slots.clone().try_acquire_owned().ok();
+        let permit = slots.clone().try_acquire_owned().ok();
         tokio::spawn(async move {
-            let _slot = slot.as_ref();
-            if let Err(e) = receive(&client, peer, stream, slot.is_some()).await {
+            let free = permit.is_some();
+            let _permit = permit; // held until the offer is answered
+            if let Err(e) = receive(&client, peer, stream, free).await {
                 tracing::debug!("hand-off from {peer}: {e}");
             }
         });

@@ -834,11 +834,10 @@ async fn pin_duties(node: WeakClient, every: Duration) {
         // to keep any more.
         let orphans: Vec<Key> = client
             .blobs
-            .list()
+            .pinned()
             .unwrap_or_default()
             .into_iter()
-            .map(|e| e.info.id)
-            .filter(|id| client.blobs.is_pinned(id) && !pins.iter().any(|p| p.id == *id))
+            .filter(|id| !pins.iter().any(|p| p.id == *id))
             .collect();
         for id in orphans {
             if lookups >= MAX_PIN_LOOKUPS {

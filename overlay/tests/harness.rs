@@ -645,3 +645,36 @@ fn a_peer_far_outside_a_home_hands_its_records_on_and_forgets_them() {
         assert!(holders.contains(&member), "{member} of the home holds it: {holders:?}");
     }
 }
+
+#[test]
+fn a_crashed_neighbour_drops_out_of_the_nearest_tables_without_any_lookup() {
+    let mut swarm = Swarm::join(16);
+    // Let join traffic die down; then nothing but maintenance runs.
+    swarm.run_for(Duration::from_secs(120));
+    let dead = 7u32;
+    let dead_key = swarm.info(dead).key;
+    // The peers that have the dead one among their 6 nearest.
+    let neighbours: Vec<u32> = (0..16u32)
+        .filter(|p| *p != dead)
+        .filter(|p| {
+            let me = swarm.info(*p).key;
+            swarm.peers[*p as usize]
+                .routing_table()
+                .closest(&me, 6, None)
+                .iter()
+                .any(|q| q.key == dead_key)
+        })
+        .collect();
+    assert!(!neighbours.is_empty());
+    swarm.down.insert(dead);
+    // Three maintenance rounds, well under the 10-minute bucket refresh.
+    swarm.run_for(swarm.config.maintenance_interval * 3);
+    for p in neighbours {
+        let me = swarm.info(p).key;
+        let near = swarm.peers[p as usize].routing_table().closest(&me, 16, None);
+        assert!(
+            near.iter().all(|q| q.key != dead_key),
+            "peer {p} still counts the dead peer"
+        );
+    }
+}

@@ -292,6 +292,23 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Every blob marked pinned (one directory scan; no metadata read).
+    pub fn pinned(&self) -> Result<Vec<Key>, StoreError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if let Some(Ok(id)) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pin"))
+                .map(str::parse::<Key>)
+            {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Whether blob `id` is marked pinned.
     pub fn is_pinned(&self, id: &Key) -> bool {
         self.path(id, "pin").exists()
@@ -899,6 +916,12 @@ mod tests {
         let error = store.make_room(10_000_000, used, &[ids[1], ids[2]]).unwrap_err();
         assert!(matches!(error, StoreError::QuotaExceeded { .. }), "{error}");
         assert!(store.contains(&ids[1]) && store.contains(&ids[2]));
+        // Marked pinned blobs are listed, and only they.
+        assert!(store.pinned().unwrap().is_empty());
+        store.set_pinned(&ids[2], true).unwrap();
+        assert_eq!(store.pinned().unwrap(), vec![ids[2]]);
+        store.set_pinned(&ids[2], false).unwrap();
+        assert!(store.pinned().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -239,19 +239,14 @@ pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
 
     let start = sim.now_us();
     let end = start + (spec.hours * 3600.0 * SECOND as f64) as u64;
-    let mut plan: BTreeMap<(u64, u64), Action> = BTreeMap::new();
-    let mut seq = 0u64;
-    let mut schedule = |plan: &mut BTreeMap<(u64, u64), Action>, at: u64, action: Action| {
-        seq += 1;
-        plan.insert((at, seq), action);
-    };
+    let mut plan = Plan::new();
     for peer in 0..sim.slots() as PeerIndex {
         let session = spec.dist.sample(spec.session_median, &mut rng);
-        schedule(&mut plan, start + micros(session), Action::Depart(peer));
+        plan.schedule(start + micros(session), Action::Depart(peer));
     }
-    schedule(&mut plan, start, Action::Lookup);
+    plan.schedule(start, Action::Lookup);
     if !records.is_empty() {
-        schedule(&mut plan, start, Action::Get);
+        plan.schedule(start, Action::Get);
     }
     let lookup_gap = (SECOND as f64 / spec.lookup_rate.max(1e-6)) as u64;
     let get_gap = (SECOND as f64 / spec.get_rate.max(1e-6)) as u64;
@@ -259,11 +254,7 @@ pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
     let mut live_samples = (0.0, 0u64);
     let mut next_sample = start;
 
-    while let Some((&(at, s), &action)) = plan.iter().next() {
-        if at > end {
-            break;
-        }
-        plan.remove(&(at, s));
+    while let Some((at, action)) = plan.next(end) {
         while next_sample <= at {
             sim.run_until(next_sample)?;
             live_samples.0 += sim.live() as f64;
@@ -282,44 +273,29 @@ pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
         sim.run_until(at)?;
         match action {
             Action::Depart(peer) => {
-                match sim.state(peer) {
-                    PeerState::Joined | PeerState::Joining => {
-                        if rng.chance(spec.crash_fraction) {
-                            sim.crash(peer);
-                        } else {
-                            sim.leave(peer);
-                            schedule(&mut plan, at + 30 * SECOND, Action::ForceOff(peer));
-                        }
-                    }
-                    PeerState::Leaving | PeerState::Offline => {}
+                if depart(&mut sim, &mut rng, peer, spec.crash_fraction) {
+                    plan.schedule(at + 30 * SECOND, Action::ForceOff(peer));
                 }
                 let downtime = SessionDist::Exponential.sample(spec.downtime_median, &mut rng);
-                schedule(&mut plan, at + micros(downtime).max(31 * SECOND), Action::Return(peer));
+                plan.schedule(at + micros(downtime).max(31 * SECOND), Action::Return(peer));
             }
-            Action::ForceOff(peer) => {
-                if sim.state(peer) == PeerState::Leaving {
-                    sim.crash(peer);
-                }
-            }
+            Action::ForceOff(peer) => force_off(&mut sim, peer),
             Action::Return(peer) => {
-                if sim.state(peer) == PeerState::Offline {
-                    sim.start(peer);
-                }
-                let session = spec.dist.sample(spec.session_median, &mut rng);
-                schedule(&mut plan, at + micros(session), Action::Depart(peer));
+                let session = come_back(&mut sim, &mut rng, peer, spec.dist, spec.session_median);
+                plan.schedule(at + session, Action::Depart(peer));
             }
             Action::Lookup => {
                 if let Some(from) = sim.random_live() {
                     sim.lookup(from, rng.key());
                 }
-                schedule(&mut plan, at + lookup_gap, Action::Lookup);
+                plan.schedule(at + lookup_gap, Action::Lookup);
             }
             Action::Get => {
                 let (key, hash) = records[rng.index(records.len())];
                 if let Some(from) = sim.random_live() {
                     sim.get(from, key, hash);
                 }
-                schedule(&mut plan, at + get_gap, Action::Get);
+                plan.schedule(at + get_gap, Action::Get);
             }
         }
     }
@@ -478,6 +454,69 @@ fn reconverge_s(after: &[&crate::sim::LookupOutcome], heal_s: f64, window_s: f64
     first_good.map(|i| i as f64 * window_s)
 }
 
+/// Timed turns of a scenario, taken in time order (ties in the order they
+/// were scheduled, so that a seed fixes the run).
+struct Plan<T> {
+    turns: BTreeMap<(u64, u64), T>,
+    seq: u64,
+}
+
+impl<T: Copy> Plan<T> {
+    fn new() -> Self {
+        Plan {
+            turns: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    fn schedule(&mut self, at: u64, turn: T) {
+        self.seq += 1;
+        self.turns.insert((at, self.seq), turn);
+    }
+
+    /// The next turn due at or before `end`, taken off the plan.
+    fn next(&mut self, end: u64) -> Option<(u64, T)> {
+        let (&(at, seq), &turn) = self.turns.iter().next()?;
+        if at > end {
+            return None;
+        }
+        self.turns.remove(&(at, seq));
+        Some((at, turn))
+    }
+}
+
+/// A running peer's session ends: it crashes (with `crash_fraction`) or
+/// starts to leave gracefully. Returns whether it is leaving (and so needs
+/// forcing off later if it hangs).
+fn depart(sim: &mut Sim, rng: &mut Rng, peer: PeerIndex, crash_fraction: f64) -> bool {
+    if !matches!(sim.state(peer), PeerState::Joined | PeerState::Joining) {
+        return false;
+    }
+    if rng.chance(crash_fraction) {
+        sim.crash(peer);
+        false
+    } else {
+        sim.leave(peer);
+        true
+    }
+}
+
+/// A leave that did not finish in time becomes a crash.
+fn force_off(sim: &mut Sim, peer: PeerIndex) {
+    if sim.state(peer) == PeerState::Leaving {
+        sim.crash(peer);
+    }
+}
+
+/// A departed peer restarts (if it is down); returns its next session
+/// length, in µs.
+fn come_back(sim: &mut Sim, rng: &mut Rng, peer: PeerIndex, dist: SessionDist, median: Duration) -> u64 {
+    if sim.state(peer) == PeerState::Offline {
+        sim.start(peer);
+    }
+    micros(dist.sample(median, rng))
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -548,63 +587,43 @@ pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violat
 
     let start = sim.now_us();
     let end = start + (spec.days * 86_400.0 * SECOND as f64) as u64;
-    let mut plan: BTreeMap<(u64, u64), Turn> = BTreeMap::new();
-    let mut seq = 0u64;
-    let mut schedule = |plan: &mut BTreeMap<(u64, u64), Turn>, at: u64, turn: Turn| {
-        seq += 1;
-        plan.insert((at, seq), turn);
-    };
+    let mut plan = Plan::new();
     for peer in 0..sim.slots() as PeerIndex {
         let session = spec.dist.sample(spec.session_median, &mut rng);
-        schedule(&mut plan, start + micros(session), Turn::Depart(peer));
+        plan.schedule(start + micros(session), Turn::Depart(peer));
     }
-    schedule(&mut plan, start, Turn::Sample);
+    plan.schedule(start, Turn::Sample);
     let mut gone: Vec<bool> = vec![false; sim.slots()];
     let mut permanent = 0u64;
     let (mut live_sum, mut samples) = (0.0, 0u64);
     let (mut unavailable_sum, mut unavailable_max, mut under_sum) = (0u64, 0usize, 0u64);
 
-    while let Some((&(at, s), &turn)) = plan.iter().next() {
-        if at > end {
-            break;
-        }
-        plan.remove(&(at, s));
+    while let Some((at, turn)) = plan.next(end) {
         sim.run_until(at)?;
         match turn {
             Turn::Depart(peer) => {
-                if matches!(sim.state(peer), PeerState::Joined | PeerState::Joining) {
-                    if rng.chance(spec.crash_fraction) {
-                        sim.crash(peer);
-                    } else {
-                        sim.leave(peer);
-                        schedule(&mut plan, at + 5 * MINUTE, Turn::ForceOff(peer));
-                    }
+                if depart(&mut sim, &mut rng, peer, spec.crash_fraction) {
+                    // Long enough for its hand-off pushes.
+                    plan.schedule(at + 5 * MINUTE, Turn::ForceOff(peer));
                 }
                 let downtime = SessionDist::Exponential.sample(spec.downtime_median, &mut rng);
                 let back = at + micros(downtime).max(31 * SECOND);
                 if rng.chance(spec.permanent_fraction) {
                     permanent += 1;
-                    schedule(&mut plan, back, Turn::Replace(peer));
+                    plan.schedule(back, Turn::Replace(peer));
                 } else {
-                    schedule(&mut plan, back, Turn::Return(peer));
+                    plan.schedule(back, Turn::Return(peer));
                 }
             }
-            Turn::ForceOff(peer) => {
-                if sim.state(peer) == PeerState::Leaving {
-                    sim.crash(peer);
-                }
-            }
+            Turn::ForceOff(peer) => force_off(&mut sim, peer),
             Turn::Return(peer) => {
-                if sim.state(peer) == PeerState::Offline {
-                    sim.start(peer);
-                }
-                let session = spec.dist.sample(spec.session_median, &mut rng);
-                schedule(&mut plan, at + micros(session), Turn::Depart(peer));
+                let session = come_back(&mut sim, &mut rng, peer, spec.dist, spec.session_median);
+                plan.schedule(at + session, Turn::Depart(peer));
             }
             Turn::Replace(peer) => {
                 if sim.state(peer) == PeerState::Leaving {
                     // Still handing its copies on.
-                    schedule(&mut plan, at + MINUTE, Turn::Replace(peer));
+                    plan.schedule(at + MINUTE, Turn::Replace(peer));
                     continue;
                 }
                 // Gone for good; a new machine with an empty disk joins.
@@ -617,7 +636,7 @@ pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violat
                 gone.push(false);
                 sim.start(fresh);
                 let session = spec.dist.sample(spec.session_median, &mut rng);
-                schedule(&mut plan, at + micros(session), Turn::Depart(fresh));
+                plan.schedule(at + micros(session), Turn::Depart(fresh));
             }
             Turn::Sample => {
                 let copies = sim.copies(|p| gone[p as usize]);
@@ -637,7 +656,7 @@ pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violat
                         wall.elapsed().as_secs_f64()
                     );
                 }
-                schedule(&mut plan, at + 10 * MINUTE, Turn::Sample);
+                plan.schedule(at + 10 * MINUTE, Turn::Sample);
             }
         }
     }
