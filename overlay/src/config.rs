@@ -37,8 +37,9 @@ pub struct Config {
     pub max_failures: u8,
     /// Peers kept waiting per full bucket.
     pub replacement_cache: usize,
-    /// A full bucket whose oldest entry answered within this long keeps it
-    /// without pinging it (a newcomer waits in the replacement cache).
+    /// A newcomer to a full bucket waits in the replacement cache; the
+    /// bucket's oldest entry is pinged (and replaced if it does not answer)
+    /// only once it has missed a request and been quiet this long.
     pub recently_seen: Duration,
     /// How often maintenance runs: expiry, replication, refresh, stale pings.
     pub maintenance_interval: Duration,

@@ -16,6 +16,9 @@ use crate::{
 
 /// Output queues keep at most this much capacity once drained.
 const IDLE_QUEUE_CAPACITY: usize = 4;
+/// A record holder outside the record's home replicates it this many times
+/// less often than a member.
+pub(crate) const OUTSIDE_REPLICATE_FACTOR: u32 = 4;
 
 /// Why a request was sent; decides what its answer means.
 #[derive(Clone, Copy, Debug)]
@@ -1416,6 +1419,8 @@ impl<A: Addr> Overlay<A> {
     /// Sends each record due for replication to the rest of its home. A home
     /// member that received the same record from another member this round
     /// skips its own turn (the record's timer was pushed back on receipt).
+    /// A holder outside the home sends every [`OUTSIDE_REPLICATE_FACTOR`]th
+    /// interval.
     ///
     /// A peer that has drifted far outside a key's home (at least twice
     /// `replication` live peers nearer the key) hands the records on this
@@ -1424,11 +1429,20 @@ impl<A: Addr> Overlay<A> {
     /// just outside keep theirs, so a table that still lists a dead peer
     /// never costs the last copy.
     fn replicate(&mut self, now: Instant) {
-        let next = now + self.config.replicate_interval;
         let far = 2 * self.config.replication;
         for key in self.store.due_for_replication(now) {
             let home = self.home_of(&key);
-            let records = self.store.records_at(&key, next);
+            let member = home.iter().any(|m| m.key == self.local.key);
+            // A peer just outside the home keeps its copy as a spare; the
+            // members keep each other's copies current, and a member that
+            // goes is replaced at once (`peer_gone`), so the spare holder
+            // checks on them at a quarter of the members' pace.
+            let interval = if member {
+                self.config.replicate_interval
+            } else {
+                self.config.replicate_interval * OUTSIDE_REPLICATE_FACTOR
+            };
+            let records = self.store.records_at(&key, now + interval);
             self.send_to_home(now, &home, records);
             let own = self.local.key.distance(&key);
             let nearer = self

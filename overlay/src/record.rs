@@ -541,7 +541,6 @@ impl<A: Addr> RecordStore<A> {
         out
     }
 
-    /// Keys with a record due for replication at `now`.
     /// Drops every record at `key` (this peer is far outside its home and
     /// has handed them on).
     pub(crate) fn forget(&mut self, key: &Key) {
@@ -553,6 +552,7 @@ impl<A: Addr> RecordStore<A> {
         }
     }
 
+    /// Keys with a record due for replication at `now`.
     pub(crate) fn due_for_replication(&self, now: Instant) -> Vec<Key> {
         let mut keys: Vec<Key> = self
             .values

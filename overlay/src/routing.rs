@@ -207,6 +207,7 @@ impl<A: Addr> RoutingTable<A> {
         }
         let (k, cap, recent) = (self.k, self.replacement_cap, self.recently_seen_s);
         let bucket = self.bucket_mut(&peer.key, now);
+        bucket.last_active = bucket.last_active.max(now);
         if let Some(entry) = bucket.entries.iter_mut().find(|e| e.key == peer.key) {
             entry.failures = 0;
             entry.stale = false;
@@ -245,7 +246,12 @@ impl<A: Addr> RoutingTable<A> {
         let Some(oldest) = bucket.oldest().map(|i| &bucket.entries[i]) else {
             return Observed::Queued; // unreachable: the bucket is full
         };
-        if bucket.pinging || oldest.seen_s.saturating_add(recent) > seconds(now) {
+        // Probing is lazy (Kademlia, section 4.1): the newcomer waits in the
+        // replacement cache, and the oldest entry is pinged only once it
+        // has missed a request and been quiet for `recently_seen`. Pinging
+        // the oldest for every newcomer cost a 10,000-peer swarm more
+        // requests than every other kind of maintenance.
+        if bucket.pinging || oldest.failures == 0 || oldest.seen_s.saturating_add(recent) > seconds(now) {
             return Observed::Queued;
         }
         let oldest = PeerInfo::new(oldest.key, oldest.addr.clone());
@@ -393,7 +399,10 @@ impl<A: Addr> RoutingTable<A> {
     }
 
     /// Indices of buckets with no activity since `now - idle`. A lookup
-    /// into a bucket's range marks it active again ([`touch`](Self::touch)).
+    /// into a bucket's range marks it active again ([`touch`](Self::touch)),
+    /// and so does hearing from any peer in its range: a bucket that traffic
+    /// passes through is kept fresh by it (Kademlia, section 2.3) and needs
+    /// no refresh lookup.
     pub fn idle_buckets(&self, now: Instant, idle: Duration) -> Vec<usize> {
         self.buckets
             .iter()
@@ -522,7 +531,7 @@ mod tests {
     }
 
     #[test]
-    fn full_bucket_pings_oldest_and_keeps_it_when_alive() {
+    fn full_bucket_pings_a_suspect_oldest_and_keeps_it_when_alive() {
         let mut rng = Rng::seed_from_u64(3);
         let local = rng.key();
         let mut t = table(local);
@@ -533,6 +542,10 @@ mod tests {
         for p in &peers[..4] {
             assert_eq!(t.observe(p.clone(), Instant::ZERO), Observed::Inserted);
         }
+        // An oldest entry that has missed nothing is not pinged: the
+        // newcomer waits.
+        assert_eq!(t.observe(peers[4].clone(), Instant::ZERO), Observed::Queued);
+        assert_eq!(t.record_failure(&peers[0].key, Instant::ZERO), Failed::Counted);
         assert_eq!(
             t.observe(peers[4].clone(), Instant::ZERO),
             Observed::PingOldest(peers[0].clone())
@@ -557,6 +570,7 @@ mod tests {
             .collect();
         t.observe(peers[0].clone(), at(0));
         t.observe(peers[1].clone(), at(10));
+        assert_eq!(t.record_failure(&peers[0].key, at(0)), Failed::Counted);
         assert_eq!(
             t.observe(peers[2].clone(), at(30)),
             Observed::Queued,
@@ -566,6 +580,25 @@ mod tests {
             t.observe(peers[2].clone(), at(61)),
             Observed::PingOldest(peers[0].clone())
         );
+    }
+
+    #[test]
+    fn a_bucket_heard_from_needs_no_refresh() {
+        let mut rng = Rng::seed_from_u64(9);
+        let local = rng.key();
+        let mut t = table(local);
+        let at = |s: u64| Instant::from_micros(s * 1_000_000);
+        let far = PeerInfo::new(local.random_in_bucket(0, &rng.key()), 1u32);
+        let near = PeerInfo::new(local.random_in_bucket(1, &rng.key()), 2u32);
+        t.observe(far.clone(), at(0));
+        t.observe(near.clone(), at(0));
+        let hour = Duration::from_secs(3600);
+        assert_eq!(t.idle_buckets(at(3600), hour), vec![0, 1]);
+        // A known peer of bucket 0 writes at 1800 s: only bucket 1 is idle
+        // an hour after the start.
+        assert_eq!(t.observe(far, at(1800)), Observed::Refreshed);
+        assert_eq!(t.idle_buckets(at(3600), hour), vec![1]);
+        assert_eq!(t.idle_buckets(at(5400), hour), vec![0, 1]);
     }
 
     #[test]

@@ -113,6 +113,11 @@ enum Scenario {
         /// Leaving peers do not hand their copies on first.
         #[arg(long)]
         no_handoff: bool,
+        /// Each peer's disk quota in MiB: copies no longer kept for a home
+        /// stay until it needs the room (no limit if not given, the node's
+        /// default).
+        #[arg(long)]
+        quota_mib: Option<u64>,
         /// Minutes a routing-table bucket may go without a lookup before it
         /// is refreshed.
         #[arg(long, default_value_t = 10.0)]
@@ -276,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             link_mbit,
             pin_check_s,
             no_handoff,
+            quota_mib,
             refresh_min,
         } => {
             anyhow::ensure!(days.is_finite() && days > 0.0, "--days must be positive");
@@ -309,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pin_check: Duration::from_secs_f64(pin_check_s),
                     max_lookups: 32,
                     handoff: !no_handoff,
+                    quota_bytes: quota_mib.map(|q| q << 20),
                 },
             };
             let mut swarm = common.swarm()?;

@@ -143,6 +143,13 @@ pub struct Durability {
     pub spread_mean: f64,
     /// `spread_max / spread_mean`.
     pub spread_ratio: f64,
+    /// Copies on a live peer's disk at the end, pinned or released (kept
+    /// until the quota needs the room): most and mean.
+    pub stored_max: u32,
+    /// Mean copies on a live peer's disk at the end.
+    pub stored_mean: f64,
+    /// Each peer's quota in bytes, if any.
+    pub quota_bytes: Option<u64>,
     /// Departures that never came back (disk gone; a fresh peer joined instead).
     pub permanent_departures: u64,
     /// Counters of the files layer.
@@ -347,11 +354,27 @@ impl Report {
                 "  spread        pinned copies per live peer: max {}, mean {:.2}, max/mean {:.2}",
                 d.spread_max, d.spread_mean, d.spread_ratio
             );
+            let quota = d.quota_bytes.map_or("no quota".to_string(), |q| {
+                format!("quota {:.0} MiB", q as f64 / 1048576.0)
+            });
+            let _ = writeln!(
+                s,
+                "  disks         copies per live peer, pinned or released: max {}, mean {:.2} ({quota})",
+                d.stored_max, d.stored_mean
+            );
             let c = &d.counters;
             let _ = writeln!(
                 s,
-                "  duties        {} fetches ({} done, {} without provider, {} cut off), {} hand-offs, {} released, {} membership lookups",
-                c.fetches, c.fetched, c.no_provider, c.broken_transfers, c.handoffs, c.released, c.membership_lookups
+                "  duties        {} fetches ({} done, {} without provider, {} cut off), {} hand-offs, {} released ({} dropped for room, {} refused), {} membership lookups",
+                c.fetches,
+                c.fetched,
+                c.no_provider,
+                c.broken_transfers,
+                c.handoffs,
+                c.released,
+                c.evicted,
+                c.refused,
+                c.membership_lookups
             );
         }
         if let Some(p) = self.partition_success {

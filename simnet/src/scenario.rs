@@ -669,6 +669,8 @@ pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violat
     let per_peer = sim.pinned_per_live_peer();
     let spread_max = per_peer.iter().copied().max().unwrap_or(0);
     let spread_mean = per_peer.iter().map(|c| f64::from(*c)).sum::<f64>() / per_peer.len().max(1) as f64;
+    let stored = sim.stored_per_live_peer();
+    let stored_mean = stored.iter().map(|c| f64::from(*c)).sum::<f64>() / stored.len().max(1) as f64;
     let received: Vec<u64> = sim
         .transfer_bytes()
         .iter()
@@ -697,6 +699,9 @@ pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violat
         } else {
             0.0
         },
+        stored_max: stored.iter().copied().max().unwrap_or(0),
+        stored_mean,
+        quota_bytes: spec.files_config.quota_bytes,
         permanent_departures: permanent,
         counters: sim.file_counters(),
     };

@@ -129,6 +129,7 @@ fn durability_spec(permanent_fraction: f64, handoff: bool) -> scenario::Durabili
             pin_check: Duration::from_secs(30),
             max_lookups: 32,
             handoff,
+            quota_bytes: None,
         },
     }
 }
@@ -152,4 +153,31 @@ fn pinned_files_survive_churn_where_every_departure_is_for_good() {
     // The same seed gives the same run.
     let again = scenario::durability(&swarm, &durability_spec(1.0, true)).unwrap();
     assert_eq!(report.trace_hash, again.trace_hash);
+}
+
+#[test]
+fn released_copies_stay_until_the_quota_needs_the_room() {
+    // Departures that come back: the peers that stood in for an absent home
+    // member release their copies when it returns. Without a quota those
+    // copies stay on the disks; with room for three files a peer drops
+    // released copies for pinned ones and refuses pins beyond that (homes
+    // go by key, not by room: here one peer is asked to keep nine).
+    let swarm = Swarm::new(200, 22);
+    let roomy = scenario::durability(&swarm, &durability_spec(0.0, true)).unwrap();
+    let roomy = roomy.durability.unwrap();
+    assert_eq!(roomy.lost, 0, "{roomy:?}");
+    assert!(roomy.counters.released > 0, "{roomy:?}");
+    assert_eq!((roomy.counters.evicted, roomy.counters.refused), (0, 0), "{roomy:?}");
+    assert!(
+        roomy.stored_mean > roomy.spread_mean && roomy.stored_max > roomy.spread_max,
+        "released copies stay on the disks: {roomy:?}"
+    );
+    let mut tight = durability_spec(0.0, true);
+    tight.files_config.quota_bytes = Some(3 * tight.file_bytes);
+    let tight = scenario::durability(&swarm, &tight).unwrap().durability.unwrap();
+    assert!(tight.stored_max <= 3, "the quota holds: {tight:?}");
+    assert!(
+        tight.counters.evicted > 0 && tight.counters.refused > 0,
+        "released copies made room, and pins beyond the quota were refused: {tight:?}"
+    );
 }

@@ -12,8 +12,13 @@
 //! booked on either (first come, first served), and fails if either peer is
 //! gone or restarted when it would end. A fetch takes the whole blob from
 //! one provider (the node spreads it over several, so this is slower).
+//!
+//! As on the node, a copy a peer no longer keeps for a home is only
+//! released: it stays on the disk (and is still provided) until the peer's
+//! quota needs the room, least recently released first; a peer that
+//! becomes a member again with such a copy keeps it without a fetch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use shoal_overlay::{Instant, Key, PeerInfo};
@@ -34,6 +39,9 @@ pub struct FilesConfig {
     /// Whether a peer that leaves gracefully hands its pinned copies to the
     /// home it leaves behind first.
     pub handoff: bool,
+    /// Most bytes each peer's disk holds (the node's `--quota`); `None`, the
+    /// node's default, is no limit.
+    pub quota_bytes: Option<u64>,
 }
 
 /// Counters of the files layer.
@@ -51,8 +59,14 @@ pub struct FileCounters {
     pub handoffs: u64,
     /// Membership lookups.
     pub membership_lookups: u64,
-    /// Copies dropped after their peer stopped being a home member.
+    /// Copies no longer kept for a home (they stay on the disk until the
+    /// quota needs the room).
     pub released: u64,
+    /// Released copies dropped to make room under the quota.
+    pub evicted: u64,
+    /// Copies that did not fit under the quota even after every released
+    /// copy was dropped.
+    pub refused: u64,
     /// Bytes moved by finished transfers.
     pub bytes_moved: u64,
 }
@@ -63,6 +77,9 @@ pub struct FileCounters {
 pub(crate) struct PeerFiles {
     /// Whole blobs held, and whether each is marked pinned.
     disk: BTreeMap<Key, bool>,
+    /// Blobs released (unmarked), oldest first: the order in which the
+    /// quota drops them. May name blobs since marked again or dropped.
+    released: VecDeque<Key>,
     /// Blobs being fetched.
     fetching: BTreeSet<Key>,
     /// Virtual time at which the uplink and the downlink are free.
@@ -91,9 +108,27 @@ pub(crate) struct Files {
     config: FilesConfig,
     /// Every blob's size.
     sizes: BTreeMap<Key, u64>,
+    /// The last pin record value decoded at each key, and what it said:
+    /// every peer reads the same few records every round.
+    decoded: BTreeMap<Key, (Vec<u8>, Option<Pin>)>,
     transfers: BTreeMap<u64, Transfer>,
     next_transfer: u64,
     pub(crate) counters: FileCounters,
+}
+
+impl Files {
+    /// [`Pin::decode`] of the value at `key`, from the cache when it holds
+    /// the same bytes.
+    fn decode_pin(&mut self, key: &Key, value: &[u8]) -> Option<Pin> {
+        if let Some((bytes, pin)) = self.decoded.get(key)
+            && bytes.as_slice() == value
+        {
+            return *pin;
+        }
+        let pin = Pin::decode(value);
+        self.decoded.insert(*key, (value.to_vec(), pin));
+        pin
+    }
 }
 
 impl Sim {
@@ -102,6 +137,7 @@ impl Sim {
         self.files = Some(Files {
             config,
             sizes: BTreeMap::new(),
+            decoded: BTreeMap::new(),
             transfers: BTreeMap::new(),
             next_transfer: 0,
             counters: FileCounters::default(),
@@ -155,6 +191,7 @@ impl Sim {
     pub fn wipe_disk(&mut self, peer: PeerIndex) {
         let files = &mut self.slots[peer as usize].files;
         files.disk.clear();
+        files.released.clear();
         files.fetching.clear();
         files.saved.clear();
     }
@@ -191,6 +228,14 @@ impl Sim {
         self.live_list
             .iter()
             .map(|p| self.slots[*p as usize].files.disk.values().filter(|p| **p).count() as u32)
+            .collect()
+    }
+
+    /// Copies on each joined peer's disk, pinned or released.
+    pub fn stored_per_live_peer(&self) -> Vec<u32> {
+        self.live_list
+            .iter()
+            .map(|p| self.slots[*p as usize].files.disk.len() as u32)
             .collect()
     }
 
@@ -310,6 +355,7 @@ impl Sim {
         }
         let slot = &self.slots[peer as usize];
         let Some(core) = slot.core.as_ref() else { return };
+        let Some(files) = self.files.as_mut() else { return };
         let now = Instant::from_micros(net::to_local(self.now, &slot.place));
         let local = slot.key;
         let mut duties = Vec::new();
@@ -318,7 +364,7 @@ impl Sim {
             if record.expires <= now {
                 continue;
             }
-            let Some(pin) = Pin::decode(&record.value) else {
+            let Some(pin) = files.decode_pin(&record.key, &record.value) else {
                 continue;
             };
             let known = core
@@ -358,6 +404,14 @@ impl Sim {
         for action in pin::duties(duties) {
             match action {
                 Action::Fetch(blob) => {
+                    // As the node's download: refused at once if the blob
+                    // cannot fit even after dropping every released copy.
+                    if !self.could_fit(peer, blob) {
+                        if let Some(f) = self.files.as_mut() {
+                            f.counters.refused += 1;
+                        }
+                        continue;
+                    }
                     if let Some(id) = self.command(peer, |core, now| core.get_providers(now, blob).ok()) {
                         self.slots[peer as usize].files.fetching.insert(blob);
                         self.pending.insert((peer, id), Pending::Providers { blob });
@@ -367,16 +421,16 @@ impl Sim {
                     }
                 }
                 Action::Keep(blob) => {
-                    self.slots[peer as usize].files.disk.insert(blob, true);
+                    let files = &mut self.slots[peer as usize].files;
+                    files.disk.insert(blob, true);
+                    files.released.retain(|k| *k != blob);
                 }
                 Action::Release(blob) => {
-                    // The quota is taken to be tight: a copy the home no
-                    // longer needs is dropped at once (a real peer keeps it
-                    // until it needs the room).
-                    let slot = &mut self.slots[peer as usize];
-                    slot.files.disk.remove(&blob);
-                    if let Some(core) = slot.core.as_mut() {
-                        core.stop_providing(&blob);
+                    // Kept, unmarked, until the quota needs the room.
+                    let files = &mut self.slots[peer as usize].files;
+                    if let Some(marked) = files.disk.get_mut(&blob) {
+                        *marked = false;
+                        files.released.push_back(blob);
                     }
                     if let Some(f) = self.files.as_mut() {
                         f.counters.released += 1;
@@ -461,6 +515,47 @@ impl Sim {
         Some(end)
     }
 
+    /// Whether `blob` fits on `peer`'s disk once every released copy is gone.
+    fn could_fit(&self, peer: PeerIndex, blob: Key) -> bool {
+        let Some(files) = self.files.as_ref() else { return false };
+        let Some(quota) = files.config.quota_bytes else {
+            return true;
+        };
+        let size = |k: &Key| files.sizes.get(k).copied().unwrap_or(0);
+        let disk = &self.slots[peer as usize].files.disk;
+        let kept: u64 = disk.iter().filter(|(_, marked)| **marked).map(|(k, _)| size(k)).sum();
+        kept + size(&blob) <= quota
+    }
+
+    /// Drops `peer`'s released copies, least recently released first, until
+    /// `blob` fits under the quota, as the node's store does. False (and
+    /// counted) if it cannot fit.
+    fn make_room(&mut self, peer: PeerIndex, blob: Key) -> bool {
+        let Some(files) = self.files.as_mut() else { return false };
+        let Some(quota) = files.config.quota_bytes else {
+            return true;
+        };
+        let size = |k: &Key| files.sizes.get(k).copied().unwrap_or(0);
+        let slot = &mut self.slots[peer as usize];
+        let mut used: u64 = slot.files.disk.keys().map(size).sum();
+        let need = size(&blob);
+        while used + need > quota {
+            let Some(old) = slot.files.released.pop_front() else {
+                files.counters.refused += 1;
+                return false;
+            };
+            if slot.files.disk.get(&old) == Some(&false) {
+                slot.files.disk.remove(&old);
+                used -= size(&old);
+                files.counters.evicted += 1;
+                if let Some(core) = slot.core.as_mut() {
+                    core.stop_providing(&old);
+                }
+            }
+        }
+        true
+    }
+
     /// A transfer's last byte would arrive now.
     pub(super) fn transfer_done(&mut self, id: u64) {
         let Some(t) = self.files.as_mut().and_then(|f| f.transfers.remove(&id)) else {
@@ -481,13 +576,15 @@ impl Sim {
             return;
         }
         self.slots[t.from as usize].files.sent += t.bytes;
-        let slot = &mut self.slots[t.to as usize];
-        slot.files.received += t.bytes;
-        slot.files.disk.insert(t.blob, true);
+        self.slots[t.to as usize].files.received += t.bytes;
         if let Some(f) = self.files.as_mut() {
             f.counters.fetched += 1;
             f.counters.bytes_moved += t.bytes;
         }
+        if !self.make_room(t.to, t.blob) {
+            return;
+        }
+        self.slots[t.to as usize].files.disk.insert(t.blob, true);
         let blob = t.blob;
         let _ = self.command(t.to, |core, now| core.start_providing(now, blob).ok());
     }
