@@ -18,7 +18,7 @@
 //! quota needs the room, least recently released first; a peer that
 //! becomes a member again with such a copy keeps it without a fetch.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use shoal_overlay::{Instant, Key, PeerInfo};
@@ -109,8 +109,9 @@ pub(crate) struct Files {
     /// Every blob's size.
     sizes: BTreeMap<Key, u64>,
     /// The last pin record value decoded at each key, and what it said:
-    /// every peer reads the same few records every round.
-    decoded: BTreeMap<Key, (Vec<u8>, Option<Pin>)>,
+    /// every peer reads the same few records every round. Only looked up,
+    /// never iterated, so its order cannot reach a run.
+    decoded: HashMap<Key, (Vec<u8>, Option<Pin>)>,
     transfers: BTreeMap<u64, Transfer>,
     next_transfer: u64,
     pub(crate) counters: FileCounters,
@@ -137,7 +138,7 @@ impl Sim {
         self.files = Some(Files {
             config,
             sizes: BTreeMap::new(),
-            decoded: BTreeMap::new(),
+            decoded: HashMap::new(),
             transfers: BTreeMap::new(),
             next_transfer: 0,
             counters: FileCounters::default(),
