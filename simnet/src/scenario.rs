@@ -240,10 +240,7 @@ pub fn churn(swarm: &Swarm, spec: &ChurnSpec) -> Result<Report, Violation> {
     let start = sim.now_us();
     let end = start + (spec.hours * 3600.0 * SECOND as f64) as u64;
     let mut plan = Plan::new();
-    for peer in 0..sim.slots() as PeerIndex {
-        let session = spec.dist.sample(spec.session_median, &mut rng);
-        plan.schedule(start + micros(session), Action::Depart(peer));
-    }
+    plan.first_sessions(&sim, start, (spec.dist, spec.session_median), &mut rng, Action::Depart);
     plan.schedule(start, Action::Lookup);
     if !records.is_empty() {
         plan.schedule(start, Action::Get);
@@ -474,6 +471,21 @@ impl<T: Copy> Plan<T> {
         self.turns.insert((at, self.seq), turn);
     }
 
+    /// Schedules every slot's first departure, a session after `start`.
+    fn first_sessions(
+        &mut self,
+        sim: &Sim,
+        start: u64,
+        (dist, median): (SessionDist, Duration),
+        rng: &mut Rng,
+        depart: impl Fn(PeerIndex) -> T,
+    ) {
+        for peer in 0..sim.slots() as PeerIndex {
+            let session = dist.sample(median, rng);
+            self.schedule(start + micros(session), depart(peer));
+        }
+    }
+
     /// The next turn due at or before `end`, taken off the plan.
     fn next(&mut self, end: u64) -> Option<(u64, T)> {
         let (&(at, seq), &turn) = self.turns.iter().next()?;
@@ -588,10 +600,7 @@ pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violat
     let start = sim.now_us();
     let end = start + (spec.days * 86_400.0 * SECOND as f64) as u64;
     let mut plan = Plan::new();
-    for peer in 0..sim.slots() as PeerIndex {
-        let session = spec.dist.sample(spec.session_median, &mut rng);
-        plan.schedule(start + micros(session), Turn::Depart(peer));
-    }
+    plan.first_sessions(&sim, start, (spec.dist, spec.session_median), &mut rng, Turn::Depart);
     plan.schedule(start, Turn::Sample);
     let mut gone: Vec<bool> = vec![false; sim.slots()];
     let mut permanent = 0u64;

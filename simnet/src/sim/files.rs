@@ -118,6 +118,11 @@ pub(crate) struct Files {
 }
 
 impl Files {
+    /// Bytes of the blobs `keys`.
+    fn bytes<'a>(&self, keys: impl IntoIterator<Item = &'a Key>) -> u64 {
+        keys.into_iter().filter_map(|k| self.sizes.get(k)).sum()
+    }
+
     /// [`Pin::decode`] of the value at `key`, from the cache when it holds
     /// the same bytes.
     fn decode_pin(&mut self, key: &Key, value: &[u8]) -> Option<Pin> {
@@ -522,10 +527,8 @@ impl Sim {
         let Some(quota) = files.config.quota_bytes else {
             return true;
         };
-        let size = |k: &Key| files.sizes.get(k).copied().unwrap_or(0);
         let disk = &self.slots[peer as usize].files.disk;
-        let kept: u64 = disk.iter().filter(|(_, marked)| **marked).map(|(k, _)| size(k)).sum();
-        kept + size(&blob) <= quota
+        files.bytes(disk.iter().filter(|(_, marked)| **marked).map(|(k, _)| k)) + files.bytes([&blob]) <= quota
     }
 
     /// Drops `peer`'s released copies, least recently released first, until
@@ -536,10 +539,9 @@ impl Sim {
         let Some(quota) = files.config.quota_bytes else {
             return true;
         };
-        let size = |k: &Key| files.sizes.get(k).copied().unwrap_or(0);
         let slot = &mut self.slots[peer as usize];
-        let mut used: u64 = slot.files.disk.keys().map(size).sum();
-        let need = size(&blob);
+        let mut used = files.bytes(slot.files.disk.keys());
+        let need = files.bytes([&blob]);
         while used + need > quota {
             let Some(old) = slot.files.released.pop_front() else {
                 files.counters.refused += 1;
@@ -547,7 +549,7 @@ impl Sim {
             };
             if slot.files.disk.get(&old) == Some(&false) {
                 slot.files.disk.remove(&old);
-                used -= size(&old);
+                used -= files.bytes([&old]);
                 files.counters.evicted += 1;
                 if let Some(core) = slot.core.as_mut() {
                     core.stop_providing(&old);
