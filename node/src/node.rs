@@ -1005,7 +1005,6 @@ impl Driver {
     /// The pin records held, with membership: whether this node is among
     /// each blob's `replicas` closest (by its routing table).
     fn pins(&self, t: Instant) -> Vec<PinView> {
-        let local = self.core.local().key;
         let mut out = Vec::new();
         for record in self.core.record_store().value_records() {
             if record.expires <= t {
@@ -1014,14 +1013,13 @@ impl Driver {
             let Some(pin) = Pin::decode(&record.value) else {
                 continue;
             };
-            let known = self
-                .core
-                .routing_table()
-                .closest(&record.key, usize::from(pin.replicas), None);
             out.push(PinView {
                 id: record.key,
                 pin,
-                member: shoal_resources::pin::is_member(&local, &record.key, pin.replicas, known.iter().map(|p| p.key)),
+                member: self
+                    .core
+                    .routing_table()
+                    .local_among_closest(&record.key, usize::from(pin.replicas)),
             });
         }
         out

@@ -10,8 +10,8 @@ use crate::routing::{Failed, Observed, RoutingTable};
 use crate::rtt::RttEstimate;
 use crate::wire::{MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES};
 use crate::{
-    Addr, CommandError, Config, ConfigError, Event, Instant, Key, Mode, PeerInfo, ProviderRecord, QueryId, QueryStats,
-    RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
+    Addr, CommandError, Config, ConfigError, Distance, Event, Instant, Key, Mode, PeerInfo, ProviderRecord, QueryId,
+    QueryStats, RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
 };
 
 /// Output queues keep at most this much capacity once drained.
@@ -229,6 +229,21 @@ impl<A: Addr> Overlay<A> {
             home.truncate(r);
         }
         home
+    }
+
+    /// Whether a peer at `distance` from `key` belongs to its home as this
+    /// peer sees it: fewer than `replication` peers it knows (itself
+    /// included) are nearer. The same answer as looking for the peer in
+    /// [`home_of`](Self::home_of), without building the home.
+    pub fn in_home(&self, key: &Key, distance: &Distance) -> bool {
+        let r = self.config.replication;
+        let local_nearer = usize::from(self.local.key.distance(key) < *distance);
+        local_nearer + self.table.count_closer(key, distance, r) < r
+    }
+
+    /// Whether this peer belongs to the home of `key`, as its table sees it.
+    pub fn is_home_member(&self, key: &Key) -> bool {
+        self.table.local_among_closest(key, self.config.replication)
     }
 
     // ----- inputs ----------------------------------------------------------
@@ -786,7 +801,7 @@ impl<A: Addr> Overlay<A> {
             return;
         }
         for key in self.store.keys() {
-            if self.home_of(&key).iter().any(|m| m.key == peer.key) {
+            if self.in_home(&key, &peer.key.distance(&key)) {
                 let next = now + self.config.replicate_interval;
                 let records = self.store.records_at(&key, next);
                 for request in self.store_requests(records) {
@@ -804,12 +819,11 @@ impl<A: Addr> Overlay<A> {
             return;
         }
         for key in self.store.keys() {
-            let home = self.home_of(&key);
-            let Some(last) = home.last() else { continue };
-            let was_member = gone.distance(&key) <= last.key.distance(&key);
-            if !was_member || !home.iter().any(|m| m.key == self.local.key) {
+            // It was a member if it would be one now, back in the table.
+            if !self.in_home(&key, &gone.distance(&key)) || !self.is_home_member(&key) {
                 continue;
             }
+            let home = self.home_of(&key);
             let next = now + self.config.replicate_interval;
             let records = self.store.records_at(&key, next);
             self.send_to_home(now, &home, records);
@@ -1432,7 +1446,8 @@ impl<A: Addr> Overlay<A> {
         let far = 2 * self.config.replication;
         for key in self.store.due_for_replication(now) {
             let home = self.home_of(&key);
-            let member = home.iter().any(|m| m.key == self.local.key);
+            let own = self.local.key.distance(&key);
+            let member = self.in_home(&key, &own);
             // A peer just outside the home keeps its copy as a spare; the
             // members keep each other's copies current, and a member that
             // goes is replaced at once (`peer_gone`), so the spare holder
@@ -1444,14 +1459,7 @@ impl<A: Addr> Overlay<A> {
             };
             let records = self.store.records_at(&key, now + interval);
             self.send_to_home(now, &home, records);
-            let own = self.local.key.distance(&key);
-            let nearer = self
-                .table
-                .closest(&key, far, None)
-                .iter()
-                .filter(|p| p.key.distance(&key) < own)
-                .count();
-            if nearer >= far {
+            if self.table.count_closer(&key, &own, far) >= far {
                 self.store.forget(&key);
             }
         }

@@ -356,6 +356,46 @@ impl<A: Addr> RoutingTable<A> {
             .collect()
     }
 
+    /// How many live (not stale) peers the table holds nearer `target` than
+    /// `than`, counting up to `limit`: whether a peer at that distance is
+    /// among the `limit` nearest the table knows, with no sort and no
+    /// allocation. The buckets are visited nearest range first: the
+    /// target's own bucket `c` (every entry shares `c + 1` leading bits with
+    /// the target), then the deeper buckets (distance with exactly `c`
+    /// leading zeros), then the shallower ones, bucket `j` at `j` leading
+    /// zeros — none of which can be nearer than `than` once `than` has more.
+    pub fn count_closer(&self, target: &Key, than: &Distance, limit: usize) -> usize {
+        let mut n = 0;
+        let mut count = |bucket: &Bucket<A>| {
+            for e in &bucket.entries {
+                if n >= limit {
+                    return;
+                }
+                if !e.stale && e.key.distance(target) < *than {
+                    n += 1;
+                }
+            }
+        };
+        let c = self.index(target);
+        for bucket in self.buckets.iter().skip(c) {
+            count(bucket);
+        }
+        let zeros = than.leading_zeros();
+        for j in (0..c.min(self.buckets.len())).rev() {
+            if zeros > j {
+                break;
+            }
+            count(&self.buckets[j]);
+        }
+        n.min(limit)
+    }
+
+    /// Whether the local peer is among the `n` peers nearest `target` that
+    /// it knows (itself included): fewer than `n` live entries are nearer.
+    pub fn local_among_closest(&self, target: &Key, n: usize) -> bool {
+        n > 0 && self.count_closer(target, &self.local.distance(target), n) < n
+    }
+
     /// Of the `count` live peers closest to the local peer, those not heard
     /// from within `quiet` before `now`: the neighbours whose liveness the
     /// home depends on, due for a probe.
@@ -527,6 +567,37 @@ mod tests {
             all.sort_by_key(|k| k.distance(&target));
             all.truncate(count);
             prop_assert_eq!(got, all);
+        }
+        #[test]
+        fn count_closer_matches_brute_force(seed in any::<u64>(), n in 0usize..300, limit in 1usize..12, stale in 0usize..20) {
+            let mut rng = Rng::seed_from_u64(seed);
+            let local = rng.key();
+            let mut t = RoutingTable::new(local, 20, 3, 1, Duration::ZERO);
+            let mut keys = Vec::new();
+            for i in 0..n {
+                let key = rng.key();
+                t.observe(PeerInfo::new(key, i as u32), Instant::ZERO);
+                keys.push(key);
+            }
+            // Some entries fail until stale (or are replaced): stale ones never count.
+            for key in keys.iter().take(stale) {
+                t.record_failure(key, Instant::ZERO);
+                t.record_failure(key, Instant::ZERO);
+            }
+            let target = match seed % 3 {
+                0 => local.with_bit_flipped(255),
+                1 => local,
+                _ => rng.key(),
+            };
+            let live: Vec<Key> = t.closest(&target, t.len(), None).iter().map(|p| p.key).collect();
+            // Distances of the local key, of every known peer and of random keys.
+            let mut probes: Vec<Distance> = live.iter().map(|k| k.distance(&target)).collect();
+            probes.push(local.distance(&target));
+            probes.extend((0..8).map(|_| rng.key().distance(&target)));
+            for than in probes {
+                let want = live.iter().filter(|k| k.distance(&target) < than).count().min(limit);
+                prop_assert_eq!(t.count_closer(&target, &than, limit), want);
+            }
         }
     }
 

@@ -18,9 +18,10 @@
 //! quota needs the room, least recently released first; a peer that
 //! becomes a member again with such a copy keeps it without a fetch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use shoal_overlay::{Instant, Key, PeerInfo};
 use shoal_resources::pin::{self, Action, Duty, Pin};
 
@@ -111,7 +112,7 @@ pub(crate) struct Files {
     /// The last pin record value decoded at each key, and what it said:
     /// every peer reads the same few records every round. Only looked up,
     /// never iterated, so its order cannot reach a run.
-    decoded: HashMap<Key, (Vec<u8>, Option<Pin>)>,
+    decoded: FxHashMap<Key, (Vec<u8>, Option<Pin>)>,
     transfers: BTreeMap<u64, Transfer>,
     next_transfer: u64,
     pub(crate) counters: FileCounters,
@@ -143,7 +144,7 @@ impl Sim {
         self.files = Some(Files {
             config,
             sizes: BTreeMap::new(),
-            decoded: HashMap::new(),
+            decoded: FxHashMap::default(),
             transfers: BTreeMap::new(),
             next_transfer: 0,
             counters: FileCounters::default(),
@@ -363,7 +364,6 @@ impl Sim {
         let Some(core) = slot.core.as_ref() else { return };
         let Some(files) = self.files.as_mut() else { return };
         let now = Instant::from_micros(net::to_local(self.now, &slot.place));
-        let local = slot.key;
         let mut duties = Vec::new();
         let mut unsure = Vec::new();
         for record in core.record_store().value_records() {
@@ -373,10 +373,9 @@ impl Sim {
             let Some(pin) = files.decode_pin(&record.key, &record.value) else {
                 continue;
             };
-            let known = core
+            let mut member = core
                 .routing_table()
-                .closest(&record.key, usize::from(pin.replicas), None);
-            let mut member = pin::is_member(&local, &record.key, pin.replicas, known.iter().map(|p| p.key));
+                .local_among_closest(&record.key, usize::from(pin.replicas));
             let marked = slot.files.disk.get(&record.key).copied().unwrap_or(false);
             if pin::confirm_by_lookup(member, &pin, marked) {
                 // As the node does: a kept copy is released only on a
