@@ -9,8 +9,9 @@ use libp2p::{Multiaddr, PeerId};
 
 /// File in the data directory that lists remembered peers.
 pub const KNOWN_PEERS_FILE: &str = "known-peers";
-/// Most peers remembered (and read back).
-pub const MAX_KNOWN_PEERS: usize = 64;
+/// Most peers remembered (and read back): about the whole routing table of
+/// a 10,000-peer swarm, so that a restart refreshes few buckets.
+pub const MAX_KNOWN_PEERS: usize = 256;
 /// Longest line read from the file; longer ones are skipped.
 const MAX_LINE_BYTES: usize = 1024;
 

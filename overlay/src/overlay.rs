@@ -381,7 +381,11 @@ impl<A: Addr> Overlay<A> {
 
     /// Joins the overlay through `seeds` (bootstrap peers, peers found by
     /// mDNS, or remembered ones): a lookup for the local key, then a refresh
-    /// of every bucket farther than the closest neighbour found.
+    /// of every bucket farther than the closest neighbour found (and not
+    /// deeper than the k-th closest found: those the lookup saw whole) that
+    /// holds fewer than k/2 live peers. A peer that restarts with the peers it
+    /// remembers skips the buckets they already fill: their refresh would
+    /// find what it knows and cost a lookup each.
     pub fn bootstrap(&mut self, now: Instant, seeds: Vec<PeerInfo<A>>) -> Result<QueryId, CommandError> {
         for seed in seeds {
             self.add_peer(now, seed);
@@ -1309,8 +1313,19 @@ impl<A: Addr> Overlay<A> {
     /// After the self-lookup: refresh every bucket farther out than the
     /// closest neighbour, so that the table covers the whole key space.
     fn bootstrap_refresh(&mut self, now: Instant, id: QueryId, found: &[PeerInfo<A>], stats: QueryStats) {
-        let depth = found.first().map_or(0, |p| self.local.key.common_prefix_len(&p.key));
+        let cpl = |p: &PeerInfo<A>| self.local.key.common_prefix_len(&p.key);
+        // Every peer nearer than the k-th found is among those found: the
+        // buckets deeper than that one's are complete already.
+        let depth = match (found.first(), found.get(self.config.k - 1)) {
+            (Some(first), Some(kth)) => cpl(first).min(cpl(kth) + 1),
+            (Some(first), None) => cpl(first),
+            _ => 0,
+        };
+        let filled = self.config.k.div_ceil(2);
         for bucket in 0..depth.min(self.table.bucket_count()) {
+            if self.table.live_in_bucket(bucket) >= filled {
+                continue;
+            }
             let target = self.local.key.random_in_bucket(bucket, &self.rng.key());
             // A full query table skips a bucket; maintenance refreshes it later.
             let _ = self.start_query(now, target, QueryKind::Refresh { bootstrap: Some(id) });

@@ -171,6 +171,13 @@ impl<A: Addr> RoutingTable<A> {
         self.buckets.len()
     }
 
+    /// Live (not stale) entries in bucket `index`.
+    pub fn live_in_bucket(&self, index: usize) -> usize {
+        self.buckets
+            .get(index)
+            .map_or(0, |b| b.entries.iter().filter(|e| !e.stale).count())
+    }
+
     /// Whether `key` is in the table.
     pub fn contains(&self, key: &Key) -> bool {
         self.bucket_of(key)

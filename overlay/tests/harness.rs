@@ -73,6 +73,8 @@ struct Swarm {
     queue: BTreeMap<(Instant, u64), (u32, Message)>,
     seq: u64,
     events: Vec<(u32, Event<u32>)>,
+    /// Requests each peer has sent.
+    sent: Vec<u64>,
 }
 
 impl Swarm {
@@ -85,6 +87,7 @@ impl Swarm {
             queue: BTreeMap::new(),
             seq: 0,
             events: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -96,13 +99,36 @@ impl Swarm {
 
     fn spawn(&mut self, mode: Mode) -> u32 {
         let index = self.peers.len() as u32;
+        let core = self.core(index, mode);
+        self.peers.push(core);
+        self.sent.push(0);
+        index
+    }
+
+    /// A fresh core for peer `index`: its identity, no state.
+    fn core(&self, index: u32, mode: Mode) -> Overlay<u32> {
         let signer = Ed25519::new(index);
         let local = PeerInfo::new(Key::of_public_key(signer.public_key()), index);
         let mut config = (*self.config).clone();
         config.mode = mode;
-        let core = Overlay::new(Arc::new(config), local, Box::new(signer), u64::from(index), self.now).unwrap();
-        self.peers.push(core);
-        index
+        Overlay::new(Arc::new(config), local, Box::new(signer), u64::from(index), self.now).unwrap()
+    }
+
+    /// Restarts peer `index` with empty state and joins it through `seeds`;
+    /// returns the requests its join sent.
+    fn rejoin(&mut self, index: u32, seeds: Vec<PeerInfo<u32>>) -> u64 {
+        self.peers[index as usize] = self.core(index, Mode::Server);
+        let before = self.sent[index as usize];
+        let now = self.now;
+        self.peers[index as usize].bootstrap(now, seeds).unwrap();
+        self.flush(index);
+        self.drive_until(200_000, |s| {
+            s.events
+                .iter()
+                .any(|(i, e)| *i == index && matches!(e, Event::Bootstrapped { .. }))
+        });
+        self.events.clear();
+        self.sent[index as usize] - before
     }
 
     fn info(&self, index: u32) -> PeerInfo<u32> {
@@ -114,6 +140,7 @@ impl Swarm {
         let mode = core.config().mode;
         while let Some(t) = core.poll_transmit() {
             self.seq += 1;
+            self.sent[index as usize] += 1;
             let message = Message::Request {
                 from: index,
                 id: t.id,
@@ -677,4 +704,35 @@ fn a_crashed_neighbour_drops_out_of_the_nearest_tables_without_any_lookup() {
             "peer {p} still counts the dead peer"
         );
     }
+}
+
+#[test]
+fn a_peer_restarting_with_the_peers_it_remembers_refreshes_fewer_buckets() {
+    let mut swarm = Swarm::join(150);
+    swarm.run_for(Duration::from_secs(30));
+    let peer = 149u32;
+    let me = swarm.info(peer).key;
+    let remembered: Vec<PeerInfo<u32>> = swarm.peers[peer as usize].routing_table().peers().collect();
+    let k = swarm.config.k;
+    let check = |swarm: &Swarm, how: &str| {
+        let want: Vec<u32> = swarm.true_closest(&me, peer).into_iter().take(k).collect();
+        let got: Vec<u32> = swarm.peers[peer as usize]
+            .routing_table()
+            .closest(&me, k, None)
+            .iter()
+            .map(|p| p.addr)
+            .collect();
+        assert_eq!(got, want, "{how}: the table holds the true {k} nearest");
+    };
+    // As a new peer: one seed, every sparse bucket refreshed.
+    let fresh = swarm.rejoin(peer, vec![swarm.info(0)]);
+    check(&swarm, "through one seed");
+    // As the node restarts: through the peers it remembers, whose buckets
+    // need no refresh.
+    let restarted = swarm.rejoin(peer, remembered);
+    check(&swarm, "through its remembered peers");
+    assert!(
+        restarted * 3 < fresh * 2,
+        "a restart sent {restarted} requests, a fresh join {fresh}"
+    );
 }

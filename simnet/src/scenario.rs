@@ -655,13 +655,14 @@ pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violat
                 under_sum += copies.values().filter(|c| c.0 < replicas).count() as u64;
                 live_sum += sim.live() as f64;
                 samples += 1;
-                if swarm.progress && samples % 36 == 1 {
+                if swarm.progress && samples % 6 == 1 {
                     let lost = copies.values().filter(|c| c.1 == 0).count();
                     eprintln!(
-                        "durability: day {:.2} of {}, {} peers up, {unavailable} files without a live copy, {lost} lost, {:.0} s wall",
+                        "durability: day {:.3} of {}, {} peers up, {unavailable} files without a live copy, {lost} lost, {:.1} M events, {:.0} s wall",
                         (at - start) as f64 / 86_400e6,
                         spec.days,
                         sim.live(),
+                        sim.counters.events as f64 / 1e6,
                         wall.elapsed().as_secs_f64()
                     );
                 }

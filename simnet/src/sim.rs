@@ -101,7 +101,13 @@ struct Slot {
     files: files::PeerFiles,
     /// A leaving peer stays up until its hand-off pushes end (virtual µs).
     leave_until: u64,
+    /// The routing table's peers when it last stopped, as the node keeps
+    /// them in `known-peers`: dialled again on restart.
+    remembered: Vec<PeerIndex>,
 }
+
+/// Most peers a stopped peer remembers (the node's `MAX_KNOWN_PEERS`).
+pub(crate) const REMEMBERED_PEERS: usize = 256;
 
 #[derive(Clone, Debug)]
 enum Payload {
@@ -402,12 +408,15 @@ impl Sim {
             live_pos: u32::MAX,
             files: files::PeerFiles::default(),
             leave_until: 0,
+            remembered: Vec::new(),
         });
         index
     }
 
-    /// Starts the peer in `slot` with empty state and joins it through a
-    /// random joined peer (or alone, for the first).
+    /// Starts the peer in `slot` and joins it through a random joined peer
+    /// (or alone, for the first) and, as the node does, through the peers
+    /// it remembers from its last run: those that are up now (the node
+    /// dials them; the others fail to connect and never enter its table).
     pub fn start(&mut self, peer: PeerIndex) {
         let seed_peer = self.random_live();
         let slot = &mut self.slots[peer as usize];
@@ -421,9 +430,15 @@ impl Sim {
             Ok(core) => core,
             Err(e) => panic!("simulator built an invalid overlay config: {e}"),
         };
-        let seeds = seed_peer
-            .map(|s| vec![PeerInfo::new(self.slots[s as usize].key, s)])
-            .unwrap_or_default();
+        let remembered = std::mem::take(&mut self.slots[peer as usize].remembered);
+        let seeds: Vec<PeerInfo<PeerIndex>> = seed_peer
+            .into_iter()
+            .chain(remembered.into_iter().filter(|p| {
+                let s = &self.slots[*p as usize];
+                s.state == PeerState::Joined && Some(*p) != seed_peer
+            }))
+            .map(|p| PeerInfo::new(self.slots[p as usize].key, p))
+            .collect();
         if let Err(e) = core.bootstrap(now_local, seeds) {
             panic!("a fresh core refused to bootstrap: {e}");
         }
@@ -468,6 +483,14 @@ impl Sim {
         self.files_stopping(peer);
         self.remove_live(peer);
         let slot = &mut self.slots[peer as usize];
+        if let Some(core) = slot.core.as_ref() {
+            slot.remembered = core
+                .routing_table()
+                .peers()
+                .take(REMEMBERED_PEERS)
+                .map(|p| p.addr)
+                .collect();
+        }
         slot.core = None;
         slot.state = PeerState::Offline;
         slot.wake_at = u64::MAX;

@@ -201,6 +201,8 @@ impl Sim {
         files.released.clear();
         files.fetching.clear();
         files.saved.clear();
+        // The node's known-peers file was on that disk too.
+        self.slots[peer as usize].remembered.clear();
     }
 
     /// Every blob the files layer knows, with its size.
