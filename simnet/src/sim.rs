@@ -174,6 +174,17 @@ enum Pending {
     Membership {
         blob: Key,
     },
+    /// The pin record of a copy kept for a home whose record this peer
+    /// no longer holds.
+    OrphanPin {
+        blob: Key,
+    },
+    /// Whether this peer is a home member of such a blob, pinned with
+    /// `replicas` copies.
+    OrphanMembership {
+        blob: Key,
+        replicas: u8,
+    },
 }
 
 /// How one lookup went.
@@ -844,6 +855,9 @@ impl Sim {
                         closest_at_start,
                     }) => (start, key, closest_at_start),
                     Some(Pending::Membership { blob }) => return self.membership_found(peer, blob, &peers),
+                    Some(Pending::OrphanMembership { blob, replicas }) => {
+                        return self.orphan_membership_found(peer, blob, replicas, &peers);
+                    }
                     _ => return,
                 };
                 let success = self.judge(peer, start, &key, closest_at_start, &peers);
@@ -856,8 +870,10 @@ impl Sim {
                 });
             }
             Event::GotValue { query, record, .. } => {
-                let Some(Pending::Get { start, value_hash }) = self.pending.remove(&(peer, query)) else {
-                    return;
+                let (start, value_hash) = match self.pending.remove(&(peer, query)) {
+                    Some(Pending::Get { start, value_hash }) => (start, value_hash),
+                    Some(Pending::OrphanPin { blob }) => return self.orphan_pin_found(peer, blob, record.as_ref()),
+                    _ => return,
                 };
                 let found = record.is_some_and(|r| *blake3::hash(&r.value).as_bytes() == value_hash);
                 self.gets.push(GetOutcome {

@@ -60,6 +60,9 @@ pub struct FileCounters {
     pub handoffs: u64,
     /// Membership lookups.
     pub membership_lookups: u64,
+    /// Pin record reads for copies kept for a home whose record the peer
+    /// no longer holds (the node's orphan check).
+    pub orphan_checks: u64,
     /// Copies no longer kept for a home (they stay on the disk until the
     /// quota needs the room).
     pub released: u64,
@@ -396,7 +399,26 @@ impl Sim {
                 marked,
             });
         }
+        // Copies kept for a home whose pin record this peer no longer holds
+        // (it drifted away and forgot it, or got the copy by hand-off): ask
+        // the home, within the same budget, as the node does.
+        let orphans: Vec<Key> = slot
+            .files
+            .disk
+            .iter()
+            .filter(|(blob, marked)| **marked && core.record_store().value(blob, now).is_none())
+            .map(|(blob, _)| *blob)
+            .take(max_lookups.saturating_sub(unsure.len()))
+            .collect();
         self.apply(peer, &duties);
+        for blob in orphans {
+            if let Some(id) = self.command(peer, |core, now| core.get_value(now, blob).ok()) {
+                self.pending.insert((peer, id), Pending::OrphanPin { blob });
+                if let Some(f) = self.files.as_mut() {
+                    f.counters.orphan_checks += 1;
+                }
+            }
+        }
         for blob in unsure {
             if let Some(id) = self.command(peer, |core, now| core.find_node(now, blob).ok()) {
                 self.pending.insert((peer, id), Pending::Membership { blob });
@@ -432,18 +454,51 @@ impl Sim {
                     files.disk.insert(blob, true);
                     files.released.retain(|k| *k != blob);
                 }
-                Action::Release(blob) => {
-                    // Kept, unmarked, until the quota needs the room.
-                    let files = &mut self.slots[peer as usize].files;
-                    if let Some(marked) = files.disk.get_mut(&blob) {
-                        *marked = false;
-                        files.released.push_back(blob);
-                    }
-                    if let Some(f) = self.files.as_mut() {
-                        f.counters.released += 1;
-                    }
+                Action::Release(blob) => self.release(peer, blob),
+            }
+        }
+    }
+
+    /// A copy is no longer kept for a home: it stays, unmarked, until the
+    /// quota needs the room.
+    fn release(&mut self, peer: PeerIndex, blob: Key) {
+        let files = &mut self.slots[peer as usize].files;
+        if let Some(marked) = files.disk.get_mut(&blob) {
+            *marked = false;
+            files.released.push_back(blob);
+        }
+        if let Some(f) = self.files.as_mut() {
+            f.counters.released += 1;
+        }
+    }
+
+    /// The pin record of an orphaned copy came back (or did not): no pin,
+    /// or a pin with no copies, releases it; otherwise a lookup decides.
+    pub(super) fn orphan_pin_found(&mut self, peer: PeerIndex, blob: Key, record: Option<&shoal_overlay::ValueRecord>) {
+        match record.and_then(|r| Pin::decode(&r.value)) {
+            Some(pin) if pin.replicas > 0 => {
+                if let Some(id) = self.command(peer, |core, now| core.find_node(now, blob).ok()) {
+                    let replicas = pin.replicas;
+                    self.pending
+                        .insert((peer, id), Pending::OrphanMembership { blob, replicas });
                 }
             }
+            _ => self.release(peer, blob),
+        }
+    }
+
+    /// The lookup for an orphaned copy ended: released unless this peer is
+    /// among the `replicas` nearest that answered.
+    pub(super) fn orphan_membership_found(
+        &mut self,
+        peer: PeerIndex,
+        blob: Key,
+        replicas: u8,
+        found: &[PeerInfo<PeerIndex>],
+    ) {
+        let local = self.slots[peer as usize].key;
+        if !pin::is_member(&local, &blob, replicas, found.iter().map(|p| p.key)) {
+            self.release(peer, blob);
         }
     }
 
@@ -591,5 +646,77 @@ impl Sim {
         self.slots[t.to as usize].files.disk.insert(t.blob, true);
         let blob = t.blob;
         let _ = self.command(t.to, |core, now| core.start_providing(now, blob).ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{SimConfig, sim_verifier};
+    use shoal_overlay::Config;
+
+    fn swarm(peers: usize) -> Sim {
+        let mut sim = Sim::new(SimConfig {
+            seed: 5,
+            net: crate::net::NetConfig::preset(crate::Preset::Lan),
+            overlay: Config::new(sim_verifier()),
+            check_interval: Duration::from_secs(60),
+            check_sample: 8,
+        });
+        sim.enable_files(FilesConfig {
+            link_bytes_per_s: 125_000_000,
+            pin_check: Duration::from_secs(30),
+            max_lookups: 4,
+            handoff: true,
+            quota_bytes: None,
+        });
+        for _ in 0..peers {
+            let peer = sim.add_slot();
+            sim.start(peer);
+            sim.run_until(sim.now_us() + 1_000_000).unwrap();
+        }
+        sim
+    }
+
+    fn marked(sim: &Sim, peer: PeerIndex, blob: &Key) -> Option<bool> {
+        sim.slots[peer as usize].files.disk.get(blob).copied()
+    }
+
+    #[test]
+    fn copies_kept_for_a_home_whose_pin_record_is_gone_are_released() {
+        let mut sim = swarm(30);
+        let pinned = Key::of_content(b"pinned");
+        let never = Key::of_content(b"shared, never pinned");
+        sim.share(0, pinned, 1 << 20);
+        sim.share(0, never, 1 << 20);
+        assert!(sim.pin(0, pinned, 3));
+        sim.run_until(sim.now_us() + 5 * 60 * 1_000_000).unwrap();
+        let members: Vec<PeerIndex> = (1..30).filter(|p| marked(&sim, *p, &pinned) == Some(true)).collect();
+        assert_eq!(members.len(), 3, "the home keeps the pinned blob");
+        // A peer outside the home that holds no pin record keeps both blobs
+        // marked, as a hand-off receiver that never became a member would.
+        let outsider = (1..30)
+            .find(|p| {
+                marked(&sim, *p, &pinned).is_none()
+                    && sim.slots[*p as usize]
+                        .core
+                        .as_ref()
+                        .is_some_and(|c| c.record_store().value_records().next().is_none())
+            })
+            .expect("a peer without records");
+        for blob in [pinned, never] {
+            sim.slots[outsider as usize].files.disk.insert(blob, true);
+        }
+        sim.run_until(sim.now_us() + 2 * 60 * 1_000_000).unwrap();
+        assert_eq!(
+            marked(&sim, outsider, &pinned),
+            Some(false),
+            "not a member: released, kept on disk"
+        );
+        assert_eq!(marked(&sim, outsider, &never), Some(false), "no pin at all: released");
+        assert!(sim.file_counters().orphan_checks >= 2);
+        for member in members {
+            assert_eq!(marked(&sim, member, &pinned), Some(true), "members keep theirs");
+        }
     }
 }
