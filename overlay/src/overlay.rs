@@ -10,8 +10,8 @@ use crate::routing::{Failed, Observed, RoutingTable};
 use crate::rtt::RttEstimate;
 use crate::wire::{MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES};
 use crate::{
-    Addr, CommandError, Config, ConfigError, Distance, Event, Instant, Key, Mode, PeerInfo, ProviderRecord, QueryId,
-    QueryStats, RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
+    Addr, CommandError, Config, ConfigError, Event, Instant, Key, Mode, PeerInfo, ProviderRecord, QueryId, QueryStats,
+    RecordError, Request, RequestId, Response, Rng, Transmit, ValueRecord,
 };
 
 /// Output queues keep at most this much capacity once drained.
@@ -114,6 +114,8 @@ pub struct Overlay<A: Addr> {
     published_values: BTreeMap<Key, PublishedValue>,
     /// Keys this peer announces itself as provider of, and when to re-announce.
     published_providers: BTreeMap<Key, Instant>,
+    /// Keys of `published_providers` this peer declines instead of providing.
+    declining: BTreeSet<Key>,
     queries: BTreeMap<QueryId, Query<A>>,
     /// Bootstrap queries waiting on their refresh lookups: how many are left.
     bootstraps: BTreeMap<QueryId, (usize, QueryStats)>,
@@ -166,6 +168,7 @@ impl<A: Addr> Overlay<A> {
             store,
             published_values: BTreeMap::new(),
             published_providers: BTreeMap::new(),
+            declining: BTreeSet::new(),
             queries: BTreeMap::new(),
             bootstraps: BTreeMap::new(),
             outstanding: BTreeMap::new(),
@@ -216,9 +219,17 @@ impl<A: Addr> Overlay<A> {
 
     /// The `r` peers this peer believes form the home of `key`, counting
     /// itself when it is one of them; closest first.
+    /// Peers that declined `key` ([`decline`](Self::decline)) are left out:
+    /// the next peers out take their places.
     pub fn home_of(&self, key: &Key) -> Vec<PeerInfo<A>> {
         let r = self.config.replication;
-        let mut home = self.table.closest(key, r, None);
+        let decliners = self.store.decliners(key);
+        let mut home = self.table.closest(key, r + decliners.len(), None);
+        home.retain(|p| !decliners.contains(&p.key));
+        home.truncate(r);
+        if decliners.contains(&self.local.key) {
+            return home;
+        }
         let own = self.local.key.distance(key);
         let pos = home
             .iter()
@@ -231,19 +242,40 @@ impl<A: Addr> Overlay<A> {
         home
     }
 
-    /// Whether a peer at `distance` from `key` belongs to its home as this
-    /// peer sees it: fewer than `replication` peers it knows (itself
-    /// included) are nearer. The same answer as looking for the peer in
-    /// [`home_of`](Self::home_of), without building the home.
-    pub fn in_home(&self, key: &Key, distance: &Distance) -> bool {
-        let r = self.config.replication;
-        let local_nearer = usize::from(self.local.key.distance(key) < *distance);
-        local_nearer + self.table.count_closer(key, distance, r) < r
+    /// Whether `peer` belongs to the home of `key` as this peer sees it:
+    /// it has not declined the key, and fewer than `replication` peers this
+    /// one knows (itself included) that have not declined it are nearer.
+    /// The same answer as looking for `peer` in [`home_of`](Self::home_of),
+    /// without building the home.
+    pub fn in_home(&self, key: &Key, peer: &Key) -> bool {
+        self.among_nearest(key, peer, self.config.replication)
     }
 
     /// Whether this peer belongs to the home of `key`, as its table sees it.
     pub fn is_home_member(&self, key: &Key) -> bool {
-        self.table.local_among_closest(key, self.config.replication)
+        self.is_member_of(key, self.config.replication)
+    }
+
+    /// Whether this peer is among the `n` peers nearest `key` that have not
+    /// declined it, as its table sees it: a resource's home of `n` copies.
+    pub fn is_member_of(&self, key: &Key, n: usize) -> bool {
+        self.among_nearest(key, &self.local.key, n)
+    }
+
+    /// The peers that declined `key`, as far as the records held here say.
+    pub fn decliners(&self, key: &Key) -> Vec<Key> {
+        self.store.decliners(key)
+    }
+
+    fn among_nearest(&self, key: &Key, peer: &Key, n: usize) -> bool {
+        let decliners = self.store.decliners(key);
+        if n == 0 || decliners.contains(peer) {
+            return false;
+        }
+        let distance = peer.distance(key);
+        let local_nearer =
+            *peer != self.local.key && !decliners.contains(&self.local.key) && self.local.key.distance(key) < distance;
+        usize::from(local_nearer) + self.table.count_closer_except(key, &distance, n, &decliners) < n
     }
 
     // ----- inputs ----------------------------------------------------------
@@ -507,6 +539,28 @@ impl<A: Addr> Overlay<A> {
     /// Announces at the home of `key` that this peer provides it, and keeps
     /// announcing until [`stop_providing`](Self::stop_providing).
     pub fn start_providing(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
+        self.declining.remove(&key);
+        self.announce(now, key)
+    }
+
+    /// Says at `key`'s home that this peer steps aside from it (it will not
+    /// keep the resource: no room): a declined provider record, re-announced
+    /// like a provider's until [`stop_providing`](Self::stop_providing) or
+    /// [`start_providing`](Self::start_providing). Every peer that holds it
+    /// leaves this one out of the home ([`home_of`](Self::home_of),
+    /// [`is_member_of`](Self::is_member_of)), so the next peer out takes its
+    /// place; providers lookups never list it.
+    pub fn decline(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
+        self.declining.insert(key);
+        self.announce(now, key)
+    }
+
+    /// The keys this peer declines.
+    pub fn declining(&self) -> impl Iterator<Item = &Key> {
+        self.declining.iter()
+    }
+
+    fn announce(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
         let record = self.sign_provider(now, key);
         let id = self.start_query(now, key, QueryKind::AddProvider { record })?;
         let next = now + self.config.republish_interval;
@@ -526,6 +580,15 @@ impl<A: Addr> Overlay<A> {
     /// [`Event::ProvidedMany`]; the keys are re-announced together every
     /// `republish_interval`.
     pub fn provide_many(&mut self, now: Instant, keys: Vec<Key>) -> Result<QueryId, CommandError> {
+        for key in &keys {
+            self.declining.remove(key);
+        }
+        self.announce_many(now, keys)
+    }
+
+    /// [`provide_many`](Self::provide_many) keeping each key's flag: the
+    /// republishing of provided and declined keys alike.
+    fn announce_many(&mut self, now: Instant, keys: Vec<Key>) -> Result<QueryId, CommandError> {
         if self.leave.is_some() {
             return Err(CommandError::Leaving);
         }
@@ -551,6 +614,7 @@ impl<A: Addr> Overlay<A> {
     /// Stops re-announcing `key`; the record lapses at its home when it expires.
     pub fn stop_providing(&mut self, key: &Key) {
         self.published_providers.remove(key);
+        self.declining.remove(key);
     }
 
     /// Stops republishing the value this peer put at `key`; the record lapses
@@ -594,6 +658,7 @@ impl<A: Addr> Overlay<A> {
         }
         self.published_values.clear();
         self.published_providers.clear();
+        self.declining.clear();
         for (id, _) in std::mem::take(&mut self.queries) {
             self.events.push_back(Event::Aborted { query: id });
         }
@@ -805,7 +870,7 @@ impl<A: Addr> Overlay<A> {
             return;
         }
         for key in self.store.keys() {
-            if self.in_home(&key, &peer.key.distance(&key)) {
+            if self.in_home(&key, &peer.key) {
                 let next = now + self.config.replicate_interval;
                 let records = self.store.records_at(&key, next);
                 for request in self.store_requests(records) {
@@ -824,7 +889,7 @@ impl<A: Addr> Overlay<A> {
         }
         for key in self.store.keys() {
             // It was a member if it would be one now, back in the table.
-            if !self.in_home(&key, &gone.distance(&key)) || !self.is_home_member(&key) {
+            if !self.in_home(&key, gone) || !self.is_home_member(&key) {
                 continue;
             }
             let home = self.home_of(&key);
@@ -1385,9 +1450,27 @@ impl<A: Addr> Overlay<A> {
             }
             AnyRecord::Provider(r) => {
                 r.verify(verifier, now, max_life)?;
-                self.store.put_provider(r, next)
+                let (key, provider, declined) = (r.key, r.provider.key, r.declined);
+                let was_declined = self.store.decliners(&key).contains(&provider);
+                let outcome = self.store.put_provider(r, next)?;
+                if outcome != PutOutcome::Unchanged && declined != was_declined {
+                    self.rehome(now, &key);
+                }
+                Ok(outcome)
             }
         }
+    }
+
+    /// A peer declined `key` or took it back: the home changed, so a member
+    /// sends the records at `key` to the home as it is now (the members
+    /// that hold them answer at once).
+    fn rehome(&mut self, now: Instant, key: &Key) {
+        if !self.is_home_member(key) {
+            return;
+        }
+        let home = self.home_of(key);
+        let records = self.store.records_at(key, now + self.config.replicate_interval);
+        self.send_to_home(now, &home, records);
     }
 
     fn sign_value(
@@ -1402,10 +1485,11 @@ impl<A: Addr> Overlay<A> {
     }
 
     fn sign_provider(&mut self, now: Instant, key: Key) -> ProviderRecord<A> {
-        ProviderRecord::sign(
+        ProviderRecord::sign_as(
             key,
             self.local.clone(),
             now + self.config.record_ttl,
+            self.declining.contains(&key),
             self.signer.as_ref(),
         )
     }
@@ -1462,7 +1546,7 @@ impl<A: Addr> Overlay<A> {
         for key in self.store.due_for_replication(now) {
             let home = self.home_of(&key);
             let own = self.local.key.distance(&key);
-            let member = self.in_home(&key, &own);
+            let member = self.is_home_member(&key);
             // A peer just outside the home keeps its copy as a spare; the
             // members keep each other's copies current, and a member that
             // goes is replaced at once (`peer_gone`), so the spare holder
@@ -1512,7 +1596,7 @@ impl<A: Addr> Overlay<A> {
         if providers.len() > 1 {
             // Many keys due together (they were announced together): one
             // batch places them a home at a time.
-            if self.provide_many(now, providers).is_err() {
+            if self.announce_many(now, providers).is_err() {
                 // Tried again at the next maintenance round.
             }
             return;

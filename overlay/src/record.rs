@@ -75,6 +75,11 @@ pub struct ProviderRecord<A> {
     /// The provider's signature over [`ProviderRecord::signed_bytes`].
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// The opposite of providing: the peer will not keep the resource
+    /// (no room), so it steps aside from the key's home and the next peer
+    /// out takes its place. Never listed as a provider.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub declined: bool,
 }
 
 /// Why a record was refused.
@@ -199,12 +204,19 @@ impl ValueRecord {
 impl<A: Addr> ProviderRecord<A> {
     /// A record, signed by `signer`, saying that `provider` serves `key`.
     pub fn sign(key: Key, provider: PeerInfo<A>, expires: Instant, signer: &dyn Signer) -> Self {
+        Self::sign_as(key, provider, expires, false, signer)
+    }
+
+    /// A record saying that `provider` serves `key`, or, if `declined`,
+    /// that it steps aside from `key`'s home.
+    pub fn sign_as(key: Key, provider: PeerInfo<A>, expires: Instant, declined: bool, signer: &dyn Signer) -> Self {
         let mut record = ProviderRecord {
             key,
             provider,
             expires,
             publisher: signer.public_key().to_vec(),
             signature: Vec::new(),
+            declined,
         };
         record.signature = signer.sign(&record.signed_bytes());
         record
@@ -226,6 +238,9 @@ impl<A: Addr> ProviderRecord<A> {
             addr.clear();
         }
         push_with_len(&mut bytes, &addr);
+        if self.declined {
+            bytes.extend_from_slice(b"declined");
+        }
         bytes
     }
 
@@ -366,16 +381,30 @@ impl<A: Addr> RecordStore<A> {
         self.values.get(key).map(|s| &s.record).filter(|r| r.expires > now)
     }
 
-    /// Up to `max` unexpired provider records for `key`.
+    /// Up to `max` unexpired provider records for `key` (not the declines).
     pub fn providers(&self, key: &Key, now: Instant, max: usize) -> Vec<ProviderRecord<A>> {
         self.providers
             .get(key)
             .map(|list| {
                 list.iter()
                     .map(|s| &s.record)
-                    .filter(|r| r.expires > now)
+                    .filter(|r| r.expires > now && !r.declined)
                     .take(max)
                     .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The peers that declined `key` (their records not yet removed as
+    /// expired): they step aside from its home.
+    pub fn decliners(&self, key: &Key) -> Vec<Key> {
+        self.providers
+            .get(key)
+            .map(|list| {
+                list.iter()
+                    .filter(|s| s.record.declined)
+                    .map(|s| s.record.provider.key)
                     .collect()
             })
             .unwrap_or_default()

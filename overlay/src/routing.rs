@@ -372,13 +372,18 @@ impl<A: Addr> RoutingTable<A> {
     /// leading zeros), then the shallower ones, bucket `j` at `j` leading
     /// zeros — none of which can be nearer than `than` once `than` has more.
     pub fn count_closer(&self, target: &Key, than: &Distance, limit: usize) -> usize {
+        self.count_closer_except(target, than, limit, &[])
+    }
+
+    /// [`count_closer`](Self::count_closer), leaving out the peers `except`.
+    pub fn count_closer_except(&self, target: &Key, than: &Distance, limit: usize, except: &[Key]) -> usize {
         let mut n = 0;
         let mut count = |bucket: &Bucket<A>| {
             for e in &bucket.entries {
                 if n >= limit {
                     return;
                 }
-                if !e.stale && e.key.distance(target) < *than {
+                if !e.stale && e.key.distance(target) < *than && !except.contains(&e.key) {
                     n += 1;
                 }
             }

@@ -329,6 +329,7 @@ mod tests {
             expires: Instant::from_micros(5),
             publisher: vec![3; 32],
             signature: vec![4; 64],
+            declined: false,
         };
         vec![
             Request::Ping,
@@ -336,6 +337,12 @@ mod tests {
             Request::GetValue { key },
             Request::GetProviders { key },
             Request::PutValue { record },
+            Request::AddProvider {
+                record: ProviderRecord {
+                    declined: true,
+                    ..provider.clone()
+                },
+            },
             Request::AddProvider {
                 record: provider.clone(),
             },

@@ -736,3 +736,56 @@ fn a_peer_restarting_with_the_peers_it_remembers_refreshes_fewer_buckets() {
         "a restart sent {restarted} requests, a fresh join {fresh}"
     );
 }
+
+#[test]
+fn a_peer_that_declines_a_key_steps_aside_and_the_next_one_takes_its_place() {
+    let mut swarm = Swarm::join(30);
+    let key = target(9);
+    let nearest = swarm.true_closest(&key, u32::MAX);
+    let (decliner, fourth) = (nearest[0], nearest[3]);
+    let decliner_key = swarm.info(decliner).key;
+    put(&mut swarm, nearest[10], key, b"kept by the home");
+    assert!(
+        !swarm.holders(&key).contains(&fourth),
+        "the fourth peer is outside the home"
+    );
+    // The nearest peer has no room: it declines.
+    let now = swarm.now;
+    let query = swarm.peers[decliner as usize].decline(now, key).unwrap();
+    swarm.flush(decliner);
+    swarm.drive_until(100_000, |s| {
+        s.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
+    });
+    // Well before the next replication round.
+    swarm.run_for(Duration::from_secs(1));
+    let home: Vec<u32> = nearest[1..4].to_vec();
+    for member in &home {
+        let core = &swarm.peers[*member as usize];
+        assert!(core.is_home_member(&key), "{member} is in the home");
+        assert!(!core.in_home(&key, &decliner_key), "{member} leaves the decliner out");
+        let seen: Vec<u32> = core.home_of(&key).iter().map(|p| p.addr).collect();
+        assert_eq!(seen, home, "the home as {member} sees it");
+    }
+    assert!(!swarm.peers[decliner as usize].is_home_member(&key));
+    assert!(
+        swarm.holders(&key).contains(&fourth),
+        "the new member was handed the record at once"
+    );
+    // A providers lookup does not list a peer that declined.
+    let now = swarm.now;
+    let query = swarm.peers[20].get_providers(now, key).unwrap();
+    swarm.flush(20);
+    let event = swarm.await_event(|e| matches!(e, Event::GotProviders { query: q, .. } if *q == query));
+    let Event::GotProviders { providers, .. } = event else {
+        unreachable!()
+    };
+    assert!(providers.is_empty(), "{providers:?}");
+    // Providing the key again takes the decline back.
+    let now = swarm.now;
+    swarm.peers[decliner as usize].start_providing(now, key).unwrap();
+    swarm.flush(decliner);
+    swarm.run_for(Duration::from_secs(1));
+    assert!(swarm.peers[nearest[1] as usize].in_home(&key, &decliner_key));
+}
