@@ -153,7 +153,7 @@ pub struct Lookup {
 
 /// A pin record this node holds, and whether it is among the pinned blob's
 /// `replicas` closest peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinView {
     /// The blob.
     pub id: Key,
@@ -161,6 +161,11 @@ pub struct PinView {
     pub pin: Pin,
     /// Whether this node must keep a copy.
     pub member: bool,
+    /// The peers that declined the blob (no room), as far as the records
+    /// held here say: they are left out of its home.
+    pub declined: Vec<Key>,
+    /// Whether this node declines it.
+    pub declining: bool,
 }
 
 /// Why a pin was refused.
@@ -239,6 +244,11 @@ enum Command {
     },
     Pins {
         reply: Reply<Vec<PinView>>,
+    },
+    Decline {
+        key: Key,
+        decline: bool,
+        reply: Reply<()>,
     },
     Leave {
         reply: Reply<()>,
@@ -373,6 +383,12 @@ impl Client {
     /// The pin records this node holds, with its duty for each.
     pub async fn pins(&self) -> Result<Vec<PinView>, NodeError> {
         self.ask(|reply| Command::Pins { reply }).await
+    }
+
+    /// Steps aside from blob `key`'s home (`decline`: no room for it here;
+    /// the next peer out takes this one's place), or stops doing so.
+    pub async fn decline(&self, key: Key, decline: bool) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Decline { key, decline, reply }).await
     }
 
     /// Pins blob `id`: its home (the `replicas` closest peers) keeps a copy
@@ -777,6 +793,18 @@ async fn pin_duties(node: WeakClient, every: Duration) {
             }
         }
         let Ok(pins) = client.pins().await else { return };
+        // A blob declined for lack of room that would fit now: stop
+        // declining it (the record lapses at the home, then this node is
+        // counted in again and fetches it).
+        for p in pins.iter().filter(|p| p.declining) {
+            let fits = match client.quota {
+                Some(quota) => client.blobs.could_fit(p.pin.size, quota).unwrap_or(false),
+                None => true,
+            };
+            if fits {
+                let _ = client.decline(p.id, false).await;
+            }
+        }
         let running = fetching.lock().map(|f| f.clone()).unwrap_or_default();
         let mut members: Vec<bool> = pins.iter().map(|p| p.member).collect();
         let mut looked_up = vec![false; pins.len()];
@@ -801,6 +829,7 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                         &p.id,
                         p.pin.replicas,
                         lookup.peers.iter().map(|q| q.key),
+                        &p.declined,
                     ),
                     Err(_) => p.member,
                 }
@@ -852,6 +881,7 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                             &id,
                             pin.replicas,
                             lookup.peers.iter().map(|q| q.key),
+                            &[],
                         ),
                         Err(_) => true,
                     },
@@ -887,6 +917,16 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                         match client.download(id, None, progress, None).await {
                             Ok(_) => {
                                 let _ = client.blobs.set_pinned(&id, true);
+                            }
+                            Err(NodeError::Fetch(crate::files::FetchError::Store(
+                                e @ shoal_resources::store::StoreError::QuotaExceeded { .. },
+                            ))) => {
+                                // Homes go by key; a full peer steps aside so
+                                // that the next one out keeps the copy.
+                                tracing::warn!("not keeping pinned {id}: {e}; stepping aside from its home");
+                                if let Err(e) = client.decline(id, true).await {
+                                    tracing::warn!("cannot decline {id}: {e}");
+                                }
                             }
                             Err(e) => tracing::warn!("cannot fetch pinned {id}: {e}"),
                         }
@@ -1016,10 +1056,9 @@ impl Driver {
             out.push(PinView {
                 id: record.key,
                 pin,
-                member: self
-                    .core
-                    .routing_table()
-                    .local_among_closest(&record.key, usize::from(pin.replicas)),
+                member: self.core.is_member_of(&record.key, usize::from(pin.replicas)),
+                declined: self.core.decliners(&record.key),
+                declining: self.core.declining().any(|k| *k == record.key),
             });
         }
         out
@@ -1106,6 +1145,15 @@ impl Driver {
             }
             Command::RecordsHeld { reply } => drop(reply.send(Ok(self.core.record_store().len()))),
             Command::Pins { reply } => drop(reply.send(Ok(self.pins(t)))),
+            Command::Decline { key, decline, reply } => {
+                if decline {
+                    let result = self.core.decline(t, key).map(drop).map_err(NodeError::from);
+                    drop(reply.send(result));
+                } else {
+                    self.core.stop_providing(&key);
+                    drop(reply.send(Ok(())));
+                }
+            }
             Command::Leave { reply } => {
                 let id = self.core.leave(t);
                 self.pending.insert(id, Pending::Leave(reply));

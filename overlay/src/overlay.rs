@@ -223,7 +223,10 @@ impl<A: Addr> Overlay<A> {
     /// the next peers out take their places.
     pub fn home_of(&self, key: &Key) -> Vec<PeerInfo<A>> {
         let r = self.config.replication;
-        let decliners = self.store.decliners(key);
+        let mut decliners = self.store.decliners(key);
+        if self.declining.contains(key) {
+            decliners.push(self.local.key);
+        }
         let mut home = self.table.closest(key, r + decliners.len(), None);
         home.retain(|p| !decliners.contains(&p.key));
         home.truncate(r);
@@ -262,13 +265,22 @@ impl<A: Addr> Overlay<A> {
         self.among_nearest(key, &self.local.key, n)
     }
 
-    /// The peers that declined `key`, as far as the records held here say.
+    /// The peers that declined `key`, as far as the records held here say
+    /// (this one included if it declines it).
     pub fn decliners(&self, key: &Key) -> Vec<Key> {
-        self.store.decliners(key)
+        let mut decliners = self.store.decliners(key);
+        if self.declining.contains(key) && !decliners.contains(&self.local.key) {
+            decliners.push(self.local.key);
+        }
+        decliners
     }
 
     fn among_nearest(&self, key: &Key, peer: &Key, n: usize) -> bool {
-        let decliners = self.store.decliners(key);
+        let mut decliners = self.store.decliners(key);
+        // Its own declines this peer knows whatever its store holds.
+        if self.declining.contains(key) {
+            decliners.push(self.local.key);
+        }
         if n == 0 || decliners.contains(peer) {
             return false;
         }
@@ -1145,11 +1157,37 @@ impl<A: Addr> Overlay<A> {
         let target = query.lookup.target();
         let r = self.config.replication;
         let own = self.local.key.distance(&target);
-        let remote: Vec<PeerInfo<A>> = answered.into_iter().take(r).collect();
-        let self_in_home = self.config.mode == Mode::Server
-            && (remote.len() < r || remote.iter().any(|p| p.key.distance(&target) > own));
-        let members: Vec<PeerInfo<A>> = remote.into_iter().take(if self_in_home { r - 1 } else { r }).collect();
-        let stored = usize::from(self_in_home && self.accept(now, record.clone()).is_ok());
+        // The home: the nearest peers, this one included, up to `r` that
+        // have not declined the key (those that have are sent the record
+        // too, on the way; a decline being stored counts as one).
+        let mut declined = self.store.decliners(&target);
+        let own_decline = match &record {
+            AnyRecord::Provider(p) if p.declined => {
+                declined.push(p.provider.key);
+                p.provider.key == self.local.key
+            }
+            _ => false,
+        };
+        let server = self.config.mode == Mode::Server;
+        let mut members = Vec::new();
+        let (mut counted, mut self_in_home) = (0, false);
+        for peer in answered {
+            if counted >= r {
+                break;
+            }
+            if server && !self_in_home && own < peer.key.distance(&target) {
+                self_in_home = true;
+                counted += usize::from(!declined.contains(&self.local.key));
+                if counted >= r {
+                    break;
+                }
+            }
+            counted += usize::from(!declined.contains(&peer.key));
+            members.push(peer);
+        }
+        self_in_home |= server && counted < r;
+        // A peer always keeps its own decline: it is how it knows.
+        let stored = usize::from((self_in_home || own_decline) && self.accept(now, record.clone()).is_ok());
         let request = store_request(record);
         query.storing = Some((members.len(), stored));
         query.stats.requests += members.len() as u32;
@@ -1461,13 +1499,12 @@ impl<A: Addr> Overlay<A> {
         }
     }
 
-    /// A peer declined `key` or took it back: the home changed, so a member
-    /// sends the records at `key` to the home as it is now (the members
-    /// that hold them answer at once).
+    /// A peer declined `key` or took it back: the home changed, so a holder
+    /// of the records at `key` sends them to the home as it is now (the
+    /// members that hold them answer at once). Declines are rare; every
+    /// holder sends, so that a home whose nearest peers all declined is
+    /// still told.
     fn rehome(&mut self, now: Instant, key: &Key) {
-        if !self.is_home_member(key) {
-            return;
-        }
         let home = self.home_of(key);
         let records = self.store.records_at(key, now + self.config.replicate_interval);
         self.send_to_home(now, &home, records);

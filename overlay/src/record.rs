@@ -293,7 +293,7 @@ fn check_expiry(key: Key, expires: Instant, now: Instant, max_lifetime: Duration
 pub struct StoreLimits {
     /// Most records (values plus provider entries) held at once.
     pub max_records: usize,
-    /// Most providers held for one key.
+    /// Most providers held for one key (and, apart, most declines).
     pub max_providers_per_key: usize,
 }
 
@@ -511,7 +511,11 @@ impl<A: Addr> RecordStore<A> {
                 key,
                 capacity: self.limits.max_records,
             })
-        } else if list.len() >= self.limits.max_providers_per_key {
+        } else if list.iter().filter(|s| s.record.declined == record.declined).count()
+            >= self.limits.max_providers_per_key
+        {
+            // Declines have a bound of their own: they never crowd out the
+            // providers a fetch needs.
             Err(RecordError::ProvidersFull {
                 key,
                 max: self.limits.max_providers_per_key,

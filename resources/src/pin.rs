@@ -51,11 +51,16 @@ impl Pin {
 
 /// Whether `local` is among the `replicas` peers closest to blob `id`, given
 /// the peers it knows nearest to `id` (at least `replicas` of them if it
-/// knows that many; any order, `local` itself not among them).
-pub fn is_member(local: &Key, id: &Key, replicas: u8, known: impl IntoIterator<Item = Key>) -> bool {
+/// knows that many; any order, `local` itself not among them). Peers that
+/// `declined` the blob (no room: see the overlay's `decline`) are left out,
+/// `local` included.
+pub fn is_member(local: &Key, id: &Key, replicas: u8, known: impl IntoIterator<Item = Key>, declined: &[Key]) -> bool {
     let mine = local.distance(id);
-    let closer = known.into_iter().filter(|k| k.distance(id) < mine).count();
-    replicas > 0 && closer < usize::from(replicas)
+    let closer = known
+        .into_iter()
+        .filter(|k| k.distance(id) < mine && !declined.contains(k))
+        .count();
+    replicas > 0 && closer < usize::from(replicas) && !declined.contains(local)
 }
 
 /// Whether "not a member", by the routing table, must be confirmed by a
@@ -143,26 +148,16 @@ mod tests {
         let mut peers: Vec<Key> = (0..10u8).map(|n| Key::of_content(&[n, 1])).collect();
         peers.sort_by_key(|k| k.distance(&id));
         // The 3rd nearest is a member of a 3-replica home, the 4th is not.
-        assert!(is_member(
-            &peers[2],
-            &id,
-            3,
-            peers.iter().copied().filter(|k| *k != peers[2])
-        ));
-        assert!(!is_member(
-            &peers[3],
-            &id,
-            3,
-            peers.iter().copied().filter(|k| *k != peers[3])
-        ));
-        assert!(is_member(
-            &peers[3],
-            &id,
-            4,
-            peers.iter().copied().filter(|k| *k != peers[3])
-        ));
+        let others = |me: usize| -> Vec<Key> { peers.iter().copied().filter(|k| *k != peers[me]).collect() };
+        assert!(is_member(&peers[2], &id, 3, others(2), &[]));
+        assert!(!is_member(&peers[3], &id, 3, others(3), &[]));
+        assert!(is_member(&peers[3], &id, 4, others(3), &[]));
+        // A nearer peer that declined the blob makes room for the 4th; the
+        // one that declined is no member.
+        assert!(is_member(&peers[3], &id, 3, others(3), &[peers[0]]));
+        assert!(!is_member(&peers[0], &id, 3, others(0), &[peers[0]]));
         // An unpin (0 replicas) makes nobody a member.
-        assert!(!is_member(&peers[0], &id, 0, []));
+        assert!(!is_member(&peers[0], &id, 0, [], &[]));
         assert_eq!(handoff_targets(&[1, 2, 3], |p| p == 2), vec![1, 3]);
     }
 

@@ -345,6 +345,24 @@ impl BlobStore {
         }
     }
 
+    /// Whether `need` more bytes would fit under `quota` once every blob
+    /// that is not pinned was dropped: whether [`make_room`](Self::make_room)
+    /// could succeed, without dropping anything.
+    pub fn could_fit(&self, need: u64, quota: u64) -> Result<bool, StoreError> {
+        let mut used = self.usage()?;
+        for entry in self.list()? {
+            if self.is_pinned(&entry.info.id) {
+                continue;
+            }
+            for ext in ["meta", "data", "obao"] {
+                if let Ok(m) = std::fs::metadata(self.path(&entry.info.id, ext)) {
+                    used = used.saturating_sub(m.len());
+                }
+            }
+        }
+        Ok(used.saturating_add(need) <= quota)
+    }
+
     /// Makes room for `need` more bytes under `quota`: drops the least
     /// recently used blobs (never those in `keep`, never a download in
     /// progress) until the store fits, or says why it cannot.
@@ -922,6 +940,12 @@ mod tests {
         assert_eq!(store.pinned().unwrap(), vec![ids[2]]);
         store.set_pinned(&ids[2], false).unwrap();
         assert!(store.pinned().unwrap().is_empty());
+        // What could fit counts only the pinned blobs as staying.
+        let used = store.usage().unwrap();
+        assert!(store.could_fit(150_000, used).unwrap(), "both blobs could go");
+        store.set_pinned(&ids[1], true).unwrap();
+        assert!(store.could_fit(90_000, used).unwrap(), "the unpinned one could go");
+        assert!(!store.could_fit(150_000, used).unwrap(), "the pinned one stays");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

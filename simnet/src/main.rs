@@ -113,6 +113,10 @@ enum Scenario {
         /// Leaving peers do not hand their copies on first.
         #[arg(long)]
         no_handoff: bool,
+        /// A peer that cannot fit a copy its home asks for does not step
+        /// aside (decline) for the next peer out; it only refuses.
+        #[arg(long)]
+        no_decline: bool,
         /// Each peer's disk quota in MiB: copies no longer kept for a home
         /// stay until it needs the room (no limit if not given, the node's
         /// default).
@@ -281,6 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             link_mbit,
             pin_check_s,
             no_handoff,
+            no_decline,
             quota_mib,
             refresh_min,
         } => {
@@ -315,6 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pin_check: Duration::from_secs_f64(pin_check_s),
                     max_lookups: 32,
                     handoff: !no_handoff,
+                    decline: !no_decline,
                     quota_bytes: quota_mib.map(|q| q << 20),
                 },
             };

@@ -129,6 +129,7 @@ fn durability_spec(permanent_fraction: f64, handoff: bool) -> scenario::Durabili
             pin_check: Duration::from_secs(30),
             max_lookups: 32,
             handoff,
+            decline: true,
             quota_bytes: None,
         },
     }
@@ -160,8 +161,8 @@ fn released_copies_stay_until_the_quota_needs_the_room() {
     // Departures that come back: the peers that stood in for an absent home
     // member release their copies when it returns. Without a quota those
     // copies stay on the disks; with room for three files a peer drops
-    // released copies for pinned ones and refuses pins beyond that (homes
-    // go by key, not by room: here one peer is asked to keep nine).
+    // released copies for pinned ones and refuses pins beyond that (one
+    // peer's key makes it the home of nine), unless it declines them.
     let swarm = Swarm::new(200, 22);
     let roomy = scenario::durability(&swarm, &durability_spec(0.0, true)).unwrap();
     let roomy = roomy.durability.unwrap();
@@ -174,10 +175,23 @@ fn released_copies_stay_until_the_quota_needs_the_room() {
     );
     let mut tight = durability_spec(0.0, true);
     tight.files_config.quota_bytes = Some(3 * tight.file_bytes);
-    let tight = scenario::durability(&swarm, &tight).unwrap().durability.unwrap();
-    assert!(tight.stored_max <= 3, "the quota holds: {tight:?}");
+    tight.files_config.decline = false;
+    let refusing = scenario::durability(&swarm, &tight).unwrap().durability.unwrap();
+    assert!(refusing.stored_max <= 3, "the quota holds: {refusing:?}");
     assert!(
-        tight.counters.evicted > 0 && tight.counters.refused > 0,
-        "released copies made room, and pins beyond the quota were refused: {tight:?}"
+        refusing.counters.evicted > 0 && refusing.counters.refused > 0,
+        "released copies made room, and pins beyond the quota were refused: {refusing:?}"
+    );
+    assert_eq!(refusing.counters.declined, 0);
+    // A full peer that steps aside (declines) lets the next one out keep
+    // the copy: fewer refusals, fewer files short of copies.
+    tight.files_config.decline = true;
+    let declining = scenario::durability(&swarm, &tight).unwrap().durability.unwrap();
+    assert!(declining.stored_max <= 3, "the quota holds: {declining:?}");
+    assert!(declining.counters.declined > 0, "{declining:?}");
+    assert!(
+        declining.counters.refused < refusing.counters.refused
+            && declining.under_replicated_mean < refusing.under_replicated_mean,
+        "declining {declining:?}\nrefusing {refusing:?}"
     );
 }

@@ -40,6 +40,9 @@ pub struct FilesConfig {
     /// Whether a peer that leaves gracefully hands its pinned copies to the
     /// home it leaves behind first.
     pub handoff: bool,
+    /// Whether a peer that cannot fit a copy its home asks for declines the
+    /// blob (steps aside for the next peer out), as the node does.
+    pub decline: bool,
     /// Most bytes each peer's disk holds (the node's `--quota`); `None`, the
     /// node's default, is no limit.
     pub quota_bytes: Option<u64>,
@@ -71,6 +74,9 @@ pub struct FileCounters {
     /// Copies that did not fit under the quota even after every released
     /// copy was dropped.
     pub refused: u64,
+    /// Of those, the blobs the peer then declined (stepped aside from the
+    /// home, so that the next peer out keeps a copy instead).
+    pub declined: u64,
     /// Bytes moved by finished transfers.
     pub bytes_moved: u64,
 }
@@ -365,6 +371,21 @@ impl Sim {
             let held: Vec<Key> = slot.files.disk.keys().copied().collect();
             let _ = self.command(peer, |core, now| core.provide_many(now, held).ok());
         }
+        // A blob declined for lack of room that fits now: stop declining
+        // it (the record lapses at the home, and this peer is counted in).
+        let fits: Vec<Key> = self.slots[peer as usize]
+            .core
+            .as_ref()
+            .map(|core| core.declining().copied().collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|blob| self.could_fit(peer, *blob))
+            .collect();
+        if let Some(core) = self.slots[peer as usize].core.as_mut() {
+            for blob in &fits {
+                core.stop_providing(blob);
+            }
+        }
         let slot = &self.slots[peer as usize];
         let Some(core) = slot.core.as_ref() else { return };
         let Some(files) = self.files.as_mut() else { return };
@@ -378,9 +399,7 @@ impl Sim {
             let Some(pin) = files.decode_pin(&record.key, &record.value) else {
                 continue;
             };
-            let mut member = core
-                .routing_table()
-                .local_among_closest(&record.key, usize::from(pin.replicas));
+            let mut member = core.is_member_of(&record.key, usize::from(pin.replicas));
             let marked = slot.files.disk.get(&record.key).copied().unwrap_or(false);
             if pin::confirm_by_lookup(member, &pin, marked) {
                 // As the node does: a kept copy is released only on a
@@ -436,6 +455,19 @@ impl Sim {
                     // As the node's download: refused at once if the blob
                     // cannot fit even after dropping every released copy.
                     if !self.could_fit(peer, blob) {
+                        // And, as the node, steps aside from the home: the
+                        // next peer out takes its place.
+                        let declining = !self.files.as_ref().is_some_and(|f| f.config.decline)
+                            || self.slots[peer as usize]
+                                .core
+                                .as_ref()
+                                .is_some_and(|core| core.declining().any(|k| *k == blob));
+                        if !declining
+                            && self.command(peer, |core, now| core.decline(now, blob).ok()).is_some()
+                            && let Some(f) = self.files.as_mut()
+                        {
+                            f.counters.declined += 1;
+                        }
                         if let Some(f) = self.files.as_mut() {
                             f.counters.refused += 1;
                         }
@@ -496,8 +528,9 @@ impl Sim {
         replicas: u8,
         found: &[PeerInfo<PeerIndex>],
     ) {
-        let local = self.slots[peer as usize].key;
-        if !pin::is_member(&local, &blob, replicas, found.iter().map(|p| p.key)) {
+        let slot = &self.slots[peer as usize];
+        let declined = slot.core.as_ref().map(|c| c.decliners(&blob)).unwrap_or_default();
+        if !pin::is_member(&slot.key, &blob, replicas, found.iter().map(|p| p.key), &declined) {
             self.release(peer, blob);
         }
     }
@@ -514,7 +547,8 @@ impl Sim {
         else {
             return;
         };
-        let member = pin::is_member(&slot.key, &blob, pin.replicas, found.iter().map(|p| p.key));
+        let declined = core.decliners(&blob);
+        let member = pin::is_member(&slot.key, &blob, pin.replicas, found.iter().map(|p| p.key), &declined);
         let duty = Duty {
             id: blob,
             pin,
@@ -668,6 +702,7 @@ mod tests {
             pin_check: Duration::from_secs(30),
             max_lookups: 4,
             handoff: true,
+            decline: true,
             quota_bytes: None,
         });
         for _ in 0..peers {
