@@ -464,6 +464,13 @@ impl<A: Addr> RoutingTable<A> {
             .collect()
     }
 
+    /// Marks bucket `index` as active.
+    pub fn touch_index(&mut self, index: usize, now: Instant) {
+        if let Some(bucket) = self.buckets.get_mut(index) {
+            bucket.last_active = bucket.last_active.max(now);
+        }
+    }
+
     /// Marks the bucket that `target` falls in as active (a lookup went there).
     pub fn touch(&mut self, target: &Key, now: Instant) {
         let index = self.index(target);

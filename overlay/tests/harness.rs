@@ -789,3 +789,25 @@ fn a_peer_that_declines_a_key_steps_aside_and_the_next_one_takes_its_place() {
     swarm.run_for(Duration::from_secs(1));
     assert!(swarm.peers[nearest[1] as usize].in_home(&key, &decliner_key));
 }
+
+#[test]
+fn idle_buckets_deeper_than_the_kth_neighbour_cost_one_lookup_together() {
+    let mut swarm = Swarm::join(60);
+    swarm.run_for(Duration::from_secs(5));
+    let later = swarm.now + swarm.config.refresh_interval + swarm.config.maintenance_interval;
+    let k = swarm.config.k;
+    let core = &mut swarm.peers[7];
+    assert_eq!(core.queries_in_flight(), 0);
+    let me = core.local().key;
+    let buckets = core.routing_table().bucket_count();
+    let kth = core.routing_table().closest(&me, k, None)[k - 1].key;
+    let covered = me.common_prefix_len(&kth) + 1;
+    assert!(covered + 1 < buckets, "a table with buckets past the k-th neighbour's");
+    // Every bucket has been idle a whole refresh interval.
+    core.handle_timeout(later);
+    assert_eq!(
+        core.queries_in_flight(),
+        covered + 1,
+        "one lookup per bucket up to the k-th neighbour's, one for all deeper"
+    );
+}
