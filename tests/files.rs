@@ -334,3 +334,79 @@ async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
         .unwrap();
     assert_eq!(got.size, info.size);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy() {
+    let tag = "decline";
+    let bytes = content(1024 * 1024 + 11, 32);
+    let id = Key::of_content(&bytes);
+    let mut overlay = shoal::overlay::Config::new(shoal::node::identity::verifier());
+    overlay.request_timeout = Duration::from_millis(500);
+    overlay.maintenance_interval = Duration::from_millis(500);
+    overlay.replicate_interval = Duration::from_secs(1);
+    let config = |i: usize, bootstrap: Vec<shoal::node::Multiaddr>, quota: Option<u64>| {
+        let mut config = NodeConfig::new(data_dir_existing(tag, i));
+        config.mdns = false;
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.overlay = Some(overlay.clone());
+        config.pin_check = Duration::from_millis(300);
+        config.bootstrap = bootstrap;
+        config.quota = quota;
+        config
+    };
+    let mut peers: Vec<Client> = Vec::new();
+    for i in 0..6 {
+        let _ = std::fs::remove_dir_all(data_dir_existing(tag, i));
+        let bootstrap = match peers.first() {
+            Some(first) => first.ready().await.unwrap(),
+            None => Vec::new(),
+        };
+        peers.push(start(config(i, bootstrap, None)).await.unwrap());
+    }
+    // The peer nearest the file (not the one sharing it) restarts with a
+    // quota smaller than the file.
+    let small = (1..6).min_by_key(|i| peers[*i].key().distance(&id)).unwrap();
+    let first = peers[0].clone();
+    let old = std::mem::replace(&mut peers[small], first);
+    old.leave().await.unwrap();
+    drop(old);
+    let bootstrap = peers[0].ready().await.unwrap();
+    peers[small] = start(config(small, bootstrap, Some(512 * 1024))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let source = data_dir_existing(tag, 0).join("source.bin");
+    std::fs::write(&source, &bytes).unwrap();
+    let (info, _) = peers[0].share(source, Import::Copy).await.unwrap();
+    assert_eq!(info.id, id);
+    assert!(peers[0].pin(id, 3).await.unwrap() >= 2);
+    // The home by room: the three nearest but the peer without room.
+    let mut others: Vec<usize> = (0..6).filter(|i| *i != small).collect();
+    others.sort_by_key(|i| peers[*i].key().distance(&id));
+    let home: Vec<usize> = others[..3].to_vec();
+    let kept = eventually(150, || home.iter().all(|i| peers[*i].blobs().is_pinned(&id))).await;
+    let declining = peers[small]
+        .pins()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.id == id && p.declining);
+    if !kept {
+        for (i, c) in peers.iter().enumerate() {
+            eprintln!(
+                "peer {i}: holds {} pinned {} pins {:?}",
+                c.blobs().contains(&id),
+                c.blobs().is_pinned(&id),
+                c.pins().await.unwrap()
+            );
+        }
+    }
+    assert!(kept, "the three nearest peers with room keep the file");
+    assert!(declining, "the peer without room declines it");
+    assert!(!peers[small].blobs().contains(&id));
+    // Asked for providers, nobody lists the peer that declined.
+    let providers = peers[others[4]].get_providers(id).await.unwrap();
+    assert!(
+        providers.iter().all(|p| p.addr.peer != peers[small].peer_id()),
+        "{providers:?}"
+    );
+}
