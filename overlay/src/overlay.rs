@@ -1521,12 +1521,22 @@ impl<A: Addr> Overlay<A> {
         ValueRecord::sign(key, value, seq, now + lifetime, self.signer.as_ref())
     }
 
+    /// A provider record for `key` issued now. A decline lives two
+    /// republish intervals, not `record_ttl`: re-announced while it holds,
+    /// it lapses soon after this peer takes it back.
     fn sign_provider(&mut self, now: Instant, key: Key) -> ProviderRecord<A> {
+        let declined = self.declining.contains(&key);
+        let lifetime = if declined {
+            (self.config.republish_interval * 2).min(self.config.record_ttl)
+        } else {
+            self.config.record_ttl
+        };
         ProviderRecord::sign_as(
             key,
             self.local.clone(),
-            now + self.config.record_ttl,
-            self.declining.contains(&key),
+            now,
+            now + lifetime,
+            declined,
             self.signer.as_ref(),
         )
     }

@@ -80,6 +80,12 @@ pub struct ProviderRecord<A> {
     /// out takes its place. Never listed as a provider.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub declined: bool,
+    /// When the provider signed it (zero in records from before this field):
+    /// of two records by one provider the later issued wins, whatever
+    /// their lifetimes, so a short-lived decline can replace a day-long
+    /// provider record and the other way round.
+    #[serde(default, skip_serializing_if = "Instant::is_zero")]
+    pub issued: Instant,
 }
 
 /// Why a record was refused.
@@ -204,12 +210,19 @@ impl ValueRecord {
 impl<A: Addr> ProviderRecord<A> {
     /// A record, signed by `signer`, saying that `provider` serves `key`.
     pub fn sign(key: Key, provider: PeerInfo<A>, expires: Instant, signer: &dyn Signer) -> Self {
-        Self::sign_as(key, provider, expires, false, signer)
+        Self::sign_as(key, provider, Instant::ZERO, expires, false, signer)
     }
 
-    /// A record saying that `provider` serves `key`, or, if `declined`,
-    /// that it steps aside from `key`'s home.
-    pub fn sign_as(key: Key, provider: PeerInfo<A>, expires: Instant, declined: bool, signer: &dyn Signer) -> Self {
+    /// A record issued at `issued` saying that `provider` serves `key`, or,
+    /// if `declined`, that it steps aside from `key`'s home.
+    pub fn sign_as(
+        key: Key,
+        provider: PeerInfo<A>,
+        issued: Instant,
+        expires: Instant,
+        declined: bool,
+        signer: &dyn Signer,
+    ) -> Self {
         let mut record = ProviderRecord {
             key,
             provider,
@@ -217,6 +230,7 @@ impl<A: Addr> ProviderRecord<A> {
             publisher: signer.public_key().to_vec(),
             signature: Vec::new(),
             declined,
+            issued,
         };
         record.signature = signer.sign(&record.signed_bytes());
         record
@@ -240,6 +254,10 @@ impl<A: Addr> ProviderRecord<A> {
         push_with_len(&mut bytes, &addr);
         if self.declined {
             bytes.extend_from_slice(b"declined");
+        }
+        if !self.issued.is_zero() {
+            bytes.extend_from_slice(b"issued");
+            bytes.extend_from_slice(&self.issued.as_micros().to_be_bytes());
         }
         bytes
     }
@@ -500,7 +518,12 @@ impl<A: Addr> RecordStore<A> {
                 held.next_replicate = held.next_replicate.max(next_replicate);
                 return Ok(PutOutcome::Unchanged);
             }
-            if record.expires <= held.record.expires {
+            let newer = if record.issued.is_zero() || held.record.issued.is_zero() {
+                record.expires > held.record.expires
+            } else {
+                (record.issued, record.expires) > (held.record.issued, held.record.expires)
+            };
+            if !newer {
                 return Ok(PutOutcome::Unchanged);
             }
             held.record = record;

@@ -26,6 +26,11 @@ impl Instant {
         Instant(micros)
     }
 
+    /// Whether this is the clock's origin (also: "not given").
+    pub const fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
+
     /// Microseconds since the clock's origin.
     pub const fn as_micros(self) -> u64 {
         self.0

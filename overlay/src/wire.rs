@@ -330,6 +330,7 @@ mod tests {
             publisher: vec![3; 32],
             signature: vec![4; 64],
             declined: false,
+            issued: Instant::ZERO,
         };
         vec![
             Request::Ping,
@@ -340,6 +341,7 @@ mod tests {
             Request::AddProvider {
                 record: ProviderRecord {
                     declined: true,
+                    issued: Instant::from_micros(4),
                     ..provider.clone()
                 },
             },

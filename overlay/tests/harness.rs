@@ -749,7 +749,18 @@ fn a_peer_that_declines_a_key_steps_aside_and_the_next_one_takes_its_place() {
         !swarm.holders(&key).contains(&fourth),
         "the fourth peer is outside the home"
     );
-    // The nearest peer has no room: it declines.
+    // The nearest peer once provided the key (a day-long record) ...
+    let now = swarm.now;
+    let query = swarm.peers[decliner as usize].start_providing(now, key).unwrap();
+    swarm.flush(decliner);
+    swarm.drive_until(100_000, |s| {
+        s.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
+    });
+    swarm.run_for(Duration::from_millis(10));
+    // ... and has no room now: it declines, and the shorter-lived decline,
+    // issued later, takes the provider record's place.
     let now = swarm.now;
     let query = swarm.peers[decliner as usize].decline(now, key).unwrap();
     swarm.flush(decliner);
