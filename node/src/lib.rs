@@ -5,7 +5,7 @@
 //! One task owns the swarm and the core; a [`Client`] talks to it over a
 //! bounded channel and gets each result back on the query id the core
 //! returned. Overlay messages travel as request-response on
-//! `/shoal/overlay/1`, framed by [`codec::FrameCodec`] around the overlay's
+//! `/shoal/overlay/2`, framed by [`codec::FrameCodec`] around the overlay's
 //! CBOR codec and its size cap. A peer's overlay key is BLAKE3 of its ed25519
 //! public key, which its peer id carries ([`addr::key_of_peer`]), so no peer
 //! can claim a position it does not own. Records are signed with the node's

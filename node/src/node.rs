@@ -250,6 +250,10 @@ enum Command {
         decline: bool,
         reply: Reply<()>,
     },
+    Declines {
+        key: Key,
+        reply: Reply<(Vec<Key>, Vec<Key>)>,
+    },
     Leave {
         reply: Reply<()>,
     },
@@ -389,6 +393,11 @@ impl Client {
     /// the next peer out takes this one's place), or stops doing so.
     pub async fn decline(&self, key: Key, decline: bool) -> Result<(), NodeError> {
         self.ask(|reply| Command::Decline { key, decline, reply }).await
+    }
+
+    /// The keys this node declines, and the peers known to decline `key`.
+    pub async fn declines(&self, key: Key) -> Result<(Vec<Key>, Vec<Key>), NodeError> {
+        self.ask(|reply| Command::Declines { key, reply }).await
     }
 
     /// Pins blob `id`: its home (the `replicas` closest peers) keeps a copy
@@ -793,16 +802,18 @@ async fn pin_duties(node: WeakClient, every: Duration) {
             }
         }
         let Ok(pins) = client.pins().await else { return };
-        // A blob declined for lack of room that would fit now: stop
+        // A blob declined for lack of room that would fit now, or is no
+        // longer pinned (no live pin record here, or an unpin): stop
         // declining it (the record lapses at the home, then this node is
-        // counted in again and fetches it).
-        for p in pins.iter().filter(|p| p.declining) {
-            let fits = match client.quota {
-                Some(quota) => client.blobs.could_fit(p.pin.size, quota).unwrap_or(false),
-                None => true,
+        // counted in again and fetches it if it must).
+        let declining = client.declines(Key::default()).await.map(|d| d.0).unwrap_or_default();
+        for id in declining {
+            let fits = match (pins.iter().find(|p| p.id == id && p.pin.replicas > 0), client.quota) {
+                (Some(p), Some(quota)) => client.blobs.could_fit(p.pin.size, quota).unwrap_or(false),
+                _ => true,
             };
             if fits {
-                let _ = client.decline(p.id, false).await;
+                let _ = client.decline(id, false).await;
             }
         }
         let running = fetching.lock().map(|f| f.clone()).unwrap_or_default();
@@ -881,7 +892,7 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                             &id,
                             pin.replicas,
                             lookup.peers.iter().map(|q| q.key),
-                            &[],
+                            &client.declines(id).await.map(|d| d.1).unwrap_or_default(),
                         ),
                         Err(_) => true,
                     },
@@ -1145,6 +1156,10 @@ impl Driver {
             }
             Command::RecordsHeld { reply } => drop(reply.send(Ok(self.core.record_store().len()))),
             Command::Pins { reply } => drop(reply.send(Ok(self.pins(t)))),
+            Command::Declines { key, reply } => drop(reply.send(Ok((
+                self.core.declining().copied().collect(),
+                self.core.decliners(&key),
+            )))),
             Command::Decline { key, decline, reply } => {
                 if decline {
                     let result = self.core.decline(t, key).map(drop).map_err(NodeError::from);

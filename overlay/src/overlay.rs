@@ -563,8 +563,12 @@ impl<A: Addr> Overlay<A> {
     /// [`is_member_of`](Self::is_member_of)), so the next peer out takes its
     /// place; providers lookups never list it.
     pub fn decline(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
-        self.declining.insert(key);
-        self.announce(now, key)
+        let fresh = self.declining.insert(key);
+        let started = self.announce(now, key);
+        if started.is_err() && fresh {
+            self.declining.remove(&key);
+        }
+        started
     }
 
     /// The keys this peer declines.
@@ -1079,6 +1083,7 @@ impl<A: Addr> Overlay<A> {
             QueryKind::GetProviders { found } => {
                 for p in providers {
                     if p.key == query.lookup.target()
+                        && !p.declined
                         && !found.iter().any(|f| f.provider.key == p.provider.key)
                         && p.verify(verifier, now, provider_life).is_ok()
                     {
@@ -1492,19 +1497,25 @@ impl<A: Addr> Overlay<A> {
                 let was_declined = self.store.decliners(&key).contains(&provider);
                 let outcome = self.store.put_provider(r, next)?;
                 if outcome != PutOutcome::Unchanged && declined != was_declined {
-                    self.rehome(now, &key);
+                    self.rehome(now, &key, &provider);
                 }
                 Ok(outcome)
             }
         }
     }
 
-    /// A peer declined `key` or took it back: the home changed, so a holder
-    /// of the records at `key` sends them to the home as it is now (the
-    /// members that hold them answer at once). Declines are rare; every
-    /// holder sends, so that a home whose nearest peers all declined is
-    /// still told.
-    fn rehome(&mut self, now: Instant, key: &Key) {
+    /// A peer declined `key` or took it back: the home changed, so a member
+    /// sends the records at `key` to the home as it is now (the members
+    /// that hold them answer at once). If every one of the nearest peers
+    /// declined, none is a member: the spare holders' replication tells
+    /// the new home, at a quarter of the members' pace.
+    fn rehome(&mut self, now: Instant, key: &Key, provider: &Key) {
+        // Only a member acts, and only for a peer near enough to have been
+        // in the home: a stranger's declines for far keys cost nothing.
+        let near = self.config.replication + self.store.decliners(key).len();
+        if !self.is_home_member(key) || self.table.count_closer(key, &provider.distance(key), near) >= near {
+            return;
+        }
         let home = self.home_of(key);
         let records = self.store.records_at(key, now + self.config.replicate_interval);
         self.send_to_home(now, &home, records);
@@ -1556,14 +1567,15 @@ impl<A: Addr> Overlay<A> {
         // empty, each of which used to cost a lookup of its own).
         let k = self.config.k;
         let nearest = self.table.closest(&self.local.key, k, None);
+        // (Not with fewer than k live peers known: a sparse table refreshes
+        // every bucket.)
         let covered = nearest
             .get(k - 1)
-            .map_or(0, |p| self.local.key.common_prefix_len(&p.key) + 1);
+            .map_or(usize::MAX, |p| self.local.key.common_prefix_len(&p.key) + 1);
         let mut idle = self.table.idle_buckets(now, self.config.refresh_interval);
+        let mut deeper = Vec::new();
         if let Some(first_deep) = idle.iter().position(|b| *b >= covered) {
-            for bucket in idle.drain(first_deep + 1..) {
-                self.table.touch_index(bucket, now);
-            }
+            deeper = idle.split_off(first_deep + 1);
         }
         for bucket in idle {
             let target = self.local.key.random_in_bucket(bucket, &self.rng.key());
@@ -1574,6 +1586,12 @@ impl<A: Addr> Overlay<A> {
                 .is_err()
             {
                 break;
+            }
+            if bucket >= covered {
+                // The one lookup for all of them started: they are fresh.
+                for deep in &deeper {
+                    self.table.touch_index(*deep, now);
+                }
             }
         }
         let round = now.as_micros() / self.config.maintenance_interval.as_micros().max(1) as u64;

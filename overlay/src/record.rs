@@ -518,25 +518,35 @@ impl<A: Addr> RecordStore<A> {
                 held.next_replicate = held.next_replicate.max(next_replicate);
                 return Ok(PutOutcome::Unchanged);
             }
-            let newer = if record.issued.is_zero() || held.record.issued.is_zero() {
-                record.expires > held.record.expires
-            } else {
-                (record.issued, record.expires) > (held.record.issued, held.record.expires)
-            };
-            if !newer {
+            // Records from before `issued` (zero) lose to any issued since,
+            // and compare by expiry among themselves.
+            if (record.issued, record.expires) <= (held.record.issued, held.record.expires) {
                 return Ok(PutOutcome::Unchanged);
             }
             held.record = record;
             return Ok(PutOutcome::Updated);
+        }
+        let same_kind = list.iter().filter(|s| s.record.declined == record.declined).count();
+        if record.declined && same_kind >= self.limits.max_providers_per_key {
+            // Declines that matter are near the key: a nearer one takes the
+            // place of the farthest, so far peers cannot use up the room.
+            let distance = record.provider.key.distance(&key);
+            if let Some(farthest) = list
+                .iter_mut()
+                .filter(|s| s.record.declined)
+                .max_by_key(|s| s.record.provider.key.distance(&key))
+                .filter(|s| s.record.provider.key.distance(&key) > distance)
+            {
+                *farthest = Stored { record, next_replicate };
+                return Ok(PutOutcome::Inserted);
+            }
         }
         let result = if full {
             Err(RecordError::StoreFull {
                 key,
                 capacity: self.limits.max_records,
             })
-        } else if list.iter().filter(|s| s.record.declined == record.declined).count()
-            >= self.limits.max_providers_per_key
-        {
+        } else if same_kind >= self.limits.max_providers_per_key {
             // Declines have a bound of their own: they never crowd out the
             // providers a fetch needs.
             Err(RecordError::ProvidersFull {
@@ -633,4 +643,59 @@ impl<A: Addr> RecordStore<A> {
 pub(crate) enum AnyRecord<A> {
     Value(ValueRecord),
     Provider(ProviderRecord<A>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    fn record(key: Key, provider: Key, declined: bool) -> ProviderRecord<u32> {
+        ProviderRecord {
+            key,
+            provider: PeerInfo::new(provider, 0),
+            expires: Instant::from_micros(1_000),
+            publisher: Vec::new(),
+            signature: Vec::new(),
+            declined,
+            issued: Instant::from_micros(1),
+        }
+    }
+
+    #[test]
+    fn declines_have_their_own_bound_and_the_nearest_are_kept() {
+        let mut rng = Rng::seed_from_u64(8);
+        let key = rng.key();
+        let mut store: RecordStore<u32> = RecordStore::new(StoreLimits {
+            max_records: 100,
+            max_providers_per_key: 2,
+        });
+        let mut peers: Vec<Key> = (0..6).map(|_| rng.key()).collect();
+        peers.sort_by_key(|p| p.distance(&key));
+        let next = Instant::ZERO;
+        // Two far declines fill the declines' room ...
+        for p in &peers[4..6] {
+            assert!(store.put_provider(record(key, *p, true), next).is_ok());
+        }
+        // ... but not the providers'.
+        for p in &peers[2..4] {
+            assert!(store.put_provider(record(key, *p, false), next).is_ok());
+        }
+        assert!(store.put_provider(record(key, rng.key(), false), next).is_err());
+        // A nearer decline takes the farthest one's place; a farther one is refused.
+        assert!(store.put_provider(record(key, peers[0], true), next).is_ok());
+        let mut declined = store.decliners(&key);
+        declined.sort_by_key(|p| p.distance(&key));
+        assert_eq!(declined, vec![peers[0], peers[4]]);
+        assert!(store.put_provider(record(key, peers[5], true), next).is_err());
+        assert_eq!(store.decliners(&key).len(), 2);
+        // Declines are never listed as providers.
+        let listed: Vec<Key> = store
+            .providers(&key, Instant::ZERO, 10)
+            .iter()
+            .map(|r| r.provider.key)
+            .collect();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|p| peers[2..4].contains(p)));
+    }
 }

@@ -11,9 +11,9 @@ use crate::record::{MAX_CREDENTIAL_BYTES, MAX_VALUE_BYTES};
 use crate::{Addr, Key, Mode, PeerInfo, ProviderRecord, RecordError, ValueRecord};
 
 /// The protocol name overlay messages travel under.
-pub const PROTOCOL: &str = "/shoal/overlay/1";
+pub const PROTOCOL: &str = "/shoal/overlay/2";
 /// The version every message carries.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Hard cap on one encoded message, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Most peers one response may list.
