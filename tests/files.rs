@@ -246,7 +246,13 @@ async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8]) -> (Vec<Option<Client>>
     );
     assert!(owner.pin(info.id, 3).await.unwrap() >= 2);
     drop(owner);
-    let held = eventually(100, || home(&peers, &info.id).iter().all(|h| *h)).await;
+    // Fetched and marked pinned (the mark follows the download's end).
+    let held = eventually(100, || {
+        let mut live: Vec<&Client> = peers.iter().flatten().collect();
+        live.sort_by_key(|c| c.key().distance(&info.id));
+        live.iter().take(3).all(|c| c.blobs().is_pinned(&info.id))
+    })
+    .await;
     assert!(held, "the home fetched its copies");
     (peers, info)
 }

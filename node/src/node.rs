@@ -250,9 +250,12 @@ enum Command {
         decline: bool,
         reply: Reply<()>,
     },
-    Declines {
+    Declining {
+        reply: Reply<Vec<Key>>,
+    },
+    Decliners {
         key: Key,
-        reply: Reply<(Vec<Key>, Vec<Key>)>,
+        reply: Reply<Vec<Key>>,
     },
     Leave {
         reply: Reply<()>,
@@ -395,9 +398,14 @@ impl Client {
         self.ask(|reply| Command::Decline { key, decline, reply }).await
     }
 
-    /// The keys this node declines, and the peers known to decline `key`.
-    pub async fn declines(&self, key: Key) -> Result<(Vec<Key>, Vec<Key>), NodeError> {
-        self.ask(|reply| Command::Declines { key, reply }).await
+    /// The blobs this node declines.
+    pub async fn declining(&self) -> Result<Vec<Key>, NodeError> {
+        self.ask(|reply| Command::Declining { reply }).await
+    }
+
+    /// The peers known here to decline blob `key`.
+    pub async fn decliners(&self, key: Key) -> Result<Vec<Key>, NodeError> {
+        self.ask(|reply| Command::Decliners { key, reply }).await
     }
 
     /// Pins blob `id`: its home (the `replicas` closest peers) keeps a copy
@@ -806,7 +814,7 @@ async fn pin_duties(node: WeakClient, every: Duration) {
         // longer pinned (no live pin record here, or an unpin): stop
         // declining it (the record lapses at the home, then this node is
         // counted in again and fetches it if it must).
-        let declining = client.declines(Key::default()).await.map(|d| d.0).unwrap_or_default();
+        let declining = client.declining().await.unwrap_or_default();
         for id in declining {
             let fits = match (pins.iter().find(|p| p.id == id && p.pin.replicas > 0), client.quota) {
                 (Some(p), Some(quota)) => client.blobs.could_fit(p.pin.size, quota).unwrap_or(false),
@@ -892,7 +900,7 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                             &id,
                             pin.replicas,
                             lookup.peers.iter().map(|q| q.key),
-                            &client.declines(id).await.map(|d| d.1).unwrap_or_default(),
+                            &client.decliners(id).await.unwrap_or_default(),
                         ),
                         Err(_) => true,
                     },
@@ -1156,10 +1164,8 @@ impl Driver {
             }
             Command::RecordsHeld { reply } => drop(reply.send(Ok(self.core.record_store().len()))),
             Command::Pins { reply } => drop(reply.send(Ok(self.pins(t)))),
-            Command::Declines { key, reply } => drop(reply.send(Ok((
-                self.core.declining().copied().collect(),
-                self.core.decliners(&key),
-            )))),
+            Command::Declining { reply } => drop(reply.send(Ok(self.core.declining().copied().collect()))),
+            Command::Decliners { key, reply } => drop(reply.send(Ok(self.core.decliners(&key)))),
             Command::Decline { key, decline, reply } => {
                 if decline {
                     let result = self.core.decline(t, key).map(drop).map_err(NodeError::from);

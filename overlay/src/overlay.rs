@@ -223,10 +223,7 @@ impl<A: Addr> Overlay<A> {
     /// the next peers out take their places.
     pub fn home_of(&self, key: &Key) -> Vec<PeerInfo<A>> {
         let r = self.config.replication;
-        let mut decliners = self.store.decliners(key);
-        if self.declining.contains(key) {
-            decliners.push(self.local.key);
-        }
+        let decliners = self.decliners(key);
         let mut home = self.table.closest(key, r + decliners.len(), None);
         home.retain(|p| !decliners.contains(&p.key));
         home.truncate(r);
@@ -266,7 +263,8 @@ impl<A: Addr> Overlay<A> {
     }
 
     /// The peers that declined `key`, as far as the records held here say
-    /// (this one included if it declines it).
+    /// (this one included if it declines it: it knows its own declines
+    /// whatever its store holds).
     pub fn decliners(&self, key: &Key) -> Vec<Key> {
         let mut decliners = self.store.decliners(key);
         if self.declining.contains(key) && !decliners.contains(&self.local.key) {
@@ -276,11 +274,7 @@ impl<A: Addr> Overlay<A> {
     }
 
     fn among_nearest(&self, key: &Key, peer: &Key, n: usize) -> bool {
-        let mut decliners = self.store.decliners(key);
-        // Its own declines this peer knows whatever its store holds.
-        if self.declining.contains(key) {
-            decliners.push(self.local.key);
-        }
+        let decliners = self.decliners(key);
         if n == 0 || decliners.contains(peer) {
             return false;
         }
@@ -1626,7 +1620,7 @@ impl<A: Addr> Overlay<A> {
         for key in self.store.due_for_replication(now) {
             let home = self.home_of(&key);
             let own = self.local.key.distance(&key);
-            let member = self.is_home_member(&key);
+            let member = home.iter().any(|m| m.key == self.local.key);
             // A peer just outside the home keeps its copy as a spare; the
             // members keep each other's copies current, and a member that
             // goes is replaced at once (`peer_gone`), so the spare holder

@@ -110,6 +110,12 @@ pub enum RecordError {
         /// The record's key.
         key: Key,
     },
+    /// A provider record says it was issued after it expires.
+    #[error("provider record at {key} is issued after it expires")]
+    IssuedAfterExpiry {
+        /// The record's key.
+        key: Key,
+    },
     /// The record claims to live longer than the longest accepted lifetime.
     #[error("record at {key} expires too far in the future")]
     ExpiresTooLate {
@@ -267,6 +273,9 @@ impl<A: Addr> ProviderRecord<A> {
         let key = self.key;
         check_credentials(key, &self.publisher, &self.signature)?;
         check_expiry(key, self.expires, now, max_lifetime)?;
+        if self.issued > self.expires {
+            return Err(RecordError::IssuedAfterExpiry { key });
+        }
         if Key::of_public_key(&self.publisher) != self.provider.key
             || !self.provider.addr.matches_key(&self.provider.key)
         {
@@ -697,5 +706,31 @@ mod tests {
             .collect();
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().all(|p| peers[2..4].contains(p)));
+    }
+
+    #[test]
+    fn a_provider_record_issued_after_it_expires_is_refused() {
+        let publisher = vec![7u8; 32];
+        let mut r = record(Key::of_content(b"blob"), Key::of_public_key(&publisher), true);
+        r.publisher = publisher;
+        r.signature = vec![1; 64];
+        r.issued = Instant::from_micros(2_000);
+        let error = r
+            .verify(
+                Verifier(|_, _, _| true),
+                Instant::from_micros(10),
+                Duration::from_secs(60),
+            )
+            .unwrap_err();
+        assert!(matches!(error, RecordError::IssuedAfterExpiry { .. }), "{error}");
+        r.issued = Instant::from_micros(500);
+        assert!(
+            r.verify(
+                Verifier(|_, _, _| true),
+                Instant::from_micros(10),
+                Duration::from_secs(60)
+            )
+            .is_ok()
+        );
     }
 }

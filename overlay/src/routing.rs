@@ -402,12 +402,6 @@ impl<A: Addr> RoutingTable<A> {
         n.min(limit)
     }
 
-    /// Whether the local peer is among the `n` peers nearest `target` that
-    /// it knows (itself included): fewer than `n` live entries are nearer.
-    pub fn local_among_closest(&self, target: &Key, n: usize) -> bool {
-        n > 0 && self.count_closer(target, &self.local.distance(target), n) < n
-    }
-
     /// Of the `count` live peers closest to the local peer, those not heard
     /// from within `quiet` before `now`: the neighbours whose liveness the
     /// home depends on, due for a probe.
@@ -473,10 +467,7 @@ impl<A: Addr> RoutingTable<A> {
 
     /// Marks the bucket that `target` falls in as active (a lookup went there).
     pub fn touch(&mut self, target: &Key, now: Instant) {
-        let index = self.index(target);
-        if let Some(bucket) = self.buckets.get_mut(index) {
-            bucket.last_active = bucket.last_active.max(now);
-        }
+        self.touch_index(self.index(target), now);
     }
 
     /// The stale entries due for a probe at maintenance round `round`, in

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use ed25519_dalek::{Signature, SigningKey, Verifier as _, VerifyingKey};
 use shoal_overlay::{
-    Config, Event, Instant, Key, Mode, Overlay, PeerInfo, Request, RequestId, Response, Signer, ValueRecord, Verifier,
+    Config, Event, Instant, Key, Mode, Overlay, PeerInfo, QueryId, Request, RequestId, Response, Signer, ValueRecord,
+    Verifier,
 };
 
 #[derive(Debug)]
@@ -244,6 +245,15 @@ impl Swarm {
         event
     }
 
+    /// Runs `command` on peer `index` and drives the swarm until the put
+    /// (or announcement) it started has ended.
+    fn until_put(&mut self, index: u32, command: impl FnOnce(&mut Overlay<u32>, Instant) -> QueryId) {
+        let now = self.now;
+        let query = command(&mut self.peers[index as usize], now);
+        self.flush(index);
+        self.await_event(|e| matches!(e, Event::Put { query: q, .. } if *q == query));
+    }
+
     fn take_event(&mut self, mut matches: impl FnMut(&(u32, Event<u32>)) -> bool) -> Option<(u32, Event<u32>)> {
         let pos = self.events.iter().position(&mut matches)?;
         Some(self.events.remove(pos))
@@ -388,14 +398,7 @@ fn forged_and_tampered_records_are_refused() {
 fn providers_are_found_from_elsewhere() {
     let mut swarm = Swarm::join(25);
     let key = target(3);
-    let now = swarm.now;
-    let query = swarm.peers[4].start_providing(now, key).unwrap();
-    swarm.flush(4);
-    swarm.drive_until(100_000, |s| {
-        s.events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
-    });
+    swarm.until_put(4, |core, now| core.start_providing(now, key).unwrap());
     let now = swarm.now;
     let query = swarm.peers[20].get_providers(now, key).unwrap();
     swarm.flush(20);
@@ -750,25 +753,11 @@ fn a_peer_that_declines_a_key_steps_aside_and_the_next_one_takes_its_place() {
         "the fourth peer is outside the home"
     );
     // The nearest peer once provided the key (a day-long record) ...
-    let now = swarm.now;
-    let query = swarm.peers[decliner as usize].start_providing(now, key).unwrap();
-    swarm.flush(decliner);
-    swarm.drive_until(100_000, |s| {
-        s.events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
-    });
+    swarm.until_put(decliner, |core, now| core.start_providing(now, key).unwrap());
     swarm.run_for(Duration::from_millis(10));
     // ... and has no room now: it declines, and the shorter-lived decline,
     // issued later, takes the provider record's place.
-    let now = swarm.now;
-    let query = swarm.peers[decliner as usize].decline(now, key).unwrap();
-    swarm.flush(decliner);
-    swarm.drive_until(100_000, |s| {
-        s.events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Put { query: q, .. } if *q == query))
-    });
+    swarm.until_put(decliner, |core, now| core.decline(now, key).unwrap());
     // Well before the next replication round.
     swarm.run_for(Duration::from_secs(1));
     let home: Vec<u32> = nearest[1..4].to_vec();

@@ -29,6 +29,10 @@ use shoal_overlay::Key;
 
 use crate::blob::{BLOCK_SIZE, BlobInfo, GROUP_BYTES, chunk_ranges, group_count, hash_of_key, key_of_hash};
 
+/// The files a whole blob in the store consists of (`ID.pin` marks it
+/// pinned and is empty).
+const BLOB_FILES: [&str; 4] = ["meta", "data", "obao", "pin"];
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -354,7 +358,7 @@ impl BlobStore {
             if self.is_pinned(&entry.info.id) {
                 continue;
             }
-            for ext in ["meta", "data", "obao"] {
+            for ext in BLOB_FILES {
                 if let Ok(m) = std::fs::metadata(self.path(&entry.info.id, ext)) {
                     used = used.saturating_sub(m.len());
                 }
@@ -555,7 +559,7 @@ impl BlobStore {
 
     /// Forgets blob `id` (its copy and outboard; an in-place source stays).
     pub fn remove(&self, id: &Key) -> Result<(), StoreError> {
-        for ext in ["meta", "data", "obao", "pin"] {
+        for ext in BLOB_FILES {
             match std::fs::remove_file(self.path(id, ext)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
