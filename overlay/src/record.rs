@@ -349,6 +349,10 @@ pub struct RecordStore<A> {
     values: BTreeMap<Key, Stored<ValueRecord>>,
     providers: BTreeMap<Key, Vec<Stored<ProviderRecord<A>>>>,
     provider_count: usize,
+    /// No record expires before this (an early bound: records replaced
+    /// since may have gone), so that most maintenance rounds need not walk
+    /// the store to find nothing expired.
+    next_expiry: Instant,
     /// Counts inserts, updates and removals: tells a driver that saves the
     /// store whether anything changed since it last did.
     changes: u64,
@@ -373,6 +377,7 @@ impl<A: Addr> RecordStore<A> {
             values: BTreeMap::new(),
             providers: BTreeMap::new(),
             provider_count: 0,
+            next_expiry: Instant::ZERO,
             changes: 0,
         }
     }
@@ -473,6 +478,7 @@ impl<A: Addr> RecordStore<A> {
         next_replicate: Instant,
     ) -> Result<PutOutcome, RecordError> {
         let key = record.key;
+        self.next_expiry = self.next_expiry.min(record.expires);
         if let Some(held) = self.values.get_mut(&key) {
             let current = &held.record;
             if current.expires <= now {
@@ -520,6 +526,7 @@ impl<A: Addr> RecordStore<A> {
         next_replicate: Instant,
     ) -> Result<PutOutcome, RecordError> {
         let key = record.key;
+        self.next_expiry = self.next_expiry.min(record.expires);
         let full = self.len() >= self.limits.max_records;
         let list = self.providers.entry(key).or_default();
         if let Some(held) = list.iter_mut().find(|s| s.record.provider.key == record.provider.key) {
@@ -575,15 +582,32 @@ impl<A: Addr> RecordStore<A> {
 
     /// Drops every record that expired at or before `now`; returns how many.
     pub fn remove_expired(&mut self, now: Instant) -> usize {
+        if now < self.next_expiry {
+            return 0;
+        }
         let before = self.len();
-        self.values.retain(|_, s| s.record.expires > now);
+        let mut next = Instant::MAX;
+        self.values.retain(|_, s| {
+            let keep = s.record.expires > now;
+            if keep {
+                next = next.min(s.record.expires);
+            }
+            keep
+        });
         let mut count = 0;
         self.providers.retain(|_, list| {
-            list.retain(|s| s.record.expires > now);
+            list.retain(|s| {
+                let keep = s.record.expires > now;
+                if keep {
+                    next = next.min(s.record.expires);
+                }
+                keep
+            });
             count += list.len();
             !list.is_empty()
         });
         self.provider_count = count;
+        self.next_expiry = next;
         let removed = before - self.len();
         if removed > 0 {
             self.changes += 1;
@@ -706,6 +730,37 @@ mod tests {
             .collect();
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().all(|p| peers[2..4].contains(p)));
+    }
+
+    #[test]
+    fn expired_records_go_whenever_they_arrived() {
+        // The store skips its walk until the earliest expiry it has seen:
+        // a record that arrives after a walk, expiring before the others,
+        // must still go on time.
+        let mut rng = Rng::seed_from_u64(9);
+        let mut store: RecordStore<u32> = RecordStore::new(StoreLimits {
+            max_records: 100,
+            max_providers_per_key: 4,
+        });
+        let at = |us| Instant::from_micros(us);
+        let (late, early, never) = (rng.key(), rng.key(), rng.key());
+        let mut r = record(late, rng.key(), false);
+        r.expires = at(5_000);
+        assert!(store.put_provider(r, Instant::ZERO).is_ok());
+        assert_eq!(store.remove_expired(at(100)), 0);
+        let mut r = record(early, rng.key(), false);
+        r.expires = at(1_000);
+        assert!(store.put_provider(r, Instant::ZERO).is_ok());
+        let mut r = record(never, rng.key(), false);
+        r.expires = Instant::MAX;
+        assert!(store.put_provider(r, Instant::ZERO).is_ok());
+        assert_eq!(store.remove_expired(at(999)), 0);
+        assert_eq!(store.remove_expired(at(1_000)), 1);
+        assert!(store.providers(&early, Instant::ZERO, 10).is_empty());
+        assert_eq!(store.remove_expired(at(4_999)), 0);
+        assert_eq!(store.remove_expired(at(6_000)), 1);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.providers(&never, Instant::ZERO, 10).len(), 1);
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub struct RoutingTable<A> {
     /// so a peer in a swarm of N holds about log2(N / k) + 1 buckets.
     buckets: Vec<Bucket<A>>,
     len: usize,
+    /// Entries marked stale: most maintenance rounds find none, and need
+    /// not walk the table to see that.
+    stale: usize,
 }
 
 impl<A: Addr> RoutingTable<A> {
@@ -148,6 +151,7 @@ impl<A: Addr> RoutingTable<A> {
             recently_seen_s: u32::try_from(recently_seen.as_secs()).unwrap_or(u32::MAX),
             buckets: Vec::new(),
             len: 0,
+            stale: 0,
         }
     }
 
@@ -199,25 +203,23 @@ impl<A: Addr> RoutingTable<A> {
         self.buckets.get(self.index(key))
     }
 
-    fn bucket_mut(&mut self, key: &Key, now: Instant) -> &mut Bucket<A> {
-        let index = self.index(key);
-        while self.buckets.len() <= index {
-            self.buckets.push(Bucket::new(now));
-        }
-        &mut self.buckets[index]
-    }
-
     /// Notes that `peer` was just heard from (it sent a request or answered).
     pub fn observe(&mut self, peer: PeerInfo<A>, now: Instant) -> Observed<A> {
         if peer.key == self.local {
             return Observed::Local;
         }
         let (k, cap, recent) = (self.k, self.replacement_cap, self.recently_seen_s);
-        let bucket = self.bucket_mut(&peer.key, now);
+        let index = self.index(&peer.key);
+        while self.buckets.len() <= index {
+            self.buckets.push(Bucket::new(now));
+        }
+        let bucket = &mut self.buckets[index];
         bucket.last_active = bucket.last_active.max(now);
         if let Some(entry) = bucket.entries.iter_mut().find(|e| e.key == peer.key) {
             entry.failures = 0;
-            entry.stale = false;
+            if std::mem::replace(&mut entry.stale, false) {
+                self.stale -= 1;
+            }
             entry.addr = peer.addr;
             entry.seen_s = seconds(now);
             return Observed::Refreshed;
@@ -235,8 +237,11 @@ impl<A: Addr> RoutingTable<A> {
             self.len += 1;
             return Observed::Inserted;
         }
-        if let Some(pos) = bucket.entries.iter().position(|e| e.stale) {
+        if self.stale > 0
+            && let Some(pos) = bucket.entries.iter().position(|e| e.stale)
+        {
             let old = bucket.entries.remove(pos);
+            self.stale -= 1;
             let new_key = entry.key;
             bucket.entries.push(entry);
             bucket.replacements.retain(|r| r.key != new_key);
@@ -280,6 +285,9 @@ impl<A: Addr> RoutingTable<A> {
         let pos = bucket.entries.iter().position(|e| e.key == *key)?;
         let replacement = bucket.replacements.pop()?;
         let old = bucket.entries.remove(pos);
+        if old.stale {
+            self.stale -= 1;
+        }
         bucket.entries.push(Entry::new(replacement.clone(), now));
         Some((PeerInfo::new(old.key, old.addr), replacement))
     }
@@ -290,7 +298,9 @@ impl<A: Addr> RoutingTable<A> {
             && let Some(entry) = bucket.entries.iter_mut().find(|e| e.key == *key)
         {
             entry.failures = 0;
-            entry.stale = false;
+            if std::mem::replace(&mut entry.stale, false) {
+                self.stale -= 1;
+            }
             entry.seen_s = seconds(now);
             bucket.last_active = bucket.last_active.max(now);
         }
@@ -313,13 +323,17 @@ impl<A: Addr> RoutingTable<A> {
             return Failed::Counted;
         }
         if let Some(replacement) = bucket.replacements.pop() {
-            bucket.entries.remove(pos);
+            if bucket.entries.remove(pos).stale {
+                self.stale -= 1;
+            }
             bucket.entries.push(Entry::new(replacement.clone(), now));
             return Failed::Replaced(replacement);
         }
         if entry.failures >= max_failures.saturating_add(STALE_PROBES) {
             // Probed for over an hour without an answer: gone for good.
-            bucket.entries.remove(pos);
+            if bucket.entries.remove(pos).stale {
+                self.stale -= 1;
+            }
             self.len -= 1;
             return Failed::Removed;
         }
@@ -327,6 +341,7 @@ impl<A: Addr> RoutingTable<A> {
             // Already stale: one more failed probe.
             return Failed::Counted;
         }
+        self.stale += 1;
         Failed::Stale
     }
 
@@ -340,7 +355,9 @@ impl<A: Addr> RoutingTable<A> {
         let Some(pos) = bucket.entries.iter().position(|e| e.key == *key) else {
             return Failed::Unknown;
         };
-        bucket.entries.remove(pos);
+        if bucket.entries.remove(pos).stale {
+            self.stale -= 1;
+        }
         if let Some(replacement) = bucket.replacements.pop() {
             bucket.entries.push(Entry::new(replacement.clone(), now));
             return Failed::Replaced(replacement);
@@ -475,6 +492,9 @@ impl<A: Addr> RoutingTable<A> {
     /// up to every eighth round; after [`STALE_PROBES`] failed probes the
     /// entry is dropped.
     pub fn stale_peers(&self, round: u64) -> Vec<PeerInfo<A>> {
+        if self.stale == 0 {
+            return Vec::new();
+        }
         let max_failures = self.max_failures;
         self.buckets
             .iter()
@@ -501,7 +521,7 @@ impl<A: Addr> RoutingTable<A> {
 
     /// Checks the table's invariants; the simulator calls this as it runs.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut count = 0;
+        let (mut count, mut stale) = (0, 0);
         for (i, bucket) in self.buckets.iter().enumerate() {
             if bucket.entries.len() > self.k {
                 return Err(format!("bucket {i} holds {} > k = {}", bucket.entries.len(), self.k));
@@ -525,9 +545,13 @@ impl<A: Addr> RoutingTable<A> {
                 }
             }
             count += bucket.entries.len();
+            stale += bucket.entries.iter().filter(|e| e.stale).count();
         }
         if count != self.len {
             return Err(format!("table counts {} peers but holds {count}", self.len));
+        }
+        if stale != self.stale {
+            return Err(format!("table counts {} stale entries but holds {stale}", self.stale));
         }
         Ok(())
     }
@@ -607,6 +631,41 @@ mod tests {
             for than in probes {
                 let want = live.iter().filter(|k| k.distance(&target) < than).count().min(limit);
                 prop_assert_eq!(t.count_closer(&target, &than, limit), want);
+            }
+        }
+        #[test]
+        fn any_sequence_of_changes_keeps_the_counts(seed in any::<u64>(), steps in 1usize..400) {
+            // Small buckets and few keys, so that entries fill buckets, fail,
+            // go stale, come back, are replaced and removed in every order;
+            // the counts the table keeps (peers, stale entries) must agree
+            // with what it holds after each step.
+            let mut rng = Rng::seed_from_u64(seed);
+            let local = rng.key();
+            let mut t = RoutingTable::new(local, 3, 2, 2, Duration::ZERO);
+            let keys: Vec<Key> = (0..24)
+                .map(|i| local.random_in_bucket(i % 4, &rng.key()))
+                .collect();
+            for step in 0..steps {
+                let key = keys[rng.index(keys.len())];
+                let now = Instant::from_micros(step as u64 * 1_000_000);
+                match rng.index(5) {
+                    0 | 1 => {
+                        t.observe(PeerInfo::new(key, step as u32), now);
+                    }
+                    2 => {
+                        t.record_failure(&key, now);
+                    }
+                    3 => {
+                        t.remove(&key, now);
+                    }
+                    _ => {
+                        let alive = rng.index(2) == 0;
+                        t.finish_eviction_ping(&key, alive, now);
+                    }
+                }
+                t.check_invariants().map_err(TestCaseError::fail)?;
+                let stale = t.stale_peers(0).len();
+                prop_assert!(stale <= t.len());
             }
         }
     }

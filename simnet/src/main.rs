@@ -126,6 +126,15 @@ enum Scenario {
         /// is refreshed.
         #[arg(long, default_value_t = 10.0)]
         refresh_min: f64,
+        /// Seconds between two maintenance rounds of a peer (the overlay's
+        /// default is 60): probes of quiet neighbours and stale entries,
+        /// idle-bucket checks.
+        #[arg(long, default_value_t = 60.0)]
+        maintenance_s: f64,
+        /// Minutes between two rounds in which a home member re-sends its
+        /// records to the rest of the home (the overlay's default is 5).
+        #[arg(long, default_value_t = 5.0)]
+        replicate_min: f64,
     },
     /// Join N peers, split them into two random halves, heal, and measure
     /// how long until lookups succeed at 99.9% again.
@@ -288,6 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_decline,
             quota_mib,
             refresh_min,
+            maintenance_s,
+            replicate_min,
         } => {
             anyhow::ensure!(days.is_finite() && days > 0.0, "--days must be positive");
             anyhow::ensure!((1..=3).contains(&replicas), "--replicas must be 1, 2 or 3");
@@ -305,6 +316,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "--pin-check-s must be at least 1"
             );
             anyhow::ensure!(refresh_min >= 1.0, "--refresh-min must be at least 1");
+            anyhow::ensure!(
+                maintenance_s.is_finite() && (1.0..=3600.0).contains(&maintenance_s),
+                "--maintenance-s must be between 1 and 3600"
+            );
+            anyhow::ensure!(
+                replicate_min.is_finite() && (1.0..=60.0).contains(&replicate_min),
+                "--replicate-min must be between 1 and 60 (the republish interval)"
+            );
             let spec = scenario::DurabilitySpec {
                 days,
                 files,
@@ -326,6 +345,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut swarm = common.swarm()?;
             swarm.refresh_interval = Some(minutes(refresh_min, "--refresh-min")?);
+            swarm.maintenance_interval = Some(Duration::from_secs_f64(maintenance_s));
+            swarm.replicate_interval = Some(minutes(replicate_min, "--replicate-min")?);
             let result = scenario::durability(&swarm, &spec);
             (common, result)
         }

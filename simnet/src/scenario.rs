@@ -38,6 +38,13 @@ pub struct Swarm {
     /// How long a bucket may go without a lookup before it is refreshed
     /// (`None`: the overlay's default).
     pub refresh_interval: Option<Duration>,
+    /// How often each core runs its maintenance round: neighbour probes,
+    /// stale-entry probes, idle-bucket checks (`None`: the overlay's
+    /// default).
+    pub maintenance_interval: Option<Duration>,
+    /// How often a home member re-sends its records to the rest of the
+    /// home (`None`: the overlay's default).
+    pub replicate_interval: Option<Duration>,
 }
 
 /// A joined swarm, ready for a scenario.
@@ -65,6 +72,8 @@ impl Swarm {
             max_rss_mb: None,
             progress: false,
             refresh_interval: None,
+            maintenance_interval: None,
+            replicate_interval: None,
         }
     }
 
@@ -76,6 +85,12 @@ impl Swarm {
         overlay.disjoint_paths = self.disjoint_paths;
         if let Some(refresh) = self.refresh_interval {
             overlay.refresh_interval = refresh;
+        }
+        if let Some(maintenance) = self.maintenance_interval {
+            overlay.maintenance_interval = maintenance;
+        }
+        if let Some(replicate) = self.replicate_interval {
+            overlay.replicate_interval = replicate;
         }
         overlay.request_timeout = match self.net {
             Preset::Lan => Duration::from_millis(500),

@@ -153,6 +153,35 @@ enum Ev {
     },
 }
 
+/// An event in the queue. `order` is the virtual time in the high 64 bits
+/// and a sequence number in the low ones: events at the same time run in
+/// the order they were scheduled, and the heap compares one integer.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    order: Reverse<u128>,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.order == other.order
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order.cmp(&other.order)
+    }
+}
+
 /// What the simulator tracks about a query it started.
 #[derive(Debug)]
 enum Pending {
@@ -257,7 +286,7 @@ pub struct Sim {
     overlay: Arc<Config>,
     net: Network,
     slots: Vec<Slot>,
-    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    heap: BinaryHeap<Queued>,
     payloads: Vec<Option<Payload>>,
     free: Vec<u32>,
     seq: u64,
@@ -619,7 +648,8 @@ impl Sim {
 
     /// Processes every event up to and including virtual time `until_us`.
     pub fn run_until(&mut self, until_us: u64) -> Result<(), Violation> {
-        while let Some(&Reverse((time, _, ev))) = self.heap.peek() {
+        while let Some(&Queued { order, ev }) = self.heap.peek() {
+            let time = (order.0 >> 64) as u64;
             if time > until_us {
                 break;
             }
@@ -778,7 +808,11 @@ impl Sim {
 
     fn push(&mut self, time: u64, ev: Ev) {
         self.seq += 1;
-        self.heap.push(Reverse((time, self.seq, ev)));
+        let order = (u128::from(time) << 64) | u128::from(self.seq);
+        self.heap.push(Queued {
+            order: Reverse(order),
+            ev,
+        });
     }
 
     /// Drains a core's outputs after an input: transmits, events, timeout.

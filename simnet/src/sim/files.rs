@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
-use shoal_overlay::{Instant, Key, PeerInfo};
+use shoal_overlay::{Instant, Key, PeerInfo, ValueRecord};
 use shoal_resources::pin::{self, Action, Duty, Pin};
 
 use super::{Ev, PeerIndex, PeerState, Pending, Sim, micros};
@@ -112,16 +112,25 @@ struct Transfer {
     bytes: u64,
 }
 
+/// What names one version of a pin record in the decode cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RecordStamp {
+    seq: u64,
+    expires: Instant,
+    len: usize,
+}
+
 /// The files layer's state.
 #[derive(Debug)]
 pub(crate) struct Files {
     config: FilesConfig,
     /// Every blob's size.
     sizes: BTreeMap<Key, u64>,
-    /// The last pin record value decoded at each key, and what it said:
-    /// every peer reads the same few records every round. Only looked up,
-    /// never iterated, so its order cannot reach a run.
-    decoded: FxHashMap<Key, (Vec<u8>, Option<Pin>)>,
+    /// The last pin record decoded at each key, named by its version and
+    /// expiry, and what it said: every peer reads the same few records
+    /// every round. Only looked up, never iterated, so its order cannot
+    /// reach a run.
+    decoded: FxHashMap<Key, (RecordStamp, Option<Pin>)>,
     transfers: BTreeMap<u64, Transfer>,
     next_transfer: u64,
     pub(crate) counters: FileCounters,
@@ -133,16 +142,25 @@ impl Files {
         keys.into_iter().filter_map(|k| self.sizes.get(k)).sum()
     }
 
-    /// [`Pin::decode`] of the value at `key`, from the cache when it holds
-    /// the same bytes.
-    fn decode_pin(&mut self, key: &Key, value: &[u8]) -> Option<Pin> {
-        if let Some((bytes, pin)) = self.decoded.get(key)
-            && bytes.as_slice() == value
+    /// [`Pin::decode`] of a record's value, from the cache when it holds
+    /// the same record. In the simulator a pin is published by one peer,
+    /// whose versions grow with its clock, so a key, version, expiry and
+    /// length name one value; comparing those instead of the bytes spares
+    /// reading every holder's copy of the value (a cache miss each, tens
+    /// of millions of times a simulated day).
+    fn decode_pin(&mut self, record: &ValueRecord) -> Option<Pin> {
+        let stamp = RecordStamp {
+            seq: record.seq,
+            expires: record.expires,
+            len: record.value.len(),
+        };
+        if let Some((cached, pin)) = self.decoded.get(&record.key)
+            && *cached == stamp
         {
             return *pin;
         }
-        let pin = Pin::decode(value);
-        self.decoded.insert(*key, (value.to_vec(), pin));
+        let pin = Pin::decode(&record.value);
+        self.decoded.insert(record.key, (stamp, pin));
         pin
     }
 }
@@ -396,7 +414,7 @@ impl Sim {
             if record.expires <= now {
                 continue;
             }
-            let Some(pin) = files.decode_pin(&record.key, &record.value) else {
+            let Some(pin) = files.decode_pin(record) else {
                 continue;
             };
             let mut member = core.is_member_of(&record.key, usize::from(pin.replicas));
