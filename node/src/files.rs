@@ -89,25 +89,25 @@ async fn serve_stream(store: BlobStore, peer: PeerId, mut stream: Stream) {
             })),
             None => {
                 let _ = tx.try_send(Piece::Head(BAD_REQUEST, 0));
-                let _ = tx.try_send(Piece::Chunk(Vec::new()));
+                let _ = tx.try_send(Piece::Done);
                 drop(tx);
             }
         }
-        let mut out = Vec::with_capacity(CHUNK_BYTES + 16);
         while let Some(piece) = rx.recv().await {
-            out.clear();
-            match piece {
+            let written = match &piece {
                 Piece::Head(status, size) => {
-                    out.push(status);
-                    out.extend_from_slice(&size.to_be_bytes());
+                    let mut head = [0u8; 9];
+                    head[0] = *status;
+                    head[1..].copy_from_slice(&size.to_be_bytes());
+                    stream.write_all(&head).await
                 }
-                Piece::Chunk(bytes) => {
-                    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-                    out.extend_from_slice(&bytes);
-                }
-                Piece::Failed => out.extend_from_slice(&CHUNK_FAILED.to_be_bytes()),
-            }
-            if stream.write_all(&out).await.is_err() {
+                // Framed by the encoder: the chunk goes out as it is, with
+                // no copy into a send buffer.
+                Piece::Chunk(framed) => stream.write_all(framed).await,
+                Piece::Done => stream.write_all(&0u32.to_be_bytes()).await,
+                Piece::Failed => stream.write_all(&CHUNK_FAILED.to_be_bytes()).await,
+            };
+            if written.is_err() {
                 return;
             }
         }
@@ -124,32 +124,50 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// Marks a response that failed after it started.
 const CHUNK_FAILED: u32 = u32::MAX;
 
+/// Length of a chunk's frame header: its length, 4 bytes big-endian.
+const FRAME_HEADER: usize = 4;
+
 enum Piece {
+    /// The response's status and the blob's size.
     Head(u8, u64),
+    /// A chunk of the encoding, framed: its length, then its bytes.
     Chunk(Vec<u8>),
+    /// The empty chunk that ends a response.
+    Done,
+    /// The mark of a response that failed after it started.
     Failed,
 }
 
-/// A `Write` that hands the encoding over in chunks.
+/// A `Write` that hands the encoding over in framed chunks: the room for
+/// a chunk's length comes first and is filled in when the chunk is full.
 struct ChunkWriter<'a> {
     tx: &'a tokio::sync::mpsc::Sender<Piece>,
     chunk: Vec<u8>,
 }
 
+fn new_chunk() -> Vec<u8> {
+    let mut chunk = Vec::with_capacity(FRAME_HEADER + CHUNK_BYTES);
+    chunk.extend_from_slice(&[0; FRAME_HEADER]);
+    chunk
+}
+
 impl std::io::Write for ChunkWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let room = CHUNK_BYTES - self.chunk.len();
+        let room = FRAME_HEADER + CHUNK_BYTES - self.chunk.len();
         let n = buf.len().min(room);
         self.chunk.extend_from_slice(&buf[..n]);
-        if self.chunk.len() == CHUNK_BYTES {
+        if self.chunk.len() == FRAME_HEADER + CHUNK_BYTES {
             self.flush()?;
         }
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        if !self.chunk.is_empty() {
-            let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
+        if self.chunk.len() > FRAME_HEADER {
+            let mut chunk = std::mem::replace(&mut self.chunk, new_chunk());
+            // At most CHUNK_BYTES: fits, and never reads as CHUNK_FAILED.
+            let len = (chunk.len() - FRAME_HEADER) as u32;
+            chunk[..FRAME_HEADER].copy_from_slice(&len.to_be_bytes());
             self.tx
                 .blocking_send(Piece::Chunk(chunk))
                 .map_err(|_| std::io::Error::other("the stream closed"))?;
@@ -163,7 +181,7 @@ impl std::io::Write for ChunkWriter<'_> {
 fn answer(store: &BlobStore, request: BlobRequest, tx: &tokio::sync::mpsc::Sender<Piece>) {
     let head = |status, size| {
         let _ = tx.blocking_send(Piece::Head(status, size));
-        let _ = tx.blocking_send(Piece::Chunk(Vec::new()));
+        let _ = tx.blocking_send(Piece::Done);
     };
     let Ok(id) = <[u8; 32]>::try_from(request.id.as_slice()) else {
         return head(BAD_REQUEST, 0);
@@ -184,17 +202,14 @@ fn answer(store: &BlobStore, request: BlobRequest, tx: &tokio::sync::mpsc::Sende
     if tx.blocking_send(Piece::Head(OK, size)).is_err() {
         return;
     }
-    let mut writer = ChunkWriter {
-        tx,
-        chunk: Vec::with_capacity(CHUNK_BYTES),
-    };
+    let mut writer = ChunkWriter { tx, chunk: new_chunk() };
     match store
         .encode(&id, &groups, &mut writer)
         .and_then(|()| Ok(std::io::Write::flush(&mut writer)?))
     {
         Ok(()) => {
             store.touch(&id, std::time::SystemTime::now());
-            let _ = tx.blocking_send(Piece::Chunk(Vec::new()));
+            let _ = tx.blocking_send(Piece::Done);
         }
         Err(e) => {
             tracing::warn!("cannot serve {id}: {e}");
