@@ -724,7 +724,14 @@ impl Partial {
     ) -> Result<(), ReceiveError> {
         let ranges = chunk_ranges(groups);
         let root = hash_of_key(&self.info.id);
+        // Room for a whole write run (or the whole range, if smaller) from
+        // the start: growing to it would copy what it holds each time.
+        let span = (groups.end.saturating_sub(groups.start)).saturating_mul(GROUP_BYTES);
         let mut pending = Pending::default();
+        pending
+            .data
+            .bytes
+            .reserve_exact(usize::try_from(span).unwrap_or(usize::MAX).min(WRITE_RUN_BYTES));
         for item in DecodeResponseIter::new(root, self.tree, encoded, &ranges) {
             match item {
                 Ok(BaoContentItem::Parent(parent)) => {
