@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Where a transfer's CPU goes: one `get` of a MIB-sized file between two
+# daemons in a network namespace that has only `lo`, printing the wall
+# time and the CPU seconds each daemon spent on it (from /proc/PID/stat).
+# With PERF=sender or PERF=receiver, also records that daemon with
+# `perf record -g` into perf-<side>.data in the current directory.
+#
+# Usage: sudo [PERF=receiver] tests/lan/cpu_of_get.sh [SHOAL] [MIB]
+#        (defaults: target/release/shoal, 1024)
+set -euo pipefail
+SHOAL=$(realpath "${1:-target/release/shoal}")
+MIB=${2:-1024}
+OUT=$PWD
+NS=shoal-cpu-get
+WORK=$(mktemp -d /tmp/shoal-cpu.XXXXXX)
+cleanup() {
+  ip netns pids "$NS" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+[ "$(id -u)" = 0 ] || { echo "error: needs root (a network namespace)" >&2; exit 1; }
+[ -x "$SHOAL" ] || { echo "error: no binary at $SHOAL" >&2; exit 1; }
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+run() { ip netns exec "$NS" "$@"; }
+head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$WORK/file.bin"
+for i in a b; do
+  mkdir -p "$WORK/$i"
+  boot=()
+  [ "$i" = b ] && boot=(--bootstrap "$(grep -m1 'listening on' "$WORK/a.out" | awk '{print $3}')")
+  run "$SHOAL" up --no-mdns --data-dir "$WORK/$i" --listen /ip4/127.0.0.1/tcp/0 "${boot[@]}" \
+    >"$WORK/$i.out" 2>"$WORK/$i.log" &
+  for _ in $(seq 100); do grep -q ready "$WORK/$i.out" 2>/dev/null && break; sleep 0.1; done
+done
+TICKET=$(run "$SHOAL" share "$WORK/file.bin" --json --data-dir "$WORK/a" | grep -o '"ticket":"[a-z0-9]*"' | cut -d'"' -f4)
+sender=$(pgrep -f "data-dir $WORK/a --listen")
+receiver=$(pgrep -f "data-dir $WORK/b --listen")
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+perf_pid=
+case "${PERF:-}" in
+  sender) perf record -g -p "$sender" -o "$OUT/perf-sender.data" 2>/dev/null & perf_pid=$! ;;
+  receiver) perf record -g -p "$receiver" -o "$OUT/perf-receiver.data" 2>/dev/null & perf_pid=$! ;;
+esac
+[ -n "$perf_pid" ] && sleep 0.3
+s0=$(cpu "$sender") r0=$(cpu "$receiver") t0=$(date +%s.%N)
+run "$SHOAL" get "$TICKET" -o "$WORK/got" --data-dir "$WORK/b" >/dev/null
+t1=$(date +%s.%N) s1=$(cpu "$sender") r1=$(cpu "$receiver")
+[ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+cmp -s "$WORK/file.bin" "$WORK/got" || { echo "error: the copy differs" >&2; exit 1; }
+tck=$(getconf CLK_TCK)
+printf 'wall %.2f s | sender %.2f CPU-s | receiver %.2f CPU-s\n' \
+  "$(echo "$t1 - $t0" | bc -l)" "$(echo "($s1 - $s0) / $tck" | bc -l)" "$(echo "($r1 - $r0) / $tck" | bc -l)"
