@@ -127,7 +127,7 @@ enum Payload {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ev {
     Wake {
         peer: PeerIndex,

@@ -14,17 +14,9 @@ SHOAL=${2:-target/release/shoal}
 SENDME=${3:-$(command -v sendme || echo /work/tools/bin/sendme)}
 NS=shoal-lo-bench
 WORK=$(mktemp -d /tmp/shoal-vs.XXXXXX)
-cleanup() {
-  ip netns pids "$NS" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-[ "$(id -u)" = 0 ] || { echo "error: needs root (a network namespace)" >&2; exit 1; }
+. tests/lan/lo_pair.sh
+lo_namespace
 for b in "$SHOAL" "$SENDME"; do [ -x "$b" ] || { echo "error: no binary at $b" >&2; exit 1; }; done
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-run() { ip netns exec "$NS" "$@"; }
 now() { date +%s.%N; }
 rate() { echo "$MIB / ($2 - $1)" | bc -l; }
 
@@ -32,15 +24,7 @@ head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$WORK/file.bin"
 echo "# $MIB MiB over loopback, in a namespace with only lo"
 
 # shoal: two daemons, share on one, get on the other by ticket.
-for i in a b; do
-  mkdir -p "$WORK/$i"
-  boot=()
-  [ "$i" = b ] && boot=(--bootstrap "$(grep -m1 'listening on' "$WORK/a.out" | awk '{print $3}')")
-  run "$SHOAL" up --no-mdns --data-dir "$WORK/$i" --listen /ip4/127.0.0.1/tcp/0 "${boot[@]}" \
-    >"$WORK/$i.out" 2>"$WORK/$i.log" &
-  disown
-  for _ in $(seq 100); do grep -q ready "$WORK/$i.out" 2>/dev/null && break; sleep 0.1; done
-done
+lo_pair "$SHOAL"
 t0=$(now)
 TICKET=$(run "$SHOAL" share "$WORK/file.bin" --json --data-dir "$WORK/a" | grep -o '"ticket":"[a-z0-9]*"' | cut -d'"' -f4)
 t1=$(now)

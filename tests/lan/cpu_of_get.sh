@@ -13,26 +13,11 @@ MIB=${2:-1024}
 OUT=$PWD
 NS=shoal-cpu-get
 WORK=$(mktemp -d /tmp/shoal-cpu.XXXXXX)
-cleanup() {
-  ip netns pids "$NS" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-[ "$(id -u)" = 0 ] || { echo "error: needs root (a network namespace)" >&2; exit 1; }
+. "$(dirname "$0")/lo_pair.sh"
+lo_namespace
 [ -x "$SHOAL" ] || { echo "error: no binary at $SHOAL" >&2; exit 1; }
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-run() { ip netns exec "$NS" "$@"; }
 head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$WORK/file.bin"
-for i in a b; do
-  mkdir -p "$WORK/$i"
-  boot=()
-  [ "$i" = b ] && boot=(--bootstrap "$(grep -m1 'listening on' "$WORK/a.out" | awk '{print $3}')")
-  run "$SHOAL" up --no-mdns --data-dir "$WORK/$i" --listen /ip4/127.0.0.1/tcp/0 "${boot[@]}" \
-    >"$WORK/$i.out" 2>"$WORK/$i.log" &
-  for _ in $(seq 100); do grep -q ready "$WORK/$i.out" 2>/dev/null && break; sleep 0.1; done
-done
+lo_pair "$SHOAL"
 TICKET=$(run "$SHOAL" share "$WORK/file.bin" --json --data-dir "$WORK/a" | grep -o '"ticket":"[a-z0-9]*"' | cut -d'"' -f4)
 sender=$(pgrep -f "data-dir $WORK/a --listen")
 receiver=$(pgrep -f "data-dir $WORK/b --listen")
