@@ -5,6 +5,13 @@
 //! cargo run --release -p shoal-node -- status --data-dir /tmp/peer1
 //! ```
 
+// A transfer allocates a zeroed buffer for every yamux frame it receives
+// (256 KiB): the system allocator hands those back to the kernel and takes
+// them again, a page fault and a page clearing per 4 KiB; mimalloc keeps
+// them (see BENCHMARKS.md, "1 GiB between two peers").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

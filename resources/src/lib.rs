@@ -16,6 +16,8 @@ pub mod pin;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod ticket;
+#[cfg(feature = "store")]
+mod verify;
 
 pub use blob::{BlobInfo, GROUP_BYTES};
 pub use fetch::{Failure, Fetch, ProviderId};

@@ -15,19 +15,19 @@
 //! pass, never loaded whole into memory.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use bao_tree::BaoTree;
-use bao_tree::io::outboard::{EmptyOutboard, PreOrderOutboard};
-use bao_tree::io::sync::{DecodeResponseIter, encode_ranges, encode_ranges_validated, outboard};
-use bao_tree::io::{BaoContentItem, DecodeError};
+use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::io::sync::{encode_ranges, encode_ranges_validated, outboard};
 use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
 
 use crate::blob::{BLOCK_SIZE, BlobInfo, GROUP_BYTES, chunk_ranges, group_count, hash_of_key, key_of_hash};
+use crate::verify::{Broken, Item, Verifier};
 
 /// The files a whole blob in the store consists of (`ID.pin` marks it
 /// pinned and is empty).
@@ -616,48 +616,64 @@ impl BlobStore {
 /// Most bytes [`Partial::receive`] gathers before it writes them.
 pub const WRITE_RUN_BYTES: usize = 4 << 20;
 
-/// Verified bytes waiting to be written at one place in a file.
+/// Most pieces in one vectored write (Linux's `UIO_MAXIOV`).
+const MAX_PIECES: usize = 1024;
+
+/// Verified bytes waiting to be written at one place in a file: borrowed
+/// pieces of the response, back to back in the file, written with one
+/// vectored write.
 #[derive(Debug, Default)]
-struct Run {
+struct Run<'a> {
     offset: u64,
-    bytes: Vec<u8>,
+    len: usize,
+    pieces: Vec<IoSlice<'a>>,
 }
 
-impl Run {
+impl<'a> Run<'a> {
     /// Whether `len` bytes at `offset` can join the run: they follow it
     /// (or it is empty) and it stays within [`WRITE_RUN_BYTES`].
     fn extends(&self, offset: u64, len: usize) -> bool {
-        self.bytes.is_empty()
-            || (self.offset + self.bytes.len() as u64 == offset && self.bytes.len() + len <= WRITE_RUN_BYTES)
+        self.pieces.is_empty()
+            || (self.offset + self.len as u64 == offset
+                && self.len + len <= WRITE_RUN_BYTES
+                && self.pieces.len() < MAX_PIECES)
     }
 
-    fn push(&mut self, offset: u64, bytes: &[u8]) {
-        if self.bytes.is_empty() {
+    fn push(&mut self, offset: u64, bytes: &'a [u8]) {
+        if self.pieces.is_empty() {
             self.offset = offset;
         }
-        self.bytes.extend_from_slice(bytes);
+        self.len += bytes.len();
+        self.pieces.push(IoSlice::new(bytes));
     }
 
     fn write(&mut self, file: &File) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        if !self.bytes.is_empty() {
-            file.write_all_at(&self.bytes, self.offset)?;
-            self.bytes.clear();
+        let mut offset = self.offset;
+        let mut pieces = &mut self.pieces[..];
+        while !pieces.is_empty() {
+            let n = rustix::io::pwritev(file, pieces, offset)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            offset += n as u64;
+            IoSlice::advance_slices(&mut pieces, n);
         }
+        self.pieces.clear();
+        self.len = 0;
         Ok(())
     }
 }
 
 /// What [`Partial::receive`] has verified and not yet written.
 #[derive(Debug, Default)]
-struct Pending {
-    data: Run,
-    outboard: Run,
+struct Pending<'a> {
+    data: Run<'a>,
+    outboard: Run<'a>,
     /// The groups in `data`, reported once written.
     groups: Vec<u64>,
 }
 
-impl Pending {
+impl Pending<'_> {
     /// Writes the parent hashes, then the data, then reports the groups:
     /// a group reported (and so saved as had) is on disk with every hash
     /// that a later run, or serving it, needs.
@@ -706,59 +722,47 @@ impl Partial {
         self.have.clone()
     }
 
-    /// Reads the bao encoding of `groups` from `encoded`, verifying as it
-    /// goes; verified groups are written to disk and then reported to
-    /// `on_group`. Stops at the first group that does not verify (what
-    /// verified before it is still written and reported).
+    /// Verifies the bao encoding of `groups` in `encoded`; verified groups
+    /// are written to disk and then reported to `on_group`. Stops at the
+    /// first group that does not verify (what verified before it is still
+    /// written and reported); bytes too few for the groups are
+    /// [`io::ErrorKind::UnexpectedEof`].
     ///
-    /// Consecutive groups and parent hashes are gathered and written in
-    /// runs of up to [`WRITE_RUN_BYTES`]: one positioned write per 16 KiB
-    /// group and per 64-byte parent pair was 130,000 system calls per GiB,
-    /// and with two streams writing one file the kernel's inode lock spun
-    /// on every one of them.
+    /// Consecutive groups and parent hashes are written in runs of up to
+    /// [`WRITE_RUN_BYTES`], straight from `encoded`: one positioned write
+    /// per 16 KiB group and per 64-byte parent pair was 130,000 system
+    /// calls per GiB, and with two streams writing one file the kernel's
+    /// inode lock spun on every one of them.
     pub fn receive(
         &self,
         groups: &Range<u64>,
-        encoded: impl Read,
+        encoded: &[u8],
         mut on_group: impl FnMut(u64),
     ) -> Result<(), ReceiveError> {
         let ranges = chunk_ranges(groups);
         let root = hash_of_key(&self.info.id);
-        // Room for a whole write run (or the whole range, if smaller) from
-        // the start: growing to it would copy what it holds each time.
-        let span = (groups.end.saturating_sub(groups.start)).saturating_mul(GROUP_BYTES);
         let mut pending = Pending::default();
-        pending
-            .data
-            .bytes
-            .reserve_exact(usize::try_from(span).unwrap_or(usize::MAX).min(WRITE_RUN_BYTES));
-        for item in DecodeResponseIter::new(root, self.tree, encoded, &ranges) {
+        for item in Verifier::new(root, self.tree, &ranges, encoded) {
             match item {
-                Ok(BaoContentItem::Parent(parent)) => {
-                    if let Some(offset) = self.tree.pre_order_offset(parent.node) {
-                        let mut pair = [0u8; 64];
-                        pair[..32].copy_from_slice(parent.pair.0.as_bytes());
-                        pair[32..].copy_from_slice(parent.pair.1.as_bytes());
+                Ok(Item::Parent { node, pair }) => {
+                    if let Some(offset) = self.tree.pre_order_offset(node) {
                         if !pending.outboard.extends(offset * 64, pair.len()) {
                             pending.write(self, &mut on_group)?;
                         }
-                        pending.outboard.push(offset * 64, &pair);
+                        pending.outboard.push(offset * 64, pair);
                     }
                 }
-                Ok(BaoContentItem::Leaf(leaf)) => {
-                    if !pending.data.extends(leaf.offset, leaf.data.len()) {
+                Ok(Item::Leaf { offset, data }) => {
+                    if !pending.data.extends(offset, data.len()) {
                         pending.write(self, &mut on_group)?;
                     }
-                    pending.data.push(leaf.offset, &leaf.data);
-                    pending.groups.push(leaf.offset / GROUP_BYTES);
+                    pending.data.push(offset, data);
+                    pending.groups.push(offset / GROUP_BYTES);
                 }
-                Err(e) => {
+                Err(broken) => {
                     // What verified before the bad part is kept.
                     pending.write(self, &mut on_group)?;
-                    return Err(match e {
-                        DecodeError::Io(e) => ReceiveError::Io(e),
-                        _ => ReceiveError::BadData,
-                    });
+                    return Err(broken.into());
                 }
             }
         }
@@ -819,24 +823,27 @@ impl Partial {
     }
 }
 
-/// Verifies a range without storing it (for a probe, or the simulator's
-/// disk-less runs): decodes `encoded` against `info`.
-pub fn verify_range(info: BlobInfo, groups: &Range<u64>, encoded: impl Read) -> Result<u64, ReceiveError> {
+/// Verifies a range without storing it (for a probe, or a test): checks
+/// `encoded` against `info`; returns the bytes of data it carried.
+pub fn verify_range(info: BlobInfo, groups: &Range<u64>, encoded: &[u8]) -> Result<u64, ReceiveError> {
     let ranges = chunk_ranges(groups);
-    let ob = EmptyOutboard {
-        tree: BaoTree::new(info.size, BLOCK_SIZE),
-        root: hash_of_key(&info.id),
-    };
+    let tree = BaoTree::new(info.size, BLOCK_SIZE);
     let mut bytes = 0;
-    for item in DecodeResponseIter::new(ob.root, ob.tree, encoded, &ranges) {
-        match item {
-            Ok(BaoContentItem::Leaf(leaf)) => bytes += leaf.data.len() as u64,
-            Ok(BaoContentItem::Parent(_)) => {}
-            Err(DecodeError::Io(e)) => return Err(ReceiveError::Io(e)),
-            Err(_) => return Err(ReceiveError::BadData),
+    for item in Verifier::new(hash_of_key(&info.id), tree, &ranges, encoded) {
+        if let Item::Leaf { data, .. } = item? {
+            bytes += data.len() as u64;
         }
     }
     Ok(bytes)
+}
+
+impl From<Broken> for ReceiveError {
+    fn from(broken: Broken) -> Self {
+        match broken {
+            Broken::Short => ReceiveError::Io(io::ErrorKind::UnexpectedEof.into()),
+            Broken::Mismatch => ReceiveError::BadData,
+        }
+    }
 }
 
 #[cfg(test)]
