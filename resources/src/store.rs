@@ -651,10 +651,12 @@ impl<'a> Run<'a> {
         let mut offset = self.offset;
         let mut pieces = &mut self.pieces[..];
         while !pieces.is_empty() {
-            let n = rustix::io::pwritev(file, pieces, offset)?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
+            let n = match rustix::io::pwritev(file, pieces, offset) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
             offset += n as u64;
             IoSlice::advance_slices(&mut pieces, n);
         }
