@@ -1480,6 +1480,14 @@ impl<A: Addr> Overlay<A> {
     fn accept(&mut self, now: Instant, record: AnyRecord<A>) -> Result<PutOutcome, RecordError> {
         let (verifier, max_life) = (self.config.verifier, self.max_lifetime());
         let next = now + self.config.replicate_interval;
+        if record.expires() > now && self.store.holds(&record) {
+            // A copy of a record held here: only time has passed since it
+            // was verified, and it has not expired.
+            return match record {
+                AnyRecord::Value(r) => self.store.put_value(r, now, next),
+                AnyRecord::Provider(r) => self.store.put_provider(r, next),
+            };
+        }
         match record {
             AnyRecord::Value(r) => {
                 r.verify(verifier, now, self.max_value_lifetime())?;
@@ -1706,7 +1714,7 @@ impl<A: Addr> Overlay<A> {
         if self.store.len() > self.config.store.max_records {
             return Err("record store over its bound".into());
         }
-        Ok(())
+        self.store.check_invariants()
     }
 }
 

@@ -349,6 +349,9 @@ pub struct RecordStore<A> {
     values: BTreeMap<Key, Stored<ValueRecord>>,
     providers: BTreeMap<Key, Vec<Stored<ProviderRecord<A>>>>,
     provider_count: usize,
+    /// How many of the provider records are declines: with none (the
+    /// common case), [`decliners`](Self::decliners) need not walk a list.
+    decline_count: usize,
     /// No record expires before this (an early bound: records replaced
     /// since may have gone), so that most maintenance rounds need not walk
     /// the store to find nothing expired.
@@ -377,6 +380,7 @@ impl<A: Addr> RecordStore<A> {
             values: BTreeMap::new(),
             providers: BTreeMap::new(),
             provider_count: 0,
+            decline_count: 0,
             next_expiry: Instant::ZERO,
             changes: 0,
         }
@@ -431,6 +435,9 @@ impl<A: Addr> RecordStore<A> {
     /// The peers that declined `key` (their records not yet removed as
     /// expired): they step aside from its home.
     pub fn decliners(&self, key: &Key) -> Vec<Key> {
+        if self.decline_count == 0 {
+            return Vec::new();
+        }
         self.providers
             .get(key)
             .map(|list| {
@@ -440,6 +447,19 @@ impl<A: Addr> RecordStore<A> {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether the store holds exactly `record`. Replication sends every
+    /// record again each round: a copy of one held was verified when it
+    /// was stored, and needs no second check of its signature.
+    pub(crate) fn holds(&self, record: &AnyRecord<A>) -> bool {
+        match record {
+            AnyRecord::Value(r) => self.values.get(&r.key).is_some_and(|s| s.record == *r),
+            AnyRecord::Provider(r) => self
+                .providers
+                .get(&r.key)
+                .is_some_and(|list| list.iter().any(|s| s.record == *r)),
+        }
     }
 
     /// Stores a value record that has already been verified.
@@ -539,6 +559,7 @@ impl<A: Addr> RecordStore<A> {
             if (record.issued, record.expires) <= (held.record.issued, held.record.expires) {
                 return Ok(PutOutcome::Unchanged);
             }
+            self.decline_count = self.decline_count + usize::from(record.declined) - usize::from(held.record.declined);
             held.record = record;
             return Ok(PutOutcome::Updated);
         }
@@ -570,6 +591,7 @@ impl<A: Addr> RecordStore<A> {
                 max: self.limits.max_providers_per_key,
             })
         } else {
+            self.decline_count += usize::from(record.declined);
             list.push(Stored { record, next_replicate });
             self.provider_count += 1;
             Ok(PutOutcome::Inserted)
@@ -594,12 +616,13 @@ impl<A: Addr> RecordStore<A> {
             }
             keep
         });
-        let mut count = 0;
+        let (mut count, mut declines) = (0, 0);
         self.providers.retain(|_, list| {
             list.retain(|s| {
                 let keep = s.record.expires > now;
                 if keep {
                     next = next.min(s.record.expires);
+                    declines += usize::from(s.record.declined);
                 }
                 keep
             });
@@ -607,6 +630,7 @@ impl<A: Addr> RecordStore<A> {
             !list.is_empty()
         });
         self.provider_count = count;
+        self.decline_count = declines;
         self.next_expiry = next;
         let removed = before - self.len();
         if removed > 0 {
@@ -644,11 +668,26 @@ impl<A: Addr> RecordStore<A> {
     /// has handed them on).
     pub(crate) fn forget(&mut self, key: &Key) {
         let values = usize::from(self.values.remove(key).is_some());
-        let providers = self.providers.remove(key).map_or(0, |l| l.len());
+        let list = self.providers.remove(key).unwrap_or_default();
+        let providers = list.len();
         self.provider_count -= providers;
+        self.decline_count -= list.iter().filter(|s| s.record.declined).count();
         if values + providers > 0 {
             self.changes += 1;
         }
+    }
+
+    /// Checks that the counts kept match the records held.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let held: usize = self.providers.values().map(Vec::len).sum();
+        let declines = self.providers.values().flatten().filter(|s| s.record.declined).count();
+        if held != self.provider_count || declines != self.decline_count {
+            return Err(format!(
+                "store counts {} providers and {} declines, holds {held} and {declines}",
+                self.provider_count, self.decline_count
+            ));
+        }
+        Ok(())
     }
 
     /// Keys with a record due for replication at `now`.
@@ -676,6 +715,16 @@ impl<A: Addr> RecordStore<A> {
 pub(crate) enum AnyRecord<A> {
     Value(ValueRecord),
     Provider(ProviderRecord<A>),
+}
+
+impl<A> AnyRecord<A> {
+    /// When the record expires.
+    pub(crate) fn expires(&self) -> Instant {
+        match self {
+            AnyRecord::Value(r) => r.expires,
+            AnyRecord::Provider(r) => r.expires,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -730,6 +779,43 @@ mod tests {
             .collect();
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().all(|p| peers[2..4].contains(p)));
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives, is replaced, expires or is forgotten, the
+        /// store's counts of providers and declines match what it holds
+        /// (with no decline counted, `decliners` answers without looking).
+        #[test]
+        fn any_sequence_of_puts_and_removals_keeps_the_counts(
+            ops in proptest::collection::vec((0u8..4, 0usize..3, 0usize..4, proptest::bool::ANY, 1u64..50), 1..80)
+        ) {
+            let mut rng = Rng::seed_from_u64(10);
+            let keys: Vec<Key> = (0..3).map(|_| rng.key()).collect();
+            let peers: Vec<Key> = (0..4).map(|_| rng.key()).collect();
+            let mut store: RecordStore<u32> = RecordStore::new(StoreLimits {
+                max_records: 8,
+                max_providers_per_key: 2,
+            });
+            let mut now = 0;
+            for (op, k, p, declined, t) in ops {
+                match op {
+                    0 | 1 => {
+                        let mut r = record(keys[k], peers[p], declined);
+                        r.expires = Instant::from_micros(now + t);
+                        r.issued = Instant::from_micros(now + 1);
+                        let _ = store.put_provider(r, Instant::ZERO);
+                    }
+                    2 => {
+                        now += t / 4;
+                        store.remove_expired(Instant::from_micros(now));
+                    }
+                    _ => store.forget(&keys[k]),
+                }
+                proptest::prop_assert_eq!(store.check_invariants(), Ok(()));
+                let declines: usize = keys.iter().map(|k| store.decliners(k).len()).sum();
+                proptest::prop_assert_eq!(declines, store.decline_count);
+            }
+        }
     }
 
     #[test]

@@ -392,6 +392,33 @@ fn forged_and_tampered_records_are_refused() {
     let stolen = put(&mut swarm, 7, key, b"mine now");
     assert_eq!(stolen, 0, "no home member accepts another publisher's record");
     assert_eq!(get(&mut swarm, 8, key).unwrap().value, b"genuine");
+
+    // A copy of a record held is taken without a second check of its
+    // signature (replication sends each one again every round), but only
+    // a byte-for-byte copy, and only while it lives.
+    let genuine = swarm.peers[holder as usize]
+        .record_store()
+        .value(&key, swarm.now)
+        .unwrap()
+        .clone();
+    let mut resigned = genuine.clone();
+    resigned.signature[0] ^= 1;
+    let (now, five) = (swarm.now, swarm.info(5));
+    let expired_at = genuine.expires + Duration::from_secs(1);
+    let peer = &mut swarm.peers[holder as usize];
+    let put_value = |record| Request::PutValue { record };
+    let copy = peer.handle_request(now, five.clone(), Mode::Server, put_value(genuine.clone()));
+    assert!(matches!(copy, Response::Stored), "{copy:?}");
+    let bad = peer.handle_request(now, five.clone(), Mode::Server, put_value(resigned));
+    assert!(
+        matches!(bad, Response::Rejected(shoal_overlay::RecordError::BadSignature { .. })),
+        "{bad:?}"
+    );
+    let late = peer.handle_request(expired_at, five, Mode::Server, put_value(genuine));
+    assert!(
+        matches!(late, Response::Rejected(shoal_overlay::RecordError::Expired { .. })),
+        "{late:?}"
+    );
 }
 
 #[test]
