@@ -155,6 +155,85 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
+/// Bytes written to an import's copy between two syncs behind it.
+const SYNC_BEHIND_BYTES: u64 = 32 << 20;
+
+/// The store's copy of a file being imported, synced to disk behind the
+/// writing: every [`SYNC_BEHIND_BYTES`] a thread of its own syncs what has
+/// been written so far, so the disk writes while the rest of the file is
+/// still read and hashed, and the sync at the end waits for the tail only
+/// (it was half of a 1 GiB `share`: 0.69 s).
+#[derive(Debug)]
+struct SyncBehind {
+    out: io::BufWriter<File>,
+    written: u64,
+    every: u64,
+    next_sync: u64,
+    syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<io::Result<()>>)>,
+}
+
+impl SyncBehind {
+    fn new(file: File, every: u64) -> Self {
+        SyncBehind {
+            out: io::BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+            every,
+            next_sync: every,
+            syncer: None,
+        }
+    }
+
+    /// Asks the syncing thread (started the first time) to sync; a request
+    /// while it is still busy with the last one is folded into it.
+    fn sync_behind(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        if self.syncer.is_none() {
+            let file = self.out.get_ref().try_clone()?;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let thread = std::thread::Builder::new().name("import-sync".into()).spawn(move || {
+                for () in rx {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })?;
+            self.syncer = Some((tx, thread));
+        }
+        if let Some((tx, _)) = &self.syncer {
+            // Full: a sync is waiting to start and will cover these bytes.
+            let _ = tx.try_send(());
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and waits until all of it is on disk.
+    fn finish(mut self) -> io::Result<()> {
+        self.out.flush()?;
+        if let Some((tx, thread)) = self.syncer.take() {
+            drop(tx);
+            thread
+                .join()
+                .map_err(|_| io::Error::other("the import's sync thread panicked"))??;
+        }
+        self.out.get_ref().sync_all()
+    }
+}
+
+impl Write for SyncBehind {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        if self.written >= self.next_sync {
+            self.next_sync = self.written + self.every;
+            self.sync_behind()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 impl BlobStore {
     /// The store in `dir` (created if missing).
     pub fn open(dir: &Path) -> io::Result<Self> {
@@ -183,7 +262,7 @@ impl BlobStore {
         let tmp_data = self.dir.join(format!("{nonce}.data.tmp"));
         let tmp_obao = self.dir.join(format!("{nonce}.obao.tmp"));
         let copy = match how {
-            Import::Copy => Some(io::BufWriter::with_capacity(1 << 20, File::create(&tmp_data)?)),
+            Import::Copy => Some(SyncBehind::new(File::create(&tmp_data)?, SYNC_BEHIND_BYTES)),
             Import::InPlace => None,
         };
         let mut tee = Tee {
@@ -206,10 +285,12 @@ impl BlobStore {
         };
         // The file must not have grown or shrunk under us.
         if tee.read.into_inner().metadata().map_err(unreadable)?.len() != size {
+            let _ = std::fs::remove_file(&tmp_data);
+            let _ = std::fs::remove_file(&tmp_obao);
             return Err(unreadable(io::Error::other("the file changed while it was read")));
         }
         if let Some(copy) = tee.copy.take() {
-            copy.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            copy.finish()?;
         }
         ob.data.sync_all()?;
         let id = key_of_hash(&root);
@@ -918,6 +999,23 @@ mod tests {
         b.export(&info.id, &out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), bytes);
         assert!(b.export(&info.id, &out).is_err(), "export never overwrites");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_copy_synced_behind_its_writing_is_whole() {
+        // Syncs every 4 KiB of 1 MiB written in odd-sized pieces: the
+        // thread starts, and the file is the bytes written, all of them.
+        let dir = temp("syncbehind");
+        let path = dir.join("copy");
+        let bytes = content(1 << 20);
+        let mut copy = SyncBehind::new(File::create(&path).unwrap(), 4096);
+        for piece in bytes.chunks(7919) {
+            copy.write_all(piece).unwrap();
+        }
+        assert!(copy.syncer.is_some(), "no sync behind the writing");
+        copy.finish().unwrap();
+        assert!(std::fs::read(&path).unwrap() == bytes);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
