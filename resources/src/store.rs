@@ -155,6 +155,18 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
+/// Files removed when this goes out of scope (those still there).
+#[derive(Debug)]
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Bytes written to an import's copy between two syncs behind it.
 const SYNC_BEHIND_BYTES: u64 = 32 << 20;
 
@@ -198,9 +210,26 @@ impl SyncBehind {
             })?;
             self.syncer = Some((tx, thread));
         }
-        if let Some((tx, _)) = &self.syncer {
+        let stopped = match &self.syncer {
             // Full: a sync is waiting to start and will cover these bytes.
-            let _ = tx.try_send(());
+            Some((tx, _)) => matches!(tx.try_send(()), Err(std::sync::mpsc::TrySendError::Disconnected(()))),
+            None => false,
+        };
+        if stopped {
+            // The thread ends only on a failed sync: say so now, not after
+            // the rest of the file.
+            self.join()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the syncing thread; its error, if a sync failed.
+    fn join(&mut self) -> io::Result<()> {
+        if let Some((tx, thread)) = self.syncer.take() {
+            drop(tx);
+            thread
+                .join()
+                .map_err(|_| io::Error::other("the import's sync thread panicked"))??;
         }
         Ok(())
     }
@@ -208,12 +237,7 @@ impl SyncBehind {
     /// Writes what is buffered and waits until all of it is on disk.
     fn finish(mut self) -> io::Result<()> {
         self.out.flush()?;
-        if let Some((tx, thread)) = self.syncer.take() {
-            drop(tx);
-            thread
-                .join()
-                .map_err(|_| io::Error::other("the import's sync thread panicked"))??;
-        }
+        self.join()?;
         self.out.get_ref().sync_all()
     }
 }
@@ -258,9 +282,15 @@ impl BlobStore {
             return Err(unreadable(io::Error::other("not a regular file")));
         }
         let size = source.len;
-        let nonce = format!("import-{}-{}", std::process::id(), source.modified_ns);
+        // Unique among this process's imports, however many run at once.
+        static IMPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nth = IMPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nonce = format!("import-{}-{nth}", std::process::id());
         let tmp_data = self.dir.join(format!("{nonce}.data.tmp"));
         let tmp_obao = self.dir.join(format!("{nonce}.obao.tmp"));
+        // Whatever fails from here on leaves no temporary file behind (after
+        // the renames there is nothing left to remove).
+        let _scratch = Scratch(vec![tmp_data.clone(), tmp_obao.clone()]);
         let copy = match how {
             Import::Copy => Some(SyncBehind::new(File::create(&tmp_data)?, SYNC_BEHIND_BYTES)),
             Import::InPlace => None,
@@ -275,18 +305,9 @@ impl BlobStore {
             tree,
             data: File::create(&tmp_obao)?,
         };
-        let root = match outboard(&mut tee, tree, &mut ob) {
-            Ok(root) => root,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp_data);
-                let _ = std::fs::remove_file(&tmp_obao);
-                return Err(unreadable(e));
-            }
-        };
+        let root = outboard(&mut tee, tree, &mut ob).map_err(unreadable)?;
         // The file must not have grown or shrunk under us.
         if tee.read.into_inner().metadata().map_err(unreadable)?.len() != size {
-            let _ = std::fs::remove_file(&tmp_data);
-            let _ = std::fs::remove_file(&tmp_obao);
             return Err(unreadable(io::Error::other("the file changed while it was read")));
         }
         if let Some(copy) = tee.copy.take() {
@@ -724,27 +745,42 @@ impl<'a> Run<'a> {
         if self.pieces.is_empty() {
             self.offset = offset;
         }
-        self.len += bytes.len();
-        self.pieces.push(IoSlice::new(bytes));
+        // (An empty piece, the one leaf of an empty blob, has nothing to write.)
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.pieces.push(IoSlice::new(bytes));
+        }
     }
 
     fn write(&mut self, file: &File) -> io::Result<()> {
-        let mut offset = self.offset;
-        let mut pieces = &mut self.pieces[..];
-        while !pieces.is_empty() {
-            let n = match rustix::io::pwritev(file, pieces, offset) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            offset += n as u64;
-            IoSlice::advance_slices(&mut pieces, n);
-        }
+        write_all_at(&mut self.pieces, self.offset, |pieces, at| {
+            rustix::io::pwritev(file, pieces, at)
+        })?;
         self.pieces.clear();
         self.len = 0;
         Ok(())
     }
+}
+
+/// Writes all of `pieces` (none empty) at `offset` with `pwritev`, however
+/// short its writes and however often a signal interrupts it.
+fn write_all_at(
+    pieces: &mut [IoSlice<'_>],
+    mut offset: u64,
+    mut pwritev: impl FnMut(&[IoSlice<'_>], u64) -> rustix::io::Result<usize>,
+) -> io::Result<()> {
+    let mut pieces = pieces;
+    while !pieces.is_empty() {
+        let n = match pwritev(pieces, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        offset += n as u64;
+        IoSlice::advance_slices(&mut pieces, n);
+    }
+    Ok(())
 }
 
 /// What [`Partial::receive`] has verified and not yet written.
@@ -822,6 +858,9 @@ impl Partial {
         encoded: &[u8],
         mut on_group: impl FnMut(u64),
     ) -> Result<(), ReceiveError> {
+        if groups.is_empty() {
+            return Ok(());
+        }
         let ranges = chunk_ranges(groups);
         let root = hash_of_key(&self.info.id);
         let mut pending = Pending::default();
@@ -909,6 +948,9 @@ impl Partial {
 /// Verifies a range without storing it (for a probe, or a test): checks
 /// `encoded` against `info`; returns the bytes of data it carried.
 pub fn verify_range(info: BlobInfo, groups: &Range<u64>, encoded: &[u8]) -> Result<u64, ReceiveError> {
+    if groups.is_empty() {
+        return Ok(0);
+    }
     let ranges = chunk_ranges(groups);
     let tree = BaoTree::new(info.size, BLOCK_SIZE);
     let mut bytes = 0;
@@ -1003,6 +1045,58 @@ mod tests {
     }
 
     #[test]
+    fn vectored_writes_go_on_until_every_byte_is_written() {
+        // A stand-in for pwritev that writes at most 5 bytes a call and is
+        // interrupted every third call.
+        let (a, b, c) = (content(17), content(3), content(40));
+        let mut pieces = [IoSlice::new(&a), IoSlice::new(&b), IoSlice::new(&c)];
+        let mut file = vec![0u8; 100];
+        let mut calls = 0;
+        write_all_at(&mut pieces, 10, |pieces, at| {
+            calls += 1;
+            if calls % 3 == 0 {
+                return Err(rustix::io::Errno::INTR);
+            }
+            let mut n = 0;
+            for piece in pieces {
+                for byte in piece.iter() {
+                    if n == 5 {
+                        return Ok(n);
+                    }
+                    file[at as usize + n] = *byte;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .unwrap();
+        assert_eq!(&file[10..70], [a, b, c].concat().as_slice());
+        assert!(file[..10].iter().chain(&file[70..]).all(|b| *b == 0));
+        // A device that takes nothing is an error, not a loop.
+        let d = content(4);
+        let mut pieces = [IoSlice::new(&d)];
+        let stuck = write_all_at(&mut pieces, 0, |_, _| Ok(0));
+        assert_eq!(stuck.unwrap_err().kind(), io::ErrorKind::WriteZero);
+    }
+
+    #[test]
+    fn an_empty_blob_or_range_is_received_without_a_write() {
+        let dir = temp("empty");
+        std::fs::write(dir.join("file"), b"").unwrap();
+        let a = BlobStore::open(&dir.join("a")).unwrap();
+        let info = a.import(&dir.join("file"), Import::Copy).unwrap();
+        assert_eq!(info.size, 0);
+        let b = BlobStore::open(&dir.join("b")).unwrap();
+        let partial = b.partial(info).unwrap();
+        let mut wire = Vec::new();
+        a.encode(&info.id, &(0..1), &mut wire).unwrap();
+        assert!(partial.receive(&(0..1), &wire, |_| {}).is_ok());
+        assert!(partial.receive(&(3..3), &[], |_| {}).is_ok());
+        assert_eq!(verify_range(info, &(3..3), &[]).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_copy_synced_behind_its_writing_is_whole() {
         // Syncs every 4 KiB of 1 MiB written in odd-sized pieces: the
         // thread starts, and the file is the bytes written, all of them.
@@ -1043,6 +1137,18 @@ mod tests {
                     let mut on_disk = vec![0u8; end - start];
                     part.read_exact_at(&mut on_disk, start as u64).unwrap();
                     assert!(on_disk == bytes[start..end], "group {g} reported before it was written");
+                    // Its hashes too: the files on disk alone serve it,
+                    // verified against the id.
+                    let on_disk = PreOrderOutboard {
+                        root: hash_of_key(&info.id),
+                        tree: BaoTree::new(info.size, BLOCK_SIZE),
+                        data: File::open(b.path(&info.id, "opart")).unwrap(),
+                    };
+                    let one = chunk_ranges(&(g..g + 1));
+                    assert!(
+                        encode_ranges_validated(&part, &on_disk, &one, io::sink()).is_ok(),
+                        "group {g} reported before its hashes were written"
+                    );
                     reported.push(g);
                 })
                 .unwrap();
