@@ -1050,7 +1050,7 @@ mod tests {
         // interrupted every third call.
         let (a, b, c) = (content(17), content(3), content(40));
         let mut pieces = [IoSlice::new(&a), IoSlice::new(&b), IoSlice::new(&c)];
-        let mut file = vec![0u8; 100];
+        let mut file = [0u8; 100];
         let mut calls = 0;
         write_all_at(&mut pieces, 10, |pieces, at| {
             calls += 1;
