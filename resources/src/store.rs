@@ -143,13 +143,22 @@ fn source_of(path: &Path, file: &File) -> io::Result<Source> {
 struct Tee<R, W> {
     read: R,
     copy: Option<W>,
+    /// Reading the file failed: the file's fault.
+    read_failed: bool,
+    /// Why writing the copy failed: the store's fault (a full disk, say),
+    /// not the file's, though the hashing sees it as a failed read.
+    copy_failed: Option<io::Error>,
 }
 
 impl<R: Read, W: Write> Read for Tee<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.read.read(buf)?;
-        if let Some(copy) = self.copy.as_mut() {
-            copy.write_all(&buf[..n])?;
+        let n = self.read.read(buf).inspect_err(|_| self.read_failed = true)?;
+        if let Some(copy) = self.copy.as_mut()
+            && let Err(e) = copy.write_all(&buf[..n])
+        {
+            let kind = e.kind();
+            self.copy_failed = Some(e);
+            return Err(io::Error::new(kind, "writing the store's copy failed"));
         }
         Ok(n)
     }
@@ -298,6 +307,8 @@ impl BlobStore {
         let mut tee = Tee {
             read: io::BufReader::with_capacity(1 << 20, file),
             copy,
+            read_failed: false,
+            copy_failed: None,
         };
         let tree = BaoTree::new(size, BLOCK_SIZE);
         let mut ob = PreOrderOutboard {
@@ -305,7 +316,13 @@ impl BlobStore {
             tree,
             data: File::create(&tmp_obao)?,
         };
-        let root = outboard(&mut tee, tree, &mut ob).map_err(unreadable)?;
+        // A failed read is the file's fault; a failed write (of the copy or
+        // the outboard) the store's.
+        let root = outboard(&mut tee, tree, &mut ob).map_err(|e| match tee.copy_failed.take() {
+            Some(e) => StoreError::Io(e),
+            None if tee.read_failed => unreadable(e),
+            None => StoreError::Io(e),
+        })?;
         // The file must not have grown or shrunk under us.
         if tee.read.into_inner().metadata().map_err(unreadable)?.len() != size {
             return Err(unreadable(io::Error::other("the file changed while it was read")));

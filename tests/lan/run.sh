@@ -127,6 +127,20 @@ disk_full() {
 }
 check "a download onto a full disk fails with a clear error" disk_full
 
+# Sharing onto a full disk says so, and does not blame the file.
+share_disk_full() {
+  ip netns exec "$PREFIX-h2" unshare -m bash -c "
+    mkdir -p $WORK/tiny2 && mount -t tmpfs -o size=1m tmpfs $WORK/tiny2
+    $SHOAL up --no-mdns --data-dir $WORK/tiny2/d --listen /ip4/10.77.0.2/tcp/0 >/dev/null 2>&1 &
+    for _ in \$(seq 100); do [ -f $WORK/tiny2/d/control.json ] && break; sleep 0.1; done
+    $SHOAL share $WORK/file.bin --data-dir $WORK/tiny2/d >/dev/null 2>$WORK/tiny2.err
+    status=\$?
+    $SHOAL down --data-dir $WORK/tiny2/d >/dev/null 2>&1
+    sleep 0.5
+    [ \$status -ne 0 ] && grep -q 'No space left on device' $WORK/tiny2.err && ! grep -q 'cannot read' $WORK/tiny2.err"
+}
+check "a share onto a full disk says the disk is full" share_disk_full
+
 if [ $fail -gt 0 ]; then
   for i in $(seq 1 $HOSTS); do say "--- host $i log (tail)"; tail -5 "$WORK/h$i.log" || true; done
 fi
