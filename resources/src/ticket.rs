@@ -82,7 +82,10 @@ impl Ticket {
         }
         let body = text.strip_prefix(TICKET_PREFIX).ok_or(TicketError::Prefix)?;
         let bytes = decode_base32(body).ok_or(TicketError::Alphabet)?;
-        let wire: Wire = ciborium::from_reader(bytes.as_slice()).map_err(|e| TicketError::Contents(e.to_string()))?;
+        // (The decoder's own words name CBOR types, which mean nothing to
+        // whoever pasted the ticket.)
+        let wire: Wire = ciborium::from_reader(bytes.as_slice())
+            .map_err(|_| TicketError::Contents("they do not decode; was the ticket cut short or mistyped?".into()))?;
         if wire.v != VERSION {
             return Err(TicketError::Version(wire.v));
         }
