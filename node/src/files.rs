@@ -268,7 +268,6 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> std::io::Re
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-/// Sends one request and reads its answer: status, size, payload.
 /// Sends one request and reads its answer into `buffer` (reused across
 /// runs); returns status, size and payload length.
 async fn ask(
