@@ -18,7 +18,7 @@ pub const KEY_BITS: usize = 256;
 pub struct Key([u64; 4]);
 
 /// The XOR distance between two keys, ordered as a 256-bit unsigned integer.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Distance([u64; 4]);
 
 impl Key {

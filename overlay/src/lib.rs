@@ -86,7 +86,8 @@ pub use wire::{Request, Response};
 /// A request the core wants sent: to `to`, under `id`; the driver reports
 /// the answer with [`Overlay::handle_response`] or its failure with
 /// [`Overlay::handle_failure`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub struct Transmit<A> {
     /// Names the request; hand it back with the answer.
     pub id: RequestId,

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use crate::{Addr, Key, PeerInfo};
 
 /// Where a candidate stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum State {
     NotContacted,
     Waiting,
@@ -30,7 +30,8 @@ enum State {
     Failed,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 struct Candidate<A> {
     peer: PeerInfo<A>,
     state: State,
@@ -45,7 +46,8 @@ struct Candidate<A> {
 /// retry covers a lost message without waiting out the whole timeout.
 pub const MAX_ATTEMPTS: u8 = 2;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 struct Path<A> {
     /// Sorted by distance, closest first; at most `capacity` long.
     candidates: Vec<Candidate<A>>,
@@ -55,7 +57,8 @@ struct Path<A> {
 }
 
 /// A lookup's progress; see the module docs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub struct Lookup<A> {
     target: Key,
     k: usize,

@@ -21,7 +21,7 @@ const IDLE_QUEUE_CAPACITY: usize = 4;
 pub(crate) const OUTSIDE_REPLICATE_FACTOR: u32 = 4;
 
 /// Why a request was sent; decides what its answer means.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 enum Purpose {
     /// A step of a query's lookup, on one of its paths; `attempt` 1 is the
     /// first request to that peer, 2 the retry after a stall.
@@ -38,7 +38,8 @@ enum Purpose {
     StoreBatch { batch: QueryId },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 struct Outstanding<A> {
     peer: PeerInfo<A>,
     purpose: Purpose,
@@ -49,7 +50,7 @@ struct Outstanding<A> {
 }
 
 /// A value this peer publishes itself and so re-signs and re-puts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct PublishedValue {
     value: Vec<u8>,
     /// Version of the last signed record; the next is larger.
@@ -62,7 +63,7 @@ struct PublishedValue {
 
 /// A [`Overlay::provide_many`] batch: keys are placed at their homes a
 /// range at a time, one lookup per range.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Batch {
     /// Keys not yet placed, in key order.
     remaining: BTreeSet<Key>,
@@ -78,7 +79,7 @@ struct Batch {
     started: Instant,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Leave {
     query: QueryId,
     pending: usize,
@@ -103,10 +104,20 @@ struct Leave {
 ///   [`poll_event`](Self::poll_event) until `None`, then
 ///   [`poll_timeout`](Self::poll_timeout) — the instant at which to call
 ///   `handle_timeout` next.
-#[derive(Debug)]
+///
+/// # Snapshots
+///
+/// A core serializes (serde) into everything it holds but its settings and
+/// its signer; a deserialized core is *detached* until
+/// [`resume`](Self::resume) gives them back. The simulator checkpoints
+/// long runs this way; a resumed core behaves exactly as the one saved.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: Addr")]
 pub struct Overlay<A: Addr> {
+    #[serde(skip, default = "detached_config")]
     config: Arc<Config>,
     local: PeerInfo<A>,
+    #[serde(skip, default = "detached_signer")]
     signer: Box<dyn Signer>,
     rng: Rng,
     table: RoutingTable<A>,
@@ -183,6 +194,23 @@ impl<A: Addr> Overlay<A> {
             leave: None,
             batches: BTreeMap::new(),
         })
+    }
+
+    /// Gives a deserialized core back its settings and signer: the same
+    /// settings it ran with before it was saved, and a signer for its key.
+    pub fn resume(&mut self, config: Arc<Config>, signer: Box<dyn Signer>) -> Result<(), ConfigError> {
+        config.validate()?;
+        if Key::of_public_key(signer.public_key()) != self.local.key {
+            return Err(ConfigError(
+                "the local key must be the BLAKE3 hash of the signer's public key",
+            ));
+        }
+        if config.k != self.table.bucket_size() {
+            return Err(ConfigError("a core resumes with the bucket size it was saved with"));
+        }
+        self.config = config;
+        self.signer = signer;
+        Ok(())
     }
 
     // ----- getters -------------------------------------------------------
@@ -1716,6 +1744,28 @@ impl<A: Addr> Overlay<A> {
         }
         self.store.check_invariants()
     }
+}
+
+/// A deserialized core's settings until [`Overlay::resume`]: they refuse
+/// every signature.
+fn detached_config() -> Arc<Config> {
+    Arc::new(Config::new(crate::record::Verifier(|_, _, _| false)))
+}
+
+/// A deserialized core's signer until [`Overlay::resume`]: it signs
+/// nothing any peer accepts.
+fn detached_signer() -> Box<dyn Signer> {
+    #[derive(Debug)]
+    struct Detached;
+    impl Signer for Detached {
+        fn public_key(&self) -> &[u8] {
+            &[]
+        }
+        fn sign(&self, _: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+    }
+    Box::new(Detached)
 }
 
 /// The request a lookup step of this kind of query sends.

@@ -6,15 +6,15 @@ use crate::lookup::Lookup;
 use crate::{Key, PeerInfo, ProviderRecord, ValueRecord};
 
 /// Names a query (a lookup, a put, a bootstrap); comes back in its event.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize)]
 pub struct QueryId(pub u64);
 
 /// Names one request to a peer; the driver hands it back with the answer.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RequestId(pub u64);
 
 /// What a query cost and how it went.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueryStats {
     /// Requests sent.
     pub requests: u32,
@@ -30,7 +30,8 @@ pub struct QueryStats {
 }
 
 /// Something the user of the core should know; drained with `poll_event`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub enum Event<A> {
     /// Joining finished: the self-lookup and the bucket refreshes are done.
     Bootstrapped {
@@ -164,7 +165,8 @@ pub enum CommandError {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub(crate) enum QueryKind<A> {
     FindNode,
     Bootstrap,
@@ -192,7 +194,8 @@ pub(crate) enum QueryKind<A> {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub(crate) struct Query<A> {
     pub(crate) kind: QueryKind<A>,
     pub(crate) lookup: Lookup<A>,

@@ -316,7 +316,7 @@ fn check_expiry(key: Key, expires: Instant, now: Instant, max_lifetime: Duration
 }
 
 /// Bounds on a [`RecordStore`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreLimits {
     /// Most records (values plus provider entries) held at once.
     pub max_records: usize,
@@ -334,7 +334,7 @@ impl Default for StoreLimits {
 }
 
 /// A stored record and when this peer next replicates it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Stored<R> {
     pub(crate) record: R,
     pub(crate) next_replicate: Instant,
@@ -343,7 +343,8 @@ pub(crate) struct Stored<R> {
 /// The records this peer holds as a member of their homes, bounded.
 ///
 /// Iteration is in key order, so replication and hand-off are deterministic.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub struct RecordStore<A> {
     limits: StoreLimits,
     values: BTreeMap<Key, Stored<ValueRecord>>,
@@ -711,7 +712,8 @@ impl<A: Addr> RecordStore<A> {
 }
 
 /// Either kind of record, as carried by replication.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub(crate) enum AnyRecord<A> {
     Value(ValueRecord),
     Provider(ProviderRecord<A>),

@@ -7,7 +7,7 @@
 use crate::Key;
 
 /// A small, fast, seeded generator (xoshiro256++). Not for cryptography.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Rng {
     state: [u64; 4],
 }

@@ -23,7 +23,8 @@ use crate::{Addr, Distance, Instant, KEY_BITS, Key, PeerInfo};
 pub const STALE_PROBES: u8 = 12;
 
 /// One peer in a bucket.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 struct Entry<A> {
     key: Key,
     addr: A,
@@ -35,7 +36,8 @@ struct Entry<A> {
     stale: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 struct Bucket<A> {
     /// In insertion order; recency is in `Entry::seen_s`.
     entries: Vec<Entry<A>>,
@@ -86,7 +88,8 @@ impl<A> Bucket<A> {
 }
 
 /// What [`RoutingTable::observe`] did with a peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub enum Observed<A> {
     /// The peer is the local peer; nothing changed.
     Local,
@@ -105,7 +108,8 @@ pub enum Observed<A> {
 }
 
 /// What [`RoutingTable::record_failure`] did with a peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub enum Failed<A> {
     /// The peer is not in the table.
     Unknown,
@@ -121,7 +125,8 @@ pub enum Failed<A> {
 }
 
 /// The k-bucket routing table of one peer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: crate::Addr")]
 pub struct RoutingTable<A> {
     local: Key,
     k: usize,
@@ -158,6 +163,11 @@ impl<A: Addr> RoutingTable<A> {
     /// The local key.
     pub fn local_key(&self) -> Key {
         self.local
+    }
+
+    /// Most live peers a bucket holds (k).
+    pub fn bucket_size(&self) -> usize {
+        self.k
     }
 
     /// Number of peers in the table.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// Smoothed round-trip time and its variation, as TCP keeps them (RFC 6298):
 /// `srtt += (rtt - srtt) / 8`, `rttvar += (|rtt - srtt| - rttvar) / 4`.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RttEstimate {
     srtt_us: u32,
     rttvar_us: u32,

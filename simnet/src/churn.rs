@@ -9,7 +9,7 @@ use shoal_overlay::Rng;
 /// Measurements of deployed peer-to-peer systems find heavy-tailed sessions
 /// (Weibull with shape below 1, or Pareto); exponential is the memoryless
 /// baseline.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionDist {
     /// Exponential.

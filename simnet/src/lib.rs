@@ -37,9 +37,11 @@
 //! - `sim`: [`Sim`], the engine, and the truth it checks lookups against.
 //! - `net`: the network model and clock drift.
 //! - `churn`: session length distributions.
-//! - [`scenario`]: `lookups`, `churn` and `partition`.
+//! - [`scenario`]: `lookups`, `churn`, `partition` and `durability`.
+//! - [`checkpoint`]: a long run saved to disk and resumed.
 //! - [`report`]: the JSON report and its human summary; [`svg`]: its plots.
 
+pub mod checkpoint;
 mod churn;
 mod net;
 pub mod report;

@@ -141,6 +141,30 @@ enum Scenario {
         /// records to the rest of the home (the overlay's default is 5).
         #[arg(long, default_value_t = 5.0)]
         replicate_min: f64,
+        /// Save the whole run to this file as it goes (replaced at each
+        /// save), so that `shoal-simnet resume FILE` can finish it if this
+        /// process stops. Only this executable resumes it.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// Minutes of wall time between two saves of --checkpoint.
+        #[arg(long, default_value_t = 10.0, value_name = "MIN")]
+        checkpoint_every_min: f64,
+    },
+    /// Go on with a durability run saved with --checkpoint, from where it
+    /// was saved: it ends exactly as the run would have ended uninterrupted
+    /// (same report, same trace hash). It keeps saving to the same file.
+    Resume {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// Minutes of wall time between two saves.
+        #[arg(long, default_value_t = 10.0, value_name = "MIN")]
+        checkpoint_every_min: f64,
+        /// Print progress to standard error (on by default when it is a terminal).
+        #[arg(long)]
+        progress: bool,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Join N peers, split them into two random halves, heal, and measure
     /// how long until lookups succeed at 99.9% again.
@@ -242,6 +266,12 @@ fn minutes(m: f64, flag: &str) -> anyhow::Result<Duration> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (common, result) = match cli.scenario {
+        Scenario::Resume {
+            file,
+            checkpoint_every_min,
+            progress,
+            json,
+        } => return resume(file, checkpoint_every_min, progress, json),
         Scenario::Lookups {
             common,
             lookups,
@@ -305,6 +335,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             refresh_min,
             maintenance_s,
             replicate_min,
+            checkpoint,
+            checkpoint_every_min,
         } => {
             anyhow::ensure!(days.is_finite() && days > 0.0, "--days must be positive");
             anyhow::ensure!((1..=3).contains(&replicas), "--replicas must be 1, 2 or 3");
@@ -353,7 +385,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             swarm.refresh_interval = Some(minutes(refresh_min, "--refresh-min")?);
             swarm.maintenance_interval = Some(Duration::from_secs_f64(maintenance_s));
             swarm.replicate_interval = Some(minutes(replicate_min, "--replicate-min")?);
-            let result = scenario::durability(&swarm, &spec);
+            let result = match checkpoint {
+                None => scenario::durability(&swarm, &spec),
+                Some(path) => {
+                    let every = checkpointing(path, checkpoint_every_min)?;
+                    match scenario::DurabilityRun::start(&swarm, &spec) {
+                        Ok(run) => finish(run, &every)?,
+                        Err(v) => Err(v),
+                    }
+                }
+            };
             (common, result)
         }
         Scenario::Partition {
@@ -382,7 +423,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let report: Report =
         result.map_err(|v| anyhow::anyhow!("{v}\nreproduce with the same arguments and --seed {}", v.seed))?;
-    if common.json {
+    print_report(&report, common.json, common.out.as_deref())
+}
+
+/// Checks `--checkpoint` and `--checkpoint-every-min`.
+fn checkpointing(path: PathBuf, every_min: f64) -> anyhow::Result<scenario::Checkpointing> {
+    anyhow::ensure!(
+        every_min.is_finite() && every_min > 0.0,
+        "--checkpoint-every-min must be a positive number of minutes"
+    );
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        anyhow::ensure!(dir.is_dir(), "--checkpoint: {} is not a directory", dir.display());
+    }
+    Ok(scenario::Checkpointing {
+        path,
+        every: minutes(every_min, "--checkpoint-every-min")?,
+    })
+}
+
+/// Runs a durability run to its end, saving as it goes. A violation is the
+/// run's result; a checkpoint that cannot be written stops it.
+fn finish(
+    run: scenario::DurabilityRun,
+    every: &scenario::Checkpointing,
+) -> anyhow::Result<Result<Report, shoal_simnet::Violation>> {
+    match run.run(Some(every)) {
+        Ok(report) => Ok(Ok(report)),
+        Err(scenario::DurabilityError::Violation(v)) => Ok(Err(v)),
+        Err(scenario::DurabilityError::Checkpoint(e)) => Err(anyhow::Error::new(e).context(format!(
+            "cannot save the run (the last good checkpoint, if any, is still in {})",
+            every.path.display()
+        ))),
+    }
+}
+
+fn resume(file: PathBuf, every_min: f64, progress: bool, json: bool) -> anyhow::Result<()> {
+    let every = checkpointing(file.clone(), every_min)?;
+    let mut run = scenario::DurabilityRun::load(&file)?;
+    let progress = progress || std::io::stderr().is_terminal();
+    run.set_progress(progress);
+    if progress {
+        eprintln!("durability: resumed at day {:.3} from {}", run.day(), file.display());
+    }
+    let report =
+        finish(run, &every)?.map_err(|v| anyhow::anyhow!("{v}\nreproduce by resuming {} again", file.display()))?;
+    print_report(&report, json, None)
+}
+
+fn print_report(report: &Report, json: bool, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if json {
         println!(
             "{}",
             serde_json::to_string(&report).context("cannot encode the report as JSON")?
@@ -390,10 +479,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         print!("{}", report.summary());
     }
-    if let Some(dir) = &common.out {
-        shoal_simnet::svg::write_plots(&report, dir)
+    if let Some(dir) = out {
+        shoal_simnet::svg::write_plots(report, dir)
             .with_context(|| format!("cannot write plots to {}", dir.display()))?;
-        if !common.json {
+        if !json {
             println!("  plots         {}", dir.display());
         }
     }

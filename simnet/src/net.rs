@@ -6,7 +6,7 @@ use std::time::Duration;
 use shoal_overlay::Rng;
 
 /// Which kind of network the swarm runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// One building: 0.1–0.6 ms one way.
@@ -16,7 +16,7 @@ pub enum Preset {
 }
 
 /// Settings of the network model.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// Fixed one-way delay added to every message.
     pub base_latency: Duration,
@@ -63,7 +63,7 @@ impl NetConfig {
 }
 
 /// A peer's place in the network and on its own clock.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Placement {
     pub(crate) x: f32,
     pub(crate) y: f32,
@@ -74,7 +74,7 @@ pub(crate) struct Placement {
 }
 
 /// What happens to messages between partition groups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Partition {
     /// Every group reaches every other.
     None,
@@ -85,7 +85,7 @@ pub enum Partition {
 }
 
 /// The network: draws delays and decides what gets through.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Network {
     pub(crate) config: NetConfig,
     pub(crate) partition: Partition,

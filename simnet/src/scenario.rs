@@ -14,7 +14,7 @@ const SECOND: u64 = 1_000_000;
 const MINUTE: u64 = 60 * SECOND;
 
 /// Settings every scenario shares.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Swarm {
     /// Number of peers.
     pub peers: usize,
@@ -77,10 +77,8 @@ impl Swarm {
         }
     }
 
-    fn sim(&self) -> Sim {
-        let mut net = NetConfig::preset(self.net);
-        net.loss = self.loss;
-        net.duplication = self.duplication;
+    /// The overlay settings every core of this swarm runs with.
+    fn overlay_config(&self) -> Config {
         let mut overlay = Config::new(crate::sim::sim_verifier());
         overlay.disjoint_paths = self.disjoint_paths;
         if let Some(refresh) = self.refresh_interval {
@@ -96,6 +94,14 @@ impl Swarm {
             Preset::Lan => Duration::from_millis(500),
             Preset::Wan => Duration::from_secs(2),
         };
+        overlay
+    }
+
+    fn sim(&self) -> Sim {
+        let mut net = NetConfig::preset(self.net);
+        net.loss = self.loss;
+        net.duplication = self.duplication;
+        let overlay = self.overlay_config();
         Sim::new(SimConfig {
             seed: self.seed,
             net,
@@ -468,6 +474,7 @@ fn reconverge_s(after: &[&crate::sim::LookupOutcome], heal_s: f64, window_s: f64
 
 /// Timed turns of a scenario, taken in time order (ties in the order they
 /// were scheduled, so that a seed fixes the run).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Plan<T> {
     turns: BTreeMap<(u64, u64), T>,
     seq: u64,
@@ -549,7 +556,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 /// Settings of the durability scenario.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct DurabilitySpec {
     /// Simulated days of churn.
     pub days: f64,
@@ -574,7 +581,7 @@ pub struct DurabilitySpec {
     pub files_config: crate::sim::FilesConfig,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 enum Turn {
     Depart(PeerIndex),
     Return(PeerIndex),
@@ -586,166 +593,331 @@ enum Turn {
 /// `durability`: join, share and pin files with `replicas` copies, drop the
 /// pinners' own copies, then churn for `days` and count what survived.
 pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violation> {
-    let wall = WallClock::now();
-    let files_config = spec.files_config.clone();
-    let Joined {
-        mut sim,
-        wall_s: join_wall,
-        note,
-    } = swarm.join_with(|sim| sim.enable_files(files_config))?;
-    let mut rng = Rng::derive(swarm.seed, 4);
-
-    // Share and pin every file from a random peer; let the homes fetch.
-    for i in 0..spec.files {
-        let blob = Key::of_content(format!("file {i} of seed {}", swarm.seed).as_bytes());
-        let Some(from) = sim.random_live() else { break };
-        sim.share(from, blob, spec.file_bytes);
-        sim.pin(from, blob, spec.replicas);
+    match DurabilityRun::start(swarm, spec)?.run(None) {
+        Ok(report) => Ok(report),
+        Err(DurabilityError::Violation(v)) => Err(v),
+        Err(DurabilityError::Checkpoint(e)) => unreachable!("no checkpoint was asked for: {e}"),
     }
-    let settle = micros(spec.files_config.pin_check) * 4 + 5 * MINUTE;
-    sim.run_until(sim.now_us() + settle)?;
-    let replicas = u32::from(spec.replicas);
-    let placed = sim.copies(|_| false).values().filter(|c| c.0 >= replicas).count();
-    // Only the homes' copies count from here on.
-    for peer in 0..sim.slots() as PeerIndex {
-        sim.drop_unpinned(peer);
+}
+
+/// Where and how often a long run saves itself.
+#[derive(Clone, Debug)]
+pub struct Checkpointing {
+    /// The checkpoint file, replaced whole at each save.
+    pub path: std::path::PathBuf,
+    /// Wall time between two saves.
+    pub every: Duration,
+}
+
+/// Why a durability run stopped without a report.
+#[derive(Debug, thiserror::Error)]
+pub enum DurabilityError {
+    /// An invariant broke.
+    #[error(transparent)]
+    Violation(#[from] Violation),
+    /// A checkpoint could not be written.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+}
+
+/// The durability scenario between two of its turns: everything a
+/// checkpoint holds. [`start`](Self::start) joins and pins,
+/// [`run`](Self::run) churns to the end; [`load`](Self::load) reads a
+/// checkpoint back, and its `run` ends exactly as the uninterrupted one.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct DurabilityRun {
+    swarm: Swarm,
+    spec: DurabilitySpec,
+    sim: Sim,
+    rng: Rng,
+    plan: Plan<Turn>,
+    /// Slots whose peer left for good (and whose disk went with it).
+    gone: Vec<bool>,
+    permanent: u64,
+    live_sum: f64,
+    samples: u64,
+    unavailable_sum: u64,
+    unavailable_max: usize,
+    under_sum: u64,
+    placed: usize,
+    received_before: Vec<u64>,
+    start: u64,
+    end: u64,
+    join_wall: f64,
+    note: Option<String>,
+    /// Wall seconds the run took before this process took it up.
+    wall_before: f64,
+    #[serde(skip, default = "WallClock::now")]
+    wall: WallClock,
+}
+
+impl DurabilityRun {
+    /// Joins the swarm, shares and pins the files, lets the homes fetch them
+    /// and drops the pinners' own copies: ready for churn.
+    pub fn start(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Self, Violation> {
+        let wall = WallClock::now();
+        let files_config = spec.files_config.clone();
+        let Joined {
+            mut sim,
+            wall_s: join_wall,
+            note,
+        } = swarm.join_with(|sim| sim.enable_files(files_config))?;
+        let mut rng = Rng::derive(swarm.seed, 4);
+
+        // Share and pin every file from a random peer; let the homes fetch.
+        for i in 0..spec.files {
+            let blob = Key::of_content(format!("file {i} of seed {}", swarm.seed).as_bytes());
+            let Some(from) = sim.random_live() else { break };
+            sim.share(from, blob, spec.file_bytes);
+            sim.pin(from, blob, spec.replicas);
+        }
+        let settle = micros(spec.files_config.pin_check) * 4 + 5 * MINUTE;
+        sim.run_until(sim.now_us() + settle)?;
+        let replicas = u32::from(spec.replicas);
+        let placed = sim.copies(|_| false).values().filter(|c| c.0 >= replicas).count();
+        // Only the homes' copies count from here on.
+        for peer in 0..sim.slots() as PeerIndex {
+            sim.drop_unpinned(peer);
+        }
+        let received_before: Vec<u64> = sim.transfer_bytes().iter().map(|b| b.1).collect();
+
+        let start = sim.now_us();
+        let end = start + (spec.days * 86_400.0 * SECOND as f64) as u64;
+        let mut plan = Plan::new();
+        plan.first_sessions(&sim, start, (spec.dist, spec.session_median), &mut rng, Turn::Depart);
+        plan.schedule(start, Turn::Sample);
+        Ok(DurabilityRun {
+            swarm: swarm.clone(),
+            spec: spec.clone(),
+            gone: vec![false; sim.slots()],
+            sim,
+            rng,
+            plan,
+            permanent: 0,
+            live_sum: 0.0,
+            samples: 0,
+            unavailable_sum: 0,
+            unavailable_max: 0,
+            under_sum: 0,
+            placed,
+            received_before,
+            start,
+            end,
+            join_wall,
+            note,
+            wall_before: 0.0,
+            wall,
+        })
     }
-    let received_before: Vec<u64> = sim.transfer_bytes().iter().map(|b| b.1).collect();
 
-    let start = sim.now_us();
-    let end = start + (spec.days * 86_400.0 * SECOND as f64) as u64;
-    let mut plan = Plan::new();
-    plan.first_sessions(&sim, start, (spec.dist, spec.session_median), &mut rng, Turn::Depart);
-    plan.schedule(start, Turn::Sample);
-    let mut gone: Vec<bool> = vec![false; sim.slots()];
-    let mut permanent = 0u64;
-    let (mut live_sum, mut samples) = (0.0, 0u64);
-    let (mut unavailable_sum, mut unavailable_max, mut under_sum) = (0u64, 0usize, 0u64);
+    /// Reads a run [`save`](Self::save)d by this same executable.
+    pub fn load(path: &std::path::Path) -> Result<Self, crate::checkpoint::CheckpointError> {
+        let mut run: DurabilityRun = crate::checkpoint::load(path)?;
+        let overlay = run.swarm.overlay_config();
+        run.sim
+            .resume(overlay)
+            .map_err(|e| crate::checkpoint::CheckpointError::Damaged {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        run.wall = WallClock::now();
+        Ok(run)
+    }
 
-    while let Some((at, turn)) = plan.next(end) {
-        sim.run_until(at)?;
+    /// Writes the run to `path` (whole or not at all); returns the bytes.
+    pub fn save(&mut self, path: &std::path::Path) -> Result<u64, crate::checkpoint::CheckpointError> {
+        // The wall time so far goes with it; this process counts on from here.
+        self.wall_before = self.wall_s();
+        self.wall = WallClock::now();
+        crate::checkpoint::save(path, self)
+    }
+
+    /// Simulated days of churn done so far.
+    pub fn day(&self) -> f64 {
+        self.sim.now_us().saturating_sub(self.start) as f64 / 86_400e6
+    }
+
+    /// Whether to print progress.
+    pub fn set_progress(&mut self, progress: bool) {
+        self.swarm.progress = progress;
+    }
+
+    fn wall_s(&self) -> f64 {
+        self.wall_before + self.wall.elapsed().as_secs_f64()
+    }
+
+    /// Churns to the end and reports, saving to `checkpoint` as it goes.
+    pub fn run(mut self, checkpoint: Option<&Checkpointing>) -> Result<Report, DurabilityError> {
+        self.turns(self.end, checkpoint)?;
+        self.sim.run_until(self.end)?;
+        self.sim.check_all()?;
+        Ok(self.report())
+    }
+
+    /// Churns up to simulated day `day` of the run (not past its end).
+    pub fn run_until_day(&mut self, day: f64) -> Result<(), Violation> {
+        let until = (self.start + (day.max(0.0) * 86_400.0 * SECOND as f64) as u64).min(self.end);
+        match self.turns(until, None) {
+            Ok(()) => Ok(()),
+            Err(DurabilityError::Violation(v)) => Err(v),
+            Err(DurabilityError::Checkpoint(e)) => unreachable!("no checkpoint was asked for: {e}"),
+        }
+    }
+
+    /// Takes the turns due up to `until`, saving to `checkpoint` at samples
+    /// once its interval has passed.
+    fn turns(&mut self, until: u64, checkpoint: Option<&Checkpointing>) -> Result<(), DurabilityError> {
+        let mut saved_at = WallClock::now();
+        while let Some((at, turn)) = self.plan.next(until) {
+            self.sim.run_until(at)?;
+            if self.turn(at, turn)
+                && let Some(c) = checkpoint
+                && saved_at.elapsed() >= c.every
+            {
+                let began = WallClock::now();
+                let bytes = self.save(&c.path)?;
+                saved_at = WallClock::now();
+                if self.swarm.progress {
+                    eprintln!(
+                        "durability: saved day {:.3} to {} ({:.0} MiB in {:.1} s)",
+                        self.day(),
+                        c.path.display(),
+                        bytes as f64 / f64::from(1 << 20),
+                        (saved_at - began).as_secs_f64()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one turn of the plan, due at `at`. Returns whether it was a
+    /// sample (the point at which a checkpoint is taken).
+    fn turn(&mut self, at: u64, turn: Turn) -> bool {
+        let (sim, rng, plan, spec) = (&mut self.sim, &mut self.rng, &mut self.plan, &self.spec);
         match turn {
             Turn::Depart(peer) => {
-                if depart(&mut sim, &mut rng, peer, spec.crash_fraction) {
+                if depart(sim, rng, peer, spec.crash_fraction) {
                     // Long enough for its hand-off pushes.
                     plan.schedule(at + 5 * MINUTE, Turn::ForceOff(peer));
                 }
-                let downtime = SessionDist::Exponential.sample(spec.downtime_median, &mut rng);
+                let downtime = SessionDist::Exponential.sample(spec.downtime_median, rng);
                 let back = at + micros(downtime).max(31 * SECOND);
                 if rng.chance(spec.permanent_fraction) {
-                    permanent += 1;
+                    self.permanent += 1;
                     plan.schedule(back, Turn::Replace(peer));
                 } else {
                     plan.schedule(back, Turn::Return(peer));
                 }
             }
-            Turn::ForceOff(peer) => force_off(&mut sim, peer),
+            Turn::ForceOff(peer) => force_off(sim, peer),
             Turn::Return(peer) => {
-                let session = come_back(&mut sim, &mut rng, peer, spec.dist, spec.session_median);
+                let session = come_back(sim, rng, peer, spec.dist, spec.session_median);
                 plan.schedule(at + session, Turn::Depart(peer));
             }
             Turn::Replace(peer) => {
                 if sim.state(peer) == PeerState::Leaving {
                     // Still handing its copies on.
                     plan.schedule(at + MINUTE, Turn::Replace(peer));
-                    continue;
+                    return false;
                 }
                 // Gone for good; a new machine with an empty disk joins.
                 if sim.state(peer) != PeerState::Offline {
                     sim.crash(peer);
                 }
                 sim.wipe_disk(peer);
-                gone[peer as usize] = true;
+                self.gone[peer as usize] = true;
                 let fresh = sim.add_slot();
-                gone.push(false);
+                self.gone.push(false);
                 sim.start(fresh);
-                let session = spec.dist.sample(spec.session_median, &mut rng);
+                let session = spec.dist.sample(spec.session_median, rng);
                 plan.schedule(at + micros(session), Turn::Depart(fresh));
             }
             Turn::Sample => {
+                let gone = &self.gone;
                 let copies = sim.copies(|p| gone[p as usize]);
                 let unavailable = copies.values().filter(|c| c.0 == 0).count();
-                unavailable_sum += unavailable as u64;
-                unavailable_max = unavailable_max.max(unavailable);
-                under_sum += copies.values().filter(|c| c.0 < replicas).count() as u64;
-                live_sum += sim.live() as f64;
-                samples += 1;
-                if swarm.progress && samples % 6 == 1 {
+                self.unavailable_sum += unavailable as u64;
+                self.unavailable_max = self.unavailable_max.max(unavailable);
+                let replicas = u32::from(spec.replicas);
+                self.under_sum += copies.values().filter(|c| c.0 < replicas).count() as u64;
+                self.live_sum += sim.live() as f64;
+                self.samples += 1;
+                if self.swarm.progress && self.samples % 6 == 1 {
                     let lost = copies.values().filter(|c| c.1 == 0).count();
                     eprintln!(
                         "durability: day {:.3} of {}, {} peers up, {unavailable} files without a live copy, {lost} lost, {:.1} M events, {:.0} s wall",
-                        (at - start) as f64 / 86_400e6,
+                        (at - self.start) as f64 / 86_400e6,
                         spec.days,
                         sim.live(),
                         sim.counters.events as f64 / 1e6,
-                        wall.elapsed().as_secs_f64()
+                        self.wall_before + self.wall.elapsed().as_secs_f64()
                     );
                 }
                 plan.schedule(at + 10 * MINUTE, Turn::Sample);
+                return true;
             }
         }
+        false
     }
-    sim.run_until(end)?;
-    sim.check_all()?;
 
-    let copies = sim.copies(|p| gone[p as usize]);
-    let lost = copies.values().filter(|c| c.1 == 0).count();
-    let unavailable_at_end = copies.values().filter(|c| c.0 == 0).count();
-    let per_peer = sim.pinned_per_live_peer();
-    let spread_max = per_peer.iter().copied().max().unwrap_or(0);
-    let spread_mean = per_peer.iter().map(|c| f64::from(*c)).sum::<f64>() / per_peer.len().max(1) as f64;
-    let stored = sim.stored_per_live_peer();
-    let stored_mean = stored.iter().map(|c| f64::from(*c)).sum::<f64>() / stored.len().max(1) as f64;
-    let received: Vec<u64> = sim
-        .transfer_bytes()
-        .iter()
-        .enumerate()
-        .map(|(i, b)| b.1.saturating_sub(received_before.get(i).copied().unwrap_or(0)))
-        .collect();
-    let mean_live = live_sum / samples.max(1) as f64;
-    let days = spec.days.max(1e-9);
-    let durability = crate::report::Durability {
-        files: spec.files,
-        file_bytes: spec.file_bytes,
-        replicas: spec.replicas,
-        days: spec.days,
-        placed,
-        lost,
-        unavailable_at_end,
-        unavailable_mean: unavailable_sum as f64 / samples.max(1) as f64,
-        unavailable_max,
-        under_replicated_mean: under_sum as f64 / samples.max(1) as f64,
-        repair_bytes_per_peer_day: received.iter().sum::<u64>() as f64 / mean_live.max(1.0) / days,
-        repair_bytes_max_peer_day: received.iter().copied().max().unwrap_or(0) as f64 / days,
-        spread_max,
-        spread_mean,
-        spread_ratio: if spread_mean > 0.0 {
-            f64::from(spread_max) / spread_mean
-        } else {
-            0.0
-        },
-        stored_max: stored.iter().copied().max().unwrap_or(0),
-        stored_mean,
-        quota_bytes: spec.files_config.quota_bytes,
-        permanent_departures: permanent,
-        counters: sim.file_counters(),
-    };
-    let counts = ChurnCounts {
-        crashes: sim.counters.crashes,
-        leaves: sim.counters.leaves,
-        joins: sim.counters.joins,
-    };
-    let mut report = Report::build(
-        "durability",
-        &mut sim,
-        swarm.net_name(),
-        &[],
-        wall.elapsed().as_secs_f64(),
-        join_wall,
-    );
-    report.mean_live_peers = Some(mean_live);
-    report.churn_events = Some(counts);
-    report.durability = Some(durability);
-    report.note = note;
-    Ok(report)
+    fn report(mut self) -> Report {
+        let (sim, spec) = (&mut self.sim, &self.spec);
+        let gone = &self.gone;
+        let copies = sim.copies(|p| gone[p as usize]);
+        let lost = copies.values().filter(|c| c.1 == 0).count();
+        let unavailable_at_end = copies.values().filter(|c| c.0 == 0).count();
+        let per_peer = sim.pinned_per_live_peer();
+        let spread_max = per_peer.iter().copied().max().unwrap_or(0);
+        let spread_mean = per_peer.iter().map(|c| f64::from(*c)).sum::<f64>() / per_peer.len().max(1) as f64;
+        let stored = sim.stored_per_live_peer();
+        let stored_mean = stored.iter().map(|c| f64::from(*c)).sum::<f64>() / stored.len().max(1) as f64;
+        let received: Vec<u64> = sim
+            .transfer_bytes()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b.1.saturating_sub(self.received_before.get(i).copied().unwrap_or(0)))
+            .collect();
+        let samples = self.samples.max(1) as f64;
+        let mean_live = self.live_sum / samples;
+        let days = spec.days.max(1e-9);
+        let durability = crate::report::Durability {
+            files: spec.files,
+            file_bytes: spec.file_bytes,
+            replicas: spec.replicas,
+            days: spec.days,
+            placed: self.placed,
+            lost,
+            unavailable_at_end,
+            unavailable_mean: self.unavailable_sum as f64 / samples,
+            unavailable_max: self.unavailable_max,
+            under_replicated_mean: self.under_sum as f64 / samples,
+            repair_bytes_per_peer_day: received.iter().sum::<u64>() as f64 / mean_live.max(1.0) / days,
+            repair_bytes_max_peer_day: received.iter().copied().max().unwrap_or(0) as f64 / days,
+            spread_max,
+            spread_mean,
+            spread_ratio: if spread_mean > 0.0 {
+                f64::from(spread_max) / spread_mean
+            } else {
+                0.0
+            },
+            stored_max: stored.iter().copied().max().unwrap_or(0),
+            stored_mean,
+            quota_bytes: spec.files_config.quota_bytes,
+            permanent_departures: self.permanent,
+            counters: sim.file_counters(),
+        };
+        let counts = ChurnCounts {
+            crashes: sim.counters.crashes,
+            leaves: sim.counters.leaves,
+            joins: sim.counters.joins,
+        };
+        let wall_s = self.wall_before + self.wall.elapsed().as_secs_f64();
+        let mut report = Report::build("durability", sim, self.swarm.net_name(), &[], wall_s, self.join_wall);
+        report.mean_live_peers = Some(mean_live);
+        report.churn_events = Some(counts);
+        report.durability = Some(durability);
+        report.note = self.note.take();
+        report
+    }
 }

@@ -55,6 +55,11 @@ pub fn sim_verifier() -> Verifier {
     Verifier(sim_verify)
 }
 
+/// A simulation's overlay settings until [`Sim::resume`].
+fn detached_config() -> Arc<Config> {
+    Arc::new(Config::new(Verifier(|_, _, _| false)))
+}
+
 /// Settings of a simulation.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -72,7 +77,7 @@ pub struct SimConfig {
 }
 
 /// Where a slot's peer stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PeerState {
     /// Not running.
     Offline,
@@ -84,7 +89,7 @@ pub enum PeerState {
     Leaving,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Slot {
     core: Option<Overlay<PeerIndex>>,
     key: Key,
@@ -109,7 +114,7 @@ struct Slot {
 /// Most peers a stopped peer remembers (the node's `MAX_KNOWN_PEERS`).
 pub(crate) const REMEMBERED_PEERS: usize = 256;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Payload {
     Request {
         to: PeerIndex,
@@ -127,7 +132,7 @@ enum Payload {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Ev {
     Wake {
         peer: PeerIndex,
@@ -156,7 +161,7 @@ enum Ev {
 /// An event in the queue. `order` is the virtual time in the high 64 bits
 /// and a sequence number in the low ones: events at the same time run in
 /// the order they were scheduled, and the heap compares one integer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Queued {
     order: Reverse<u128>,
     ev: Ev,
@@ -183,7 +188,7 @@ impl Ord for Queued {
 }
 
 /// What the simulator tracks about a query it started.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 enum Pending {
     Lookup {
         start: u64,
@@ -217,7 +222,7 @@ enum Pending {
 }
 
 /// How one lookup went.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LookupOutcome {
     /// Virtual start, seconds.
     pub start_s: f64,
@@ -232,7 +237,7 @@ pub struct LookupOutcome {
 }
 
 /// How one record read went.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GetOutcome {
     /// Virtual start, seconds.
     pub start_s: f64,
@@ -255,7 +260,7 @@ pub struct Violation {
 }
 
 /// Counters of a run.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// Events processed (message deliveries and wake-ups).
     pub events: u64,
@@ -279,10 +284,12 @@ pub struct Counters {
 }
 
 /// A simulated swarm.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Sim {
     seed: u64,
     now: u64,
+    /// Not in a checkpoint: [`Sim::resume`] puts it back.
+    #[serde(skip, default = "detached_config")]
     overlay: Arc<Config>,
     net: Network,
     slots: Vec<Slot>,
@@ -298,7 +305,9 @@ pub struct Sim {
     live_keys: BTreeMap<Key, PeerIndex>,
     live_list: Vec<PeerIndex>,
     pending: BTreeMap<(PeerIndex, QueryId), Pending>,
+    #[serde(skip)]
     tx_buf: Vec<Transmit<PeerIndex>>,
+    #[serde(skip)]
     ev_buf: Vec<Event<PeerIndex>>,
     next_check: u64,
     check_interval: u64,
@@ -347,6 +356,20 @@ impl Sim {
             counters: Counters::default(),
             files: None,
         }
+    }
+
+    /// Gives a simulation read back from a checkpoint its overlay settings
+    /// (the ones it was created with: a checkpoint does not hold them) and
+    /// each running core its settings and signer.
+    pub fn resume(&mut self, mut overlay: Config) -> Result<(), shoal_overlay::ConfigError> {
+        overlay.verifier = sim_verifier();
+        self.overlay = Arc::new(overlay);
+        for slot in &mut self.slots {
+            if let Some(core) = slot.core.as_mut() {
+                core.resume(Arc::clone(&self.overlay), Box::new(SimSigner(slot.public)))?;
+            }
+        }
+        Ok(())
     }
 
     // ----- getters ---------------------------------------------------------
@@ -410,7 +433,7 @@ impl Sim {
     }
 
     /// The hash of every event processed so far.
-    pub fn trace_hash(&mut self) -> String {
+    pub fn trace_hash(&self) -> String {
         self.trace.hash()
     }
 

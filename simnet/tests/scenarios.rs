@@ -157,6 +157,43 @@ fn pinned_files_survive_churn_where_every_departure_is_for_good() {
 }
 
 #[test]
+fn a_run_saved_half_way_and_resumed_ends_exactly_as_the_uninterrupted_run() {
+    let swarm = Swarm::new(200, 23);
+    let spec = durability_spec(0.3, true);
+    let whole = scenario::durability(&swarm, &spec).unwrap();
+
+    let dir = std::env::temp_dir().join(format!("shoal-simnet-checkpoint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.ckpt");
+    let mut run = scenario::DurabilityRun::start(&swarm, &spec).unwrap();
+    run.run_until_day(0.05).unwrap();
+    assert!((0.04..=0.05).contains(&run.day()), "stopped at day {}", run.day());
+    run.save(&path).unwrap();
+    drop(run);
+    let resumed = scenario::DurabilityRun::load(&path).unwrap();
+    assert!((0.04..=0.05).contains(&resumed.day()));
+    let resumed = resumed.run(None).unwrap();
+    assert_eq!(resumed.trace_hash, whole.trace_hash);
+    assert_eq!((resumed.events, resumed.messages), (whole.events, whole.messages));
+    let (a, b) = (resumed.durability.unwrap(), whole.durability.unwrap());
+    assert!(
+        b.counters.fetched > 0 && b.permanent_departures > 0,
+        "the run churned: {b:?}"
+    );
+    assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+
+    // A file cut short, or not a checkpoint at all, is refused with the reason.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let cut = scenario::DurabilityRun::load(&path).unwrap_err().to_string();
+    assert!(cut.contains("damaged checkpoint"), "{cut}");
+    std::fs::write(&path, b"{\"scenario\":\"durability\"}").unwrap();
+    let other = scenario::DurabilityRun::load(&path).unwrap_err().to_string();
+    assert!(other.contains("not a shoal-simnet checkpoint"), "{other}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn released_copies_stay_until_the_quota_needs_the_room() {
     // Departures that come back: the peers that stood in for an absent home
     // member release their copies when it returns. Without a quota those

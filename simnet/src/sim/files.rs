@@ -29,7 +29,7 @@ use super::{Ev, PeerIndex, PeerState, Pending, Sim, micros};
 use crate::net;
 
 /// Settings of the files layer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FilesConfig {
     /// Each peer's link speed, each way, in bytes per second.
     pub link_bytes_per_s: u64,
@@ -49,7 +49,7 @@ pub struct FilesConfig {
 }
 
 /// Counters of the files layer.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct FileCounters {
     /// Fetches started by pin duties.
     pub fetches: u64,
@@ -83,7 +83,7 @@ pub struct FileCounters {
 
 /// A peer's disk and links. It survives restarts; a peer that is gone for
 /// good loses it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PeerFiles {
     /// Whole blobs held, and whether each is marked pinned.
     disk: BTreeMap<Key, bool>,
@@ -102,7 +102,7 @@ pub(crate) struct PeerFiles {
     saved: Vec<shoal_overlay::ValueRecord>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Transfer {
     blob: Key,
     from: PeerIndex,
@@ -121,7 +121,7 @@ struct RecordStamp {
 }
 
 /// The files layer's state.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Files {
     config: FilesConfig,
     /// Every blob's size.
@@ -129,7 +129,8 @@ pub(crate) struct Files {
     /// The last pin record decoded at each key, named by its version and
     /// expiry, and what it said: every peer reads the same few records
     /// every round. Only looked up, never iterated, so its order cannot
-    /// reach a run.
+    /// reach a run; a checkpoint leaves it out.
+    #[serde(skip)]
     decoded: FxHashMap<Key, (RecordStamp, Option<Pin>)>,
     transfers: BTreeMap<u64, Transfer>,
     next_transfer: u64,
