@@ -55,9 +55,10 @@ pub fn sim_verifier() -> Verifier {
     Verifier(sim_verify)
 }
 
-/// A simulation's overlay settings until [`Sim::resume`].
-fn detached_config() -> Arc<Config> {
-    Arc::new(Config::new(Verifier(|_, _, _| false)))
+/// A simulation's overlay settings until [`Sim::resume`] sets the ones it
+/// ran with: the defaults.
+fn default_config() -> Arc<Config> {
+    Arc::new(Config::new(sim_verifier()))
 }
 
 /// Settings of a simulation.
@@ -289,7 +290,7 @@ pub struct Sim {
     seed: u64,
     now: u64,
     /// Not in a checkpoint: [`Sim::resume`] puts it back.
-    #[serde(skip, default = "detached_config")]
+    #[serde(skip, default = "default_config")]
     overlay: Arc<Config>,
     net: Network,
     slots: Vec<Slot>,
