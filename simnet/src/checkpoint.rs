@@ -2,34 +2,40 @@
 //! and go on later (another process, another day) and end exactly as the
 //! uninterrupted run ends, trace hash included.
 //!
-//! A file is a header line naming the format, the BLAKE3 hash of the
-//! executable that wrote it, and the state in CBOR. Only that executable
-//! resumes it: another build may simulate differently, and a resumed run
-//! would then be neither the old run nor a new one.
+//! A file is a header naming the format, the BLAKE3 hash of the executable
+//! that wrote it and the BLAKE3 hash of the state, then the state in CBOR.
+//! Only that executable resumes it: another build may simulate differently,
+//! and a resumed run would then be neither the old run nor a new one. The
+//! state's hash catches a file damaged on disk or cut short; beyond that a
+//! checkpoint is trusted as the user's own output, not checked field by
+//! field.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// First bytes of a checkpoint file, with the format's version.
-const MAGIC: &[u8; 24] = b"shoal-simnet checkpoint1";
+const MAGIC: &[u8; 24] = b"shoal-simnet checkpoint2";
+/// Where the state's hash sits: after the magic and the build's hash.
+const STATE_HASH_AT: u64 = MAGIC.len() as u64 + 32;
 
 /// Why a checkpoint could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// The file system refused.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What failed.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a checkpoint.
-    #[error("{0}: not a shoal-simnet checkpoint (or one of another format version)")]
+    #[error("{0}: not a shoal-simnet checkpoint (or one of another format version); name the file --checkpoint wrote")]
     NotACheckpoint(PathBuf),
     /// Another executable wrote it.
     #[error(
@@ -37,8 +43,8 @@ pub enum CheckpointError {
          (another build may simulate differently)"
     )]
     OtherBuild(PathBuf),
-    /// The state does not decode.
-    #[error("{path}: damaged checkpoint: {reason}")]
+    /// The state does not decode, or is not the state that was written.
+    #[error("{path}: damaged checkpoint ({reason}); resume from a copy of it, or start the run again")]
     Damaged {
         /// The file.
         path: PathBuf,
@@ -51,64 +57,117 @@ pub enum CheckpointError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
+    move |error| CheckpointError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
-/// The BLAKE3 hash of the running executable.
+/// The BLAKE3 hash of the running executable, read once: the file a
+/// process runs stays readable through /proc/self/exe even when a rebuild
+/// has replaced it on disk.
 fn build_id() -> Result<[u8; 32], CheckpointError> {
-    let exe = std::env::current_exe().map_err(io(Path::new("the running executable")))?;
-    let bytes = fs::read(&exe).map_err(io(&exe))?;
-    Ok(*blake3::hash(&bytes).as_bytes())
+    static BUILD: OnceLock<[u8; 32]> = OnceLock::new();
+    if let Some(id) = BUILD.get() {
+        return Ok(*id);
+    }
+    let exe = Path::new("/proc/self/exe");
+    let bytes = match fs::read(exe) {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let exe = std::env::current_exe().map_err(io(exe))?;
+            fs::read(&exe).map_err(io(&exe))?
+        }
+    };
+    Ok(*BUILD.get_or_init(|| *blake3::hash(&bytes).as_bytes()))
 }
 
-/// Writes `state` to `path` whole or not at all: into a temporary file
-/// beside it, synced, then renamed over it. Returns the bytes written.
+/// Hashes what passes through it.
+struct Hashing<T> {
+    inner: T,
+    hasher: blake3::Hasher,
+}
+
+impl<T: Write> Write for Hashing<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<T: Read> Read for Hashing<T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Writes `state` to `path` whole or not at all: into `PATH.tmp`, synced,
+/// then renamed over `path`. Returns the bytes written.
 pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<u64, CheckpointError> {
     let build = build_id()?;
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let written = (|| {
-        let file = File::create(&tmp).map_err(io(&tmp))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(MAGIC).map_err(io(&tmp))?;
-        out.write_all(&build).map_err(io(&tmp))?;
-        ciborium::into_writer(state, &mut out).map_err(|e| match e {
-            ciborium::ser::Error::Io(source) => CheckpointError::Io {
-                path: tmp.clone(),
-                source,
-            },
-            ciborium::ser::Error::Value(reason) => CheckpointError::Encode(reason),
-        })?;
-        let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io(&tmp))?;
-        file.metadata().map(|m| m.len()).map_err(io(&tmp))
-    })();
-    let written = match written {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    fs::rename(&tmp, path).map_err(io(path))?;
-    // The rename is durable once the directory is synced.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    let written = write_state(&tmp, &build, state).and_then(|n| {
+        fs::rename(&tmp, path).map_err(io(path))?;
+        Ok(n)
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
+    let written = written?;
+    // The rename is durable once the directory is synced.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok(written)
 }
 
-/// Reads a state [`save`] wrote, refusing files from another build.
+fn write_state<T: Serialize>(tmp: &Path, build: &[u8; 32], state: &T) -> Result<u64, CheckpointError> {
+    let file = File::create(tmp).map_err(io(tmp))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(MAGIC).map_err(io(tmp))?;
+    out.write_all(build).map_err(io(tmp))?;
+    out.write_all(&[0; 32]).map_err(io(tmp))?; // the state's hash, below
+    let mut hashing = Hashing {
+        inner: out,
+        hasher: blake3::Hasher::new(),
+    };
+    ciborium::into_writer(state, &mut hashing).map_err(|e| match e {
+        ciborium::ser::Error::Io(source) => io(tmp)(source),
+        ciborium::ser::Error::Value(reason) => CheckpointError::Encode(reason),
+    })?;
+    let hash = hashing.hasher.finalize();
+    let mut file = hashing.inner.into_inner().map_err(|e| io(tmp)(e.into_error()))?;
+    file.seek(SeekFrom::Start(STATE_HASH_AT)).map_err(io(tmp))?;
+    file.write_all(hash.as_bytes()).map_err(io(tmp))?;
+    file.sync_all().map_err(io(tmp))?;
+    file.metadata().map(|m| m.len()).map_err(io(tmp))
+}
+
+/// Reads a state [`save`] wrote, refusing files from another build and
+/// files whose state is not the one written.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
+    let damaged = |reason: &str| CheckpointError::Damaged {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
     let file = File::open(path).map_err(io(path))?;
     let mut input = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; MAGIC.len()];
-    let mut build = [0u8; 32];
-    let header = input.read_exact(&mut magic).and_then(|()| input.read_exact(&mut build));
+    let (mut build, mut state_hash) = ([0u8; 32], [0u8; 32]);
+    let header = input
+        .read_exact(&mut magic)
+        .and_then(|()| input.read_exact(&mut build))
+        .and_then(|()| input.read_exact(&mut state_hash));
     match header {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(CheckpointError::NotACheckpoint(path.to_owned()));
@@ -120,20 +179,23 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
     if build != build_id()? {
         return Err(CheckpointError::OtherBuild(path.to_owned()));
     }
-    ciborium::from_reader(input).map_err(|e| match e {
+    let mut hashing = Hashing {
+        inner: input,
+        hasher: blake3::Hasher::new(),
+    };
+    let state = ciborium::from_reader(&mut hashing).map_err(|e| match e {
         ciborium::de::Error::Io(source) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
-            CheckpointError::Damaged {
-                path: path.to_owned(),
-                reason: "the file ends early".into(),
-            }
+            damaged("the file ends early")
         }
-        ciborium::de::Error::Io(source) => CheckpointError::Io {
-            path: path.to_owned(),
-            source,
-        },
-        other => CheckpointError::Damaged {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
-    })
+        ciborium::de::Error::Io(source) => io(path)(source),
+        other => damaged(&other.to_string()),
+    })?;
+    let mut rest = [0u8; 1];
+    if hashing.read(&mut rest).map_err(io(path))? != 0 {
+        return Err(damaged("bytes after the state"));
+    }
+    if hashing.hasher.finalize().as_bytes() != &state_hash {
+        return Err(damaged("the state is not the one written: its hash differs"));
+    }
+    Ok(state)
 }

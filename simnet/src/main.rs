@@ -162,9 +162,8 @@ enum Scenario {
         /// Print progress to standard error (on by default when it is a terminal).
         #[arg(long)]
         progress: bool,
-        /// Print one JSON object instead of the summary.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Join N peers, split them into two random halves, heal, and measure
     /// how long until lookups succeed at 99.9% again.
@@ -222,6 +221,13 @@ struct Common {
     /// Print join progress to standard error (on by default when it is a terminal).
     #[arg(long)]
     progress: bool,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// Where the report goes.
+#[derive(Args, Debug)]
+struct Output {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -270,8 +276,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             checkpoint_every_min,
             progress,
-            json,
-        } => return resume(file, checkpoint_every_min, progress, json),
+            output,
+        } => return resume(file, checkpoint_every_min, progress, &output),
         Scenario::Lookups {
             common,
             lookups,
@@ -423,7 +429,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let report: Report =
         result.map_err(|v| anyhow::anyhow!("{v}\nreproduce with the same arguments and --seed {}", v.seed))?;
-    print_report(&report, common.json, common.out.as_deref())
+    print_report(&report, &common.output)
 }
 
 /// Checks `--checkpoint` and `--checkpoint-every-min`.
@@ -431,6 +437,11 @@ fn checkpointing(path: PathBuf, every_min: f64) -> anyhow::Result<scenario::Chec
     anyhow::ensure!(
         every_min.is_finite() && every_min > 0.0,
         "--checkpoint-every-min must be a positive number of minutes"
+    );
+    anyhow::ensure!(
+        !path.is_dir(),
+        "--checkpoint: {} is a directory; name a file in it",
+        path.display()
     );
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         anyhow::ensure!(dir.is_dir(), "--checkpoint: {} is not a directory", dir.display());
@@ -442,22 +453,19 @@ fn checkpointing(path: PathBuf, every_min: f64) -> anyhow::Result<scenario::Chec
 }
 
 /// Runs a durability run to its end, saving as it goes. A violation is the
-/// run's result; a checkpoint that cannot be written stops it.
+/// run's result; a first checkpoint that cannot be written stops it.
 fn finish(
     run: scenario::DurabilityRun,
     every: &scenario::Checkpointing,
 ) -> anyhow::Result<Result<Report, shoal_simnet::Violation>> {
-    match run.run(Some(every)) {
+    match run.run_saving(every) {
         Ok(report) => Ok(Ok(report)),
         Err(scenario::DurabilityError::Violation(v)) => Ok(Err(v)),
-        Err(scenario::DurabilityError::Checkpoint(e)) => Err(anyhow::Error::new(e).context(format!(
-            "cannot save the run (the last good checkpoint, if any, is still in {})",
-            every.path.display()
-        ))),
+        Err(scenario::DurabilityError::Checkpoint(e)) => Err(anyhow::Error::new(e).context("cannot save the run")),
     }
 }
 
-fn resume(file: PathBuf, every_min: f64, progress: bool, json: bool) -> anyhow::Result<()> {
+fn resume(file: PathBuf, every_min: f64, progress: bool, output: &Output) -> anyhow::Result<()> {
     let every = checkpointing(file.clone(), every_min)?;
     let mut run = scenario::DurabilityRun::load(&file)?;
     let progress = progress || std::io::stderr().is_terminal();
@@ -467,11 +475,11 @@ fn resume(file: PathBuf, every_min: f64, progress: bool, json: bool) -> anyhow::
     }
     let report =
         finish(run, &every)?.map_err(|v| anyhow::anyhow!("{v}\nreproduce by resuming {} again", file.display()))?;
-    print_report(&report, json, None)
+    print_report(&report, output)
 }
 
-fn print_report(report: &Report, json: bool, out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    if json {
+fn print_report(report: &Report, output: &Output) -> anyhow::Result<()> {
+    if output.json {
         println!(
             "{}",
             serde_json::to_string(&report).context("cannot encode the report as JSON")?
@@ -479,10 +487,10 @@ fn print_report(report: &Report, json: bool, out: Option<&std::path::Path>) -> a
     } else {
         print!("{}", report.summary());
     }
-    if let Some(dir) = out {
+    if let Some(dir) = &output.out {
         shoal_simnet::svg::write_plots(report, dir)
             .with_context(|| format!("cannot write plots to {}", dir.display()))?;
-        if !json {
+        if !output.json {
             println!("  plots         {}", dir.display());
         }
     }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant as WallClock};
 
 use shoal_overlay::{Config, Key, Rng};
 
+use crate::checkpoint::CheckpointError;
 use crate::churn::SessionDist;
 use crate::net::{NetConfig, Partition, Preset};
 use crate::report::{ChurnCounts, PhaseSuccess, Report, success};
@@ -593,11 +594,7 @@ enum Turn {
 /// `durability`: join, share and pin files with `replicas` copies, drop the
 /// pinners' own copies, then churn for `days` and count what survived.
 pub fn durability(swarm: &Swarm, spec: &DurabilitySpec) -> Result<Report, Violation> {
-    match DurabilityRun::start(swarm, spec)?.run(None) {
-        Ok(report) => Ok(report),
-        Err(DurabilityError::Violation(v)) => Err(v),
-        Err(DurabilityError::Checkpoint(e)) => unreachable!("no checkpoint was asked for: {e}"),
-    }
+    DurabilityRun::start(swarm, spec)?.run()
 }
 
 /// Where and how often a long run saves itself.
@@ -617,7 +614,7 @@ pub enum DurabilityError {
     Violation(#[from] Violation),
     /// A checkpoint could not be written.
     #[error(transparent)]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    Checkpoint(#[from] CheckpointError),
 }
 
 /// The durability scenario between two of its turns: everything a
@@ -629,24 +626,31 @@ pub struct DurabilityRun {
     swarm: Swarm,
     spec: DurabilitySpec,
     sim: Sim,
+    /// Draws departures, downtimes and sessions.
     rng: Rng,
     plan: Plan<Turn>,
     /// Slots whose peer left for good (and whose disk went with it).
     gone: Vec<bool>,
+    /// Departures that were for good.
     permanent: u64,
+    /// Sums over the 10-minute samples: live peers, files without a live
+    /// copy (and the most at once), files under-replicated.
     live_sum: f64,
     samples: u64,
     unavailable_sum: u64,
     unavailable_max: usize,
     under_sum: u64,
+    /// Files whose whole home held a copy before churn began.
     placed: usize,
+    /// Bytes each slot had received before churn began.
     received_before: Vec<u64>,
-    start: u64,
-    end: u64,
-    join_wall: f64,
+    /// Virtual time churn began and ends.
+    start_us: u64,
+    end_us: u64,
+    join_wall_s: f64,
     note: Option<String>,
     /// Wall seconds the run took before this process took it up.
-    wall_before: f64,
+    wall_before_s: f64,
     #[serde(skip, default = "WallClock::now")]
     wall: WallClock,
 }
@@ -659,7 +663,7 @@ impl DurabilityRun {
         let files_config = spec.files_config.clone();
         let Joined {
             mut sim,
-            wall_s: join_wall,
+            wall_s: join_wall_s,
             note,
         } = swarm.join_with(|sim| sim.enable_files(files_config))?;
         let mut rng = Rng::derive(swarm.seed, 4);
@@ -681,11 +685,11 @@ impl DurabilityRun {
         }
         let received_before: Vec<u64> = sim.transfer_bytes().iter().map(|b| b.1).collect();
 
-        let start = sim.now_us();
-        let end = start + (spec.days * 86_400.0 * SECOND as f64) as u64;
+        let start_us = sim.now_us();
+        let end_us = start_us + (spec.days * 86_400.0 * SECOND as f64) as u64;
         let mut plan = Plan::new();
-        plan.first_sessions(&sim, start, (spec.dist, spec.session_median), &mut rng, Turn::Depart);
-        plan.schedule(start, Turn::Sample);
+        plan.first_sessions(&sim, start_us, (spec.dist, spec.session_median), &mut rng, Turn::Depart);
+        plan.schedule(start_us, Turn::Sample);
         Ok(DurabilityRun {
             swarm: swarm.clone(),
             spec: spec.clone(),
@@ -701,40 +705,43 @@ impl DurabilityRun {
             under_sum: 0,
             placed,
             received_before,
-            start,
-            end,
-            join_wall,
+            start_us,
+            end_us,
+            join_wall_s,
             note,
-            wall_before: 0.0,
+            wall_before_s: 0.0,
             wall,
         })
     }
 
     /// Reads a run [`save`](Self::save)d by this same executable.
-    pub fn load(path: &std::path::Path) -> Result<Self, crate::checkpoint::CheckpointError> {
+    pub fn load(path: &std::path::Path) -> Result<Self, CheckpointError> {
         let mut run: DurabilityRun = crate::checkpoint::load(path)?;
+        let damaged = |reason: String| CheckpointError::Damaged {
+            path: path.to_owned(),
+            reason,
+        };
+        if run.gone.len() != run.sim.slots() || run.received_before.len() > run.sim.slots() {
+            return Err(damaged("its peer lists do not match its slots".into()));
+        }
+        run.sim.check_loaded().map_err(damaged)?;
         let overlay = run.swarm.overlay_config();
-        run.sim
-            .resume(overlay)
-            .map_err(|e| crate::checkpoint::CheckpointError::Damaged {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+        run.sim.resume(overlay).map_err(|e| damaged(e.to_string()))?;
         run.wall = WallClock::now();
         Ok(run)
     }
 
     /// Writes the run to `path` (whole or not at all); returns the bytes.
-    pub fn save(&mut self, path: &std::path::Path) -> Result<u64, crate::checkpoint::CheckpointError> {
+    pub fn save(&mut self, path: &std::path::Path) -> Result<u64, CheckpointError> {
         // The wall time so far goes with it; this process counts on from here.
-        self.wall_before = self.wall_s();
+        self.wall_before_s = self.wall_s();
         self.wall = WallClock::now();
         crate::checkpoint::save(path, self)
     }
 
     /// Simulated days of churn done so far.
     pub fn day(&self) -> f64 {
-        self.sim.now_us().saturating_sub(self.start) as f64 / 86_400e6
+        self.sim.now_us().saturating_sub(self.start_us) as f64 / 86_400e6
     }
 
     /// Whether to print progress.
@@ -742,58 +749,85 @@ impl DurabilityRun {
         self.swarm.progress = progress;
     }
 
+    /// Wall seconds since the run began, over every process that ran it.
     fn wall_s(&self) -> f64 {
-        self.wall_before + self.wall.elapsed().as_secs_f64()
+        self.wall_before_s + self.wall.elapsed().as_secs_f64()
     }
 
-    /// Churns to the end and reports, saving to `checkpoint` as it goes.
-    pub fn run(mut self, checkpoint: Option<&Checkpointing>) -> Result<Report, DurabilityError> {
-        self.turns(self.end, checkpoint)?;
-        self.sim.run_until(self.end)?;
-        self.sim.check_all()?;
-        Ok(self.report())
+    /// Churns to the end and reports.
+    pub fn run(mut self) -> Result<Report, Violation> {
+        self.turns(self.end_us, |_| Ok::<(), Violation>(()))?;
+        self.finish()
+    }
+
+    /// Churns to the end and reports, saving to `checkpoint` first (so that
+    /// a path that cannot be written is known at once) and then whenever
+    /// its interval has passed at a sample. A later save that fails is
+    /// reported on standard error and tried again an interval later: the
+    /// run goes on, and the last good checkpoint stays where it was.
+    pub fn run_saving(mut self, checkpoint: &Checkpointing) -> Result<Report, DurabilityError> {
+        self.save_to(checkpoint)?;
+        let mut saved_at = WallClock::now();
+        self.turns(self.end_us, |run| {
+            if saved_at.elapsed() >= checkpoint.every {
+                if let Err(e) = run.save_to(checkpoint) {
+                    eprintln!("durability: cannot save the run, going on without this checkpoint: {e}");
+                }
+                saved_at = WallClock::now();
+            }
+            Ok::<(), Violation>(())
+        })?;
+        Ok(self.finish()?)
     }
 
     /// Churns up to simulated day `day` of the run (not past its end).
     pub fn run_until_day(&mut self, day: f64) -> Result<(), Violation> {
-        let until = (self.start + (day.max(0.0) * 86_400.0 * SECOND as f64) as u64).min(self.end);
-        match self.turns(until, None) {
-            Ok(()) => Ok(()),
-            Err(DurabilityError::Violation(v)) => Err(v),
-            Err(DurabilityError::Checkpoint(e)) => unreachable!("no checkpoint was asked for: {e}"),
-        }
+        let until = self.start_us + (day.max(0.0) * 86_400.0 * SECOND as f64) as u64;
+        self.turns(until.min(self.end_us), |_| Ok(()))
     }
 
-    /// Takes the turns due up to `until`, saving to `checkpoint` at samples
-    /// once its interval has passed.
-    fn turns(&mut self, until: u64, checkpoint: Option<&Checkpointing>) -> Result<(), DurabilityError> {
-        let mut saved_at = WallClock::now();
-        while let Some((at, turn)) = self.plan.next(until) {
+    fn save_to(&mut self, checkpoint: &Checkpointing) -> Result<(), CheckpointError> {
+        let began = WallClock::now();
+        let bytes = self.save(&checkpoint.path)?;
+        if self.swarm.progress {
+            eprintln!(
+                "durability: saved day {:.3} to {} ({:.0} MiB in {:.1} s)",
+                self.day(),
+                checkpoint.path.display(),
+                bytes as f64 / f64::from(1 << 20),
+                began.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes the turns due up to `until_us`, calling `at_sample` after each
+    /// sample (the points at which a checkpoint may be taken).
+    fn turns<E: From<Violation>>(
+        &mut self,
+        until_us: u64,
+        mut at_sample: impl FnMut(&mut Self) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while let Some((at, turn)) = self.plan.next(until_us) {
             self.sim.run_until(at)?;
-            if self.turn(at, turn)
-                && let Some(c) = checkpoint
-                && saved_at.elapsed() >= c.every
-            {
-                let began = WallClock::now();
-                let bytes = self.save(&c.path)?;
-                saved_at = WallClock::now();
-                if self.swarm.progress {
-                    eprintln!(
-                        "durability: saved day {:.3} to {} ({:.0} MiB in {:.1} s)",
-                        self.day(),
-                        c.path.display(),
-                        bytes as f64 / f64::from(1 << 20),
-                        (saved_at - began).as_secs_f64()
-                    );
-                }
+            if self.turn(at, turn) {
+                at_sample(self)?;
             }
         }
         Ok(())
     }
 
+    /// Runs the last events and checks every core.
+    fn finish(mut self) -> Result<Report, Violation> {
+        self.sim.run_until(self.end_us)?;
+        self.sim.check_all()?;
+        Ok(self.report())
+    }
+
     /// Takes one turn of the plan, due at `at`. Returns whether it was a
     /// sample (the point at which a checkpoint is taken).
     fn turn(&mut self, at: u64, turn: Turn) -> bool {
+        let wall_s = self.wall_s();
         let (sim, rng, plan, spec) = (&mut self.sim, &mut self.rng, &mut self.plan, &self.spec);
         match turn {
             Turn::Depart(peer) => {
@@ -847,11 +881,11 @@ impl DurabilityRun {
                     let lost = copies.values().filter(|c| c.1 == 0).count();
                     eprintln!(
                         "durability: day {:.3} of {}, {} peers up, {unavailable} files without a live copy, {lost} lost, {:.1} M events, {:.0} s wall",
-                        (at - self.start) as f64 / 86_400e6,
+                        (at - self.start_us) as f64 / 86_400e6,
                         spec.days,
                         sim.live(),
                         sim.counters.events as f64 / 1e6,
-                        self.wall_before + self.wall.elapsed().as_secs_f64()
+                        wall_s
                     );
                 }
                 plan.schedule(at + 10 * MINUTE, Turn::Sample);
@@ -862,6 +896,7 @@ impl DurabilityRun {
     }
 
     fn report(mut self) -> Report {
+        let wall_s = self.wall_s();
         let (sim, spec) = (&mut self.sim, &self.spec);
         let gone = &self.gone;
         let copies = sim.copies(|p| gone[p as usize]);
@@ -912,8 +947,7 @@ impl DurabilityRun {
             leaves: sim.counters.leaves,
             joins: sim.counters.joins,
         };
-        let wall_s = self.wall_before + self.wall.elapsed().as_secs_f64();
-        let mut report = Report::build("durability", sim, self.swarm.net_name(), &[], wall_s, self.join_wall);
+        let mut report = Report::build("durability", sim, self.swarm.net_name(), &[], wall_s, self.join_wall_s);
         report.mean_live_peers = Some(mean_live);
         report.churn_events = Some(counts);
         report.durability = Some(durability);

@@ -373,6 +373,37 @@ impl Sim {
         Ok(())
     }
 
+    /// Checks that a simulation read back from a file hangs together:
+    /// every queued event names a slot and a message that exist.
+    pub(crate) fn check_loaded(&self) -> Result<(), String> {
+        self.trace.check()?;
+        let slots = self.slots.len();
+        let peer_ok = |p: PeerIndex| (p as usize) < slots;
+        for queued in &self.heap {
+            let ok = match queued.ev {
+                Ev::Wake { peer, .. } | Ev::Duty { peer, .. } | Ev::Offline { peer, .. } => peer_ok(peer),
+                Ev::Message { slot } => match self.payloads.get(slot as usize) {
+                    Some(Some(Payload::Request { to, from, .. })) => peer_ok(*to) && peer_ok(*from),
+                    Some(Some(Payload::Response { to, .. })) => peer_ok(*to),
+                    _ => false,
+                },
+                Ev::Transfer { .. } => true,
+            };
+            if !ok {
+                return Err(format!("an event names what does not exist: {:?}", queued.ev));
+            }
+        }
+        if !self
+            .live_list
+            .iter()
+            .chain(self.live_keys.values())
+            .all(|p| peer_ok(*p))
+        {
+            return Err("the live peers name slots that do not exist".into());
+        }
+        Ok(())
+    }
+
     // ----- getters ---------------------------------------------------------
 
     /// The run's seed.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 const SUBTREE_BYTES: usize = 64 * 1024;
 
 /// Accumulates event records and hashes them a subtree at a time.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Trace {
     /// Chaining values of the whole subtrees hashed so far, merged as far
     /// as they can be: one per set bit of `subtrees`, largest first.
@@ -62,6 +62,21 @@ impl Trace {
             let left = self.stack.pop().expect("two entries");
             self.stack.push(merge_subtrees_non_root(&left, &right, Mode::Hash));
         }
+    }
+
+    /// Checks the shape a trace read back from a file must have.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.stack.len() != self.subtrees.count_ones() as usize {
+            return Err(format!(
+                "trace: {} chaining values for {} subtrees",
+                self.stack.len(),
+                self.subtrees
+            ));
+        }
+        if self.pending.len() > SUBTREE_BYTES || (self.subtrees > 0 && self.pending.is_empty()) {
+            return Err(format!("trace: {} bytes pending", self.pending.len()));
+        }
+        Ok(())
     }
 
     /// The hash so far, as 32 hex digits (the first 128 bits).
