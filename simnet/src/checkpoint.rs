@@ -11,7 +11,7 @@
 //! field.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -132,23 +132,28 @@ pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<u64, CheckpointError
 }
 
 fn write_state<T: Serialize>(tmp: &Path, build: &[u8; 32], state: &T) -> Result<u64, CheckpointError> {
-    let file = File::create(tmp).map_err(io(tmp))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(MAGIC).map_err(io(tmp))?;
-    out.write_all(build).map_err(io(tmp))?;
-    out.write_all(&[0; 32]).map_err(io(tmp))?; // the state's hash, below
-    let mut hashing = Hashing {
-        inner: out,
-        hasher: blake3::Hasher::new(),
-    };
-    ciborium::into_writer(state, &mut hashing).map_err(|e| match e {
+    let mut file = File::create(tmp).map_err(io(tmp))?;
+    file.write_all(MAGIC).map_err(io(tmp))?;
+    file.write_all(build).map_err(io(tmp))?;
+    file.write_all(&[0; 32]).map_err(io(tmp))?; // the state's hash, below
+    // Buffered before the hash: BLAKE3 is fast on large pieces only.
+    let mut out = BufWriter::with_capacity(
+        1 << 20,
+        Hashing {
+            inner: file,
+            hasher: blake3::Hasher::new(),
+        },
+    );
+    ciborium::into_writer(state, &mut out).map_err(|e| match e {
         ciborium::ser::Error::Io(source) => io(tmp)(source),
         ciborium::ser::Error::Value(reason) => CheckpointError::Encode(reason),
     })?;
-    let hash = hashing.hasher.finalize();
-    let mut file = hashing.inner.into_inner().map_err(|e| io(tmp)(e.into_error()))?;
+    let Hashing {
+        inner: mut file,
+        hasher,
+    } = out.into_inner().map_err(|e| io(tmp)(e.into_error()))?;
     file.seek(SeekFrom::Start(STATE_HASH_AT)).map_err(io(tmp))?;
-    file.write_all(hash.as_bytes()).map_err(io(tmp))?;
+    file.write_all(hasher.finalize().as_bytes()).map_err(io(tmp))?;
     file.sync_all().map_err(io(tmp))?;
     file.metadata().map(|m| m.len()).map_err(io(tmp))
 }
@@ -160,14 +165,13 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
         path: path.to_owned(),
         reason: reason.to_owned(),
     };
-    let file = File::open(path).map_err(io(path))?;
-    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut file = File::open(path).map_err(io(path))?;
     let mut magic = [0u8; MAGIC.len()];
     let (mut build, mut state_hash) = ([0u8; 32], [0u8; 32]);
-    let header = input
+    let header = file
         .read_exact(&mut magic)
-        .and_then(|()| input.read_exact(&mut build))
-        .and_then(|()| input.read_exact(&mut state_hash));
+        .and_then(|()| file.read_exact(&mut build))
+        .and_then(|()| file.read_exact(&mut state_hash));
     match header {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(CheckpointError::NotACheckpoint(path.to_owned()));
@@ -179,22 +183,24 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
     if build != build_id()? {
         return Err(CheckpointError::OtherBuild(path.to_owned()));
     }
-    let mut hashing = Hashing {
-        inner: input,
-        hasher: blake3::Hasher::new(),
-    };
-    let state = ciborium::from_reader(&mut hashing).map_err(|e| match e {
+    let mut input = BufReader::with_capacity(
+        1 << 20,
+        Hashing {
+            inner: file,
+            hasher: blake3::Hasher::new(),
+        },
+    );
+    let state = ciborium::from_reader(&mut input).map_err(|e| match e {
         ciborium::de::Error::Io(source) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
             damaged("the file ends early")
         }
         ciborium::de::Error::Io(source) => io(path)(source),
         other => damaged(&other.to_string()),
     })?;
-    let mut rest = [0u8; 1];
-    if hashing.read(&mut rest).map_err(io(path))? != 0 {
+    if !input.fill_buf().map_err(io(path))?.is_empty() {
         return Err(damaged("bytes after the state"));
     }
-    if hashing.hasher.finalize().as_bytes() != &state_hash {
+    if input.into_inner().hasher.finalize().as_bytes() != &state_hash {
         return Err(damaged("the state is not the one written: its hash differs"));
     }
     Ok(state)
