@@ -201,9 +201,16 @@ async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
             .await
             .unwrap();
     }
-    // 3 MiB hold one 2 MiB blob: each download dropped the one before.
+    // 3 MiB hold one 2 MiB blob: each download dropped the one before,
+    // and stopped announcing it.
     assert!(small.blobs().contains(&ids[2]));
     assert!(!small.blobs().contains(&ids[0]) && !small.blobs().contains(&ids[1]));
+    let providing = small.providing().await.unwrap();
+    assert!(providing.contains(&ids[2]), "{providing:?}");
+    assert!(
+        !providing.contains(&ids[0]) && !providing.contains(&ids[1]),
+        "{providing:?}"
+    );
     assert!(small.blobs().usage().unwrap() <= 3 * 1024 * 1024);
     let big = data_dir_existing("quota", 0).join("big");
     std::fs::write(&big, content(4 * 1024 * 1024, 20)).unwrap();
@@ -214,6 +221,27 @@ async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("quota exceeded"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getting_a_blob_already_held_to_a_path_copies_it_and_the_store_keeps_its_own() {
+    let peers = swarm("held", 1).await;
+    let path = data_dir_existing("held", 0).join("shared");
+    std::fs::write(&path, content(300_000, 7)).unwrap();
+    let (info, _) = peers[0].share(path, Import::Copy).await.unwrap();
+    let out = data_dir_existing("held", 0).join("out");
+    peers[0]
+        .download(info.id, None, Arc::new(Progress::default()), Some(out.clone()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content(300_000, 7));
+    // The user's file is theirs to change: the store still serves its copy.
+    std::fs::write(&out, b"edited").unwrap();
+    assert!(stored("held", 0, &info.id).exists());
+    let entry = peers[0].blobs().list().unwrap();
+    assert_eq!(entry.len(), 1);
+    assert_eq!(entry[0].in_place, None);
+    assert_eq!(std::fs::read(stored("held", 0, &info.id)).unwrap(), content(300_000, 7));
 }
 
 /// `n` peers with short overlay and pin-duty intervals; peer 0 shares and

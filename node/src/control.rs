@@ -465,10 +465,16 @@ async fn get_blob(
     let client = state.client.clone();
     let task = download.clone();
     tokio::spawn(async move {
-        let result = client.download(id, ticket, task.progress.clone(), out.clone()).await;
-        let outcome = result
-            .map(|_| out.map(|o| o.display().to_string()).unwrap_or_default())
-            .map_err(|e| e.to_string());
+        let progress = task.progress.clone();
+        let target = out.clone();
+        // In a task of its own, so that a panic in it still ends the
+        // download with an answer instead of leaving its caller polling.
+        let result = tokio::spawn(async move { client.download(id, ticket, progress, target).await }).await;
+        let outcome = match result {
+            Ok(Ok(_)) => Ok(out.map(|o| o.display().to_string()).unwrap_or_default()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the download failed inside the daemon ({e}); see its log")),
+        };
         *task.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
     });
     Ok(Json(download_view(n, &download)))

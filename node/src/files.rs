@@ -351,6 +351,13 @@ impl Shared {
 }
 
 /// Downloads `info` from `providers` into `store`, several at once.
+/// A finished fetch: the blob, and the blobs dropped to make room for it
+/// (no longer held here, so no longer to be announced).
+pub(crate) struct Fetched {
+    pub(crate) info: BlobInfo,
+    pub(crate) evicted: Vec<Key>,
+}
+
 pub(crate) async fn fetch(
     store: BlobStore,
     control: libp2p_stream::Control,
@@ -359,7 +366,7 @@ pub(crate) async fn fetch(
     progress: Arc<Progress>,
     out: Option<std::path::PathBuf>,
     quota: Option<u64>,
-) -> Result<BlobInfo, FetchError> {
+) -> Result<Fetched, FetchError> {
     if store.contains(&info.id) {
         progress.verified.fetch_add(info.size, Ordering::Relaxed);
         if let Some(out) = out {
@@ -368,20 +375,24 @@ pub(crate) async fn fetch(
                 .await
                 .map_err(|e| FetchError::Io(std::io::Error::other(e)))??;
         }
-        return Ok(info);
+        return Ok(Fetched {
+            info,
+            evicted: Vec::new(),
+        });
     }
     if providers.is_empty() {
         return Err(FetchError::NoProvider(info.id));
     }
-    let partial = {
+    let (partial, evicted) = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
+            let mut evicted = Vec::new();
             if let Some(quota) = quota {
                 // A resumed download's bytes are already counted.
                 let held = std::fs::metadata(store_part_path(&store, &info.id)).map_or(0, |m| m.len());
-                store.make_room(info.size.saturating_sub(held), quota, &[info.id])?;
+                evicted = store.make_room(info.size.saturating_sub(held), quota, &[info.id])?;
             }
-            store.partial(info)
+            store.partial(info).map(|partial| (partial, evicted))
         })
         .await
         .map_err(|e| FetchError::Io(std::io::Error::other(e)))??
@@ -492,7 +503,7 @@ pub(crate) async fn fetch(
         mib / transfer.as_secs_f64().max(1e-9),
         (started.elapsed() - transfer).as_secs_f64()
     );
-    Ok(done)
+    Ok(Fetched { info: done, evicted })
 }
 
 /// Pulls runs for one provider until the plan has nothing more for it.

@@ -159,7 +159,7 @@ enum Command {
     /// and announce this peer as its provider. Prints the content id (its
     /// BLAKE3 hash, as `b3sum` prints it) and a ticket.
     Share {
-        /// The file.
+        /// The file, or the directory (every file in it, recursively).
         path: PathBuf,
         /// Serve the file from where it is instead of copying it (it must
         /// not change afterwards; a changed file stops being served).

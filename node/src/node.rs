@@ -171,8 +171,8 @@ pub struct PinView {
 /// Why a pin was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    /// More replicas than the overlay keeps records at.
-    #[error("at most {max} replicas in this swarm (its records live at the {max} closest peers)")]
+    /// No replicas, or more than the overlay keeps records at.
+    #[error("--replicas must be between 1 and {max} in this swarm (its records live at the {max} closest peers)")]
     TooManyReplicas {
         /// The overlay's replication factor.
         max: usize,
@@ -251,6 +251,9 @@ enum Command {
         reply: Reply<()>,
     },
     Declining {
+        reply: Reply<Vec<Key>>,
+    },
+    Providing {
         reply: Reply<Vec<Key>>,
     },
     Decliners {
@@ -392,6 +395,16 @@ impl Client {
         self.ask(|reply| Command::Pins { reply }).await
     }
 
+    /// Stops announcing blobs this node no longer holds (the quota dropped
+    /// them to make room): `shoal providers` stops listing it for them.
+    async fn forget_provided(&self, ids: &[Key]) -> Result<(), NodeError> {
+        for id in ids {
+            tracing::info!("dropped {id} to make room; no longer providing it");
+            self.decline(*id, false).await?;
+        }
+        Ok(())
+    }
+
     /// Steps aside from blob `key`'s home (`decline`: no room for it here;
     /// the next peer out takes this one's place), or stops doing so.
     pub async fn decline(&self, key: Key, decline: bool) -> Result<(), NodeError> {
@@ -401,6 +414,11 @@ impl Client {
     /// The blobs this node declines.
     pub async fn declining(&self) -> Result<Vec<Key>, NodeError> {
         self.ask(|reply| Command::Declining { reply }).await
+    }
+
+    /// The blobs this node announces itself as provider of.
+    pub async fn providing(&self) -> Result<Vec<Key>, NodeError> {
+        self.ask(|reply| Command::Providing { reply }).await
     }
 
     /// The peers known here to decline blob `key`.
@@ -462,18 +480,21 @@ impl Client {
     pub async fn share(&self, path: std::path::PathBuf, how: Import) -> Result<(BlobInfo, Ticket), NodeError> {
         let store = self.blobs.clone();
         let quota = self.quota;
-        let (info, files) = tokio::task::spawn_blocking(move || {
+        let (info, files, evicted) = tokio::task::spawn_blocking(move || {
+            let mut evicted = Vec::new();
             if let (Some(quota), Import::Copy) = (quota, how) {
-                store.make_room(tree_size(&path), quota, &[])?;
+                evicted = store.make_room(tree_size(&path), quota, &[])?;
             }
-            if path.is_dir() {
-                store.import_dir(&path, how)
+            let (info, files) = if path.is_dir() {
+                store.import_dir(&path, how)?
             } else {
-                store.import(&path, how).map(|info| (info, Vec::new()))
-            }
+                (store.import(&path, how)?, Vec::new())
+            };
+            Ok::<_, shoal_resources::store::StoreError>((info, files, evicted))
         })
         .await
         .map_err(|e| NodeError::Transport(e.to_string()))??;
+        self.forget_provided(&evicted).await?;
         let mut keys: Vec<Key> = files.iter().map(|f| f.id).collect();
         keys.push(info.id);
         self.provide(keys).await?;
@@ -529,7 +550,10 @@ impl Client {
         };
         let info = BlobInfo { id, size };
         progress.size.store(size, std::sync::atomic::Ordering::Relaxed);
-        let info = crate::files::fetch(
+        // A copy held before this download (kept for a home, shared here)
+        // stays the store's own: `-o` gets a copy of it, not the original.
+        let held_before = self.blobs.contains(&id);
+        let crate::files::Fetched { info, mut evicted } = crate::files::fetch(
             self.blobs.clone(),
             self.streams.clone(),
             info,
@@ -558,12 +582,20 @@ impl Client {
             (None, None) => {}
             (None, Some(out)) => {
                 let store = self.blobs.clone();
-                tokio::task::spawn_blocking(move || store.move_out(&id, &out))
-                    .await
-                    .map_err(|e| NodeError::Transport(e.to_string()))??;
+                tokio::task::spawn_blocking(move || {
+                    if held_before {
+                        store.export(&id, &out)
+                    } else {
+                        store.move_out(&id, &out)
+                    }
+                })
+                .await
+                .map_err(|e| NodeError::Transport(e.to_string()))??;
             }
             (Some(entries), out) => {
-                let total: u64 = entries.iter().map(|e| e.blob.size).sum();
+                // Sizes from the sharer's listing: summed without overflow;
+                // each file's fetch checks its own against the disk.
+                let total = entries.iter().fold(0u64, |sum, e| sum.saturating_add(e.blob.size));
                 progress.size.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
                 if let Some(out) = &out {
                     std::fs::create_dir_all(out).map_err(|e| NodeError::Store(e.into()))?;
@@ -592,10 +624,12 @@ impl Client {
                         self.quota,
                     )
                     .await?;
-                    provided.push(got.id);
+                    provided.push(got.info.id);
+                    evicted.extend(got.evicted);
                 }
             }
         }
+        self.forget_provided(&evicted).await?;
         self.provide(provided).await?;
         Ok(info)
     }
@@ -1165,6 +1199,7 @@ impl Driver {
             Command::RecordsHeld { reply } => drop(reply.send(Ok(self.core.record_store().len()))),
             Command::Pins { reply } => drop(reply.send(Ok(self.pins(t)))),
             Command::Declining { reply } => drop(reply.send(Ok(self.core.declining().copied().collect()))),
+            Command::Providing { reply } => drop(reply.send(Ok(self.core.providing().copied().collect()))),
             Command::Decliners { key, reply } => drop(reply.send(Ok(self.core.decliners(&key)))),
             Command::Decline { key, decline, reply } => {
                 if decline {

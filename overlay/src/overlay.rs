@@ -598,6 +598,12 @@ impl<A: Addr> Overlay<A> {
         self.declining.iter()
     }
 
+    /// The keys this peer announces itself as provider of (declined ones
+    /// included), in key order.
+    pub fn providing(&self) -> impl Iterator<Item = &Key> {
+        self.published_providers.keys()
+    }
+
     fn announce(&mut self, now: Instant, key: Key) -> Result<QueryId, CommandError> {
         let record = self.sign_provider(now, key);
         let id = self.start_query(now, key, QueryKind::AddProvider { record })?;

@@ -78,6 +78,16 @@ pub enum StoreError {
         /// The quota.
         quota: u64,
     },
+    /// The disk the store is on has no room for a download.
+    #[error("disk full: {id} needs {need} bytes, and the blob store's disk has {free} free")]
+    DiskFull {
+        /// The blob.
+        id: Key,
+        /// Bytes it needs beyond what its download already holds.
+        need: u64,
+        /// Bytes free on the store's file system.
+        free: u64,
+    },
 }
 
 /// Why receiving a run failed.
@@ -137,6 +147,12 @@ fn source_of(path: &Path, file: &File) -> io::Result<Source> {
         len: meta.len(),
         modified_ns,
     })
+}
+
+/// Bytes an unprivileged writer may still put on the file system of `dir`.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Copies everything it reads into `copy`.
@@ -348,7 +364,11 @@ impl BlobStore {
         let tmp = self.path(id, "meta.tmp");
         let mut bytes = Vec::new();
         ciborium::into_writer(meta, &mut bytes).map_err(io::Error::other)?;
-        std::fs::write(&tmp, bytes)?;
+        let mut file = File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        // On disk before it names the blob held: a power cut must not leave
+        // a metadata file that does not parse.
+        file.sync_data()?;
         std::fs::rename(&tmp, self.path(id, "meta"))
     }
 
@@ -548,7 +568,10 @@ impl BlobStore {
                 continue;
             };
             let Ok(id) = hex.parse::<Key>() else { continue };
-            if let Some(meta) = self.read_meta(&id)? {
+            // One damaged entry must not hide the others (or stop the quota
+            // from collecting them): it is left out, and reading it on its
+            // own says what is wrong with it.
+            if let Ok(Some(meta)) = self.read_meta(&id) {
                 out.push(Entry {
                     info: BlobInfo { id, size: meta.size },
                     in_place: meta.source.map(|s| s.path),
@@ -584,10 +607,11 @@ impl BlobStore {
 
     /// Moves the store's copy of blob `id` to `path` (a new file) and serves
     /// it in place from there; copies instead if `path` is on another file
-    /// system or the blob is already served in place.
+    /// system, the blob is already served in place, or it is pinned (a copy
+    /// kept for a home stays the store's own, out of the user's hands).
     pub fn move_out(&self, id: &Key, path: &Path) -> Result<(), StoreError> {
         let meta = self.read_meta(id)?.ok_or(StoreError::Unknown(*id))?;
-        if meta.source.is_some() || path.exists() {
+        if meta.source.is_some() || path.exists() || self.is_pinned(id) {
             return self.export(id, path);
         }
         match std::fs::rename(self.path(id, "data"), path) {
@@ -697,7 +721,22 @@ impl BlobStore {
             .create(true)
             .truncate(false)
             .open(&data_path)?;
-        if data.metadata()?.len() != info.size {
+        let allocated = data.metadata()?.len();
+        if allocated != info.size {
+            // The size comes from a ticket or a peer: a download that cannot
+            // fit stops here, before any file or bitmap takes its size.
+            let tree = BaoTree::new(info.size, BLOCK_SIZE);
+            let need = info.size.saturating_add(tree.outboard_size()).saturating_sub(allocated);
+            let free = free_bytes(&self.dir)?;
+            if need > free {
+                drop(data);
+                let _ = std::fs::remove_file(&data_path);
+                return Err(StoreError::DiskFull {
+                    id: info.id,
+                    need,
+                    free,
+                });
+            }
             data.set_len(info.size)?;
         }
         let outboard = OpenOptions::new()
@@ -1316,6 +1355,79 @@ mod tests {
         store.set_pinned(&ids[1], true).unwrap();
         assert!(store.could_fit(90_000, used).unwrap(), "the unpinned one could go");
         assert!(!store.could_fit(150_000, used).unwrap(), "the pinned one stays");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_download_that_cannot_fit_on_the_disk_is_refused_before_it_takes_room() {
+        let dir = temp("diskfull");
+        let store = BlobStore::open(&dir.join("s")).unwrap();
+        // A size a ticket or a peer may claim: far past any disk.
+        let info = BlobInfo {
+            id: Key::of_content(b"huge"),
+            size: 1 << 62,
+        };
+        let error = store.partial(info).map(drop).unwrap_err();
+        assert!(
+            matches!(error, StoreError::DiskFull { need, .. } if need >= 1 << 62),
+            "{error}"
+        );
+        assert!(error.to_string().starts_with("disk full: "), "{error}");
+        assert!(!store.part_path(&info.id).exists(), "nothing left behind");
+        // A size that fits still starts.
+        let small = BlobInfo {
+            id: Key::of_content(b"small"),
+            size: 100_000,
+        };
+        assert!(store.partial(small).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_metadata_file_hides_its_own_blob_only() {
+        let dir = temp("badmeta");
+        let store = BlobStore::open(&dir.join("s")).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..3u8 {
+            let path = dir.join(format!("f{n}"));
+            std::fs::write(&path, content(10_000 + usize::from(n))).unwrap();
+            ids.push(store.import(&path, Import::Copy).unwrap().id);
+        }
+        std::fs::write(dir.join("s").join(format!("{}.meta", ids[1])), b"\xff\x00 not cbor").unwrap();
+        let listed: Vec<Key> = store.list().unwrap().iter().map(|e| e.info.id).collect();
+        let mut expected = vec![ids[0], ids[2]];
+        expected.sort();
+        assert_eq!(listed, expected);
+        let error = store.size(&ids[1]).unwrap_err().to_string();
+        assert!(error.contains("bad metadata"), "{error}");
+        // The quota still collects around it.
+        assert!(store.make_room(0, u64::MAX, &[]).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pinned_blob_is_copied_out_not_moved() {
+        let dir = temp("moveout");
+        let store = BlobStore::open(&dir.join("s")).unwrap();
+        let path = dir.join("file");
+        std::fs::write(&path, content(30_000)).unwrap();
+        let info = store.import(&path, Import::Copy).unwrap();
+        store.set_pinned(&info.id, true).unwrap();
+        store.move_out(&info.id, &dir.join("out")).unwrap();
+        assert_eq!(std::fs::read(dir.join("out")).unwrap(), content(30_000));
+        // The store keeps its own copy: the user's file is theirs to change.
+        std::fs::write(dir.join("out"), b"edited").unwrap();
+        let mut wire = Vec::new();
+        store.encode(&info.id, &(0..2), &mut wire).unwrap();
+        assert_eq!(verify_range(info, &(0..2), wire.as_slice()).unwrap(), 30_000);
+        // An unpinned one is moved, and served from where it went.
+        store.set_pinned(&info.id, false).unwrap();
+        store.move_out(&info.id, &dir.join("moved")).unwrap();
+        assert!(!dir.join("s").join(format!("{}.data", info.id)).exists());
+        assert_eq!(
+            store.list().unwrap()[0].in_place.as_deref(),
+            Some(std::fs::canonicalize(dir.join("moved")).unwrap().as_path())
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -123,7 +123,7 @@ disk_full() {
     status=\$?
     $SHOAL down --data-dir $WORK/tiny/d >/dev/null 2>&1
     sleep 0.5
-    [ \$status -ne 0 ] && grep -q 'No space left on device' $WORK/tiny.err"
+    [ \$status -ne 0 ] && grep -q 'disk full: ' $WORK/tiny.err"
 }
 check "a download onto a full disk fails with a clear error" disk_full
 
