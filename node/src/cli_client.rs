@@ -41,9 +41,28 @@ pub enum ControlError {
         /// Why.
         reason: String,
     },
+    /// The daemon took the request but did not answer in time.
+    #[error(
+        "the daemon at {addr} did not answer within {secs} s; it may still be working on it (see its log, or `shoal status`)"
+    )]
+    Busy {
+        /// The address.
+        addr: String,
+        /// How long the call waited.
+        secs: u64,
+    },
     /// The daemon answered with an error.
     #[error("{0}")]
     Refused(String),
+}
+
+/// How long to wait for the daemon's answer to a call of `path`. Lookups
+/// can take a while on a large swarm, and a minute is generous for them;
+/// a share reads and hashes the whole file before it answers, which takes
+/// as long as the file's size makes it take, so it waits as long as the
+/// daemon is there (a daemon that stops closes the connection).
+fn answer_within(path: &str) -> Option<Duration> {
+    (path != "/v1/share").then_some(Duration::from_secs(60))
 }
 
 /// Sends `method path` with an optional JSON `body` to the daemon of
@@ -79,10 +98,16 @@ pub fn call(
         reason: e.to_string(),
     };
     let mut stream = TcpStream::connect_timeout(&info.addr, Duration::from_secs(2)).map_err(unreachable)?;
-    // Lookups can take a while on a large swarm; a minute is generous.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(unreachable)?;
+    let wait = answer_within(path);
+    stream.set_read_timeout(wait).map_err(unreachable)?;
+    // Connected: from here a silent daemon is a busy one, not a gone one.
+    let unreachable = |e: std::io::Error| match (e.kind(), wait) {
+        (std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut, Some(wait)) => ControlError::Busy {
+            addr: info.addr.to_string(),
+            secs: wait.as_secs(),
+        },
+        _ => unreachable(e),
+    };
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",

@@ -439,10 +439,22 @@ async fn get_blob(
         (parse_key(target)?, None)
     };
     let out = body.out.map(PathBuf::from);
-    if let Some(out) = &out
-        && !out.is_absolute()
-    {
-        return Err(failure(StatusCode::BAD_REQUEST, "the output path must be absolute"));
+    if let Some(out) = &out {
+        if !out.is_absolute() {
+            return Err(failure(StatusCode::BAD_REQUEST, "the output path must be absolute"));
+        }
+        // Said now, not after the whole download.
+        if let Some(parent) = out.parent()
+            && !parent.is_dir()
+        {
+            return Err(failure(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} is not a directory: create it first, or name another -o",
+                    parent.display()
+                ),
+            ));
+        }
     }
     let download = Arc::new(DownloadState {
         id: id.to_string(),

@@ -390,7 +390,12 @@ pub(crate) async fn fetch(
             if let Some(quota) = quota {
                 // A resumed download's bytes are already counted.
                 let held = std::fs::metadata(store_part_path(&store, &info.id)).map_or(0, |m| m.len());
-                evicted = store.make_room(info.size.saturating_sub(held), quota, &[info.id])?;
+                evicted = store.make_room(
+                    info.size.saturating_sub(held),
+                    quota,
+                    &[info.id],
+                    std::time::SystemTime::now(),
+                )?;
             }
             store.partial(info).map(|partial| (partial, evicted))
         })

@@ -155,7 +155,7 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
-    /// Share a file: import it into the blob store (or serve it in place)
+    /// Share a file or a directory: import it into the blob store (or serve it in place)
     /// and announce this peer as its provider. Prints the content id (its
     /// BLAKE3 hash, as `b3sum` prints it) and a ticket.
     Share {
@@ -482,7 +482,10 @@ fn get(target: &str, out: Option<PathBuf>, talk: &Talk) -> anyhow::Result<()> {
             .id
             .to_string()
     } else {
-        target.to_string()
+        target
+            .parse::<shoal_overlay::Key>()
+            .map_err(|e| anyhow::anyhow!("{target:?} is neither a content id nor a ticket: {e}"))?
+            .to_string()
     };
     let out = out.unwrap_or_else(|| PathBuf::from(&id_text));
     let out = std::path::absolute(&out).with_context(|| format!("cannot resolve {}", out.display()))?;

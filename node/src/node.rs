@@ -483,7 +483,7 @@ impl Client {
         let (info, files, evicted) = tokio::task::spawn_blocking(move || {
             let mut evicted = Vec::new();
             if let (Some(quota), Import::Copy) = (quota, how) {
-                evicted = store.make_room(tree_size(&path), quota, &[])?;
+                evicted = store.make_room(tree_size(&path), quota, &[], std::time::SystemTime::now())?;
             }
             let (info, files) = if path.is_dir() {
                 store.import_dir(&path, how)?

@@ -32,6 +32,11 @@ use crate::verify::{Broken, Item, Verifier};
 /// The files a whole blob in the store consists of (`ID.pin` marks it
 /// pinned and is empty).
 const BLOB_FILES: [&str; 4] = ["meta", "data", "obao", "pin"];
+/// The files of a download in progress.
+const PARTIAL_FILES: [&str; 3] = ["part", "opart", "have"];
+/// A download nothing has been added to for this long was given up: the
+/// quota may drop it.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +292,31 @@ impl BlobStore {
     /// The store in `dir` (created if missing).
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(BlobStore { dir: dir.to_path_buf() })
+        let store = BlobStore { dir: dir.to_path_buf() };
+        store.remove_dead_imports()?;
+        Ok(store)
+    }
+
+    /// Removes the temporary files of imports whose process is gone (killed
+    /// mid-import): nothing else would, and the quota counts them.
+    fn remove_dead_imports(&self) -> io::Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("import-"))
+                .filter(|n| n.ends_with(".tmp"))
+                .and_then(|n| n.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
+            if !alive {
+                let _ = std::fs::remove_file(self.dir.join(&name));
+            }
+        }
+        Ok(())
     }
 
     fn path(&self, id: &Key, ext: &str) -> PathBuf {
@@ -457,6 +486,30 @@ impl BlobStore {
         self.path(id, "pin").exists()
     }
 
+    /// Downloads in progress or interrupted, with when each last received
+    /// anything (its bitmap is saved as groups arrive).
+    pub fn partials(&self) -> Result<Vec<(std::time::SystemTime, Key)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".part"))
+                .and_then(|h| h.parse::<Key>().ok())
+            else {
+                continue;
+            };
+            let last = PARTIAL_FILES
+                .iter()
+                .filter_map(|ext| std::fs::metadata(self.path(&id, ext)).and_then(|m| m.modified()).ok())
+                .max()
+                .unwrap_or(std::time::UNIX_EPOCH);
+            out.push((last, id));
+        }
+        out.sort_by_key(|p| p.1);
+        Ok(out)
+    }
+
     /// Where a download of `id` in progress keeps its bytes.
     pub fn part_path(&self, id: &Key) -> PathBuf {
         self.path(id, "part")
@@ -509,7 +562,13 @@ impl BlobStore {
     /// Makes room for `need` more bytes under `quota`: drops the least
     /// recently used blobs (never those in `keep`, never a download in
     /// progress) until the store fits, or says why it cannot.
-    pub fn make_room(&self, need: u64, quota: u64, keep: &[Key]) -> Result<Vec<Key>, StoreError> {
+    pub fn make_room(
+        &self,
+        need: u64,
+        quota: u64,
+        keep: &[Key],
+        now: std::time::SystemTime,
+    ) -> Result<Vec<Key>, StoreError> {
         let mut used = self.usage()?;
         let mut dropped = Vec::new();
         if used.saturating_add(need) <= quota {
@@ -522,6 +581,15 @@ impl BlobStore {
             }
             let modified = std::fs::metadata(self.path(&entry.info.id, "meta")).and_then(|m| m.modified())?;
             candidates.push((modified, entry.info.id));
+        }
+        // Downloads nobody has added to for a day were given up: their
+        // files go before any whole blob (an interrupted download resumes
+        // within that time, and a running one writes all the while).
+        let given_up = now.checked_sub(ABANDONED_AFTER).unwrap_or(std::time::UNIX_EPOCH);
+        for (modified, id) in self.partials()? {
+            if modified < given_up && !keep.contains(&id) {
+                candidates.push((std::time::UNIX_EPOCH, id));
+            }
         }
         candidates.sort();
         for (_, id) in candidates {
@@ -702,7 +770,7 @@ impl BlobStore {
 
     /// Forgets blob `id` (its copy and outboard; an in-place source stays).
     pub fn remove(&self, id: &Key) -> Result<(), StoreError> {
-        for ext in BLOB_FILES {
+        for ext in BLOB_FILES.iter().chain(&PARTIAL_FILES) {
             match std::fs::remove_file(self.path(id, ext)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1032,6 +1100,9 @@ mod tests {
     use super::*;
     use crate::Fetch;
 
+    /// A `now` at which no download has been given up yet.
+    const NOTHING_GIVEN_UP: std::time::SystemTime = UNIX_EPOCH;
+
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("shoal-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -1336,11 +1407,13 @@ mod tests {
         let used = store.usage().unwrap();
         assert!(used > 300_000);
         // Room for 50 kB within the current use plus 10 kB: the oldest goes.
-        let dropped = store.make_room(50_000, used + 10_000, &[]).unwrap();
+        let dropped = store.make_room(50_000, used + 10_000, &[], NOTHING_GIVEN_UP).unwrap();
         assert_eq!(dropped, vec![ids[0]]);
         assert!(!store.contains(&ids[0]) && store.contains(&ids[1]));
         // Kept blobs are never dropped; what cannot fit is refused clearly.
-        let error = store.make_room(10_000_000, used, &[ids[1], ids[2]]).unwrap_err();
+        let error = store
+            .make_room(10_000_000, used, &[ids[1], ids[2]], NOTHING_GIVEN_UP)
+            .unwrap_err();
         assert!(matches!(error, StoreError::QuotaExceeded { .. }), "{error}");
         assert!(store.contains(&ids[1]) && store.contains(&ids[2]));
         // Marked pinned blobs are listed, and only they.
@@ -1401,7 +1474,7 @@ mod tests {
         let error = store.size(&ids[1]).unwrap_err().to_string();
         assert!(error.contains("bad metadata"), "{error}");
         // The quota still collects around it.
-        assert!(store.make_room(0, u64::MAX, &[]).is_ok());
+        assert!(store.make_room(0, u64::MAX, &[], NOTHING_GIVEN_UP).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1428,6 +1501,51 @@ mod tests {
             store.list().unwrap()[0].in_place.as_deref(),
             Some(std::fs::canonicalize(dir.join("moved")).unwrap().as_path())
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn downloads_given_up_a_day_ago_and_dead_imports_do_not_keep_their_room() {
+        let dir = temp("abandoned");
+        let store = BlobStore::open(&dir.join("s")).unwrap();
+        let old = BlobInfo {
+            id: Key::of_content(b"old"),
+            size: 200_000,
+        };
+        let fresh = BlobInfo {
+            id: Key::of_content(b"fresh"),
+            size: 200_000,
+        };
+        for info in [old, fresh] {
+            let partial = store.partial(info).unwrap();
+            partial.save_have(&[0; 1]).unwrap();
+        }
+        // The clock is the file system's: when the partial files were made.
+        let now = std::fs::metadata(store.part_path(&fresh.id))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let two_days_ago = now - 2 * ABANDONED_AFTER;
+        for ext in PARTIAL_FILES {
+            let file = OpenOptions::new().append(true).open(store.path(&old.id, ext)).unwrap();
+            file.set_modified(two_days_ago).unwrap();
+        }
+        let listed: Vec<Key> = store.partials().unwrap().into_iter().map(|p| p.1).collect();
+        assert_eq!(listed.len(), 2);
+        let used = store.usage().unwrap();
+        let dropped = store.make_room(100_000, used, &[], now).unwrap();
+        assert_eq!(dropped, vec![old.id], "only the download given up goes");
+        assert!(!store.part_path(&old.id).exists() && store.part_path(&fresh.id).exists());
+        assert!(PARTIAL_FILES.iter().all(|ext| !store.path(&old.id, ext).exists()));
+
+        // An import killed mid-way left its temporary file: the next open of
+        // the store removes it; a live process's is left alone.
+        let dead = dir.join("s").join("import-4000000000-0.data.tmp");
+        let live = dir.join("s").join(format!("import-{}-9.data.tmp", std::process::id()));
+        std::fs::write(&dead, b"half a file").unwrap();
+        std::fs::write(&live, b"being written").unwrap();
+        BlobStore::open(&dir.join("s")).unwrap();
+        assert!(!dead.exists() && live.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -110,6 +110,7 @@ ID=$(cli 1 share "$WORK/file.bin" --json | grep -o '"id":"[0-9a-f]*"' | cut -d'"
 TICKET=$(cli 1 share "$WORK/file.bin" --json | grep -o '"ticket":"[a-z0-9]*"' | cut -d'"' -f4)
 check "a file shared on host 1 is fetched on host 3 by id" wait_for 30 sh -c "ip netns exec $PREFIX-h3 $SHOAL get $ID -o $WORK/h3.file --data-dir $WORK/h3 >/dev/null 2>&1 && cmp -s $WORK/file.bin $WORK/h3.file"
 check "and on host 2 by ticket" sh -c "ip netns exec $PREFIX-h2 $SHOAL get $TICKET -o $WORK/h2.file --data-dir $WORK/h2 >/dev/null && cmp -s $WORK/file.bin $WORK/h2.file"
+check "a get into a directory that does not exist says so before downloading" sh -c "! ip netns exec $PREFIX-h2 $SHOAL get $TICKET -o $WORK/no-such-dir/x --data-dir $WORK/h2 2>$WORK/nodir.err && grep -q 'no-such-dir is not a directory' $WORK/nodir.err"
 
 # A download onto a full disk stops with a clear error: a second peer on
 # host 2 keeps its data on a 1 MiB tmpfs (in a private mount namespace).
