@@ -244,6 +244,32 @@ async fn getting_a_blob_already_held_to_a_path_copies_it_and_the_store_keeps_its
     assert_eq!(std::fs::read(stored("held", 0, &info.id)).unwrap(), content(300_000, 7));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_downloads_of_one_blob_at_once_both_end_with_the_file() {
+    let peers = swarm("twice", 2).await;
+    let path = data_dir_existing("twice", 0).join("shared");
+    std::fs::write(&path, content(8 * 1024 * 1024, 9)).unwrap();
+    let (info, ticket) = peers[0].share(path, Import::Copy).await.unwrap();
+    let out = |n: u8| data_dir_existing("twice", 1).join(format!("out{n}"));
+    // Both start before either ends: they write the same download, and
+    // the one that files it second must find the blob already there.
+    let (a, b) = tokio::join!(
+        peers[1].download(
+            info.id,
+            Some(ticket.clone()),
+            Arc::new(Progress::default()),
+            Some(out(1))
+        ),
+        peers[1].download(info.id, Some(ticket), Arc::new(Progress::default()), Some(out(2))),
+    );
+    a.unwrap();
+    b.unwrap();
+    for n in [1, 2] {
+        assert_eq!(std::fs::read(out(n)).unwrap(), content(8 * 1024 * 1024, 9), "out{n}");
+    }
+    assert!(peers[1].blobs().contains(&info.id));
+}
+
 /// `n` peers with short overlay and pin-duty intervals; peer 0 shares and
 /// pins (3 replicas) a 1 MiB file; returns once the blob's home holds it.
 async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8]) -> (Vec<Option<Client>>, BlobInfo) {

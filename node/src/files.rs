@@ -356,9 +356,53 @@ impl Shared {
 pub(crate) struct Fetched {
     pub(crate) info: BlobInfo,
     pub(crate) evicted: Vec<Key>,
+    /// Whether this fetch downloaded it (else it was held already).
+    pub(crate) downloaded: bool,
 }
 
+/// The blobs being fetched, one fetch at a time per blob: a second fetch
+/// of a blob (another `get`, a pin duty, a directory that lists it too)
+/// waits for the first and then finds it held, instead of writing the same
+/// download beside it.
+#[derive(Clone, Default)]
+pub(crate) struct InFlight(Arc<Mutex<BTreeMap<Key, Arc<tokio::sync::Mutex<()>>>>>);
+
+/// A fetch's turn at its blob, until dropped.
+pub(crate) struct Turn {
+    id: Key,
+    in_flight: InFlight,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl InFlight {
+    /// Waits until no other fetch of `id` runs here.
+    pub(crate) async fn turn(&self, id: Key) -> Turn {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(id).or_default().clone()
+        };
+        Turn {
+            id,
+            in_flight: self.clone(),
+            _held: lock.lock_owned().await,
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.0.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's handle and this turn's are the only ones left: nobody
+        // waits, and the entry goes.
+        if map.get(&self.id).is_some_and(|lock| Arc::strong_count(lock) <= 2) {
+            map.remove(&self.id);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch(
+    in_flight: &InFlight,
     store: BlobStore,
     control: libp2p_stream::Control,
     info: BlobInfo,
@@ -367,6 +411,7 @@ pub(crate) async fn fetch(
     out: Option<std::path::PathBuf>,
     quota: Option<u64>,
 ) -> Result<Fetched, FetchError> {
+    let _turn = in_flight.turn(info.id).await;
     if store.contains(&info.id) {
         progress.verified.fetch_add(info.size, Ordering::Relaxed);
         if let Some(out) = out {
@@ -378,6 +423,7 @@ pub(crate) async fn fetch(
         return Ok(Fetched {
             info,
             evicted: Vec::new(),
+            downloaded: false,
         });
     }
     if providers.is_empty() {
@@ -508,7 +554,11 @@ pub(crate) async fn fetch(
         mib / transfer.as_secs_f64().max(1e-9),
         (started.elapsed() - transfer).as_secs_f64()
     );
-    Ok(Fetched { info: done, evicted })
+    Ok(Fetched {
+        info: done,
+        evicted,
+        downloaded: true,
+    })
 }
 
 /// Pulls runs for one provider until the plan has nothing more for it.

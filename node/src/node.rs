@@ -140,6 +140,9 @@ pub enum NodeError {
     /// A pin was refused.
     #[error(transparent)]
     Pin(#[from] PinError),
+    /// A task of the daemon's own failed (a bug: its log says more).
+    #[error("the daemon failed inside ({0}); see its log")]
+    Task(String),
 }
 
 /// The node's view of one finished lookup.
@@ -295,6 +298,7 @@ pub struct Client {
     quota: Option<u64>,
     replication: usize,
     handoff_deadline: Duration,
+    fetching: crate::files::InFlight,
 }
 
 impl std::fmt::Debug for Client {
@@ -493,7 +497,7 @@ impl Client {
             Ok::<_, shoal_resources::store::StoreError>((info, files, evicted))
         })
         .await
-        .map_err(|e| NodeError::Transport(e.to_string()))??;
+        .map_err(|e| NodeError::Task(e.to_string()))??;
         self.forget_provided(&evicted).await?;
         let mut keys: Vec<Key> = files.iter().map(|f| f.id).collect();
         keys.push(info.id);
@@ -550,10 +554,12 @@ impl Client {
         };
         let info = BlobInfo { id, size };
         progress.size.store(size, std::sync::atomic::Ordering::Relaxed);
-        // A copy held before this download (kept for a home, shared here)
-        // stays the store's own: `-o` gets a copy of it, not the original.
-        let held_before = self.blobs.contains(&id);
-        let crate::files::Fetched { info, mut evicted } = crate::files::fetch(
+        let crate::files::Fetched {
+            info,
+            mut evicted,
+            downloaded,
+        } = crate::files::fetch(
+            &self.fetching,
             self.blobs.clone(),
             self.streams.clone(),
             info,
@@ -569,12 +575,10 @@ impl Client {
             let store = self.blobs.clone();
             let bytes = tokio::task::spawn_blocking(move || store.read_small(&id, MAX_LISTING_BYTES))
                 .await
-                .map_err(|e| NodeError::Transport(e.to_string()))??;
-            match shoal_resources::collection::decode(&bytes) {
-                Ok(entries) => Some(entries),
-                Err(shoal_resources::collection::CollectionError::NotACollection) => None,
-                Err(e) => return Err(NodeError::Transport(format!("{id}: {e}"))),
-            }
+                .map_err(|e| NodeError::Task(e.to_string()))??;
+            // A file that only looks like a listing (or a listing that does
+            // not decode) is what its id names: those bytes, as a file.
+            shoal_resources::collection::decode(&bytes).ok()
         } else {
             None
         };
@@ -582,15 +586,17 @@ impl Client {
             (None, None) => {}
             (None, Some(out)) => {
                 let store = self.blobs.clone();
+                // A copy held before this download (kept for a home, shared
+                // here) stays the store's own: `-o` gets a copy of it.
                 tokio::task::spawn_blocking(move || {
-                    if held_before {
-                        store.export(&id, &out)
-                    } else {
+                    if downloaded {
                         store.move_out(&id, &out)
+                    } else {
+                        store.export(&id, &out)
                     }
                 })
                 .await
-                .map_err(|e| NodeError::Transport(e.to_string()))??;
+                .map_err(|e| NodeError::Task(e.to_string()))??;
             }
             (Some(entries), out) => {
                 // Sizes from the sharer's listing: summed without overflow;
@@ -615,6 +621,7 @@ impl Client {
                         std::fs::create_dir_all(parent).map_err(|e| NodeError::Store(e.into()))?;
                     }
                     let got = crate::files::fetch(
+                        &self.fetching,
                         self.blobs.clone(),
                         self.streams.clone(),
                         entry.blob,
@@ -784,6 +791,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         quota: config.quota,
         replication,
         handoff_deadline: config.handoff_deadline,
+        fetching: crate::files::InFlight::default(),
     };
     tokio::spawn(pin_duties(client.downgrade(), config.pin_check));
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));

@@ -405,7 +405,12 @@ impl BlobStore {
         match File::open(self.path(id, "meta")) {
             Ok(file) => ciborium::from_reader(io::BufReader::new(file.take(64 * 1024)))
                 .map(Some)
-                .map_err(|e| StoreError::Io(io::Error::other(format!("blob {id}: bad metadata: {e}")))),
+                .map_err(|_| {
+                    StoreError::Io(io::Error::other(format!(
+                        "blob {id}: bad metadata in {}: remove it to drop the blob (it can be fetched again)",
+                        self.path(id, "meta").display()
+                    )))
+                }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
