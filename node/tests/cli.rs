@@ -301,8 +301,15 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     // Pinning: both peers form the home; too many replicas is refused.
     let pinned = json(&shoal(&a, &["pin", &id, "--replicas", "2", "--json"]));
     assert!(pinned["stored"].as_u64().unwrap() >= 1, "{pinned}");
-    let too_many = shoal(&a, &["pin", &id, "--replicas", "9"]);
-    assert!(stderr(&too_many).contains("at most"), "{}", stderr(&too_many));
+    for replicas in ["9", "0"] {
+        let refused = shoal(&a, &["pin", &id, "--replicas", replicas]);
+        assert!(!refused.status.success());
+        assert!(
+            stderr(&refused).contains("--replicas must be between 1 and 3"),
+            "{}",
+            stderr(&refused)
+        );
+    }
     assert!(shoal(&a, &["unpin", &id]).status.success());
     assert!(log_of(&b).contains(&format!("resuming {id}")), "{}", log_of(&b));
     second.kill().unwrap();
