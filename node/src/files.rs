@@ -360,10 +360,11 @@ pub(crate) struct Fetched {
     pub(crate) downloaded: bool,
 }
 
-/// The blobs being fetched, one fetch at a time per blob: a second fetch
-/// of a blob (another `get`, a pin duty, a directory that lists it too)
-/// waits for the first and then finds it held, instead of writing the same
-/// download beside it.
+/// The blobs being downloaded, one download at a time per blob: a second
+/// download of a blob (another `get`, a pin duty, a directory that lists
+/// it too) waits until the first has fetched and filed it, then finds it
+/// held, instead of writing the same download beside it or reading the
+/// store's copy while the first moves it to its `-o`.
 #[derive(Clone, Default)]
 pub(crate) struct InFlight(Arc<Mutex<BTreeMap<Key, Arc<tokio::sync::Mutex<()>>>>>);
 
@@ -400,9 +401,9 @@ impl Drop for Turn {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Downloads `info` into the store (or to `out`) unless it is held. The
+/// caller holds the blob's [`InFlight::turn`].
 pub(crate) async fn fetch(
-    in_flight: &InFlight,
     store: BlobStore,
     control: libp2p_stream::Control,
     info: BlobInfo,
@@ -411,7 +412,6 @@ pub(crate) async fn fetch(
     out: Option<std::path::PathBuf>,
     quota: Option<u64>,
 ) -> Result<Fetched, FetchError> {
-    let _turn = in_flight.turn(info.id).await;
     if store.contains(&info.id) {
         progress.verified.fetch_add(info.size, Ordering::Relaxed);
         if let Some(out) = out {

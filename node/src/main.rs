@@ -116,9 +116,11 @@ enum Command {
         /// File: swarm_key = "PATH" (relative to the data directory).
         #[arg(long, env = "SHOAL_SWARM_KEY", value_name = "FILE")]
         swarm_key: Option<PathBuf>,
-        /// Most disk the blob store may take (e.g. 500M, 10G): the least
-        /// recently used blobs are dropped to make room, and what still does
-        /// not fit is refused. Default: no limit. File: quota = "10G".
+        /// Most disk the blob store may take (e.g. 500M, 10G; K, M, G and T
+        /// are powers of 1024, so 10G and 10GB both mean 10 GiB): downloads
+        /// given up a day ago and then the least recently used blobs are
+        /// dropped to make room, and what still does not fit is refused.
+        /// Default: no limit. File: quota = "10G".
         #[arg(long, env = "SHOAL_QUOTA", value_name = "SIZE", value_parser = settings::parse_size)]
         quota: Option<u64>,
     },
@@ -455,7 +457,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     if b["pinned"] == true {
                         place.push_str("  pinned");
                     }
-                    format!("\n{}  {:>14}{place}", text(&b["id"]), b["size"])
+                    let size = indicatif::HumanBytes(b["size"].as_u64().unwrap_or(0)).to_string();
+                    format!("\n{}  {size:>11}{place}", text(&b["id"]))
                 })
                 .collect();
             format!("{} blobs{lines}", blobs.len())

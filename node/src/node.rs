@@ -517,6 +517,8 @@ impl Client {
         progress: Arc<crate::files::Progress>,
         out: Option<std::path::PathBuf>,
     ) -> Result<BlobInfo, NodeError> {
+        // Until it is filed where it goes (see `InFlight`).
+        let _turn = self.fetching.turn(id).await;
         let mut providers: Vec<PeerId> = Vec::new();
         if let Some(ticket) = &ticket {
             let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
@@ -559,7 +561,6 @@ impl Client {
             mut evicted,
             downloaded,
         } = crate::files::fetch(
-            &self.fetching,
             self.blobs.clone(),
             self.streams.clone(),
             info,
@@ -617,11 +618,12 @@ impl Client {
                         }
                     }
                     let target = out.as_ref().map(|o| o.join(&entry.path));
+                    // (A listing cannot name itself: its id hashes its entries.)
+                    let _entry_turn = self.fetching.turn(entry.blob.id).await;
                     if let Some(parent) = target.as_ref().and_then(|t| t.parent()) {
                         std::fs::create_dir_all(parent).map_err(|e| NodeError::Store(e.into()))?;
                     }
                     let got = crate::files::fetch(
-                        &self.fetching,
                         self.blobs.clone(),
                         self.streams.clone(),
                         entry.blob,
