@@ -330,6 +330,18 @@ fn home(peers: &[Option<Client>], id: &shoal::overlay::Key) -> Vec<bool> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_peer_that_pinned_a_blob_can_change_its_pin_and_others_are_told_so() {
+    let (peers, info) = pinned_swarm("conflict", 4, &content(100_000, 5)).await;
+    let other = peers[2].as_ref().unwrap();
+    for attempt in [other.pin(info.id, 2).await, other.unpin(info.id).await] {
+        let error = attempt.unwrap_err().to_string();
+        assert!(error.contains("is pinned by another peer"), "{error}");
+    }
+    // The pinner itself still can.
+    assert!(peers[0].as_ref().unwrap().unpin(info.id).await.unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_home_member_hands_its_copy_on_first() {
     let bytes = content(1024 * 1024 + 3, 31);
     let (mut peers, info) = pinned_swarm("handoff", 7, &bytes).await;

@@ -183,6 +183,16 @@ pub enum PinError {
     /// The pin record reached no home member.
     #[error("the pin of {0} reached no home member")]
     NotStored(Key),
+    /// Another peer pinned the blob: only it may change or remove the pin.
+    #[error(
+        "{id} is pinned by another peer ({publisher}); only that peer can change or remove its pin, until the pin lapses"
+    )]
+    PinnedByAnother {
+        /// The blob.
+        id: Key,
+        /// The key of the peer whose pin record holds the blob's key.
+        publisher: Key,
+    },
 }
 
 /// How a batch of provider announcements went.
@@ -462,7 +472,17 @@ impl Client {
             reply,
         });
         match put.await {
-            Ok(0) => Err(PinError::NotStored(id).into()),
+            Ok(0) => {
+                // The home refuses a record at a key another publisher
+                // holds: say whose it is rather than that nobody answered.
+                if let Ok(Some(record)) = self.get_value(id).await {
+                    let publisher = Key::of_public_key(&record.publisher);
+                    if publisher != self.key {
+                        return Err(PinError::PinnedByAnother { id, publisher }.into());
+                    }
+                }
+                Err(PinError::NotStored(id).into())
+            }
             Ok(stored) => Ok(stored),
             Err(e) => Err(e),
         }
