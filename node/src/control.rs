@@ -226,6 +226,9 @@ pub struct BlobView {
     pub in_place: Option<String>,
     /// Kept for its home (exempt from garbage collection).
     pub pinned: bool,
+    /// A download in progress or interrupted (`get` again resumes it): it
+    /// takes its whole size from the quota already.
+    pub partial: bool,
 }
 
 type Failure = (StatusCode, Json<serde_json::Value>);
@@ -512,20 +515,35 @@ async fn download_status(
 async fn blobs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Vec<BlobView>>, Failure> {
     check(&state, &headers)?;
     let store = state.client.blobs().clone();
-    let list = tokio::task::spawn_blocking(move || store.list())
-        .await
-        .map_err(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e))?
-        .map_err(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(Json(
-        list.into_iter()
-            .map(|e| BlobView {
-                id: e.info.id.to_string(),
-                size: e.info.size,
-                in_place: e.in_place.map(|p| p.display().to_string()),
-                pinned: state.client.blobs().is_pinned(&e.info.id),
+    let (list, partials) = tokio::task::spawn_blocking(move || {
+        let partials = store
+            .partials()?
+            .into_iter()
+            .map(|(_, id)| {
+                let size = std::fs::metadata(store.part_path(&id)).map_or(0, |m| m.len());
+                (id, size)
             })
-            .collect(),
-    ))
+            .collect::<Vec<_>>();
+        Ok::<_, shoal_resources::store::StoreError>((store.list()?, partials))
+    })
+    .await
+    .map_err(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e))?
+    .map_err(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let whole = list.into_iter().map(|e| BlobView {
+        id: e.info.id.to_string(),
+        size: e.info.size,
+        in_place: e.in_place.map(|p| p.display().to_string()),
+        pinned: state.client.blobs().is_pinned(&e.info.id),
+        partial: false,
+    });
+    let partial = partials.into_iter().map(|(id, size)| BlobView {
+        id: id.to_string(),
+        size,
+        in_place: None,
+        pinned: false,
+        partial: true,
+    });
+    Ok(Json(whole.chain(partial).collect()))
 }
 
 async fn pin(

@@ -457,6 +457,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                     if b["pinned"] == true {
                         place.push_str("  pinned");
                     }
+                    if b["partial"] == true {
+                        place.push_str("  (download not finished: `get` it again to resume)");
+                    }
                     let size = indicatif::HumanBytes(b["size"].as_u64().unwrap_or(0)).to_string();
                     format!("\n{}  {size:>11}{place}", text(&b["id"]))
                 })

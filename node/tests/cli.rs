@@ -292,12 +292,17 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     // Restart b: the same get resumes from the saved bitmap.
     let _ = std::fs::remove_file(b.join("control.json"));
     let mut second = up(&b, None);
+    // The interrupted download is listed (it takes room from the quota).
+    let listed = json(&shoal(&b, &["blobs", "--json"]));
+    assert_eq!(listed[0]["id"].as_str(), Some(id.as_str()), "{listed}");
+    assert_eq!(listed[0]["partial"], true, "{listed}");
     let got = shoal(&b, &["get", &ticket, "-o", out.to_str().unwrap(), "--json"]);
     let done = json(&got);
     assert!(done["error"].is_null(), "{done}");
     assert_eq!(std::fs::read(&out).unwrap(), bytes, "byte-identical after the restart");
     let blobs = json(&shoal(&b, &["blobs", "--json"]));
     assert_eq!(blobs[0]["id"].as_str().unwrap(), id);
+    assert_eq!(blobs[0]["partial"], false, "{blobs}");
     // Pinning: both peers form the home; too many replicas is refused.
     let pinned = json(&shoal(&a, &["pin", &id, "--replicas", "2", "--json"]));
     assert!(pinned["stored"].as_u64().unwrap() >= 1, "{pinned}");
