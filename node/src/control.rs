@@ -153,6 +153,8 @@ struct DownloadState {
     progress: Arc<crate::files::Progress>,
     /// `Some(Ok(out path or ""))` once done, `Some(Err(..))` on failure.
     outcome: std::sync::Mutex<Option<Result<String, String>>>,
+    /// Stops the download (`DELETE /v1/downloads/N`).
+    abort: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// Body of `POST /v1/share`.
@@ -484,10 +486,15 @@ async fn get_blob(
         let target = out.clone();
         // In a task of its own, so that a panic in it still ends the
         // download with an answer instead of leaving its caller polling.
-        let result = tokio::spawn(async move { client.download(id, ticket, progress, target).await }).await;
-        let outcome = match result {
+        let inner = tokio::spawn(async move { client.download(id, ticket, progress, target).await });
+        *task.abort.lock().unwrap_or_else(|p| p.into_inner()) = Some(inner.abort_handle());
+        let outcome = match inner.await {
             Ok(Ok(_)) => Ok(out.map(|o| o.display().to_string()).unwrap_or_default()),
             Ok(Err(e)) => Err(e.to_string()),
+            Err(e) if e.is_cancelled() => Err(format!(
+                "cancelled; what arrived is kept, and getting {} again resumes it",
+                task.id
+            )),
             Err(e) => Err(format!("the download failed inside the daemon ({e}); see its log")),
         };
         *task.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
@@ -509,6 +516,28 @@ async fn download_status(
         .get(&n)
         .cloned()
         .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no download {n}")))?;
+    Ok(Json(download_view(n, &download)))
+}
+
+/// `DELETE /v1/downloads/N`: stops a download; what arrived is kept for a
+/// later `get` of the same blob to resume from.
+async fn cancel_download(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(n): axum::extract::Path<u64>,
+) -> Result<Json<DownloadView>, Failure> {
+    check(&state, &headers)?;
+    let download = state
+        .downloads
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .running
+        .get(&n)
+        .cloned()
+        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no download {n}")))?;
+    if let Some(abort) = download.abort.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        abort.abort();
+    }
     Ok(Json(download_view(n, &download)))
 }
 
@@ -608,7 +637,7 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         .route("/v1/providers", post(providers))
         .route("/v1/share", post(share))
         .route("/v1/get", post(get_blob))
-        .route("/v1/downloads/{n}", get(download_status))
+        .route("/v1/downloads/{n}", get(download_status).delete(cancel_download))
         .route("/v1/blobs", get(blobs))
         .route("/v1/pin", post(pin))
         .route("/v1/unpin", post(unpin))

@@ -401,6 +401,18 @@ impl Drop for Turn {
     }
 }
 
+/// A download's worker tasks, stopped when the download is dropped (a
+/// cancelled `get`): each has saved what it verified as it went.
+struct Workers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &self.0 {
+            w.abort();
+        }
+    }
+}
+
 /// Downloads `info` into the store (or to `out`) unless it is held. The
 /// caller holds the blob's [`InFlight::turn`].
 pub(crate) async fn fetch(
@@ -476,11 +488,11 @@ pub(crate) async fn fetch(
         fatal: Mutex::new(None),
     });
     let started = Instant::now();
-    let mut workers = Vec::new();
+    let mut workers = Workers(Vec::new());
     for (id, peer) in ids.iter() {
         let (shared, control, id, peer, blob, ids) =
             (shared.clone(), control.clone(), *id, *peer, info.id, ids.clone());
-        workers.push(tokio::spawn(async move {
+        workers.0.push(tokio::spawn(async move {
             worker(&shared, &control, id, peer, blob, &ids).await
         }));
     }
@@ -489,18 +501,18 @@ pub(crate) async fn fetch(
     // must not hold up a finished download: it is stopped.
     loop {
         let wait = shared.changed.notified();
-        if shared.lock().is_complete() || workers.iter().all(|w| w.is_finished()) {
+        if shared.lock().is_complete() || workers.0.iter().all(|w| w.is_finished()) {
             break;
         }
         let _ = tokio::time::timeout(Duration::from_millis(100), wait).await;
     }
-    for w in &workers {
+    for w in &workers.0 {
         w.abort();
     }
     // An aborted worker stops at its next await; one in the middle of
     // writing a run finishes that write first. Wait for that, so nothing
     // touches the file once it is filed.
-    for w in workers {
+    for w in std::mem::take(&mut workers.0) {
         let _ = w.await;
     }
     let (complete, lying, unreachable, have) = {

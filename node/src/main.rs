@@ -514,7 +514,17 @@ fn get(target: &str, out: Option<PathBuf>, talk: &Talk) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
     }
+    let interrupted = on_ctrl_c();
     let last = loop {
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            bar.abandon();
+            let v = call(&talk.data_dir, "DELETE", &format!("/v1/downloads/{n}"), None)?;
+            let verified = v["verified"].as_u64().unwrap_or(0);
+            anyhow::bail!(
+                "cancelled after {}; `shoal get` of the same id resumes it",
+                indicatif::HumanBytes(verified)
+            );
+        }
         let v = call(&talk.data_dir, "GET", &format!("/v1/downloads/{n}"), None)?;
         bar.set_length(v["size"].as_u64().unwrap_or(0));
         bar.set_position(v["verified"].as_u64().unwrap_or(0));
@@ -534,6 +544,22 @@ fn get(target: &str, out: Option<PathBuf>, talk: &Talk) -> anyhow::Result<()> {
         println!("{}  {}", text(&last["id"]), text(&last["out"]));
     }
     Ok(())
+}
+
+/// A flag set when Ctrl-C is pressed (which then no longer stops the
+/// process by itself): `get` cancels its download in the daemon first.
+fn on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = flag.clone();
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_io().build() else {
+            return; // Ctrl-C then stops the process as usual
+        };
+        if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
+            set.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    flag
 }
 
 fn main() -> ExitCode {

@@ -296,6 +296,20 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     let listed = json(&shoal(&b, &["blobs", "--json"]));
     assert_eq!(listed[0]["id"].as_str(), Some(id.as_str()), "{listed}");
     assert_eq!(listed[0]["partial"], true, "{listed}");
+    // Resumed, then cancelled (what `get` does on Ctrl-C): it stops, and
+    // keeps what arrived.
+    let started = shoal_node::cli_client::call(&b, "POST", "/v1/get", Some(&body)).unwrap();
+    let n = started["download"].as_u64().unwrap();
+    wait_download(&b, n, |v| {
+        v["verified"].as_u64().unwrap_or(0) > got_before || v["done"] == true
+    });
+    shoal_node::cli_client::call(&b, "DELETE", &format!("/v1/downloads/{n}"), None).unwrap();
+    let cancelled = wait_download(&b, n, |v| v["done"] == true);
+    assert!(
+        cancelled["error"].as_str().unwrap_or("").contains("cancelled"),
+        "{cancelled}"
+    );
+    assert!(!out.exists(), "a cancelled download leaves no file at -o");
     let got = shoal(&b, &["get", &ticket, "-o", out.to_str().unwrap(), "--json"]);
     let done = json(&got);
     assert!(done["error"].is_null(), "{done}");
