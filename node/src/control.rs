@@ -502,20 +502,25 @@ async fn get_blob(
     Ok(Json(download_view(n, &download)))
 }
 
-async fn download_status(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    axum::extract::Path(n): axum::extract::Path<u64>,
-) -> Result<Json<DownloadView>, Failure> {
-    check(&state, &headers)?;
-    let download = state
+/// Download number `n`.
+fn numbered(state: &AppState, n: u64) -> Result<Arc<DownloadState>, Failure> {
+    state
         .downloads
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .running
         .get(&n)
         .cloned()
-        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no download {n}")))?;
+        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no download {n}")))
+}
+
+async fn download_status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(n): axum::extract::Path<u64>,
+) -> Result<Json<DownloadView>, Failure> {
+    check(&state, &headers)?;
+    let download = numbered(&state, n)?;
     Ok(Json(download_view(n, &download)))
 }
 
@@ -527,14 +532,7 @@ async fn cancel_download(
     axum::extract::Path(n): axum::extract::Path<u64>,
 ) -> Result<Json<DownloadView>, Failure> {
     check(&state, &headers)?;
-    let download = state
-        .downloads
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .running
-        .get(&n)
-        .cloned()
-        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no download {n}")))?;
+    let download = numbered(&state, n)?;
     if let Some(abort) = download.abort.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         abort.abort();
     }
