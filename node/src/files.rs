@@ -350,7 +350,6 @@ impl Shared {
     }
 }
 
-/// Downloads `info` from `providers` into `store`, several at once.
 /// A finished fetch: the blob, and the blobs dropped to make room for it
 /// (no longer held here, so no longer to be announced).
 pub(crate) struct Fetched {
@@ -413,8 +412,9 @@ impl Drop for Workers {
     }
 }
 
-/// Downloads `info` into the store (or to `out`) unless it is held. The
-/// caller holds the blob's [`InFlight::turn`].
+/// Downloads `info` from `providers` into `store` (or to `out`), several
+/// at once, unless it is held. The caller holds the blob's
+/// [`InFlight::turn`].
 pub(crate) async fn fetch(
     store: BlobStore,
     control: libp2p_stream::Control,

@@ -176,7 +176,7 @@ pub struct PinView {
 pub enum PinError {
     /// No replicas, or more than the overlay keeps records at.
     #[error("--replicas must be between 1 and {max} in this swarm (its records live at the {max} closest peers)")]
-    TooManyReplicas {
+    ReplicasOutOfRange {
         /// The overlay's replication factor.
         max: usize,
     },
@@ -410,7 +410,7 @@ impl Client {
     }
 
     /// Stops announcing blobs this node no longer holds (the quota dropped
-    /// them to make room): `shoal providers` stops listing it for them.
+    /// them to make room): `shoal providers` stops listing this peer for them.
     async fn forget_provided(&self, ids: &[Key]) -> Result<(), NodeError> {
         for id in ids {
             tracing::info!("dropped {id} to make room; no longer providing it");
@@ -445,7 +445,7 @@ impl Client {
     /// many home members stored the pin record.
     pub async fn pin(&self, id: Key, replicas: u8) -> Result<usize, NodeError> {
         if usize::from(replicas) > self.replication || replicas == 0 {
-            return Err(PinError::TooManyReplicas { max: self.replication }.into());
+            return Err(PinError::ReplicasOutOfRange { max: self.replication }.into());
         }
         let size = match self.blobs.size(&id)? {
             Some(size) => size,
