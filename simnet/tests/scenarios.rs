@@ -196,6 +196,22 @@ fn a_run_saved_half_way_and_resumed_ends_exactly_as_the_uninterrupted_run() {
     assert_eq!(same(&resumed), same(&whole));
     assert_eq!(resumed.trace_hash, whole.trace_hash);
 
+    // Saving at every sample does not change the run, and the last save
+    // (at the last sample, as a stopped process leaves it) resumes to the
+    // same end.
+    let every_sample = scenario::Checkpointing {
+        path: path.clone(),
+        every: Duration::ZERO,
+    };
+    let saving = scenario::DurabilityRun::start(&swarm, &spec)
+        .unwrap()
+        .run_saving(&every_sample)
+        .unwrap();
+    assert_eq!(same(&saving), same(&whole));
+    let last = scenario::DurabilityRun::load(&path).unwrap();
+    assert!(last.day() > 0.09, "the last save is near the end: day {}", last.day());
+    assert_eq!(same(&last.run().unwrap()), same(&whole));
+
     // A file with one byte changed, cut short, or not a checkpoint at all
     // is refused with the reason.
     let bytes = std::fs::read(&path).unwrap();
