@@ -205,3 +205,67 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
     }
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shoal-checkpoint-unit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn a_saved_state_loads_back_and_leaves_no_temporary_file() {
+        let path = scratch("round-trip");
+        let state: Vec<(u64, String)> = (0..1000).map(|i| (i * 7, format!("peer {i}"))).collect();
+        let written = save(&path, &state).unwrap();
+        assert_eq!(written, fs::metadata(&path).unwrap().len());
+        assert!(!path.with_file_name("round-trip.tmp").exists());
+        assert_eq!(load::<Vec<(u64, String)>>(&path).unwrap(), state);
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_file_another_executable_wrote_is_refused_as_another_build() {
+        let path = scratch("other-build");
+        save(&path, &vec![1u32, 2, 3]).unwrap();
+        // Another executable writes its own hash where this one's stands;
+        // the state and the state's hash are untouched, so nothing but the
+        // build tells the two apart.
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[MAGIC.len() + 5] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let refused = load::<Vec<u32>>(&path).unwrap_err();
+        assert!(matches!(refused, CheckpointError::OtherBuild(_)), "{refused:?}");
+        assert!(refused.to_string().contains("another build"), "{refused}");
+        // Put back, it loads: the refusal was the build's alone.
+        bytes[MAGIC.len() + 5] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(load::<Vec<u32>>(&path).unwrap(), vec![1, 2, 3]);
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_changed_state_hash_or_trailing_bytes_are_damage() {
+        let path = scratch("damaged");
+        save(&path, &vec![9u8; 100]).unwrap();
+        let good = fs::read(&path).unwrap();
+        let mut hash_changed = good.clone();
+        hash_changed[STATE_HASH_AT as usize] ^= 1;
+        fs::write(&path, &hash_changed).unwrap();
+        assert!(matches!(load::<Vec<u8>>(&path), Err(CheckpointError::Damaged { .. })));
+        let mut longer = good.clone();
+        longer.push(0);
+        fs::write(&path, &longer).unwrap();
+        let refused = load::<Vec<u8>>(&path).unwrap_err();
+        assert!(refused.to_string().contains("bytes after the state"), "{refused}");
+        fs::write(&path, &good[..MAGIC.len() + 10]).unwrap();
+        assert!(matches!(
+            load::<Vec<u8>>(&path),
+            Err(CheckpointError::NotACheckpoint(_))
+        ));
+        fs::remove_file(&path).unwrap();
+    }
+}
