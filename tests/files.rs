@@ -224,6 +224,43 @@ async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharing_under_a_quota_drops_the_oldest_for_a_new_file_and_nothing_for_one_held() {
+    let peers = swarm("reshare", 1).await;
+    let mut config = NodeConfig::new(data_dir("reshare", 1));
+    config.mdns = false;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = peers[0].ready().await.unwrap();
+    config.quota = Some(5 * 1024 * 1024);
+    let node = start(config).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3u8 {
+        let path = data_dir_existing("reshare", 0).join(format!("f{n}"));
+        std::fs::write(&path, content(2 * 1024 * 1024, 30 + n)).unwrap();
+        ids.push(path);
+    }
+    let a = node.share(ids[0].clone(), Import::Copy).await.unwrap().0.id;
+    let b = node.share(ids[1].clone(), Import::Copy).await.unwrap().0.id;
+    // 4 of 5 MiB used. Sharing b again needs no room: a stays.
+    assert_eq!(node.share(ids[1].clone(), Import::Copy).await.unwrap().0.id, b);
+    assert!(node.blobs().contains(&a) && node.blobs().contains(&b));
+    // A third file does need room: the least recently used (a) goes, and is
+    // no longer announced.
+    let c = node.share(ids[2].clone(), Import::Copy).await.unwrap().0.id;
+    assert!(!node.blobs().contains(&a));
+    assert!(node.blobs().contains(&b) && node.blobs().contains(&c));
+    assert!(node.blobs().usage().unwrap() <= 5 * 1024 * 1024);
+    let providing = node.providing().await.unwrap();
+    assert!(!providing.contains(&a) && providing.contains(&c), "{providing:?}");
+    // What could not fit even with everything unpinned dropped is refused
+    // before it is copied, and drops nothing.
+    let big = data_dir_existing("reshare", 0).join("big");
+    std::fs::write(&big, content(6 * 1024 * 1024, 40)).unwrap();
+    let error = node.share(big, Import::Copy).await.unwrap_err().to_string();
+    assert!(error.contains("quota exceeded"), "{error}");
+    assert!(node.blobs().contains(&b) && node.blobs().contains(&c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn getting_a_blob_already_held_to_a_path_copies_it_and_the_store_keeps_its_own() {
     let peers = swarm("held", 1).await;
     let path = data_dir_existing("held", 0).join("shared");

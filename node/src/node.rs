@@ -505,16 +505,42 @@ impl Client {
         let store = self.blobs.clone();
         let quota = self.quota;
         let (info, files, evicted) = tokio::task::spawn_blocking(move || {
-            let mut evicted = Vec::new();
-            if let (Some(quota), Import::Copy) = (quota, how) {
-                evicted = store.make_room(tree_size(&path), quota, &[], std::time::SystemTime::now())?;
+            use shoal_resources::store::StoreError;
+            let quota = quota.filter(|_| how == Import::Copy);
+            let mut held_before = Vec::new();
+            if let Some(quota) = quota {
+                // Refused before a byte is copied when it could not fit even
+                // with every unpinned blob dropped.
+                let need = tree_size(&path);
+                if !store.could_fit(need, quota)? {
+                    let used = store.usage()?;
+                    return Err(StoreError::QuotaExceeded { need, used, quota });
+                }
+                held_before = store.list()?.into_iter().map(|e| e.info.id).collect();
             }
             let (info, files) = if path.is_dir() {
                 store.import_dir(&path, how)?
             } else {
                 (store.import(&path, how)?, Vec::new())
             };
-            Ok::<_, shoal_resources::store::StoreError>((info, files, evicted))
+            let mut evicted = Vec::new();
+            if let Some(quota) = quota {
+                // Room is made once the ids are known, keeping them: sharing
+                // again what the store holds adds nothing and drops nothing.
+                let mut keep: Vec<Key> = files.iter().map(|f| f.id).collect();
+                keep.push(info.id);
+                match store.make_room(0, quota, &keep, std::time::SystemTime::now()) {
+                    Ok(dropped) => evicted = dropped,
+                    Err(e) => {
+                        // Pinned blobs took the room meanwhile: undo the import.
+                        for id in keep.iter().filter(|id| !held_before.contains(id)) {
+                            store.remove(id)?;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Ok::<_, StoreError>((info, files, evicted))
         })
         .await
         .map_err(|e| NodeError::Task(e.to_string()))??;
