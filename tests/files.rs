@@ -43,6 +43,17 @@ async fn swarm(test: &str, n: usize) -> Vec<Client> {
     clients
 }
 
+/// A one-peer swarm and a second peer, joined to it, whose store has `quota`.
+async fn with_quota_peer(test: &str, quota: u64) -> (Vec<Client>, Client) {
+    let peers = swarm(test, 1).await;
+    let mut config = NodeConfig::new(data_dir(test, 1));
+    config.mdns = false;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = peers[0].ready().await.unwrap();
+    config.quota = Some(quota);
+    (peers, start(config).await.unwrap())
+}
+
 fn content(len: usize, seed: u8) -> Vec<u8> {
     let mut state = u64::from(seed) + 1;
     (0..len)
@@ -183,13 +194,7 @@ async fn a_shared_directory_arrives_as_the_same_tree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
-    let peers = swarm("quota", 1).await;
-    let mut config = NodeConfig::new(data_dir("quota", 1));
-    config.mdns = false;
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    config.bootstrap = peers[0].ready().await.unwrap();
-    config.quota = Some(3 * 1024 * 1024);
-    let small = start(config).await.unwrap();
+    let (peers, small) = with_quota_peer("quota", 3 * 1024 * 1024).await;
     let mut ids = Vec::new();
     for n in 0..3u8 {
         let path = data_dir_existing("quota", 0).join(format!("f{n}"));
@@ -225,13 +230,7 @@ async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharing_under_a_quota_drops_the_oldest_for_a_new_file_and_nothing_for_one_held() {
-    let peers = swarm("reshare", 1).await;
-    let mut config = NodeConfig::new(data_dir("reshare", 1));
-    config.mdns = false;
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    config.bootstrap = peers[0].ready().await.unwrap();
-    config.quota = Some(5 * 1024 * 1024);
-    let node = start(config).await.unwrap();
+    let (_swarm, node) = with_quota_peer("reshare", 5 * 1024 * 1024).await;
     let mut ids = Vec::new();
     for n in 0..3u8 {
         let path = data_dir_existing("reshare", 0).join(format!("f{n}"));
