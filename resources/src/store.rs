@@ -416,9 +416,19 @@ impl BlobStore {
         }
     }
 
-    /// Whether the store holds the whole blob `id`.
+    /// Whether the store holds the whole blob `id` and can serve it. A blob
+    /// served in place whose file changed or went away since is not held:
+    /// whoever asks (a `get`, a pin duty) fetches it again into the store.
     pub fn contains(&self, id: &Key) -> bool {
-        self.path(id, "meta").exists()
+        match self.read_meta(id) {
+            Ok(Some(Meta { source: None, .. })) => true,
+            Ok(Some(Meta {
+                source: Some(source), ..
+            })) => File::open(&source.path)
+                .and_then(|file| source_of(&source.path, &file))
+                .is_ok_and(|now| now == source),
+            Ok(None) | Err(_) => false,
+        }
     }
 
     /// The size of blob `id`, if held.
@@ -1336,11 +1346,37 @@ mod tests {
         let mut wire = Vec::new();
         store.encode(&info.id, &(0..4), &mut wire).unwrap();
         assert_eq!(verify_range(info, &(0..4), wire.as_slice()).unwrap(), 50_000);
+        assert!(store.contains(&info.id));
         std::fs::write(&path, content(50_001)).unwrap();
         assert!(matches!(
             store.encode(&info.id, &(0..4), &mut Vec::new()),
             Err(StoreError::SourceChanged { .. })
         ));
+        // No longer held, so it is fetched again — into the store's own copy.
+        assert!(!store.contains(&info.id));
+        let other = BlobStore::open(&dir.join("other")).unwrap();
+        std::fs::write(dir.join("original"), content(50_000)).unwrap();
+        assert_eq!(other.import(&dir.join("original"), Import::Copy).unwrap(), info);
+        let partial = store.partial(info).unwrap();
+        let mut fetch = Fetch::new(info.size, None);
+        pull(&other, info, &partial, &mut fetch);
+        partial.finish(None).unwrap();
+        assert!(store.contains(&info.id));
+        let mut wire = Vec::new();
+        store.encode(&info.id, &(0..4), &mut wire).unwrap();
+        assert_eq!(verify_range(info, &(0..4), wire.as_slice()).unwrap(), 50_000);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            content(50_001),
+            "the user's file is left alone"
+        );
+        // A source that is gone is not held either.
+        let gone = dir.join("gone");
+        std::fs::write(&gone, content(7_000)).unwrap();
+        let gone_id = store.import(&gone, Import::InPlace).unwrap().id;
+        assert!(store.contains(&gone_id));
+        std::fs::remove_file(&gone).unwrap();
+        assert!(!store.contains(&gone_id));
         assert!(matches!(
             store.import(&dir.join("missing"), Import::Copy),
             Err(StoreError::Unreadable { .. })
