@@ -226,6 +226,10 @@ pub struct BlobView {
     pub size: u64,
     /// The file it is served from in place, if so.
     pub in_place: Option<String>,
+    /// Served in place, and that file changed or went away since: it can no
+    /// longer be served, and `get` or a pin duty fetches it again.
+    #[serde(default)]
+    pub changed: bool,
     /// Kept for its home (exempt from garbage collection).
     pub pinned: bool,
     /// A download in progress or interrupted (`get` again resumes it): it
@@ -559,6 +563,7 @@ async fn blobs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result
     let whole = list.into_iter().map(|e| BlobView {
         id: e.info.id.to_string(),
         size: e.info.size,
+        changed: e.in_place.is_some() && !state.client.blobs().contains(&e.info.id),
         in_place: e.in_place.map(|p| p.display().to_string()),
         pinned: state.client.blobs().is_pinned(&e.info.id),
         partial: false,
@@ -567,6 +572,7 @@ async fn blobs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result
         id: id.to_string(),
         size,
         in_place: None,
+        changed: false,
         pinned: false,
         partial: true,
     });

@@ -454,6 +454,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                         .as_str()
                         .map(|p| format!("  (in place: {p})"))
                         .unwrap_or_default();
+                    if b["changed"] == true {
+                        place.push_str("  (changed since it was shared: cannot be served; `share` it again)");
+                    }
                     if b["pinned"] == true {
                         place.push_str("  pinned");
                     }

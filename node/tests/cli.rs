@@ -331,6 +331,24 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     }
     assert!(shoal(&a, &["unpin", &id]).status.success());
     assert!(log_of(&b).contains(&format!("resuming {id}")), "{}", log_of(&b));
+    // b serves the blob from the user's file at -o. Once the user edits
+    // it, b says so and no longer counts the blob held: a get fetches it
+    // again.
+    let blobs = json(&shoal(&b, &["blobs", "--json"]));
+    assert!(
+        blobs[0]["in_place"].is_string() && blobs[0]["changed"] == false,
+        "{blobs}"
+    );
+    std::fs::write(&out, b"edited").unwrap();
+    let blobs = json(&shoal(&b, &["blobs", "--json"]));
+    assert_eq!(blobs[0]["changed"], true, "{blobs}");
+    let out2 = b.with_extension("out2");
+    let _ = std::fs::remove_file(&out2);
+    let again = json(&shoal(&b, &["get", &id, "-o", out2.to_str().unwrap(), "--json"]));
+    assert!(again["error"].is_null(), "{again}");
+    assert_eq!(std::fs::read(&out2).unwrap(), bytes);
+    let blobs = json(&shoal(&b, &["blobs", "--json"]));
+    assert_eq!(blobs[0]["changed"], false, "{blobs}");
     second.kill().unwrap();
     second.wait().unwrap();
     stop(first, &a);
