@@ -1016,7 +1016,7 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                     let _ = client.blobs.set_pinned(&id, false);
                 }
                 PinAction::Fetch(id) => {
-                    tracing::info!("fetching {id}: this peer joined its home");
+                    tracing::info!("fetching {id} for its home: this peer is a member and holds no servable copy");
                     if let Ok(mut f) = fetching.lock() {
                         f.insert(id);
                     }
