@@ -260,6 +260,46 @@ async fn sharing_under_a_quota_drops_the_oldest_for_a_new_file_and_nothing_for_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_shared_in_place_that_changes_is_no_longer_announced_and_get_says_why() {
+    let peers = swarm("changed", 1).await;
+    let mut config = NodeConfig::new(data_dir("changed", 1));
+    config.mdns = false;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = peers[0].ready().await.unwrap();
+    config.pin_check = Duration::from_millis(100);
+    let node = start(config).await.unwrap();
+    let path = data_dir_existing("changed", 0).join("in-place");
+    std::fs::write(&path, content(100_000, 50)).unwrap();
+    let (info, _) = node.share(path.clone(), Import::InPlace).await.unwrap();
+    assert!(node.providing().await.unwrap().contains(&info.id));
+    // Past the first round of duties (which checks at once): the periodic
+    // check must find it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&path, content(100_001, 50)).unwrap();
+    let mut announced = true;
+    for _ in 0..100 {
+        announced = node.providing().await.unwrap().contains(&info.id);
+        if !announced {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!announced, "a blob whose file changed is still announced");
+    // No other peer has it: get says what happened to this peer's copy.
+    let error = node
+        .download(info.id, None, Arc::new(Progress::default()), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("changed or went away"), "{error}");
+    // The file put back as it was, it is served and announced again.
+    std::fs::write(&path, content(100_000, 50)).unwrap();
+    let (again, _) = node.share(path, Import::InPlace).await.unwrap();
+    assert_eq!(again.id, info.id);
+    assert!(node.providing().await.unwrap().contains(&info.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn getting_a_blob_already_held_to_a_path_copies_it_and_the_store_keeps_its_own() {
     let peers = swarm("held", 1).await;
     let path = data_dir_existing("held", 0).join("shared");

@@ -555,17 +555,26 @@ async fn blobs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result
                 (id, size)
             })
             .collect::<Vec<_>>();
-        Ok::<_, shoal_resources::store::StoreError>((store.list()?, partials))
+        let whole = store
+            .list()?
+            .into_iter()
+            .map(|e| {
+                let changed = e.in_place.is_some() && store.changed_source(&e.info.id).is_some();
+                let pinned = store.is_pinned(&e.info.id);
+                (e, changed, pinned)
+            })
+            .collect::<Vec<_>>();
+        Ok::<_, shoal_resources::store::StoreError>((whole, partials))
     })
     .await
     .map_err(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e))?
     .map_err(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    let whole = list.into_iter().map(|e| BlobView {
+    let whole = list.into_iter().map(|(e, changed, pinned)| BlobView {
         id: e.info.id.to_string(),
         size: e.info.size,
-        changed: e.in_place.is_some() && !state.client.blobs().contains(&e.info.id),
+        changed,
         in_place: e.in_place.map(|p| p.display().to_string()),
-        pinned: state.client.blobs().is_pinned(&e.info.id),
+        pinned,
         partial: false,
     });
     let partial = partials.into_iter().map(|(id, size)| BlobView {

@@ -55,6 +55,16 @@ struct BlobRequest {
     end: u64,
 }
 
+/// Why blob `id` cannot be fetched when no other peer provides it: this
+/// peer's own copy, served in place, changed (which tells the user more),
+/// or simply no provider.
+pub(crate) fn no_provider(store: &BlobStore, id: Key) -> FetchError {
+    match store.changed_source(&id) {
+        Some(path) => FetchError::Store(shoal_resources::store::StoreError::SourceChanged { id, path }),
+        None => FetchError::NoProvider(id),
+    }
+}
+
 /// Serves blob ranges from `store` to whoever opens a stream.
 pub(crate) async fn serve(store: BlobStore, mut incoming: libp2p_stream::IncomingStreams) {
     while let Some((peer, stream)) = incoming.next().await {
@@ -439,7 +449,7 @@ pub(crate) async fn fetch(
         });
     }
     if providers.is_empty() {
-        return Err(FetchError::NoProvider(info.id));
+        return Err(no_provider(&store, info.id));
     }
     let (partial, evicted) = {
         let store = store.clone();

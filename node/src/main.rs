@@ -455,7 +455,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                         .map(|p| format!("  (in place: {p})"))
                         .unwrap_or_default();
                     if b["changed"] == true {
-                        place.push_str("  (changed since it was shared: cannot be served; `share` it again)");
+                        place.push_str("  (its file changed: not served; `get` the id to fetch it again)");
                     }
                     if b["pinned"] == true {
                         place.push_str("  pinned");

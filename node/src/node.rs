@@ -46,6 +46,10 @@ fn tree_size(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Every this many rounds of pin duties, blobs served in place are checked
+/// for a changed file (which is then no longer announced).
+const CHANGED_CHECK_PASSES: usize = 10;
+
 /// Lookups one round of pin duties may run to check membership.
 const MAX_PIN_LOOKUPS: usize = 32;
 
@@ -411,9 +415,9 @@ impl Client {
 
     /// Stops announcing blobs this node no longer holds (the quota dropped
     /// them to make room): `shoal providers` stops listing this peer for them.
-    async fn forget_provided(&self, ids: &[Key]) -> Result<(), NodeError> {
+    async fn forget_provided(&self, ids: &[Key], why: &str) -> Result<(), NodeError> {
         for id in ids {
-            tracing::info!("dropped {id} to make room; no longer providing it");
+            tracing::info!("{id}: {why}; no longer providing it");
             self.decline(*id, false).await?;
         }
         Ok(())
@@ -505,46 +509,36 @@ impl Client {
         let store = self.blobs.clone();
         let quota = self.quota;
         let (info, files, evicted) = tokio::task::spawn_blocking(move || {
-            use shoal_resources::store::StoreError;
+            use shoal_resources::store::{Room, StoreError};
+            let now = std::time::SystemTime::now();
             let quota = quota.filter(|_| how == Import::Copy);
-            let mut held_before = Vec::new();
+            let mut room = quota.map(|quota| Room::new(quota, now));
             if let Some(quota) = quota {
                 // Refused before a byte is copied when it could not fit even
-                // with every unpinned blob dropped.
-                let need = tree_size(&path);
-                if !store.could_fit(need, quota)? {
-                    let used = store.usage()?;
-                    return Err(StoreError::QuotaExceeded { need, used, quota });
+                // with everything the quota may drop dropped. (Each import
+                // then makes its own room once its id is known: a file the
+                // store holds already drops nothing.)
+                let need = shoal_resources::store::room_for(tree_size(&path));
+                let staying = store.kept_bytes(now)?;
+                if staying.saturating_add(need) > quota {
+                    return Err(StoreError::QuotaExceeded {
+                        need,
+                        used: staying,
+                        quota,
+                    });
                 }
-                held_before = store.list()?.into_iter().map(|e| e.info.id).collect();
             }
             let (info, files) = if path.is_dir() {
-                store.import_dir(&path, how)?
+                store.import_dir(&path, how, room.as_mut())?
             } else {
-                (store.import(&path, how)?, Vec::new())
+                (store.import_within(&path, how, room.as_mut())?, Vec::new())
             };
-            let mut evicted = Vec::new();
-            if let Some(quota) = quota {
-                // Room is made once the ids are known, keeping them: sharing
-                // again what the store holds adds nothing and drops nothing.
-                let mut keep: Vec<Key> = files.iter().map(|f| f.id).collect();
-                keep.push(info.id);
-                match store.make_room(0, quota, &keep, std::time::SystemTime::now()) {
-                    Ok(dropped) => evicted = dropped,
-                    Err(e) => {
-                        // Pinned blobs took the room meanwhile: undo the import.
-                        for id in keep.iter().filter(|id| !held_before.contains(id)) {
-                            store.remove(id)?;
-                        }
-                        return Err(e);
-                    }
-                }
-            }
+            let evicted = room.map(|r| r.dropped().to_vec()).unwrap_or_default();
             Ok::<_, StoreError>((info, files, evicted))
         })
         .await
         .map_err(|e| NodeError::Task(e.to_string()))??;
-        self.forget_provided(&evicted).await?;
+        self.forget_provided(&evicted, "dropped to make room").await?;
         let mut keys: Vec<Key> = files.iter().map(|f| f.id).collect();
         keys.push(info.id);
         self.provide(keys).await?;
@@ -598,7 +592,7 @@ impl Client {
             None => crate::files::stat(&self.streams, &id, &providers).await,
         };
         let Some(size) = size else {
-            return Err(crate::files::FetchError::NoProvider(id).into());
+            return Err(crate::files::no_provider(&self.blobs, id).into());
         };
         let info = BlobInfo { id, size };
         progress.size.store(size, std::sync::atomic::Ordering::Relaxed);
@@ -684,7 +678,7 @@ impl Client {
                 }
             }
         }
-        self.forget_provided(&evicted).await?;
+        self.forget_provided(&evicted, "dropped to make room").await?;
         self.provide(provided).await?;
         Ok(info)
     }
@@ -880,22 +874,56 @@ impl WeakClient {
 async fn pin_duties(node: WeakClient, every: Duration) {
     let fetching = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::<Key>::new()));
     let mut round = 0usize;
+    let mut passes = 0usize;
     let mut announced = false;
     loop {
         tokio::time::sleep(every).await;
         let Some(client) = node.upgrade() else { return };
-        if !announced {
-            // After a restart, announce every blob kept from earlier runs
-            // (the overlay re-announces them hourly from then on).
-            announced = true;
-            match client.blobs.list() {
-                Ok(held) if !held.is_empty() => {
-                    let ids: Vec<Key> = held.iter().map(|e| e.info.id).collect();
-                    if let Err(e) = client.provide(ids).await {
-                        tracing::warn!("cannot announce the blobs held: {e}");
+        passes = passes.wrapping_add(1);
+        if !announced || passes.is_multiple_of(CHANGED_CHECK_PASSES) {
+            // Blobs served in place whose file changed cannot be served:
+            // no longer announced (a `get` or a pin duty fetches them again).
+            let store = client.blobs.clone();
+            let listed = tokio::task::spawn_blocking(move || {
+                store.list().map(|held| {
+                    held.into_iter()
+                        .map(|e| {
+                            let changed = e.in_place.is_some() && store.changed_source(&e.info.id).is_some();
+                            (e.info.id, changed)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await;
+            match listed {
+                Ok(Ok(held)) => {
+                    let providing: std::collections::BTreeSet<Key> =
+                        client.providing().await.unwrap_or_default().into_iter().collect();
+                    let changed: Vec<Key> = held
+                        .iter()
+                        .filter(|h| h.1 && providing.contains(&h.0))
+                        .map(|h| h.0)
+                        .collect();
+                    if let Err(e) = client
+                        .forget_provided(&changed, "its file changed since it was shared")
+                        .await
+                    {
+                        tracing::warn!("cannot stop announcing changed blobs: {e}");
+                    }
+                    if !announced {
+                        // After a restart, announce every blob kept from
+                        // earlier runs (the overlay re-announces them hourly
+                        // from then on).
+                        announced = true;
+                        let ids: Vec<Key> = held.iter().filter(|h| !h.1).map(|h| h.0).collect();
+                        if !ids.is_empty()
+                            && let Err(e) = client.provide(ids).await
+                        {
+                            tracing::warn!("cannot announce the blobs held: {e}");
+                        }
                     }
                 }
-                Ok(_) => {}
+                Ok(Err(e)) => tracing::warn!("cannot list the blobs held: {e}"),
                 Err(e) => tracing::warn!("cannot list the blobs held: {e}"),
             }
         }
@@ -907,7 +935,10 @@ async fn pin_duties(node: WeakClient, every: Duration) {
         let declining = client.declining().await.unwrap_or_default();
         for id in declining {
             let fits = match (pins.iter().find(|p| p.id == id && p.pin.replicas > 0), client.quota) {
-                (Some(p), Some(quota)) => client.blobs.could_fit(p.pin.size, quota).unwrap_or(false),
+                (Some(p), Some(quota)) => client
+                    .blobs
+                    .could_fit(p.pin.size, quota, std::time::SystemTime::now())
+                    .unwrap_or(false),
                 _ => true,
             };
             if fits {
@@ -954,14 +985,23 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                 members[i] = client.blobs.is_pinned(&p.id);
             }
         }
+        // Whether each copy is there and servable reads its metadata (and
+        // stats a file served in place): off the async threads.
+        let held: Vec<bool> = {
+            let (store, ids) = (client.blobs.clone(), pins.iter().map(|p| p.id).collect::<Vec<_>>());
+            tokio::task::spawn_blocking(move || ids.iter().map(|id| store.contains(id)).collect())
+                .await
+                .unwrap_or_else(|_| vec![true; pins.len()])
+        };
         let duties: Vec<shoal_resources::pin::Duty> = pins
             .iter()
             .zip(&members)
-            .map(|(p, member)| shoal_resources::pin::Duty {
+            .zip(held)
+            .map(|((p, member), held)| shoal_resources::pin::Duty {
                 id: p.id,
                 pin: p.pin,
                 member: *member,
-                held: client.blobs.contains(&p.id),
+                held,
                 fetching: running.contains(&p.id),
                 marked: client.blobs.is_pinned(&p.id),
             })

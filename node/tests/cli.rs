@@ -349,6 +349,10 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     assert_eq!(std::fs::read(&out2).unwrap(), bytes);
     let blobs = json(&shoal(&b, &["blobs", "--json"]));
     assert_eq!(blobs[0]["changed"], false, "{blobs}");
+    assert!(
+        blobs[0]["in_place"].as_str().is_some_and(|p| p.ends_with(".out2")),
+        "served from the new file: {blobs}"
+    );
     second.kill().unwrap();
     second.wait().unwrap();
     stop(first, &a);

@@ -37,6 +37,9 @@ const PARTIAL_FILES: [&str; 3] = ["part", "opart", "have"];
 /// A download nothing has been added to for this long was given up: the
 /// quota may drop it.
 const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+/// Room a metadata file takes, at most (it is a few dozen bytes, plus a
+/// path for a blob served in place).
+const META_ALLOWANCE: u64 = 4096;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,9 @@ pub enum StoreError {
     #[error("no blob {0} in this store")]
     Unknown(Key),
     /// A blob shared in place changed on disk since it was shared.
-    #[error("{path} changed since it was shared as {id}; share it again")]
+    #[error(
+        "{path} changed or went away since this peer began serving {id} from it; `get` the id to fetch it again from a peer that has it"
+    )]
     SourceChanged {
         /// The blob.
         id: Key,
@@ -127,6 +132,43 @@ pub struct Entry {
     pub info: BlobInfo,
     /// Served from this file in place, not from a copy.
     pub in_place: Option<PathBuf>,
+}
+
+/// Bytes a blob of `size` takes in the store: its copy and its outboard
+/// (and at most a metadata file).
+pub fn room_for(size: u64) -> u64 {
+    size.saturating_add(BaoTree::new(size, BLOCK_SIZE).outboard_size())
+        .saturating_add(META_ALLOWANCE)
+}
+
+/// Room under a quota for a run of imports (a file, or a directory's
+/// files and listing): each import makes its own room once its id is
+/// known — keeping what the run imported before it — so a blob the store
+/// already holds drops nothing, and what cannot fit is refused with
+/// nothing dropped and no file left behind.
+#[derive(Debug)]
+pub struct Room {
+    quota: u64,
+    now: std::time::SystemTime,
+    imported: Vec<Key>,
+    dropped: Vec<Key>,
+}
+
+impl Room {
+    /// Room under `quota` bytes; `now` dates what the quota may drop.
+    pub fn new(quota: u64, now: std::time::SystemTime) -> Self {
+        Room {
+            quota,
+            now,
+            imported: Vec::new(),
+            dropped: Vec::new(),
+        }
+    }
+
+    /// The blobs dropped to make room so far.
+    pub fn dropped(&self) -> &[Key] {
+        &self.dropped
+    }
 }
 
 /// How [`BlobStore::import`] keeps the file.
@@ -326,6 +368,12 @@ impl BlobStore {
     /// Imports the file at `path`: hashes it and computes its outboard in
     /// one streaming pass (copying it too unless in place).
     pub fn import(&self, path: &Path, how: Import) -> Result<BlobInfo, StoreError> {
+        self.import_within(path, how, None)
+    }
+
+    /// [`import`](Self::import), making room under a quota first if `room`
+    /// says so (see [`Room`]).
+    pub fn import_within(&self, path: &Path, how: Import, room: Option<&mut Room>) -> Result<BlobInfo, StoreError> {
         let unreadable = |source| StoreError::Unreadable {
             path: path.to_path_buf(),
             source,
@@ -377,6 +425,22 @@ impl BlobStore {
         }
         ob.data.sync_all()?;
         let id = key_of_hash(&root);
+        // A store copy held before is replaced by the same bytes (or, for
+        // an import in place, kept: it is out of the user's hands).
+        let held = matches!(self.read_meta(&id), Ok(Some(Meta { source: None, .. })));
+        if let Some(room) = room {
+            // The temporary files count already.
+            if !held {
+                let mut keep = room.imported.clone();
+                keep.push(id);
+                let dropped = self.make_room(META_ALLOWANCE, room.quota, &keep, room.now)?;
+                room.dropped.extend(dropped);
+            }
+            room.imported.push(id);
+        }
+        if held && how == Import::InPlace {
+            return Ok(BlobInfo { id, size });
+        }
         if how == Import::Copy {
             std::fs::rename(&tmp_data, self.path(&id, "data"))?;
         }
@@ -417,17 +481,32 @@ impl BlobStore {
     }
 
     /// Whether the store holds the whole blob `id` and can serve it. A blob
-    /// served in place whose file changed or went away since is not held:
-    /// whoever asks (a `get`, a pin duty) fetches it again into the store.
+    /// served in place whose file changed or went away since is not held
+    /// (see [`changed_source`](Self::changed_source)): whoever asks (a
+    /// `get`, a pin duty) fetches it again into the store.
     pub fn contains(&self, id: &Key) -> bool {
-        match self.read_meta(id) {
-            Ok(Some(Meta { source: None, .. })) => true,
-            Ok(Some(Meta {
-                source: Some(source), ..
-            })) => File::open(&source.path)
-                .and_then(|file| source_of(&source.path, &file))
-                .is_ok_and(|now| now == source),
-            Ok(None) | Err(_) => false,
+        self.path(id, "meta").exists() && self.changed_source(id).is_none()
+    }
+
+    /// For a blob served in place: its file, if that changed or went away
+    /// since it was shared (the blob can no longer be served). `None` for
+    /// a store copy, a blob not held, or when it cannot be told (the
+    /// metadata unreadable, the file not statable for another reason):
+    /// serving it then says what is wrong.
+    pub fn changed_source(&self, id: &Key) -> Option<PathBuf> {
+        let Ok(Some(Meta {
+            source: Some(source), ..
+        })) = self.read_meta(id)
+        else {
+            return None;
+        };
+        match File::open(&source.path).and_then(|file| source_of(&source.path, &file)) {
+            Ok(now) if now == source => None,
+            Ok(_) => Some(source.path),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied) => {
+                Some(source.path)
+            }
+            Err(_) => None,
         }
     }
 
@@ -556,27 +635,58 @@ impl BlobStore {
         }
     }
 
-    /// Whether `need` more bytes would fit under `quota` once every blob
-    /// that is not pinned was dropped: whether [`make_room`](Self::make_room)
-    /// could succeed, without dropping anything.
-    pub fn could_fit(&self, need: u64, quota: u64) -> Result<bool, StoreError> {
-        let mut used = self.usage()?;
+    /// What the quota may drop, least recently used first (never what is
+    /// in `keep`, never a pinned blob, never a download in progress), and
+    /// the bytes dropping all of it would free.
+    fn droppable(&self, keep: &[Key], now: std::time::SystemTime) -> Result<(Vec<Key>, u64), StoreError> {
+        let mut candidates = Vec::new();
+        let mut freeable = 0u64;
+        let bytes = |id: &Key, exts: &[&str]| -> u64 {
+            exts.iter()
+                .filter_map(|ext| std::fs::metadata(self.path(id, ext)).ok())
+                .map(|m| m.len())
+                .sum()
+        };
         for entry in self.list()? {
-            if self.is_pinned(&entry.info.id) {
+            if keep.contains(&entry.info.id) || self.is_pinned(&entry.info.id) {
                 continue;
             }
-            for ext in BLOB_FILES {
-                if let Ok(m) = std::fs::metadata(self.path(&entry.info.id, ext)) {
-                    used = used.saturating_sub(m.len());
-                }
+            let modified = std::fs::metadata(self.path(&entry.info.id, "meta")).and_then(|m| m.modified())?;
+            freeable = freeable.saturating_add(bytes(&entry.info.id, &BLOB_FILES));
+            candidates.push((modified, entry.info.id));
+        }
+        // Downloads nobody has added to for a day were given up: their
+        // files go before any whole blob (an interrupted download resumes
+        // within that time, and a running one writes all the while).
+        let given_up = now.checked_sub(ABANDONED_AFTER).unwrap_or(std::time::UNIX_EPOCH);
+        for (modified, id) in self.partials()? {
+            if modified < given_up && !keep.contains(&id) {
+                freeable = freeable.saturating_add(bytes(&id, &PARTIAL_FILES));
+                candidates.push((std::time::UNIX_EPOCH, id));
             }
         }
-        Ok(used.saturating_add(need) <= quota)
+        candidates.sort();
+        Ok((candidates.into_iter().map(|(_, id)| id).collect(), freeable))
+    }
+
+    /// Bytes that stay whatever the quota drops: pinned blobs, downloads in
+    /// progress, files of imports under way.
+    pub fn kept_bytes(&self, now: std::time::SystemTime) -> Result<u64, StoreError> {
+        let (_, freeable) = self.droppable(&[], now)?;
+        Ok(self.usage()?.saturating_sub(freeable))
+    }
+
+    /// Whether `need` more bytes would fit under `quota` once everything
+    /// the quota may drop was dropped: whether [`make_room`](Self::make_room)
+    /// could succeed, without dropping anything.
+    pub fn could_fit(&self, need: u64, quota: u64, now: std::time::SystemTime) -> Result<bool, StoreError> {
+        Ok(self.kept_bytes(now)?.saturating_add(need) <= quota)
     }
 
     /// Makes room for `need` more bytes under `quota`: drops the least
-    /// recently used blobs (never those in `keep`, never a download in
-    /// progress) until the store fits, or says why it cannot.
+    /// recently used blobs (never those in `keep`, never a pinned one,
+    /// never a download in progress) until the store fits, or says why it
+    /// cannot — having dropped nothing, when that can be told beforehand.
     pub fn make_room(
         &self,
         need: u64,
@@ -589,25 +699,16 @@ impl BlobStore {
         if used.saturating_add(need) <= quota {
             return Ok(dropped);
         }
-        let mut candidates = Vec::new();
-        for entry in self.list()? {
-            if keep.contains(&entry.info.id) || self.is_pinned(&entry.info.id) {
-                continue;
-            }
-            let modified = std::fs::metadata(self.path(&entry.info.id, "meta")).and_then(|m| m.modified())?;
-            candidates.push((modified, entry.info.id));
+        let (candidates, freeable) = self.droppable(keep, now)?;
+        let staying = used.saturating_sub(freeable);
+        if staying.saturating_add(need) > quota {
+            return Err(StoreError::QuotaExceeded {
+                need,
+                used: staying,
+                quota,
+            });
         }
-        // Downloads nobody has added to for a day were given up: their
-        // files go before any whole blob (an interrupted download resumes
-        // within that time, and a running one writes all the while).
-        let given_up = now.checked_sub(ABANDONED_AFTER).unwrap_or(std::time::UNIX_EPOCH);
-        for (modified, id) in self.partials()? {
-            if modified < given_up && !keep.contains(&id) {
-                candidates.push((std::time::UNIX_EPOCH, id));
-            }
-        }
-        candidates.sort();
-        for (_, id) in candidates {
+        for id in candidates {
             if used.saturating_add(need) <= quota {
                 break;
             }
@@ -619,6 +720,7 @@ impl BlobStore {
             }
         }
         if used.saturating_add(need) > quota {
+            // Others took the room meanwhile.
             return Err(StoreError::QuotaExceeded { need, used, quota });
         }
         Ok(dropped)
@@ -730,7 +832,13 @@ impl BlobStore {
     /// Imports every regular file below `dir` and a listing of them (a
     /// collection blob, whose id names the directory). Symbolic links and
     /// names that are not portable UTF-8 are refused, not followed.
-    pub fn import_dir(&self, dir: &Path, how: Import) -> Result<(BlobInfo, Vec<BlobInfo>), StoreError> {
+    /// With `room`, each import makes its room as in [`import_within`](Self::import_within).
+    pub fn import_dir(
+        &self,
+        dir: &Path,
+        how: Import,
+        mut room: Option<&mut Room>,
+    ) -> Result<(BlobInfo, Vec<BlobInfo>), StoreError> {
         let unreadable = |path: &Path, source| StoreError::Unreadable {
             path: path.to_path_buf(),
             source,
@@ -764,7 +872,7 @@ impl BlobStore {
                 if kind.is_dir() {
                     stack.push((path, rel));
                 } else if kind.is_file() {
-                    let blob = self.import(&path, how)?;
+                    let blob = self.import_within(&path, how, room.as_deref_mut())?;
                     entries.push(crate::collection::Entry { path: rel, blob });
                 } else {
                     return Err(unreadable(
@@ -778,7 +886,7 @@ impl BlobStore {
             crate::collection::encode(&entries).map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?;
         let tmp = self.dir.join(format!("listing-{}.tmp", std::process::id()));
         std::fs::write(&tmp, listing)?;
-        let root = self.import(&tmp, Import::Copy);
+        let root = self.import_within(&tmp, Import::Copy, room);
         let _ = std::fs::remove_file(&tmp);
         Ok((root?, entries.into_iter().map(|e| e.blob).collect()))
     }
@@ -1370,6 +1478,24 @@ mod tests {
             content(50_001),
             "the user's file is left alone"
         );
+        // A change of the modification time alone counts too (a rewrite
+        // of the same length).
+        let touched = dir.join("touched");
+        std::fs::write(&touched, content(9_000)).unwrap();
+        let touched_id = store.import(&touched, Import::InPlace).unwrap().id;
+        assert!(store.contains(&touched_id));
+        let later = std::fs::metadata(&touched).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+        File::options()
+            .append(true)
+            .open(&touched)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(
+            store.changed_source(&touched_id),
+            Some(std::fs::canonicalize(&touched).unwrap())
+        );
+        assert!(!store.contains(&touched_id));
         // A source that is gone is not held either.
         let gone = dir.join("gone");
         std::fs::write(&gone, content(7_000)).unwrap();
@@ -1385,6 +1511,81 @@ mod tests {
             store.encode(&Key::of_content(b"x"), &(0..1), &mut Vec::new()),
             Err(StoreError::Unknown(_))
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Gives each blob a distinct use time, in the order given.
+    fn used_in_order(store_dir: &Path, ids: &[Key]) {
+        for (n, id) in ids.iter().enumerate() {
+            let t = UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + n as u64);
+            let meta = store_dir.join(format!("{id}.meta"));
+            OpenOptions::new()
+                .append(true)
+                .open(meta)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn an_import_makes_room_once_its_id_is_known_and_a_refusal_drops_nothing() {
+        let dir = temp("room");
+        let store = BlobStore::open(&dir.join("s")).unwrap();
+        let file = |n: u8, len: usize| {
+            let path = dir.join(format!("f{n}"));
+            std::fs::write(&path, content(len + usize::from(n))).unwrap();
+            path
+        };
+        let (a, b) = (file(0, 100_000), file(1, 100_000));
+        let ids = [
+            store.import(&a, Import::Copy).unwrap().id,
+            store.import(&b, Import::Copy).unwrap().id,
+        ];
+        used_in_order(&dir.join("s"), &ids);
+        let quota = store.usage().unwrap() + 20_000;
+        // Importing b again needs no room: nothing goes.
+        let mut room = Room::new(quota, NOTHING_GIVEN_UP);
+        assert_eq!(
+            store.import_within(&b, Import::Copy, Some(&mut room)).unwrap().id,
+            ids[1]
+        );
+        assert!(room.dropped().is_empty());
+        assert!(store.contains(&ids[0]) && store.contains(&ids[1]));
+        // A new file needs room: the least recently used (a) goes.
+        let c = file(2, 100_000);
+        let mut room = Room::new(quota, NOTHING_GIVEN_UP);
+        let c_id = store.import_within(&c, Import::Copy, Some(&mut room)).unwrap().id;
+        assert_eq!(room.dropped(), &[ids[0]]);
+        assert!(store.contains(&ids[1]) && store.contains(&c_id));
+        assert!(store.usage().unwrap() <= quota);
+        // Pinned, b stays; a file that cannot fit beside it even with c
+        // dropped is refused — c is still there and no temporary file is.
+        store.set_pinned(&ids[1], true).unwrap();
+        let before = store.usage().unwrap();
+        let big = file(3, 150_000);
+        let mut room = Room::new(quota, NOTHING_GIVEN_UP);
+        let refused = store.import_within(&big, Import::Copy, Some(&mut room)).unwrap_err();
+        assert!(matches!(refused, StoreError::QuotaExceeded { .. }), "{refused}");
+        assert!(room.dropped().is_empty());
+        assert!(store.contains(&c_id) && store.contains(&ids[1]));
+        assert_eq!(store.usage().unwrap(), before);
+        // make_room alone refuses the same way, before dropping anything.
+        assert!(store.make_room(150_000, quota, &[], NOTHING_GIVEN_UP).is_err());
+        assert!(store.contains(&c_id));
+        // An import in place of a blob held as a store copy keeps the copy.
+        assert_eq!(store.import(&c, Import::InPlace).unwrap().id, c_id);
+        assert!(dir.join("s").join(format!("{c_id}.data")).exists());
+        assert_eq!(
+            store
+                .list()
+                .unwrap()
+                .iter()
+                .find(|e| e.info.id == c_id)
+                .unwrap()
+                .in_place,
+            None
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1435,16 +1636,8 @@ mod tests {
             let path = dir.join(format!("f{n}"));
             std::fs::write(&path, content(100_000 + usize::from(n))).unwrap();
             ids.push(store.import(&path, Import::Copy).unwrap().id);
-            // Distinct, ordered use times.
-            let meta = dir.join("s").join(format!("{}.meta", ids[usize::from(n)]));
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + u64::from(n));
-            OpenOptions::new()
-                .append(true)
-                .open(meta)
-                .unwrap()
-                .set_modified(t)
-                .unwrap();
         }
+        used_in_order(&dir.join("s"), &ids);
         let used = store.usage().unwrap();
         assert!(used > 300_000);
         // Room for 50 kB within the current use plus 10 kB: the oldest goes.
@@ -1465,10 +1658,19 @@ mod tests {
         assert!(store.pinned().unwrap().is_empty());
         // What could fit counts only the pinned blobs as staying.
         let used = store.usage().unwrap();
-        assert!(store.could_fit(150_000, used).unwrap(), "both blobs could go");
+        assert!(
+            store.could_fit(150_000, used, NOTHING_GIVEN_UP).unwrap(),
+            "both blobs could go"
+        );
         store.set_pinned(&ids[1], true).unwrap();
-        assert!(store.could_fit(90_000, used).unwrap(), "the unpinned one could go");
-        assert!(!store.could_fit(150_000, used).unwrap(), "the pinned one stays");
+        assert!(
+            store.could_fit(90_000, used, NOTHING_GIVEN_UP).unwrap(),
+            "the unpinned one could go"
+        );
+        assert!(
+            !store.could_fit(150_000, used, NOTHING_GIVEN_UP).unwrap(),
+            "the pinned one stays"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -210,10 +210,15 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
 mod tests {
     use super::*;
 
+    /// A file named `name` in a directory of its own (removed by the test).
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("shoal-checkpoint-unit-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("shoal-checkpoint-{}-{name}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         dir.join(name)
+    }
+
+    fn remove(path: &Path) {
+        fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]
@@ -224,7 +229,7 @@ mod tests {
         assert_eq!(written, fs::metadata(&path).unwrap().len());
         assert!(!path.with_file_name("round-trip.tmp").exists());
         assert_eq!(load::<Vec<(u64, String)>>(&path).unwrap(), state);
-        fs::remove_file(&path).unwrap();
+        remove(&path);
     }
 
     #[test]
@@ -244,18 +249,23 @@ mod tests {
         bytes[MAGIC.len() + 5] ^= 0x40;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(load::<Vec<u32>>(&path).unwrap(), vec![1, 2, 3]);
-        fs::remove_file(&path).unwrap();
+        remove(&path);
     }
 
     #[test]
-    fn a_changed_state_hash_or_trailing_bytes_are_damage() {
+    fn a_changed_state_hash_a_cut_state_or_trailing_bytes_are_damage() {
         let path = scratch("damaged");
         save(&path, &vec![9u8; 100]).unwrap();
         let good = fs::read(&path).unwrap();
         let mut hash_changed = good.clone();
         hash_changed[STATE_HASH_AT as usize] ^= 1;
         fs::write(&path, &hash_changed).unwrap();
-        assert!(matches!(load::<Vec<u8>>(&path), Err(CheckpointError::Damaged { .. })));
+        let refused = load::<Vec<u8>>(&path).unwrap_err();
+        assert!(matches!(refused, CheckpointError::Damaged { .. }), "{refused:?}");
+        assert!(refused.to_string().contains("its hash differs"), "{refused}");
+        fs::write(&path, &good[..good.len() - 10]).unwrap();
+        let refused = load::<Vec<u8>>(&path).unwrap_err();
+        assert!(refused.to_string().contains("the file ends early"), "{refused}");
         let mut longer = good.clone();
         longer.push(0);
         fs::write(&path, &longer).unwrap();
@@ -266,6 +276,6 @@ mod tests {
             load::<Vec<u8>>(&path),
             Err(CheckpointError::NotACheckpoint(_))
         ));
-        fs::remove_file(&path).unwrap();
+        remove(&path);
     }
 }
