@@ -508,37 +508,38 @@ impl Client {
     pub async fn share(&self, path: std::path::PathBuf, how: Import) -> Result<(BlobInfo, Ticket), NodeError> {
         let store = self.blobs.clone();
         let quota = self.quota;
-        let (info, files, evicted) = tokio::task::spawn_blocking(move || {
+        let (imported, evicted) = tokio::task::spawn_blocking(move || {
             use shoal_resources::store::{Room, StoreError};
             let now = std::time::SystemTime::now();
             let quota = quota.filter(|_| how == Import::Copy);
             let mut room = quota.map(|quota| Room::new(quota, now));
-            if let Some(quota) = quota {
-                // Refused before a byte is copied when it could not fit even
-                // with everything the quota may drop dropped. (Each import
-                // then makes its own room once its id is known: a file the
-                // store holds already drops nothing.)
-                let need = shoal_resources::store::room_for(tree_size(&path));
-                let staying = store.kept_bytes(now)?;
-                if staying.saturating_add(need) > quota {
-                    return Err(StoreError::QuotaExceeded {
-                        need,
-                        used: staying,
-                        quota,
-                    });
+            let imported = (|| {
+                if let Some(quota) = quota {
+                    // What is larger than the whole quota is refused before
+                    // a byte is copied. The rest is decided import by
+                    // import once the id is known (a file the store holds
+                    // already needs no room, whatever else is pinned).
+                    let need = shoal_resources::store::room_for(tree_size(&path));
+                    if need > quota {
+                        let used = store.kept_bytes(now)?;
+                        return Err(StoreError::QuotaExceeded { need, used, quota });
+                    }
                 }
-            }
-            let (info, files) = if path.is_dir() {
-                store.import_dir(&path, how, room.as_mut())?
-            } else {
-                (store.import_within(&path, how, room.as_mut())?, Vec::new())
-            };
+                if path.is_dir() {
+                    store.import_dir(&path, how, room.as_mut())
+                } else {
+                    Ok((store.import_within(&path, how, room.as_mut())?, Vec::new()))
+                }
+            })();
+            // What was dropped is gone even if a later file of a directory
+            // did not fit: it is no longer announced either way.
             let evicted = room.map(|r| r.dropped().to_vec()).unwrap_or_default();
-            Ok::<_, StoreError>((info, files, evicted))
+            (imported, evicted)
         })
         .await
-        .map_err(|e| NodeError::Task(e.to_string()))??;
+        .map_err(|e| NodeError::Task(e.to_string()))?;
         self.forget_provided(&evicted, "dropped to make room").await?;
+        let (info, files) = imported?;
         let mut keys: Vec<Key> = files.iter().map(|f| f.id).collect();
         keys.push(info.id);
         self.provide(keys).await?;
@@ -987,11 +988,12 @@ async fn pin_duties(node: WeakClient, every: Duration) {
         }
         // Whether each copy is there and servable reads its metadata (and
         // stats a file served in place): off the async threads.
-        let held: Vec<bool> = {
+        let held = {
             let (store, ids) = (client.blobs.clone(), pins.iter().map(|p| p.id).collect::<Vec<_>>());
-            tokio::task::spawn_blocking(move || ids.iter().map(|id| store.contains(id)).collect())
-                .await
-                .unwrap_or_else(|_| vec![true; pins.len()])
+            tokio::task::spawn_blocking(move || ids.iter().map(|id| store.contains(id)).collect::<Vec<bool>>()).await
+        };
+        let Ok(held) = held else {
+            continue; // the check panicked: decide nothing this round
         };
         let duties: Vec<shoal_resources::pin::Duty> = pins
             .iter()

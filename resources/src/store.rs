@@ -61,7 +61,7 @@ pub enum StoreError {
     Unknown(Key),
     /// A blob shared in place changed on disk since it was shared.
     #[error(
-        "{path} changed or went away since this peer began serving {id} from it; `get` the id to fetch it again from a peer that has it"
+        "{path} changed or went away since this peer began serving {id} from it: put the file back as it was, or fetch the id from another peer that has it"
     )]
     SourceChanged {
         /// The blob.
@@ -194,6 +194,27 @@ fn source_of(path: &Path, file: &File) -> io::Result<Source> {
         len: meta.len(),
         modified_ns,
     })
+}
+
+/// A name for an import's temporary files, unique among this process's
+/// imports however many run at once, and naming the process (so that
+/// opening the store removes those of a process that died).
+fn import_nonce() -> String {
+    static IMPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nth = IMPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("import-{}-{nth}", std::process::id())
+}
+
+/// Whether an error opening a file says nothing about the file: the
+/// process or the system is out of file descriptors or memory, or a signal
+/// came.
+fn transient(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.kind() == io::ErrorKind::Interrupted
+        || e.kind() == io::ErrorKind::OutOfMemory
+        || [Errno::MFILE, Errno::NFILE, Errno::NOMEM]
+            .iter()
+            .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
 }
 
 /// Bytes an unprivileged writer may still put on the file system of `dir`.
@@ -384,10 +405,7 @@ impl BlobStore {
             return Err(unreadable(io::Error::other("not a regular file")));
         }
         let size = source.len;
-        // Unique among this process's imports, however many run at once.
-        static IMPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let nth = IMPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nonce = format!("import-{}-{nth}", std::process::id());
+        let nonce = import_nonce();
         let tmp_data = self.dir.join(format!("{nonce}.data.tmp"));
         let tmp_obao = self.dir.join(format!("{nonce}.obao.tmp"));
         // Whatever fails from here on leaves no temporary file behind (after
@@ -433,8 +451,7 @@ impl BlobStore {
             if !held {
                 let mut keep = room.imported.clone();
                 keep.push(id);
-                let dropped = self.make_room(META_ALLOWANCE, room.quota, &keep, room.now)?;
-                room.dropped.extend(dropped);
+                self.make_room_into(META_ALLOWANCE, room.quota, &keep, room.now, &mut room.dropped)?;
             }
             room.imported.push(id);
         }
@@ -485,14 +502,13 @@ impl BlobStore {
     /// (see [`changed_source`](Self::changed_source)): whoever asks (a
     /// `get`, a pin duty) fetches it again into the store.
     pub fn contains(&self, id: &Key) -> bool {
-        self.path(id, "meta").exists() && self.changed_source(id).is_none()
+        matches!(self.read_meta(id), Ok(Some(_))) && self.changed_source(id).is_none()
     }
 
-    /// For a blob served in place: its file, if that changed or went away
-    /// since it was shared (the blob can no longer be served). `None` for
-    /// a store copy, a blob not held, or when it cannot be told (the
-    /// metadata unreadable, the file not statable for another reason):
-    /// serving it then says what is wrong.
+    /// For a blob served in place: its file, if that changed or cannot be
+    /// opened since it was shared (the blob can no longer be served).
+    /// `None` for a store copy, a blob not held, or when it cannot be told
+    /// now (metadata unreadable, or the process out of file descriptors).
     pub fn changed_source(&self, id: &Key) -> Option<PathBuf> {
         let Ok(Some(Meta {
             source: Some(source), ..
@@ -502,11 +518,8 @@ impl BlobStore {
         };
         match File::open(&source.path).and_then(|file| source_of(&source.path, &file)) {
             Ok(now) if now == source => None,
-            Ok(_) => Some(source.path),
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied) => {
-                Some(source.path)
-            }
-            Err(_) => None,
+            Err(e) if transient(&e) => None,
+            Ok(_) | Err(_) => Some(source.path),
         }
     }
 
@@ -694,10 +707,24 @@ impl BlobStore {
         keep: &[Key],
         now: std::time::SystemTime,
     ) -> Result<Vec<Key>, StoreError> {
-        let mut used = self.usage()?;
         let mut dropped = Vec::new();
+        self.make_room_into(need, quota, keep, now, &mut dropped)?;
+        Ok(dropped)
+    }
+
+    /// [`make_room`](Self::make_room), adding what it drops to `dropped`
+    /// even when it fails in the end (others took the room meanwhile).
+    fn make_room_into(
+        &self,
+        need: u64,
+        quota: u64,
+        keep: &[Key],
+        now: std::time::SystemTime,
+        dropped: &mut Vec<Key>,
+    ) -> Result<(), StoreError> {
+        let mut used = self.usage()?;
         if used.saturating_add(need) <= quota {
-            return Ok(dropped);
+            return Ok(());
         }
         let (candidates, freeable) = self.droppable(keep, now)?;
         let staying = used.saturating_sub(freeable);
@@ -723,7 +750,7 @@ impl BlobStore {
             // Others took the room meanwhile.
             return Err(StoreError::QuotaExceeded { need, used, quota });
         }
-        Ok(dropped)
+        Ok(())
     }
 
     /// Writes the bao encoding of the groups `groups` of blob `id` (parent
@@ -884,7 +911,7 @@ impl BlobStore {
         }
         let listing =
             crate::collection::encode(&entries).map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?;
-        let tmp = self.dir.join(format!("listing-{}.tmp", std::process::id()));
+        let tmp = self.dir.join(format!("{}.listing.tmp", import_nonce()));
         std::fs::write(&tmp, listing)?;
         let root = self.import_within(&tmp, Import::Copy, room);
         let _ = std::fs::remove_file(&tmp);
@@ -1573,19 +1600,49 @@ mod tests {
         // make_room alone refuses the same way, before dropping anything.
         assert!(store.make_room(150_000, quota, &[], NOTHING_GIVEN_UP).is_err());
         assert!(store.contains(&c_id));
-        // An import in place of a blob held as a store copy keeps the copy.
+        // An import in place of a blob held as a store copy keeps the copy,
+        // and leaves nothing else behind.
+        let before = store.usage().unwrap();
         assert_eq!(store.import(&c, Import::InPlace).unwrap().id, c_id);
         assert!(dir.join("s").join(format!("{c_id}.data")).exists());
-        assert_eq!(
-            store
-                .list()
-                .unwrap()
-                .iter()
-                .find(|e| e.info.id == c_id)
-                .unwrap()
-                .in_place,
-            None
-        );
+        let entry = store.list().unwrap().into_iter().find(|e| e.info.id == c_id).unwrap();
+        assert_eq!(entry.in_place, None);
+        assert_eq!(store.usage().unwrap(), before);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.join("s"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_import_keeps_its_own_earlier_files_when_it_makes_room() {
+        let dir = temp("room-dir");
+        let store = BlobStore::open(&dir.join("s")).unwrap();
+        let old = dir.join("old");
+        std::fs::write(&old, content(100_000)).unwrap();
+        let old_id = store.import(&old, Import::Copy).unwrap().id;
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("a"), content(100_001)).unwrap();
+        std::fs::write(tree.join("b"), content(100_002)).unwrap();
+        // The old blob looks used more recently than anything the import
+        // writes: only keeping the directory's own first file makes the
+        // second one drop the old blob rather than the first file.
+        let meta = OpenOptions::new()
+            .append(true)
+            .open(dir.join("s").join(format!("{old_id}.meta")))
+            .unwrap();
+        let later = meta.metadata().unwrap().modified().unwrap() + std::time::Duration::from_secs(86_400);
+        meta.set_modified(later).unwrap();
+        let quota = store.usage().unwrap() + 150_000;
+        let mut room = Room::new(quota, NOTHING_GIVEN_UP);
+        let (listing, files) = store.import_dir(&tree, Import::Copy, Some(&mut room)).unwrap();
+        assert_eq!(room.dropped(), &[old_id]);
+        assert!(files.iter().all(|f| store.contains(&f.id)) && store.contains(&listing.id));
+        assert!(store.usage().unwrap() <= quota);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
