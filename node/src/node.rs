@@ -869,11 +869,50 @@ impl WeakClient {
     }
 }
 
+/// Fetches for pin duties that failed, and the round before which each is
+/// not tried again: the next round after a first failure, then twice as
+/// many rounds after each further one, at most [`MAX_RETRY_ROUNDS`] — so a
+/// blob nobody can serve any more is not asked for (and logged) every
+/// round forever, and one that fails for a moment is soon tried again.
+#[derive(Debug, Default)]
+struct Retries {
+    /// Failures in a row, and the first round that may try again.
+    failed: BTreeMap<Key, (u32, usize)>,
+}
+
+/// The longest wait between two tries of a failing pin fetch, in rounds
+/// (20 × 30 s = 10 minutes by default).
+const MAX_RETRY_ROUNDS: usize = 20;
+
+impl Retries {
+    /// Whether `id` waits out a failure at round `pass`.
+    fn waiting(&self, id: &Key, pass: usize) -> bool {
+        self.failed.get(id).is_some_and(|(_, next)| pass < *next)
+    }
+
+    /// A fetch of `id` failed at round `pass`.
+    fn failed(&mut self, id: Key, pass: usize) {
+        let entry = self.failed.entry(id).or_insert((0, 0));
+        entry.0 = entry.0.saturating_add(1);
+        let wait = 1usize
+            .checked_shl(entry.0 - 1)
+            .unwrap_or(usize::MAX)
+            .min(MAX_RETRY_ROUNDS);
+        entry.1 = pass.saturating_add(wait);
+    }
+
+    /// A fetch of `id` succeeded (or is no longer this node's to make).
+    fn forget(&mut self, id: &Key) {
+        self.failed.remove(id);
+    }
+}
+
 /// The home duties of pinned blobs, every `every`: fetch what this node
 /// must keep, mark it exempt from garbage collection, release what it no
 /// longer must keep. Ends with the node.
 async fn pin_duties(node: WeakClient, every: Duration) {
     let fetching = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::<Key>::new()));
+    let retries = Arc::new(std::sync::Mutex::new(Retries::default()));
     let mut round = 0usize;
     let mut passes = 0usize;
     let mut announced = false;
@@ -946,7 +985,12 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                 let _ = client.decline(id, false).await;
             }
         }
-        let running = fetching.lock().map(|f| f.clone()).unwrap_or_default();
+        // A fetch that failed lately counts as under way until its retry.
+        let mut running = fetching.lock().map(|f| f.clone()).unwrap_or_default();
+        if let Ok(mut retries) = retries.lock() {
+            retries.failed.retain(|id, _| pins.iter().any(|p| p.id == *id));
+            running.extend(pins.iter().map(|p| p.id).filter(|id| retries.waiting(id, passes)));
+        }
         let mut members: Vec<bool> = pins.iter().map(|p| p.member).collect();
         let mut looked_up = vec![false; pins.len()];
         let mut lookups = 0;
@@ -1062,10 +1106,17 @@ async fn pin_duties(node: WeakClient, every: Duration) {
                     if let Ok(mut f) = fetching.lock() {
                         f.insert(id);
                     }
-                    let (client, fetching) = (client.clone(), fetching.clone());
+                    let (client, fetching, retries) = (client.clone(), fetching.clone(), retries.clone());
                     tokio::spawn(async move {
                         let progress = Arc::new(crate::files::Progress::default());
-                        match client.download(id, None, progress, None).await {
+                        let result = client.download(id, None, progress, None).await;
+                        if let Ok(mut retries) = retries.lock() {
+                            match &result {
+                                Ok(_) => retries.forget(&id),
+                                Err(_) => retries.failed(id, passes),
+                            }
+                        }
+                        match result {
                             Ok(_) => {
                                 let _ = client.blobs.set_pinned(&id, true);
                             }
@@ -1594,5 +1645,41 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_pin_fetch_is_tried_again_next_round_then_ever_less_often() {
+        let mut retries = Retries::default();
+        let (id, other) = (Key::of_content(b"a"), Key::of_content(b"b"));
+        assert!(!retries.waiting(&id, 0));
+        // Failed at round 10: waits out round 10 only, then 2, 4, 8, 16,
+        // 20, 20 rounds.
+        let mut pass = 10;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            retries.failed(id, pass);
+            let next = (pass..pass + 100).find(|p| !retries.waiting(&id, *p)).unwrap();
+            waits.push(next - pass);
+            pass = next;
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 20, 20]);
+        assert!(!retries.waiting(&other, pass), "only the failing blob waits");
+        // A success ends the waiting, and the next failure starts over.
+        retries.failed(id, pass);
+        assert!(retries.waiting(&id, pass));
+        retries.forget(&id);
+        assert!(!retries.waiting(&id, pass));
+        retries.failed(id, pass);
+        assert!(!retries.waiting(&id, pass + 1));
+        // Many failures do not overflow the wait.
+        for _ in 0..200 {
+            retries.failed(other, usize::MAX - 5);
+        }
+        assert!(retries.waiting(&other, usize::MAX - 1));
     }
 }
