@@ -975,10 +975,13 @@ async fn pin_duties(node: WeakClient, every: Duration) {
         let declining = client.declining().await.unwrap_or_default();
         for id in declining {
             let fits = match (pins.iter().find(|p| p.id == id && p.pin.replicas > 0), client.quota) {
-                (Some(p), Some(quota)) => client
-                    .blobs
-                    .could_fit(p.pin.size, quota, std::time::SystemTime::now())
-                    .unwrap_or(false),
+                (Some(p), Some(quota)) => {
+                    // Reads every blob's metadata: off the async threads.
+                    let (store, size) = (client.blobs.clone(), p.pin.size);
+                    tokio::task::spawn_blocking(move || store.could_fit(size, quota, std::time::SystemTime::now()))
+                        .await
+                        .is_ok_and(|fits| fits.unwrap_or(false))
+                }
                 _ => true,
             };
             if fits {
