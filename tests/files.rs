@@ -262,12 +262,17 @@ async fn sharing_under_a_quota_drops_the_oldest_for_a_new_file_and_nothing_for_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_shared_in_place_that_changes_is_no_longer_announced_and_get_says_why() {
     let peers = swarm("changed", 1).await;
-    let mut config = NodeConfig::new(data_dir("changed", 1));
-    config.mdns = false;
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    config.bootstrap = peers[0].ready().await.unwrap();
-    config.pin_check = Duration::from_millis(100);
-    let node = start(config).await.unwrap();
+    let _ = std::fs::remove_dir_all(data_dir_existing("changed", 1));
+    let bootstrap = peers[0].ready().await.unwrap();
+    let config = || {
+        let mut config = NodeConfig::new(data_dir_existing("changed", 1));
+        config.mdns = false;
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.bootstrap = bootstrap.clone();
+        config.pin_check = Duration::from_millis(100);
+        config
+    };
+    let node = start(config()).await.unwrap();
     let path = data_dir_existing("changed", 0).join("in-place");
     std::fs::write(&path, content(100_000, 50)).unwrap();
     let (info, _) = node.share(path.clone(), Import::InPlace).await.unwrap();
@@ -292,6 +297,24 @@ async fn a_file_shared_in_place_that_changes_is_no_longer_announced_and_get_says
         .unwrap_err()
         .to_string();
     assert!(error.contains("changed or went away"), "{error}");
+    // Restarted with its data directory, the peer announces again what it
+    // holds, but not the blob whose file changed.
+    let other = data_dir_existing("changed", 0).join("copied");
+    std::fs::write(&other, content(50_000, 51)).unwrap();
+    let (other, _) = node.share(other, Import::Copy).await.unwrap();
+    node.leave().await.unwrap();
+    drop(node);
+    let node = start(config()).await.unwrap();
+    let mut providing = Vec::new();
+    for _ in 0..100 {
+        providing = node.providing().await.unwrap();
+        if providing.contains(&other.id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(providing.contains(&other.id), "{providing:?}");
+    assert!(!providing.contains(&info.id), "{providing:?}");
     // The file put back as it was, it is served and announced again.
     std::fs::write(&path, content(100_000, 50)).unwrap();
     let (again, _) = node.share(path, Import::InPlace).await.unwrap();
