@@ -231,20 +231,20 @@ async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharing_under_a_quota_drops_the_oldest_for_a_new_file_and_nothing_for_one_held() {
     let (_swarm, node) = with_quota_peer("reshare", 5 * 1024 * 1024).await;
-    let mut ids = Vec::new();
+    let mut paths = Vec::new();
     for n in 0..3u8 {
         let path = data_dir_existing("reshare", 0).join(format!("f{n}"));
         std::fs::write(&path, content(2 * 1024 * 1024, 30 + n)).unwrap();
-        ids.push(path);
+        paths.push(path);
     }
-    let a = node.share(ids[0].clone(), Import::Copy).await.unwrap().0.id;
-    let b = node.share(ids[1].clone(), Import::Copy).await.unwrap().0.id;
+    let a = node.share(paths[0].clone(), Import::Copy).await.unwrap().0.id;
+    let b = node.share(paths[1].clone(), Import::Copy).await.unwrap().0.id;
     // 4 of 5 MiB used. Sharing b again needs no room: a stays.
-    assert_eq!(node.share(ids[1].clone(), Import::Copy).await.unwrap().0.id, b);
+    assert_eq!(node.share(paths[1].clone(), Import::Copy).await.unwrap().0.id, b);
     assert!(node.blobs().contains(&a) && node.blobs().contains(&b));
     // A third file does need room: the least recently used (a) goes, and is
     // no longer announced.
-    let c = node.share(ids[2].clone(), Import::Copy).await.unwrap().0.id;
+    let c = node.share(paths[2].clone(), Import::Copy).await.unwrap().0.id;
     assert!(!node.blobs().contains(&a));
     assert!(node.blobs().contains(&b) && node.blobs().contains(&c));
     assert!(node.blobs().usage().unwrap() <= 5 * 1024 * 1024);
