@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::poll_fn;
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::PeerId;
 use libp2p::core::ConnectedPoint;
 use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox};
@@ -36,7 +36,7 @@ use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox};
 /// The first line of a swarm key file.
 const KEY_HEADER: &str = "/shoal/swarm-key/1";
 /// The first bytes on an admission stream.
-const MAGIC: &[u8; 8] = b"shoal/a1";
+pub(crate) const MAGIC: &[u8; 8] = b"shoal/a1";
 /// Key files are two short lines; anything longer is not one.
 const MAX_KEY_FILE: u64 = 1024;
 /// How long a connection may take to pass admission.
@@ -274,12 +274,15 @@ async fn drive(
     .await
 }
 
-async fn exchange(
+/// The handshake itself on an open `stream`, as the dialer or as the
+/// listener. Generic over the stream so that the fuzz targets can play the
+/// remote side from bytes in memory.
+pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     key: &SwarmKey,
     dialer: bool,
     local: PeerId,
     remote: PeerId,
-    mut stream: SubstreamBox,
+    mut stream: S,
 ) -> Result<(), AdmissionError> {
     let io = |source| AdmissionError::Io { peer: remote, source };
     let mut nonces = [0u8; 64];

@@ -15,7 +15,8 @@ pub const OVERLAY_PROTOCOL: StreamProtocol = StreamProtocol::new(shoal_overlay::
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrameCodec;
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+/// Reads one frame: its length, checked against the cap, then its bytes.
+pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     io.read_exact(&mut header).await?;
     let len = u32::from_be_bytes(header) as usize;
@@ -30,7 +31,8 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
     Ok(frame)
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: Vec<u8>) -> io::Result<()> {
+/// Writes one frame and closes the stream's sending side.
+pub(crate) async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: Vec<u8>) -> io::Result<()> {
     let len = u32::try_from(frame.len())
         .ok()
         .filter(|len| *len as usize <= MAX_MESSAGE_BYTES)

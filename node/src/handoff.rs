@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
@@ -104,15 +104,7 @@ async fn offer(client: &Client, peer: PeerId, id: Key, pin: Pin) -> std::io::Res
         .open_stream(peer, HANDOFF_PROTOCOL)
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut frame = Vec::new();
-    let offer = Offer {
-        id: id.to_bytes().to_vec(),
-        size: pin.size,
-    };
-    ciborium::into_writer(&offer, &mut frame).map_err(std::io::Error::other)?;
-    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&frame);
-    stream.write_all(&out).await?;
+    stream.write_all(&encode_offer(id, pin.size)?).await?;
     stream.flush().await?;
     let mut status = [0u8; 1];
     stream.read_exact(&mut status).await?;
@@ -146,7 +138,21 @@ pub(crate) async fn accept(node: WeakClient, mut incoming: libp2p_stream::Incomi
     }
 }
 
-async fn receive(client: &Client, peer: PeerId, mut stream: Stream, free: bool) -> std::io::Result<()> {
+/// An offer as it goes on the wire: its length, then its CBOR.
+pub(crate) fn encode_offer(id: Key, size: u64) -> std::io::Result<Vec<u8>> {
+    let mut frame = Vec::new();
+    let offer = Offer {
+        id: id.to_bytes().to_vec(),
+        size,
+    };
+    ciborium::into_writer(&offer, &mut frame).map_err(std::io::Error::other)?;
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    Ok(out)
+}
+
+/// Reads one offer from `stream`: the blob's id and size.
+pub(crate) async fn read_offer<R: AsyncRead + Unpin>(stream: &mut R) -> std::io::Result<(Key, u64)> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len);
@@ -161,11 +167,15 @@ async fn receive(client: &Client, peer: PeerId, mut stream: Stream, free: bool) 
         .as_slice()
         .try_into()
         .map_err(|_| std::io::Error::other("an offer with a malformed id"))?;
-    let id = Key::from_bytes(id);
+    Ok((Key::from_bytes(id), offer.size))
+}
+
+async fn receive(client: &Client, peer: PeerId, mut stream: Stream, free: bool) -> std::io::Result<()> {
+    let (id, size) = read_offer(&mut stream).await?;
     let status = if !free {
         BUSY
     } else {
-        take(client, peer, id, offer.size).await
+        take(client, peer, id, size).await
     };
     stream.write_all(&[status]).await?;
     stream.close().await

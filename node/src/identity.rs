@@ -38,14 +38,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
         source,
     };
     match std::fs::read(&path) {
-        Ok(bytes) => {
-            let keypair = Keypair::from_protobuf_encoding(&bytes)
-                .map_err(|_| IdentityError::Malformed { path: shown.clone() })?;
-            if keypair.clone().try_into_ed25519().is_err() {
-                return Err(IdentityError::Malformed { path: shown });
-            }
-            Ok(keypair)
-        }
+        Ok(bytes) => parse(&bytes).ok_or(IdentityError::Malformed { path: shown }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(data_dir).map_err(io)?;
             let keypair = Keypair::generate_ed25519();
@@ -66,6 +59,14 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Reads the contents of an identity file: an ed25519 keypair in libp2p's
+/// protobuf encoding; `None` for anything else.
+pub(crate) fn parse(bytes: &[u8]) -> Option<Keypair> {
+    let keypair = Keypair::from_protobuf_encoding(bytes).ok()?;
+    keypair.clone().try_into_ed25519().ok()?;
+    Some(keypair)
 }
 
 /// Signs overlay records with the node's ed25519 key.

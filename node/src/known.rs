@@ -45,25 +45,7 @@ impl KnownPeers {
                 return Vec::new();
             }
         };
-        let mut out = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.len() > MAX_LINE_BYTES {
-                continue;
-            }
-            match line.parse::<Multiaddr>() {
-                Ok(addr) if matches!(addr.iter().last(), Some(Protocol::P2p(_))) => out.push(addr),
-                _ => tracing::warn!(
-                    "{} line {}: not a multiaddr ending in /p2p/PEER_ID; skipped",
-                    self.path.display(),
-                    n + 1
-                ),
-            }
-            if out.len() >= MAX_KNOWN_PEERS {
-                break;
-            }
-        }
-        out
+        parse(&text, &self.path)
     }
 
     /// Remembers a peer of the routing table.
@@ -94,6 +76,32 @@ impl KnownPeers {
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, &self.path)
     }
+}
+
+/// Reads the text of a `known-peers` file (named `source` in warnings):
+/// at most [`MAX_KNOWN_PEERS`] multiaddrs ending in `/p2p/PEER_ID`; other
+/// lines are skipped with a warning. Split from [`KnownPeers::load`] so that
+/// the fuzz targets can feed it text without a file.
+pub(crate) fn parse(text: &str, source: &Path) -> Vec<Multiaddr> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.len() > MAX_LINE_BYTES {
+            continue;
+        }
+        match line.parse::<Multiaddr>() {
+            Ok(addr) if matches!(addr.iter().last(), Some(Protocol::P2p(_))) => out.push(addr),
+            _ => tracing::warn!(
+                "{} line {}: not a multiaddr ending in /p2p/PEER_ID; skipped",
+                source.display(),
+                n + 1
+            ),
+        }
+        if out.len() >= MAX_KNOWN_PEERS {
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

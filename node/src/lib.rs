@@ -33,6 +33,7 @@ pub mod cli_client;
 pub mod codec;
 pub mod control;
 pub mod files;
+pub mod fuzzing;
 pub mod handoff;
 pub mod identity;
 pub mod known;

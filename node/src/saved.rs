@@ -7,7 +7,7 @@
 //! record is verified again; a file that cannot be read is moved aside to
 //! `records.cbor.bad` (never deleted) and the peer starts empty.
 
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -57,15 +57,10 @@ impl SavedRecords {
                 return Default::default();
             }
         };
-        let reader = BufReader::new(file.take(MAX_FILE_BYTES));
-        match ciborium::from_reader::<Saved, _>(reader) {
-            Ok(saved) if saved.version == FORMAT_VERSION => (saved.values, saved.providers),
-            Ok(saved) => {
-                self.set_aside(&format!("format version {} is not {FORMAT_VERSION}", saved.version));
-                Default::default()
-            }
-            Err(e) => {
-                self.set_aside(&e.to_string());
+        match parse(BufReader::new(file.take(MAX_FILE_BYTES))) {
+            Ok(loaded) => loaded,
+            Err(why) => {
+                self.set_aside(&why);
                 Default::default()
             }
         }
@@ -90,15 +85,10 @@ impl SavedRecords {
         values: impl Iterator<Item = &'a ValueRecord>,
         providers: impl Iterator<Item = &'a ProviderRecord<NodeAddr>>,
     ) -> std::io::Result<()> {
-        let saved = Saved {
-            version: FORMAT_VERSION,
-            values: values.cloned().collect(),
-            providers: providers.cloned().collect(),
-        };
         let tmp = self.path.with_extension("cbor.tmp");
         let file = std::fs::File::create(&tmp)?;
         let mut writer = BufWriter::new(file);
-        ciborium::into_writer(&saved, &mut writer).map_err(std::io::Error::other)?;
+        encode(values, providers, &mut writer)?;
         let file = writer.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
@@ -109,6 +99,31 @@ impl SavedRecords {
         }
         Ok(())
     }
+}
+
+/// Reads a record file's contents from `reader`; the error says why they
+/// are not a record file. Split from [`SavedRecords::load`] so that the
+/// fuzz targets can feed it bytes without a file.
+pub(crate) fn parse(reader: impl Read) -> Result<Loaded, String> {
+    match ciborium::from_reader::<Saved, _>(reader) {
+        Ok(saved) if saved.version == FORMAT_VERSION => Ok((saved.values, saved.providers)),
+        Ok(saved) => Err(format!("format version {} is not {FORMAT_VERSION}", saved.version)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Writes the contents of a record file to `writer`.
+pub(crate) fn encode<'a>(
+    values: impl Iterator<Item = &'a ValueRecord>,
+    providers: impl Iterator<Item = &'a ProviderRecord<NodeAddr>>,
+    writer: impl Write,
+) -> std::io::Result<()> {
+    let saved = Saved {
+        version: FORMAT_VERSION,
+        values: values.cloned().collect(),
+        providers: providers.cloned().collect(),
+    };
+    ciborium::into_writer(&saved, writer).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]

@@ -1,0 +1,316 @@
+//! Entry points for the fuzz targets and their corpus replay.
+//!
+//! Every decoder that a peer or a file can reach has one function here that
+//! takes arbitrary bytes, runs the decoder exactly as the node runs it, and
+//! checks what holds of every input: nothing panics, and what decodes
+//! encodes again to the same value (where the format has an encoder). The
+//! cargo-fuzz targets in `fuzz/` each call one of these functions, and
+//! `node/tests/fuzz_corpus.rs` replays the kept corpus through the same
+//! functions on stable, so a finding fixed once stays fixed.
+//!
+//! Here a panic is how a finding is reported: each `assert` and `expect`
+//! names the property that failed.
+//!
+//! Not an API: hidden from the docs, and free to change with the decoders.
+
+#![doc(hidden)]
+
+pub mod seeds;
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::{AsyncRead, AsyncWrite};
+use libp2p::multiaddr::Protocol;
+use shoal_overlay::wire::{self, MAX_MESSAGE_BYTES};
+use shoal_overlay::{Addr, Config, Instant, PeerInfo, ProviderRecord, Request, Response, ValueRecord};
+use shoal_resources::collection;
+use shoal_resources::pin::Pin as PinRecord;
+use shoal_resources::ticket::Ticket;
+
+use crate::NodeAddr;
+use crate::admission::SwarmKey;
+use crate::{codec, handoff, identity, known, saved, settings};
+
+/// What a target runs: one input, any bytes; panics on a finding.
+pub type Target = fn(&[u8]);
+
+/// Every target: its name (the directory of its corpus under
+/// `fuzz/corpus/` and the name of its cargo-fuzz target) and its function.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("wire_request", wire_request),
+    ("wire_response", wire_response),
+    ("frame", frame),
+    ("ticket", ticket),
+    ("collection", collection),
+    ("pin", pin),
+    ("saved_records", saved_records),
+    ("known_peers", known_peers),
+    ("settings", settings),
+    ("size", size),
+    ("swarm_key", swarm_key),
+    ("admission", admission),
+    ("handoff_offer", handoff_offer),
+    ("identity", identity),
+];
+
+/// An overlay request as a peer sends it (the body of a frame): decoded
+/// with the node's address type, re-encoded and decoded to the same value;
+/// its records are verified and its addresses checked against their keys,
+/// as the core does with them.
+pub fn wire_request(data: &[u8]) {
+    let Ok((mode, request)) = wire::decode_request::<NodeAddr>(data) else {
+        return;
+    };
+    let bytes = wire::encode_request(mode, &request).expect("a decoded request encodes again");
+    let again = wire::decode_request::<NodeAddr>(&bytes).expect("a re-encoded request decodes");
+    assert_eq!(again, (mode, request.clone()), "a request round-trips");
+    match &request {
+        Request::PutValue { record } => check_value(record),
+        Request::AddProvider { record } => check_provider(record),
+        Request::AddProviders { records } => records.iter().for_each(check_provider),
+        Request::Ping | Request::FindNode { .. } | Request::GetValue { .. } | Request::GetProviders { .. } => {}
+    }
+}
+
+/// An overlay response as a peer sends it; checked like [`wire_request`].
+pub fn wire_response(data: &[u8]) {
+    let Ok(response) = wire::decode_response::<NodeAddr>(data) else {
+        return;
+    };
+    let bytes = wire::encode_response(&response).expect("a decoded response encodes again");
+    let again = wire::decode_response::<NodeAddr>(&bytes).expect("a re-encoded response decodes");
+    assert_eq!(again, response, "a response round-trips");
+    match &response {
+        Response::Nodes { closer } => check_peers(closer),
+        Response::Value { record, closer } => {
+            record.iter().for_each(check_value);
+            check_peers(closer);
+        }
+        Response::Providers { providers, closer } => {
+            providers.iter().for_each(check_provider);
+            check_peers(closer);
+        }
+        Response::Pong | Response::Stored | Response::Rejected(_) | Response::StoredBatch { .. } => {}
+    }
+}
+
+/// The overlay's frame codec reading a stream that holds `data`: a frame
+/// it reads is within the cap and is written back as the same bytes.
+pub fn frame(data: &[u8]) {
+    futures::executor::block_on(async {
+        let Ok(frame) = codec::read_frame(&mut futures::io::Cursor::new(data)).await else {
+            return;
+        };
+        assert!(frame.len() <= MAX_MESSAGE_BYTES, "a frame read is within the cap");
+        let read = &data[..4 + frame.len()];
+        let mut written = futures::io::Cursor::new(Vec::new());
+        codec::write_frame(&mut written, frame)
+            .await
+            .expect("a frame that was read can be written");
+        assert_eq!(written.into_inner(), read, "a frame round-trips");
+    });
+}
+
+/// A ticket as pasted (the bytes as UTF-8, lossily).
+pub fn ticket(data: &[u8]) {
+    let Ok(ticket) = Ticket::parse(&String::from_utf8_lossy(data)) else {
+        return;
+    };
+    assert_eq!(Ticket::parse(&ticket.to_text()), Ok(ticket), "a ticket round-trips");
+}
+
+/// A directory listing fetched from a peer: every path it yields is safe,
+/// and it encodes again to the same entries, sorted by path.
+pub fn collection(data: &[u8]) {
+    let Ok(entries) = collection::decode(data) else {
+        return;
+    };
+    assert!(
+        entries.iter().all(|e| collection::valid_path(&e.path)),
+        "only safe paths"
+    );
+    let bytes = collection::encode(&entries).expect("a decoded listing encodes again");
+    let mut sorted = entries;
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(collection::decode(&bytes), Ok(sorted), "a listing round-trips");
+}
+
+/// The value of a pin record.
+pub fn pin(data: &[u8]) {
+    let Some(pin) = PinRecord::decode(data) else {
+        return;
+    };
+    assert_eq!(PinRecord::decode(&pin.encode()), Some(pin), "a pin round-trips");
+}
+
+/// The contents of `records.cbor`: read back as the node does on start,
+/// written and read again to the same records, and each verified as the
+/// core does before it keeps one.
+pub fn saved_records(data: &[u8]) {
+    let Ok((values, providers)) = saved::parse(data) else {
+        return;
+    };
+    let mut bytes = Vec::new();
+    saved::encode(values.iter(), providers.iter(), &mut bytes).expect("loaded records encode again");
+    let again = saved::parse(bytes.as_slice()).expect("re-encoded records parse");
+    assert_eq!(again, (values.clone(), providers.clone()), "saved records round-trip");
+    values.iter().for_each(check_value);
+    providers.iter().for_each(check_provider);
+}
+
+/// The text of `known-peers` (the bytes as UTF-8, lossily): at most
+/// `MAX_KNOWN_PEERS` addresses, each ending in `/p2p/PEER_ID`, which the
+/// file's own format writes and reads back unchanged.
+pub fn known_peers(data: &[u8]) {
+    let source = Path::new(known::KNOWN_PEERS_FILE);
+    let peers = known::parse(&String::from_utf8_lossy(data), source);
+    assert!(peers.len() <= known::MAX_KNOWN_PEERS, "the list is bounded");
+    assert!(
+        peers.iter().all(|a| matches!(a.iter().last(), Some(Protocol::P2p(_)))),
+        "every address names its peer"
+    );
+    let text: String = peers.iter().map(|a| format!("{a}\n")).collect();
+    assert_eq!(known::parse(&text, source), peers, "known peers round-trip");
+}
+
+/// The text of `shoal.toml` (the bytes as UTF-8, lossily), and its quota
+/// as `resolve` reads it.
+pub fn settings(data: &[u8]) {
+    let Ok(file) = settings::FileSettings::parse(&String::from_utf8_lossy(data)) else {
+        return;
+    };
+    if let Some(quota) = file.quota {
+        size(quota.as_bytes());
+    }
+}
+
+/// A size such as `10G` (the bytes as UTF-8, lossily): a size that parses
+/// prints as a number of bytes that parses to the same size.
+pub fn size(data: &[u8]) {
+    let Ok(bytes) = settings::parse_size(&String::from_utf8_lossy(data)) else {
+        return;
+    };
+    assert_eq!(
+        settings::parse_size(&bytes.to_string()),
+        Ok(bytes),
+        "a size round-trips"
+    );
+}
+
+/// The text of a swarm key file (the bytes as UTF-8, lossily; `load`
+/// refuses a file that is not UTF-8).
+pub fn swarm_key(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(key) = SwarmKey::parse(&text) else {
+        return;
+    };
+    let again = SwarmKey::parse(&text).expect("a key that parsed parses again");
+    assert_eq!(key.fingerprint(), again.fingerprint(), "parsing is deterministic");
+}
+
+/// The admission handshake with `data` as everything the remote sends,
+/// once as the listener and once as the dialer: without the swarm key no
+/// bytes are admitted.
+pub fn admission(data: &[u8]) {
+    let key = SwarmKey::parse(FUZZ_SWARM_KEY).expect("the fuzzing swarm key parses");
+    let (local, remote) = (peer_id(1), peer_id(2));
+    for dialer in [false, true] {
+        let admitted = futures::executor::block_on(crate::admission::exchange(
+            &key,
+            dialer,
+            local,
+            remote,
+            Remote { sends: data },
+        ));
+        assert!(admitted.is_err(), "bytes made without the key were admitted");
+    }
+}
+
+/// A hand-off offer read from a stream that holds `data`: an offer read
+/// encodes again to the same id and size.
+pub fn handoff_offer(data: &[u8]) {
+    futures::executor::block_on(async {
+        let Ok((id, size)) = handoff::read_offer(&mut futures::io::Cursor::new(data)).await else {
+            return;
+        };
+        let bytes = handoff::encode_offer(id, size).expect("an offer read encodes again");
+        let again = handoff::read_offer(&mut futures::io::Cursor::new(bytes)).await;
+        assert_eq!(again.ok(), Some((id, size)), "an offer round-trips");
+    });
+}
+
+/// The contents of `identity.key`: a keypair that loads encodes again to
+/// the same identity.
+pub fn identity(data: &[u8]) {
+    let Some(keypair) = identity::parse(data) else {
+        return;
+    };
+    let bytes = keypair.to_protobuf_encoding().expect("an ed25519 keypair encodes");
+    let again = identity::parse(&bytes).expect("a re-encoded keypair loads");
+    assert_eq!(again.public(), keypair.public(), "an identity round-trips");
+}
+
+/// The swarm key the admission target runs under.
+const FUZZ_SWARM_KEY: &str = "/shoal/swarm-key/1\n0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
+
+/// A fixed ed25519 peer id.
+fn peer_id(seed: u8) -> libp2p::PeerId {
+    libp2p::identity::Keypair::ed25519_from_bytes([seed; 32])
+        .expect("32 bytes are an ed25519 secret key")
+        .public()
+        .to_peer_id()
+}
+
+/// The checks the core makes of a value record; only that none panics.
+fn check_value(record: &ValueRecord) {
+    let _ = record.verify(identity::verifier(), Instant::ZERO, max_lifetime());
+}
+
+/// The checks the core makes of a provider record; only that none panics.
+fn check_provider(record: &ProviderRecord<NodeAddr>) {
+    let _ = record.verify(identity::verifier(), Instant::ZERO, max_lifetime());
+}
+
+/// Whether each peer's address carries its key; only that none panics.
+fn check_peers(peers: &[PeerInfo<NodeAddr>]) {
+    for peer in peers {
+        let _ = peer.addr.matches_key(&peer.key);
+    }
+}
+
+fn max_lifetime() -> std::time::Duration {
+    Config::new(identity::verifier()).max_value_lifetime
+}
+
+/// The remote end of an admission stream: it sends `sends`, then closes,
+/// and swallows whatever it is sent. Never pending, so a handshake on it
+/// runs to its end under `block_on`.
+struct Remote<'a> {
+    sends: &'a [u8],
+}
+
+impl AsyncRead for Remote<'_> {
+    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let n = buf.len().min(self.sends.len());
+        buf[..n].copy_from_slice(&self.sends[..n]);
+        self.sends = &self.sends[n..];
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl AsyncWrite for Remote<'_> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

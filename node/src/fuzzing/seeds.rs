@@ -1,0 +1,279 @@
+//! Seed inputs for the fuzz targets: real encodings made by the node's own
+//! encoders (signed records, tickets, listings, files as the node writes
+//! them), so the fuzzer starts from inputs that pass every check and
+//! mutates from there. `node/tests/fuzz_corpus.rs` writes them into
+//! `fuzz/corpus/` when asked (`cargo test -p shoal-node --test fuzz_corpus
+//! -- --ignored write_seeds`).
+
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use shoal_overlay::wire::{self, MAX_MESSAGE_BYTES};
+use shoal_overlay::{Instant, Key, Mode, PeerInfo, ProviderRecord, RecordError, Request, Response, ValueRecord};
+use shoal_resources::blob::BlobInfo;
+use shoal_resources::collection::{self, Entry};
+use shoal_resources::pin::Pin;
+use shoal_resources::ticket::Ticket;
+
+use super::FUZZ_SWARM_KEY;
+use crate::NodeAddr;
+use crate::identity::NodeSigner;
+use crate::{admission, handoff, saved};
+
+/// An hour from the start of time: within every record's allowed lifetime
+/// when the fuzz targets verify at [`Instant::ZERO`].
+const EXPIRES: Instant = Instant::from_micros(3_600_000_000);
+
+/// The seeds of the target named `target` (a name in [`super::TARGETS`]);
+/// empty for a name that is not a target.
+pub fn seeds(target: &str) -> Vec<Vec<u8>> {
+    match target {
+        "wire_request" => requests().iter().map(|(mode, r)| encode_request(*mode, r)).collect(),
+        "wire_response" => responses().iter().map(encode_response).collect(),
+        "frame" => frames(),
+        "ticket" => tickets().into_iter().map(|t| t.to_text().into_bytes()).collect(),
+        "collection" => listings(),
+        "pin" => [
+            Pin {
+                replicas: 3,
+                size: 1 << 40,
+            },
+            Pin { replicas: 0, size: 0 },
+        ]
+        .iter()
+        .map(Pin::encode)
+        .collect(),
+        "saved_records" => saved_files(),
+        "known_peers" => vec![known_peers_text().into_bytes(), Vec::new()],
+        "settings" => settings_texts().into_iter().map(|t| t.as_bytes().to_vec()).collect(),
+        "size" => ["123", "10G", "500MiB", "2 TB", "7k", "0"]
+            .iter()
+            .map(|t| t.as_bytes().to_vec())
+            .collect(),
+        "swarm_key" => vec![
+            FUZZ_SWARM_KEY.as_bytes().to_vec(),
+            FUZZ_SWARM_KEY.replace('\n', "\r\n").into_bytes(),
+        ],
+        "admission" => admission_messages(),
+        "handoff_offer" => offers(),
+        "identity" => (1..=2u8)
+            .filter_map(|n| keypair(n).to_protobuf_encoding().ok())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A peer of the seeds: its keypair, from a fixed secret.
+fn keypair(n: u8) -> Keypair {
+    Keypair::ed25519_from_bytes([n; 32]).expect("32 bytes are an ed25519 secret key")
+}
+
+fn signer(n: u8) -> NodeSigner {
+    NodeSigner::new(&keypair(n)).expect("an ed25519 keypair signs")
+}
+
+fn peer(n: u8) -> PeerId {
+    keypair(n).public().to_peer_id()
+}
+
+fn addrs(n: u8) -> Vec<Multiaddr> {
+    [
+        format!("/ip4/192.168.1.{n}/tcp/4001"),
+        format!("/ip4/192.168.1.{n}/udp/4001/quic-v1"),
+        "/ip6/::1/tcp/4001".to_string(),
+    ]
+    .iter()
+    .filter_map(|a| a.parse().ok())
+    .collect()
+}
+
+fn peer_info(n: u8) -> PeerInfo<NodeAddr> {
+    PeerInfo::new(
+        signer(n).key(),
+        NodeAddr {
+            peer: peer(n),
+            addrs: addrs(n),
+        },
+    )
+}
+
+fn value_record(n: u8, value: Vec<u8>) -> ValueRecord {
+    ValueRecord::sign(Key::of_content(&[n]), value, u64::from(n), EXPIRES, &signer(n))
+}
+
+fn provider_record(n: u8, declined: bool) -> ProviderRecord<NodeAddr> {
+    let issued = Instant::from_micros(if declined { 5 } else { 0 });
+    ProviderRecord::sign_as(
+        Key::of_content(b"blob"),
+        peer_info(n),
+        issued,
+        EXPIRES,
+        declined,
+        &signer(n),
+    )
+}
+
+fn requests() -> Vec<(Mode, Request<NodeAddr>)> {
+    let key = Key::of_content(b"blob");
+    let pin = Pin { replicas: 3, size: 5 }.encode();
+    let requests = vec![
+        Request::Ping,
+        Request::FindNode { target: key },
+        Request::GetValue { key },
+        Request::GetProviders { key },
+        Request::PutValue {
+            record: value_record(1, b"hello".to_vec()),
+        },
+        Request::PutValue {
+            record: value_record(2, pin),
+        },
+        Request::AddProvider {
+            record: provider_record(1, false),
+        },
+        Request::AddProvider {
+            record: provider_record(2, true),
+        },
+        Request::AddProviders {
+            records: (1..=3).map(|n| provider_record(n, false)).collect(),
+        },
+    ];
+    let clients = requests.iter().take(2).map(|r| (Mode::Client, r.clone()));
+    requests
+        .iter()
+        .map(|r| (Mode::Server, r.clone()))
+        .chain(clients)
+        .collect()
+}
+
+fn responses() -> Vec<Response<NodeAddr>> {
+    let key = Key::of_content(b"blob");
+    let closer: Vec<_> = (1..=3).map(peer_info).collect();
+    vec![
+        Response::Pong,
+        Response::Nodes { closer: closer.clone() },
+        Response::Value {
+            record: Some(value_record(1, b"hello".to_vec())),
+            closer: closer.clone(),
+        },
+        Response::Value {
+            record: None,
+            closer: Vec::new(),
+        },
+        Response::Providers {
+            providers: vec![provider_record(1, false), provider_record(2, true)],
+            closer,
+        },
+        Response::Stored,
+        Response::Rejected(RecordError::BadSignature { key }),
+        Response::Rejected(RecordError::Stale {
+            key,
+            seq: 1,
+            current: 2,
+        }),
+        Response::StoredBatch { refused: vec![0, 2] },
+    ]
+}
+
+fn encode_request(mode: Mode, request: &Request<NodeAddr>) -> Vec<u8> {
+    wire::encode_request(mode, request).expect("a seed request encodes")
+}
+
+fn encode_response(response: &Response<NodeAddr>) -> Vec<u8> {
+    wire::encode_response(response).expect("a seed response encodes")
+}
+
+fn frames() -> Vec<Vec<u8>> {
+    let bodies = [
+        encode_request(Mode::Server, &Request::Ping),
+        encode_response(&responses()[2]),
+        Vec::new(),
+    ];
+    let mut frames: Vec<Vec<u8>> = bodies
+        .iter()
+        .map(|body| [(body.len() as u32).to_be_bytes().as_slice(), body].concat())
+        .collect();
+    frames.push((MAX_MESSAGE_BYTES as u32 + 1).to_be_bytes().to_vec());
+    frames
+}
+
+fn tickets() -> Vec<Ticket> {
+    let blob = BlobInfo {
+        id: Key::of_content(b"hello"),
+        size: 5,
+    };
+    let with_peer = |a: &Multiaddr| format!("{a}/p2p/{}", peer(1));
+    vec![
+        Ticket {
+            blob,
+            addrs: Vec::new(),
+        },
+        Ticket {
+            blob: BlobInfo { size: 1 << 40, ..blob },
+            addrs: addrs(1).iter().map(with_peer).collect(),
+        },
+    ]
+}
+
+fn listings() -> Vec<Vec<u8>> {
+    let entry = |path: &str, size: u64| Entry {
+        path: path.into(),
+        blob: BlobInfo {
+            id: Key::of_content(path.as_bytes()),
+            size,
+        },
+    };
+    [
+        vec![],
+        vec![entry("a.txt", 3)],
+        vec![entry("a.txt", 3), entry("b/c.txt", 0), entry("b/d e/f.bin", 1 << 33)],
+    ]
+    .iter()
+    .map(|entries| collection::encode(entries).expect("seed paths are valid"))
+    .collect()
+}
+
+fn saved_files() -> Vec<Vec<u8>> {
+    let values = [value_record(1, b"hello".to_vec()), value_record(2, Vec::new())];
+    let providers = [provider_record(1, false), provider_record(2, true)];
+    let mut files = vec![Vec::new(), Vec::new()];
+    saved::encode([].iter(), [].iter(), &mut files[0]).expect("writing into a Vec cannot fail");
+    saved::encode(values.iter(), providers.iter(), &mut files[1]).expect("writing into a Vec cannot fail");
+    files
+}
+
+fn known_peers_text() -> String {
+    let mut text = String::new();
+    for n in 1..=3 {
+        for a in addrs(n) {
+            text.push_str(&format!("{a}/p2p/{}\n", peer(n)));
+        }
+    }
+    text.push_str("not an address\n/ip4/1.2.3.4/tcp/1\n");
+    text
+}
+
+fn settings_texts() -> Vec<String> {
+    vec![
+        format!(
+            "listen = [\"/ip4/0.0.0.0/tcp/4001\", \"/ip4/0.0.0.0/udp/4001/quic-v1\"]\n\
+             bootstrap = [\"/ip4/192.168.1.20/tcp/4001/p2p/{}\"]\n\
+             mdns = false\n\
+             swarm_key = \"swarm.key\"   # relative to the data directory\n\
+             quota = \"100G\"\n",
+            peer(1)
+        ),
+        "quota = \"500 MiB\"\n".to_string(),
+        String::new(),
+    ]
+}
+
+fn admission_messages() -> Vec<Vec<u8>> {
+    let hello = [admission::MAGIC.as_slice(), &[7; 32]].concat();
+    vec![[hello.as_slice(), &[9; 32]].concat(), hello, vec![1; 64]]
+}
+
+fn offers() -> Vec<Vec<u8>> {
+    [(Key::of_content(b"blob"), 1 << 20), (Key::of_content(b""), 0)]
+        .iter()
+        .map(|(id, size)| handoff::encode_offer(*id, *size).expect("writing into a Vec cannot fail"))
+        .collect()
+}
