@@ -581,3 +581,239 @@ async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy
         "{providers:?}"
     );
 }
+
+/// `ticket` with its size replaced by `size`, through its text as a user
+/// would paste it.
+fn forged(ticket: &shoal::resources::Ticket, size: u64) -> shoal::resources::Ticket {
+    let mut forged = ticket.clone();
+    forged.blob.size = size;
+    shoal::resources::Ticket::parse(&forged.to_text()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_that_lies_about_the_size_gets_the_true_file_and_poisons_nothing() {
+    let peers = swarm("forged", 3).await;
+    let bytes = content(300_000, 60);
+    let source = data_dir_existing("forged", 0).join("source.bin");
+    std::fs::write(&source, &bytes).unwrap();
+    let (info, ticket) = peers[0].share(source, Import::Copy).await.unwrap();
+    let size = info.size;
+    for claimed in [0, 1, size - 1, size + 1, size + 16 * 1024, 10 * size, u64::MAX / 2] {
+        let out = data_dir_existing("forged", 1).join(format!("out-{claimed}"));
+        let progress = Arc::new(Progress::default());
+        let got = peers[1]
+            .download(
+                info.id,
+                Some(forged(&ticket, claimed)),
+                progress.clone(),
+                Some(out.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got, info, "claimed {claimed}");
+        assert_eq!(std::fs::read(&out).unwrap(), bytes, "claimed {claimed}");
+        assert_eq!(peers[1].blobs().size(&info.id).unwrap(), Some(size));
+        assert_eq!(progress.size.load(std::sync::atomic::Ordering::Relaxed), size);
+        // Fetch it afresh for the next claim.
+        peers[1].blobs().remove(&info.id).unwrap();
+    }
+    // A size nobody can prove writes nothing anywhere: an id nobody holds,
+    // "of 0 bytes", with a ticket naming a peer.
+    let nobody = Key::of_content(b"held by no peer");
+    let mut lie = forged(&ticket, 0);
+    lie.blob.id = nobody;
+    let out = data_dir_existing("forged", 2).join("nothing");
+    let error = peers[2]
+        .download(nobody, Some(lie), Arc::new(Progress::default()), Some(out.clone()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("could prove its size"), "{error}");
+    assert!(!out.exists());
+    assert!(!peers[2].blobs().contains(&nobody));
+    assert!(!peers[2].providing().await.unwrap().contains(&nobody));
+    assert!(peers[2].blobs().list().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_size_makes_no_room_under_a_quota() {
+    let (peers, small) = with_quota_peer("claim-room", 10 * 1024 * 1024).await;
+    let mut held = Vec::new();
+    for n in 0..3u8 {
+        let path = data_dir_existing("claim-room", 1).join(format!("kept{n}"));
+        std::fs::write(&path, content(2 * 1024 * 1024, 70 + n)).unwrap();
+        held.push(small.share(path, Import::Copy).await.unwrap().0.id);
+    }
+    let path = data_dir_existing("claim-room", 0).join("one-mib");
+    std::fs::write(&path, content(1024 * 1024, 80)).unwrap();
+    let (info, ticket) = peers[0].share(path, Import::Copy).await.unwrap();
+    // 9.5 MiB claimed: room for that would drop all three.
+    let got = small
+        .download(
+            info.id,
+            Some(forged(&ticket, 9 * 1024 * 1024 + 512 * 1024)),
+            Arc::new(Progress::default()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, info);
+    let providing = small.providing().await.unwrap();
+    for id in &held {
+        assert!(small.blobs().contains(id), "a blob was dropped for a claimed size");
+        assert!(providing.contains(id), "{providing:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_notices_its_in_place_file_edited_behind_its_back_and_stops_serving_it() {
+    use std::io::{Seek, Write};
+    let peers = swarm("edited", 2).await;
+    let path = data_dir_existing("edited", 0).join("in-place.bin");
+    let bytes = content(1024 * 1024, 90);
+    std::fs::write(&path, &bytes).unwrap();
+    let (info, _) = peers[0].share(path.clone(), Import::InPlace).await.unwrap();
+    // One byte changed, with the length and mtime put back: the metadata
+    // cannot tell.
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.seek(std::io::SeekFrom::Start(500_000)).unwrap();
+    file.write_all(&[bytes[500_000] ^ 0xff]).unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    assert!(
+        peers[0].blobs().contains(&info.id),
+        "length and mtime alone cannot tell"
+    );
+    let error = peers[1]
+        .download(info.id, None, Arc::new(Progress::default()), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    // The provider caught it itself: it is not blamed for bad data.
+    assert!(error.contains("(0 sent bad data"), "{error}");
+    assert!(!peers[1].blobs().contains(&info.id));
+    // It no longer counts the blob held, says why, and stops announcing it.
+    assert!(!peers[0].blobs().contains(&info.id));
+    assert_eq!(
+        peers[0].blobs().changed_source(&info.id),
+        Some(path.canonicalize().unwrap())
+    );
+    let mut announced = true;
+    for _ in 0..100 {
+        announced = peers[0].providing().await.unwrap().contains(&info.id);
+        if !announced {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!announced, "a blob found not to match is still announced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_regular_files_and_directories_are_shared() {
+    let peers = swarm("special", 1).await;
+    let fifo = data_dir_existing("special", 0).join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // Opening a FIFO waits for a writer: the share must not.
+    let error = tokio::time::timeout(Duration::from_secs(60), peers[0].share(fifo.clone(), Import::Copy))
+        .await
+        .expect("sharing a FIFO returned instead of waiting for a writer")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not a regular file"), "{error}");
+    // A /proc file says it has 0 bytes and reads as more.
+    let error = peers[0]
+        .share("/proc/self/status".into(), Import::Copy)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("only files with a fixed size"), "{error}");
+    assert!(peers[0].blobs().list().unwrap().is_empty());
+}
+
+/// A node on a runtime of its own, in a thread of its own, that can be
+/// frozen: its sockets stay open and nothing answers on them, as with a
+/// peer across a partition.
+struct Freezable {
+    client: Client,
+    freeze: std::sync::mpsc::Sender<()>,
+}
+
+fn freezable(config: NodeConfig) -> Freezable {
+    let (started, client) = std::sync::mpsc::channel();
+    let (freeze, frozen) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            started.send(start(config).await.unwrap()).unwrap();
+            // Runs the node until told to freeze; then this thread, and the
+            // runtime with it, blocks for good.
+            while frozen.try_recv().is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = frozen.recv();
+            std::thread::park();
+        });
+    });
+    Freezable {
+        client: client.recv().unwrap(),
+        freeze,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_starts_from_the_provider_that_answers_not_after_one_across_a_partition() {
+    let tag = "partition";
+    let mut overlay = shoal::overlay::Config::new(shoal::node::identity::verifier());
+    overlay.request_timeout = Duration::from_millis(500);
+    let config = |i: usize, bootstrap: Vec<shoal::node::Multiaddr>| {
+        let mut config = NodeConfig::new(data_dir(tag, i));
+        config.mdns = false;
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.overlay = Some(overlay.clone());
+        config.bootstrap = bootstrap;
+        config
+    };
+    let fetcher = start(config(0, Vec::new())).await.unwrap();
+    let bootstrap = fetcher.ready().await.unwrap();
+    let providers = [freezable(config(1, bootstrap.clone())), freezable(config(2, bootstrap))];
+    let path = data_dir_existing(tag, 1).join("shared");
+    std::fs::write(&path, content(200_000, 91)).unwrap();
+    let mut info = None;
+    for p in &providers {
+        info = Some(p.client.share(path.clone(), Import::Copy).await.unwrap().0);
+    }
+    let info = info.unwrap();
+    // Freeze whichever provider the overlay names first: a downloader that
+    // asks one provider at a time asks it first.
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        found = fetcher.get_providers(info.id).await.unwrap();
+        if found.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(found.len(), 2, "{found:?}");
+    let cut = providers
+        .iter()
+        .find(|p| p.client.peer_id() == found[0].addr.peer)
+        .unwrap();
+    cut.freeze.send(()).unwrap();
+    // Waited for, the frozen one would hold the download up for 30 s (a
+    // stream's opening timeout); asked beside the other, it holds up
+    // nothing. (A generous deadline: not a speed test.)
+    let got = tokio::time::timeout(
+        Duration::from_secs(20),
+        fetcher.download(info.id, None, Arc::new(Progress::default()), None),
+    )
+    .await
+    .expect("the download waited for the provider across the partition")
+    .unwrap();
+    assert_eq!(got, info);
+}

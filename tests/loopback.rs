@@ -327,3 +327,134 @@ async fn a_restarted_peer_still_holds_the_records_it_kept_for_others() {
     assert_eq!(record.value, b"kept across restarts");
     assert_eq!(again.get_providers(key).await.unwrap().len(), 1);
 }
+
+/// One peer on loopback TCP, mDNS off, with `caps` if given.
+fn lone_config(test: &str, i: usize, caps: Option<shoal::node::limits::ConnectionCaps>) -> NodeConfig {
+    let mut config = NodeConfig::new(data_dir(test, i));
+    config.mdns = false;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.caps = caps;
+    config
+}
+
+/// The TCP port of `client`'s first listen address.
+async fn tcp_port(client: &Client) -> u16 {
+    let addrs = listening_addrs(client).await;
+    addrs[0]
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_data_directory_runs_one_node_at_a_time() {
+    let dir = data_dir("lock", 0);
+    let config = || {
+        let mut config = NodeConfig::new(dir.clone());
+        config.mdns = false;
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config
+    };
+    let first = start(config()).await.unwrap();
+    let error = start(config()).await.unwrap_err();
+    assert!(matches!(error, shoal::node::NodeError::DataDirInUse(_)), "{error}");
+    assert!(error.to_string().contains("already running"), "{error}");
+    // Free again once the first has stopped.
+    first.leave().await.unwrap();
+    let again = start(config()).await.unwrap();
+    assert_eq!(again.peer_id(), first.peer_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_port_another_peer_listens_on_is_refused() {
+    let first = start(lone_config("port", 0, None)).await.unwrap();
+    let port = tcp_port(&first).await;
+    let mut config = lone_config("port", 1, None);
+    config.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    match start(config).await {
+        Err(shoal::node::NodeError::Listen { reason, .. }) => assert!(reason.contains("in use"), "{reason}"),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a second peer listens on port {port} beside the first"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_peers_are_told_this_runs_shoal_and_its_version() {
+    use futures::StreamExt;
+    use libp2p::{identify, noise, swarm::SwarmEvent, tcp, yamux};
+    let node = start(lone_config("agent", 0, None)).await.unwrap();
+    let addr = listening_addrs(&node).await[0].clone();
+    let mut asker = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| identify::Behaviour::new(identify::Config::new("/asker/1".into(), key.public())))
+        .unwrap()
+        .build();
+    asker.dial(addr).unwrap();
+    let agent = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let SwarmEvent::Behaviour(identify::Event::Received { info, .. }) = asker.select_next_some().await {
+                return info.agent_version;
+            }
+        }
+    })
+    .await
+    .expect("identify answered");
+    assert_eq!(agent, format!("shoal/{}", env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_inbound_connections_are_capped_and_dropped_and_the_peer_goes_on() {
+    let caps = shoal::node::limits::ConnectionCaps {
+        pending_incoming: 4,
+        established_incoming: 16,
+        per_ip: 8,
+    };
+    let node = start(lone_config("idle", 0, Some(caps))).await.unwrap();
+    // The soft open-file limit was raised to the hard one.
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(files[3], files[4], "soft and hard open-file limits: {limits}");
+    let port = tcp_port(&node).await;
+    // Connections that never begin a handshake: those over the cap are
+    // closed at once, the rest when their handshake times out.
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let idle: Vec<std::net::TcpStream> = (0..20)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        for (i, mut socket) in idle.into_iter().enumerate() {
+            socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            match socket.read(&mut [0u8; 1]) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Ok(_) => panic!("idle connection {i} was sent data"),
+                Err(e) => panic!("idle connection {i} was kept open ({e})"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // And the peer still takes real ones.
+    let mut config = lone_config("idle", 1, None);
+    config.bootstrap = listening_addrs(&node).await;
+    let other = start(config).await.unwrap();
+    let mut met = false;
+    for _ in 0..300 {
+        met = !node.peers().await.unwrap().is_empty() && !other.peers().await.unwrap().is_empty();
+        if met {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(met, "a real peer joined after the idle ones were dropped");
+}

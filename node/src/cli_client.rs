@@ -56,13 +56,21 @@ pub enum ControlError {
     Refused(String),
 }
 
-/// How long to wait for the daemon's answer to a call of `path`. Lookups
-/// can take a while on a large swarm, and a minute is generous for them;
-/// a share reads and hashes the whole file before it answers, which takes
-/// as long as the file's size makes it take, so it waits as long as the
-/// daemon is there (a daemon that stops closes the connection).
-fn answer_within(path: &str) -> Option<Duration> {
-    (path != "/v1/share").then_some(Duration::from_secs(60))
+/// How long to wait for the daemon's answer to any call, unless
+/// `SHOAL_TIMEOUT` (seconds) says otherwise. Lookups can take a while on a
+/// large swarm, and a minute is generous for them; shares and downloads,
+/// which take as long as their size makes them take, run as jobs that the
+/// CLI polls, each poll a short call.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// [`ANSWER_WITHIN`], or `SHOAL_TIMEOUT` seconds if that is set to a
+/// whole number above 0.
+fn answer_within() -> Duration {
+    std::env::var("SHOAL_TIMEOUT")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|secs| *secs > 0)
+        .map_or(ANSWER_WITHIN, Duration::from_secs)
 }
 
 /// Sends `method path` with an optional JSON `body` to the daemon of
@@ -98,11 +106,12 @@ pub fn call(
         reason: e.to_string(),
     };
     let mut stream = TcpStream::connect_timeout(&info.addr, Duration::from_secs(2)).map_err(unreachable)?;
-    let wait = answer_within(path);
-    stream.set_read_timeout(wait).map_err(unreachable)?;
+    let wait = answer_within();
+    stream.set_read_timeout(Some(wait)).map_err(unreachable)?;
+    stream.set_write_timeout(Some(wait)).map_err(unreachable)?;
     // Connected: from here a silent daemon is a busy one, not a gone one.
-    let unreachable = |e: std::io::Error| match (e.kind(), wait) {
-        (std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut, Some(wait)) => ControlError::Busy {
+    let unreachable = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ControlError::Busy {
             addr: info.addr.to_string(),
             secs: wait.as_secs(),
         },

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -138,23 +138,127 @@ struct AppState {
     client: Client,
     token: String,
     shutdown: Arc<Notify>,
-    downloads: std::sync::Mutex<Downloads>,
+    /// Requests being answered; past [`MAX_REQUESTS`] the API says busy.
+    requests: Arc<tokio::sync::Semaphore>,
+    downloads: std::sync::Mutex<Jobs<String>>,
+    shares: std::sync::Mutex<Jobs<ShareView>>,
 }
 
-#[derive(Default)]
-struct Downloads {
+/// Requests the API answers at once; more are told to come back.
+pub const MAX_REQUESTS: usize = 64;
+/// Largest request body in general (a key, a path, a ticket).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest body of `POST /v1/provide`: 100,000 keys as JSON are about 7 MB.
+pub const MAX_PROVIDE_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Finished jobs (downloads, shares) kept for their callers to read, at
+/// most, of each kind.
+const KEPT_JOBS: usize = 256;
+
+/// Long operations (downloads, shares) run as numbered jobs that the CLI
+/// polls: every poll is a short call, so a daemon that stops answering is
+/// noticed within a call's timeout, however long the job.
+struct Jobs<T> {
     next: u64,
-    running: std::collections::BTreeMap<u64, Arc<DownloadState>>,
+    running: std::collections::BTreeMap<u64, Arc<Job<T>>>,
 }
 
-#[derive(Default)]
-struct DownloadState {
-    id: String,
+impl<T> Default for Jobs<T> {
+    fn default() -> Self {
+        Jobs {
+            next: 0,
+            running: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> Jobs<T> {
+    /// Numbers `job` and keeps it, dropping the oldest past [`KEPT_JOBS`].
+    fn add(&mut self, job: Arc<Job<T>>) -> u64 {
+        self.next += 1;
+        while self.running.len() >= KEPT_JOBS {
+            let Some(oldest) = self.running.keys().next().copied() else {
+                break;
+            };
+            self.running.remove(&oldest);
+        }
+        self.running.insert(self.next, job);
+        self.next
+    }
+}
+
+/// Job number `n` of `jobs`.
+fn numbered<T>(jobs: &std::sync::Mutex<Jobs<T>>, n: u64, kind: &str) -> Result<Arc<Job<T>>, Failure> {
+    jobs.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .running
+        .get(&n)
+        .cloned()
+        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no {kind} {n}")))
+}
+
+struct Job<T> {
+    /// What it works on: a content id, or a path.
+    label: String,
     progress: Arc<crate::files::Progress>,
-    /// `Some(Ok(out path or ""))` once done, `Some(Err(..))` on failure.
-    outcome: std::sync::Mutex<Option<Result<String, String>>>,
-    /// Stops the download (`DELETE /v1/downloads/N`).
+    /// `Some(Ok(..))` once done, `Some(Err(..))` on failure.
+    outcome: std::sync::Mutex<Option<Result<T, String>>>,
+    /// Stops it (`DELETE /v1/downloads/N`).
     abort: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl<T: Clone + Send + 'static> Job<T> {
+    fn new(label: String) -> Arc<Self> {
+        Arc::new(Job {
+            label,
+            progress: Arc::default(),
+            outcome: std::sync::Mutex::new(None),
+            abort: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn outcome(&self) -> Option<Result<T, String>> {
+        self.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `work` to its end and keeps its outcome. In a task of its own,
+    /// so that a panic in it still ends the job with an answer instead of
+    /// leaving its caller polling.
+    fn run<F>(self: &Arc<Self>, work: F, cancelled: String)
+    where
+        F: std::future::Future<Output = Result<T, crate::NodeError>> + Send + 'static,
+    {
+        let job = self.clone();
+        tokio::spawn(async move {
+            let inner = tokio::spawn(work);
+            *job.abort.lock().unwrap_or_else(|p| p.into_inner()) = Some(inner.abort_handle());
+            let outcome = match inner.await {
+                Ok(Ok(done)) => Ok(done),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) if e.is_cancelled() => Err(cancelled),
+                Err(e) => Err(format!("it failed inside the daemon ({e}); see its log")),
+            };
+            *job.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        });
+    }
+}
+
+/// `GET /v1/shares/N`, and the answer to `POST /v1/share`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShareJobView {
+    /// The share's number.
+    pub share: u64,
+    /// The file or directory shared.
+    pub path: String,
+    /// Bytes to read in all.
+    pub total: u64,
+    /// Bytes read (and hashed) so far.
+    pub read: u64,
+    /// Whether it ended.
+    pub done: bool,
+    /// What it made, once done.
+    pub result: Option<ShareView>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
 }
 
 /// Body of `POST /v1/share`.
@@ -243,8 +347,16 @@ fn failure(status: StatusCode, message: impl std::fmt::Display) -> Failure {
     (status, Json(serde_json::json!({ "error": message.to_string() })))
 }
 
-fn check(state: &AppState, headers: &HeaderMap) -> Result<(), Failure> {
-    let given = headers
+/// Every request passes here first: the token is checked before anything
+/// of the request's body is read, then a place among the requests answered
+/// at once is taken (or the caller is told the daemon is busy).
+async fn authorize(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = request
+        .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
@@ -256,14 +368,17 @@ fn check(state: &AppState, headers: &HeaderMap) -> Result<(), Failure> {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     });
-    if ok {
-        Ok(())
-    } else {
-        Err(failure(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong token (see control.json)",
-        ))
+    if !ok {
+        return failure(StatusCode::UNAUTHORIZED, "missing or wrong token (see control.json)").into_response();
     }
+    let Ok(_place) = state.requests.clone().try_acquire_owned() else {
+        return failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the daemon is answering {MAX_REQUESTS} requests already; try again shortly"),
+        )
+        .into_response();
+    };
+    next.run(request).await
 }
 
 fn parse_key(text: &str) -> Result<Key, Failure> {
@@ -292,8 +407,7 @@ fn view(peer: &shoal_overlay::PeerInfo<crate::NodeAddr>) -> PeerView {
     }
 }
 
-async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Status>, Failure> {
-    check(&state, &headers)?;
+async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, Failure> {
     let client = &state.client;
     let listening = client.listening().await.map_err(node_failure)?;
     let peers = client.peers().await.map_err(node_failure)?.len();
@@ -308,18 +422,12 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resul
     }))
 }
 
-async fn peers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Vec<PeerView>>, Failure> {
-    check(&state, &headers)?;
+async fn peers(State(state): State<Arc<AppState>>) -> Result<Json<Vec<PeerView>>, Failure> {
     let peers = state.client.peers().await.map_err(node_failure)?;
     Ok(Json(peers.iter().map(view).collect()))
 }
 
-async fn lookup(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Json(body): Json<KeyRequest>,
-) -> Result<Json<LookupView>, Failure> {
-    check(&state, &headers)?;
+async fn lookup(State(state): State<Arc<AppState>>, Json(body): Json<KeyRequest>) -> Result<Json<LookupView>, Failure> {
     let key = parse_key(&body.key)?;
     let lookup = state.client.find_node(key).await.map_err(node_failure)?;
     Ok(Json(LookupView {
@@ -330,12 +438,7 @@ async fn lookup(
     }))
 }
 
-async fn put(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Json(body): Json<PutRequest>,
-) -> Result<Json<PutView>, Failure> {
-    check(&state, &headers)?;
+async fn put(State(state): State<Arc<AppState>>, Json(body): Json<PutRequest>) -> Result<Json<PutView>, Failure> {
     let key = parse_key(&body.key)?;
     let stored = state
         .client
@@ -347,10 +450,8 @@ async fn put(
 
 async fn get_record(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Json(body): Json<KeyRequest>,
 ) -> Result<Json<RecordView>, Failure> {
-    check(&state, &headers)?;
     let key = parse_key(&body.key)?;
     let record = state.client.get_value(key).await.map_err(node_failure)?;
     Ok(Json(RecordView {
@@ -362,10 +463,8 @@ async fn get_record(
 
 async fn provide(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Json(body): Json<ProvideRequest>,
 ) -> Result<Json<ProvideView>, Failure> {
-    check(&state, &headers)?;
     if body.keys.is_empty() || body.keys.len() > MAX_PROVIDE_KEYS {
         return Err(failure(
             StatusCode::BAD_REQUEST,
@@ -386,10 +485,8 @@ async fn provide(
 
 async fn providers(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Json(body): Json<KeyRequest>,
 ) -> Result<Json<Vec<PeerView>>, Failure> {
-    check(&state, &headers)?;
     let key = parse_key(&body.key)?;
     let found = state.client.get_providers(key).await.map_err(node_failure)?;
     Ok(Json(found.iter().map(view).collect()))
@@ -397,33 +494,67 @@ async fn providers(
 
 async fn share(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Json(body): Json<ShareRequest>,
-) -> Result<Json<ShareView>, Failure> {
-    check(&state, &headers)?;
+) -> Result<Json<ShareJobView>, Failure> {
+    let path = PathBuf::from(&body.path);
+    // The daemon's working directory is nobody's business.
+    if !path.is_absolute() {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not an absolute path (the CLI sends absolute ones)", body.path),
+        ));
+    }
     let how = if body.in_place {
         shoal_resources::store::Import::InPlace
     } else {
         shoal_resources::store::Import::Copy
     };
-    let (info, ticket) = state
-        .client
-        .share(PathBuf::from(&body.path), how)
-        .await
-        .map_err(node_failure)?;
-    Ok(Json(ShareView {
-        id: info.id.to_string(),
-        size: info.size,
-        ticket: ticket.to_text(),
-    }))
+    let job = Job::new(body.path.clone());
+    let n = state.shares.lock().unwrap_or_else(|p| p.into_inner()).add(job.clone());
+    let (client, progress) = (state.client.clone(), job.progress.clone());
+    job.run(
+        async move {
+            let (info, ticket) = client.share_counted(path, how, progress).await?;
+            Ok(ShareView {
+                id: info.id.to_string(),
+                size: info.size,
+                ticket: ticket.to_text(),
+            })
+        },
+        "cancelled".into(),
+    );
+    Ok(Json(share_view(n, &job)))
 }
 
-fn download_view(n: u64, d: &DownloadState) -> DownloadView {
+fn share_view(n: u64, job: &Job<ShareView>) -> ShareJobView {
     use std::sync::atomic::Ordering::Relaxed;
-    let outcome = d.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let outcome = job.outcome();
+    ShareJobView {
+        share: n,
+        path: job.label.clone(),
+        total: job.progress.size.load(Relaxed),
+        read: job.progress.verified.load(Relaxed),
+        done: outcome.is_some(),
+        result: outcome.clone().and_then(Result::ok),
+        error: outcome.and_then(Result::err),
+    }
+}
+
+/// `GET /v1/shares/N`: how share N is going.
+async fn share_status(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(n): axum::extract::Path<u64>,
+) -> Result<Json<ShareJobView>, Failure> {
+    let job = numbered(&state.shares, n, "share")?;
+    Ok(Json(share_view(n, &job)))
+}
+
+fn download_view(n: u64, d: &Job<String>) -> DownloadView {
+    use std::sync::atomic::Ordering::Relaxed;
+    let outcome = d.outcome();
     DownloadView {
         download: n,
-        id: d.id.clone(),
+        id: d.label.clone(),
         size: d.progress.size.load(Relaxed),
         verified: d.progress.verified.load(Relaxed),
         providers: d.progress.providers.load(Relaxed),
@@ -435,10 +566,8 @@ fn download_view(n: u64, d: &DownloadState) -> DownloadView {
 
 async fn get_blob(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Json(body): Json<GetRequest>,
 ) -> Result<Json<DownloadView>, Failure> {
-    check(&state, &headers)?;
     let target = body.target.trim();
     let (id, ticket) = if target.starts_with(shoal_resources::ticket::TICKET_PREFIX) {
         let ticket = shoal_resources::Ticket::parse(target)
@@ -465,66 +594,28 @@ async fn get_blob(
             ));
         }
     }
-    let download = Arc::new(DownloadState {
-        id: id.to_string(),
-        ..DownloadState::default()
-    });
-    let n = {
-        let mut downloads = state.downloads.lock().unwrap_or_else(|p| p.into_inner());
-        downloads.next += 1;
-        let n = downloads.next;
-        // Keep the last few finished ones for their callers; bound the rest.
-        while downloads.running.len() >= 256 {
-            let Some(oldest) = downloads.running.keys().next().copied() else {
-                break;
-            };
-            downloads.running.remove(&oldest);
-        }
-        downloads.running.insert(n, download.clone());
-        n
-    };
-    let client = state.client.clone();
-    let task = download.clone();
-    tokio::spawn(async move {
-        let progress = task.progress.clone();
-        let target = out.clone();
-        // In a task of its own, so that a panic in it still ends the
-        // download with an answer instead of leaving its caller polling.
-        let inner = tokio::spawn(async move { client.download(id, ticket, progress, target).await });
-        *task.abort.lock().unwrap_or_else(|p| p.into_inner()) = Some(inner.abort_handle());
-        let outcome = match inner.await {
-            Ok(Ok(_)) => Ok(out.map(|o| o.display().to_string()).unwrap_or_default()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) if e.is_cancelled() => Err(format!(
-                "cancelled; what arrived is kept, and getting {} again resumes it",
-                task.id
-            )),
-            Err(e) => Err(format!("the download failed inside the daemon ({e}); see its log")),
-        };
-        *task.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
-    });
-    Ok(Json(download_view(n, &download)))
-}
-
-/// Download number `n`.
-fn numbered(state: &AppState, n: u64) -> Result<Arc<DownloadState>, Failure> {
-    state
+    let job = Job::new(id.to_string());
+    let n = state
         .downloads
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .running
-        .get(&n)
-        .cloned()
-        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no download {n}")))
+        .add(job.clone());
+    let (client, progress) = (state.client.clone(), job.progress.clone());
+    job.run(
+        async move {
+            client.download(id, ticket, progress, out.clone()).await?;
+            Ok(out.map(|o| o.display().to_string()).unwrap_or_default())
+        },
+        format!("cancelled; what arrived is kept, and getting {id} again resumes it"),
+    );
+    Ok(Json(download_view(n, &job)))
 }
 
 async fn download_status(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     axum::extract::Path(n): axum::extract::Path<u64>,
 ) -> Result<Json<DownloadView>, Failure> {
-    check(&state, &headers)?;
-    let download = numbered(&state, n)?;
+    let download = numbered(&state.downloads, n, "download")?;
     Ok(Json(download_view(n, &download)))
 }
 
@@ -532,19 +623,16 @@ async fn download_status(
 /// later `get` of the same blob to resume from.
 async fn cancel_download(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     axum::extract::Path(n): axum::extract::Path<u64>,
 ) -> Result<Json<DownloadView>, Failure> {
-    check(&state, &headers)?;
-    let download = numbered(&state, n)?;
+    let download = numbered(&state.downloads, n, "download")?;
     if let Some(abort) = download.abort.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         abort.abort();
     }
     Ok(Json(download_view(n, &download)))
 }
 
-async fn blobs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Vec<BlobView>>, Failure> {
-    check(&state, &headers)?;
+async fn blobs(State(state): State<Arc<AppState>>) -> Result<Json<Vec<BlobView>>, Failure> {
     let store = state.client.blobs().clone();
     let (list, partials) = tokio::task::spawn_blocking(move || {
         let partials = store
@@ -588,12 +676,7 @@ async fn blobs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result
     Ok(Json(whole.chain(partial).collect()))
 }
 
-async fn pin(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Json(body): Json<PinRequest>,
-) -> Result<Json<PutView>, Failure> {
-    check(&state, &headers)?;
+async fn pin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -> Result<Json<PutView>, Failure> {
     let id = parse_key(&body.id)?;
     let stored = state
         .client
@@ -603,21 +686,13 @@ async fn pin(
     Ok(Json(PutView { stored }))
 }
 
-async fn unpin(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Json(body): Json<PinRequest>,
-) -> Result<Json<PutView>, Failure> {
-    check(&state, &headers)?;
+async fn unpin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -> Result<Json<PutView>, Failure> {
     let id = parse_key(&body.id)?;
     let stored = state.client.unpin(id).await.map_err(node_failure)?;
     Ok(Json(PutView { stored }))
 }
 
-async fn down(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = check(&state, &headers) {
-        return e.into_response();
-    }
+async fn down(State(state): State<Arc<AppState>>) -> Response {
     state.shutdown.notify_one();
     Json(serde_json::json!({ "stopping": true })).into_response()
 }
@@ -638,7 +713,9 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         client,
         token,
         shutdown,
-        downloads: std::sync::Mutex::new(Downloads::default()),
+        requests: Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS)),
+        downloads: std::sync::Mutex::new(Jobs::default()),
+        shares: std::sync::Mutex::new(Jobs::default()),
     });
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -646,17 +723,21 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         .route("/v1/lookup", post(lookup))
         .route("/v1/record/put", post(put))
         .route("/v1/record/get", post(get_record))
-        .route("/v1/provide", post(provide))
+        .route(
+            "/v1/provide",
+            post(provide).layer(axum::extract::DefaultBodyLimit::max(MAX_PROVIDE_BODY_BYTES)),
+        )
         .route("/v1/providers", post(providers))
         .route("/v1/share", post(share))
+        .route("/v1/shares/{n}", get(share_status))
         .route("/v1/get", post(get_blob))
         .route("/v1/downloads/{n}", get(download_status).delete(cancel_download))
         .route("/v1/blobs", get(blobs))
         .route("/v1/pin", post(pin))
         .route("/v1/unpin", post(unpin))
         .route("/v1/down", post(down))
-        // 100,000 keys as JSON text are about 7 MB.
-        .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
     let path = data_dir.join(CONTROL_FILE);
     write_private(&path, &serde_json::to_vec_pretty(&info).map_err(std::io::Error::other)?)?;

@@ -24,10 +24,10 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
-use shoal_resources::blob::{GROUP_BYTES, group_bytes};
+use shoal_resources::blob::{GROUP_BYTES, empty_id, group_bytes, last_group};
 use shoal_resources::fetch::MAX_SPAN;
 use shoal_resources::store::{BlobStore, Partial, ReceiveError, StoreError};
-use shoal_resources::{BlobInfo, Failure, Fetch, ProviderId};
+use shoal_resources::{BlobInfo, Failure, Fetch, ProviderId, proves_size};
 
 /// The stream protocol for blob ranges.
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/blob/1");
@@ -65,14 +65,44 @@ pub(crate) fn no_provider(store: &BlobStore, id: Key) -> FetchError {
     }
 }
 
-/// Serves blob ranges from `store` to whoever opens a stream.
-pub(crate) async fn serve(store: BlobStore, mut incoming: libp2p_stream::IncomingStreams) {
+/// Blobs found unservable while serving, waiting to be un-announced, at
+/// most (more are caught by the pin duties' periodic check).
+const CHANGED_QUEUE: usize = 64;
+
+/// Serves blob ranges from `store` to whoever opens a stream. A blob served
+/// in place whose file no longer matches what was shared is marked changed
+/// by the store and no longer announced.
+pub(crate) async fn serve(
+    node: crate::node::WeakClient,
+    store: BlobStore,
+    mut incoming: libp2p_stream::IncomingStreams,
+) {
+    let (changed, mut found) = tokio::sync::mpsc::channel::<Key>(CHANGED_QUEUE);
+    tokio::spawn(async move {
+        while let Some(id) = found.recv().await {
+            let Some(client) = node.upgrade() else { return };
+            if let Err(e) = client
+                .forget_provided(&[id], "its in-place file no longer matches what was shared")
+                .await
+            {
+                tracing::warn!("cannot stop announcing {id}: {e}");
+            }
+        }
+    });
     while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(serve_stream(store.clone(), peer, stream));
+        tokio::spawn(serve_stream(store.clone(), changed.clone(), peer, stream));
     }
 }
 
-async fn serve_stream(store: BlobStore, peer: PeerId, mut stream: Stream) {
+/// Decodes a blob request frame: the blob and the run of groups asked for
+/// (an empty run asks for the size only). `None` for anything else.
+pub fn decode_request(frame: &[u8]) -> Option<(Key, std::ops::Range<u64>)> {
+    let request: BlobRequest = ciborium::from_reader(frame).ok()?;
+    let id = <[u8; 32]>::try_from(request.id.as_slice()).ok()?;
+    Some((Key::from_bytes(id), request.start..request.end))
+}
+
+async fn serve_stream(store: BlobStore, changed: tokio::sync::mpsc::Sender<Key>, peer: PeerId, mut stream: Stream) {
     loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
@@ -87,15 +117,15 @@ async fn serve_stream(store: BlobStore, peer: PeerId, mut stream: Stream) {
         if stream.read_exact(&mut frame).await.is_err() {
             return;
         }
-        let request = ciborium::from_reader::<BlobRequest, _>(frame.as_slice()).ok();
+        let request = decode_request(&frame);
         let bad = request.is_none();
         // The encoder runs on a blocking thread and hands over the encoding
         // in chunks as it goes, so reading and encoding overlap sending.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(4);
         match request {
-            Some(request) => drop(tokio::task::spawn_blocking({
-                let store = store.clone();
-                move || answer(&store, request, &tx)
+            Some((id, groups)) => drop(tokio::task::spawn_blocking({
+                let (store, changed) = (store.clone(), changed.clone());
+                move || answer(&store, id, groups, &tx, &changed)
             })),
             None => {
                 let _ = tx.try_send(Piece::Head(BAD_REQUEST, 0));
@@ -187,22 +217,28 @@ impl std::io::Write for ChunkWriter<'_> {
 }
 
 /// Answers one request on a blocking thread: the header, the encoding in
-/// chunks, then an empty chunk (done) or a failure mark.
-fn answer(store: &BlobStore, request: BlobRequest, tx: &tokio::sync::mpsc::Sender<Piece>) {
+/// chunks, then an empty chunk (done) or a failure mark. A blob served in
+/// place whose file changed is not found; one found changed while it is
+/// encoded goes on `changed`, to be un-announced.
+fn answer(
+    store: &BlobStore,
+    id: Key,
+    groups: std::ops::Range<u64>,
+    tx: &tokio::sync::mpsc::Sender<Piece>,
+    changed: &tokio::sync::mpsc::Sender<Key>,
+) {
     let head = |status, size| {
         let _ = tx.blocking_send(Piece::Head(status, size));
         let _ = tx.blocking_send(Piece::Done);
     };
-    let Ok(id) = <[u8; 32]>::try_from(request.id.as_slice()) else {
-        return head(BAD_REQUEST, 0);
-    };
-    let id = Key::from_bytes(id);
     let size = match store.size(&id) {
         Ok(Some(size)) => size,
         Ok(None) => return head(NOT_FOUND, 0),
         Err(_) => return head(FAILED, 0),
     };
-    let groups = request.start..request.end;
+    if store.changed_source(&id).is_some() {
+        return head(NOT_FOUND, 0);
+    }
     if groups.is_empty() {
         return head(OK, size);
     }
@@ -222,7 +258,15 @@ fn answer(store: &BlobStore, request: BlobRequest, tx: &tokio::sync::mpsc::Sende
             let _ = tx.blocking_send(Piece::Done);
         }
         Err(e) => {
-            tracing::warn!("cannot serve {id}: {e}");
+            if let StoreError::SourceChanged { path, .. } = &e {
+                tracing::warn!(
+                    "{id}: {} no longer matches what was shared (its bytes were edited): no longer serving or announcing it",
+                    path.display()
+                );
+                let _ = changed.try_send(id);
+            } else {
+                tracing::warn!("cannot serve {id}: {e}");
+            }
             // A chunk of length CHUNK_FAILED: the receiver drops this run.
             let _ = tx.blocking_send(Piece::Failed);
         }
@@ -239,6 +283,19 @@ pub enum FetchError {
     /// Nobody to ask.
     #[error("no provider of {0} found")]
     NoProvider(Key),
+    /// No provider proved the blob's size (by sending its last group,
+    /// which verifies only at the true size), so nothing was fetched.
+    #[error(
+        "no provider of {id} could prove its size ({lying} sent a size that does not verify, {unreachable} unreachable or without it)"
+    )]
+    SizeUnproven {
+        /// The blob.
+        id: Key,
+        /// Providers whose size did not verify.
+        lying: usize,
+        /// Providers that did not answer or do not hold it.
+        unreachable: usize,
+    },
     /// Every provider failed or was dropped.
     #[error("no provider of {id} could deliver it ({lying} sent bad data, {unreachable} unreachable or without it)")]
     ProvidersFailed {
@@ -270,9 +327,9 @@ pub struct Progress {
     pub delivered: Mutex<Vec<(PeerId, u64)>>,
 }
 
-/// One provider's stream, opened lazily.
-async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> std::io::Result<Stream> {
-    tokio::time::timeout(RUN_TIMEOUT, control.open_stream(peer, BLOB_PROTOCOL))
+/// One provider's stream, opened lazily (dialing the provider if need be).
+async fn open(control: &mut libp2p_stream::Control, peer: PeerId, within: Duration) -> std::io::Result<Stream> {
+    tokio::time::timeout(within, control.open_stream(peer, BLOB_PROTOCOL))
         .await
         .map_err(|_| std::io::Error::other("timed out opening a stream"))?
         .map_err(|e| std::io::Error::other(e.to_string()))
@@ -291,13 +348,24 @@ async fn ask(
         start: groups.start,
         end: groups.end,
     };
-    let mut len = 0usize;
     let mut frame = Vec::new();
     ciborium::into_writer(&request, &mut frame).map_err(std::io::Error::other)?;
     let mut out = (frame.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(&frame);
     stream.write_all(&out).await?;
     stream.flush().await?;
+    read_response(stream, buffer).await
+}
+
+/// Reads one response to a blob request: status, the blob's size, and the
+/// payload (into `buffer`, grown as needed and never past the cap); returns
+/// status, size and payload length. Every length is checked before it is
+/// trusted.
+pub async fn read_response<R: futures::AsyncRead + Unpin>(
+    stream: &mut R,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<(u8, u64, usize)> {
+    let mut len = 0usize;
     let mut header = [0u8; 9];
     stream.read_exact(&mut header).await?;
     let status = header[0];
@@ -324,20 +392,100 @@ async fn ask(
     }
 }
 
-/// Asks providers for the size of `id` until one answers.
-pub(crate) async fn stat(control: &libp2p_stream::Control, id: &Key, providers: &[PeerId]) -> Option<u64> {
-    for peer in providers {
+/// How long one provider may take to prove a size (dial included). Every
+/// provider is asked at once and the first proof wins, so one across a
+/// partition holds nothing up; this only bounds how long a download with
+/// no reachable provider takes to say so.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one provider made of a request to prove a blob's size.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// It sent the last group at this size, and it verified.
+    Proved(u64),
+    /// It named a size it could not prove.
+    Lied(u64),
+    /// It did not answer in time, or does not hold the blob.
+    Unreachable,
+}
+
+/// Asks `peer` for the last group of blob `id` at size `hint` (or, with no
+/// hint or when its own size differs, at the size it names).
+async fn probe(control: &libp2p_stream::Control, id: Key, hint: Option<u64>, peer: PeerId) -> Probe {
+    let attempt = async {
         let mut control = control.clone();
-        let Ok(mut stream) = open(&mut control, *peer).await else {
-            continue;
+        let Ok(mut stream) = open(&mut control, peer, PROBE_TIMEOUT).await else {
+            return Probe::Unreachable;
         };
         let mut buffer = Vec::new();
-        if let Ok(Ok((OK, size, _))) = tokio::time::timeout(RUN_TIMEOUT, ask(&mut stream, id, 0..0, &mut buffer)).await
-        {
-            return Some(size);
+        let mut candidate = hint;
+        // At most two questions: the hint's last group, then (if the
+        // provider names another size) that size's.
+        for _ in 0..2 {
+            let groups = candidate.map_or(0..0, last_group);
+            let Ok((status, size, len)) = ask(&mut stream, &id, groups, &mut buffer).await else {
+                return Probe::Unreachable;
+            };
+            match status {
+                // BAD_REQUEST: the hint's last group is past the end of the
+                // blob the provider holds, whose size it names.
+                OK | BAD_REQUEST => {}
+                _ => return Probe::Unreachable,
+            }
+            if candidate == Some(size) {
+                let proof = buffer.get(..len).unwrap_or_default();
+                return if status == OK && proves_size(&id, size, proof) {
+                    Probe::Proved(size)
+                } else {
+                    Probe::Lied(size)
+                };
+            }
+            candidate = Some(size);
+        }
+        Probe::Lied(candidate.unwrap_or_default())
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt)
+        .await
+        .unwrap_or(Probe::Unreachable)
+}
+
+/// The size of blob `id`, proved by whichever provider answers first: sizes
+/// from tickets, listings, pin records and providers are claims, and
+/// nothing is written, made room for or announced on a claim. `hint` is
+/// the size claimed; a proved size that differs from it wins (and is
+/// logged). Providers are asked all at once.
+pub(crate) async fn prove_size(
+    control: &libp2p_stream::Control,
+    id: Key,
+    hint: Option<u64>,
+    providers: &[PeerId],
+) -> Result<u64, FetchError> {
+    if id == empty_id() {
+        return Ok(0);
+    }
+    let mut probes: futures::stream::FuturesUnordered<_> = providers
+        .iter()
+        .map(|peer| async move { (*peer, probe(control, id, hint, *peer).await) })
+        .collect();
+    let (mut lying, mut unreachable) = (0, 0);
+    while let Some((peer, probe)) = probes.next().await {
+        match probe {
+            Probe::Proved(size) => {
+                if let Some(claimed) = hint.filter(|h| *h != size) {
+                    tracing::warn!(
+                        "{id}: claimed to be {claimed} bytes, but {peer} proved it is {size} bytes; fetching {size}"
+                    );
+                }
+                return Ok(size);
+            }
+            Probe::Lied(size) => {
+                tracing::warn!("{id}: {peer} says it is {size} bytes but cannot prove it");
+                lying += 1;
+            }
+            Probe::Unreachable => unreachable += 1,
         }
     }
-    None
+    Err(FetchError::SizeUnproven { id, lying, unreachable })
 }
 
 struct Shared {
@@ -422,23 +570,42 @@ impl Drop for Workers {
     }
 }
 
-/// Downloads `info` from `providers` into `store` (or to `out`), several
-/// at once, unless it is held. The caller holds the blob's
+/// Adds `size` to the progress's total in place of the `claimed` size that
+/// was counted before the size was known.
+fn count_size(progress: &Progress, claimed: Option<u64>, size: u64) {
+    let claimed = claimed.unwrap_or(0);
+    if size >= claimed {
+        progress.size.fetch_add(size - claimed, Ordering::Relaxed);
+    } else {
+        progress.size.fetch_sub(claimed - size, Ordering::Relaxed);
+    }
+}
+
+/// Downloads blob `id` from `providers` into `store` (or to `out`), several
+/// at once, unless it is held. `claimed` is the size a ticket, listing or
+/// pin claims (counted in `progress` already): the size fetched is the one
+/// a provider proves first. The caller holds the blob's
 /// [`InFlight::turn`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch(
     store: BlobStore,
     control: libp2p_stream::Control,
-    info: BlobInfo,
+    id: Key,
+    claimed: Option<u64>,
     providers: Vec<PeerId>,
     progress: Arc<Progress>,
     out: Option<std::path::PathBuf>,
     quota: Option<u64>,
 ) -> Result<Fetched, FetchError> {
-    if store.contains(&info.id) {
-        progress.verified.fetch_add(info.size, Ordering::Relaxed);
+    if store.contains(&id)
+        && let Some(size) = store.size(&id)?
+    {
+        let info = BlobInfo { id, size };
+        count_size(&progress, claimed, size);
+        progress.verified.fetch_add(size, Ordering::Relaxed);
         if let Some(out) = out {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.export(&info.id, &out))
+            tokio::task::spawn_blocking(move || store.export(&id, &out))
                 .await
                 .map_err(|e| FetchError::Io(std::io::Error::other(e)))??;
         }
@@ -449,8 +616,13 @@ pub(crate) async fn fetch(
         });
     }
     if providers.is_empty() {
-        return Err(no_provider(&store, info.id));
+        return Err(no_provider(&store, id));
     }
+    let info = BlobInfo {
+        id,
+        size: prove_size(&control, id, claimed, &providers).await?,
+    };
+    count_size(&progress, claimed, info.size);
     let (partial, evicted) = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
@@ -667,7 +839,7 @@ impl Link {
     async fn run(&mut self, shared: &Shared, id: &Key, range: std::ops::Range<u64>) -> Result<(), Failure> {
         if self.stream.is_none() {
             self.stream = Some(
-                open(&mut self.control, self.peer)
+                open(&mut self.control, self.peer, RUN_TIMEOUT)
                     .await
                     .map_err(|_| Failure::Unreachable)?,
             );

@@ -22,6 +22,7 @@
 //! - [`identity`]: the key in the data directory, signing and verification.
 //! - [`codec`]: length-prefixed frames on request-response streams.
 //! - [`known`]: peers remembered across restarts.
+//! - [`limits`]: caps on inbound connections and the descriptor limit.
 //! - [`control`] and [`cli_client`]: the HTTP/JSON control API and its caller.
 //! - [`admission`]: swarm keys and the admission handshake.
 //! - [`settings`]: flags, environment and `shoal.toml`.
@@ -37,6 +38,7 @@ pub mod fuzzing;
 pub mod handoff;
 pub mod identity;
 pub mod known;
+pub mod limits;
 pub mod node;
 pub mod saved;
 pub mod settings;

@@ -12,6 +12,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,6 +26,28 @@ use shoal_node::admission::SwarmKey;
 use shoal_node::cli_client::call;
 use shoal_node::settings::{self, Given};
 use shoal_node::{control, start};
+
+/// Prints a line on standard output. When the output is closed
+/// (`shoal blobs | head -1`) the process ends quietly, as Unix tools do;
+/// any other write error is said on standard error.
+macro_rules! say {
+    ($($arg:tt)*) => { write_line(&mut std::io::stdout().lock(), &format!($($arg)*)) };
+}
+
+/// [`say!`] for standard error.
+macro_rules! tell {
+    ($($arg:tt)*) => { write_line(&mut std::io::stderr().lock(), &format!($($arg)*)) };
+}
+
+fn write_line(out: &mut dyn std::io::Write, line: &str) {
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        let _ = writeln!(std::io::stderr(), "error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// A peer of a shoal swarm: the machines of a LAN pooled into one overlay.
 ///
@@ -227,16 +250,9 @@ fn default_data_dir() -> PathBuf {
 }
 
 async fn up(data_dir: PathBuf, given: Given) -> anyhow::Result<()> {
-    if let Ok(text) = std::fs::read_to_string(data_dir.join(control::CONTROL_FILE))
-        && let Ok(info) = serde_json::from_str::<control::ControlInfo>(&text)
-        && std::net::TcpStream::connect_timeout(&info.addr, Duration::from_millis(500)).is_ok()
-    {
-        anyhow::bail!(
-            "a shoal daemon is already running for {} (control API at {})",
-            data_dir.display(),
-            info.addr
-        );
-    }
+    // Whether a daemon runs for this data directory is the directory lock's
+    // to say (`start` takes it): a control.json left behind, whatever
+    // listens at its address now, is only overwritten.
     let config = settings::resolve(data_dir.clone(), given)?;
     match &config.swarm_key {
         Some(key) => tracing::info!("private swarm {}", key.fingerprint()),
@@ -254,11 +270,14 @@ async fn up(data_dir: PathBuf, given: Given) -> anyhow::Result<()> {
     let control_file = control::serve(client.clone(), &data_dir, shutdown.clone())
         .await
         .context("cannot start the control API")?;
-    println!("peer id {}", client.peer_id());
+    // The daemon goes on serving if whoever started it stops reading.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "peer id {}", client.peer_id());
     for addr in addrs {
-        println!("listening on {addr}");
+        let _ = writeln!(out, "listening on {addr}");
     }
-    println!("ready");
+    let _ = writeln!(out, "ready").and_then(|()| out.flush());
+    drop(out);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
     tokio::select! {
@@ -266,13 +285,18 @@ async fn up(data_dir: PathBuf, given: Given) -> anyhow::Result<()> {
         _ = terminate.recv() => {}
         () = shutdown.notified() => {}
     }
-    eprintln!("stopping: handing pinned copies and records to their new homes");
+    let _ = writeln!(
+        std::io::stderr(),
+        "stopping: handing pinned copies and records to their new homes"
+    );
     let _ = std::fs::remove_file(&control_file);
     let handed = client.leave().await?;
     if handed.taken + handed.failed > 0 {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "handed {} pinned copies on ({} offers failed)",
-            handed.taken, handed.failed
+            handed.taken,
+            handed.failed
         );
     }
     Ok(())
@@ -288,9 +312,9 @@ fn talk_to(
 ) -> anyhow::Result<()> {
     let answer = call(&talk.data_dir, method, path, body)?;
     if talk.json {
-        println!("{answer}");
+        say!("{answer}");
     } else {
-        println!("{}", human(&answer));
+        say!("{}", human(&answer));
     }
     Ok(())
 }
@@ -354,13 +378,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             let key = SwarmKey::create(&file)?;
             if json {
                 let path = file.display().to_string();
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({ "file": path, "fingerprint": key.fingerprint() })
                 );
                 return Ok(());
             }
-            println!(
+            say!(
                 "wrote swarm key {} (fingerprint {})\ncopy it to every peer of the swarm and start each with: shoal up --swarm-key {}",
                 file.display(),
                 key.fingerprint(),
@@ -427,13 +451,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 )
             })
         }
-        Command::Share { path, in_place, talk } => {
-            let path = std::path::absolute(&path).with_context(|| format!("cannot resolve {}", path.display()))?;
-            let body = serde_json::json!({ "path": path, "in_place": in_place });
-            talk_to(&talk, "POST", "/v1/share", Some(&body), |v| {
-                format!("{}  {}\nticket {}", text(&v["id"]), path.display(), text(&v["ticket"]))
-            })
-        }
+        Command::Share { path, in_place, talk } => share(&path, in_place, &talk),
         Command::Get { target, out, talk } => get(&target, out, &talk),
         Command::Pin { id, replicas, talk } => {
             let body = serde_json::json!({ "id": id, "replicas": replicas });
@@ -480,6 +498,61 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// A progress bar on standard error when it is a terminal (and not for
+/// `--json`); hidden otherwise.
+fn progress_bar(talk: &Talk) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::hidden();
+    if !talk.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bytes:>10}/{total_bytes:<10} {bar:40} {bytes_per_sec:>12}  eta {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    }
+    bar
+}
+
+/// Starts a share in the daemon and follows it to the end (each poll is a
+/// short call: a daemon that stops answering is noticed within a minute,
+/// however large the file).
+fn share(path: &std::path::Path, in_place: bool, talk: &Talk) -> anyhow::Result<()> {
+    let path = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let body = serde_json::json!({ "path": path, "in_place": in_place });
+    let started = call(&talk.data_dir, "POST", "/v1/share", Some(&body))?;
+    let n = started["share"]
+        .as_u64()
+        .context("the daemon did not number the share")?;
+    let bar = progress_bar(talk);
+    bar.set_message("read and hashed");
+    let last = loop {
+        let v = call(&talk.data_dir, "GET", &format!("/v1/shares/{n}"), None)?;
+        bar.set_length(v["total"].as_u64().unwrap_or(0));
+        bar.set_position(v["read"].as_u64().unwrap_or(0));
+        if v["done"].as_bool().unwrap_or(false) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    bar.finish_and_clear();
+    if let Some(error) = last["error"].as_str() {
+        anyhow::bail!("{error}");
+    }
+    let result = &last["result"];
+    if talk.json {
+        say!("{result}");
+    } else {
+        say!(
+            "{}  {}\nticket {}",
+            text(&result["id"]),
+            path.display(),
+            text(&result["ticket"])
+        );
+    }
+    Ok(())
+}
+
 /// Starts a download in the daemon and follows it to the end, with a
 /// progress bar on a terminal.
 fn get(target: &str, out: Option<PathBuf>, talk: &Talk) -> anyhow::Result<()> {
@@ -506,17 +579,7 @@ fn get(target: &str, out: Option<PathBuf>, talk: &Talk) -> anyhow::Result<()> {
     let n = started["download"]
         .as_u64()
         .context("the daemon did not number the download")?;
-    let show = !talk.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = indicatif::ProgressBar::hidden();
-    if show {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bytes:>10}/{total_bytes:<10} {bar:40} {bytes_per_sec:>12}  eta {eta}  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    }
+    let bar = progress_bar(talk);
     let interrupted = on_ctrl_c();
     let last = loop {
         if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
@@ -542,9 +605,9 @@ fn get(target: &str, out: Option<PathBuf>, talk: &Talk) -> anyhow::Result<()> {
         anyhow::bail!("{error}");
     }
     if talk.json {
-        println!("{last}");
+        say!("{last}");
     } else {
-        println!("{}  {}", text(&last["id"]), text(&last["out"]));
+        say!("{}  {}", text(&last["id"]), text(&last["out"]));
     }
     Ok(())
 }
@@ -574,7 +637,7 @@ fn main() -> ExitCode {
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tell!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -59,6 +59,12 @@ const MAX_LISTING_BYTES: u64 = 64 * 1024 * 1024;
 /// How often a changed record store is written to disk, at most.
 const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// What identify tells other peers this peer runs.
+pub const AGENT_VERSION: &str = concat!("shoal/", env!("CARGO_PKG_VERSION"));
+
+/// Shares importing at once, at most (the rest wait for a turn).
+pub const MAX_IMPORTS: usize = 4;
+
 /// Commands waiting in the channel to the node, at most.
 const COMMAND_QUEUE: usize = 64;
 
@@ -85,6 +91,9 @@ pub struct NodeConfig {
     pub handoff_deadline: Duration,
     /// Overlay settings (the verifier is replaced by ed25519's).
     pub overlay: Option<Config>,
+    /// Caps on inbound connections. None: derived from the open-file limit
+    /// (which `start` raises to its hard limit first).
+    pub caps: Option<crate::limits::ConnectionCaps>,
 }
 
 impl NodeConfig {
@@ -105,6 +114,7 @@ impl NodeConfig {
             pin_check: Duration::from_secs(30),
             handoff_deadline: Duration::from_secs(10 * 60),
             overlay: None,
+            caps: None,
         }
     }
 }
@@ -125,6 +135,20 @@ pub enum NodeError {
         addr: Multiaddr,
         /// Why.
         reason: String,
+    },
+    /// Another node (in this process or another) runs on the data
+    /// directory: two would share one identity and one store.
+    #[error(
+        "a shoal daemon is already running for {0} (it holds the lock on {0}/lock); stop it first (`shoal down --data-dir {0}`) or pick another --data-dir"
+    )]
+    DataDirInUse(String),
+    /// The data directory cannot be created or locked.
+    #[error("cannot use the data directory {dir}: {source}")]
+    DataDir {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
     },
     /// A bootstrap address lacks its `/p2p/PEER_ID` suffix.
     #[error("bootstrap address {0} must end in /p2p/PEER_ID")]
@@ -293,6 +317,10 @@ enum Pending {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First: a connection over a cap is refused before anyone else hears
+    /// of it.
+    limits: libp2p::connection_limits::Behaviour,
+    per_ip: crate::limits::PerIp,
     overlay: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -313,6 +341,9 @@ pub struct Client {
     replication: usize,
     handoff_deadline: Duration,
     fetching: crate::files::InFlight,
+    /// Imports (shares) running at once: each holds a blocking thread and
+    /// reads a whole file, so the rest wait their turn here.
+    imports: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Client {
@@ -415,7 +446,7 @@ impl Client {
 
     /// Stops announcing blobs this node no longer holds (the quota dropped
     /// them to make room): `shoal providers` stops listing this peer for them.
-    async fn forget_provided(&self, ids: &[Key], why: &str) -> Result<(), NodeError> {
+    pub(crate) async fn forget_provided(&self, ids: &[Key], why: &str) -> Result<(), NodeError> {
         for id in ids {
             tracing::info!("{id}: {why}; no longer providing it");
             self.decline(*id, false).await?;
@@ -454,10 +485,12 @@ impl Client {
         let size = match self.blobs.size(&id)? {
             Some(size) => size,
             None => {
+                // The pin record carries the size: a proved one.
                 let providers: Vec<PeerId> = self.get_providers(id).await?.into_iter().map(|p| p.addr.peer).collect();
-                crate::files::stat(&self.streams, &id, &providers)
-                    .await
-                    .ok_or(crate::files::FetchError::NoProvider(id))?
+                if providers.is_empty() {
+                    return Err(crate::files::FetchError::NoProvider(id).into());
+                }
+                crate::files::prove_size(&self.streams, id, None, &providers).await?
             }
         };
         self.put_pin(id, Pin { replicas, size }).await
@@ -506,6 +539,22 @@ impl Client {
     /// place) and announces this peer as its provider. Returns the blob and
     /// a ticket naming this peer's addresses.
     pub async fn share(&self, path: std::path::PathBuf, how: Import) -> Result<(BlobInfo, Ticket), NodeError> {
+        self.share_counted(path, how, Arc::default()).await
+    }
+
+    /// [`share`](Self::share), counting in `progress` the bytes to read
+    /// (`size`) and read so far (`verified`).
+    pub async fn share_counted(
+        &self,
+        path: std::path::PathBuf,
+        how: Import,
+        progress: Arc<crate::files::Progress>,
+    ) -> Result<(BlobInfo, Ticket), NodeError> {
+        let _turn = self
+            .imports
+            .acquire()
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))?;
         let store = self.blobs.clone();
         let quota = self.quota;
         let (imported, evicted) = tokio::task::spawn_blocking(move || {
@@ -514,21 +563,26 @@ impl Client {
             let quota = quota.filter(|_| how == Import::Copy);
             let mut room = quota.map(|quota| Room::new(quota, now));
             let imported = (|| {
+                let total = tree_size(&path);
+                progress.size.store(total, std::sync::atomic::Ordering::Relaxed);
                 if let Some(quota) = quota {
                     // What is larger than the whole quota is refused before
                     // a byte is copied. The rest is decided import by
                     // import once the id is known (a file the store holds
                     // already needs no room, whatever else is pinned).
-                    let need = shoal_resources::store::room_for(tree_size(&path));
+                    let need = shoal_resources::store::room_for(total);
                     if need > quota {
                         let used = store.kept_bytes(now)?;
                         return Err(StoreError::QuotaExceeded { need, used, quota });
                     }
                 }
                 if path.is_dir() {
-                    store.import_dir(&path, how, room.as_mut())
+                    store.import_dir(&path, how, room.as_mut(), &progress.verified)
                 } else {
-                    Ok((store.import_within(&path, how, room.as_mut())?, Vec::new()))
+                    Ok((
+                        store.import_within(&path, how, room.as_mut(), &progress.verified)?,
+                        Vec::new(),
+                    ))
                 }
             })();
             // What was dropped is gone even if a later file of a directory
@@ -587,16 +641,11 @@ impl Client {
             }
         }
         providers.retain(|p| *p != self.peer_id);
-        let size = match ticket.map(|t| t.blob.size) {
-            Some(size) => Some(size),
-            None if self.blobs.contains(&id) => self.blobs.size(&id)?,
-            None => crate::files::stat(&self.streams, &id, &providers).await,
-        };
-        let Some(size) = size else {
-            return Err(crate::files::no_provider(&self.blobs, id).into());
-        };
-        let info = BlobInfo { id, size };
-        progress.size.store(size, std::sync::atomic::Ordering::Relaxed);
+        // A ticket's size is a claim: the fetch proves the size first.
+        let claimed = ticket.map(|t| t.blob.size);
+        progress
+            .size
+            .store(claimed.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         let crate::files::Fetched {
             info,
             mut evicted,
@@ -604,7 +653,8 @@ impl Client {
         } = crate::files::fetch(
             self.blobs.clone(),
             self.streams.clone(),
-            info,
+            id,
+            claimed,
             providers.clone(),
             progress.clone(),
             None,
@@ -667,7 +717,8 @@ impl Client {
                     let got = crate::files::fetch(
                         self.blobs.clone(),
                         self.streams.clone(),
-                        entry.blob,
+                        entry.blob.id,
+                        Some(entry.blob.size),
                         from,
                         progress.clone(),
                         target,
@@ -737,10 +788,15 @@ fn now() -> Instant {
 /// Starts a node and returns its handle; the node runs on the current tokio
 /// runtime until [`Client::leave`] or until every handle is dropped.
 pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
+    let lock = lock_data_dir(&config.data_dir)?;
     let keypair = identity::load_or_create(&config.data_dir)?;
     let signer = NodeSigner::new(&keypair).ok_or_else(|| NodeError::Transport("identity is not ed25519".into()))?;
     let key = signer.key();
-    let mut swarm = build_swarm(&keypair, config.mdns, config.swarm_key.clone())?;
+    let descriptors = crate::limits::raise_descriptor_limit();
+    let caps = config
+        .caps
+        .unwrap_or_else(|| crate::limits::ConnectionCaps::for_descriptors(descriptors));
+    let mut swarm = build_swarm(&keypair, config.mdns, config.swarm_key.clone(), caps)?;
     let blobs = BlobStore::open(&config.data_dir.join("blobs")).map_err(|e| NodeError::Store(e.into()))?;
     let mut streams = swarm.behaviour().stream.new_control();
     let incoming = streams
@@ -752,6 +808,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     let peer_id = *swarm.local_peer_id();
     let mut listeners = Vec::new();
     for addr in &config.listen {
+        port_free(addr)?;
         let id = swarm.listen_on(addr.clone()).map_err(|e| NodeError::Listen {
             addr: addr.clone(),
             reason: error_chain(&e),
@@ -812,6 +869,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         ready_waiters: Vec::new(),
         bootstrapped: false,
         stopping: None,
+        lock: Some(lock),
         known,
         known_dirty: false,
         saved,
@@ -823,7 +881,6 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     }
     tokio::spawn(driver.run());
     let swarm = config.swarm_key.as_ref().map(|k| Arc::from(k.fingerprint()));
-    tokio::spawn(crate::files::serve(blobs.clone(), incoming));
     let client = Client {
         commands,
         peer_id,
@@ -835,10 +892,64 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         replication,
         handoff_deadline: config.handoff_deadline,
         fetching: crate::files::InFlight::default(),
+        imports: Arc::new(tokio::sync::Semaphore::new(MAX_IMPORTS)),
     };
+    tokio::spawn(crate::files::serve(client.downgrade(), client.blobs.clone(), incoming));
     tokio::spawn(pin_duties(client.downgrade(), config.pin_check));
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
     Ok(client)
+}
+
+/// Refuses a TCP listen address whose port another socket listens on.
+/// libp2p's TCP listeners set `SO_REUSEPORT` (so that dials can leave from
+/// the listen port), which lets two processes listen on one port, and the
+/// kernel would then split that port's connections between them. A plain
+/// socket, without it, cannot bind where anyone listens.
+fn port_free(addr: &Multiaddr) -> Result<(), NodeError> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    let Some(Protocol::Tcp(port)) = parts.next() else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(NodeError::Listen {
+            addr: addr.clone(),
+            reason: format!("TCP port {port} is already in use by another process (another peer?); pick another port"),
+        }),
+        // Anything else is for the real listener to find and report.
+        _ => Ok(()),
+    }
+}
+
+/// Takes the OS lock on `data_dir/lock` (created if need be), held for as
+/// long as the node runs: one node per data directory. The lock goes with
+/// the process, however it ends.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, NodeError> {
+    let dir = data_dir.display().to_string();
+    let failed = |source| NodeError::DataDir {
+        dir: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(failed)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("lock"))
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirInUse(dir)),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
+    }
 }
 
 /// A handle that does not keep the node alive.
@@ -1145,13 +1256,24 @@ async fn pin_duties(node: WeakClient, every: Duration) {
     }
 }
 
-fn build_swarm(keypair: &Keypair, mdns: bool, swarm_key: Option<SwarmKey>) -> Result<Swarm<Behaviour>, NodeError> {
+/// How long a new TCP connection may take to finish its security and
+/// multiplexing handshakes; one that takes longer (or never starts them)
+/// is dropped. (QUIC's handshake has a timeout of its own.)
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn build_swarm(
+    keypair: &Keypair,
+    mdns: bool,
+    swarm_key: Option<SwarmKey>,
+    caps: crate::limits::ConnectionCaps,
+) -> Result<Swarm<Behaviour>, NodeError> {
     let transport_error = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
     let peer_id = keypair.public().to_peer_id();
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise::Config::new(keypair).map_err(|e| transport_error(&e))?)
-        .multiplex(yamux::Config::default());
+        .multiplex(yamux::Config::default())
+        .timeout(HANDSHAKE_TIMEOUT);
     let quic = quic::tokio::Transport::new(quic::Config::new(keypair));
     let both = tcp.or_transport(quic).map(|either, _| match either {
         Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
@@ -1169,13 +1291,20 @@ fn build_swarm(keypair: &Keypair, mdns: bool, swarm_key: Option<SwarmKey>) -> Re
         [(OVERLAY_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
-    let identify = identify::Behaviour::new(identify::Config::new("/shoal/1".into(), keypair.public()));
+    let identify = identify::Behaviour::new(
+        identify::Config::new("/shoal/1".into(), keypair.public()).with_agent_version(AGENT_VERSION.to_string()),
+    );
     let mdns = if mdns {
         Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(|e| transport_error(&e))?)
     } else {
         None
     };
+    let limits = libp2p::connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(caps.pending_incoming))
+        .with_max_established_incoming(Some(caps.established_incoming));
     let behaviour = Behaviour {
+        limits: libp2p::connection_limits::Behaviour::new(limits),
+        per_ip: crate::limits::PerIp::new(caps.per_ip),
         overlay,
         identify,
         ping: ping::Behaviour::default(),
@@ -1201,6 +1330,8 @@ struct Driver {
     ready_waiters: Vec<Reply<Vec<Multiaddr>>>,
     bootstrapped: bool,
     stopping: Option<Reply<()>>,
+    /// The data directory's lock, let go when the node stops.
+    lock: Option<std::fs::File>,
     /// Routing-table peers, saved for the next start.
     known: KnownPeers,
     known_dirty: bool,
@@ -1239,6 +1370,8 @@ impl Driver {
             if self.stopping.is_some() && self.pending.is_empty() {
                 self.save_known();
                 self.save_records(true);
+                // Free for the next node before the caller hears it stopped.
+                self.lock.take();
                 if let Some(reply) = self.stopping.take() {
                     let _ = reply.send(Ok(()));
                 }

@@ -139,31 +139,52 @@ pub fn resolve(data_dir: PathBuf, given: Given) -> Result<NodeConfig, SettingsEr
     Ok(config)
 }
 
-/// Parses a size: a number of bytes, or one with a binary suffix
-/// (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`).
+/// Parses a size: a number of bytes, or a number (with an optional
+/// fraction: `1.5G`) and a binary unit — `K`, `M`, `G` or `T`, in either
+/// case, each also spelt with `B`, `i` or `iB` after it (`10G`, `10GB`,
+/// `10Gi`, `10GiB` and `10 gib` are all 10 GiB); `B` alone is bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size like 500M, 10G or 1.5GiB");
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 500M or 10G"))?;
-    let shift = match unit
-        .trim()
-        .trim_end_matches("iB")
-        .trim_end_matches('B')
-        .to_ascii_uppercase()
-        .as_str()
-    {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return Err(format!("{text:?} is not a size like 500M or 10G")),
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_uppercase();
+    let prefix = unit
+        .strip_suffix("IB")
+        .or_else(|| unit.strip_suffix('I'))
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(&unit);
+    let shift: u32 = match (prefix, unit.as_str()) {
+        ("", "" | "B") => 0,
+        ("K", _) => 10,
+        ("M", _) => 20,
+        ("G", _) => 30,
+        ("T", _) => 40,
+        _ => return Err(bad()),
     };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') || fraction.len() > 9 {
+        return Err(bad());
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let fraction_digits = u32::try_from(fraction.len()).map_err(|_| bad())?;
+    let fraction: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().map_err(|_| bad())?
+    };
+    let scale = 10u128.pow(fraction_digits);
+    let bytes = whole
+        .checked_mul(scale)
+        .and_then(|n| n.checked_add(fraction))
+        .and_then(|n| n.checked_mul(1u128 << shift))
+        .map(|n| n / scale)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    u64::try_from(bytes).map_err(|_| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -212,7 +233,25 @@ mod tests {
         assert_eq!(parse_size("10G"), Ok(10 << 30));
         assert_eq!(parse_size("500MiB"), Ok(500 << 20));
         assert_eq!(parse_size("2 TB"), Ok(2 << 40));
-        for bad in ["", "G", "10X", "-1", "99999999999T"] {
+        // The usual spellings of one unit all mean the same.
+        for ten_gib in ["10G", "10GB", "10Gi", "10GiB", "10 gib", "10g", "10gi"] {
+            assert_eq!(parse_size(ten_gib), Ok(10 << 30), "{ten_gib:?}");
+        }
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("0.5k"), Ok(512));
+        assert_eq!(parse_size("100B"), Ok(100));
+        for bad in [
+            "",
+            "G",
+            "10X",
+            "-1",
+            "99999999999T",
+            "10iB",
+            "1.2.3G",
+            ".",
+            "10GG",
+            "1e3",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
     }

@@ -357,3 +357,210 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     second.wait().unwrap();
     stop(first, &a);
 }
+
+/// Sends `request` (raw HTTP) to the daemon of `data_dir` on a connection
+/// of its own and returns the connection, to read the answer from or to
+/// keep open.
+fn raw(data_dir: &Path, request: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data_dir.join("control.json")).unwrap()).unwrap();
+    let mut stream = std::net::TcpStream::connect(info["addr"].as_str().unwrap()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+}
+
+/// The status line of the answer on `stream` (read within its timeout).
+fn status_line(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn token(data_dir: &Path) -> String {
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data_dir.join("control.json")).unwrap()).unwrap();
+    info["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_control_api_checks_the_token_first_and_bounds_bodies_and_requests() {
+    let a = dir("api");
+    let daemon = up(&a, None);
+    let token = token(&a);
+    // control.json is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(a.join("control.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // No token, or a wrong one: 401, before a byte of the (huge) body is read.
+    for auth in ["", "Authorization: Bearer wrong\r\n"] {
+        let mut stream = raw(
+            &a,
+            &format!(
+                "POST /v1/provide HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+            ),
+        );
+        assert!(status_line(&mut stream).contains(" 401 "), "{auth:?}");
+    }
+    // A body over the route's cap: 413.
+    let body = format!("{{\"key\": \"{}\"}}", "a".repeat(100_000));
+    let mut stream = raw(
+        &a,
+        &format!(
+            "POST /v1/lookup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(status_line(&mut stream).contains(" 413 "));
+    // Relative paths mean nothing to the daemon: refused.
+    let relative = shoal_node::cli_client::call(
+        &a,
+        "POST",
+        "/v1/share",
+        Some(&serde_json::json!({ "path": "some/file" })),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(relative.contains("not an absolute path"), "{relative}");
+    // Requests that never send their body hold their places; past the cap
+    // the daemon says it is busy instead of taking more. (A poll may take
+    // a place while the held requests arrive, and turn one of them away:
+    // one more is held after every poll that still got in.)
+    let status =
+        format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    let hold = format!(
+        "POST /v1/lookup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 80\r\n\r\n"
+    );
+    let mut held: Vec<_> = (0..shoal_node::control::MAX_REQUESTS).map(|_| raw(&a, &hold)).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = status_line(&mut raw(&a, &status));
+        if line.contains(" 503 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never busy: {line}");
+        held.push(raw(&a, &hold));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status_line(&mut raw(&a, &status)).contains(" 200 ") {
+        assert!(Instant::now() < deadline, "still busy after the held requests went");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every subcommand ends quietly when its output is closed
+    // (`shoal blobs | head -1`).
+    for args in [&["blobs"][..], &["status"], &["peers"], &["status", "--json"]] {
+        let mut child = Command::new(SHOAL)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&a)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).is_empty(), "{args:?}: {}", stderr(&output));
+    }
+    stop(daemon, &a);
+}
+
+#[test]
+fn two_daemons_started_at_once_on_one_data_directory_leave_one_running() {
+    let d = dir("lock");
+    std::fs::create_dir_all(&d).unwrap();
+    // A control.json left behind names a port that something else answers
+    // on now: that says nothing about this data directory.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        d.join("control.json"),
+        serde_json::json!({ "addr": squatter.local_addr().unwrap(), "token": "stale" }).to_string(),
+    )
+    .unwrap();
+    let start = |n: usize| {
+        Command::new(SHOAL)
+            .args(["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+            .arg(&d)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.with_extension(format!("log{n}"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut daemons = [start(0), start(1)];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (loser, winner) = loop {
+        if let Some(status) = daemons[0].try_wait().unwrap() {
+            break ((0, status), 1);
+        }
+        if let Some(status) = daemons[1].try_wait().unwrap() {
+            break ((1, status), 0);
+        }
+        assert!(Instant::now() < deadline, "both daemons run on one data directory");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!loser.1.success());
+    let log = std::fs::read_to_string(d.with_extension(format!("log{}", loser.0))).unwrap();
+    assert!(log.contains("already running"), "{log}");
+    // The other serves, with its control API where control.json says.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !shoal(&d, &["status"]).status.success() {
+        assert!(Instant::now() < deadline, "the daemon left running never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(daemons[winner].try_wait().unwrap().is_none());
+    let [a, b] = daemons;
+    stop(if winner == 0 { a } else { b }, &d);
+}
+
+#[test]
+fn a_share_gives_up_with_a_clear_message_on_a_daemon_that_never_answers() {
+    let d = dir("silent");
+    std::fs::create_dir_all(&d).unwrap();
+    // It takes connections and says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        d.join("control.json"),
+        serde_json::json!({ "addr": silent.local_addr().unwrap(), "token": "t" }).to_string(),
+    )
+    .unwrap();
+    let file = d.join("file");
+    std::fs::write(&file, b"some bytes").unwrap();
+    let mut child = Command::new(SHOAL)
+        .args(["share", file.to_str().unwrap(), "--data-dir"])
+        .arg(&d)
+        .env("SHOAL_TIMEOUT", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("share waited on a silent daemon for a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("did not answer within 2 s"),
+        "{}",
+        stderr(&output)
+    );
+}

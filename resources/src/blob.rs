@@ -52,6 +52,19 @@ pub fn group_bytes(groups: &Range<u64>, size: u64) -> u64 {
     end - start
 }
 
+/// The groups whose bao encoding proves that a blob is `size` bytes long:
+/// its last group, whose place in the tree and whose length depend on the
+/// size (none for the empty blob, whose id alone says what it is).
+pub fn last_group(size: u64) -> Range<u64> {
+    let groups = group_count(size);
+    groups.saturating_sub(1)..groups
+}
+
+/// The id of the empty blob.
+pub fn empty_id() -> Key {
+    id_of(&[])
+}
+
 /// The chunk ranges (bao's unit) of the groups `groups`.
 pub fn chunk_ranges(groups: &Range<u64>) -> ChunkRanges {
     ChunkRanges::from(
@@ -75,5 +88,10 @@ mod tests {
         let hash = blake3::hash(b"abc");
         assert_eq!(hash_of_key(&key_of_hash(&hash)), hash);
         assert_eq!(id_of(b"abc"), key_of_hash(&hash));
+        assert_eq!(last_group(0), 0..0);
+        assert_eq!(last_group(1), 0..1);
+        assert_eq!(last_group(GROUP_BYTES), 0..1);
+        assert_eq!(last_group(GROUP_BYTES + 1), 1..2);
+        assert_eq!(empty_id(), key_of_hash(&blake3::hash(b"")));
     }
 }

@@ -123,6 +123,11 @@ struct Source {
     path: PathBuf,
     len: u64,
     modified_ns: u128,
+    /// Its bytes were found not to match the outboard while being served
+    /// (edited with its length and mtime put back): it no longer matches
+    /// any file, so the blob counts as changed from then on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    mismatched: bool,
 }
 
 /// One blob the store holds.
@@ -193,6 +198,7 @@ fn source_of(path: &Path, file: &File) -> io::Result<Source> {
         path: std::fs::canonicalize(path)?,
         len: meta.len(),
         modified_ns,
+        mismatched: false,
     })
 }
 
@@ -224,8 +230,10 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
 }
 
 /// Copies everything it reads into `copy`.
-struct Tee<R, W> {
+struct Tee<'a, R, W> {
     read: R,
+    /// Bytes read so far, for whoever shows progress.
+    counted: &'a std::sync::atomic::AtomicU64,
     copy: Option<W>,
     /// Reading the file failed: the file's fault.
     read_failed: bool,
@@ -234,9 +242,10 @@ struct Tee<R, W> {
     copy_failed: Option<io::Error>,
 }
 
-impl<R: Read, W: Write> Read for Tee<R, W> {
+impl<R: Read, W: Write> Read for Tee<'_, R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.read.read(buf).inspect_err(|_| self.read_failed = true)?;
+        self.counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         if let Some(copy) = self.copy.as_mut()
             && let Err(e) = copy.write_all(&buf[..n])
         {
@@ -389,21 +398,39 @@ impl BlobStore {
     /// Imports the file at `path`: hashes it and computes its outboard in
     /// one streaming pass (copying it too unless in place).
     pub fn import(&self, path: &Path, how: Import) -> Result<BlobInfo, StoreError> {
-        self.import_within(path, how, None)
+        self.import_within(path, how, None, &std::sync::atomic::AtomicU64::new(0))
     }
 
     /// [`import`](Self::import), making room under a quota first if `room`
     /// says so (see [`Room`]).
-    pub fn import_within(&self, path: &Path, how: Import, room: Option<&mut Room>) -> Result<BlobInfo, StoreError> {
+    /// Adds the bytes it reads to `read` as it goes (a share's progress).
+    pub fn import_within(
+        &self,
+        path: &Path,
+        how: Import,
+        room: Option<&mut Room>,
+        read: &std::sync::atomic::AtomicU64,
+    ) -> Result<BlobInfo, StoreError> {
         let unreadable = |source| StoreError::Unreadable {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(unreadable)?;
-        let source = source_of(path, &file).map_err(unreadable)?;
+        // Opened without blocking: opening a FIFO would wait for a writer
+        // forever (O_NONBLOCK changes nothing for a regular file).
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(path)
+                .map_err(unreadable)?
+        };
         if !file.metadata().map_err(unreadable)?.is_file() {
-            return Err(unreadable(io::Error::other("not a regular file")));
+            return Err(unreadable(io::Error::other(
+                "not a regular file or a directory (a pipe, socket or device cannot be shared)",
+            )));
         }
+        let source = source_of(path, &file).map_err(unreadable)?;
         let size = source.len;
         let nonce = import_nonce();
         let tmp_data = self.dir.join(format!("{nonce}.data.tmp"));
@@ -417,6 +444,7 @@ impl BlobStore {
         };
         let mut tee = Tee {
             read: io::BufReader::with_capacity(1 << 20, file),
+            counted: read,
             copy,
             read_failed: false,
             copy_failed: None,
@@ -434,6 +462,16 @@ impl BlobStore {
             None if tee.read_failed => unreadable(e),
             None => StoreError::Io(e),
         })?;
+        // A file with more bytes than its size says (/proc and /sys files
+        // say 0) has no fixed content to share.
+        let mut more = [0u8; 1];
+        if tee.read.read(&mut more).map_err(unreadable)? > 0 {
+            return Err(unreadable(io::Error::other(if size == 0 {
+                "it reads as longer than its size of 0 bytes (a /proc or /sys file?): only files with a fixed size can be shared; copy it to a regular file first"
+            } else {
+                "the file grew while it was read"
+            })));
+        }
         // The file must not have grown or shrunk under us.
         if tee.read.into_inner().metadata().map_err(unreadable)?.len() != size {
             return Err(unreadable(io::Error::other("the file changed while it was read")));
@@ -757,6 +795,11 @@ impl BlobStore {
     /// hashes and data) to `out`. Data shared in place is verified as it is
     /// read (the file may have been edited behind the store's back); a
     /// store copy is sent as it is, and the receiver verifies every group.
+    ///
+    /// In-place data that does not match (the file was edited and its
+    /// length and mtime put back) marks the blob changed for good and is
+    /// [`StoreError::SourceChanged`]: it is not served again, and
+    /// [`contains`](Self::contains) no longer counts it held.
     pub fn encode(&self, id: &Key, groups: &Range<u64>, out: impl Write) -> Result<(), StoreError> {
         let (data, outboard, in_place) = self.open_blob(id)?;
         let ranges = chunk_ranges(groups);
@@ -765,10 +808,32 @@ impl BlobStore {
         } else {
             encode_ranges(&data, &outboard, &ranges, out)
         };
-        result.map_err(|e| match e {
-            bao_tree::io::EncodeError::Io(e) => StoreError::Io(e),
-            _ => StoreError::Corrupt { id: *id },
-        })
+        match result {
+            Ok(()) => Ok(()),
+            Err(bao_tree::io::EncodeError::Io(e)) => Err(StoreError::Io(e)),
+            Err(_) if in_place => Err(self.mark_mismatched(id)),
+            Err(_) => Err(StoreError::Corrupt { id: *id }),
+        }
+    }
+
+    /// Records that blob `id`'s in-place file no longer matches its
+    /// outboard; returns the error that says so.
+    fn mark_mismatched(&self, id: &Key) -> StoreError {
+        match self.read_meta(id) {
+            Ok(Some(mut meta)) => {
+                let Some(source) = meta.source.as_mut() else {
+                    return StoreError::Corrupt { id: *id };
+                };
+                source.mismatched = true;
+                let path = source.path.clone();
+                if let Err(e) = self.write_meta(id, &meta) {
+                    return StoreError::Io(e);
+                }
+                StoreError::SourceChanged { id: *id, path }
+            }
+            Ok(None) => StoreError::Unknown(*id),
+            Err(e) => e,
+        }
     }
 
     /// Every whole blob held.
@@ -865,6 +930,7 @@ impl BlobStore {
         dir: &Path,
         how: Import,
         mut room: Option<&mut Room>,
+        read: &std::sync::atomic::AtomicU64,
     ) -> Result<(BlobInfo, Vec<BlobInfo>), StoreError> {
         let unreadable = |path: &Path, source| StoreError::Unreadable {
             path: path.to_path_buf(),
@@ -899,7 +965,7 @@ impl BlobStore {
                 if kind.is_dir() {
                     stack.push((path, rel));
                 } else if kind.is_file() {
-                    let blob = self.import_within(&path, how, room.as_deref_mut())?;
+                    let blob = self.import_within(&path, how, room.as_deref_mut(), read)?;
                     entries.push(crate::collection::Entry { path: rel, blob });
                 } else {
                     return Err(unreadable(
@@ -913,7 +979,7 @@ impl BlobStore {
             crate::collection::encode(&entries).map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?;
         let tmp = self.dir.join(format!("{}.listing.tmp", import_nonce()));
         std::fs::write(&tmp, listing)?;
-        let root = self.import_within(&tmp, Import::Copy, room);
+        let root = self.import_within(&tmp, Import::Copy, room, &std::sync::atomic::AtomicU64::new(0));
         let _ = std::fs::remove_file(&tmp);
         Ok((root?, entries.into_iter().map(|e| e.blob).collect()))
     }
@@ -940,6 +1006,10 @@ impl BlobStore {
             .truncate(false)
             .open(&data_path)?;
         let allocated = data.metadata()?.len();
+        // A bitmap kept beside a file of another length belongs to another
+        // size (sizes are proved before a download starts now; a download
+        // begun on a claimed size may have left one): it starts over.
+        let fresh = allocated != info.size;
         if allocated != info.size {
             // The size comes from a ticket or a peer: a download that cannot
             // fit stops here, before any file or bitmap takes its size.
@@ -969,6 +1039,9 @@ impl BlobStore {
         }
         let have_path = self.path(&info.id, "have");
         let words = group_count(info.size).div_ceil(64) as usize;
+        if fresh {
+            let _ = std::fs::remove_file(&have_path);
+        }
         let have = std::fs::read(&have_path).ok().and_then(|bytes| {
             (bytes.len() == words * 8).then(|| {
                 bytes
@@ -1249,6 +1322,7 @@ impl From<Broken> for ReceiveError {
 mod tests {
     use super::*;
     use crate::Fetch;
+    use std::sync::atomic::AtomicU64;
 
     /// A `now` at which no download has been given up yet.
     const NOTHING_GIVEN_UP: std::time::SystemTime = UNIX_EPOCH;
@@ -1574,7 +1648,10 @@ mod tests {
         // Importing b again needs no room: nothing goes.
         let mut room = Room::new(quota, NOTHING_GIVEN_UP);
         assert_eq!(
-            store.import_within(&b, Import::Copy, Some(&mut room)).unwrap().id,
+            store
+                .import_within(&b, Import::Copy, Some(&mut room), &AtomicU64::new(0))
+                .unwrap()
+                .id,
             ids[1]
         );
         assert!(room.dropped().is_empty());
@@ -1582,7 +1659,10 @@ mod tests {
         // A new file needs room: the least recently used (a) goes.
         let c = file(2, 100_000);
         let mut room = Room::new(quota, NOTHING_GIVEN_UP);
-        let c_id = store.import_within(&c, Import::Copy, Some(&mut room)).unwrap().id;
+        let c_id = store
+            .import_within(&c, Import::Copy, Some(&mut room), &AtomicU64::new(0))
+            .unwrap()
+            .id;
         assert_eq!(room.dropped(), &[ids[0]]);
         assert!(store.contains(&ids[1]) && store.contains(&c_id));
         assert!(store.usage().unwrap() <= quota);
@@ -1592,7 +1672,9 @@ mod tests {
         let before = store.usage().unwrap();
         let big = file(3, 150_000);
         let mut room = Room::new(quota, NOTHING_GIVEN_UP);
-        let refused = store.import_within(&big, Import::Copy, Some(&mut room)).unwrap_err();
+        let refused = store
+            .import_within(&big, Import::Copy, Some(&mut room), &AtomicU64::new(0))
+            .unwrap_err();
         assert!(matches!(refused, StoreError::QuotaExceeded { .. }), "{refused}");
         assert!(room.dropped().is_empty());
         assert!(store.contains(&c_id) && store.contains(&ids[1]));
@@ -1639,7 +1721,9 @@ mod tests {
         meta.set_modified(later).unwrap();
         let quota = store.usage().unwrap() + 150_000;
         let mut room = Room::new(quota, NOTHING_GIVEN_UP);
-        let (listing, files) = store.import_dir(&tree, Import::Copy, Some(&mut room)).unwrap();
+        let (listing, files) = store
+            .import_dir(&tree, Import::Copy, Some(&mut room), &AtomicU64::new(0))
+            .unwrap();
         assert_eq!(room.dropped(), &[old_id]);
         assert!(files.iter().all(|f| store.contains(&f.id)) && store.contains(&listing.id));
         assert!(store.usage().unwrap() <= quota);

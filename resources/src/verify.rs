@@ -6,12 +6,43 @@
 //! so the receiver can write them to disk straight from the buffer the
 //! network filled (bao-tree's reader-based decoder copies every leaf into
 //! a buffer of its own first: a second copy of every byte received).
+//!
+//! [`proves_size`] uses it to check a blob's size before anything is
+//! written, made room for or announced: the shape of a BLAKE3 tree, and so
+//! the path from the root to the last group and that group's length, depend
+//! on the size, so only the true size has a last group that verifies.
 
 use bao_tree::io::sync::truncate_ranges;
 use bao_tree::iter::{BaoChunk, ResponseIterRef};
 use bao_tree::{BaoTree, ChunkRangesRef, TreeNode};
 use blake3::Hash;
 use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+use shoal_overlay::Key;
+
+use crate::blob::{BLOCK_SIZE, chunk_ranges, empty_id, hash_of_key, last_group};
+
+/// Whether `encoded`, a provider's bao encoding of the
+/// [`last_group`](crate::blob::last_group) of blob `id` taken to be `size`
+/// bytes long, proves that size: it verifies against the id, whole and with
+/// nothing left over. A size of 0 needs no encoding: it is the empty blob's
+/// id or it is false.
+pub fn proves_size(id: &Key, size: u64, encoded: &[u8]) -> bool {
+    if size == 0 {
+        return *id == empty_id() && encoded.is_empty();
+    }
+    let tree = BaoTree::new(size, BLOCK_SIZE);
+    let ranges = chunk_ranges(&last_group(size));
+    let mut verifier = Verifier::new(hash_of_key(id), tree, &ranges, encoded);
+    let mut leaves = 0;
+    for item in verifier.by_ref() {
+        match item {
+            Ok(Item::Leaf { .. }) => leaves += 1,
+            Ok(Item::Parent { .. }) => {}
+            Err(_) => return false,
+        }
+    }
+    leaves > 0 && verifier.rest.is_empty()
+}
 
 /// The hash of a subtree of leaves starting at chunk `start_chunk` (1 KiB
 /// chunks), as its parent sees it — or the blob's hash, for the root.
@@ -227,6 +258,77 @@ mod tests {
             if flip.is_none() && cut.is_none() {
                 prop_assert!(!got.iter().any(|s| matches!(s, Seen::Broken(_))));
             }
+        }
+    }
+
+    /// What an honest provider of `data` sends when asked for the last group
+    /// of a blob of `claimed` bytes (bao encodes ranges past the end as the
+    /// last chunk).
+    fn honest_answer(data: &[u8], claimed: u64) -> Vec<u8> {
+        let outboard = PreOrderMemOutboard::create(data, BLOCK_SIZE);
+        let mut wire = Vec::new();
+        encode_ranges_validated(data, &outboard, &chunk_ranges(&last_group(claimed)), &mut wire).unwrap();
+        wire
+    }
+
+    fn sample(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn the_last_group_proves_the_true_size_and_no_other() {
+        let group = crate::blob::GROUP_BYTES;
+        for size in [1, 1000, group, group + 1, 100_000, (1 << 20) + 3] {
+            let data = sample(size as usize);
+            let id = crate::blob::id_of(&data);
+            let proof = honest_answer(&data, size);
+            assert!(proves_size(&id, size, &proof), "size {size}");
+            for claimed in [
+                0,
+                size - 1,
+                size + 1,
+                size + group,
+                size.saturating_sub(group),
+                size * 2,
+                1 << 40,
+            ] {
+                if claimed == size {
+                    continue;
+                }
+                assert!(!proves_size(&id, claimed, &proof), "{size} taken for {claimed}");
+                let asked = honest_answer(&data, claimed);
+                assert!(!proves_size(&id, claimed, &asked), "{size} taken for {claimed} (asked)");
+            }
+            // Damaged, cut or padded proofs prove nothing.
+            let mut flipped = proof.clone();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            assert!(!proves_size(&id, size, &flipped));
+            assert!(!proves_size(&id, size, &proof[..proof.len() - 1]));
+            let mut padded = proof.clone();
+            padded.push(0);
+            assert!(!proves_size(&id, size, &padded));
+        }
+    }
+
+    #[test]
+    fn size_zero_is_the_empty_blob_only() {
+        assert!(proves_size(&empty_id(), 0, &[]));
+        assert!(!proves_size(&empty_id(), 0, &[0]));
+        assert!(!proves_size(&crate::blob::id_of(b"x"), 0, &[]));
+        // The empty blob is no other size.
+        assert!(!proves_size(&empty_id(), 1, &honest_answer(&[], 1)));
+    }
+
+    proptest! {
+        /// Whatever size is claimed for whatever blob, an honest provider's
+        /// answer proves the claim only when it is the true size.
+        #[test]
+        fn only_the_true_size_is_proved(size in 0u64..300_000, claimed in 0u64..300_000) {
+            let data = sample(size as usize);
+            let id = crate::blob::id_of(&data);
+            let asked = honest_answer(&data, claimed);
+            prop_assert_eq!(proves_size(&id, claimed, &asked), claimed == size);
         }
     }
 }
