@@ -738,12 +738,25 @@ async fn only_regular_files_and_directories_are_shared() {
 /// peer across a partition.
 struct Freezable {
     client: Client,
-    freeze: std::sync::mpsc::Sender<()>,
+    toggle: std::sync::mpsc::Sender<()>,
+    frozen: std::sync::mpsc::Receiver<()>,
+}
+
+impl Freezable {
+    /// Freezes a running node, or thaws a frozen one; returns once a
+    /// freeze has taken hold.
+    fn toggle(&self, freeze: bool) {
+        self.toggle.send(()).unwrap();
+        if freeze {
+            self.frozen.recv().unwrap();
+        }
+    }
 }
 
 fn freezable(config: NodeConfig) -> Freezable {
     let (started, client) = std::sync::mpsc::channel();
-    let (freeze, frozen) = std::sync::mpsc::channel::<()>();
+    let (toggle, toggled) = std::sync::mpsc::channel::<()>();
+    let (took_hold, frozen) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -751,18 +764,25 @@ fn freezable(config: NodeConfig) -> Freezable {
             .unwrap();
         runtime.block_on(async move {
             started.send(start(config).await.unwrap()).unwrap();
-            // Runs the node until told to freeze; then this thread, and the
-            // runtime with it, blocks for good.
-            while frozen.try_recv().is_err() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            // Frozen, this thread blocks, and the runtime with it, until
+            // thawed (or for good once the handle is gone).
+            loop {
+                match toggled.try_recv() {
+                    Ok(()) if took_hold.send(()).is_ok() && toggled.recv().is_ok() => {}
+                    Ok(()) | Err(std::sync::mpsc::TryRecvError::Disconnected) => loop {
+                        std::thread::park();
+                    },
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
             }
-            let _ = frozen.recv();
-            std::thread::park();
         });
     });
     Freezable {
         client: client.recv().unwrap(),
-        freeze,
+        toggle,
+        frozen,
     }
 }
 
@@ -789,8 +809,6 @@ async fn a_download_starts_from_the_provider_that_answers_not_after_one_across_a
         info = Some(p.client.share(path.clone(), Import::Copy).await.unwrap().0);
     }
     let info = info.unwrap();
-    // Freeze whichever provider the overlay names first: a downloader that
-    // asks one provider at a time asks it first.
     let mut found = Vec::new();
     for _ in 0..100 {
         found = fetcher.get_providers(info.id).await.unwrap();
@@ -800,20 +818,24 @@ async fn a_download_starts_from_the_provider_that_answers_not_after_one_across_a
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(found.len(), 2, "{found:?}");
-    let cut = providers
-        .iter()
-        .find(|p| p.client.peer_id() == found[0].addr.peer)
+    // Each provider frozen in turn: in one of the two rounds, a downloader
+    // that asks one provider at a time asks the frozen one first.
+    for cut in &providers {
+        cut.toggle(true);
+        // Waited for, the frozen one would hold the download up for 10 s
+        // (a probe's timeout; 30 s, a stream's opening timeout, before
+        // probes); asked beside the other, it holds up nothing, and the
+        // download takes a fraction of a second. The deadline is just under
+        // that timeout.
+        let got = tokio::time::timeout(
+            Duration::from_secs(9),
+            fetcher.download(info.id, None, Arc::new(Progress::default()), None),
+        )
+        .await
+        .expect("the download waited for the provider across the partition")
         .unwrap();
-    cut.freeze.send(()).unwrap();
-    // Waited for, the frozen one would hold the download up for 30 s (a
-    // stream's opening timeout); asked beside the other, it holds up
-    // nothing. (A generous deadline: not a speed test.)
-    let got = tokio::time::timeout(
-        Duration::from_secs(20),
-        fetcher.download(info.id, None, Arc::new(Progress::default()), None),
-    )
-    .await
-    .expect("the download waited for the provider across the partition")
-    .unwrap();
-    assert_eq!(got, info);
+        assert_eq!(got, info);
+        cut.toggle(false);
+        fetcher.blobs().remove(&info.id).unwrap();
+    }
 }
