@@ -139,8 +139,9 @@ enum Command {
         /// File: swarm_key = "PATH" (relative to the data directory).
         #[arg(long, env = "SHOAL_SWARM_KEY", value_name = "FILE")]
         swarm_key: Option<PathBuf>,
-        /// Most disk the blob store may take (e.g. 500M, 10G; K, M, G and T
-        /// are powers of 1024, so 10G and 10GB both mean 10 GiB): downloads
+        /// Most disk the blob store may take (e.g. 500M, 10G, 1.5G; K, M, G
+        /// and T are powers of 1024, so 10G, 10GB, 10Gi and 10GiB all mean
+        /// 10 GiB): downloads
         /// given up a day ago and then the least recently used blobs are
         /// dropped to make room, and what still does not fit is refused.
         /// Default: no limit. File: quota = "10G".
