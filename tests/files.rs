@@ -127,11 +127,24 @@ async fn a_provider_with_a_corrupted_copy_is_dropped_and_the_file_still_arrives(
         rotten[i] ^= 0xff;
     }
     std::fs::write(&path, rotten).unwrap();
-    let got = peers[2]
-        .download(info.id, None, Arc::new(Progress::default()), None)
-        .await
-        .unwrap();
+    let progress = Arc::new(Progress::default());
+    let got = peers[2].download(info.id, None, progress.clone(), None).await.unwrap();
     assert_eq!(std::fs::read(stored("corrupt", 2, &got.id)).unwrap(), bytes);
+    // The rotten provider was asked (3 runs of 1 MiB go to the first 3 of
+    // the 4 streams, 2 a provider) and dropped for bad data; what it
+    // delivered before its first flipped byte and what the good one
+    // delivered make up the file.
+    let dropped = progress.dropped.lock().unwrap().clone();
+    assert_eq!(dropped, vec![(peers[1].peer_id(), shoal::resources::Failure::BadData)]);
+    let delivered = progress.delivered.lock().unwrap().clone();
+    let of = |peer: &Client| {
+        delivered
+            .iter()
+            .find(|(p, _)| *p == peer.peer_id())
+            .map_or(0, |(_, b)| *b)
+    };
+    assert_eq!(of(&peers[0]) + of(&peers[1]), info.size, "{delivered:?}");
+    assert!(of(&peers[1]) < info.size / 2, "{delivered:?}");
 
     // With only the rotten copy left, the download fails and says why.
     let only_bad = swarm("corrupt-only", 2).await;
@@ -367,6 +380,14 @@ async fn two_downloads_of_one_blob_at_once_both_end_with_the_file() {
         assert_eq!(std::fs::read(out(n)).unwrap(), content(8 * 1024 * 1024, 9), "out{n}");
     }
     assert!(peers[1].blobs().contains(&info.id));
+    // One download: the provider sent the file once (with its hashes and
+    // the size proof, well under twice).
+    let served = peers[0].served_bytes();
+    assert!(
+        served >= info.size && served < info.size + info.size / 8,
+        "served {served} bytes of a {} byte file",
+        info.size
+    );
 }
 
 /// `n` peers with short overlay and pin-duty intervals; peer 0 shares and

@@ -75,6 +75,7 @@ const CHANGED_QUEUE: usize = 64;
 pub(crate) async fn serve(
     node: crate::node::WeakClient,
     store: BlobStore,
+    served: Arc<AtomicU64>,
     mut incoming: libp2p_stream::IncomingStreams,
 ) {
     let (changed, mut found) = tokio::sync::mpsc::channel::<Key>(CHANGED_QUEUE);
@@ -90,7 +91,13 @@ pub(crate) async fn serve(
         }
     });
     while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(serve_stream(store.clone(), changed.clone(), peer, stream));
+        tokio::spawn(serve_stream(
+            store.clone(),
+            changed.clone(),
+            served.clone(),
+            peer,
+            stream,
+        ));
     }
 }
 
@@ -102,7 +109,13 @@ pub fn decode_request(frame: &[u8]) -> Option<(Key, std::ops::Range<u64>)> {
     Some((Key::from_bytes(id), request.start..request.end))
 }
 
-async fn serve_stream(store: BlobStore, changed: tokio::sync::mpsc::Sender<Key>, peer: PeerId, mut stream: Stream) {
+async fn serve_stream(
+    store: BlobStore,
+    changed: tokio::sync::mpsc::Sender<Key>,
+    served: Arc<AtomicU64>,
+    peer: PeerId,
+    mut stream: Stream,
+) {
     loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
@@ -143,7 +156,11 @@ async fn serve_stream(store: BlobStore, changed: tokio::sync::mpsc::Sender<Key>,
                 }
                 // Framed by the encoder: the chunk goes out as it is, with
                 // no copy into a send buffer.
-                Piece::Chunk(framed) => stream.write_all(framed).await,
+                Piece::Chunk(framed) => {
+                    let sent = stream.write_all(framed).await;
+                    served.fetch_add((framed.len() - FRAME_HEADER) as u64, Ordering::Relaxed);
+                    sent
+                }
                 Piece::Done => stream.write_all(&0u32.to_be_bytes()).await,
                 Piece::Failed => stream.write_all(&CHUNK_FAILED.to_be_bytes()).await,
             };
@@ -325,6 +342,8 @@ pub struct Progress {
     pub providers: AtomicUsize,
     /// Verified bytes each provider delivered, filled in at the end.
     pub delivered: Mutex<Vec<(PeerId, u64)>>,
+    /// The providers dropped and why, filled in at the end.
+    pub dropped: Mutex<Vec<(PeerId, Failure)>>,
 }
 
 /// One provider's stream, opened lazily (dialing the provider if need be).
@@ -650,7 +669,8 @@ pub(crate) async fn fetch(
         .collect();
     let ids = Arc::new(ids);
     for id in ids.keys() {
-        plan.add_provider(*id);
+        // Streams of one provider: numbered STREAMS_PER_PROVIDER apart.
+        plan.add_stream(*id, *id / STREAMS_PER_PROVIDER);
     }
     progress.verified.fetch_add(plan.verified_bytes(), Ordering::Relaxed);
     if plan.verified_bytes() > 0 {
@@ -706,6 +726,13 @@ pub(crate) async fn fetch(
             }
         }
         *shared.progress.delivered.lock().unwrap_or_else(|p| p.into_inner()) = delivered.into_iter().collect();
+        let mut dropped: BTreeMap<PeerId, Failure> = BTreeMap::new();
+        for (slot, peer) in ids.iter() {
+            if let Some(why) = plan.dropped(*slot) {
+                dropped.entry(*peer).or_insert(why);
+            }
+        }
+        *shared.progress.dropped.lock().unwrap_or_else(|p| p.into_inner()) = dropped.into_iter().collect();
         let lying: std::collections::BTreeSet<PeerId> = ids
             .iter()
             .filter(|(slot, _)| plan.dropped(**slot) == Some(Failure::BadData))

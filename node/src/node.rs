@@ -344,6 +344,8 @@ pub struct Client {
     /// Imports (shares) running at once: each holds a blocking thread and
     /// reads a whole file, so the rest wait their turn here.
     imports: Arc<tokio::sync::Semaphore>,
+    /// Blob bytes (data and hashes) sent to other peers.
+    served: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Client {
@@ -528,6 +530,11 @@ impl Client {
     /// Tells the swarm where `peer` can be reached.
     pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NodeError> {
         self.ask(|reply| Command::Addresses { peer, addrs, reply }).await
+    }
+
+    /// Blob bytes (data and hashes) this node has sent to other peers.
+    pub fn served_bytes(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The local blob store.
@@ -893,8 +900,14 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         handoff_deadline: config.handoff_deadline,
         fetching: crate::files::InFlight::default(),
         imports: Arc::new(tokio::sync::Semaphore::new(MAX_IMPORTS)),
+        served: Arc::default(),
     };
-    tokio::spawn(crate::files::serve(client.downgrade(), client.blobs.clone(), incoming));
+    tokio::spawn(crate::files::serve(
+        client.downgrade(),
+        client.blobs.clone(),
+        client.served.clone(),
+        incoming,
+    ));
     tokio::spawn(pin_duties(client.downgrade(), config.pin_check));
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
     Ok(client)

@@ -46,6 +46,9 @@ pub enum Failure {
 
 #[derive(Clone, Debug, Default)]
 struct Provider {
+    /// The peer behind it: several streams to one peer share one link, so
+    /// one never takes over another's run in the endgame.
+    owner: ProviderId,
     /// Bytes per second, smoothed over completed runs; 0 until one completes.
     rate: f64,
     failures: u32,
@@ -143,7 +146,17 @@ impl Fetch {
 
     /// Adds a provider (again: a dropped one stays dropped).
     pub fn add_provider(&mut self, id: ProviderId) {
-        self.providers.entry(id).or_default();
+        self.add_stream(id, id);
+    }
+
+    /// Adds stream `id` to the peer `owner` (streams of one peer pull runs
+    /// side by side, but share its link: the endgame never duplicates a
+    /// run on the same peer).
+    pub fn add_stream(&mut self, id: ProviderId, owner: ProviderId) {
+        self.providers.entry(id).or_insert_with(|| Provider {
+            owner,
+            ..Provider::default()
+        });
     }
 
     /// Providers not dropped.
@@ -174,12 +187,20 @@ impl Fetch {
         if p.dropped.is_some() || self.is_complete() {
             return None;
         }
+        let owner = p.owner;
         let span = if p.rate > 0.0 {
             ((p.rate * TARGET_RUN.as_secs_f64()) / GROUP_BYTES as f64) as u64
         } else {
             FIRST_SPAN
         }
-        .clamp(MIN_SPAN, MAX_SPAN);
+        .clamp(MIN_SPAN, MAX_SPAN)
+        // No stream takes more than its share of what is left, so the
+        // others have work too and none is left only the endgame.
+        .min(
+            self.unclaimed()
+                .div_ceil(self.live_providers().max(1) as u64)
+                .max(MIN_SPAN),
+        );
         if let Some(start) = self.first_free() {
             let mut end = start + 1;
             while end < self.groups && end - start < span && !bit(&self.have, end) && !bit(&self.requested, end) {
@@ -195,7 +216,7 @@ impl Fetch {
         let (range, _) = self
             .in_flight
             .iter()
-            .filter(|f| f.provider != provider)
+            .filter(|f| self.providers.get(&f.provider).is_some_and(|p| p.owner != owner))
             .map(|f| {
                 let missing = f.range.clone().filter(|g| !bit(&self.have, *g)).count();
                 (f.range.clone(), missing)
@@ -215,6 +236,17 @@ impl Fetch {
             range: range.clone(),
         });
         range
+    }
+
+    /// Groups neither verified nor handed out.
+    fn unclaimed(&self) -> u64 {
+        let claimed: u64 = self
+            .have
+            .iter()
+            .zip(&self.requested)
+            .map(|(h, r)| u64::from((h | r).count_ones()))
+            .sum();
+        self.groups.saturating_sub(claimed)
     }
 
     fn first_free(&self) -> Option<u64> {
@@ -431,6 +463,39 @@ mod tests {
         // Its groups are free again for someone else.
         fetch.add_provider(1);
         assert_eq!(fetch.next_range(1).map(|r| r.start), Some(0));
+    }
+
+    #[test]
+    fn streams_of_one_peer_never_duplicate_each_other_in_the_endgame() {
+        let mut fetch = Fetch::new(8 * MIB, None);
+        fetch.add_stream(0, 7);
+        fetch.add_stream(1, 7);
+        let first = fetch.next_range(0).unwrap();
+        let second = fetch.next_range(1).unwrap();
+        for g in first.clone() {
+            fetch.verified(0, g);
+        }
+        // Fast: the next run would be 1024 groups, all that is left.
+        fetch.finished(0, first, Duration::from_millis(1));
+        let third = fetch.next_range(0).unwrap();
+        assert!(third.end < fetch.groups, "one stream took all the rest: {third:?}");
+        for g in second.clone() {
+            fetch.verified(1, g);
+        }
+        fetch.finished(1, second, Duration::from_millis(1));
+        // Stream 1 takes what is left; then, idle, it does not take over
+        // stream 0's run on the same peer (another peer's stream would).
+        while let Some(r) = fetch.next_range(1) {
+            assert!(r.start >= third.end, "duplicated part of {third:?}: {r:?}");
+            for g in r.clone() {
+                fetch.verified(1, g);
+            }
+            fetch.finished(1, r, Duration::from_millis(1));
+        }
+        assert!(!fetch.is_complete(), "stream 0's run is still its own");
+        fetch.add_stream(2, 8);
+        let taken = fetch.next_range(2).unwrap();
+        assert!(third.contains(&taken.start), "{taken:?} {third:?}");
     }
 
     #[test]
