@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal::node::files::Progress;
 use shoal::node::{Client, NodeConfig, start};
@@ -30,16 +30,15 @@ async fn swarm(test: &str, n: usize) -> Vec<Client> {
         }
         clients.push(start(config).await.unwrap());
     }
-    for _ in 0..100 {
-        let mut ready = true;
+    until("every table holds every peer", || async {
         for c in &clients {
-            ready &= c.peers().await.unwrap().len() >= n - 1;
+            if c.peers().await.unwrap().len() < n - 1 {
+                return false;
+            }
         }
-        if ready {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        true
+    })
+    .await;
     clients
 }
 
@@ -294,15 +293,10 @@ async fn a_file_shared_in_place_that_changes_is_no_longer_announced_and_get_says
     // check must find it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     std::fs::write(&path, content(100_001, 50)).unwrap();
-    let mut announced = true;
-    for _ in 0..100 {
-        announced = node.providing().await.unwrap().contains(&info.id);
-        if !announced {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(!announced, "a blob whose file changed is still announced");
+    until("a blob whose file changed is no longer announced", || async {
+        !node.providing().await.unwrap().contains(&info.id)
+    })
+    .await;
     // No other peer has it: get says what happened to this peer's copy.
     let error = node
         .download(info.id, None, Arc::new(Progress::default()), None)
@@ -318,15 +312,11 @@ async fn a_file_shared_in_place_that_changes_is_no_longer_announced_and_get_says
     node.leave().await.unwrap();
     drop(node);
     let node = start(config()).await.unwrap();
-    let mut providing = Vec::new();
-    for _ in 0..100 {
-        providing = node.providing().await.unwrap();
-        if providing.contains(&other.id) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(providing.contains(&other.id), "{providing:?}");
+    until("the restarted peer announces what it holds", || async {
+        node.providing().await.unwrap().contains(&other.id)
+    })
+    .await;
+    let providing = node.providing().await.unwrap();
     assert!(!providing.contains(&info.id), "{providing:?}");
     // The file put back as it was, it is served and announced again.
     std::fs::write(&path, content(100_000, 50)).unwrap();
@@ -409,7 +399,15 @@ async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8]) -> (Vec<Option<Client>>
         }
         peers.push(Some(start(config).await.unwrap()));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("every table holds every peer", || async {
+        for p in peers.iter().flatten() {
+            if p.peers().await.unwrap().len() < n - 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     let source = data_dir_existing(tag, 0).join("source.bin");
     std::fs::write(&source, bytes).unwrap();
     let owner = peers[0].as_ref().unwrap().clone();
@@ -421,7 +419,7 @@ async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8]) -> (Vec<Option<Client>>
     assert!(owner.pin(info.id, 3).await.unwrap() >= 2);
     drop(owner);
     // Fetched and marked pinned (the mark follows the download's end).
-    let held = eventually(100, || {
+    let held = eventually(|| {
         let mut live: Vec<&Client> = peers.iter().flatten().collect();
         live.sort_by_key(|c| c.key().distance(&info.id));
         live.iter().take(3).all(|c| c.blobs().is_pinned(&info.id))
@@ -431,15 +429,36 @@ async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8]) -> (Vec<Option<Client>>
     (peers, info)
 }
 
-/// Whether `done` holds within `tries` checks 200 ms apart.
-async fn eventually(tries: usize, mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..tries {
+/// How long a test waits for a condition before it fails: generous, as
+/// these tests share two cores with the rest of the suite.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Whether `done` holds within [`PATIENCE`], checked every 100 ms.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
         if done() {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    false
+}
+
+/// Waits until the async `condition` holds; fails naming `what` after
+/// [`PATIENCE`].
+async fn until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Whether each of the 3 live peers closest to `id` holds it.
@@ -484,7 +503,7 @@ async fn a_leaving_home_member_hands_its_copy_on_first() {
     assert!(successor.blobs().contains(&info.id));
     assert_eq!(home(&peers, &info.id), vec![true; 3]);
     // Once the leaver's records arrive it keeps the copy for the home.
-    let kept = eventually(50, || successor.blobs().is_pinned(&info.id)).await;
+    let kept = eventually(|| successor.blobs().is_pinned(&info.id)).await;
     assert!(kept, "the new member keeps its copy pinned");
 }
 
@@ -498,7 +517,7 @@ async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
     by_distance.sort_by_key(|i| peers[*i].as_ref().unwrap().key().distance(&info.id));
     peers[0] = None;
     peers[by_distance[0]] = None;
-    let repaired = eventually(150, || home(&peers, &info.id).iter().all(|h| *h)).await;
+    let repaired = eventually(|| home(&peers, &info.id).iter().all(|h| *h)).await;
     if !repaired {
         let mut live: Vec<&Client> = peers.iter().flatten().collect();
         live.sort_by_key(|c| c.key().distance(&info.id));
@@ -564,7 +583,18 @@ async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy
     drop(old);
     let bootstrap = peers[0].ready().await.unwrap();
     peers[small] = start(config(small, bootstrap, Some(512 * 1024))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let restarted = peers[small].peer_id();
+    until("the restarted peer and the others know each other", || async {
+        for p in &peers {
+            let table = p.peers().await.unwrap();
+            let knows = p.peer_id() == restarted || table.iter().any(|e| e.addr.peer == restarted);
+            if !knows || table.len() < 5 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
 
     let source = data_dir_existing(tag, 0).join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
@@ -575,7 +605,7 @@ async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy
     let mut others: Vec<usize> = (0..6).filter(|i| *i != small).collect();
     others.sort_by_key(|i| peers[*i].key().distance(&id));
     let home: Vec<usize> = others[..3].to_vec();
-    let kept = eventually(150, || home.iter().all(|i| peers[*i].blobs().is_pinned(&id))).await;
+    let kept = eventually(|| home.iter().all(|i| peers[*i].blobs().is_pinned(&id))).await;
     let declining = peers[small]
         .pins()
         .await
@@ -720,15 +750,10 @@ async fn a_provider_notices_its_in_place_file_edited_behind_its_back_and_stops_s
         peers[0].blobs().changed_source(&info.id),
         Some(path.canonicalize().unwrap())
     );
-    let mut announced = true;
-    for _ in 0..100 {
-        announced = peers[0].providing().await.unwrap().contains(&info.id);
-        if !announced {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(!announced, "a blob found not to match is still announced");
+    until("a blob found not to match is no longer announced", || async {
+        !peers[0].providing().await.unwrap().contains(&info.id)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -830,15 +855,10 @@ async fn a_download_starts_from_the_provider_that_answers_not_after_one_across_a
         info = Some(p.client.share(path.clone(), Import::Copy).await.unwrap().0);
     }
     let info = info.unwrap();
-    let mut found = Vec::new();
-    for _ in 0..100 {
-        found = fetcher.get_providers(info.id).await.unwrap();
-        if found.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(found.len(), 2, "{found:?}");
+    until("both providers are found", || async {
+        fetcher.get_providers(info.id).await.unwrap().len() == 2
+    })
+    .await;
     // Each provider frozen in turn: in one of the two rounds, a downloader
     // that asks one provider at a time asks the frozen one first.
     for cut in &providers {

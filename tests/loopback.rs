@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal::node::admission::SwarmKey;
 use shoal::node::{Client, NodeConfig, start};
@@ -18,28 +18,32 @@ fn data_dir(test: &str, i: usize) -> std::path::PathBuf {
     dir
 }
 
-/// The listen addresses of `client`, once its transports are up (1 s at most).
+/// The listen addresses of `client`, once its transports are up.
 async fn listening_addrs(client: &Client) -> Vec<shoal::node::Multiaddr> {
-    for _ in 0..50 {
-        let addrs = client.listening().await.unwrap();
-        if !addrs.is_empty() {
-            return addrs;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the node never started listening")
+    client.ready().await.unwrap()
 }
 
-/// The routing table of `client` once it holds someone (2 s at most).
-async fn peers_soon(client: &Client) -> Vec<shoal::overlay::PeerInfo<shoal::node::NodeAddr>> {
-    for _ in 0..100 {
-        let peers = client.peers().await.unwrap();
-        if !peers.is_empty() {
-            return peers;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Waits until `condition` holds, polling; panics naming `what` after a
+/// minute (generous: these tests share two cores with other tests).
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Vec::new()
+}
+
+/// The routing table of `client` once it holds someone.
+async fn peers_soon(client: &Client) -> Vec<shoal::overlay::PeerInfo<shoal::node::NodeAddr>> {
+    eventually("the table holds someone", || async {
+        !client.peers().await.unwrap().is_empty()
+    })
+    .await;
+    client.peers().await.unwrap()
 }
 
 async fn swarm(test: &str) -> Vec<Client> {
@@ -71,19 +75,15 @@ async fn private_swarm(test: &str, n: usize, key: Option<SwarmKey>) -> Vec<Clien
         }
         clients.push(start(config).await.unwrap());
     }
-    // Wait until every table knows most of the swarm.
-    for _ in 0..200 {
-        let mut ready = true;
+    eventually("every table knows most of the swarm", || async {
         for client in &clients {
             if client.peers().await.unwrap().len() < n / 2 {
-                ready = false;
+                return false;
             }
         }
-        if ready {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        true
+    })
+    .await;
     clients
 }
 
@@ -194,7 +194,18 @@ async fn records_outlive_their_crashed_home_through_repair() {
         }
         clients.push(Some(start(config).await.unwrap()));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every table holds every other peer before the put, so that the put
+    // reaches the true home.
+    let all: Vec<&Client> = clients.iter().flatten().collect();
+    eventually("every table is complete", || async {
+        for c in &all {
+            if c.peers().await.unwrap().len() < all.len() - 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     // A key whose home does not include the writer, so that only the home
     // members (and the repairs among them) hold the record.
     let keys: Vec<Key> = clients.iter().map(|c| c.as_ref().unwrap().key()).collect();
@@ -203,7 +214,7 @@ async fn records_outlive_their_crashed_home_through_repair() {
         .find(|k| {
             let mut order: Vec<usize> = (0..keys.len()).collect();
             order.sort_by_key(|i| keys[*i].distance(k));
-            !order[..3].contains(&0)
+            !order[..6].contains(&0)
         })
         .unwrap();
     let writer = clients[0].as_ref().unwrap().clone();
@@ -211,15 +222,33 @@ async fn records_outlive_their_crashed_home_through_repair() {
     // The home: the three peers closest to the key (the writer may be one).
     let mut by_distance: Vec<usize> = (1..clients.len()).collect();
     by_distance.sort_by_key(|i| clients[*i].as_ref().unwrap().key().distance(&key));
+    // The record is the only one in the swarm: a peer holds it when it
+    // holds any record.
+    let holds = |i: usize| {
+        let client = clients[i].clone().unwrap();
+        async move { client.records_held().await.unwrap() == 1 }
+    };
+    for &i in &by_distance[..3] {
+        eventually("the home holds the record", || holds(i)).await;
+    }
+    assert!(!holds(by_distance[3]).await, "only the home holds it");
     // Crash two home members (dropping every handle stops a node at once,
-    // with no hand-off), let replication repair, then crash the third.
+    // with no hand-off), wait until replication has repaired the home (the
+    // next two closest hold it), then crash the third.
     for i in &by_distance[..2] {
         clients[*i] = None;
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    for &i in &by_distance[3..5] {
+        let client = clients[i].clone().unwrap();
+        eventually("the repaired home holds the record", || async {
+            client.records_held().await.unwrap() == 1
+        })
+        .await;
+    }
     clients[by_distance[2]] = None;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let reader = clients[by_distance[5]].as_ref().unwrap();
+    // A reader outside every home the record had asks for it.
+    let reader = clients[by_distance[8]].as_ref().unwrap();
+    assert_eq!(reader.records_held().await.unwrap(), 0, "the reader holds no copy");
     let record = tokio::time::timeout(Duration::from_secs(20), reader.get_value(key))
         .await
         .unwrap()
@@ -270,9 +299,28 @@ async fn a_private_swarm_refuses_peers_without_its_key_on_tcp_and_quic() {
         config.bootstrap = vec![pick];
         outsiders.push(start(config).await.unwrap());
     }
-    // Give the outsiders time to try, then try from inside as well: a
-    // member looking up an outsider's key never reaches it either.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Each outsider dialed the member it was given and was refused there,
+    // over the transport it used: the member names each in its refusals.
+    let transports = [false, true, false, true];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let refusals = members[1].refusals().await.unwrap();
+        let refused = |outsider: &Client, quic: bool| {
+            refusals.iter().any(|r| {
+                r.reason.contains(&outsider.peer_id().to_string()) && r.from.to_string().contains("/quic") == quic
+            })
+        };
+        if outsiders.iter().zip(transports).all(|(o, quic)| refused(o, quic)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every outsider was refused: {refusals:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then try from inside as well: a member looking up an outsider's key
+    // never reaches it either.
     let outsider_ids: Vec<_> = outsiders.iter().map(Client::peer_id).collect();
     for (n, member) in members.iter().enumerate() {
         let lookup = member.find_node(outsiders[n].key()).await.unwrap();
@@ -448,13 +496,8 @@ async fn idle_inbound_connections_are_capped_and_dropped_and_the_peer_goes_on() 
     let mut config = lone_config("idle", 1, None);
     config.bootstrap = listening_addrs(&node).await;
     let other = start(config).await.unwrap();
-    let mut met = false;
-    for _ in 0..300 {
-        met = !node.peers().await.unwrap().is_empty() && !other.peers().await.unwrap().is_empty();
-        if met {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(met, "a real peer joined after the idle ones were dropped");
+    eventually("a real peer joined after the idle ones were dropped", || async {
+        !node.peers().await.unwrap().is_empty() && !other.peers().await.unwrap().is_empty()
+    })
+    .await;
 }

@@ -41,6 +41,11 @@ pub struct PeerView {
     pub key: String,
     /// Known addresses.
     pub addrs: Vec<String>,
+    /// In `GET /v1/peers`: the peer failed repeatedly and is left out of
+    /// lookups until it answers again (probed now and then, dropped after
+    /// about 80 minutes). Always false in lookup results.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// `GET /v1/status`.
@@ -302,6 +307,12 @@ pub struct DownloadView {
     pub size: u64,
     /// Bytes verified so far.
     pub verified: u64,
+    /// Of those, bytes a saved partial download held when this one started.
+    #[serde(default)]
+    pub resumed: u64,
+    /// Content bytes received from providers so far, verified or not.
+    #[serde(default)]
+    pub fetched: u64,
     /// Providers still delivering.
     pub providers: usize,
     /// Whether it ended.
@@ -404,6 +415,7 @@ fn view(peer: &shoal_overlay::PeerInfo<crate::NodeAddr>) -> PeerView {
         peer_id: peer.addr.peer.to_string(),
         key: peer.key.to_string(),
         addrs: peer.addr.addrs.iter().map(ToString::to_string).collect(),
+        stale: false,
     }
 }
 
@@ -423,8 +435,12 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, Fail
 }
 
 async fn peers(State(state): State<Arc<AppState>>) -> Result<Json<Vec<PeerView>>, Failure> {
-    let peers = state.client.peers().await.map_err(node_failure)?;
-    Ok(Json(peers.iter().map(view).collect()))
+    let table = state.client.routing_table().await.map_err(node_failure)?;
+    let peers = table.iter().map(|(peer, stale)| PeerView {
+        stale: *stale,
+        ..view(peer)
+    });
+    Ok(Json(peers.collect()))
 }
 
 async fn lookup(State(state): State<Arc<AppState>>, Json(body): Json<KeyRequest>) -> Result<Json<LookupView>, Failure> {
@@ -557,6 +573,8 @@ fn download_view(n: u64, d: &Job<String>) -> DownloadView {
         id: d.label.clone(),
         size: d.progress.size.load(Relaxed),
         verified: d.progress.verified.load(Relaxed),
+        resumed: d.progress.resumed.load(Relaxed),
+        fetched: d.progress.fetched.load(Relaxed),
         providers: d.progress.providers.load(Relaxed),
         done: outcome.is_some(),
         out: outcome.clone().and_then(Result::ok).filter(|o| !o.is_empty()),

@@ -338,6 +338,12 @@ pub struct Progress {
     pub size: AtomicU64,
     /// Bytes verified and written.
     pub verified: AtomicU64,
+    /// Of those, bytes a saved partial download already held when this
+    /// one started (it resumed from them).
+    pub resumed: AtomicU64,
+    /// Content bytes received from providers in answered runs, verified or
+    /// not (a resumed download receives no more than the rest).
+    pub fetched: AtomicU64,
     /// Providers still delivering.
     pub providers: AtomicUsize,
     /// Verified bytes each provider delivered, filled in at the end.
@@ -673,6 +679,7 @@ pub(crate) async fn fetch(
         plan.add_stream(*id, *id / STREAMS_PER_PROVIDER);
     }
     progress.verified.fetch_add(plan.verified_bytes(), Ordering::Relaxed);
+    progress.resumed.store(plan.verified_bytes(), Ordering::Relaxed);
     if plan.verified_bytes() > 0 {
         tracing::info!(
             "resuming {}: {:.1} of {:.1} MiB already verified",
@@ -883,6 +890,9 @@ impl Link {
             NOT_FOUND => return Err(Failure::NotFound),
             _ => return Err(Failure::Unreachable),
         }
+        let size = shared.partial.info().size;
+        let data = group_bytes(&range, size);
+        shared.progress.fetched.fetch_add(data, Ordering::Relaxed);
         let (me, buffer) = (self.me, &self.buffer);
         // Verify and write off the async threads.
         let mut groups = Vec::new();

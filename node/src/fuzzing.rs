@@ -32,7 +32,7 @@ use shoal_resources::ticket::Ticket;
 
 use crate::NodeAddr;
 use crate::admission::SwarmKey;
-use crate::{codec, handoff, identity, known, saved, settings};
+use crate::{codec, files, handoff, identity, known, saved, settings};
 
 /// What a target runs: one input, any bytes; panics on a finding.
 pub type Target = fn(&[u8]);
@@ -54,6 +54,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("admission", admission),
     ("handoff_offer", handoff_offer),
     ("identity", identity),
+    ("blob_request", blob_request),
+    ("blob_response", blob_response),
 ];
 
 /// An overlay request as a peer sends it (the body of a frame): decoded
@@ -252,6 +254,47 @@ pub fn identity(data: &[u8]) {
     let again = identity::parse(&bytes).expect("a re-encoded keypair loads");
     assert_eq!(again.public(), keypair.public(), "an identity round-trips");
 }
+
+/// The body of a blob request frame, as a provider reads it from a
+/// downloader. (`files` has no public encoder of requests, so there is no
+/// round trip to check.)
+pub fn blob_request(data: &[u8]) {
+    let _ = files::decode_request(data);
+}
+
+/// A whole blob response, as a downloader reads it from a provider: the
+/// payload is no longer than what was sent, and framed again (in chunks of
+/// [`RESPONSE_CHUNK_BYTES`]) it reads back the same.
+pub fn blob_response(data: &[u8]) {
+    futures::executor::block_on(async {
+        let mut buffer = Vec::new();
+        let Ok((status, size, len)) = files::read_response(&mut futures::io::Cursor::new(data), &mut buffer).await
+        else {
+            return;
+        };
+        assert!(len <= buffer.len() && len <= data.len(), "the payload is what was sent");
+        let payload = &buffer[..len];
+        let mut framed = vec![status];
+        framed.extend_from_slice(&size.to_be_bytes());
+        for chunk in payload.chunks(RESPONSE_CHUNK_BYTES) {
+            framed.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+            framed.extend_from_slice(chunk);
+        }
+        framed.extend_from_slice(&0u32.to_be_bytes());
+        let mut again = Vec::new();
+        let read = files::read_response(&mut futures::io::Cursor::new(framed), &mut again).await;
+        assert_eq!(
+            read.ok(),
+            Some((status, size, len)),
+            "a response re-framed reads the same"
+        );
+        assert_eq!(&again[..len], payload, "a response re-framed carries the same payload");
+    });
+}
+
+/// Chunks of a re-framed blob response: one group, well under the largest
+/// chunk a downloader accepts.
+const RESPONSE_CHUNK_BYTES: usize = 16 * 1024;
 
 /// The swarm key the admission target runs under.
 const FUZZ_SWARM_KEY: &str = "/shoal/swarm-key/1\n0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";

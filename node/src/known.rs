@@ -12,7 +12,10 @@ pub const KNOWN_PEERS_FILE: &str = "known-peers";
 /// Most peers remembered (and read back): about the whole routing table of
 /// a 10,000-peer swarm, so that a restart refreshes few buckets.
 pub const MAX_KNOWN_PEERS: usize = 256;
-/// Longest line read from the file; longer ones are skipped.
+/// Longest line read from or written to the file; longer ones are skipped.
+/// An address is measured as it is written: a multiaddr may print longer
+/// than the text it was parsed from (percent-encoding), and one that would
+/// not be read back is neither kept nor written.
 const MAX_LINE_BYTES: usize = 1024;
 
 /// The peers of the routing table with their addresses, kept for the next start.
@@ -67,9 +70,11 @@ impl KnownPeers {
         let mut text = String::new();
         for (peer, addrs) in &self.peers {
             for addr in addrs {
-                let full = addr.clone().with_p2p(*peer).unwrap_or_else(|a| a);
-                text.push_str(&full.to_string());
-                text.push('\n');
+                let full = addr.clone().with_p2p(*peer).unwrap_or_else(|a| a).to_string();
+                if full.len() <= MAX_LINE_BYTES {
+                    text.push_str(&full);
+                    text.push('\n');
+                }
             }
         }
         let tmp = self.path.with_extension("tmp");
@@ -90,9 +95,13 @@ pub(crate) fn parse(text: &str, source: &Path) -> Vec<Multiaddr> {
             continue;
         }
         match line.parse::<Multiaddr>() {
-            Ok(addr) if matches!(addr.iter().last(), Some(Protocol::P2p(_))) => out.push(addr),
+            Ok(addr)
+                if matches!(addr.iter().last(), Some(Protocol::P2p(_))) && addr.to_string().len() <= MAX_LINE_BYTES =>
+            {
+                out.push(addr)
+            }
             _ => tracing::warn!(
-                "{} line {}: not a multiaddr ending in /p2p/PEER_ID; skipped",
+                "{} line {}: not a multiaddr ending in /p2p/PEER_ID that fits a line; skipped",
                 source.display(),
                 n + 1
             ),
@@ -134,6 +143,32 @@ mod tests {
             1,
             "bad lines and addresses without /p2p are skipped"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Found by the `known_peers` fuzz target: a multiaddr that parses
+    /// from a short line but prints longer than a line (each non-ASCII
+    /// byte of an `/http-path` prints as `%XX`) was loaded, then written as
+    /// a line the next load skipped.
+    #[test]
+    fn an_address_too_long_to_write_is_neither_loaded_nor_written() {
+        let peer = PeerId::random();
+        let long = format!("/http-path/{}/p2p/{peer}", "é".repeat(200));
+        assert!(long.len() <= MAX_LINE_BYTES);
+        let addr: Multiaddr = long.parse().unwrap();
+        assert!(
+            addr.to_string().len() > MAX_LINE_BYTES,
+            "it prints longer than it parsed"
+        );
+        let source = Path::new(KNOWN_PEERS_FILE);
+        assert!(parse(&long, source).is_empty());
+        let short: Multiaddr = "/ip4/10.0.0.1/tcp/4001".parse().unwrap();
+        let dir = std::env::temp_dir().join(format!("shoal-known-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut known = KnownPeers::new(&dir);
+        known.add(peer, &[addr, short.clone()]);
+        known.save().unwrap();
+        assert_eq!(known.load(), vec![short.with_p2p(peer).unwrap()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

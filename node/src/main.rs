@@ -348,7 +348,14 @@ fn status(v: &Value) -> String {
 fn peer_lines(peers: &[Value]) -> String {
     peers
         .iter()
-        .map(|p| format!("\n{}  {}", text(&p["key"]), text(&p["peer_id"])))
+        .map(|p| {
+            let stale = if p["stale"] == true {
+                "  (stale: not answering)"
+            } else {
+                ""
+            };
+            format!("\n{}  {}{stale}", text(&p["key"]), text(&p["peer_id"]))
+        })
         .collect()
 }
 

@@ -267,7 +267,7 @@ enum Command {
         reply: Reply<Vec<PeerInfo<NodeAddr>>>,
     },
     Peers {
-        reply: Reply<Vec<PeerInfo<NodeAddr>>>,
+        reply: Reply<Vec<(PeerInfo<NodeAddr>, bool)>>,
     },
     Listening {
         reply: Reply<Vec<Multiaddr>>,
@@ -282,6 +282,9 @@ enum Command {
     },
     RecordsHeld {
         reply: Reply<usize>,
+    },
+    Refusals {
+        reply: Reply<Vec<Refusal>>,
     },
     Pins {
         reply: Reply<Vec<PinView>>,
@@ -383,6 +386,12 @@ impl Client {
         self.ask(|reply| Command::RecordsHeld { reply }).await
     }
 
+    /// The last inbound connections this node refused (up to 64), oldest
+    /// first.
+    pub async fn refusals(&self) -> Result<Vec<Refusal>, NodeError> {
+        self.ask(|reply| Command::Refusals { reply }).await
+    }
+
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -428,6 +437,13 @@ impl Client {
 
     /// The peers in the routing table.
     pub async fn peers(&self) -> Result<Vec<PeerInfo<NodeAddr>>, NodeError> {
+        let table = self.routing_table().await?;
+        Ok(table.into_iter().map(|(peer, _)| peer).collect())
+    }
+
+    /// The peers in the routing table, each with whether it is stale
+    /// (failed repeatedly; left out of lookups until it answers again).
+    pub async fn routing_table(&self) -> Result<Vec<(PeerInfo<NodeAddr>, bool)>, NodeError> {
         self.ask(|reply| Command::Peers { reply }).await
     }
 
@@ -882,6 +898,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         saved,
         saved_changes,
         saved_at: std::time::Instant::now(),
+        refusals: std::collections::VecDeque::new(),
     };
     for peer in seeds {
         driver.dial(peer);
@@ -1353,7 +1370,22 @@ struct Driver {
     saved: SavedRecords,
     saved_changes: u64,
     saved_at: std::time::Instant,
+    /// The last inbound connections refused, newest last.
+    refusals: std::collections::VecDeque<Refusal>,
 }
+
+/// An inbound connection the node refused (a private swarm's outsider, a
+/// connection over a cap, a handshake that failed or timed out).
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// Where it came from.
+    pub from: Multiaddr,
+    /// Why, as logged.
+    pub reason: String,
+}
+
+/// Refusals a node remembers; older ones are only in its log.
+const REFUSALS_KEPT: usize = 64;
 
 impl Driver {
     async fn run(mut self) {
@@ -1479,7 +1511,14 @@ impl Driver {
                 Ok(id) => drop(self.pending.insert(id, Pending::GetProviders(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
-            Command::Peers { reply } => drop(reply.send(Ok(self.core.routing_table().peers().collect()))),
+            Command::Peers { reply } => {
+                let table = self.core.routing_table();
+                let peers = table.peers().map(|p| {
+                    let stale = table.is_stale(&p.key);
+                    (p, stale)
+                });
+                drop(reply.send(Ok(peers.collect())));
+            }
             Command::Listening { reply } => drop(reply.send(Ok(self.listening.clone()))),
             Command::Addresses { peer, addrs, reply } => {
                 for addr in addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
@@ -1495,6 +1534,7 @@ impl Driver {
                 }
             }
             Command::RecordsHeld { reply } => drop(reply.send(Ok(self.core.record_store().len()))),
+            Command::Refusals { reply } => drop(reply.send(Ok(self.refusals.iter().cloned().collect()))),
             Command::Pins { reply } => drop(reply.send(Ok(self.pins(t)))),
             Command::Declining { reply } => drop(reply.send(Ok(self.core.declining().copied().collect()))),
             Command::Providing { reply } => drop(reply.send(Ok(self.core.providing().copied().collect()))),
@@ -1574,7 +1614,15 @@ impl Driver {
             SwarmEvent::IncomingConnectionError {
                 send_back_addr, error, ..
             } => {
-                tracing::warn!("refused a connection from {send_back_addr}: {}", error_chain(&error));
+                let reason = error_chain(&error);
+                tracing::warn!("refused a connection from {send_back_addr}: {reason}");
+                if self.refusals.len() == REFUSALS_KEPT {
+                    self.refusals.pop_front();
+                }
+                self.refusals.push_back(Refusal {
+                    from: send_back_addr,
+                    reason,
+                });
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),

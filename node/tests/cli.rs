@@ -241,6 +241,17 @@ fn wait_download(data_dir: &Path, n: u64, until: impl Fn(&serde_json::Value) -> 
     }
 }
 
+/// Bytes a saved resume bitmap (`ID.have`: little-endian words, one bit
+/// per 16 KiB group) says are verified; 0 when there is none.
+fn saved_bytes(have: &Path) -> u64 {
+    let words = std::fs::read(have).unwrap_or_default();
+    let groups: u64 = words
+        .chunks_exact(8)
+        .map(|w| u64::from(u64::from_le_bytes(w.try_into().unwrap()).count_ones()))
+        .sum();
+    groups * shoal_resources::blob::GROUP_BYTES
+}
+
 #[test]
 fn share_get_and_a_download_that_resumes_after_kill_9() {
     let a = dir("share-a");
@@ -279,16 +290,24 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     let body = serde_json::json!({ "target": ticket, "out": out });
     let started = shoal_node::cli_client::call(&b, "POST", "/v1/get", Some(&body)).unwrap();
     let n = started["download"].as_u64().unwrap();
-    let partway = wait_download(&b, n, |v| v["verified"].as_u64().unwrap_or(0) > 0 || v["done"] == true);
+    // The bitmap a restart resumes from is written as each run ends: wait
+    // until it holds something, then kill.
+    let have = b.join("blobs").join(format!("{id}.have"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while saved_bytes(&have) == 0 {
+        let v = shoal_node::cli_client::call(&b, "GET", &format!("/v1/downloads/{n}"), None).unwrap();
+        assert!(
+            v["done"] != true,
+            "the download finished before any progress was saved: {v}"
+        );
+        assert!(Instant::now() < deadline, "no progress saved: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     second.kill().unwrap();
     second.wait().unwrap();
-    let got_before = partway["verified"].as_u64().unwrap();
-    assert!(
-        partway["done"] != true && got_before < bytes.len() as u64,
-        "the download finished before the kill: {partway}"
-    );
-    let have = std::fs::read(b.join("blobs").join(format!("{id}.have"))).unwrap();
-    assert!(have.iter().any(|b| *b != 0), "progress was saved before the kill");
+    let saved = saved_bytes(&have);
+    let size = bytes.len() as u64;
+    assert!(saved > 0 && saved < size, "saved {saved} of {size} before the kill");
     // Restart b: the same get resumes from the saved bitmap.
     let _ = std::fs::remove_file(b.join("control.json"));
     let mut second = up(&b, None);
@@ -296,13 +315,17 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     let listed = json(&shoal(&b, &["blobs", "--json"]));
     assert_eq!(listed[0]["id"].as_str(), Some(id.as_str()), "{listed}");
     assert_eq!(listed[0]["partial"], true, "{listed}");
-    // Resumed, then cancelled (what `get` does on Ctrl-C): it stops, and
-    // keeps what arrived.
+    // Resumed with at least what was saved, then cancelled (what `get`
+    // does on Ctrl-C): it stops, and keeps what arrived.
     let started = shoal_node::cli_client::call(&b, "POST", "/v1/get", Some(&body)).unwrap();
     let n = started["download"].as_u64().unwrap();
-    wait_download(&b, n, |v| {
-        v["verified"].as_u64().unwrap_or(0) > got_before || v["done"] == true
+    let resumed = wait_download(&b, n, |v| {
+        v["verified"].as_u64().unwrap_or(0) > saved || v["done"] == true
     });
+    assert!(
+        resumed["resumed"].as_u64().unwrap() >= saved,
+        "resumed from the {saved} bytes saved: {resumed}"
+    );
     shoal_node::cli_client::call(&b, "DELETE", &format!("/v1/downloads/{n}"), None).unwrap();
     let cancelled = wait_download(&b, n, |v| v["done"] == true);
     assert!(
@@ -310,9 +333,16 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
         "{cancelled}"
     );
     assert!(!out.exists(), "a cancelled download leaves no file at -o");
+    let saved = saved_bytes(&have);
+    assert!(saved > 0, "a cancelled download keeps its progress");
     let got = shoal(&b, &["get", &ticket, "-o", out.to_str().unwrap(), "--json"]);
     let done = json(&got);
     assert!(done["error"].is_null(), "{done}");
+    // The last get started from what the cancelled one kept, and fetched
+    // only the rest.
+    let (resumed, fetched) = (done["resumed"].as_u64().unwrap(), done["fetched"].as_u64().unwrap());
+    assert!(resumed >= saved, "resumed from the {saved} bytes saved: {done}");
+    assert!(fetched <= size - resumed, "fetched no more than the rest: {done}");
     assert_eq!(std::fs::read(&out).unwrap(), bytes, "byte-identical after the restart");
     let blobs = json(&shoal(&b, &["blobs", "--json"]));
     assert_eq!(blobs[0]["id"].as_str().unwrap(), id);
@@ -563,4 +593,199 @@ fn a_share_gives_up_with_a_clear_message_on_a_daemon_that_never_answers() {
         "{}",
         stderr(&output)
     );
+}
+
+/// Sends `signal` (as `kill` names it: INT, TERM, STOP, CONT) to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// Waits for `child` to exit (a minute at most).
+fn exit_of(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process never exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A file of `len` pseudo-random bytes from `seed`.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn ctrl_c_on_get_cancels_the_download_in_the_daemon() {
+    let a = dir("ctrlc-a");
+    let b = dir("ctrlc-b");
+    std::fs::create_dir_all(&a).unwrap();
+    let bytes = noise(16 * 1024 * 1024, 11);
+    let source = a.join("source.bin");
+    std::fs::write(&source, &bytes).unwrap();
+    let provider = up(&a, None);
+    let ticket = json(&shoal(&a, &["share", source.to_str().unwrap(), "--json"]))["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fetcher = up(&b, None);
+    let out = b.with_extension("out");
+    let _ = std::fs::remove_file(&out);
+    let mut get = Command::new(SHOAL)
+        .args(["get", &ticket, "-o", out.to_str().unwrap(), "--data-dir"])
+        .arg(&b)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The download is under way; the provider is then frozen, so that it
+    // cannot finish before the Ctrl-C.
+    let mut n = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while n.is_none() {
+        assert!(Instant::now() < deadline, "the download never started");
+        std::thread::sleep(Duration::from_millis(20));
+        n = (0..4).find(|n| {
+            shoal_node::cli_client::call(&b, "GET", &format!("/v1/downloads/{n}"), None)
+                .is_ok_and(|v| v["verified"].as_u64().unwrap_or(0) > 0)
+        });
+    }
+    let n = n.unwrap();
+    signal(provider.id(), "STOP");
+    let status = |n: u64| shoal_node::cli_client::call(&b, "GET", &format!("/v1/downloads/{n}"), None).unwrap();
+    assert!(status(n)["done"] != true, "{}", status(n));
+    signal(get.id(), "INT");
+    let exit = exit_of(&mut get);
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut get.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!exit.success(), "a cancelled get fails");
+    assert!(said.contains("cancelled after"), "{said}");
+    // In the daemon the download ended as cancelled (not merely abandoned
+    // by the command), keeping what arrived for a later get.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(n)["done"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon's download never stopped: {}",
+            status(n)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ended = status(n);
+    assert!(ended["error"].as_str().unwrap_or("").contains("cancelled"), "{ended}");
+    assert!(!out.exists(), "a cancelled get leaves no file at -o");
+    let listed = json(&shoal(&b, &["blobs", "--json"]));
+    assert_eq!(listed[0]["partial"], true, "{listed}");
+    signal(provider.id(), "CONT");
+    stop(fetcher, &b);
+    stop(provider, &a);
+}
+
+#[test]
+fn sigterm_stops_a_peer_after_it_handed_its_pinned_copies_on() {
+    let [a, b, c] = ["term-a", "term-b", "term-c"].map(dir);
+    std::fs::create_dir_all(&a).unwrap();
+    let owner = up(&a, None);
+    let status = json(&shoal(&a, &["status", "--json"]));
+    let addr = status["listening"][0].as_str().unwrap().to_string();
+    let mut leaving = up(&b, Some(&addr));
+    let heir = up(&c, Some(&addr));
+    let key_of = |d: &Path| {
+        let status = json(&shoal(d, &["status", "--json"]));
+        status["key"].as_str().unwrap().parse::<shoal_overlay::Key>().unwrap()
+    };
+    let keys = [key_of(&a), key_of(&b), key_of(&c)];
+    // A file whose home, nearest first, is b, c, a: pinned with one
+    // replica, b keeps it; when b leaves, c is the home.
+    let (bytes, id) = (0u64..)
+        .map(|seed| {
+            let bytes = noise(300_000, seed);
+            let id = shoal_overlay::Key::of_content(&bytes);
+            (bytes, id)
+        })
+        .find(|(_, id)| {
+            let d = keys.map(|k| k.distance(id));
+            d[1] < d[2] && d[2] < d[0]
+        })
+        .unwrap();
+    let source = a.join("source.bin");
+    std::fs::write(&source, &bytes).unwrap();
+    json(&shoal(&a, &["share", source.to_str().unwrap(), "--json"]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !shoal(&a, &["pin", &id.to_string(), "--replicas", "1"]).status.success() {
+        assert!(Instant::now() < deadline, "the pin was never stored");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pinned_on = |d: &Path| {
+        let blobs = json(&shoal(d, &["blobs", "--json"]));
+        blobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|blob| blob["id"].as_str() == Some(&id.to_string()) && blob["pinned"] == true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !pinned_on(&b) {
+        assert!(Instant::now() < deadline, "b never kept its pinned copy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pinned_on(&c), "c is not in the home yet");
+    // SIGTERM: b hands its copy to c, then exits cleanly; c holds it the
+    // moment b is gone.
+    signal(leaving.id(), "TERM");
+    let exit = exit_of(&mut leaving);
+    assert!(exit.success(), "{exit:?}: {}", log_of(&b));
+    assert!(
+        log_of(&b).contains("handed 1 pinned copies on (0 offers failed)"),
+        "{}",
+        log_of(&b)
+    );
+    assert!(pinned_on(&c), "c holds the copy b handed on");
+    stop(heir, &c);
+    stop(owner, &a);
+}
+
+/// The peak resident memory of process `pid`, in bytes (VmHWM).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[test]
+fn an_import_streams_the_file_and_never_holds_it_whole() {
+    const FILE: u64 = 1 << 30;
+    const BOUND: u64 = 192 << 20;
+    let a = dir("stream-a");
+    std::fs::create_dir_all(&a).unwrap();
+    // A sparse file: 1 GiB to read, hash and index, no disk to hold it.
+    let path = a.join("big.bin");
+    std::fs::File::create(&path).unwrap().set_len(FILE).unwrap();
+    let daemon = up(&a, None);
+    let shared = json(&shoal(&a, &["share", "--in-place", path.to_str().unwrap(), "--json"]));
+    assert_eq!(shared["size"].as_u64(), Some(FILE), "{shared}");
+    let peak = peak_rss(daemon.id());
+    assert!(
+        peak < BOUND,
+        "the daemon peaked at {} MiB importing a {} MiB file",
+        peak >> 20,
+        FILE >> 20
+    );
+    stop(daemon, &a);
 }

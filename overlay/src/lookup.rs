@@ -333,12 +333,21 @@ mod tests {
             let seeds = peers[..6].to_vec();
             let mut lookup = Lookup::new(target, seeds, 20, 3, paths);
             let mut steps = 0;
+            // The path that queried each peer: with disjoint paths, no peer
+            // is queried by two.
+            let mut queried_by = std::collections::BTreeMap::new();
             while !lookup.is_finished() {
                 steps += 1;
                 assert!(steps < 10_000, "lookup livelocked");
                 let Some((path, peer)) = lookup.next_query() else {
                     panic!("not finished, yet nothing to ask and nothing in flight")
                 };
+                let first = *queried_by.entry(peer.key).or_insert(path);
+                assert!(
+                    paths == 1 || first == path,
+                    "peer {} queried by paths {first} and {path}",
+                    peer.addr
+                );
                 // Each peer knows a random third of the world.
                 let mut known: Vec<PeerInfo<u32>> = peers
                     .iter()
@@ -356,6 +365,8 @@ mod tests {
             let (result, _hops) = lookup.result(20);
             let closest_live = by_distance.iter().find(|p| p.addr % 17 != 5).unwrap();
             assert_eq!(result.first(), Some(closest_live), "paths = {paths}");
+            let used: BTreeSet<usize> = queried_by.values().copied().collect();
+            assert_eq!(used.len(), paths, "every path queried someone");
         }
     }
 

@@ -198,6 +198,13 @@ impl<A: Addr> RoutingTable<A> {
             .is_some_and(|b| b.entries.iter().any(|e| e.key == *key))
     }
 
+    /// Whether `key` is in the table but marked stale: it failed
+    /// repeatedly and is left out of lookups until it answers again.
+    pub fn is_stale(&self, key: &Key) -> bool {
+        self.bucket_of(key)
+            .is_some_and(|b| b.entries.iter().any(|e| e.key == *key && e.stale))
+    }
+
     /// Every peer in the table, bucket by bucket.
     pub fn peers(&self) -> impl Iterator<Item = PeerInfo<A>> + '_ {
         self.buckets

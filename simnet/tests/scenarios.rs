@@ -36,10 +36,21 @@ fn lookups_on_a_wan_with_loss_and_duplication_find_the_closest_peer() {
 
 #[test]
 fn disjoint_paths_still_find_the_closest_peer() {
+    let one = scenario::lookups(&Swarm::new(300, 9), 200, 100.0).unwrap();
     let mut swarm = Swarm::new(300, 9);
     swarm.disjoint_paths = 3;
     let report = scenario::lookups(&swarm, 200, 100.0).unwrap();
     assert!(report.success_rate >= 0.99, "success {}", report.success_rate);
+    // Disjoint paths each converge on their own, asking peers no other
+    // path asked (the lookup's unit tests check that no peer is asked
+    // twice): the same lookups cost well over one path's messages. With the
+    // paths ignored they would cost the same.
+    assert!(
+        report.messages_per_lookup >= 1.5 * one.messages_per_lookup,
+        "3 paths: {} messages per lookup, 1 path: {}",
+        report.messages_per_lookup,
+        one.messages_per_lookup
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 # `shoal up` with mDNS on and no bootstrap address. Checks that mDNS alone
 # forms the overlay and a record crosses hosts; then kills one host (kill -9),
 # cuts another off (link down), heals it, and checks the overlay recovers;
-# then a file crosses hosts.
+# then a file crosses hosts. Records get keys whose homes (their closest
+# hosts) the kill and the cut hit, so that each check can fail.
 #
 # Usage: sudo tests/lan/run.sh [PATH_TO_SHOAL_BINARY]   (default target/debug/shoal)
 # All addresses (10.77.0.0/24) live inside namespaces this script creates and
@@ -33,8 +34,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
-  say "error: the LAN test needs root and iproute2 (ip netns) to build its hosts" >&2
+if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v python3 >/dev/null; then
+  say "error: the LAN test needs root, iproute2 (ip netns) to build its hosts and python3 to read their answers" >&2
   exit 1
 fi
 [ -x "$SHOAL" ] || { say "error: no shoal binary at $SHOAL (cargo build -p shoal-node)" >&2; exit 1; }
@@ -87,19 +88,77 @@ for i in $(seq 1 $HOSTS); do start "$i"; done
 for i in $(seq 1 $HOSTS); do wait_for 20 test -f "$WORK/h$i/control.json" || true; done
 
 check "mDNS alone forms the overlay (every host sees all 4 others)" wait_for 30 all_see 4 1 2 3 4 5
-KEY=$(printf 'cd%.0s' $(seq 32))
+# Who is who: each host's peer id and overlay key, so that the records
+# below can be given homes that the kill and the cut then hit.
+for i in $(seq 1 $HOSTS); do
+  status=$(cli "$i" status --json)
+  eval "PEER$i=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["peer_id"])' "$status")"
+  eval "OKEY$i=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["key"])' "$status")"
+done
+# pick_key ORDER...: the first key (sha256 of a counter) whose hosts,
+# closest first by XOR distance, begin with ORDER.
+pick_key() {
+  python3 - "$@" "$OKEY1" "$OKEY2" "$OKEY3" "$OKEY4" "$OKEY5" <<'PY'
+import hashlib, sys
+n = len(sys.argv) - 6
+order, keys = [int(h) for h in sys.argv[1:1 + n]], [int(k, 16) for k in sys.argv[1 + n:]]
+for count in range(100000):
+    key = hashlib.sha256(b"shoal-lan-%d" % count).hexdigest()
+    closest = sorted(range(1, 6), key=lambda h: keys[h - 1] ^ int(key, 16))
+    if closest[:n] == order:
+        print(key)
+        break
+PY
+}
+# KEY's home (its three closest hosts) is hosts 4, 5 and 3: the kill and
+# the cut below take two of its three members, and host 2, which reads it,
+# holds no copy of its own.
+KEY=$(pick_key 4 5 3)
 check "a record put on host 1 is stored at its home" wait_for 10 sh -c "ip netns exec $PREFIX-h1 $SHOAL record put $KEY across-the-lan --data-dir $WORK/h1 | grep -q 'stored at 3'"
-check "host 3 reads it" sh -c "[ \"\$(ip netns exec $PREFIX-h3 $SHOAL record get $KEY --data-dir $WORK/h3)\" = across-the-lan ]"
+check "host 2, outside its home, reads it" sh -c "[ \"\$(ip netns exec $PREFIX-h2 $SHOAL record get $KEY --data-dir $WORK/h2)\" = across-the-lan ]"
 
 kill -9 "$(cat "$WORK/h5.pid")"
 ip -n "$PREFIX-h4" link set shl4 down
-lookups_work() { cli "$1" lookup "$KEY" --json >/dev/null 2>&1; }
-check "after a kill -9 and a cut, lookups still work on host 2" wait_for 30 lookups_work 2
-check "the record survives (read on host 2)" sh -c "[ \"\$(ip netns exec $PREFIX-h2 $SHOAL record get $KEY --data-dir $WORK/h2)\" = across-the-lan ]"
+# A lookup from host 2 names only hosts that answer: not the killed host 5
+# nor the cut host 4, and host 3, the closest live one, first.
+lookup_names_the_live() {
+  local found
+  found=$(cli 2 lookup "$KEY" --json 2>/dev/null) || return 1
+  python3 -c '
+import json, sys
+ids = [p["peer_id"] for p in json.loads(sys.argv[1])["peers"]]
+sys.exit(0 if ids and ids[0] == sys.argv[2] and not set(ids) & set(sys.argv[3:]) else 1)' "$found" "$PEER3" "$PEER4" "$PEER5"
+}
+check "after a kill -9 and a cut, a lookup names the closest live host and leaves out the dead" wait_for 60 lookup_names_the_live
+check "the record survives the loss of two of its three home members (read on host 2)" sh -c "[ \"\$(ip netns exec $PREFIX-h2 $SHOAL record get $KEY --data-dir $WORK/h2)\" = across-the-lan ]"
+# Each survivor, once it has asked host 5 (a lookup of host 5's own key),
+# marks it stale in its table: left out of lookups from then on.
+marks_dead_stale() { # marks_dead_stale HOST
+  cli "$1" lookup "$OKEY5" >/dev/null 2>&1 || true
+  python3 -c '
+import json, sys
+table = {p["peer_id"]: p.get("stale", False) for p in json.loads(sys.argv[1])}
+sys.exit(0 if table.get(sys.argv[2], True) else 1)' "$(cli "$1" peers --json)" "$PEER5"
+}
+for i in 1 2 3; do
+  check "host $i marks the killed host stale" wait_for 60 marks_dead_stale "$i"
+done
+# KEY2 is put while host 4 is cut off, and host 4 is its closest host: the
+# healed host 4 can read it only from the others.
+KEY2=$(pick_key 4)
+check "a record put during the cut is stored" sh -c "ip netns exec $PREFIX-h1 $SHOAL record put $KEY2 put-during-the-cut --data-dir $WORK/h1 | grep -q 'stored at'"
 
 ip -n "$PREFIX-h4" link set shl4 up
 ip -n "$PREFIX-h4" route replace 224.0.0.0/4 dev shl4
-check "the healed host finds the others again and reads the record" wait_for 60 sh -c "[ \"\$(ip netns exec $PREFIX-h4 $SHOAL record get $KEY --data-dir $WORK/h4 2>/dev/null)\" = across-the-lan ]"
+sees_live() { # sees_live HOST PEER_ID...: HOST's table holds each, not stale
+  local host=$1; shift
+  python3 -c '
+import json, sys
+table = {p["peer_id"]: p.get("stale", False) for p in json.loads(sys.argv[1])}
+sys.exit(0 if all(table.get(p) is False for p in sys.argv[2:]) else 1)' "$(cli "$host" peers --json 2>/dev/null || echo '[]')" "$@"
+}
+check "the healed host sees hosts 1-3 live again" wait_for 180 sees_live 4 "$PEER1" "$PEER2" "$PEER3"
+check "the healed host reads the record put while it was cut off" wait_for 60 sh -c "[ \"\$(ip netns exec $PREFIX-h4 $SHOAL record get $KEY2 --data-dir $WORK/h4 2>/dev/null)\" = put-during-the-cut ]"
 start 5
 check "the killed host restarts and rejoins" wait_for 60 all_see 3 5
 

@@ -58,6 +58,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "identity" => (1..=2u8)
             .filter_map(|n| keypair(n).to_protobuf_encoding().ok())
             .collect(),
+        "blob_request" => blob_requests(),
+        "blob_response" => blob_responses(),
         _ => Vec::new(),
     }
 }
@@ -276,4 +278,50 @@ fn offers() -> Vec<Vec<u8>> {
         .iter()
         .map(|(id, size)| handoff::encode_offer(*id, *size).expect("writing into a Vec cannot fail"))
         .collect()
+}
+
+/// Blob request bodies as `files` documents them (it has no public
+/// encoder): `{id: bytes(32), start: u64, end: u64}`.
+fn blob_requests() -> Vec<Vec<u8>> {
+    #[derive(serde::Serialize)]
+    struct BlobRequest {
+        #[serde(with = "serde_bytes")]
+        id: Vec<u8>,
+        start: u64,
+        end: u64,
+    }
+    [(0, 0), (0, 64), (1 << 20, (1 << 20) + 1024)]
+        .iter()
+        .map(|&(start, end)| {
+            let request = BlobRequest {
+                id: Key::of_content(b"blob").to_bytes().to_vec(),
+                start,
+                end,
+            };
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&request, &mut bytes).expect("writing into a Vec cannot fail");
+            bytes
+        })
+        .collect()
+}
+
+/// Blob responses as `files` documents them: status, size, chunks, then an
+/// empty chunk (or the failure mark).
+fn blob_responses() -> Vec<Vec<u8>> {
+    let response = |status: u8, size: u64, chunks: &[&[u8]], end: u32| {
+        let mut bytes = vec![status];
+        bytes.extend_from_slice(&size.to_be_bytes());
+        for chunk in chunks {
+            bytes.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(chunk);
+        }
+        bytes.extend_from_slice(&end.to_be_bytes());
+        bytes
+    };
+    vec![
+        response(0, 5, &[b"hello"], 0),
+        response(0, 1 << 20, &[&[7; 100], &[9; 30]], 0),
+        response(1, 0, &[], 0),
+        response(0, 64, &[&[1; 10]], u32::MAX),
+    ]
 }
