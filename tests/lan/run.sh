@@ -95,61 +95,70 @@ for i in $(seq 1 $HOSTS); do
   eval "PEER$i=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["peer_id"])' "$status")"
   eval "OKEY$i=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["key"])' "$status")"
 done
-# pick_key ORDER...: the first key (sha256 of a counter) whose hosts,
-# closest first by XOR distance, begin with ORDER.
-pick_key() {
-  python3 - "$@" "$OKEY1" "$OKEY2" "$OKEY3" "$OKEY4" "$OKEY5" <<'PY'
+# by_distance [EXCLUDE]: the first key (sha256 of a counter) whose three
+# closest hosts leave out host EXCLUDE (none by default), then every host,
+# closest first by XOR distance. Not every order is possible: XOR distance
+# follows the hosts' keys' shared prefixes.
+by_distance() {
+  python3 - "${1:-0}" "$OKEY1" "$OKEY2" "$OKEY3" "$OKEY4" "$OKEY5" <<'PY'
 import hashlib, sys
-n = len(sys.argv) - 6
-order, keys = [int(h) for h in sys.argv[1:1 + n]], [int(k, 16) for k in sys.argv[1 + n:]]
+exclude, keys = int(sys.argv[1]), [int(k, 16) for k in sys.argv[2:]]
 for count in range(100000):
     key = hashlib.sha256(b"shoal-lan-%d" % count).hexdigest()
-    closest = sorted(range(1, 6), key=lambda h: keys[h - 1] ^ int(key, 16))
-    if closest[:n] == order:
-        print(key)
+    order = sorted(range(1, 6), key=lambda h: keys[h - 1] ^ int(key, 16))
+    if exclude not in order[:3]:
+        print(key, *order)
         break
 PY
 }
-# KEY's home (its three closest hosts) is hosts 4, 5 and 3: the kill and
-# the cut below take two of its three members, and host 2, which reads it,
-# holds no copy of its own.
-KEY=$(pick_key 4 5 3)
-check "a record put on host 1 is stored at its home" wait_for 10 sh -c "ip netns exec $PREFIX-h1 $SHOAL record put $KEY across-the-lan --data-dir $WORK/h1 | grep -q 'stored at 3'"
-check "host 2, outside its home, reads it" sh -c "[ \"\$(ip netns exec $PREFIX-h2 $SHOAL record get $KEY --data-dir $WORK/h2)\" = across-the-lan ]"
+# KEY's home (its three closest hosts) leaves out host 1, which writes it.
+# The kill and the cut take its two closest (DEAD, CUT), leaving one member
+# (LIVE); host READER, outside the home, reads it and holds no copy.
+read -r KEY DEAD CUT LIVE FAR1 FAR2 <<<"$(by_distance 1)"
+READER=$FAR1; [ "$READER" = 1 ] && READER=$FAR2
+[ -n "$KEY" ] || { say "error: no key with a home that leaves out host 1" >&2; exit 1; }
+say "# record $KEY: home $DEAD $CUT $LIVE, read on $READER; host $DEAD is killed, host $CUT cut off"
+peer_of() { eval "echo \$PEER$1"; }
+put_at_home() { cli 1 record put "$KEY" across-the-lan >"$WORK/put.out" 2>&1 && grep -q 'stored at 3' "$WORK/put.out"; }
+check "a record put on host 1 is stored at its home" wait_for 10 put_at_home
+check "host $READER, outside its home, reads it" sh -c "[ \"\$(ip netns exec $PREFIX-h$READER $SHOAL record get $KEY --data-dir $WORK/h$READER)\" = across-the-lan ]"
 
-kill -9 "$(cat "$WORK/h5.pid")"
-ip -n "$PREFIX-h4" link set shl4 down
-# A lookup from host 2 names only hosts that answer: not the killed host 5
-# nor the cut host 4, and host 3, the closest live one, first.
+kill -9 "$(cat "$WORK/h$DEAD.pid")"
+ip -n "$PREFIX-h$CUT" link set "shl$CUT" down
+# A lookup from the reader names only hosts that answer: not the killed
+# host nor the cut one, and the live home member, the closest, first.
 lookup_names_the_live() {
   local found
-  found=$(cli 2 lookup "$KEY" --json 2>/dev/null) || return 1
+  found=$(cli "$READER" lookup "$KEY" --json 2>/dev/null) || return 1
   python3 -c '
 import json, sys
 ids = [p["peer_id"] for p in json.loads(sys.argv[1])["peers"]]
-sys.exit(0 if ids and ids[0] == sys.argv[2] and not set(ids) & set(sys.argv[3:]) else 1)' "$found" "$PEER3" "$PEER4" "$PEER5"
+sys.exit(0 if ids and ids[0] == sys.argv[2] and not set(ids) & set(sys.argv[3:]) else 1)' \
+    "$found" "$(peer_of "$LIVE")" "$(peer_of "$DEAD")" "$(peer_of "$CUT")"
 }
 check "after a kill -9 and a cut, a lookup names the closest live host and leaves out the dead" wait_for 60 lookup_names_the_live
-check "the record survives the loss of two of its three home members (read on host 2)" sh -c "[ \"\$(ip netns exec $PREFIX-h2 $SHOAL record get $KEY --data-dir $WORK/h2)\" = across-the-lan ]"
-# Each survivor, once it has asked host 5 (a lookup of host 5's own key),
-# marks it stale in its table: left out of lookups from then on.
+check "the record survives the loss of two of its three home members (read on host $READER)" sh -c "[ \"\$(ip netns exec $PREFIX-h$READER $SHOAL record get $KEY --data-dir $WORK/h$READER)\" = across-the-lan ]"
+# Each survivor, once it has asked the killed host (a lookup of its own
+# key), marks it stale in its table: left out of lookups from then on.
 marks_dead_stale() { # marks_dead_stale HOST
-  cli "$1" lookup "$OKEY5" >/dev/null 2>&1 || true
+  cli "$1" lookup "$(eval "echo \$OKEY$DEAD")" >/dev/null 2>&1 || true
   python3 -c '
 import json, sys
 table = {p["peer_id"]: p.get("stale", False) for p in json.loads(sys.argv[1])}
-sys.exit(0 if table.get(sys.argv[2], True) else 1)' "$(cli "$1" peers --json)" "$PEER5"
+sys.exit(0 if table.get(sys.argv[2], True) else 1)' "$(cli "$1" peers --json)" "$(peer_of "$DEAD")"
 }
-for i in 1 2 3; do
+for i in $(seq 1 $HOSTS); do
+  [ "$i" = "$DEAD" ] || [ "$i" = "$CUT" ] && continue
   check "host $i marks the killed host stale" wait_for 60 marks_dead_stale "$i"
 done
-# KEY2 is put while host 4 is cut off, and host 4 is its closest host: the
-# healed host 4 can read it only from the others.
-KEY2=$(pick_key 4)
-check "a record put during the cut is stored" sh -c "ip netns exec $PREFIX-h1 $SHOAL record put $KEY2 put-during-the-cut --data-dir $WORK/h1 | grep -q 'stored at'"
+# KEY2 is put while the cut host is cut off, and that host is its closest:
+# healed, it can read it only from the others.
+KEY2=$(eval "echo \$OKEY$CUT")
+WRITER=1; [ "$CUT" = 1 ] && WRITER=$READER
+check "a record put during the cut is stored" sh -c "ip netns exec $PREFIX-h$WRITER $SHOAL record put $KEY2 put-during-the-cut --data-dir $WORK/h$WRITER | grep -q 'stored at'"
 
-ip -n "$PREFIX-h4" link set shl4 up
-ip -n "$PREFIX-h4" route replace 224.0.0.0/4 dev shl4
+ip -n "$PREFIX-h$CUT" link set "shl$CUT" up
+ip -n "$PREFIX-h$CUT" route replace 224.0.0.0/4 dev "shl$CUT"
 sees_live() { # sees_live HOST PEER_ID...: HOST's table holds each, not stale
   local host=$1; shift
   python3 -c '
@@ -157,10 +166,12 @@ import json, sys
 table = {p["peer_id"]: p.get("stale", False) for p in json.loads(sys.argv[1])}
 sys.exit(0 if all(table.get(p) is False for p in sys.argv[2:]) else 1)' "$(cli "$host" peers --json 2>/dev/null || echo '[]')" "$@"
 }
-check "the healed host sees hosts 1-3 live again" wait_for 180 sees_live 4 "$PEER1" "$PEER2" "$PEER3"
-check "the healed host reads the record put while it was cut off" wait_for 60 sh -c "[ \"\$(ip netns exec $PREFIX-h4 $SHOAL record get $KEY2 --data-dir $WORK/h4 2>/dev/null)\" = put-during-the-cut ]"
-start 5
-check "the killed host restarts and rejoins" wait_for 60 all_see 3 5
+others=()
+for i in $(seq 1 $HOSTS); do [ "$i" = "$DEAD" ] || [ "$i" = "$CUT" ] || others+=("$(peer_of "$i")"); done
+check "the healed host sees the other live hosts again" wait_for 180 sees_live "$CUT" "${others[@]}"
+check "the healed host reads the record put while it was cut off" wait_for 60 sh -c "[ \"\$(ip netns exec $PREFIX-h$CUT $SHOAL record get $KEY2 --data-dir $WORK/h$CUT 2>/dev/null)\" = put-during-the-cut ]"
+start "$DEAD"
+check "the killed host restarts and rejoins" wait_for 60 all_see 3 "$DEAD"
 
 # A file shared on host 1 and fetched on host 3 (found through the overlay)
 # and on host 2 (through the ticket), byte-identical.
