@@ -24,7 +24,33 @@ fn shoal(data_dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn up(data_dir: &Path, bootstrap: Option<&str>) -> Child {
+/// A daemon started by [`up`]: killed when dropped, so that a failing test
+/// leaves no peer running behind it.
+struct Daemon(Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn up(data_dir: &Path, bootstrap: Option<&str>) -> Daemon {
     up_with(data_dir, bootstrap, &[])
 }
 
@@ -33,7 +59,7 @@ fn log_of(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
 }
 
-fn up_with(data_dir: &Path, bootstrap: Option<&str>, extra: &[&str]) -> Child {
+fn up_with(data_dir: &Path, bootstrap: Option<&str>, extra: &[&str]) -> Daemon {
     let mut command = Command::new(SHOAL);
     command
         .args(["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
@@ -43,7 +69,7 @@ fn up_with(data_dir: &Path, bootstrap: Option<&str>, extra: &[&str]) -> Child {
         command.args(["--bootstrap", addr]);
     }
     let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
-    let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let child = Daemon(command.stdout(Stdio::null()).stderr(log).spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     while !data_dir.join("control.json").exists() {
         assert!(Instant::now() < deadline, "shoal up never wrote control.json");
@@ -123,7 +149,7 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn stop(mut child: Child, data_dir: &Path) {
+fn stop(mut child: Daemon, data_dir: &Path) {
     let _ = shoal(data_dir, &["down"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
@@ -523,13 +549,15 @@ fn two_daemons_started_at_once_on_one_data_directory_leave_one_running() {
     )
     .unwrap();
     let start = |n: usize| {
-        Command::new(SHOAL)
-            .args(["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
-            .arg(&d)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.with_extension(format!("log{n}"))).unwrap())
-            .spawn()
-            .unwrap()
+        Daemon(
+            Command::new(SHOAL)
+                .args(["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+                .arg(&d)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.with_extension(format!("log{n}"))).unwrap())
+                .spawn()
+                .unwrap(),
+        )
     };
     let mut daemons = [start(0), start(1)];
     let deadline = Instant::now() + Duration::from_secs(30);
