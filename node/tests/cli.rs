@@ -731,16 +731,17 @@ fn sigterm_stops_a_peer_after_it_handed_its_pinned_copies_on() {
     let owner = up(&a, None);
     let status = json(&shoal(&a, &["status", "--json"]));
     let addr = status["listening"][0].as_str().unwrap().to_string();
-    let mut leaving = up(&b, Some(&addr));
-    let heir = up(&c, Some(&addr));
+    let others = [up(&b, Some(&addr)), up(&c, Some(&addr))];
     let key_of = |d: &Path| {
         let status = json(&shoal(d, &["status", "--json"]));
         status["key"].as_str().unwrap().parse::<shoal_overlay::Key>().unwrap()
     };
     let keys = [key_of(&a), key_of(&b), key_of(&c)];
-    // A file whose home, nearest first, is b, c, a: pinned with one
-    // replica, b keeps it; when b leaves, c is the home.
-    let (bytes, id) = (0u64..)
+    // A file whose home, nearest first, is b and c in some order, then a
+    // (XOR distance allows only some orders; a farthest is always one):
+    // pinned with one replica, the nearer keeps it; when it leaves, the
+    // other is the home.
+    let (bytes, id) = (0u64..10_000)
         .map(|seed| {
             let bytes = noise(300_000, seed);
             let id = shoal_overlay::Key::of_content(&bytes);
@@ -748,9 +749,20 @@ fn sigterm_stops_a_peer_after_it_handed_its_pinned_copies_on() {
         })
         .find(|(_, id)| {
             let d = keys.map(|k| k.distance(id));
-            d[1] < d[2] && d[2] < d[0]
+            d[0] > d[1] && d[0] > d[2]
         })
-        .unwrap();
+        .expect("a file whose home leaves out a");
+    let keeper = if keys[1].distance(&id) < keys[2].distance(&id) {
+        0
+    } else {
+        1
+    };
+    let [first, second] = others;
+    let (mut leaving, heir, kept_on, heir_on) = if keeper == 0 {
+        (first, second, b.clone(), c.clone())
+    } else {
+        (second, first, c.clone(), b.clone())
+    };
     let source = a.join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
     json(&shoal(&a, &["share", source.to_str().unwrap(), "--json"]));
@@ -768,23 +780,23 @@ fn sigterm_stops_a_peer_after_it_handed_its_pinned_copies_on() {
             .any(|blob| blob["id"].as_str() == Some(&id.to_string()) && blob["pinned"] == true)
     };
     let deadline = Instant::now() + Duration::from_secs(90);
-    while !pinned_on(&b) {
-        assert!(Instant::now() < deadline, "b never kept its pinned copy");
+    while !pinned_on(&kept_on) {
+        assert!(Instant::now() < deadline, "the nearest peer never kept its pinned copy");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!pinned_on(&c), "c is not in the home yet");
-    // SIGTERM: b hands its copy to c, then exits cleanly; c holds it the
-    // moment b is gone.
+    assert!(!pinned_on(&heir_on), "the heir is not in the home yet");
+    // SIGTERM: the keeper hands its copy to the heir, then exits cleanly;
+    // the heir holds it the moment the keeper is gone.
     signal(leaving.id(), "TERM");
     let exit = exit_of(&mut leaving);
-    assert!(exit.success(), "{exit:?}: {}", log_of(&b));
+    assert!(exit.success(), "{exit:?}: {}", log_of(&kept_on));
     assert!(
-        log_of(&b).contains("handed 1 pinned copies on (0 offers failed)"),
+        log_of(&kept_on).contains("handed 1 pinned copies on (0 offers failed)"),
         "{}",
-        log_of(&b)
+        log_of(&kept_on)
     );
-    assert!(pinned_on(&c), "c holds the copy b handed on");
-    stop(heir, &c);
+    assert!(pinned_on(&heir_on), "the heir holds the copy handed on");
+    stop(heir, &heir_on);
     stop(owner, &a);
 }
 
