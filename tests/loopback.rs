@@ -194,12 +194,13 @@ async fn records_outlive_their_crashed_home_through_repair() {
         }
         clients.push(Some(start(config).await.unwrap()));
     }
-    // Every table holds every other peer before the put, so that the put
-    // reaches the true home.
+    // Every table holds most of the swarm before the put (a table need not
+    // hold everyone: a peer learns others only as lookups bring them), so
+    // that the put's lookup reaches the true home.
     let all: Vec<&Client> = clients.iter().flatten().collect();
-    eventually("every table is complete", || async {
+    eventually("every table holds most of the swarm", || async {
         for c in &all {
-            if c.peers().await.unwrap().len() < all.len() - 1 {
+            if c.peers().await.unwrap().len() < all.len() / 2 {
                 return false;
             }
         }

