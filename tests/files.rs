@@ -880,3 +880,40 @@ async fn a_download_starts_from_the_provider_that_answers_not_after_one_across_a
         fetcher.blobs().remove(&info.id).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_four_imports_run_at_once_and_the_rest_wait_their_turn() {
+    const FILES: usize = 6;
+    const SIZE: u64 = 256 << 20;
+    let peers = swarm("imports", 1).await;
+    let node = peers[0].clone();
+    // Sparse files: each takes a while to read and hash, and no disk.
+    let mut shares = Vec::new();
+    for i in 0..FILES {
+        let path = data_dir_existing("imports", 0).join(format!("big-{i}"));
+        let mut file = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut file, format!("file {i}").as_bytes()).unwrap();
+        file.set_len(SIZE).unwrap();
+        let progress = Arc::new(Progress::default());
+        let node = node.clone();
+        let counted = progress.clone();
+        let task = tokio::spawn(async move { node.share_counted(path, Import::InPlace, counted).await });
+        shares.push((progress, task));
+    }
+    // An import is running once it has read something and until it ends.
+    let mut most = 0;
+    while shares.iter().any(|(_, task)| !task.is_finished()) {
+        let running = shares
+            .iter()
+            .filter(|(p, task)| p.verified.load(std::sync::atomic::Ordering::Relaxed) > 0 && !task.is_finished())
+            .count();
+        most = most.max(running);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for (_, task) in shares {
+        let (info, _) = task.await.unwrap().unwrap();
+        assert_eq!(info.size, SIZE);
+    }
+    assert!(most <= 4, "{most} imports ran at once");
+    assert_eq!(most, 4, "four imports ran side by side");
+}
