@@ -283,16 +283,7 @@ fn share_get_and_a_download_that_resumes_after_kill_9() {
     let a = dir("share-a");
     let b = dir("share-b");
     std::fs::create_dir_all(&a).unwrap();
-    // 96 MiB of pseudo-random bytes.
-    let mut state = 7u64;
-    let bytes: Vec<u8> = (0..96 * 1024 * 1024)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as u8
-        })
-        .collect();
+    let bytes = noise(96 * 1024 * 1024, 7);
     let source = a.join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
     let id = shoal_overlay::Key::of_content(&bytes).to_string();
