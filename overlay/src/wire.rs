@@ -497,3 +497,262 @@ mod hostile {
         assert!(decode_request::<u32>(&deep).is_err());
     }
 }
+
+/// Every bound holds exactly at its limit and refuses one past it, in every
+/// message that carries the bounded field.
+#[cfg(test)]
+mod bounds {
+    use super::*;
+    use crate::{Instant, Rng};
+
+    fn provider(rng: &mut Rng, publisher: usize, signature: usize) -> ProviderRecord<u32> {
+        ProviderRecord {
+            key: rng.key(),
+            provider: PeerInfo::new(rng.key(), 7),
+            expires: Instant::from_micros(5),
+            publisher: vec![3; publisher],
+            signature: vec![4; signature],
+            declined: false,
+            issued: Instant::ZERO,
+        }
+    }
+
+    fn value(rng: &mut Rng, len: usize, publisher: usize, signature: usize) -> ValueRecord {
+        ValueRecord {
+            key: rng.key(),
+            value: vec![1; len],
+            seq: 1,
+            expires: Instant::from_micros(9),
+            publisher: vec![1; publisher],
+            signature: vec![2; signature],
+        }
+    }
+
+    fn request_ok(request: Request<u32>) -> bool {
+        let bytes = encode_request(Mode::Server, &request).unwrap();
+        match decode_request::<u32>(&bytes) {
+            Ok((_, decoded)) => {
+                assert_eq!(decoded, request);
+                true
+            }
+            Err(DecodeError::OutOfBounds(_)) => false,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    fn response_ok(response: Response<u32>) -> bool {
+        let bytes = encode_response(&response).unwrap();
+        match decode_response::<u32>(&bytes) {
+            Ok(decoded) => {
+                assert_eq!(decoded, response);
+                true
+            }
+            Err(DecodeError::OutOfBounds(_)) => false,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn a_value_may_be_exactly_max_value_bytes() {
+        let mut rng = Rng::seed_from_u64(1);
+        assert!(request_ok(Request::PutValue {
+            record: value(&mut rng, MAX_VALUE_BYTES, 32, 64)
+        }));
+        assert!(!request_ok(Request::PutValue {
+            record: value(&mut rng, MAX_VALUE_BYTES + 1, 32, 64)
+        }));
+        assert!(response_ok(Response::Value {
+            record: Some(value(&mut rng, MAX_VALUE_BYTES, 32, 64)),
+            closer: vec![],
+        }));
+        assert!(!response_ok(Response::Value {
+            record: Some(value(&mut rng, MAX_VALUE_BYTES + 1, 32, 64)),
+            closer: vec![],
+        }));
+    }
+
+    #[test]
+    fn credentials_are_bounded_in_every_message_that_carries_them() {
+        let mut rng = Rng::seed_from_u64(2);
+        let max = MAX_CREDENTIAL_BYTES;
+        // (publisher, signature, accepted): each field alone can break the bound.
+        for (publisher, signature, accepted) in [(max, max, true), (max + 1, 1, false), (1, max + 1, false)] {
+            let label = format!("publisher {publisher}, signature {signature}");
+            let p = provider(&mut rng, publisher, signature);
+            assert_eq!(
+                request_ok(Request::AddProvider { record: p.clone() }),
+                accepted,
+                "AddProvider, {label}"
+            );
+            let batch = vec![provider(&mut rng, 1, 1), p.clone()];
+            assert_eq!(
+                request_ok(Request::AddProviders { records: batch }),
+                accepted,
+                "AddProviders, {label}"
+            );
+            let v = value(&mut rng, 3, publisher, signature);
+            assert_eq!(
+                request_ok(Request::PutValue { record: v.clone() }),
+                accepted,
+                "PutValue, {label}"
+            );
+            let providers = vec![provider(&mut rng, 1, 1), p];
+            assert_eq!(
+                response_ok(Response::Providers {
+                    providers,
+                    closer: vec![]
+                }),
+                accepted,
+                "Providers, {label}"
+            );
+            assert_eq!(
+                response_ok(Response::Value {
+                    record: Some(v),
+                    closer: vec![]
+                }),
+                accepted,
+                "Value, {label}"
+            );
+        }
+    }
+
+    #[test]
+    fn lists_may_be_exactly_their_limit() {
+        let mut rng = Rng::seed_from_u64(3);
+        let peers = |rng: &mut Rng, n: usize| -> Vec<PeerInfo<u32>> {
+            (0..n as u32).map(|i| PeerInfo::new(rng.key(), i)).collect()
+        };
+        for (n, accepted) in [(MAX_PEERS_PER_MESSAGE, true), (MAX_PEERS_PER_MESSAGE + 1, false)] {
+            assert_eq!(
+                response_ok(Response::Nodes {
+                    closer: peers(&mut rng, n)
+                }),
+                accepted,
+                "Nodes, {n}"
+            );
+            assert_eq!(
+                response_ok(Response::Value {
+                    record: None,
+                    closer: peers(&mut rng, n)
+                }),
+                accepted,
+                "Value, {n} peers"
+            );
+            assert_eq!(
+                response_ok(Response::Providers {
+                    providers: vec![],
+                    closer: peers(&mut rng, n)
+                }),
+                accepted,
+                "Providers, {n} peers"
+            );
+        }
+        for (n, accepted) in [
+            (MAX_PROVIDERS_PER_MESSAGE, true),
+            (MAX_PROVIDERS_PER_MESSAGE + 1, false),
+        ] {
+            let providers = (0..n).map(|_| provider(&mut rng, 32, 64)).collect();
+            assert_eq!(
+                response_ok(Response::Providers {
+                    providers,
+                    closer: vec![]
+                }),
+                accepted,
+                "{n} providers"
+            );
+        }
+        for (n, accepted) in [(MAX_BATCH_RECORDS, true), (MAX_BATCH_RECORDS + 1, false)] {
+            let refused = (0..n as u32).collect();
+            assert_eq!(response_ok(Response::StoredBatch { refused }), accepted, "{n} refusals");
+        }
+        assert!(!request_ok(Request::AddProviders { records: vec![] }), "an empty batch");
+        assert!(request_ok(Request::AddProviders {
+            records: vec![provider(&mut rng, 32, 64)]
+        }));
+    }
+
+    #[test]
+    fn a_batch_may_hold_exactly_max_batch_records() {
+        let mut rng = Rng::seed_from_u64(4);
+        let records: Vec<_> = (0..MAX_BATCH_RECORDS + 1).map(|_| provider(&mut rng, 0, 0)).collect();
+        assert!(request_ok(Request::AddProviders {
+            records: records[..MAX_BATCH_RECORDS].to_vec()
+        }));
+        assert!(!request_ok(Request::AddProviders { records }));
+    }
+
+    /// An AddProviders request of exactly `target` encoded bytes: whole
+    /// records first, then credentials lengthened a byte at a time (a byte
+    /// string of 24..=255 bytes has a two-byte header, so each added byte adds
+    /// exactly one).
+    fn batch_of_exactly(rng: &mut Rng, target: usize) -> Request<u32> {
+        let len = |records: &Vec<ProviderRecord<u32>>| {
+            encode_request(
+                Mode::Server,
+                &Request::AddProviders {
+                    records: records.clone(),
+                },
+            )
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX)
+        };
+        let mut records = Vec::new();
+        loop {
+            records.push(provider(rng, 24, 24));
+            if len(&records) > target {
+                records.pop();
+                break;
+            }
+        }
+        let mut deficit = target - len(&records);
+        for record in records.iter_mut().rev() {
+            for field in [&mut record.publisher, &mut record.signature] {
+                let grow = deficit.min(255 - field.len());
+                field.resize(field.len() + grow, 5);
+                deficit -= grow;
+            }
+        }
+        assert_eq!(deficit, 0);
+        let request = Request::AddProviders { records };
+        assert_eq!(encode_request(Mode::Server, &request).unwrap().len(), target);
+        request
+    }
+
+    #[test]
+    fn a_message_may_be_exactly_max_message_bytes() {
+        let mut rng = Rng::seed_from_u64(5);
+        let request = batch_of_exactly(&mut rng, MAX_MESSAGE_BYTES);
+        let bytes = encode_request(Mode::Server, &request).unwrap();
+        assert_eq!(decode_request::<u32>(&bytes).unwrap().1, request);
+
+        // One byte more: the encoder refuses it, and so does the decoder when
+        // another implementation sends it.
+        let Request::AddProviders { mut records } = request else {
+            unreachable!()
+        };
+        let short = records.iter_mut().find(|r| r.publisher.len() < 255).unwrap();
+        short.publisher.push(5);
+        let request = Request::AddProviders { records };
+        assert!(matches!(
+            encode_request(Mode::Server, &request),
+            Err(EncodeError::TooLarge { bytes }) if bytes == MAX_MESSAGE_BYTES + 1
+        ));
+        let mut raw = Vec::new();
+        ciborium::into_writer(
+            &OutRequest {
+                version: WIRE_VERSION,
+                mode: Mode::Server,
+                request: &request,
+            },
+            &mut raw,
+        )
+        .unwrap();
+        assert_eq!(raw.len(), MAX_MESSAGE_BYTES + 1);
+        assert_eq!(
+            decode_request::<u32>(&raw),
+            Err(DecodeError::TooLarge {
+                bytes: MAX_MESSAGE_BYTES + 1
+            })
+        );
+    }
+}
