@@ -380,9 +380,10 @@ async fn two_downloads_of_one_blob_at_once_both_end_with_the_file() {
     );
 }
 
-/// `n` peers with short overlay and pin-duty intervals; peer 0 shares and
-/// pins (3 replicas) a 1 MiB file; returns once the blob's home holds it.
-async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8]) -> (Vec<Option<Client>>, BlobInfo) {
+/// `n` peers with short overlay and pin-duty intervals; peer 0 shares (as
+/// `import` says) and pins (3 replicas) `bytes` from its data directory's
+/// `source.bin`; returns once the blob's home holds it.
+async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8], import: Import) -> (Vec<Option<Client>>, BlobInfo) {
     let mut overlay = shoal::overlay::Config::new(shoal::node::identity::verifier());
     overlay.request_timeout = Duration::from_millis(500);
     overlay.maintenance_interval = Duration::from_millis(500);
@@ -411,7 +412,7 @@ async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8]) -> (Vec<Option<Client>>
     let source = data_dir_existing(tag, 0).join("source.bin");
     std::fs::write(&source, bytes).unwrap();
     let owner = peers[0].as_ref().unwrap().clone();
-    let (info, _) = owner.share(source, Import::Copy).await.unwrap();
+    let (info, _) = owner.share(source, import).await.unwrap();
     assert!(
         owner.pin(info.id, 9).await.is_err(),
         "more replicas than homes hold records"
@@ -470,7 +471,7 @@ fn home(peers: &[Option<Client>], id: &shoal::overlay::Key) -> Vec<bool> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_peer_that_pinned_a_blob_can_change_its_pin_and_others_are_told_so() {
-    let (peers, info) = pinned_swarm("conflict", 4, &content(100_000, 5)).await;
+    let (peers, info) = pinned_swarm("conflict", 4, &content(100_000, 5), Import::Copy).await;
     let other = peers[2].as_ref().unwrap();
     for attempt in [other.pin(info.id, 2).await, other.unpin(info.id).await] {
         let error = attempt.unwrap_err().to_string();
@@ -483,7 +484,7 @@ async fn only_the_peer_that_pinned_a_blob_can_change_its_pin_and_others_are_told
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_home_member_hands_its_copy_on_first() {
     let bytes = content(1024 * 1024 + 3, 31);
-    let (mut peers, info) = pinned_swarm("handoff", 7, &bytes).await;
+    let (mut peers, info) = pinned_swarm("handoff", 7, &bytes, Import::Copy).await;
     let mut by_distance: Vec<usize> = (0..peers.len()).collect();
     by_distance.sort_by_key(|i| peers[*i].as_ref().unwrap().key().distance(&info.id));
     if by_distance[3] == 0 {
@@ -510,7 +511,7 @@ async fn a_leaving_home_member_hands_its_copy_on_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
     let bytes = content(1024 * 1024 + 7, 30);
-    let (mut peers, info) = pinned_swarm("pin", 7, &bytes).await;
+    let (mut peers, info) = pinned_swarm("pin", 7, &bytes, Import::Copy).await;
 
     // Crash the original provider and one home member that is not it.
     let mut by_distance: Vec<usize> = (1..peers.len()).collect();
@@ -916,4 +917,151 @@ async fn at_most_four_imports_run_at_once_and_the_rest_wait_their_turn() {
     }
     assert!(most <= 4, "{most} imports ran at once");
     assert_eq!(most, 4, "four imports ran side by side");
+}
+
+/// The decline life cycle: a home member without room declines; once room
+/// frees up (the file it kept is unpinned) it stops declining, its decline
+/// record lapses at the home (at twice the republish interval: 6 s here),
+/// the home counts it in again, and it fetches and keeps the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_declined_for_lack_of_room_keeps_the_copy_once_it_has_room() {
+    let tag = "undecline";
+    let later = content(1024 * 1024 + 13, 40);
+    let later_id = Key::of_content(&later);
+    let mut overlay = shoal::overlay::Config::new(shoal::node::identity::verifier());
+    overlay.request_timeout = Duration::from_millis(500);
+    overlay.maintenance_interval = Duration::from_millis(500);
+    overlay.replicate_interval = Duration::from_secs(1);
+    overlay.republish_interval = Duration::from_secs(3);
+    let config = |i: usize, bootstrap: Vec<shoal::node::Multiaddr>, quota: Option<u64>| {
+        let mut config = NodeConfig::new(data_dir_existing(tag, i));
+        config.mdns = false;
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.overlay = Some(overlay.clone());
+        config.pin_check = Duration::from_millis(300);
+        config.bootstrap = bootstrap;
+        config.quota = quota;
+        config
+    };
+    let mut peers: Vec<Client> = Vec::new();
+    for i in 0..6 {
+        let _ = std::fs::remove_dir_all(data_dir_existing(tag, i));
+        let bootstrap = match peers.first() {
+            Some(first) => first.ready().await.unwrap(),
+            None => Vec::new(),
+        };
+        peers.push(start(config(i, bootstrap, None)).await.unwrap());
+    }
+    // The peer nearest the later file restarts with room for one such file.
+    let small = (1..6).min_by_key(|i| peers[*i].key().distance(&later_id)).unwrap();
+    let first = peers[0].clone();
+    let old = std::mem::replace(&mut peers[small], first);
+    old.leave().await.unwrap();
+    drop(old);
+    let bootstrap = peers[0].ready().await.unwrap();
+    peers[small] = start(config(small, bootstrap, Some(1536 * 1024))).await.unwrap();
+    let restarted = peers[small].peer_id();
+    until("the restarted peer and the others know each other", || async {
+        for p in &peers {
+            let table = p.peers().await.unwrap();
+            let knows = p.peer_id() == restarted || table.iter().any(|e| e.addr.peer == restarted);
+            if !knows || table.len() < 5 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // A first file whose home holds the small peer too (one seed in two).
+    let in_home = |id: &Key| {
+        let mut order: Vec<usize> = (0..6).collect();
+        order.sort_by_key(|i| peers[*i].key().distance(id));
+        order[..3].contains(&small)
+    };
+    let first = (41..=u8::MAX)
+        .map(|seed| content(1024 * 1024 + 17, seed))
+        .find(|bytes| in_home(&Key::of_content(bytes)))
+        .unwrap();
+    let share = |name: &str, bytes: &[u8]| {
+        let source = data_dir_existing(tag, 0).join(name);
+        std::fs::write(&source, bytes).unwrap();
+        peers[0].share(source, Import::Copy)
+    };
+    let (first, _) = share("first.bin", &first).await.unwrap();
+    assert!(peers[0].pin(first.id, 3).await.unwrap() >= 2);
+    let small_peer = peers[small].clone();
+    let kept = eventually(|| small_peer.blobs().is_pinned(&first.id)).await;
+    assert!(kept, "the small peer keeps the first file for its home");
+
+    // The later file does not fit beside it: the small peer declines it.
+    let (info, _) = share("later.bin", &later).await.unwrap();
+    assert!(peers[0].pin(info.id, 3).await.unwrap() >= 2);
+    until("the small peer declines the later file", || async {
+        small_peer.declining().await.unwrap().contains(&info.id)
+    })
+    .await;
+    assert!(!small_peer.blobs().contains(&info.id));
+
+    // Unpinned, the first file may be dropped: the later one would fit, so
+    // the small peer stops declining it, the decline lapses, and it fetches
+    // and keeps its copy.
+    assert!(peers[0].unpin(first.id).await.unwrap() > 0);
+    until("the small peer stops declining", || async {
+        !small_peer.declining().await.unwrap().contains(&info.id)
+    })
+    .await;
+    let took = eventually(|| small_peer.blobs().is_pinned(&info.id)).await;
+    if !took {
+        for (i, c) in peers.iter().enumerate() {
+            eprintln!(
+                "peer {i}: holds {} pinned {} pins {:?} decliners {:?}",
+                c.blobs().contains(&info.id),
+                c.blobs().is_pinned(&info.id),
+                c.pins().await.unwrap(),
+                c.decliners(info.id).await.unwrap()
+            );
+        }
+    }
+    assert!(took, "the peer with room again keeps the copy for the home");
+    // No home member still counts it out.
+    until("the decline lapsed everywhere", || async {
+        for p in &peers {
+            if p.decliners(info.id).await.unwrap().contains(&small_peer.key()) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+/// A home member whose copy is a file shared in place that was then edited
+/// holds no servable copy any more: its pin duty fetches the blob into its
+/// store (verified, from the rest of the home) and keeps that, leaving the
+/// edited file as the user left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_member_whose_in_place_copy_was_edited_fetches_the_blob_again() {
+    let tag = "refetch";
+    let bytes = content(1024 * 1024 + 5, 33);
+    // Three peers, three replicas: the sharer is a home member.
+    let (peers, info) = pinned_swarm(tag, 3, &bytes, Import::InPlace).await;
+    let owner = peers[0].as_ref().unwrap().clone();
+    let source = data_dir_existing(tag, 0).join("source.bin");
+    assert!(!stored(tag, 0, &info.id).exists(), "served in place, not copied");
+    let edited = content(bytes.len(), 34);
+    std::fs::write(&source, &edited).unwrap();
+    until("the owner holds a store copy again", || async {
+        stored(tag, 0, &info.id).exists() && owner.blobs().contains(&info.id) && owner.blobs().is_pinned(&info.id)
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(stored(tag, 0, &info.id)).unwrap(),
+        bytes,
+        "the store copy is the blob"
+    );
+    assert_eq!(
+        std::fs::read(&source).unwrap(),
+        edited,
+        "the user's file is left as edited"
+    );
 }
