@@ -431,4 +431,112 @@ mod tests {
         assert_eq!(result[0], near);
         assert_eq!(hops, 2);
     }
+
+    fn peers_around(rng: &mut Rng, target: &Key, n: u32) -> Vec<PeerInfo<u32>> {
+        (0..n)
+            .map(|i| PeerInfo::new(target.random_in_bucket(10 + (i as usize % 100), &rng.key()), i))
+            .collect()
+    }
+
+    #[test]
+    fn disjoint_paths_are_at_most_alpha_and_at_least_one() {
+        let mut rng = Rng::seed_from_u64(20);
+        let target = rng.key();
+        let seeds = peers_around(&mut rng, &target, 6);
+        for (asked, alpha, expected) in [(1, 3, 1), (2, 3, 2), (3, 3, 3), (5, 3, 3), (0, 3, 1), (4, 1, 1)] {
+            let lookup = Lookup::new(target, seeds.clone(), 20, alpha, asked);
+            assert_eq!(lookup.path_count(), expected, "{asked} paths asked with alpha {alpha}");
+        }
+    }
+
+    #[test]
+    fn a_path_keeps_exactly_its_capacity_of_closest_candidates() {
+        let mut rng = Rng::seed_from_u64(21);
+        let target = rng.key();
+        let peers = peers_around(&mut rng, &target, 100);
+        let lookup = Lookup::new(target, peers.clone(), 20, 3, 1);
+        let capacity = 3 * 20;
+        let mut closest = peers;
+        closest.sort_by_key(|p| p.key.distance(&target));
+        closest.truncate(capacity);
+        let kept: Vec<PeerInfo<u32>> = lookup.paths[0].candidates.iter().map(|c| c.peer.clone()).collect();
+        assert_eq!(kept, closest);
+        // A small k still keeps 16.
+        let lookup = Lookup::new(target, closest.clone(), 2, 1, 1);
+        assert_eq!(lookup.paths[0].candidates.len(), 16);
+    }
+
+    #[test]
+    fn after_alpha_answers_without_progress_the_path_asks_its_k_closest_at_once() {
+        let mut rng = Rng::seed_from_u64(22);
+        let target = rng.key();
+        let seeds = peers_around(&mut rng, &target, 10);
+        let (k, alpha) = (8, 3);
+        let mut lookup = Lookup::new(target, seeds, k, alpha, 1);
+        let mut asked = Vec::new();
+        while let Some((path, peer)) = lookup.next_query() {
+            asked.push((path, peer));
+        }
+        assert_eq!(asked.len(), alpha, "alpha requests in flight at first");
+        // Answers that bring nothing closer, one less than alpha: still alpha.
+        for (path, peer) in asked.drain(..alpha - 1) {
+            lookup.on_success(path, &peer.key, vec![]);
+        }
+        let mut more = Vec::new();
+        while let Some(next) = lookup.next_query() {
+            more.push(next);
+        }
+        assert_eq!(more.len(), alpha - 1, "refilled to alpha in flight");
+        // The alpha-th answer without progress: the final round asks every
+        // one of the k closest left (k of them are live, alpha - 1 answered).
+        let (path, peer) = asked.pop().unwrap();
+        lookup.on_success(path, &peer.key, vec![]);
+        let mut last = 0;
+        while lookup.next_query().is_some() {
+            last += 1;
+        }
+        assert_eq!(last, k - alpha - (alpha - 1), "the rest of the k closest at once");
+    }
+
+    #[test]
+    fn progress_resets_the_count_of_answers_without_it() {
+        let mut rng = Rng::seed_from_u64(23);
+        let target = rng.key();
+        let seeds: Vec<PeerInfo<u32>> = (0..10)
+            .map(|i| PeerInfo::new(target.random_in_bucket(5 + i, &rng.key()), i as u32))
+            .collect();
+        let mut lookup = Lookup::new(target, seeds, 8, 2, 1);
+        let (p, a) = lookup.next_query().unwrap();
+        let (_, b) = lookup.next_query().unwrap();
+        lookup.on_success(p, &a.key, vec![]);
+        // b brings a closer peer: progress, so the count starts again.
+        let nearer = PeerInfo::new(target.random_in_bucket(200, &rng.key()), 99);
+        lookup.on_success(p, &b.key, vec![nearer]);
+        assert_eq!(lookup.paths[0].without_progress, 0);
+        let (_, c) = lookup.next_query().unwrap();
+        lookup.on_success(p, &c.key, vec![]);
+        assert_eq!(lookup.paths[0].without_progress, 1);
+    }
+
+    #[test]
+    fn a_failure_after_an_answer_or_after_giving_up_changes_nothing_that_came_before() {
+        let mut rng = Rng::seed_from_u64(24);
+        let target = rng.key();
+        let seeds = peers_around(&mut rng, &target, 2);
+        let mut lookup = Lookup::new(target, seeds.clone(), 20, 1, 1);
+        // An answer, then a stray failure report for the same request: the
+        // answer stands.
+        let (p, first) = lookup.next_query().unwrap();
+        lookup.on_success(p, &first.key, vec![]);
+        lookup.on_failure(p, &first.key, 1);
+        // The second peer stalls twice (given up on), then its second attempt
+        // fails for good: a late answer no longer counts.
+        let (q, second) = lookup.next_query().unwrap();
+        assert!(lookup.on_stall(q, &second.key));
+        assert!(!lookup.on_stall(q, &second.key));
+        lookup.on_failure(q, &second.key, 2);
+        lookup.on_success(q, &second.key, vec![]);
+        assert!(lookup.is_finished());
+        assert_eq!(lookup.result(20).0, vec![first]);
+    }
 }
