@@ -539,4 +539,65 @@ mod tests {
         assert!(lookup.is_finished());
         assert_eq!(lookup.result(20).0, vec![first]);
     }
+
+    #[test]
+    fn a_peer_another_path_already_asked_leaves_nothing_to_wait_for() {
+        let mut rng = Rng::seed_from_u64(25);
+        let target = rng.key();
+        let seeds = peers_around(&mut rng, &target, 2);
+        let mut lookup = Lookup::new(target, seeds, 20, 2, 2);
+        let (p0, a) = lookup.next_query().unwrap();
+        let (p1, b) = lookup.next_query().unwrap();
+        assert_ne!(p0, p1, "one seed per path");
+        lookup.on_success(p0, &a.key, vec![]);
+        // Path 1 learns of a, which path 0 asked: it will not ask it again,
+        // so the lookup is over without another round of next_query.
+        lookup.on_success(p1, &b.key, vec![a.clone()]);
+        assert!(lookup.is_finished());
+        assert!(lookup.next_query().is_none());
+    }
+
+    #[test]
+    fn attempts_count_the_requests_sent_to_each_peer() {
+        let mut rng = Rng::seed_from_u64(26);
+        let target = rng.key();
+        let seeds = peers_around(&mut rng, &target, 2);
+        let mut lookup = Lookup::new(target, seeds.clone(), 20, 1, 1);
+        assert_eq!(lookup.attempts(0, &seeds[0].key), 0, "not asked yet");
+        let (p, peer) = lookup.next_query().unwrap();
+        assert_eq!(lookup.attempts(p, &peer.key), 1);
+        assert!(lookup.on_stall(p, &peer.key));
+        assert_eq!(lookup.attempts(p, &peer.key), 2, "the retry");
+        assert_eq!(lookup.attempts(p, &rng.key()), 0, "a peer the lookup does not know");
+        assert_eq!(lookup.attempts(7, &peer.key), 0, "a path that does not exist");
+    }
+
+    #[test]
+    fn a_request_in_flight_keeps_the_lookup_open_even_when_the_k_closest_answered() {
+        let mut rng = Rng::seed_from_u64(27);
+        let target = rng.key();
+        // k = 2, alpha = 2: both seeds asked; the first answers with two
+        // closer peers, which are asked and answer; the second seed is
+        // still out.
+        let seeds: Vec<PeerInfo<u32>> = (0..2)
+            .map(|i| PeerInfo::new(target.random_in_bucket(i, &rng.key()), i as u32))
+            .collect();
+        let mut near: Vec<PeerInfo<u32>> = (0..2)
+            .map(|i| PeerInfo::new(target.random_in_bucket(100 + i, &rng.key()), 10 + i as u32))
+            .collect();
+        near.sort_by_key(|p| p.key.distance(&target));
+        let mut lookup = Lookup::new(target, seeds, 2, 2, 1);
+        let asked: Vec<_> = std::iter::from_fn(|| lookup.next_query()).collect();
+        assert_eq!(asked.len(), 2);
+        lookup.on_success(asked[0].0, &asked[0].1.key, near.clone());
+        while let Some((path, peer)) = lookup.next_query() {
+            lookup.on_success(path, &peer.key, vec![]);
+        }
+        assert_eq!(lookup.result(2).0, near, "the k closest answered");
+        assert!(!lookup.is_finished(), "a request is still in flight");
+        let (path, last) = &asked[1];
+        lookup.on_success(*path, &last.key, vec![]);
+        assert!(lookup.is_finished());
+        assert_eq!(lookup.answered(2), near, "the peers to store at");
+    }
 }
