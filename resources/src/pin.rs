@@ -194,4 +194,53 @@ mod tests {
         unpinned.pin.replicas = 0;
         assert_eq!(duties(&[unpinned]), vec![Action::Release(unpinned.id)]);
     }
+
+    #[test]
+    fn a_pin_outlives_its_pinner_by_a_year() {
+        assert_eq!(PIN_LIFETIME, std::time::Duration::from_secs(365 * 86_400));
+    }
+
+    #[test]
+    fn a_pin_value_is_at_most_64_bytes_after_its_magic() {
+        let pin = Pin { replicas: 2, size: 7 };
+        let padded = |len: usize| {
+            let mut value = pin.encode();
+            value.resize(MAGIC.len() + len, 0);
+            value
+        };
+        assert_eq!(Pin::decode(&padded(64)), Some(pin));
+        assert_eq!(Pin::decode(&padded(65)), None);
+    }
+
+    #[test]
+    fn the_local_peer_listed_among_the_known_does_not_count_against_itself() {
+        let id = Key::of_content(b"blob");
+        let mut peers: Vec<Key> = (0..4u8).map(|n| Key::of_content(&[n, 2])).collect();
+        peers.sort_by_key(|k| k.distance(&id));
+        // The 3rd nearest, given a list that includes itself, is still one
+        // of 3.
+        assert!(is_member(&peers[2], &id, 3, peers.clone(), &[]));
+    }
+
+    #[test]
+    fn only_a_kept_copy_of_a_live_pin_waits_for_a_lookup_before_release() {
+        let pin = Pin { replicas: 3, size: 10 };
+        let unpin = Pin { replicas: 0, size: 10 };
+        // (member by the table, pin, marked) -> confirm by lookup
+        let cases = [
+            (false, pin, true, true),
+            (false, pin, false, false),
+            (true, pin, true, false),
+            (true, pin, false, false),
+            (false, unpin, true, false),
+        ];
+        for (member, pin, marked, confirm) in cases {
+            assert_eq!(
+                confirm_by_lookup(member, &pin, marked),
+                confirm,
+                "member {member}, replicas {}, marked {marked}",
+                pin.replicas
+            );
+        }
+    }
 }

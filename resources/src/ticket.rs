@@ -166,6 +166,84 @@ mod tests {
         assert_eq!(Ticket::parse(&"shoal1".repeat(2000)), Err(TicketError::TooLong));
     }
 
+    #[test]
+    fn base32_is_rfc_4648_lowercase_without_padding() {
+        // The test vectors of RFC 4648 section 10, lowercased, "=" dropped.
+        let vectors = [
+            ("", ""),
+            ("f", "my"),
+            ("fo", "mzxq"),
+            ("foo", "mzxw6"),
+            ("foob", "mzxw6yq"),
+            ("fooba", "mzxw6ytb"),
+            ("foobar", "mzxw6ytboi"),
+        ];
+        for (plain, encoded) in vectors {
+            assert_eq!(encode_base32(plain.as_bytes()), encoded, "{plain:?}");
+            assert_eq!(decode_base32(encoded), Some(plain.as_bytes().to_vec()), "{encoded:?}");
+        }
+    }
+
+    /// A ticket as another writer could make it: any version, any id length.
+    fn text_of(v: u8, id: Vec<u8>, addrs: Vec<String>) -> String {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&Wire { v, id, size: 5, addrs }, &mut bytes).unwrap();
+        format!("{TICKET_PREFIX}{}", encode_base32(&bytes))
+    }
+
+    #[test]
+    fn every_bound_holds_at_its_limit_and_refuses_one_past_it() {
+        let id = Key::of_content(b"hello").to_bytes().to_vec();
+        let addr = |len: usize| format!("/dns/{}", "a".repeat(len - 5));
+        // Addresses: count and length.
+        let most = vec![addr(MAX_ADDR_LEN); MAX_TICKET_ADDRS];
+        let text = text_of(VERSION, id.clone(), most.clone());
+        assert!(
+            text.len() <= MAX_TICKET_LEN,
+            "the largest valid ticket fits the text bound"
+        );
+        assert_eq!(Ticket::parse(&text).unwrap().addrs, most);
+        let too_many = vec![addr(8); MAX_TICKET_ADDRS + 1];
+        assert!(matches!(
+            Ticket::parse(&text_of(VERSION, id.clone(), too_many)),
+            Err(TicketError::Contents(_))
+        ));
+        let too_long = vec![addr(MAX_ADDR_LEN + 1)];
+        assert!(matches!(
+            Ticket::parse(&text_of(VERSION, id.clone(), too_long)),
+            Err(TicketError::Contents(_))
+        ));
+        // Another version, an id of another length.
+        assert_eq!(
+            Ticket::parse(&text_of(2, id.clone(), vec![])),
+            Err(TicketError::Version(2))
+        );
+        assert!(matches!(
+            Ticket::parse(&text_of(VERSION, id[..31].to_vec(), vec![])),
+            Err(TicketError::Contents(_))
+        ));
+        // The text bound: exactly MAX_TICKET_LEN characters (with spaces
+        // trimmed first) is read; one more is refused unread.
+        let long = text_of(VERSION, id, vec![addr(200); 2]);
+        let padded = |len: usize| format!("{long}{}", "a".repeat(len - long.len()));
+        assert!(!matches!(
+            Ticket::parse(&padded(MAX_TICKET_LEN)),
+            Err(TicketError::TooLong)
+        ));
+        assert_eq!(Ticket::parse(&padded(MAX_TICKET_LEN + 1)), Err(TicketError::TooLong));
+        assert!(Ticket::parse(&format!("  {}  \n", sample().to_text())).is_ok());
+    }
+
+    #[test]
+    fn a_ticket_carries_at_most_max_ticket_addrs() {
+        let mut ticket = sample();
+        ticket.addrs = (0..MAX_TICKET_ADDRS + 4)
+            .map(|i| format!("/ip4/10.0.0.{i}/tcp/1"))
+            .collect();
+        let parsed = Ticket::parse(&ticket.to_text()).unwrap();
+        assert_eq!(parsed.addrs, ticket.addrs[..MAX_TICKET_ADDRS]);
+    }
+
     proptest! {
         #[test]
         fn base32_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
