@@ -193,4 +193,60 @@ mod tests {
             Err(CollectionError::Malformed(_))
         ));
     }
+
+    fn listing(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let wire: Vec<WireEntry> = entries
+            .iter()
+            .map(|(path, id)| WireEntry {
+                path: (*path).into(),
+                id: id.clone(),
+                size: 3,
+            })
+            .collect();
+        let mut bytes = MAGIC.to_vec();
+        ciborium::into_writer(&wire, &mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_path_may_be_exactly_max_path_long() {
+        let longest = format!(
+            "{}/{}",
+            "a".repeat(MAX_PATH / 2),
+            "b".repeat(MAX_PATH - MAX_PATH / 2 - 1)
+        );
+        assert_eq!(longest.len(), MAX_PATH);
+        assert!(valid_path(&longest));
+        assert!(!valid_path(&format!("{longest}c")));
+    }
+
+    #[test]
+    fn a_listing_is_refused_for_a_repeated_path_a_short_id_or_a_file_inside_a_file() {
+        let id = vec![7u8; 32];
+        assert!(decode(&listing(&[("a/b/c", id.clone()), ("a/b/d", id.clone())])).is_ok());
+        let refused = [
+            vec![("x", id.clone()), ("x", id.clone())],
+            vec![("x", vec![7u8; 31])],
+            // "a/b" is a file, and a directory of "a/b/c": three levels deep,
+            // so the prefix is built with its separator.
+            vec![("a/b", id.clone()), ("a/b/c", id.clone())],
+        ];
+        for entries in refused {
+            assert!(
+                matches!(decode(&listing(&entries)), Err(CollectionError::Malformed(_))),
+                "{:?}",
+                entries.iter().map(|e| e.0).collect::<Vec<_>>()
+            );
+        }
+        // A writer refuses a bad path as a reader does.
+        assert!(matches!(encode(&[entry("../x")]), Err(CollectionError::BadPath(_))));
+    }
+
+    #[test]
+    fn a_listing_may_hold_exactly_max_entries() {
+        let names: Vec<String> = (0..=MAX_ENTRIES).map(|i| i.to_string()).collect();
+        let entries: Vec<(&str, Vec<u8>)> = names.iter().map(|n| (n.as_str(), vec![1u8; 32])).collect();
+        assert_eq!(decode(&listing(&entries[..MAX_ENTRIES])).unwrap().len(), MAX_ENTRIES);
+        assert!(matches!(decode(&listing(&entries)), Err(CollectionError::Malformed(_))));
+    }
 }
