@@ -876,4 +876,231 @@ mod tests {
             .is_ok()
         );
     }
+
+    /// A signer whose "signature" is a BLAKE3 hash keyed by its public key:
+    /// enough to tell whether the signed bytes changed.
+    #[derive(Debug)]
+    struct Keyed(Vec<u8>);
+
+    fn mac(public_key: &[u8], message: &[u8]) -> Vec<u8> {
+        blake3::keyed_hash(blake3::hash(public_key).as_bytes(), message)
+            .as_bytes()
+            .to_vec()
+    }
+
+    impl Signer for Keyed {
+        fn public_key(&self) -> &[u8] {
+            &self.0
+        }
+        fn sign(&self, message: &[u8]) -> Vec<u8> {
+            mac(&self.0, message)
+        }
+    }
+
+    const CHECK: Verifier = Verifier(|public_key, message, signature| mac(public_key, message) == signature);
+    const NOW: Instant = Instant::from_micros(1_000_000);
+    const LIFETIME: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_value_record_signature_covers_every_field() {
+        let mut rng = Rng::seed_from_u64(30);
+        let signer = Keyed(vec![1; 32]);
+        let expires = NOW + Duration::from_secs(30);
+        let record = ValueRecord::sign(rng.key(), b"value".to_vec(), 7, expires, &signer);
+        assert_eq!(record.verify(CHECK, NOW, LIFETIME), Ok(()));
+        let key = record.key;
+        let tampered: [(&str, ValueRecord); 5] = [
+            (
+                "key",
+                ValueRecord {
+                    key: rng.key(),
+                    ..record.clone()
+                },
+            ),
+            (
+                "value",
+                ValueRecord {
+                    value: b"valuf".to_vec(),
+                    ..record.clone()
+                },
+            ),
+            (
+                "seq",
+                ValueRecord {
+                    seq: 8,
+                    ..record.clone()
+                },
+            ),
+            (
+                "expiry",
+                ValueRecord {
+                    expires: expires + Duration::from_micros(1),
+                    ..record.clone()
+                },
+            ),
+            (
+                "publisher",
+                ValueRecord {
+                    publisher: vec![2; 32],
+                    ..record.clone()
+                },
+            ),
+        ];
+        for (field, t) in tampered {
+            assert_eq!(
+                t.verify(CHECK, NOW, LIFETIME),
+                Err(RecordError::BadSignature { key: t.key }),
+                "{field}"
+            );
+        }
+        // Where one length-prefixed field ends and the next begins is signed
+        // too: a byte moved from the publisher to the value is a change.
+        let a = ValueRecord::sign(key, b"c".to_vec(), 1, expires, &Keyed(b"ab".to_vec()));
+        let b = ValueRecord {
+            publisher: b"a".to_vec(),
+            value: b"bc".to_vec(),
+            ..a.clone()
+        };
+        assert_ne!(a.signed_bytes(), b.signed_bytes());
+    }
+
+    #[test]
+    fn a_provider_record_signature_covers_every_field() {
+        let mut rng = Rng::seed_from_u64(31);
+        let signer = Keyed(vec![3; 32]);
+        let me = PeerInfo::new(Key::of_public_key(&signer.0), 5u32);
+        let expires = NOW + Duration::from_secs(30);
+        let issued = NOW - Duration::from_secs(1);
+        let record = ProviderRecord::sign_as(rng.key(), me.clone(), issued, expires, false, &signer);
+        assert_eq!(record.verify(CHECK, NOW, LIFETIME), Ok(()));
+        let declined = ProviderRecord::sign_as(record.key, me.clone(), issued, expires, true, &signer);
+        assert_eq!(declined.verify(CHECK, NOW, LIFETIME), Ok(()));
+        assert_ne!(declined.signature, record.signature);
+        let tampered: [(&str, ProviderRecord<u32>); 5] = [
+            (
+                "key",
+                ProviderRecord {
+                    key: rng.key(),
+                    ..record.clone()
+                },
+            ),
+            (
+                "expiry",
+                ProviderRecord {
+                    expires: expires + Duration::from_micros(1),
+                    ..record.clone()
+                },
+            ),
+            (
+                "address",
+                ProviderRecord {
+                    provider: PeerInfo::new(me.key, 6),
+                    ..record.clone()
+                },
+            ),
+            (
+                "declined",
+                ProviderRecord {
+                    declined: true,
+                    ..record.clone()
+                },
+            ),
+            (
+                "issued",
+                ProviderRecord {
+                    issued: issued + Duration::from_micros(1),
+                    ..record.clone()
+                },
+            ),
+        ];
+        for (field, t) in tampered {
+            assert_eq!(
+                t.verify(CHECK, NOW, LIFETIME),
+                Err(RecordError::BadSignature { key: t.key }),
+                "{field}"
+            );
+        }
+        // Never issued (zero) signs differently from issued at some time.
+        let plain = ProviderRecord::sign(record.key, me.clone(), expires, &signer);
+        assert_eq!(plain.verify(CHECK, NOW, LIFETIME), Ok(()));
+        assert_ne!(
+            plain.signed_bytes(),
+            ProviderRecord {
+                issued: Instant::from_micros(1),
+                ..plain.clone()
+            }
+            .signed_bytes()
+        );
+        // Another peer's key as the provider, or another publisher.
+        let key = record.key;
+        let other = ProviderRecord {
+            provider: PeerInfo::new(rng.key(), 5),
+            ..record.clone()
+        };
+        assert_eq!(
+            other.verify(CHECK, NOW, LIFETIME),
+            Err(RecordError::ProviderMismatch { key })
+        );
+        let forged = ProviderRecord::sign_as(key, me.clone(), issued, expires, false, &Keyed(vec![4; 32]));
+        assert_eq!(
+            forged.verify(CHECK, NOW, LIFETIME),
+            Err(RecordError::ProviderMismatch { key })
+        );
+    }
+
+    #[test]
+    fn record_checks_hold_at_their_bounds() {
+        let mut rng = Rng::seed_from_u64(32);
+        let signer = Keyed(vec![5; 32]);
+        let key = rng.key();
+        let value = |len: usize, expires: Instant| ValueRecord::sign(key, vec![0; len], 1, expires, &signer);
+        let soon = NOW + Duration::from_secs(1);
+        assert_eq!(value(MAX_VALUE_BYTES, soon).verify(CHECK, NOW, LIFETIME), Ok(()));
+        assert_eq!(
+            value(MAX_VALUE_BYTES + 1, soon).verify(CHECK, NOW, LIFETIME),
+            Err(RecordError::TooLarge {
+                key,
+                bytes: MAX_VALUE_BYTES + 1,
+                max: MAX_VALUE_BYTES
+            })
+        );
+        // Expiry: after now, and no later than now + the longest lifetime.
+        assert_eq!(
+            value(1, NOW).verify(CHECK, NOW, LIFETIME),
+            Err(RecordError::Expired { key })
+        );
+        assert_eq!(value(1, NOW + LIFETIME).verify(CHECK, NOW, LIFETIME), Ok(()));
+        assert_eq!(
+            value(1, NOW + LIFETIME + Duration::from_micros(1)).verify(CHECK, NOW, LIFETIME),
+            Err(RecordError::ExpiresTooLate { key })
+        );
+        // Credentials: each at most MAX_CREDENTIAL_BYTES.
+        let signed = value(1, soon);
+        for (publisher, signature, ok) in [
+            (MAX_CREDENTIAL_BYTES, MAX_CREDENTIAL_BYTES, true),
+            (MAX_CREDENTIAL_BYTES + 1, 1, false),
+            (1, MAX_CREDENTIAL_BYTES + 1, false),
+        ] {
+            let t = ValueRecord {
+                publisher: vec![9; publisher],
+                signature: vec![9; signature],
+                ..signed.clone()
+            };
+            let result = t.verify(Verifier(|_, _, _| true), NOW, LIFETIME);
+            assert_eq!(
+                result.is_ok(),
+                ok,
+                "publisher {publisher}, signature {signature}: {result:?}"
+            );
+        }
+        // A provider record may be issued at its expiry, not after it.
+        let me = PeerInfo::new(Key::of_public_key(&signer.0), 1u32);
+        let at = ProviderRecord::sign_as(key, me.clone(), soon, soon, false, &signer);
+        assert_eq!(at.verify(CHECK, NOW, LIFETIME), Ok(()));
+        let after = ProviderRecord::sign_as(key, me, soon + Duration::from_micros(1), soon, false, &signer);
+        assert_eq!(
+            after.verify(CHECK, NOW, LIFETIME),
+            Err(RecordError::IssuedAfterExpiry { key })
+        );
+    }
 }

@@ -505,4 +505,178 @@ mod tests {
         assert!(fetch.is_complete());
         assert_eq!(fetch.next_range(0), None);
     }
+
+    /// Hands `provider` its next run and completes it in `elapsed`.
+    fn complete_run(fetch: &mut Fetch, provider: ProviderId, elapsed: Duration) -> Range<u64> {
+        let range = fetch.next_range(provider).unwrap();
+        for g in range.clone() {
+            fetch.verified(provider, g);
+        }
+        fetch.finished(provider, range.clone(), elapsed);
+        range
+    }
+
+    #[test]
+    fn the_plan_knows_its_size_and_counts_verified_bytes_with_a_short_last_group() {
+        let size = 3 * GROUP_BYTES + 100;
+        let mut fetch = Fetch::new(size, None);
+        assert_eq!(fetch.size(), size);
+        fetch.add_provider(0);
+        assert!(fetch.verified(0, 3), "the short last group");
+        assert_eq!(
+            fetch.verified_bytes(),
+            GROUP_BYTES,
+            "counted as a whole group until done"
+        );
+        assert!(!fetch.verified(0, 3), "a group already verified is not new");
+        assert!(!fetch.verified(0, 4), "a group past the end");
+        assert_eq!(fetch.delivered().collect::<Vec<_>>(), vec![(0, 100)]);
+        for g in 0..3 {
+            assert!(fetch.verified(0, g));
+        }
+        assert!(fetch.is_complete());
+        assert_eq!(fetch.verified_bytes(), size);
+        assert_eq!(fetch.delivered().collect::<Vec<_>>(), vec![(0, size)]);
+    }
+
+    #[test]
+    fn the_resume_bitmap_holds_every_group_across_words_and_drops_bits_past_the_end() {
+        // 130 groups: three words, the last one two bits long.
+        let size = 130 * GROUP_BYTES;
+        let verified = [0u64, 1, 63, 64, 65, 127, 128, 129];
+        let mut first = Fetch::new(size, None);
+        for g in verified {
+            first.verified(0, g);
+        }
+        for g in 0..130 {
+            assert_eq!(first.has(g), verified.contains(&g), "group {g}");
+        }
+        assert!(!first.has(130) && !first.has(10_000), "past the end");
+        // Saved and read back, with garbage in the bits past the last group.
+        let mut saved = first.have().to_vec();
+        assert_eq!(saved.len(), 3);
+        saved[2] |= !0b11;
+        let again = Fetch::new(size, Some(saved));
+        assert_eq!(again.verified_bytes(), verified.len() as u64 * GROUP_BYTES);
+        for g in 0..130 {
+            assert_eq!(again.has(g), verified.contains(&g), "group {g} after resume");
+        }
+        // A bitmap of the wrong length is someone else's: ignored.
+        let wrong = Fetch::new(size, Some(vec![!0; 2]));
+        assert_eq!(wrong.verified_bytes(), 0);
+        // A blob of exactly 64 groups keeps its whole last word.
+        let exact = Fetch::new(64 * GROUP_BYTES, Some(vec![!0]));
+        assert!(exact.is_complete());
+    }
+
+    #[test]
+    fn a_run_lasts_about_a_quarter_second_at_the_measured_rate() {
+        let mut fetch = Fetch::new(1024 * MIB, None);
+        fetch.add_provider(0);
+        let first = complete_run(&mut fetch, 0, Duration::from_millis(250));
+        assert_eq!(first.end - first.start, FIRST_SPAN, "before any rate is known");
+        // 1 MiB in 250 ms is 4 MiB/s: the next run is 1 MiB again.
+        let second = complete_run(&mut fetch, 0, Duration::from_millis(125));
+        assert_eq!(second.end - second.start, 64);
+        // Smoothed: (4 + 8) / 2 = 6 MiB/s, 1.5 MiB per 250 ms = 96 groups.
+        let third = fetch.next_range(0).unwrap();
+        assert_eq!(third.end - third.start, 96);
+        // Clamped at both ends.
+        for (elapsed, span) in [
+            (Duration::from_secs(1000), MIN_SPAN),
+            (Duration::from_micros(1), MAX_SPAN),
+        ] {
+            let mut fetch = Fetch::new(1024 * MIB, None);
+            fetch.add_provider(0);
+            complete_run(&mut fetch, 0, elapsed);
+            let next = fetch.next_range(0).unwrap();
+            assert_eq!(next.end - next.start, span, "after a run of {elapsed:?}");
+        }
+        // The end of a run the plan never handed out is ignored.
+        fetch.finished(0, 5000..5001, Duration::from_secs(1000));
+        assert_eq!(fetch.next_range(0).map(|r| r.end - r.start), Some(96));
+    }
+
+    #[test]
+    fn no_stream_takes_more_than_its_share_of_what_is_left() {
+        // 320 groups, two providers: each first run is at most 160 groups,
+        // but never less than MIN_SPAN.
+        let mut fetch = Fetch::new(320 * GROUP_BYTES, None);
+        fetch.add_provider(0);
+        fetch.add_provider(1);
+        complete_run(&mut fetch, 0, Duration::from_micros(1));
+        let r = fetch.next_range(0).unwrap();
+        // 256 left for two providers: 128 each.
+        assert_eq!(r.end - r.start, 128);
+        let mut tiny = Fetch::new(20 * GROUP_BYTES, None);
+        for id in 0..4 {
+            tiny.add_provider(id);
+        }
+        assert_eq!(tiny.next_range(0), Some(0..16), "at least MIN_SPAN");
+    }
+
+    #[test]
+    fn a_success_forgives_earlier_failures_and_a_provider_without_the_blob_is_dropped_at_once() {
+        let mut fetch = Fetch::new(64 * MIB, None);
+        fetch.add_provider(0);
+        for _ in 0..MAX_FAILURES - 1 {
+            let r = fetch.next_range(0).unwrap();
+            fetch.failed(0, r, Failure::Unreachable);
+        }
+        complete_run(&mut fetch, 0, Duration::from_millis(100));
+        for _ in 0..MAX_FAILURES - 1 {
+            let r = fetch.next_range(0).unwrap();
+            fetch.failed(0, r, Failure::Unreachable);
+        }
+        assert_eq!(fetch.dropped(0), None, "failures in a row count, not in all");
+        fetch.add_provider(1);
+        let r = fetch.next_range(1).unwrap();
+        fetch.failed(1, r, Failure::NotFound);
+        assert_eq!(fetch.dropped(1), Some(Failure::NotFound));
+        assert_eq!(fetch.live_providers(), 1);
+        // A failure for a provider never added changes nothing.
+        fetch.failed(9, 0..1, Failure::BadData);
+        assert_eq!(fetch.live_providers(), 1);
+    }
+
+    #[test]
+    fn the_endgame_takes_the_largest_unfinished_run_and_its_groups_stay_claimed_until_both_end() {
+        let mut fetch = Fetch::new(200 * GROUP_BYTES, None);
+        for id in 0..3 {
+            fetch.add_provider(id);
+        }
+        let a = fetch.next_range(0).unwrap();
+        let b = fetch.next_range(1).unwrap();
+        let c = fetch.next_range(2).unwrap();
+        assert!(a.end == b.start && b.end == c.start, "{a:?} {b:?} {c:?}");
+        // Provider 2 finishes its run and everything else nobody holds;
+        // provider 0 verified all but 10 groups of its run, provider 1 none.
+        for g in c.clone() {
+            fetch.verified(2, g);
+        }
+        fetch.finished(2, c, Duration::from_millis(10));
+        while fetch.first_free().is_some() {
+            complete_run(&mut fetch, 2, Duration::from_millis(10));
+        }
+        for g in a.start..a.end - 10 {
+            fetch.verified(0, g);
+        }
+        assert!(b.end - b.start > 10);
+        // Idle, provider 2 duplicates the largest unfinished run: b.
+        let dup = fetch.next_range(2).unwrap();
+        assert_eq!(dup, b);
+        // Provider 0 is not idle: no duplicate for it.
+        assert_eq!(fetch.next_range(0), None);
+        // Provider 1 fails: its groups stay claimed by the duplicate, so
+        // nobody is handed them as free.
+        fetch.failed(1, b.clone(), Failure::Unreachable);
+        assert_eq!(fetch.unclaimed(), 0);
+        assert_eq!(fetch.first_free(), None);
+        // Once the duplicate ends too, the groups it did not verify are free.
+        for g in b.start..b.start + 5 {
+            fetch.verified(2, g);
+        }
+        fetch.failed(2, dup, Failure::Unreachable);
+        assert_eq!(fetch.first_free(), Some(b.start + 5));
+    }
 }
