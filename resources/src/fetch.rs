@@ -679,4 +679,27 @@ mod tests {
         fetch.failed(2, dup, Failure::Unreachable);
         assert_eq!(fetch.first_free(), Some(b.start + 5));
     }
+
+    #[test]
+    fn a_run_never_reaches_past_the_last_group() {
+        let mut fetch = Fetch::new(20 * GROUP_BYTES, None);
+        fetch.add_provider(0);
+        assert_eq!(fetch.next_range(0), Some(0..20));
+    }
+
+    #[test]
+    fn a_dropped_provider_returns_every_run_it_held() {
+        let mut fetch = Fetch::new(1024 * GROUP_BYTES, None);
+        fetch.add_provider(0);
+        fetch.add_provider(1);
+        let first = fetch.next_range(0).unwrap();
+        let second = fetch.next_range(0).unwrap();
+        let other = fetch.next_range(1).unwrap();
+        fetch.failed(0, first.clone(), Failure::BadData);
+        assert_eq!(fetch.in_flight(0), 0);
+        assert_eq!(fetch.in_flight(1), 1, "another provider's run stays");
+        assert_eq!(fetch.first_free(), Some(first.start));
+        assert_eq!(fetch.unclaimed(), 1024 - (other.end - other.start));
+        assert!(second.end <= other.start || second.start >= other.end);
+    }
 }
