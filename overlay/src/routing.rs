@@ -816,4 +816,137 @@ mod tests {
         assert_eq!(t.observe(PeerInfo::new(local, 0), Instant::ZERO), Observed::Local);
         assert!(t.is_empty());
     }
+
+    /// `n` peers in bucket 0 of `local` (their first bit differs).
+    fn far_peers(rng: &mut Rng, local: &Key, n: u32) -> Vec<PeerInfo<u32>> {
+        (0..n)
+            .map(|i| PeerInfo::new(local.random_in_bucket(0, &rng.key()), i))
+            .collect()
+    }
+
+    fn at(s: u64) -> Instant {
+        Instant::from_micros(s * 1_000_000)
+    }
+
+    #[test]
+    fn the_table_says_what_it_is() {
+        let local = Rng::seed_from_u64(40).key();
+        let mut t = table(local);
+        assert_eq!(t.local_key(), local);
+        assert_eq!(t.bucket_size(), 4);
+        assert!(t.is_empty());
+        t.observe(PeerInfo::new(local.with_bit_flipped(0), 1), Instant::ZERO);
+        assert!(!t.is_empty());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn the_ping_goes_to_the_least_recently_seen_not_the_first_inserted() {
+        let mut rng = Rng::seed_from_u64(41);
+        let local = rng.key();
+        let mut t = RoutingTable::new(local, 2, 2, 3, Duration::from_secs(30));
+        let peers = far_peers(&mut rng, &local, 3);
+        t.observe(peers[0].clone(), at(0));
+        t.observe(peers[1].clone(), at(5));
+        // The first inserted is heard from again: the second is now oldest.
+        t.observe(peers[0].clone(), at(10));
+        for p in &peers[..2] {
+            assert_eq!(t.record_failure(&p.key, at(10)), Failed::Counted);
+        }
+        assert_eq!(
+            t.observe(peers[2].clone(), at(100)),
+            Observed::PingOldest(peers[1].clone())
+        );
+        // It answers: heard from now, its failures forgotten, so the next
+        // newcomer pings the other one (quiet and with a miss) instead.
+        assert_eq!(t.finish_eviction_ping(&peers[1].key, true, at(100)), None);
+        let fourth = PeerInfo::new(local.random_in_bucket(0, &rng.key()), 4);
+        assert_eq!(
+            t.observe(fourth.clone(), at(120)),
+            Observed::PingOldest(peers[0].clone())
+        );
+        assert_eq!(t.finish_eviction_ping(&peers[0].key, true, at(120)), None);
+        // Both answered lately and have no misses: nobody is pinged.
+        assert_eq!(t.observe(fourth, at(121)), Observed::Queued);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn stale_marks_are_reported_per_peer_and_counted_through_every_path() {
+        let mut rng = Rng::seed_from_u64(42);
+        let local = rng.key();
+        let mut t = RoutingTable::new(local, 2, 2, 1, Duration::ZERO);
+        let peers = far_peers(&mut rng, &local, 4);
+        t.observe(peers[0].clone(), at(0));
+        t.observe(peers[1].clone(), at(0));
+        // One failure with an empty cache: stale, but kept.
+        assert_eq!(t.record_failure(&peers[0].key, at(1)), Failed::Stale);
+        assert!(t.is_stale(&peers[0].key));
+        assert!(!t.is_stale(&peers[1].key), "only the one that failed");
+        assert!(!t.is_stale(&peers[2].key), "nor one the table does not hold");
+        assert_eq!(t.stale, 1);
+        // A newcomer to the full bucket takes the stale entry's place.
+        assert_eq!(t.observe(peers[2].clone(), at(2)), Observed::Replaced(peers[0].clone()));
+        assert_eq!(t.stale, 0);
+        t.check_invariants().unwrap();
+        // Stale again, then pinged out for a replacement from the cache.
+        assert_eq!(t.record_failure(&peers[1].key, at(3)), Failed::Stale);
+        let mut held = t.clone();
+        t.buckets[0].replacements.push(peers[3].clone());
+        assert_eq!(
+            t.finish_eviction_ping(&peers[1].key, false, at(4)),
+            Some((peers[1].clone(), peers[3].clone()))
+        );
+        t.check_invariants().unwrap();
+        // Or, failing once more with a replacement waiting, replaced.
+        held.buckets[0].replacements.push(peers[3].clone());
+        assert_eq!(
+            held.record_failure(&peers[1].key, at(4)),
+            Failed::Replaced(peers[3].clone())
+        );
+        held.check_invariants().unwrap();
+        // Or probed out for good after STALE_PROBES more failures.
+        let mut gone = RoutingTable::new(local, 2, 2, 1, Duration::ZERO);
+        gone.observe(peers[0].clone(), at(0));
+        assert_eq!(gone.record_failure(&peers[0].key, at(1)), Failed::Stale);
+        for _ in 0..STALE_PROBES - 1 {
+            assert_eq!(gone.record_failure(&peers[0].key, at(1)), Failed::Counted);
+        }
+        assert_eq!(gone.record_failure(&peers[0].key, at(1)), Failed::Removed);
+        assert_eq!((gone.len(), gone.stale), (0, 0));
+        gone.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_full_bucket_holds_exactly_k_entries_worth_of_memory() {
+        let mut rng = Rng::seed_from_u64(43);
+        let local = rng.key();
+        let mut t = RoutingTable::new(local, 20, 3, 2, Duration::ZERO);
+        for p in far_peers(&mut rng, &local, 20) {
+            assert_eq!(t.observe(p, Instant::ZERO), Observed::Inserted);
+        }
+        assert_eq!(t.buckets[0].entries.capacity(), 20);
+    }
+
+    #[test]
+    fn the_replacement_cache_keeps_the_newest_cap_waiting_peers() {
+        let mut rng = Rng::seed_from_u64(44);
+        let local = rng.key();
+        let mut t = RoutingTable::new(local, 2, 2, 2, Duration::ZERO);
+        let peers = far_peers(&mut rng, &local, 6);
+        for p in &peers {
+            t.observe(p.clone(), Instant::ZERO);
+        }
+        let waiting: Vec<Key> = t.buckets[0].replacements.iter().map(|p| p.key).collect();
+        assert_eq!(waiting, vec![peers[4].key, peers[5].key]);
+        // A waiting peer that fails a request leaves the cache; the entry
+        // that fails for good is replaced by the one still waiting.
+        assert_eq!(t.record_failure(&peers[5].key, Instant::ZERO), Failed::Unknown);
+        t.record_failure(&peers[0].key, Instant::ZERO);
+        assert_eq!(
+            t.record_failure(&peers[0].key, Instant::ZERO),
+            Failed::Replaced(peers[4].clone())
+        );
+        t.check_invariants().unwrap();
+    }
 }
