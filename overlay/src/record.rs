@@ -1050,6 +1050,8 @@ mod tests {
 
     #[test]
     fn record_checks_hold_at_their_bounds() {
+        // The bounds are part of the protocol: every peer must agree on them.
+        assert_eq!((MAX_VALUE_BYTES, MAX_CREDENTIAL_BYTES), (16 * 1024, 256));
         let mut rng = Rng::seed_from_u64(32);
         let signer = Keyed(vec![5; 32]);
         let key = rng.key();
