@@ -30,16 +30,30 @@ async fn swarm(test: &str, n: usize) -> Vec<Client> {
         }
         clients.push(start(config).await.unwrap());
     }
+    tables_hold_everyone(&clients.iter().collect::<Vec<_>>()).await;
+    clients
+}
+
+/// Waits until every peer's table holds every other peer. A table learns of
+/// a peer only through traffic, and a newcomer's join lookup can miss a peer
+/// whose answer timed out on a loaded machine: a peer still missing another
+/// looks it up, as it would before using it.
+async fn tables_hold_everyone(peers: &[&Client]) {
     until("every table holds every peer", || async {
-        for c in &clients {
-            if c.peers().await.unwrap().len() < n - 1 {
-                return false;
+        let mut everyone = true;
+        for p in peers {
+            let table = p.peers().await.unwrap();
+            let missing = peers
+                .iter()
+                .find(|q| q.peer_id() != p.peer_id() && !table.iter().any(|e| e.addr.peer == q.peer_id()));
+            if let Some(q) = missing {
+                everyone = false;
+                let _ = p.find_node(q.key()).await;
             }
         }
-        true
+        everyone
     })
     .await;
-    clients
 }
 
 /// A one-peer swarm and a second peer, joined to it, whose store has `quota`.
@@ -400,15 +414,7 @@ async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8], import: Import) -> (Vec
         }
         peers.push(Some(start(config).await.unwrap()));
     }
-    until("every table holds every peer", || async {
-        for p in peers.iter().flatten() {
-            if p.peers().await.unwrap().len() < n - 1 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    tables_hold_everyone(&peers.iter().flatten().collect::<Vec<_>>()).await;
     let source = data_dir_existing(tag, 0).join("source.bin");
     std::fs::write(&source, bytes).unwrap();
     let owner = peers[0].as_ref().unwrap().clone();
@@ -584,18 +590,7 @@ async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy
     drop(old);
     let bootstrap = peers[0].ready().await.unwrap();
     peers[small] = start(config(small, bootstrap, Some(512 * 1024))).await.unwrap();
-    let restarted = peers[small].peer_id();
-    until("the restarted peer and the others know each other", || async {
-        for p in &peers {
-            let table = p.peers().await.unwrap();
-            let knows = p.peer_id() == restarted || table.iter().any(|e| e.addr.peer == restarted);
-            if !knows || table.len() < 5 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    tables_hold_everyone(&peers.iter().collect::<Vec<_>>()).await;
 
     let source = data_dir_existing(tag, 0).join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
@@ -960,18 +955,7 @@ async fn a_peer_that_declined_for_lack_of_room_keeps_the_copy_once_it_has_room()
     drop(old);
     let bootstrap = peers[0].ready().await.unwrap();
     peers[small] = start(config(small, bootstrap, Some(1536 * 1024))).await.unwrap();
-    let restarted = peers[small].peer_id();
-    until("the restarted peer and the others know each other", || async {
-        for p in &peers {
-            let table = p.peers().await.unwrap();
-            let knows = p.peer_id() == restarted || table.iter().any(|e| e.addr.peer == restarted);
-            if !knows || table.len() < 5 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    tables_hold_everyone(&peers.iter().collect::<Vec<_>>()).await;
     // A first file whose home holds the small peer too (one seed in two).
     let in_home = |id: &Key| {
         let mut order: Vec<usize> = (0..6).collect();
