@@ -565,12 +565,22 @@ fn two_daemons_started_at_once_on_one_data_directory_leave_one_running() {
     assert!(!loser.1.success());
     let log = std::fs::read_to_string(d.with_extension(format!("log{}", loser.0))).unwrap();
     assert!(log.contains("already running"), "{log}");
-    // The other serves, with its control API where control.json says.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !shoal(&d, &["status"]).status.success() {
-        assert!(Instant::now() < deadline, "the daemon left running never answered");
+    // The other serves, with its control API where control.json says, once
+    // it wrote its own in place of the stale one (asking earlier would ask
+    // the squatter, which never answers).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(d.join("control.json")).is_ok_and(|c| !c.contains("stale")) {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon left running never wrote control.json"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let status = shoal(&d, &["status"]);
+    assert!(
+        status.status.success(),
+        "the daemon left running does not answer: {status:?}"
+    );
     assert!(daemons[winner].try_wait().unwrap().is_none());
     let [a, b] = daemons;
     stop(if winner == 0 { a } else { b }, &d);

@@ -1105,4 +1105,101 @@ mod tests {
             Err(RecordError::IssuedAfterExpiry { key })
         );
     }
+
+    #[test]
+    fn the_store_counts_its_changes_and_hides_what_expired() {
+        let mut rng = Rng::seed_from_u64(33);
+        let signer = Keyed(vec![6; 32]);
+        let me = PeerInfo::new(Key::of_public_key(&signer.0), 1u32);
+        let mut store: RecordStore<u32> = RecordStore::new(StoreLimits::default());
+        assert!(store.is_empty());
+        let expires = NOW + Duration::from_secs(10);
+        let value = ValueRecord::sign(rng.key(), b"v".to_vec(), 1, expires, &signer);
+        assert!(!store.holds(&AnyRecord::Value(value.clone())));
+        assert_eq!(store.put_value(value.clone(), NOW, NOW), Ok(PutOutcome::Inserted));
+        assert!(!store.is_empty());
+        assert!(store.holds(&AnyRecord::Value(value.clone())));
+        assert_eq!(store.changes(), 1);
+        // The same record again changes nothing; a newer version does.
+        assert_eq!(store.put_value(value.clone(), NOW, NOW), Ok(PutOutcome::Unchanged));
+        assert_eq!(store.changes(), 1);
+        let newer = ValueRecord::sign(value.key, b"w".to_vec(), 2, expires, &signer);
+        assert_eq!(store.put_value(newer.clone(), NOW, NOW), Ok(PutOutcome::Updated));
+        assert_eq!(store.changes(), 2);
+        let provider = ProviderRecord::sign(rng.key(), me, expires, &signer);
+        assert_eq!(store.put_provider(provider.clone(), NOW), Ok(PutOutcome::Inserted));
+        assert_eq!(store.changes(), 3);
+        assert!(store.holds(&AnyRecord::Provider(provider.clone())));
+        assert_eq!(store.value_records().cloned().collect::<Vec<_>>(), vec![newer.clone()]);
+        assert_eq!(
+            store.provider_records().cloned().collect::<Vec<_>>(),
+            vec![provider.clone()]
+        );
+        // Held until its expiry, not at it.
+        let before = expires - Duration::from_micros(1);
+        assert_eq!(store.value(&newer.key, before), Some(&newer));
+        assert_eq!(store.value(&newer.key, expires), None);
+        assert_eq!(store.providers(&provider.key, before, 5), vec![provider.clone()]);
+        assert!(store.providers(&provider.key, expires, 5).is_empty());
+    }
+
+    #[test]
+    fn expiry_refreshes_removal_forgetting_and_replication_are_counted_at_their_bounds() {
+        let mut rng = Rng::seed_from_u64(34);
+        let signer = Keyed(vec![7; 32]);
+        let me = PeerInfo::new(Key::of_public_key(&signer.0), 1u32);
+        let mut store: RecordStore<u32> = RecordStore::new(StoreLimits::default());
+        let t = NOW + Duration::from_secs(10);
+        let value = ValueRecord::sign(rng.key(), b"v".to_vec(), 1, t, &signer);
+        store.put_value(value.clone(), NOW, t).unwrap();
+        // The same version signed to live longer refreshes it; shorter does not.
+        let later = ValueRecord::sign(value.key, b"v".to_vec(), 1, t + Duration::from_secs(1), &signer);
+        assert_eq!(store.put_value(later.clone(), NOW, t), Ok(PutOutcome::Updated));
+        assert_eq!(store.put_value(value.clone(), NOW, t), Ok(PutOutcome::Unchanged));
+        let provider = ProviderRecord::sign(rng.key(), me, t, &signer);
+        store
+            .put_provider(provider.clone(), t + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(AnyRecord::<u32>::Value(later.clone()).expires(), later.expires);
+        assert_eq!(AnyRecord::Provider(provider.clone()).expires(), t);
+        // Replication is due at its time, not only after it.
+        assert_eq!(
+            store.due_for_replication(t - Duration::from_micros(1)),
+            Vec::<Key>::new()
+        );
+        assert_eq!(store.due_for_replication(t), vec![value.key]);
+        assert_eq!(store.due_for_replication(t + Duration::from_secs(5)).len(), 2);
+        // Expiry: a record expiring at `now` goes; the removal is one change.
+        let changes = store.changes();
+        assert_eq!(store.remove_expired(t - Duration::from_micros(1)), 0);
+        assert_eq!(store.changes(), changes, "nothing removed, nothing changed");
+        assert_eq!(store.remove_expired(t), 1, "the provider record expiring at t");
+        assert_eq!(store.changes(), changes + 1);
+        assert_eq!(store.len(), 1);
+        store.check_invariants().unwrap();
+        // Forgetting a key is a change; forgetting one not held is none.
+        store.forget(&rng.key());
+        assert_eq!(store.changes(), changes + 1);
+        store.forget(&value.key);
+        assert_eq!((store.changes(), store.len()), (changes + 2, 0));
+        store.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn the_store_invariants_catch_a_wrong_count() {
+        let mut store: RecordStore<u32> = RecordStore::new(StoreLimits::default());
+        let signer = Keyed(vec![8; 32]);
+        let me = PeerInfo::new(Key::of_public_key(&signer.0), 1u32);
+        let key = Rng::seed_from_u64(35).key();
+        let t = NOW + Duration::from_secs(10);
+        store
+            .put_provider(ProviderRecord::sign_as(key, me, NOW, t, true, &signer), t)
+            .unwrap();
+        store.check_invariants().unwrap();
+        store.provider_count += 1;
+        assert!(store.check_invariants().is_err(), "a provider too many");
+        store.provider_count -= 1;
+        store.decline_count += 1;
+        assert!(store.check_invariants().is_err(), "a decline too many");
+    }
 }

@@ -949,4 +949,92 @@ mod tests {
         );
         t.check_invariants().unwrap();
     }
+
+    #[test]
+    fn a_neighbour_is_quiet_only_once_heard_from_longer_ago_than_the_limit() {
+        let mut rng = Rng::seed_from_u64(45);
+        let local = rng.key();
+        let mut t = table(local);
+        let p = PeerInfo::new(local.with_bit_flipped(200), 1u32);
+        t.observe(p.clone(), at(0));
+        let quiet = Duration::from_secs(60);
+        assert!(
+            t.quiet_neighbours(3, at(60), quiet).is_empty(),
+            "heard from exactly 60 s ago"
+        );
+        assert_eq!(t.quiet_neighbours(3, at(61), quiet), vec![p]);
+    }
+
+    #[test]
+    fn a_removed_peer_leaves_the_table_and_the_cache() {
+        let mut rng = Rng::seed_from_u64(46);
+        let local = rng.key();
+        let mut t = RoutingTable::new(local, 2, 2, 2, Duration::ZERO);
+        let peers = far_peers(&mut rng, &local, 3);
+        for p in &peers {
+            t.observe(p.clone(), Instant::ZERO);
+        }
+        // The waiting one leaves: gone from the cache, so the entry removed
+        // next is not replaced by it.
+        assert_eq!(t.remove(&peers[2].key, Instant::ZERO), Failed::Unknown);
+        assert_eq!(t.remove(&peers[1].key, Instant::ZERO), Failed::Removed);
+        assert!(t.contains(&peers[0].key) && !t.contains(&peers[1].key) && !t.contains(&peers[2].key));
+        assert_eq!(t.len(), 1);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_lookup_into_a_bucket_keeps_it_from_needing_a_refresh() {
+        let mut rng = Rng::seed_from_u64(47);
+        let local = rng.key();
+        let mut t = table(local);
+        t.observe(PeerInfo::new(local.random_in_bucket(0, &rng.key()), 1u32), at(0));
+        t.observe(PeerInfo::new(local.random_in_bucket(1, &rng.key()), 2u32), at(0));
+        let hour = Duration::from_secs(3600);
+        t.touch(&local.random_in_bucket(1, &rng.key()), at(1800));
+        assert_eq!(t.idle_buckets(at(3600), hour), vec![0]);
+        t.touch_index(0, at(1800));
+        assert!(t.idle_buckets(at(3600), hour).is_empty());
+    }
+
+    #[test]
+    fn heap_bytes_counts_the_entries_held() {
+        let mut rng = Rng::seed_from_u64(48);
+        let local = rng.key();
+        let mut t = RoutingTable::new(local, 20, 3, 2, Duration::ZERO);
+        let empty = t.heap_bytes();
+        for p in far_peers(&mut rng, &local, 23) {
+            t.observe(p, Instant::ZERO);
+        }
+        let entries = 20 * std::mem::size_of::<Entry<u32>>();
+        let waiting = 3 * std::mem::size_of::<PeerInfo<u32>>();
+        let bucket = std::mem::size_of::<Bucket<u32>>();
+        let grown = t.heap_bytes() - empty;
+        assert!(
+            grown >= entries + waiting + bucket,
+            "{grown} < {}",
+            entries + waiting + bucket
+        );
+        assert!(grown <= 2 * (entries + waiting) + 4 * bucket, "{grown}");
+    }
+
+    #[test]
+    fn the_table_invariants_catch_a_wrong_count_or_a_misplaced_peer() {
+        let mut rng = Rng::seed_from_u64(49);
+        let local = rng.key();
+        let mut t = table(local);
+        let p = PeerInfo::new(local.random_in_bucket(0, &rng.key()), 1u32);
+        t.observe(p.clone(), Instant::ZERO);
+        t.check_invariants().unwrap();
+        let mut count = t.clone();
+        count.len += 1;
+        assert!(count.check_invariants().is_err());
+        let mut stale = t.clone();
+        stale.stale += 1;
+        assert!(stale.check_invariants().is_err());
+        let mut twice = t.clone();
+        twice.buckets[0].entries.push(Entry::new(p, Instant::ZERO));
+        twice.len += 1;
+        assert!(twice.check_invariants().is_err());
+    }
 }
