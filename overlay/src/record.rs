@@ -970,7 +970,8 @@ mod tests {
         let signer = Keyed(vec![3; 32]);
         let me = PeerInfo::new(Key::of_public_key(&signer.0), 5u32);
         let expires = NOW + Duration::from_secs(30);
-        let issued = NOW - Duration::from_secs(1);
+        let issued = NOW - Duration::from_millis(500);
+        assert!(!issued.is_zero(), "issued at a time: signed apart from never issued");
         let record = ProviderRecord::sign_as(rng.key(), me.clone(), issued, expires, false, &signer);
         assert_eq!(record.verify(CHECK, NOW, LIFETIME), Ok(()));
         let declined = ProviderRecord::sign_as(record.key, me.clone(), issued, expires, true, &signer);
@@ -1160,6 +1161,8 @@ mod tests {
         store
             .put_provider(provider.clone(), t + Duration::from_secs(5))
             .unwrap();
+        let short = ValueRecord::sign(rng.key(), b"s".to_vec(), 1, t, &signer);
+        store.put_value(short, NOW, t + Duration::from_secs(5)).unwrap();
         assert_eq!(AnyRecord::<u32>::Value(later.clone()).expires(), later.expires);
         assert_eq!(AnyRecord::Provider(provider.clone()).expires(), t);
         // Replication is due at its time, not only after it.
@@ -1168,12 +1171,16 @@ mod tests {
             Vec::<Key>::new()
         );
         assert_eq!(store.due_for_replication(t), vec![value.key]);
-        assert_eq!(store.due_for_replication(t + Duration::from_secs(5)).len(), 2);
+        assert_eq!(store.due_for_replication(t + Duration::from_secs(5)).len(), 3);
         // Expiry: a record expiring at `now` goes; the removal is one change.
         let changes = store.changes();
         assert_eq!(store.remove_expired(t - Duration::from_micros(1)), 0);
         assert_eq!(store.changes(), changes, "nothing removed, nothing changed");
-        assert_eq!(store.remove_expired(t), 1, "the provider record expiring at t");
+        assert_eq!(
+            store.remove_expired(t),
+            2,
+            "the value and provider records expiring at t"
+        );
         assert_eq!(store.changes(), changes + 1);
         assert_eq!(store.len(), 1);
         store.check_invariants().unwrap();

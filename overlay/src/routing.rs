@@ -974,11 +974,15 @@ mod tests {
         for p in &peers {
             t.observe(p.clone(), Instant::ZERO);
         }
-        // The waiting one leaves: gone from the cache, so the entry removed
-        // next is not replaced by it.
+        // One waiting peer leaves: gone from the cache, so the entry removed
+        // next is replaced by the other one waiting.
+        let fourth = PeerInfo::new(local.random_in_bucket(0, &rng.key()), 4);
+        t.observe(fourth.clone(), Instant::ZERO);
         assert_eq!(t.remove(&peers[2].key, Instant::ZERO), Failed::Unknown);
-        assert_eq!(t.remove(&peers[1].key, Instant::ZERO), Failed::Removed);
-        assert!(t.contains(&peers[0].key) && !t.contains(&peers[1].key) && !t.contains(&peers[2].key));
+        assert_eq!(t.remove(&peers[1].key, Instant::ZERO), Failed::Replaced(fourth.clone()));
+        assert!(t.contains(&peers[0].key) && t.contains(&fourth.key) && !t.contains(&peers[2].key));
+        // Nobody waits now: the next removal leaves a place empty.
+        assert_eq!(t.remove(&peers[0].key, Instant::ZERO), Failed::Removed);
         assert_eq!(t.len(), 1);
         t.check_invariants().unwrap();
     }
@@ -1036,5 +1040,17 @@ mod tests {
         twice.buckets[0].entries.push(Entry::new(p, Instant::ZERO));
         twice.len += 1;
         assert!(twice.check_invariants().is_err());
+    }
+
+    #[test]
+    fn without_a_replacement_cache_a_full_bucket_keeps_nobody_waiting() {
+        let mut rng = Rng::seed_from_u64(50);
+        let local = rng.key();
+        let mut t = RoutingTable::new(local, 2, 0, 2, Duration::ZERO);
+        for p in far_peers(&mut rng, &local, 4) {
+            t.observe(p, Instant::ZERO);
+        }
+        assert!(t.buckets[0].replacements.is_empty());
+        assert_eq!(t.len(), 2);
     }
 }
