@@ -553,15 +553,23 @@ async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
     assert_eq!(got.size, info.size);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy() {
-    let tag = "decline";
-    let bytes = content(1024 * 1024 + 11, 32);
-    let id = Key::of_content(&bytes);
+/// Six peers with short overlay and pin-duty intervals (and `republish`, if
+/// given); the one nearest `near` other than peer 0 (which shares) is
+/// restarted with a store of `quota` bytes. Returns once every table holds
+/// every peer, with the small peer's index.
+async fn swarm_with_a_small_peer(
+    tag: &str,
+    near: &Key,
+    quota: u64,
+    republish: Option<Duration>,
+) -> (Vec<Client>, usize) {
     let mut overlay = shoal::overlay::Config::new(shoal::node::identity::verifier());
     overlay.request_timeout = Duration::from_millis(500);
     overlay.maintenance_interval = Duration::from_millis(500);
     overlay.replicate_interval = Duration::from_secs(1);
+    if let Some(republish) = republish {
+        overlay.republish_interval = republish;
+    }
     let config = |i: usize, bootstrap: Vec<shoal::node::Multiaddr>, quota: Option<u64>| {
         let mut config = NodeConfig::new(data_dir_existing(tag, i));
         config.mdns = false;
@@ -581,16 +589,25 @@ async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy
         };
         peers.push(start(config(i, bootstrap, None)).await.unwrap());
     }
-    // The peer nearest the file (not the one sharing it) restarts with a
-    // quota smaller than the file.
-    let small = (1..6).min_by_key(|i| peers[*i].key().distance(&id)).unwrap();
+    let small = (1..6).min_by_key(|i| peers[*i].key().distance(near)).unwrap();
     let first = peers[0].clone();
     let old = std::mem::replace(&mut peers[small], first);
     old.leave().await.unwrap();
     drop(old);
     let bootstrap = peers[0].ready().await.unwrap();
-    peers[small] = start(config(small, bootstrap, Some(512 * 1024))).await.unwrap();
+    peers[small] = start(config(small, bootstrap, Some(quota))).await.unwrap();
     tables_hold_everyone(&peers.iter().collect::<Vec<_>>()).await;
+    (peers, small)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy() {
+    let tag = "decline";
+    let bytes = content(1024 * 1024 + 11, 32);
+    let id = Key::of_content(&bytes);
+    // The peer nearest the file (not the one sharing it) has less room than
+    // the file.
+    let (peers, small) = swarm_with_a_small_peer(tag, &id, 512 * 1024, None).await;
 
     let source = data_dir_existing(tag, 0).join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
@@ -923,39 +940,10 @@ async fn a_peer_that_declined_for_lack_of_room_keeps_the_copy_once_it_has_room()
     let tag = "undecline";
     let later = content(1024 * 1024 + 13, 40);
     let later_id = Key::of_content(&later);
-    let mut overlay = shoal::overlay::Config::new(shoal::node::identity::verifier());
-    overlay.request_timeout = Duration::from_millis(500);
-    overlay.maintenance_interval = Duration::from_millis(500);
-    overlay.replicate_interval = Duration::from_secs(1);
-    overlay.republish_interval = Duration::from_secs(3);
-    let config = |i: usize, bootstrap: Vec<shoal::node::Multiaddr>, quota: Option<u64>| {
-        let mut config = NodeConfig::new(data_dir_existing(tag, i));
-        config.mdns = false;
-        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-        config.overlay = Some(overlay.clone());
-        config.pin_check = Duration::from_millis(300);
-        config.bootstrap = bootstrap;
-        config.quota = quota;
-        config
-    };
-    let mut peers: Vec<Client> = Vec::new();
-    for i in 0..6 {
-        let _ = std::fs::remove_dir_all(data_dir_existing(tag, i));
-        let bootstrap = match peers.first() {
-            Some(first) => first.ready().await.unwrap(),
-            None => Vec::new(),
-        };
-        peers.push(start(config(i, bootstrap, None)).await.unwrap());
-    }
-    // The peer nearest the later file restarts with room for one such file.
-    let small = (1..6).min_by_key(|i| peers[*i].key().distance(&later_id)).unwrap();
-    let first = peers[0].clone();
-    let old = std::mem::replace(&mut peers[small], first);
-    old.leave().await.unwrap();
-    drop(old);
-    let bootstrap = peers[0].ready().await.unwrap();
-    peers[small] = start(config(small, bootstrap, Some(1536 * 1024))).await.unwrap();
-    tables_hold_everyone(&peers.iter().collect::<Vec<_>>()).await;
+    // The peer nearest the later file has room for one such file; declines
+    // lapse after 6 s.
+    let republish = Some(Duration::from_secs(3));
+    let (peers, small) = swarm_with_a_small_peer(tag, &later_id, 1536 * 1024, republish).await;
     // A first file whose home holds the small peer too (one seed in two).
     let in_home = |id: &Key| {
         let mut order: Vec<usize> = (0..6).collect();
