@@ -40,6 +40,7 @@ pub mod identity;
 pub mod known;
 pub mod limits;
 pub mod node;
+mod pins;
 pub mod saved;
 pub mod settings;
 

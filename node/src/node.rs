@@ -25,7 +25,7 @@ use crate::codec::{FrameCodec, OVERLAY_PROTOCOL};
 use crate::identity::{self, NodeSigner};
 use crate::known::KnownPeers;
 use crate::saved::SavedRecords;
-use shoal_resources::pin::{Action as PinAction, Pin};
+use shoal_resources::pin::Pin;
 use shoal_resources::store::{BlobStore, Import};
 use shoal_resources::{BlobInfo, Ticket};
 
@@ -45,13 +45,6 @@ fn tree_size(path: &std::path::Path) -> u64 {
         .map(|entries| entries.flatten().map(|e| tree_size(&e.path())).sum())
         .unwrap_or(0)
 }
-
-/// Every this many rounds of pin duties, blobs served in place are checked
-/// for a changed file (which is then no longer announced).
-const CHANGED_CHECK_PASSES: usize = 10;
-
-/// Lookups one round of pin duties may run to check membership.
-const MAX_PIN_LOOKUPS: usize = 32;
 
 /// A listing (directory) blob larger than this is treated as a file.
 const MAX_LISTING_BYTES: u64 = 64 * 1024 * 1024;
@@ -291,7 +284,10 @@ enum Command {
     },
     Decline {
         key: Key,
-        decline: bool,
+        reply: Reply<()>,
+    },
+    StopProviding {
+        key: Key,
         reply: Reply<()>,
     },
     Declining {
@@ -467,15 +463,21 @@ impl Client {
     pub(crate) async fn forget_provided(&self, ids: &[Key], why: &str) -> Result<(), NodeError> {
         for id in ids {
             tracing::info!("{id}: {why}; no longer providing it");
-            self.decline(*id, false).await?;
+            self.stop_providing(*id).await?;
         }
         Ok(())
     }
 
-    /// Steps aside from blob `key`'s home (`decline`: no room for it here;
-    /// the next peer out takes this one's place), or stops doing so.
-    pub async fn decline(&self, key: Key, decline: bool) -> Result<(), NodeError> {
-        self.ask(|reply| Command::Decline { key, decline, reply }).await
+    /// Steps aside from blob `key`'s home: no room for it here, the next
+    /// peer out takes this one's place. [`stop_providing`](Self::stop_providing)
+    /// ends it.
+    pub async fn decline(&self, key: Key) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Decline { key, reply }).await
+    }
+
+    /// Stops announcing `key`, as a provider or as a decliner of its home.
+    pub async fn stop_providing(&self, key: Key) -> Result<(), NodeError> {
+        self.ask(|reply| Command::StopProviding { key, reply }).await
     }
 
     /// The blobs this node declines.
@@ -774,6 +776,11 @@ impl Client {
         Ok(handed)
     }
 
+    /// Most bytes the store keeps (`--quota`), if limited.
+    pub(crate) fn quota(&self) -> Option<u64> {
+        self.quota
+    }
+
     pub(crate) fn blob_store(&self) -> &BlobStore {
         &self.blobs
     }
@@ -801,7 +808,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// The clock the core runs on: microseconds since the Unix epoch.
-fn now() -> Instant {
+pub(crate) fn now() -> Instant {
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
@@ -925,7 +932,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         client.served.clone(),
         incoming,
     ));
-    tokio::spawn(pin_duties(client.downgrade(), config.pin_check));
+    tokio::spawn(crate::pins::run(client.downgrade(), config.pin_check));
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
     Ok(client)
 }
@@ -1007,282 +1014,6 @@ impl WeakClient {
             commands: self.commands.upgrade()?,
             ..self.template.clone()
         })
-    }
-}
-
-/// Fetches for pin duties that failed, and the round before which each is
-/// not tried again: the next round after a first failure, then twice as
-/// many rounds after each further one, at most [`MAX_RETRY_ROUNDS`] — so a
-/// blob nobody can serve any more is not asked for (and logged) every
-/// round forever, and one that fails for a moment is soon tried again.
-#[derive(Debug, Default)]
-struct Retries {
-    /// Failures in a row, and the first round that may try again.
-    failed: BTreeMap<Key, (u32, usize)>,
-}
-
-/// The longest wait between two tries of a failing pin fetch, in rounds
-/// (20 × 30 s = 10 minutes by default).
-const MAX_RETRY_ROUNDS: usize = 20;
-
-impl Retries {
-    /// Whether `id` waits out a failure at round `pass`.
-    fn waiting(&self, id: &Key, pass: usize) -> bool {
-        self.failed.get(id).is_some_and(|(_, next)| pass < *next)
-    }
-
-    /// A fetch of `id` failed at round `pass`.
-    fn failed(&mut self, id: Key, pass: usize) {
-        let entry = self.failed.entry(id).or_insert((0, 0));
-        entry.0 = entry.0.saturating_add(1);
-        let wait = 1usize
-            .checked_shl(entry.0 - 1)
-            .unwrap_or(usize::MAX)
-            .min(MAX_RETRY_ROUNDS);
-        entry.1 = pass.saturating_add(wait);
-    }
-
-    /// A fetch of `id` succeeded (or is no longer this node's to make).
-    fn forget(&mut self, id: &Key) {
-        self.failed.remove(id);
-    }
-}
-
-/// The home duties of pinned blobs, every `every`: fetch what this node
-/// must keep, mark it exempt from garbage collection, release what it no
-/// longer must keep. Ends with the node.
-async fn pin_duties(node: WeakClient, every: Duration) {
-    let fetching = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::<Key>::new()));
-    let retries = Arc::new(std::sync::Mutex::new(Retries::default()));
-    let mut round = 0usize;
-    let mut passes = 0usize;
-    let mut announced = false;
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(client) = node.upgrade() else { return };
-        passes = passes.wrapping_add(1);
-        if !announced || passes.is_multiple_of(CHANGED_CHECK_PASSES) {
-            // Blobs served in place whose file changed cannot be served:
-            // no longer announced (a `get` or a pin duty fetches them again).
-            let store = client.blobs.clone();
-            let listed = tokio::task::spawn_blocking(move || {
-                store.list().map(|held| {
-                    held.into_iter()
-                        .map(|e| {
-                            let changed = e.in_place.is_some() && store.changed_source(&e.info.id).is_some();
-                            (e.info.id, changed)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .await;
-            match listed {
-                Ok(Ok(held)) => {
-                    let providing: std::collections::BTreeSet<Key> =
-                        client.providing().await.unwrap_or_default().into_iter().collect();
-                    let changed: Vec<Key> = held
-                        .iter()
-                        .filter(|h| h.1 && providing.contains(&h.0))
-                        .map(|h| h.0)
-                        .collect();
-                    if let Err(e) = client
-                        .forget_provided(&changed, "its file changed since it was shared")
-                        .await
-                    {
-                        tracing::warn!("cannot stop announcing changed blobs: {e}");
-                    }
-                    if !announced {
-                        // After a restart, announce every blob kept from
-                        // earlier runs (the overlay re-announces them hourly
-                        // from then on).
-                        announced = true;
-                        let ids: Vec<Key> = held.iter().filter(|h| !h.1).map(|h| h.0).collect();
-                        if !ids.is_empty()
-                            && let Err(e) = client.provide(ids).await
-                        {
-                            tracing::warn!("cannot announce the blobs held: {e}");
-                        }
-                    }
-                }
-                Ok(Err(e)) => tracing::warn!("cannot list the blobs held: {e}"),
-                Err(e) => tracing::warn!("cannot list the blobs held: {e}"),
-            }
-        }
-        let Ok(pins) = client.pins().await else { return };
-        // A blob declined for lack of room that would fit now, or is no
-        // longer pinned (no live pin record here, or an unpin): stop
-        // declining it (the record lapses at the home, then this node is
-        // counted in again and fetches it if it must).
-        let declining = client.declining().await.unwrap_or_default();
-        for id in declining {
-            let fits = match (pins.iter().find(|p| p.id == id && p.pin.replicas > 0), client.quota) {
-                (Some(p), Some(quota)) => {
-                    // Reads every blob's metadata: off the async threads.
-                    let (store, size) = (client.blobs.clone(), p.pin.size);
-                    tokio::task::spawn_blocking(move || store.could_fit(size, quota, std::time::SystemTime::now()))
-                        .await
-                        .is_ok_and(|fits| fits.unwrap_or(false))
-                }
-                _ => true,
-            };
-            if fits {
-                let _ = client.decline(id, false).await;
-            }
-        }
-        // A fetch that failed lately counts as under way until its retry.
-        let mut running = fetching.lock().map(|f| f.clone()).unwrap_or_default();
-        if let Ok(mut retries) = retries.lock() {
-            retries.failed.retain(|id, _| pins.iter().any(|p| p.id == *id));
-            running.extend(pins.iter().map(|p| p.id).filter(|id| retries.waiting(id, passes)));
-        }
-        let mut members: Vec<bool> = pins.iter().map(|p| p.member).collect();
-        let mut looked_up = vec![false; pins.len()];
-        let mut lookups = 0;
-        let start = round % pins.len().max(1);
-        round = round.wrapping_add(MAX_PIN_LOOKUPS);
-        for i in (0..pins.len()).map(|i| (i + start) % pins.len()) {
-            let p = &pins[i];
-            // The routing table may list a crashed peer for a round or two
-            // (until the overlay's neighbour probes drop it), so a copy kept
-            // for the home is released only when a lookup, where only peers
-            // that answer count, says this node is no longer a member. A
-            // bounded number per round, starting at a rotating place, so
-            // that many pins cost a steady trickle of lookups, not a burst.
-            let unsure = shoal_resources::pin::confirm_by_lookup(p.member, &p.pin, client.blobs.is_pinned(&p.id));
-            let member = if unsure && lookups < MAX_PIN_LOOKUPS {
-                lookups += 1;
-                looked_up[i] = true;
-                match client.find_node(p.id).await {
-                    Ok(lookup) => shoal_resources::pin::is_member(
-                        &client.key(),
-                        &p.id,
-                        p.pin.replicas,
-                        lookup.peers.iter().map(|q| q.key),
-                        &p.declined,
-                    ),
-                    Err(_) => p.member,
-                }
-            } else {
-                p.member
-            };
-            members[i] = member;
-        }
-        // Unchecked "not a member" verdicts change nothing this round: a
-        // copy is released only on a lookup's word (or an unpin).
-        for (i, p) in pins.iter().enumerate() {
-            if !members[i] && !looked_up[i] && p.pin.replicas > 0 {
-                members[i] = client.blobs.is_pinned(&p.id);
-            }
-        }
-        // Whether each copy is there and servable reads its metadata (and
-        // stats a file served in place): off the async threads.
-        let held = {
-            let (store, ids) = (client.blobs.clone(), pins.iter().map(|p| p.id).collect::<Vec<_>>());
-            tokio::task::spawn_blocking(move || ids.iter().map(|id| store.contains(id)).collect::<Vec<bool>>()).await
-        };
-        let Ok(held) = held else {
-            continue; // the check panicked: decide nothing this round
-        };
-        let duties: Vec<shoal_resources::pin::Duty> = pins
-            .iter()
-            .zip(&members)
-            .zip(held)
-            .map(|((p, member), held)| shoal_resources::pin::Duty {
-                id: p.id,
-                pin: p.pin,
-                member: *member,
-                held,
-                fetching: running.contains(&p.id),
-                marked: client.blobs.is_pinned(&p.id),
-            })
-            .collect();
-        // Copies kept for a home whose pin record this node no longer holds
-        // (it drifted away from the home and forgot the record): ask the
-        // home, within the same lookup budget, and release what is not ours
-        // to keep any more.
-        let orphans: Vec<Key> = client
-            .blobs
-            .pinned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|id| !pins.iter().any(|p| p.id == *id))
-            .collect();
-        for id in orphans {
-            if lookups >= MAX_PIN_LOOKUPS {
-                break;
-            }
-            lookups += 1;
-            let keep = match client.get_value(id).await {
-                Ok(Some(record)) => match Pin::decode(&record.value) {
-                    Some(pin) if pin.replicas > 0 => match client.find_node(id).await {
-                        Ok(lookup) => shoal_resources::pin::is_member(
-                            &client.key(),
-                            &id,
-                            pin.replicas,
-                            lookup.peers.iter().map(|q| q.key),
-                            &client.decliners(id).await.unwrap_or_default(),
-                        ),
-                        Err(_) => true,
-                    },
-                    _ => false,
-                },
-                Ok(None) => false,
-                Err(_) => true,
-            };
-            if !keep {
-                tracing::info!("no longer keeping {id} for its home (its pin is elsewhere or gone)");
-                let _ = client.blobs.set_pinned(&id, false);
-            }
-        }
-        for action in shoal_resources::pin::duties(&duties) {
-            match action {
-                PinAction::Keep(id) => {
-                    if let Err(e) = client.blobs.set_pinned(&id, true) {
-                        tracing::warn!("cannot mark {id} pinned: {e}");
-                    }
-                }
-                PinAction::Release(id) => {
-                    tracing::info!("no longer keeping {id} for its home");
-                    let _ = client.blobs.set_pinned(&id, false);
-                }
-                PinAction::Fetch(id) => {
-                    tracing::info!("fetching {id} for its home: this peer is a member and holds no servable copy");
-                    if let Ok(mut f) = fetching.lock() {
-                        f.insert(id);
-                    }
-                    let (client, fetching, retries) = (client.clone(), fetching.clone(), retries.clone());
-                    tokio::spawn(async move {
-                        let progress = Arc::new(crate::files::Progress::default());
-                        let result = client.download(id, None, progress, None).await;
-                        if let Ok(mut retries) = retries.lock() {
-                            match &result {
-                                Ok(_) => retries.forget(&id),
-                                Err(_) => retries.failed(id, passes),
-                            }
-                        }
-                        match result {
-                            Ok(_) => {
-                                let _ = client.blobs.set_pinned(&id, true);
-                            }
-                            Err(NodeError::Fetch(crate::files::FetchError::Store(
-                                e @ shoal_resources::store::StoreError::QuotaExceeded { .. },
-                            ))) => {
-                                // Homes go by key; a full peer steps aside so
-                                // that the next one out keeps the copy.
-                                tracing::warn!("not keeping pinned {id}: {e}; stepping aside from its home");
-                                if let Err(e) = client.decline(id, true).await {
-                                    tracing::warn!("cannot decline {id}: {e}");
-                                }
-                            }
-                            Err(e) => tracing::warn!("cannot fetch pinned {id}: {e}"),
-                        }
-                        if let Ok(mut f) = fetching.lock() {
-                            f.remove(&id);
-                        }
-                    });
-                }
-            }
-        }
     }
 }
 
@@ -1539,14 +1270,13 @@ impl Driver {
             Command::Declining { reply } => drop(reply.send(Ok(self.core.declining().copied().collect()))),
             Command::Providing { reply } => drop(reply.send(Ok(self.core.providing().copied().collect()))),
             Command::Decliners { key, reply } => drop(reply.send(Ok(self.core.decliners(&key)))),
-            Command::Decline { key, decline, reply } => {
-                if decline {
-                    let result = self.core.decline(t, key).map(drop).map_err(NodeError::from);
-                    drop(reply.send(result));
-                } else {
-                    self.core.stop_providing(&key);
-                    drop(reply.send(Ok(())));
-                }
+            Command::Decline { key, reply } => {
+                let result = self.core.decline(t, key).map(drop).map_err(NodeError::from);
+                drop(reply.send(result));
+            }
+            Command::StopProviding { key, reply } => {
+                self.core.stop_providing(&key);
+                drop(reply.send(Ok(())));
             }
             Command::Leave { reply } => {
                 let id = self.core.leave(t);
@@ -1842,41 +1572,5 @@ impl Driver {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failing_pin_fetch_is_tried_again_next_round_then_ever_less_often() {
-        let mut retries = Retries::default();
-        let (id, other) = (Key::of_content(b"a"), Key::of_content(b"b"));
-        assert!(!retries.waiting(&id, 0));
-        // Failed at round 10: waits out round 10 only, then 2, 4, 8, 16,
-        // 20, 20 rounds.
-        let mut pass = 10;
-        let mut waits = Vec::new();
-        for _ in 0..7 {
-            retries.failed(id, pass);
-            let next = (pass..pass + 100).find(|p| !retries.waiting(&id, *p)).unwrap();
-            waits.push(next - pass);
-            pass = next;
-        }
-        assert_eq!(waits, vec![1, 2, 4, 8, 16, 20, 20]);
-        assert!(!retries.waiting(&other, pass), "only the failing blob waits");
-        // A success ends the waiting, and the next failure starts over.
-        retries.failed(id, pass);
-        assert!(retries.waiting(&id, pass));
-        retries.forget(&id);
-        assert!(!retries.waiting(&id, pass));
-        retries.failed(id, pass);
-        assert!(!retries.waiting(&id, pass + 1));
-        // Many failures do not overflow the wait.
-        for _ in 0..200 {
-            retries.failed(other, usize::MAX - 5);
-        }
-        assert!(retries.waiting(&other, usize::MAX - 1));
     }
 }

@@ -14,6 +14,7 @@
 pub mod blob;
 pub mod collection;
 pub mod fetch;
+pub mod home;
 pub mod pin;
 #[cfg(feature = "store")]
 pub mod store;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// First bytes of a checkpoint file, with the format's version.
-const MAGIC: &[u8; 24] = b"shoal-simnet checkpoint2";
+const MAGIC: &[u8; 24] = b"shoal-simnet checkpoint3";
 /// Where the state's hash sits: after the magic and the build's hash.
 const STATE_HASH_AT: u64 = MAGIC.len() as u64 + 32;
 

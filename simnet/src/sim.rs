@@ -205,20 +205,14 @@ enum Pending {
     Providers {
         blob: Key,
     },
-    /// Whether this peer is a home member of a pinned blob.
+    /// A lookup a pin duty asked for (is this peer a home member?).
     Membership {
         blob: Key,
     },
-    /// The pin record of a copy kept for a home whose record this peer
-    /// no longer holds.
-    OrphanPin {
+    /// A pin record a pin duty asked for (of a copy kept for a home whose
+    /// record this peer no longer holds).
+    PinRecord {
         blob: Key,
-    },
-    /// Whether this peer is a home member of such a blob, pinned with
-    /// `replicas` copies.
-    OrphanMembership {
-        blob: Key,
-        replicas: u8,
     },
 }
 
@@ -944,9 +938,6 @@ impl Sim {
                         closest_at_start,
                     }) => (start, key, closest_at_start),
                     Some(Pending::Membership { blob }) => return self.membership_found(peer, blob, &peers),
-                    Some(Pending::OrphanMembership { blob, replicas }) => {
-                        return self.orphan_membership_found(peer, blob, replicas, &peers);
-                    }
                     _ => return,
                 };
                 let success = self.judge(peer, start, &key, closest_at_start, &peers);
@@ -961,7 +952,7 @@ impl Sim {
             Event::GotValue { query, record, .. } => {
                 let (start, value_hash) = match self.pending.remove(&(peer, query)) {
                     Some(Pending::Get { start, value_hash }) => (start, value_hash),
-                    Some(Pending::OrphanPin { blob }) => return self.orphan_pin_found(peer, blob, record.as_ref()),
+                    Some(Pending::PinRecord { blob }) => return self.pin_record_found(peer, blob, record.as_ref()),
                     _ => return,
                 };
                 let found = record.is_some_and(|r| *blake3::hash(&r.value).as_bytes() == value_hash);

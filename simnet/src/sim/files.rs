@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 use shoal_overlay::{Instant, Key, PeerInfo, ValueRecord};
-use shoal_resources::pin::{self, Action, Duty, Pin};
+use shoal_resources::pin::{self, Declined, FetchOutcome, Pin, PinAction, PinDuties, PinDutiesConfig, PinState, Round};
 
 use super::{Ev, PeerIndex, PeerState, Pending, Sim, micros};
 use crate::net;
@@ -46,6 +46,16 @@ pub struct FilesConfig {
     /// Most bytes each peer's disk holds (the node's `--quota`); `None`, the
     /// node's default, is no limit.
     pub quota_bytes: Option<u64>,
+}
+
+impl FilesConfig {
+    fn duties(&self) -> PinDutiesConfig {
+        PinDutiesConfig {
+            every: self.pin_check,
+            max_lookups: self.max_lookups,
+            ..PinDutiesConfig::default()
+        }
+    }
 }
 
 /// Counters of the files layer.
@@ -100,6 +110,9 @@ pub(crate) struct PeerFiles {
     pub(crate) received: u64,
     /// Value records kept across a restart (the node's records.cbor).
     saved: Vec<shoal_overlay::ValueRecord>,
+    /// The pin duties of the peer's current run (a restart starts afresh,
+    /// as the node's do).
+    duties: Option<PinDuties>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -229,6 +242,7 @@ impl Sim {
         files.released.clear();
         files.fetching.clear();
         files.saved.clear();
+        files.duties = None;
         // The node's known-peers file was on that disk too.
         self.slots[peer as usize].remembered.clear();
     }
@@ -283,30 +297,25 @@ impl Sim {
 
     // ----- hooks called by the engine ---------------------------------------
 
-    /// A peer started: take back its saved records, announce what its disk
-    /// holds, and start its duty timer.
+    /// A peer started: take back its saved records, start its pin duties
+    /// (their first round, which also announces what its disk holds, a
+    /// random phase into the period).
     pub(super) fn files_started(&mut self, peer: PeerIndex) {
         let Some(files) = self.files.as_ref() else { return };
-        let every = micros(files.config.pin_check);
+        let config = files.config.duties();
+        let every = micros(config.every);
+        let phase = self.rng.below(every.max(1));
         let slot = &mut self.slots[peer as usize];
         let saved = std::mem::take(&mut slot.files.saved);
         slot.files.fetching.clear();
-        let held: Vec<Key> = slot.files.disk.keys().copied().collect();
         let inc = slot.incarnation;
+        let now = Instant::from_micros(net::to_local(self.now, &slot.place));
+        slot.files.duties = Some(PinDuties::new(slot.key, config, now, Duration::from_micros(phase)));
+        let held = !slot.files.disk.is_empty();
         if let Some(core) = slot.core.as_mut() {
-            let now = Instant::from_micros(net::to_local(self.now, &slot.place));
             core.restore_records(now, saved, Vec::new());
         }
-        // The announcement waits for the join (the node's first duty round).
-        let phase = self.rng.below(every.max(1));
-        self.push(
-            self.now + every + phase,
-            Ev::Duty {
-                peer,
-                inc,
-                first: !held.is_empty(),
-            },
-        );
+        self.push(self.now + every + phase, Ev::Duty { peer, inc, first: held });
     }
 
     /// A peer stops: keep its value records on its disk.
@@ -364,53 +373,50 @@ impl Sim {
         last
     }
 
-    /// One round of pin duties on `peer`.
+    /// One round of pin duties on `peer`: what it holds, handed to its
+    /// [`PinDuties`], whose actions are carried out at once.
     pub(super) fn duty(&mut self, peer: PeerIndex, inc: u32, first: bool) {
         let Some(files) = self.files.as_ref() else { return };
-        let (every, max_lookups) = (micros(files.config.pin_check), files.config.max_lookups);
+        let every = micros(files.config.pin_check);
         let slot = &self.slots[peer as usize];
         if slot.incarnation != inc || slot.core.is_none() {
             return;
         }
-        let joined = slot.state == PeerState::Joined;
-        // The first round waits for the join to announce the disk.
-        self.push(
-            self.now + every,
-            Ev::Duty {
-                peer,
-                inc,
-                first: first && !joined,
-            },
-        );
-        if !joined {
+        if slot.state != PeerState::Joined {
+            // The first round waits for the join to announce the disk.
+            self.push(self.now + every, Ev::Duty { peer, inc, first });
             return;
         }
-        let slot = &self.slots[peer as usize];
         if first {
             let held: Vec<Key> = slot.files.disk.keys().copied().collect();
             let _ = self.command(peer, |core, now| core.provide_many(now, held).ok());
         }
-        // A blob declined for lack of room that fits now: stop declining
-        // it (the record lapses at the home, and this peer is counted in).
-        let fits: Vec<Key> = self.slots[peer as usize]
-            .core
-            .as_ref()
-            .map(|core| core.declining().copied().collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|blob| self.could_fit(peer, *blob))
-            .collect();
-        if let Some(core) = self.slots[peer as usize].core.as_mut() {
-            for blob in &fits {
-                core.stop_providing(blob);
-            }
-        }
-        let slot = &self.slots[peer as usize];
-        let Some(core) = slot.core.as_ref() else { return };
-        let Some(files) = self.files.as_mut() else { return };
+        let Some(round) = self.pin_round(peer) else { return };
+        let slot = &mut self.slots[peer as usize];
         let now = Instant::from_micros(net::to_local(self.now, &slot.place));
-        let mut duties = Vec::new();
-        let mut unsure = Vec::new();
+        let Some(duties) = slot.files.duties.as_mut() else {
+            return;
+        };
+        duties.handle_round(now, round);
+        let next = self.now + micros(duties.poll_timeout().saturating_since(now)).max(1);
+        self.push(
+            next,
+            Ev::Duty {
+                peer,
+                inc,
+                first: false,
+            },
+        );
+        self.pin_actions(peer);
+    }
+
+    /// What `peer`'s pin duties read for a round.
+    fn pin_round(&mut self, peer: PeerIndex) -> Option<Round> {
+        let slot = &self.slots[peer as usize];
+        let core = slot.core.as_ref()?;
+        let files = self.files.as_mut()?;
+        let now = Instant::from_micros(net::to_local(self.now, &slot.place));
+        let mut pins = Vec::new();
         for record in core.record_store().value_records() {
             if record.expires <= now {
                 continue;
@@ -418,96 +424,123 @@ impl Sim {
             let Some(pin) = files.decode_pin(record) else {
                 continue;
             };
-            let mut member = core.is_member_of(&record.key, usize::from(pin.replicas));
-            let marked = slot.files.disk.get(&record.key).copied().unwrap_or(false);
-            if pin::confirm_by_lookup(member, &pin, marked) {
-                // As the node does: a kept copy is released only on a
-                // lookup's word; until one answers it stays.
-                if unsure.len() < max_lookups {
-                    unsure.push(record.key);
-                }
-                member = true;
-            }
-            duties.push(Duty {
+            pins.push(PinState {
                 id: record.key,
                 pin,
-                member,
+                member: core.is_member_of(&record.key, usize::from(pin.replicas)),
                 held: slot.files.disk.contains_key(&record.key),
-                fetching: slot.files.fetching.contains(&record.key),
-                marked,
+                marked: slot.files.disk.get(&record.key).copied().unwrap_or(false),
+                arriving: slot.files.fetching.contains(&record.key),
             });
         }
-        // Copies kept for a home whose pin record this peer no longer holds
-        // (it drifted away and forgot it, or got the copy by hand-off): ask
-        // the home, within the same budget, as the node does.
-        let orphans: Vec<Key> = slot
+        let orphans = slot
             .files
             .disk
             .iter()
             .filter(|(blob, marked)| **marked && core.record_store().value(blob, now).is_none())
             .map(|(blob, _)| *blob)
-            .take(max_lookups.saturating_sub(unsure.len()))
             .collect();
-        self.apply(peer, &duties);
-        for blob in orphans {
-            if let Some(id) = self.command(peer, |core, now| core.get_value(now, blob).ok()) {
-                self.pending.insert((peer, id), Pending::OrphanPin { blob });
-                if let Some(f) = self.files.as_mut() {
-                    f.counters.orphan_checks += 1;
+        let declining: Vec<Key> = core.declining().copied().collect();
+        let declined = declining
+            .into_iter()
+            .map(|id| Declined {
+                id,
+                fits: self.could_fit(peer, id),
+            })
+            .collect();
+        Some(Round {
+            pins,
+            orphans,
+            declined,
+        })
+    }
+
+    /// Carries out what `peer`'s pin duties ask, as the node's
+    /// `pins::act` does.
+    fn pin_actions(&mut self, peer: PeerIndex) {
+        loop {
+            let slot = &mut self.slots[peer as usize];
+            let Some(action) = slot.files.duties.as_mut().and_then(|d| d.poll_action()) else {
+                return;
+            };
+            match action {
+                PinAction::LookUp(blob) => {
+                    if let Some(id) = self.command(peer, |core, now| core.find_node(now, blob).ok()) {
+                        self.pending.insert((peer, id), Pending::Membership { blob });
+                        if let Some(f) = self.files.as_mut() {
+                            f.counters.membership_lookups += 1;
+                        }
+                    }
                 }
-            }
-        }
-        for blob in unsure {
-            if let Some(id) = self.command(peer, |core, now| core.find_node(now, blob).ok()) {
-                self.pending.insert((peer, id), Pending::Membership { blob });
-                if let Some(f) = self.files.as_mut() {
-                    f.counters.membership_lookups += 1;
+                PinAction::ReadPin(blob) => {
+                    if let Some(id) = self.command(peer, |core, now| core.get_value(now, blob).ok()) {
+                        self.pending.insert((peer, id), Pending::PinRecord { blob });
+                        if let Some(f) = self.files.as_mut() {
+                            f.counters.orphan_checks += 1;
+                        }
+                    }
+                }
+                PinAction::Fetch { id: blob, .. } => {
+                    // As the node's download: refused at once if the blob
+                    // cannot fit even after dropping every released copy.
+                    if !self.could_fit(peer, blob) {
+                        if let Some(f) = self.files.as_mut() {
+                            f.counters.refused += 1;
+                        }
+                        self.fetch_ended(peer, blob, FetchOutcome::NoRoom);
+                        continue;
+                    }
+                    match self.command(peer, |core, now| core.get_providers(now, blob).ok()) {
+                        Some(id) => {
+                            self.slots[peer as usize].files.fetching.insert(blob);
+                            self.pending.insert((peer, id), Pending::Providers { blob });
+                            if let Some(f) = self.files.as_mut() {
+                                f.counters.fetches += 1;
+                            }
+                        }
+                        None => self.fetch_ended(peer, blob, FetchOutcome::Failed),
+                    }
+                }
+                PinAction::Keep(blob) => {
+                    let files = &mut self.slots[peer as usize].files;
+                    if let Some(marked) = files.disk.get_mut(&blob) {
+                        *marked = true;
+                        files.released.retain(|k| *k != blob);
+                    }
+                }
+                PinAction::Release(blob) => self.release(peer, blob),
+                PinAction::Decline(blob) => {
+                    // Steps aside from the home: the next peer out takes
+                    // its place.
+                    let declining = !self.files.as_ref().is_some_and(|f| f.config.decline)
+                        || self.slots[peer as usize]
+                            .core
+                            .as_ref()
+                            .is_some_and(|core| core.declining().any(|k| *k == blob));
+                    if !declining
+                        && self.command(peer, |core, now| core.decline(now, blob).ok()).is_some()
+                        && let Some(f) = self.files.as_mut()
+                    {
+                        f.counters.declined += 1;
+                    }
+                }
+                PinAction::StopDeclining(blob) => {
+                    if let Some(core) = self.slots[peer as usize].core.as_mut() {
+                        core.stop_providing(&blob);
+                    }
                 }
             }
         }
     }
 
-    fn apply(&mut self, peer: PeerIndex, duties: &[Duty]) {
-        for action in pin::duties(duties) {
-            match action {
-                Action::Fetch(blob) => {
-                    // As the node's download: refused at once if the blob
-                    // cannot fit even after dropping every released copy.
-                    if !self.could_fit(peer, blob) {
-                        // And, as the node, steps aside from the home: the
-                        // next peer out takes its place.
-                        let declining = !self.files.as_ref().is_some_and(|f| f.config.decline)
-                            || self.slots[peer as usize]
-                                .core
-                                .as_ref()
-                                .is_some_and(|core| core.declining().any(|k| *k == blob));
-                        if !declining
-                            && self.command(peer, |core, now| core.decline(now, blob).ok()).is_some()
-                            && let Some(f) = self.files.as_mut()
-                        {
-                            f.counters.declined += 1;
-                        }
-                        if let Some(f) = self.files.as_mut() {
-                            f.counters.refused += 1;
-                        }
-                        continue;
-                    }
-                    if let Some(id) = self.command(peer, |core, now| core.get_providers(now, blob).ok()) {
-                        self.slots[peer as usize].files.fetching.insert(blob);
-                        self.pending.insert((peer, id), Pending::Providers { blob });
-                        if let Some(f) = self.files.as_mut() {
-                            f.counters.fetches += 1;
-                        }
-                    }
-                }
-                Action::Keep(blob) => {
-                    let files = &mut self.slots[peer as usize].files;
-                    files.disk.insert(blob, true);
-                    files.released.retain(|k| *k != blob);
-                }
-                Action::Release(blob) => self.release(peer, blob),
-            }
+    /// A fetch ordered by `peer`'s pin duties ended.
+    fn fetch_ended(&mut self, peer: PeerIndex, blob: Key, outcome: FetchOutcome) {
+        let slot = &mut self.slots[peer as usize];
+        let now = Instant::from_micros(net::to_local(self.now, &slot.place));
+        if let Some(duties) = slot.files.duties.as_mut() {
+            duties.handle_fetch(now, blob, outcome);
         }
+        self.pin_actions(peer);
     }
 
     /// A copy is no longer kept for a home: it stays, unmarked, until the
@@ -523,60 +556,26 @@ impl Sim {
         }
     }
 
-    /// The pin record of an orphaned copy came back (or did not): no pin,
-    /// or a pin with no copies, releases it; otherwise a lookup decides.
-    pub(super) fn orphan_pin_found(&mut self, peer: PeerIndex, blob: Key, record: Option<&shoal_overlay::ValueRecord>) {
-        match record.and_then(|r| Pin::decode(&r.value)) {
-            Some(pin) if pin.replicas > 0 => {
-                if let Some(id) = self.command(peer, |core, now| core.find_node(now, blob).ok()) {
-                    let replicas = pin.replicas;
-                    self.pending
-                        .insert((peer, id), Pending::OrphanMembership { blob, replicas });
-                }
-            }
-            _ => self.release(peer, blob),
-        }
-    }
-
-    /// The lookup for an orphaned copy ended: released unless this peer is
-    /// among the `replicas` nearest that answered.
-    pub(super) fn orphan_membership_found(
-        &mut self,
-        peer: PeerIndex,
-        blob: Key,
-        replicas: u8,
-        found: &[PeerInfo<PeerIndex>],
-    ) {
-        let slot = &self.slots[peer as usize];
-        let declined = slot.core.as_ref().map(|c| c.decliners(&blob)).unwrap_or_default();
-        if !pin::is_member(&slot.key, &blob, replicas, found.iter().map(|p| p.key), &declined) {
-            self.release(peer, blob);
-        }
-    }
-
-    /// A membership lookup ended: act on that one pin with its answer.
-    pub(super) fn membership_found(&mut self, peer: PeerIndex, blob: Key, found: &[PeerInfo<PeerIndex>]) {
-        let slot = &self.slots[peer as usize];
-        let Some(core) = slot.core.as_ref() else { return };
+    /// A pin read for an orphaned copy came back.
+    pub(super) fn pin_record_found(&mut self, peer: PeerIndex, blob: Key, record: Option<&ValueRecord>) {
+        let slot = &mut self.slots[peer as usize];
         let now = Instant::from_micros(net::to_local(self.now, &slot.place));
-        let Some(pin) = core
-            .record_store()
-            .value(&blob, now)
-            .and_then(|r| Pin::decode(&r.value))
-        else {
-            return;
-        };
+        if let Some(duties) = slot.files.duties.as_mut() {
+            duties.handle_pin_record(now, blob, Ok(record.and_then(|r| Pin::decode(&r.value))));
+        }
+        self.pin_actions(peer);
+    }
+
+    /// A membership lookup of `peer`'s pin duties ended.
+    pub(super) fn membership_found(&mut self, peer: PeerIndex, blob: Key, found: &[PeerInfo<PeerIndex>]) {
+        let slot = &mut self.slots[peer as usize];
+        let Some(core) = slot.core.as_ref() else { return };
         let declined = core.decliners(&blob);
-        let member = pin::is_member(&slot.key, &blob, pin.replicas, found.iter().map(|p| p.key), &declined);
-        let duty = Duty {
-            id: blob,
-            pin,
-            member,
-            held: slot.files.disk.contains_key(&blob),
-            fetching: slot.files.fetching.contains(&blob),
-            marked: slot.files.disk.get(&blob).copied().unwrap_or(false),
-        };
-        self.apply(peer, &[duty]);
+        let now = Instant::from_micros(net::to_local(self.now, &slot.place));
+        if let Some(duties) = slot.files.duties.as_mut() {
+            duties.handle_lookup(now, blob, Some(found.iter().map(|p| p.key)), &declined);
+        }
+        self.pin_actions(peer);
     }
 
     /// A provider lookup for a fetch ended: take the blob from the first
@@ -594,6 +593,7 @@ impl Sim {
             if let Some(f) = self.files.as_mut() {
                 f.counters.no_provider += 1;
             }
+            self.fetch_ended(peer, blob, FetchOutcome::Failed);
         }
     }
 
@@ -685,6 +685,9 @@ impl Sim {
             if let Some(f) = self.files.as_mut() {
                 f.counters.broken_transfers += 1;
             }
+            if receiver_ok {
+                self.fetch_ended(t.to, t.blob, FetchOutcome::Failed);
+            }
             return;
         }
         self.slots[t.from as usize].files.sent += t.bytes;
@@ -694,11 +697,13 @@ impl Sim {
             f.counters.bytes_moved += t.bytes;
         }
         if !self.make_room(t.to, t.blob) {
+            self.fetch_ended(t.to, t.blob, FetchOutcome::NoRoom);
             return;
         }
         self.slots[t.to as usize].files.disk.insert(t.blob, true);
         let blob = t.blob;
         let _ = self.command(t.to, |core, now| core.start_providing(now, blob).ok());
+        self.fetch_ended(t.to, blob, FetchOutcome::Fetched);
     }
 }
 

@@ -1,0 +1,264 @@
+//! The node's driver of the pin duties: a task that runs
+//! [`PinDuties`](shoal_resources::pin::PinDuties) — the decisions the
+//! simulator runs too — against the real overlay and blob store.
+//!
+//! At each round it gathers what the machine reads (the live pin records
+//! held here from the driver task, which copies are held and marked from
+//! the store, off the async threads) and carries out what the machine
+//! asks: lookups, pin reads and fetches each in a task of their own whose
+//! answer comes back on a channel; marks, releases and declines at once.
+//! Between rounds it also keeps the store's announcements honest: after a
+//! start it announces every blob kept from earlier runs, and every few
+//! rounds it stops announcing blobs served in place whose file changed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_overlay::Key;
+use shoal_resources::pin::{Declined, FetchOutcome, Pin, PinAction, PinDuties, PinDutiesConfig, PinState, Round};
+use shoal_resources::store::StoreError;
+use tokio::sync::mpsc;
+
+use crate::files::FetchError;
+use crate::node::{Client, NodeError, WeakClient, now};
+
+/// Every this many rounds, blobs served in place are checked for a changed
+/// file (which is then no longer announced).
+const CHANGED_CHECK_ROUNDS: u64 = 10;
+
+/// Lookups (membership checks and pin reads) one round may start.
+const MAX_PIN_LOOKUPS: usize = 32;
+
+/// The longest wait between two tries of a failing pin fetch, in rounds
+/// (20 × 30 s = 10 minutes by default).
+const MAX_RETRY_ROUNDS: u64 = 20;
+
+/// An answer to an action the machine asked for.
+enum Answer {
+    Lookup {
+        id: Key,
+        found: Option<Vec<Key>>,
+        declined: Vec<Key>,
+    },
+    Pin {
+        id: Key,
+        pin: Result<Option<Pin>, ()>,
+    },
+    Fetch {
+        id: Key,
+        outcome: FetchOutcome,
+    },
+}
+
+/// Runs the pin duties of `node` every `every` until the node ends.
+pub(crate) async fn run(node: WeakClient, every: Duration) {
+    let Some(client) = node.upgrade() else { return };
+    let config = PinDutiesConfig {
+        every,
+        max_lookups: MAX_PIN_LOOKUPS,
+        max_retry_rounds: MAX_RETRY_ROUNDS,
+    };
+    let mut duties = PinDuties::new(client.key(), config, now(), Duration::ZERO);
+    drop(client);
+    // Answers come from tasks this one started, at most one per lookup and
+    // fetch under way, so the channel needs no bound of its own.
+    let (answers, mut answered) = mpsc::unbounded_channel();
+    let mut rounds = 0u64;
+    loop {
+        let wait = duties.poll_timeout().saturating_since(now());
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {
+                let Some(client) = node.upgrade() else { return };
+                if rounds.is_multiple_of(CHANGED_CHECK_ROUNDS) {
+                    keep_announcements_honest(&client, rounds == 0).await;
+                }
+                rounds += 1;
+                let Some(round) = gather(&client).await else { continue };
+                duties.handle_round(now(), round);
+            }
+            Some(answer) = answered.recv() => match answer {
+                Answer::Lookup { id, found, declined } => duties.handle_lookup(now(), id, found, &declined),
+                Answer::Pin { id, pin } => duties.handle_pin_record(now(), id, pin),
+                Answer::Fetch { id, outcome } => duties.handle_fetch(now(), id, outcome),
+            },
+        }
+        let Some(client) = node.upgrade() else { return };
+        while let Some(action) = duties.poll_action() {
+            act(&client, action, &answers).await;
+        }
+    }
+}
+
+/// What the machine reads for a round; `None` if the node is ending or the
+/// store could not be read (nothing is decided this round).
+async fn gather(client: &Client) -> Option<Round> {
+    let pins = client.pins().await.ok()?;
+    let declining = client.declining().await.ok()?;
+    let (store, quota) = (client.blob_store().clone(), client.quota());
+    // Whether each copy is there and servable reads its metadata (and stats
+    // a file served in place), and a fit reads every blob's: off the async
+    // threads.
+    let round = tokio::task::spawn_blocking(move || {
+        let pinned: BTreeSet<Key> = store.pinned().ok()?.into_iter().collect();
+        let states: Vec<PinState> = pins
+            .iter()
+            .map(|p| PinState {
+                id: p.id,
+                pin: p.pin,
+                member: p.member,
+                held: store.contains(&p.id),
+                marked: pinned.contains(&p.id),
+                arriving: false,
+            })
+            .collect();
+        let orphans = pinned
+            .iter()
+            .filter(|id| !pins.iter().any(|p| p.id == **id))
+            .copied()
+            .collect();
+        let declined = declining
+            .into_iter()
+            .map(|id| {
+                let size = pins.iter().find(|p| p.id == id).map(|p| p.pin.size);
+                let fits = match (size, quota) {
+                    (Some(size), Some(quota)) => store
+                        .could_fit(size, quota, std::time::SystemTime::now())
+                        .unwrap_or(false),
+                    _ => true,
+                };
+                Declined { id, fits }
+            })
+            .collect();
+        Some(Round {
+            pins: states,
+            orphans,
+            declined,
+        })
+    })
+    .await;
+    match round {
+        Ok(Some(round)) => Some(round),
+        Ok(None) => {
+            tracing::warn!("cannot list the blobs kept for homes; pin duties skip a round");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("pin duties skip a round: {e}");
+            None
+        }
+    }
+}
+
+/// Carries out one action of the machine.
+async fn act(client: &Client, action: PinAction, answers: &mpsc::UnboundedSender<Answer>) {
+    let store = client.blob_store();
+    match action {
+        PinAction::Keep(id) => {
+            if let Err(e) = store.set_pinned(&id, true) {
+                tracing::warn!("cannot mark {id} pinned: {e}");
+            }
+        }
+        PinAction::Release(id) => {
+            tracing::info!("no longer keeping {id} for its home");
+            if let Err(e) = store.set_pinned(&id, false) {
+                tracing::warn!("cannot unmark {id}: {e}");
+            }
+        }
+        PinAction::Decline(id) => {
+            // Homes go by key; a full peer steps aside so that the next one
+            // out keeps the copy.
+            tracing::warn!("not keeping pinned {id}: no room under the quota; stepping aside from its home");
+            if let Err(e) = client.decline(id).await {
+                tracing::warn!("cannot decline {id}: {e}");
+            }
+        }
+        PinAction::StopDeclining(id) => {
+            if let Err(e) = client.stop_providing(id).await {
+                tracing::warn!("cannot stop declining {id}: {e}");
+            }
+        }
+        PinAction::LookUp(id) => {
+            let (client, answers) = (client.clone(), answers.clone());
+            tokio::spawn(async move {
+                let found = client
+                    .find_node(id)
+                    .await
+                    .ok()
+                    .map(|lookup| lookup.peers.iter().map(|p| p.key).collect());
+                let declined = client.decliners(id).await.unwrap_or_default();
+                let _ = answers.send(Answer::Lookup { id, found, declined });
+            });
+        }
+        PinAction::ReadPin(id) => {
+            let (client, answers) = (client.clone(), answers.clone());
+            tokio::spawn(async move {
+                let pin = match client.get_value(id).await {
+                    Ok(record) => Ok(record.and_then(|r| Pin::decode(&r.value))),
+                    Err(_) => Err(()),
+                };
+                let _ = answers.send(Answer::Pin { id, pin });
+            });
+        }
+        PinAction::Fetch { id, .. } => {
+            tracing::info!("fetching {id} for its home: this peer is a member and holds no servable copy");
+            let (client, answers) = (client.clone(), answers.clone());
+            tokio::spawn(async move {
+                let progress = Arc::new(crate::files::Progress::default());
+                let outcome = match client.download(id, None, progress, None).await {
+                    Ok(_) => FetchOutcome::Fetched,
+                    Err(NodeError::Fetch(FetchError::Store(StoreError::QuotaExceeded { .. }))) => FetchOutcome::NoRoom,
+                    Err(e) => {
+                        tracing::warn!("cannot fetch pinned {id}: {e}");
+                        FetchOutcome::Failed
+                    }
+                };
+                let _ = answers.send(Answer::Fetch { id, outcome });
+            });
+        }
+    }
+}
+
+/// Blobs served in place whose file changed cannot be served: no longer
+/// announced (a `get` or a pin duty fetches them again). After a start
+/// (`first`), announces every blob kept from earlier runs (the overlay
+/// re-announces them hourly from then on).
+async fn keep_announcements_honest(client: &Client, first: bool) {
+    let store = client.blob_store().clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        store.list().map(|held| {
+            held.into_iter()
+                .map(|e| {
+                    let changed = e.in_place.is_some() && store.changed_source(&e.info.id).is_some();
+                    (e.info.id, changed)
+                })
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    let held = match listed {
+        Ok(Ok(held)) => held,
+        Ok(Err(e)) => return tracing::warn!("cannot list the blobs held: {e}"),
+        Err(e) => return tracing::warn!("cannot list the blobs held: {e}"),
+    };
+    let providing: BTreeSet<Key> = client.providing().await.unwrap_or_default().into_iter().collect();
+    let changed: Vec<Key> = held
+        .iter()
+        .filter(|(id, changed)| *changed && providing.contains(id))
+        .map(|(id, _)| *id)
+        .collect();
+    if let Err(e) = client
+        .forget_provided(&changed, "its file changed since it was shared")
+        .await
+    {
+        tracing::warn!("cannot stop announcing changed blobs: {e}");
+    }
+    if first {
+        let ids: Vec<Key> = held.iter().filter(|(_, changed)| !changed).map(|(id, _)| *id).collect();
+        if !ids.is_empty()
+            && let Err(e) = client.provide(ids).await
+        {
+            tracing::warn!("cannot announce the blobs held: {e}");
+        }
+    }
+}
