@@ -12,7 +12,7 @@
 //! response : u8 status | u64 size | (u32 n | n bytes)* | u32 0          (u32 0xffffffff: failed half way)
 //! ```
 //!
-//! The plan — which run to ask whom — is the sans-IO [`Fetch`] of
+//! The plan — which run to ask whom — is the sans-IO [`FetchPlan`] of
 //! `shoal-resources`; this module only moves bytes.
 
 use std::collections::BTreeMap;
@@ -27,12 +27,12 @@ use shoal_overlay::Key;
 use shoal_resources::blob::{GROUP_BYTES, empty_id, group_bytes, last_group};
 use shoal_resources::fetch::MAX_SPAN;
 use shoal_resources::store::{BlobStore, Partial, ReceiveError, StoreError};
-use shoal_resources::{BlobInfo, Failure, Fetch, ProviderId, proves_size};
+use shoal_resources::{BlobInfo, Failure, FetchPlan, ProviderId, proves_size};
 
 /// The stream protocol for blob ranges.
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/blob/1");
 /// Largest request frame accepted.
-const MAX_REQUEST_BYTES: u32 = 256;
+const MAX_REQUEST_BYTES: usize = 256;
 /// Largest payload accepted: a full run plus its parent hashes (64 bytes
 /// per group is far more than the tree needs).
 const MAX_PAYLOAD_BYTES: u64 = MAX_SPAN * (GROUP_BYTES + 64) + 4096;
@@ -117,19 +117,14 @@ async fn serve_stream(
     mut stream: Stream,
 ) {
     loop {
-        let mut len = [0u8; 4];
-        if stream.read_exact(&mut len).await.is_err() {
-            return; // the downloader is done
-        }
-        let len = u32::from_be_bytes(len);
-        if len > MAX_REQUEST_BYTES {
-            tracing::debug!("blob request of {len} bytes from {peer}: refused");
-            return;
-        }
-        let mut frame = vec![0u8; len as usize];
-        if stream.read_exact(&mut frame).await.is_err() {
-            return;
-        }
+        let frame = match crate::codec::read_capped(&mut stream, MAX_REQUEST_BYTES).await {
+            Ok(frame) => frame,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::debug!("blob request from {peer} refused: {e}");
+                return;
+            }
+            Err(_) => return, // the downloader is done
+        };
         let request = decode_request(&frame);
         let bad = request.is_none();
         // The encoder runs on a blocking thread and hands over the encoding
@@ -373,11 +368,7 @@ async fn ask(
         start: groups.start,
         end: groups.end,
     };
-    let mut frame = Vec::new();
-    ciborium::into_writer(&request, &mut frame).map_err(std::io::Error::other)?;
-    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&frame);
-    stream.write_all(&out).await?;
+    stream.write_all(&crate::codec::encode_cbor(&request)?).await?;
     stream.flush().await?;
     read_response(stream, buffer).await
 }
@@ -514,7 +505,7 @@ pub(crate) async fn prove_size(
 }
 
 struct Shared {
-    fetch: Mutex<Fetch>,
+    fetch: Mutex<FetchPlan>,
     partial: Partial,
     progress: Arc<Progress>,
     changed: tokio::sync::Notify,
@@ -528,7 +519,7 @@ impl Shared {
         self.fatal.lock().map(|f| f.is_some()).unwrap_or(true)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Fetch> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FetchPlan> {
         self.fetch.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -667,7 +658,7 @@ pub(crate) async fn fetch(
         .await
         .map_err(|e| FetchError::Io(std::io::Error::other(e)))??
     };
-    let mut plan = Fetch::new(info.size, partial.saved_have());
+    let mut plan = FetchPlan::new(info.size, partial.saved_have());
     let ids: BTreeMap<ProviderId, PeerId> = providers
         .iter()
         .enumerate()

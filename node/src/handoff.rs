@@ -35,7 +35,7 @@ const FAILED: u8 = 2;
 const BUSY: u8 = 3;
 
 /// Largest offer frame.
-const MAX_OFFER_BYTES: u32 = 256;
+const MAX_OFFER_BYTES: usize = 256;
 /// Offers received and fetched at once.
 const MAX_RECEIVING: usize = 4;
 
@@ -138,30 +138,17 @@ pub(crate) async fn accept(node: WeakClient, mut incoming: libp2p_stream::Incomi
     }
 }
 
-/// An offer as it goes on the wire: its length, then its CBOR.
+/// An offer as it goes on the wire: one frame ([`crate::codec`]).
 pub(crate) fn encode_offer(id: Key, size: u64) -> std::io::Result<Vec<u8>> {
-    let mut frame = Vec::new();
-    let offer = Offer {
+    crate::codec::encode_cbor(&Offer {
         id: id.to_bytes().to_vec(),
         size,
-    };
-    ciborium::into_writer(&offer, &mut frame).map_err(std::io::Error::other)?;
-    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&frame);
-    Ok(out)
+    })
 }
 
 /// Reads one offer from `stream`: the blob's id and size.
 pub(crate) async fn read_offer<R: AsyncRead + Unpin>(stream: &mut R) -> std::io::Result<(Key, u64)> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len);
-    if len > MAX_OFFER_BYTES {
-        return Err(std::io::Error::other(format!("an offer of {len} bytes")));
-    }
-    let mut frame = vec![0u8; len as usize];
-    stream.read_exact(&mut frame).await?;
-    let offer: Offer = ciborium::from_reader(frame.as_slice()).map_err(std::io::Error::other)?;
+    let offer: Offer = crate::codec::read_cbor(stream, MAX_OFFER_BYTES).await?;
     let id: [u8; 32] = offer
         .id
         .as_slice()

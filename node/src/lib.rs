@@ -46,4 +46,4 @@ pub mod settings;
 
 pub use addr::NodeAddr;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{Client, Lookup, NodeConfig, NodeError, Provided, start};
+pub use node::{Client, FoundNodes, NodeConfig, NodeError, Provided, start};

@@ -168,7 +168,7 @@ pub enum NodeError {
 
 /// The node's view of one finished lookup.
 #[derive(Clone, Debug)]
-pub struct Lookup {
+pub struct FoundNodes {
     /// The closest peers that answered, closest first.
     pub peers: Vec<PeerInfo<NodeAddr>>,
     /// What it cost.
@@ -238,7 +238,7 @@ type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 enum Command {
     FindNode {
         target: Key,
-        reply: Reply<Lookup>,
+        reply: Reply<FoundNodes>,
     },
     PutValue {
         key: Key,
@@ -305,8 +305,8 @@ enum Command {
     },
 }
 
-enum Pending {
-    FindNode(Reply<Lookup>),
+enum Waiting {
+    FindNode(Reply<FoundNodes>),
     PutValue(Reply<usize>),
     GetValue(Reply<Option<ValueRecord>>),
     Provide(Reply<Provided>),
@@ -398,7 +398,7 @@ impl Client {
     }
 
     /// Looks up the peers closest to `target`.
-    pub async fn find_node(&self, target: Key) -> Result<Lookup, NodeError> {
+    pub async fn find_node(&self, target: Key) -> Result<FoundNodes, NodeError> {
         self.ask(|reply| Command::FindNode { target, reply }).await
     }
 
@@ -891,7 +891,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         swarm,
         core,
         commands: receiver,
-        pending: BTreeMap::new(),
+        waiting: BTreeMap::new(),
         outbound: HashMap::new(),
         addresses: HashMap::new(),
         listening: Vec::new(),
@@ -1080,7 +1080,7 @@ struct Driver {
     swarm: Swarm<Behaviour>,
     core: Overlay<NodeAddr>,
     commands: mpsc::Receiver<Command>,
-    pending: BTreeMap<QueryId, Pending>,
+    waiting: BTreeMap<QueryId, Waiting>,
     outbound: HashMap<OutboundRequestId, RequestId>,
     /// Addresses learned through identify and mDNS, per peer.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
@@ -1143,7 +1143,7 @@ impl Driver {
                 }
             }
             self.drain();
-            if self.stopping.is_some() && self.pending.is_empty() {
+            if self.stopping.is_some() && self.waiting.is_empty() {
                 self.save_known();
                 self.save_records(true);
                 // Free for the next node before the caller hears it stopped.
@@ -1215,7 +1215,7 @@ impl Driver {
         let t = now();
         match command {
             Command::FindNode { target, reply } => match self.core.find_node(t, target) {
-                Ok(id) => drop(self.pending.insert(id, Pending::FindNode(reply))),
+                Ok(id) => drop(self.waiting.insert(id, Waiting::FindNode(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
             Command::PutValue {
@@ -1227,19 +1227,19 @@ impl Driver {
                 .core
                 .put_value_for(t, key, value, lifetime.unwrap_or(self.core.config().record_ttl))
             {
-                Ok(id) => drop(self.pending.insert(id, Pending::PutValue(reply))),
+                Ok(id) => drop(self.waiting.insert(id, Waiting::PutValue(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
             Command::GetValue { key, reply } => match self.core.get_value(t, key) {
-                Ok(id) => drop(self.pending.insert(id, Pending::GetValue(reply))),
+                Ok(id) => drop(self.waiting.insert(id, Waiting::GetValue(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
             Command::Provide { keys, reply } => match self.core.provide_many(t, keys) {
-                Ok(id) => drop(self.pending.insert(id, Pending::Provide(reply))),
+                Ok(id) => drop(self.waiting.insert(id, Waiting::Provide(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
             Command::GetProviders { key, reply } => match self.core.get_providers(t, key) {
-                Ok(id) => drop(self.pending.insert(id, Pending::GetProviders(reply))),
+                Ok(id) => drop(self.waiting.insert(id, Waiting::GetProviders(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
             Command::Peers { reply } => {
@@ -1280,7 +1280,7 @@ impl Driver {
             }
             Command::Leave { reply } => {
                 let id = self.core.leave(t);
-                self.pending.insert(id, Pending::Leave(reply));
+                self.waiting.insert(id, Waiting::Leave(reply));
             }
         }
     }
@@ -1499,17 +1499,17 @@ impl Driver {
             Event::FoundNodes {
                 query, peers, stats, ..
             } => {
-                if let Some(Pending::FindNode(reply)) = self.pending.remove(&query) {
-                    let _ = reply.send(Ok(Lookup { peers, stats }));
+                if let Some(Waiting::FindNode(reply)) = self.waiting.remove(&query) {
+                    let _ = reply.send(Ok(FoundNodes { peers, stats }));
                 }
             }
             Event::Put { query, stored, .. } => {
-                if let Some(Pending::PutValue(reply)) = self.pending.remove(&query) {
+                if let Some(Waiting::PutValue(reply)) = self.waiting.remove(&query) {
                     let _ = reply.send(Ok(stored));
                 }
             }
             Event::GotValue { query, record, .. } => {
-                if let Some(Pending::GetValue(reply)) = self.pending.remove(&query) {
+                if let Some(Waiting::GetValue(reply)) = self.waiting.remove(&query) {
                     let _ = reply.send(Ok(record));
                 }
             }
@@ -1519,19 +1519,19 @@ impl Driver {
                 failed,
             } => {
                 tracing::info!("left the overlay: {handed_off} records handed on, {failed} hand-offs failed");
-                if let Some(Pending::Leave(reply)) = self.pending.remove(&query) {
+                if let Some(Waiting::Leave(reply)) = self.waiting.remove(&query) {
                     self.stopping = Some(reply);
                 }
             }
             Event::Aborted { query } => {
-                if let Some(pending) = self.pending.remove(&query) {
-                    match pending {
-                        Pending::FindNode(r) => drop(r.send(Err(NodeError::Stopped))),
-                        Pending::PutValue(r) => drop(r.send(Err(NodeError::Stopped))),
-                        Pending::GetValue(r) => drop(r.send(Err(NodeError::Stopped))),
-                        Pending::Provide(r) => drop(r.send(Err(NodeError::Stopped))),
-                        Pending::GetProviders(r) => drop(r.send(Err(NodeError::Stopped))),
-                        Pending::Leave(r) => drop(r.send(Err(NodeError::Stopped))),
+                if let Some(waiting) = self.waiting.remove(&query) {
+                    match waiting {
+                        Waiting::FindNode(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Waiting::PutValue(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Waiting::GetValue(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Waiting::Provide(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Waiting::GetProviders(r) => drop(r.send(Err(NodeError::Stopped))),
+                        Waiting::Leave(r) => drop(r.send(Err(NodeError::Stopped))),
                     }
                 }
             }
@@ -1547,7 +1547,7 @@ impl Driver {
                 self.known_dirty = true;
             }
             Event::GotProviders { query, providers, .. } => {
-                if let Some(Pending::GetProviders(reply)) = self.pending.remove(&query) {
+                if let Some(Waiting::GetProviders(reply)) = self.waiting.remove(&query) {
                     let _ = reply.send(Ok(providers.into_iter().map(|p| p.provider).collect()));
                 }
             }
@@ -1560,7 +1560,7 @@ impl Driver {
                 stores,
                 duration,
             } => {
-                if let Some(Pending::Provide(reply)) = self.pending.remove(&query) {
+                if let Some(Waiting::Provide(reply)) = self.waiting.remove(&query) {
                     let _ = reply.send(Ok(Provided {
                         keys,
                         stored_everywhere,

@@ -36,7 +36,7 @@ const MAX_RETRY_ROUNDS: u64 = 20;
 
 /// An answer to an action the machine asked for.
 enum Answer {
-    Lookup {
+    NearestPeers {
         id: Key,
         found: Option<Vec<Key>>,
         declined: Vec<Key>,
@@ -45,7 +45,7 @@ enum Answer {
         id: Key,
         pin: Result<Option<Pin>, ()>,
     },
-    Fetch {
+    Fetched {
         id: Key,
         outcome: FetchOutcome,
     },
@@ -78,9 +78,9 @@ pub(crate) async fn run(node: WeakClient, every: Duration) {
                 duties.handle_round(now(), round);
             }
             Some(answer) = answered.recv() => match answer {
-                Answer::Lookup { id, found, declined } => duties.handle_lookup(now(), id, found, &declined),
+                Answer::NearestPeers { id, found, declined } => duties.handle_lookup(now(), id, found, &declined),
                 Answer::Pin { id, pin } => duties.handle_pin_record(now(), id, pin),
-                Answer::Fetch { id, outcome } => duties.handle_fetch(now(), id, outcome),
+                Answer::Fetched { id, outcome } => duties.handle_fetch(now(), id, outcome),
             },
         }
         let Some(client) = node.upgrade() else { return };
@@ -187,7 +187,7 @@ async fn act(client: &Client, action: PinAction, answers: &mpsc::UnboundedSender
                     .ok()
                     .map(|lookup| lookup.peers.iter().map(|p| p.key).collect());
                 let declined = client.decliners(id).await.unwrap_or_default();
-                let _ = answers.send(Answer::Lookup { id, found, declined });
+                let _ = answers.send(Answer::NearestPeers { id, found, declined });
             });
         }
         PinAction::ReadPin(id) => {
@@ -213,7 +213,7 @@ async fn act(client: &Client, action: PinAction, answers: &mpsc::UnboundedSender
                         FetchOutcome::Failed
                     }
                 };
-                let _ = answers.send(Answer::Fetch { id, outcome });
+                let _ = answers.send(Answer::Fetched { id, outcome });
             });
         }
     }

@@ -2,7 +2,7 @@
 //! planner.
 //!
 //! A download keeps one bit per 16 KiB group: verified or not. Providers
-//! pull work: whenever one has room, [`Fetch::next_range`] hands it the next
+//! pull work: whenever one has room, [`FetchPlan::next_range`] hands it the next
 //! run of groups that nobody holds, sized to what that provider delivered so
 //! far (a fast provider gets longer runs and comes back sooner, so it carries
 //! more of the file). Each group is marked as it is verified, so progress,
@@ -64,7 +64,7 @@ struct InFlight {
 
 /// One download's plan.
 #[derive(Clone, Debug)]
-pub struct Fetch {
+pub struct FetchPlan {
     size: u64,
     groups: u64,
     have: Vec<u64>,
@@ -90,7 +90,7 @@ fn set(words: &mut [u64], i: u64, on: bool) {
     }
 }
 
-impl Fetch {
+impl FetchPlan {
     /// A download of a blob of `size` bytes; `have` is the bitmap of groups
     /// already verified by an earlier, interrupted run (ignored if its length
     /// does not fit).
@@ -105,7 +105,7 @@ impl Fetch {
             *last &= (1u64 << (groups % 64)) - 1;
         }
         let have_count = have.iter().map(|w| u64::from(w.count_ones())).sum();
-        Fetch {
+        FetchPlan {
             size,
             groups,
             have,
@@ -348,8 +348,8 @@ mod tests {
 
     /// Plays a download against providers with the given speeds (bytes per
     /// virtual second) and a set of liars; returns the plan at the end.
-    fn simulate(size: u64, speeds: &[f64], liars: &[ProviderId]) -> Fetch {
-        let mut fetch = Fetch::new(size, None);
+    fn simulate(size: u64, speeds: &[f64], liars: &[ProviderId]) -> FetchPlan {
+        let mut fetch = FetchPlan::new(size, None);
         for id in 0..speeds.len() as u32 {
             fetch.add_provider(id);
         }
@@ -427,14 +427,14 @@ mod tests {
     #[test]
     fn a_resumed_download_asks_only_for_what_is_missing() {
         let size = 100 * GROUP_BYTES + 7;
-        let mut first = Fetch::new(size, None);
+        let mut first = FetchPlan::new(size, None);
         first.add_provider(0);
         let range = first.next_range(0).unwrap();
         for g in range.clone().take(10) {
             first.verified(0, g);
         }
         // Crash: the bitmap survives, the in-flight runs do not.
-        let mut again = Fetch::new(size, Some(first.have().to_vec()));
+        let mut again = FetchPlan::new(size, Some(first.have().to_vec()));
         again.add_provider(0);
         assert_eq!(again.verified_bytes(), 10 * GROUP_BYTES);
         let mut asked = Vec::new();
@@ -452,7 +452,7 @@ mod tests {
 
     #[test]
     fn unreachable_providers_get_retries_then_are_dropped() {
-        let mut fetch = Fetch::new(10 * MIB, None);
+        let mut fetch = FetchPlan::new(10 * MIB, None);
         fetch.add_provider(0);
         for _ in 0..MAX_FAILURES {
             let r = fetch.next_range(0).unwrap();
@@ -467,7 +467,7 @@ mod tests {
 
     #[test]
     fn streams_of_one_peer_never_duplicate_each_other_in_the_endgame() {
-        let mut fetch = Fetch::new(8 * MIB, None);
+        let mut fetch = FetchPlan::new(8 * MIB, None);
         fetch.add_stream(0, 7);
         fetch.add_stream(1, 7);
         let first = fetch.next_range(0).unwrap();
@@ -500,14 +500,14 @@ mod tests {
 
     #[test]
     fn an_empty_blob_is_complete_at_once() {
-        let mut fetch = Fetch::new(0, None);
+        let mut fetch = FetchPlan::new(0, None);
         fetch.add_provider(0);
         assert!(fetch.is_complete());
         assert_eq!(fetch.next_range(0), None);
     }
 
     /// Hands `provider` its next run and completes it in `elapsed`.
-    fn complete_run(fetch: &mut Fetch, provider: ProviderId, elapsed: Duration) -> Range<u64> {
+    fn complete_run(fetch: &mut FetchPlan, provider: ProviderId, elapsed: Duration) -> Range<u64> {
         let range = fetch.next_range(provider).unwrap();
         for g in range.clone() {
             fetch.verified(provider, g);
@@ -519,7 +519,7 @@ mod tests {
     #[test]
     fn the_plan_knows_its_size_and_counts_verified_bytes_with_a_short_last_group() {
         let size = 3 * GROUP_BYTES + 100;
-        let mut fetch = Fetch::new(size, None);
+        let mut fetch = FetchPlan::new(size, None);
         assert_eq!(fetch.size(), size);
         fetch.add_provider(0);
         assert!(fetch.verified(0, 3), "the short last group");
@@ -544,7 +544,7 @@ mod tests {
         // 130 groups: three words, the last one two bits long.
         let size = 130 * GROUP_BYTES;
         let verified = [0u64, 1, 63, 64, 65, 127, 128, 129];
-        let mut first = Fetch::new(size, None);
+        let mut first = FetchPlan::new(size, None);
         for g in verified {
             first.verified(0, g);
         }
@@ -556,22 +556,22 @@ mod tests {
         let mut saved = first.have().to_vec();
         assert_eq!(saved.len(), 3);
         saved[2] |= !0b11;
-        let again = Fetch::new(size, Some(saved));
+        let again = FetchPlan::new(size, Some(saved));
         assert_eq!(again.verified_bytes(), verified.len() as u64 * GROUP_BYTES);
         for g in 0..130 {
             assert_eq!(again.has(g), verified.contains(&g), "group {g} after resume");
         }
         // A bitmap of the wrong length is someone else's: ignored.
-        let wrong = Fetch::new(size, Some(vec![!0; 2]));
+        let wrong = FetchPlan::new(size, Some(vec![!0; 2]));
         assert_eq!(wrong.verified_bytes(), 0);
         // A blob of exactly 64 groups keeps its whole last word.
-        let exact = Fetch::new(64 * GROUP_BYTES, Some(vec![!0]));
+        let exact = FetchPlan::new(64 * GROUP_BYTES, Some(vec![!0]));
         assert!(exact.is_complete());
     }
 
     #[test]
     fn a_run_lasts_about_a_quarter_second_at_the_measured_rate() {
-        let mut fetch = Fetch::new(1024 * MIB, None);
+        let mut fetch = FetchPlan::new(1024 * MIB, None);
         fetch.add_provider(0);
         let first = complete_run(&mut fetch, 0, Duration::from_millis(250));
         assert_eq!(first.end - first.start, FIRST_SPAN, "before any rate is known");
@@ -586,7 +586,7 @@ mod tests {
             (Duration::from_secs(1000), MIN_SPAN),
             (Duration::from_micros(1), MAX_SPAN),
         ] {
-            let mut fetch = Fetch::new(1024 * MIB, None);
+            let mut fetch = FetchPlan::new(1024 * MIB, None);
             fetch.add_provider(0);
             complete_run(&mut fetch, 0, elapsed);
             let next = fetch.next_range(0).unwrap();
@@ -601,14 +601,14 @@ mod tests {
     fn no_stream_takes_more_than_its_share_of_what_is_left() {
         // 320 groups, two providers: each first run is at most 160 groups,
         // but never less than MIN_SPAN.
-        let mut fetch = Fetch::new(320 * GROUP_BYTES, None);
+        let mut fetch = FetchPlan::new(320 * GROUP_BYTES, None);
         fetch.add_provider(0);
         fetch.add_provider(1);
         complete_run(&mut fetch, 0, Duration::from_micros(1));
         let r = fetch.next_range(0).unwrap();
         // 256 left for two providers: 128 each.
         assert_eq!(r.end - r.start, 128);
-        let mut tiny = Fetch::new(20 * GROUP_BYTES, None);
+        let mut tiny = FetchPlan::new(20 * GROUP_BYTES, None);
         for id in 0..4 {
             tiny.add_provider(id);
         }
@@ -617,7 +617,7 @@ mod tests {
 
     #[test]
     fn a_success_forgives_earlier_failures_and_a_provider_without_the_blob_is_dropped_at_once() {
-        let mut fetch = Fetch::new(64 * MIB, None);
+        let mut fetch = FetchPlan::new(64 * MIB, None);
         fetch.add_provider(0);
         for _ in 0..MAX_FAILURES - 1 {
             let r = fetch.next_range(0).unwrap();
@@ -641,7 +641,7 @@ mod tests {
 
     #[test]
     fn the_endgame_takes_the_largest_unfinished_run_and_its_groups_stay_claimed_until_both_end() {
-        let mut fetch = Fetch::new(200 * GROUP_BYTES, None);
+        let mut fetch = FetchPlan::new(200 * GROUP_BYTES, None);
         for id in 0..3 {
             fetch.add_provider(id);
         }
@@ -683,14 +683,14 @@ mod tests {
     #[test]
     fn a_run_never_reaches_past_the_last_group() {
         // Fewer groups than the shortest run: the run is the whole blob.
-        let mut fetch = Fetch::new(10 * GROUP_BYTES, None);
+        let mut fetch = FetchPlan::new(10 * GROUP_BYTES, None);
         fetch.add_provider(0);
         assert_eq!(fetch.next_range(0), Some(0..10));
     }
 
     #[test]
     fn a_dropped_provider_returns_every_run_it_held() {
-        let mut fetch = Fetch::new(1024 * GROUP_BYTES, None);
+        let mut fetch = FetchPlan::new(1024 * GROUP_BYTES, None);
         fetch.add_provider(0);
         fetch.add_provider(1);
         let first = fetch.next_range(0).unwrap();

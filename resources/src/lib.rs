@@ -22,6 +22,6 @@ pub mod ticket;
 mod verify;
 
 pub use blob::{BlobInfo, GROUP_BYTES};
-pub use fetch::{Failure, Fetch, ProviderId};
+pub use fetch::{Failure, FetchPlan, ProviderId};
 pub use ticket::{Ticket, TicketError};
 pub use verify::proves_size;

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
 
 use crate::blob::{BLOCK_SIZE, BlobInfo, GROUP_BYTES, chunk_ranges, group_count, hash_of_key, key_of_hash};
-use crate::verify::{Broken, Item, Verifier};
+use crate::verify::{Broken, Item, RangeVerifier};
 
 /// The files a whole blob in the store consists of (`ID.pin` marks it
 /// pinned and is empty).
@@ -1132,14 +1132,14 @@ fn write_all_at(
 
 /// What [`Partial::receive`] has verified and not yet written.
 #[derive(Debug, Default)]
-struct Pending<'a> {
+struct Unwritten<'a> {
     data: Run<'a>,
     outboard: Run<'a>,
     /// The groups in `data`, reported once written.
     groups: Vec<u64>,
 }
 
-impl Pending<'_> {
+impl Unwritten<'_> {
     /// Writes the parent hashes, then the data, then reports the groups:
     /// a group reported (and so saved as had) is on disk with every hash
     /// that a later run, or serving it, needs.
@@ -1210,8 +1210,8 @@ impl Partial {
         }
         let ranges = chunk_ranges(groups);
         let root = hash_of_key(&self.info.id);
-        let mut pending = Pending::default();
-        for item in Verifier::new(root, self.tree, &ranges, encoded) {
+        let mut pending = Unwritten::default();
+        for item in RangeVerifier::new(root, self.tree, &ranges, encoded) {
             match item {
                 Ok(Item::Parent { node, pair }) => {
                     if let Some(offset) = self.tree.pre_order_offset(node) {
@@ -1301,7 +1301,7 @@ pub fn verify_range(info: BlobInfo, groups: &Range<u64>, encoded: &[u8]) -> Resu
     let ranges = chunk_ranges(groups);
     let tree = BaoTree::new(info.size, BLOCK_SIZE);
     let mut bytes = 0;
-    for item in Verifier::new(hash_of_key(&info.id), tree, &ranges, encoded) {
+    for item in RangeVerifier::new(hash_of_key(&info.id), tree, &ranges, encoded) {
         if let Item::Leaf { data, .. } = item? {
             bytes += data.len() as u64;
         }
@@ -1321,7 +1321,7 @@ impl From<Broken> for ReceiveError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Fetch;
+    use crate::FetchPlan;
     use std::sync::atomic::AtomicU64;
 
     /// A `now` at which no download has been given up yet.
@@ -1336,7 +1336,7 @@ mod tests {
 
     /// Fetches every group `fetch` still lacks from store `from` into
     /// `partial`, as one provider; returns how many groups were asked for.
-    fn pull(from: &BlobStore, info: BlobInfo, partial: &Partial, fetch: &mut Fetch) -> u64 {
+    fn pull(from: &BlobStore, info: BlobInfo, partial: &Partial, fetch: &mut FetchPlan) -> u64 {
         fetch.add_provider(0);
         let mut asked = 0;
         while let Some(range) = fetch.next_range(0) {
@@ -1371,7 +1371,7 @@ mod tests {
 
         let b = BlobStore::open(&dir.join("b")).unwrap();
         let partial = b.partial(info).unwrap();
-        let mut fetch = Fetch::new(info.size, partial.saved_have());
+        let mut fetch = FetchPlan::new(info.size, partial.saved_have());
         pull(&a, info, &partial, &mut fetch);
         assert!(fetch.is_complete());
         partial.finish(None).unwrap();
@@ -1567,7 +1567,7 @@ mod tests {
         std::fs::write(dir.join("original"), content(50_000)).unwrap();
         assert_eq!(other.import(&dir.join("original"), Import::Copy).unwrap(), info);
         let partial = store.partial(info).unwrap();
-        let mut fetch = Fetch::new(info.size, None);
+        let mut fetch = FetchPlan::new(info.size, None);
         pull(&other, info, &partial, &mut fetch);
         partial.finish(None).unwrap();
         assert!(store.contains(&info.id));
@@ -1740,7 +1740,7 @@ mod tests {
         let b = BlobStore::open(&dir.join("b")).unwrap();
         {
             let partial = b.partial(info).unwrap();
-            let mut fetch = Fetch::new(info.size, None);
+            let mut fetch = FetchPlan::new(info.size, None);
             fetch.add_provider(0);
             let range = 0..16;
             let mut wire = Vec::new();
@@ -1754,7 +1754,7 @@ mod tests {
             // Dropped here: the process "dies".
         }
         let partial = b.partial(info).unwrap();
-        let mut fetch = Fetch::new(info.size, partial.saved_have());
+        let mut fetch = FetchPlan::new(info.size, partial.saved_have());
         assert_eq!(fetch.verified_bytes(), 16 * GROUP_BYTES);
         assert_eq!(pull(&a, info, &partial, &mut fetch), 41 - 16);
         let done = partial.finish(None).unwrap();

@@ -1,7 +1,7 @@
 //! Verifying a bao response that is already in memory, without copying it.
 //!
 //! A provider answers a run of groups with their bao encoding: parent hash
-//! pairs and 16 KiB leaves, in pre-order. [`Verifier`] walks that encoding
+//! pairs and 16 KiB leaves, in pre-order. [`RangeVerifier`] walks that encoding
 //! as a slice and hands out each verified pair and leaf as a borrow of it,
 //! so the receiver can write them to disk straight from the buffer the
 //! network filled (bao-tree's reader-based decoder copies every leaf into
@@ -32,7 +32,7 @@ pub fn proves_size(id: &Key, size: u64, encoded: &[u8]) -> bool {
     }
     let tree = BaoTree::new(size, BLOCK_SIZE);
     let ranges = chunk_ranges(&last_group(size));
-    let mut verifier = Verifier::new(hash_of_key(id), tree, &ranges, encoded);
+    let mut verifier = RangeVerifier::new(hash_of_key(id), tree, &ranges, encoded);
     let mut leaves = 0;
     for item in verifier.by_ref() {
         match item {
@@ -87,7 +87,7 @@ pub(crate) enum Broken {
 /// Verifies the bao encoding of `ranges` of the blob with root hash `root`
 /// item by item; stops at the first item that fails.
 #[derive(Debug)]
-pub(crate) struct Verifier<'a> {
+pub(crate) struct RangeVerifier<'a> {
     chunks: ResponseIterRef<'a>,
     /// The hashes still expected, the next one on top.
     stack: Vec<Hash>,
@@ -95,7 +95,7 @@ pub(crate) struct Verifier<'a> {
     failed: bool,
 }
 
-impl<'a> Verifier<'a> {
+impl<'a> RangeVerifier<'a> {
     pub(crate) fn new(root: Hash, tree: BaoTree, ranges: &'a ChunkRangesRef, encoded: &'a [u8]) -> Self {
         let ranges = truncate_ranges(ranges, tree.size());
         Self {
@@ -160,7 +160,7 @@ impl<'a> Verifier<'a> {
     }
 }
 
-impl<'a> Iterator for Verifier<'a> {
+impl<'a> Iterator for RangeVerifier<'a> {
     type Item = Result<Item<'a>, Broken>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -193,7 +193,7 @@ mod tests {
     }
 
     fn ours(root: Hash, tree: BaoTree, ranges: &ChunkRangesRef, wire: &[u8]) -> Vec<Seen> {
-        Verifier::new(root, tree, ranges, wire)
+        RangeVerifier::new(root, tree, ranges, wire)
             .map(|item| match item {
                 Ok(Item::Parent { node, pair }) => Seen::Parent(node, pair.to_vec()),
                 Ok(Item::Leaf { offset, data }) => Seen::Leaf(offset, data.to_vec()),

@@ -188,9 +188,9 @@ impl Ord for Queued {
     }
 }
 
-/// What the simulator tracks about a query it started.
+/// Why the simulator started a query: what to do with its result.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum Pending {
+enum Purpose {
     Lookup {
         start: u64,
         key: Key,
@@ -299,7 +299,7 @@ pub struct Sim {
     trace: Trace,
     live_keys: BTreeMap<Key, PeerIndex>,
     live_list: Vec<PeerIndex>,
-    pending: BTreeMap<(PeerIndex, QueryId), Pending>,
+    pending: BTreeMap<(PeerIndex, QueryId), Purpose>,
     #[serde(skip)]
     tx_buf: Vec<Transmit<PeerIndex>>,
     #[serde(skip)]
@@ -650,7 +650,7 @@ impl Sim {
             Some(id) => {
                 self.pending.insert(
                     (peer, id),
-                    Pending::Lookup {
+                    Purpose::Lookup {
                         start,
                         key,
                         closest_at_start,
@@ -666,7 +666,7 @@ impl Sim {
     pub fn put(&mut self, peer: PeerIndex, key: Key, value: Vec<u8>) -> bool {
         match self.command(peer, |core, now| core.put_value(now, key, value).ok()) {
             Some(id) => {
-                self.pending.insert((peer, id), Pending::Put);
+                self.pending.insert((peer, id), Purpose::Put);
                 true
             }
             None => false,
@@ -678,7 +678,7 @@ impl Sim {
         let start = self.now;
         match self.command(peer, |core, now| core.get_value(now, key).ok()) {
             Some(id) => {
-                self.pending.insert((peer, id), Pending::Get { start, value_hash });
+                self.pending.insert((peer, id), Purpose::Get { start, value_hash });
                 true
             }
             None => false,
@@ -932,12 +932,12 @@ impl Sim {
                 query, peers, stats, ..
             } => {
                 let (start, key, closest_at_start) = match self.pending.remove(&(peer, query)) {
-                    Some(Pending::Lookup {
+                    Some(Purpose::Lookup {
                         start,
                         key,
                         closest_at_start,
                     }) => (start, key, closest_at_start),
-                    Some(Pending::Membership { blob }) => return self.membership_found(peer, blob, &peers),
+                    Some(Purpose::Membership { blob }) => return self.membership_found(peer, blob, &peers),
                     _ => return,
                 };
                 let success = self.judge(peer, start, &key, closest_at_start, &peers);
@@ -951,8 +951,8 @@ impl Sim {
             }
             Event::GotValue { query, record, .. } => {
                 let (start, value_hash) = match self.pending.remove(&(peer, query)) {
-                    Some(Pending::Get { start, value_hash }) => (start, value_hash),
-                    Some(Pending::PinRecord { blob }) => return self.pin_record_found(peer, blob, record.as_ref()),
+                    Some(Purpose::Get { start, value_hash }) => (start, value_hash),
+                    Some(Purpose::PinRecord { blob }) => return self.pin_record_found(peer, blob, record.as_ref()),
                     _ => return,
                 };
                 let found = record.is_some_and(|r| *blake3::hash(&r.value).as_bytes() == value_hash);
@@ -962,13 +962,13 @@ impl Sim {
                 });
             }
             Event::Put { query, stored, .. } => {
-                if let Some(Pending::Put) = self.pending.remove(&(peer, query)) {
+                if let Some(Purpose::Put) = self.pending.remove(&(peer, query)) {
                     self.counters.puts += 1;
                     self.counters.put_stored += stored as u64;
                 }
             }
             Event::GotProviders { query, providers, .. } => {
-                if let Some(Pending::Providers { blob }) = self.pending.remove(&(peer, query)) {
+                if let Some(Purpose::Providers { blob }) = self.pending.remove(&(peer, query)) {
                     let from: Vec<PeerIndex> = providers.iter().map(|r| r.provider.addr).collect();
                     self.providers_found(peer, blob, &from);
                 }

@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 use shoal_overlay::{Instant, Key, PeerInfo, ValueRecord};
 use shoal_resources::pin::{self, Declined, FetchOutcome, Pin, PinAction, PinDuties, PinDutiesConfig, PinState, Round};
 
-use super::{Ev, PeerIndex, PeerState, Pending, Sim, micros};
+use super::{Ev, PeerIndex, PeerState, Purpose, Sim, micros};
 use crate::net;
 
 /// Settings of the files layer.
@@ -216,7 +216,7 @@ impl Sim {
             core.put_value_for(now, blob, value, pin::PIN_LIFETIME).ok()
         }) {
             Some(id) => {
-                self.pending.insert((peer, id), Pending::Put);
+                self.pending.insert((peer, id), Purpose::Put);
                 true
             }
             None => false,
@@ -466,7 +466,7 @@ impl Sim {
             match action {
                 PinAction::LookUp(blob) => {
                     if let Some(id) = self.command(peer, |core, now| core.find_node(now, blob).ok()) {
-                        self.pending.insert((peer, id), Pending::Membership { blob });
+                        self.pending.insert((peer, id), Purpose::Membership { blob });
                         if let Some(f) = self.files.as_mut() {
                             f.counters.membership_lookups += 1;
                         }
@@ -474,7 +474,7 @@ impl Sim {
                 }
                 PinAction::ReadPin(blob) => {
                     if let Some(id) = self.command(peer, |core, now| core.get_value(now, blob).ok()) {
-                        self.pending.insert((peer, id), Pending::PinRecord { blob });
+                        self.pending.insert((peer, id), Purpose::PinRecord { blob });
                         if let Some(f) = self.files.as_mut() {
                             f.counters.orphan_checks += 1;
                         }
@@ -493,7 +493,7 @@ impl Sim {
                     match self.command(peer, |core, now| core.get_providers(now, blob).ok()) {
                         Some(id) => {
                             self.slots[peer as usize].files.fetching.insert(blob);
-                            self.pending.insert((peer, id), Pending::Providers { blob });
+                            self.pending.insert((peer, id), Purpose::Providers { blob });
                             if let Some(f) = self.files.as_mut() {
                                 f.counters.fetches += 1;
                             }
