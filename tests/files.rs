@@ -93,12 +93,16 @@ async fn a_file_shared_on_two_peers_is_fetched_from_both_and_verified() {
     let bytes = content(5 * 1024 * 1024 + 123, 1);
     let source = data_dir_existing("fetch", 0).join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
-    let (info, ticket) = peers[0].share(source.clone(), Import::Copy).await.unwrap();
+    let (info, ticket) = peers[0].files().share(source.clone(), Import::Copy).await.unwrap();
     assert_eq!(info.id, Key::of_content(&bytes));
-    peers[1].share(source.clone(), Import::InPlace).await.unwrap();
+    peers[1].files().share(source.clone(), Import::InPlace).await.unwrap();
     // Found through the overlay alone: no ticket.
     let progress = Arc::new(Progress::default());
-    let got = peers[3].download(info.id, None, progress.clone(), None).await.unwrap();
+    let got = peers[3]
+        .files()
+        .download(info.id, None, progress.clone(), None)
+        .await
+        .unwrap();
     assert_eq!(got, info);
     assert_eq!(std::fs::read(stored("fetch", 3, &info.id)).unwrap(), bytes);
     assert_eq!(progress.verified.load(std::sync::atomic::Ordering::Relaxed), info.size);
@@ -119,6 +123,7 @@ async fn a_file_shared_on_two_peers_is_fetched_from_both_and_verified() {
     // A ticket alone is enough, and it parses from its text.
     let ticket = shoal::resources::Ticket::parse(&ticket.to_text()).unwrap();
     let got = peers[2]
+        .files()
         .download(info.id, Some(ticket), Arc::new(Progress::default()), None)
         .await
         .unwrap();
@@ -131,8 +136,8 @@ async fn a_provider_with_a_corrupted_copy_is_dropped_and_the_file_still_arrives(
     let bytes = content(3 * 1024 * 1024, 2);
     let source = data_dir_existing("corrupt", 0).join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
-    let (info, _) = peers[0].share(source.clone(), Import::Copy).await.unwrap();
-    peers[1].share(source.clone(), Import::Copy).await.unwrap();
+    let (info, _) = peers[0].files().share(source.clone(), Import::Copy).await.unwrap();
+    peers[1].files().share(source.clone(), Import::Copy).await.unwrap();
     // Peer 1's copy rots on disk: every 64 KiB, one byte flips.
     let path = stored("corrupt", 1, &info.id);
     let mut rotten = std::fs::read(&path).unwrap();
@@ -141,7 +146,11 @@ async fn a_provider_with_a_corrupted_copy_is_dropped_and_the_file_still_arrives(
     }
     std::fs::write(&path, rotten).unwrap();
     let progress = Arc::new(Progress::default());
-    let got = peers[2].download(info.id, None, progress.clone(), None).await.unwrap();
+    let got = peers[2]
+        .files()
+        .download(info.id, None, progress.clone(), None)
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(stored("corrupt", 2, &got.id)).unwrap(), bytes);
     // The rotten provider was asked (3 runs of 1 MiB go to the first 3 of
     // the 4 streams, 2 a provider) and dropped for bad data; what it
@@ -163,12 +172,13 @@ async fn a_provider_with_a_corrupted_copy_is_dropped_and_the_file_still_arrives(
     let only_bad = swarm("corrupt-only", 2).await;
     let lone = data_dir_existing("corrupt-only", 0).join("source.bin");
     std::fs::write(&lone, &bytes).unwrap();
-    only_bad[0].share(lone, Import::Copy).await.unwrap();
+    only_bad[0].files().share(lone, Import::Copy).await.unwrap();
     let path = stored("corrupt-only", 0, &info.id);
     let mut rotten = std::fs::read(&path).unwrap();
     rotten[100] ^= 1;
     std::fs::write(&path, rotten).unwrap();
     let error = only_bad[1]
+        .files()
         .download(info.id, None, Arc::new(Progress::default()), None)
         .await
         .unwrap_err()
@@ -191,10 +201,11 @@ async fn a_shared_directory_arrives_as_the_same_tree() {
     for (path, bytes) in &files {
         std::fs::write(root.join(path), bytes).unwrap();
     }
-    let (listing, ticket) = peers[0].share(root.clone(), Import::Copy).await.unwrap();
+    let (listing, ticket) = peers[0].files().share(root.clone(), Import::Copy).await.unwrap();
     let out = data_dir_existing("dir", 1).join("got");
     let progress = Arc::new(Progress::default());
     let got = peers[1]
+        .files()
         .download(listing.id, Some(ticket), progress.clone(), Some(out.clone()))
         .await
         .unwrap();
@@ -206,6 +217,7 @@ async fn a_shared_directory_arrives_as_the_same_tree() {
     assert_eq!(progress.size.load(std::sync::atomic::Ordering::Relaxed), total);
     // A single file by id still lands as a file.
     let single = peers[1]
+        .files()
         .download(
             Key::of_content(&files[2].1),
             None,
@@ -225,28 +237,30 @@ async fn a_quota_drops_old_blobs_for_new_ones_and_refuses_what_cannot_fit() {
     for n in 0..3u8 {
         let path = data_dir_existing("quota", 0).join(format!("f{n}"));
         std::fs::write(&path, content(2 * 1024 * 1024, 10 + n)).unwrap();
-        let (info, ticket) = peers[0].share(path, Import::Copy).await.unwrap();
+        let (info, ticket) = peers[0].files().share(path, Import::Copy).await.unwrap();
         ids.push(info.id);
         small
+            .files()
             .download(info.id, Some(ticket), Arc::new(Progress::default()), None)
             .await
             .unwrap();
     }
     // 3 MiB hold one 2 MiB blob: each download dropped the one before,
     // and stopped announcing it.
-    assert!(small.blobs().contains(&ids[2]));
-    assert!(!small.blobs().contains(&ids[0]) && !small.blobs().contains(&ids[1]));
+    assert!(small.files().store().contains(&ids[2]));
+    assert!(!small.files().store().contains(&ids[0]) && !small.files().store().contains(&ids[1]));
     let providing = small.providing().await.unwrap();
     assert!(providing.contains(&ids[2]), "{providing:?}");
     assert!(
         !providing.contains(&ids[0]) && !providing.contains(&ids[1]),
         "{providing:?}"
     );
-    assert!(small.blobs().usage().unwrap() <= 3 * 1024 * 1024);
+    assert!(small.files().store().usage().unwrap() <= 3 * 1024 * 1024);
     let big = data_dir_existing("quota", 0).join("big");
     std::fs::write(&big, content(4 * 1024 * 1024, 20)).unwrap();
-    let (info, ticket) = peers[0].share(big, Import::Copy).await.unwrap();
+    let (info, ticket) = peers[0].files().share(big, Import::Copy).await.unwrap();
     let error = small
+        .files()
         .download(info.id, Some(ticket), Arc::new(Progress::default()), None)
         .await
         .unwrap_err()
@@ -263,26 +277,29 @@ async fn sharing_under_a_quota_drops_the_oldest_for_a_new_file_and_nothing_for_o
         std::fs::write(&path, content(2 * 1024 * 1024, 30 + n)).unwrap();
         paths.push(path);
     }
-    let a = node.share(paths[0].clone(), Import::Copy).await.unwrap().0.id;
-    let b = node.share(paths[1].clone(), Import::Copy).await.unwrap().0.id;
+    let a = node.files().share(paths[0].clone(), Import::Copy).await.unwrap().0.id;
+    let b = node.files().share(paths[1].clone(), Import::Copy).await.unwrap().0.id;
     // 4 of 5 MiB used. Sharing b again needs no room: a stays.
-    assert_eq!(node.share(paths[1].clone(), Import::Copy).await.unwrap().0.id, b);
-    assert!(node.blobs().contains(&a) && node.blobs().contains(&b));
+    assert_eq!(
+        node.files().share(paths[1].clone(), Import::Copy).await.unwrap().0.id,
+        b
+    );
+    assert!(node.files().store().contains(&a) && node.files().store().contains(&b));
     // A third file does need room: the least recently used (a) goes, and is
     // no longer announced.
-    let c = node.share(paths[2].clone(), Import::Copy).await.unwrap().0.id;
-    assert!(!node.blobs().contains(&a));
-    assert!(node.blobs().contains(&b) && node.blobs().contains(&c));
-    assert!(node.blobs().usage().unwrap() <= 5 * 1024 * 1024);
+    let c = node.files().share(paths[2].clone(), Import::Copy).await.unwrap().0.id;
+    assert!(!node.files().store().contains(&a));
+    assert!(node.files().store().contains(&b) && node.files().store().contains(&c));
+    assert!(node.files().store().usage().unwrap() <= 5 * 1024 * 1024);
     let providing = node.providing().await.unwrap();
     assert!(!providing.contains(&a) && providing.contains(&c), "{providing:?}");
     // What could not fit even with everything unpinned dropped is refused
     // before it is copied, and drops nothing.
     let big = data_dir_existing("reshare", 0).join("big");
     std::fs::write(&big, content(6 * 1024 * 1024, 40)).unwrap();
-    let error = node.share(big, Import::Copy).await.unwrap_err().to_string();
+    let error = node.files().share(big, Import::Copy).await.unwrap_err().to_string();
     assert!(error.contains("quota exceeded"), "{error}");
-    assert!(node.blobs().contains(&b) && node.blobs().contains(&c));
+    assert!(node.files().store().contains(&b) && node.files().store().contains(&c));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,7 +318,7 @@ async fn a_file_shared_in_place_that_changes_is_no_longer_announced_and_get_says
     let node = start(config()).await.unwrap();
     let path = data_dir_existing("changed", 0).join("in-place");
     std::fs::write(&path, content(100_000, 50)).unwrap();
-    let (info, _) = node.share(path.clone(), Import::InPlace).await.unwrap();
+    let (info, _) = node.files().share(path.clone(), Import::InPlace).await.unwrap();
     assert!(node.providing().await.unwrap().contains(&info.id));
     // Past the first round of duties (which checks at once): the periodic
     // check must find it.
@@ -313,6 +330,7 @@ async fn a_file_shared_in_place_that_changes_is_no_longer_announced_and_get_says
     .await;
     // No other peer has it: get says what happened to this peer's copy.
     let error = node
+        .files()
         .download(info.id, None, Arc::new(Progress::default()), None)
         .await
         .unwrap_err()
@@ -322,7 +340,7 @@ async fn a_file_shared_in_place_that_changes_is_no_longer_announced_and_get_says
     // holds, but not the blob whose file changed.
     let other = data_dir_existing("changed", 0).join("copied");
     std::fs::write(&other, content(50_000, 51)).unwrap();
-    let (other, _) = node.share(other, Import::Copy).await.unwrap();
+    let (other, _) = node.files().share(other, Import::Copy).await.unwrap();
     node.leave().await.unwrap();
     drop(node);
     let node = start(config()).await.unwrap();
@@ -334,7 +352,7 @@ async fn a_file_shared_in_place_that_changes_is_no_longer_announced_and_get_says
     assert!(!providing.contains(&info.id), "{providing:?}");
     // The file put back as it was, it is served and announced again.
     std::fs::write(&path, content(100_000, 50)).unwrap();
-    let (again, _) = node.share(path, Import::InPlace).await.unwrap();
+    let (again, _) = node.files().share(path, Import::InPlace).await.unwrap();
     assert_eq!(again.id, info.id);
     assert!(node.providing().await.unwrap().contains(&info.id));
 }
@@ -344,9 +362,10 @@ async fn getting_a_blob_already_held_to_a_path_copies_it_and_the_store_keeps_its
     let peers = swarm("held", 1).await;
     let path = data_dir_existing("held", 0).join("shared");
     std::fs::write(&path, content(300_000, 7)).unwrap();
-    let (info, _) = peers[0].share(path, Import::Copy).await.unwrap();
+    let (info, _) = peers[0].files().share(path, Import::Copy).await.unwrap();
     let out = data_dir_existing("held", 0).join("out");
     peers[0]
+        .files()
         .download(info.id, None, Arc::new(Progress::default()), Some(out.clone()))
         .await
         .unwrap();
@@ -354,7 +373,7 @@ async fn getting_a_blob_already_held_to_a_path_copies_it_and_the_store_keeps_its
     // The user's file is theirs to change: the store still serves its copy.
     std::fs::write(&out, b"edited").unwrap();
     assert!(stored("held", 0, &info.id).exists());
-    let entry = peers[0].blobs().list().unwrap();
+    let entry = peers[0].files().store().list().unwrap();
     assert_eq!(entry.len(), 1);
     assert_eq!(entry[0].in_place, None);
     assert_eq!(std::fs::read(stored("held", 0, &info.id)).unwrap(), content(300_000, 7));
@@ -365,28 +384,30 @@ async fn two_downloads_of_one_blob_at_once_both_end_with_the_file() {
     let peers = swarm("twice", 2).await;
     let path = data_dir_existing("twice", 0).join("shared");
     std::fs::write(&path, content(8 * 1024 * 1024, 9)).unwrap();
-    let (info, ticket) = peers[0].share(path, Import::Copy).await.unwrap();
+    let (info, ticket) = peers[0].files().share(path, Import::Copy).await.unwrap();
     let out = |n: u8| data_dir_existing("twice", 1).join(format!("out{n}"));
     // Both start before either ends: they write the same download, and
     // the one that files it second must find the blob already there.
     let (a, b) = tokio::join!(
-        peers[1].download(
+        peers[1].files().download(
             info.id,
             Some(ticket.clone()),
             Arc::new(Progress::default()),
             Some(out(1))
         ),
-        peers[1].download(info.id, Some(ticket), Arc::new(Progress::default()), Some(out(2))),
+        peers[1]
+            .files()
+            .download(info.id, Some(ticket), Arc::new(Progress::default()), Some(out(2))),
     );
     a.unwrap();
     b.unwrap();
     for n in [1, 2] {
         assert_eq!(std::fs::read(out(n)).unwrap(), content(8 * 1024 * 1024, 9), "out{n}");
     }
-    assert!(peers[1].blobs().contains(&info.id));
+    assert!(peers[1].files().store().contains(&info.id));
     // One download: the provider sent the file once (with its hashes and
     // the size proof, well under twice).
-    let served = peers[0].served_bytes();
+    let served = peers[0].files().served_bytes();
     assert!(
         served >= info.size && served < info.size + info.size / 8,
         "served {served} bytes of a {} byte file",
@@ -418,18 +439,18 @@ async fn pinned_swarm(tag: &str, n: usize, bytes: &[u8], import: Import) -> (Vec
     let source = data_dir_existing(tag, 0).join("source.bin");
     std::fs::write(&source, bytes).unwrap();
     let owner = peers[0].as_ref().unwrap().clone();
-    let (info, _) = owner.share(source, import).await.unwrap();
+    let (info, _) = owner.files().share(source, import).await.unwrap();
     assert!(
-        owner.pin(info.id, 9).await.is_err(),
+        owner.pins().pin(info.id, 9).await.is_err(),
         "more replicas than homes hold records"
     );
-    assert!(owner.pin(info.id, 3).await.unwrap() >= 2);
+    assert!(owner.pins().pin(info.id, 3).await.unwrap() >= 2);
     drop(owner);
     // Fetched and marked pinned (the mark follows the download's end).
     let held = eventually(|| {
         let mut live: Vec<&Client> = peers.iter().flatten().collect();
         live.sort_by_key(|c| c.key().distance(&info.id));
-        live.iter().take(3).all(|c| c.blobs().is_pinned(&info.id))
+        live.iter().take(3).all(|c| c.files().store().is_pinned(&info.id))
     })
     .await;
     assert!(held, "the home fetched its copies");
@@ -472,19 +493,22 @@ where
 fn home(peers: &[Option<Client>], id: &shoal::overlay::Key) -> Vec<bool> {
     let mut live: Vec<&Client> = peers.iter().flatten().collect();
     live.sort_by_key(|c| c.key().distance(id));
-    live.into_iter().take(3).map(|c| c.blobs().contains(id)).collect()
+    live.into_iter()
+        .take(3)
+        .map(|c| c.files().store().contains(id))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_peer_that_pinned_a_blob_can_change_its_pin_and_others_are_told_so() {
     let (peers, info) = pinned_swarm("conflict", 4, &content(100_000, 5), Import::Copy).await;
     let other = peers[2].as_ref().unwrap();
-    for attempt in [other.pin(info.id, 2).await, other.unpin(info.id).await] {
+    for attempt in [other.pins().pin(info.id, 2).await, other.pins().unpin(info.id).await] {
         let error = attempt.unwrap_err().to_string();
         assert!(error.contains("is pinned by another peer"), "{error}");
     }
     // The pinner itself still can.
-    assert!(peers[0].as_ref().unwrap().unpin(info.id).await.unwrap() > 0);
+    assert!(peers[0].as_ref().unwrap().pins().unpin(info.id).await.unwrap() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,16 +525,16 @@ async fn a_leaving_home_member_hands_its_copy_on_first() {
     let (leaver, successor) = (by_distance[0], by_distance[3]);
     let successor = peers[successor].clone().unwrap();
     assert!(
-        !successor.blobs().contains(&info.id),
+        !successor.files().store().contains(&info.id),
         "the 4th closest keeps no copy yet"
     );
     let handed = peers[leaver].take().unwrap().leave().await.unwrap();
     // The copy moved before the leaver was gone, not by a later repair.
     assert_eq!(handed.taken, 1, "{handed:?}");
-    assert!(successor.blobs().contains(&info.id));
+    assert!(successor.files().store().contains(&info.id));
     assert_eq!(home(&peers, &info.id), vec![true; 3]);
     // Once the leaver's records arrive it keeps the copy for the home.
-    let kept = eventually(|| successor.blobs().is_pinned(&info.id)).await;
+    let kept = eventually(|| successor.files().store().is_pinned(&info.id)).await;
     assert!(kept, "the new member keeps its copy pinned");
 }
 
@@ -532,9 +556,9 @@ async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
             eprintln!(
                 "peer {}: holds {} pinned {} pins {:?} table {}",
                 c.key().short(),
-                c.blobs().contains(&info.id),
-                c.blobs().is_pinned(&info.id),
-                c.pins().await.unwrap(),
+                c.files().store().contains(&info.id),
+                c.files().store().is_pinned(&info.id),
+                c.pins().list().await.unwrap(),
                 c.peers().await.unwrap().len()
             );
         }
@@ -547,6 +571,7 @@ async fn a_pinned_file_survives_its_provider_and_a_home_member_crashing() {
         .max_by_key(|c| c.key().distance(&info.id))
         .unwrap();
     let got = reader
+        .files()
         .download(info.id, None, Arc::new(Progress::default()), None)
         .await
         .unwrap();
@@ -611,16 +636,17 @@ async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy
 
     let source = data_dir_existing(tag, 0).join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
-    let (info, _) = peers[0].share(source, Import::Copy).await.unwrap();
+    let (info, _) = peers[0].files().share(source, Import::Copy).await.unwrap();
     assert_eq!(info.id, id);
-    assert!(peers[0].pin(id, 3).await.unwrap() >= 2);
+    assert!(peers[0].pins().pin(id, 3).await.unwrap() >= 2);
     // The home by room: the three nearest but the peer without room.
     let mut others: Vec<usize> = (0..6).filter(|i| *i != small).collect();
     others.sort_by_key(|i| peers[*i].key().distance(&id));
     let home: Vec<usize> = others[..3].to_vec();
-    let kept = eventually(|| home.iter().all(|i| peers[*i].blobs().is_pinned(&id))).await;
+    let kept = eventually(|| home.iter().all(|i| peers[*i].files().store().is_pinned(&id))).await;
     let declining = peers[small]
         .pins()
+        .list()
         .await
         .unwrap()
         .iter()
@@ -629,15 +655,15 @@ async fn a_home_member_without_room_steps_aside_and_the_next_peer_keeps_the_copy
         for (i, c) in peers.iter().enumerate() {
             eprintln!(
                 "peer {i}: holds {} pinned {} pins {:?}",
-                c.blobs().contains(&id),
-                c.blobs().is_pinned(&id),
-                c.pins().await.unwrap()
+                c.files().store().contains(&id),
+                c.files().store().is_pinned(&id),
+                c.pins().list().await.unwrap()
             );
         }
     }
     assert!(kept, "the three nearest peers with room keep the file");
     assert!(declining, "the peer without room declines it");
-    assert!(!peers[small].blobs().contains(&id));
+    assert!(!peers[small].files().store().contains(&id));
     // Asked for providers, nobody lists the peer that declined.
     let providers = peers[others[4]].get_providers(id).await.unwrap();
     assert!(
@@ -660,12 +686,13 @@ async fn a_ticket_that_lies_about_the_size_gets_the_true_file_and_poisons_nothin
     let bytes = content(300_000, 60);
     let source = data_dir_existing("forged", 0).join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
-    let (info, ticket) = peers[0].share(source, Import::Copy).await.unwrap();
+    let (info, ticket) = peers[0].files().share(source, Import::Copy).await.unwrap();
     let size = info.size;
     for claimed in [0, 1, size - 1, size + 1, size + 16 * 1024, 10 * size, u64::MAX / 2] {
         let out = data_dir_existing("forged", 1).join(format!("out-{claimed}"));
         let progress = Arc::new(Progress::default());
         let got = peers[1]
+            .files()
             .download(
                 info.id,
                 Some(forged(&ticket, claimed)),
@@ -676,10 +703,10 @@ async fn a_ticket_that_lies_about_the_size_gets_the_true_file_and_poisons_nothin
             .unwrap();
         assert_eq!(got, info, "claimed {claimed}");
         assert_eq!(std::fs::read(&out).unwrap(), bytes, "claimed {claimed}");
-        assert_eq!(peers[1].blobs().size(&info.id).unwrap(), Some(size));
+        assert_eq!(peers[1].files().store().size(&info.id).unwrap(), Some(size));
         assert_eq!(progress.size.load(std::sync::atomic::Ordering::Relaxed), size);
         // Fetch it afresh for the next claim.
-        peers[1].blobs().remove(&info.id).unwrap();
+        peers[1].files().store().remove(&info.id).unwrap();
     }
     // A size nobody can prove writes nothing anywhere: an id nobody holds,
     // "of 0 bytes", with a ticket naming a peer.
@@ -688,15 +715,16 @@ async fn a_ticket_that_lies_about_the_size_gets_the_true_file_and_poisons_nothin
     lie.blob.id = nobody;
     let out = data_dir_existing("forged", 2).join("nothing");
     let error = peers[2]
+        .files()
         .download(nobody, Some(lie), Arc::new(Progress::default()), Some(out.clone()))
         .await
         .unwrap_err()
         .to_string();
     assert!(error.contains("could prove its size"), "{error}");
     assert!(!out.exists());
-    assert!(!peers[2].blobs().contains(&nobody));
+    assert!(!peers[2].files().store().contains(&nobody));
     assert!(!peers[2].providing().await.unwrap().contains(&nobody));
-    assert!(peers[2].blobs().list().unwrap().is_empty());
+    assert!(peers[2].files().store().list().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -706,13 +734,14 @@ async fn a_claimed_size_makes_no_room_under_a_quota() {
     for n in 0..3u8 {
         let path = data_dir_existing("claim-room", 1).join(format!("kept{n}"));
         std::fs::write(&path, content(2 * 1024 * 1024, 70 + n)).unwrap();
-        held.push(small.share(path, Import::Copy).await.unwrap().0.id);
+        held.push(small.files().share(path, Import::Copy).await.unwrap().0.id);
     }
     let path = data_dir_existing("claim-room", 0).join("one-mib");
     std::fs::write(&path, content(1024 * 1024, 80)).unwrap();
-    let (info, ticket) = peers[0].share(path, Import::Copy).await.unwrap();
+    let (info, ticket) = peers[0].files().share(path, Import::Copy).await.unwrap();
     // 9.5 MiB claimed: room for that would drop all three.
     let got = small
+        .files()
         .download(
             info.id,
             Some(forged(&ticket, 9 * 1024 * 1024 + 512 * 1024)),
@@ -724,7 +753,10 @@ async fn a_claimed_size_makes_no_room_under_a_quota() {
     assert_eq!(got, info);
     let providing = small.providing().await.unwrap();
     for id in &held {
-        assert!(small.blobs().contains(id), "a blob was dropped for a claimed size");
+        assert!(
+            small.files().store().contains(id),
+            "a blob was dropped for a claimed size"
+        );
         assert!(providing.contains(id), "{providing:?}");
     }
 }
@@ -736,7 +768,7 @@ async fn a_provider_notices_its_in_place_file_edited_behind_its_back_and_stops_s
     let path = data_dir_existing("edited", 0).join("in-place.bin");
     let bytes = content(1024 * 1024, 90);
     std::fs::write(&path, &bytes).unwrap();
-    let (info, _) = peers[0].share(path.clone(), Import::InPlace).await.unwrap();
+    let (info, _) = peers[0].files().share(path.clone(), Import::InPlace).await.unwrap();
     // One byte changed, with the length and mtime put back: the metadata
     // cannot tell.
     let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
@@ -746,21 +778,22 @@ async fn a_provider_notices_its_in_place_file_edited_behind_its_back_and_stops_s
     file.set_modified(modified).unwrap();
     drop(file);
     assert!(
-        peers[0].blobs().contains(&info.id),
+        peers[0].files().store().contains(&info.id),
         "length and mtime alone cannot tell"
     );
     let error = peers[1]
+        .files()
         .download(info.id, None, Arc::new(Progress::default()), None)
         .await
         .unwrap_err()
         .to_string();
     // The provider caught it itself: it is not blamed for bad data.
     assert!(error.contains("(0 sent bad data"), "{error}");
-    assert!(!peers[1].blobs().contains(&info.id));
+    assert!(!peers[1].files().store().contains(&info.id));
     // It no longer counts the blob held, says why, and stops announcing it.
-    assert!(!peers[0].blobs().contains(&info.id));
+    assert!(!peers[0].files().store().contains(&info.id));
     assert_eq!(
-        peers[0].blobs().changed_source(&info.id),
+        peers[0].files().store().changed_source(&info.id),
         Some(path.canonicalize().unwrap())
     );
     until("a blob found not to match is no longer announced", || async {
@@ -776,20 +809,24 @@ async fn only_regular_files_and_directories_are_shared() {
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
     // Opening a FIFO waits for a writer: the share must not.
-    let error = tokio::time::timeout(Duration::from_secs(60), peers[0].share(fifo.clone(), Import::Copy))
-        .await
-        .expect("sharing a FIFO returned instead of waiting for a writer")
-        .unwrap_err()
-        .to_string();
+    let error = tokio::time::timeout(
+        Duration::from_secs(60),
+        peers[0].files().share(fifo.clone(), Import::Copy),
+    )
+    .await
+    .expect("sharing a FIFO returned instead of waiting for a writer")
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("not a regular file"), "{error}");
     // A /proc file says it has 0 bytes and reads as more.
     let error = peers[0]
+        .files()
         .share("/proc/self/status".into(), Import::Copy)
         .await
         .unwrap_err()
         .to_string();
     assert!(error.contains("only files with a fixed size"), "{error}");
-    assert!(peers[0].blobs().list().unwrap().is_empty());
+    assert!(peers[0].files().store().list().unwrap().is_empty());
 }
 
 /// A node on a runtime of its own, in a thread of its own, that can be
@@ -865,7 +902,7 @@ async fn a_download_starts_from_the_provider_that_answers_not_after_one_across_a
     std::fs::write(&path, content(200_000, 91)).unwrap();
     let mut info = None;
     for p in &providers {
-        info = Some(p.client.share(path.clone(), Import::Copy).await.unwrap().0);
+        info = Some(p.client.files().share(path.clone(), Import::Copy).await.unwrap().0);
     }
     let info = info.unwrap();
     until("both providers are found", || async {
@@ -883,14 +920,16 @@ async fn a_download_starts_from_the_provider_that_answers_not_after_one_across_a
         // that timeout.
         let got = tokio::time::timeout(
             Duration::from_secs(9),
-            fetcher.download(info.id, None, Arc::new(Progress::default()), None),
+            fetcher
+                .files()
+                .download(info.id, None, Arc::new(Progress::default()), None),
         )
         .await
         .expect("the download waited for the provider across the partition")
         .unwrap();
         assert_eq!(got, info);
         cut.toggle(false);
-        fetcher.blobs().remove(&info.id).unwrap();
+        fetcher.files().store().remove(&info.id).unwrap();
     }
 }
 
@@ -910,7 +949,7 @@ async fn at_most_four_imports_run_at_once_and_the_rest_wait_their_turn() {
         let progress = Arc::new(Progress::default());
         let node = node.clone();
         let counted = progress.clone();
-        let task = tokio::spawn(async move { node.share_counted(path, Import::InPlace, counted).await });
+        let task = tokio::spawn(async move { node.files().share_counted(path, Import::InPlace, counted).await });
         shares.push((progress, task));
     }
     // An import is running once it has read something and until it ends.
@@ -957,39 +996,39 @@ async fn a_peer_that_declined_for_lack_of_room_keeps_the_copy_once_it_has_room()
     let share = |name: &str, bytes: &[u8]| {
         let source = data_dir_existing(tag, 0).join(name);
         std::fs::write(&source, bytes).unwrap();
-        peers[0].share(source, Import::Copy)
+        peers[0].files().share(source, Import::Copy)
     };
     let (first, _) = share("first.bin", &first).await.unwrap();
-    assert!(peers[0].pin(first.id, 3).await.unwrap() >= 2);
+    assert!(peers[0].pins().pin(first.id, 3).await.unwrap() >= 2);
     let small_peer = peers[small].clone();
-    let kept = eventually(|| small_peer.blobs().is_pinned(&first.id)).await;
+    let kept = eventually(|| small_peer.files().store().is_pinned(&first.id)).await;
     assert!(kept, "the small peer keeps the first file for its home");
 
     // The later file does not fit beside it: the small peer declines it.
     let (info, _) = share("later.bin", &later).await.unwrap();
-    assert!(peers[0].pin(info.id, 3).await.unwrap() >= 2);
+    assert!(peers[0].pins().pin(info.id, 3).await.unwrap() >= 2);
     until("the small peer declines the later file", || async {
         small_peer.declining().await.unwrap().contains(&info.id)
     })
     .await;
-    assert!(!small_peer.blobs().contains(&info.id));
+    assert!(!small_peer.files().store().contains(&info.id));
 
     // Unpinned, the first file may be dropped: the later one would fit, so
     // the small peer stops declining it, the decline lapses, and it fetches
     // and keeps its copy.
-    assert!(peers[0].unpin(first.id).await.unwrap() > 0);
+    assert!(peers[0].pins().unpin(first.id).await.unwrap() > 0);
     until("the small peer stops declining", || async {
         !small_peer.declining().await.unwrap().contains(&info.id)
     })
     .await;
-    let took = eventually(|| small_peer.blobs().is_pinned(&info.id)).await;
+    let took = eventually(|| small_peer.files().store().is_pinned(&info.id)).await;
     if !took {
         for (i, c) in peers.iter().enumerate() {
             eprintln!(
                 "peer {i}: holds {} pinned {} pins {:?} decliners {:?}",
-                c.blobs().contains(&info.id),
-                c.blobs().is_pinned(&info.id),
-                c.pins().await.unwrap(),
+                c.files().store().contains(&info.id),
+                c.files().store().is_pinned(&info.id),
+                c.pins().list().await.unwrap(),
                 c.decliners(info.id).await.unwrap()
             );
         }
@@ -1023,7 +1062,9 @@ async fn a_home_member_whose_in_place_copy_was_edited_fetches_the_blob_again() {
     let edited = content(bytes.len(), 34);
     std::fs::write(&source, &edited).unwrap();
     until("the owner holds a store copy again", || async {
-        stored(tag, 0, &info.id).exists() && owner.blobs().contains(&info.id) && owner.blobs().is_pinned(&info.id)
+        stored(tag, 0, &info.id).exists()
+            && owner.files().store().contains(&info.id)
+            && owner.files().store().is_pinned(&info.id)
     })
     .await;
     assert_eq!(

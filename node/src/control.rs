@@ -352,6 +352,13 @@ pub struct BlobView {
     pub partial: bool,
 }
 
+/// `POST /v1/down`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stopping {
+    /// Always true: the daemon stops.
+    pub stopping: bool,
+}
+
 type Failure = (StatusCode, Json<serde_json::Value>);
 
 fn failure(status: StatusCode, message: impl std::fmt::Display) -> Failure {
@@ -530,7 +537,7 @@ async fn share(
     let (client, progress) = (state.client.clone(), job.progress.clone());
     job.run(
         async move {
-            let (info, ticket) = client.share_counted(path, how, progress).await?;
+            let (info, ticket) = client.files().share_counted(path, how, progress).await?;
             Ok(ShareView {
                 id: info.id.to_string(),
                 size: info.size,
@@ -621,7 +628,7 @@ async fn get_blob(
     let (client, progress) = (state.client.clone(), job.progress.clone());
     job.run(
         async move {
-            client.download(id, ticket, progress, out.clone()).await?;
+            client.files().download(id, ticket, progress, out.clone()).await?;
             Ok(out.map(|o| o.display().to_string()).unwrap_or_default())
         },
         format!("cancelled; what arrived is kept, and getting {id} again resumes it"),
@@ -651,7 +658,7 @@ async fn cancel_download(
 }
 
 async fn blobs(State(state): State<Arc<AppState>>) -> Result<Json<Vec<BlobView>>, Failure> {
-    let store = state.client.blobs().clone();
+    let store = state.client.files().store().clone();
     let (list, partials) = tokio::task::spawn_blocking(move || {
         let partials = store
             .partials()?
@@ -698,6 +705,7 @@ async fn pin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -
     let id = parse_key(&body.id)?;
     let stored = state
         .client
+        .pins()
         .pin(id, body.replicas.unwrap_or(3))
         .await
         .map_err(node_failure)?;
@@ -706,13 +714,13 @@ async fn pin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -
 
 async fn unpin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -> Result<Json<PutView>, Failure> {
     let id = parse_key(&body.id)?;
-    let stored = state.client.unpin(id).await.map_err(node_failure)?;
+    let stored = state.client.pins().unpin(id).await.map_err(node_failure)?;
     Ok(Json(PutView { stored }))
 }
 
 async fn down(State(state): State<Arc<AppState>>) -> Response {
     state.shutdown.notify_one();
-    Json(serde_json::json!({ "stopping": true })).into_response()
+    Json(Stopping { stopping: true }).into_response()
 }
 
 /// Serves the API on a loopback port for `client`, writes `control.json`

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
 use shoal_resources::pin::{self, Pin};
 
-use crate::node::{Client, WeakClient};
+use crate::client::{Client, WeakClient};
 
 /// The hand-off protocol.
 pub const HANDOFF_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/handoff/1");
@@ -60,7 +60,9 @@ pub struct HandedOff {
 pub(crate) async fn hand_off(client: &Client, deadline: Duration) -> HandedOff {
     let work = async {
         let mut done = HandedOff::default();
-        let Ok(pins) = client.pins().await else { return done };
+        let Ok(pins) = client.pins().list().await else {
+            return done;
+        };
         for view in pins {
             let kept = client.blob_store().is_pinned(&view.id) && client.blob_store().contains(&view.id);
             if !kept || !view.member || view.pin.replicas == 0 {
@@ -187,7 +189,7 @@ async fn take(client: &Client, peer: PeerId, id: Key, size: u64) -> u8 {
     }
     tracing::info!("{peer} hands {id} on to this peer before it leaves");
     let progress = Arc::new(crate::files::Progress::default());
-    match client.download(id, None, progress, None).await {
+    match client.files().download(id, None, progress, None).await {
         Ok(_) if store.set_pinned(&id, true).is_ok() => TAKEN,
         Ok(_) => FAILED,
         Err(e) => {

@@ -26,24 +26,42 @@
 //! - [`control`] and [`cli_client`]: the HTTP/JSON control API and its caller.
 //! - [`admission`]: swarm keys and the admission handshake.
 //! - [`settings`]: flags, environment and `shoal.toml`.
-//! - [`node`]: [`start`], the driver task, and [`Client`].
+//! - [`client`]: [`Client`], the handle to a running node, and the
+//!   overlay's operations.
+//! - `driver`: the task that owns the swarm and the overlay core.
+//! - `swarm`: transports and behaviours.
+//! - [`daemon`]: [`start`], [`NodeConfig`] and the leave sequence.
+//! - [`error`]: [`NodeError`], [`PinError`].
+//! - [`files`]: serving and downloading blobs; `client.files()`.
+//! - [`pins`]: pins and the pin duties' driver; `client.pins()`.
+//! - [`handoff`]: a leaving home member hands its copies on.
+//! - `turns`: one task at a time per key.
 
 pub mod addr;
 pub mod admission;
 pub mod cli_client;
+pub mod client;
 pub mod codec;
 pub mod control;
+pub mod daemon;
+mod driver;
+pub mod error;
 pub mod files;
 pub mod fuzzing;
 pub mod handoff;
 pub mod identity;
 pub mod known;
 pub mod limits;
-pub mod node;
-mod pins;
+pub mod pins;
 pub mod saved;
 pub mod settings;
+mod swarm;
+mod turns;
 
 pub use addr::NodeAddr;
+pub use client::{Client, FoundNodes, Provided, Refusal};
+pub use daemon::{NodeConfig, start};
+pub use error::{NodeError, PinError};
+pub use files::Files;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{Client, FoundNodes, NodeConfig, NodeError, Provided, start};
+pub use pins::{PinView, Pins};

@@ -1,4 +1,6 @@
-//! The node's driver of the pin duties: a task that runs
+//! Pins on a node: the handle `client.pins()` (pin, unpin, the pin records
+//! held here with this node's duty for each) and the driver of the pin
+//! duties: a task that runs
 //! [`PinDuties`](shoal_resources::pin::PinDuties) — the decisions the
 //! simulator runs too — against the real overlay and blob store.
 //!
@@ -15,13 +17,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use libp2p::PeerId;
 use shoal_overlay::Key;
 use shoal_resources::pin::{Declined, FetchOutcome, Pin, PinAction, PinDuties, PinDutiesConfig, PinState, Round};
 use shoal_resources::store::StoreError;
 use tokio::sync::mpsc;
 
+use crate::client::{Client, Command, WeakClient, now};
+use crate::error::{NodeError, PinError};
 use crate::files::FetchError;
-use crate::node::{Client, NodeError, WeakClient, now};
 
 /// Every this many rounds, blobs served in place are checked for a changed
 /// file (which is then no longer announced).
@@ -33,6 +37,123 @@ const MAX_PIN_LOOKUPS: usize = 32;
 /// The longest wait between two tries of a failing pin fetch, in rounds
 /// (20 × 30 s = 10 minutes by default).
 const MAX_RETRY_ROUNDS: u64 = 20;
+
+/// A pin record this node holds, and whether it is among the pinned blob's
+/// `replicas` closest peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinView {
+    /// The blob.
+    pub id: Key,
+    /// What the pin says.
+    pub pin: Pin,
+    /// Whether this node must keep a copy.
+    pub member: bool,
+    /// The peers that declined the blob (no room), as far as the records
+    /// held here say: they are left out of its home.
+    pub declined: Vec<Key>,
+    /// Whether this node declines it.
+    pub declining: bool,
+}
+
+/// The pins of a node: `client.pins()`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pins<'a> {
+    client: &'a Client,
+}
+
+impl Client {
+    /// Pinning: pin, unpin, the pin records held here.
+    pub fn pins(&self) -> Pins<'_> {
+        Pins { client: self }
+    }
+}
+
+impl Pins<'_> {
+    /// The pin records this node holds, with its duty for each: whether it
+    /// is among each blob's `replicas` closest (by its routing table).
+    pub async fn list(self) -> Result<Vec<PinView>, NodeError> {
+        self.client
+            .on_core(|core, now| {
+                let mut out = Vec::new();
+                for record in core.record_store().value_records() {
+                    if record.expires <= now {
+                        continue;
+                    }
+                    let Some(pin) = Pin::decode(&record.value) else {
+                        continue;
+                    };
+                    out.push(PinView {
+                        id: record.key,
+                        pin,
+                        member: core.is_member_of(&record.key, usize::from(pin.replicas)),
+                        declined: core.decliners(&record.key),
+                        declining: core.declining().any(|k| *k == record.key),
+                    });
+                }
+                out
+            })
+            .await
+    }
+
+    /// Pins blob `id`: its home (the `replicas` closest peers) keeps a copy
+    /// each and repairs the count when members leave or crash. Returns how
+    /// many home members stored the pin record.
+    pub async fn pin(self, id: Key, replicas: u8) -> Result<usize, NodeError> {
+        if usize::from(replicas) > self.client.replication || replicas == 0 {
+            return Err(PinError::ReplicasOutOfRange {
+                max: self.client.replication,
+            }
+            .into());
+        }
+        let size = match self.client.blobs.size(&id)? {
+            Some(size) => size,
+            None => {
+                // The pin record carries the size: a proved one.
+                let providers: Vec<PeerId> = self
+                    .client
+                    .get_providers(id)
+                    .await?
+                    .into_iter()
+                    .map(|p| p.addr.peer)
+                    .collect();
+                if providers.is_empty() {
+                    return Err(crate::files::FetchError::NoProvider(id).into());
+                }
+                crate::files::prove_size(&self.client.streams, id, None, &providers).await?
+            }
+        };
+        self.put_pin(id, Pin { replicas, size }).await
+    }
+
+    /// Unpins blob `id` (only the peer that pinned it can).
+    pub async fn unpin(self, id: Key) -> Result<usize, NodeError> {
+        self.put_pin(id, Pin { replicas: 0, size: 0 }).await
+    }
+
+    async fn put_pin(self, id: Key, pin: Pin) -> Result<usize, NodeError> {
+        let put = self.client.ask(|reply| Command::PutValue {
+            key: id,
+            value: pin.encode(),
+            lifetime: Some(shoal_resources::pin::PIN_LIFETIME),
+            reply,
+        });
+        match put.await {
+            Ok(0) => {
+                // The home refuses a record at a key another publisher
+                // holds: say whose it is rather than that nobody answered.
+                if let Ok(Some(record)) = self.client.get_value(id).await {
+                    let publisher = Key::of_public_key(&record.publisher);
+                    if publisher != self.client.key {
+                        return Err(PinError::PinnedByAnother { id, publisher }.into());
+                    }
+                }
+                Err(PinError::NotStored(id).into())
+            }
+            Ok(stored) => Ok(stored),
+            Err(e) => Err(e),
+        }
+    }
+}
 
 /// An answer to an action the machine asked for.
 enum Answer {
@@ -93,7 +214,7 @@ pub(crate) async fn run(node: WeakClient, every: Duration) {
 /// What the machine reads for a round; `None` if the node is ending or the
 /// store could not be read (nothing is decided this round).
 async fn gather(client: &Client) -> Option<Round> {
-    let pins = client.pins().await.ok()?;
+    let pins = client.pins().list().await.ok()?;
     let declining = client.declining().await.ok()?;
     let (store, quota) = (client.blob_store().clone(), client.quota());
     // Whether each copy is there and servable reads its metadata (and stats
@@ -205,7 +326,7 @@ async fn act(client: &Client, action: PinAction, answers: &mpsc::UnboundedSender
             let (client, answers) = (client.clone(), answers.clone());
             tokio::spawn(async move {
                 let progress = Arc::new(crate::files::Progress::default());
-                let outcome = match client.download(id, None, progress, None).await {
+                let outcome = match client.files().download(id, None, progress, None).await {
                     Ok(_) => FetchOutcome::Fetched,
                     Err(NodeError::Fetch(FetchError::Store(StoreError::QuotaExceeded { .. }))) => FetchOutcome::NoRoom,
                     Err(e) => {

@@ -1,59 +1,31 @@
-//! Files over libp2p streams: serving verified ranges of blobs, and
-//! downloading a blob from several providers at once.
-//!
-//! `/shoal/blob/1` is a stream protocol, not one request per chunk: the
-//! downloader opens one stream per provider and sends requests on it one
-//! after another; each names a run of 16 KiB groups and is answered with a
-//! header and the bao encoding of that run (parent hashes and data), which
-//! the downloader verifies group by group before writing it.
-//!
-//! ```text
-//! request  : u32 length | CBOR {id: bytes(32), start: u64, end: u64}    (start = end = 0: size only)
-//! response : u8 status | u64 size | (u32 n | n bytes)* | u32 0          (u32 0xffffffff: failed half way)
-//! ```
-//!
-//! The plan — which run to ask whom — is the sans-IO [`FetchPlan`] of
-//! `shoal-resources`; this module only moves bytes.
+//! Downloading a blob from several providers at once: prove its size
+//! first (the last group verifies only at the true size), then let one
+//! worker per provider stream pull runs as the sans-IO
+//! [`FetchPlan`](shoal_resources::FetchPlan) hands them out, verify each
+//! group before it is written, and save what is verified so that a
+//! cancelled download resumes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{PeerId, Stream, StreamProtocol};
-use serde::{Deserialize, Serialize};
+use futures::StreamExt;
+use libp2p::{PeerId, Stream};
 use shoal_overlay::Key;
-use shoal_resources::blob::{GROUP_BYTES, empty_id, group_bytes, last_group};
-use shoal_resources::fetch::MAX_SPAN;
-use shoal_resources::store::{BlobStore, Partial, ReceiveError, StoreError};
+use shoal_resources::blob::{empty_id, group_bytes, last_group};
+use shoal_resources::store::{BlobStore, Partial, ReceiveError};
 use shoal_resources::{BlobInfo, Failure, FetchPlan, ProviderId, proves_size};
 
-/// The stream protocol for blob ranges.
-pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/blob/1");
-/// Largest request frame accepted.
-const MAX_REQUEST_BYTES: usize = 256;
-/// Largest payload accepted: a full run plus its parent hashes (64 bytes
-/// per group is far more than the tree needs).
-const MAX_PAYLOAD_BYTES: u64 = MAX_SPAN * (GROUP_BYTES + 64) + 4096;
+use super::Progress;
+use super::protocol::{BAD_REQUEST, BLOB_PROTOCOL, NOT_FOUND, OK, ask};
+use crate::error::FetchError;
+
 /// Streams opened to each provider, each pulling its own runs: while one
 /// stream's run is being verified and written, the other's is on the wire.
 pub const STREAMS_PER_PROVIDER: u32 = 2;
 /// How long one run may take before the provider counts as failed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
-
-const OK: u8 = 0;
-const NOT_FOUND: u8 = 1;
-const BAD_REQUEST: u8 = 2;
-const FAILED: u8 = 3;
-
-#[derive(Serialize, Deserialize)]
-struct BlobRequest {
-    #[serde(with = "serde_bytes")]
-    id: Vec<u8>,
-    start: u64,
-    end: u64,
-}
 
 /// Why blob `id` cannot be fetched when no other peer provides it: this
 /// peer's own copy, served in place, changed (which tells the user more),
@@ -65,347 +37,12 @@ pub(crate) fn no_provider(store: &BlobStore, id: Key) -> FetchError {
     }
 }
 
-/// Blobs found unservable while serving, waiting to be un-announced, at
-/// most (more are caught by the pin duties' periodic check).
-const CHANGED_QUEUE: usize = 64;
-
-/// Serves blob ranges from `store` to whoever opens a stream. A blob served
-/// in place whose file no longer matches what was shared is marked changed
-/// by the store and no longer announced.
-pub(crate) async fn serve(
-    node: crate::node::WeakClient,
-    store: BlobStore,
-    served: Arc<AtomicU64>,
-    mut incoming: libp2p_stream::IncomingStreams,
-) {
-    let (changed, mut found) = tokio::sync::mpsc::channel::<Key>(CHANGED_QUEUE);
-    tokio::spawn(async move {
-        while let Some(id) = found.recv().await {
-            let Some(client) = node.upgrade() else { return };
-            if let Err(e) = client
-                .forget_provided(&[id], "its in-place file no longer matches what was shared")
-                .await
-            {
-                tracing::warn!("cannot stop announcing {id}: {e}");
-            }
-        }
-    });
-    while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(serve_stream(
-            store.clone(),
-            changed.clone(),
-            served.clone(),
-            peer,
-            stream,
-        ));
-    }
-}
-
-/// Decodes a blob request frame: the blob and the run of groups asked for
-/// (an empty run asks for the size only). `None` for anything else.
-pub fn decode_request(frame: &[u8]) -> Option<(Key, std::ops::Range<u64>)> {
-    let request: BlobRequest = ciborium::from_reader(frame).ok()?;
-    let id = <[u8; 32]>::try_from(request.id.as_slice()).ok()?;
-    Some((Key::from_bytes(id), request.start..request.end))
-}
-
-async fn serve_stream(
-    store: BlobStore,
-    changed: tokio::sync::mpsc::Sender<Key>,
-    served: Arc<AtomicU64>,
-    peer: PeerId,
-    mut stream: Stream,
-) {
-    loop {
-        let frame = match crate::codec::read_capped(&mut stream, MAX_REQUEST_BYTES).await {
-            Ok(frame) => frame,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                tracing::debug!("blob request from {peer} refused: {e}");
-                return;
-            }
-            Err(_) => return, // the downloader is done
-        };
-        let request = decode_request(&frame);
-        let bad = request.is_none();
-        // The encoder runs on a blocking thread and hands over the encoding
-        // in chunks as it goes, so reading and encoding overlap sending.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(4);
-        match request {
-            Some((id, groups)) => drop(tokio::task::spawn_blocking({
-                let (store, changed) = (store.clone(), changed.clone());
-                move || answer(&store, id, groups, &tx, &changed)
-            })),
-            None => {
-                let _ = tx.try_send(Piece::Head(BAD_REQUEST, 0));
-                let _ = tx.try_send(Piece::Done);
-                drop(tx);
-            }
-        }
-        while let Some(piece) = rx.recv().await {
-            let written = match &piece {
-                Piece::Head(status, size) => {
-                    let mut head = [0u8; 9];
-                    head[0] = *status;
-                    head[1..].copy_from_slice(&size.to_be_bytes());
-                    stream.write_all(&head).await
-                }
-                // Framed by the encoder: the chunk goes out as it is, with
-                // no copy into a send buffer.
-                Piece::Chunk(framed) => {
-                    let sent = stream.write_all(framed).await;
-                    served.fetch_add((framed.len() - FRAME_HEADER) as u64, Ordering::Relaxed);
-                    sent
-                }
-                Piece::Done => stream.write_all(&0u32.to_be_bytes()).await,
-                Piece::Failed => stream.write_all(&CHUNK_FAILED.to_be_bytes()).await,
-            };
-            if written.is_err() {
-                return;
-            }
-        }
-        // The encoder is done: it ended with an empty chunk or a failure
-        // mark.
-        if stream.flush().await.is_err() || bad {
-            return;
-        }
-    }
-}
-
-/// Bytes per chunk of a response.
-const CHUNK_BYTES: usize = 256 * 1024;
-/// Marks a response that failed after it started.
-const CHUNK_FAILED: u32 = u32::MAX;
-
-/// Length of a chunk's frame header: its length, 4 bytes big-endian.
-const FRAME_HEADER: usize = 4;
-
-enum Piece {
-    /// The response's status and the blob's size.
-    Head(u8, u64),
-    /// A chunk of the encoding, framed: its length, then its bytes.
-    Chunk(Vec<u8>),
-    /// The empty chunk that ends a response.
-    Done,
-    /// The mark of a response that failed after it started.
-    Failed,
-}
-
-/// A `Write` that hands the encoding over in framed chunks: the room for
-/// a chunk's length comes first and is filled in when the chunk is full.
-struct ChunkWriter<'a> {
-    tx: &'a tokio::sync::mpsc::Sender<Piece>,
-    chunk: Vec<u8>,
-}
-
-fn new_chunk() -> Vec<u8> {
-    let mut chunk = Vec::with_capacity(FRAME_HEADER + CHUNK_BYTES);
-    chunk.extend_from_slice(&[0; FRAME_HEADER]);
-    chunk
-}
-
-impl std::io::Write for ChunkWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let room = FRAME_HEADER + CHUNK_BYTES - self.chunk.len();
-        let n = buf.len().min(room);
-        self.chunk.extend_from_slice(&buf[..n]);
-        if self.chunk.len() == FRAME_HEADER + CHUNK_BYTES {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.chunk.len() > FRAME_HEADER {
-            let mut chunk = std::mem::replace(&mut self.chunk, new_chunk());
-            // At most CHUNK_BYTES: fits, and never reads as CHUNK_FAILED.
-            let len = (chunk.len() - FRAME_HEADER) as u32;
-            chunk[..FRAME_HEADER].copy_from_slice(&len.to_be_bytes());
-            self.tx
-                .blocking_send(Piece::Chunk(chunk))
-                .map_err(|_| std::io::Error::other("the stream closed"))?;
-        }
-        Ok(())
-    }
-}
-
-/// Answers one request on a blocking thread: the header, the encoding in
-/// chunks, then an empty chunk (done) or a failure mark. A blob served in
-/// place whose file changed is not found; one found changed while it is
-/// encoded goes on `changed`, to be un-announced.
-fn answer(
-    store: &BlobStore,
-    id: Key,
-    groups: std::ops::Range<u64>,
-    tx: &tokio::sync::mpsc::Sender<Piece>,
-    changed: &tokio::sync::mpsc::Sender<Key>,
-) {
-    let head = |status, size| {
-        let _ = tx.blocking_send(Piece::Head(status, size));
-        let _ = tx.blocking_send(Piece::Done);
-    };
-    let size = match store.size(&id) {
-        Ok(Some(size)) => size,
-        Ok(None) => return head(NOT_FOUND, 0),
-        Err(_) => return head(FAILED, 0),
-    };
-    if store.changed_source(&id).is_some() {
-        return head(NOT_FOUND, 0);
-    }
-    if groups.is_empty() {
-        return head(OK, size);
-    }
-    if groups.end > shoal_resources::blob::group_count(size) || groups.end - groups.start > MAX_SPAN {
-        return head(BAD_REQUEST, size);
-    }
-    if tx.blocking_send(Piece::Head(OK, size)).is_err() {
-        return;
-    }
-    let mut writer = ChunkWriter { tx, chunk: new_chunk() };
-    match store
-        .encode(&id, &groups, &mut writer)
-        .and_then(|()| Ok(std::io::Write::flush(&mut writer)?))
-    {
-        Ok(()) => {
-            store.touch(&id, std::time::SystemTime::now());
-            let _ = tx.blocking_send(Piece::Done);
-        }
-        Err(e) => {
-            if let StoreError::SourceChanged { path, .. } = &e {
-                tracing::warn!(
-                    "{id}: {} no longer matches what was shared (its bytes were edited): no longer serving or announcing it",
-                    path.display()
-                );
-                let _ = changed.try_send(id);
-            } else {
-                tracing::warn!("cannot serve {id}: {e}");
-            }
-            // A chunk of length CHUNK_FAILED: the receiver drops this run.
-            let _ = tx.blocking_send(Piece::Failed);
-        }
-    }
-}
-
-fn store_part_path(store: &BlobStore, id: &Key) -> std::path::PathBuf {
-    store.part_path(id)
-}
-
-/// Why a download failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// Nobody to ask.
-    #[error("no provider of {0} found")]
-    NoProvider(Key),
-    /// No provider proved the blob's size (by sending its last group,
-    /// which verifies only at the true size), so nothing was fetched.
-    #[error(
-        "no provider of {id} could prove its size ({lying} sent a size that does not verify, {unreachable} unreachable or without it)"
-    )]
-    SizeUnproven {
-        /// The blob.
-        id: Key,
-        /// Providers whose size did not verify.
-        lying: usize,
-        /// Providers that did not answer or do not hold it.
-        unreachable: usize,
-    },
-    /// Every provider failed or was dropped.
-    #[error("no provider of {id} could deliver it ({lying} sent bad data, {unreachable} unreachable or without it)")]
-    ProvidersFailed {
-        /// The blob.
-        id: Key,
-        /// Providers dropped for bad data.
-        lying: usize,
-        /// Providers dropped as unreachable or not holding it.
-        unreachable: usize,
-    },
-    /// The local store failed (disk full, permissions).
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Local I/O failed.
-    #[error("local I/O: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// How a download is going; shared with whoever shows progress.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Blob size once known.
-    pub size: AtomicU64,
-    /// Bytes verified and written.
-    pub verified: AtomicU64,
-    /// Of those, bytes a saved partial download already held when this
-    /// one started (it resumed from them).
-    pub resumed: AtomicU64,
-    /// Content bytes received from providers in answered runs, verified or
-    /// not (a resumed download receives no more than the rest).
-    pub fetched: AtomicU64,
-    /// Providers still delivering.
-    pub providers: AtomicUsize,
-    /// Verified bytes each provider delivered, filled in at the end.
-    pub delivered: Mutex<Vec<(PeerId, u64)>>,
-    /// The providers dropped and why, filled in at the end.
-    pub dropped: Mutex<Vec<(PeerId, Failure)>>,
-}
-
 /// One provider's stream, opened lazily (dialing the provider if need be).
 async fn open(control: &mut libp2p_stream::Control, peer: PeerId, within: Duration) -> std::io::Result<Stream> {
     tokio::time::timeout(within, control.open_stream(peer, BLOB_PROTOCOL))
         .await
         .map_err(|_| std::io::Error::other("timed out opening a stream"))?
         .map_err(|e| std::io::Error::other(e.to_string()))
-}
-
-/// Sends one request and reads its answer into `buffer` (reused across
-/// runs); returns status, size and payload length.
-async fn ask(
-    stream: &mut Stream,
-    id: &Key,
-    groups: std::ops::Range<u64>,
-    buffer: &mut Vec<u8>,
-) -> std::io::Result<(u8, u64, usize)> {
-    let request = BlobRequest {
-        id: id.to_bytes().to_vec(),
-        start: groups.start,
-        end: groups.end,
-    };
-    stream.write_all(&crate::codec::encode_cbor(&request)?).await?;
-    stream.flush().await?;
-    read_response(stream, buffer).await
-}
-
-/// Reads one response to a blob request: status, the blob's size, and the
-/// payload (into `buffer`, grown as needed and never past the cap); returns
-/// status, size and payload length. Every length is checked before it is
-/// trusted.
-pub async fn read_response<R: futures::AsyncRead + Unpin>(
-    stream: &mut R,
-    buffer: &mut Vec<u8>,
-) -> std::io::Result<(u8, u64, usize)> {
-    let mut len = 0usize;
-    let mut header = [0u8; 9];
-    stream.read_exact(&mut header).await?;
-    let status = header[0];
-    let size = u64::from_be_bytes(header[1..9].try_into().unwrap_or_default());
-    loop {
-        let mut chunk = [0u8; 4];
-        stream.read_exact(&mut chunk).await?;
-        let n = u32::from_be_bytes(chunk);
-        if n == 0 {
-            return Ok((status, size, len));
-        }
-        if n == CHUNK_FAILED {
-            return Err(std::io::Error::other("the provider failed half way"));
-        }
-        let n = n as usize;
-        if n > CHUNK_BYTES || (len + n) as u64 > MAX_PAYLOAD_BYTES {
-            return Err(std::io::Error::other("the response is over the cap"));
-        }
-        if buffer.len() < len + n {
-            buffer.resize(len + n, 0);
-        }
-        stream.read_exact(&mut buffer[len..len + n]).await?;
-        len += n;
-    }
 }
 
 /// How long one provider may take to prove a size (dial included). Every
@@ -533,47 +170,6 @@ pub(crate) struct Fetched {
     pub(crate) downloaded: bool,
 }
 
-/// The blobs being downloaded, one download at a time per blob: a second
-/// download of a blob (another `get`, a pin duty, a directory that lists
-/// it too) waits until the first has fetched and filed it, then finds it
-/// held, instead of writing the same download beside it or reading the
-/// store's copy while the first moves it to its `-o`.
-#[derive(Clone, Default)]
-pub(crate) struct InFlight(Arc<Mutex<BTreeMap<Key, Arc<tokio::sync::Mutex<()>>>>>);
-
-/// A fetch's turn at its blob, until dropped.
-pub(crate) struct Turn {
-    id: Key,
-    in_flight: InFlight,
-    _held: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl InFlight {
-    /// Waits until no other fetch of `id` runs here.
-    pub(crate) async fn turn(&self, id: Key) -> Turn {
-        let lock = {
-            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(id).or_default().clone()
-        };
-        Turn {
-            id,
-            in_flight: self.clone(),
-            _held: lock.lock_owned().await,
-        }
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        let mut map = self.in_flight.0.lock().unwrap_or_else(|p| p.into_inner());
-        // The map's handle and this turn's are the only ones left: nobody
-        // waits, and the entry goes.
-        if map.get(&self.id).is_some_and(|lock| Arc::strong_count(lock) <= 2) {
-            map.remove(&self.id);
-        }
-    }
-}
-
 /// A download's worker tasks, stopped when the download is dropped (a
 /// cancelled `get`): each has saved what it verified as it went.
 struct Workers(Vec<tokio::task::JoinHandle<()>>);
@@ -645,7 +241,7 @@ pub(crate) async fn fetch(
             let mut evicted = Vec::new();
             if let Some(quota) = quota {
                 // A resumed download's bytes are already counted.
-                let held = std::fs::metadata(store_part_path(&store, &info.id)).map_or(0, |m| m.len());
+                let held = std::fs::metadata(store.part_path(&info.id)).map_or(0, |m| m.len());
                 evicted = store.make_room(
                     info.size.saturating_sub(held),
                     quota,

@@ -1,0 +1,310 @@
+//! Files over libp2p streams: serving verified ranges of blobs, and
+//! downloading a blob from several providers at once.
+//!
+//! `/shoal/blob/1` is a stream protocol, not one request per chunk: the
+//! downloader opens one stream per provider and sends requests on it one
+//! after another; each names a run of 16 KiB groups and is answered with a
+//! header and the bao encoding of that run (parent hashes and data), which
+//! the downloader verifies group by group before writing it.
+//!
+//! The plan — which run to ask whom — is the sans-IO [`FetchPlan`] of
+//! `shoal-resources`; this module only moves bytes.
+
+//!
+//! # Layout
+//!
+//! - [`protocol`]: the request and the response on the wire.
+//! - `serve`: answering requests from the store.
+//! - `fetch`: downloading from several providers, verified, resumable.
+//! - this module: [`Files`], the handle `client.files()` returns — share
+//!   (import and announce) and download (a blob, or a directory's files).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+use libp2p::{Multiaddr, PeerId};
+use shoal_overlay::Key;
+use shoal_resources::store::{BlobStore, Import};
+use shoal_resources::{BlobInfo, Failure, Ticket};
+
+use crate::client::Client;
+use crate::error::NodeError;
+
+mod fetch;
+pub mod protocol;
+mod serve;
+
+pub use crate::error::FetchError;
+pub use fetch::STREAMS_PER_PROVIDER;
+pub(crate) use fetch::{Fetched, fetch, prove_size};
+pub use protocol::{BLOB_PROTOCOL, decode_request, read_response};
+pub(crate) use serve::serve;
+
+/// How a download is going; shared with whoever shows progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Blob size once known.
+    pub size: AtomicU64,
+    /// Bytes verified and written.
+    pub verified: AtomicU64,
+    /// Of those, bytes a saved partial download already held when this
+    /// one started (it resumed from them).
+    pub resumed: AtomicU64,
+    /// Content bytes received from providers in answered runs, verified or
+    /// not (a resumed download receives no more than the rest).
+    pub fetched: AtomicU64,
+    /// Providers still delivering.
+    pub providers: AtomicUsize,
+    /// Verified bytes each provider delivered, filled in at the end.
+    pub delivered: Mutex<Vec<(PeerId, u64)>>,
+    /// The providers dropped and why, filled in at the end.
+    pub dropped: Mutex<Vec<(PeerId, Failure)>>,
+}
+
+/// Bytes of the regular files at or below `path` (0 if unreadable: the
+/// import then says why).
+fn tree_size(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_file() {
+        return meta.len();
+    }
+    if !meta.is_dir() {
+        return 0;
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| tree_size(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// A listing (directory) blob larger than this is treated as a file.
+const MAX_LISTING_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The files of a node: `client.files()`.
+#[derive(Clone, Copy, Debug)]
+pub struct Files<'a> {
+    client: &'a Client,
+}
+
+impl Client {
+    /// This node's files: share, download, the store.
+    pub fn files(&self) -> Files<'_> {
+        Files { client: self }
+    }
+}
+
+impl<'a> Files<'a> {
+    /// Blob bytes (data and hashes) this node has sent to other peers.
+    pub fn served_bytes(&self) -> u64 {
+        self.client.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The local blob store.
+    pub fn store(&self) -> &'a BlobStore {
+        &self.client.blobs
+    }
+
+    /// Imports the file at `path` into the blob store (or serves it in
+    /// place) and announces this peer as its provider. Returns the blob and
+    /// a ticket naming this peer's addresses.
+    pub async fn share(self, path: std::path::PathBuf, how: Import) -> Result<(BlobInfo, Ticket), NodeError> {
+        self.share_counted(path, how, Arc::default()).await
+    }
+
+    /// [`share`](Self::share), counting in `progress` the bytes to read
+    /// (`size`) and read so far (`verified`).
+    pub async fn share_counted(
+        self,
+        path: std::path::PathBuf,
+        how: Import,
+        progress: Arc<Progress>,
+    ) -> Result<(BlobInfo, Ticket), NodeError> {
+        let _turn = self
+            .client
+            .imports
+            .acquire()
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))?;
+        let store = self.client.blobs.clone();
+        let quota = self.client.quota;
+        let (imported, evicted) = tokio::task::spawn_blocking(move || {
+            use shoal_resources::store::{Room, StoreError};
+            let now = std::time::SystemTime::now();
+            let quota = quota.filter(|_| how == Import::Copy);
+            let mut room = quota.map(|quota| Room::new(quota, now));
+            let imported = (|| {
+                let total = tree_size(&path);
+                progress.size.store(total, std::sync::atomic::Ordering::Relaxed);
+                if let Some(quota) = quota {
+                    // What is larger than the whole quota is refused before
+                    // a byte is copied. The rest is decided import by
+                    // import once the id is known (a file the store holds
+                    // already needs no room, whatever else is pinned).
+                    let need = shoal_resources::store::room_for(total);
+                    if need > quota {
+                        let used = store.kept_bytes(now)?;
+                        return Err(StoreError::QuotaExceeded { need, used, quota });
+                    }
+                }
+                if path.is_dir() {
+                    store.import_dir(&path, how, room.as_mut(), &progress.verified)
+                } else {
+                    Ok((
+                        store.import_within(&path, how, room.as_mut(), &progress.verified)?,
+                        Vec::new(),
+                    ))
+                }
+            })();
+            // What was dropped is gone even if a later file of a directory
+            // did not fit: it is no longer announced either way.
+            let evicted = room.map(|r| r.dropped().to_vec()).unwrap_or_default();
+            (imported, evicted)
+        })
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))?;
+        self.client.forget_provided(&evicted, "dropped to make room").await?;
+        let (info, files) = imported?;
+        let mut keys: Vec<Key> = files.iter().map(|f| f.id).collect();
+        keys.push(info.id);
+        self.client.provide(keys).await?;
+        let addrs = self.client.listening().await?.iter().map(ToString::to_string).collect();
+        Ok((info, Ticket { blob: info, addrs }))
+    }
+
+    /// Downloads blob `id` (size and a first provider may come from a
+    /// ticket) from every provider the overlay knows, several at once, into
+    /// the blob store — or to `out`, which the store then serves in place —
+    /// and provides it too.
+    pub async fn download(
+        self,
+        id: Key,
+        ticket: Option<Ticket>,
+        progress: Arc<Progress>,
+        out: Option<std::path::PathBuf>,
+    ) -> Result<BlobInfo, NodeError> {
+        // Until it is filed where it goes (see `InFlight`).
+        let _turn = self.client.fetching.turn(id).await;
+        let mut providers: Vec<PeerId> = Vec::new();
+        if let Some(ticket) = &ticket {
+            let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+            for text in &ticket.addrs {
+                if let Ok(addr) = text.parse::<Multiaddr>()
+                    && let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last()
+                {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+            }
+            for (peer, addrs) in by_peer {
+                self.client.add_addresses(peer, addrs).await?;
+                providers.push(peer);
+            }
+        }
+        if !self.client.blobs.contains(&id) {
+            // The overlay may not be reachable; a ticket alone is enough.
+            if let Ok(found) = self.client.get_providers(id).await {
+                for p in found {
+                    if !providers.contains(&p.addr.peer) {
+                        self.client.add_addresses(p.addr.peer, p.addr.addrs.clone()).await?;
+                        providers.push(p.addr.peer);
+                    }
+                }
+            }
+        }
+        providers.retain(|p| *p != self.client.peer_id);
+        // A ticket's size is a claim: the fetch proves the size first.
+        let claimed = ticket.map(|t| t.blob.size);
+        progress
+            .size
+            .store(claimed.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        let Fetched {
+            info,
+            mut evicted,
+            downloaded,
+        } = fetch(
+            self.client.blobs.clone(),
+            self.client.streams.clone(),
+            id,
+            claimed,
+            providers.clone(),
+            progress.clone(),
+            None,
+            self.client.quota,
+        )
+        .await?;
+        let mut provided = vec![info.id];
+        // A directory's id names its listing: fetch every file it lists.
+        let listing = if info.size <= MAX_LISTING_BYTES {
+            let store = self.client.blobs.clone();
+            let bytes = tokio::task::spawn_blocking(move || store.read_small(&id, MAX_LISTING_BYTES))
+                .await
+                .map_err(|e| NodeError::Task(e.to_string()))??;
+            // A file that only looks like a listing (or a listing that does
+            // not decode) is what its id names: those bytes, as a file.
+            shoal_resources::collection::decode(&bytes).ok()
+        } else {
+            None
+        };
+        match (listing, out) {
+            (None, None) => {}
+            (None, Some(out)) => {
+                let store = self.client.blobs.clone();
+                // A copy held before this download (kept for a home, shared
+                // here) stays the store's own: `-o` gets a copy of it.
+                tokio::task::spawn_blocking(move || {
+                    if downloaded {
+                        store.move_out(&id, &out)
+                    } else {
+                        store.export(&id, &out)
+                    }
+                })
+                .await
+                .map_err(|e| NodeError::Task(e.to_string()))??;
+            }
+            (Some(entries), out) => {
+                // Sizes from the sharer's listing: summed without overflow;
+                // each file's fetch checks its own against the disk.
+                let total = entries.iter().fold(0u64, |sum, e| sum.saturating_add(e.blob.size));
+                progress.size.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+                if let Some(out) = &out {
+                    std::fs::create_dir_all(out).map_err(|e| NodeError::Store(e.into()))?;
+                }
+                for entry in entries {
+                    let mut from = providers.clone();
+                    if let Ok(found) = self.client.get_providers(entry.blob.id).await {
+                        for p in found {
+                            if p.addr.peer != self.client.peer_id && !from.contains(&p.addr.peer) {
+                                self.client.add_addresses(p.addr.peer, p.addr.addrs.clone()).await?;
+                                from.push(p.addr.peer);
+                            }
+                        }
+                    }
+                    let target = out.as_ref().map(|o| o.join(&entry.path));
+                    // (A listing cannot name itself: its id hashes its entries.)
+                    let _entry_turn = self.client.fetching.turn(entry.blob.id).await;
+                    if let Some(parent) = target.as_ref().and_then(|t| t.parent()) {
+                        std::fs::create_dir_all(parent).map_err(|e| NodeError::Store(e.into()))?;
+                    }
+                    let got = fetch(
+                        self.client.blobs.clone(),
+                        self.client.streams.clone(),
+                        entry.blob.id,
+                        Some(entry.blob.size),
+                        from,
+                        progress.clone(),
+                        target,
+                        self.client.quota,
+                    )
+                    .await?;
+                    provided.push(got.info.id);
+                    evicted.extend(got.evicted);
+                }
+            }
+        }
+        self.client.forget_provided(&evicted, "dropped to make room").await?;
+        self.client.provide(provided).await?;
+        Ok(info)
+    }
+}
