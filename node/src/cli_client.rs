@@ -54,6 +54,32 @@ pub enum ControlError {
     /// The daemon answered with an error.
     #[error("{0}")]
     Refused(String),
+    /// The daemon's answer is not the type this CLI reads for that call.
+    #[error("the daemon's answer to {path} is not what this shoal expects ({reason}); is the daemon another version?")]
+    Malformed {
+        /// The API path called.
+        path: String,
+        /// What did not parse.
+        reason: String,
+    },
+}
+
+/// Sends `method path` with an optional `body` to the daemon of `data_dir`
+/// and reads the answer as a `T`, one of the response types of
+/// [`crate::control`] (the ones the daemon writes).
+pub fn ask<T: serde::de::DeserializeOwned>(
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> Result<T, ControlError> {
+    let malformed = |e: serde_json::Error| ControlError::Malformed {
+        path: path.to_string(),
+        reason: e.to_string(),
+    };
+    let body = body.map(serde_json::to_value).transpose().map_err(malformed)?;
+    let value = call(data_dir, method, path, body.as_ref())?;
+    serde_json::from_value(value).map_err(malformed)
 }
 
 /// How long to wait for the daemon's answer to any call, unless
@@ -141,4 +167,59 @@ pub fn call(
         ));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-shot daemon on loopback that answers any request with
+    /// `status` and `body`, and a data directory whose `control.json`
+    /// points at it.
+    fn fake_daemon(name: &str, status: &str, body: &'static str) -> std::path::PathBuf {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dir = std::env::temp_dir().join(format!("shoal-cli-client-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let info = ControlInfo {
+            addr: listener.local_addr().unwrap(),
+            token: "t".into(),
+        };
+        std::fs::write(dir.join(CONTROL_FILE), serde_json::to_vec(&info).unwrap()).unwrap();
+        let status = status.to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        });
+        dir
+    }
+
+    #[test]
+    fn an_answer_of_the_expected_type_is_read_typed() {
+        let dir = fake_daemon("typed", "200 OK", r#"{"stored": 3}"#);
+        let put: crate::control::PutView = ask(&dir, "POST", "/v1/pin", Some(&())).unwrap();
+        assert_eq!(put.stored, 3);
+    }
+
+    #[test]
+    fn an_answer_of_another_shape_is_refused_naming_the_call() {
+        let dir = fake_daemon("malformed", "200 OK", r#"{"unexpected": true}"#);
+        let err = ask::<crate::control::Status>(&dir, "GET", "/v1/status", None::<&()>).unwrap_err();
+        assert!(
+            matches!(&err, ControlError::Malformed { path, .. } if path == "/v1/status"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_error_answer_is_the_daemons_message() {
+        let dir = fake_daemon("refused", "400 Bad Request", r#"{"error": "bad key"}"#);
+        let err = ask::<crate::control::PutView>(&dir, "POST", "/v1/pin", None::<&()>).unwrap_err();
+        assert_eq!(err.to_string(), "bad key");
+    }
 }

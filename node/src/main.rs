@@ -21,9 +21,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
-use serde_json::Value;
 use shoal_node::admission::SwarmKey;
-use shoal_node::cli_client::call;
+use shoal_node::cli_client::ask;
+use shoal_node::control::{
+    BlobView, DownloadView, GetRequest, KeyRequest, LookupView, PeerView, PinRequest, ProvideRequest, ProvideView,
+    PutRequest, PutView, RecordView, ShareJobView, ShareRequest, Status, Stopping,
+};
 use shoal_node::settings::{self, Given};
 use shoal_node::{control, start};
 
@@ -303,60 +306,75 @@ async fn up(data_dir: PathBuf, given: Given) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Calls the daemon and prints its answer: the JSON with `--json`, else `human(answer)`.
-fn talk_to(
+/// No request body.
+const NO_BODY: Option<&()> = None;
+
+/// Calls the daemon and reads its answer as an `R`; prints it as JSON with
+/// `--json`, else `human(answer)`.
+fn talk_to<R: serde::Serialize + serde::de::DeserializeOwned>(
     talk: &Talk,
     method: &str,
     path: &str,
-    body: Option<&Value>,
-    human: impl FnOnce(&Value) -> String,
+    body: Option<&impl serde::Serialize>,
+    human: impl FnOnce(&R) -> String,
 ) -> anyhow::Result<()> {
-    let answer = call(&talk.data_dir, method, path, body)?;
+    let answer: R = ask(&talk.data_dir, method, path, body)?;
     if talk.json {
-        say!("{answer}");
+        say!("{}", serde_json::to_string(&answer)?);
     } else {
         say!("{}", human(&answer));
     }
     Ok(())
 }
 
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("?")
-}
-
-fn status(v: &Value) -> String {
-    let listening: Vec<&str> = v["listening"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let swarm = match v["swarm"].as_str() {
+fn status(v: &Status) -> String {
+    let swarm = match &v.swarm {
         Some(fingerprint) => format!("private ({fingerprint})"),
         None => "open".to_string(),
     };
     format!(
         "peer id   {}\nkey       {}\nswarm     {swarm}\npeers     {}\nrecords   {}\nlistening {}",
-        text(&v["peer_id"]),
-        text(&v["key"]),
-        v["peers"],
-        v["records"],
-        listening.join("\n          ")
+        v.peer_id,
+        v.key,
+        v.peers,
+        v.records,
+        v.listening.join("\n          ")
     )
 }
 
-fn peer_lines(peers: &[Value]) -> String {
+fn peer_lines(peers: &[PeerView]) -> String {
     peers
         .iter()
         .map(|p| {
-            let stale = if p["stale"] == true {
-                "  (stale: not answering)"
-            } else {
-                ""
-            };
-            format!("\n{}  {}{stale}", text(&p["key"]), text(&p["peer_id"]))
+            let stale = if p.stale { "  (stale: not answering)" } else { "" };
+            format!("\n{}  {}{stale}", p.key, p.peer_id)
         })
         .collect()
+}
+
+fn blob_lines(blobs: &[BlobView]) -> String {
+    let lines: String = blobs
+        .iter()
+        .map(|b| {
+            let mut place = b
+                .in_place
+                .as_ref()
+                .map(|p| format!("  (in place: {p})"))
+                .unwrap_or_default();
+            if b.changed {
+                place.push_str("  (its file changed: not served; `get` the id to fetch it again)");
+            }
+            if b.pinned {
+                place.push_str("  pinned");
+            }
+            if b.partial {
+                place.push_str("  (download not finished: `get` it again to resume)");
+            }
+            let size = indicatif::HumanBytes(b.size).to_string();
+            format!("\n{}  {size:>11}{place}", b.id)
+        })
+        .collect();
+    format!("{} blobs{lines}", blobs.len())
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -400,39 +418,41 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Status { talk } => talk_to(&talk, "GET", "/v1/status", None, status),
-        Command::Peers { talk } => talk_to(&talk, "GET", "/v1/peers", None, |v| {
-            let peers = v.as_array().cloned().unwrap_or_default();
-            format!("{} peers{}", peers.len(), peer_lines(&peers))
+        Command::Status { talk } => talk_to(&talk, "GET", "/v1/status", NO_BODY, status),
+        Command::Peers { talk } => talk_to(&talk, "GET", "/v1/peers", NO_BODY, |peers: &Vec<PeerView>| {
+            format!("{} peers{}", peers.len(), peer_lines(peers))
         }),
         Command::Lookup { key, talk } => {
-            let body = serde_json::json!({ "key": key });
-            talk_to(&talk, "POST", "/v1/lookup", Some(&body), |v| {
-                let peers = v["peers"].as_array().cloned().unwrap_or_default();
+            let body = KeyRequest { key };
+            talk_to(&talk, "POST", "/v1/lookup", Some(&body), |v: &LookupView| {
                 format!(
                     "{} closest peers ({} hops, {} requests, {:.1} ms){}",
-                    peers.len(),
-                    v["hops"],
-                    v["requests"],
-                    v["duration_ms"].as_f64().unwrap_or(0.0),
-                    peer_lines(&peers)
+                    v.peers.len(),
+                    v.hops,
+                    v.requests,
+                    v.duration_ms,
+                    peer_lines(&v.peers)
                 )
             })
         }
         Command::Record(Record::Put { key, value, talk }) => {
-            let body = serde_json::json!({ "key": key, "value": value });
-            talk_to(&talk, "POST", "/v1/record/put", Some(&body), |v| {
-                format!("stored at {} home members", v["stored"])
+            let body = PutRequest { key, value };
+            talk_to(&talk, "POST", "/v1/record/put", Some(&body), |v: &PutView| {
+                format!("stored at {} home members", v.stored)
             })
         }
         Command::Record(Record::Get { key, talk }) => {
-            let body = serde_json::json!({ "key": key });
-            talk_to(&talk, "POST", "/v1/record/get", Some(&body), |v| {
-                match v["value"].as_str() {
-                    Some(value) => value.to_string(),
+            let body = KeyRequest { key };
+            talk_to(
+                &talk,
+                "POST",
+                "/v1/record/get",
+                Some(&body),
+                |v: &RecordView| match &v.value {
+                    Some(value) => value.clone(),
                     None => "no record at this key".to_string(),
-                }
-            })
+                },
+            )
         }
         Command::Provide { keys, talk } => {
             let keys = if keys == ["-"] {
@@ -446,63 +466,43 @@ fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 keys
             };
-            let body = serde_json::json!({ "keys": keys });
-            talk_to(&talk, "POST", "/v1/provide", Some(&body), |v| {
+            let body = ProvideRequest { keys };
+            talk_to(&talk, "POST", "/v1/provide", Some(&body), |v: &ProvideView| {
                 format!(
                     "announced {} keys: {} stored at their whole home, {} unconfirmed ({} lookups, {} messages, {:.1} ms)",
-                    v["keys"],
-                    v["stored_everywhere"],
-                    v["unconfirmed"],
-                    v["lookups"],
-                    v["stores"],
-                    v["duration_ms"].as_f64().unwrap_or(0.0)
+                    v.keys, v.stored_everywhere, v.unconfirmed, v.lookups, v.stores, v.duration_ms
                 )
             })
         }
         Command::Share { path, in_place, talk } => share(&path, in_place, &talk),
         Command::Get { target, out, talk } => get(&target, out, &talk),
         Command::Pin { id, replicas, talk } => {
-            let body = serde_json::json!({ "id": id, "replicas": replicas });
-            talk_to(&talk, "POST", "/v1/pin", Some(&body), |v| {
-                format!("pinned: {} home members hold the pin", v["stored"])
+            let body = PinRequest {
+                id,
+                replicas: Some(replicas),
+            };
+            talk_to(&talk, "POST", "/v1/pin", Some(&body), |v: &PutView| {
+                format!("pinned: {} home members hold the pin", v.stored)
             })
         }
         Command::Unpin { id, talk } => {
-            let body = serde_json::json!({ "id": id });
-            talk_to(&talk, "POST", "/v1/unpin", Some(&body), |_| "unpinned".to_string())
-        }
-        Command::Blobs { talk } => talk_to(&talk, "GET", "/v1/blobs", None, |v| {
-            let blobs = v.as_array().cloned().unwrap_or_default();
-            let lines: String = blobs
-                .iter()
-                .map(|b| {
-                    let mut place = b["in_place"]
-                        .as_str()
-                        .map(|p| format!("  (in place: {p})"))
-                        .unwrap_or_default();
-                    if b["changed"] == true {
-                        place.push_str("  (its file changed: not served; `get` the id to fetch it again)");
-                    }
-                    if b["pinned"] == true {
-                        place.push_str("  pinned");
-                    }
-                    if b["partial"] == true {
-                        place.push_str("  (download not finished: `get` it again to resume)");
-                    }
-                    let size = indicatif::HumanBytes(b["size"].as_u64().unwrap_or(0)).to_string();
-                    format!("\n{}  {size:>11}{place}", text(&b["id"]))
-                })
-                .collect();
-            format!("{} blobs{lines}", blobs.len())
-        }),
-        Command::Providers { key, talk } => {
-            let body = serde_json::json!({ "key": key });
-            talk_to(&talk, "POST", "/v1/providers", Some(&body), |v| {
-                let peers = v.as_array().cloned().unwrap_or_default();
-                format!("{} providers{}", peers.len(), peer_lines(&peers))
+            let body = PinRequest { id, replicas: None };
+            talk_to(&talk, "POST", "/v1/unpin", Some(&body), |_: &PutView| {
+                "unpinned".to_string()
             })
         }
-        Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", None, |_| "stopping".to_string()),
+        Command::Blobs { talk } => talk_to(&talk, "GET", "/v1/blobs", NO_BODY, |blobs: &Vec<BlobView>| {
+            blob_lines(blobs)
+        }),
+        Command::Providers { key, talk } => {
+            let body = KeyRequest { key };
+            talk_to(&talk, "POST", "/v1/providers", Some(&body), |peers: &Vec<PeerView>| {
+                format!("{} providers{}", peers.len(), peer_lines(peers))
+            })
+        }
+        Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", NO_BODY, |_: &Stopping| {
+            "stopping".to_string()
+        }),
     }
 }
 
@@ -527,36 +527,34 @@ fn progress_bar(talk: &Talk) -> indicatif::ProgressBar {
 /// however large the file).
 fn share(path: &std::path::Path, in_place: bool, talk: &Talk) -> anyhow::Result<()> {
     let path = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
-    let body = serde_json::json!({ "path": path, "in_place": in_place });
-    let started = call(&talk.data_dir, "POST", "/v1/share", Some(&body))?;
-    let n = started["share"]
-        .as_u64()
-        .context("the daemon did not number the share")?;
+    let body = ShareRequest {
+        path: path.display().to_string(),
+        in_place,
+    };
+    let started: ShareJobView = ask(&talk.data_dir, "POST", "/v1/share", Some(&body))?;
+    let n = started.share;
     let bar = progress_bar(talk);
     bar.set_message("read and hashed");
     let last = loop {
-        let v = call(&talk.data_dir, "GET", &format!("/v1/shares/{n}"), None)?;
-        bar.set_length(v["total"].as_u64().unwrap_or(0));
-        bar.set_position(v["read"].as_u64().unwrap_or(0));
-        if v["done"].as_bool().unwrap_or(false) {
+        let v: ShareJobView = ask(&talk.data_dir, "GET", &format!("/v1/shares/{n}"), NO_BODY)?;
+        bar.set_length(v.total);
+        bar.set_position(v.read);
+        if v.done {
             break v;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     bar.finish_and_clear();
-    if let Some(error) = last["error"].as_str() {
+    if let Some(error) = last.error {
         anyhow::bail!("{error}");
     }
-    let result = &last["result"];
+    let result = last
+        .result
+        .context("the daemon ended the share with neither a result nor an error")?;
     if talk.json {
-        say!("{result}");
+        say!("{}", serde_json::to_string(&result)?);
     } else {
-        say!(
-            "{}  {}\nticket {}",
-            text(&result["id"]),
-            path.display(),
-            text(&result["ticket"])
-        );
+        say!("{}  {}\nticket {}", result.id, path.display(), result.ticket);
     }
     Ok(())
 }
@@ -582,40 +580,40 @@ fn get(target: &str, out: Option<PathBuf>, talk: &Talk) -> anyhow::Result<()> {
     if out.exists() {
         anyhow::bail!("{} already exists; not overwriting it", out.display());
     }
-    let body = serde_json::json!({ "target": target, "out": out });
-    let started = call(&talk.data_dir, "POST", "/v1/get", Some(&body))?;
-    let n = started["download"]
-        .as_u64()
-        .context("the daemon did not number the download")?;
+    let body = GetRequest {
+        target: target.to_string(),
+        out: Some(out.display().to_string()),
+    };
+    let started: DownloadView = ask(&talk.data_dir, "POST", "/v1/get", Some(&body))?;
+    let n = started.download;
     let bar = progress_bar(talk);
     let interrupted = on_ctrl_c();
     let last = loop {
         if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
             bar.abandon();
-            let v = call(&talk.data_dir, "DELETE", &format!("/v1/downloads/{n}"), None)?;
-            let verified = v["verified"].as_u64().unwrap_or(0);
+            let v: DownloadView = ask(&talk.data_dir, "DELETE", &format!("/v1/downloads/{n}"), NO_BODY)?;
             anyhow::bail!(
                 "cancelled after {}; `shoal get` of the same id resumes it",
-                indicatif::HumanBytes(verified)
+                indicatif::HumanBytes(v.verified)
             );
         }
-        let v = call(&talk.data_dir, "GET", &format!("/v1/downloads/{n}"), None)?;
-        bar.set_length(v["size"].as_u64().unwrap_or(0));
-        bar.set_position(v["verified"].as_u64().unwrap_or(0));
-        bar.set_message(format!("{} providers", v["providers"]));
-        if v["done"].as_bool().unwrap_or(false) {
+        let v: DownloadView = ask(&talk.data_dir, "GET", &format!("/v1/downloads/{n}"), NO_BODY)?;
+        bar.set_length(v.size);
+        bar.set_position(v.verified);
+        bar.set_message(format!("{} providers", v.providers));
+        if v.done {
             break v;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     bar.finish_and_clear();
-    if let Some(error) = last["error"].as_str() {
+    if let Some(error) = &last.error {
         anyhow::bail!("{error}");
     }
     if talk.json {
-        say!("{last}");
+        say!("{}", serde_json::to_string(&last)?);
     } else {
-        say!("{}  {}", text(&last["id"]), text(&last["out"]));
+        say!("{}  {}", last.id, last.out.as_deref().unwrap_or("?"));
     }
     Ok(())
 }
