@@ -1,15 +1,33 @@
 //! `shoal-resources`: the resource layer. Its first resource is files:
-//! blobs addressed by the BLAKE3 hash of their bytes.
+//! blobs addressed by the BLAKE3 hash of their bytes, pinned with `R`
+//! copies at their home.
 //!
-//! The protocol half is sans-IO, like the overlay: [`fetch`] plans a
-//! download across providers (which groups to ask whom, faster providers
-//! given more, liars dropped, resumption from a bitmap), [`ticket`] reads and
-//! writes tickets, [`blob`] holds the chunk-group geometry, and
-//! [`proves_size`] checks a provider's proof of a blob's size (a size from a
-//! ticket or a peer is a claim until then). The local engine,
-//! [`store`] (feature `store`, on by default), keeps blobs on disk with their
-//! bao outboards and serves and receives verified ranges; the simulator
-//! builds this crate without it.
+//! # What this crate never does
+//!
+//! Its protocol half reads no clock and no global random generator and
+//! does no I/O: time comes in as an argument, decisions come out as values
+//! (the sans-IO shape of the overlay). Only the local engine, behind the
+//! feature `store`, touches the disk; the simulator builds the crate
+//! without it and runs the very same machines as the node.
+//!
+//! # Layout, in reading order
+//!
+//! - [`blob`]: a blob's id and size, and its 16 KiB chunk-group geometry.
+//! - [`ticket`]: tickets (a blob and where to get it) as text.
+//! - [`collection`]: a directory as a listing blob.
+//! - [`fetch`]: [`FetchPlan`], the download plan across providers (which
+//!   groups to ask whom, faster providers given more, liars dropped,
+//!   resumption from a bitmap).
+//! - `verify`: checking received ranges against the bao tree;
+//!   [`proves_size`] checks a provider's proof of a blob's size (a size
+//!   from a ticket or a peer is a claim until then).
+//! - [`home`]: what every home duty shares — membership, the round timer,
+//!   a rotating lookup budget, back-off.
+//! - [`pin`]: pin records and [`pin::PinDuties`], the home duty of pinned
+//!   blobs (fetch, keep, release, decline, look up), driven by the node and
+//!   by the simulator.
+//! - [`store`] (feature `store`, on by default): the on-disk blob store
+//!   with bao outboards, serving and receiving verified ranges.
 
 pub mod blob;
 pub mod collection;
