@@ -43,17 +43,25 @@
 //! assert_eq!(first.to.addr, 2);
 //! ```
 //!
-//! # Layout
+//! # Layout, in reading order
 //!
-//! - [`key`](Key): keys, XOR distance, prefix arithmetic.
+//! - [`key`](Key): keys, XOR distance, prefix arithmetic; `time`:
+//!   [`Instant`], the driver's clock as a value; `rng`: [`Rng`].
+//! - `config`: [`Config`] and the constants ([`K`], [`ALPHA`],
+//!   [`REPLICATION`]).
+//! - `peer`: [`PeerInfo`], a peer's key and address; `rtt`: round-trip
+//!   estimates that set request timeouts.
 //! - `routing`: [`RoutingTable`], k-buckets with ping-before-evict, a
 //!   replacement cache and stale marking.
-//! - `lookup`: [`Lookup`], the iterative lookup with α in flight and
-//!   optional disjoint paths.
-//! - `record`: [`ValueRecord`], [`ProviderRecord`], [`Signer`],
-//!   [`Verifier`], the bounded [`RecordStore`].
+//! - `lookup`: [`Lookup`], the iterative lookup state machine with α in
+//!   flight and optional disjoint paths; `query`: ids, events and
+//!   statistics of the commands a driver gives.
+//! - `record`: [`ValueRecord`], [`ProviderRecord`] (or a decline),
+//!   [`Signer`], [`Verifier`] (of signatures), the bounded [`RecordStore`].
 //! - `wire`: [`Request`], [`Response`] and their CBOR codec.
-//! - `overlay`: [`Overlay`], which ties them together.
+//! - `overlay`: [`Overlay`], which ties them together — a folder whose
+//!   `mod.rs` lists its parts (requests, queries, peers, homes, records,
+//!   batched provide, bootstrap, maintenance, leave).
 
 mod config;
 mod key;

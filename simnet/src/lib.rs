@@ -34,10 +34,14 @@
 //!
 //! # Layout
 //!
-//! - `sim`: [`Sim`], the engine, and the truth it checks lookups against.
+//! - `sim`: [`Sim`], the engine, and the truth it checks lookups against;
+//!   `sim/files.rs` models disks and links and drives each peer's
+//!   [`PinDuties`](shoal_resources::pin::PinDuties), the node's own pin
+//!   decisions.
 //! - `net`: the network model and clock drift.
 //! - `churn`: session length distributions.
-//! - [`scenario`]: `lookups`, `churn`, `partition` and `durability`.
+//! - [`scenario`]: `lookups`, `churn`, `partition` and `durability`, one
+//!   file each.
 //! - [`checkpoint`]: a long run saved to disk and resumed.
 //! - [`report`]: the JSON report and its human summary; [`svg`]: its plots.
 
