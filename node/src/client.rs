@@ -125,7 +125,14 @@ pub struct Client {
     pub(crate) imports: Arc<tokio::sync::Semaphore>,
     /// Blob bytes (data and hashes) sent to other peers.
     pub(crate) served: Arc<std::sync::atomic::AtomicU64>,
+    /// Blobs handed here by leaving peers (the blob, the peer's key), for
+    /// the pin duties to hear at their next round; at most
+    /// [`MAX_HANDED_OVER`], oldest dropped first.
+    pub(crate) handed_over: Arc<std::sync::Mutex<std::collections::VecDeque<(Key, Key)>>>,
 }
+
+/// Hand-offs waiting for the pin duties' next round, at most.
+pub(crate) const MAX_HANDED_OVER: usize = 1024;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

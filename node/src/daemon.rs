@@ -188,6 +188,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         quota: config.quota,
         replication,
         handoff_deadline: config.handoff_deadline,
+        handed_over: Arc::default(),
         fetching: crate::turns::InFlight::default(),
         imports: Arc::new(tokio::sync::Semaphore::new(MAX_IMPORTS)),
         served: Arc::default(),

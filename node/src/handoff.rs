@@ -172,6 +172,23 @@ async fn receive(client: &Client, peer: PeerId, mut stream: Stream, free: bool) 
 
 /// Checks the pin an offer names and fetches the blob.
 async fn take(client: &Client, peer: PeerId, id: Key, size: u64) -> u8 {
+    let status = fetch_offered(client, peer, id, size).await;
+    if status == TAKEN
+        && let Some(from) = crate::addr::key_of_peer(&peer)
+    {
+        // The pin duties leave `peer` out of this blob's home for a while:
+        // it answers lookups until its other hand-offs end.
+        let mut handed = client.handed_over.lock().unwrap_or_else(|p| p.into_inner());
+        if handed.len() >= crate::client::MAX_HANDED_OVER {
+            handed.pop_front();
+        }
+        handed.push_back((id, from));
+    }
+    status
+}
+
+/// Fetches the blob an offer names, if a pin of that size exists.
+async fn fetch_offered(client: &Client, peer: PeerId, id: Key, size: u64) -> u8 {
     let store = client.blob_store();
     if store.contains(&id) {
         return match store.set_pinned(&id, true) {

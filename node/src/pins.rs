@@ -179,6 +179,7 @@ pub(crate) async fn run(node: WeakClient, every: Duration) {
         every,
         max_lookups: MAX_PIN_LOOKUPS,
         max_retry_rounds: MAX_RETRY_ROUNDS,
+        handoff_grace: client.handoff_deadline,
     };
     let mut duties = PinDuties::new(client.key(), config, now(), Duration::ZERO);
     drop(client);
@@ -195,6 +196,11 @@ pub(crate) async fn run(node: WeakClient, every: Duration) {
                     keep_announcements_honest(&client, rounds == 0).await;
                 }
                 rounds += 1;
+                let handed: Vec<(Key, Key)> =
+                    client.handed_over.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+                for (id, from) in handed {
+                    duties.handle_handoff(now(), id, from);
+                }
                 let Some(round) = gather(&client).await else { continue };
                 duties.handle_round(now(), round);
             }

@@ -71,6 +71,10 @@ pub struct PinDutiesConfig {
     pub max_lookups: usize,
     /// The longest wait between two tries of a failing fetch, in rounds.
     pub max_retry_rounds: u64,
+    /// How long a peer that handed a blob here as it left is left out of
+    /// that blob's home: it may answer lookups until its other hand-offs
+    /// end (the node's hand-off deadline, 10 minutes by default).
+    pub handoff_grace: Duration,
 }
 
 impl Default for PinDutiesConfig {
@@ -79,6 +83,7 @@ impl Default for PinDutiesConfig {
             every: Duration::from_secs(30),
             max_lookups: 8,
             max_retry_rounds: 20,
+            handoff_grace: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -219,6 +224,10 @@ pub struct PinDuties {
     /// Lookups and pin reads ordered and not yet answered, and the round
     /// that ordered each (one unanswered for [`ASK_ROUNDS`] is forgotten).
     asked: BTreeMap<Key, (Asked, u64)>,
+    /// Blobs handed here by a leaving peer: that peer, and until when it
+    /// counts as gone from the blob's home.
+    handed: BTreeMap<Key, (Key, Instant)>,
+    handoff_grace: Duration,
     actions: VecDeque<PinAction>,
 }
 
@@ -233,6 +242,8 @@ impl PinDuties {
             backoff: Backoff::new(config.max_retry_rounds),
             fetching: BTreeSet::new(),
             asked: BTreeMap::new(),
+            handed: BTreeMap::new(),
+            handoff_grace: config.handoff_grace,
             actions: VecDeque::new(),
         }
     }
@@ -332,7 +343,7 @@ impl PinDuties {
     /// knows them. A copy is released if this peer is not a member.
     pub fn handle_lookup(
         &mut self,
-        _now: Instant,
+        now: Instant,
         id: Key,
         found: Option<impl IntoIterator<Item = Key>>,
         declined: &[Key],
@@ -343,9 +354,26 @@ impl PinDuties {
         };
         self.asked.remove(&id);
         let Some(found) = found else { return };
+        // The peer that handed this copy over as it left still answers
+        // until its other hand-offs end: it is gone from the home already.
+        let leaving = self
+            .handed
+            .get(&id)
+            .filter(|(_, until)| now < *until)
+            .map(|(peer, _)| *peer);
+        let found = found.into_iter().filter(|k| Some(*k) != leaving);
         if !is_member(&self.local, &id, replicas, found, declined) {
             self.actions.push_back(PinAction::Release(id));
         }
+    }
+
+    /// Peer `from` handed blob `id` here as it left (this peer now holds
+    /// and marks the copy): for the hand-off grace, `from` is left out of
+    /// the blob's home, so that the copy is not released on the word of a
+    /// lookup that the leaving peer still answers.
+    pub fn handle_handoff(&mut self, now: Instant, id: Key, from: Key) {
+        self.handed.retain(|_, (_, until)| now < *until);
+        self.handed.insert(id, (from, now + self.handoff_grace));
     }
 
     /// A pin read ordered by [`PinAction::ReadPin`] ended: `Ok(None)`, no
@@ -413,6 +441,7 @@ mod tests {
             every: EVERY,
             max_lookups,
             max_retry_rounds: 20,
+            handoff_grace: Duration::from_secs(600),
         };
         PinDuties::new(Key::of_content(b"local"), config, t(0), Duration::from_secs(5))
     }
@@ -635,6 +664,43 @@ mod tests {
         assert_eq!(drain(&mut duties), [PinAction::ReadPin(b)]);
         duties.handle_pin_record(t(96), b, Ok(Some(Pin { replicas: 0, size: 10 })));
         assert_eq!(drain(&mut duties), [PinAction::Release(b)]);
+    }
+
+    #[test]
+    fn a_copy_handed_over_by_a_leaving_peer_is_kept_while_that_peer_still_answers() {
+        let mut duties = machine(4);
+        let local = Key::of_content(b"local");
+        let id = blob(1);
+        let leaver = peers_around(&local, &id, true, 1)[0];
+        let orphan = Round {
+            orphans: vec![id],
+            ..Round::default()
+        };
+        let one_copy = Ok(Some(Pin { replicas: 1, size: 10 }));
+        // Without a hand-off: the nearer peer that answers keeps the home,
+        // and this copy is released.
+        duties.handle_round(t(35), orphan.clone());
+        assert_eq!(drain(&mut duties), [PinAction::ReadPin(id)]);
+        duties.handle_pin_record(t(36), id, one_copy);
+        assert_eq!(drain(&mut duties), [PinAction::LookUp(id)]);
+        duties.handle_lookup(t(37), id, Some([leaver]), &[]);
+        assert_eq!(drain(&mut duties), [PinAction::Release(id)]);
+        // Handed over by that peer as it left: kept while it still answers.
+        duties.handle_handoff(t(60), id, leaver);
+        duties.handle_round(t(65), orphan.clone());
+        assert_eq!(drain(&mut duties), [PinAction::ReadPin(id)]);
+        duties.handle_pin_record(t(66), id, one_copy);
+        assert_eq!(drain(&mut duties), [PinAction::LookUp(id)]);
+        duties.handle_lookup(t(67), id, Some([leaver]), &[]);
+        assert_eq!(drain(&mut duties), []);
+        // After the grace, a peer that answers is a member again.
+        let after = t(60 + 601);
+        duties.handle_round(after, orphan);
+        assert_eq!(drain(&mut duties), [PinAction::ReadPin(id)]);
+        duties.handle_pin_record(after, id, one_copy);
+        assert_eq!(drain(&mut duties), [PinAction::LookUp(id)]);
+        duties.handle_lookup(after, id, Some([leaver]), &[]);
+        assert_eq!(drain(&mut duties), [PinAction::Release(id)]);
     }
 
     #[test]
