@@ -123,6 +123,9 @@ struct Transfer {
     to: PeerIndex,
     to_inc: u32,
     bytes: u64,
+    /// Pushed by a leaving peer (a hand-off), not fetched by a pin duty.
+    #[serde(default)]
+    handoff: bool,
 }
 
 /// What names one version of a pin record in the decode cache.
@@ -362,7 +365,7 @@ impl Sim {
         }
         let mut last = None;
         for (blob, to) in pushes {
-            if let Some(end) = self.start_transfer(blob, peer, to) {
+            if let Some(end) = self.start_transfer(blob, peer, to, true) {
                 self.slots[to as usize].files.fetching.insert(blob);
                 if let Some(f) = self.files.as_mut() {
                     f.counters.handoffs += 1;
@@ -587,7 +590,7 @@ impl Sim {
                 s.state == PeerState::Joined && s.files.disk.contains_key(&blob)
             }
         });
-        let started = source.and_then(|from| self.start_transfer(blob, from, peer));
+        let started = source.and_then(|from| self.start_transfer(blob, from, peer, false));
         if started.is_none() {
             self.slots[peer as usize].files.fetching.remove(&blob);
             if let Some(f) = self.files.as_mut() {
@@ -598,7 +601,7 @@ impl Sim {
     }
 
     /// Books a transfer of `blob` from `from` to `to`; returns when it ends.
-    fn start_transfer(&mut self, blob: Key, from: PeerIndex, to: PeerIndex) -> Option<u64> {
+    fn start_transfer(&mut self, blob: Key, from: PeerIndex, to: PeerIndex, handoff: bool) -> Option<u64> {
         let files = self.files.as_mut()?;
         let bytes = *files.sizes.get(&blob)?;
         let link = files.config.link_bytes_per_s.max(1);
@@ -624,6 +627,7 @@ impl Sim {
                 to,
                 to_inc: self.slots[to as usize].incarnation,
                 bytes,
+                handoff,
             },
         );
         self.push(end, Ev::Transfer { id });
@@ -703,6 +707,16 @@ impl Sim {
         self.slots[t.to as usize].files.disk.insert(t.blob, true);
         let blob = t.blob;
         let _ = self.command(t.to, |core, now| core.start_providing(now, blob).ok());
+        if t.handoff {
+            // As the node's hand-off receiver: the leaving peer is left out
+            // of the blob's home while it may still answer.
+            let from = self.slots[t.from as usize].key;
+            let slot = &mut self.slots[t.to as usize];
+            let now = Instant::from_micros(net::to_local(self.now, &slot.place));
+            if let Some(duties) = slot.files.duties.as_mut() {
+                duties.handle_handoff(now, blob, from);
+            }
+        }
         self.fetch_ended(t.to, blob, FetchOutcome::Fetched);
     }
 }
