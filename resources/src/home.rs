@@ -38,7 +38,7 @@ pub fn is_member(local: &Key, key: &Key, size: u8, known: impl IntoIterator<Item
         .into_iter()
         .filter(|k| k.distance(key) < mine && !declined.contains(k))
         .count();
-    size > 0 && closer < usize::from(size) && !declined.contains(local)
+    closer < usize::from(size) && !declined.contains(local)
 }
 
 /// The round timer of a duty: rounds every `every`, the first one `every +
@@ -150,16 +150,6 @@ impl Backoff {
     pub fn retain(&mut self, mut keep: impl FnMut(&Key) -> bool) {
         self.failed.retain(|k, _| keep(k));
     }
-
-    /// Keys waiting.
-    pub fn len(&self) -> usize {
-        self.failed.len()
-    }
-
-    /// Whether no key waits.
-    pub fn is_empty(&self) -> bool {
-        self.failed.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -226,13 +216,11 @@ mod tests {
         }
         assert_eq!(waits, vec![1, 2, 4, 8, 16, 20, 20]);
         assert!(!backoff.waiting(&other, round), "only the failing key waits");
-        assert_eq!(backoff.len(), 1);
         // A success ends the waiting, and the next failure starts over.
         backoff.failed(id, round);
         assert!(backoff.waiting(&id, round));
         backoff.forget(&id);
         assert!(!backoff.waiting(&id, round));
-        assert!(backoff.is_empty());
         backoff.failed(id, round);
         assert!(!backoff.waiting(&id, round + 1));
         // Many failures do not overflow the wait.

@@ -634,6 +634,36 @@ mod tests {
             },
         );
         assert_eq!(drain(&mut duties), [PinAction::StopDeclining(blob(1))]);
+        let mut unpinned = not_member;
+        unpinned.pin.replicas = 0;
+        duties.handle_round(
+            t(155),
+            Round {
+                pins: vec![unpinned],
+                orphans: vec![],
+                declined: vec![declined(false)],
+            },
+        );
+        assert_eq!(drain(&mut duties), [PinAction::StopDeclining(blob(1))]);
+        // Another blob's live pin keeps nothing declined.
+        duties.handle_round(
+            t(185),
+            Round {
+                pins: vec![state(2, false, false, false)],
+                orphans: vec![],
+                declined: vec![declined(false)],
+            },
+        );
+        assert_eq!(drain(&mut duties), [PinAction::StopDeclining(blob(1))]);
+    }
+
+    #[test]
+    fn an_unpin_is_never_fetched_even_where_the_table_says_member() {
+        let mut duties = machine(4);
+        let mut unpinned = state(1, true, false, false);
+        unpinned.pin.replicas = 0;
+        duties.handle_round(t(35), round(vec![unpinned]));
+        assert_eq!(drain(&mut duties), []);
     }
 
     #[test]
@@ -693,6 +723,23 @@ mod tests {
         assert_eq!(drain(&mut duties), [PinAction::LookUp(id)]);
         duties.handle_lookup(t(67), id, Some([leaver]), &[]);
         assert_eq!(drain(&mut duties), []);
+        // A second hand-off does not cut the first one's grace short.
+        let other = blob(2);
+        duties.handle_handoff(t(90), other, leaver);
+        duties.handle_round(t(95), orphan.clone());
+        assert_eq!(drain(&mut duties), [PinAction::ReadPin(id)]);
+        duties.handle_pin_record(t(96), id, one_copy);
+        assert_eq!(drain(&mut duties), [PinAction::LookUp(id)]);
+        duties.handle_lookup(t(97), id, Some([leaver]), &[]);
+        assert_eq!(drain(&mut duties), [], "the first hand-off's grace still runs");
+        // At the grace's end exactly, the leaving peer counts again.
+        let end = t(60 + 600);
+        duties.handle_round(end, orphan.clone());
+        assert_eq!(drain(&mut duties), [PinAction::ReadPin(id)]);
+        duties.handle_pin_record(end, id, one_copy);
+        assert_eq!(drain(&mut duties), [PinAction::LookUp(id)]);
+        duties.handle_lookup(end, id, Some([leaver]), &[]);
+        assert_eq!(drain(&mut duties), [PinAction::Release(id)]);
         // After the grace, a peer that answers is a member again.
         let after = t(60 + 601);
         duties.handle_round(after, orphan);
