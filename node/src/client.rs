@@ -1,4 +1,4 @@
-//! The handle to a running node: [`Client`] sends [`Command`]s to the
+//! The handle to a running node: [`Client`] sends [`DriverCommand`]s to the
 //! driver task over a bounded channel and awaits each reply — the shape of
 //! rust-libp2p's `file-sharing` example. It carries the overlay's
 //! operations (lookups, records, providers, declines); each resource adds
@@ -59,7 +59,7 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 pub(crate) type CoreFn = Box<dyn FnOnce(&mut Overlay<NodeAddr>, Instant) + Send>;
 
 /// What a [`Client`] asks the driver task.
-pub(crate) enum Command {
+pub(crate) enum DriverCommand {
     FindNode {
         target: Key,
         reply: Reply<FoundNodes>,
@@ -110,7 +110,7 @@ pub(crate) enum Command {
 /// A handle to a running node.
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) commands: mpsc::Sender<DriverCommand>,
     pub(crate) peer_id: PeerId,
     pub(crate) key: Key,
     pub(crate) swarm: Option<Arc<str>>,
@@ -119,7 +119,7 @@ pub struct Client {
     pub(crate) quota: Option<u64>,
     pub(crate) replication: usize,
     pub(crate) handoff_deadline: Duration,
-    pub(crate) fetching: crate::turns::InFlight,
+    pub(crate) fetching: crate::turns::Turns,
     /// Imports (shares) running at once: each holds a blocking thread and
     /// reads a whole file, so the rest wait their turn here.
     pub(crate) imports: Arc<tokio::sync::Semaphore>,
@@ -142,9 +142,9 @@ impl std::fmt::Debug for Client {
     }
 }
 
-impl std::fmt::Debug for Command {
+impl std::fmt::Debug for DriverCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Command")
+        f.write_str("DriverCommand")
     }
 }
 
@@ -172,10 +172,10 @@ impl Client {
     /// The last inbound connections this node refused (up to 64), oldest
     /// first.
     pub async fn refusals(&self) -> Result<Vec<Refusal>, NodeError> {
-        self.ask(|reply| Command::Refusals { reply }).await
+        self.ask(|reply| DriverCommand::Refusals { reply }).await
     }
 
-    pub(crate) async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+    pub(crate) async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> DriverCommand) -> Result<T, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(command(reply))
@@ -186,13 +186,13 @@ impl Client {
 
     /// Looks up the peers closest to `target`.
     pub async fn find_node(&self, target: Key) -> Result<FoundNodes, NodeError> {
-        self.ask(|reply| Command::FindNode { target, reply }).await
+        self.ask(|reply| DriverCommand::FindNode { target, reply }).await
     }
 
     /// Stores a signed value record at `key`'s home; returns how many home
     /// members confirmed.
     pub async fn put_value(&self, key: Key, value: Vec<u8>) -> Result<usize, NodeError> {
-        self.ask(|reply| Command::PutValue {
+        self.ask(|reply| DriverCommand::PutValue {
             key,
             value,
             lifetime: None,
@@ -203,19 +203,19 @@ impl Client {
 
     /// Reads the value record at `key`.
     pub async fn get_value(&self, key: Key) -> Result<Option<ValueRecord>, NodeError> {
-        self.ask(|reply| Command::GetValue { key, reply }).await
+        self.ask(|reply| DriverCommand::GetValue { key, reply }).await
     }
 
     /// Announces this node as a provider of every key in `keys`, batched
     /// by home (one lookup per range of keys that share one, one message per
     /// home member per few hundred keys); re-announced every hour.
     pub async fn provide(&self, keys: Vec<Key>) -> Result<Provided, NodeError> {
-        self.ask(|reply| Command::Provide { keys, reply }).await
+        self.ask(|reply| DriverCommand::Provide { keys, reply }).await
     }
 
     /// The providers of `key`.
     pub async fn get_providers(&self, key: Key) -> Result<Vec<PeerInfo<NodeAddr>>, NodeError> {
-        self.ask(|reply| Command::GetProviders { key, reply }).await
+        self.ask(|reply| DriverCommand::GetProviders { key, reply }).await
     }
 
     /// The peers in the routing table.
@@ -227,17 +227,17 @@ impl Client {
     /// The peers in the routing table, each with whether it is stale
     /// (failed repeatedly; left out of lookups until it answers again).
     pub async fn routing_table(&self) -> Result<Vec<(PeerInfo<NodeAddr>, bool)>, NodeError> {
-        self.ask(|reply| Command::Peers { reply }).await
+        self.ask(|reply| DriverCommand::Peers { reply }).await
     }
 
     /// The addresses the node listens on, each ending in `/p2p/PEER_ID`.
     pub async fn listening(&self) -> Result<Vec<Multiaddr>, NodeError> {
-        self.ask(|reply| Command::Listening { reply }).await
+        self.ask(|reply| DriverCommand::Listening { reply }).await
     }
 
     /// Waits until every listener is up, then returns the listen addresses.
     pub async fn ready(&self) -> Result<Vec<Multiaddr>, NodeError> {
-        self.ask(|reply| Command::Ready { reply }).await
+        self.ask(|reply| DriverCommand::Ready { reply }).await
     }
 
     /// Stops announcing blobs this node no longer holds (the quota dropped
@@ -260,7 +260,7 @@ impl Client {
         let (reply, answer) = oneshot::channel();
         let run: CoreFn = Box::new(move |core, now| drop(reply.send(f(core, now))));
         self.commands
-            .send(Command::OnCore(run))
+            .send(DriverCommand::OnCore(run))
             .await
             .map_err(|_| NodeError::Stopped)?;
         answer.await.map_err(|_| NodeError::Stopped)
@@ -297,7 +297,7 @@ impl Client {
 
     /// Tells the swarm where `peer` can be reached.
     pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NodeError> {
-        self.ask(|reply| Command::Addresses { peer, addrs, reply }).await
+        self.ask(|reply| DriverCommand::Addresses { peer, addrs, reply }).await
     }
 
     /// Most bytes the store keeps (`--quota`), if limited.
@@ -324,7 +324,7 @@ pub(crate) fn now() -> Instant {
 
 /// A handle that does not keep the node alive.
 pub(crate) struct WeakClient {
-    commands: mpsc::WeakSender<Command>,
+    commands: mpsc::WeakSender<DriverCommand>,
     template: Client,
 }
 

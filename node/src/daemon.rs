@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::addr::{NodeAddr, key_of_peer};
 use crate::admission::SwarmKey;
-use crate::client::{Client, Command, now};
+use crate::client::{Client, DriverCommand, now};
 use crate::driver::Driver;
 use crate::error::NodeError;
 use crate::identity::{self, NodeSigner};
@@ -189,7 +189,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         replication,
         handoff_deadline: config.handoff_deadline,
         handed_over: Arc::default(),
-        fetching: crate::turns::InFlight::default(),
+        fetching: crate::turns::Turns::default(),
         imports: Arc::new(tokio::sync::Semaphore::new(MAX_IMPORTS)),
         served: Arc::default(),
     };
@@ -269,7 +269,7 @@ impl Client {
                 handed.failed
             );
         }
-        self.ask(|reply| Command::Leave { reply }).await?;
+        self.ask(|reply| DriverCommand::Leave { reply }).await?;
         Ok(handed)
     }
 }

@@ -1,6 +1,6 @@
 //! The driver task: it owns the libp2p swarm and the overlay core, carries
 //! the core's transmits over the swarm and the swarm's messages and
-//! timers into the core, answers [`Command`]s from clients, and saves the
+//! timers into the core, answers [`DriverCommand`]s from clients, and saves the
 //! routing table and the record store as they change.
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,7 +14,7 @@ use shoal_overlay::{Event, Overlay, PeerInfo, QueryId, RequestId, Transmit, Valu
 use tokio::sync::mpsc;
 
 use crate::addr::{MAX_ADDRS_PER_PEER, NodeAddr, key_of_peer};
-use crate::client::{Command, FoundNodes, Provided, Refusal, Reply, now};
+use crate::client::{DriverCommand, FoundNodes, Provided, Refusal, Reply, now};
 use crate::error::NodeError;
 use crate::error::error_chain;
 use crate::known::KnownPeers;
@@ -37,7 +37,7 @@ pub(crate) enum Waiting {
 pub(crate) struct Driver {
     pub(crate) swarm: Swarm<Behaviour>,
     pub(crate) core: Overlay<NodeAddr>,
-    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) commands: mpsc::Receiver<DriverCommand>,
     pub(crate) waiting: BTreeMap<QueryId, Waiting>,
     pub(crate) outbound: HashMap<OutboundRequestId, RequestId>,
     /// Addresses learned through identify and mDNS, per peer.
@@ -137,14 +137,14 @@ impl Driver {
         }
     }
 
-    fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: DriverCommand) {
         let t = now();
         match command {
-            Command::FindNode { target, reply } => match self.core.find_node(t, target) {
+            DriverCommand::FindNode { target, reply } => match self.core.find_node(t, target) {
                 Ok(id) => drop(self.waiting.insert(id, Waiting::FindNode(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
-            Command::PutValue {
+            DriverCommand::PutValue {
                 key,
                 value,
                 lifetime,
@@ -156,19 +156,19 @@ impl Driver {
                 Ok(id) => drop(self.waiting.insert(id, Waiting::PutValue(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
-            Command::GetValue { key, reply } => match self.core.get_value(t, key) {
+            DriverCommand::GetValue { key, reply } => match self.core.get_value(t, key) {
                 Ok(id) => drop(self.waiting.insert(id, Waiting::GetValue(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
-            Command::Provide { keys, reply } => match self.core.provide_many(t, keys) {
+            DriverCommand::Provide { keys, reply } => match self.core.provide_many(t, keys) {
                 Ok(id) => drop(self.waiting.insert(id, Waiting::Provide(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
-            Command::GetProviders { key, reply } => match self.core.get_providers(t, key) {
+            DriverCommand::GetProviders { key, reply } => match self.core.get_providers(t, key) {
                 Ok(id) => drop(self.waiting.insert(id, Waiting::GetProviders(reply))),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
-            Command::Peers { reply } => {
+            DriverCommand::Peers { reply } => {
                 let table = self.core.routing_table();
                 let peers = table.peers().map(|p| {
                     let stale = table.is_stale(&p.key);
@@ -176,23 +176,23 @@ impl Driver {
                 });
                 drop(reply.send(Ok(peers.collect())));
             }
-            Command::Listening { reply } => drop(reply.send(Ok(self.listening.clone()))),
-            Command::Addresses { peer, addrs, reply } => {
+            DriverCommand::Listening { reply } => drop(reply.send(Ok(self.listening.clone()))),
+            DriverCommand::Addresses { peer, addrs, reply } => {
                 for addr in addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
                     self.swarm.add_peer_address(peer, addr);
                 }
                 let _ = reply.send(Ok(()));
             }
-            Command::Ready { reply } => {
+            DriverCommand::Ready { reply } => {
                 if self.listeners_starting.is_empty() {
                     let _ = reply.send(Ok(self.listening.clone()));
                 } else {
                     self.ready_waiters.push(reply);
                 }
             }
-            Command::Refusals { reply } => drop(reply.send(Ok(self.refusals.iter().cloned().collect()))),
-            Command::OnCore(run) => run(&mut self.core, t),
-            Command::Leave { reply } => {
+            DriverCommand::Refusals { reply } => drop(reply.send(Ok(self.refusals.iter().cloned().collect()))),
+            DriverCommand::OnCore(run) => run(&mut self.core, t),
+            DriverCommand::Leave { reply } => {
                 let id = self.core.leave(t);
                 self.waiting.insert(id, Waiting::Leave(reply));
             }

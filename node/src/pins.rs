@@ -23,7 +23,7 @@ use shoal_resources::pin::{Declined, FetchOutcome, Pin, PinAction, PinDuties, Pi
 use shoal_resources::store::StoreError;
 use tokio::sync::mpsc;
 
-use crate::client::{Client, Command, WeakClient, now};
+use crate::client::{Client, DriverCommand, WeakClient, now};
 use crate::error::{NodeError, PinError};
 use crate::files::FetchError;
 
@@ -131,7 +131,7 @@ impl Pins<'_> {
     }
 
     async fn put_pin(self, id: Key, pin: Pin) -> Result<usize, NodeError> {
-        let put = self.client.ask(|reply| Command::PutValue {
+        let put = self.client.ask(|reply| DriverCommand::PutValue {
             key: id,
             value: pin.encode(),
             lifetime: Some(shoal_resources::pin::PIN_LIFETIME),

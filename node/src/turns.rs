@@ -13,16 +13,16 @@ use shoal_overlay::Key;
 /// held, instead of writing the same download beside it or reading the
 /// store's copy while the first moves it to its `-o`.
 #[derive(Clone, Default)]
-pub(crate) struct InFlight(Arc<Mutex<BTreeMap<Key, Arc<tokio::sync::Mutex<()>>>>>);
+pub(crate) struct Turns(Arc<Mutex<BTreeMap<Key, Arc<tokio::sync::Mutex<()>>>>>);
 
 /// A fetch's turn at its blob, until dropped.
 pub(crate) struct Turn {
     id: Key,
-    in_flight: InFlight,
+    in_flight: Turns,
     _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
-impl InFlight {
+impl Turns {
     /// Waits until no other fetch of `id` runs here.
     pub(crate) async fn turn(&self, id: Key) -> Turn {
         let lock = {

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 
 use super::api::*;
 use super::jobs::{Job, numbered};
-use super::{AppState, Failure, failure, parse_key};
+use super::{ApiError, AppState, failure, parse_key};
 
 /// The routes of this module.
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -26,7 +26,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 async fn share(
     State(state): State<Arc<AppState>>,
     Json(body): Json<ShareRequest>,
-) -> Result<Json<ShareJobView>, Failure> {
+) -> Result<Json<ShareJobView>, ApiError> {
     let path = PathBuf::from(&body.path);
     // The daemon's working directory is nobody's business.
     if !path.is_absolute() {
@@ -75,7 +75,7 @@ fn share_view(n: u64, job: &Job<ShareView>) -> ShareJobView {
 async fn share_status(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(n): axum::extract::Path<u64>,
-) -> Result<Json<ShareJobView>, Failure> {
+) -> Result<Json<ShareJobView>, ApiError> {
     let job = numbered(&state.shares, n, "share")?;
     Ok(Json(share_view(n, &job)))
 }
@@ -100,7 +100,7 @@ fn download_view(n: u64, d: &Job<String>) -> DownloadView {
 async fn get_blob(
     State(state): State<Arc<AppState>>,
     Json(body): Json<GetRequest>,
-) -> Result<Json<DownloadView>, Failure> {
+) -> Result<Json<DownloadView>, ApiError> {
     let target = body.target.trim();
     let (id, ticket) = if target.starts_with(shoal_resources::ticket::TICKET_PREFIX) {
         let ticket = shoal_resources::Ticket::parse(target)
@@ -147,7 +147,7 @@ async fn get_blob(
 async fn download_status(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(n): axum::extract::Path<u64>,
-) -> Result<Json<DownloadView>, Failure> {
+) -> Result<Json<DownloadView>, ApiError> {
     let download = numbered(&state.downloads, n, "download")?;
     Ok(Json(download_view(n, &download)))
 }
@@ -157,7 +157,7 @@ async fn download_status(
 async fn cancel_download(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(n): axum::extract::Path<u64>,
-) -> Result<Json<DownloadView>, Failure> {
+) -> Result<Json<DownloadView>, ApiError> {
     let download = numbered(&state.downloads, n, "download")?;
     if let Some(abort) = download.abort.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         abort.abort();
@@ -165,7 +165,7 @@ async fn cancel_download(
     Ok(Json(download_view(n, &download)))
 }
 
-async fn blobs(State(state): State<Arc<AppState>>) -> Result<Json<Vec<BlobView>>, Failure> {
+async fn blobs(State(state): State<Arc<AppState>>) -> Result<Json<Vec<BlobView>>, ApiError> {
     let store = state.client.files().store().clone();
     let (list, partials) = tokio::task::spawn_blocking(move || {
         let partials = store

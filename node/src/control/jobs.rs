@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 
-use super::{Failure, failure};
+use super::{ApiError, failure};
 
 /// Finished jobs (downloads, shares) kept for their callers to read, at
 /// most, of each kind.
@@ -44,7 +44,7 @@ impl<T> Jobs<T> {
 }
 
 /// Job number `n` of `jobs`.
-pub(super) fn numbered<T>(jobs: &std::sync::Mutex<Jobs<T>>, n: u64, kind: &str) -> Result<Arc<Job<T>>, Failure> {
+pub(super) fn numbered<T>(jobs: &std::sync::Mutex<Jobs<T>>, n: u64, kind: &str) -> Result<Arc<Job<T>>, ApiError> {
     jobs.lock()
         .unwrap_or_else(|p| p.into_inner())
         .running

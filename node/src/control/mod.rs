@@ -52,9 +52,9 @@ pub const MAX_REQUESTS: usize = 64;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest body of `POST /v1/provide`: 100,000 keys as JSON are about 7 MB.
 pub const MAX_PROVIDE_BODY_BYTES: usize = 8 * 1024 * 1024;
-type Failure = (StatusCode, Json<serde_json::Value>);
+type ApiError = (StatusCode, Json<serde_json::Value>);
 
-fn failure(status: StatusCode, message: impl std::fmt::Display) -> Failure {
+fn failure(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
     (status, Json(serde_json::json!({ "error": message.to_string() })))
 }
 
@@ -92,14 +92,14 @@ async fn authorize(
     next.run(request).await
 }
 
-fn parse_key(text: &str) -> Result<Key, Failure> {
+fn parse_key(text: &str) -> Result<Key, ApiError> {
     text.parse::<Key>()
         .map_err(|e| failure(StatusCode::BAD_REQUEST, format!("bad key {text:?}: {e}")))
 }
 
 /// A node error as an HTTP answer: the caller's fault (a bad value, path
 /// or pin) is 400, the rest 503.
-fn node_failure(e: crate::NodeError) -> Failure {
+fn node_failure(e: crate::NodeError) -> ApiError {
     use crate::NodeError as E;
     let status = match &e {
         E::Command(_) | E::Pin(_) | E::Store(shoal_resources::store::StoreError::Unreadable { .. }) => {

@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::api::*;
-use super::{AppState, Failure, failure, node_failure, parse_key};
+use super::{ApiError, AppState, failure, node_failure, parse_key};
 
 /// The routes of this module.
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -34,7 +34,7 @@ fn view(peer: &shoal_overlay::PeerInfo<crate::NodeAddr>) -> PeerView {
     }
 }
 
-async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, Failure> {
+async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
     let client = &state.client;
     let listening = client.listening().await.map_err(node_failure)?;
     let peers = client.peers().await.map_err(node_failure)?.len();
@@ -49,7 +49,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, Fail
     }))
 }
 
-async fn peers(State(state): State<Arc<AppState>>) -> Result<Json<Vec<PeerView>>, Failure> {
+async fn peers(State(state): State<Arc<AppState>>) -> Result<Json<Vec<PeerView>>, ApiError> {
     let table = state.client.routing_table().await.map_err(node_failure)?;
     let peers = table.iter().map(|(peer, stale)| PeerView {
         stale: *stale,
@@ -58,7 +58,10 @@ async fn peers(State(state): State<Arc<AppState>>) -> Result<Json<Vec<PeerView>>
     Ok(Json(peers.collect()))
 }
 
-async fn lookup(State(state): State<Arc<AppState>>, Json(body): Json<KeyRequest>) -> Result<Json<LookupView>, Failure> {
+async fn lookup(
+    State(state): State<Arc<AppState>>,
+    Json(body): Json<KeyRequest>,
+) -> Result<Json<LookupView>, ApiError> {
     let key = parse_key(&body.key)?;
     let lookup = state.client.find_node(key).await.map_err(node_failure)?;
     Ok(Json(LookupView {
@@ -69,7 +72,7 @@ async fn lookup(State(state): State<Arc<AppState>>, Json(body): Json<KeyRequest>
     }))
 }
 
-async fn put(State(state): State<Arc<AppState>>, Json(body): Json<PutRequest>) -> Result<Json<PutView>, Failure> {
+async fn put(State(state): State<Arc<AppState>>, Json(body): Json<PutRequest>) -> Result<Json<PutView>, ApiError> {
     let key = parse_key(&body.key)?;
     let stored = state
         .client
@@ -82,7 +85,7 @@ async fn put(State(state): State<Arc<AppState>>, Json(body): Json<PutRequest>) -
 async fn get_record(
     State(state): State<Arc<AppState>>,
     Json(body): Json<KeyRequest>,
-) -> Result<Json<RecordView>, Failure> {
+) -> Result<Json<RecordView>, ApiError> {
     let key = parse_key(&body.key)?;
     let record = state.client.get_value(key).await.map_err(node_failure)?;
     Ok(Json(RecordView {
@@ -95,7 +98,7 @@ async fn get_record(
 async fn provide(
     State(state): State<Arc<AppState>>,
     Json(body): Json<ProvideRequest>,
-) -> Result<Json<ProvideView>, Failure> {
+) -> Result<Json<ProvideView>, ApiError> {
     if body.keys.is_empty() || body.keys.len() > MAX_PROVIDE_KEYS {
         return Err(failure(
             StatusCode::BAD_REQUEST,
@@ -117,7 +120,7 @@ async fn provide(
 async fn providers(
     State(state): State<Arc<AppState>>,
     Json(body): Json<KeyRequest>,
-) -> Result<Json<Vec<PeerView>>, Failure> {
+) -> Result<Json<Vec<PeerView>>, ApiError> {
     let key = parse_key(&body.key)?;
     let found = state.client.get_providers(key).await.map_err(node_failure)?;
     Ok(Json(found.iter().map(view).collect()))

@@ -7,7 +7,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 
 use super::api::*;
-use super::{AppState, Failure, node_failure, parse_key};
+use super::{ApiError, AppState, node_failure, parse_key};
 
 /// The routes of this module.
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -16,7 +16,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/unpin", post(unpin))
 }
 
-async fn pin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -> Result<Json<PutView>, Failure> {
+async fn pin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -> Result<Json<PutView>, ApiError> {
     let id = parse_key(&body.id)?;
     let stored = state
         .client
@@ -27,7 +27,7 @@ async fn pin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -
     Ok(Json(PutView { stored }))
 }
 
-async fn unpin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -> Result<Json<PutView>, Failure> {
+async fn unpin(State(state): State<Arc<AppState>>, Json(body): Json<PinRequest>) -> Result<Json<PutView>, ApiError> {
     let id = parse_key(&body.id)?;
     let stored = state.client.pins().unpin(id).await.map_err(node_failure)?;
     Ok(Json(PutView { stored }))

@@ -197,7 +197,7 @@ fn count_size(progress: &Progress, claimed: Option<u64>, size: u64) {
 /// at once, unless it is held. `claimed` is the size a ticket, listing or
 /// pin claims (counted in `progress` already): the size fetched is the one
 /// a provider proves first. The caller holds the blob's
-/// [`InFlight::turn`].
+/// [`Turns::turn`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch(
     store: BlobStore,

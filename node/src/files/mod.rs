@@ -185,7 +185,7 @@ impl<'a> Files<'a> {
         progress: Arc<Progress>,
         out: Option<std::path::PathBuf>,
     ) -> Result<BlobInfo, NodeError> {
-        // Until it is filed where it goes (see `InFlight`).
+        // Until it is filed where it goes (see `Turns`).
         let _turn = self.client.fetching.turn(id).await;
         let mut providers: Vec<PeerId> = Vec::new();
         if let Some(ticket) = &ticket {

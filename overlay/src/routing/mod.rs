@@ -30,7 +30,7 @@ pub const STALE_PROBES: u8 = 12;
 /// One peer in a bucket.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(bound = "A: crate::Addr")]
-struct Entry<A> {
+struct BucketEntry<A> {
     key: Key,
     addr: A,
     /// When the peer was last heard from, in whole seconds of the core's clock.
@@ -44,8 +44,8 @@ struct Entry<A> {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(bound = "A: crate::Addr")]
 struct Bucket<A> {
-    /// In insertion order; recency is in `Entry::seen_s`.
-    entries: Vec<Entry<A>>,
+    /// In insertion order; recency is in `BucketEntry::seen_s`.
+    entries: Vec<BucketEntry<A>>,
     /// Peers waiting for a place, most recently seen last.
     replacements: Vec<PeerInfo<A>>,
     /// Whether the least-recently-seen entry is being pinged for eviction.
@@ -54,9 +54,9 @@ struct Bucket<A> {
     last_active: Instant,
 }
 
-impl<A> Entry<A> {
+impl<A> BucketEntry<A> {
     fn new(peer: PeerInfo<A>, now: Instant) -> Self {
-        Entry {
+        BucketEntry {
             key: peer.key,
             addr: peer.addr,
             seen_s: seconds(now),
@@ -246,7 +246,7 @@ impl<A: Addr> RoutingTable<A> {
             entry.seen_s = seconds(now);
             return Observed::Refreshed;
         }
-        let entry = Entry::new(peer, now);
+        let entry = BucketEntry::new(peer, now);
         if bucket.entries.len() < k {
             if bucket.entries.capacity() == bucket.entries.len() {
                 // Grow towards exactly k: a full bucket should not carry the
@@ -310,7 +310,7 @@ impl<A: Addr> RoutingTable<A> {
         if old.stale {
             self.stale -= 1;
         }
-        bucket.entries.push(Entry::new(replacement.clone(), now));
+        bucket.entries.push(BucketEntry::new(replacement.clone(), now));
         Some((PeerInfo::new(old.key, old.addr), replacement))
     }
 
@@ -348,7 +348,7 @@ impl<A: Addr> RoutingTable<A> {
             if bucket.entries.remove(pos).stale {
                 self.stale -= 1;
             }
-            bucket.entries.push(Entry::new(replacement.clone(), now));
+            bucket.entries.push(BucketEntry::new(replacement.clone(), now));
             return Failed::Replaced(replacement);
         }
         if entry.failures >= max_failures.saturating_add(STALE_PROBES) {
@@ -381,7 +381,7 @@ impl<A: Addr> RoutingTable<A> {
             self.stale -= 1;
         }
         if let Some(replacement) = bucket.replacements.pop() {
-            bucket.entries.push(Entry::new(replacement.clone(), now));
+            bucket.entries.push(BucketEntry::new(replacement.clone(), now));
             return Failed::Replaced(replacement);
         }
         self.len -= 1;
@@ -453,8 +453,8 @@ impl<A: Addr> RoutingTable<A> {
             .collect()
     }
 
-    fn closest_entries(&self, target: &Key, count: usize, exclude: Option<&Key>) -> Vec<(Distance, &Entry<A>)> {
-        let mut out: Vec<(Distance, &Entry<A>)> = Vec::with_capacity(count + self.k);
+    fn closest_entries(&self, target: &Key, count: usize, exclude: Option<&Key>) -> Vec<(Distance, &BucketEntry<A>)> {
+        let mut out: Vec<(Distance, &BucketEntry<A>)> = Vec::with_capacity(count + self.k);
         let first = self.index(target).min(KEY_BITS - 1);
         if let Some(bucket) = self.buckets.get(first) {
             take_bucket(bucket, target, exclude, &mut out);
@@ -536,7 +536,8 @@ impl<A: Addr> RoutingTable<A> {
                 .buckets
                 .iter()
                 .map(|b| {
-                    b.entries.capacity() * size_of::<Entry<A>>() + b.replacements.capacity() * size_of::<PeerInfo<A>>()
+                    b.entries.capacity() * size_of::<BucketEntry<A>>()
+                        + b.replacements.capacity() * size_of::<PeerInfo<A>>()
                 })
                 .sum::<usize>()
     }
@@ -586,7 +587,7 @@ fn take_bucket<'a, A>(
     bucket: &'a Bucket<A>,
     target: &Key,
     exclude: Option<&Key>,
-    out: &mut Vec<(Distance, &'a Entry<A>)>,
+    out: &mut Vec<(Distance, &'a BucketEntry<A>)>,
 ) {
     let from = out.len();
     for e in &bucket.entries {

@@ -417,7 +417,7 @@ fn heap_bytes_counts_the_entries_held() {
     for p in far_peers(&mut rng, &local, 23) {
         t.observe(p, Instant::ZERO);
     }
-    let entries = 20 * std::mem::size_of::<Entry<u32>>();
+    let entries = 20 * std::mem::size_of::<BucketEntry<u32>>();
     let waiting = 3 * std::mem::size_of::<PeerInfo<u32>>();
     let bucket = std::mem::size_of::<Bucket<u32>>();
     let grown = t.heap_bytes() - empty;
@@ -444,7 +444,7 @@ fn the_table_invariants_catch_a_wrong_count_or_a_misplaced_peer() {
     stale.stale += 1;
     assert!(stale.check_invariants().is_err());
     let mut twice = t.clone();
-    twice.buckets[0].entries.push(Entry::new(p, Instant::ZERO));
+    twice.buckets[0].entries.push(BucketEntry::new(p, Instant::ZERO));
     twice.len += 1;
     assert!(twice.check_invariants().is_err());
 }

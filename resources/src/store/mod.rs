@@ -153,7 +153,7 @@ struct Source {
 
 /// One blob the store holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub struct HeldBlob {
     /// Id and size.
     pub info: BlobInfo,
     /// Served from this file in place, not from a copy.
@@ -344,7 +344,7 @@ impl BlobStore {
     }
 
     /// Every whole blob held.
-    pub fn list(&self) -> Result<Vec<Entry>, StoreError> {
+    pub fn list(&self) -> Result<Vec<HeldBlob>, StoreError> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let name = entry?.file_name();
@@ -356,7 +356,7 @@ impl BlobStore {
             // from collecting them): it is left out, and reading it on its
             // own says what is wrong with it.
             if let Ok(Some(meta)) = self.read_meta(&id) {
-                out.push(Entry {
+                out.push(HeldBlob {
                     info: BlobInfo { id, size: meta.size },
                     in_place: meta.source.map(|s| s.path),
                 });

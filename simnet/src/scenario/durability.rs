@@ -39,7 +39,7 @@ pub struct DurabilitySpec {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-enum Turn {
+enum Scheduled {
     Depart(PeerIndex),
     Return(PeerIndex),
     Replace(PeerIndex),
@@ -84,7 +84,7 @@ pub struct DurabilityRun {
     sim: Sim,
     /// Draws departures, downtimes and sessions.
     rng: Rng,
-    plan: Plan<Turn>,
+    plan: Plan<Scheduled>,
     /// Slots whose peer left for good (and whose disk went with it).
     gone: Vec<bool>,
     /// Departures that were for good.
@@ -144,8 +144,14 @@ impl DurabilityRun {
         let start_us = sim.now_us();
         let end_us = start_us + (spec.days * 86_400.0 * SECOND as f64) as u64;
         let mut plan = Plan::new();
-        plan.first_sessions(&sim, start_us, (spec.dist, spec.session_median), &mut rng, Turn::Depart);
-        plan.schedule(start_us, Turn::Sample);
+        plan.first_sessions(
+            &sim,
+            start_us,
+            (spec.dist, spec.session_median),
+            &mut rng,
+            Scheduled::Depart,
+        );
+        plan.schedule(start_us, Scheduled::Sample);
         Ok(DurabilityRun {
             swarm: swarm.clone(),
             spec: spec.clone(),
@@ -282,33 +288,33 @@ impl DurabilityRun {
 
     /// Takes one turn of the plan, due at `at`. Returns whether it was a
     /// sample (the point at which a checkpoint is taken).
-    fn turn(&mut self, at: u64, turn: Turn) -> bool {
+    fn turn(&mut self, at: u64, turn: Scheduled) -> bool {
         let wall_s = self.wall_s();
         let (sim, rng, plan, spec) = (&mut self.sim, &mut self.rng, &mut self.plan, &self.spec);
         match turn {
-            Turn::Depart(peer) => {
+            Scheduled::Depart(peer) => {
                 if depart(sim, rng, peer, spec.crash_fraction) {
                     // Long enough for its hand-off pushes.
-                    plan.schedule(at + 5 * MINUTE, Turn::ForceOff(peer));
+                    plan.schedule(at + 5 * MINUTE, Scheduled::ForceOff(peer));
                 }
                 let downtime = SessionDist::Exponential.sample(spec.downtime_median, rng);
                 let back = at + micros(downtime).max(31 * SECOND);
                 if rng.chance(spec.permanent_fraction) {
                     self.permanent += 1;
-                    plan.schedule(back, Turn::Replace(peer));
+                    plan.schedule(back, Scheduled::Replace(peer));
                 } else {
-                    plan.schedule(back, Turn::Return(peer));
+                    plan.schedule(back, Scheduled::Return(peer));
                 }
             }
-            Turn::ForceOff(peer) => force_off(sim, peer),
-            Turn::Return(peer) => {
+            Scheduled::ForceOff(peer) => force_off(sim, peer),
+            Scheduled::Return(peer) => {
                 let session = come_back(sim, rng, peer, spec.dist, spec.session_median);
-                plan.schedule(at + session, Turn::Depart(peer));
+                plan.schedule(at + session, Scheduled::Depart(peer));
             }
-            Turn::Replace(peer) => {
+            Scheduled::Replace(peer) => {
                 if sim.state(peer) == PeerState::Leaving {
                     // Still handing its copies on.
-                    plan.schedule(at + MINUTE, Turn::Replace(peer));
+                    plan.schedule(at + MINUTE, Scheduled::Replace(peer));
                     return false;
                 }
                 // Gone for good; a new machine with an empty disk joins.
@@ -321,9 +327,9 @@ impl DurabilityRun {
                 self.gone.push(false);
                 sim.start(fresh);
                 let session = spec.dist.sample(spec.session_median, rng);
-                plan.schedule(at + micros(session), Turn::Depart(fresh));
+                plan.schedule(at + micros(session), Scheduled::Depart(fresh));
             }
-            Turn::Sample => {
+            Scheduled::Sample => {
                 let gone = &self.gone;
                 let copies = sim.copies(|p| gone[p as usize]);
                 let unavailable = copies.values().filter(|c| c.0 == 0).count();
@@ -344,7 +350,7 @@ impl DurabilityRun {
                         wall_s
                     );
                 }
-                plan.schedule(at + 10 * MINUTE, Turn::Sample);
+                plan.schedule(at + 10 * MINUTE, Scheduled::Sample);
                 return true;
             }
         }

@@ -5,7 +5,7 @@
 
 use shoal_overlay::{Event, Instant, PeerInfo, Request};
 
-use super::{Ev, GetOutcome, LookupOutcome, Payload, PeerIndex, PeerState, Purpose, Sim, Violation, micros};
+use super::{Awaited, Ev, GetOutcome, LookupOutcome, Payload, PeerIndex, PeerState, Sim, Violation, micros};
 use crate::net;
 
 impl Sim {
@@ -193,12 +193,12 @@ impl Sim {
                 query, peers, stats, ..
             } => {
                 let (start, key, closest_at_start) = match self.pending.remove(&(peer, query)) {
-                    Some(Purpose::Lookup {
+                    Some(Awaited::Lookup {
                         start,
                         key,
                         closest_at_start,
                     }) => (start, key, closest_at_start),
-                    Some(Purpose::Membership { blob }) => return self.membership_found(peer, blob, &peers),
+                    Some(Awaited::Membership { blob }) => return self.membership_found(peer, blob, &peers),
                     _ => return,
                 };
                 let success = self.judge(peer, start, &key, closest_at_start, &peers);
@@ -212,8 +212,8 @@ impl Sim {
             }
             Event::GotValue { query, record, .. } => {
                 let (start, value_hash) = match self.pending.remove(&(peer, query)) {
-                    Some(Purpose::Get { start, value_hash }) => (start, value_hash),
-                    Some(Purpose::PinRecord { blob }) => return self.pin_record_found(peer, blob, record.as_ref()),
+                    Some(Awaited::Get { start, value_hash }) => (start, value_hash),
+                    Some(Awaited::PinRecord { blob }) => return self.pin_record_found(peer, blob, record.as_ref()),
                     _ => return,
                 };
                 let found = record.is_some_and(|r| *blake3::hash(&r.value).as_bytes() == value_hash);
@@ -223,13 +223,13 @@ impl Sim {
                 });
             }
             Event::Put { query, stored, .. } => {
-                if let Some(Purpose::Put) = self.pending.remove(&(peer, query)) {
+                if let Some(Awaited::Put) = self.pending.remove(&(peer, query)) {
                     self.counters.puts += 1;
                     self.counters.put_stored += stored as u64;
                 }
             }
             Event::GotProviders { query, providers, .. } => {
-                if let Some(Purpose::Providers { blob }) = self.pending.remove(&(peer, query)) {
+                if let Some(Awaited::Providers { blob }) = self.pending.remove(&(peer, query)) {
                     let from: Vec<PeerIndex> = providers.iter().map(|r| r.provider.addr).collect();
                     self.providers_found(peer, blob, &from);
                 }

@@ -1,4 +1,4 @@
-//! Files in the simulator: blobs on each peer's simulated disk, the pin
+//! FilesModel in the simulator: blobs on each peer's simulated disk, the pin
 //! duties of [`shoal_resources::pin`] run by every peer on a timer, and
 //! transfers that take time on each peer's link.
 //!
@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 use shoal_overlay::{Instant, Key, PeerInfo, ValueRecord};
 use shoal_resources::pin::{self, Declined, FetchOutcome, Pin, PinAction, PinDuties, PinDutiesConfig, PinState, Round};
 
-use super::{Ev, PeerIndex, PeerState, Purpose, Sim, micros};
+use super::{Awaited, Ev, PeerIndex, PeerState, Sim, micros};
 use crate::net;
 
 /// Settings of the files layer.
@@ -138,7 +138,7 @@ struct RecordStamp {
 
 /// The files layer's state.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Files {
+pub(crate) struct FilesModel {
     config: FilesConfig,
     /// Every blob's size.
     sizes: BTreeMap<Key, u64>,
@@ -153,7 +153,7 @@ pub(crate) struct Files {
     pub(crate) counters: FileCounters,
 }
 
-impl Files {
+impl FilesModel {
     /// Bytes of the blobs `keys`.
     fn bytes<'a>(&self, keys: impl IntoIterator<Item = &'a Key>) -> u64 {
         keys.into_iter().filter_map(|k| self.sizes.get(k)).sum()
@@ -185,7 +185,7 @@ impl Files {
 impl Sim {
     /// Turns the files layer on (before any peer starts).
     pub fn enable_files(&mut self, config: FilesConfig) {
-        self.files = Some(Files {
+        self.files = Some(FilesModel {
             config,
             sizes: BTreeMap::new(),
             decoded: FxHashMap::default(),
@@ -219,7 +219,7 @@ impl Sim {
             core.put_value_for(now, blob, value, pin::PIN_LIFETIME).ok()
         }) {
             Some(id) => {
-                self.pending.insert((peer, id), Purpose::Put);
+                self.pending.insert((peer, id), Awaited::Put);
                 true
             }
             None => false,
@@ -469,7 +469,7 @@ impl Sim {
             match action {
                 PinAction::LookUp(blob) => {
                     if let Some(id) = self.command(peer, |core, now| core.find_node(now, blob).ok()) {
-                        self.pending.insert((peer, id), Purpose::Membership { blob });
+                        self.pending.insert((peer, id), Awaited::Membership { blob });
                         if let Some(f) = self.files.as_mut() {
                             f.counters.membership_lookups += 1;
                         }
@@ -477,7 +477,7 @@ impl Sim {
                 }
                 PinAction::ReadPin(blob) => {
                     if let Some(id) = self.command(peer, |core, now| core.get_value(now, blob).ok()) {
-                        self.pending.insert((peer, id), Purpose::PinRecord { blob });
+                        self.pending.insert((peer, id), Awaited::PinRecord { blob });
                         if let Some(f) = self.files.as_mut() {
                             f.counters.orphan_checks += 1;
                         }
@@ -496,7 +496,7 @@ impl Sim {
                     match self.command(peer, |core, now| core.get_providers(now, blob).ok()) {
                         Some(id) => {
                             self.slots[peer as usize].files.fetching.insert(blob);
-                            self.pending.insert((peer, id), Purpose::Providers { blob });
+                            self.pending.insert((peer, id), Awaited::Providers { blob });
                             if let Some(f) = self.files.as_mut() {
                                 f.counters.fetches += 1;
                             }

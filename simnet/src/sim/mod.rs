@@ -217,7 +217,7 @@ impl Ord for Queued {
 
 /// Why the simulator started a query: what to do with its result.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum Purpose {
+enum Awaited {
     Lookup {
         start: u64,
         key: Key,
@@ -326,7 +326,7 @@ pub struct Sim {
     trace: Trace,
     live_keys: BTreeMap<Key, PeerIndex>,
     live_list: Vec<PeerIndex>,
-    pending: BTreeMap<(PeerIndex, QueryId), Purpose>,
+    pending: BTreeMap<(PeerIndex, QueryId), Awaited>,
     #[serde(skip)]
     tx_buf: Vec<Transmit<PeerIndex>>,
     #[serde(skip)]
@@ -340,7 +340,7 @@ pub struct Sim {
     pub gets: Vec<GetOutcome>,
     /// Counters.
     pub counters: Counters,
-    files: Option<files::Files>,
+    files: Option<files::FilesModel>,
 }
 
 fn micros(d: Duration) -> u64 {

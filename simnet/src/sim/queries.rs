@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use shoal_overlay::{Instant, Key, Overlay, PeerInfo, QueryId};
 
-use super::{PeerIndex, PeerState, Purpose, Sim};
+use super::{Awaited, PeerIndex, PeerState, Sim};
 use crate::net;
 
 impl Sim {
@@ -30,7 +30,7 @@ impl Sim {
             Some(id) => {
                 self.pending.insert(
                     (peer, id),
-                    Purpose::Lookup {
+                    Awaited::Lookup {
                         start,
                         key,
                         closest_at_start,
@@ -46,7 +46,7 @@ impl Sim {
     pub fn put(&mut self, peer: PeerIndex, key: Key, value: Vec<u8>) -> bool {
         match self.command(peer, |core, now| core.put_value(now, key, value).ok()) {
             Some(id) => {
-                self.pending.insert((peer, id), Purpose::Put);
+                self.pending.insert((peer, id), Awaited::Put);
                 true
             }
             None => false,
@@ -58,7 +58,7 @@ impl Sim {
         let start = self.now;
         match self.command(peer, |core, now| core.get_value(now, key).ok()) {
             Some(id) => {
-                self.pending.insert((peer, id), Purpose::Get { start, value_hash });
+                self.pending.insert((peer, id), Awaited::Get { start, value_hash });
                 true
             }
             None => false,
