@@ -26,11 +26,14 @@
 //! - [`pin`]: pin records and [`pin::PinDuties`], the home duty of pinned
 //!   blobs (fetch, keep, release, decline, look up), driven by the node and
 //!   by the simulator.
+//! - [`compute`]: compute slots, in progress — fenced slot leases and the
+//!   executor's fair queue.
 //! - [`store`] (feature `store`, on by default): the on-disk blob store
 //!   with bao outboards, serving and receiving verified ranges.
 
 pub mod blob;
 pub mod collection;
+pub mod compute;
 pub mod fetch;
 pub mod home;
 pub mod pin;
