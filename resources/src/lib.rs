@@ -26,8 +26,8 @@
 //! - [`pin`]: pin records and [`pin::PinDuties`], the home duty of pinned
 //!   blobs (fetch, keep, release, decline, look up), driven by the node and
 //!   by the simulator.
-//! - [`compute`]: compute slots, in progress — fenced slot leases and the
-//!   executor's fair queue.
+//! - [`compute`]: compute slots, in progress — slot offers, placement by
+//!   power-of-d choices, fenced slot leases, the executor's fair queue.
 //! - [`store`] (feature `store`, on by default): the on-disk blob store
 //!   with bao outboards, serving and receiving verified ranges.
 

@@ -1,11 +1,24 @@
-//! Compute slots (in progress, issue 18): the sans-IO parts an executor
-//! runs — [`lease`], fenced slot leases whose tokens survive a restart, and
-//! [`queue`], the jobs waiting for a slot, fair across submitters. The
-//! placement, the slot index, the job record at its home and the
-//! WebAssembly engine come next.
+//! Compute slots (in progress, issue 18): the sans-IO parts.
+//!
+//! - [`offer`]: a peer's slot offer, a value record at each slot class it
+//!   belongs to (its kinds, its labels); what a job needs of a slot.
+//! - [`place`]: placing one job without a negotiator — probe `d`
+//!   candidates (input holders first), claim the best, queue where the
+//!   queue is shortest when every slot is busy.
+//! - [`lease`]: fenced slot leases as an executor grants them, tokens that
+//!   survive a restart.
+//! - [`queue`]: an executor's jobs waiting for a slot, fair across
+//!   submitters.
+//!
+//! The job record at its home, the WebAssembly engine, the node service
+//! and the simulator model come next.
 
 pub mod lease;
+pub mod offer;
+pub mod place;
 pub mod queue;
 
 pub use lease::{Grant, Lease, LeaseError, Leases};
+pub use offer::{JobKind, Needs, SlotOffer};
+pub use place::{Candidate, Load, PlaceAction, PlaceError, Placement};
 pub use queue::{FairQueue, QueueError};
