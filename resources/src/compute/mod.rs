@@ -1,5 +1,7 @@
 //! Compute slots (in progress, issue 18): the sans-IO parts.
 //!
+//! - [`job`]: a job's spec, its key, and the fenced record its home keeps
+//!   (only the current placement changes it; a result is committed once).
 //! - [`offer`]: a peer's slot offer, a value record at each slot class it
 //!   belongs to (its kinds, its labels); what a job needs of a slot.
 //! - [`place`]: placing one job without a negotiator — probe `d`
@@ -10,14 +12,16 @@
 //! - [`queue`]: an executor's jobs waiting for a slot, fair across
 //!   submitters.
 //!
-//! The job record at its home, the WebAssembly engine, the node service
+//! The home's supervision duty, the WebAssembly engine, the node service
 //! and the simulator model come next.
 
+pub mod job;
 pub mod lease;
 pub mod offer;
 pub mod place;
 pub mod queue;
 
+pub use job::{JobError, JobRecord, JobSpec, JobState, Placed};
 pub use lease::{Grant, Lease, LeaseError, Leases};
 pub use offer::{JobKind, Needs, SlotOffer};
 pub use place::{Candidate, Load, PlaceAction, PlaceError, Placement};
