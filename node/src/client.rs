@@ -1,9 +1,9 @@
-//! The handle to a running node: [`Client`] sends [`DriverCommand`]s to the
+//! The handle to a running node: [`Client`] sends `DriverCommand`s to the
 //! driver task over a bounded channel and awaits each reply — the shape of
 //! rust-libp2p's `file-sharing` example. It carries the overlay's
 //! operations (lookups, records, providers, declines); each resource adds
 //! its own handle in its own module ([`Client::files`], [`Client::pins`]),
-//! built on these and on [`Client::on_core`], not lines here.
+//! built on these and on `Client::on_core`, not lines here.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -264,7 +264,7 @@ pub fn blob_request(data: &[u8]) {
 
 /// A whole blob response, as a downloader reads it from a provider: the
 /// payload is no longer than what was sent, and framed again (in chunks of
-/// [`RESPONSE_CHUNK_BYTES`]) it reads back the same.
+/// `RESPONSE_CHUNK_BYTES`) it reads back the same.
 pub fn blob_response(data: &[u8]) {
     futures::executor::block_on(async {
         let mut buffer = Vec::new();

@@ -16,26 +16,29 @@
 //! hold its key ([`admission`]); settings come from flags, `SHOAL_*` and
 //! `shoal.toml` ([`settings`]).
 //!
-//! # Layout
+//! # Layout, in reading order
 //!
-//! - [`addr`]: [`NodeAddr`], the overlay address of a peer.
-//! - [`identity`]: the key in the data directory, signing and verification.
-//! - [`codec`]: length-prefixed frames on request-response streams.
-//! - [`known`]: peers remembered across restarts.
-//! - [`limits`]: caps on inbound connections and the descriptor limit.
-//! - [`control`] and [`cli_client`]: the HTTP/JSON control API and its caller.
-//! - [`admission`]: swarm keys and the admission handshake.
-//! - [`settings`]: flags, environment and `shoal.toml`.
+//! - [`daemon`]: [`start`], [`NodeConfig`] and the leave sequence — where
+//!   everything below is put together.
 //! - [`client`]: [`Client`], the handle to a running node, and the
-//!   overlay's operations.
-//! - `driver`: the task that owns the swarm and the overlay core.
-//! - `swarm`: transports and behaviours.
-//! - [`daemon`]: [`start`], [`NodeConfig`] and the leave sequence.
-//! - [`error`]: [`NodeError`], [`PinError`].
+//!   overlay's operations; each resource adds its own handle.
+//! - `driver`: the task that owns the swarm and the overlay core; `swarm`:
+//!   transports and behaviours.
 //! - [`files`]: serving and downloading blobs; `client.files()`.
-//! - [`pins`]: pins and the pin duties' driver; `client.pins()`.
+//! - [`pins`]: pins and the driver of their home duties; `client.pins()`.
 //! - [`handoff`]: a leaving home member hands its copies on.
-//! - `turns`: one task at a time per key.
+//! - [`control`] and [`cli_client`]: the HTTP/JSON control API (a route
+//!   group per part of the node) and the CLI's typed caller.
+//! - [`codec`]: the one framing of every stream (a length, then CBOR).
+//! - [`error`]: [`NodeError`], [`PinError`], [`FetchError`](error::FetchError).
+//! - [`addr`]: [`NodeAddr`], the overlay address of a peer; [`identity`]:
+//!   the key in the data directory, signing and verification.
+//! - [`admission`]: swarm keys and the admission handshake; [`limits`]:
+//!   caps on inbound connections and the descriptor limit.
+//! - [`known`] and [`saved`]: peers and records kept across restarts;
+//!   `turns`: one task at a time per key.
+//! - [`settings`]: flags, environment and `shoal.toml`; [`fuzzing`]: entry
+//!   points of the fuzz targets.
 
 pub mod addr;
 pub mod admission;

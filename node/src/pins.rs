@@ -1,7 +1,7 @@
 //! Pins on a node: the handle `client.pins()` (pin, unpin, the pin records
 //! held here with this node's duty for each) and the driver of the pin
 //! duties: a task that runs
-//! [`PinDuties`](shoal_resources::pin::PinDuties) — the decisions the
+//! [`PinDuties`] — the decisions the
 //! simulator runs too — against the real overlay and blob store.
 //!
 //! At each round it gathers what the machine reads (the live pin records

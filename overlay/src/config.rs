@@ -19,7 +19,7 @@ const _: () = assert!(
     "a response must be able to list k peers"
 );
 
-/// How one core behaves. [`Config::default`] is right for a LAN peer; the
+/// How one core behaves. [`Config::new`] gives what is right for a LAN peer; the
 /// simulator tunes timeouts to its network model.
 #[derive(Clone, Debug)]
 pub struct Config {

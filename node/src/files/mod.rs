@@ -7,7 +7,7 @@
 //! header and the bao encoding of that run (parent hashes and data), which
 //! the downloader verifies group by group before writing it.
 //!
-//! The plan — which run to ask whom — is the sans-IO [`FetchPlan`] of
+//! The plan — which run to ask whom — is the sans-IO [`FetchPlan`](shoal_resources::FetchPlan) of
 //! `shoal-resources`; this module only moves bytes.
 
 //!
