@@ -150,6 +150,39 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0, value_name = "MIN")]
         checkpoint_every_min: f64,
     },
+    /// Place jobs on peers' slots with power-of-d choices and, on the same
+    /// arrivals, at random (one probe); print both as JSON. A first model:
+    /// the slot index is a uniform sample of offers, the overlay is not
+    /// simulated (see the scenario's docs).
+    Jobs {
+        /// Peers offering slots.
+        #[arg(long, default_value_t = 10_000)]
+        peers: usize,
+        /// Slots per peer.
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+        /// Jobs submitted.
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+        /// Arrival rate as a share of the swarm's capacity.
+        #[arg(long, default_value_t = 0.8)]
+        load: f64,
+        /// Mean service time of a job, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        service_s: f64,
+        /// Candidates probed per job.
+        #[arg(long, default_value_t = 2)]
+        d: usize,
+        /// Offers one slot-class read lists.
+        #[arg(long, default_value_t = 20)]
+        candidates: usize,
+        /// Share of jobs with an input (a blob on three peers).
+        #[arg(long, default_value_t = 0.5)]
+        with_input: f64,
+        /// Seed of the run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Go on with a durability run saved with --checkpoint, from where it
     /// was saved: it ends exactly as the run would have ended uninterrupted
     /// (same report, same trace hash). It keeps saving to the same file.
@@ -278,6 +311,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             progress,
             output,
         } => return resume(file, checkpoint_every_min, progress, &output),
+        Scenario::Jobs {
+            peers,
+            slots,
+            jobs,
+            load,
+            service_s,
+            d,
+            candidates,
+            with_input,
+            seed,
+        } => {
+            anyhow::ensure!(peers > 0 && slots > 0, "--peers and --slots must be positive");
+            anyhow::ensure!(
+                load > 0.0 && load < 1.0,
+                "--load must be between 0 and 1 (a share of capacity)"
+            );
+            anyhow::ensure!(service_s > 0.0, "--service-s must be positive");
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&with_input),
+                "--with-input must be between 0 and 1"
+            );
+            let spec = scenario::JobsSpec {
+                peers,
+                slots,
+                jobs,
+                load,
+                mean_service: Duration::from_secs_f64(service_s),
+                d,
+                candidates,
+                with_input,
+                inputs: (peers / 10).max(1),
+                seed,
+            };
+            let wall = std::time::Instant::now();
+            let report = scenario::jobs(&spec);
+            println!("{}", serde_json::to_string(&report)?);
+            eprintln!("jobs: {:.1} s wall", wall.elapsed().as_secs_f64());
+            return Ok(());
+        }
         Scenario::Lookups {
             common,
             lookups,

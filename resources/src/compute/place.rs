@@ -107,7 +107,8 @@ impl Placement {
     }
 
     /// The candidates found: probes up to `d` that fit, holders of the
-    /// inputs first, the rest drawn at random.
+    /// inputs first (plus one other, whom a busy holder loses to), the
+    /// rest drawn at random.
     pub fn handle_candidates(&mut self, now: Instant, candidates: Vec<Candidate>) {
         if self.stage != Stage::WaitingForCandidates {
             return;
@@ -120,12 +121,21 @@ impl Placement {
         }
         let (mut holders, mut others): (Vec<Candidate>, Vec<Candidate>) =
             fitting.into_iter().partition(|c| c.holds_inputs);
+        // Up to `d` holders of the inputs, then others up to `d` — and at
+        // least one other beside holders, so that busy holders can be
+        // passed over for a free slot elsewhere.
         let mut chosen = Vec::new();
-        for pool in [&mut holders, &mut others] {
-            while chosen.len() < self.d && !pool.is_empty() {
-                let i = self.rng.index(pool.len());
-                chosen.push(pool.swap_remove(i));
+        while chosen.len() < self.d && !holders.is_empty() {
+            let i = self.rng.index(holders.len());
+            chosen.push(holders.swap_remove(i));
+        }
+        let others_wanted = (self.d - chosen.len()).max(usize::from(!chosen.is_empty()));
+        for _ in 0..others_wanted {
+            if others.is_empty() {
+                break;
             }
+            let i = self.rng.index(others.len());
+            chosen.push(others.swap_remove(i));
         }
         self.stage = Stage::Probing;
         for c in chosen {
@@ -312,6 +322,7 @@ mod tests {
         p.handle_candidates(t(0), all);
         let asked = probed(&mut p);
         assert!(asked.contains(&peer(50)), "the holder is among the probed");
+        assert_eq!(asked.len(), 2);
         let other = asked.iter().copied().find(|k| *k != peer(50)).unwrap();
         // The holder's queue is 2 longer than the other's: still preferred.
         p.handle_probe(t(1), peer(50), Some(Load { free: 0, queued: 2 }));
@@ -324,6 +335,28 @@ mod tests {
         p.handle_probe(t(1), peer(50), Some(Load { free: 0, queued: 3 }));
         p.handle_probe(t(1), peer(1), Some(Load { free: 0, queued: 0 }));
         assert_eq!(actions(&mut p), [PlaceAction::Claim(peer(1))]);
+    }
+
+    #[test]
+    fn beside_d_holders_one_other_is_probed_and_wins_when_the_holders_are_busy() {
+        let mut p = placement(2);
+        let mut all: Vec<Candidate> = (1..=3).map(|n| candidate(n, true)).collect();
+        all.extend((10..=20).map(|n| candidate(n, false)));
+        p.handle_candidates(t(0), all);
+        let asked = probed(&mut p);
+        assert_eq!(asked.len(), 3);
+        let holders: Vec<Key> = asked
+            .iter()
+            .copied()
+            .filter(|k| [peer(1), peer(2), peer(3)].contains(k))
+            .collect();
+        assert_eq!(holders.len(), 2, "d holders");
+        let other = asked.iter().copied().find(|k| !holders.contains(k)).unwrap();
+        for h in &holders {
+            p.handle_probe(t(1), *h, Some(Load { free: 0, queued: 4 }));
+        }
+        p.handle_probe(t(1), other, Some(Load { free: 1, queued: 0 }));
+        assert_eq!(actions(&mut p), [PlaceAction::Claim(other)]);
     }
 
     #[test]

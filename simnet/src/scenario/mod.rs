@@ -16,6 +16,8 @@
 //! - `durability`: [`durability`](fn@durability), pinned files through days
 //!   of churn, and [`DurabilityRun`], the run's state that a checkpoint
 //!   holds.
+//! - `jobs`: [`jobs`](fn@jobs), jobs placed by power-of-d choices against
+//!   random placement (a first model, without the overlay).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant as WallClock};
@@ -28,11 +30,13 @@ use crate::sim::{PeerIndex, PeerState, Sim, SimConfig, Violation};
 
 mod churn;
 mod durability;
+mod jobs;
 mod lookups;
 mod partition;
 
 pub use churn::{ChurnSpec, churn};
 pub use durability::{Checkpointing, DurabilityError, DurabilityRun, DurabilitySpec, durability};
+pub use jobs::{JobsReport, JobsSpec, PolicyReport, jobs};
 pub use lookups::lookups;
 pub use partition::{PartitionSpec, partition};
 
