@@ -179,6 +179,10 @@ enum Scenario {
         /// Share of jobs with an input (a blob on three peers).
         #[arg(long, default_value_t = 0.5)]
         with_input: f64,
+        /// Queue places a holder of a job's input may be behind another
+        /// candidate and still be chosen.
+        #[arg(long, default_value_t = 2)]
+        input_bonus: u32,
         /// Seed of the run.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -320,6 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             d,
             candidates,
             with_input,
+            input_bonus,
             seed,
         } => {
             anyhow::ensure!(peers > 0 && slots > 0, "--peers and --slots must be positive");
@@ -342,6 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 candidates,
                 with_input,
                 inputs: (peers / 10).max(1),
+                input_bonus,
                 seed,
             };
             let wall = std::time::Instant::now();

@@ -75,6 +75,7 @@ enum Stage {
 pub struct Placement {
     needs: Needs,
     d: usize,
+    input_bonus: u32,
     probe_timeout: Duration,
     rng: Rng,
     stage: Stage,
@@ -95,6 +96,7 @@ impl Placement {
         Placement {
             needs,
             d: d.max(1),
+            input_bonus: INPUT_BONUS,
             probe_timeout,
             rng: Rng::seed_from_u64(seed),
             stage: Stage::WaitingForCandidates,
@@ -104,6 +106,13 @@ impl Placement {
             actions: VecDeque::new(),
             outcome: None,
         }
+    }
+
+    /// How many queue places a holder of the inputs may be behind and still
+    /// win ([`INPUT_BONUS`] unless set).
+    pub fn with_input_bonus(mut self, places: u32) -> Self {
+        self.input_bonus = places;
+        self
     }
 
     /// The candidates found: probes up to `d` that fit, holders of the
@@ -213,7 +222,11 @@ impl Placement {
                 } else {
                     load.queued.saturating_add(1)
                 };
-                let score = if *holds { wait.saturating_sub(INPUT_BONUS) } else { wait };
+                let score = if *holds {
+                    wait.saturating_sub(self.input_bonus)
+                } else {
+                    wait
+                };
                 (score, !*holds, *peer)
             })
             .collect();

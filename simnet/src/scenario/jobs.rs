@@ -43,6 +43,8 @@ pub struct JobsSpec {
     pub with_input: f64,
     /// Distinct inputs.
     pub inputs: usize,
+    /// Queue places a holder of the input may be behind and still win.
+    pub input_bonus: u32,
     /// Seed of the run.
     pub seed: u64,
 }
@@ -206,7 +208,8 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
             submitter: arrivals.index(spec.peers),
             input,
             arrived: t as u64,
-            placement: Placement::new(Needs::default(), d, Duration::from_millis(500), arrivals.next_u64()),
+            placement: Placement::new(Needs::default(), d, Duration::from_millis(500), arrivals.next_u64())
+                .with_input_bonus(spec.input_bonus),
             started: None,
             claimed: None,
             ran_on: None,
@@ -389,6 +392,7 @@ mod tests {
             candidates: 20,
             with_input: 0.5,
             inputs: 100,
+            input_bonus: 2,
             seed: 3,
         }
     }
