@@ -1,8 +1,12 @@
-//! Slot offers: what a peer offers for jobs, as a small value record at
-//! the key of each slot class it belongs to (one per kind of job, and one
-//! per label value), so that a submitter finds candidates with one record
-//! read per class. Load is not in the record (it would go stale): the
-//! placement asks the candidates themselves.
+//! Slot offers: what a peer offers for jobs. A value record has one
+//! publisher per key, so the index has two parts: the peer announces itself
+//! as a *provider* of each slot class it belongs to (one per kind of job,
+//! and one per label value: [`SlotOffer::classes`]), and keeps its
+//! [`SlotOffer`] as a small value record at its own offer key
+//! ([`offer_key`]). A submitter reads the providers of one class, then
+//! their offers (or probes them directly, which answers the offer too).
+//! Load is not in the record (it would go stale): the placement asks the
+//! candidates themselves.
 
 use std::collections::BTreeMap;
 
@@ -105,6 +109,11 @@ impl SlotOffer {
         out.extend(self.labels.iter().map(|(k, v)| label_class(k, v)));
         out
     }
+}
+
+/// Where a peer keeps its offer: a value record only it publishes.
+pub fn offer_key(peer: &Key) -> Key {
+    Key::of_name("slot-offer", &peer.to_bytes())
 }
 
 /// The slot class of every slot of a kind.
