@@ -21,6 +21,8 @@
 //! - `verify`: checking received ranges against the bao tree;
 //!   [`proves_size`] checks a provider's proof of a blob's size (a size
 //!   from a ticket or a peer is a claim until then).
+//! - `value`: the shape of a resource's value record (a magic line, then
+//!   CBOR, read back within a cap).
 //! - [`home`]: what every home duty shares — membership, the round timer,
 //!   a rotating lookup budget, back-off.
 //! - [`pin`]: pin records and [`pin::PinDuties`], the home duty of pinned
@@ -40,6 +42,7 @@ pub mod pin;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod ticket;
+mod value;
 mod verify;
 
 pub use blob::{BlobInfo, GROUP_BYTES};

@@ -39,19 +39,12 @@ pub struct Pin {
 impl Pin {
     /// The record value.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        // Writing CBOR into a Vec cannot fail.
-        let _ = ciborium::into_writer(self, &mut out);
-        out
+        crate::value::encode(MAGIC, self)
     }
 
     /// Reads a record value; `None` if it is not a pin.
     pub fn decode(value: &[u8]) -> Option<Pin> {
-        let body = value.strip_prefix(MAGIC.as_slice())?;
-        if body.len() > 64 {
-            return None;
-        }
-        ciborium::from_reader(body).ok()
+        crate::value::decode(MAGIC, 64, value)
     }
 }
 

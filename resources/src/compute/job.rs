@@ -209,20 +209,13 @@ impl JobRecord {
 
     /// The record value.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        // Writing CBOR into a Vec cannot fail.
-        let _ = ciborium::into_writer(self, &mut out);
-        out
+        crate::value::encode(MAGIC, self)
     }
 
     /// Reads a record value; `None` if it is not a job record within the
     /// bound.
     pub fn decode(value: &[u8]) -> Option<JobRecord> {
-        let body = value.strip_prefix(MAGIC.as_slice())?;
-        if body.len() > MAX_JOB_RECORD_BYTES {
-            return None;
-        }
-        ciborium::from_reader(body).ok()
+        crate::value::decode(MAGIC, MAX_JOB_RECORD_BYTES, value)
     }
 }
 

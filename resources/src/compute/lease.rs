@@ -124,14 +124,7 @@ impl Leases {
     /// by this executor's clock: what every commit of the job is checked
     /// against.
     pub fn check(&self, now: Instant, job: &Key, token: u64) -> Result<&Lease, LeaseError> {
-        let lease = self.by_job.get(job).ok_or(LeaseError::Unknown(*job))?;
-        if lease.token != token {
-            return Err(LeaseError::Stale {
-                job: *job,
-                given: token,
-                current: lease.token,
-            });
-        }
+        let lease = self.current(job, token)?;
         if now >= self.stop_at(lease) {
             return Err(LeaseError::Lapsed(*job));
         }
@@ -150,6 +143,12 @@ impl Leases {
     /// Ends the lease on `job` held with `token` (the job finished, or its
     /// holder let go).
     pub fn release(&mut self, job: &Key, token: u64) -> Result<Lease, LeaseError> {
+        self.current(job, token)?;
+        self.by_job.remove(job).ok_or(LeaseError::Unknown(*job))
+    }
+
+    /// The lease on `job` if `token` is its current grant.
+    fn current(&self, job: &Key, token: u64) -> Result<&Lease, LeaseError> {
         let lease = self.by_job.get(job).ok_or(LeaseError::Unknown(*job))?;
         if lease.token != token {
             return Err(LeaseError::Stale {
@@ -158,7 +157,7 @@ impl Leases {
                 current: lease.token,
             });
         }
-        self.by_job.remove(job).ok_or(LeaseError::Unknown(*job))
+        Ok(lease)
     }
 
     /// The next job whose lease has lapsed by this executor's clock (a

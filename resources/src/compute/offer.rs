@@ -68,20 +68,13 @@ pub struct Needs {
 impl SlotOffer {
     /// The record value.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        // Writing CBOR into a Vec cannot fail.
-        let _ = ciborium::into_writer(self, &mut out);
-        out
+        crate::value::encode(MAGIC, self)
     }
 
     /// Reads a record value; `None` if it is not a well-formed offer within
     /// the bounds.
     pub fn decode(value: &[u8]) -> Option<SlotOffer> {
-        let body = value.strip_prefix(MAGIC.as_slice())?;
-        if body.len() > MAX_OFFER_BYTES {
-            return None;
-        }
-        let offer: SlotOffer = ciborium::from_reader(body).ok()?;
+        let offer: SlotOffer = crate::value::decode(MAGIC, MAX_OFFER_BYTES, value)?;
         offer.is_valid().then_some(offer)
     }
 
