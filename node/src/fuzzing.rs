@@ -46,6 +46,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ticket", ticket),
     ("collection", collection),
     ("pin", pin),
+    ("slot_offer", slot_offer),
+    ("job_record", job_record),
     ("saved_records", saved_records),
     ("known_peers", known_peers),
     ("settings", settings),
@@ -146,6 +148,49 @@ pub fn pin(data: &[u8]) {
         return;
     };
     assert_eq!(PinRecord::decode(&pin.encode()), Some(pin), "a pin round-trips");
+}
+
+/// The value of a slot offer record
+/// (`shoal_resources::compute::SlotOffer::decode`): a decoded offer is
+/// within its bounds and round-trips.
+pub fn slot_offer(data: &[u8]) {
+    let Some(offer) = shoal_resources::compute::SlotOffer::decode(data) else {
+        return;
+    };
+    assert!(!offer.kinds.is_empty(), "an offer names a kind");
+    assert!(offer.labels.len() <= shoal_resources::compute::offer::MAX_LABELS);
+    assert_eq!(
+        shoal_resources::compute::SlotOffer::decode(&offer.encode()),
+        Some(offer),
+        "an offer round-trips"
+    );
+}
+
+/// The value of a job record (`shoal_resources::compute::JobRecord::decode`):
+/// a decoded record round-trips, and a stale placement cannot end it.
+pub fn job_record(data: &[u8]) {
+    use shoal_resources::compute::{JobRecord, Placed};
+    let Some(record) = JobRecord::decode(data) else {
+        return;
+    };
+    assert_eq!(
+        JobRecord::decode(&record.encode()),
+        Some(record.clone()),
+        "a record round-trips"
+    );
+    let mut changed = record.clone();
+    let stranger = Placed {
+        peer: shoal_overlay::Key::of_content(b"not the executor"),
+        token: u64::MAX,
+    };
+    if record.placement() != Some(stranger) {
+        let now = shoal_overlay::Instant::from_micros(1);
+        assert!(
+            changed.end(now, stranger, 0, None).is_err(),
+            "a stale placement ends nothing"
+        );
+        assert_eq!(changed, record, "a refused change leaves the record as it was");
+    }
 }
 
 /// The contents of `records.cbor`: read back as the node does on start,

@@ -42,6 +42,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         .iter()
         .map(Pin::encode)
         .collect(),
+        "slot_offer" => slot_offers(),
+        "job_record" => job_records(),
         "saved_records" => saved_files(),
         "known_peers" => vec![known_peers_text().into_bytes(), Vec::new()],
         "settings" => settings_texts().into_iter().map(|t| t.as_bytes().to_vec()).collect(),
@@ -324,4 +326,48 @@ fn blob_responses() -> Vec<Vec<u8>> {
         response(1, 0, &[], 0),
         response(0, 64, &[&[1; 10]], u32::MAX),
     ]
+}
+
+/// Slot offers as a peer publishes them: a plain one and a labelled one.
+fn slot_offers() -> Vec<Vec<u8>> {
+    use shoal_resources::compute::{JobKind, SlotOffer};
+    [
+        SlotOffer {
+            kinds: vec![JobKind::Wasm],
+            slots: 4,
+            slot_memory: 512 << 20,
+            labels: Default::default(),
+        },
+        SlotOffer {
+            kinds: vec![JobKind::Wasm, JobKind::Native],
+            slots: 64,
+            slot_memory: 1 << 34,
+            labels: [
+                ("gpu".to_string(), "a100".to_string()),
+                ("arch".to_string(), "x86_64".to_string()),
+            ]
+            .into(),
+        },
+    ]
+    .iter()
+    .map(SlotOffer::encode)
+    .collect()
+}
+
+/// Job records in each state a home keeps.
+fn job_records() -> Vec<Vec<u8>> {
+    use shoal_overlay::Instant;
+    use shoal_resources::compute::{JobRecord, Placed};
+    let by = Placed {
+        peer: Key::of_content(b"executor"),
+        token: 7,
+    };
+    let at = Instant::from_micros;
+    let queued = JobRecord::new(Key::of_content(b"submitter"), at(1));
+    let mut running = queued.clone();
+    let _ = running.place(at(2), by);
+    let _ = running.start(at(3), by);
+    let mut ended = running.clone();
+    let _ = ended.end(at(4), by, 3, Some(Key::of_content(b"output")));
+    [queued, running, ended].iter().map(JobRecord::encode).collect()
 }
