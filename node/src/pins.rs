@@ -201,8 +201,12 @@ pub(crate) async fn run(node: WeakClient, every: Duration) {
                 for (id, from) in handed {
                     duties.handle_handoff(now(), id, from);
                 }
-                let Some(round) = gather(&client).await else { continue };
-                duties.handle_round(now(), round);
+                match gather(&client).await {
+                    Some(round) => duties.handle_round(now(), round),
+                    // Nothing is decided, but the next round waits its
+                    // period (not a tight loop on an unreadable store).
+                    None => duties.skip_round(now()),
+                }
             }
             Some(answer) = answered.recv() => match answer {
                 Answer::NearestPeers { id, found, declined } => duties.handle_lookup(now(), id, found, &declined),
@@ -239,11 +243,8 @@ async fn gather(client: &Client) -> Option<Round> {
                 arriving: false,
             })
             .collect();
-        let orphans = pinned
-            .iter()
-            .filter(|id| !pins.iter().any(|p| p.id == **id))
-            .copied()
-            .collect();
+        let with_record: BTreeSet<Key> = pins.iter().map(|p| p.id).collect();
+        let orphans = pinned.iter().filter(|id| !with_record.contains(id)).copied().collect();
         let declined = declining
             .into_iter()
             .map(|id| {

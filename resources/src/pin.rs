@@ -260,13 +260,14 @@ impl PinDuties {
     /// One round of duties, on what the driver found at `now`.
     pub fn handle_round(&mut self, now: Instant, round: Round) {
         let number = self.rounds.begin(now);
-        let live = |id: &Key| round.pins.iter().any(|p| p.id == *id && p.pin.replicas > 0);
+        let held: BTreeSet<Key> = round.pins.iter().map(|p| p.id).collect();
+        let live: BTreeSet<Key> = round.pins.iter().filter(|p| p.pin.replicas > 0).map(|p| p.id).collect();
         for d in &round.declined {
-            if d.fits || !live(&d.id) {
+            if d.fits || !live.contains(&d.id) {
                 self.actions.push_back(PinAction::StopDeclining(d.id));
             }
         }
-        self.backoff.retain(|id| round.pins.iter().any(|p| p.id == *id));
+        self.backoff.retain(|id| held.contains(id));
         self.asked.retain(|_, (_, at)| at.saturating_add(ASK_ROUNDS) > number);
 
         let mut lookups = 0;
@@ -320,6 +321,12 @@ impl PinDuties {
                 self.ask(id, Asked::OrphanPin);
             }
         }
+    }
+
+    /// A round the driver could not gather (its store unreadable): nothing
+    /// is decided, and the next round is due a period from `now`.
+    pub fn skip_round(&mut self, now: Instant) {
+        self.rounds.begin(now);
     }
 
     fn ask(&mut self, id: Key, why: Asked) {
@@ -465,6 +472,14 @@ mod tests {
         let mut duties = machine(4);
         assert_eq!(duties.poll_timeout(), t(35));
         duties.handle_round(t(35), Round::default());
+        assert_eq!(duties.poll_timeout(), t(65));
+        assert_eq!(duties.poll_action(), None);
+    }
+
+    #[test]
+    fn a_round_the_driver_could_not_gather_still_moves_the_timer_on() {
+        let mut duties = machine(4);
+        duties.skip_round(t(35));
         assert_eq!(duties.poll_timeout(), t(65));
         assert_eq!(duties.poll_action(), None);
     }
