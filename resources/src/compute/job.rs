@@ -110,6 +110,29 @@ pub struct JobRecord {
     pub started_at: Option<Instant>,
     /// When it ended.
     pub ended_at: Option<Instant>,
+    /// The executor's network identity (a libp2p peer id's bytes): whom to
+    /// ask for the job's output. Set with the placement.
+    #[serde(default, with = "serde_bytes_opt")]
+    pub executor: Option<Vec<u8>>,
+    /// Why the job failed, if it did not exit on its own.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `Option<Vec<u8>>` as CBOR bytes.
+mod serde_bytes_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => s.serialize_some(serde_bytes::Bytes::new(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<serde_bytes::ByteBuf>::deserialize(d)?.map(|b| b.into_vec()))
+    }
 }
 
 /// Why a change to a job record was refused.
@@ -142,6 +165,8 @@ impl JobRecord {
             placed_at: None,
             started_at: None,
             ended_at: None,
+            executor: None,
+            error: None,
         }
     }
 

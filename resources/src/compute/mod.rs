@@ -12,9 +12,11 @@
 //! - [`queue`]: an executor's jobs waiting for a slot, fair across
 //!   submitters.
 //!
-//! The home's supervision duty, the WebAssembly engine, the node service
-//! and the simulator model come next.
+//! - `engine` (feature `compute-engine`): running a job on this machine —
+//!   WebAssembly in wasmtime's sandbox, native commands under rlimits.
 
+#[cfg(feature = "compute-engine")]
+pub mod engine;
 pub mod job;
 pub mod lease;
 pub mod offer;

@@ -1,0 +1,241 @@
+//! The sandbox, driven directly: small modules written in WAT that try
+//! what a job must not do.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_overlay::Key;
+
+use super::*;
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<(Stream, Vec<u8>)>>);
+
+impl Sink for Collect {
+    fn write(&self, stream: Stream, bytes: &[u8]) {
+        self.0.lock().unwrap().push((stream, bytes.to_vec()));
+    }
+}
+
+impl Collect {
+    fn text(&self, which: Stream) -> String {
+        let all = self.0.lock().unwrap();
+        let bytes: Vec<u8> = all.iter().filter(|(s, _)| *s == which).flat_map(|(_, b)| b.clone()).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        memory: 16 << 20,
+        timeout: Duration::from_secs(20),
+        out_bytes: 1 << 20,
+        log_bytes: 64 << 10,
+    }
+}
+
+fn dir(name: &str) -> JobDir {
+    let root = std::env::temp_dir().join(format!("shoal-engine-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    JobDir::create(&root).unwrap()
+}
+
+/// A WASI command whose `_start` is `body`, with memory, the imports
+/// every test uses, and `data` at address 1024.
+fn module(body: &str, data: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{data}")
+  (func (export "_start") {body}))"#
+    );
+    wat::parse_str(text).unwrap()
+}
+
+fn run(engine: &WasmEngine, bytes: &[u8], dir: &JobDir, limits: Limits, cancel: &Cancel) -> (Outcome, Arc<Collect>) {
+    let sink = Arc::new(Collect::default());
+    let id = Key::of_content(bytes);
+    let outcome = engine.run(id, bytes, &["job".into()], &[], dir, limits, sink.clone(), cancel);
+    (outcome, sink)
+}
+
+/// Writes the `len` bytes at 1024 to `fd`: an iovec at 0.
+fn write(fd: u32, len: u32) -> String {
+    format!(
+        "(i32.store (i32.const 0) (i32.const 1024)) (i32.store (i32.const 4) (i32.const {len}))
+         (drop (call $fd_write (i32.const {fd}) (i32.const 0) (i32.const 1) (i32.const 8)))"
+    )
+}
+
+#[test]
+fn a_module_writes_its_output_and_exit_code() {
+    let engine = WasmEngine::new().unwrap();
+    let body = format!("{} {} (call $proc_exit (i32.const 3))", write(1, 6), write(2, 6));
+    let (outcome, sink) = run(&engine, &module(&body, "hello\\n"), &dir("hello"), limits(), &Cancel::default());
+    assert_eq!(outcome, Outcome::exited(3));
+    assert_eq!(sink.text(Stream::Stdout), "hello\n");
+    assert_eq!(sink.text(Stream::Stderr), "hello\n");
+}
+
+#[test]
+fn bytes_that_are_not_a_runnable_command_get_clear_errors() {
+    let engine = WasmEngine::new().unwrap();
+    assert_eq!(engine.check(b"#!/bin/sh\necho hi\n"), Err(RunError::NotWasm));
+    assert!(matches!(engine.check(b"\0asm\x01\0\0\0\x99"), Err(RunError::Invalid(_))));
+    let imports_env = wat::parse_str(r#"(module (import "env" "socket" (func)) (func (export "_start")))"#).unwrap();
+    assert_eq!(engine.check(&imports_env), Err(RunError::Import("`env::socket`".into())));
+    let library = wat::parse_str(r#"(module (func (export "f")))"#).unwrap();
+    assert_eq!(engine.check(&library), Err(RunError::NoStart));
+}
+
+#[test]
+fn a_trap_reports_where_it_happened() {
+    let engine = WasmEngine::new().unwrap();
+    let bytes = wat::parse_str(r#"(module (func $deep unreachable) (func (export "_start") call $deep))"#).unwrap();
+    let (outcome, _) = run(&engine, &bytes, &dir("trap"), limits(), &Cancel::default());
+    let Some(RunError::Trap(message)) = &outcome.error else {
+        panic!("{outcome:?}")
+    };
+    assert!(message.contains("unreachable"), "{message}");
+    assert!(message.contains("deep"), "the backtrace names the function: {message}");
+    assert_eq!(outcome.exit_code, 134);
+}
+
+#[test]
+fn a_module_cannot_open_files_outside_in_and_out_nor_write_to_in() {
+    let engine = WasmEngine::new().unwrap();
+    let dir = dir("escape");
+    std::fs::write(dir.inputs().join("data"), b"input").unwrap();
+    // path_open(fd, dirflags 0, path at 1024, len, oflags, rights, 0, 0, fd out at 16) -> errno, exited with.
+    let open = |fd: u32, len: u32, oflags: u32, rights: u64| {
+        format!(
+            "(call $proc_exit (call $path_open (i32.const {fd}) (i32.const 0) (i32.const 1024) (i32.const {len})
+               (i32.const {oflags}) (i64.const {rights}) (i64.const 0) (i32.const 0) (i32.const 16)))"
+        )
+    };
+    // fd 3 is /in, fd 4 is /out.
+    let cases = [
+        ("reads its input", open(3, 4, 0, 2), "data", true),
+        ("climbs out of /in", open(3, 9, 0, 2), "../../etc", false),
+        ("absolute path through /in", open(3, 11, 0, 2), "/etc/passwd", false),
+        ("creates a file in /in", open(3, 3, 1, 66), "new", false),
+        ("writes its input", open(3, 4, 0, 66), "data", false),
+        ("creates a file in /out", open(4, 3, 1, 66), "new", true),
+        ("climbs out of /out", open(4, 12, 1, 66), "../../escape", false),
+        ("a descriptor that is not open", open(9, 4, 0, 2), "data", false),
+    ];
+    for (what, body, path, allowed) in cases {
+        let (outcome, _) = run(&engine, &module(&body, path), &dir, limits(), &Cancel::default());
+        assert!(outcome.error.is_none(), "{what}: {outcome:?}");
+        assert_eq!(outcome.exit_code == 0, allowed, "{what}: errno {}", outcome.exit_code);
+    }
+    assert!(dir.outputs().join("new").exists());
+    assert!(!dir.inputs().join("new").exists());
+    assert!(!dir.root().parent().unwrap().join("escape").exists());
+}
+
+#[test]
+fn memory_past_the_limit_is_out_of_memory() {
+    let engine = WasmEngine::new().unwrap();
+    let body = "(loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))";
+    let limits = Limits { memory: 4 << 20, ..limits() };
+    let (outcome, _) = run(&engine, &module(body, ""), &dir("oom"), limits, &Cancel::default());
+    assert_eq!(outcome.error, Some(RunError::OutOfMemory { limit: 4 << 20 }));
+    assert_eq!(outcome.exit_code, 137);
+    // A module whose initial memory is over the limit does not start.
+    let big = wat::parse_str(r#"(module (memory 128) (func (export "_start")))"#).unwrap();
+    let (outcome, _) = run(&engine, &big, &dir("oom-initial"), limits, &Cancel::default());
+    assert_eq!(outcome.error, Some(RunError::OutOfMemory { limit: 4 << 20 }));
+}
+
+#[test]
+fn a_module_is_stopped_at_its_timeout_and_on_cancel() {
+    let engine = WasmEngine::new().unwrap();
+    let spin = module("(loop $forever (br $forever))", "");
+    let limits = Limits { timeout: Duration::from_millis(100), ..limits() };
+    let (outcome, _) = run(&engine, &spin, &dir("timeout"), limits, &Cancel::default());
+    assert_eq!(outcome.error, Some(RunError::Timeout(Duration::from_millis(100))));
+    assert_eq!(outcome.exit_code, 124);
+
+    let cancel = Cancel::default();
+    let stop = cancel.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        stop.cancel();
+    });
+    let (outcome, _) = run(&engine, &spin, &dir("cancel"), self::limits(), &cancel);
+    canceller.join().unwrap();
+    assert_eq!(outcome.error, Some(RunError::Cancelled));
+}
+
+#[test]
+fn a_module_cannot_fill_the_disk_through_out_nor_through_stdout() {
+    let engine = WasmEngine::new().unwrap();
+    // Opens /out/big and writes 1 KiB to it forever (fd at 16).
+    let flood_out = format!(
+        "(drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 1024) (i32.const 3) (i32.const 1)
+            (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 16)))
+         (i32.store (i32.const 0) (i32.const 2048)) (i32.store (i32.const 4) (i32.const 1024))
+         (loop $more (drop (call $fd_write (i32.load (i32.const 16)) (i32.const 0) (i32.const 1) (i32.const 8))) (br $more))"
+    );
+    let dir_out = dir("flood-out");
+    let (outcome, _) = run(&engine, &module(&flood_out, "big"), &dir_out, limits(), &Cancel::default());
+    assert_eq!(outcome.error, Some(RunError::OutputOverCap { cap: 1 << 20 }));
+
+    let flood_log = format!("(loop $more {} (br $more))", write(1, 4));
+    let (outcome, sink) = run(&engine, &module(&flood_log, "spam"), &dir("flood-log"), limits(), &Cancel::default());
+    assert_eq!(outcome.error, Some(RunError::LogOverCap { cap: 64 << 10 }));
+    assert_eq!(sink.text(Stream::Stdout).len(), 64 << 10, "exactly the cap reached the sink");
+}
+
+#[test]
+fn native_commands_run_in_their_directory_with_limits_and_their_group_dies_on_cancel() {
+    let runner = NativeRunner;
+    let dir = dir("native");
+    std::fs::write(dir.inputs().join("x"), b"42").unwrap();
+    let sink = Arc::new(Collect::default());
+    let script = "cat in/x; echo; echo err >&2; echo done > out/result; echo \"$GREETING\"; exit 7";
+    let outcome = runner.run(
+        "sh",
+        &["-c".into(), script.into()],
+        &[("GREETING".into(), "hi".into())],
+        &dir,
+        limits(),
+        sink.clone(),
+        &Cancel::default(),
+    );
+    assert_eq!(outcome, Outcome::exited(7));
+    assert_eq!(sink.text(Stream::Stdout), "42\nhi\n");
+    assert_eq!(sink.text(Stream::Stderr), "err\n");
+    assert_eq!(std::fs::read(dir.outputs().join("result")).unwrap(), b"done\n");
+
+    let missing = runner.run("no-such-command-here", &[], &[], &dir, limits(), sink.clone(), &Cancel::default());
+    assert!(matches!(missing.error, Some(RunError::Spawn(_))), "{missing:?}");
+
+    // A tree of sleepers, cancelled: none is left.
+    let marker = format!("shoal-sleeper-{}", std::process::id());
+    let cancel = Cancel::default();
+    let stop = cancel.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stop.cancel();
+    });
+    let tree = format!("(sleep 30; : {marker}) & (sh -c 'sleep 30; : {marker}') & wait");
+    let outcome = runner.run("sh", &["-c".into(), tree], &[], &dir, limits(), sink, &cancel);
+    canceller.join().unwrap();
+    assert_eq!(outcome.error, Some(RunError::Cancelled));
+    let left = std::process::Command::new("pgrep").args(["-f", &marker]).output().unwrap();
+    assert!(left.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&left.stdout));
+}
+
+#[test]
+fn a_native_command_is_stopped_at_its_timeout() {
+    let sink = Arc::new(Collect::default());
+    let limits = Limits { timeout: Duration::from_millis(200), ..limits() };
+    let outcome = NativeRunner.run("sleep", &["30".into()], &[], &dir("native-timeout"), limits, sink, &Cancel::default());
+    assert_eq!(outcome.error, Some(RunError::Timeout(Duration::from_millis(200))));
+}

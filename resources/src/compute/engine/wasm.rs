@@ -1,0 +1,359 @@
+//! WebAssembly jobs: WASI preview 1 command modules (what
+//! `clang --target=wasm32-wasi` and Rust's `wasm32-wasip1` build) in
+//! wasmtime's sandbox.
+//!
+//! What a module sees: its arguments, only the environment it was given,
+//! `/in` read-only and `/out` writable (no other file, no network), a
+//! clock and random numbers. Its memory is capped by a resource limiter,
+//! its time by epoch interruption (a thread ticks the engine's epoch every
+//! [`TICK`]; each tick the store checks the job's deadline, its cancel flag
+//! and, every tenth, the bytes under `/out`), and stdout and stderr by a
+//! byte budget shared by both. Compiled modules are kept by module id, so
+//! a second run of the same module only instantiates.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use shoal_overlay::Key;
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use super::{Cancel, JobDir, Limits, LogBudget, Outcome, RunError, Sink, Stream, tree_bytes};
+
+/// How often the engine's epoch advances: the resolution of timeouts and
+/// cancels.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Compiled modules kept, at most (least recently used dropped first).
+pub const CACHED_MODULES: usize = 64;
+
+/// Ticks between two measurements of `/out`.
+const OUT_CHECK_TICKS: u32 = 10;
+
+/// What a store holds: the module's WASI state and its limiter.
+struct Ctx {
+    wasi: WasiP1Ctx,
+    limiter: MemoryCap,
+}
+
+/// Caps a module's memories, and remembers that it asked for more.
+struct MemoryCap {
+    limit: u64,
+    hit: Arc<AtomicBool>,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.limit {
+            self.hit.store(true, Ordering::Relaxed);
+            return Err(wasmtime::format_err!("memory limit reached"));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // A table of a million entries is far past what any real module asks.
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// The WebAssembly engine of a peer: one wasmtime engine, its epoch
+/// ticker, and the compiled modules.
+pub struct WasmEngine {
+    engine: Engine,
+    linker: Linker<Ctx>,
+    cache: Mutex<VecDeque<(Key, InstancePre<Ctx>)>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for WasmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmEngine").finish_non_exhaustive()
+    }
+}
+
+impl Drop for WasmEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl WasmEngine {
+    /// An engine with epoch interruption and the WASI preview 1 imports,
+    /// and a thread that ticks it until the engine is dropped.
+    pub fn new() -> Result<Self, RunError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| RunError::Invalid(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx: &mut Ctx| &mut ctx.wasi)
+            .map_err(|e| RunError::Invalid(format!("{e:#}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = engine.weak();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("shoal-wasm-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match ticker.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| RunError::Spawn(e.to_string()))?;
+        Ok(WasmEngine {
+            engine,
+            linker,
+            cache: Mutex::new(VecDeque::new()),
+            stop,
+        })
+    }
+
+    /// Compiles and links `bytes` (the module whose id is `id`), or finds
+    /// it compiled already. Fails with a clear error for bytes that are not
+    /// a module, do not validate, import what the sandbox lacks, or are not
+    /// a command.
+    fn prepare(&self, id: Key, bytes: &[u8]) -> Result<InstancePre<Ctx>, RunError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = cache.iter().position(|(k, _)| *k == id) {
+            let entry = cache.remove(at).expect("the position is in the cache");
+            let pre = entry.1.clone();
+            cache.push_front(entry);
+            return Ok(pre);
+        }
+        drop(cache);
+        let pre = self.compile(bytes)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.push_front((id, pre.clone()));
+        cache.truncate(CACHED_MODULES);
+        Ok(pre)
+    }
+
+    /// Checks that `bytes` are a WASI command module this engine can run,
+    /// without running it.
+    pub fn check(&self, bytes: &[u8]) -> Result<(), RunError> {
+        self.compile(bytes).map(|_| ())
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<InstancePre<Ctx>, RunError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(RunError::NotWasm);
+        }
+        let module = Module::new(&self.engine, bytes).map_err(|e| RunError::Invalid(format!("{e:#}")))?;
+        if let Some(missing) = module.imports().find(|i| i.module() != "wasi_snapshot_preview1") {
+            return Err(RunError::Import(format!("`{}::{}`", missing.module(), missing.name())));
+        }
+        if module.get_export("_start").is_none() {
+            return Err(RunError::NoStart);
+        }
+        self.linker
+            .instantiate_pre(&module)
+            .map_err(|e| RunError::Import(format!("{e:#}")))
+    }
+
+    /// Runs module `id` (its bytes: `bytes`) with `args` (the first is the
+    /// program's name) and `env` in `dir`, within `limits`, until it exits,
+    /// fails, times out or `cancel` is set. Blocks the calling thread.
+    pub fn run(
+        &self,
+        id: Key,
+        bytes: &[u8],
+        args: &[String],
+        env: &[(String, String)],
+        dir: &JobDir,
+        limits: Limits,
+        sink: Arc<dyn Sink>,
+        cancel: &Cancel,
+    ) -> Outcome {
+        let pre = match self.prepare(id, bytes) {
+            Ok(pre) => pre,
+            Err(e) => return Outcome::failed(e),
+        };
+        let budget = LogBudget::new(limits.log_bytes);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(args)
+            .envs(env)
+            .stdout(SinkStream::new(sink.clone(), Stream::Stdout, budget.clone()))
+            .stderr(SinkStream::new(sink, Stream::Stderr, budget.clone()));
+        if let Err(e) = wasi.preopened_dir(dir.inputs(), "/in", FsPerms::ReadOnly) {
+            return Outcome::failed(RunError::Io(format!("{e:#}")));
+        }
+        if let Err(e) = wasi.preopened_dir(dir.outputs(), "/out", FsPerms::ReadWrite) {
+            return Outcome::failed(RunError::Io(format!("{e:#}")));
+        }
+        let oom = Arc::new(AtomicBool::new(false));
+        let mut store = Store::new(
+            &self.engine,
+            Ctx {
+                wasi: wasi.build_p1(),
+                limiter: MemoryCap {
+                    limit: limits.memory,
+                    hit: oom.clone(),
+                },
+            },
+        );
+        store.limiter(|ctx| &mut ctx.limiter);
+        let started = Instant::now();
+        let stopped_by = Arc::new(Mutex::new(None::<RunError>));
+        let watch = Watch {
+            deadline: started + limits.timeout,
+            timeout: limits.timeout,
+            cancel: cancel.clone(),
+            out: dir.outputs(),
+            out_cap: limits.out_bytes,
+            ticks: 0,
+            stopped_by: stopped_by.clone(),
+        };
+        let mut watch = watch;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| watch.tick());
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
+            .and_then(|start| start.call(&mut store, ()));
+        drop(store);
+        let stopped = stopped_by.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let outcome = match (result, stopped) {
+            (_, Some(why)) => Outcome::failed(why),
+            (Ok(()), None) => Outcome::exited(0),
+            (Err(e), None) => {
+                if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                    Outcome::exited(exit.0)
+                } else if oom.load(Ordering::Relaxed) {
+                    Outcome::failed(RunError::OutOfMemory { limit: limits.memory })
+                } else if budget.is_over() {
+                    Outcome::failed(RunError::LogOverCap { cap: limits.log_bytes })
+                } else {
+                    Outcome::failed(RunError::Trap(format!("{e:?}")))
+                }
+            }
+        };
+        over_out_cap(&dir.outputs(), limits.out_bytes).map_or(outcome, Outcome::failed)
+    }
+}
+
+/// The error for `out` holding more than `cap` bytes, if it does.
+fn over_out_cap(out: &Path, cap: u64) -> Option<RunError> {
+    (tree_bytes(out, cap) > cap).then_some(RunError::OutputOverCap { cap })
+}
+
+/// What the store checks at every tick.
+struct Watch {
+    deadline: Instant,
+    timeout: Duration,
+    cancel: Cancel,
+    out: std::path::PathBuf,
+    out_cap: u64,
+    ticks: u32,
+    stopped_by: Arc<Mutex<Option<RunError>>>,
+}
+
+impl Watch {
+    fn tick(&mut self) -> wasmtime::Result<UpdateDeadline> {
+        self.ticks = self.ticks.wrapping_add(1);
+        let why = if self.cancel.is_cancelled() {
+            Some(RunError::Cancelled)
+        } else if Instant::now() >= self.deadline {
+            Some(RunError::Timeout(self.timeout))
+        } else if self.ticks.is_multiple_of(OUT_CHECK_TICKS) {
+            over_out_cap(&self.out, self.out_cap)
+        } else {
+            None
+        };
+        match why {
+            None => Ok(UpdateDeadline::Continue(1)),
+            Some(why) => {
+                *self.stopped_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                Ok(UpdateDeadline::Interrupt)
+            }
+        }
+    }
+}
+
+/// A module's stdout or stderr: each write goes to the sink, within the
+/// budget both streams share; a write past it fails (and the job with it).
+#[derive(Clone)]
+struct SinkStream {
+    sink: Arc<dyn Sink>,
+    stream: Stream,
+    budget: Arc<LogBudget>,
+}
+
+impl SinkStream {
+    fn new(sink: Arc<dyn Sink>, stream: Stream, budget: Arc<LogBudget>) -> Self {
+        SinkStream { sink, stream, budget }
+    }
+
+    fn put(&self, bytes: &[u8]) -> usize {
+        let n = self.budget.take(bytes.len());
+        if n > 0 {
+            self.sink.write(self.stream, &bytes[..n]);
+        }
+        n
+    }
+}
+
+impl IsTerminal for SinkStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for SinkStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for SinkStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for SinkStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), StreamError> {
+        if self.put(&bytes) < bytes.len() {
+            return Err(StreamError::Trap(wasmtime::format_err!("stdout and stderr are over their cap")));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for SinkStream {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.put(buf) {
+            0 if !buf.is_empty() => Poll::Ready(Err(std::io::Error::other("stdout and stderr are over their cap"))),
+            n => Poll::Ready(Ok(n)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
