@@ -129,6 +129,8 @@ pub struct Client {
     /// the pin duties to hear at their next round; at most
     /// [`MAX_HANDED_OVER`], oldest dropped first.
     pub(crate) handed_over: Arc<std::sync::Mutex<std::collections::VecDeque<(Key, Key)>>>,
+    /// Compute slots and jobs (see [`crate::jobs`]).
+    pub(crate) compute: Arc<crate::jobs::Compute>,
 }
 
 /// Hand-offs waiting for the pin duties' next round, at most.

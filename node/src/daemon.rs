@@ -56,6 +56,8 @@ pub struct NodeConfig {
     /// Caps on inbound connections. None: derived from the open-file limit
     /// (which `start` raises to its hard limit first).
     pub caps: Option<crate::limits::ConnectionCaps>,
+    /// Compute slots offered and how jobs run (default: no slots).
+    pub compute: crate::jobs::ComputeConfig,
 }
 
 impl NodeConfig {
@@ -77,6 +79,7 @@ impl NodeConfig {
             handoff_deadline: Duration::from_secs(10 * 60),
             overlay: None,
             caps: None,
+            compute: crate::jobs::ComputeConfig::default(),
         }
     }
 }
@@ -101,6 +104,15 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     let offers = streams
         .accept(crate::handoff::HANDOFF_PROTOCOL)
         .map_err(|_| NodeError::Transport("the hand-off protocol is registered twice".into()))?;
+    let compute = Arc::new(crate::jobs::Compute::new(config.compute.clone(), &config.data_dir)?);
+    let claims = match &compute.executor {
+        Some(_) => Some(
+            streams
+                .accept(crate::jobs::JOBS_PROTOCOL)
+                .map_err(|_| NodeError::Transport("the jobs protocol is registered twice".into()))?,
+        ),
+        None => None,
+    };
     let peer_id = *swarm.local_peer_id();
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -192,6 +204,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         fetching: crate::turns::Turns::default(),
         imports: Arc::new(tokio::sync::Semaphore::new(MAX_IMPORTS)),
         served: Arc::default(),
+        compute,
     };
     tokio::spawn(crate::files::serve(
         client.downgrade(),
@@ -201,6 +214,9 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     ));
     tokio::spawn(crate::pins::run(client.downgrade(), config.pin_check));
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
+    if let (Some(executor), Some(claims)) = (client.compute.executor.clone(), claims) {
+        tokio::spawn(crate::jobs::executor::run(client.downgrade(), executor, claims));
+    }
     Ok(client)
 }
 

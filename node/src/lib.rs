@@ -26,6 +26,8 @@
 //!   transports and behaviours.
 //! - [`files`]: serving and downloading blobs; `client.files()`.
 //! - [`pins`]: pins and the driver of their home duties; `client.pins()`.
+//! - [`jobs`]: compute slots — the executor of a peer that offers them,
+//!   and submitting, placing and following jobs; `client.jobs()`.
 //! - [`handoff`]: a leaving home member hands its copies on.
 //! - [`control`] and [`cli_client`]: the HTTP/JSON control API (a route
 //!   group per part of the node) and the CLI's typed caller.
@@ -53,6 +55,7 @@ pub mod files;
 pub mod fuzzing;
 pub mod handoff;
 pub mod identity;
+pub mod jobs;
 pub mod known;
 pub mod limits;
 pub mod pins;
@@ -66,5 +69,6 @@ pub use client::{Client, FoundNodes, Provided, Refusal};
 pub use daemon::{NodeConfig, start};
 pub use error::{NodeError, PinError};
 pub use files::Files;
+pub use jobs::{ComputeConfig, Jobs};
 pub use libp2p::{Multiaddr, PeerId};
 pub use pins::{PinView, Pins};

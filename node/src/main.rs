@@ -30,6 +30,9 @@ use shoal_node::control::{
 use shoal_node::settings::{self, Given};
 use shoal_node::{control, start};
 
+#[path = "cli/jobs.rs"]
+mod jobs;
+
 /// Prints a line on standard output. When the output is closed
 /// (`shoal blobs | head -1`) the process ends quietly, as Unix tools do;
 /// any other write error is said on standard error.
@@ -150,6 +153,34 @@ enum Command {
         /// Default: no limit. File: quota = "10G".
         #[arg(long, env = "SHOAL_QUOTA", value_name = "SIZE", value_parser = settings::parse_size)]
         quota: Option<u64>,
+        /// Compute slots to offer: jobs that run here at once (0: none;
+        /// this peer still submits). Default: the number of cores.
+        /// File: slots = 4.
+        #[arg(long, env = "SHOAL_SLOTS", value_name = "N")]
+        slots: Option<u32>,
+        /// Memory of each slot: the most one job here may use (its linear
+        /// memory; a native command's address space). Default 1G.
+        /// File: slot_memory = "2G".
+        #[arg(long, env = "SHOAL_SLOT_MEMORY", value_name = "SIZE", value_parser = settings::parse_size)]
+        slot_memory: Option<u64>,
+        /// A label of this peer's slots, matched by `shoal run --where
+        /// KEY=VALUE` (repeatable). File: labels = { gpu = "a100" }.
+        #[arg(long = "label", env = "SHOAL_LABELS", value_delimiter = ',', value_name = "KEY=VALUE",
+              value_parser = settings::parse_label)]
+        labels: Vec<(String, String)>,
+        /// Also run native commands (`shoal run --native`), only for the
+        /// peers given with --trust. Off by default, and safe that way:
+        /// without it a slot runs only WebAssembly, which sees no file but
+        /// its /in and /out, no network and no environment of this machine,
+        /// within its memory and time. File: allow_native = true.
+        #[arg(long, env = "SHOAL_ALLOW_NATIVE")]
+        allow_native: bool,
+        /// A peer whose native commands run here with --allow-native
+        /// (repeatable). A native command runs as this daemon's user, with
+        /// rlimits but no sandbox: trust only your own machines.
+        /// File: trust = ["12D3KooW..."].
+        #[arg(long, env = "SHOAL_TRUST", value_delimiter = ',', value_name = "PEER_ID")]
+        trust: Vec<libp2p::PeerId>,
     },
     /// Swarm keys for private swarms.
     #[command(subcommand)]
@@ -238,6 +269,30 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
+    /// Run a job on a peer's slot: a WebAssembly module (or, with --native,
+    /// a command), placed on a lightly loaded peer that fits it (beside its
+    /// inputs when they are shared), queued there if every slot is busy.
+    /// Streams its stdout and stderr and exits with its exit code; what it
+    /// writes under /out becomes one directory blob (`shoal get ID -o DIR`).
+    ///
+    /// Exit codes of jobs that did not exit on their own: 124 timeout, 130
+    /// cancelled, 134 trap (or over a cap), 137 out of memory, 125 could not
+    /// run.
+    Run(jobs::RunArgs),
+    /// The slot offers in the swarm: peer, free/total slots, memory, kinds,
+    /// labels, running and queued jobs.
+    Slots {
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Jobs this peer submitted, and jobs running or queued here.
+    Jobs {
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// One job: status, wait, logs, cancel.
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
     /// Stop the running peer (it hands its records on first).
     Down {
         #[command(flatten)]
@@ -386,6 +441,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             no_mdns,
             swarm_key,
             quota,
+            slots,
+            slot_memory,
+            labels,
+            allow_native,
+            trust,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -397,6 +457,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 no_mdns,
                 swarm_key,
                 quota,
+                slots,
+                slot_memory,
+                labels,
+                allow_native,
+                trust,
             };
             runtime.block_on(up(data_dir, given))
         }
@@ -500,6 +565,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 format!("{} providers{}", peers.len(), peer_lines(peers))
             })
         }
+        Command::Run(args) => exit_with(jobs::run(args)?),
+        Command::Slots { talk } => jobs::slots(&talk),
+        Command::Jobs { talk } => jobs::list(&talk),
+        Command::Job(command) => exit_with(jobs::job(command)?),
         Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", NO_BODY, |_: &Stopping| {
             "stopping".to_string()
         }),
@@ -632,6 +701,15 @@ fn on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
         }
     });
     flag
+}
+
+/// Ends the process with a job's exit code (0 returns).
+fn exit_with(code: i32) -> anyhow::Result<()> {
+    if code != 0 {
+        let _ = std::io::stdout().flush();
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

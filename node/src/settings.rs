@@ -9,6 +9,11 @@
 //! mdns = false
 //! swarm_key = "swarm.key"   # relative to the data directory
 //! quota = "100G"            # the blob store's size limit
+//! slots = 4                 # compute slots offered (default: the cores)
+//! slot_memory = "2G"        # memory per slot (default 1G)
+//! labels = { gpu = "a100" } # matched by `shoal run --where gpu=a100`
+//! allow_native = true       # native commands, only for `trust`
+//! trust = ["12D3KooW..."]   # peers whose native commands run here
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,6 +42,16 @@ pub struct Given {
     pub swarm_key: Option<PathBuf>,
     /// `--quota`, in bytes.
     pub quota: Option<u64>,
+    /// `--slots`.
+    pub slots: Option<u32>,
+    /// `--slot-memory`.
+    pub slot_memory: Option<u64>,
+    /// `--label KEY=VALUE`.
+    pub labels: Vec<(String, String)>,
+    /// `--allow-native`.
+    pub allow_native: bool,
+    /// `--trust PEER_ID`.
+    pub trust: Vec<libp2p::PeerId>,
 }
 
 /// The contents of `shoal.toml`.
@@ -53,6 +68,16 @@ pub struct FileSettings {
     pub swarm_key: Option<PathBuf>,
     /// The blob store's quota, like `"10G"`.
     pub quota: Option<String>,
+    /// Compute slots offered.
+    pub slots: Option<u32>,
+    /// Memory per slot, as a size.
+    pub slot_memory: Option<String>,
+    /// This peer's labels.
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Whether native commands run here.
+    pub allow_native: Option<bool>,
+    /// Peers whose native commands run here.
+    pub trust: Option<Vec<String>>,
 }
 
 /// Why the settings could not be put together.
@@ -136,7 +161,99 @@ pub fn resolve(data_dir: PathBuf, given: Given) -> Result<NodeConfig, SettingsEr
     };
     let key_path = given.swarm_key.or_else(|| file.swarm_key.map(|p| data_dir.join(p)));
     config.swarm_key = key_path.map(|p| SwarmKey::load(&p)).transpose()?;
+    let invalid = |why: String| SettingsError::Invalid {
+        path: data_dir.join(SETTINGS_FILE).display().to_string(),
+        why,
+    };
+    let compute = &mut config.compute;
+    compute.slots = given.slots.or(file.slots).unwrap_or_else(default_slots);
+    compute.slot_memory = match (given.slot_memory, file.slot_memory) {
+        (Some(m), _) => m,
+        (None, Some(text)) => parse_size(&text).map_err(|why| invalid(format!("slot_memory: {why}")))?,
+        (None, None) => compute.slot_memory,
+    };
+    compute.labels = if given.labels.is_empty() {
+        file.labels.unwrap_or_default()
+    } else {
+        given.labels.into_iter().collect()
+    };
+    if compute.labels.len() > shoal_resources::compute::offer::MAX_LABELS {
+        return Err(invalid(format!(
+            "more than {} labels",
+            shoal_resources::compute::offer::MAX_LABELS
+        )));
+    }
+    for (k, v) in &compute.labels {
+        check_label(k, v).map_err(|why| invalid(format!("labels: {why}")))?;
+    }
+    compute.allow_native = given.allow_native || file.allow_native.unwrap_or(false);
+    compute.trust = if given.trust.is_empty() {
+        let mut trust = Vec::new();
+        for text in file.trust.unwrap_or_default() {
+            trust.push(
+                text.parse()
+                    .map_err(|_| invalid(format!("trust: {text:?} is not a peer id")))?,
+            );
+        }
+        trust
+    } else {
+        given.trust
+    };
     Ok(config)
+}
+
+/// The slots a peer offers unless told: one per core.
+pub fn default_slots() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+}
+
+/// A label is a key of letters, digits, `-`, `_` and `.`, and a value of
+/// at most 64 bytes with no `=`.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    use shoal_resources::compute::offer::MAX_LABEL_BYTES;
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if key.is_empty() || key.len() > MAX_LABEL_BYTES || !key.chars().all(plain) {
+        return Err(format!(
+            "label key {key:?}: 1 to {MAX_LABEL_BYTES} letters, digits, '-', '_' or '.'"
+        ));
+    }
+    if value.len() > MAX_LABEL_BYTES || value.contains('=') {
+        return Err(format!(
+            "label value {value:?}: at most {MAX_LABEL_BYTES} bytes, no '='"
+        ));
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE` as a label.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    check_label(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// A duration like `500ms`, `30s`, `10m`, `2h` (a bare number: seconds).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 10m or 2h"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        _ => return Err(format!("{text:?} is not a duration like 30s, 10m or 2h")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 365.0 * 86400.0 {
+        return Err(format!("{text:?} is not between 1 ms and a year"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// Parses a size: a number of bytes, or a number (with an optional

@@ -13,6 +13,16 @@ pub(crate) fn data_dir(test: &str, i: usize) -> std::path::PathBuf {
 }
 
 pub(crate) async fn swarm(test: &str, n: usize) -> Vec<Client> {
+    swarm_with(test, n, |_, _, _| {}).await
+}
+
+/// A swarm of `n` peers on loopback, each configured by `configure(i,
+/// config, peers started so far)` before it starts.
+pub(crate) async fn swarm_with(
+    test: &str,
+    n: usize,
+    configure: impl Fn(usize, &mut NodeConfig, &[Client]),
+) -> Vec<Client> {
     let mut clients: Vec<Client> = Vec::new();
     for i in 0..n {
         let mut config = NodeConfig::new(data_dir(test, i));
@@ -21,6 +31,7 @@ pub(crate) async fn swarm(test: &str, n: usize) -> Vec<Client> {
         if let Some(first) = clients.first() {
             config.bootstrap = first.ready().await.unwrap();
         }
+        configure(i, &mut config, &clients);
         clients.push(start(config).await.unwrap());
     }
     tables_hold_everyone(&clients.iter().collect::<Vec<_>>()).await;

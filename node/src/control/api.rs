@@ -235,3 +235,34 @@ pub struct Stopping {
     /// Always true: the daemon stops.
     pub stopping: bool,
 }
+
+pub use crate::jobs::{JobView, OutputChunk, OutputView, SlotView};
+
+/// Body of `POST /v1/jobs`: a job to place.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// A native command (`args[0]` is the command) rather than a module.
+    #[serde(default)]
+    pub native: bool,
+    /// The module: an absolute path (shared first) or a content id.
+    pub module: Option<String>,
+    /// The arguments (a native job's command first).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The environment the job gets (nothing else).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Inputs: an absolute path (shared first) or a content id, and the
+    /// name it has under `/in`.
+    #[serde(default)]
+    pub inputs: Vec<(String, String)>,
+    /// Memory, bytes (0: the slot's).
+    #[serde(default)]
+    pub memory: u64,
+    /// Time limit, milliseconds (0: the executor's default).
+    #[serde(default)]
+    pub timeout_ms: u64,
+    /// Labels the slot must carry (`--where K=V`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::api::*;
-use super::jobs::{Job, numbered};
+use super::tasks::{Task, numbered};
 use super::{ApiError, AppState, failure, parse_key};
 
 /// The routes of this module.
@@ -40,7 +40,7 @@ async fn share(
     } else {
         shoal_resources::store::Import::Copy
     };
-    let job = Job::new(body.path.clone());
+    let job = Task::new(body.path.clone());
     let n = state.shares.lock().unwrap_or_else(|p| p.into_inner()).add(job.clone());
     let (client, progress) = (state.client.clone(), job.progress.clone());
     job.run(
@@ -57,7 +57,7 @@ async fn share(
     Ok(Json(share_view(n, &job)))
 }
 
-fn share_view(n: u64, job: &Job<ShareView>) -> ShareJobView {
+fn share_view(n: u64, job: &Task<ShareView>) -> ShareJobView {
     use std::sync::atomic::Ordering::Relaxed;
     let outcome = job.outcome();
     ShareJobView {
@@ -80,7 +80,7 @@ async fn share_status(
     Ok(Json(share_view(n, &job)))
 }
 
-fn download_view(n: u64, d: &Job<String>) -> DownloadView {
+fn download_view(n: u64, d: &Task<String>) -> DownloadView {
     use std::sync::atomic::Ordering::Relaxed;
     let outcome = d.outcome();
     DownloadView {
@@ -127,7 +127,7 @@ async fn get_blob(
             ));
         }
     }
-    let job = Job::new(id.to_string());
+    let job = Task::new(id.to_string());
     let n = state
         .downloads
         .lock()

@@ -10,8 +10,9 @@
 //! - [`api`]: the requests and answers, shared with the CLI.
 //! - this module: serving, the token check (one middleware layer in front
 //!   of every route), the request cap, errors as answers.
-//! - `jobs`: long operations as numbered jobs the CLI polls.
-//! - `overlay`, `files`, `pins`: one route group per part of the node; a
+//! - `tasks`: long operations (shares, downloads) as numbered tasks the
+//!   CLI polls.
+//! - `overlay`, `files`, `pins`, `jobs`: one route group per part of the node; a
 //!   new resource adds a module and merges its group in [`serve`].
 
 use std::path::{Path, PathBuf};
@@ -32,9 +33,10 @@ mod files;
 mod jobs;
 mod overlay;
 mod pins;
+mod tasks;
 
 pub use api::*;
-use jobs::Jobs;
+use tasks::Tasks;
 
 struct AppState {
     client: Client,
@@ -42,8 +44,8 @@ struct AppState {
     shutdown: Arc<Notify>,
     /// Requests being answered; past [`MAX_REQUESTS`] the API says busy.
     requests: Arc<tokio::sync::Semaphore>,
-    downloads: std::sync::Mutex<Jobs<String>>,
-    shares: std::sync::Mutex<Jobs<ShareView>>,
+    downloads: std::sync::Mutex<Tasks<String>>,
+    shares: std::sync::Mutex<Tasks<ShareView>>,
 }
 
 /// Requests the API answers at once; more are told to come back.
@@ -132,8 +134,8 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         token,
         shutdown,
         requests: Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS)),
-        downloads: std::sync::Mutex::new(Jobs::default()),
-        shares: std::sync::Mutex::new(Jobs::default()),
+        downloads: std::sync::Mutex::new(Tasks::default()),
+        shares: std::sync::Mutex::new(Tasks::default()),
     });
     // Each resource adds its route group here; the token check and the
     // request cap wrap them all.
@@ -141,6 +143,7 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         .merge(overlay::routes())
         .merge(files::routes())
         .merge(pins::routes())
+        .merge(jobs::routes())
         .route("/v1/down", post(down))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))

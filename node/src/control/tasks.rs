@@ -9,30 +9,30 @@ use super::{ApiError, failure};
 
 /// Finished jobs (downloads, shares) kept for their callers to read, at
 /// most, of each kind.
-const KEPT_JOBS: usize = 256;
+const KEPT_TASKS: usize = 256;
 
 /// Long operations (downloads, shares) run as numbered jobs that the CLI
 /// polls: every poll is a short call, so a daemon that stops answering is
 /// noticed within a call's timeout, however long the job.
-pub(super) struct Jobs<T> {
+pub(super) struct Tasks<T> {
     next: u64,
-    running: std::collections::BTreeMap<u64, Arc<Job<T>>>,
+    running: std::collections::BTreeMap<u64, Arc<Task<T>>>,
 }
 
-impl<T> Default for Jobs<T> {
+impl<T> Default for Tasks<T> {
     fn default() -> Self {
-        Jobs {
+        Tasks {
             next: 0,
             running: std::collections::BTreeMap::new(),
         }
     }
 }
 
-impl<T> Jobs<T> {
-    /// Numbers `job` and keeps it, dropping the oldest past [`KEPT_JOBS`].
-    pub(super) fn add(&mut self, job: Arc<Job<T>>) -> u64 {
+impl<T> Tasks<T> {
+    /// Numbers `job` and keeps it, dropping the oldest past [`KEPT_TASKS`].
+    pub(super) fn add(&mut self, job: Arc<Task<T>>) -> u64 {
         self.next += 1;
-        while self.running.len() >= KEPT_JOBS {
+        while self.running.len() >= KEPT_TASKS {
             let Some(oldest) = self.running.keys().next().copied() else {
                 break;
             };
@@ -44,7 +44,7 @@ impl<T> Jobs<T> {
 }
 
 /// Job number `n` of `jobs`.
-pub(super) fn numbered<T>(jobs: &std::sync::Mutex<Jobs<T>>, n: u64, kind: &str) -> Result<Arc<Job<T>>, ApiError> {
+pub(super) fn numbered<T>(jobs: &std::sync::Mutex<Tasks<T>>, n: u64, kind: &str) -> Result<Arc<Task<T>>, ApiError> {
     jobs.lock()
         .unwrap_or_else(|p| p.into_inner())
         .running
@@ -53,7 +53,7 @@ pub(super) fn numbered<T>(jobs: &std::sync::Mutex<Jobs<T>>, n: u64, kind: &str) 
         .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no {kind} {n}")))
 }
 
-pub(super) struct Job<T> {
+pub(super) struct Task<T> {
     /// What it works on: a content id, or a path.
     pub(super) label: String,
     pub(super) progress: Arc<crate::files::Progress>,
@@ -63,9 +63,9 @@ pub(super) struct Job<T> {
     pub(super) abort: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-impl<T: Clone + Send + 'static> Job<T> {
+impl<T: Clone + Send + 'static> Task<T> {
     pub(super) fn new(label: String) -> Arc<Self> {
-        Arc::new(Job {
+        Arc::new(Task {
             label,
             progress: Arc::default(),
             outcome: std::sync::Mutex::new(None),

@@ -1,0 +1,194 @@
+//! The jobs' routes: run, list, status, output, cancel; the swarm's slots.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use shoal_overlay::Key;
+use shoal_resources::compute::{JobKind, JobSpec};
+use shoal_resources::store::Import;
+
+use super::api::*;
+use super::{ApiError, AppState, failure, node_failure, parse_key};
+use crate::jobs::protocol::check_input_name;
+use crate::jobs::{Submit, SubmitError};
+
+/// Longest a call for output waits for more.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+/// Jobs listed at most.
+const LISTED: usize = 1000;
+
+/// The routes of this module.
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/jobs", get(list).post(run))
+        .route("/v1/jobs/{id}", get(status).delete(cancel))
+        .route("/v1/jobs/{id}/output", get(output))
+        .route("/v1/slots", get(slots))
+}
+
+fn bad(message: impl std::fmt::Display) -> ApiError {
+    failure(StatusCode::BAD_REQUEST, message)
+}
+
+/// A module or input named by the caller: an absolute path is shared
+/// first; else it must be a content id.
+async fn blob_of(state: &AppState, what: &str, role: &str) -> Result<Key, ApiError> {
+    let path = PathBuf::from(what);
+    if path.is_absolute() {
+        if !path.is_file() {
+            return Err(bad(format!("{role} {what}: no such file")));
+        }
+        let (info, _) = state
+            .client
+            .files()
+            .share(path, Import::Copy)
+            .await
+            .map_err(|e| bad(format!("{role} {what}: {}", crate::error::error_chain(&e))))?;
+        return Ok(info.id);
+    }
+    let id: Key = what.parse().map_err(|_| {
+        bad(format!(
+            "{role} {what:?} is neither a file nor a content id (64 hex digits)"
+        ))
+    })?;
+    if !state.client.blob_store().contains(&id)
+        && state.client.get_providers(id).await.map_err(node_failure)?.is_empty()
+    {
+        return Err(bad(format!("{role} {id}: no peer provides it")));
+    }
+    Ok(id)
+}
+
+async fn run(State(state): State<Arc<AppState>>, Json(body): Json<RunRequest>) -> Result<Json<JobView>, ApiError> {
+    let module = match (&body.module, body.native) {
+        (Some(_), true) => return Err(bad("a native job runs a command, not a module")),
+        (None, false) => return Err(bad("a WebAssembly job needs a module")),
+        (None, true) => None,
+        (Some(module), false) => {
+            let path = PathBuf::from(module);
+            if path.is_absolute() {
+                let bytes = read_module(&path).await?;
+                state
+                    .client
+                    .jobs()
+                    .check_module(&bytes)
+                    .map_err(|e| bad(format!("{module}: {e}")))?;
+            }
+            Some(blob_of(&state, module, "module").await?)
+        }
+    };
+    let mut inputs = Vec::new();
+    for (what, name) in &body.inputs {
+        check_input_name(name).map_err(bad)?;
+        inputs.push((blob_of(&state, what, "input").await?, name.clone()));
+    }
+    let spec = JobSpec {
+        kind: Some(if body.native { JobKind::Native } else { JobKind::Wasm }),
+        module,
+        args: body.args,
+        env: body.env,
+        inputs,
+        memory: body.memory,
+        timeout_ms: body.timeout_ms,
+        labels: body.labels,
+    };
+    let job = state.client.jobs().submit(Submit { spec }).await.map_err(|e| match e {
+        SubmitError::Node(e) => node_failure(e),
+        other => bad(other),
+    })?;
+    let view = state
+        .client
+        .jobs()
+        .status(job)
+        .await
+        .map_err(node_failure)?
+        .ok_or_else(|| failure(StatusCode::INTERNAL_SERVER_ERROR, "the job placed is not known"))?;
+    Ok(Json(view))
+}
+
+async fn read_module(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    file.take(crate::jobs::executor::MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    if bytes.len() as u64 > crate::jobs::executor::MAX_MODULE_BYTES {
+        return Err(bad(format!(
+            "{}: a module over {} bytes",
+            path.display(),
+            crate::jobs::executor::MAX_MODULE_BYTES
+        )));
+    }
+    Ok(bytes)
+}
+
+async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<JobView>> {
+    Json(state.client.jobs().list(LISTED))
+}
+
+async fn status(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = parse_key(&id)?;
+    state
+        .client
+        .jobs()
+        .status(job)
+        .await
+        .map_err(node_failure)?
+        .map(Json)
+        .ok_or_else(|| {
+            failure(
+                StatusCode::NOT_FOUND,
+                format!("no job {job} is known here or at its home"),
+            )
+        })
+}
+
+async fn cancel(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = parse_key(&id)?;
+    state.client.jobs().cancel(job).map_err(bad)?;
+    status(State(state), axum::extract::Path(id)).await
+}
+
+#[derive(serde::Deserialize)]
+struct OutputQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn output(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Query(query): Query<OutputQuery>,
+) -> Result<Json<OutputView>, ApiError> {
+    let job = parse_key(&id)?;
+    let wait = Duration::from_millis(query.wait_ms).min(MAX_WAIT);
+    match state.client.jobs().output(job, query.from, wait).await {
+        Ok(Some(view)) => Ok(Json(view)),
+        Ok(None) => Err(failure(
+            StatusCode::NOT_FOUND,
+            format!("no output of job {job}: it is not known here, and its record names no executor that keeps it"),
+        )),
+        Err(e) => Err(node_failure(e)),
+    }
+}
+
+async fn slots(State(state): State<Arc<AppState>>) -> Result<Json<Vec<SlotView>>, ApiError> {
+    state.client.jobs().slots().await.map(Json).map_err(node_failure)
+}

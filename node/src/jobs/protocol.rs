@@ -1,0 +1,155 @@
+//! `/shoal/jobs/1` on the wire: what a submitter asks an executor, and
+//! what the executor answers.
+//!
+//! Every message is one frame of [`crate::codec`] (a length, then CBOR).
+//! A stream carries one [`Request`]; the executor answers with one
+//! [`Answer`], except for [`Request::Watch`], answered with [`Event`]s
+//! until the job ends. Who asks is the stream's peer, authenticated by the
+//! connection: a claim for a native job is judged by that, never by a
+//! field of the request.
+
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+use shoal_overlay::Key;
+use shoal_resources::compute::engine::Stream as Output;
+use shoal_resources::compute::{JobKind, JobSpec, Needs, SlotOffer};
+
+/// The stream protocol of jobs.
+pub const JOBS_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/jobs/1");
+
+/// Largest request frame accepted (a job's spec: its arguments,
+/// environment and inputs).
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest answer or event frame accepted.
+pub(crate) const MAX_ANSWER_BYTES: usize = 2 * OUTPUT_CHUNK + 4096;
+/// Output bytes per [`Event::Output`], at most.
+pub(crate) const OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// Most arguments, environment variables or inputs a job may have.
+pub const MAX_SPEC_ITEMS: usize = 256;
+/// Longest argument, variable, value or input name, bytes.
+pub const MAX_SPEC_STRING: usize = 4096;
+
+/// What a job needs of a slot, on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct WireNeeds {
+    pub(crate) kind: Option<JobKind>,
+    pub(crate) memory: u64,
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
+}
+
+impl From<&WireNeeds> for Needs {
+    fn from(w: &WireNeeds) -> Self {
+        Needs {
+            kind: w.kind,
+            memory: w.memory,
+            labels: w.labels.clone(),
+        }
+    }
+}
+
+/// A request to an executor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// How loaded are you, and would a job that needs this fit?
+    Probe(WireNeeds),
+    /// Run (or queue) this job for me; I hold its lease.
+    Claim {
+        /// The job's key.
+        job: Key,
+        /// What to run.
+        spec: JobSpec,
+        /// The nonce its key was made with.
+        nonce: u64,
+    },
+    /// Renew my lease on `job`.
+    Renew { job: Key, token: u64 },
+    /// Stop `job` (queued or running) and release its lease.
+    Cancel { job: Key, token: u64 },
+    /// Send me `job`'s output from byte `from` on, then how it ended.
+    Watch { job: Key, from: u64 },
+}
+
+/// An executor's answer to one request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Answer {
+    /// The load now, and the offer.
+    Load {
+        free: u32,
+        queued: u32,
+        running: u32,
+        fits: bool,
+        offer: Option<SlotOffer>,
+    },
+    /// The job is taken: running now (`position` 0) or queued at
+    /// `position`, under a lease with `token` for `term_ms`.
+    Accepted { token: u64, term_ms: u64, position: u32 },
+    /// The lease runs another term.
+    Renewed { term_ms: u64 },
+    /// The job was stopped.
+    Cancelled,
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// What a watcher hears about a job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Event {
+    /// Output: `bytes` were written to `stream`; `offset` counts all output
+    /// before them.
+    Output {
+        stream: Output,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The job started (times in microseconds of the executor's clock).
+    Started { at: u64 },
+    /// The job ended: its exit code, why it failed if it did, and the
+    /// directory blob of its `/out` (if it wrote anything).
+    Ended {
+        exit_code: i32,
+        error: Option<String>,
+        output: Option<Key>,
+        at: u64,
+    },
+    /// The executor does not know the job (or forgot it).
+    Unknown,
+}
+
+/// Whether a spec is within the bounds an executor accepts: a reason if
+/// not.
+pub(crate) fn check_spec(spec: &JobSpec) -> Result<(), String> {
+    let strings = spec
+        .args
+        .iter()
+        .chain(spec.env.keys())
+        .chain(spec.env.values())
+        .chain(spec.inputs.iter().map(|(_, name)| name))
+        .chain(spec.labels.keys())
+        .chain(spec.labels.values());
+    if spec.args.len() > MAX_SPEC_ITEMS || spec.env.len() > MAX_SPEC_ITEMS || spec.inputs.len() > MAX_SPEC_ITEMS {
+        return Err(format!("more than {MAX_SPEC_ITEMS} arguments, variables or inputs"));
+    }
+    if strings.clone().any(|s| s.len() > MAX_SPEC_STRING) {
+        return Err(format!("an argument, variable or name over {MAX_SPEC_STRING} bytes"));
+    }
+    for (_, name) in &spec.inputs {
+        check_input_name(name)?;
+    }
+    if spec.kind == Some(JobKind::Native) && spec.args.is_empty() {
+        return Err("a native job names its command".into());
+    }
+    if spec.kind != Some(JobKind::Native) && spec.module.is_none() {
+        return Err("a WebAssembly job names its module".into());
+    }
+    Ok(())
+}
+
+/// An input's name is one plain file name under `/in`.
+pub(crate) fn check_input_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(format!("input name {name:?} is not a plain file name"));
+    }
+    Ok(())
+}

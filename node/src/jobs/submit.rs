@@ -1,0 +1,902 @@
+//! Submitting a job: its blobs, its placement, its lease and its record.
+//!
+//! [`Jobs::submit`] returns once the job is claimed (running or queued on
+//! some peer) or cannot be placed; a task of the submission then holds
+//! the lease (renewing it every third of its term), mirrors the job's
+//! output from the executor, and writes the job's record at its home on
+//! every change.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use serde::{Deserialize, Serialize};
+use shoal_overlay::{Key, PeerInfo};
+use shoal_resources::compute::offer::{class_for, offer_key};
+use shoal_resources::compute::{
+    Candidate, JobKind, JobRecord, JobSpec, JobState, Load, Needs, PlaceAction, PlaceError, Placed, Placement,
+    SlotOffer,
+};
+
+use super::log::JobLog;
+use super::protocol::{Answer, Event, JOBS_PROTOCOL, MAX_ANSWER_BYTES, Request, WireNeeds, check_spec};
+use super::{Jobs, micros};
+use crate::addr::{NodeAddr, key_of_peer};
+use crate::client::{Client, now};
+
+/// Jobs this peer keeps having submitted, at most (the oldest ended go).
+pub const KEPT_SUBMITTED: usize = 100_000;
+/// How long a probe may take (dial included).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a claim or a renewal may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the slot class's providers and the offers read are reused.
+const OFFER_TTL: Duration = Duration::from_secs(10);
+/// Candidates whose offers are read per placement, at most.
+const MAX_CANDIDATES: usize = 20;
+
+/// What to run.
+#[derive(Clone, Debug, Default)]
+pub struct Submit {
+    /// The job's spec (module or command, arguments, inputs, limits).
+    pub spec: JobSpec,
+}
+
+/// Why a job could not be submitted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The spec is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// No peer offers a fitting slot, or none took the job.
+    #[error("{error} (wanted: {wanted}){}", if refusals.is_empty() { String::new() } else { format!(": {}", refusals.join("; ")) })]
+    Place {
+        /// Why in short.
+        error: PlaceError,
+        /// What the job asked for.
+        wanted: String,
+        /// Each refusal heard: by whom, why.
+        refusals: Vec<String>,
+    },
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] crate::NodeError),
+}
+
+/// A job as the CLI shows it (`shoal jobs`, `shoal job status`,
+/// `shoal run --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The job's id (its key).
+    pub job_id: String,
+    /// `queued`, `placed`, `running`, `ended` or `cancelled`.
+    pub state: String,
+    /// The executor's peer id.
+    pub peer: Option<String>,
+    /// The lease token of the placement.
+    pub token: Option<u64>,
+    /// Its exit code, once ended.
+    pub exit_code: Option<i32>,
+    /// Why it failed, if it did not exit on its own.
+    pub error: Option<String>,
+    /// The directory blob of its `/out`.
+    pub output: Option<String>,
+    /// When it was submitted, placed, started and ended (milliseconds
+    /// since the Unix epoch).
+    pub queued: u64,
+    /// See `queued`.
+    pub placed: Option<u64>,
+    /// See `queued`.
+    pub started: Option<u64>,
+    /// See `queued`.
+    pub ended: Option<u64>,
+    /// Its place in the executor's queue (1: next), while it waits.
+    pub position: Option<u32>,
+    /// Whether this peer submitted it (else it runs here, or was read
+    /// from its home).
+    pub submitted_here: bool,
+}
+
+/// A peer's slots as `shoal slots` shows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotView {
+    /// The peer.
+    pub peer: String,
+    /// Slots free now.
+    pub free: u32,
+    /// Slots in all.
+    pub total: u32,
+    /// Memory per slot, bytes.
+    pub memory: u64,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// The kinds of job it runs (`wasm`, `native`).
+    pub kinds: Vec<String>,
+    /// Jobs running.
+    pub running: u32,
+    /// Jobs queued.
+    pub queued: u32,
+}
+
+/// A job this peer submitted.
+pub(crate) struct Submitted {
+    pub(crate) job: Key,
+    pub(crate) log: Arc<JobLog>,
+    pub(crate) record: Mutex<JobRecord>,
+    /// The executor and the lease token.
+    pub(crate) placed: Mutex<Option<(PeerId, u64)>>,
+    pub(crate) position: Mutex<Option<u32>>,
+    pub(crate) error: Mutex<Option<String>>,
+    /// Tells the supervising task to cancel.
+    pub(crate) cancel: tokio::sync::Notify,
+}
+
+/// The jobs this peer submitted, oldest first.
+#[derive(Default)]
+pub(crate) struct Submissions {
+    by_key: HashMap<Key, Arc<Submitted>>,
+    order: VecDeque<Key>,
+}
+
+impl Submissions {
+    fn add(&mut self, job: Arc<Submitted>) {
+        self.order.push_back(job.job);
+        self.by_key.insert(job.job, job);
+        while self.order.len() > KEPT_SUBMITTED {
+            let Some(old) = self.order.pop_front() else { break };
+            self.by_key.remove(&old);
+        }
+    }
+}
+
+/// Offers and class providers read lately.
+#[derive(Default)]
+pub(crate) struct OfferCache {
+    classes: HashMap<Key, (std::time::Instant, Vec<PeerInfo<NodeAddr>>)>,
+    offers: HashMap<Key, (std::time::Instant, Option<SlotOffer>)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens a jobs stream to `peer`, sends `request` and reads one answer.
+pub(crate) async fn ask(client: &Client, peer: PeerId, request: &Request, within: Duration) -> std::io::Result<Answer> {
+    if peer == client.peer_id() {
+        // This peer's own slots: no stream to itself.
+        return match &client.compute.executor {
+            Some(executor) => Ok(super::executor::answer(client, executor, peer, request.clone())),
+            None => Err(std::io::Error::other("this peer offers no slots")),
+        };
+    }
+    let mut stream = open(client, peer, request, within).await?;
+    tokio::time::timeout(within, crate::codec::read_cbor(&mut stream, MAX_ANSWER_BYTES))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in time"))?
+}
+
+async fn open(client: &Client, peer: PeerId, request: &Request, within: Duration) -> std::io::Result<Stream> {
+    let mut control = client.stream_control();
+    let mut stream = tokio::time::timeout(within, control.open_stream(peer, JOBS_PROTOCOL))
+        .await
+        .map_err(|_| std::io::Error::other("timed out opening a stream"))?
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    stream.write_all(&crate::codec::encode_cbor(request)?).await?;
+    stream.flush().await?;
+    Ok(stream)
+}
+
+fn view_of(job: &Key, record: &JobRecord, executor: Option<PeerId>, submitted_here: bool) -> JobView {
+    let ms = |at: shoal_overlay::Instant| at.as_micros() / 1000;
+    let (state, exit_code, output, token) = match record.state {
+        JobState::Queued => ("queued", None, None, None),
+        JobState::Placed(p) => ("placed", None, None, Some(p.token)),
+        JobState::Running(p) => ("running", None, None, Some(p.token)),
+        JobState::Ended { by, exit_code, output } => ("ended", Some(exit_code), output, Some(by.token)),
+        JobState::Cancelled => ("cancelled", Some(130), None, None),
+    };
+    JobView {
+        job_id: job.to_string(),
+        state: state.into(),
+        peer: executor.map(|p| p.to_string()).or_else(|| {
+            record
+                .executor
+                .as_ref()
+                .and_then(|b| PeerId::from_bytes(b).ok())
+                .map(|p| p.to_string())
+        }),
+        token,
+        exit_code,
+        error: record.error.clone(),
+        output: output.map(|k| k.to_string()),
+        queued: ms(record.queued_at),
+        placed: record.placed_at.map(ms),
+        started: record.started_at.map(ms),
+        ended: record.ended_at.map(ms),
+        position: None,
+        submitted_here,
+    }
+}
+
+impl Submitted {
+    fn view(&self) -> JobView {
+        let record = lock(&self.record).clone();
+        let executor = lock(&self.placed).map(|(p, _)| p);
+        let mut view = view_of(&self.job, &record, executor, true);
+        if view.error.is_none() {
+            view.error = lock(&self.error).clone();
+        }
+        if view.state == "placed" {
+            view.position = *lock(&self.position);
+        }
+        view
+    }
+}
+
+impl<'a> Jobs<'a> {
+    fn compute(&self) -> &'a super::Compute {
+        &self.client.compute
+    }
+
+    /// The node's WebAssembly engine (to check a module before it is
+    /// shared).
+    pub fn check_module(&self, bytes: &[u8]) -> Result<(), String> {
+        self.compute().engine.check(bytes).map_err(|e| e.to_string())
+    }
+
+    /// Places `what` and returns its id once a peer took it (running or
+    /// queued); a task then holds its lease and follows it to its end.
+    pub async fn submit(self, what: Submit) -> Result<Key, SubmitError> {
+        let spec = what.spec;
+        check_spec(&spec).map_err(SubmitError::Invalid)?;
+        let client = self.client;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let nonce = u64::from_le_bytes(nonce);
+        let job = spec.key(&client.key(), nonce);
+        let submitted = Arc::new(Submitted {
+            job,
+            log: Arc::default(),
+            record: Mutex::new(JobRecord::new(client.key(), now())),
+            placed: Mutex::new(None),
+            position: Mutex::new(None),
+            error: Mutex::new(None),
+            cancel: tokio::sync::Notify::new(),
+        });
+        let needs = Needs {
+            kind: Some(spec.kind.unwrap_or(JobKind::Wasm)),
+            memory: spec.memory,
+            labels: spec.labels.clone(),
+        };
+        let placed = self.place(&needs, &spec, job, nonce).await;
+        let (peer, token, term, position) = match placed {
+            Ok(placed) => placed,
+            Err(e) => return Err(e),
+        };
+        {
+            let mut record = lock(&submitted.record);
+            let by = Placed {
+                peer: key_of_peer(&peer).unwrap_or(job),
+                token,
+            };
+            let _ = record.place(now(), by);
+            record.executor = Some(peer.to_bytes());
+        }
+        *lock(&submitted.placed) = Some((peer, token));
+        *lock(&submitted.position) = (position > 0).then_some(position);
+        lock(&self.compute().submitted).add(submitted.clone());
+        tokio::spawn(supervise(client.downgrade(), submitted, peer, token, term));
+        Ok(job)
+    }
+
+    /// Candidates for `needs`: the slot class's providers and the inputs'
+    /// providers, with their offers.
+    async fn candidates(
+        &self,
+        needs: &Needs,
+        spec: &JobSpec,
+    ) -> Result<(Vec<Candidate>, HashMap<Key, PeerId>), crate::NodeError> {
+        let client = self.client;
+        let mut peers: HashMap<Key, PeerInfo<NodeAddr>> = HashMap::new();
+        for info in self.class_providers(class_for(needs)).await? {
+            peers.insert(info.key, info);
+        }
+        let mut holders = std::collections::HashSet::new();
+        for (input, _) in &spec.inputs {
+            for info in client.get_providers(*input).await? {
+                holders.insert(info.key);
+                peers.entry(info.key).or_insert(info);
+            }
+        }
+        let mut chosen: Vec<PeerInfo<NodeAddr>> = peers.into_values().collect();
+        // Holders first, then the rest, at most MAX_CANDIDATES in all.
+        chosen.sort_by_key(|p| (!holders.contains(&p.key), p.key));
+        chosen.truncate(MAX_CANDIDATES);
+        let offers = futures::future::join_all(chosen.iter().map(|p| self.offer_of(p.key))).await;
+        let mut by_key = HashMap::new();
+        let mut candidates = Vec::new();
+        for (info, offer) in chosen.into_iter().zip(offers) {
+            let Some(offer) = offer else { continue };
+            by_key.insert(info.key, info.addr.peer);
+            client.add_addresses(info.addr.peer, info.addr.addrs.clone()).await?;
+            candidates.push(Candidate {
+                peer: info.key,
+                offer,
+                holds_inputs: holders.contains(&info.key),
+            });
+        }
+        Ok((candidates, by_key))
+    }
+
+    async fn class_providers(&self, class: Key) -> Result<Vec<PeerInfo<NodeAddr>>, crate::NodeError> {
+        if let Some((at, found)) = lock(&self.compute().offers).classes.get(&class)
+            && at.elapsed() < OFFER_TTL
+        {
+            return Ok(found.clone());
+        }
+        let found = self.client.get_providers(class).await?;
+        lock(&self.compute().offers)
+            .classes
+            .insert(class, (std::time::Instant::now(), found.clone()));
+        Ok(found)
+    }
+
+    async fn offer_of(&self, peer: Key) -> Option<SlotOffer> {
+        if peer == self.client.key() {
+            return self.compute().executor.as_ref().map(|e| e.offer().clone());
+        }
+        if let Some((at, offer)) = lock(&self.compute().offers).offers.get(&peer)
+            && at.elapsed() < OFFER_TTL
+        {
+            return offer.clone();
+        }
+        let offer = match self.client.get_value(offer_key(&peer)).await {
+            Ok(record) => record.and_then(|r| SlotOffer::decode(&r.value)),
+            Err(_) => None,
+        };
+        lock(&self.compute().offers)
+            .offers
+            .insert(peer, (std::time::Instant::now(), offer.clone()));
+        offer
+    }
+
+    /// Runs the placement machine to a claimed peer: the peer, the token,
+    /// the lease term and the queue position.
+    async fn place(
+        &self,
+        needs: &Needs,
+        spec: &JobSpec,
+        job: Key,
+        nonce: u64,
+    ) -> Result<(PeerId, u64, Duration, u32), SubmitError> {
+        let (candidates, peers) = self.candidates(needs, spec).await?;
+        let seed = u64::from_le_bytes(job.to_bytes()[..8].try_into().unwrap_or_default());
+        let mut placement = Placement::new(needs.clone(), self.compute().config.probes, PROBE_TIMEOUT, seed);
+        placement.handle_candidates(now(), candidates);
+        let wire = WireNeeds {
+            kind: needs.kind,
+            memory: needs.memory,
+            labels: needs.labels.clone(),
+        };
+        let mut refusals = Vec::new();
+        let mut accepted = None;
+        let mut pending = FuturesUnordered::new();
+        loop {
+            while let Some(action) = placement.poll_action() {
+                let (key, claim) = match action {
+                    PlaceAction::Probe(key) => (key, false),
+                    PlaceAction::Claim(key) => (key, true),
+                };
+                let Some(peer) = peers.get(&key).copied() else {
+                    if claim {
+                        placement.handle_claim(now(), key, false);
+                    } else {
+                        placement.handle_probe(now(), key, None);
+                    }
+                    continue;
+                };
+                let request = if claim {
+                    Request::Claim {
+                        job,
+                        spec: spec.clone(),
+                        nonce,
+                    }
+                } else {
+                    Request::Probe(wire.clone())
+                };
+                let client = self.client.clone();
+                pending.push(async move {
+                    let within = if claim { ASK_TIMEOUT } else { PROBE_TIMEOUT };
+                    (key, peer, claim, ask(&client, peer, &request, within).await)
+                });
+            }
+            if let Some(outcome) = placement.poll_outcome() {
+                return match outcome {
+                    Ok(_) => accepted.ok_or_else(|| SubmitError::Invalid("the placement ended without a grant".into())),
+                    Err(error) => Err(SubmitError::Place {
+                        error,
+                        wanted: wanted(needs),
+                        refusals,
+                    }),
+                };
+            }
+            let Some((key, peer, claim, answer)) = pending.next().await else {
+                placement.handle_timeout(now());
+                if placement.poll_outcome().is_none() && placement.poll_action().is_none() {
+                    return Err(SubmitError::Place {
+                        error: PlaceError::NoAnswer,
+                        wanted: wanted(needs),
+                        refusals,
+                    });
+                }
+                continue;
+            };
+            match (claim, answer) {
+                (
+                    false,
+                    Ok(Answer::Load {
+                        free,
+                        queued,
+                        fits: true,
+                        ..
+                    }),
+                ) => placement.handle_probe(now(), key, Some(Load { free, queued })),
+                (false, _) => placement.handle_probe(now(), key, None),
+                (
+                    true,
+                    Ok(Answer::Accepted {
+                        token,
+                        term_ms,
+                        position,
+                    }),
+                ) => {
+                    accepted = Some((peer, token, Duration::from_millis(term_ms.max(1)), position));
+                    placement.handle_claim(now(), key, true);
+                }
+                (true, Ok(Answer::Refused(why))) => {
+                    refusals.push(format!("{peer} refused: {why}"));
+                    placement.handle_claim(now(), key, false);
+                }
+                (true, Ok(other)) => {
+                    refusals.push(format!("{peer} answered {other:?}"));
+                    placement.handle_claim(now(), key, false);
+                }
+                (true, Err(e)) => {
+                    refusals.push(format!("{peer} did not answer: {e}"));
+                    placement.handle_claim(now(), key, false);
+                }
+            }
+        }
+    }
+
+    /// A job this peer submitted or runs, or else its record read from its
+    /// home.
+    pub async fn status(self, job: Key) -> Result<Option<JobView>, crate::NodeError> {
+        if let Some(view) = self.local(&job) {
+            return Ok(Some(view));
+        }
+        let Some(record) = self.client.get_value(job).await? else {
+            return Ok(None);
+        };
+        Ok(JobRecord::decode(&record.value).map(|r| view_of(&job, &r, None, false)))
+    }
+
+    fn local(&self, job: &Key) -> Option<JobView> {
+        if let Some(s) = lock(&self.compute().submitted).by_key.get(job).cloned() {
+            return Some(s.view());
+        }
+        let executor = self.compute().executor.as_ref()?;
+        let hosted = executor.job(job)?;
+        Some(hosted_view(executor, job, &hosted))
+    }
+
+    /// The jobs this peer submitted and the jobs it runs or queues, newest
+    /// first (at most `limit`).
+    pub fn list(self, limit: usize) -> Vec<JobView> {
+        let mut views: Vec<JobView> = {
+            let submitted = lock(&self.compute().submitted);
+            submitted
+                .order
+                .iter()
+                .rev()
+                .take(limit)
+                .filter_map(|k| submitted.by_key.get(k).cloned())
+                .collect::<Vec<_>>()
+        }
+        .iter()
+        .map(|s| s.view())
+        .collect();
+        if let Some(executor) = &self.compute().executor {
+            for (job, hosted) in executor.hosted() {
+                if !views.iter().any(|v| v.job_id == job.to_string()) {
+                    views.push(hosted_view(executor, &job, &hosted));
+                }
+            }
+        }
+        views.truncate(limit);
+        views
+    }
+
+    pub(crate) fn log_of(&self, job: &Key) -> Option<Arc<JobLog>> {
+        if let Some(s) = lock(&self.compute().submitted).by_key.get(job) {
+            return Some(s.log.clone());
+        }
+        Some(self.compute().executor.as_ref()?.job(job)?.log.clone())
+    }
+
+    /// Reads a job's output from its executor (found through its record):
+    /// events from `from` on, following it to its end if `follow`.
+    pub(crate) async fn remote_events(self, job: Key, from: u64) -> Result<Option<(PeerId, Stream)>, crate::NodeError> {
+        let Some(record) = self.client.get_value(job).await? else {
+            return Ok(None);
+        };
+        let Some(record) = JobRecord::decode(&record.value) else {
+            return Ok(None);
+        };
+        let Some(peer) = record.executor.as_ref().and_then(|b| PeerId::from_bytes(b).ok()) else {
+            return Ok(None);
+        };
+        if let Some(key) = key_of_peer(&peer) {
+            let found = self.client.find_node(key).await?;
+            if let Some(info) = found.peers.iter().find(|p| p.key == key) {
+                self.client.add_addresses(peer, info.addr.addrs.clone()).await?;
+            }
+        }
+        let stream = open(self.client, peer, &Request::Watch { job, from }, ASK_TIMEOUT)
+            .await
+            .map_err(|e| crate::NodeError::Transport(format!("cannot reach the executor {peer}: {e}")))?;
+        Ok(Some((peer, stream)))
+    }
+
+    /// Cancels `job`, which this peer submitted.
+    pub fn cancel(self, job: Key) -> Result<(), String> {
+        let submitted = lock(&self.compute().submitted).by_key.get(&job).cloned();
+        match submitted {
+            Some(s) => {
+                s.cancel.notify_one();
+                Ok(())
+            }
+            None => Err(format!(
+                "job {job} was not submitted from this peer (cancel it where it was submitted)"
+            )),
+        }
+    }
+
+    /// The slot offers in the swarm, each with its load now.
+    pub async fn slots(self) -> Result<Vec<SlotView>, crate::NodeError> {
+        let client = self.client;
+        let mut peers: HashMap<Key, PeerInfo<NodeAddr>> = HashMap::new();
+        for kind in [JobKind::Wasm, JobKind::Native] {
+            for info in client
+                .get_providers(shoal_resources::compute::offer::kind_class(kind))
+                .await?
+            {
+                peers.insert(info.key, info);
+            }
+        }
+        let probes = peers.into_values().map(|info| async move {
+            if let Some(executor) = self.compute().executor.as_ref().filter(|_| info.key == client.key()) {
+                let load = executor.load();
+                return Some(slot_view(
+                    info.addr.peer,
+                    executor.offer(),
+                    load.free,
+                    load.running,
+                    load.queued,
+                ));
+            }
+            client
+                .add_addresses(info.addr.peer, info.addr.addrs.clone())
+                .await
+                .ok()?;
+            let probe = Request::Probe(WireNeeds {
+                kind: None,
+                memory: 0,
+                labels: BTreeMap::new(),
+            });
+            match ask(client, info.addr.peer, &probe, PROBE_TIMEOUT).await {
+                Ok(Answer::Load {
+                    free,
+                    queued,
+                    running,
+                    offer: Some(offer),
+                    ..
+                }) => Some(slot_view(info.addr.peer, &offer, free, running, queued)),
+                _ => None,
+            }
+        });
+        let mut views: Vec<SlotView> = futures::future::join_all(probes).await.into_iter().flatten().collect();
+        views.sort_by(|a, b| a.peer.cmp(&b.peer));
+        Ok(views)
+    }
+}
+
+/// What a job needs, as an error names it.
+fn wanted(needs: &Needs) -> String {
+    let mut parts = vec![match needs.kind {
+        Some(JobKind::Native) => {
+            "native commands (a peer runs them only with --allow-native --trust YOUR_PEER_ID)".to_string()
+        }
+        _ => "WebAssembly".to_string(),
+    }];
+    if needs.memory > 0 {
+        parts.push(format!("{} bytes of memory", needs.memory));
+    }
+    for (k, v) in &needs.labels {
+        parts.push(format!("--where {k}={v}"));
+    }
+    parts.join(", ")
+}
+
+fn slot_view(peer: PeerId, offer: &SlotOffer, free: u32, running: u32, queued: u32) -> SlotView {
+    SlotView {
+        peer: peer.to_string(),
+        free,
+        total: offer.slots,
+        memory: offer.slot_memory,
+        labels: offer.labels.clone(),
+        kinds: offer
+            .kinds
+            .iter()
+            .map(|k| match k {
+                JobKind::Wasm => "wasm".to_string(),
+                JobKind::Native => "native".to_string(),
+            })
+            .collect(),
+        running,
+        queued,
+    }
+}
+
+fn hosted_view(executor: &super::executor::Executor, job: &Key, hosted: &super::executor::Hosted) -> JobView {
+    let (started, ended) = hosted.log.progress();
+    let state = match (&started, &ended) {
+        (_, Some(_)) => "ended",
+        (Some(_), None) => "running",
+        _ => "placed",
+    };
+    JobView {
+        job_id: job.to_string(),
+        state: state.into(),
+        peer: None,
+        token: Some(hosted.token),
+        exit_code: ended.as_ref().map(|e| e.exit_code),
+        error: ended.as_ref().and_then(|e| e.error.clone()),
+        output: ended.as_ref().and_then(|e| e.output).map(|k| k.to_string()),
+        queued: hosted.queued_at / 1000,
+        placed: Some(hosted.queued_at / 1000),
+        started: started.map(|t| t / 1000),
+        ended: ended.map(|e| e.at / 1000),
+        position: executor.position(job).map(|p| p as u32 + 1),
+        submitted_here: false,
+    }
+}
+
+/// Follows a submitted job to its end: renews its lease, mirrors its
+/// output, writes its record at its home, and cancels it when asked.
+async fn supervise(node: crate::client::WeakClient, job: Arc<Submitted>, peer: PeerId, token: u64, term: Duration) {
+    let Some(client) = node.upgrade() else { return };
+    let records = RecordWriter::start(client.downgrade(), job.clone());
+    records.changed();
+    let renew_every = term / 3;
+    let mut last_renewed = tokio::time::Instant::now();
+    let renew_every = renew_every.max(Duration::from_millis(10));
+    let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = Box::pin(mirror(client.clone(), job.clone(), peer, records.wake.clone()));
+    let failed = loop {
+        tokio::select! {
+            ended = &mut watch => break ended.err(),
+            _ = renewals.tick() => {
+                match ask(&client, peer, &Request::Renew { job: job.job, token }, ASK_TIMEOUT).await {
+                    Ok(Answer::Renewed { .. }) => last_renewed = tokio::time::Instant::now(),
+                    Ok(Answer::Refused(why)) => {
+                        // A job that just ended released its lease: its end
+                        // is on its way to the mirror.
+                        match tokio::time::timeout(term, &mut watch).await {
+                            Ok(ended) => break ended.err(),
+                            Err(_) => break Some(format!("the executor dropped the job's lease: {why}")),
+                        }
+                    }
+                    _ if last_renewed.elapsed() > term => {
+                        break Some(format!("the executor {peer} was unreachable for a whole lease term ({term:?}); it has stopped the job"));
+                    }
+                    _ => {}
+                }
+            }
+            () = job.cancel.notified() => {
+                let _ = ask(&client, peer, &Request::Cancel { job: job.job, token }, ASK_TIMEOUT).await;
+                {
+                    let _ = lock(&job.record).cancel(now());
+                }
+                job.log.end(super::log::Ended { exit_code: 130, error: Some("cancelled".into()), output: None, at: micros(now()) });
+                records.changed();
+                drop(watch);
+                records.finish().await;
+                return;
+            }
+        }
+    };
+    let (started, ended) = job.log.progress();
+    {
+        let mut record = lock(&job.record);
+        let by = Placed {
+            peer: key_of_peer(&peer).unwrap_or(job.job),
+            token,
+        };
+        if let Some(at) = started {
+            let _ = record.start(shoal_overlay::Instant::from_micros(at), by);
+        }
+        match (ended, &failed) {
+            (Some(ended), _) => {
+                if record.started_at.is_none() {
+                    let _ = record.start(shoal_overlay::Instant::from_micros(ended.at), by);
+                }
+                let _ = record.end(
+                    shoal_overlay::Instant::from_micros(ended.at),
+                    by,
+                    ended.exit_code,
+                    ended.output,
+                );
+                record.error = ended.error.map(|e| truncate(&e));
+            }
+            (None, Some(why)) => {
+                let _ = record.start(now(), by);
+                let _ = record.end(now(), by, 125, None);
+                record.error = Some(truncate(why));
+                job.log.end(super::log::Ended {
+                    exit_code: 125,
+                    error: Some(why.clone()),
+                    output: None,
+                    at: micros(now()),
+                });
+            }
+            (None, None) => {}
+        }
+    }
+    *lock(&job.position) = None;
+    records.changed();
+    drop(watch);
+    records.finish().await;
+}
+
+/// An error as a record keeps it: at most 1 KiB.
+fn truncate(text: &str) -> String {
+    let mut end = text.len().min(1024);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Mirrors the executor's events for `job` into its log until it ends
+/// (reconnecting from where it left off); `Err` if the executor does not
+/// know the job.
+async fn mirror(
+    client: Client,
+    job: Arc<Submitted>,
+    peer: PeerId,
+    records: Arc<tokio::sync::watch::Sender<u64>>,
+) -> Result<(), String> {
+    if peer == client.peer_id() {
+        return mirror_here(&client, &job, &records).await;
+    }
+    loop {
+        let from = job.log.len();
+        let stream = open(&client, peer, &Request::Watch { job: job.job, from }, ASK_TIMEOUT).await;
+        if let Ok(mut stream) = stream {
+            loop {
+                match crate::codec::read_cbor::<Event, _>(&mut stream, MAX_ANSWER_BYTES).await {
+                    Ok(Event::Unknown) => return Err(format!("the executor {peer} no longer knows the job")),
+                    Ok(event) => {
+                        let first_start = matches!(event, Event::Started { .. }) && job.log.progress().0.is_none();
+                        job.log.apply(&event);
+                        if first_start {
+                            *lock(&job.position) = None;
+                            let mut record = lock(&job.record);
+                            if let Some((_, token)) = *lock(&job.placed)
+                                && let Event::Started { at } = event
+                            {
+                                let by = Placed {
+                                    peer: key_of_peer(&peer).unwrap_or(job.job),
+                                    token,
+                                };
+                                let _ = record.start(shoal_overlay::Instant::from_micros(at), by);
+                            }
+                            drop(record);
+                            records.send_modify(|n| *n += 1);
+                        }
+                        if matches!(event, Event::Ended { .. }) {
+                            return Ok(());
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`mirror`] for a job this peer runs itself: its log here is read
+/// directly.
+async fn mirror_here(
+    client: &Client,
+    job: &Submitted,
+    records: &tokio::sync::watch::Sender<u64>,
+) -> Result<(), String> {
+    let Some(hosted) = client.compute.executor.as_ref().and_then(|e| e.job(&job.job)) else {
+        return Err("this peer no longer knows the job".into());
+    };
+    let mut seen = hosted.log.subscribe();
+    loop {
+        seen.mark_unchanged();
+        let mut ended = false;
+        for event in hosted.log.events_from(job.log.len(), 1 << 20) {
+            if let Event::Started { at } = event
+                && job.log.progress().0.is_none()
+            {
+                *lock(&job.position) = None;
+                if let Some((_, token)) = *lock(&job.placed) {
+                    let by = Placed {
+                        peer: client.key(),
+                        token,
+                    };
+                    let _ = lock(&job.record).start(shoal_overlay::Instant::from_micros(at), by);
+                }
+                records.send_modify(|n| *n += 1);
+            }
+            ended |= matches!(event, Event::Ended { .. });
+            job.log.apply(&event);
+        }
+        if ended {
+            return Ok(());
+        }
+        hosted.log.changed_within(&mut seen, Duration::from_secs(5)).await;
+    }
+}
+
+/// Writes a job's record at its home whenever it changed, one write at a
+/// time, the latest state each time.
+struct RecordWriter {
+    wake: Arc<tokio::sync::watch::Sender<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordWriter {
+    fn start(node: crate::client::WeakClient, job: Arc<Submitted>) -> Self {
+        let (wake, mut woken) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            let mut written: Option<Vec<u8>> = None;
+            while woken.changed().await.is_ok() {
+                let value = lock(&job.record).encode();
+                if written.as_ref() == Some(&value) {
+                    continue;
+                }
+                let Some(client) = node.upgrade() else { return };
+                match client.put_value(job.job, value.clone()).await {
+                    Ok(_) => written = Some(value),
+                    Err(e) => tracing::warn!("cannot write the record of job {}: {e}", job.job),
+                }
+            }
+        });
+        RecordWriter {
+            wake: Arc::new(wake),
+            task,
+        }
+    }
+
+    fn changed(&self) {
+        self.wake.send_modify(|n| *n += 1);
+    }
+
+    /// Waits for the last write, then stops.
+    async fn finish(self) {
+        let RecordWriter { wake, task } = self;
+        drop(wake);
+        let _ = task.await;
+    }
+}

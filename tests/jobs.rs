@@ -1,0 +1,358 @@
+//! Compute slots between real peers on loopback (mDNS off): a job runs on
+//! another peer and its output is fetched by id; a job runs beside its
+//! input; many jobs spread; a queued job starts when a slot frees; a job's
+//! status is read from its home on a third peer; bad modules, untrusted
+//! native commands and lapsed leases end with their clear errors.
+//!
+//! The modules are written in WAT here (no toolchain needed); the C
+//! examples in `examples/jobs/` are run by the CLI tests and the LAN script.
+
+#![allow(clippy::unwrap_used)]
+
+#[allow(dead_code)] // The files tests use the rest of it.
+#[path = "files/common.rs"]
+mod common;
+
+use std::time::Duration;
+
+use common::{PATIENCE, swarm_with, until};
+use shoal::node::jobs::{ComputeConfig, JobView, Submit, SubmitError};
+use shoal::node::{Client, NodeConfig};
+use shoal::overlay::Key;
+use shoal::resources::compute::{JobKind, JobSpec};
+use shoal::resources::store::Import;
+
+/// A WASI command module whose `_start` is `body`, with one page of
+/// memory, `data` at address 1024, and the imports the tests use.
+fn module(body: &str, data: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{data}")
+  (func (export "_start") {body}))"#
+    ))
+    .unwrap()
+}
+
+/// Writes the `len` bytes at 1024 to `fd` (1: stdout).
+fn write(fd: u32, len: u32) -> String {
+    format!(
+        "(i32.store (i32.const 0) (i32.const 1024)) (i32.store (i32.const 4) (i32.const {len}))
+         (drop (call $fd_write (i32.const {fd}) (i32.const 0) (i32.const 1) (i32.const 8)))"
+    )
+}
+
+/// Prints `hi`, writes `result` to /out/r.txt, exits with 0.
+fn hello() -> Vec<u8> {
+    module(
+        &format!(
+            "{}
+             (drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 1027) (i32.const 5) (i32.const 1)
+                (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 16)))
+             (i32.store (i32.const 0) (i32.const 1032)) (i32.store (i32.const 4) (i32.const 6))
+             (drop (call $fd_write (i32.load (i32.const 16)) (i32.const 0) (i32.const 1) (i32.const 8)))",
+            write(1, 3)
+        ),
+        // 1024: "hi\n", 1027: "r.txt", 1032: "result"
+        "hi\\0ar.txtresult",
+    )
+}
+
+/// Reads /in/data and exits with the number of bytes read (at most 255).
+fn read_input() -> Vec<u8> {
+    module(
+        "(drop (call $path_open (i32.const 3) (i32.const 0) (i32.const 1024) (i32.const 4) (i32.const 0)
+            (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 16)))
+         (i32.store (i32.const 0) (i32.const 2048)) (i32.store (i32.const 4) (i32.const 255))
+         (drop (call $fd_read (i32.load (i32.const 16)) (i32.const 0) (i32.const 1) (i32.const 8)))
+         (call $proc_exit (i32.load (i32.const 8)))",
+        "data",
+    )
+}
+
+/// Counts down from `rounds` and exits with 0 (a few ms per million).
+fn spin(rounds: u64) -> Vec<u8> {
+    module(
+        &format!(
+            "(local $n i64) (local.set $n (i64.const {rounds}))
+             (loop $more (local.set $n (i64.sub (local.get $n) (i64.const 1)))
+               (br_if $more (i64.ne (local.get $n) (i64.const 0))))"
+        ),
+        "",
+    )
+}
+
+fn slots(n: u32) -> ComputeConfig {
+    ComputeConfig {
+        slots: n,
+        ..ComputeConfig::default()
+    }
+}
+
+/// Shares `bytes` on `client` as a file and returns its id.
+async fn share(client: &Client, test: &str, name: &str, bytes: &[u8]) -> Key {
+    let path = common::data_dir(test, 100).join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    client.files().share(path, Import::Copy).await.unwrap().0.id
+}
+
+fn wasm_spec(module: Key, args: &[&str]) -> JobSpec {
+    JobSpec {
+        kind: Some(JobKind::Wasm),
+        module: Some(module),
+        args: args.iter().map(ToString::to_string).collect(),
+        ..JobSpec::default()
+    }
+}
+
+async fn submit(client: &Client, spec: JobSpec) -> Key {
+    client.jobs().submit(Submit { spec }).await.unwrap()
+}
+
+/// Waits until `job` has ended as `client` sees it, and returns its view.
+async fn ended(client: &Client, job: Key) -> JobView {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let view = client.jobs().status(job).await.unwrap();
+        if let Some(view) = view.filter(|v| v.state == "ended" || v.state == "cancelled") {
+            return view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for job {job} to end"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_another_peer_and_its_output_is_fetched_by_id() {
+    let test = "elsewhere";
+    // Peer 0 offers no slot: the job must run on 1 or 2.
+    let peers = swarm_with(test, 3, |i, config: &mut NodeConfig, _| {
+        config.compute = slots(if i == 0 { 0 } else { 1 });
+    })
+    .await;
+    let module = share(&peers[0], test, "hello.wasm", &hello()).await;
+    let job = submit(&peers[0], wasm_spec(module, &[])).await;
+    let view = ended(&peers[0], job).await;
+    assert_eq!(view.exit_code, Some(0), "{view:?}");
+    assert!(view.error.is_none(), "{view:?}");
+    let executor = view.peer.clone().unwrap();
+    assert_ne!(executor, peers[0].peer_id().to_string(), "peer 0 offers no slot");
+    assert!(view.queued <= view.placed.unwrap() && view.placed <= view.started && view.started <= view.ended);
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let events = peers[0]
+            .jobs()
+            .output(job, from, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        if events.chunks.is_empty() {
+            break;
+        }
+        for c in events.chunks {
+            out.extend(c.bytes);
+        }
+        from = events.next;
+    }
+    assert_eq!(out, b"hi\n");
+
+    // The output directory, fetched by id on the submitter.
+    let output: Key = view.output.unwrap().parse().unwrap();
+    let dir = common::data_dir(test, 101);
+    peers[0]
+        .files()
+        .download(output, None, Default::default(), Some(dir.clone()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dir.join("r.txt")).unwrap(), b"result");
+
+    // The third peer (neither submitter nor executor) reads the record at
+    // the job's home.
+    let third = peers[1..].iter().find(|p| p.peer_id().to_string() != executor).unwrap();
+    let remote = ended(third, job).await;
+    assert!(!remote.submitted_here);
+    assert_eq!(
+        (remote.exit_code, remote.peer.as_deref(), remote.output.is_some()),
+        (Some(0), Some(executor.as_str()), true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_an_input_runs_on_the_inputs_provider() {
+    let test = "beside-input";
+    let peers = swarm_with(test, 4, |_, config: &mut NodeConfig, _| config.compute = slots(1)).await;
+    let input = share(&peers[3], test, "data", &[7u8; 42]).await;
+    let module = share(&peers[0], test, "read.wasm", &read_input()).await;
+    for _ in 0..4 {
+        let mut spec = wasm_spec(module, &[]);
+        spec.inputs = vec![(input, "data".into())];
+        let job = submit(&peers[0], spec).await;
+        let view = ended(&peers[0], job).await;
+        assert_eq!(view.exit_code, Some(42), "the job read its 42-byte input: {view:?}");
+        assert_eq!(
+            view.peer,
+            Some(peers[3].peer_id().to_string()),
+            "it ran beside its input"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_jobs_over_three_peers_all_finish_and_spread() {
+    let test = "fifty";
+    let peers = swarm_with(test, 3, |_, config: &mut NodeConfig, _| config.compute = slots(2)).await;
+    let module = share(&peers[0], test, "spin.wasm", &spin(20_000_000)).await;
+    let mut jobs = Vec::new();
+    for _ in 0..50 {
+        jobs.push(submit(&peers[0], wasm_spec(module, &[])).await);
+    }
+    let mut per_peer = std::collections::BTreeMap::<String, usize>::new();
+    for job in jobs {
+        let view = ended(&peers[0], job).await;
+        assert_eq!(view.exit_code, Some(0), "{view:?}");
+        *per_peer.entry(view.peer.unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_peer.len(), 3, "every peer ran some: {per_peer:?}");
+    assert!(per_peer.values().all(|n| *n >= 5), "spread: {per_peer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_queued_behind_a_busy_slot_starts_when_it_frees() {
+    let test = "queued";
+    let peers = swarm_with(test, 2, |i, config: &mut NodeConfig, _| {
+        config.compute = slots(if i == 1 { 1 } else { 0 });
+    })
+    .await;
+    let long = share(&peers[0], test, "long.wasm", &spin(1_500_000_000)).await;
+    let short = share(&peers[0], test, "short.wasm", &spin(1_000)).await;
+    let first = submit(&peers[0], wasm_spec(long, &[])).await;
+    let second = submit(&peers[0], wasm_spec(short, &[])).await;
+    let waiting = peers[0].jobs().status(second).await.unwrap().unwrap();
+    let first_now = peers[0].jobs().status(first).await.unwrap().unwrap();
+    assert!(
+        first_now.ended.is_none(),
+        "the long job is still running: {first_now:?}"
+    );
+    assert_eq!(
+        (waiting.state.as_str(), waiting.position),
+        ("placed", Some(1)),
+        "{waiting:?}"
+    );
+    let first = ended(&peers[0], first).await;
+    let second = ended(&peers[0], second).await;
+    assert_eq!((first.exit_code, second.exit_code), (Some(0), Some(0)));
+    assert!(second.started.unwrap() >= first.ended.unwrap(), "{first:?} {second:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_modules_and_jobs_that_fit_nowhere_get_clear_errors() {
+    let test = "bad";
+    let peers = swarm_with(test, 2, |i, config: &mut NodeConfig, _| {
+        config.compute = slots(i as u32)
+    })
+    .await;
+    let jobs = peers[0].jobs();
+    assert!(
+        jobs.check_module(b"#!/bin/sh")
+            .unwrap_err()
+            .contains("not a WebAssembly module")
+    );
+    let imports = wat::parse_str(r#"(module (import "env" "socket" (func)) (func (export "_start")))"#).unwrap();
+    assert!(jobs.check_module(&imports).unwrap_err().contains("env::socket"));
+
+    // The executor says the same when a module reaches it unchecked.
+    let module = share(&peers[0], test, "imports.wasm", &imports).await;
+    let view = ended(&peers[0], submit(&peers[0], wasm_spec(module, &[])).await).await;
+    assert_eq!(view.exit_code, Some(125));
+    assert!(view.error.as_deref().unwrap().contains("env::socket"), "{view:?}");
+
+    let trap = wat::parse_str(r#"(module (func $deep unreachable) (func (export "_start") call $deep))"#).unwrap();
+    let module = share(&peers[0], test, "trap.wasm", &trap).await;
+    let view = ended(&peers[0], submit(&peers[0], wasm_spec(module, &[])).await).await;
+    assert_eq!(view.exit_code, Some(134));
+    let error = view.error.unwrap();
+    assert!(error.contains("unreachable") && error.contains("deep"), "{error}");
+
+    let mut too_big = wasm_spec(module, &[]);
+    too_big.memory = 64 << 30;
+    let refused = peers[0].jobs().submit(Submit { spec: too_big }).await.unwrap_err();
+    assert!(matches!(refused, SubmitError::Place { .. }), "{refused}");
+    let mut nowhere = wasm_spec(module, &[]);
+    nowhere.labels = [("gpu".to_string(), "a100".to_string())].into();
+    let refused = peers[0].jobs().submit(Submit { spec: nowhere }).await.unwrap_err();
+    assert!(refused.to_string().contains("gpu=a100"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_commands_run_only_for_trusted_submitters() {
+    let test = "native";
+    // Peer 1 runs native commands for peer 0 only.
+    let peers = swarm_with(test, 3, |i, config: &mut NodeConfig, started: &[Client]| {
+        if i == 1 {
+            config.compute = ComputeConfig {
+                slots: 1,
+                allow_native: true,
+                trust: vec![started[0].peer_id()],
+                ..ComputeConfig::default()
+            };
+        }
+    })
+    .await;
+    let spec = JobSpec {
+        kind: Some(JobKind::Native),
+        args: vec!["sh".into(), "-c".into(), "echo native; exit 3".into()],
+        ..JobSpec::default()
+    };
+    let job = submit(&peers[0], spec.clone()).await;
+    let view = ended(&peers[0], job).await;
+    assert_eq!(view.exit_code, Some(3), "{view:?}");
+    assert_eq!(view.peer, Some(peers[1].peer_id().to_string()));
+
+    let refused = peers[2].jobs().submit(Submit { spec }).await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&peers[1].peer_id().to_string()) && refused.contains(&peers[2].peer_id().to_string()),
+        "says who refused whom: {refused}"
+    );
+    assert!(refused.contains("trust"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_stops_a_job_whose_submitter_stops_renewing_its_lease() {
+    let test = "lapse";
+    let peers = swarm_with(test, 3, |i, config: &mut NodeConfig, _| {
+        config.compute = ComputeConfig {
+            slots: u32::from(i == 1),
+            lease_term: Duration::from_secs(1),
+            ..ComputeConfig::default()
+        };
+    })
+    .await;
+    let forever = share(&peers[2], test, "forever.wasm", &module("(loop $l (br $l))", "")).await;
+    let job = submit(&peers[2], wasm_spec(forever, &[])).await;
+    until("the job runs", || async {
+        peers[1]
+            .jobs()
+            .status(job)
+            .await
+            .unwrap()
+            .is_some_and(|v| v.state == "running")
+    })
+    .await;
+    // The submitter goes away without a word: nobody renews the lease.
+    peers[2].leave().await.unwrap();
+    let started = std::time::Instant::now();
+    let view = ended(&peers[1], job).await;
+    assert!(started.elapsed() < PATIENCE);
+    assert_eq!(view.exit_code, Some(130), "{view:?}");
+    assert!(view.error.as_deref().unwrap_or_default().contains("lease"), "{view:?}");
+}
