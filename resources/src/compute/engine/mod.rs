@@ -166,7 +166,9 @@ impl JobDir {
     pub fn create(root: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(root.join("in"))?;
         std::fs::create_dir_all(root.join("out"))?;
-        Ok(JobDir { root: root.to_path_buf() })
+        Ok(JobDir {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The directory itself (a native command's working directory).

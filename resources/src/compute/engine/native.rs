@@ -49,7 +49,9 @@ impl NativeRunner {
         cancel: &Cancel,
     ) -> Outcome {
         if !found(command) {
-            return Outcome::failed(RunError::Spawn(format!("{command}: command not found on this peer (PATH={PATH})")));
+            return Outcome::failed(RunError::Spawn(format!(
+                "{command}: command not found on this peer (PATH={PATH})"
+            )));
         }
         let cpu_seconds = limits.timeout.as_secs().saturating_add(1);
         let mut cmd = Command::new("prlimit");
@@ -81,8 +83,14 @@ impl NativeRunner {
         };
         let budget = LogBudget::new(limits.log_bytes);
         let readers: Vec<_> = [
-            (child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>), Stream::Stdout),
-            (child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>), Stream::Stderr),
+            (
+                child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>),
+                Stream::Stdout,
+            ),
+            (
+                child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>),
+                Stream::Stderr,
+            ),
         ]
         .into_iter()
         .filter_map(|(reader, stream)| {
@@ -140,11 +148,17 @@ impl NativeRunner {
 /// in [`PATH`].
 fn found(command: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     if command.contains('/') {
         return executable(std::path::Path::new(command));
     }
-    !command.is_empty() && PATH.split(':').any(|dir| executable(&std::path::Path::new(dir).join(command)))
+    !command.is_empty()
+        && PATH
+            .split(':')
+            .any(|dir| executable(&std::path::Path::new(dir).join(command)))
 }
 
 fn kill_group(group: rustix::process::Pid) {

@@ -20,7 +20,11 @@ impl Sink for Collect {
 impl Collect {
     fn text(&self, which: Stream) -> String {
         let all = self.0.lock().unwrap();
-        let bytes: Vec<u8> = all.iter().filter(|(s, _)| *s == which).flat_map(|(_, b)| b.clone()).collect();
+        let bytes: Vec<u8> = all
+            .iter()
+            .filter(|(s, _)| *s == which)
+            .flat_map(|(_, b)| b.clone())
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
@@ -75,7 +79,13 @@ fn write(fd: u32, len: u32) -> String {
 fn a_module_writes_its_output_and_exit_code() {
     let engine = WasmEngine::new().unwrap();
     let body = format!("{} {} (call $proc_exit (i32.const 3))", write(1, 6), write(2, 6));
-    let (outcome, sink) = run(&engine, &module(&body, "hello\\n"), &dir("hello"), limits(), &Cancel::default());
+    let (outcome, sink) = run(
+        &engine,
+        &module(&body, "hello\\n"),
+        &dir("hello"),
+        limits(),
+        &Cancel::default(),
+    );
     assert_eq!(outcome, Outcome::exited(3));
     assert_eq!(sink.text(Stream::Stdout), "hello\n");
     assert_eq!(sink.text(Stream::Stderr), "hello\n");
@@ -85,9 +95,15 @@ fn a_module_writes_its_output_and_exit_code() {
 fn bytes_that_are_not_a_runnable_command_get_clear_errors() {
     let engine = WasmEngine::new().unwrap();
     assert_eq!(engine.check(b"#!/bin/sh\necho hi\n"), Err(RunError::NotWasm));
-    assert!(matches!(engine.check(b"\0asm\x01\0\0\0\x99"), Err(RunError::Invalid(_))));
+    assert!(matches!(
+        engine.check(b"\0asm\x01\0\0\0\x99"),
+        Err(RunError::Invalid(_))
+    ));
     let imports_env = wat::parse_str(r#"(module (import "env" "socket" (func)) (func (export "_start")))"#).unwrap();
-    assert_eq!(engine.check(&imports_env), Err(RunError::Import("`env::socket`".into())));
+    assert_eq!(
+        engine.check(&imports_env),
+        Err(RunError::Import("`env::socket`".into()))
+    );
     let library = wat::parse_str(r#"(module (func (export "f")))"#).unwrap();
     assert_eq!(engine.check(&library), Err(RunError::NoStart));
 }
@@ -142,7 +158,10 @@ fn a_module_cannot_open_files_outside_in_and_out_nor_write_to_in() {
 fn memory_past_the_limit_is_out_of_memory() {
     let engine = WasmEngine::new().unwrap();
     let body = "(loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))";
-    let limits = Limits { memory: 4 << 20, ..limits() };
+    let limits = Limits {
+        memory: 4 << 20,
+        ..limits()
+    };
     let (outcome, _) = run(&engine, &module(body, ""), &dir("oom"), limits, &Cancel::default());
     assert_eq!(outcome.error, Some(RunError::OutOfMemory { limit: 4 << 20 }));
     assert_eq!(outcome.exit_code, 137);
@@ -156,7 +175,10 @@ fn memory_past_the_limit_is_out_of_memory() {
 fn a_module_is_stopped_at_its_timeout_and_on_cancel() {
     let engine = WasmEngine::new().unwrap();
     let spin = module("(loop $forever (br $forever))", "");
-    let limits = Limits { timeout: Duration::from_millis(100), ..limits() };
+    let limits = Limits {
+        timeout: Duration::from_millis(100),
+        ..limits()
+    };
     let (outcome, _) = run(&engine, &spin, &dir("timeout"), limits, &Cancel::default());
     assert_eq!(outcome.error, Some(RunError::Timeout(Duration::from_millis(100))));
     assert_eq!(outcome.exit_code, 124);
@@ -183,13 +205,29 @@ fn a_module_cannot_fill_the_disk_through_out_nor_through_stdout() {
          (loop $more (drop (call $fd_write (i32.load (i32.const 16)) (i32.const 0) (i32.const 1) (i32.const 8))) (br $more))"
     );
     let dir_out = dir("flood-out");
-    let (outcome, _) = run(&engine, &module(&flood_out, "big"), &dir_out, limits(), &Cancel::default());
+    let (outcome, _) = run(
+        &engine,
+        &module(&flood_out, "big"),
+        &dir_out,
+        limits(),
+        &Cancel::default(),
+    );
     assert_eq!(outcome.error, Some(RunError::OutputOverCap { cap: 1 << 20 }));
 
     let flood_log = format!("(loop $more {} (br $more))", write(1, 4));
-    let (outcome, sink) = run(&engine, &module(&flood_log, "spam"), &dir("flood-log"), limits(), &Cancel::default());
+    let (outcome, sink) = run(
+        &engine,
+        &module(&flood_log, "spam"),
+        &dir("flood-log"),
+        limits(),
+        &Cancel::default(),
+    );
     assert_eq!(outcome.error, Some(RunError::LogOverCap { cap: 64 << 10 }));
-    assert_eq!(sink.text(Stream::Stdout).len(), 64 << 10, "exactly the cap reached the sink");
+    assert_eq!(
+        sink.text(Stream::Stdout).len(),
+        64 << 10,
+        "exactly the cap reached the sink"
+    );
 }
 
 #[test]
@@ -213,7 +251,15 @@ fn native_commands_run_in_their_directory_with_limits_and_their_group_dies_on_ca
     assert_eq!(sink.text(Stream::Stderr), "err\n");
     assert_eq!(std::fs::read(dir.outputs().join("result")).unwrap(), b"done\n");
 
-    let missing = runner.run("no-such-command-here", &[], &[], &dir, limits(), sink.clone(), &Cancel::default());
+    let missing = runner.run(
+        "no-such-command-here",
+        &[],
+        &[],
+        &dir,
+        limits(),
+        sink.clone(),
+        &Cancel::default(),
+    );
     assert!(matches!(missing.error, Some(RunError::Spawn(_))), "{missing:?}");
 
     // A tree of sleepers, cancelled: none is left.
@@ -228,14 +274,32 @@ fn native_commands_run_in_their_directory_with_limits_and_their_group_dies_on_ca
     let outcome = runner.run("sh", &["-c".into(), tree], &[], &dir, limits(), sink, &cancel);
     canceller.join().unwrap();
     assert_eq!(outcome.error, Some(RunError::Cancelled));
-    let left = std::process::Command::new("pgrep").args(["-f", &marker]).output().unwrap();
-    assert!(left.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&left.stdout));
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 #[test]
 fn a_native_command_is_stopped_at_its_timeout() {
     let sink = Arc::new(Collect::default());
-    let limits = Limits { timeout: Duration::from_millis(200), ..limits() };
-    let outcome = NativeRunner.run("sleep", &["30".into()], &[], &dir("native-timeout"), limits, sink, &Cancel::default());
+    let limits = Limits {
+        timeout: Duration::from_millis(200),
+        ..limits()
+    };
+    let outcome = NativeRunner.run(
+        "sleep",
+        &["30".into()],
+        &[],
+        &dir("native-timeout"),
+        limits,
+        sink,
+        &Cancel::default(),
+    );
     assert_eq!(outcome.error, Some(RunError::Timeout(Duration::from_millis(200))));
 }

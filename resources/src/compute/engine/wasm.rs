@@ -327,7 +327,9 @@ impl Pollable for SinkStream {
 impl OutputStream for SinkStream {
     fn write(&mut self, bytes: bytes::Bytes) -> Result<(), StreamError> {
         if self.put(&bytes) < bytes.len() {
-            return Err(StreamError::Trap(wasmtime::format_err!("stdout and stderr are over their cap")));
+            return Err(StreamError::Trap(wasmtime::format_err!(
+                "stdout and stderr are over their cap"
+            )));
         }
         Ok(())
     }
