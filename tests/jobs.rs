@@ -111,6 +111,15 @@ fn wasm_spec(module: Key, args: &[&str]) -> JobSpec {
     }
 }
 
+/// Waits until `client` sees `n` peers offering slots (an offer is
+/// published once the peer has joined).
+async fn offers(client: &Client, n: usize) {
+    until(&format!("{n} peers offer slots"), || async {
+        client.jobs().slots().await.unwrap().len() == n
+    })
+    .await;
+}
+
 async fn submit(client: &Client, spec: JobSpec) -> Key {
     client.jobs().submit(Submit { spec }).await.unwrap()
 }
@@ -139,6 +148,7 @@ async fn a_job_runs_on_another_peer_and_its_output_is_fetched_by_id() {
         config.compute = slots(if i == 0 { 0 } else { 1 });
     })
     .await;
+    offers(&peers[0], 2).await;
     let module = share(&peers[0], test, "hello.wasm", &hello()).await;
     let job = submit(&peers[0], wasm_spec(module, &[])).await;
     let view = ended(&peers[0], job).await;
@@ -191,6 +201,7 @@ async fn a_job_runs_on_another_peer_and_its_output_is_fetched_by_id() {
 async fn a_job_with_an_input_runs_on_the_inputs_provider() {
     let test = "beside-input";
     let peers = swarm_with(test, 4, |_, config: &mut NodeConfig, _| config.compute = slots(1)).await;
+    offers(&peers[0], 4).await;
     let input = share(&peers[3], test, "data", &[7u8; 42]).await;
     let module = share(&peers[0], test, "read.wasm", &read_input()).await;
     for _ in 0..4 {
@@ -211,6 +222,7 @@ async fn a_job_with_an_input_runs_on_the_inputs_provider() {
 async fn fifty_jobs_over_three_peers_all_finish_and_spread() {
     let test = "fifty";
     let peers = swarm_with(test, 3, |_, config: &mut NodeConfig, _| config.compute = slots(2)).await;
+    offers(&peers[0], 3).await;
     let module = share(&peers[0], test, "spin.wasm", &spin(20_000_000)).await;
     let mut jobs = Vec::new();
     for _ in 0..50 {
@@ -233,6 +245,7 @@ async fn a_job_queued_behind_a_busy_slot_starts_when_it_frees() {
         config.compute = slots(if i == 1 { 1 } else { 0 });
     })
     .await;
+    offers(&peers[0], 1).await;
     let long = share(&peers[0], test, "long.wasm", &spin(1_500_000_000)).await;
     let short = share(&peers[0], test, "short.wasm", &spin(1_000)).await;
     let first = submit(&peers[0], wasm_spec(long, &[])).await;
@@ -308,6 +321,8 @@ async fn native_commands_run_only_for_trusted_submitters() {
         }
     })
     .await;
+    offers(&peers[0], 1).await;
+    offers(&peers[2], 1).await;
     let spec = JobSpec {
         kind: Some(JobKind::Native),
         args: vec!["sh".into(), "-c".into(), "echo native; exit 3".into()],
@@ -337,6 +352,7 @@ async fn an_executor_stops_a_job_whose_submitter_stops_renewing_its_lease() {
         };
     })
     .await;
+    offers(&peers[2], 1).await;
     let forever = share(&peers[2], test, "forever.wasm", &module("(loop $l (br $l))", "")).await;
     let job = submit(&peers[2], wasm_spec(forever, &[])).await;
     until("the job runs", || async {

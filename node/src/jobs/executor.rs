@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use shoal_overlay::Key;
-use shoal_resources::compute::engine::{Cancel, JobDir, Limits, NativeRunner, Outcome, RunError, WasmEngine};
+use shoal_resources::compute::engine::{Cancel, JobDir, Limits, NativeRunner, Outcome, Run, RunError, WasmEngine};
 use shoal_resources::compute::offer::{SlotOffer, offer_key};
 use shoal_resources::compute::{FairQueue, JobKind, JobSpec, Leases, Needs};
 use shoal_resources::store::Import;
@@ -457,15 +457,25 @@ impl Executor {
         );
         let args = spec.args.clone();
         hosted.log.start(micros(now()));
-        let outcome = tokio::task::spawn_blocking(move || match module {
-            Some((id, bytes)) => {
-                let mut argv = vec!["job.wasm".to_string()];
-                argv.extend(args);
-                engine.run(id, &bytes, &argv, &env, &run_dir, limits, log, &cancel)
-            }
-            None => {
-                let (command, rest) = args.split_first().map_or(("", &[][..]), |(c, r)| (c.as_str(), r));
-                NativeRunner.run(command, rest, &env, &run_dir, limits, log, &cancel)
+        let outcome = tokio::task::spawn_blocking(move || {
+            let run = |args| Run {
+                args,
+                env: &env,
+                dir: &run_dir,
+                limits,
+                sink: log.clone(),
+                cancel: &cancel,
+            };
+            match module {
+                Some((id, bytes)) => {
+                    let mut argv = vec!["job.wasm".to_string()];
+                    argv.extend(args.iter().cloned());
+                    engine.run(id, &bytes, run(&argv))
+                }
+                None => {
+                    let (command, rest) = args.split_first().map_or(("", &[][..]), |(c, r)| (c.as_str(), r));
+                    NativeRunner.run(command, run(rest))
+                }
             }
         })
         .await

@@ -338,9 +338,11 @@ impl<'a> Jobs<'a> {
             return Ok(found.clone());
         }
         let found = self.client.get_providers(class).await?;
-        lock(&self.compute().offers)
-            .classes
-            .insert(class, (std::time::Instant::now(), found.clone()));
+        if !found.is_empty() {
+            lock(&self.compute().offers)
+                .classes
+                .insert(class, (std::time::Instant::now(), found.clone()));
+        }
         Ok(found)
     }
 
@@ -416,11 +418,15 @@ impl<'a> Jobs<'a> {
             if let Some(outcome) = placement.poll_outcome() {
                 return match outcome {
                     Ok(_) => accepted.ok_or_else(|| SubmitError::Invalid("the placement ended without a grant".into())),
-                    Err(error) => Err(SubmitError::Place {
-                        error,
-                        wanted: wanted(needs),
-                        refusals,
-                    }),
+                    Err(error) => {
+                        // What was read may be stale: the next job asks afresh.
+                        lock(&self.compute().offers).classes.remove(&class_for(needs));
+                        Err(SubmitError::Place {
+                            error,
+                            wanted: wanted(needs),
+                            refusals,
+                        })
+                    }
                 };
             }
             let Some((key, peer, claim, answer)) = pending.next().await else {

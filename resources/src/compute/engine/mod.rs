@@ -9,6 +9,10 @@
 //! sans-IO machines beside it, the engine reads the clock and runs threads:
 //! it is the machine's own CPU.
 
+// The engine runs jobs on this machine, by its clock (unlike the sans-IO
+// machines of this crate).
+#![allow(clippy::disallowed_methods)]
+
 pub mod native;
 #[cfg(test)]
 mod tests;
@@ -49,6 +53,32 @@ pub struct Limits {
     pub out_bytes: u64,
     /// Bytes of stdout and stderr together.
     pub log_bytes: u64,
+}
+
+/// One run of a job: what it is given and where its output goes.
+#[derive(Clone)]
+pub struct Run<'a> {
+    /// Its arguments (a module's first is its program name).
+    pub args: &'a [String],
+    /// Its environment (nothing else is given).
+    pub env: &'a [(String, String)],
+    /// Its directory.
+    pub dir: &'a JobDir,
+    /// What it may use.
+    pub limits: Limits,
+    /// Where its stdout and stderr go.
+    pub sink: Arc<dyn Sink>,
+    /// Stops it.
+    pub cancel: &'a Cancel,
+}
+
+impl std::fmt::Debug for Run<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("args", &self.args)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Stops a running job from another thread.

@@ -17,10 +17,9 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Cancel, JobDir, Limits, LogBudget, Outcome, RunError, Sink, Stream, tree_bytes};
+use super::{LogBudget, Outcome, Run, RunError, Sink, Stream, tree_bytes};
 
 /// How often a running command is checked (exit, deadline, cancel, `/out`).
 const POLL: Duration = Duration::from_millis(5);
@@ -36,18 +35,17 @@ const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct NativeRunner;
 
 impl NativeRunner {
-    /// Runs `command` with `args` and `env` in `dir` within `limits` until
-    /// it exits, times out or `cancel` is set. Blocks the calling thread.
-    pub fn run(
-        &self,
-        command: &str,
-        args: &[String],
-        env: &[(String, String)],
-        dir: &JobDir,
-        limits: Limits,
-        sink: Arc<dyn Sink>,
-        cancel: &Cancel,
-    ) -> Outcome {
+    /// Runs `command` as `run` says (its `args` follow the command) until
+    /// it exits, times out or is cancelled. Blocks the calling thread.
+    pub fn run(&self, command: &str, run: Run<'_>) -> Outcome {
+        let Run {
+            args,
+            env,
+            dir,
+            limits,
+            sink,
+            cancel,
+        } = run;
         if !found(command) {
             return Outcome::failed(RunError::Spawn(format!(
                 "{command}: command not found on this peer (PATH={PATH})"

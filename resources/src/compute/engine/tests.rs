@@ -63,7 +63,16 @@ fn module(body: &str, data: &str) -> Vec<u8> {
 fn run(engine: &WasmEngine, bytes: &[u8], dir: &JobDir, limits: Limits, cancel: &Cancel) -> (Outcome, Arc<Collect>) {
     let sink = Arc::new(Collect::default());
     let id = Key::of_content(bytes);
-    let outcome = engine.run(id, bytes, &["job".into()], &[], dir, limits, sink.clone(), cancel);
+    let args = ["job".to_string()];
+    let run = Run {
+        args: &args,
+        env: &[],
+        dir,
+        limits,
+        sink: sink.clone(),
+        cancel,
+    };
+    let outcome = engine.run(id, bytes, run);
     (outcome, sink)
 }
 
@@ -198,16 +207,14 @@ fn a_module_is_stopped_at_its_timeout_and_on_cancel() {
 fn a_module_cannot_fill_the_disk_through_out_nor_through_stdout() {
     let engine = WasmEngine::new().unwrap();
     // Opens /out/big and writes 1 KiB to it forever (fd at 16).
-    let flood_out = format!(
-        "(drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 1024) (i32.const 3) (i32.const 1)
+    let flood_out = "(drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 1024) (i32.const 3) (i32.const 1)
             (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 16)))
          (i32.store (i32.const 0) (i32.const 2048)) (i32.store (i32.const 4) (i32.const 1024))
-         (loop $more (drop (call $fd_write (i32.load (i32.const 16)) (i32.const 0) (i32.const 1) (i32.const 8))) (br $more))"
-    );
+         (loop $more (drop (call $fd_write (i32.load (i32.const 16)) (i32.const 0) (i32.const 1) (i32.const 8))) (br $more))";
     let dir_out = dir("flood-out");
     let (outcome, _) = run(
         &engine,
-        &module(&flood_out, "big"),
+        &module(flood_out, "big"),
         &dir_out,
         limits(),
         &Cancel::default(),
@@ -230,6 +237,24 @@ fn a_module_cannot_fill_the_disk_through_out_nor_through_stdout() {
     );
 }
 
+fn native<'a>(
+    args: &'a [String],
+    env: &'a [(String, String)],
+    dir: &'a JobDir,
+    limits: Limits,
+    sink: &Arc<Collect>,
+    cancel: &'a Cancel,
+) -> Run<'a> {
+    Run {
+        args,
+        env,
+        dir,
+        limits,
+        sink: sink.clone(),
+        cancel,
+    }
+}
+
 #[test]
 fn native_commands_run_in_their_directory_with_limits_and_their_group_dies_on_cancel() {
     let runner = NativeRunner;
@@ -239,12 +264,14 @@ fn native_commands_run_in_their_directory_with_limits_and_their_group_dies_on_ca
     let script = "cat in/x; echo; echo err >&2; echo done > out/result; echo \"$GREETING\"; exit 7";
     let outcome = runner.run(
         "sh",
-        &["-c".into(), script.into()],
-        &[("GREETING".into(), "hi".into())],
-        &dir,
-        limits(),
-        sink.clone(),
-        &Cancel::default(),
+        native(
+            &["-c".into(), script.into()],
+            &[("GREETING".into(), "hi".into())],
+            &dir,
+            limits(),
+            &sink,
+            &Cancel::default(),
+        ),
     );
     assert_eq!(outcome, Outcome::exited(7));
     assert_eq!(sink.text(Stream::Stdout), "42\nhi\n");
@@ -253,12 +280,7 @@ fn native_commands_run_in_their_directory_with_limits_and_their_group_dies_on_ca
 
     let missing = runner.run(
         "no-such-command-here",
-        &[],
-        &[],
-        &dir,
-        limits(),
-        sink.clone(),
-        &Cancel::default(),
+        native(&[], &[], &dir, limits(), &sink, &Cancel::default()),
     );
     assert!(matches!(missing.error, Some(RunError::Spawn(_))), "{missing:?}");
 
@@ -271,7 +293,7 @@ fn native_commands_run_in_their_directory_with_limits_and_their_group_dies_on_ca
         stop.cancel();
     });
     let tree = format!("(sleep 30; : {marker}) & (sh -c 'sleep 30; : {marker}') & wait");
-    let outcome = runner.run("sh", &["-c".into(), tree], &[], &dir, limits(), sink, &cancel);
+    let outcome = runner.run("sh", native(&["-c".into(), tree], &[], &dir, limits(), &sink, &cancel));
     canceller.join().unwrap();
     assert_eq!(outcome.error, Some(RunError::Cancelled));
     let left = std::process::Command::new("pgrep")
@@ -292,14 +314,10 @@ fn a_native_command_is_stopped_at_its_timeout() {
         timeout: Duration::from_millis(200),
         ..limits()
     };
+    let dir = dir("native-timeout");
     let outcome = NativeRunner.run(
         "sleep",
-        &["30".into()],
-        &[],
-        &dir("native-timeout"),
-        limits,
-        sink,
-        &Cancel::default(),
+        native(&["30".into()], &[], &dir, limits, &sink, &Cancel::default()),
     );
     assert_eq!(outcome.error, Some(RunError::Timeout(Duration::from_millis(200))));
 }

@@ -26,7 +26,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::{Cancel, JobDir, Limits, LogBudget, Outcome, RunError, Sink, Stream, tree_bytes};
+use super::{Cancel, LogBudget, Outcome, Run, RunError, Sink, Stream, tree_bytes};
 
 /// How often the engine's epoch advances: the resolution of timeouts and
 /// cancels.
@@ -161,20 +161,17 @@ impl WasmEngine {
             .map_err(|e| RunError::Import(format!("{e:#}")))
     }
 
-    /// Runs module `id` (its bytes: `bytes`) with `args` (the first is the
-    /// program's name) and `env` in `dir`, within `limits`, until it exits,
-    /// fails, times out or `cancel` is set. Blocks the calling thread.
-    pub fn run(
-        &self,
-        id: Key,
-        bytes: &[u8],
-        args: &[String],
-        env: &[(String, String)],
-        dir: &JobDir,
-        limits: Limits,
-        sink: Arc<dyn Sink>,
-        cancel: &Cancel,
-    ) -> Outcome {
+    /// Runs module `id` (its bytes: `bytes`) as `run` says until it exits,
+    /// fails, times out or is cancelled. Blocks the calling thread.
+    pub fn run(&self, id: Key, bytes: &[u8], run: Run<'_>) -> Outcome {
+        let Run {
+            args,
+            env,
+            dir,
+            limits,
+            sink,
+            cancel,
+        } = run;
         let pre = match self.prepare(id, bytes) {
             Ok(pre) => pre,
             Err(e) => return Outcome::failed(e),
