@@ -119,7 +119,8 @@ enum Command {
     ///
     /// Each setting comes from its flag, else its SHOAL_* environment
     /// variable, else `shoal.toml` in the data directory (keys `listen`,
-    /// `bootstrap`, `mdns`, `swarm_key`, `quota`; see README.md), else the default.
+    /// `bootstrap`, `mdns`, `swarm_key`, `quota`, `slots`, `slot_memory`, `labels`,
+    /// `allow_native`, `trust`; see README.md), else the default.
     #[command(verbatim_doc_comment)]
     Up {
         /// Where the identity key, records, remembered peers, shoal.toml and
@@ -285,8 +286,12 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
-    /// Jobs this peer submitted, and jobs running or queued here.
+    /// Jobs this peer submitted, and jobs running or queued here (newest
+    /// first).
     Jobs {
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
         #[command(flatten)]
         talk: Talk,
     },
@@ -567,7 +572,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Run(args) => exit_with(jobs::run(args)?),
         Command::Slots { talk } => jobs::slots(&talk),
-        Command::Jobs { talk } => jobs::list(&talk),
+        Command::Jobs { limit, talk } => jobs::list(&talk, limit),
         Command::Job(command) => exit_with(jobs::job(command)?),
         Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", NO_BODY, |_: &Stopping| {
             "stopping".to_string()

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
+#[path = "cli/jobs.rs"]
+mod jobs;
+
 fn dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("shoal-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

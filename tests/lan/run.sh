@@ -212,6 +212,27 @@ share_disk_full() {
 }
 check "a share onto a full disk says the disk is full" share_disk_full
 
+# A job across hosts: count.wasm (built by Debian's clang) is submitted on
+# host 1 with an input shared on host 4; it runs on host 4, beside its
+# input, and its /out is fetched by id on host 2.
+if examples/jobs/build.sh "$WORK/wasm" >/dev/null 2>"$WORK/wasm.err"; then
+  seq 1 50000 >"$WORK/lines.txt"
+  INPUT=$(cli 4 share "$WORK/lines.txt" --json | grep -o '"id":"[0-9a-f]*"' | cut -d'"' -f4)
+  job_runs_beside_its_input() {
+    ip netns exec "$PREFIX-h1" "$SHOAL" run --data-dir "$WORK/h1" --json --input "$INPUT:data" \
+      "$WORK/wasm/count.wasm" >"$WORK/job.json" 2>"$WORK/job.err" || return 1
+    python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+sys.exit(0 if r["exit_code"] == 0 and r["peer"] == sys.argv[2] and r["output"] else 1)' "$WORK/job.json" "$(peer_of 4)"
+  }
+  check "a job submitted on host 1 runs on host 4, beside its input" wait_for 30 job_runs_beside_its_input
+  OUT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["output"])' "$WORK/job.json" 2>/dev/null || echo none)
+  check "its /out is fetched on host 2 by id" sh -c "ip netns exec $PREFIX-h2 $SHOAL get $OUT -o $WORK/job-out --data-dir $WORK/h2 >/dev/null && grep -qx '288894 bytes 50000 lines' $WORK/job-out/count.txt"
+else
+  fail=$((fail + 1)); say "FAIL - cannot build the example jobs (clang, wasi-libc): $(head -3 "$WORK/wasm.err")"
+fi
+
 if [ $fail -gt 0 ]; then
   for i in $(seq 1 $HOSTS); do say "--- host $i log (tail)"; tail -5 "$WORK/h$i.log" || true; done
 fi

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_node::cli_client::ask;
-use shoal_node::control::{JobView, OutputView, RunRequest, SlotView};
+use shoal_node::control::{JobView, ManyRequest, OutputView, RunRequest, SlotView};
 use shoal_node::settings;
 
 use super::Talk;
@@ -47,6 +47,10 @@ pub(crate) struct RunArgs {
     /// Print the job id once placed and return; follow it with `shoal job`.
     #[arg(long)]
     detach: bool,
+    /// Submit N copies of the job at once (each its own job; with
+    /// --detach): prints their ids, one per line.
+    #[arg(long, value_name = "N", requires = "detach")]
+    repeat: Option<u32>,
     /// The module's arguments, or the native command and its arguments.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -154,6 +158,23 @@ fn absolute_or_id(what: &str) -> anyhow::Result<String> {
 /// exits with its exit code.
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<i32> {
     let body = body_of(&args)?;
+    if let Some(repeat) = args.repeat {
+        let ids: Vec<String> = ask(
+            &args.talk.data_dir,
+            "POST",
+            "/v1/jobs/many",
+            Some(&ManyRequest { job: body, repeat }),
+        )?;
+        if args.talk.json {
+            println!("{}", serde_json::to_string(&ids)?);
+        } else {
+            let mut out = std::io::stdout().lock();
+            for id in ids {
+                let _ = writeln!(out, "{id}");
+            }
+        }
+        return Ok(0);
+    }
     let view: JobView = ask(&args.talk.data_dir, "POST", "/v1/jobs", Some(&body))?;
     if args.detach {
         if args.talk.json {
@@ -165,13 +186,20 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     // With --json, stdout holds the one document: the job's output goes to
     // standard error.
-    follow(&args.talk, &view.job_id, 0, true, args.talk.json)?;
-    finish(&args.talk, &view.job_id)
+    let ended = follow(&args.talk, &view.job_id, 0, true, args.talk.json)?;
+    finish(&args.talk, &view.job_id, ended)
 }
 
 /// Prints output from `from` on until the job ends (or, if not `until_end`,
-/// until what is there now was printed).
-fn follow(talk: &Talk, id: &str, mut from: u64, until_end: bool, all_to_stderr: bool) -> anyhow::Result<()> {
+/// until what is there now was printed); the job as it ended, if the
+/// daemon said.
+fn follow(
+    talk: &Talk,
+    id: &str,
+    mut from: u64,
+    until_end: bool,
+    all_to_stderr: bool,
+) -> anyhow::Result<Option<JobView>> {
     loop {
         let wait = if until_end { 5000 } else { 0 };
         let path = format!("/v1/jobs/{id}/output?from={from}&wait_ms={wait}");
@@ -197,15 +225,18 @@ fn follow(talk: &Talk, id: &str, mut from: u64, until_end: bool, all_to_stderr: 
         }
         from = out.next;
         if out.ended || (!until_end && out.chunks.is_empty()) {
-            return Ok(());
+            return Ok(out.job);
         }
     }
 }
 
 /// Reads the job's final state, prints it (JSON, or a line on standard
 /// error when it failed or wrote `/out`), and returns its exit code.
-fn finish(talk: &Talk, id: &str) -> anyhow::Result<i32> {
-    let view: JobView = ask(&talk.data_dir, "GET", &format!("/v1/jobs/{id}"), None::<&()>)?;
+fn finish(talk: &Talk, id: &str, ended: Option<JobView>) -> anyhow::Result<i32> {
+    let view: JobView = match ended.filter(|v| v.state == "ended" || v.state == "cancelled") {
+        Some(view) => view,
+        None => ask(&talk.data_dir, "GET", &format!("/v1/jobs/{id}"), None::<&()>)?,
+    };
     if talk.json {
         println!("{}", serde_json::to_string(&view)?);
     } else {
@@ -271,7 +302,7 @@ pub(crate) fn job(command: JobCommand) -> anyhow::Result<i32> {
             std::thread::sleep(Duration::from_millis(200));
         },
         JobCommand::Logs { id, follow: f, talk } => {
-            follow(&talk, &id, 0, f, false)?;
+            let _ = follow(&talk, &id, 0, f, false)?;
             Ok(0)
         }
         JobCommand::Cancel { id, talk } => {
@@ -292,8 +323,8 @@ fn print_view(talk: &Talk, view: &JobView) -> anyhow::Result<()> {
 }
 
 /// `shoal jobs`.
-pub(crate) fn list(talk: &Talk) -> anyhow::Result<()> {
-    let jobs: Vec<JobView> = ask(&talk.data_dir, "GET", "/v1/jobs", None::<&()>)?;
+pub(crate) fn list(talk: &Talk, limit: usize) -> anyhow::Result<()> {
+    let jobs: Vec<JobView> = ask(&talk.data_dir, "GET", &format!("/v1/jobs?limit={limit}"), None::<&()>)?;
     if talk.json {
         println!("{}", serde_json::to_string(&jobs)?);
         return Ok(());

@@ -266,3 +266,12 @@ pub struct RunRequest {
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
 }
+
+/// Body of `POST /v1/jobs/many`: `repeat` jobs of one spec.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ManyRequest {
+    /// The job.
+    pub job: RunRequest,
+    /// How many.
+    pub repeat: u32,
+}

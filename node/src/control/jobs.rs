@@ -10,7 +10,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use shoal_overlay::Key;
 use shoal_resources::compute::{JobKind, JobSpec};
-use shoal_resources::store::Import;
 
 use super::api::*;
 use super::{ApiError, AppState, failure, node_failure, parse_key};
@@ -19,13 +18,20 @@ use crate::jobs::{Submit, SubmitError};
 
 /// Longest a call for output waits for more.
 const MAX_WAIT: Duration = Duration::from_secs(10);
-/// Jobs listed at most.
+/// Jobs listed unless asked for more.
 const LISTED: usize = 1000;
+/// Jobs listed at most.
+const MAX_LISTED: usize = 100_000;
+/// Jobs one `POST /v1/jobs/many` may ask for.
+pub(super) const MAX_REPEAT: u32 = 100_000;
+/// Placements of one batch under way at once.
+const PLACING_AT_ONCE: usize = 32;
 
 /// The routes of this module.
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/jobs", get(list).post(run))
+        .route("/v1/jobs/many", axum::routing::post(many))
         .route("/v1/jobs/{id}", get(status).delete(cancel))
         .route("/v1/jobs/{id}/output", get(output))
         .route("/v1/slots", get(slots))
@@ -43,13 +49,12 @@ async fn blob_of(state: &AppState, what: &str, role: &str) -> Result<Key, ApiErr
         if !path.is_file() {
             return Err(bad(format!("{role} {what}: no such file")));
         }
-        let (info, _) = state
+        return state
             .client
-            .files()
-            .share(path, Import::Copy)
+            .jobs()
+            .share_file(path)
             .await
-            .map_err(|e| bad(format!("{role} {what}: {}", crate::error::error_chain(&e))))?;
-        return Ok(info.id);
+            .map_err(|e| bad(format!("{role} {what}: {}", crate::error::error_chain(&e))));
     }
     let id: Key = what.parse().map_err(|_| {
         bad(format!(
@@ -64,7 +69,8 @@ async fn blob_of(state: &AppState, what: &str, role: &str) -> Result<Key, ApiErr
     Ok(id)
 }
 
-async fn run(State(state): State<Arc<AppState>>, Json(body): Json<RunRequest>) -> Result<Json<JobView>, ApiError> {
+/// The spec a request asks for, its module and inputs shared.
+async fn spec_of(state: &AppState, body: RunRequest) -> Result<JobSpec, ApiError> {
     let module = match (&body.module, body.native) {
         (Some(_), true) => return Err(bad("a native job runs a command, not a module")),
         (None, false) => return Err(bad("a WebAssembly job needs a module")),
@@ -87,7 +93,7 @@ async fn run(State(state): State<Arc<AppState>>, Json(body): Json<RunRequest>) -
         check_input_name(name).map_err(bad)?;
         inputs.push((blob_of(&state, what, "input").await?, name.clone()));
     }
-    let spec = JobSpec {
+    Ok(JobSpec {
         kind: Some(if body.native { JobKind::Native } else { JobKind::Wasm }),
         module,
         args: body.args,
@@ -96,11 +102,24 @@ async fn run(State(state): State<Arc<AppState>>, Json(body): Json<RunRequest>) -
         memory: body.memory,
         timeout_ms: body.timeout_ms,
         labels: body.labels,
-    };
-    let job = state.client.jobs().submit(Submit { spec }).await.map_err(|e| match e {
+    })
+}
+
+fn submit_failure(e: SubmitError) -> ApiError {
+    match e {
         SubmitError::Node(e) => node_failure(e),
         other => bad(other),
-    })?;
+    }
+}
+
+async fn run(State(state): State<Arc<AppState>>, Json(body): Json<RunRequest>) -> Result<Json<JobView>, ApiError> {
+    let spec = spec_of(&state, body).await?;
+    let job = state
+        .client
+        .jobs()
+        .submit(Submit { spec })
+        .await
+        .map_err(submit_failure)?;
     let view = state
         .client
         .jobs()
@@ -109,6 +128,32 @@ async fn run(State(state): State<Arc<AppState>>, Json(body): Json<RunRequest>) -
         .map_err(node_failure)?
         .ok_or_else(|| failure(StatusCode::INTERNAL_SERVER_ERROR, "the job placed is not known"))?;
     Ok(Json(view))
+}
+
+/// `POST /v1/jobs/many`: `repeat` jobs of one spec (its module and inputs
+/// shared once), placed several at a time; their ids, in order of
+/// placement. The first that cannot be placed stops the rest.
+async fn many(
+    State(state): State<Arc<AppState>>,
+    Json(body): Json<ManyRequest>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    use futures::StreamExt;
+    if body.repeat == 0 || body.repeat > MAX_REPEAT {
+        return Err(bad(format!("repeat is 1 to {MAX_REPEAT}")));
+    }
+    let spec = spec_of(&state, body.job).await?;
+    let client = state.client.clone();
+    let mut placed = futures::stream::iter(0..body.repeat)
+        .map(|_| {
+            let (client, spec) = (client.clone(), spec.clone());
+            async move { client.jobs().submit(Submit { spec }).await }
+        })
+        .buffer_unordered(PLACING_AT_ONCE);
+    let mut ids = Vec::with_capacity(body.repeat as usize);
+    while let Some(job) = placed.next().await {
+        ids.push(job.map_err(submit_failure)?.to_string());
+    }
+    Ok(Json(ids))
 }
 
 async fn read_module(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
@@ -131,8 +176,14 @@ async fn read_module(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
     Ok(bytes)
 }
 
-async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<JobView>> {
-    Json(state.client.jobs().list(LISTED))
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/jobs?limit=N`: the newest N (default 1000) jobs here.
+async fn list(State(state): State<Arc<AppState>>, Query(query): Query<ListQuery>) -> Json<Vec<JobView>> {
+    Json(state.client.jobs().list(query.limit.unwrap_or(LISTED).min(MAX_LISTED)))
 }
 
 async fn status(

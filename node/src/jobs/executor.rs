@@ -31,6 +31,8 @@ use crate::client::{Client, WeakClient, now};
 pub const MAX_QUEUED: usize = 100_000;
 /// Ended jobs whose logs are kept for watchers, at most.
 pub const KEPT_ENDED: usize = 256;
+/// Bytes of output the ended jobs kept may hold together, at most.
+pub const KEPT_LOG_BYTES: u64 = 256 << 20;
 /// Streams of the jobs protocol served at once, at most.
 const MAX_STREAMS: usize = 1024;
 /// Largest module accepted, bytes.
@@ -318,12 +320,20 @@ impl Executor {
         }
     }
 
-    /// Drops the oldest ended jobs past [`KEPT_ENDED`].
+    /// Drops the oldest ended jobs past [`KEPT_ENDED`], or while their logs
+    /// hold more than [`KEPT_LOG_BYTES`].
     fn forget_old(&self) {
         let mut state = self.lock();
-        while state.ended.len() > KEPT_ENDED {
-            if let Some(old) = state.ended.pop_front() {
-                state.hosted.remove(&old);
+        let mut bytes: u64 = state
+            .ended
+            .iter()
+            .filter_map(|k| state.hosted.get(k))
+            .map(|h| h.log.len())
+            .sum();
+        while state.ended.len() > KEPT_ENDED || (bytes > KEPT_LOG_BYTES && state.ended.len() > 1) {
+            let Some(old) = state.ended.pop_front() else { break };
+            if let Some(h) = state.hosted.remove(&old) {
+                bytes = bytes.saturating_sub(h.log.len());
             }
         }
     }

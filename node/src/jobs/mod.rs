@@ -92,6 +92,11 @@ pub(crate) struct Compute {
     pub(crate) executor: Option<Arc<executor::Executor>>,
     pub(crate) submitted: Mutex<submit::Submissions>,
     pub(crate) offers: Mutex<submit::OfferCache>,
+    /// Files shared as modules or inputs: path → (size, modified, id).
+    pub(crate) shared: Mutex<std::collections::HashMap<std::path::PathBuf, (u64, std::time::SystemTime, Key)>>,
+    /// Watches of jobs open to each executor: a queue of thousands waits
+    /// for its turn here instead of holding a stream each.
+    pub(crate) watching: Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl std::fmt::Debug for Compute {
@@ -119,6 +124,8 @@ impl Compute {
             executor,
             submitted: Mutex::default(),
             offers: Mutex::default(),
+            shared: Mutex::default(),
+            watching: Mutex::default(),
         })
     }
 }

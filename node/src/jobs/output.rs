@@ -32,6 +32,10 @@ pub struct OutputView {
     pub next: u64,
     /// Whether the job has ended and all its output was given.
     pub ended: bool,
+    /// The job as it ended (when `ended` and this peer knows it), which
+    /// saves the caller a status call.
+    #[serde(default)]
+    pub job: Option<super::JobView>,
 }
 
 impl Jobs<'_> {
@@ -46,11 +50,14 @@ impl Jobs<'_> {
             let news = events
                 .iter()
                 .any(|e| matches!(e, Event::Output { .. } | Event::Ended { .. }));
-            if news || wait.is_zero() {
-                return Ok(Some(view_of(from, events)));
+            if !news && !wait.is_zero() {
+                log.changed_within(&mut seen, wait).await;
             }
-            log.changed_within(&mut seen, wait).await;
-            return Ok(Some(view_of(from, log.events_from(from, READ_BYTES))));
+            let mut view = view_of(from, log.events_from(from, READ_BYTES));
+            if view.ended {
+                view.job = self.local_view(&job);
+            }
+            return Ok(Some(view));
         }
         let Some((_, mut stream)) = self.remote_events(job, from).await? else {
             return Ok(None);
@@ -104,5 +111,10 @@ fn view_of(from: u64, events: Vec<Event>) -> OutputView {
             _ => {}
         }
     }
-    OutputView { chunks, next, ended }
+    OutputView {
+        chunks,
+        next,
+        ended,
+        job: None,
+    }
 }

@@ -27,8 +27,13 @@ use super::{Jobs, micros};
 use crate::addr::{NodeAddr, key_of_peer};
 use crate::client::{Client, now};
 
-/// Jobs this peer keeps having submitted, at most (the oldest ended go).
+/// Jobs this peer keeps having submitted, at most (the oldest go).
 pub const KEPT_SUBMITTED: usize = 100_000;
+/// Bytes of output the jobs kept may hold together: past it the oldest
+/// ended jobs go.
+pub const KEPT_LOG_BYTES: u64 = 512 << 20;
+/// Additions between two counts of the bytes kept.
+const COUNT_EVERY: usize = 64;
 /// How long a probe may take (dial included).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a claim or a renewal may take.
@@ -37,6 +42,10 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 const OFFER_TTL: Duration = Duration::from_secs(10);
 /// Candidates whose offers are read per placement, at most.
 const MAX_CANDIDATES: usize = 20;
+/// Jobs whose output is watched at once on one executor, at most.
+pub const WATCHES_PER_EXECUTOR: usize = 64;
+/// Files remembered as shared, at most.
+const REMEMBERED_FILES: usize = 1024;
 
 /// What to run.
 #[derive(Clone, Debug, Default)]
@@ -149,6 +158,27 @@ impl Submissions {
             let Some(old) = self.order.pop_front() else { break };
             self.by_key.remove(&old);
         }
+        if self.order.len().is_multiple_of(COUNT_EVERY) {
+            self.forget_bytes();
+        }
+    }
+
+    /// Drops the oldest ended jobs while all logs hold more than
+    /// [`KEPT_LOG_BYTES`].
+    fn forget_bytes(&mut self) {
+        let mut bytes: u64 = self.by_key.values().map(|s| s.log.len()).sum();
+        let mut kept = VecDeque::with_capacity(self.order.len());
+        while let Some(key) = self.order.pop_front() {
+            let drop = bytes > KEPT_LOG_BYTES && self.by_key.get(&key).is_some_and(|s| s.log.progress().1.is_some());
+            if drop {
+                if let Some(s) = self.by_key.remove(&key) {
+                    bytes = bytes.saturating_sub(s.log.len());
+                }
+            } else {
+                kept.push_back(key);
+            }
+        }
+        self.order = kept;
     }
 }
 
@@ -222,12 +252,38 @@ fn view_of(job: &Key, record: &JobRecord, executor: Option<PeerId>, submitted_he
 }
 
 impl Submitted {
+    /// An event from the executor (whose key is `executor`): into the log,
+    /// and a first start into the record, whose writer `records` wakes.
+    fn heard(&self, event: &Event, executor: Key, records: &tokio::sync::watch::Sender<u64>) {
+        if let Event::Started { at } = *event
+            && self.log.progress().0.is_none()
+        {
+            *lock(&self.position) = None;
+            if let Some((_, token)) = *lock(&self.placed) {
+                let by = Placed { peer: executor, token };
+                let _ = lock(&self.record).start(shoal_overlay::Instant::from_micros(at), by);
+            }
+            records.send_modify(|n| *n += 1);
+        }
+        self.log.apply(event);
+    }
+
     fn view(&self) -> JobView {
         let record = lock(&self.record).clone();
         let executor = lock(&self.placed).map(|(p, _)| p);
         let mut view = view_of(&self.job, &record, executor, true);
         if view.error.is_none() {
             view.error = lock(&self.error).clone();
+        }
+        // The log hears the end before the record is written: it counts.
+        let (started, ended) = self.log.progress();
+        if let Some(ended) = ended.filter(|_| view.state != "ended" && view.state != "cancelled") {
+            view.state = "ended".into();
+            view.exit_code = Some(ended.exit_code);
+            view.error = ended.error;
+            view.output = ended.output.map(|k| k.to_string());
+            view.ended = Some(ended.at / 1000);
+            view.started = view.started.or(started.map(|t| t / 1000)).or(view.ended);
         }
         if view.state == "placed" {
             view.position = *lock(&self.position);
@@ -239,6 +295,33 @@ impl Submitted {
 impl<'a> Jobs<'a> {
     fn compute(&self) -> &'a super::Compute {
         &self.client.compute
+    }
+
+    /// Shares the file at `path` (absolute) for a job, unless it was
+    /// shared already unchanged (same size and modification time) and the
+    /// store still holds it: its id.
+    pub async fn share_file(self, path: std::path::PathBuf) -> Result<Key, crate::NodeError> {
+        let unreadable = |e: std::io::Error| crate::NodeError::Store(e.into());
+        let meta = tokio::fs::metadata(&path).await.map_err(unreadable)?;
+        let stamp = (meta.len(), meta.modified().map_err(unreadable)?);
+        let known = lock(&self.compute().shared).get(&path).copied();
+        if let Some((len, modified, id)) = known
+            && (len, modified) == stamp
+            && self.client.blob_store().contains(&id)
+        {
+            return Ok(id);
+        }
+        let (info, _) = self
+            .client
+            .files()
+            .share(path.clone(), shoal_resources::store::Import::Copy)
+            .await?;
+        let mut shared = lock(&self.compute().shared);
+        if shared.len() >= REMEMBERED_FILES {
+            shared.clear();
+        }
+        shared.insert(path, (stamp.0, stamp.1, info.id));
+        Ok(info.id)
     }
 
     /// The node's WebAssembly engine (to check a module before it is
@@ -488,6 +571,11 @@ impl<'a> Jobs<'a> {
             return Ok(None);
         };
         Ok(JobRecord::decode(&record.value).map(|r| view_of(&job, &r, None, false)))
+    }
+
+    /// `job` as this peer knows it (submitted or run here).
+    pub(crate) fn local_view(&self, job: &Key) -> Option<JobView> {
+        self.local(job)
     }
 
     fn local(&self, job: &Key) -> Option<JobView> {
@@ -790,6 +878,11 @@ async fn mirror(
     if peer == client.peer_id() {
         return mirror_here(&client, &job, &records).await;
     }
+    let turns = lock(&client.compute.watching)
+        .entry(peer)
+        .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(WATCHES_PER_EXECUTOR)))
+        .clone();
+    let _turn = turns.acquire_owned().await.map_err(|e| e.to_string())?;
     loop {
         let from = job.log.len();
         let stream = open(&client, peer, &Request::Watch { job: job.job, from }, ASK_TIMEOUT).await;
@@ -798,23 +891,7 @@ async fn mirror(
                 match crate::codec::read_cbor::<Event, _>(&mut stream, MAX_ANSWER_BYTES).await {
                     Ok(Event::Unknown) => return Err(format!("the executor {peer} no longer knows the job")),
                     Ok(event) => {
-                        let first_start = matches!(event, Event::Started { .. }) && job.log.progress().0.is_none();
-                        job.log.apply(&event);
-                        if first_start {
-                            *lock(&job.position) = None;
-                            let mut record = lock(&job.record);
-                            if let Some((_, token)) = *lock(&job.placed)
-                                && let Event::Started { at } = event
-                            {
-                                let by = Placed {
-                                    peer: key_of_peer(&peer).unwrap_or(job.job),
-                                    token,
-                                };
-                                let _ = record.start(shoal_overlay::Instant::from_micros(at), by);
-                            }
-                            drop(record);
-                            records.send_modify(|n| *n += 1);
-                        }
+                        job.heard(&event, key_of_peer(&peer).unwrap_or(job.job), &records);
                         if matches!(event, Event::Ended { .. }) {
                             return Ok(());
                         }
@@ -842,21 +919,8 @@ async fn mirror_here(
         seen.mark_unchanged();
         let mut ended = false;
         for event in hosted.log.events_from(job.log.len(), 1 << 20) {
-            if let Event::Started { at } = event
-                && job.log.progress().0.is_none()
-            {
-                *lock(&job.position) = None;
-                if let Some((_, token)) = *lock(&job.placed) {
-                    let by = Placed {
-                        peer: client.key(),
-                        token,
-                    };
-                    let _ = lock(&job.record).start(shoal_overlay::Instant::from_micros(at), by);
-                }
-                records.send_modify(|n| *n += 1);
-            }
             ended |= matches!(event, Event::Ended { .. });
-            job.log.apply(&event);
+            job.heard(&event, client.key(), records);
         }
         if ended {
             return Ok(());

@@ -58,6 +58,11 @@ pub enum PlaceError {
     NoAnswer,
 }
 
+/// Holders of a job's inputs probed, at most (a blob's home keeps 3
+/// copies, plus its sharer's): all of them, whatever `d`, since running
+/// beside the data is worth a few more probes.
+pub const HOLDER_PROBES: usize = 4;
+
 /// How much a peer that holds the job's inputs is preferred, in queue
 /// places: it wins over a peer whose queue is at most this much shorter.
 pub const INPUT_BONUS: u32 = 2;
@@ -75,6 +80,7 @@ enum Stage {
 pub struct Placement {
     needs: Needs,
     d: usize,
+    holder_probes: usize,
     input_bonus: u32,
     probe_timeout: Duration,
     rng: Rng,
@@ -96,6 +102,7 @@ impl Placement {
         Placement {
             needs,
             d: d.max(1),
+            holder_probes: HOLDER_PROBES,
             input_bonus: INPUT_BONUS,
             probe_timeout,
             rng: Rng::seed_from_u64(seed),
@@ -115,9 +122,16 @@ impl Placement {
         self
     }
 
-    /// The candidates found: probes up to `d` that fit, holders of the
-    /// inputs first (plus one other, whom a busy holder loses to), the
-    /// rest drawn at random.
+    /// How many holders of the inputs are probed at most ([`HOLDER_PROBES`]
+    /// unless set; `d` if that is more).
+    pub fn with_holder_probes(mut self, holders: usize) -> Self {
+        self.holder_probes = holders;
+        self
+    }
+
+    /// The candidates found: probes the holders of the inputs that fit (up
+    /// to [`HOLDER_PROBES`]) plus one other, whom busy holders lose to —
+    /// or, without holders, `d` drawn at random.
     pub fn handle_candidates(&mut self, now: Instant, candidates: Vec<Candidate>) {
         if self.stage != Stage::WaitingForCandidates {
             return;
@@ -130,15 +144,15 @@ impl Placement {
         }
         let (mut holders, mut others): (Vec<Candidate>, Vec<Candidate>) =
             fitting.into_iter().partition(|c| c.holds_inputs);
-        // Up to `d` holders of the inputs, then others up to `d` — and at
-        // least one other beside holders, so that busy holders can be
-        // passed over for a free slot elsewhere.
+        // The holders of the inputs, then others up to `d` — and at least
+        // one other beside holders, so that busy holders can be passed over
+        // for a free slot elsewhere.
         let mut chosen = Vec::new();
-        while chosen.len() < self.d && !holders.is_empty() {
+        while chosen.len() < self.d.max(self.holder_probes) && !holders.is_empty() {
             let i = self.rng.index(holders.len());
             chosen.push(holders.swap_remove(i));
         }
-        let others_wanted = (self.d - chosen.len()).max(usize::from(!chosen.is_empty()));
+        let others_wanted = self.d.saturating_sub(chosen.len()).max(usize::from(!chosen.is_empty()));
         for _ in 0..others_wanted {
             if others.is_empty() {
                 break;
@@ -351,20 +365,24 @@ mod tests {
     }
 
     #[test]
-    fn beside_d_holders_one_other_is_probed_and_wins_when_the_holders_are_busy() {
+    fn every_holder_and_one_other_are_probed_and_the_other_wins_when_the_holders_are_busy() {
         let mut p = placement(2);
         let mut all: Vec<Candidate> = (1..=3).map(|n| candidate(n, true)).collect();
         all.extend((10..=20).map(|n| candidate(n, false)));
         p.handle_candidates(t(0), all);
         let asked = probed(&mut p);
-        assert_eq!(asked.len(), 3);
+        assert_eq!(asked.len(), 4);
         let holders: Vec<Key> = asked
             .iter()
             .copied()
             .filter(|k| [peer(1), peer(2), peer(3)].contains(k))
             .collect();
-        assert_eq!(holders.len(), 2, "d holders");
+        assert_eq!(holders.len(), 3, "every holder");
         let other = asked.iter().copied().find(|k| !holders.contains(k)).unwrap();
+        // At most HOLDER_PROBES holders.
+        let mut many = placement(2);
+        many.handle_candidates(t(0), (1..=10).map(|n| candidate(n, true)).collect());
+        assert_eq!(probed(&mut many).len(), HOLDER_PROBES);
         for h in &holders {
             p.handle_probe(t(1), *h, Some(Load { free: 0, queued: 4 }));
         }

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use super::{LogBudget, Outcome, Run, RunError, Sink, Stream, tree_bytes};
 
-/// How often a running command is checked (exit, deadline, cancel, `/out`).
-const POLL: Duration = Duration::from_millis(5);
+/// How often a running command's limits are checked (deadline, cancel,
+/// output; `/out` every tenth time). Its exit is seen at once.
+const POLL: Duration = Duration::from_millis(10);
 
 /// Processes a native job may have, when the peer is not run by root.
 pub const MAX_PROCESSES: u64 = 256;
@@ -100,13 +101,28 @@ impl NativeRunner {
                 .ok()
         })
         .collect();
+        // A thread waits for the exit, so that it is seen at once; this one
+        // checks the limits every POLL meanwhile.
+        let (exited, exit) = std::sync::mpsc::channel();
+        let waiter = std::thread::Builder::new()
+            .name("shoal-native-wait".into())
+            .spawn(move || {
+                let _ = exited.send(child.wait());
+            });
+        if let Err(e) = waiter {
+            kill_group(group);
+            return Outcome::failed(RunError::Spawn(e.to_string()));
+        }
         let started = Instant::now();
         let mut ticks = 0u32;
         let outcome = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break exit_outcome(status),
-                Ok(None) => {}
-                Err(e) => break Outcome::failed(RunError::Io(e.to_string())),
+            match exit.recv_timeout(POLL) {
+                Ok(Ok(status)) => break exit_outcome(status),
+                Ok(Err(e)) => break Outcome::failed(RunError::Io(e.to_string())),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    break Outcome::failed(RunError::Io("lost the command's exit status".into()));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             }
             ticks = ticks.wrapping_add(1);
             let why = if cancel.is_cancelled() {
@@ -115,17 +131,16 @@ impl NativeRunner {
                 Some(RunError::Timeout(limits.timeout))
             } else if budget.is_over() {
                 Some(RunError::LogOverCap { cap: limits.log_bytes })
-            } else if ticks.is_multiple_of(20) && tree_bytes(&dir.outputs(), limits.out_bytes) > limits.out_bytes {
+            } else if ticks.is_multiple_of(10) && tree_bytes(&dir.outputs(), limits.out_bytes) > limits.out_bytes {
                 Some(RunError::OutputOverCap { cap: limits.out_bytes })
             } else {
                 None
             };
             if let Some(why) = why {
                 kill_group(group);
-                let _ = child.wait();
+                let _ = exit.recv();
                 break Outcome::failed(why);
             }
-            std::thread::sleep(POLL);
         };
         // Whatever the command left behind in its group goes with it.
         kill_group(group);

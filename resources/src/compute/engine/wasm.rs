@@ -140,9 +140,10 @@ impl WasmEngine {
     }
 
     /// Checks that `bytes` are a WASI command module this engine can run,
-    /// without running it.
+    /// without running it (and keeps it compiled: a module checked once is
+    /// not compiled again, here or for a run).
     pub fn check(&self, bytes: &[u8]) -> Result<(), RunError> {
-        self.compile(bytes).map(|_| ())
+        self.prepare(Key::of_content(bytes), bytes).map(|_| ())
     }
 
     fn compile(&self, bytes: &[u8]) -> Result<InstancePre<Ctx>, RunError> {
