@@ -10,7 +10,7 @@ int main(int argc, char **argv) {
     FILE *in = fopen(path, "rb");
     if (!in) { perror(path); return 2; }
     unsigned long long bytes = 0, lines = 0;
-    char buf[65536];
+    static char buf[65536]; // static: the default wasm stack is only 64 KiB
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, in)) > 0) {
         bytes += n;

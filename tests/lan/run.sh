@@ -3,7 +3,8 @@
 # `shoal up` with mDNS on and no bootstrap address. Checks that mDNS alone
 # forms the overlay and a record crosses hosts; then kills one host (kill -9),
 # cuts another off (link down), heals it, and checks the overlay recovers;
-# then a file crosses hosts. Records get keys whose homes (their closest
+# then a file crosses hosts, and a job runs beside its input on another
+# host. Records get keys whose homes (their closest
 # hosts) the kill and the cut hit, so that each check can fail.
 #
 # Usage: sudo tests/lan/run.sh [PATH_TO_SHOAL_BINARY]   (default target/debug/shoal)
@@ -227,6 +228,7 @@ r = json.load(open(sys.argv[1]))
 sys.exit(0 if r["exit_code"] == 0 and r["peer"] == sys.argv[2] and r["output"] else 1)' "$WORK/job.json" "$(peer_of 4)"
   }
   check "a job submitted on host 1 runs on host 4, beside its input" wait_for 30 job_runs_beside_its_input
+  grep -q '"exit_code":0' "$WORK/job.json" 2>/dev/null || say "# the job: $(cat "$WORK/job.json" "$WORK/job.err" 2>/dev/null | head -5)"
   OUT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["output"])' "$WORK/job.json" 2>/dev/null || echo none)
   check "its /out is fetched on host 2 by id" sh -c "ip netns exec $PREFIX-h2 $SHOAL get $OUT -o $WORK/job-out --data-dir $WORK/h2 >/dev/null && grep -qx '288894 bytes 50000 lines' $WORK/job-out/count.txt"
 else
