@@ -19,7 +19,7 @@ use common::{PATIENCE, swarm_with, until};
 use shoal::node::jobs::{ComputeConfig, JobView, Submit, SubmitError};
 use shoal::node::{Client, NodeConfig};
 use shoal::overlay::Key;
-use shoal::resources::compute::{JobKind, JobSpec};
+use shoal::resources::compute::{JobKind, JobRecord, JobSpec, JobState};
 use shoal::resources::store::Import;
 
 /// A WASI command module whose `_start` is `body`, with one page of
@@ -185,6 +185,25 @@ async fn a_job_runs_on_another_peer_and_its_output_is_fetched_by_id() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(dir.join("r.txt")).unwrap(), b"result");
+
+    // The home keeps the record as it ended: the submitter itself cannot
+    // take it back to an earlier state.
+    let home_record = || async {
+        let held = peers[0].get_value(job).await.unwrap()?;
+        JobRecord::decode(&held.value)
+    };
+    until("the home holds the ended record", || async {
+        home_record()
+            .await
+            .is_some_and(|r| matches!(r.state, JobState::Ended { exit_code: 0, .. }))
+    })
+    .await;
+    let ended_record = home_record().await.unwrap();
+    let mut rewound = ended_record.clone();
+    rewound.state = JobState::Queued;
+    let stored = peers[0].put_value(job, rewound.encode()).await.unwrap_or(0);
+    assert_eq!(stored, 0, "no home member takes the rewound record");
+    assert_eq!(home_record().await.unwrap(), ended_record);
 
     // The third peer (neither submitter nor executor) reads the record at
     // the job's home.

@@ -145,6 +145,9 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         .clone()
         .unwrap_or_else(|| Config::new(identity::verifier()));
     overlay_config.verifier = identity::verifier();
+    // A job's record at its home ends once and never goes back to an older
+    // placement token.
+    overlay_config.successor = Some(shoal_overlay::Successor(shoal_resources::compute::job::successor));
     let replication = overlay_config.replication;
     let local = PeerInfo::new(
         key,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::Mode;
-use crate::record::{StoreLimits, Verifier};
+use crate::record::{StoreLimits, Successor, Verifier};
 
 /// Bucket size and the number of peers a lookup must hear from: k = 20.
 pub const K: usize = 20;
@@ -71,6 +71,9 @@ pub struct Config {
     pub mode: Mode,
     /// Checks record signatures.
     pub verifier: Verifier,
+    /// Which new versions of a value record may replace the one held
+    /// (none: any newer one from its publisher).
+    pub successor: Option<Successor>,
 }
 
 impl Config {
@@ -98,6 +101,7 @@ impl Config {
             max_queries: 256,
             mode: Mode::Server,
             verifier,
+            successor: None,
         }
     }
 

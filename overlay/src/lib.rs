@@ -84,7 +84,7 @@ pub use peer::{Addr, Mode, PeerInfo};
 pub use query::{CommandError, Event, QueryId, QueryStats, RequestId};
 pub use record::{
     MAX_CREDENTIAL_BYTES, MAX_VALUE_BYTES, ProviderRecord, PutOutcome, RecordError, RecordStore, Signer, StoreLimits,
-    ValueRecord, Verifier,
+    Successor, ValueRecord, Verifier,
 };
 pub use rng::Rng;
 pub use routing::{Failed, Observed, RoutingTable, STALE_PROBES};

@@ -267,6 +267,25 @@ impl Executor {
         }
     }
 
+    fn renew_many(&self, leases: &[(Key, u64)]) -> Answer {
+        let now = now();
+        let mut state = self.lock();
+        let refused = leases
+            .iter()
+            .filter_map(|(job, token)| {
+                state
+                    .leases
+                    .renew(now, job, *token)
+                    .err()
+                    .map(|e| (*job, e.to_string()))
+            })
+            .collect();
+        Answer::RenewedMany {
+            term_ms: self.config.lease_term.as_millis() as u64,
+            refused,
+        }
+    }
+
     /// Stops `job` held with `token`: a queued job leaves the queue and
     /// ends; a running one is cancelled and ends when it stops.
     fn cancel(self: &Arc<Self>, job: &Key, token: u64, why: &str) -> Answer {
@@ -607,6 +626,10 @@ pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, re
             }
         }
         Request::Renew { job, token } => executor.renew(&job, token),
+        Request::RenewMany(leases) if leases.len() <= super::renew::PER_REQUEST => executor.renew_many(&leases),
+        Request::RenewMany(_) => {
+            Answer::Refused(format!("more than {} leases in one renewal", super::renew::PER_REQUEST))
+        }
         Request::Cancel { job, token } => executor.cancel(&job, token, "cancelled by its submitter"),
         Request::Watch { .. } => Answer::Refused("a watch is a stream of its own".into()),
     }

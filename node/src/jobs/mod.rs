@@ -25,6 +25,7 @@ pub mod executor;
 pub mod log;
 pub mod output;
 pub mod protocol;
+mod renew;
 pub mod submit;
 
 use std::collections::BTreeMap;
@@ -97,6 +98,8 @@ pub(crate) struct Compute {
     /// Watches of jobs open to each executor: a queue of thousands waits
     /// for its turn here instead of holding a stream each.
     pub(crate) watching: Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
+    /// The leases held on each executor, renewed in batches.
+    pub(crate) renewers: Mutex<std::collections::HashMap<PeerId, Arc<renew::Renewer>>>,
 }
 
 impl std::fmt::Debug for Compute {
@@ -126,6 +129,7 @@ impl Compute {
             offers: Mutex::default(),
             shared: Mutex::default(),
             watching: Mutex::default(),
+            renewers: Mutex::default(),
         })
     }
 }

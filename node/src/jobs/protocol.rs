@@ -19,9 +19,9 @@ pub const JOBS_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/jobs/1");
 
 /// Largest request frame accepted (a job's spec: its arguments,
 /// environment and inputs).
-pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 128 * 1024;
 /// Largest answer or event frame accepted.
-pub(crate) const MAX_ANSWER_BYTES: usize = 2 * OUTPUT_CHUNK + 4096;
+pub(crate) const MAX_ANSWER_BYTES: usize = 2 * OUTPUT_CHUNK + 64 * 1024;
 /// Output bytes per [`Event::Output`], at most.
 pub(crate) const OUTPUT_CHUNK: usize = 64 * 1024;
 
@@ -64,6 +64,8 @@ pub(crate) enum Request {
     },
     /// Renew my lease on `job`.
     Renew { job: Key, token: u64 },
+    /// Renew my leases on these jobs (each with its token).
+    RenewMany(Vec<(Key, u64)>),
     /// Stop `job` (queued or running) and release its lease.
     Cancel { job: Key, token: u64 },
     /// Send me `job`'s output from byte `from` on, then how it ended.
@@ -86,6 +88,8 @@ pub(crate) enum Answer {
     Accepted { token: u64, term_ms: u64, position: u32 },
     /// The lease runs another term.
     Renewed { term_ms: u64 },
+    /// The leases run another term, except those refused (and why).
+    RenewedMany { term_ms: u64, refused: Vec<(Key, String)> },
     /// The job was stopped.
     Cancelled,
     /// Refused, and why.

@@ -42,6 +42,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 const OFFER_TTL: Duration = Duration::from_secs(10);
 /// Candidates whose offers are read per placement, at most.
 const MAX_CANDIDATES: usize = 20;
+/// Placements nobody answered tried again, at most.
+const PLACE_ATTEMPTS: u32 = 3;
 /// Jobs whose output is watched at once on one executor, at most.
 pub const WATCHES_PER_EXECUTOR: usize = 64;
 /// Files remembered as shared, at most.
@@ -354,10 +356,21 @@ impl<'a> Jobs<'a> {
             memory: spec.memory,
             labels: spec.labels.clone(),
         };
-        let placed = self.place(&needs, &spec, job, nonce).await;
-        let (peer, token, term, position) = match placed {
-            Ok(placed) => placed,
-            Err(e) => return Err(e),
+        // A placement nobody answered (peers busy, a stream refused) is
+        // tried again, afresh, a few times before it fails.
+        let mut attempt = 0u32;
+        let (peer, token, term, position) = loop {
+            match self.place(&needs, &spec, job, nonce).await {
+                Ok(placed) => break placed,
+                Err(SubmitError::Place {
+                    error: PlaceError::NoAnswer,
+                    ..
+                }) if attempt < PLACE_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
         };
         {
             let mut record = lock(&submitted.record);
@@ -775,30 +788,19 @@ async fn supervise(node: crate::client::WeakClient, job: Arc<Submitted>, peer: P
     let Some(client) = node.upgrade() else { return };
     let records = RecordWriter::start(client.downgrade(), job.clone());
     records.changed();
-    let renew_every = term / 3;
-    let mut last_renewed = tokio::time::Instant::now();
-    let renew_every = renew_every.max(Duration::from_millis(10));
-    let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
-    renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let renewer = lock(&client.compute.renewers).entry(peer).or_default().clone();
+    let mut lost = renewer.hold(client.downgrade(), peer, term, job.job, token);
     let mut watch = Box::pin(mirror(client.clone(), job.clone(), peer, records.wake.clone()));
     let failed = loop {
         tokio::select! {
             ended = &mut watch => break ended.err(),
-            _ = renewals.tick() => {
-                match ask(&client, peer, &Request::Renew { job: job.job, token }, ASK_TIMEOUT).await {
-                    Ok(Answer::Renewed { .. }) => last_renewed = tokio::time::Instant::now(),
-                    Ok(Answer::Refused(why)) => {
-                        // A job that just ended released its lease: its end
-                        // is on its way to the mirror.
-                        match tokio::time::timeout(term, &mut watch).await {
-                            Ok(ended) => break ended.err(),
-                            Err(_) => break Some(format!("the executor dropped the job's lease: {why}")),
-                        }
-                    }
-                    _ if last_renewed.elapsed() > term => {
-                        break Some(format!("the executor {peer} was unreachable for a whole lease term ({term:?}); it has stopped the job"));
-                    }
-                    _ => {}
+            why = &mut lost => {
+                let why = why.unwrap_or_else(|_| "the lease was dropped".into());
+                // A job that just ended released its lease: its end is on
+                // its way to the mirror.
+                match tokio::time::timeout(term, &mut watch).await {
+                    Ok(ended) => break ended.err(),
+                    Err(_) => break Some(format!("the job's lease was lost: {why}")),
                 }
             }
             () = job.cancel.notified() => {
@@ -809,11 +811,13 @@ async fn supervise(node: crate::client::WeakClient, job: Arc<Submitted>, peer: P
                 job.log.end(super::log::Ended { exit_code: 130, error: Some("cancelled".into()), output: None, at: micros(now()) });
                 records.changed();
                 drop(watch);
+                renewer.drop_lease(&job.job);
                 records.finish().await;
                 return;
             }
         }
     };
+    renewer.drop_lease(&job.job);
     let (started, ended) = job.log.progress();
     {
         let mut record = lock(&job.record);

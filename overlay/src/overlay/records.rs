@@ -252,6 +252,19 @@ impl<A: Addr> Overlay<A> {
         self.config.max_value_lifetime.max(self.config.record_ttl) + self.config.clock_skew_tolerance
     }
 
+    /// A newer version of a value held here passes its resource's rule
+    /// ([`Config::successor`](crate::Config)).
+    fn check_successor(&self, now: Instant, record: &ValueRecord) -> Result<(), RecordError> {
+        if let (Some(rule), Some(held)) = (self.config.successor, self.store.value(&record.key, now))
+            && held.publisher == record.publisher
+            && held.seq < record.seq
+            && !(rule.0)(&held.value, &record.value)
+        {
+            return Err(RecordError::Refused { key: record.key });
+        }
+        Ok(())
+    }
+
     pub(super) fn accept(&mut self, now: Instant, record: AnyRecord<A>) -> Result<PutOutcome, RecordError> {
         let (verifier, max_life) = (self.config.verifier, self.max_lifetime());
         let next = now + self.config.replicate_interval;
@@ -266,6 +279,7 @@ impl<A: Addr> Overlay<A> {
         match record {
             AnyRecord::Value(r) => {
                 r.verify(verifier, now, self.max_value_lifetime())?;
+                self.check_successor(now, &r)?;
                 self.store.put_value(r, now, next)
             }
             AnyRecord::Provider(r) => {

@@ -56,6 +56,20 @@ impl Debug for Verifier {
     }
 }
 
+/// A resource's rule for the versions of its value records: whether `new`
+/// may replace `held` (same publisher, a higher sequence number). A home
+/// member refuses a version the rule rejects — a job's record, for one,
+/// ends once and changes only through its current placement. A plain
+/// function pointer, as [`Verifier`] is.
+#[derive(Clone, Copy)]
+pub struct Successor(pub fn(held: &[u8], new: &[u8]) -> bool);
+
+impl Debug for Successor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Successor(..)")
+    }
+}
+
 /// A small versioned value at a key, signed by its publisher.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ValueRecord {
@@ -168,6 +182,13 @@ pub enum RecordError {
     /// Another publisher holds this key until its record expires.
     #[error("key {key} is held by another publisher")]
     Conflict {
+        /// The record's key.
+        key: Key,
+    },
+    /// The value may not follow the version held (the rule of its
+    /// resource, [`Successor`], says no).
+    #[error("the home refuses this version of {key}: it may not follow the one held")]
+    Refused {
         /// The record's key.
         key: Key,
     },

@@ -244,6 +244,33 @@ impl JobRecord {
     }
 }
 
+/// The home's rule for a job's record ([`shoal_overlay::Successor`]):
+/// whether the version `new` may replace `held`. A record that ended stays
+/// as it ended (a result is committed once); a placement on an executor
+/// never goes back to an older token of that executor; the submitter does
+/// not change. Values that are not job records are not this rule's
+/// business.
+pub fn successor(held: &[u8], new: &[u8]) -> bool {
+    let Some(held) = JobRecord::decode(held) else {
+        return true;
+    };
+    let Some(new) = JobRecord::decode(new) else {
+        return false;
+    };
+    if matches!(held.state, JobState::Ended { .. } | JobState::Cancelled) {
+        return new.state == held.state;
+    }
+    let placed = |state: &JobState| match *state {
+        JobState::Placed(p) | JobState::Running(p) | JobState::Ended { by: p, .. } => Some(p),
+        _ => None,
+    };
+    let stale = matches!(
+        (placed(&held.state), placed(&new.state)),
+        (Some(old), Some(next)) if old.peer == next.peer && next.token < old.token
+    );
+    !stale && new.submitter == held.submitter
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +310,53 @@ mod tests {
         let mut reordered = spec();
         reordered.env = [("A".to_string(), "1".to_string()), ("B".to_string(), "2".to_string())].into();
         assert_eq!(k, reordered.key(&key(9), 1));
+    }
+
+    #[test]
+    fn the_home_keeps_an_ended_record_and_refuses_an_older_token() {
+        let queued = JobRecord::new(key(9), t(0));
+        let mut placed = queued.clone();
+        placed.place(t(1), Placed { peer: key(1), token: 7 }).unwrap();
+        let mut ended = placed.clone();
+        ended.start(t(2), Placed { peer: key(1), token: 7 }).unwrap();
+        ended
+            .end(t(3), Placed { peer: key(1), token: 7 }, 0, Some(key(5)))
+            .unwrap();
+        assert!(successor(&queued.encode(), &placed.encode()));
+        assert!(successor(&placed.encode(), &ended.encode()));
+        assert!(successor(&queued.encode(), &ended.encode()), "writes may coalesce");
+        assert!(successor(&ended.encode(), &ended.encode()));
+        assert!(
+            !successor(&ended.encode(), &placed.encode()),
+            "a result is committed once"
+        );
+        let mut other_end = ended.clone();
+        other_end.state = JobState::Ended {
+            by: Placed { peer: key(1), token: 7 },
+            exit_code: 1,
+            output: None,
+        };
+        assert!(!successor(&ended.encode(), &other_end.encode()));
+        let mut cancelled = placed.clone();
+        cancelled.cancel(t(4)).unwrap();
+        assert!(!successor(&cancelled.encode(), &ended.encode()));
+        let mut older = queued.clone();
+        older.place(t(1), Placed { peer: key(1), token: 6 }).unwrap();
+        assert!(
+            !successor(&placed.encode(), &older.encode()),
+            "an older token of the same executor"
+        );
+        let mut elsewhere = queued.clone();
+        elsewhere.place(t(1), Placed { peer: key(2), token: 1 }).unwrap();
+        assert!(
+            successor(&placed.encode(), &elsewhere.encode()),
+            "another executor's own count"
+        );
+        let mut stolen = placed.clone();
+        stolen.submitter = key(8);
+        assert!(!successor(&placed.encode(), &stolen.encode()));
+        assert!(successor(b"not a job", b"anything"));
+        assert!(!successor(&placed.encode(), b"not a job"));
     }
 
     #[test]
