@@ -85,13 +85,13 @@ async fn spec_of(state: &AppState, body: RunRequest) -> Result<JobSpec, ApiError
                     .check_module(&bytes)
                     .map_err(|e| bad(format!("{module}: {e}")))?;
             }
-            Some(blob_of(&state, module, "module").await?)
+            Some(blob_of(state, module, "module").await?)
         }
     };
     let mut inputs = Vec::new();
     for (what, name) in &body.inputs {
         check_input_name(name).map_err(bad)?;
-        inputs.push((blob_of(&state, what, "input").await?, name.clone()));
+        inputs.push((blob_of(state, what, "input").await?, name.clone()));
     }
     Ok(JobSpec {
         kind: Some(if body.native { JobKind::Native } else { JobKind::Wasm }),

@@ -791,30 +791,28 @@ async fn supervise(node: crate::client::WeakClient, job: Arc<Submitted>, peer: P
     let renewer = lock(&client.compute.renewers).entry(peer).or_default().clone();
     let mut lost = renewer.hold(client.downgrade(), peer, term, job.job, token);
     let mut watch = Box::pin(mirror(client.clone(), job.clone(), peer, records.wake.clone()));
-    let failed = loop {
-        tokio::select! {
-            ended = &mut watch => break ended.err(),
-            why = &mut lost => {
-                let why = why.unwrap_or_else(|_| "the lease was dropped".into());
-                // A job that just ended released its lease: its end is on
-                // its way to the mirror.
-                match tokio::time::timeout(term, &mut watch).await {
-                    Ok(ended) => break ended.err(),
-                    Err(_) => break Some(format!("the job's lease was lost: {why}")),
-                }
+    let failed = tokio::select! {
+        ended = &mut watch => ended.err(),
+        why = &mut lost => {
+            let why = why.unwrap_or_else(|_| "the lease was dropped".into());
+            // A job that just ended released its lease: its end is on
+            // its way to the mirror.
+            match tokio::time::timeout(term, &mut watch).await {
+                Ok(ended) => ended.err(),
+                Err(_) => Some(format!("the job's lease was lost: {why}")),
             }
-            () = job.cancel.notified() => {
-                let _ = ask(&client, peer, &Request::Cancel { job: job.job, token }, ASK_TIMEOUT).await;
-                {
-                    let _ = lock(&job.record).cancel(now());
-                }
-                job.log.end(super::log::Ended { exit_code: 130, error: Some("cancelled".into()), output: None, at: micros(now()) });
-                records.changed();
-                drop(watch);
-                renewer.drop_lease(&job.job);
-                records.finish().await;
-                return;
+        }
+        () = job.cancel.notified() => {
+            let _ = ask(&client, peer, &Request::Cancel { job: job.job, token }, ASK_TIMEOUT).await;
+            {
+                let _ = lock(&job.record).cancel(now());
             }
+            job.log.end(super::log::Ended { exit_code: 130, error: Some("cancelled".into()), output: None, at: micros(now()) });
+            records.changed();
+            drop(watch);
+            renewer.drop_lease(&job.job);
+            records.finish().await;
+            return;
         }
     };
     renewer.drop_lease(&job.job);
