@@ -28,8 +28,10 @@
 //! - [`pin`]: pin records and [`pin::PinDuties`], the home duty of pinned
 //!   blobs (fetch, keep, release, decline, look up), driven by the node and
 //!   by the simulator.
-//! - [`compute`]: compute slots, in progress — slot offers, placement by
-//!   power-of-d choices, fenced slot leases, the executor's fair queue.
+//! - [`compute`]: compute slots — slot offers, placement by power-of-d
+//!   choices, fenced slot leases, the executor's fair queue, job records
+//!   and the home's rule for them; the engine (feature `compute-engine`)
+//!   runs WebAssembly in wasmtime and native commands under rlimits.
 //! - [`store`] (feature `store`, on by default): the on-disk blob store
 //!   with bao outboards, serving and receiving verified ranges.
 

@@ -79,7 +79,8 @@ shoal, work, prefix, jobs, secs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys
 cores = os.cpu_count()
 env = dict(os.environ, SHOAL_TIMEOUT="3600")
 def cli(*args):
-    return subprocess.run(["ip", "netns", "exec", f"{prefix}-h1", shoal, *args, "--data-dir", f"{work}/h1"],
+    # The data directory before the job's own arguments (after `--`).
+    return subprocess.run(["ip", "netns", "exec", f"{prefix}-h1", shoal, args[0], "--data-dir", f"{work}/h1", *args[1:]],
                           capture_output=True, text=True, env=env, check=True).stdout
 
 def one(argv):
