@@ -12,10 +12,50 @@ const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 #[path = "cli/jobs.rs"]
 mod jobs;
 
-fn dir(name: &str) -> PathBuf {
+/// A test's data directory: empty at first, and removed with everything
+/// beside it that shares its name (its log, its files) when the test ends,
+/// pass or fail.
+struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TestDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let (Some(parent), Some(name)) = (self.0.parent(), self.0.file_name()) else {
+            return;
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let path = entry.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+    }
+}
+
+fn dir(name: &str) -> TestDir {
     let dir = std::env::temp_dir().join(format!("shoal-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    dir
+    TestDir(dir)
 }
 
 fn shoal(data_dir: &Path, args: &[&str]) -> Output {
@@ -763,9 +803,9 @@ fn sigterm_stops_a_peer_after_it_handed_its_pinned_copies_on() {
     };
     let [first, second] = others;
     let (mut leaving, heir, kept_on, heir_on) = if keeper == 0 {
-        (first, second, b.clone(), c.clone())
+        (first, second, b.to_path_buf(), c.to_path_buf())
     } else {
-        (second, first, c.clone(), b.clone())
+        (second, first, c.to_path_buf(), b.to_path_buf())
     };
     let source = a.join("source.bin");
     std::fs::write(&source, &bytes).unwrap();
