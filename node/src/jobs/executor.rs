@@ -27,8 +27,9 @@ use super::{ComputeConfig, micros};
 use crate::addr::key_of_peer;
 use crate::client::{Client, WeakClient, now};
 
-/// Jobs waiting for a slot here, at most.
-pub const MAX_QUEUED: usize = 100_000;
+/// Jobs waiting for a slot here, at most (each keeps its spec, at most
+/// 16 KiB: 320 MiB at worst).
+pub const MAX_QUEUED: usize = 20_000;
 /// Ended jobs whose logs are kept for watchers, at most.
 pub const KEPT_ENDED: usize = 256;
 /// Bytes of output the ended jobs kept may hold together, at most.

@@ -10,6 +10,11 @@ use tokio::sync::watch;
 
 use super::protocol::{Event, OUTPUT_CHUNK};
 
+/// Output a mirror keeps of one job, at most: an executor's own cap on a
+/// job's output is 64 MiB by default, and one that sends more than this
+/// is not believed past it.
+pub const MAX_MIRRORED_BYTES: u64 = 256 << 20;
+
 /// How a job ended, as its log records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ended {
@@ -78,11 +83,13 @@ impl JobLog {
     }
 
     /// Applies an event heard from the executor (a mirror's input); output
-    /// at an offset other than the log's end is skipped (a repeat).
+    /// at an offset other than the log's end is skipped (a repeat), and so
+    /// is output past [`MAX_MIRRORED_BYTES`].
     pub(crate) fn apply(&self, event: &Event) {
         match event {
             Event::Output { stream, offset, bytes } => {
-                if *offset == self.lock().len {
+                let len = self.lock().len;
+                if *offset == len && len + bytes.len() as u64 <= MAX_MIRRORED_BYTES {
                     self.write(*stream, bytes);
                 }
             }
@@ -204,6 +211,22 @@ mod tests {
         }
         assert_eq!(mirror.len(), 11, "the repeat was skipped");
         assert_eq!(mirror.progress().1.map(|e| e.exit_code), Some(2));
+    }
+
+    #[test]
+    fn a_mirror_keeps_no_more_than_its_cap_whatever_the_executor_sends() {
+        let mirror = JobLog::default();
+        let chunk = vec![0u8; OUTPUT_CHUNK];
+        let mut offset = 0u64;
+        while offset <= MAX_MIRRORED_BYTES {
+            mirror.apply(&Event::Output {
+                stream: Stream::Stdout,
+                offset,
+                bytes: chunk.clone(),
+            });
+            offset += chunk.len() as u64;
+        }
+        assert_eq!(mirror.len(), MAX_MIRRORED_BYTES);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub(crate) const OUTPUT_CHUNK: usize = 64 * 1024;
 pub const MAX_SPEC_ITEMS: usize = 256;
 /// Longest argument, variable, value or input name, bytes.
 pub const MAX_SPEC_STRING: usize = 4096;
+/// Largest spec, encoded: what an executor keeps for every job it queues.
+pub const MAX_SPEC_BYTES: usize = 16 * 1024;
 
 /// What a job needs of a slot, on the wire.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,6 +143,12 @@ pub(crate) fn check_spec(spec: &JobSpec) -> Result<(), String> {
     for (_, name) in &spec.inputs {
         check_input_name(name)?;
     }
+    let size = spec.canonical().len();
+    if size > MAX_SPEC_BYTES {
+        return Err(format!(
+            "the job's arguments, environment and inputs take {size} bytes, over the {MAX_SPEC_BYTES}-byte cap"
+        ));
+    }
     if spec.kind == Some(JobKind::Native) && spec.args.is_empty() {
         return Err("a native job names its command".into());
     }
@@ -156,4 +164,44 @@ pub(crate) fn check_input_name(name: &str) -> Result<(), String> {
         return Err(format!("input name {name:?} is not a plain file name"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wasm() -> JobSpec {
+        JobSpec {
+            kind: Some(JobKind::Wasm),
+            module: Some(Key::of_content(b"module")),
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn specs_past_their_bounds_are_refused_with_the_reason() {
+        assert_eq!(check_spec(&wasm()), Ok(()));
+        let mut big = wasm();
+        big.env = (0..20).map(|i| (format!("K{i}"), "v".repeat(1000))).collect();
+        assert!(check_spec(&big).unwrap_err().contains("16384-byte cap"));
+        let mut long = wasm();
+        long.args = vec!["x".repeat(MAX_SPEC_STRING + 1)];
+        assert!(check_spec(&long).unwrap_err().contains("over 4096 bytes"));
+        let mut many = wasm();
+        many.args = vec![String::new(); MAX_SPEC_ITEMS + 1];
+        assert!(check_spec(&many).unwrap_err().contains("more than 256"));
+        for name in ["", ".", "..", "a/b", "../x", "nul\0"] {
+            let mut input = wasm();
+            input.inputs = vec![(Key::of_content(b"in"), name.to_string())];
+            assert!(check_spec(&input).is_err(), "{name:?}");
+        }
+        let mut no_module = wasm();
+        no_module.module = None;
+        assert!(check_spec(&no_module).is_err());
+        let native = JobSpec {
+            kind: Some(JobKind::Native),
+            ..JobSpec::default()
+        };
+        assert!(check_spec(&native).unwrap_err().contains("names its command"));
+    }
 }
