@@ -48,6 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pin", pin),
     ("slot_offer", slot_offer),
     ("job_record", job_record),
+    ("jobs_message", jobs_message),
     ("saved_records", saved_records),
     ("known_peers", known_peers),
     ("settings", settings),
@@ -190,6 +191,32 @@ pub fn job_record(data: &[u8]) {
             "a stale placement ends nothing"
         );
         assert_eq!(changed, record, "a refused change leaves the record as it was");
+    }
+}
+
+/// A message of `/shoal/jobs/1` as a peer sends it (the body of a frame):
+/// read as a request (whose spec is checked as an executor checks a claim)
+/// and as an event (applied to a job's mirror, which stays within its cap);
+/// what decodes round-trips.
+pub fn jobs_message(data: &[u8]) {
+    use crate::jobs::log::{JobLog, MAX_MIRRORED_BYTES};
+    use crate::jobs::protocol::{Event, Request, check_spec};
+    if let Ok(request) = ciborium::from_reader::<Request, _>(data) {
+        if let Request::Claim { spec, .. } = &request {
+            let _ = check_spec(spec);
+        }
+        let again = codec::encode_cbor(&request).expect("a request encodes");
+        let back: Request = ciborium::from_reader(&again[4..]).expect("a request decodes again");
+        assert_eq!(format!("{back:?}"), format!("{request:?}"), "a request round-trips");
+    }
+    if let Ok(event) = ciborium::from_reader::<Event, _>(data) {
+        let mirror = JobLog::default();
+        mirror.apply(&event);
+        mirror.apply(&event);
+        assert!(mirror.len() <= MAX_MIRRORED_BYTES, "a mirror stays within its cap");
+        let again = codec::encode_cbor(&event).expect("an event encodes");
+        let back: Event = ciborium::from_reader(&again[4..]).expect("an event decodes again");
+        assert_eq!(format!("{back:?}"), format!("{event:?}"), "an event round-trips");
     }
 }
 

@@ -44,6 +44,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         .collect(),
         "slot_offer" => slot_offers(),
         "job_record" => job_records(),
+        "jobs_message" => jobs_messages(),
         "saved_records" => saved_files(),
         "known_peers" => vec![known_peers_text().into_bytes(), Vec::new()],
         "settings" => settings_texts().into_iter().map(|t| t.as_bytes().to_vec()).collect(),
@@ -326,6 +327,62 @@ fn blob_responses() -> Vec<Vec<u8>> {
         response(1, 0, &[], 0),
         response(0, 64, &[&[1; 10]], u32::MAX),
     ]
+}
+
+/// Messages of the jobs protocol as peers send them: each request, and each
+/// event.
+fn jobs_messages() -> Vec<Vec<u8>> {
+    use crate::jobs::protocol::{Event, Request, WireNeeds};
+    use shoal_resources::compute::engine::Stream;
+    use shoal_resources::compute::{JobKind, JobSpec};
+    let job = Key::of_content(b"a job");
+    let spec = JobSpec {
+        kind: Some(JobKind::Wasm),
+        module: Some(Key::of_content(b"a module")),
+        args: vec!["--n".into(), "3".into()],
+        env: [("K".to_string(), "V".to_string())].into(),
+        inputs: vec![(Key::of_content(b"an input"), "data".into())],
+        memory: 64 << 20,
+        timeout_ms: 30_000,
+        labels: Default::default(),
+    };
+    let requests = [
+        Request::Probe(WireNeeds {
+            kind: Some(JobKind::Native),
+            memory: 1 << 30,
+            labels: [("gpu".to_string(), "a100".to_string())].into(),
+        }),
+        Request::Claim { job, spec, nonce: 7 },
+        Request::Renew { job, token: 3 },
+        Request::RenewMany(vec![(job, 3), (Key::of_content(b"another"), 4)]),
+        Request::Cancel { job, token: 3 },
+        Request::Watch { job, from: 10 },
+    ];
+    let events = [
+        Event::Started { at: 1 },
+        Event::Output {
+            stream: Stream::Stdout,
+            offset: 0,
+            bytes: b"hello\n".to_vec(),
+        },
+        Event::Ended {
+            exit_code: 3,
+            error: Some("the job trapped".into()),
+            output: Some(Key::of_content(b"out")),
+            at: 2,
+        },
+        Event::Unknown,
+    ];
+    let body = |frame: Vec<u8>| frame[4..].to_vec();
+    requests
+        .iter()
+        .map(|r| body(crate::codec::encode_cbor(r).expect("a request encodes")))
+        .chain(
+            events
+                .iter()
+                .map(|e| body(crate::codec::encode_cbor(e).expect("an event encodes"))),
+        )
+        .collect()
 }
 
 /// Slot offers as a peer publishes them: a plain one and a labelled one.
