@@ -1,17 +1,20 @@
-//! Compute slots (in progress, issue 18): the sans-IO parts.
+//! Compute slots: the sans-IO parts, driven by the node
+//! (`shoal_node::jobs`) and the simulator (`shoal-simnet jobs`), and the
+//! engine that runs a job on this machine.
 //!
 //! - [`job`]: a job's spec, its key, and the fenced record its home keeps
-//!   (only the current placement changes it; a result is committed once).
-//! - [`offer`]: a peer's slot offer, a value record at each slot class it
-//!   belongs to (its kinds, its labels); what a job needs of a slot.
-//! - [`place`]: placing one job without a negotiator — probe `d`
-//!   candidates (input holders first), claim the best, queue where the
+//!   (only the current placement changes it; a result is committed once;
+//!   [`job::successor`] is the home's rule for its versions).
+//! - [`offer`]: a peer's slot offer (a value record at its offer key) and
+//!   the slot classes it is listed at (its kinds, its labels); what a job
+//!   needs of a slot.
+//! - [`place`]: placing one job without a negotiator — probe the holders
+//!   of its inputs and `d` candidates, claim the best, queue where the
 //!   queue is shortest when every slot is busy.
 //! - [`lease`]: fenced slot leases as an executor grants them, tokens that
 //!   survive a restart.
 //! - [`queue`]: an executor's jobs waiting for a slot, fair across
 //!   submitters.
-//!
 //! - `engine` (feature `compute-engine`): running a job on this machine —
 //!   WebAssembly in wasmtime's sandbox, native commands under rlimits.
 
