@@ -495,6 +495,7 @@ impl Executor {
                 limits,
                 sink: log.clone(),
                 cancel: &cancel,
+                clock: std::time::Instant::now,
             };
             match module {
                 Some((id, bytes)) => {

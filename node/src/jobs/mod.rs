@@ -151,8 +151,3 @@ impl Client {
 pub(crate) fn micros(at: Instant) -> u64 {
     at.as_micros()
 }
-
-/// A job id as users write it: the key in hex.
-pub fn parse_job_id(text: &str) -> Option<Key> {
-    text.parse().ok()
-}

@@ -140,7 +140,6 @@ pub(crate) struct Submitted {
     /// The executor and the lease token.
     pub(crate) placed: Mutex<Option<(PeerId, u64)>>,
     pub(crate) position: Mutex<Option<u32>>,
-    pub(crate) error: Mutex<Option<String>>,
     /// Tells the supervising task to cancel.
     pub(crate) cancel: tokio::sync::Notify,
 }
@@ -274,9 +273,6 @@ impl Submitted {
         let record = lock(&self.record).clone();
         let executor = lock(&self.placed).map(|(p, _)| p);
         let mut view = view_of(&self.job, &record, executor, true);
-        if view.error.is_none() {
-            view.error = lock(&self.error).clone();
-        }
         // The log hears the end before the record is written: it counts.
         let (started, ended) = self.log.progress();
         if let Some(ended) = ended.filter(|_| view.state != "ended" && view.state != "cancelled") {
@@ -348,7 +344,6 @@ impl<'a> Jobs<'a> {
             record: Mutex::new(JobRecord::new(client.key(), now())),
             placed: Mutex::new(None),
             position: Mutex::new(None),
-            error: Mutex::new(None),
             cancel: tokio::sync::Notify::new(),
         });
         let needs = Needs {
@@ -597,7 +592,7 @@ impl<'a> Jobs<'a> {
         }
         let executor = self.compute().executor.as_ref()?;
         let hosted = executor.job(job)?;
-        Some(hosted_view(executor, job, &hosted))
+        Some(hosted_view(self.client.peer_id(), executor, job, &hosted))
     }
 
     /// The jobs this peer submitted and the jobs it runs or queues, newest
@@ -619,7 +614,7 @@ impl<'a> Jobs<'a> {
         if let Some(executor) = &self.compute().executor {
             for (job, hosted) in executor.hosted() {
                 if !views.iter().any(|v| v.job_id == job.to_string()) {
-                    views.push(hosted_view(executor, &job, &hosted));
+                    views.push(hosted_view(self.client.peer_id(), executor, &job, &hosted));
                 }
             }
         }
@@ -635,7 +630,7 @@ impl<'a> Jobs<'a> {
     }
 
     /// Reads a job's output from its executor (found through its record):
-    /// events from `from` on, following it to its end if `follow`.
+    /// a watch stream of its events from output byte `from` on.
     pub(crate) async fn remote_events(self, job: Key, from: u64) -> Result<Option<(PeerId, Stream)>, crate::NodeError> {
         let Some(record) = self.client.get_value(job).await? else {
             return Ok(None);
@@ -758,7 +753,12 @@ fn slot_view(peer: PeerId, offer: &SlotOffer, free: u32, running: u32, queued: u
     }
 }
 
-fn hosted_view(executor: &super::executor::Executor, job: &Key, hosted: &super::executor::Hosted) -> JobView {
+fn hosted_view(
+    here: PeerId,
+    executor: &super::executor::Executor,
+    job: &Key,
+    hosted: &super::executor::Hosted,
+) -> JobView {
     let (started, ended) = hosted.log.progress();
     let state = match (&started, &ended) {
         (_, Some(_)) => "ended",
@@ -768,7 +768,7 @@ fn hosted_view(executor: &super::executor::Executor, job: &Key, hosted: &super::
     JobView {
         job_id: job.to_string(),
         state: state.into(),
-        peer: None,
+        peer: Some(here.to_string()),
         token: Some(hosted.token),
         exit_code: ended.as_ref().map(|e| e.exit_code),
         error: ended.as_ref().and_then(|e| e.error.clone()),

@@ -6,12 +6,13 @@
 //! read-only to a module) and `out/` (what it writes; capped), stream its
 //! stdout and stderr to a [`Sink`] as they are written (capped together),
 //! and stop it on its timeout or when its [`Cancel`] is set. Unlike the
-//! sans-IO machines beside it, the engine reads the clock and runs threads:
-//! it is the machine's own CPU.
+//! sans-IO machines beside it, the engine runs threads and processes: it is
+//! the machine's own CPU. Time still comes from the driver: each run is
+//! given a [`Clock`], which it reads for its deadline.
 
-// The engine runs jobs on this machine, by its clock (unlike the sans-IO
-// machines of this crate).
-#![allow(clippy::disallowed_methods)]
+/// The driver's clock, read by a run for its deadline (the node passes
+/// `std::time::Instant::now`).
+pub type Clock = fn() -> std::time::Instant;
 
 pub mod native;
 #[cfg(test)]
@@ -70,6 +71,8 @@ pub struct Run<'a> {
     pub sink: Arc<dyn Sink>,
     /// Stops it.
     pub cancel: &'a Cancel,
+    /// Tells the time, for its deadline.
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for Run<'_> {

@@ -17,7 +17,7 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{LogBudget, Outcome, Run, RunError, Sink, Stream, tree_bytes};
 
@@ -46,6 +46,7 @@ impl NativeRunner {
             limits,
             sink,
             cancel,
+            clock,
         } = run;
         if !found(command) {
             return Outcome::failed(RunError::Spawn(format!(
@@ -113,7 +114,7 @@ impl NativeRunner {
             kill_group(group);
             return Outcome::failed(RunError::Spawn(e.to_string()));
         }
-        let started = Instant::now();
+        let deadline = clock() + limits.timeout;
         let mut ticks = 0u32;
         let outcome = loop {
             match exit.recv_timeout(POLL) {
@@ -127,7 +128,7 @@ impl NativeRunner {
             ticks = ticks.wrapping_add(1);
             let why = if cancel.is_cancelled() {
                 Some(RunError::Cancelled)
-            } else if started.elapsed() >= limits.timeout {
+            } else if clock() >= deadline {
                 Some(RunError::Timeout(limits.timeout))
             } else if budget.is_over() {
                 Some(RunError::LogOverCap { cap: limits.log_bytes })

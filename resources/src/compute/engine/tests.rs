@@ -8,6 +8,12 @@ use shoal_overlay::Key;
 
 use super::*;
 
+/// The tests drive the engine as the node does: real processes, real time.
+#[allow(clippy::disallowed_methods)]
+fn wall_clock() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 #[derive(Default)]
 struct Collect(Mutex<Vec<(Stream, Vec<u8>)>>);
 
@@ -71,6 +77,7 @@ fn run(engine: &WasmEngine, bytes: &[u8], dir: &JobDir, limits: Limits, cancel: 
         limits,
         sink: sink.clone(),
         cancel,
+        clock: wall_clock,
     };
     let outcome = engine.run(id, bytes, run);
     (outcome, sink)
@@ -252,6 +259,7 @@ fn native<'a>(
         limits,
         sink: sink.clone(),
         cancel,
+        clock: wall_clock,
     }
 }
 

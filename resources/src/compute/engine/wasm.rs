@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::Clock;
+
 use shoal_overlay::Key;
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -172,6 +174,7 @@ impl WasmEngine {
             limits,
             sink,
             cancel,
+            clock,
         } = run;
         let pre = match self.prepare(id, bytes) {
             Ok(pre) => pre,
@@ -201,10 +204,11 @@ impl WasmEngine {
             },
         );
         store.limiter(|ctx| &mut ctx.limiter);
-        let started = Instant::now();
+        let started = clock();
         let stopped_by = Arc::new(Mutex::new(None::<RunError>));
         let watch = Watch {
             deadline: started + limits.timeout,
+            clock,
             timeout: limits.timeout,
             cancel: cancel.clone(),
             out: dir.outputs(),
@@ -248,6 +252,7 @@ fn over_out_cap(out: &Path, cap: u64) -> Option<RunError> {
 /// What the store checks at every tick.
 struct Watch {
     deadline: Instant,
+    clock: Clock,
     timeout: Duration,
     cancel: Cancel,
     out: std::path::PathBuf,
@@ -261,7 +266,7 @@ impl Watch {
         self.ticks = self.ticks.wrapping_add(1);
         let why = if self.cancel.is_cancelled() {
             Some(RunError::Cancelled)
-        } else if Instant::now() >= self.deadline {
+        } else if (self.clock)() >= self.deadline {
             Some(RunError::Timeout(self.timeout))
         } else if self.ticks.is_multiple_of(OUT_CHECK_TICKS) {
             over_out_cap(&self.out, self.out_cap)
