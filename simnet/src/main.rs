@@ -183,6 +183,11 @@ enum Scenario {
         /// candidate and still be chosen.
         #[arg(long, default_value_t = 2)]
         input_bonus: u32,
+        /// Inputs stay on their three first holders only. By default a
+        /// peer that fetched an input to run a job provides it from then on,
+        /// as a node does.
+        #[arg(long)]
+        no_input_cache: bool,
         /// Seed of the run.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -325,6 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             candidates,
             with_input,
             input_bonus,
+            no_input_cache,
             seed,
         } => {
             anyhow::ensure!(peers > 0 && slots > 0, "--peers and --slots must be positive");
@@ -348,6 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 with_input,
                 inputs: (peers / 10).max(1),
                 input_bonus,
+                cache_inputs: !no_input_cache,
                 seed,
             };
             let wall = std::time::Instant::now();

@@ -9,7 +9,9 @@
 //! it. Jobs arrive as a Poisson stream at `load` × capacity, with
 //! exponential service times. The slot index is modelled as a uniform
 //! sample of `candidates` offering peers (what one slot-class read would
-//! list), plus, for a job with an input, the input's three holders. The
+//! list), plus, for a job with an input, the input's holders: three at
+//! first, and every peer that fetched it to run a job, as a node's download
+//! announces it as a provider (caches are not evicted here). The
 //! overlay itself (the slot-class reads, the job records at their homes)
 //! is not simulated here yet.
 
@@ -45,6 +47,9 @@ pub struct JobsSpec {
     pub inputs: usize,
     /// Queue places a holder of the input may be behind and still win.
     pub input_bonus: u32,
+    /// Whether a peer that fetched an input to run a job provides it from
+    /// then on, as a node does (`false`: only the three first holders).
+    pub cache_inputs: bool,
     /// Seed of the run.
     pub seed: u64,
 }
@@ -145,7 +150,8 @@ struct Job {
     placement: Placement,
     started: Option<u64>,
     claimed: Option<u64>,
-    ran_on: Option<usize>,
+    /// Whether the peer that took it held its input when it was claimed.
+    local: bool,
 }
 
 /// A peer's or a job's key in this model: its index in the first 8 bytes
@@ -179,8 +185,13 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
         slot_memory: 1 << 30,
         labels: Default::default(),
     };
-    let holders: Vec<[usize; 3]> = (0..spec.inputs)
-        .map(|_| [0; 3].map(|_| arrivals.index(spec.peers)))
+    let mut holders: Vec<Vec<usize>> = (0..spec.inputs)
+        .map(|_| {
+            let mut first: Vec<usize> = (0..3).map(|_| arrivals.index(spec.peers)).collect();
+            first.sort_unstable();
+            first.dedup();
+            first
+        })
         .collect();
     let capacity_per_s = spec.peers as f64 * f64::from(spec.slots) / spec.mean_service.as_secs_f64();
     let gap_us = 1e6 / (capacity_per_s * spec.load);
@@ -212,7 +223,7 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
                 .with_input_bonus(spec.input_bonus),
             started: None,
             claimed: None,
-            ran_on: None,
+            local: false,
         });
         push(&mut queue, t as u64, Ev::Arrive(j));
     }
@@ -228,7 +239,7 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
             Ev::Arrive(j) => {
                 let job = &jobs[j];
                 let mut picks: Vec<usize> = (0..spec.candidates).map(|_| rng.index(spec.peers)).collect();
-                let inputs: Vec<usize> = job.input.map(|i| holders[i].to_vec()).unwrap_or_default();
+                let inputs: Vec<usize> = job.input.map(|i| holders[i].clone()).unwrap_or_default();
                 if prefer_inputs {
                     picks.extend(&inputs);
                 }
@@ -280,7 +291,15 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
                 } else {
                     let _ = p.queue.push(submitter, key_of(job));
                 }
-                jobs[job].ran_on = Some(peer);
+                if let Some(i) = jobs[job].input {
+                    // The executor fetches the input to run the job, and
+                    // from then on provides it.
+                    match holders[i].binary_search(&peer) {
+                        Ok(_) => jobs[job].local = true,
+                        Err(at) if spec.cache_inputs => holders[i].insert(at, peer),
+                        Err(_) => {}
+                    }
+                }
                 let back = now + hop(&mut rng);
                 push(&mut queue, back, Ev::ClaimAnswer { job, peer });
             }
@@ -351,10 +370,7 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
         .collect();
     wait_s.sort_by(f64::total_cmp);
     let with_input: Vec<&Job> = jobs.iter().filter(|j| j.input.is_some()).collect();
-    let local = with_input
-        .iter()
-        .filter(|j| matches!((j.input, j.ran_on), (Some(i), Some(p)) if holders[i].contains(&p)))
-        .count();
+    let local = with_input.iter().filter(|j| j.local).count();
     PolicyReport {
         d,
         placed: placement_ms.len(),
@@ -393,6 +409,7 @@ mod tests {
             with_input: 0.5,
             inputs: 100,
             input_bonus: 2,
+            cache_inputs: true,
             seed: 3,
         }
     }
@@ -416,6 +433,31 @@ mod tests {
         // about 3 in 20 land on one.
         assert!(report.power_of_d.input_local > 0.9, "{:?}", report.power_of_d);
         assert!(report.random.input_local < 0.5, "{:?}", report.random);
+    }
+
+    #[test]
+    fn inputs_fetched_to_run_a_job_are_provided_and_draw_later_jobs() {
+        // Inputs used 50 times each, by jobs on 1,000 peers at 80% load:
+        // three pinned holders cannot take them all, the peers that
+        // fetched an input can.
+        let spread = JobsSpec {
+            peers: 1000,
+            jobs: 10_000,
+            load: 0.8,
+            inputs: 100,
+            ..spec(0.8)
+        };
+        let cached = jobs(&spread).power_of_d;
+        let pinned_only = jobs(&JobsSpec {
+            cache_inputs: false,
+            ..spread
+        })
+        .power_of_d;
+        assert!(cached.input_local >= 0.9, "{cached:?}");
+        assert!(
+            pinned_only.input_local < cached.input_local - 0.1,
+            "{pinned_only:?} against {cached:?}"
+        );
     }
 
     #[test]
