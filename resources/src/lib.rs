@@ -28,6 +28,9 @@
 //! - [`pin`]: pin records and [`pin::PinDuties`], the home duty of pinned
 //!   blobs (fetch, keep, release, decline, look up), driven by the node and
 //!   by the simulator.
+//! - [`quorum`]: tenure at a quorum — the right to act on a key granted
+//!   and kept by a majority of a fixed set of peers, with the argument why
+//!   two holders never overlap; job supervision and named leases use it.
 //! - [`compute`]: compute slots — slot offers, placement by power-of-d
 //!   choices, fenced slot leases, the executor's fair queue, job records
 //!   and the home's rule for them; the engine (feature `compute-engine`)
@@ -41,6 +44,7 @@ pub mod compute;
 pub mod fetch;
 pub mod home;
 pub mod pin;
+pub mod quorum;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod ticket;

@@ -13,6 +13,9 @@
 //!   queue is shortest when every slot is busy.
 //! - [`lease`]: fenced slot leases as an executor grants them, tokens that
 //!   survive a restart.
+//! - [`supervise`]: supervising a job from its home — read its tenure
+//!   at the home's majority ([`crate::quorum`]), place it anew from its
+//!   newest checkpoint when no executor holds it.
 //! - [`queue`]: an executor's jobs waiting for a slot, fair across
 //!   submitters.
 //! - `engine` (feature `compute-engine`): running a job on this machine —
@@ -25,9 +28,11 @@ pub mod lease;
 pub mod offer;
 pub mod place;
 pub mod queue;
+pub mod supervise;
 
 pub use job::{JobError, JobRecord, JobSpec, JobState, Placed};
 pub use lease::{Grant, Lease, LeaseError, Leases};
 pub use offer::{JobKind, Needs, SlotOffer};
 pub use place::{Candidate, Load, PlaceAction, PlaceError, Placement};
 pub use queue::{FairQueue, QueueError};
+pub use supervise::{Happened, SuperviseAction, Supervision};

@@ -1,0 +1,803 @@
+//! Tenure at a quorum: the right to act on a key (run a job, hold a named
+//! lease), granted and kept by a majority of a fixed set of peers — the
+//! key's home when the key was created — so that two holders never both
+//! believe they hold it, under partitions, crashes, lost and late messages
+//! and clocks that run at slightly different rates.
+//!
+//! # The parts
+//!
+//! - [`Acceptor`]: what one member of the set keeps for one key — the
+//!   current [`Grantee`], the highest grant number it has seen, how long
+//!   the grantee stays *fresh* by its own clock, and the result once one is
+//!   committed — and its answer to each [`Request`].
+//! - [`Tenure`]: the grantee's side. It renews by asking every member and
+//!   may act only until `sent + term - margin` by its own clock, where
+//!   `sent` is when it sent the newest renewal a majority confirmed.
+//! - [`Tally`]: counts the members' answers to one request to all of them:
+//!   done once a majority agreed, failed once a majority refused.
+//!
+//! # The argument
+//!
+//! Every request that changes who holds the key ([`Request::Change`]) needs
+//! a majority of the members, and a member accepts it only while the
+//! current grantee is *not* fresh by its clock: `term + margin` after it
+//! last confirmed that grantee's renewal (or accepted its grant). A grantee
+//! acts only `term - margin` after *sending* a renewal that a majority
+//! confirmed. Any two majorities of one set share a member. Take the one
+//! that confirmed the renewal and later accepted the change: it confirmed
+//! at or after the grantee sent, and it accepted the change at least
+//! `term + margin` of its own time after confirming; the grantee stopped
+//! `term - margin` of its own time after sending. With clock rates within
+//! `1 ± ρ` of real time, the grantee stopped first whenever `ρ ≤ margin /
+//! term` (10% with the defaults, 10 s and 1 s): `(term - margin) / (1 - ρ)
+//! ≤ (term + margin) / (1 + ρ)`. Only rates count, never offsets: every
+//! time here is a duration one peer measured on its own clock, so no
+//! message carries a time and a late message cannot extend anything (a
+//! confirmation counts from when its request was *sent*).
+//!
+//! A result ([`Request::Commit`]) is accepted by a member only from its
+//! current grantee and only once: any majority that committed one result
+//! shares a member with any majority that changed the grantee, so a
+//! grantee that was replaced cannot commit, and a committed key cannot be
+//! given to anyone else. The grant number `n` grows with every change (a
+//! member refuses a number not above every one it saw), so it is the
+//! fencing token that whatever the grantee writes elsewhere can carry.
+//!
+//! A member that restarts keeps its state on disk but not its clock: it
+//! counts its grantee fresh for a whole `term + margin` from the restart
+//! ([`Acceptor::restarted`]). What this does not cover: a member that
+//! loses its disk and comes back empty (it would count as a member that
+//! never saw the key), and a change of the member set (a majority of the
+//! set gone for good leaves the key unavailable, though never doubly
+//! held).
+//!
+//! Sans-IO: inputs carry the caller's `now`; the driver carries requests
+//! and answers, and persists an acceptor's state before it sends the
+//! answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_overlay::{Instant, Key};
+
+/// Who holds the key: a peer and the grant number it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Grantee {
+    /// The peer that may act (for a job: its executor).
+    pub peer: Key,
+    /// The grant number: above every earlier grant on this key.
+    pub n: u64,
+}
+
+/// The fixed set of peers whose majority decides, sorted, without
+/// duplicates.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Members(Vec<Key>);
+
+impl Members {
+    /// The set of `peers` (order and duplicates do not matter).
+    pub fn new(peers: impl IntoIterator<Item = Key>) -> Self {
+        let mut peers: Vec<Key> = peers.into_iter().collect();
+        peers.sort_unstable();
+        peers.dedup();
+        Members(peers)
+    }
+
+    /// How many make a majority.
+    pub fn majority(&self) -> usize {
+        self.0.len() / 2 + 1
+    }
+
+    /// Whether `peer` is one of them.
+    pub fn contains(&self, peer: &Key) -> bool {
+        self.0.binary_search(peer).is_ok()
+    }
+
+    /// The members.
+    pub fn peers(&self) -> &[Key] {
+        &self.0
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none (such a set never decides anything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// How long a tenure lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// How long a confirmed renewal lets the grantee act, less the margin.
+    pub term: Duration,
+    /// Subtracted from the grantee's time and added to the members': it
+    /// covers clock rates that differ from real time by up to `margin /
+    /// term`.
+    pub margin: Duration,
+}
+
+impl Timing {
+    /// The defaults: a 10 s term, a 1 s margin (clock rates within 10%).
+    pub const DEFAULT: Timing = Timing {
+        term: Duration::from_secs(10),
+        margin: Duration::from_secs(1),
+    };
+
+    /// How long the grantee acts after sending a renewal a majority
+    /// confirmed.
+    pub fn acts_for(&self) -> Duration {
+        self.term.saturating_sub(self.margin)
+    }
+
+    /// How long a member counts the grantee fresh after confirming it.
+    pub fn fresh_for(&self) -> Duration {
+        self.term + self.margin
+    }
+}
+
+/// What a peer asks a member about a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// What the member holds.
+    Read,
+    /// The grantee asks to go on acting.
+    Renew(Grantee),
+    /// Give the key to this grantee. Accepted only once the current one
+    /// is no longer fresh, and with a grant number above every one seen
+    /// (so of two changes that race, a member takes one).
+    Change(Grantee),
+    /// The grantee lets go: the key may be given to another at once.
+    Release(Grantee),
+    /// The grantee saves its progress (a job's checkpoint), numbered: a
+    /// member keeps the save with the highest grant number and, within it,
+    /// the highest `seq`. A later grantee starts from what a majority
+    /// read gives.
+    Save(Saved),
+    /// The grantee commits the key's result (a job's end). Once per key.
+    Commit {
+        /// The grantee.
+        by: Grantee,
+        /// The result, opaque here.
+        result: Vec<u8>,
+    },
+}
+
+/// Progress a grantee saved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    /// Who saved it.
+    pub by: Grantee,
+    /// Its number among that grantee's saves.
+    pub seq: u64,
+    /// What was saved, opaque here (a job's checkpoint id).
+    pub state: Vec<u8>,
+}
+
+impl Saved {
+    fn order(&self) -> (u64, u64) {
+        (self.by.n, self.seq)
+    }
+
+    /// The newest of `saves` (what a majority read gives).
+    pub fn newest<'a>(saves: impl IntoIterator<Item = &'a Saved>) -> Option<&'a Saved> {
+        saves.into_iter().max_by_key(|s| s.order())
+    }
+}
+
+/// What a member holds, as it answers a read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// The current grantee.
+    pub grantee: Option<Grantee>,
+    /// Whether that grantee is past fresh by this member's clock (or
+    /// released).
+    pub lapsed: bool,
+    /// How much longer it stays fresh here (zero once lapsed): a duration,
+    /// so that no clock is compared with another's.
+    pub fresh_for: Duration,
+    /// The highest grant number this member has seen.
+    pub max_n: u64,
+    /// The newest progress saved.
+    pub saved: Option<Saved>,
+    /// The committed result and who committed it.
+    pub result: Option<(Grantee, Vec<u8>)>,
+}
+
+/// Why a member refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// The asker is not (or no longer) the grantee here.
+    #[error("not the current grantee here (it is {current:?})")]
+    Stale {
+        /// Who is.
+        current: Option<Grantee>,
+    },
+    /// The current grantee is still fresh here: it may be acting.
+    #[error("the current grantee {current:?} may still be acting")]
+    Fresh {
+        /// Who.
+        current: Grantee,
+    },
+    /// The grant number is not above every one seen here.
+    #[error("grant number {given} is not above {seen}")]
+    Number {
+        /// The number asked for.
+        given: u64,
+        /// The highest seen.
+        seen: u64,
+    },
+    /// A result was committed: nothing changes any more.
+    #[error("a result was committed already")]
+    Committed,
+}
+
+/// A member's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// To a read.
+    View(View),
+    /// Done.
+    Ok,
+    /// Refused, and why.
+    Refused(Refusal),
+}
+
+/// What one member keeps for one key. Persist it (after every request
+/// that changed it, before answering) and give it back after a restart
+/// through [`Acceptor::restarted`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acceptor {
+    grantee: Option<Grantee>,
+    max_n: u64,
+    /// Until when, by this member's clock, the grantee may be acting.
+    fresh_until: Instant,
+    saved: Option<Saved>,
+    result: Option<(Grantee, Vec<u8>)>,
+}
+
+impl Acceptor {
+    /// A member that has seen nothing of the key.
+    pub fn new() -> Self {
+        Acceptor::default()
+    }
+
+    /// Answers `request` at `now`.
+    pub fn handle(&mut self, now: Instant, timing: Timing, request: Request) -> Answer {
+        match request {
+            Request::Read => Answer::View(self.view(now)),
+            Request::Renew(by) => {
+                if self.result.is_some() {
+                    return Answer::Refused(Refusal::Committed);
+                }
+                if self.grantee != Some(by) {
+                    return self.stale();
+                }
+                self.fresh_until = self.fresh_until.max(now + timing.fresh_for());
+                Answer::Ok
+            }
+            Request::Change(to) => {
+                if self.result.is_some() {
+                    return Answer::Refused(Refusal::Committed);
+                }
+                if to.n <= self.max_n {
+                    return Answer::Refused(Refusal::Number {
+                        given: to.n,
+                        seen: self.max_n,
+                    });
+                }
+                if let Some(current) = self.grantee
+                    && now < self.fresh_until
+                {
+                    return Answer::Refused(Refusal::Fresh { current });
+                }
+                self.grantee = Some(to);
+                self.max_n = to.n;
+                // The new grantee has not acted yet, but it may as soon as
+                // a majority confirms its first renewal.
+                self.fresh_until = now + timing.fresh_for();
+                Answer::Ok
+            }
+            Request::Release(by) => {
+                if self.grantee != Some(by) {
+                    return self.stale();
+                }
+                self.fresh_until = now;
+                Answer::Ok
+            }
+            Request::Save(save) => {
+                if self.result.is_some() {
+                    return Answer::Refused(Refusal::Committed);
+                }
+                if self.grantee != Some(save.by) {
+                    return self.stale();
+                }
+                if self.saved.as_ref().is_none_or(|held| held.order() < save.order()) {
+                    self.saved = Some(save);
+                }
+                Answer::Ok
+            }
+            Request::Commit { by, result } => match &self.result {
+                Some((done_by, done)) if *done_by == by && *done == result => Answer::Ok,
+                Some(_) => Answer::Refused(Refusal::Committed),
+                None if self.grantee != Some(by) => self.stale(),
+                None => {
+                    self.result = Some((by, result));
+                    Answer::Ok
+                }
+            },
+        }
+    }
+
+    /// After a restart at `now` (state read back from disk, clock not):
+    /// the grantee counts as fresh for a whole period.
+    pub fn restarted(&mut self, now: Instant, timing: Timing) {
+        if self.grantee.is_some() && self.result.is_none() {
+            self.fresh_until = now + timing.fresh_for();
+        }
+    }
+
+    /// What this member holds, at `now`.
+    pub fn view(&self, now: Instant) -> View {
+        View {
+            grantee: self.grantee,
+            lapsed: now >= self.fresh_until,
+            fresh_for: self.fresh_until.saturating_since(now),
+            max_n: self.max_n,
+            saved: self.saved.clone(),
+            result: self.result.clone(),
+        }
+    }
+
+    fn stale(&self) -> Answer {
+        Answer::Refused(Refusal::Stale { current: self.grantee })
+    }
+}
+
+/// How a request to every member came out, so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not decided yet.
+    Open,
+    /// A majority agreed.
+    Agreed,
+    /// A majority refused or cannot answer any more: it cannot succeed.
+    Refused,
+}
+
+/// Counts the members' answers to one request sent to all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    members: Members,
+    agreed: BTreeSet<Key>,
+    refused: BTreeSet<Key>,
+}
+
+impl Tally {
+    /// A tally over `members`.
+    pub fn new(members: Members) -> Self {
+        Tally {
+            members,
+            agreed: BTreeSet::new(),
+            refused: BTreeSet::new(),
+        }
+    }
+
+    /// `member` agreed (answers from non-members, and second answers, do
+    /// not count).
+    pub fn agree(&mut self, member: Key) -> Outcome {
+        if self.members.contains(&member) && !self.refused.contains(&member) {
+            self.agreed.insert(member);
+        }
+        self.outcome()
+    }
+
+    /// `member` refused, or will not answer.
+    pub fn refuse(&mut self, member: Key) -> Outcome {
+        if self.members.contains(&member) && !self.agreed.contains(&member) {
+            self.refused.insert(member);
+        }
+        self.outcome()
+    }
+
+    /// The outcome so far.
+    pub fn outcome(&self) -> Outcome {
+        let majority = self.members.majority();
+        if self.members.is_empty() {
+            Outcome::Refused
+        } else if self.agreed.len() >= majority {
+            Outcome::Agreed
+        } else if self.members.len() - self.refused.len() < majority {
+            Outcome::Refused
+        } else {
+            Outcome::Open
+        }
+    }
+}
+
+/// Why a tenure ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ended {
+    /// No majority confirmed a renewal in time.
+    Lapsed,
+    /// A majority said another holds the key, or its result is committed.
+    Replaced,
+}
+
+/// The grantee's side: when to renew, and whether it may act.
+///
+/// It may act only until `sent + term - margin` by its own clock, `sent`
+/// being when it sent the newest renewal that a majority confirmed; it
+/// renews every third of the term. A new grantee may not act before its
+/// first renewal is confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenure {
+    grantee: Grantee,
+    members: Members,
+    timing: Timing,
+    /// Renewals in flight: their number, when sent, and the tally.
+    rounds: BTreeMap<u64, (Instant, Tally)>,
+    next_round: u64,
+    next_renew: Instant,
+    /// When it began: a grant that no majority confirmed within a term
+    /// did not land.
+    began: Instant,
+    acts_until: Option<Instant>,
+    ended: Option<Ended>,
+}
+
+impl Tenure {
+    /// The tenure of `grantee` over `members`, starting at `now` (it asks
+    /// for its first renewal at once).
+    pub fn new(now: Instant, grantee: Grantee, members: Members, timing: Timing) -> Self {
+        Tenure {
+            grantee,
+            members,
+            timing,
+            rounds: BTreeMap::new(),
+            next_round: 0,
+            next_renew: now,
+            began: now,
+            acts_until: None,
+            ended: None,
+        }
+    }
+
+    /// The grantee.
+    pub fn grantee(&self) -> Grantee {
+        self.grantee
+    }
+
+    /// The members it asks.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// A renewal to send to every member now, if one is due: its round,
+    /// which the answers name.
+    pub fn poll_renew(&mut self, now: Instant) -> Option<u64> {
+        if self.ended.is_some() || now < self.next_renew {
+            return None;
+        }
+        let round = self.next_round;
+        self.next_round += 1;
+        self.next_renew = now + self.timing.term / 3;
+        self.rounds.insert(round, (now, Tally::new(self.members.clone())));
+        // Rounds that can no longer extend anything are dropped.
+        let acts_until = self.acts_until;
+        let acts_for = self.timing.acts_for();
+        self.rounds
+            .retain(|_, (sent, _)| acts_until.is_none_or(|until| *sent + acts_for > until) && *sent + acts_for > now);
+        Some(round)
+    }
+
+    /// A member's answer to renewal `round`.
+    pub fn handle_answer(&mut self, now: Instant, round: u64, member: Key, answer: &Answer) {
+        if self.ended.is_some() {
+            return;
+        }
+        let Some((sent, tally)) = self.rounds.get_mut(&round) else {
+            return;
+        };
+        let sent = *sent;
+        let outcome = match answer {
+            Answer::Ok => tally.agree(member),
+            Answer::Refused(Refusal::Stale { .. } | Refusal::Committed) => {
+                let outcome = tally.refuse(member);
+                if outcome == Outcome::Refused {
+                    // A majority holds another grantee, or a result: this
+                    // one can never be confirmed again.
+                    self.end(Ended::Replaced);
+                }
+                outcome
+            }
+            Answer::Refused(_) | Answer::View(_) => tally.refuse(member),
+        };
+        if outcome == Outcome::Agreed {
+            let until = sent + self.timing.acts_for();
+            self.acts_until = Some(self.acts_until.map_or(until, |u| u.max(until)));
+            self.rounds.remove(&round);
+        }
+        self.check(now);
+    }
+
+    /// Whether the grantee may act at `now`.
+    pub fn may_act(&mut self, now: Instant) -> bool {
+        self.check(now);
+        self.ended.is_none() && self.acts_until.is_some_and(|until| now < until)
+    }
+
+    /// Until when it may act, as confirmed so far.
+    pub fn acts_until(&self) -> Option<Instant> {
+        if self.ended.is_some() {
+            return None;
+        }
+        self.acts_until
+    }
+
+    /// Why it ended, once it has: the grantee must have stopped acting.
+    pub fn ended(&self) -> Option<&Ended> {
+        self.ended.as_ref()
+    }
+
+    /// The grantee stops on its own (it finished, or let go).
+    pub fn stop(&mut self) {
+        self.end(Ended::Replaced);
+    }
+
+    /// When to call again: the next renewal, or the end of acting.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended.is_some() {
+            return None;
+        }
+        Some(match self.acts_until {
+            Some(until) => until.min(self.next_renew),
+            None => (self.began + self.timing.term).min(self.next_renew),
+        })
+    }
+
+    fn check(&mut self, now: Instant) {
+        if self.ended.is_some() {
+            return;
+        }
+        match self.acts_until {
+            // Confirmed once, and that has run out.
+            Some(until) if now >= until => self.end(Ended::Lapsed),
+            // Never confirmed within a term: the grant did not land.
+            None if now >= self.began + self.timing.term => self.end(Ended::Lapsed),
+            _ => {}
+        }
+    }
+
+    fn end(&mut self, why: Ended) {
+        self.ended = Some(why);
+        self.rounds.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_micros(ms * 1_000)
+    }
+
+    fn key(n: u8) -> Key {
+        Key::of_content(&[n])
+    }
+
+    const T: Timing = Timing::DEFAULT;
+
+    fn g(peer: u8, n: u64) -> Grantee {
+        Grantee { peer: key(peer), n }
+    }
+
+    fn members() -> Members {
+        Members::new((1..=5).map(key))
+    }
+
+    #[test]
+    fn a_change_waits_until_the_grantee_is_no_longer_fresh() {
+        let mut a = Acceptor::new();
+        assert_eq!(a.handle(t(0), T, Request::Change(g(10, 1))), Answer::Ok);
+        // Renewed at 5 s: fresh until 5 + 10 + 1 s.
+        assert_eq!(a.handle(t(5_000), T, Request::Renew(g(10, 1))), Answer::Ok);
+        assert_eq!(
+            a.handle(t(15_999), T, Request::Change(g(11, 2))),
+            Answer::Refused(Refusal::Fresh { current: g(10, 1) })
+        );
+        assert_eq!(a.handle(t(16_000), T, Request::Change(g(11, 2))), Answer::Ok);
+        // A change right after a change waits too: the new grantee may act
+        // as soon as its first renewal is confirmed.
+        assert_eq!(
+            a.handle(t(16_001), T, Request::Change(g(12, 3))),
+            Answer::Refused(Refusal::Fresh { current: g(11, 2) })
+        );
+        // The old grantee can neither renew nor commit.
+        assert!(matches!(
+            a.handle(t(16_001), T, Request::Renew(g(10, 1))),
+            Answer::Refused(Refusal::Stale { .. })
+        ));
+        assert!(matches!(
+            a.handle(
+                t(16_001),
+                T,
+                Request::Commit {
+                    by: g(10, 1),
+                    result: vec![1]
+                }
+            ),
+            Answer::Refused(Refusal::Stale { .. })
+        ));
+        // A grant number must grow.
+        assert_eq!(
+            a.handle(t(40_000), T, Request::Change(g(12, 2))),
+            Answer::Refused(Refusal::Number { given: 2, seen: 2 })
+        );
+    }
+
+    #[test]
+    fn a_release_frees_the_key_at_once_and_a_commit_is_final() {
+        let mut a = Acceptor::new();
+        a.handle(t(0), T, Request::Change(g(10, 1)));
+        assert_eq!(a.handle(t(1), T, Request::Release(g(10, 1))), Answer::Ok);
+        assert_eq!(a.handle(t(2), T, Request::Change(g(11, 2))), Answer::Ok);
+        let commit = |by, result| Request::Commit { by, result };
+        assert_eq!(a.handle(t(3), T, commit(g(11, 2), vec![7])), Answer::Ok);
+        assert_eq!(a.handle(t(4), T, commit(g(11, 2), vec![7])), Answer::Ok, "said again");
+        assert_eq!(
+            a.handle(t(4), T, commit(g(11, 2), vec![8])),
+            Answer::Refused(Refusal::Committed)
+        );
+        assert_eq!(
+            a.handle(t(60_000), T, Request::Change(g(12, 3))),
+            Answer::Refused(Refusal::Committed)
+        );
+        assert_eq!(
+            a.handle(t(60_000), T, Request::Renew(g(11, 2))),
+            Answer::Refused(Refusal::Committed)
+        );
+        let view = a.view(t(60_000));
+        assert_eq!(view.result, Some((g(11, 2), vec![7])));
+    }
+
+    #[test]
+    fn a_member_keeps_the_newest_save_of_the_current_grantee() {
+        let mut a = Acceptor::new();
+        a.handle(t(0), T, Request::Change(g(10, 1)));
+        let save = |by, seq: u64| {
+            Request::Save(Saved {
+                by,
+                seq,
+                state: seq.to_be_bytes().to_vec(),
+            })
+        };
+        assert_eq!(a.handle(t(1), T, save(g(10, 1), 2)), Answer::Ok);
+        assert_eq!(a.handle(t(2), T, save(g(10, 1), 1)), Answer::Ok, "late, kept out");
+        assert_eq!(a.view(t(2)).saved.map(|s| s.seq), Some(2));
+        assert!(matches!(
+            a.handle(t(3), T, save(g(11, 2), 9)),
+            Answer::Refused(Refusal::Stale { .. })
+        ));
+        a.handle(t(20_000), T, Request::Change(g(11, 2)));
+        assert_eq!(a.handle(t(20_001), T, save(g(11, 2), 0)), Answer::Ok);
+        let saved = a.view(t(20_001)).saved.unwrap();
+        assert_eq!(
+            (saved.by, saved.seq),
+            (g(11, 2), 0),
+            "a later grantee's first save is newer"
+        );
+        let older = Saved {
+            by: g(10, 1),
+            seq: 7,
+            state: vec![],
+        };
+        assert_eq!(Saved::newest([&older, &saved]), Some(&saved));
+    }
+
+    #[test]
+    fn a_restarted_member_counts_its_grantee_fresh_for_a_whole_period() {
+        let mut a = Acceptor::new();
+        a.handle(t(0), T, Request::Change(g(10, 1)));
+        assert!(a.view(t(11_000)).lapsed);
+        // Its clock starts again near zero after the restart.
+        a.restarted(t(500), T);
+        assert!(!a.view(t(11_499)).lapsed);
+        assert!(a.view(t(11_500)).lapsed);
+    }
+
+    #[test]
+    fn a_tally_needs_a_majority_of_members() {
+        let mut tally = Tally::new(members());
+        assert_eq!(tally.agree(key(1)), Outcome::Open);
+        assert_eq!(tally.agree(key(1)), Outcome::Open, "one member counts once");
+        assert_eq!(tally.agree(key(99)), Outcome::Open, "not a member");
+        assert_eq!(tally.refuse(key(2)), Outcome::Open);
+        assert_eq!(tally.refuse(key(3)), Outcome::Open);
+        assert_eq!(tally.refuse(key(4)), Outcome::Refused, "3 of 5 refused");
+        let mut tally = Tally::new(members());
+        for n in 1..=2 {
+            assert_eq!(tally.agree(key(n)), Outcome::Open);
+        }
+        assert_eq!(tally.agree(key(5)), Outcome::Agreed);
+        assert_eq!(Tally::new(Members::new([])).outcome(), Outcome::Refused);
+    }
+
+    #[test]
+    fn a_tenure_acts_from_its_first_confirmed_renewal_until_term_less_margin_after_sending_it() {
+        let mut tenure = Tenure::new(t(0), g(10, 1), members(), T);
+        assert!(!tenure.may_act(t(0)), "not before a majority confirms");
+        let round = tenure.poll_renew(t(0)).unwrap();
+        assert_eq!(tenure.poll_renew(t(1)), None);
+        for m in 1..=2 {
+            tenure.handle_answer(t(50), round, key(m), &Answer::Ok);
+        }
+        assert!(!tenure.may_act(t(50)));
+        // The third confirmation arrives late: the time counts from the
+        // sending, not from the answer.
+        tenure.handle_answer(t(4_000), round, key(3), &Answer::Ok);
+        assert!(tenure.may_act(t(4_000)));
+        assert_eq!(tenure.acts_until(), Some(t(9_000)));
+        // Next renewal a third of the term after the first.
+        assert_eq!(tenure.poll_timeout(), Some(Instant::from_micros(3_333_333)));
+        let next = tenure.poll_renew(t(3_334)).unwrap();
+        // Nobody answers it: the tenure lapses when the first runs out.
+        assert!(tenure.may_act(t(8_999)));
+        assert!(!tenure.may_act(t(9_000)));
+        assert_eq!(tenure.ended(), Some(&Ended::Lapsed));
+        // An answer after the end changes nothing.
+        for m in 1..=3 {
+            tenure.handle_answer(t(9_001), next, key(m), &Answer::Ok);
+        }
+        assert!(!tenure.may_act(t(9_001)));
+    }
+
+    #[test]
+    fn a_tenure_ends_when_a_majority_holds_another_grantee() {
+        let mut tenure = Tenure::new(t(0), g(10, 1), members(), T);
+        let round = tenure.poll_renew(t(0)).unwrap();
+        for m in 1..=3 {
+            tenure.handle_answer(t(1), round, key(m), &Answer::Ok);
+        }
+        let round = tenure.poll_renew(t(3_400)).unwrap();
+        let stale = Answer::Refused(Refusal::Stale {
+            current: Some(g(11, 2)),
+        });
+        for m in 1..=2 {
+            tenure.handle_answer(t(3_401), round, key(m), &stale);
+        }
+        assert!(tenure.may_act(t(3_401)), "two of five are not a majority");
+        tenure.handle_answer(t(3_402), round, key(3), &stale);
+        assert!(!tenure.may_act(t(3_402)));
+        assert_eq!(tenure.ended(), Some(&Ended::Replaced));
+        assert_eq!(tenure.poll_renew(t(10_000)), None);
+    }
+
+    #[test]
+    fn a_grant_that_never_lands_ends_the_tenure_without_acting() {
+        let mut tenure = Tenure::new(t(0), g(10, 1), members(), T);
+        let mut asked = 0;
+        let mut now = t(0);
+        while tenure.ended().is_none() {
+            if tenure.poll_renew(now).is_some() {
+                asked += 1;
+            }
+            assert!(!tenure.may_act(now));
+            now = tenure.poll_timeout().unwrap_or(now).max(now + Duration::from_millis(1));
+        }
+        assert_eq!(tenure.ended(), Some(&Ended::Lapsed));
+        assert!(
+            asked >= 3,
+            "it kept asking while a confirmation could still count: {asked}"
+        );
+        assert!(
+            t(10_000) <= now && now <= t(10_002),
+            "it gives up a term after it began: {now:?}"
+        );
+    }
+}
