@@ -35,13 +35,22 @@
 //! message carries a time and a late message cannot extend anything (a
 //! confirmation counts from when its request was *sent*).
 //!
-//! A result ([`Request::Commit`]) is accepted by a member only from its
-//! current grantee and only once: any majority that committed one result
-//! shares a member with any majority that changed the grantee, so a
-//! grantee that was replaced cannot commit, and a committed key cannot be
-//! given to anyone else. The grant number `n` grows with every change (a
-//! member refuses a number not above every one it saw), so it is the
-//! fencing token that whatever the grantee writes elsewhere can carry.
+//! A result ([`Request::Commit`]) is decided the way Paxos decides a
+//! value, the grant number as the ballot: a member takes a result only
+//! from its current grantee (and may replace one an earlier grantee left);
+//! a result is *committed* once a majority holds it. A grantee's first
+//! confirmed renewal is its promise round: the members that confirm it
+//! hold it as their grantee (so no earlier grantee can commit there any
+//! more) and tell it the result they hold, if any. If any did, the grantee
+//! commits the one from the highest grant instead of its own work
+//! ([`Tenure::adopted`]). Any majority that committed a result shares a
+//! member with that first confirming majority, so every later grantee
+//! commits the same result: once committed, a result never changes,
+//! though results that reached only a minority can be replaced, so a key
+//! never gets stuck between them. The grant number grows with every
+//! change (a member refuses a number not above every one it saw), so it
+//! is also the fencing token that whatever the grantee writes elsewhere
+//! can carry.
 //!
 //! A member that restarts keeps its state on disk but not its clock: it
 //! counts its grantee fresh for a whole `term + margin` from the restart
@@ -158,7 +167,8 @@ pub enum Request {
     /// the highest `seq`. A later grantee starts from what a majority
     /// read gives.
     Save(Saved),
-    /// The grantee commits the key's result (a job's end). Once per key.
+    /// The grantee commits the key's result (a job's end): its own, or the
+    /// one it adopted ([`Tenure::adopted`]).
     Commit {
         /// The grantee.
         by: Grantee,
@@ -204,7 +214,8 @@ pub struct View {
     pub max_n: u64,
     /// The newest progress saved.
     pub saved: Option<Saved>,
-    /// The committed result and who committed it.
+    /// The result this member holds and who sent it (committed once a
+    /// majority holds the same bytes).
     pub result: Option<(Grantee, Vec<u8>)>,
 }
 
@@ -231,9 +242,6 @@ pub enum Refusal {
         /// The highest seen.
         seen: u64,
     },
-    /// A result was committed: nothing changes any more.
-    #[error("a result was committed already")]
-    Committed,
 }
 
 /// A member's answer.
@@ -241,6 +249,9 @@ pub enum Refusal {
 pub enum Answer {
     /// To a read.
     View(View),
+    /// A renewal confirmed, with the result this member holds (the
+    /// grantee's own, or one an earlier grantee left).
+    Confirmed(Option<(Grantee, Vec<u8>)>),
     /// Done.
     Ok,
     /// Refused, and why.
@@ -271,19 +282,13 @@ impl Acceptor {
         match request {
             Request::Read => Answer::View(self.view(now)),
             Request::Renew(by) => {
-                if self.result.is_some() {
-                    return Answer::Refused(Refusal::Committed);
-                }
                 if self.grantee != Some(by) {
                     return self.stale();
                 }
                 self.fresh_until = self.fresh_until.max(now + timing.fresh_for());
-                Answer::Ok
+                Answer::Confirmed(self.result.clone())
             }
             Request::Change(to) => {
-                if self.result.is_some() {
-                    return Answer::Refused(Refusal::Committed);
-                }
                 if to.n <= self.max_n {
                     return Answer::Refused(Refusal::Number {
                         given: to.n,
@@ -310,9 +315,6 @@ impl Acceptor {
                 Answer::Ok
             }
             Request::Save(save) => {
-                if self.result.is_some() {
-                    return Answer::Refused(Refusal::Committed);
-                }
                 if self.grantee != Some(save.by) {
                     return self.stale();
                 }
@@ -321,24 +323,24 @@ impl Acceptor {
                 }
                 Answer::Ok
             }
-            Request::Commit { by, result } => match &self.result {
-                Some((done_by, done)) if *done_by == by && *done == result => Answer::Ok,
-                Some(_) => Answer::Refused(Refusal::Committed),
-                None if self.grantee != Some(by) => self.stale(),
-                None => {
-                    self.result = Some((by, result));
-                    Answer::Ok
+            Request::Commit { by, result } => {
+                if self.grantee != Some(by) {
+                    return self.stale();
                 }
-            },
+                self.result = Some((by, result));
+                Answer::Ok
+            }
         }
     }
 
     /// After a restart at `now` (state read back from disk, clock not):
     /// the grantee counts as fresh for a whole period.
     pub fn restarted(&mut self, now: Instant, timing: Timing) {
-        if self.grantee.is_some() && self.result.is_none() {
-            self.fresh_until = now + timing.fresh_for();
-        }
+        self.fresh_until = if self.grantee.is_some() {
+            now + timing.fresh_for()
+        } else {
+            now
+        };
     }
 
     /// What this member holds, at `now`.
@@ -424,7 +426,8 @@ impl Tally {
 pub enum Ended {
     /// No majority confirmed a renewal in time.
     Lapsed,
-    /// A majority said another holds the key, or its result is committed.
+    /// A majority said a later grantee holds the key, or the grantee
+    /// stopped on its own.
     Replaced,
 }
 
@@ -439,15 +442,28 @@ pub struct Tenure {
     grantee: Grantee,
     members: Members,
     timing: Timing,
-    /// Renewals in flight: their number, when sent, and the tally.
-    rounds: BTreeMap<u64, (Instant, Tally)>,
+    /// Renewals in flight: their number, when sent, the tally, the
+    /// members that hold a later grantee, and the result from the highest
+    /// grant that a confirming member holds.
+    rounds: BTreeMap<u64, Round>,
     next_round: u64,
     next_renew: Instant,
     /// When it began: a grant that no majority confirmed within a term
     /// did not land.
     began: Instant,
     acts_until: Option<Instant>,
+    /// Set by the first confirmed round: the result to commit instead of
+    /// the grantee's own, if a confirming member held one.
+    adopted: Option<Option<(Grantee, Vec<u8>)>>,
     ended: Option<Ended>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Round {
+    sent: Instant,
+    tally: Tally,
+    later: BTreeSet<Key>,
+    held: Option<(Grantee, Vec<u8>)>,
 }
 
 impl Tenure {
@@ -463,6 +479,7 @@ impl Tenure {
             next_renew: now,
             began: now,
             acts_until: None,
+            adopted: None,
             ended: None,
         }
     }
@@ -486,12 +503,20 @@ impl Tenure {
         let round = self.next_round;
         self.next_round += 1;
         self.next_renew = now + self.timing.term / 3;
-        self.rounds.insert(round, (now, Tally::new(self.members.clone())));
+        self.rounds.insert(
+            round,
+            Round {
+                sent: now,
+                tally: Tally::new(self.members.clone()),
+                later: BTreeSet::new(),
+                held: None,
+            },
+        );
         // Rounds that can no longer extend anything are dropped.
         let acts_until = self.acts_until;
         let acts_for = self.timing.acts_for();
         self.rounds
-            .retain(|_, (sent, _)| acts_until.is_none_or(|until| *sent + acts_for > until) && *sent + acts_for > now);
+            .retain(|_, r| acts_until.is_none_or(|until| r.sent + acts_for > until) && r.sent + acts_for > now);
         Some(round)
     }
 
@@ -500,29 +525,69 @@ impl Tenure {
         if self.ended.is_some() {
             return;
         }
-        let Some((sent, tally)) = self.rounds.get_mut(&round) else {
+        let Some(r) = self.rounds.get_mut(&round) else {
             return;
         };
-        let sent = *sent;
+        let sent = r.sent;
+        let mine = self.grantee.n;
         let outcome = match answer {
-            Answer::Ok => tally.agree(member),
-            Answer::Refused(Refusal::Stale { .. } | Refusal::Committed) => {
-                let outcome = tally.refuse(member);
-                if outcome == Outcome::Refused {
-                    // A majority holds another grantee, or a result: this
-                    // one can never be confirmed again.
-                    self.end(Ended::Replaced);
+            Answer::Confirmed(held) => {
+                if let Some((by, result)) = held
+                    && self.members.contains(&member)
+                    && r.held.as_ref().is_none_or(|(best, _)| best.n < by.n)
+                {
+                    r.held = Some((*by, result.clone()));
                 }
-                outcome
+                r.tally.agree(member)
             }
-            Answer::Refused(_) | Answer::View(_) => tally.refuse(member),
+            Answer::Refused(refusal) => {
+                // A member that holds a later grantee will never confirm
+                // this one again; one that holds an earlier grantee has not
+                // seen this grant yet.
+                let superseded = match refusal {
+                    Refusal::Stale { current } => current.is_some_and(|c| c.n > mine),
+                    Refusal::Fresh { .. } | Refusal::Number { .. } => false,
+                };
+                if superseded && self.members.contains(&member) {
+                    r.later.insert(member);
+                }
+                if r.later.len() >= self.members.majority() {
+                    self.end(Ended::Replaced);
+                    return;
+                }
+                r.tally.refuse(member)
+            }
+            Answer::Ok | Answer::View(_) => r.tally.refuse(member),
         };
         if outcome == Outcome::Agreed {
             let until = sent + self.timing.acts_for();
             self.acts_until = Some(self.acts_until.map_or(until, |u| u.max(until)));
-            self.rounds.remove(&round);
+            if let Some(r) = self.rounds.remove(&round)
+                && self.adopted.is_none()
+            {
+                // The promise round: a result held by a confirming member
+                // binds this grantee — one an earlier grantee left, or one
+                // this very grant committed before (a second run of the
+                // same grant, after a restart or a repeated claim).
+                self.adopted = Some(r.held);
+            }
         }
         self.check(now);
+    }
+
+    /// Once the first renewal is confirmed: the result this grantee must
+    /// commit instead of its own work (`Some`), because an earlier grantee
+    /// (or an earlier run of this grant) may have committed it; `None` if
+    /// it is free to commit its own.
+    /// Before that, `None` too: it may not act yet anyway.
+    pub fn adopted(&self) -> Option<&[u8]> {
+        self.adopted.as_ref()?.as_ref().map(|(_, result)| result.as_slice())
+    }
+
+    /// Renews at once (the grant just landed: no need to wait for the
+    /// next round).
+    pub fn renew_now(&mut self, now: Instant) {
+        self.next_renew = self.next_renew.min(now);
     }
 
     /// Whether the grantee may act at `now`.
@@ -606,7 +671,7 @@ mod tests {
         let mut a = Acceptor::new();
         assert_eq!(a.handle(t(0), T, Request::Change(g(10, 1))), Answer::Ok);
         // Renewed at 5 s: fresh until 5 + 10 + 1 s.
-        assert_eq!(a.handle(t(5_000), T, Request::Renew(g(10, 1))), Answer::Ok);
+        assert_eq!(a.handle(t(5_000), T, Request::Renew(g(10, 1))), Answer::Confirmed(None));
         assert_eq!(
             a.handle(t(15_999), T, Request::Change(g(11, 2))),
             Answer::Refused(Refusal::Fresh { current: g(10, 1) })
@@ -642,7 +707,7 @@ mod tests {
     }
 
     #[test]
-    fn a_release_frees_the_key_at_once_and_a_commit_is_final() {
+    fn a_release_frees_the_key_at_once_and_a_later_grantee_learns_the_result_held() {
         let mut a = Acceptor::new();
         a.handle(t(0), T, Request::Change(g(10, 1)));
         assert_eq!(a.handle(t(1), T, Request::Release(g(10, 1))), Answer::Ok);
@@ -650,20 +715,19 @@ mod tests {
         let commit = |by, result| Request::Commit { by, result };
         assert_eq!(a.handle(t(3), T, commit(g(11, 2), vec![7])), Answer::Ok);
         assert_eq!(a.handle(t(4), T, commit(g(11, 2), vec![7])), Answer::Ok, "said again");
+        assert!(matches!(
+            a.handle(t(4), T, commit(g(10, 1), vec![8])),
+            Answer::Refused(Refusal::Stale { .. })
+        ));
+        // The grantee that committed goes away; a later one is told what
+        // this member holds when its first renewal is confirmed.
+        assert_eq!(a.handle(t(60_000), T, Request::Change(g(12, 3))), Answer::Ok);
         assert_eq!(
-            a.handle(t(4), T, commit(g(11, 2), vec![8])),
-            Answer::Refused(Refusal::Committed)
+            a.handle(t(60_001), T, Request::Renew(g(12, 3))),
+            Answer::Confirmed(Some((g(11, 2), vec![7])))
         );
-        assert_eq!(
-            a.handle(t(60_000), T, Request::Change(g(12, 3))),
-            Answer::Refused(Refusal::Committed)
-        );
-        assert_eq!(
-            a.handle(t(60_000), T, Request::Renew(g(11, 2))),
-            Answer::Refused(Refusal::Committed)
-        );
-        let view = a.view(t(60_000));
-        assert_eq!(view.result, Some((g(11, 2), vec![7])));
+        assert_eq!(a.handle(t(60_002), T, commit(g(12, 3), vec![7])), Answer::Ok);
+        assert_eq!(a.view(t(60_002)).result, Some((g(12, 3), vec![7])));
     }
 
     #[test]
@@ -735,12 +799,12 @@ mod tests {
         let round = tenure.poll_renew(t(0)).unwrap();
         assert_eq!(tenure.poll_renew(t(1)), None);
         for m in 1..=2 {
-            tenure.handle_answer(t(50), round, key(m), &Answer::Ok);
+            tenure.handle_answer(t(50), round, key(m), &Answer::Confirmed(None));
         }
         assert!(!tenure.may_act(t(50)));
         // The third confirmation arrives late: the time counts from the
         // sending, not from the answer.
-        tenure.handle_answer(t(4_000), round, key(3), &Answer::Ok);
+        tenure.handle_answer(t(4_000), round, key(3), &Answer::Confirmed(None));
         assert!(tenure.may_act(t(4_000)));
         assert_eq!(tenure.acts_until(), Some(t(9_000)));
         // Next renewal a third of the term after the first.
@@ -752,7 +816,7 @@ mod tests {
         assert_eq!(tenure.ended(), Some(&Ended::Lapsed));
         // An answer after the end changes nothing.
         for m in 1..=3 {
-            tenure.handle_answer(t(9_001), next, key(m), &Answer::Ok);
+            tenure.handle_answer(t(9_001), next, key(m), &Answer::Confirmed(None));
         }
         assert!(!tenure.may_act(t(9_001)));
     }
@@ -762,7 +826,7 @@ mod tests {
         let mut tenure = Tenure::new(t(0), g(10, 1), members(), T);
         let round = tenure.poll_renew(t(0)).unwrap();
         for m in 1..=3 {
-            tenure.handle_answer(t(1), round, key(m), &Answer::Ok);
+            tenure.handle_answer(t(1), round, key(m), &Answer::Confirmed(None));
         }
         let round = tenure.poll_renew(t(3_400)).unwrap();
         let stale = Answer::Refused(Refusal::Stale {
@@ -776,6 +840,74 @@ mod tests {
         assert!(!tenure.may_act(t(3_402)));
         assert_eq!(tenure.ended(), Some(&Ended::Replaced));
         assert_eq!(tenure.poll_renew(t(10_000)), None);
+    }
+
+    #[test]
+    fn refusals_from_members_that_have_not_seen_the_grant_yet_do_not_end_it() {
+        let mut tenure = Tenure::new(t(0), g(10, 2), members(), T);
+        let round = tenure.poll_renew(t(0)).unwrap();
+        let behind = Answer::Refused(Refusal::Stale { current: Some(g(9, 1)) });
+        for m in 1..=5 {
+            tenure.handle_answer(t(1), round, key(m), &behind);
+        }
+        assert_eq!(tenure.ended(), None);
+        // The grant lands; renewing at once.
+        tenure.renew_now(t(50));
+        let round = tenure.poll_renew(t(50)).unwrap();
+        for m in 1..=3 {
+            tenure.handle_answer(t(51), round, key(m), &Answer::Confirmed(None));
+        }
+        assert!(tenure.may_act(t(51)));
+        assert_eq!(tenure.acts_until(), Some(t(9_050)));
+    }
+
+    #[test]
+    fn a_grantee_adopts_the_result_of_the_highest_earlier_grant_its_first_majority_holds() {
+        let mut tenure = Tenure::new(t(0), g(10, 5), members(), T);
+        let round = tenure.poll_renew(t(0)).unwrap();
+        tenure.handle_answer(
+            t(1),
+            round,
+            key(1),
+            &Answer::Confirmed(Some((g(7, 2), b"old".to_vec()))),
+        );
+        tenure.handle_answer(t(1), round, key(2), &Answer::Confirmed(None));
+        assert_eq!(tenure.adopted(), None, "not decided before a majority");
+        tenure.handle_answer(
+            t(1),
+            round,
+            key(3),
+            &Answer::Confirmed(Some((g(8, 4), b"new".to_vec()))),
+        );
+        assert!(tenure.may_act(t(2)));
+        assert_eq!(tenure.adopted(), Some(&b"new"[..]));
+        // Later rounds do not change what the first one bound it to.
+        let round = tenure.poll_renew(t(3_400)).unwrap();
+        for m in 1..=3 {
+            tenure.handle_answer(t(3_401), round, key(m), &Answer::Confirmed(None));
+        }
+        assert_eq!(tenure.adopted(), Some(&b"new"[..]));
+        // With no result held by the first majority, it commits its own.
+        let mut free = Tenure::new(t(0), g(11, 6), members(), T);
+        let round = free.poll_renew(t(0)).unwrap();
+        for m in 1..=3 {
+            free.handle_answer(t(1), round, key(m), &Answer::Confirmed(None));
+        }
+        assert!(free.may_act(t(1)));
+        assert_eq!(free.adopted(), None);
+        // A second run of one grant (a repeated claim) keeps what the
+        // first run committed.
+        let mut again = Tenure::new(t(0), g(11, 6), members(), T);
+        let round = again.poll_renew(t(0)).unwrap();
+        for m in 1..=3 {
+            again.handle_answer(
+                t(1),
+                round,
+                key(m),
+                &Answer::Confirmed(Some((g(11, 6), b"mine".to_vec()))),
+            );
+        }
+        assert_eq!(again.adopted(), Some(&b"mine"[..]));
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //!
 //! Two supervisors at once (a partition, a home in flux) are harmless: a
 //! change of grantee needs a majority that no longer counts the current
-//! one fresh, so at most one executor acts at a time, and a result is
-//! committed once. A supervisor that loses a race abandons the placement
-//! it made.
+//! one fresh, so at most one executor acts at a time, and a result, once a
+//! majority holds it, is the one every later grantee commits. A
+//! supervisor that loses a race abandons the placement it made. It stops
+//! once it reads a result that a majority holds.
 //!
 //! Sans-IO: [`Supervision::poll_action`] says what to send or do,
 //! `handle_*` take the answers, [`Supervision::poll_timeout`] says when to
@@ -44,6 +45,8 @@ pub enum SuperviseAction {
         /// Where to start from.
         from: Option<Saved>,
     },
+    /// The placement got the tenure: the executor may renew at once.
+    Granted(Grantee),
     /// A placement that did not get the tenure: the executor drops the job.
     Abandon(Grantee),
 }
@@ -58,7 +61,8 @@ pub enum Happened {
     /// A placement that lost a race to another supervisor, or found no
     /// majority.
     Abandoned(Grantee),
-    /// Its result was committed by this grantee.
+    /// Its result was committed (a majority holds it), last sent by this
+    /// grantee.
     Committed(Grantee),
 }
 
@@ -78,13 +82,6 @@ enum Stage {
         ask: u64,
         deadline: Instant,
         to: Grantee,
-        tally: Tally,
-    },
-    Committing {
-        ask: u64,
-        deadline: Instant,
-        by: Grantee,
-        result: Vec<u8>,
         tally: Tally,
     },
     Done,
@@ -137,9 +134,7 @@ impl Supervision {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.stage {
             Stage::Idle => Some(self.next_check),
-            Stage::Reading { deadline, .. } | Stage::Changing { deadline, .. } | Stage::Committing { deadline, .. } => {
-                Some(*deadline)
-            }
+            Stage::Reading { deadline, .. } | Stage::Changing { deadline, .. } => Some(*deadline),
             Stage::Placing | Stage::Done => None,
         }
     }
@@ -172,7 +167,6 @@ impl Supervision {
                 }
             }
             Stage::Changing { deadline, to, .. } if now >= deadline => self.abandon(now, to),
-            Stage::Committing { deadline, .. } if now >= deadline => self.next_check = now + self.ask_timeout,
             other => self.stage = other,
         }
     }
@@ -201,33 +195,13 @@ impl Supervision {
                     Outcome::Agreed => {
                         self.current = Some(to);
                         self.note(now, Happened::Placed(to));
+                        self.actions.push_back(SuperviseAction::Granted(to));
                         self.stage = Stage::Idle;
                         self.next_check = now + self.check_every;
                     }
                     Outcome::Refused => {
                         self.stage = Stage::Idle;
                         self.abandon(now, to);
-                    }
-                }
-            }
-            Stage::Committing {
-                ask: a,
-                by,
-                result,
-                tally,
-                ..
-            } if *a == ask => {
-                let (by, result) = (*by, result.clone());
-                match count(tally, member, &answer) {
-                    Outcome::Open => {}
-                    Outcome::Agreed => {
-                        self.stage = Stage::Done;
-                        self.result = Some((by, result));
-                        self.note(now, Happened::Committed(by));
-                    }
-                    Outcome::Refused => {
-                        self.stage = Stage::Idle;
-                        self.next_check = now + self.check_every;
                     }
                 }
             }
@@ -270,22 +244,23 @@ impl Supervision {
 
     /// A majority's views: done, healthy, or to be placed anew.
     fn decide(&mut self, now: Instant, views: BTreeMap<Key, View>) {
-        if let Some((by, result)) = views.values().find_map(|v| v.result.clone()) {
-            // Committed somewhere: see that a majority has it (a commit
-            // from the current grantee, whoever sends it).
-            let ask = self.ask(Request::Commit {
-                by,
-                result: result.clone(),
-            });
-            self.stage = Stage::Committing {
-                ask,
-                deadline: now + self.ask_timeout,
-                by,
-                result,
-                tally: Tally::new(self.members.clone()),
-            };
+        // Committed: a majority holds the same result.
+        let mut held: BTreeMap<&[u8], (usize, Grantee)> = BTreeMap::new();
+        for (by, result) in views.values().filter_map(|v| v.result.as_ref()) {
+            let entry = held.entry(result.as_slice()).or_insert((0, *by));
+            entry.0 += 1;
+        }
+        if let Some((result, (_, by))) = held
+            .into_iter()
+            .find(|(_, (count, _))| *count >= self.members.majority())
+        {
+            self.result = Some((by, result.to_vec()));
+            self.stage = Stage::Done;
+            self.note(now, Happened::Committed(by));
             return;
         }
+        // A result only a minority holds is not committed: the next
+        // grantee adopts it (see `quorum::Tenure::adopted`).
         let newest = views.values().filter_map(|v| v.grantee).max_by_key(|g| g.n);
         if let (Some(newest), Some(known)) = (newest, self.current)
             && newest != known
@@ -393,7 +368,7 @@ mod tests {
         fn tell(&mut self, now: Instant, request: &Request) -> usize {
             let mut ok = 0;
             for (i, (_, a)) in self.members.iter_mut().enumerate() {
-                if self.up[i] && a.handle(now, T, request.clone()) == Answer::Ok {
+                if self.up[i] && matches!(a.handle(now, T, request.clone()), Answer::Ok | Answer::Confirmed(_)) {
                     ok += 1;
                 }
             }
@@ -423,7 +398,7 @@ mod tests {
                         let executor = place(n, avoid, from);
                         s.handle_placed(now, n, executor);
                     }
-                    SuperviseAction::Abandon(_) => {}
+                    SuperviseAction::Granted(_) | SuperviseAction::Abandon(_) => {}
                 }
             }
             seen
@@ -499,6 +474,7 @@ mod tests {
         let seen_b = home.drive(t(1), &mut b, &mut |_, _, _| Some(key(21)));
         assert!(seen_a.iter().any(|x| matches!(x, SuperviseAction::Place { n: 1, .. })));
         assert_eq!(a.current(), Some(Grantee { peer: key(20), n: 1 }));
+        assert!(seen_a.contains(&SuperviseAction::Granted(Grantee { peer: key(20), n: 1 })));
         assert!(
             seen_b.contains(&SuperviseAction::Abandon(Grantee { peer: key(21), n: 1 })),
             "{seen_b:?}"
@@ -507,24 +483,49 @@ mod tests {
     }
 
     #[test]
-    fn a_result_a_minority_holds_is_seen_through_to_a_majority() {
+    fn a_result_a_majority_holds_ends_it_and_one_a_minority_holds_does_not() {
         let mut home = Home::new();
         let mut s = supervision(t(0), &home);
         s.handle_timeout(t(0));
         home.drive(t(0), &mut s, &mut |_, _, _| Some(key(30)));
         let by = Grantee { peer: key(30), n: 1 };
-        // The executor's commit reached one member, then it died.
-        home.up = vec![true, false, false, false, false];
-        assert_eq!(home.tell(t(10), &Request::Commit { by, result: vec![0] }), 1);
+        home.tell(t(5), &Request::Renew(by));
+        // The executor's commit reached two members, then it died.
+        home.up = vec![true, true, false, false, false];
+        assert_eq!(home.tell(t(10), &Request::Commit { by, result: vec![0] }), 2);
         home.up = vec![true; 5];
-        let now = s.poll_timeout().unwrap();
-        s.handle_timeout(now);
-        home.drive(now, &mut s, &mut |_, _, _| {
-            panic!("a committed job is not placed again")
-        });
-        assert_eq!(s.result(), Some(&(by, vec![0])));
+        let mut placed = None;
+        let mut now = t(10);
+        while placed.is_none() {
+            now = s.poll_timeout().unwrap();
+            s.handle_timeout(now);
+            home.drive(now, &mut s, &mut |n, _, _| {
+                placed = Some(n);
+                Some(key(31))
+            });
+            assert_eq!(s.result(), None, "two of five do not commit it");
+        }
+        // The next grantee learns the result at its first renewal and
+        // commits it; then the supervision reads it at a majority.
+        let next = Grantee { peer: key(31), n: 2 };
+        assert_eq!(home.tell(now, &Request::Renew(next)), 5);
+        assert_eq!(
+            home.tell(
+                now,
+                &Request::Commit {
+                    by: next,
+                    result: vec![0]
+                }
+            ),
+            5
+        );
+        while s.result().is_none() {
+            let at = s.poll_timeout().unwrap();
+            s.handle_timeout(at);
+            home.drive(at, &mut s, &mut |_, _, _| panic!("a committed job is not placed again"));
+        }
+        assert_eq!(s.result(), Some(&(next, vec![0])));
         assert_eq!(s.poll_timeout(), None);
-        assert!(home.members.iter().all(|(_, m)| m.view(now).result.is_some()));
     }
 
     #[test]

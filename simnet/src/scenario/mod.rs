@@ -18,6 +18,9 @@
 //!   holds.
 //! - `jobs`: [`jobs`](fn@jobs), jobs placed by power-of-d choices against
 //!   random placement (a first model, without the overlay).
+//! - `supervise`: [`supervise_sweep`], jobs supervised from their home
+//!   through partitions, crashes and clock drift, checked by an oracle
+//!   that knows real time.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant as WallClock};
@@ -33,12 +36,14 @@ mod durability;
 mod jobs;
 mod lookups;
 mod partition;
+mod supervise;
 
 pub use churn::{ChurnSpec, churn};
 pub use durability::{Checkpointing, DurabilityError, DurabilityRun, DurabilitySpec, durability};
 pub use jobs::{JobsReport, JobsSpec, PolicyReport, jobs};
 pub use lookups::lookups;
 pub use partition::{PartitionSpec, partition};
+pub use supervise::{RunReport, SuperviseSpec, SweepReport, supervise, supervise_sweep};
 
 const SECOND: u64 = 1_000_000;
 const MINUTE: u64 = 60 * SECOND;
