@@ -361,21 +361,31 @@ async fn native_commands_run_only_for_trusted_submitters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_executor_stops_a_job_whose_submitter_stops_renewing_its_lease() {
-    let test = "lapse";
-    let peers = swarm_with(test, 3, |i, config: &mut NodeConfig, _| {
+async fn a_job_outlives_its_submitter_and_its_executor() {
+    let test = "outlives";
+    // Peer 0 submits and leaves; peers 1 and 2 run jobs; the job's home
+    // (5 of the 7) keeps its tenure and places it again when its
+    // executor goes.
+    let peers = swarm_with(test, 7, |i, config: &mut NodeConfig, _| {
         config.compute = ComputeConfig {
-            slots: u32::from(i == 1),
-            lease_term: Duration::from_secs(1),
+            slots: u32::from(i == 1 || i == 2),
+            lease_term: Duration::from_secs(2),
             ..ComputeConfig::default()
         };
     })
     .await;
-    offers(&peers[2], 1).await;
-    let forever = share(&peers[2], test, "forever.wasm", &module("(loop $l (br $l))", "")).await;
-    let job = submit(&peers[2], wasm_spec(forever, &[])).await;
+    offers(&peers[0], 2).await;
+    // Seconds of work (about ten here), then "hi" on stdout.
+    let body = "(local $n i64) (local.set $n (i64.const 30000000000))
+         (loop $more (local.set $n (i64.sub (local.get $n) (i64.const 1)))
+           (br_if $more (i64.ne (local.get $n) (i64.const 0))))"
+        .to_string()
+        + &write(1, 3);
+    let long = share(&peers[0], test, "long.wasm", &module(&body, "hi\\0a")).await;
+    let job = submit(&peers[0], wasm_spec(long, &[])).await;
+    let watcher = &peers[3];
     until("the job runs", || async {
-        peers[1]
+        watcher
             .jobs()
             .status(job)
             .await
@@ -383,11 +393,24 @@ async fn an_executor_stops_a_job_whose_submitter_stops_renewing_its_lease() {
             .is_some_and(|v| v.state == "running")
     })
     .await;
-    // The submitter goes away without a word: nobody renews the lease.
-    peers[2].leave().await.unwrap();
-    let started = std::time::Instant::now();
-    let view = ended(&peers[1], job).await;
-    assert!(started.elapsed() < PATIENCE);
-    assert_eq!(view.exit_code, Some(130), "{view:?}");
-    assert!(view.error.as_deref().unwrap_or_default().contains("lease"), "{view:?}");
+    let first = watcher.jobs().status(job).await.unwrap().unwrap();
+    let first_executor = first.peer.clone().unwrap();
+    // The submitter goes; then the executor, mid-run.
+    peers[0].leave().await.unwrap();
+    let executor = peers
+        .iter()
+        .find(|p| p.peer_id().to_string() == first_executor)
+        .unwrap();
+    executor.leave().await.unwrap();
+    let view = ended(watcher, job).await;
+    assert_eq!(view.exit_code, Some(0), "{view:?}");
+    assert_ne!(
+        view.peer.as_deref(),
+        Some(first_executor.as_str()),
+        "it ended elsewhere: {view:?}"
+    );
+    assert!(
+        view.token.unwrap() > first.token.unwrap(),
+        "a later grant: {first:?} then {view:?}"
+    );
 }

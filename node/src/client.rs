@@ -131,6 +131,10 @@ pub struct Client {
     pub(crate) handed_over: Arc<std::sync::Mutex<std::collections::VecDeque<(Key, Key)>>>,
     /// Compute slots and jobs (see [`crate::jobs`]).
     pub(crate) compute: Arc<crate::jobs::Compute>,
+    /// The keys this peer is a quorum member for (see [`crate::quorum`]).
+    pub(crate) quorum: Arc<crate::quorum::Quorum>,
+    /// This peer's identity, which signs what it submits.
+    pub(crate) identity: libp2p::identity::Keypair,
 }
 
 /// Hand-offs waiting for the pin duties' next round, at most.
@@ -325,6 +329,7 @@ pub(crate) fn now() -> Instant {
 }
 
 /// A handle that does not keep the node alive.
+#[derive(Clone)]
 pub(crate) struct WeakClient {
     commands: mpsc::WeakSender<DriverCommand>,
     template: Client,

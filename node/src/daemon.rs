@@ -104,7 +104,26 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     let offers = streams
         .accept(crate::handoff::HANDOFF_PROTOCOL)
         .map_err(|_| NodeError::Transport("the hand-off protocol is registered twice".into()))?;
-    let compute = Arc::new(crate::jobs::Compute::new(config.compute.clone(), &config.data_dir)?);
+    let compute = Arc::new(crate::jobs::Compute::new(
+        config.compute.clone(),
+        &config.data_dir,
+        keypair.public().to_peer_id(),
+    )?);
+    let quorum_streams = streams
+        .accept(crate::quorum::QUORUM_PROTOCOL)
+        .map_err(|_| NodeError::Transport("the quorum protocol is registered twice".into()))?;
+    let quorum = Arc::new(
+        crate::quorum::Quorum::open(
+            keypair.public().to_peer_id(),
+            &config.data_dir,
+            [(
+                crate::quorum::Kind::Job,
+                crate::jobs::submission::validate as crate::quorum::Validator,
+            )]
+            .into(),
+        )
+        .map_err(|e| NodeError::Task(format!("cannot read the quorum state: {e}")))?,
+    );
     let claims = match &compute.executor {
         Some(_) => Some(
             streams
@@ -208,6 +227,8 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         imports: Arc::new(tokio::sync::Semaphore::new(MAX_IMPORTS)),
         served: Arc::default(),
         compute,
+        quorum,
+        identity: keypair.clone(),
     };
     tokio::spawn(crate::files::serve(
         client.downgrade(),
@@ -217,6 +238,8 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     ));
     tokio::spawn(crate::pins::run(client.downgrade(), config.pin_check));
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
+    tokio::spawn(crate::quorum::serve(client.downgrade(), quorum_streams));
+    tokio::spawn(crate::jobs::home::run(client.downgrade()));
     if let (Some(executor), Some(claims)) = (client.compute.executor.clone(), claims) {
         tokio::spawn(crate::jobs::executor::run(client.downgrade(), executor, claims));
     }

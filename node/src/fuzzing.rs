@@ -195,15 +195,19 @@ pub fn job_record(data: &[u8]) {
 }
 
 /// A message of `/shoal/jobs/1` as a peer sends it (the body of a frame):
-/// read as a request (whose spec is checked as an executor checks a claim)
+/// read as a request (whose submission is checked as an executor checks a
+/// grant)
 /// and as an event (applied to a job's mirror, which stays within its cap);
 /// what decodes round-trips.
 pub fn jobs_message(data: &[u8]) {
     use crate::jobs::log::{JobLog, MAX_MIRRORED_BYTES};
     use crate::jobs::protocol::{Event, Request, check_spec};
     if let Ok(request) = ciborium::from_reader::<Request, _>(data) {
-        if let Request::Claim { spec, .. } = &request {
-            let _ = check_spec(spec);
+        if let Request::Grant { job, submission, .. } = &request
+            && let Some(submission) = crate::jobs::submission::Submission::decode(submission)
+        {
+            let _ = check_spec(&submission.spec);
+            let _ = submission.check(job);
         }
         let again = codec::encode_cbor(&request).expect("a request encodes");
         let back: Request = ciborium::from_reader(&again[4..]).expect("a request decodes again");

@@ -59,6 +59,7 @@ pub mod jobs;
 pub mod known;
 pub mod limits;
 pub mod pins;
+pub mod quorum;
 pub mod saved;
 pub mod settings;
 mod swarm;

@@ -343,6 +343,17 @@ impl Acceptor {
         };
     }
 
+    /// Whether `other` holds the same durable state (grantee, highest
+    /// number, save, result) — all that must be on disk before an answer
+    /// goes out. How long the grantee stays fresh is not: after a restart
+    /// it counts from the restart ([`restarted`](Self::restarted)).
+    pub fn same_durable(&self, other: &Acceptor) -> bool {
+        self.grantee == other.grantee
+            && self.max_n == other.max_n
+            && self.saved == other.saved
+            && self.result == other.result
+    }
+
     /// What this member holds, at `now`.
     pub fn view(&self, now: Instant) -> View {
         View {

@@ -335,7 +335,6 @@ fn jobs_messages() -> Vec<Vec<u8>> {
     use crate::jobs::protocol::{Event, Request, WireNeeds};
     use shoal_resources::compute::engine::Stream;
     use shoal_resources::compute::{JobKind, JobSpec};
-    let job = Key::of_content(b"a job");
     let spec = JobSpec {
         kind: Some(JobKind::Wasm),
         module: Some(Key::of_content(b"a module")),
@@ -346,16 +345,26 @@ fn jobs_messages() -> Vec<Vec<u8>> {
         timeout_ms: 30_000,
         labels: Default::default(),
     };
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes([7; 32]).expect("a fixed seed makes a key");
+    let (job, submission) =
+        crate::jobs::submission::Submission::sign(&keypair, spec, 7).expect("an ed25519 key signs a submission");
     let requests = [
         Request::Probe(WireNeeds {
             kind: Some(JobKind::Native),
             memory: 1 << 30,
             labels: [("gpu".to_string(), "a100".to_string())].into(),
         }),
-        Request::Claim { job, spec, nonce: 7 },
-        Request::Renew { job, token: 3 },
-        Request::RenewMany(vec![(job, 3), (Key::of_content(b"another"), 4)]),
-        Request::Cancel { job, token: 3 },
+        Request::Grant {
+            job,
+            submission: submission.encode(),
+            n: 3,
+            members: vec![serde_bytes::ByteBuf::from(keypair.public().to_peer_id().to_bytes())],
+            timing: shoal_resources::quorum::Timing::DEFAULT,
+            from: None,
+        },
+        Request::Go { job, n: 3 },
+        Request::Drop { job, n: 3 },
+        Request::Cancel { job },
         Request::Watch { job, from: 10 },
     ];
     let events = [

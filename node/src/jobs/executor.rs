@@ -1,14 +1,19 @@
 //! The executor: a peer that offers slots. It publishes its offer, answers
-//! probes, takes claims (granting a fenced lease on each, running the job
-//! when a slot is free and queueing it fairly across submitters when
-//! none is), runs jobs on the engine, keeps each job's log for watchers,
-//! and stops a job whose lease lapses.
+//! probes, and takes *grants*: a job's supervisor (its submitter first,
+//! then its home) gives it a job as grant `n` of the job's tenure, which a
+//! fixed set of members keeps (`shoal_resources::quorum`). The executor
+//! renews every tenure it holds with the members — batched, one request
+//! per member each round — starts a job only once a majority confirmed its
+//! grant, runs it (queued fairly across submitters while no slot is
+//! free), commits its result to the members, and stops it the moment its
+//! tenure runs out by its own clock: a cut-off executor does not keep
+//! running work the home has placed elsewhere.
 //!
-//! The decisions are the sans-IO machines of
-//! `shoal_resources::compute` ([`Leases`], [`FairQueue`]); this module
-//! feeds them the clock and the network and runs what they decide.
+//! The decisions are sans-IO machines: [`Tenure`] (when to renew, whether
+//! the job may run, the result it must adopt) and [`FairQueue`]; this
+//! module feeds them the clock and the network and runs what they decide.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,14 +23,19 @@ use libp2p::{PeerId, Stream};
 use shoal_overlay::Key;
 use shoal_resources::compute::engine::{Cancel, JobDir, Limits, NativeRunner, Outcome, Run, RunError, WasmEngine};
 use shoal_resources::compute::offer::{SlotOffer, offer_key};
-use shoal_resources::compute::{FairQueue, JobKind, JobSpec, Leases, Needs};
+use shoal_resources::compute::{FairQueue, JobKind, JobResult, JobSpec, Needs};
+use shoal_resources::quorum::{
+    Answer as Vote, Grantee, Outcome as Tallied, Request as Ask, Saved, Tally, Tenure, Timing,
+};
 use shoal_resources::store::Import;
 
 use super::log::{Ended, JobLog};
-use super::protocol::{Answer, Event, MAX_REQUEST_BYTES, Request, check_spec};
+use super::protocol::{Answer, Event, MAX_REQUEST_BYTES, Request};
+use super::submission::Submission;
 use super::{ComputeConfig, micros};
 use crate::addr::key_of_peer;
 use crate::client::{Client, WeakClient, now};
+use crate::quorum::{MAX_BATCH, MAX_MEMBERS, Reply, Wire, members_of};
 
 /// Jobs waiting for a slot here, at most (each keeps its spec, at most
 /// 16 KiB: 320 MiB at worst).
@@ -40,20 +50,42 @@ const MAX_STREAMS: usize = 1024;
 pub const MAX_MODULE_BYTES: u64 = 256 << 20;
 /// Output bytes a watcher is sent per batch.
 const WATCH_BATCH: usize = 1 << 20;
+/// How long a batch of renewals or commits to one member may take.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the tenures are looked at when nothing else wakes them.
+const TEND_EVERY: Duration = Duration::from_millis(100);
 
-/// Why a job whose lease lapsed was stopped.
-const LAPSED: &str = "its lease lapsed (its submitter stopped renewing it): stopped by the executor";
-
-/// A job here, queued or running.
+/// A job here: waiting for its tenure, queued, running, or ended.
 pub(crate) struct Hosted {
     pub(crate) spec: JobSpec,
+    /// Who submitted it (from its signed submission).
+    pub(crate) submitter: PeerId,
+    /// The grant number: the fencing token of this placement.
     pub(crate) token: u64,
+    /// The members that keep its tenure.
+    members: Vec<PeerId>,
+    /// The checkpoint to start from.
+    #[allow(dead_code)]
+    from: Option<Saved>,
     pub(crate) log: Arc<JobLog>,
     pub(crate) cancel: Cancel,
     /// Why it was stopped, if the executor stopped it.
     pub(crate) stopped: Mutex<Option<String>>,
     /// Microseconds since the epoch.
     pub(crate) queued_at: u64,
+    tend: Mutex<Tend>,
+}
+
+/// A hosted job's tenure and its result on the way to the members.
+struct Tend {
+    tenure: Tenure,
+    /// Confirmed once: started, queued, or committing what it adopted.
+    admitted: bool,
+    /// The result being committed: its bytes, the tally of the latest
+    /// attempt, and whether that attempt was sent.
+    commit: Option<(Vec<u8>, Tally, bool)>,
+    /// Over: committed, lost, or dropped.
+    done: bool,
 }
 
 impl Hosted {
@@ -69,9 +101,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 struct State {
-    leases: Leases,
     queue: FairQueue,
     running: u32,
+    /// Grants waiting for their first confirmed renewal: each will take a
+    /// slot or a place in the queue, so probes count them.
+    awaiting: u32,
     hosted: BTreeMap<Key, Arc<Hosted>>,
     /// Ended jobs, oldest first (their logs stay in `hosted` until dropped).
     ended: VecDeque<Key>,
@@ -84,7 +118,10 @@ pub(crate) struct Executor {
     offer: SlotOffer,
     state: Mutex<State>,
     dir: PathBuf,
-    token_file: PathBuf,
+    /// Wakes the tenures' task (a grant, a go, a result to commit).
+    wake: tokio::sync::Notify,
+    /// This peer.
+    local: PeerId,
 }
 
 impl std::fmt::Debug for Executor {
@@ -103,24 +140,23 @@ pub(crate) struct LoadNow {
     pub(crate) running: u32,
 }
 
+/// Who a member's reply in a batch is for.
+#[derive(Clone, Copy, Debug)]
+enum For {
+    Renewal(u64),
+    Commit,
+}
+
 impl Executor {
-    /// An executor keeping its jobs and token bound under `data_dir/jobs`.
+    /// An executor keeping its jobs' directories under `data_dir/jobs`.
     pub(crate) fn new(
         config: ComputeConfig,
         engine: Arc<WasmEngine>,
         data_dir: &std::path::Path,
+        local: PeerId,
     ) -> std::io::Result<Self> {
         let dir = data_dir.join("jobs");
         std::fs::create_dir_all(&dir)?;
-        let token_file = data_dir.join("lease-tokens");
-        let persisted = match std::fs::read_to_string(&token_file) {
-            Ok(text) => text
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| std::io::Error::other(format!("{} does not hold a token bound", token_file.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
-        };
         let mut kinds = vec![JobKind::Wasm];
         if config.allow_native {
             kinds.push(JobKind::Native);
@@ -131,12 +167,11 @@ impl Executor {
             slot_memory: config.slot_memory,
             labels: config.labels.clone(),
         };
-        let margin = config.lease_term / 5;
         Ok(Executor {
             state: Mutex::new(State {
-                leases: Leases::new(config.lease_term, margin, persisted),
                 queue: FairQueue::new(MAX_QUEUED),
                 running: 0,
+                awaiting: 0,
                 hosted: BTreeMap::new(),
                 ended: VecDeque::new(),
             }),
@@ -144,7 +179,8 @@ impl Executor {
             engine,
             offer,
             dir,
-            token_file,
+            wake: tokio::sync::Notify::new(),
+            local,
         })
     }
 
@@ -159,9 +195,10 @@ impl Executor {
 
     pub(crate) fn load(&self) -> LoadNow {
         let state = self.lock();
+        let busy = state.running.saturating_add(state.awaiting);
         LoadNow {
-            free: self.config.slots.saturating_sub(state.running),
-            queued: state.queue.len() as u32,
+            free: self.config.slots.saturating_sub(busy),
+            queued: (state.queue.len() as u32).saturating_add(busy.saturating_sub(self.config.slots)),
             running: state.running,
         }
     }
@@ -182,9 +219,6 @@ impl Executor {
 
     /// Why this executor would not run `spec` for `submitter`, if it would not.
     fn refusal(&self, submitter: &PeerId, spec: &JobSpec) -> Option<String> {
-        if let Err(reason) = check_spec(spec) {
-            return Some(reason);
-        }
         let kind = spec.kind.unwrap_or(JobKind::Wasm);
         if kind == JobKind::Native {
             if !self.config.allow_native {
@@ -210,133 +244,195 @@ impl Executor {
         None
     }
 
-    /// Takes a claim: grants the lease and starts or queues the job.
-    fn claim(self: &Arc<Self>, client: &Client, submitter: PeerId, job: Key, spec: JobSpec) -> Answer {
-        if let Some(reason) = self.refusal(&submitter, &spec) {
+    /// Takes grant `n` of `job`: it runs once a majority of `members`
+    /// confirms the grant.
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &self,
+        local: Key,
+        job: Key,
+        submission: &[u8],
+        n: u64,
+        members: &[serde_bytes::ByteBuf],
+        timing: Timing,
+        from: Option<Saved>,
+    ) -> Answer {
+        let Some(submission) = Submission::decode(submission) else {
+            return Answer::Refused("the submission does not decode".into());
+        };
+        let submitter = match submission.check(&job) {
+            Ok(submitter) => submitter,
+            Err(why) => return Answer::Refused(why),
+        };
+        if let Some(reason) = self.refusal(&submitter, &submission.spec) {
             return Answer::Refused(reason);
         }
-        let Some(holder) = key_of_peer(&submitter) else {
-            return Answer::Refused("the submitter's peer id carries no key".into());
-        };
+        let members: Vec<PeerId> = members.iter().filter_map(|b| PeerId::from_bytes(b).ok()).collect();
+        if members.is_empty() || members.len() > MAX_MEMBERS {
+            return Answer::Refused(format!("a job's tenure has 1 to {MAX_MEMBERS} members"));
+        }
+        if timing.term.is_zero() || timing.margin >= timing.term || timing.term > Duration::from_secs(3600) {
+            return Answer::Refused("the term must be positive, at most an hour, and above the margin".into());
+        }
         let mut state = self.lock();
-        if state.hosted.contains_key(&job) {
-            return Answer::Refused(format!("job {job} is here already"));
-        }
-        let grant = state.leases.grant(now(), job, holder);
-        if let Some(bound) = grant.persist
-            && let Err(e) = persist(&self.token_file, bound)
-        {
-            let _ = state.leases.release(&job, grant.lease.token);
-            return Answer::Refused(format!("the executor cannot save its token bound: {e}"));
-        }
-        let position = if state.running < self.config.slots && state.queue.is_empty() {
-            0
-        } else {
-            if let Err(e) = state.queue.push(holder, job) {
-                let _ = state.leases.release(&job, grant.lease.token);
-                return Answer::Refused(e.to_string());
+        if let Some(held) = state.hosted.get(&job).cloned() {
+            let done = lock(&held.tend).done;
+            if !done && held.token >= n {
+                return Answer::Refused(format!("this peer holds grant {} of job {job} already", held.token));
             }
-            state.queue.position(&job).map_or(1, |p| p as u32 + 1)
-        };
+            if !done {
+                held.stop("placed again with a later grant");
+                let mut tend = lock(&held.tend);
+                tend.done = true;
+                if !tend.admitted {
+                    state.awaiting = state.awaiting.saturating_sub(1);
+                }
+            }
+            if state.queue.remove(&job) {
+                held.log.lose("placed again with a later grant");
+            }
+        }
+        if state.queue.len() >= MAX_QUEUED {
+            return Answer::Refused(format!("{MAX_QUEUED} jobs wait here already"));
+        }
+        let tenure = Tenure::new(now(), Grantee { peer: local, n }, members_of(&members), timing);
         let hosted = Arc::new(Hosted {
-            spec,
-            token: grant.lease.token,
+            spec: submission.spec,
+            submitter,
+            token: n,
+            members,
+            from,
             log: Arc::default(),
             cancel: Cancel::default(),
             stopped: Mutex::new(None),
             queued_at: micros(now()),
+            tend: Mutex::new(Tend {
+                tenure,
+                admitted: false,
+                commit: None,
+                done: false,
+            }),
         });
-        state.hosted.insert(job, hosted.clone());
-        if position == 0 {
+        state.ended.retain(|k| *k != job);
+        state.hosted.insert(job, hosted);
+        let busy = state.running.saturating_add(state.awaiting);
+        let position = if busy < self.config.slots {
+            0
+        } else {
+            (state.queue.len() as u32).saturating_add(busy - self.config.slots) + 1
+        };
+        state.awaiting += 1;
+        drop(state);
+        self.wake.notify_one();
+        Answer::Accepted { position }
+    }
+
+    /// Grant `n` of `job` got its tenure: renew at once.
+    fn go(&self, job: &Key, n: u64) -> Answer {
+        match self.job(job) {
+            Some(hosted) if hosted.token == n => {
+                lock(&hosted.tend).tenure.renew_now(now());
+                self.wake.notify_one();
+                Answer::Done
+            }
+            _ => Answer::Refused(format!("this peer holds no grant {n} of job {job}")),
+        }
+    }
+
+    /// Drops grant `n` of `job` (it did not get its tenure).
+    fn drop_grant(self: &Arc<Self>, job: &Key, n: u64) -> Answer {
+        match self.job(job) {
+            Some(hosted) if hosted.token == n => {
+                lock(&hosted.tend).tenure.stop();
+                self.wake.notify_one();
+                Answer::Done
+            }
+            _ => Answer::Refused(format!("this peer holds no grant {n} of job {job}")),
+        }
+    }
+
+    /// Cancels `job` for its submitter: it stops, and its result says so.
+    fn cancel(&self, from: &PeerId, job: &Key) -> Answer {
+        let Some(hosted) = self.job(job) else {
+            return Answer::Refused(format!("this peer does not hold job {job}"));
+        };
+        if hosted.submitter != *from {
+            return Answer::Refused("only the job's submitter may cancel it".into());
+        }
+        let queued = self.lock().queue.remove(job);
+        hosted.stop("cancelled by its submitter");
+        if queued || !lock(&hosted.tend).admitted {
+            // Not running: its result is the cancel itself.
+            self.finished(job, &hosted, Outcome::failed(RunError::Cancelled), None, None);
+        }
+        Answer::Done
+    }
+
+    /// A run ended (or a job was cancelled before it ran): its result goes
+    /// to the members; the slot goes to the next job.
+    fn finished(&self, job: &Key, hosted: &Hosted, outcome: Outcome, output: Option<Key>, started: Option<u64>) {
+        let stopped = lock(&hosted.stopped).clone();
+        let error = match (&outcome.error, stopped) {
+            (Some(RunError::Cancelled), Some(why)) => Some(why),
+            (error, _) => error.as_ref().map(ToString::to_string),
+        };
+        let at = now();
+        let result = JobResult {
+            exit_code: outcome.exit_code,
+            error: error.map(|e| truncate(&e)),
+            output,
+            started_at: started.map_or(at, shoal_overlay::Instant::from_micros),
+            ended_at: at,
+            executor: Some(self.local.to_bytes()),
+        };
+        let members = members_of(&hosted.members);
+        lock(&hosted.tend).commit = Some((result.encode(), Tally::new(members), false));
+        self.wake.notify_one();
+        let _ = job;
+    }
+
+    /// Starts `job` if a slot is free, else queues it.
+    fn admit(self: &Arc<Self>, node: &WeakClient, job: Key, hosted: Arc<Hosted>) {
+        let mut state = self.lock();
+        if state.running < self.config.slots && state.queue.is_empty() {
             state.running += 1;
             drop(state);
-            self.clone().spawn_run(client.downgrade(), job, hosted);
+            self.clone().spawn_run(node.clone(), job, hosted);
+            return;
         }
-        Answer::Accepted {
-            token: grant.lease.token,
-            term_ms: self.config.lease_term.as_millis() as u64,
-            position,
-        }
-    }
-
-    fn renew(&self, job: &Key, token: u64) -> Answer {
-        match self.lock().leases.renew(now(), job, token) {
-            Ok(_) => Answer::Renewed {
-                term_ms: self.config.lease_term.as_millis() as u64,
-            },
-            Err(e) => Answer::Refused(e.to_string()),
-        }
-    }
-
-    fn renew_many(&self, leases: &[(Key, u64)]) -> Answer {
-        let now = now();
-        let mut state = self.lock();
-        let refused = leases
-            .iter()
-            .filter_map(|(job, token)| {
-                state
-                    .leases
-                    .renew(now, job, *token)
-                    .err()
-                    .map(|e| (*job, e.to_string()))
-            })
-            .collect();
-        Answer::RenewedMany {
-            term_ms: self.config.lease_term.as_millis() as u64,
-            refused,
-        }
-    }
-
-    /// Stops `job` held with `token`: a queued job leaves the queue and
-    /// ends; a running one is cancelled and ends when it stops.
-    fn cancel(self: &Arc<Self>, job: &Key, token: u64, why: &str) -> Answer {
-        let mut state = self.lock();
-        if let Err(e) = state.leases.release(job, token) {
-            return Answer::Refused(e.to_string());
-        }
-        let Some(hosted) = state.hosted.get(job).cloned() else {
-            return Answer::Cancelled;
-        };
-        hosted.stop(why);
-        if state.queue.remove(job) {
-            state.ended.push_back(*job);
+        let submitter = key_of_peer(&hosted.submitter).unwrap_or(job);
+        if let Err(e) = state.queue.push(submitter, job) {
             drop(state);
-            hosted.log.end(Ended {
-                exit_code: 130,
-                error: Some(why.to_string()),
-                output: None,
-                at: micros(now()),
-            });
-            self.forget_old();
+            hosted.stop(&e.to_string());
+            self.finished(
+                &job,
+                &hosted,
+                Outcome::failed(RunError::Spawn(e.to_string())),
+                None,
+                None,
+            );
         }
-        Answer::Cancelled
     }
 
-    /// Stops the jobs whose leases lapsed by this executor's clock.
-    fn stop_lapsed(self: &Arc<Self>) {
-        loop {
-            let lapsed = self.lock().leases.poll_lapsed(now());
-            let Some(lease) = lapsed else { return };
-            tracing::info!(
-                "the lease on job {} lapsed (token {}): stopping it",
-                lease.job,
-                lease.token
-            );
-            // Released already by lapsing; cancel what runs or waits.
+    /// A slot freed: the next job waiting whose tenure still holds.
+    fn next(self: &Arc<Self>, node: &WeakClient) {
+        let next = {
             let mut state = self.lock();
-            if let Some(hosted) = state.hosted.get(&lease.job).cloned() {
-                hosted.stop(LAPSED);
-                if state.queue.remove(&lease.job) {
-                    state.ended.push_back(lease.job);
-                    drop(state);
-                    hosted.log.end(Ended {
-                        exit_code: 130,
-                        error: Some(LAPSED.into()),
-                        output: None,
-                        at: micros(now()),
-                    });
+            state.running = state.running.saturating_sub(1);
+            let mut next = None;
+            while let Some((_, waiting)) = state.queue.pop() {
+                if let Some(h) = state.hosted.get(&waiting).cloned()
+                    && !h.cancel.is_cancelled()
+                {
+                    state.running += 1;
+                    next = Some((waiting, h));
+                    break;
                 }
             }
+            next
+        };
+        if let Some((job, hosted)) = next {
+            self.clone().spawn_run(node.clone(), job, hosted);
         }
     }
 
@@ -370,43 +466,19 @@ impl Executor {
                     None,
                 ),
             };
-            let stopped = lock(&hosted.stopped).clone();
-            hosted.log.end(Ended {
-                exit_code: outcome.exit_code,
-                error: match (&outcome.error, stopped) {
-                    (Some(RunError::Cancelled), Some(why)) => Some(why),
-                    (error, _) => error.as_ref().map(ToString::to_string),
-                },
-                output,
-                at: micros(now()),
-            });
-            let next = {
-                let mut state = self.lock();
-                let _ = state.leases.release(&job, hosted.token);
-                state.ended.push_back(job);
-                state.running = state.running.saturating_sub(1);
-                let mut next = None;
-                while let Some((_, waiting)) = state.queue.pop() {
-                    if let Some(h) = state.hosted.get(&waiting).cloned()
-                        && !h.cancel.is_cancelled()
-                    {
-                        state.running += 1;
-                        next = Some((waiting, h));
-                        break;
-                    }
-                }
-                next
-            };
-            self.forget_old();
-            if let Some((waiting, h)) = next {
-                self.spawn_run(node, waiting, h);
+            let started = hosted.log.progress().0;
+            // A run stopped because its tenure ended has no result to
+            // commit: the home places the job again.
+            if !lock(&hosted.tend).done {
+                self.finished(&job, &hosted, outcome, output, started);
             }
+            self.next(&node);
         });
     }
 
     /// Fetches what the job needs, runs it, and shares its `/out`.
     async fn run(&self, client: &Client, job: Key, hosted: &Hosted) -> (Outcome, Option<Key>) {
-        let root = self.dir.join(job.to_string());
+        let root = self.dir.join(format!("{job}-{}", hosted.token));
         let result = self.run_in(client, &root, hosted).await;
         let _ = tokio::fs::remove_dir_all(&root).await;
         match result {
@@ -526,10 +598,181 @@ impl Executor {
         };
         Ok((outcome, output))
     }
+
+    /// One pass over the tenures held: renewals and commits due, grouped
+    /// per member; jobs to admit (first confirmed) and to stop (tenure
+    /// over).
+    fn tend(self: &Arc<Self>, node: &WeakClient, client: &Client, answers: &tokio::sync::mpsc::UnboundedSender<Batch>) {
+        let at = now();
+        let mut batches: HashMap<PeerId, Vec<(Key, For, Ask)>> = HashMap::new();
+        let mut admit = Vec::new();
+        let mut lost = Vec::new();
+        // Grants no longer awaiting their first confirmation (the state's
+        // lock is taken after each job's, never while holding one).
+        let mut settled = 0u32;
+        for (job, hosted) in self.hosted() {
+            let mut guard = lock(&hosted.tend);
+            let tend = &mut *guard;
+            if tend.done {
+                continue;
+            }
+            let grantee = tend.tenure.grantee();
+            let mut due = Vec::new();
+            if let Some(round) = tend.tenure.poll_renew(at) {
+                due.push((For::Renewal(round), Ask::Renew(grantee)));
+                if let Some((_, tally, sent)) = tend.commit.as_mut() {
+                    *tally = Tally::new(tend.tenure.members().clone());
+                    *sent = false;
+                }
+            }
+            if let Some((bytes, _, sent)) = tend.commit.as_mut()
+                && !*sent
+                && tend.tenure.may_act(at)
+            {
+                *sent = true;
+                due.push((
+                    For::Commit,
+                    Ask::Commit {
+                        by: grantee,
+                        result: bytes.clone(),
+                    },
+                ));
+            }
+            for member in &hosted.members {
+                for (what, ask) in &due {
+                    batches.entry(*member).or_default().push((job, *what, ask.clone()));
+                }
+            }
+            if tend.tenure.may_act(at) && !tend.admitted {
+                tend.admitted = true;
+                settled += 1;
+                match tend.tenure.adopted() {
+                    // An earlier grant may have committed this result: it
+                    // is this grant's result too.
+                    Some(result) => {
+                        let members = tend.tenure.members().clone();
+                        tend.commit = Some((result.to_vec(), Tally::new(members), false));
+                        drop(guard);
+                        self.wake.notify_one();
+                    }
+                    None => admit.push((job, hosted.clone())),
+                }
+                continue;
+            }
+            if let Some(why) = tend.tenure.ended().map(|why| format!("{why:?}")) {
+                tend.done = true;
+                if !tend.admitted {
+                    settled += 1;
+                }
+                lost.push((job, hosted.clone(), why));
+            }
+        }
+        if settled > 0 {
+            let mut state = self.lock();
+            state.awaiting = state.awaiting.saturating_sub(settled);
+        }
+        for (job, hosted) in admit {
+            self.admit(node, job, hosted);
+        }
+        for (job, hosted, why) in lost {
+            let why = format!(
+                "this executor lost the job's tenure ({}) before its result was committed: its home places it again",
+                why.to_lowercase()
+            );
+            tracing::info!("job {job}: {why}");
+            hosted.stop(&why);
+            let queued = self.lock().queue.remove(&job);
+            hosted.log.lose(&why);
+            let mut state = self.lock();
+            state.ended.push_back(job);
+            let _ = queued;
+        }
+        self.forget_old();
+        for (member, items) in batches {
+            for chunk in items.chunks(MAX_BATCH) {
+                let wire = Wire::Many(chunk.iter().map(|(job, _, ask)| (*job, ask.clone())).collect());
+                let whom: Vec<(Key, For)> = chunk.iter().map(|(job, what, _)| (*job, *what)).collect();
+                let (client, answers) = (client.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let reply = crate::quorum::ask(&client, member, wire, MEMBER_TIMEOUT).await;
+                    let _ = answers.send(Batch { member, whom, reply });
+                });
+            }
+        }
+    }
+
+    /// A member's replies to one batch.
+    fn heard(self: &Arc<Self>, batch: Batch) {
+        let Some(member) = key_of_peer(&batch.member) else {
+            return;
+        };
+        let replies = match batch.reply {
+            Ok(Reply::Many(replies)) if replies.len() == batch.whom.len() => replies,
+            _ => return,
+        };
+        let at = now();
+        for ((job, what), reply) in batch.whom.into_iter().zip(replies) {
+            let Some(hosted) = self.job(&job) else { continue };
+            let vote = match reply {
+                Reply::Answer(vote) => vote,
+                _ => continue,
+            };
+            let mut guard = lock(&hosted.tend);
+            let tend = &mut *guard;
+            match what {
+                For::Renewal(round) => tend.tenure.handle_answer(at, round, member, &vote),
+                For::Commit => {
+                    let Some((bytes, tally, _)) = tend.commit.as_mut() else {
+                        continue;
+                    };
+                    let outcome = match vote {
+                        Vote::Ok => tally.agree(member),
+                        _ => tally.refuse(member),
+                    };
+                    if outcome == Tallied::Agreed && !tend.done {
+                        let bytes = bytes.clone();
+                        tend.done = true;
+                        tend.tenure.stop();
+                        drop(guard);
+                        self.committed(job, &hosted, &bytes);
+                    }
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The job's result is committed: its log ends.
+    fn committed(&self, job: Key, hosted: &Hosted, bytes: &[u8]) {
+        let Some(result) = JobResult::decode(bytes) else { return };
+        hosted.log.end(Ended {
+            exit_code: result.exit_code,
+            error: result.error.clone(),
+            output: result.output,
+            at: micros(result.ended_at),
+        });
+        self.lock().ended.push_back(job);
+    }
+}
+
+/// A member's reply to one batch, and whom each of its answers is for.
+struct Batch {
+    member: PeerId,
+    whom: Vec<(Key, For)>,
+    reply: std::io::Result<Reply>,
+}
+
+/// An error as a result keeps it: at most 1 KiB.
+fn truncate(text: &str) -> String {
+    let mut end = text.len().min(1024);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// Has blob `id` in the store, downloading it if need be.
-async fn fetch(client: &Client, id: Key) -> Result<(), String> {
+pub(crate) async fn fetch(client: &Client, id: Key) -> Result<(), String> {
     if client.blob_store().contains(&id) {
         return Ok(());
     }
@@ -541,19 +784,8 @@ async fn fetch(client: &Client, id: Key) -> Result<(), String> {
         .map_err(|e| crate::error::error_chain(&e))
 }
 
-/// Writes the token bound durably before any token under it is given.
-fn persist(path: &std::path::Path, bound: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, format!("{bound}\n").as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
-/// Publishes the offer, then serves the jobs protocol and stops lapsed
-/// leases until the node stops.
+/// Publishes the offer, then serves the jobs protocol and tends the
+/// tenures held until the node stops.
 pub(crate) async fn run(node: WeakClient, executor: Arc<Executor>, mut incoming: libp2p_stream::IncomingStreams) {
     if let Some(client) = node.upgrade() {
         let offer = executor.offer().clone();
@@ -565,17 +797,28 @@ pub(crate) async fn run(node: WeakClient, executor: Arc<Executor>, mut incoming:
             tracing::warn!("cannot publish the slot offer yet (it is republished with the records): {e}");
         }
     }
-    let lapses = {
-        let executor = executor.clone();
+    let tending = {
+        let (executor, node) = (executor.clone(), node.clone());
         async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let (answers, mut heard) = tokio::sync::mpsc::unbounded_channel();
             loop {
-                tick.tick().await;
-                executor.stop_lapsed();
+                {
+                    let Some(client) = node.upgrade() else { return };
+                    executor.tend(&node, &client, &answers);
+                }
+                tokio::select! {
+                    batch = heard.recv() => {
+                        if let Some(batch) = batch {
+                            executor.heard(batch);
+                        }
+                    }
+                    () = executor.wake.notified() => {}
+                    () = tokio::time::sleep(TEND_EVERY) => {}
+                }
             }
         }
     };
-    let lapses = tokio::spawn(lapses);
+    let tending = tokio::spawn(tending);
     let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
     while let Some((peer, stream)) = incoming.next().await {
         let Ok(permit) = streams.clone().try_acquire_owned() else {
@@ -591,7 +834,7 @@ pub(crate) async fn run(node: WeakClient, executor: Arc<Executor>, mut incoming:
             drop(permit);
         });
     }
-    lapses.abort();
+    tending.abort();
 }
 
 /// Answers one request.
@@ -607,7 +850,7 @@ async fn serve(client: &Client, executor: &Arc<Executor>, peer: PeerId, mut stre
 
 /// The answer to a request from `peer` (a watch is answered by
 /// [`watch`]): the same whether it came over the network or from this
-/// peer's own submissions.
+/// peer itself.
 pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, request: Request) -> Answer {
     match request {
         Request::Probe(needs) => {
@@ -620,19 +863,17 @@ pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, re
                 offer: Some(executor.offer.clone()),
             }
         }
-        Request::Claim { job, spec, nonce } => {
-            if spec.key(&key_of_peer(&peer).unwrap_or(job), nonce) != job {
-                Answer::Refused("the job's key is not its spec, submitter and nonce".into())
-            } else {
-                executor.claim(client, peer, job, spec)
-            }
-        }
-        Request::Renew { job, token } => executor.renew(&job, token),
-        Request::RenewMany(leases) if leases.len() <= super::renew::PER_REQUEST => executor.renew_many(&leases),
-        Request::RenewMany(_) => {
-            Answer::Refused(format!("more than {} leases in one renewal", super::renew::PER_REQUEST))
-        }
-        Request::Cancel { job, token } => executor.cancel(&job, token, "cancelled by its submitter"),
+        Request::Grant {
+            job,
+            submission,
+            n,
+            members,
+            timing,
+            from,
+        } => executor.grant(client.key(), job, &submission, n, &members, timing, from),
+        Request::Go { job, n } => executor.go(&job, n),
+        Request::Drop { job, n } => executor.drop_grant(&job, n),
+        Request::Cancel { job } => executor.cancel(&peer, &job),
         Request::Watch { .. } => Answer::Refused("a watch is a stream of its own".into()),
     }
 }
@@ -654,7 +895,7 @@ async fn watch(executor: &Executor, job: Key, mut from: u64, mut stream: Stream)
                 Event::Started { .. } if started_sent => continue,
                 Event::Started { .. } => started_sent = true,
                 Event::Output { offset, bytes, .. } => from = offset + bytes.len() as u64,
-                Event::Ended { .. } => ended = true,
+                Event::Ended { .. } | Event::Lost { .. } => ended = true,
                 Event::Unknown => {}
             }
             stream.write_all(&crate::codec::encode_cbor(&event)?).await?;

@@ -35,6 +35,9 @@ struct Inner {
     len: u64,
     started: Option<u64>,
     ended: Option<Ended>,
+    /// Why this run lost the job before it ended (its home places it
+    /// again).
+    lost: Option<String>,
 }
 
 /// A job's log.
@@ -82,6 +85,17 @@ impl JobLog {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// Records that this run lost the job (its tenure) before its end.
+    pub(crate) fn lose(&self, why: &str) {
+        {
+            let mut inner = self.lock();
+            if inner.ended.is_none() {
+                inner.lost.get_or_insert_with(|| why.to_string());
+            }
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     /// Applies an event heard from the executor (a mirror's input); output
     /// at an offset other than the log's end is skipped (a repeat), and so
     /// is output past [`MAX_MIRRORED_BYTES`].
@@ -105,7 +119,7 @@ impl JobLog {
                 output: *output,
                 at: *at,
             }),
-            Event::Unknown => {}
+            Event::Unknown | Event::Lost { .. } => {}
         }
     }
 
@@ -154,6 +168,8 @@ impl JobLog {
                 output: ended.output,
                 at: ended.at,
             });
+        } else if let Some(why) = &inner.lost {
+            events.push(Event::Lost { why: why.clone() });
         }
         events
     }

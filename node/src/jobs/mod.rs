@@ -22,10 +22,11 @@
 //! submitter leave, builds on it.
 
 pub mod executor;
+pub mod home;
 pub mod log;
 pub mod output;
 pub mod protocol;
-mod renew;
+pub mod submission;
 pub mod submit;
 
 use std::collections::BTreeMap;
@@ -55,7 +56,8 @@ pub struct ComputeConfig {
     pub allow_native: bool,
     /// The peers whose native commands run here.
     pub trust: Vec<PeerId>,
-    /// The term of a slot lease.
+    /// The term of a job's tenure: an executor cut off from the job's home
+    /// stops the job within it, and the home places the job again after it.
     pub lease_term: Duration,
     /// A job's time limit when it names none.
     pub default_timeout: Duration,
@@ -98,8 +100,6 @@ pub(crate) struct Compute {
     /// Watches of jobs open to each executor: a queue of thousands waits
     /// for its turn here instead of holding a stream each.
     pub(crate) watching: Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
-    /// The leases held on each executor, renewed in batches.
-    pub(crate) renewers: Mutex<std::collections::HashMap<PeerId, Arc<renew::Renewer>>>,
 }
 
 impl std::fmt::Debug for Compute {
@@ -111,11 +111,15 @@ impl std::fmt::Debug for Compute {
 }
 
 impl Compute {
-    pub(crate) fn new(config: ComputeConfig, data_dir: &std::path::Path) -> Result<Self, crate::NodeError> {
+    pub(crate) fn new(
+        config: ComputeConfig,
+        data_dir: &std::path::Path,
+        local: PeerId,
+    ) -> Result<Self, crate::NodeError> {
         let engine = Arc::new(WasmEngine::new().map_err(|e| crate::NodeError::Task(e.to_string()))?);
         let executor = if config.slots > 0 {
             Some(Arc::new(
-                executor::Executor::new(config.clone(), engine.clone(), data_dir)
+                executor::Executor::new(config.clone(), engine.clone(), data_dir, local)
                     .map_err(|e| crate::NodeError::Task(format!("cannot prepare the executor: {e}")))?,
             ))
         } else {
@@ -129,7 +133,6 @@ impl Compute {
             offers: Mutex::default(),
             shared: Mutex::default(),
             watching: Mutex::default(),
-            renewers: Mutex::default(),
         })
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
 use shoal_resources::compute::engine::Stream as Output;
 use shoal_resources::compute::{JobKind, JobSpec, Needs, SlotOffer};
+use shoal_resources::quorum::{Saved, Timing};
 
 /// The stream protocol of jobs.
 pub const JOBS_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/jobs/1");
@@ -55,21 +56,32 @@ impl From<&WireNeeds> for Needs {
 pub(crate) enum Request {
     /// How loaded are you, and would a job that needs this fit?
     Probe(WireNeeds),
-    /// Run (or queue) this job for me; I hold its lease.
-    Claim {
+    /// Run (or queue) this job as grant `n` of its tenure, which the
+    /// `members` keep: renew it with them, start once a majority confirms
+    /// it, commit the result to them. Sent by whoever supervises the job
+    /// (its submitter first, then its home).
+    Grant {
         /// The job's key.
         job: Key,
-        /// What to run.
-        spec: JobSpec,
-        /// The nonce its key was made with.
-        nonce: u64,
+        /// Its submission (spec, nonce, submitter, signed).
+        #[serde(with = "serde_bytes")]
+        submission: Vec<u8>,
+        /// The grant number.
+        n: u64,
+        /// The members that keep the job's tenure (peer ids' bytes).
+        members: Vec<serde_bytes::ByteBuf>,
+        /// The tenure's term and margin.
+        timing: Timing,
+        /// The checkpoint to start from.
+        from: Option<Saved>,
     },
-    /// Renew my lease on `job`.
-    Renew { job: Key, token: u64 },
-    /// Renew my leases on these jobs (each with its token).
-    RenewMany(Vec<(Key, u64)>),
-    /// Stop `job` (queued or running) and release its lease.
-    Cancel { job: Key, token: u64 },
+    /// Grant `n` of `job` got its tenure: renew at once.
+    Go { job: Key, n: u64 },
+    /// Grant `n` of `job` did not get its tenure: drop it.
+    Drop { job: Key, n: u64 },
+    /// Stop `job` for good (only its submitter may ask): its result is
+    /// that it was cancelled.
+    Cancel { job: Key },
     /// Send me `job`'s output from byte `from` on, then how it ended.
     Watch { job: Key, from: u64 },
 }
@@ -85,15 +97,11 @@ pub(crate) enum Answer {
         fits: bool,
         offer: Option<SlotOffer>,
     },
-    /// The job is taken: running now (`position` 0) or queued at
-    /// `position`, under a lease with `token` for `term_ms`.
-    Accepted { token: u64, term_ms: u64, position: u32 },
-    /// The lease runs another term.
-    Renewed { term_ms: u64 },
-    /// The leases run another term, except those refused (and why).
-    RenewedMany { term_ms: u64, refused: Vec<(Key, String)> },
-    /// The job was stopped.
-    Cancelled,
+    /// The grant is taken: it runs once its tenure is confirmed, or waits
+    /// at `position` in the queue (0: a slot is free now).
+    Accepted { position: u32 },
+    /// Done.
+    Done,
     /// Refused, and why.
     Refused(String),
 }
@@ -121,6 +129,10 @@ pub(crate) enum Event {
     },
     /// The executor does not know the job (or forgot it).
     Unknown,
+    /// The executor lost the job's tenure before its result was
+    /// committed: the job's home places it again (follow it through its
+    /// record).
+    Lost { why: String },
 }
 
 /// Whether a spec is within the bounds an executor accepts: a reason if

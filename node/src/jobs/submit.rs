@@ -1,10 +1,12 @@
-//! Submitting a job: its blobs, its placement, its lease and its record.
+//! Submitting a job: its blobs, its home, its first placement, and
+//! following its output.
 //!
-//! [`Jobs::submit`] returns once the job is claimed (running or queued on
-//! some peer) or cannot be placed; a task of the submission then holds
-//! the lease (renewing it every third of its term), mirrors the job's
-//! output from the executor, and writes the job's record at its home on
-//! every change.
+//! [`Jobs::submit`] signs the job's submission, hands it to the job's home
+//! (the peers nearest its key keep its tenure, `crate::quorum`), places it
+//! as the home would ([`home::drive`]), and returns once an executor holds
+//! it (running or queued) or it cannot be placed. A task then mirrors the
+//! job's output from its executor here, following the job to the next
+//! executor if the home places it again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -21,11 +23,16 @@ use shoal_resources::compute::{
     SlotOffer,
 };
 
+use super::home::{self, Supervised};
 use super::log::JobLog;
 use super::protocol::{Answer, Event, JOBS_PROTOCOL, MAX_ANSWER_BYTES, Request, WireNeeds, check_spec};
+use super::submission::Submission;
 use super::{Jobs, micros};
 use crate::addr::{NodeAddr, key_of_peer};
 use crate::client::{Client, now};
+use crate::quorum::{Kind, Reply, Wire, members_of};
+use shoal_resources::compute::Supervision;
+use shoal_resources::quorum::Timing;
 
 /// Jobs this peer keeps having submitted, at most (the oldest go).
 pub const KEPT_SUBMITTED: usize = 100_000;
@@ -36,8 +43,12 @@ pub const KEPT_LOG_BYTES: u64 = 512 << 20;
 const COUNT_EVERY: usize = 64;
 /// How long a probe may take (dial included).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a claim or a renewal may take.
+/// How long a claim or a cancel may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Peers that keep a job's tenure (its home), at most.
+pub const HOME_SIZE: usize = 5;
+/// How long a submission waits for its first placement.
+const FIRST_PLACEMENT: Duration = Duration::from_secs(30);
 /// How long the slot class's providers and the offers read are reused.
 const OFFER_TTL: Duration = Duration::from_secs(10);
 /// Candidates whose offers are read per placement, at most.
@@ -262,7 +273,14 @@ impl Submitted {
             *lock(&self.position) = None;
             if let Some((_, token)) = *lock(&self.placed) {
                 let by = Placed { peer: executor, token };
-                let _ = lock(&self.record).start(shoal_overlay::Instant::from_micros(at), by);
+                let at = shoal_overlay::Instant::from_micros(at);
+                let mut record = lock(&self.record);
+                // The executor may start it before the placement's answer
+                // reaches this peer: it was placed by then.
+                if record.placed_at.is_some_and(|p| p > at) {
+                    record.placed_at = Some(at.max(record.queued_at));
+                }
+                let _ = record.start(at, by);
             }
             records.send_modify(|n| *n += 1);
         }
@@ -328,8 +346,11 @@ impl<'a> Jobs<'a> {
         self.compute().engine.check(bytes).map_err(|e| e.to_string())
     }
 
-    /// Places `what` and returns its id once a peer took it (running or
-    /// queued); a task then holds its lease and follows it to its end.
+    /// Submits `what`: signs it, hands it to the job's home (the peers
+    /// that keep its tenure from then on), places it, and returns its id
+    /// once an executor holds it (running or queued). A task then follows
+    /// its output here; the home supervises it, so it completes whether or
+    /// not this peer stays.
     pub async fn submit(self, what: Submit) -> Result<Key, SubmitError> {
         let spec = what.spec;
         check_spec(&spec).map_err(SubmitError::Invalid)?;
@@ -337,50 +358,130 @@ impl<'a> Jobs<'a> {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| SubmitError::Invalid(e.to_string()))?;
         let nonce = u64::from_le_bytes(nonce);
-        let job = spec.key(&client.key(), nonce);
+        let (job, submission) = Submission::sign(&client.identity, spec.clone(), nonce)
+            .ok_or_else(|| SubmitError::Invalid("this peer's identity cannot sign a submission".into()))?;
+        let bytes = submission.encode();
+        let submitted_at = now();
+        let peers = self.home_of(job).await?;
+        let term = self.compute().config.lease_term;
+        let timing = Timing {
+            term,
+            margin: term / 10,
+        };
+        self.join(job, &peers, timing, &bytes).await?;
+        let mut supervised = Supervised {
+            job,
+            submission,
+            bytes,
+            peers: peers.clone(),
+            timing,
+            executors: HashMap::new(),
+        };
+        // The first placement is this peer's: the home's own supervision
+        // waits a little before it reads, and takes over from there.
+        let mut supervision = Supervision::new(
+            now(),
+            members_of(&peers),
+            timing,
+            Duration::from_millis(200),
+            ASK_TIMEOUT,
+        );
+        let started = std::time::Instant::now();
+        let mut attempts = 0u32;
+        let (peer, n, position) = loop {
+            supervision.handle_timeout(now());
+            let drove = home::drive(client, &mut supervised, &mut supervision).await;
+            if let Some(granted) = drove.granted {
+                break granted;
+            }
+            match drove.failed {
+                Some(SubmitError::Place {
+                    error: PlaceError::NoAnswer,
+                    ..
+                }) if attempts < PLACE_ATTEMPTS => attempts += 1,
+                Some(e) => return Err(e),
+                None => {}
+            }
+            if supervision.result().is_some() || started.elapsed() > FIRST_PLACEMENT {
+                return Err(SubmitError::Invalid(format!(
+                    "job {job} was not placed within {} s (its home goes on trying)",
+                    FIRST_PLACEMENT.as_secs()
+                )));
+            }
+            let wait = supervision
+                .poll_timeout()
+                .map_or(Duration::from_millis(50), |t| t.saturating_since(now()))
+                .clamp(Duration::from_millis(1), Duration::from_secs(1));
+            tokio::time::sleep(wait).await;
+        };
         let submitted = Arc::new(Submitted {
             job,
             log: Arc::default(),
-            record: Mutex::new(JobRecord::new(client.key(), now())),
-            placed: Mutex::new(None),
-            position: Mutex::new(None),
+            record: Mutex::new(JobRecord::new(client.key(), submitted_at)),
+            placed: Mutex::new(Some((peer, n))),
+            position: Mutex::new((position > 0).then_some(position)),
             cancel: tokio::sync::Notify::new(),
         });
-        let needs = Needs {
-            kind: Some(spec.kind.unwrap_or(JobKind::Wasm)),
-            memory: spec.memory,
-            labels: spec.labels.clone(),
-        };
-        // A placement nobody answered (peers busy, a stream refused) is
-        // tried again, afresh, a few times before it fails.
-        let mut attempt = 0u32;
-        let (peer, token, term, position) = loop {
-            match self.place(&needs, &spec, job, nonce).await {
-                Ok(placed) => break placed,
-                Err(SubmitError::Place {
-                    error: PlaceError::NoAnswer,
-                    ..
-                }) if attempt < PLACE_ATTEMPTS => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
         {
             let mut record = lock(&submitted.record);
             let by = Placed {
                 peer: key_of_peer(&peer).unwrap_or(job),
-                token,
+                token: n,
             };
             let _ = record.place(now(), by);
             record.executor = Some(peer.to_bytes());
         }
-        *lock(&submitted.placed) = Some((peer, token));
-        *lock(&submitted.position) = (position > 0).then_some(position);
         lock(&self.compute().submitted).add(submitted.clone());
-        tokio::spawn(supervise(client.downgrade(), submitted, peer, token, term));
+        tokio::spawn(follow(client.downgrade(), submitted));
         Ok(job)
+    }
+
+    /// The peers that keep a job's tenure: the [`HOME_SIZE`] peers nearest
+    /// its key that the overlay finds (this one among them if it is that
+    /// near), their addresses noted.
+    async fn home_of(&self, job: Key) -> Result<Vec<PeerId>, SubmitError> {
+        let client = self.client;
+        let found = client.find_node(job).await?;
+        let mut near: Vec<(Key, PeerId)> = vec![(client.key(), client.peer_id())];
+        for info in found.peers {
+            if info.key != client.key() {
+                client.add_addresses(info.addr.peer, info.addr.addrs.clone()).await?;
+                near.push((info.key, info.addr.peer));
+            }
+        }
+        near.sort_by_key(|(k, _)| k.distance(&job));
+        near.dedup_by_key(|(k, _)| *k);
+        near.truncate(HOME_SIZE);
+        Ok(near.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Hands the job to its home: a majority must keep it.
+    async fn join(&self, job: Key, peers: &[PeerId], timing: Timing, bytes: &[u8]) -> Result<(), SubmitError> {
+        let wire = Wire::Join {
+            kind: Kind::Job,
+            key: job,
+            peers: peers.to_vec(),
+            timing,
+            payload: bytes.to_vec(),
+        };
+        let mut replies = crate::quorum::ask_each(self.client, peers, &wire, ASK_TIMEOUT);
+        let (mut joined, mut refusals) = (0, Vec::new());
+        while let Some((peer, reply)) = replies.next().await {
+            match reply {
+                Ok(Reply::Joined) => joined += 1,
+                Ok(Reply::Refused(why)) => refusals.push(format!("{peer}: {why}")),
+                Ok(other) => refusals.push(format!("{peer}: {other:?}")),
+                Err(e) => refusals.push(format!("{peer}: {e}")),
+            }
+        }
+        if joined < peers.len() / 2 + 1 {
+            return Err(SubmitError::Invalid(format!(
+                "the job's home did not take it ({joined} of {} members): {}",
+                peers.len(),
+                refusals.join("; ")
+            )));
+        }
+        Ok(())
     }
 
     /// Candidates for `needs`: the slot class's providers and the inputs'
@@ -458,15 +559,23 @@ impl<'a> Jobs<'a> {
 
     /// Runs the placement machine to a claimed peer: the peer, the token,
     /// the lease term and the queue position.
-    async fn place(
+    pub(crate) async fn place(
         &self,
         needs: &Needs,
         spec: &JobSpec,
         job: Key,
-        nonce: u64,
-    ) -> Result<(PeerId, u64, Duration, u32), SubmitError> {
-        let (candidates, peers) = self.candidates(needs, spec).await?;
-        let seed = u64::from_le_bytes(job.to_bytes()[..8].try_into().unwrap_or_default());
+        avoid: Option<Key>,
+        grant: &Request,
+    ) -> Result<(PeerId, u32), SubmitError> {
+        let (mut candidates, peers) = self.candidates(needs, spec).await?;
+        if candidates.len() > 1 {
+            candidates.retain(|c| Some(c.peer) != avoid);
+        }
+        let seed = u64::from_le_bytes(job.to_bytes()[..8].try_into().unwrap_or_default())
+            ^ match grant {
+                Request::Grant { n, .. } => *n,
+                _ => 0,
+            };
         let mut placement = Placement::new(needs.clone(), self.compute().config.probes, PROBE_TIMEOUT, seed);
         placement.handle_candidates(now(), candidates);
         let wire = WireNeeds {
@@ -492,11 +601,7 @@ impl<'a> Jobs<'a> {
                     continue;
                 };
                 let request = if claim {
-                    Request::Claim {
-                        job,
-                        spec: spec.clone(),
-                        nonce,
-                    }
+                    grant.clone()
                 } else {
                     Request::Probe(wire.clone())
                 };
@@ -542,15 +647,8 @@ impl<'a> Jobs<'a> {
                     }),
                 ) => placement.handle_probe(now(), key, Some(Load { free, queued })),
                 (false, _) => placement.handle_probe(now(), key, None),
-                (
-                    true,
-                    Ok(Answer::Accepted {
-                        token,
-                        term_ms,
-                        position,
-                    }),
-                ) => {
-                    accepted = Some((peer, token, Duration::from_millis(term_ms.max(1)), position));
+                (true, Ok(Answer::Accepted { position })) => {
+                    accepted = Some((peer, position));
                     placement.handle_claim(now(), key, true);
                 }
                 (true, Ok(Answer::Refused(why))) => {
@@ -575,10 +673,50 @@ impl<'a> Jobs<'a> {
         if let Some(view) = self.local(&job) {
             return Ok(Some(view));
         }
-        let Some(record) = self.client.get_value(job).await? else {
-            return Ok(None);
+        // The submitter's record says what the submitter saw; the home's
+        // members say what holds now (who has the job, its committed
+        // result), whether or not the submitter is still there.
+        let record = match self.client.get_value(job).await {
+            Ok(Some(held)) => JobRecord::decode(&held.value),
+            _ => None,
         };
-        Ok(JobRecord::decode(&record.value).map(|r| view_of(&job, &r, None, false)))
+        let home = home::read_home(self.client, job).await?;
+        if record.is_none() && home.is_none() {
+            return Ok(None);
+        }
+        let submitter = record.as_ref().map_or(job, |r| r.submitter);
+        let mut view = view_of(
+            &job,
+            &record.unwrap_or_else(|| JobRecord::new(submitter, now())),
+            None,
+            false,
+        );
+        let Some(home) = home else { return Ok(Some(view)) };
+        let ms = |at: shoal_overlay::Instant| at.as_micros() / 1000;
+        if let Some((by, result)) = home.committed() {
+            view.state = "ended".into();
+            view.exit_code = Some(result.exit_code);
+            view.error = result.error.clone();
+            view.output = result.output.map(|k| k.to_string());
+            view.token = Some(by.n);
+            view.started = Some(ms(result.started_at));
+            view.ended = Some(ms(result.ended_at));
+            view.placed = view.placed.or(view.started);
+            if let Some(peer) = result.executor.as_ref().and_then(|b| PeerId::from_bytes(b).ok()) {
+                view.peer = Some(peer.to_string());
+            }
+        } else if let Some(grantee) = home.grantee()
+            && view.token != Some(grantee.n)
+        {
+            // Placed again since the submitter last wrote.
+            view.state = "placed".into();
+            view.token = Some(grantee.n);
+            view.peer = home::peer_of(self.client, grantee.peer).await.map(|p| p.to_string());
+            view.started = None;
+            view.ended = None;
+            view.exit_code = None;
+        }
+        Ok(Some(view))
     }
 
     /// `job` as this peer knows it (submitted or run here).
@@ -782,80 +920,90 @@ fn hosted_view(
     }
 }
 
-/// Follows a submitted job to its end: renews its lease, mirrors its
-/// output, writes its record at its home, and cancels it when asked.
-async fn supervise(node: crate::client::WeakClient, job: Arc<Submitted>, peer: PeerId, token: u64, term: Duration) {
-    let Some(client) = node.upgrade() else { return };
-    let records = RecordWriter::start(client.downgrade(), job.clone());
-    records.changed();
-    let renewer = lock(&client.compute.renewers).entry(peer).or_default().clone();
-    let mut lost = renewer.hold(client.downgrade(), peer, term, job.job, token);
-    let mut watch = Box::pin(mirror(client.clone(), job.clone(), peer, records.wake.clone()));
-    let failed = tokio::select! {
-        ended = &mut watch => ended.err(),
-        why = &mut lost => {
-            let why = why.unwrap_or_else(|_| "the lease was dropped".into());
-            // A job that just ended released its lease: its end is on
-            // its way to the mirror.
-            match tokio::time::timeout(term, &mut watch).await {
-                Ok(ended) => ended.err(),
-                Err(_) => Some(format!("the job's lease was lost: {why}")),
-            }
-        }
-        () = job.cancel.notified() => {
-            let _ = ask(&client, peer, &Request::Cancel { job: job.job, token }, ASK_TIMEOUT).await;
-            {
-                let _ = lock(&job.record).cancel(now());
-            }
-            job.log.end(super::log::Ended { exit_code: 130, error: Some("cancelled".into()), output: None, at: micros(now()) });
-            records.changed();
-            drop(watch);
-            renewer.drop_lease(&job.job);
-            records.finish().await;
-            return;
-        }
+/// Follows a submitted job to its end: mirrors its output from whichever
+/// executor holds it (found again through its record when the one
+/// mirrored loses it), and cancels it when asked.
+async fn follow(node: crate::client::WeakClient, job: Arc<Submitted>) {
+    let Some((mut peer, mut token)) = *lock(&job.placed) else {
+        return;
     };
-    renewer.drop_lease(&job.job);
+    let records = RecordWriter::start(node.clone(), job.clone());
+    records.changed();
+    loop {
+        let Some(client) = node.upgrade() else { return };
+        let mirrored = tokio::select! {
+            mirrored = mirror(client.clone(), job.clone(), peer, records.wake.clone()) => mirrored,
+            () = job.cancel.notified() => {
+                let _ = ask(&client, peer, &Request::Cancel { job: job.job }, ASK_TIMEOUT).await;
+                // The executor commits the cancel as the job's result, and
+                // its end reaches the mirror.
+                match tokio::time::timeout(ASK_TIMEOUT, mirror(client.clone(), job.clone(), peer, records.wake.clone())).await {
+                    Ok(mirrored) => mirrored,
+                    Err(_) => Err("the executor did not end the job in time".into()),
+                }
+            }
+        };
+        if mirrored.is_ok() {
+            break;
+        }
+        // Lost where it was: its home places it again. Wait for the home
+        // to name the next grant (or the end).
+        let next = loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Ok(Some(home)) = home::read_home(&client, job.job).await else {
+                continue;
+            };
+            if let Some((_, result)) = home.committed() {
+                job.log.end(super::log::Ended {
+                    exit_code: result.exit_code,
+                    error: result.error.clone(),
+                    output: result.output,
+                    at: micros(result.ended_at),
+                });
+                break None;
+            }
+            if let Some(grantee) = home.grantee().filter(|g| g.n > token)
+                && let Some(executor) = home::peer_of(&client, grantee.peer).await
+            {
+                break Some((executor, grantee.n));
+            }
+        };
+        let Some((next_peer, next_token)) = next else { break };
+        (peer, token) = (next_peer, next_token);
+        *lock(&job.placed) = Some((peer, token));
+        let mut record = lock(&job.record);
+        let _ = record.place(
+            now(),
+            Placed {
+                peer: key_of_peer(&peer).unwrap_or(job.job),
+                token,
+            },
+        );
+        record.executor = Some(peer.to_bytes());
+        drop(record);
+        records.changed();
+    }
     let (started, ended) = job.log.progress();
+    let placed = *lock(&job.placed);
     {
         let mut record = lock(&job.record);
-        let by = Placed {
-            peer: key_of_peer(&peer).unwrap_or(job.job),
-            token,
-        };
-        if let Some(at) = started {
-            let _ = record.start(shoal_overlay::Instant::from_micros(at), by);
-        }
-        match (ended, &failed) {
-            (Some(ended), _) => {
-                if record.started_at.is_none() {
-                    let _ = record.start(shoal_overlay::Instant::from_micros(ended.at), by);
-                }
-                let _ = record.end(
-                    shoal_overlay::Instant::from_micros(ended.at),
-                    by,
-                    ended.exit_code,
-                    ended.output,
-                );
-                record.error = ended.error.map(|e| truncate(&e));
-            }
-            (None, Some(why)) => {
-                let _ = record.start(now(), by);
-                let _ = record.end(now(), by, 125, None);
-                record.error = Some(truncate(why));
-                job.log.end(super::log::Ended {
-                    exit_code: 125,
-                    error: Some(why.clone()),
-                    output: None,
-                    at: micros(now()),
-                });
-            }
-            (None, None) => {}
+        if let (Some((peer, token)), Some(ended)) = (placed, ended) {
+            let by = Placed {
+                peer: key_of_peer(&peer).unwrap_or(job.job),
+                token,
+            };
+            let _ = record.start(shoal_overlay::Instant::from_micros(started.unwrap_or(ended.at)), by);
+            let _ = record.end(
+                shoal_overlay::Instant::from_micros(ended.at),
+                by,
+                ended.exit_code,
+                ended.output,
+            );
+            record.error = ended.error.map(|e| truncate(&e));
         }
     }
     *lock(&job.position) = None;
     records.changed();
-    drop(watch);
     records.finish().await;
 }
 
@@ -892,6 +1040,7 @@ async fn mirror(
             loop {
                 match crate::codec::read_cbor::<Event, _>(&mut stream, MAX_ANSWER_BYTES).await {
                     Ok(Event::Unknown) => return Err(format!("the executor {peer} no longer knows the job")),
+                    Ok(Event::Lost { why }) => return Err(why),
                     Ok(event) => {
                         job.heard(&event, key_of_peer(&peer).unwrap_or(job.job), &records);
                         if matches!(event, Event::Ended { .. }) {
@@ -921,6 +1070,9 @@ async fn mirror_here(
         seen.mark_unchanged();
         let mut ended = false;
         for event in hosted.log.events_from(job.log.len(), 1 << 20) {
+            if let Event::Lost { why } = event {
+                return Err(why);
+            }
             ended |= matches!(event, Event::Ended { .. });
             job.heard(&event, client.key(), records);
         }

@@ -244,11 +244,48 @@ impl JobRecord {
     }
 }
 
+/// A job's result, as its tenure's members commit it (opaque bytes to
+/// them: [`JobResult::encode`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The exit code (130: cancelled, 124: timed out, 137: out of memory).
+    pub exit_code: i32,
+    /// Why it failed, if it did not exit on its own (at most 1 KiB).
+    pub error: Option<String>,
+    /// The directory blob of its `/out`, if it wrote one.
+    pub output: Option<Key>,
+    /// When the run that produced it started and ended (its executor's
+    /// clock).
+    pub started_at: Instant,
+    /// See `started_at`.
+    pub ended_at: Instant,
+    /// The network identity (a libp2p peer id's bytes) of the executor
+    /// that produced it: where its output was first provided.
+    #[serde(default, with = "serde_bytes_opt")]
+    pub executor: Option<Vec<u8>>,
+}
+
+/// Largest encoded result.
+pub const MAX_RESULT_BYTES: usize = 4096;
+
+impl JobResult {
+    /// The result's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::value::encode(b"shoal-result\n", self)
+    }
+
+    /// Reads a result back; `None` if the bytes are not one.
+    pub fn decode(bytes: &[u8]) -> Option<JobResult> {
+        crate::value::decode(b"shoal-result\n", MAX_RESULT_BYTES, bytes)
+    }
+}
+
 /// The home's rule for a job's record ([`shoal_overlay::Successor`]):
 /// whether the version `new` may replace `held`. A record that ended stays
-/// as it ended (a result is committed once); a placement on an executor
-/// never goes back to an older token of that executor; the submitter does
-/// not change. Values that are not job records are not this rule's
+/// as it ended (a result is committed once); a placement never goes back
+/// to an older token (the tokens are the job's grant numbers, which grow
+/// with every placement), nor, within one placement, to an earlier state;
+/// the submitter does not change. Values that are not job records are not this rule's
 /// business.
 pub fn successor(held: &[u8], new: &[u8]) -> bool {
     let Some(held) = JobRecord::decode(held) else {
@@ -264,10 +301,21 @@ pub fn successor(held: &[u8], new: &[u8]) -> bool {
         JobState::Placed(p) | JobState::Running(p) | JobState::Ended { by: p, .. } => Some(p),
         _ => None,
     };
-    let stale = matches!(
-        (placed(&held.state), placed(&new.state)),
-        (Some(old), Some(next)) if old.peer == next.peer && next.token < old.token
-    );
+    let rank = |state: &JobState| match state {
+        JobState::Queued => 0,
+        JobState::Placed(_) => 1,
+        JobState::Running(_) => 2,
+        JobState::Ended { .. } | JobState::Cancelled => 3,
+    };
+    // Tokens are a job's grant numbers: a later placement has a larger
+    // one, and within one placement the state only moves on.
+    let stale = match (placed(&held.state), placed(&new.state)) {
+        (Some(old), Some(next)) => {
+            next.token < old.token || (next.token == old.token && rank(&new.state) < rank(&held.state))
+        }
+        (Some(_), None) => true,
+        _ => false,
+    };
     !stale && new.submitter == held.submitter
 }
 
@@ -342,16 +390,24 @@ mod tests {
         assert!(!successor(&cancelled.encode(), &ended.encode()));
         let mut older = queued.clone();
         older.place(t(1), Placed { peer: key(1), token: 6 }).unwrap();
-        assert!(
-            !successor(&placed.encode(), &older.encode()),
-            "an older token of the same executor"
-        );
+        assert!(!successor(&placed.encode(), &older.encode()), "an older grant");
         let mut elsewhere = queued.clone();
         elsewhere.place(t(1), Placed { peer: key(2), token: 1 }).unwrap();
         assert!(
-            successor(&placed.encode(), &elsewhere.encode()),
-            "another executor's own count"
+            !successor(&placed.encode(), &elsewhere.encode()),
+            "an older grant on another executor"
         );
+        let mut later = queued.clone();
+        later.place(t(5), Placed { peer: key(2), token: 8 }).unwrap();
+        assert!(successor(&placed.encode(), &later.encode()), "a later grant");
+        let mut running = placed.clone();
+        running.start(t(2), Placed { peer: key(1), token: 7 }).unwrap();
+        assert!(successor(&placed.encode(), &running.encode()));
+        assert!(
+            !successor(&running.encode(), &placed.encode()),
+            "one placement's state only moves on"
+        );
+        assert!(!successor(&running.encode(), &queued.encode()));
         let mut stolen = placed.clone();
         stolen.submitter = key(8);
         assert!(!successor(&placed.encode(), &stolen.encode()));

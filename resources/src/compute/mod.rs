@@ -11,8 +11,6 @@
 //! - [`place`]: placing one job without a negotiator — probe the holders
 //!   of its inputs and `d` candidates, claim the best, queue where the
 //!   queue is shortest when every slot is busy.
-//! - [`lease`]: fenced slot leases as an executor grants them, tokens that
-//!   survive a restart.
 //! - [`supervise`]: supervising a job from its home — read its tenure
 //!   at the home's majority ([`crate::quorum`]), place it anew from its
 //!   newest checkpoint when no executor holds it.
@@ -24,14 +22,12 @@
 #[cfg(feature = "compute-engine")]
 pub mod engine;
 pub mod job;
-pub mod lease;
 pub mod offer;
 pub mod place;
 pub mod queue;
 pub mod supervise;
 
-pub use job::{JobError, JobRecord, JobSpec, JobState, Placed};
-pub use lease::{Grant, Lease, LeaseError, Leases};
+pub use job::{JobError, JobRecord, JobResult, JobSpec, JobState, Placed};
 pub use offer::{JobKind, Needs, SlotOffer};
 pub use place::{Candidate, Load, PlaceAction, PlaceError, Placement};
 pub use queue::{FairQueue, QueueError};

@@ -226,10 +226,14 @@ impl Placement {
         if !self.probes.is_empty() {
             return;
         }
-        let mut ranked: Vec<(u32, bool, Key)> = self
+        // Equal scores are broken at random: by key, the same peers would
+        // win every tie.
+        let draws: Vec<u64> = (0..self.answers.len()).map(|_| self.rng.next_u64()).collect();
+        let mut ranked: Vec<(u32, bool, u64, Key)> = self
             .answers
             .iter()
-            .map(|(peer, (load, holds))| {
+            .zip(draws)
+            .map(|((peer, (load, holds)), draw)| {
                 // The queue the job would wait in: none with a free slot.
                 let wait = if load.free > 0 {
                     0
@@ -241,11 +245,11 @@ impl Placement {
                 } else {
                     wait
                 };
-                (score, !*holds, *peer)
+                (score, !*holds, draw, *peer)
             })
             .collect();
         ranked.sort();
-        self.ranked = ranked.into_iter().map(|(_, _, peer)| peer).collect();
+        self.ranked = ranked.into_iter().map(|(_, _, _, peer)| peer).collect();
         self.stage = Stage::Claiming;
         self.claim_next();
     }

@@ -130,6 +130,11 @@ impl Supervision {
         self.actions.pop_front()
     }
 
+    /// Whether an action waits to be polled.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// When to call [`handle_timeout`](Self::handle_timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.stage {

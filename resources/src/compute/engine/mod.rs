@@ -180,7 +180,8 @@ impl Outcome {
         Outcome { exit_code, error: None }
     }
 
-    fn failed(error: RunError) -> Self {
+    /// A run that failed with `error` (the exit code is the error's).
+    pub fn failed(error: RunError) -> Self {
         Outcome {
             exit_code: error.exit_code(),
             error: Some(error),

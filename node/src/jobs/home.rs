@@ -1,0 +1,313 @@
+//! A job's supervision, driven against the network: the submitter drives
+//! it for the first placement, and the job's home members — the peers
+//! that keep its tenure ([`crate::quorum`]) — drive it from then on, so
+//! that the job outlives its executor and its submitter.
+//!
+//! What to do is decided by [`Supervision`] (`shoal_resources::compute`):
+//! read the tenure at a majority, place the job anew when no executor
+//! holds it, give the new executor the tenure, abandon a placement that
+//! lost a race. This module carries its asks to the members, places jobs
+//! with the same [`Placement`](shoal_resources::compute::Placement) as a
+//! first submission, and reads a job's state from its home for `status`.
+//!
+//! Each member also fetches the job's module when it takes the job, so
+//! that the job can run again after its submitter and its executor are
+//! gone (a download makes the member one of its providers). Inputs are not
+//! copied per job: a job whose inputs nobody holds any more cannot run
+//! again, so a submitter that leaves pins them first.
+//!
+//! Every member supervises every job it keeps, the nearest to the job's
+//! key first: a member further away waits longer before its first read,
+//! so that in the common case one supervisor acts; two at once are safe
+//! (the tenure admits one grantee at a time) and only cost a placement
+//! abandoned.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::PeerId;
+use shoal_overlay::Key;
+use shoal_resources::compute::{JobKind, JobResult, Needs, SuperviseAction, Supervision};
+use shoal_resources::quorum::{Grantee, Timing, View};
+
+use super::protocol::Request;
+use super::submission::Submission;
+use crate::addr::key_of_peer;
+use crate::client::{Client, WeakClient, now};
+use crate::quorum::{Kind, Reply, Wire, members_of};
+
+/// How long an ask to the members may take.
+pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a member waits before its first read of a job it just joined,
+/// per place in distance order (the submitter places the job meanwhile).
+const RANK_DELAY: Duration = Duration::from_secs(2);
+
+/// A job as its supervisor knows it.
+pub(crate) struct Supervised {
+    pub(crate) job: Key,
+    pub(crate) submission: Submission,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) peers: Vec<PeerId>,
+    pub(crate) timing: Timing,
+    /// The executors placed on, by key.
+    pub(crate) executors: HashMap<Key, PeerId>,
+}
+
+/// What one drive of a supervision did that its caller cares about.
+#[derive(Debug, Default)]
+pub(crate) struct Drove {
+    /// A grant that got its tenure: the executor and its grant number.
+    pub(crate) granted: Option<(PeerId, u64, u32)>,
+    /// Why the last placement failed, if it did.
+    pub(crate) failed: Option<super::SubmitError>,
+}
+
+/// Runs `supervision`'s actions until it has none left for now.
+pub(crate) async fn drive(client: &Client, job: &mut Supervised, supervision: &mut Supervision) -> Drove {
+    let mut drove = Drove::default();
+    let mut positions: HashMap<u64, u32> = HashMap::new();
+    while let Some(action) = supervision.poll_action() {
+        match action {
+            SuperviseAction::Ask { ask, request } => {
+                let wire = Wire::Ask { key: job.job, request };
+                let mut replies = crate::quorum::ask_each(client, &job.peers, &wire, ASK_TIMEOUT);
+                while let Some((peer, reply)) = replies.next().await {
+                    if let (Ok(Reply::Answer(answer)), Some(member)) = (reply, key_of_peer(&peer)) {
+                        supervision.handle_answer(now(), ask, member, answer);
+                    }
+                    if supervision.has_actions() {
+                        // Decided: the slower members' answers still land.
+                        tokio::spawn(async move { while replies.next().await.is_some() {} });
+                        break;
+                    }
+                }
+                if !supervision.has_actions() {
+                    supervision.handle_timeout(now());
+                }
+            }
+            SuperviseAction::Place { n, avoid, from } => {
+                let spec = &job.submission.spec;
+                let needs = Needs {
+                    kind: Some(spec.kind.unwrap_or(JobKind::Wasm)),
+                    memory: spec.memory,
+                    labels: spec.labels.clone(),
+                };
+                let grant = Request::Grant {
+                    job: job.job,
+                    submission: job.bytes.clone(),
+                    n,
+                    members: job
+                        .peers
+                        .iter()
+                        .map(|p| serde_bytes::ByteBuf::from(p.to_bytes()))
+                        .collect(),
+                    timing: job.timing,
+                    from,
+                };
+                match client.jobs().place(&needs, spec, job.job, avoid, &grant).await {
+                    Ok((peer, position)) => {
+                        let key = key_of_peer(&peer);
+                        if let Some(key) = key {
+                            job.executors.insert(key, peer);
+                        }
+                        positions.insert(n, position);
+                        supervision.handle_placed(now(), n, key);
+                    }
+                    Err(e) => {
+                        drove.failed = Some(e);
+                        supervision.handle_placed(now(), n, None);
+                    }
+                }
+            }
+            SuperviseAction::Granted(grantee) => {
+                if let Some(peer) = job.executors.get(&grantee.peer).copied() {
+                    let go = Request::Go {
+                        job: job.job,
+                        n: grantee.n,
+                    };
+                    let _ = super::submit::ask(client, peer, &go, ASK_TIMEOUT).await;
+                    drove.granted = Some((peer, grantee.n, positions.get(&grantee.n).copied().unwrap_or(0)));
+                }
+            }
+            SuperviseAction::Abandon(grantee) => {
+                if let Some(peer) = job.executors.get(&grantee.peer).copied() {
+                    let drop = Request::Drop {
+                        job: job.job,
+                        n: grantee.n,
+                    };
+                    let client = client.clone();
+                    tokio::spawn(async move { super::submit::ask(&client, peer, &drop, ASK_TIMEOUT).await });
+                }
+            }
+        }
+    }
+    drove
+}
+
+/// A job's state as its home keeps it: the member set, and the views of
+/// the members that answered.
+pub(crate) struct HomeState {
+    pub(crate) peers: Vec<PeerId>,
+    pub(crate) views: Vec<View>,
+}
+
+impl HomeState {
+    /// The result a majority of the set holds (committed), and the last
+    /// grant that sent it.
+    pub(crate) fn committed(&self) -> Option<(Grantee, JobResult)> {
+        let majority = self.peers.len() / 2 + 1;
+        let mut held: HashMap<&[u8], (usize, Grantee)> = HashMap::new();
+        for (by, bytes) in self.views.iter().filter_map(|v| v.result.as_ref()) {
+            let entry = held.entry(bytes.as_slice()).or_insert((0, *by));
+            entry.0 += 1;
+            if by.n > entry.1.n {
+                entry.1 = *by;
+            }
+        }
+        held.into_iter()
+            .find(|(_, (n, _))| *n >= majority)
+            .and_then(|(bytes, (_, by))| Some((by, JobResult::decode(bytes)?)))
+    }
+
+    /// The newest grant any member answering holds.
+    pub(crate) fn grantee(&self) -> Option<Grantee> {
+        self.views.iter().filter_map(|v| v.grantee).max_by_key(|g| g.n)
+    }
+}
+
+/// Reads a job's state from its home: the peers nearest its key that keep
+/// it (`None` if none does).
+pub(crate) async fn read_home(client: &Client, job: Key) -> Result<Option<HomeState>, crate::NodeError> {
+    let found = client.find_node(job).await?;
+    let mut near: Vec<(Key, PeerId)> = vec![(client.key(), client.peer_id())];
+    for info in found.peers {
+        if info.key != client.key() {
+            client.add_addresses(info.addr.peer, info.addr.addrs.clone()).await?;
+            near.push((info.key, info.addr.peer));
+        }
+    }
+    near.sort_by_key(|(k, _)| k.distance(&job));
+    near.dedup_by_key(|(k, _)| *k);
+    // The set was the nearest when the job was submitted; a few more cover
+    // peers that joined nearer since.
+    near.truncate(super::submit::HOME_SIZE + 3);
+    let asked: Vec<PeerId> = near.into_iter().map(|(_, p)| p).collect();
+    let mut replies = crate::quorum::ask_each(client, &asked, &Wire::Describe { key: job }, ASK_TIMEOUT);
+    let mut state: Option<HomeState> = None;
+    while let Some((_, reply)) = replies.next().await {
+        if let Ok(Reply::Entry { peers, view }) = reply {
+            let state = state.get_or_insert_with(|| HomeState {
+                peers: peers.clone(),
+                views: Vec::new(),
+            });
+            if state.peers == peers {
+                state.views.push(view);
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// The peer id of the peer with overlay key `key`, found through the
+/// overlay (its addresses noted).
+pub(crate) async fn peer_of(client: &Client, key: Key) -> Option<PeerId> {
+    if key == client.key() {
+        return Some(client.peer_id());
+    }
+    let found = client.find_node(key).await.ok()?;
+    let info = found.peers.into_iter().find(|p| p.key == key)?;
+    client
+        .add_addresses(info.addr.peer, info.addr.addrs.clone())
+        .await
+        .ok()?;
+    Some(info.addr.peer)
+}
+
+/// The home duty: supervises every job this peer keeps the tenure of,
+/// until its result is committed.
+pub(crate) async fn run(node: WeakClient) {
+    let mut supervised: HashMap<Key, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        let Some(client) = node.upgrade() else { return };
+        for (key, entry) in client.quorum.entries() {
+            if entry.kind != Kind::Job || supervised.contains_key(&key) {
+                continue;
+            }
+            if entry.acceptor.view(now()).result.is_some() {
+                // Done here (committed, or on its way): nothing to place.
+                continue;
+            }
+            let Some(submission) = Submission::decode(&entry.payload) else {
+                continue;
+            };
+            let mut order: Vec<(Key, PeerId)> = entry
+                .peers
+                .iter()
+                .filter_map(|p| key_of_peer(p).map(|k| (k, *p)))
+                .collect();
+            order.sort_by_key(|(k, _)| k.distance(&key));
+            let rank = order
+                .iter()
+                .position(|(_, p)| *p == client.peer_id())
+                .unwrap_or(order.len());
+            let job = Supervised {
+                job: key,
+                submission,
+                bytes: entry.payload.clone(),
+                peers: entry.peers.clone(),
+                timing: entry.timing,
+                executors: HashMap::new(),
+            };
+            // The home keeps the job's module, so that the job can run
+            // again whoever else goes. Inputs can be large: they are the
+            // submitter's to pin (`shoal pin`), not copied per job.
+            let blobs: Vec<Key> = job.submission.spec.module.into_iter().collect();
+            let keeper = client.clone();
+            tokio::spawn(async move {
+                for id in blobs {
+                    if let Err(e) = super::executor::fetch(&keeper, id).await {
+                        tracing::info!("job {key}: cannot keep its blob {id} yet: {e}");
+                    }
+                }
+            });
+            let delay = RANK_DELAY * (rank as u32 + 1);
+            supervised.insert(key, tokio::spawn(supervise(client.downgrade(), job, delay)));
+        }
+        supervised.retain(|_, task| !task.is_finished());
+        let joined = client.quorum.clone();
+        drop(client);
+        tokio::select! {
+            () = joined.joined.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Supervises one job from this home member, its first read `delay` from
+/// now, until its result is committed (then writes its record).
+async fn supervise(node: WeakClient, mut job: Supervised, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    let members = members_of(&job.peers);
+    let mut supervision = Supervision::new(now(), members, job.timing, job.timing.term / 2, ASK_TIMEOUT);
+    loop {
+        let Some(client) = node.upgrade() else { return };
+        if supervision.result().is_some() {
+            return;
+        }
+        let at = now();
+        if supervision.poll_timeout().is_some_and(|t| t <= at) {
+            supervision.handle_timeout(at);
+        }
+        let drove = drive(&client, &mut job, &mut supervision).await;
+        if let Some(why) = drove.failed {
+            tracing::info!("job {}: placing it again failed: {why}", job.job);
+        }
+        let wait = supervision
+            .poll_timeout()
+            .map_or(Duration::from_secs(1), |t| t.saturating_since(now()))
+            .clamp(Duration::from_millis(10), Duration::from_secs(5));
+        drop(client);
+        tokio::time::sleep(wait).await;
+    }
+}

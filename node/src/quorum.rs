@@ -1,0 +1,488 @@
+//! Tenure at a quorum, on the wire and on disk: this peer as one member of
+//! the member sets of keys (`shoal_resources::quorum::Acceptor`), and
+//! asking every member of a set.
+//!
+//! A key's set is fixed when the key *joins*: whoever creates the key (a
+//! job's submitter) sends `Join` with the members' peer ids, the timing and
+//! a payload (a job's submission) to each member; each keeps them with its
+//! acceptor state, in a file of its own under `DATA_DIR/quorum/`, written
+//! and synced before any answer that changed what must survive a restart
+//! (the grantee, the highest grant number, the newest save, the result).
+//! After a restart every grantee counts as fresh for a whole period again
+//! ([`Acceptor::restarted`]).
+//!
+//! `/shoal/quorum/1`: a stream carries one [`Wire`] request (one frame of
+//! [`crate::codec`]) and one [`Reply`].
+//!
+//! The payload is the resource's business: the node checks it with the
+//! validator the resource registered for its kind before joining (a job's
+//! submission must name its key and come from its submitter).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use shoal_overlay::Key;
+use shoal_resources::quorum::{Acceptor, Answer, Members, Request, Timing, View};
+
+use crate::addr::key_of_peer;
+use crate::client::{Client, WeakClient, now};
+
+/// The stream protocol.
+pub const QUORUM_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/quorum/1");
+
+/// Keys this peer keeps state for, at most.
+pub const MAX_KEYS: usize = 100_000;
+/// Largest payload a key may carry, bytes.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Most members a set may have.
+pub const MAX_MEMBERS: usize = 9;
+/// Largest request or reply frame.
+const MAX_FRAME: usize = MAX_PAYLOAD + 16 * 1024;
+/// Streams served at once, at most.
+const MAX_STREAMS: usize = 1024;
+
+/// The kinds of keys, each with its payload's validator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    /// A job: the payload is its submission.
+    Job,
+}
+
+/// A request on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Wire {
+    /// Become a member for `key`.
+    Join {
+        kind: Kind,
+        key: Key,
+        #[serde(with = "peer_ids")]
+        peers: Vec<PeerId>,
+        timing: Timing,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// A request about `key`.
+    Ask { key: Key, request: Request },
+    /// What this member keeps for `key`: the member set and its view.
+    Describe { key: Key },
+    /// Several, answered in order (an executor's renewals of the jobs it
+    /// holds, batched per member): at most [`MAX_BATCH`].
+    Many(Vec<(Key, Request)>),
+}
+
+/// A reply on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    /// Joined (or was a member already, with the same set).
+    Joined,
+    /// The member's answer.
+    Answer(Answer),
+    /// This peer keeps nothing for the key.
+    Unknown,
+    /// Refused, and why.
+    Refused(String),
+    /// The replies to [`Wire::Many`], in order.
+    Many(Vec<Reply>),
+    /// The answer to [`Wire::Describe`].
+    Entry {
+        #[serde(with = "peer_ids")]
+        peers: Vec<PeerId>,
+        view: View,
+    },
+}
+
+/// Requests in one [`Wire::Many`], at most.
+pub const MAX_BATCH: usize = 256;
+
+/// Peer ids as their bytes.
+mod peer_ids {
+    use libp2p::PeerId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(peers: &[PeerId], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(peers.iter().map(|p| serde_bytes::ByteBuf::from(p.to_bytes())))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerId>, D::Error> {
+        let raw = Vec::<serde_bytes::ByteBuf>::deserialize(d)?;
+        raw.into_iter()
+            .map(|b| PeerId::from_bytes(&b).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+/// What this member keeps for one key (on disk, as CBOR).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub(crate) kind: Kind,
+    #[serde(with = "peer_ids")]
+    pub(crate) peers: Vec<PeerId>,
+    pub(crate) timing: Timing,
+    #[serde(with = "serde_bytes")]
+    pub(crate) payload: Vec<u8>,
+    pub(crate) acceptor: Acceptor,
+}
+
+/// The member set of `peers` (peer ids without an overlay key are left
+/// out: they cannot be members).
+pub(crate) fn members_of(peers: &[PeerId]) -> Members {
+    Members::new(peers.iter().filter_map(key_of_peer))
+}
+
+/// Checks a payload of one kind: whether `from` may join `key` with it.
+pub(crate) type Validator = fn(key: &Key, from: &PeerId, payload: &[u8]) -> Result<(), String>;
+
+/// The keys this peer is a member for.
+pub(crate) struct Quorum {
+    local: PeerId,
+    dir: PathBuf,
+    entries: Mutex<BTreeMap<Key, Entry>>,
+    validators: BTreeMap<Kind, Validator>,
+    /// Woken when a key joins, so that its duties start at once.
+    pub(crate) joined: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Quorum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quorum").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Quorum {
+    /// The keys kept under `data_dir/quorum`, read back (each grantee
+    /// fresh for a whole period from now); a file that does not decode is
+    /// set aside with a warning.
+    pub(crate) fn open(
+        local: PeerId,
+        data_dir: &std::path::Path,
+        validators: BTreeMap<Kind, Validator>,
+    ) -> std::io::Result<Self> {
+        let dir = data_dir.join("quorum");
+        std::fs::create_dir_all(&dir)?;
+        let mut entries = BTreeMap::new();
+        let at = now();
+        for file in std::fs::read_dir(&dir)? {
+            let path = file?.path();
+            let Some(key) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<Key>().ok())
+            else {
+                continue;
+            };
+            let bytes = std::fs::read(&path)?;
+            match ciborium::from_reader::<Entry, _>(bytes.as_slice()) {
+                Ok(mut entry) => {
+                    entry.acceptor.restarted(at, entry.timing);
+                    entries.insert(key, entry);
+                }
+                Err(e) => {
+                    tracing::warn!("{} does not decode ({e}): set aside", path.display());
+                    let _ = std::fs::rename(&path, path.with_extension("bad"));
+                }
+            }
+        }
+        Ok(Quorum {
+            local,
+            dir,
+            entries: Mutex::new(entries),
+            validators,
+            joined: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The keys this peer is a member for, with their entries.
+    pub(crate) fn entries(&self) -> Vec<(Key, Entry)> {
+        lock(&self.entries).iter().map(|(k, e)| (*k, e.clone())).collect()
+    }
+
+    /// The entry of `key`, if this peer keeps one.
+    #[cfg(test)]
+    pub(crate) fn entry(&self, key: &Key) -> Option<Entry> {
+        lock(&self.entries).get(key).cloned()
+    }
+
+    /// Handles one request from `from`.
+    pub(crate) fn handle(&self, from: &PeerId, wire: Wire) -> Reply {
+        match wire {
+            Wire::Join {
+                kind,
+                key,
+                peers,
+                timing,
+                payload,
+            } => self.join(from, kind, key, peers, timing, payload),
+            Wire::Ask { key, request } => self.ask(key, request),
+            Wire::Describe { key } => match lock(&self.entries).get(&key) {
+                Some(entry) => Reply::Entry {
+                    peers: entry.peers.clone(),
+                    view: entry.acceptor.view(now()),
+                },
+                None => Reply::Unknown,
+            },
+            Wire::Many(items) if items.len() <= MAX_BATCH => {
+                Reply::Many(items.into_iter().map(|(key, request)| self.ask(key, request)).collect())
+            }
+            Wire::Many(_) => Reply::Refused(format!("more than {MAX_BATCH} requests in one batch")),
+        }
+    }
+
+    fn ask(&self, key: Key, request: Request) -> Reply {
+        let mut entries = lock(&self.entries);
+        let Some(entry) = entries.get_mut(&key) else {
+            return Reply::Unknown;
+        };
+        let before = entry.acceptor.clone();
+        let answer = entry.acceptor.handle(now(), entry.timing, request);
+        if !entry.acceptor.same_durable(&before)
+            && let Err(e) = save(&self.dir, &key, entry)
+        {
+            // Not on disk: not done.
+            entry.acceptor = before;
+            return Reply::Refused(format!("cannot save the state of {key}: {e}"));
+        }
+        Reply::Answer(answer)
+    }
+
+    fn join(&self, from: &PeerId, kind: Kind, key: Key, peers: Vec<PeerId>, timing: Timing, payload: Vec<u8>) -> Reply {
+        if peers.is_empty() || peers.len() > MAX_MEMBERS {
+            return Reply::Refused(format!("a member set has 1 to {MAX_MEMBERS} peers"));
+        }
+        if !peers.contains(&self.local) {
+            return Reply::Refused("this peer is not among the members".into());
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return Reply::Refused(format!("the payload is over {MAX_PAYLOAD} bytes"));
+        }
+        if timing.term.is_zero() || timing.margin >= timing.term || timing.term > Duration::from_secs(3600) {
+            return Reply::Refused("the term must be positive, at most an hour, and above the margin".into());
+        }
+        let Some(validate) = self.validators.get(&kind) else {
+            return Reply::Refused(format!("this peer keeps no keys of kind {kind:?}"));
+        };
+        if let Err(why) = validate(&key, from, &payload) {
+            return Reply::Refused(why);
+        }
+        let mut entries = lock(&self.entries);
+        if let Some(held) = entries.get(&key) {
+            return if held.peers == peers && held.payload == payload {
+                Reply::Joined
+            } else {
+                Reply::Refused(format!("{key} has joined already, with another set or payload"))
+            };
+        }
+        if entries.len() >= MAX_KEYS {
+            return Reply::Refused(format!("this peer keeps {MAX_KEYS} keys already"));
+        }
+        let entry = Entry {
+            kind,
+            peers,
+            timing,
+            payload,
+            acceptor: Acceptor::new(),
+        };
+        if let Err(e) = save(&self.dir, &key, &entry) {
+            return Reply::Refused(format!("cannot save the state of {key}: {e}"));
+        }
+        entries.insert(key, entry);
+        drop(entries);
+        self.joined.notify_one();
+        Reply::Joined
+    }
+}
+
+/// Writes an entry durably: a temporary file, synced, renamed over.
+fn save(dir: &std::path::Path, key: &Key, entry: &Entry) -> std::io::Result<()> {
+    let path = dir.join(key.to_string());
+    let tmp = path.with_extension("tmp");
+    let mut bytes = Vec::new();
+    ciborium::into_writer(entry, &mut bytes).map_err(std::io::Error::other)?;
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)
+}
+
+/// Serves `/shoal/quorum/1` until the node stops.
+pub(crate) async fn serve(node: WeakClient, mut incoming: libp2p_stream::IncomingStreams) {
+    let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(permit) = streams.clone().try_acquire_owned() else {
+            tracing::debug!("quorum stream from {peer} refused: {MAX_STREAMS} open");
+            continue;
+        };
+        let Some(client) = node.upgrade() else { break };
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(&client, peer, stream).await {
+                tracing::debug!("quorum stream from {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_one(client: &Client, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
+    let wire: Wire = crate::codec::read_cbor(&mut stream, MAX_FRAME).await?;
+    let quorum = client.quorum.clone();
+    let reply = tokio::task::spawn_blocking(move || quorum.handle(&peer, wire))
+        .await
+        .map_err(std::io::Error::other)?;
+    stream.write_all(&crate::codec::encode_cbor(&reply)?).await?;
+    stream.close().await
+}
+
+/// Sends `wire` to one member and reads its reply; this peer's own
+/// member state is asked directly.
+pub(crate) async fn ask(client: &Client, peer: PeerId, wire: Wire, within: Duration) -> std::io::Result<Reply> {
+    if peer == client.peer_id() {
+        let quorum = client.quorum.clone();
+        let local = client.peer_id();
+        return tokio::task::spawn_blocking(move || quorum.handle(&local, wire))
+            .await
+            .map_err(std::io::Error::other);
+    }
+    let exchange = async {
+        let mut stream = client
+            .stream_control()
+            .open_stream(peer, QUORUM_PROTOCOL)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        stream.write_all(&crate::codec::encode_cbor(&wire)?).await?;
+        stream.flush().await?;
+        crate::codec::read_cbor::<Reply, _>(&mut stream, MAX_FRAME).await
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .map_err(|_| std::io::Error::other("no answer in time"))?
+}
+
+/// Sends `wire` to every one of `peers` at once; the replies as they come
+/// (a member that fails to answer within `within` gives an error).
+pub(crate) fn ask_each(
+    client: &Client,
+    peers: &[PeerId],
+    wire: &Wire,
+    within: Duration,
+) -> FuturesUnordered<impl std::future::Future<Output = (PeerId, std::io::Result<Reply>)> + 'static> {
+    peers
+        .iter()
+        .map(|peer| {
+            let (client, peer, wire) = (client.clone(), *peer, wire.clone());
+            async move { (peer, ask(&client, peer, wire, within).await) }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_resources::quorum::Grantee;
+
+    fn peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519().public().to_peer_id()
+    }
+
+    fn accept_all(_: &Key, _: &PeerId, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shoal-quorum-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn quorum(local: PeerId, dir: &std::path::Path) -> Quorum {
+        Quorum::open(local, dir, [(Kind::Job, accept_all as Validator)].into()).unwrap()
+    }
+
+    #[test]
+    fn a_members_state_survives_a_restart_and_its_grantee_is_fresh_again() {
+        let (me, other, from) = (peer(), peer(), peer());
+        let dir = dir("restart");
+        let key = Key::of_content(b"job");
+        let timing = Timing::DEFAULT;
+        let join = Wire::Join {
+            kind: Kind::Job,
+            key,
+            peers: vec![me, other],
+            timing,
+            payload: b"spec".to_vec(),
+        };
+        let q = quorum(me, &dir);
+        assert_eq!(q.handle(&from, join.clone()), Reply::Joined);
+        assert_eq!(q.handle(&from, join), Reply::Joined, "joining twice is joining");
+        let grantee = Grantee {
+            peer: Key::of_content(b"executor"),
+            n: 1,
+        };
+        let change = Wire::Ask {
+            key,
+            request: Request::Change(grantee),
+        };
+        assert_eq!(q.handle(&from, change), Reply::Answer(Answer::Ok));
+        drop(q);
+        let again = quorum(me, &dir);
+        let entry = again.entry(&key).expect("kept on disk");
+        assert_eq!(entry.payload, b"spec");
+        let view = entry.acceptor.view(now());
+        assert_eq!(view.grantee, Some(grantee));
+        assert!(!view.lapsed, "fresh again after the restart");
+        assert!(view.fresh_for > Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_join_is_refused_unless_this_peer_is_a_member_and_the_set_and_payload_are_sane() {
+        let (me, other, from) = (peer(), peer(), peer());
+        let dir = dir("refuse");
+        let q = quorum(me, &dir);
+        let key = Key::of_content(b"job");
+        let join = |peers: Vec<PeerId>, payload: Vec<u8>, timing| Wire::Join {
+            kind: Kind::Job,
+            key,
+            peers,
+            timing,
+            payload,
+        };
+        let refused = |r: Reply| matches!(r, Reply::Refused(_));
+        assert!(refused(q.handle(&from, join(vec![other], vec![], Timing::DEFAULT))));
+        assert!(refused(q.handle(&from, join(vec![me; 10], vec![], Timing::DEFAULT))));
+        assert!(refused(
+            q.handle(&from, join(vec![me], vec![0; MAX_PAYLOAD + 1], Timing::DEFAULT))
+        ));
+        let backwards = Timing {
+            term: Duration::from_secs(1),
+            margin: Duration::from_secs(2),
+        };
+        assert!(refused(q.handle(&from, join(vec![me], vec![], backwards))));
+        assert_eq!(q.handle(&from, join(vec![me], vec![1], Timing::DEFAULT)), Reply::Joined);
+        assert!(
+            refused(q.handle(&from, join(vec![me], vec![2], Timing::DEFAULT))),
+            "another payload for a key that joined"
+        );
+        assert_eq!(
+            q.handle(
+                &from,
+                Wire::Ask {
+                    key: Key::of_content(b"other"),
+                    request: Request::Read
+                }
+            ),
+            Reply::Unknown
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
