@@ -146,7 +146,12 @@ pub(crate) struct Quorum {
     validators: BTreeMap<Kind, Validator>,
     /// Woken when a key joins, so that its duties start at once.
     pub(crate) joined: tokio::sync::Notify,
+    /// Asks waiting to go to each member together (see [`ask_each`]).
+    waiting: Mutex<std::collections::HashMap<PeerId, Vec<Waiting>>>,
 }
+
+/// An ask about one key waiting for its member's next batch.
+type Waiting = (Key, Request, tokio::sync::oneshot::Sender<std::io::Result<Reply>>);
 
 impl std::fmt::Debug for Quorum {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +203,7 @@ impl Quorum {
             entries: Mutex::new(entries),
             validators,
             joined: tokio::sync::Notify::new(),
+            waiting: Mutex::default(),
         })
     }
 
@@ -368,8 +374,77 @@ pub(crate) async fn ask(client: &Client, peer: PeerId, wire: Wire, within: Durat
         .map_err(|_| std::io::Error::other("no answer in time"))?
 }
 
+/// Asks `peer` about `key`. While an ask to `peer` is on its way, later
+/// ones wait and go together in the next batch: one alone goes at once,
+/// and a node supervising thousands of jobs sends each member a few
+/// batches a round, not thousands of streams.
+async fn ask_batched(
+    client: &Client,
+    peer: PeerId,
+    key: Key,
+    request: Request,
+    within: Duration,
+) -> std::io::Result<Reply> {
+    let (tell, told) = tokio::sync::oneshot::channel();
+    let idle = {
+        let mut waiting = lock(&client.quorum.waiting);
+        match waiting.get_mut(&peer) {
+            // A batch is on its way: wait for the next.
+            Some(queue) => {
+                queue.push((key, request, tell));
+                None
+            }
+            None => {
+                waiting.insert(peer, Vec::new());
+                Some((key, request, tell))
+            }
+        }
+    };
+    if let Some(first) = idle {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut batch = vec![first];
+            loop {
+                send_batch(&client, peer, batch, within).await;
+                let mut waiting = lock(&client.quorum.waiting);
+                let Some(queue) = waiting.get_mut(&peer) else { return };
+                if queue.is_empty() {
+                    waiting.remove(&peer);
+                    return;
+                }
+                let rest = queue.len().saturating_sub(MAX_BATCH);
+                batch = queue.drain(..queue.len() - rest).collect();
+            }
+        });
+    }
+    told.await.map_err(|_| std::io::Error::other("the batch was dropped"))?
+}
+
+/// Sends one batch of asks to `peer` and hands each its reply.
+async fn send_batch(client: &Client, peer: PeerId, batch: Vec<Waiting>, within: Duration) {
+    let wire = Wire::Many(batch.iter().map(|(k, r, _)| (*k, r.clone())).collect());
+    match ask(client, peer, wire, within).await {
+        Ok(Reply::Many(replies)) if replies.len() == batch.len() => {
+            for ((_, _, tell), reply) in batch.into_iter().zip(replies) {
+                let _ = tell.send(Ok(reply));
+            }
+        }
+        Ok(other) => {
+            for (_, _, tell) in batch {
+                let _ = tell.send(Ok(other.clone()));
+            }
+        }
+        Err(e) => {
+            for (_, _, tell) in batch {
+                let _ = tell.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+            }
+        }
+    }
+}
+
 /// Sends `wire` to every one of `peers` at once; the replies as they come
-/// (a member that fails to answer within `within` gives an error).
+/// (a member that fails to answer within `within` gives an error). Asks
+/// about one key go in batches per member ([`ask_batched`]).
 pub(crate) fn ask_each(
     client: &Client,
     peers: &[PeerId],
@@ -380,7 +455,15 @@ pub(crate) fn ask_each(
         .iter()
         .map(|peer| {
             let (client, peer, wire) = (client.clone(), *peer, wire.clone());
-            async move { (peer, ask(&client, peer, wire, within).await) }
+            async move {
+                let reply = match wire {
+                    Wire::Ask { key, request } if peer != client.peer_id() => {
+                        ask_batched(&client, peer, key, request, within).await
+                    }
+                    wire => ask(&client, peer, wire, within).await,
+                };
+                (peer, reply)
+            }
         })
         .collect()
 }

@@ -21,7 +21,9 @@ use std::time::Duration;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use shoal_overlay::Key;
-use shoal_resources::compute::engine::{Cancel, JobDir, Limits, NativeRunner, Outcome, Run, RunError, WasmEngine};
+use shoal_resources::compute::engine::{
+    CHECKPOINT_EXIT, Cancel, JobDir, Limits, NativeRunner, Outcome, Run, RunError, WasmEngine,
+};
 use shoal_resources::compute::offer::{SlotOffer, offer_key};
 use shoal_resources::compute::{FairQueue, JobKind, JobResult, JobSpec, Needs};
 use shoal_resources::quorum::{
@@ -65,7 +67,6 @@ pub(crate) struct Hosted {
     /// The members that keep its tenure.
     members: Vec<PeerId>,
     /// The checkpoint to start from.
-    #[allow(dead_code)]
     from: Option<Saved>,
     pub(crate) log: Arc<JobLog>,
     pub(crate) cancel: Cancel,
@@ -86,6 +87,8 @@ struct Tend {
     commit: Option<(Vec<u8>, Tally, bool)>,
     /// Over: committed, lost, or dropped.
     done: bool,
+    /// Checkpoints saved by this grant so far.
+    saves: u64,
 }
 
 impl Hosted {
@@ -311,6 +314,7 @@ impl Executor {
                 admitted: false,
                 commit: None,
                 done: false,
+                saves: 0,
             }),
         });
         state.ended.retain(|k| *k != job);
@@ -479,7 +483,7 @@ impl Executor {
     /// Fetches what the job needs, runs it, and shares its `/out`.
     async fn run(&self, client: &Client, job: Key, hosted: &Hosted) -> (Outcome, Option<Key>) {
         let root = self.dir.join(format!("{job}-{}", hosted.token));
-        let result = self.run_in(client, &root, hosted).await;
+        let result = self.run_in(client, job, &root, hosted).await;
         let _ = tokio::fs::remove_dir_all(&root).await;
         match result {
             Ok(done) => done,
@@ -496,6 +500,7 @@ impl Executor {
     async fn run_in(
         &self,
         client: &Client,
+        job: Key,
         root: &std::path::Path,
         hosted: &Hosted,
     ) -> Result<(Outcome, Option<Key>), String> {
@@ -526,6 +531,20 @@ impl Executor {
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("cannot write input {name}: {e}"))?;
+        }
+        if let Some(saved) = &hosted.from {
+            // Placed again: the job goes on from its last checkpoint.
+            let id = checkpoint_id(saved).ok_or("the job's checkpoint does not name a blob")?;
+            client
+                .files()
+                .download(id, None, Arc::default(), Some(dir.checkpoints()))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot fetch the job's checkpoint {id}: {}",
+                        crate::error::error_chain(&e)
+                    )
+                })?;
         }
         if hosted.cancel.is_cancelled() {
             return Ok((
@@ -559,30 +578,48 @@ impl Executor {
         );
         let args = spec.args.clone();
         hosted.log.start(micros(now()));
-        let outcome = tokio::task::spawn_blocking(move || {
-            let run = |args| Run {
-                args,
-                env: &env,
-                dir: &run_dir,
-                limits,
-                sink: log.clone(),
-                cancel: &cancel,
-                clock: std::time::Instant::now,
-            };
-            match module {
-                Some((id, bytes)) => {
-                    let mut argv = vec!["job.wasm".to_string()];
-                    argv.extend(args.iter().cloned());
-                    engine.run(id, &bytes, run(&argv))
+        let outcome = loop {
+            let (engine, log, cancel, run_dir, env, args, module) = (
+                engine.clone(),
+                log.clone(),
+                cancel.clone(),
+                run_dir.clone(),
+                env.clone(),
+                args.clone(),
+                module.clone(),
+            );
+            let outcome = tokio::task::spawn_blocking(move || {
+                let run = |args| Run {
+                    args,
+                    env: &env,
+                    dir: &run_dir,
+                    limits,
+                    sink: log.clone(),
+                    cancel: &cancel,
+                    clock: std::time::Instant::now,
+                };
+                match module {
+                    Some((id, bytes)) => {
+                        let mut argv = vec!["job.wasm".to_string()];
+                        argv.extend(args.iter().cloned());
+                        engine.run(id, &bytes, run(&argv))
+                    }
+                    None => {
+                        let (command, rest) = args.split_first().map_or(("", &[][..]), |(c, r)| (c.as_str(), r));
+                        NativeRunner.run(command, run(rest))
+                    }
                 }
-                None => {
-                    let (command, rest) = args.split_first().map_or(("", &[][..]), |(c, r)| (c.as_str(), r));
-                    NativeRunner.run(command, run(rest))
-                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            if outcome.exit_code != CHECKPOINT_EXIT || outcome.error.is_some() || hosted.cancel.is_cancelled() {
+                break outcome;
             }
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+            // "Saved my state under /ckpt: run me again."
+            if let Err(e) = self.checkpoint(client, job, hosted, &dir).await {
+                tracing::warn!("job {job}: its checkpoint was not saved: {e}");
+            }
+        };
         let wrote = std::fs::read_dir(dir.outputs())
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
@@ -597,6 +634,71 @@ impl Executor {
             None
         };
         Ok((outcome, output))
+    }
+
+    /// Saves the job's `/ckpt` as a blob (provided here) and has the job's
+    /// home record it under this grant: a majority must take it.
+    async fn checkpoint(&self, client: &Client, job: Key, hosted: &Hosted, dir: &JobDir) -> Result<Key, String> {
+        let (info, _) = client
+            .files()
+            .share(dir.checkpoints(), Import::Copy)
+            .await
+            .map_err(|e| format!("cannot share /ckpt: {}", crate::error::error_chain(&e)))?;
+        let (by, seq, members) = {
+            let mut tend = lock(&hosted.tend);
+            tend.saves += 1;
+            (tend.tenure.grantee(), tend.saves, tend.tenure.members().clone())
+        };
+        let save = Ask::Save(Saved {
+            by,
+            seq,
+            state: info.id.to_bytes().to_vec(),
+        });
+        let wire = Wire::Ask {
+            key: job,
+            request: save,
+        };
+        let mut tally = Tally::new(members);
+        let mut replies = crate::quorum::ask_each(client, &hosted.members, &wire, MEMBER_TIMEOUT);
+        while let Some((peer, reply)) = replies.next().await {
+            let Some(member) = key_of_peer(&peer) else { continue };
+            let outcome = match reply {
+                Ok(Reply::Answer(Vote::Ok)) => tally.agree(member),
+                _ => tally.refuse(member),
+            };
+            match outcome {
+                Tallied::Agreed => {
+                    tracing::info!("job {job}: checkpoint {seq} saved ({})", info.id);
+                    return Ok(info.id);
+                }
+                Tallied::Refused => break,
+                Tallied::Open => {}
+            }
+        }
+        Err("no majority of the job's home took it".into())
+    }
+
+    /// Saves the checkpoint of `job` now, for its submitter
+    /// (`shoal job checkpoint`).
+    fn checkpoint_now(self: &Arc<Self>, client: &Client, from: &PeerId, job: Key) -> Answer {
+        let Some(hosted) = self.job(&job) else {
+            return Answer::Refused(format!("this peer does not hold job {job}"));
+        };
+        if hosted.submitter != *from {
+            return Answer::Refused("only the job's submitter may ask for its checkpoint".into());
+        }
+        let root = self.dir.join(format!("{job}-{}", hosted.token));
+        if !root.exists() {
+            return Answer::Refused(format!("job {job} is not running here"));
+        }
+        let (executor, client) = (self.clone(), client.clone());
+        tokio::spawn(async move {
+            let dir = JobDir::at(&root);
+            if let Err(e) = executor.checkpoint(&client, job, &hosted, &dir).await {
+                tracing::warn!("job {job}: the checkpoint asked for was not saved: {e}");
+            }
+        });
+        Answer::Done
     }
 
     /// One pass over the tenures held: renewals and commits due, grouped
@@ -755,6 +857,11 @@ impl Executor {
     }
 }
 
+/// The blob a saved checkpoint names.
+fn checkpoint_id(saved: &Saved) -> Option<Key> {
+    Some(Key::from_bytes(<[u8; 32]>::try_from(saved.state.as_slice()).ok()?))
+}
+
 /// A member's reply to one batch, and whom each of its answers is for.
 struct Batch {
     member: PeerId,
@@ -874,6 +981,7 @@ pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, re
         Request::Go { job, n } => executor.go(&job, n),
         Request::Drop { job, n } => executor.drop_grant(&job, n),
         Request::Cancel { job } => executor.cancel(&peer, &job),
+        Request::Checkpoint { job } => executor.checkpoint_now(client, &peer, job),
         Request::Watch { .. } => Answer::Refused("a watch is a stream of its own".into()),
     }
 }

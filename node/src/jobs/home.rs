@@ -126,7 +126,9 @@ pub(crate) async fn drive(client: &Client, job: &mut Supervised, supervision: &m
                         job: job.job,
                         n: grantee.n,
                     };
-                    let _ = super::submit::ask(client, peer, &go, ASK_TIMEOUT).await;
+                    // The executor renews at once; nobody waits for its word.
+                    let teller = client.clone();
+                    tokio::spawn(async move { super::submit::ask(&teller, peer, &go, ASK_TIMEOUT).await });
                     drove.granted = Some((peer, grantee.n, positions.get(&grantee.n).copied().unwrap_or(0)));
                 }
             }
@@ -271,8 +273,7 @@ pub(crate) async fn run(node: WeakClient) {
                     }
                 }
             });
-            let delay = RANK_DELAY * (rank as u32 + 1);
-            supervised.insert(key, tokio::spawn(supervise(client.downgrade(), job, delay)));
+            supervised.insert(key, tokio::spawn(supervise(client.downgrade(), job, rank)));
         }
         supervised.retain(|_, task| !task.is_finished());
         let joined = client.quorum.clone();
@@ -284,12 +285,20 @@ pub(crate) async fn run(node: WeakClient) {
     }
 }
 
-/// Supervises one job from this home member, its first read `delay` from
-/// now, until its result is committed (then writes its record).
-async fn supervise(node: WeakClient, mut job: Supervised, delay: Duration) {
-    tokio::time::sleep(delay).await;
+/// Supervises one job from this home member until its result is
+/// committed. The member nearest the job's key (`rank` 0) reads every half
+/// term; the others read far less often (every `3 × rank` terms): they take
+/// over only when it is gone.
+async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
+    let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+    tokio::time::sleep(RANK_DELAY * rank.saturating_add(1)).await;
     let members = members_of(&job.peers);
-    let mut supervision = Supervision::new(now(), members, job.timing, job.timing.term / 2, ASK_TIMEOUT);
+    let every = if rank == 0 {
+        job.timing.term / 2
+    } else {
+        job.timing.term * 3 * rank
+    };
+    let mut supervision = Supervision::new(now(), members, job.timing, every, ASK_TIMEOUT);
     loop {
         let Some(client) = node.upgrade() else { return };
         if supervision.result().is_some() {

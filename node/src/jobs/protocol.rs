@@ -82,6 +82,8 @@ pub(crate) enum Request {
     /// Stop `job` for good (only its submitter may ask): its result is
     /// that it was cancelled.
     Cancel { job: Key },
+    /// Save `job`'s `/ckpt` now (only its submitter may ask).
+    Checkpoint { job: Key },
     /// Send me `job`'s output from byte `from` on, then how it ended.
     Watch { job: Key, from: u64 },
 }

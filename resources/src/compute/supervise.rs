@@ -125,6 +125,21 @@ impl Supervision {
         }
     }
 
+    /// Supervises a job that was just created (nobody can hold it yet):
+    /// places it at once as grant 1, without a first read. If another
+    /// supervisor placed it meanwhile, the members refuse the number and
+    /// this one abandons its placement and reads.
+    pub fn first(now: Instant, members: Members, timing: Timing, check_every: Duration, ask_timeout: Duration) -> Self {
+        let mut supervision = Supervision::new(now, members, timing, check_every, ask_timeout);
+        supervision.stage = Stage::Placing;
+        supervision.actions.push_back(SuperviseAction::Place {
+            n: 1,
+            avoid: None,
+            from: None,
+        });
+        supervision
+    }
+
     /// The next action.
     pub fn poll_action(&mut self) -> Option<SuperviseAction> {
         self.actions.pop_front()
@@ -298,8 +313,15 @@ impl Supervision {
             }
             Some(wait) => {
                 // Read again when a majority would take a change, or
-                // sooner: a grantee that renews stays fresh.
-                self.next_check = now + wait.min(self.check_every) + Duration::from_millis(1);
+                // sooner: a grantee that renews stays fresh. A standby
+                // supervisor (reading less often than a term) keeps its
+                // own pace.
+                let next = if self.check_every > self.timing.term {
+                    self.check_every
+                } else {
+                    wait.min(self.check_every)
+                };
+                self.next_check = now + next + Duration::from_millis(1);
             }
             None => self.next_check = now + self.check_every,
         }
@@ -531,6 +553,22 @@ mod tests {
         }
         assert_eq!(s.result(), Some(&(next, vec![0])));
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_new_job_is_placed_without_a_read_and_a_race_lost_that_way_is_abandoned() {
+        let mut home = Home::new();
+        let mut s = Supervision::first(t(0), home.set(), T, Duration::from_secs(5), Duration::from_secs(1));
+        let seen = home.drive(t(0), &mut s, &mut |_, _, _| Some(key(50)));
+        assert!(matches!(seen[0], SuperviseAction::Place { n: 1, .. }), "{seen:?}");
+        assert_eq!(s.current(), Some(Grantee { peer: key(50), n: 1 }));
+        // A second supervisor that also thinks the job is new loses.
+        let mut late = Supervision::first(t(1), home.set(), T, Duration::from_secs(5), Duration::from_secs(1));
+        let seen = home.drive(t(1), &mut late, &mut |_, _, _| Some(key(51)));
+        assert!(
+            seen.contains(&SuperviseAction::Abandon(Grantee { peer: key(51), n: 1 })),
+            "{seen:?}"
+        );
     }
 
     #[test]

@@ -196,13 +196,21 @@ pub struct JobDir {
 }
 
 impl JobDir {
-    /// Creates (or reuses) `root` with empty `in/` and `out/`.
+    /// Creates (or reuses) `root` with `in/`, `out/` and `ckpt/`.
     pub fn create(root: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(root.join("in"))?;
         std::fs::create_dir_all(root.join("out"))?;
+        std::fs::create_dir_all(root.join("ckpt"))?;
         Ok(JobDir {
             root: root.to_path_buf(),
         })
+    }
+
+    /// The job directory at `root`, as [`create`](Self::create) made it.
+    pub fn at(root: &Path) -> Self {
+        JobDir {
+            root: root.to_path_buf(),
+        }
     }
 
     /// The directory itself (a native command's working directory).
@@ -219,6 +227,38 @@ impl JobDir {
     pub fn outputs(&self) -> PathBuf {
         self.root.join("out")
     }
+
+    /// The job's checkpoint: what it keeps there is saved when it exits
+    /// with [`CHECKPOINT_EXIT`] (or when its submitter asks), and given back
+    /// to it when it runs again, here or on another peer.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("ckpt")
+    }
+
+    /// The directories whose bytes count against the `/out` cap: `/out`
+    /// and `/ckpt`.
+    pub fn capped(&self) -> [PathBuf; 2] {
+        [self.outputs(), self.checkpoints()]
+    }
+}
+
+/// The exit code by which a job says "I saved my state under `/ckpt`: run
+/// me again" (HTCondor's self-checkpointing jobs use an exit code the same
+/// way, `checkpoint_exit_code`). The executor saves `/ckpt` as a blob, has
+/// the job's home record it, and starts the job again at once with
+/// `/ckpt` as it left it; a job placed again elsewhere finds it restored.
+pub const CHECKPOINT_EXIT: i32 = 85;
+
+/// Bytes under `dirs` together, stopping early once past `stop_after`.
+pub fn trees_bytes(dirs: &[PathBuf], stop_after: u64) -> u64 {
+    let mut total = 0u64;
+    for dir in dirs {
+        total = total.saturating_add(tree_bytes(dir, stop_after.saturating_sub(total)));
+        if total > stop_after {
+            break;
+        }
+    }
+    total
 }
 
 /// Bytes in the files under `dir` (not following links), stopping early

@@ -11,15 +11,16 @@
 //! beyond this, as it is for a batch system without cgroups.
 //!
 //! Its working directory is the job's directory, so its inputs are
-//! `in/NAME` and its outputs go under `out/`; `SHOAL_IN` and `SHOAL_OUT`
-//! name both absolutely. Its environment is what it was given, plus
-//! `PATH`, `HOME` (the job's directory) and those two.
+//! `in/NAME`, its outputs go under `out/` and its checkpoint under
+//! `ckpt/`; `SHOAL_IN`, `SHOAL_OUT` and `SHOAL_CKPT` name them absolutely.
+//! Its environment is what it was given, plus `PATH`, `HOME` (the job's
+//! directory) and those three.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{LogBudget, Outcome, Run, RunError, Sink, Stream, tree_bytes};
+use super::{LogBudget, Outcome, Run, RunError, Sink, Stream, trees_bytes};
 
 /// How often a running command's limits are checked (deadline, cancel,
 /// output; `/out` every tenth time). Its exit is seen at once.
@@ -68,6 +69,7 @@ impl NativeRunner {
             .env("HOME", dir.root())
             .env("SHOAL_IN", dir.inputs())
             .env("SHOAL_OUT", dir.outputs())
+            .env("SHOAL_CKPT", dir.checkpoints())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -132,7 +134,7 @@ impl NativeRunner {
                 Some(RunError::Timeout(limits.timeout))
             } else if budget.is_over() {
                 Some(RunError::LogOverCap { cap: limits.log_bytes })
-            } else if ticks.is_multiple_of(10) && tree_bytes(&dir.outputs(), limits.out_bytes) > limits.out_bytes {
+            } else if ticks.is_multiple_of(10) && trees_bytes(&dir.capped(), limits.out_bytes) > limits.out_bytes {
                 Some(RunError::OutputOverCap { cap: limits.out_bytes })
             } else {
                 None
@@ -148,7 +150,7 @@ impl NativeRunner {
         for reader in readers {
             let _ = reader.join();
         }
-        if outcome.error.is_none() && tree_bytes(&dir.outputs(), limits.out_bytes) > limits.out_bytes {
+        if outcome.error.is_none() && trees_bytes(&dir.capped(), limits.out_bytes) > limits.out_bytes {
             return Outcome::failed(RunError::OutputOverCap { cap: limits.out_bytes });
         }
         if outcome.error.is_none() && budget.is_over() {

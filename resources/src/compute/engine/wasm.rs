@@ -12,7 +12,6 @@
 //! a second run of the same module only instantiates.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::{Cancel, LogBudget, Outcome, Run, RunError, Sink, Stream, tree_bytes};
+use super::{Cancel, LogBudget, Outcome, Run, RunError, Sink, Stream, trees_bytes};
 
 /// How often the engine's epoch advances: the resolution of timeouts and
 /// cancels.
@@ -192,6 +191,9 @@ impl WasmEngine {
         if let Err(e) = wasi.preopened_dir(dir.outputs(), "/out", FsPerms::ReadWrite) {
             return Outcome::failed(RunError::Io(format!("{e:#}")));
         }
+        if let Err(e) = wasi.preopened_dir(dir.checkpoints(), "/ckpt", FsPerms::ReadWrite) {
+            return Outcome::failed(RunError::Io(format!("{e:#}")));
+        }
         let oom = Arc::new(AtomicBool::new(false));
         let mut store = Store::new(
             &self.engine,
@@ -211,7 +213,7 @@ impl WasmEngine {
             clock,
             timeout: limits.timeout,
             cancel: cancel.clone(),
-            out: dir.outputs(),
+            out: dir.capped(),
             out_cap: limits.out_bytes,
             ticks: 0,
             stopped_by: stopped_by.clone(),
@@ -240,13 +242,14 @@ impl WasmEngine {
                 }
             }
         };
-        over_out_cap(&dir.outputs(), limits.out_bytes).map_or(outcome, Outcome::failed)
+        over_out_cap(&dir.capped(), limits.out_bytes).map_or(outcome, Outcome::failed)
     }
 }
 
-/// The error for `out` holding more than `cap` bytes, if it does.
-fn over_out_cap(out: &Path, cap: u64) -> Option<RunError> {
-    (tree_bytes(out, cap) > cap).then_some(RunError::OutputOverCap { cap })
+/// The error for `/out` and `/ckpt` holding more than `cap` bytes
+/// together, if they do.
+fn over_out_cap(dirs: &[std::path::PathBuf], cap: u64) -> Option<RunError> {
+    (trees_bytes(dirs, cap) > cap).then_some(RunError::OutputOverCap { cap })
 }
 
 /// What the store checks at every tick.
@@ -255,7 +258,7 @@ struct Watch {
     clock: Clock,
     timeout: Duration,
     cancel: Cancel,
-    out: std::path::PathBuf,
+    out: [std::path::PathBuf; 2],
     out_cap: u64,
     ticks: u32,
     stopped_by: Arc<Mutex<Option<RunError>>>,
