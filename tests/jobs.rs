@@ -414,3 +414,64 @@ async fn a_job_outlives_its_submitter_and_its_executor() {
         "a later grant: {first:?} then {view:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_checkpoints_goes_on_from_its_checkpoint_on_another_peer() {
+    let test = "checkpoint";
+    let peers = swarm_with(test, 7, |i, config: &mut NodeConfig, started: &[Client]| {
+        config.compute = ComputeConfig {
+            slots: u32::from(i == 1 || i == 2),
+            allow_native: true,
+            trust: started.first().map(Client::peer_id).into_iter().collect(),
+            lease_term: Duration::from_secs(2),
+            ..ComputeConfig::default()
+        };
+    })
+    .await;
+    offers(&peers[0], 2).await;
+    // Six steps of a second each; after each, the count goes to /ckpt and
+    // the job exits 85 ("checkpointed: run me again"). /out is not kept
+    // across peers: its log shows where the last run began.
+    let script = r#"n=$(cat "$SHOAL_CKPT/n" 2>/dev/null || echo 0); n=$((n+1)); echo "step $n" >> "$SHOAL_OUT/log"
+        sleep 1; echo $n > "$SHOAL_CKPT/n"; [ $n -lt 6 ] && exit 85; exit 0"#;
+    let spec = JobSpec {
+        kind: Some(JobKind::Native),
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..JobSpec::default()
+    };
+    let job = submit(&peers[0], spec).await;
+    let watcher = &peers[3];
+    let running = watcher.jobs().status(job).await.unwrap().unwrap();
+    let first = running.peer.clone().unwrap();
+    let index = peers.iter().position(|p| p.peer_id().to_string() == first).unwrap();
+    let token = running.token.unwrap();
+    let count = common::data_dir_existing(test, index).join(format!("jobs/{job}-{token}/ckpt/n"));
+    until("the job has checkpointed three steps", || async {
+        std::fs::read_to_string(&count)
+            .ok()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .is_some_and(|n| n >= 3)
+    })
+    .await;
+    peers[index].leave().await.unwrap();
+    let view = ended(watcher, job).await;
+    assert_eq!(view.exit_code, Some(0), "{view:?}");
+    assert_ne!(view.peer.as_deref(), Some(first.as_str()), "{view:?}");
+    let output: Key = view.output.unwrap().parse().unwrap();
+    let dir = common::data_dir(test, 102);
+    watcher
+        .files()
+        .download(output, None, Default::default(), Some(dir.clone()))
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(dir.join("log")).unwrap();
+    let steps: Vec<u32> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("step ")?.parse().ok())
+        .collect();
+    assert_eq!(steps.last(), Some(&6), "{log}");
+    assert!(
+        steps[0] >= 3,
+        "the second peer went on from the checkpoint, not from the start: {log}"
+    );
+}

@@ -148,6 +148,9 @@ pub(crate) struct Quorum {
     pub(crate) joined: tokio::sync::Notify,
     /// Asks waiting to go to each member together (see [`ask_each`]).
     waiting: Mutex<std::collections::HashMap<PeerId, Vec<Waiting>>>,
+    /// Saves taken since the duties last looked (key, saved state), at
+    /// most [`MAX_BATCH`] × 4; their duties keep what they name.
+    saves: Mutex<Vec<(Key, Vec<u8>)>>,
 }
 
 /// An ask about one key waiting for its member's next batch.
@@ -204,6 +207,7 @@ impl Quorum {
             validators,
             joined: tokio::sync::Notify::new(),
             waiting: Mutex::default(),
+            saves: Mutex::default(),
         })
     }
 
@@ -249,6 +253,10 @@ impl Quorum {
             return Reply::Unknown;
         };
         let before = entry.acceptor.clone();
+        let saved = match &request {
+            Request::Save(save) => Some(save.state.clone()),
+            _ => None,
+        };
         let answer = entry.acceptor.handle(now(), entry.timing, request);
         if !entry.acceptor.same_durable(&before)
             && let Err(e) = save(&self.dir, &key, entry)
@@ -257,7 +265,21 @@ impl Quorum {
             entry.acceptor = before;
             return Reply::Refused(format!("cannot save the state of {key}: {e}"));
         }
+        if let (Some(state), Answer::Ok) = (saved, &answer) {
+            drop(entries);
+            let mut saves = lock(&self.saves);
+            if saves.len() < MAX_BATCH * 4 {
+                saves.push((key, state));
+            }
+            drop(saves);
+            self.joined.notify_one();
+        }
         Reply::Answer(answer)
+    }
+
+    /// The saves taken since the last call.
+    pub(crate) fn take_saves(&self) -> Vec<(Key, Vec<u8>)> {
+        std::mem::take(&mut *lock(&self.saves))
     }
 
     fn join(&self, from: &PeerId, kind: Kind, key: Key, peers: Vec<PeerId>, timing: Timing, payload: Vec<u8>) -> Reply {

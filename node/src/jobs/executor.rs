@@ -533,18 +533,23 @@ impl Executor {
                 .map_err(|e| format!("cannot write input {name}: {e}"))?;
         }
         if let Some(saved) = &hosted.from {
-            // Placed again: the job goes on from its last checkpoint.
-            let id = checkpoint_id(saved).ok_or("the job's checkpoint does not name a blob")?;
-            client
-                .files()
-                .download(id, None, Arc::default(), Some(dir.checkpoints()))
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot fetch the job's checkpoint {id}: {}",
-                        crate::error::error_chain(&e)
-                    )
-                })?;
+            // Placed again: the job goes on from its last checkpoint. One
+            // that nobody can send any more is a loss of time, not of the
+            // job: it starts from the beginning.
+            let restored = match checkpoint_id(saved) {
+                Some(id) => client
+                    .files()
+                    .download(id, None, Arc::default(), Some(dir.checkpoints()))
+                    .await
+                    .map(|_| id)
+                    .map_err(|e| format!("cannot fetch checkpoint {id}: {}", crate::error::error_chain(&e))),
+                None => Err("the checkpoint does not name a blob".into()),
+            };
+            if let Err(why) = restored {
+                tracing::warn!("{why}: the job starts from the beginning");
+                let _ = std::fs::remove_dir_all(dir.checkpoints());
+                std::fs::create_dir_all(dir.checkpoints()).map_err(|e| e.to_string())?;
+            }
         }
         if hosted.cancel.is_cancelled() {
             return Ok((
@@ -614,6 +619,10 @@ impl Executor {
             .map_err(|e| e.to_string())?;
             if outcome.exit_code != CHECKPOINT_EXIT || outcome.error.is_some() || hosted.cancel.is_cancelled() {
                 break outcome;
+            }
+            if !lock(&hosted.tend).tenure.may_act(now()) {
+                // Its tenure ran out meanwhile: not this executor's to run.
+                break Outcome::failed(RunError::Cancelled);
             }
             // "Saved my state under /ckpt: run me again."
             if let Err(e) = self.checkpoint(client, job, hosted, &dir).await {
