@@ -148,9 +148,6 @@ pub(crate) struct Quorum {
     pub(crate) joined: tokio::sync::Notify,
     /// Asks waiting to go to each member together (see [`ask_each`]).
     waiting: Mutex<std::collections::HashMap<PeerId, Vec<Waiting>>>,
-    /// Saves taken since the duties last looked (key, saved state), at
-    /// most [`MAX_BATCH`] × 4; their duties keep what they name.
-    saves: Mutex<Vec<(Key, Vec<u8>)>>,
 }
 
 /// An ask about one key waiting for its member's next batch.
@@ -207,7 +204,6 @@ impl Quorum {
             validators,
             joined: tokio::sync::Notify::new(),
             waiting: Mutex::default(),
-            saves: Mutex::default(),
         })
     }
 
@@ -217,7 +213,6 @@ impl Quorum {
     }
 
     /// The entry of `key`, if this peer keeps one.
-    #[cfg(test)]
     pub(crate) fn entry(&self, key: &Key) -> Option<Entry> {
         lock(&self.entries).get(key).cloned()
     }
@@ -253,10 +248,6 @@ impl Quorum {
             return Reply::Unknown;
         };
         let before = entry.acceptor.clone();
-        let saved = match &request {
-            Request::Save(save) => Some(save.state.clone()),
-            _ => None,
-        };
         let answer = entry.acceptor.handle(now(), entry.timing, request);
         if !entry.acceptor.same_durable(&before)
             && let Err(e) = save(&self.dir, &key, entry)
@@ -265,21 +256,7 @@ impl Quorum {
             entry.acceptor = before;
             return Reply::Refused(format!("cannot save the state of {key}: {e}"));
         }
-        if let (Some(state), Answer::Ok) = (saved, &answer) {
-            drop(entries);
-            let mut saves = lock(&self.saves);
-            if saves.len() < MAX_BATCH * 4 {
-                saves.push((key, state));
-            }
-            drop(saves);
-            self.joined.notify_one();
-        }
         Reply::Answer(answer)
-    }
-
-    /// The saves taken since the last call.
-    pub(crate) fn take_saves(&self) -> Vec<(Key, Vec<u8>)> {
-        std::mem::take(&mut *lock(&self.saves))
     }
 
     fn join(&self, from: &PeerId, kind: Kind, key: Key, peers: Vec<PeerId>, timing: Timing, payload: Vec<u8>) -> Reply {
@@ -363,12 +340,64 @@ pub(crate) async fn serve(node: WeakClient, mut incoming: libp2p_stream::Incomin
 
 async fn serve_one(client: &Client, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
     let wire: Wire = crate::codec::read_cbor(&mut stream, MAX_FRAME).await?;
+    // What a save names is kept here before the save is taken: a save a
+    // majority took is then one a majority can give back.
+    let items: Vec<(Key, &Request)> = match &wire {
+        Wire::Ask { key, request } => vec![(*key, request)],
+        Wire::Many(items) if items.len() <= MAX_BATCH => items.iter().map(|(k, r)| (*k, r)).collect(),
+        _ => Vec::new(),
+    };
+    let mut unkept = std::collections::HashMap::new();
+    for (i, (key, request)) in items.into_iter().enumerate() {
+        if let Request::Save(save) = request
+            && let Some(entry) = client.quorum.entry(&key)
+            && let Err(why) = keep(client, peer, entry.kind, &save.state).await
+        {
+            unkept.insert(i, why);
+        }
+    }
     let quorum = client.quorum.clone();
-    let reply = tokio::task::spawn_blocking(move || quorum.handle(&peer, wire))
-        .await
-        .map_err(std::io::Error::other)?;
+    let reply = tokio::task::spawn_blocking(move || match wire {
+        Wire::Ask { .. } if !unkept.is_empty() => Reply::Refused(unkept.into_values().next().unwrap_or_default()),
+        Wire::Many(items) if !unkept.is_empty() => Reply::Many(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, (key, request))| match unkept.remove(&i) {
+                    Some(why) => Reply::Refused(why),
+                    None => quorum.handle(&peer, Wire::Ask { key, request }),
+                })
+                .collect(),
+        ),
+        wire => quorum.handle(&peer, wire),
+    })
+    .await
+    .map_err(std::io::Error::other)?;
     stream.write_all(&crate::codec::encode_cbor(&reply)?).await?;
     stream.close().await
+}
+
+/// Keeps here what a save of a key of `kind` names, fetching it from `from`
+/// (who saved it) or any provider: for a job, the blob of its checkpoint.
+async fn keep(client: &Client, from: PeerId, kind: Kind, state: &[u8]) -> Result<(), String> {
+    match kind {
+        Kind::Job => {
+            let id = Key::from_bytes(<[u8; 32]>::try_from(state).map_err(|_| "a checkpoint names a blob")?);
+            if client.blob_store().contains(&id) {
+                return Ok(());
+            }
+            let ticket = shoal_resources::Ticket {
+                blob: shoal_resources::BlobInfo { id, size: 0 },
+                addrs: vec![format!("/p2p/{from}")],
+            };
+            client
+                .files()
+                .download(id, Some(ticket), Arc::default(), None)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("cannot keep checkpoint {id}: {}", crate::error::error_chain(&e)))
+        }
+    }
 }
 
 /// Sends `wire` to one member and reads its reply; this peer's own

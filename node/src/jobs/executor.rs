@@ -54,6 +54,8 @@ pub const MAX_MODULE_BYTES: u64 = 256 << 20;
 const WATCH_BATCH: usize = 1 << 20;
 /// How long a batch of renewals or commits to one member may take.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the job's home may take to fetch and keep a checkpoint.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the tenures are looked at when nothing else wakes them.
 const TEND_EVERY: Duration = Duration::from_millis(100);
 
@@ -89,6 +91,8 @@ struct Tend {
     done: bool,
     /// Checkpoints saved by this grant so far.
     saves: u64,
+    /// Whether it holds a slot reserved at its grant.
+    reserved: bool,
 }
 
 impl Hosted {
@@ -109,6 +113,9 @@ struct State {
     /// Grants waiting for their first confirmed renewal: each will take a
     /// slot or a place in the queue, so probes count them.
     awaiting: u32,
+    /// Of those, the ones that took a free slot when granted: the slot is
+    /// theirs once confirmed, whatever was granted after them.
+    reserved: u32,
     hosted: BTreeMap<Key, Arc<Hosted>>,
     /// Ended jobs, oldest first (their logs stay in `hosted` until dropped).
     ended: VecDeque<Key>,
@@ -175,6 +182,7 @@ impl Executor {
                 queue: FairQueue::new(MAX_QUEUED),
                 running: 0,
                 awaiting: 0,
+                reserved: 0,
                 hosted: BTreeMap::new(),
                 ended: VecDeque::new(),
             }),
@@ -198,10 +206,12 @@ impl Executor {
 
     pub(crate) fn load(&self) -> LoadNow {
         let state = self.lock();
-        let busy = state.running.saturating_add(state.awaiting);
         LoadNow {
-            free: self.config.slots.saturating_sub(busy),
-            queued: (state.queue.len() as u32).saturating_add(busy.saturating_sub(self.config.slots)),
+            free: self
+                .config
+                .slots
+                .saturating_sub(state.running.saturating_add(state.reserved)),
+            queued: (state.queue.len() as u32).saturating_add(state.awaiting.saturating_sub(state.reserved)),
             running: state.running,
         }
     }
@@ -289,6 +299,9 @@ impl Executor {
                 tend.done = true;
                 if !tend.admitted {
                     state.awaiting = state.awaiting.saturating_sub(1);
+                    if tend.reserved {
+                        state.reserved = state.reserved.saturating_sub(1);
+                    }
                 }
             }
             if state.queue.remove(&job) {
@@ -299,6 +312,7 @@ impl Executor {
             return Answer::Refused(format!("{MAX_QUEUED} jobs wait here already"));
         }
         let tenure = Tenure::new(now(), Grantee { peer: local, n }, members_of(&members), timing);
+        let reserve = state.running.saturating_add(state.reserved) < self.config.slots;
         let hosted = Arc::new(Hosted {
             spec: submission.spec,
             submitter,
@@ -315,15 +329,16 @@ impl Executor {
                 commit: None,
                 done: false,
                 saves: 0,
+                reserved: reserve,
             }),
         });
         state.ended.retain(|k| *k != job);
         state.hosted.insert(job, hosted);
-        let busy = state.running.saturating_add(state.awaiting);
-        let position = if busy < self.config.slots {
+        let position = if reserve {
+            state.reserved += 1;
             0
         } else {
-            (state.queue.len() as u32).saturating_add(busy - self.config.slots) + 1
+            (state.queue.len() as u32).saturating_add(state.awaiting.saturating_sub(state.reserved)) + 1
         };
         state.awaiting += 1;
         drop(state);
@@ -395,10 +410,14 @@ impl Executor {
         let _ = job;
     }
 
-    /// Starts `job` if a slot is free, else queues it.
-    fn admit(self: &Arc<Self>, node: &WeakClient, job: Key, hosted: Arc<Hosted>) {
+    /// Starts `job` in the slot it reserved, or one free now, else queues
+    /// it.
+    fn admit(self: &Arc<Self>, node: &WeakClient, job: Key, hosted: Arc<Hosted>, reserved: bool) {
         let mut state = self.lock();
-        if state.running < self.config.slots && state.queue.is_empty() {
+        if reserved {
+            state.reserved = state.reserved.saturating_sub(1);
+        }
+        if reserved || (state.running.saturating_add(state.reserved) < self.config.slots && state.queue.is_empty()) {
             state.running += 1;
             drop(state);
             self.clone().spawn_run(node.clone(), job, hosted);
@@ -420,22 +439,34 @@ impl Executor {
 
     /// A slot freed: the next job waiting whose tenure still holds.
     fn next(self: &Arc<Self>, node: &WeakClient) {
-        let next = {
+        {
             let mut state = self.lock();
             state.running = state.running.saturating_sub(1);
-            let mut next = None;
-            while let Some((_, waiting)) = state.queue.pop() {
-                if let Some(h) = state.hosted.get(&waiting).cloned()
-                    && !h.cancel.is_cancelled()
-                {
-                    state.running += 1;
-                    next = Some((waiting, h));
-                    break;
+        }
+        self.fill(node);
+    }
+
+    /// Starts queued jobs while slots are free (not running, not reserved).
+    fn fill(self: &Arc<Self>, node: &WeakClient) {
+        loop {
+            let next = {
+                let mut state = self.lock();
+                if state.running.saturating_add(state.reserved) >= self.config.slots {
+                    return;
                 }
-            }
-            next
-        };
-        if let Some((job, hosted)) = next {
+                let mut next = None;
+                while let Some((_, waiting)) = state.queue.pop() {
+                    if let Some(h) = state.hosted.get(&waiting).cloned()
+                        && !h.cancel.is_cancelled()
+                    {
+                        state.running += 1;
+                        next = Some((waiting, h));
+                        break;
+                    }
+                }
+                next
+            };
+            let Some((job, hosted)) = next else { return };
             self.clone().spawn_run(node.clone(), job, hosted);
         }
     }
@@ -646,7 +677,8 @@ impl Executor {
     }
 
     /// Saves the job's `/ckpt` as a blob (provided here) and has the job's
-    /// home record it under this grant: a majority must take it.
+    /// home keep it under this grant: a majority must fetch it and take
+    /// the save, so that the job can go on from it whoever is gone.
     async fn checkpoint(&self, client: &Client, job: Key, hosted: &Hosted, dir: &JobDir) -> Result<Key, String> {
         let (info, _) = client
             .files()
@@ -668,7 +700,7 @@ impl Executor {
             request: save,
         };
         let mut tally = Tally::new(members);
-        let mut replies = crate::quorum::ask_each(client, &hosted.members, &wire, MEMBER_TIMEOUT);
+        let mut replies = crate::quorum::ask_each(client, &hosted.members, &wire, CHECKPOINT_TIMEOUT);
         while let Some((peer, reply)) = replies.next().await {
             let Some(member) = key_of_peer(&peer) else { continue };
             let outcome = match reply {
@@ -718,9 +750,11 @@ impl Executor {
         let mut batches: HashMap<PeerId, Vec<(Key, For, Ask)>> = HashMap::new();
         let mut admit = Vec::new();
         let mut lost = Vec::new();
-        // Grants no longer awaiting their first confirmation (the state's
-        // lock is taken after each job's, never while holding one).
+        // Grants no longer awaiting their first confirmation, and slots
+        // reserved for grants that were lost (the state's lock is taken
+        // after each job's, never while holding one).
         let mut settled = 0u32;
+        let mut unreserved = 0u32;
         for (job, hosted) in self.hosted() {
             let mut guard = lock(&hosted.tend);
             let tend = &mut *guard;
@@ -757,6 +791,10 @@ impl Executor {
             if tend.tenure.may_act(at) && !tend.admitted {
                 tend.admitted = true;
                 settled += 1;
+                if tend.tenure.adopted().is_some() && tend.reserved {
+                    // Nothing to run: its reserved slot goes back.
+                    unreserved += 1;
+                }
                 match tend.tenure.adopted() {
                     // An earlier grant may have committed this result: it
                     // is this grant's result too.
@@ -766,7 +804,7 @@ impl Executor {
                         drop(guard);
                         self.wake.notify_one();
                     }
-                    None => admit.push((job, hosted.clone())),
+                    None => admit.push((job, hosted.clone(), tend.reserved)),
                 }
                 continue;
             }
@@ -774,16 +812,23 @@ impl Executor {
                 tend.done = true;
                 if !tend.admitted {
                     settled += 1;
+                    if tend.reserved {
+                        unreserved += 1;
+                    }
                 }
                 lost.push((job, hosted.clone(), why));
             }
         }
-        if settled > 0 {
+        if settled > 0 || unreserved > 0 {
             let mut state = self.lock();
             state.awaiting = state.awaiting.saturating_sub(settled);
+            state.reserved = state.reserved.saturating_sub(unreserved);
         }
-        for (job, hosted) in admit {
-            self.admit(node, job, hosted);
+        for (job, hosted, reserved) in admit {
+            self.admit(node, job, hosted, reserved);
+        }
+        if unreserved > 0 {
+            self.fill(node);
         }
         for (job, hosted, why) in lost {
             let why = format!(

@@ -276,19 +276,6 @@ pub(crate) async fn run(node: WeakClient) {
             supervised.insert(key, tokio::spawn(supervise(client.downgrade(), job, rank)));
         }
         supervised.retain(|_, task| !task.is_finished());
-        // A job's checkpoint is kept by its home, as its module is: the
-        // executor that saved it may be gone when the job runs again.
-        for (key, state) in client.quorum.take_saves() {
-            let Ok(bytes) = <[u8; 32]>::try_from(state.as_slice()) else {
-                continue;
-            };
-            let (keeper, id) = (client.clone(), Key::from_bytes(bytes));
-            tokio::spawn(async move {
-                if let Err(e) = super::executor::fetch(&keeper, id).await {
-                    tracing::info!("job {key}: cannot keep its checkpoint {id}: {e}");
-                }
-            });
-        }
         let joined = client.quorum.clone();
         drop(client);
         tokio::select! {
