@@ -121,7 +121,7 @@ async fn offers(client: &Client, n: usize) {
 }
 
 async fn submit(client: &Client, spec: JobSpec) -> Key {
-    client.jobs().submit(Submit { spec }).await.unwrap()
+    client.jobs().submit(Submit { spec, detach: false }).await.unwrap()
 }
 
 /// Waits until `job` has ended as `client` sees it, and returns its view.
@@ -317,11 +317,25 @@ async fn bad_modules_and_jobs_that_fit_nowhere_get_clear_errors() {
 
     let mut too_big = wasm_spec(module, &[]);
     too_big.memory = 64 << 30;
-    let refused = peers[0].jobs().submit(Submit { spec: too_big }).await.unwrap_err();
+    let refused = peers[0]
+        .jobs()
+        .submit(Submit {
+            spec: too_big,
+            detach: false,
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(refused, SubmitError::Place { .. }), "{refused}");
     let mut nowhere = wasm_spec(module, &[]);
     nowhere.labels = [("gpu".to_string(), "a100".to_string())].into();
-    let refused = peers[0].jobs().submit(Submit { spec: nowhere }).await.unwrap_err();
+    let refused = peers[0]
+        .jobs()
+        .submit(Submit {
+            spec: nowhere,
+            detach: false,
+        })
+        .await
+        .unwrap_err();
     assert!(refused.to_string().contains("gpu=a100"), "{refused}");
 }
 
@@ -352,7 +366,12 @@ async fn native_commands_run_only_for_trusted_submitters() {
     assert_eq!(view.exit_code, Some(3), "{view:?}");
     assert_eq!(view.peer, Some(peers[1].peer_id().to_string()));
 
-    let refused = peers[2].jobs().submit(Submit { spec }).await.unwrap_err().to_string();
+    let refused = peers[2]
+        .jobs()
+        .submit(Submit { spec, detach: false })
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         refused.contains(&peers[1].peer_id().to_string()) && refused.contains(&peers[2].peer_id().to_string()),
         "says who refused whom: {refused}"

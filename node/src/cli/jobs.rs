@@ -138,6 +138,7 @@ fn body_of(args: &RunArgs) -> anyhow::Result<RunRequest> {
         memory: args.memory.unwrap_or(0),
         timeout_ms: args.timeout.map_or(0, |t| t.as_millis().max(1) as u64),
         labels: args.labels.iter().cloned().collect(),
+        detach: args.detach,
     })
 }
 

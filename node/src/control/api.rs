@@ -265,6 +265,10 @@ pub struct RunRequest {
     /// Labels the slot must carry (`--where K=V`).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Leave the job to its home once placed (`--detach`): the daemon does
+    /// not mirror its output.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 /// Body of `POST /v1/jobs/many`: `repeat` jobs of one spec.

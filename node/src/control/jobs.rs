@@ -113,11 +113,12 @@ fn submit_failure(e: SubmitError) -> ApiError {
 }
 
 async fn run(State(state): State<Arc<AppState>>, Json(body): Json<RunRequest>) -> Result<Json<JobView>, ApiError> {
+    let detach = body.detach;
     let spec = spec_of(&state, body).await?;
     let job = state
         .client
         .jobs()
-        .submit(Submit { spec })
+        .submit(Submit { spec, detach })
         .await
         .map_err(submit_failure)?;
     let view = state
@@ -146,7 +147,7 @@ async fn many(
     let mut placed = futures::stream::iter(0..body.repeat)
         .map(|_| {
             let (client, spec) = (client.clone(), spec.clone());
-            async move { client.jobs().submit(Submit { spec }).await }
+            async move { client.jobs().submit(Submit { spec, detach: true }).await }
         })
         .buffer_unordered(PLACING_AT_ONCE);
     let mut ids = Vec::with_capacity(body.repeat as usize);

@@ -181,9 +181,9 @@ impl HomeState {
 /// Reads a job's state from its home: the peers nearest its key that keep
 /// it (`None` if none does).
 pub(crate) async fn read_home(client: &Client, job: Key) -> Result<Option<HomeState>, crate::NodeError> {
-    let found = client.find_node(job).await?;
+    let found = nearest(client, job).await?;
     let mut near: Vec<(Key, PeerId)> = vec![(client.key(), client.peer_id())];
-    for info in found.peers {
+    for info in found {
         if info.key != client.key() {
             client.add_addresses(info.addr.peer, info.addr.addrs.clone()).await?;
             near.push((info.key, info.addr.peer));
@@ -209,6 +209,23 @@ pub(crate) async fn read_home(client: &Client, job: Key) -> Result<Option<HomeSt
         }
     }
     Ok(state)
+}
+
+/// Peers a routing table holds at most when it knows the whole swarm (one
+/// bucket's worth): then the nearest peers to any key are known here.
+const WHOLE_SWARM: usize = 20;
+
+/// The peers nearest `key`: from the routing table when it holds the whole
+/// swarm (a small swarm: no lookup), else by a lookup.
+pub(crate) async fn nearest(
+    client: &Client,
+    key: Key,
+) -> Result<Vec<shoal_overlay::PeerInfo<crate::addr::NodeAddr>>, crate::NodeError> {
+    let known = client.peers().await?;
+    if known.len() < WHOLE_SWARM {
+        return Ok(known);
+    }
+    Ok(client.find_node(key).await?.peers)
 }
 
 /// The peer id of the peer with overlay key `key`, found through the

@@ -65,6 +65,10 @@ const REMEMBERED_FILES: usize = 1024;
 pub struct Submit {
     /// The job's spec (module or command, arguments, inputs, limits).
     pub spec: JobSpec,
+    /// Leave the job to its home once placed: this peer does not mirror
+    /// its output (read it from the executor, `shoal job logs`), and its
+    /// status is read from its home. For batches of thousands.
+    pub detach: bool,
 }
 
 /// Why a job could not be submitted.
@@ -153,6 +157,8 @@ pub(crate) struct Submitted {
     pub(crate) position: Mutex<Option<u32>>,
     /// Tells the supervising task to cancel.
     pub(crate) cancel: tokio::sync::Notify,
+    /// Whether this peer follows it (mirrors its output, keeps its view).
+    pub(crate) followed: bool,
 }
 
 /// The jobs this peer submitted, oldest first.
@@ -352,7 +358,7 @@ impl<'a> Jobs<'a> {
     /// its output here; the home supervises it, so it completes whether or
     /// not this peer stays.
     pub async fn submit(self, what: Submit) -> Result<Key, SubmitError> {
-        let spec = what.spec;
+        let (spec, detach) = (what.spec, what.detach);
         check_spec(&spec).map_err(SubmitError::Invalid)?;
         let client = self.client;
         let mut nonce = [0u8; 8];
@@ -421,6 +427,7 @@ impl<'a> Jobs<'a> {
             placed: Mutex::new(Some((peer, n))),
             position: Mutex::new((position > 0).then_some(position)),
             cancel: tokio::sync::Notify::new(),
+            followed: !detach,
         });
         {
             let mut record = lock(&submitted.record);
@@ -432,7 +439,9 @@ impl<'a> Jobs<'a> {
             record.executor = Some(peer.to_bytes());
         }
         lock(&self.compute().submitted).add(submitted.clone());
-        tokio::spawn(follow(client.downgrade(), submitted));
+        if !detach {
+            tokio::spawn(follow(client.downgrade(), submitted));
+        }
         Ok(job)
     }
 
@@ -441,9 +450,9 @@ impl<'a> Jobs<'a> {
     /// near), their addresses noted.
     async fn home_of(&self, job: Key) -> Result<Vec<PeerId>, SubmitError> {
         let client = self.client;
-        let found = client.find_node(job).await?;
+        let found = home::nearest(client, job).await?;
         let mut near: Vec<(Key, PeerId)> = vec![(client.key(), client.peer_id())];
-        for info in found.peers {
+        for info in found {
             if info.key != client.key() {
                 client.add_addresses(info.addr.peer, info.addr.addrs.clone()).await?;
                 near.push((info.key, info.addr.peer));
@@ -725,7 +734,9 @@ impl<'a> Jobs<'a> {
     }
 
     fn local(&self, job: &Key) -> Option<JobView> {
-        if let Some(s) = lock(&self.compute().submitted).by_key.get(job).cloned() {
+        if let Some(s) = lock(&self.compute().submitted).by_key.get(job).cloned()
+            && s.followed
+        {
             return Some(s.view());
         }
         let executor = self.compute().executor.as_ref()?;
@@ -761,7 +772,9 @@ impl<'a> Jobs<'a> {
     }
 
     pub(crate) fn log_of(&self, job: &Key) -> Option<Arc<JobLog>> {
-        if let Some(s) = lock(&self.compute().submitted).by_key.get(job) {
+        if let Some(s) = lock(&self.compute().submitted).by_key.get(job)
+            && s.followed
+        {
             return Some(s.log.clone());
         }
         Some(self.compute().executor.as_ref()?.job(job)?.log.clone())
@@ -770,21 +783,35 @@ impl<'a> Jobs<'a> {
     /// Reads a job's output from its executor (found through its record):
     /// a watch stream of its events from output byte `from` on.
     pub(crate) async fn remote_events(self, job: Key, from: u64) -> Result<Option<(PeerId, Stream)>, crate::NodeError> {
-        let Some(record) = self.client.get_value(job).await? else {
-            return Ok(None);
+        // Who holds the job now, as its home says; else as its record says.
+        let from_home = match home::read_home(self.client, job).await? {
+            Some(home) => match home.committed() {
+                Some((_, result)) => result.executor.as_ref().and_then(|b| PeerId::from_bytes(b).ok()),
+                None => match home.grantee() {
+                    Some(grantee) => home::peer_of(self.client, grantee.peer).await,
+                    None => None,
+                },
+            },
+            None => None,
         };
-        let Some(record) = JobRecord::decode(&record.value) else {
-            return Ok(None);
-        };
-        let Some(peer) = record.executor.as_ref().and_then(|b| PeerId::from_bytes(b).ok()) else {
-            return Ok(None);
-        };
-        if let Some(key) = key_of_peer(&peer) {
-            let found = self.client.find_node(key).await?;
-            if let Some(info) = found.peers.iter().find(|p| p.key == key) {
-                self.client.add_addresses(peer, info.addr.addrs.clone()).await?;
+        let peer = match from_home {
+            Some(peer) => peer,
+            None => {
+                let Some(record) = self.client.get_value(job).await? else {
+                    return Ok(None);
+                };
+                let Some(record) = JobRecord::decode(&record.value) else {
+                    return Ok(None);
+                };
+                let Some(peer) = record.executor.as_ref().and_then(|b| PeerId::from_bytes(b).ok()) else {
+                    return Ok(None);
+                };
+                if let Some(key) = key_of_peer(&peer) {
+                    home::peer_of(self.client, key).await;
+                }
+                peer
             }
-        }
+        };
         let stream = open(self.client, peer, &Request::Watch { job, from }, ASK_TIMEOUT)
             .await
             .map_err(|e| crate::NodeError::Transport(format!("cannot reach the executor {peer}: {e}")))?;
@@ -795,8 +822,30 @@ impl<'a> Jobs<'a> {
     pub fn cancel(self, job: Key) -> Result<(), String> {
         let submitted = lock(&self.compute().submitted).by_key.get(&job).cloned();
         match submitted {
-            Some(s) => {
+            Some(s) if s.followed => {
                 s.cancel.notify_one();
+                Ok(())
+            }
+            Some(_) => {
+                // Not followed here: ask whoever holds it now.
+                let client = self.client.clone();
+                tokio::spawn(async move {
+                    let holder = match home::read_home(&client, job).await {
+                        Ok(Some(home)) => match home.grantee() {
+                            Some(grantee) => home::peer_of(&client, grantee.peer).await,
+                            None => None,
+                        },
+                        _ => None,
+                    };
+                    match holder {
+                        Some(peer) => {
+                            if let Err(e) = ask(&client, peer, &Request::Cancel { job }, ASK_TIMEOUT).await {
+                                tracing::warn!("cannot cancel job {job} on {peer}: {e}");
+                            }
+                        }
+                        None => tracing::warn!("cannot cancel job {job}: its home names no executor"),
+                    }
+                });
                 Ok(())
             }
             None => Err(format!(
