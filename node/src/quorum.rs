@@ -471,6 +471,21 @@ async fn ask_batched(
     told.await.map_err(|_| std::io::Error::other("the batch was dropped"))?
 }
 
+/// Asks `peer` (this peer's own state directly) about `key`, in `peer`'s
+/// next batch.
+pub(crate) async fn ask_one(
+    client: &Client,
+    peer: PeerId,
+    key: Key,
+    request: Request,
+    within: Duration,
+) -> std::io::Result<Reply> {
+    if peer == client.peer_id() {
+        return ask(client, peer, Wire::Ask { key, request }, within).await;
+    }
+    ask_batched(client, peer, key, request, within).await
+}
+
 /// Sends one batch of asks to `peer` and hands each its reply.
 async fn send_batch(client: &Client, peer: PeerId, batch: Vec<Waiting>, within: Duration) {
     let wire = Wire::Many(batch.iter().map(|(k, r, _)| (*k, r.clone())).collect());

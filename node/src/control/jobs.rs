@@ -25,7 +25,7 @@ const MAX_LISTED: usize = 100_000;
 /// Jobs one `POST /v1/jobs/many` may ask for.
 pub(super) const MAX_REPEAT: u32 = 100_000;
 /// Placements of one batch under way at once.
-const PLACING_AT_ONCE: usize = 32;
+const PLACING_AT_ONCE: usize = 16;
 
 /// The routes of this module.
 pub(super) fn routes() -> Router<Arc<AppState>> {

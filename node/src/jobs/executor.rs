@@ -37,7 +37,7 @@ use super::submission::Submission;
 use super::{ComputeConfig, micros};
 use crate::addr::key_of_peer;
 use crate::client::{Client, WeakClient, now};
-use crate::quorum::{MAX_BATCH, MAX_MEMBERS, Reply, Wire, members_of};
+use crate::quorum::{MAX_MEMBERS, Reply, Wire, members_of};
 
 /// Jobs waiting for a slot here, at most (each keeps its spec, at most
 /// 16 KiB: 320 MiB at worst).
@@ -844,14 +844,20 @@ impl Executor {
             let _ = queued;
         }
         self.forget_old();
+        // Each ask joins its member's next batch: one batch on its way to a
+        // member at a time, however many jobs are held here.
         for (member, items) in batches {
-            for chunk in items.chunks(MAX_BATCH) {
-                let wire = Wire::Many(chunk.iter().map(|(job, _, ask)| (*job, ask.clone())).collect());
-                let whom: Vec<(Key, For)> = chunk.iter().map(|(job, what, _)| (*job, *what)).collect();
+            for (job, what, ask) in items {
                 let (client, answers) = (client.clone(), answers.clone());
                 tokio::spawn(async move {
-                    let reply = crate::quorum::ask(&client, member, wire, MEMBER_TIMEOUT).await;
-                    let _ = answers.send(Batch { member, whom, reply });
+                    let reply = crate::quorum::ask_one(&client, member, job, ask, MEMBER_TIMEOUT)
+                        .await
+                        .map(|reply| Reply::Many(vec![reply]));
+                    let _ = answers.send(Batch {
+                        member,
+                        whom: vec![(job, what)],
+                        reply,
+                    });
                 });
             }
         }

@@ -95,6 +95,8 @@ pub(crate) struct Compute {
     pub(crate) executor: Option<Arc<executor::Executor>>,
     pub(crate) submitted: Mutex<submit::Submissions>,
     pub(crate) offers: Mutex<submit::OfferCache>,
+    /// Held while a slot class or an offer is looked up for the cache.
+    pub(crate) lookups: tokio::sync::Mutex<()>,
     /// Files shared as modules or inputs: path → (size, modified, id).
     pub(crate) shared: Mutex<std::collections::HashMap<std::path::PathBuf, (u64, std::time::SystemTime, Key)>>,
     /// Watches of jobs open to each executor: a queue of thousands waits
@@ -131,6 +133,7 @@ impl Compute {
             executor,
             submitted: Mutex::default(),
             offers: Mutex::default(),
+            lookups: tokio::sync::Mutex::new(()),
             shared: Mutex::default(),
             watching: Mutex::default(),
         })

@@ -538,6 +538,14 @@ impl<'a> Jobs<'a> {
         {
             return Ok(found.clone());
         }
+        // One lookup at a time: placements that start together wait for it
+        // rather than each looking the same class up.
+        let _one = self.compute().lookups.lock().await;
+        if let Some((at, found)) = lock(&self.compute().offers).classes.get(&class)
+            && at.elapsed() < OFFER_TTL
+        {
+            return Ok(found.clone());
+        }
         let found = self.client.get_providers(class).await?;
         if !found.is_empty() {
             lock(&self.compute().offers)
@@ -551,6 +559,12 @@ impl<'a> Jobs<'a> {
         if peer == self.client.key() {
             return self.compute().executor.as_ref().map(|e| e.offer().clone());
         }
+        if let Some((at, offer)) = lock(&self.compute().offers).offers.get(&peer)
+            && at.elapsed() < OFFER_TTL
+        {
+            return offer.clone();
+        }
+        let _one = self.compute().lookups.lock().await;
         if let Some((at, offer)) = lock(&self.compute().offers).offers.get(&peer)
             && at.elapsed() < OFFER_TTL
         {
