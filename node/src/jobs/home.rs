@@ -40,8 +40,9 @@ use crate::quorum::{Kind, Reply, Wire, members_of};
 /// How long an ask to the members may take.
 pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a member waits before its first read of a job it just joined,
-/// per place in distance order (the submitter places the job meanwhile).
-const RANK_DELAY: Duration = Duration::from_secs(2);
+/// per place in distance order: the submitter places the job meanwhile,
+/// and the home steps in only if it did not.
+const RANK_DELAY: Duration = Duration::from_secs(10);
 
 /// A job as its supervisor knows it.
 pub(crate) struct Supervised {

@@ -400,6 +400,15 @@ impl<'a> Jobs<'a> {
             if let Some(granted) = drove.granted {
                 break granted;
             }
+            // The job's home placed it first (this peer was slow): it is
+            // placed all the same.
+            if let Some(grantee) = supervision
+                .current()
+                .or_else(|| supervision.result().map(|(by, _)| *by))
+                && let Some(peer) = home::peer_of(client, grantee.peer).await
+            {
+                break (peer, grantee.n, 0);
+            }
             match drove.failed {
                 Some(SubmitError::Place {
                     error: PlaceError::NoAnswer,
@@ -408,7 +417,7 @@ impl<'a> Jobs<'a> {
                 Some(e) => return Err(e),
                 None => {}
             }
-            if supervision.result().is_some() || started.elapsed() > FIRST_PLACEMENT {
+            if started.elapsed() > FIRST_PLACEMENT {
                 return Err(SubmitError::Invalid(format!(
                     "job {job} was not placed within {} s (its home goes on trying)",
                     FIRST_PLACEMENT.as_secs()
