@@ -135,7 +135,15 @@ pub struct Client {
     pub(crate) quorum: Arc<crate::quorum::Quorum>,
     /// This peer's identity, which signs what it submits.
     pub(crate) identity: libp2p::identity::Keypair,
+    /// Streams this peer asks each peer on at once (jobs, quorum): past a
+    /// peer's limit the asks wait their turn rather than open more (yamux
+    /// closes a connection with more than 512 streams open).
+    pub(crate) stream_permits: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>>,
 }
+
+/// Request streams open to one peer at once, at most (see
+/// `Client::stream_permit`).
+pub(crate) const STREAMS_PER_PEER: usize = 128;
 
 /// Hand-offs waiting for the pin duties' next round, at most.
 pub(crate) const MAX_HANDED_OVER: usize = 1024;
@@ -188,6 +196,19 @@ impl Client {
             .await
             .map_err(|_| NodeError::Stopped)?;
         answer.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// A turn to open a request stream to `peer` (held until the answer is
+    /// read).
+    pub(crate) async fn stream_permit(&self, peer: PeerId) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permits = self
+            .stream_permits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(STREAMS_PER_PEER)))
+            .clone();
+        permits.acquire_owned().await.ok()
     }
 
     /// Looks up the peers closest to `target`.

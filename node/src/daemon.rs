@@ -229,6 +229,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         compute,
         quorum,
         identity: keypair.clone(),
+        stream_permits: Arc::default(),
     };
     tokio::spawn(crate::files::serve(
         client.downgrade(),

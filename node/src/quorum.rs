@@ -411,6 +411,7 @@ pub(crate) async fn ask(client: &Client, peer: PeerId, wire: Wire, within: Durat
             .map_err(std::io::Error::other);
     }
     let exchange = async {
+        let _turn = client.stream_permit(peer).await;
         let mut stream = client
             .stream_control()
             .open_stream(peer, QUORUM_PROTOCOL)

@@ -220,6 +220,7 @@ pub(crate) async fn ask(client: &Client, peer: PeerId, request: &Request, within
             None => Err(std::io::Error::other("this peer offers no slots")),
         };
     }
+    let _turn = client.stream_permit(peer).await;
     let mut stream = open(client, peer, request, within).await?;
     tokio::time::timeout(within, crate::codec::read_cbor(&mut stream, MAX_ANSWER_BYTES))
         .await
