@@ -494,3 +494,54 @@ async fn a_job_that_checkpoints_goes_on_from_its_checkpoint_on_another_peer() {
         "the second peer went on from the checkpoint, not from the start: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_asked_for_by_the_submitter_is_where_the_job_goes_on() {
+    let test = "checkpoint-asked";
+    let peers = swarm_with(test, 7, |i, config: &mut NodeConfig, started: &[Client]| {
+        config.compute = ComputeConfig {
+            slots: u32::from(i == 1 || i == 2),
+            allow_native: true,
+            trust: started.first().map(Client::peer_id).into_iter().collect(),
+            lease_term: Duration::from_secs(2),
+            ..ComputeConfig::default()
+        };
+    })
+    .await;
+    offers(&peers[0], 2).await;
+    // Counts to 100, keeping the count in /ckpt, without ever exiting 85:
+    // only the checkpoint its submitter asks for is saved.
+    let script = r#"n=$(cat "$SHOAL_CKPT/n" 2>/dev/null || echo 0); echo "start $n" >> "$SHOAL_OUT/log"
+        while [ $n -lt 100 ]; do n=$((n+1)); echo $n > "$SHOAL_CKPT/t"; mv "$SHOAL_CKPT/t" "$SHOAL_CKPT/n"; sleep 0.05; done"#;
+    let spec = JobSpec {
+        kind: Some(JobKind::Native),
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..JobSpec::default()
+    };
+    let job = submit(&peers[0], spec).await;
+    let running = peers[0].jobs().status(job).await.unwrap().unwrap();
+    let first = running.peer.clone().unwrap();
+    let index = peers.iter().position(|p| p.peer_id().to_string() == first).unwrap();
+    let count = common::data_dir_existing(test, index).join(format!("jobs/{job}-{}/ckpt/n", running.token.unwrap()));
+    until("the job has counted to 20", || async {
+        std::fs::read_to_string(&count)
+            .ok()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .is_some_and(|n| n >= 20)
+    })
+    .await;
+    peers[0].jobs().checkpoint(job).await.unwrap();
+    peers[index].leave().await.unwrap();
+    let view = ended(&peers[3], job).await;
+    assert_eq!(view.exit_code, Some(0), "{view:?}");
+    let output: Key = view.output.unwrap().parse().unwrap();
+    let dir = common::data_dir(test, 103);
+    peers[3]
+        .files()
+        .download(output, None, Default::default(), Some(dir.clone()))
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(dir.join("log")).unwrap();
+    let start: u32 = log.trim().strip_prefix("start ").unwrap().parse().unwrap();
+    assert!(start >= 20, "it went on from the checkpoint asked for: {log}");
+}

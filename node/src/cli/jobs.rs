@@ -93,6 +93,16 @@ pub(crate) enum JobCommand {
         #[command(flatten)]
         talk: Talk,
     },
+    /// Save a running job's /ckpt now (a job this peer submitted): its
+    /// home keeps it, and a job placed again goes on from it. A job can
+    /// also checkpoint itself: it writes its state under /ckpt and exits
+    /// with 85 ("checkpointed: run me again").
+    Checkpoint {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
 }
 
 /// Exit code of a job that ended without one of its own.
@@ -308,6 +318,22 @@ pub(crate) fn job(command: JobCommand) -> anyhow::Result<i32> {
         }
         JobCommand::Cancel { id, talk } => {
             let view: JobView = ask(&talk.data_dir, "DELETE", &format!("/v1/jobs/{id}"), None::<&()>)?;
+            print_view(&talk, &view)?;
+            Ok(0)
+        }
+        JobCommand::Checkpoint { id, talk } => {
+            let view: JobView = ask(
+                &talk.data_dir,
+                "POST",
+                &format!("/v1/jobs/{id}/checkpoint"),
+                None::<&()>,
+            )?;
+            if !talk.json {
+                eprintln!(
+                    "asked {} to save the checkpoint of job {id}",
+                    view.peer.as_deref().unwrap_or("its executor")
+                );
+            }
             print_view(&talk, &view)?;
             Ok(0)
         }

@@ -34,6 +34,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/jobs/many", axum::routing::post(many))
         .route("/v1/jobs/{id}", get(status).delete(cancel))
         .route("/v1/jobs/{id}/output", get(output))
+        .route("/v1/jobs/{id}/checkpoint", axum::routing::post(checkpoint))
         .route("/v1/slots", get(slots))
 }
 
@@ -213,6 +214,17 @@ async fn cancel(
 ) -> Result<Json<JobView>, ApiError> {
     let job = parse_key(&id)?;
     state.client.jobs().cancel(job).map_err(bad)?;
+    status(State(state), axum::extract::Path(id)).await
+}
+
+/// `POST /v1/jobs/{id}/checkpoint`: asks the job's executor to save its
+/// `/ckpt` now (for a job this peer submitted).
+async fn checkpoint(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = parse_key(&id)?;
+    state.client.jobs().checkpoint(job).await.map_err(bad)?;
     status(State(state), axum::extract::Path(id)).await
 }
 

@@ -720,8 +720,8 @@ impl Executor {
     }
 
     /// Saves the checkpoint of `job` now, for its submitter
-    /// (`shoal job checkpoint`).
-    fn checkpoint_now(self: &Arc<Self>, client: &Client, from: &PeerId, job: Key) -> Answer {
+    /// (`shoal job checkpoint`); answers once the job's home keeps it.
+    async fn checkpoint_now(self: &Arc<Self>, client: &Client, from: &PeerId, job: Key) -> Answer {
         let Some(hosted) = self.job(&job) else {
             return Answer::Refused(format!("this peer does not hold job {job}"));
         };
@@ -732,14 +732,10 @@ impl Executor {
         if !root.exists() {
             return Answer::Refused(format!("job {job} is not running here"));
         }
-        let (executor, client) = (self.clone(), client.clone());
-        tokio::spawn(async move {
-            let dir = JobDir::at(&root);
-            if let Err(e) = executor.checkpoint(&client, job, &hosted, &dir).await {
-                tracing::warn!("job {job}: the checkpoint asked for was not saved: {e}");
-            }
-        });
-        Answer::Done
+        match self.checkpoint(client, job, &hosted, &JobDir::at(&root)).await {
+            Ok(_) => Answer::Done,
+            Err(e) => Answer::Refused(format!("the checkpoint was not saved: {e}")),
+        }
     }
 
     /// One pass over the tenures held: renewals and commits due, grouped
@@ -1010,6 +1006,11 @@ async fn serve(client: &Client, executor: &Arc<Executor>, peer: PeerId, mut stre
     if let Request::Watch { job, from } = request {
         return watch(executor, job, from, stream).await;
     }
+    if let Request::Checkpoint { job } = request {
+        let answer = executor.checkpoint_now(client, &peer, job).await;
+        stream.write_all(&crate::codec::encode_cbor(&answer)?).await?;
+        return stream.close().await;
+    }
     let answer = answer(client, executor, peer, request);
     stream.write_all(&crate::codec::encode_cbor(&answer)?).await?;
     stream.close().await
@@ -1041,7 +1042,7 @@ pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, re
         Request::Go { job, n } => executor.go(&job, n),
         Request::Drop { job, n } => executor.drop_grant(&job, n),
         Request::Cancel { job } => executor.cancel(&peer, &job),
-        Request::Checkpoint { job } => executor.checkpoint_now(client, &peer, job),
+        Request::Checkpoint { .. } => Answer::Refused("a checkpoint is answered on its own stream".into()),
         Request::Watch { .. } => Answer::Refused("a watch is a stream of its own".into()),
     }
 }

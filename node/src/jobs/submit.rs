@@ -878,6 +878,38 @@ impl<'a> Jobs<'a> {
         }
     }
 
+    /// Asks the executor of `job` (which this peer submitted) to save the
+    /// job's `/ckpt` now; returns once the job's home keeps it.
+    pub async fn checkpoint(self, job: Key) -> Result<(), String> {
+        if !lock(&self.compute().submitted).by_key.contains_key(&job) {
+            return Err(format!(
+                "job {job} was not submitted from this peer (ask where it was submitted)"
+            ));
+        }
+        let holder = match home::read_home(self.client, job).await.map_err(|e| e.to_string())? {
+            Some(home) if home.committed().is_some() => return Err(format!("job {job} has ended")),
+            Some(home) => match home.grantee() {
+                Some(grantee) => home::peer_of(self.client, grantee.peer).await,
+                None => None,
+            },
+            None => None,
+        };
+        let peer = holder.ok_or_else(|| format!("job {job} is not placed on any peer now"))?;
+        match ask(
+            self.client,
+            peer,
+            &Request::Checkpoint { job },
+            Duration::from_secs(300),
+        )
+        .await
+        {
+            Ok(Answer::Done) => Ok(()),
+            Ok(Answer::Refused(why)) => Err(format!("{peer} refused: {why}")),
+            Ok(other) => Err(format!("{peer} answered {other:?}")),
+            Err(e) => Err(format!("cannot reach the executor {peer}: {e}")),
+        }
+    }
+
     /// The slot offers in the swarm, each with its load now.
     pub async fn slots(self) -> Result<Vec<SlotView>, crate::NodeError> {
         let client = self.client;
