@@ -182,20 +182,9 @@ impl HomeState {
 /// Reads a job's state from its home: the peers nearest its key that keep
 /// it (`None` if none does).
 pub(crate) async fn read_home(client: &Client, job: Key) -> Result<Option<HomeState>, crate::NodeError> {
-    let found = nearest(client, job).await?;
-    let mut near: Vec<(Key, PeerId)> = vec![(client.key(), client.peer_id())];
-    for info in found {
-        if info.key != client.key() {
-            client.add_addresses(info.addr.peer, info.addr.addrs.clone()).await?;
-            near.push((info.key, info.addr.peer));
-        }
-    }
-    near.sort_by_key(|(k, _)| k.distance(&job));
-    near.dedup_by_key(|(k, _)| *k);
     // The set was the nearest when the job was submitted; a few more cover
     // peers that joined nearer since.
-    near.truncate(super::submit::HOME_SIZE + 3);
-    let asked: Vec<PeerId> = near.into_iter().map(|(_, p)| p).collect();
+    let asked = nearest_peers(client, job, super::submit::HOME_SIZE + 3).await?;
     let mut replies = crate::quorum::ask_each(client, &asked, &Wire::Describe { key: job }, ASK_TIMEOUT);
     let mut state: Option<HomeState> = None;
     while let Some((_, reply)) = replies.next().await {
@@ -227,6 +216,23 @@ pub(crate) async fn nearest(
         return Ok(known);
     }
     Ok(client.find_node(key).await?.peers)
+}
+
+/// The `count` peers nearest `key` (this one among them if it is that
+/// near), their addresses noted.
+pub(crate) async fn nearest_peers(client: &Client, key: Key, count: usize) -> Result<Vec<PeerId>, crate::NodeError> {
+    let found = nearest(client, key).await?;
+    let mut near: Vec<(Key, PeerId)> = vec![(client.key(), client.peer_id())];
+    for info in found {
+        if info.key != client.key() {
+            client.add_addresses(info.addr.peer, info.addr.addrs.clone()).await?;
+            near.push((info.key, info.addr.peer));
+        }
+    }
+    near.sort_by_key(|(k, _)| k.distance(&key));
+    near.dedup_by_key(|(k, _)| *k);
+    near.truncate(count);
+    Ok(near.into_iter().map(|(_, p)| p).collect())
 }
 
 /// The peer id of the peer with overlay key `key`, found through the

@@ -459,19 +459,7 @@ impl<'a> Jobs<'a> {
     /// its key that the overlay finds (this one among them if it is that
     /// near), their addresses noted.
     async fn home_of(&self, job: Key) -> Result<Vec<PeerId>, SubmitError> {
-        let client = self.client;
-        let found = home::nearest(client, job).await?;
-        let mut near: Vec<(Key, PeerId)> = vec![(client.key(), client.peer_id())];
-        for info in found {
-            if info.key != client.key() {
-                client.add_addresses(info.addr.peer, info.addr.addrs.clone()).await?;
-                near.push((info.key, info.addr.peer));
-            }
-        }
-        near.sort_by_key(|(k, _)| k.distance(&job));
-        near.dedup_by_key(|(k, _)| *k);
-        near.truncate(HOME_SIZE);
-        Ok(near.into_iter().map(|(_, p)| p).collect())
+        Ok(home::nearest_peers(self.client, job, HOME_SIZE).await?)
     }
 
     /// Hands the job to its home: a majority must keep it.
