@@ -15,8 +15,6 @@
 pub type Clock = fn() -> std::time::Instant;
 
 pub mod native;
-#[cfg(test)]
-mod tests;
 pub mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -176,7 +174,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn exited(exit_code: i32) -> Self {
+    /// A run that exited on its own with `exit_code`.
+    pub fn exited(exit_code: i32) -> Self {
         Outcome { exit_code, error: None }
     }
 

@@ -1,12 +1,17 @@
 //! The sandbox, driven directly: small modules written in WAT that try
-//! what a job must not do.
+//! what a job must not do. An integration test, outside `src/`: it drives
+//! the engine as the node does, with real processes and the real clock,
+//! which the crate itself never reads.
+
+#![cfg(feature = "compute-engine")]
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_overlay::Key;
 
-use super::*;
+use shoal_resources::compute::engine::*;
 
 /// The tests drive the engine as the node does: real processes, real time.
 #[allow(clippy::disallowed_methods)]
