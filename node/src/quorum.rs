@@ -28,7 +28,7 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
-use shoal_resources::quorum::{Acceptor, Answer, Members, Request, Timing, View};
+use shoal_resources::quorum::{Acceptor, Answer, Grantee, Members, Request, Timing, View};
 
 use crate::addr::key_of_peer;
 use crate::client::{Client, WeakClient, now};
@@ -227,7 +227,7 @@ impl Quorum {
                 timing,
                 payload,
             } => self.join(from, kind, key, peers, timing, payload),
-            Wire::Ask { key, request } => self.ask(key, request),
+            Wire::Ask { key, request } => self.ask(from, key, request),
             Wire::Describe { key } => match lock(&self.entries).get(&key) {
                 Some(entry) => Reply::Entry {
                     peers: entry.peers.clone(),
@@ -235,14 +235,22 @@ impl Quorum {
                 },
                 None => Reply::Unknown,
             },
-            Wire::Many(items) if items.len() <= MAX_BATCH => {
-                Reply::Many(items.into_iter().map(|(key, request)| self.ask(key, request)).collect())
-            }
+            Wire::Many(items) if items.len() <= MAX_BATCH => Reply::Many(
+                items
+                    .into_iter()
+                    .map(|(key, request)| self.ask(from, key, request))
+                    .collect(),
+            ),
             Wire::Many(_) => Reply::Refused(format!("more than {MAX_BATCH} requests in one batch")),
         }
     }
 
-    fn ask(&self, key: Key, request: Request) -> Reply {
+    fn ask(&self, from: &PeerId, key: Key, request: Request) -> Reply {
+        if let Some(by) = acting_as(&request)
+            && key_of_peer(from) != Some(by.peer)
+        {
+            return Reply::Refused("only the grantee itself renews, saves, commits or lets go".into());
+        }
         let mut entries = lock(&self.entries);
         let Some(entry) = entries.get_mut(&key) else {
             return Reply::Unknown;
@@ -306,6 +314,18 @@ impl Quorum {
     }
 }
 
+/// The grantee a request acts as, if it acts as one: only that peer may
+/// send it (the stream's authenticated peer), or anyone could renew a job
+/// it does not run, or commit a result of its own.
+fn acting_as(request: &Request) -> Option<Grantee> {
+    match request {
+        Request::Renew(by) | Request::Release(by) => Some(*by),
+        Request::Save(save) => Some(save.by),
+        Request::Commit { by, .. } => Some(*by),
+        Request::Read | Request::Change(_) => None,
+    }
+}
+
 /// Writes an entry durably: a temporary file, synced, renamed over.
 fn save(dir: &std::path::Path, key: &Key, entry: &Entry) -> std::io::Result<()> {
     let path = dir.join(key.to_string());
@@ -350,7 +370,9 @@ async fn serve_one(client: &Client, peer: PeerId, mut stream: Stream) -> std::io
     let mut unkept = std::collections::HashMap::new();
     for (i, (key, request)) in items.into_iter().enumerate() {
         if let Request::Save(save) = request
+            && key_of_peer(&peer) == Some(save.by.peer)
             && let Some(entry) = client.quorum.entry(&key)
+            && entry.acceptor.view(now()).grantee == Some(save.by)
             && let Err(why) = keep(client, peer, entry.kind, &save.state).await
         {
             unkept.insert(i, why);
@@ -524,9 +546,7 @@ pub(crate) fn ask_each(
             let (client, peer, wire) = (client.clone(), *peer, wire.clone());
             async move {
                 let reply = match wire {
-                    Wire::Ask { key, request } if peer != client.peer_id() => {
-                        ask_batched(&client, peer, key, request, within).await
-                    }
+                    Wire::Ask { key, request } => ask_one(&client, peer, key, request, within).await,
                     wire => ask(&client, peer, wire, within).await,
                 };
                 (peer, reply)
@@ -591,6 +611,50 @@ mod tests {
         assert_eq!(view.grantee, Some(grantee));
         assert!(!view.lapsed, "fresh again after the restart");
         assert!(view.fresh_for > Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_the_grantee_itself_renews_saves_or_commits() {
+        let (me, from) = (peer(), peer());
+        let executor = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+        let dir = dir("forged");
+        let q = quorum(me, &dir);
+        let key = Key::of_content(b"job");
+        let join = Wire::Join {
+            kind: Kind::Job,
+            key,
+            peers: vec![me],
+            timing: Timing::DEFAULT,
+            payload: vec![],
+        };
+        assert_eq!(q.handle(&from, join), Reply::Joined);
+        let grantee = Grantee {
+            peer: key_of_peer(&executor).unwrap(),
+            n: 1,
+        };
+        let change = Wire::Ask {
+            key,
+            request: Request::Change(grantee),
+        };
+        assert_eq!(q.handle(&from, change), Reply::Answer(Answer::Ok));
+        let commit = Wire::Ask {
+            key,
+            request: Request::Commit {
+                by: grantee,
+                result: b"forged".to_vec(),
+            },
+        };
+        assert!(
+            matches!(q.handle(&from, commit.clone()), Reply::Refused(_)),
+            "another peer"
+        );
+        assert_eq!(q.entry(&key).unwrap().acceptor.view(now()).result, None);
+        assert_eq!(
+            q.handle(&executor, commit),
+            Reply::Answer(Answer::Ok),
+            "the grantee itself"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
