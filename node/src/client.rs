@@ -115,7 +115,7 @@ pub struct Client {
     pub(crate) key: Key,
     pub(crate) swarm: Option<Arc<str>>,
     pub(crate) blobs: BlobStore,
-    pub(crate) streams: libp2p_stream::Control,
+    pub(crate) streams: crate::streams::Control,
     pub(crate) quota: Option<u64>,
     pub(crate) replication: usize,
     pub(crate) handoff_deadline: Duration,
@@ -336,7 +336,7 @@ impl Client {
         &self.blobs
     }
 
-    pub(crate) fn stream_control(&self) -> libp2p_stream::Control {
+    pub(crate) fn stream_control(&self) -> crate::streams::Control {
         self.streams.clone()
     }
 }

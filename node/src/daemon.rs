@@ -97,7 +97,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         .unwrap_or_else(|| crate::limits::ConnectionCaps::for_descriptors(descriptors));
     let mut swarm = build_swarm(&keypair, config.mdns, config.swarm_key.clone(), caps)?;
     let blobs = BlobStore::open(&config.data_dir.join("blobs")).map_err(|e| NodeError::Store(e.into()))?;
-    let mut streams = swarm.behaviour().stream.new_control();
+    let streams = swarm.behaviour().stream.new_control();
     let incoming = streams
         .accept(crate::files::BLOB_PROTOCOL)
         .map_err(|_| NodeError::Transport("the blob protocol is registered twice".into()))?;

@@ -234,7 +234,7 @@ impl Driver {
                 self.listener_started(listener_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(event)) => self.on_overlay_event(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Stream(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 let serves = info.protocols.iter().any(|p| p.as_ref() == wire::PROTOCOL);
                 self.learn_addresses(peer_id, info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER));

@@ -101,7 +101,7 @@ pub(crate) async fn hand_off(client: &Client, deadline: Duration) -> HandedOff {
 }
 
 async fn offer(client: &Client, peer: PeerId, id: Key, pin: Pin) -> std::io::Result<u8> {
-    let mut control = client.stream_control();
+    let control = client.stream_control();
     let mut stream = control
         .open_stream(peer, HANDOFF_PROTOCOL)
         .await
@@ -125,7 +125,7 @@ fn describe(status: u8) -> &'static str {
 }
 
 /// Receives hand-offs for as long as the node runs.
-pub(crate) async fn accept(node: WeakClient, mut incoming: libp2p_stream::IncomingStreams) {
+pub(crate) async fn accept(node: WeakClient, mut incoming: crate::streams::IncomingStreams) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_RECEIVING));
     while let Some((peer, stream)) = incoming.next().await {
         let Some(client) = node.upgrade() else { return };

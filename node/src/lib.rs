@@ -62,6 +62,7 @@ pub mod pins;
 pub mod quorum;
 pub mod saved;
 pub mod settings;
+pub(crate) mod streams;
 mod swarm;
 mod turns;
 

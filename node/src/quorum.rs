@@ -341,7 +341,7 @@ fn save(dir: &std::path::Path, key: &Key, entry: &Entry) -> std::io::Result<()> 
 }
 
 /// Serves `/shoal/quorum/1` until the node stops.
-pub(crate) async fn serve(node: WeakClient, mut incoming: libp2p_stream::IncomingStreams) {
+pub(crate) async fn serve(node: WeakClient, mut incoming: crate::streams::IncomingStreams) {
     let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
     while let Some((peer, stream)) = incoming.next().await {
         let Ok(permit) = streams.clone().try_acquire_owned() else {

@@ -31,7 +31,7 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
-    pub(crate) stream: libp2p_stream::Behaviour,
+    pub(crate) stream: crate::streams::Behaviour,
 }
 
 /// How long a new TCP connection may take to finish its security and
@@ -87,7 +87,7 @@ pub(crate) fn build_swarm(
         identify,
         ping: ping::Behaviour::default(),
         mdns: mdns.into(),
-        stream: libp2p_stream::Behaviour::new(),
+        stream: crate::streams::Behaviour::new(),
     };
     let config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(60));
     Ok(Swarm::new(transport, behaviour, peer_id, config))

@@ -38,7 +38,7 @@ pub(crate) fn no_provider(store: &BlobStore, id: Key) -> FetchError {
 }
 
 /// One provider's stream, opened lazily (dialing the provider if need be).
-async fn open(control: &mut libp2p_stream::Control, peer: PeerId, within: Duration) -> std::io::Result<Stream> {
+async fn open(control: &mut crate::streams::Control, peer: PeerId, within: Duration) -> std::io::Result<Stream> {
     tokio::time::timeout(within, control.open_stream(peer, BLOB_PROTOCOL))
         .await
         .map_err(|_| std::io::Error::other("timed out opening a stream"))?
@@ -64,7 +64,7 @@ enum Probe {
 
 /// Asks `peer` for the last group of blob `id` at size `hint` (or, with no
 /// hint or when its own size differs, at the size it names).
-async fn probe(control: &libp2p_stream::Control, id: Key, hint: Option<u64>, peer: PeerId) -> Probe {
+async fn probe(control: &crate::streams::Control, id: Key, hint: Option<u64>, peer: PeerId) -> Probe {
     let attempt = async {
         let mut control = control.clone();
         let Ok(mut stream) = open(&mut control, peer, PROBE_TIMEOUT).await else {
@@ -108,7 +108,7 @@ async fn probe(control: &libp2p_stream::Control, id: Key, hint: Option<u64>, pee
 /// the size claimed; a proved size that differs from it wins (and is
 /// logged). Providers are asked all at once.
 pub(crate) async fn prove_size(
-    control: &libp2p_stream::Control,
+    control: &crate::streams::Control,
     id: Key,
     hint: Option<u64>,
     providers: &[PeerId],
@@ -201,7 +201,7 @@ fn count_size(progress: &Progress, claimed: Option<u64>, size: u64) {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch(
     store: BlobStore,
-    control: libp2p_stream::Control,
+    control: crate::streams::Control,
     id: Key,
     claimed: Option<u64>,
     providers: Vec<PeerId>,
@@ -379,7 +379,7 @@ pub(crate) async fn fetch(
 /// Pulls runs for one provider until the plan has nothing more for it.
 async fn worker(
     shared: &Shared,
-    control: &libp2p_stream::Control,
+    control: &crate::streams::Control,
     me: ProviderId,
     peer: PeerId,
     id: Key,
@@ -447,7 +447,7 @@ async fn worker(
 /// One worker's connection to its provider: the stream, opened lazily and
 /// reopened after a failure, and the payload buffer reused across runs.
 struct Link {
-    control: libp2p_stream::Control,
+    control: crate::streams::Control,
     stream: Option<Stream>,
     buffer: Vec<u8>,
     me: ProviderId,

@@ -27,7 +27,7 @@ pub(crate) async fn serve(
     node: crate::client::WeakClient,
     store: BlobStore,
     served: Arc<AtomicU64>,
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: crate::streams::IncomingStreams,
 ) {
     let (changed, mut found) = tokio::sync::mpsc::channel::<Key>(CHANGED_QUEUE);
     tokio::spawn(async move {

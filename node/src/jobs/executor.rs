@@ -949,7 +949,7 @@ pub(crate) async fn fetch(client: &Client, id: Key) -> Result<(), String> {
 
 /// Publishes the offer, then serves the jobs protocol and tends the
 /// tenures held until the node stops.
-pub(crate) async fn run(node: WeakClient, executor: Arc<Executor>, mut incoming: libp2p_stream::IncomingStreams) {
+pub(crate) async fn run(node: WeakClient, executor: Arc<Executor>, mut incoming: crate::streams::IncomingStreams) {
     if let Some(client) = node.upgrade() {
         let offer = executor.offer().clone();
         let publish = async {

@@ -228,7 +228,7 @@ pub(crate) async fn ask(client: &Client, peer: PeerId, request: &Request, within
 }
 
 async fn open(client: &Client, peer: PeerId, request: &Request, within: Duration) -> std::io::Result<Stream> {
-    let mut control = client.stream_control();
+    let control = client.stream_control();
     let mut stream = tokio::time::timeout(within, control.open_stream(peer, JOBS_PROTOCOL))
         .await
         .map_err(|_| std::io::Error::other("timed out opening a stream"))?
