@@ -243,10 +243,10 @@ async fn fifty_jobs_over_three_peers_all_finish_and_spread() {
     let peers = swarm_with(test, 3, |_, config: &mut NodeConfig, _| config.compute = slots(2)).await;
     offers(&peers[0], 3).await;
     let module = share(&peers[0], test, "spin.wasm", &spin(20_000_000)).await;
-    let mut jobs = Vec::new();
-    for _ in 0..50 {
-        jobs.push(submit(&peers[0], wasm_spec(module, &[])).await);
-    }
+    // All at once, as a batch is submitted: every submission asks the
+    // job's home and probes executors, so streams reach each peer in
+    // bursts, and none of a burst may be lost.
+    let jobs = futures::future::join_all((0..50).map(|_| submit(&peers[0], wasm_spec(module, &[])))).await;
     let mut per_peer = std::collections::BTreeMap::<String, usize>::new();
     for job in jobs {
         let view = ended(&peers[0], job).await;
