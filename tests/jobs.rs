@@ -545,3 +545,34 @@ async fn a_checkpoint_asked_for_by_the_submitter_is_where_the_job_goes_on() {
     let start: u32 = log.trim().strip_prefix("start ").unwrap().parse().unwrap();
     assert!(start >= 20, "it went on from the checkpoint asked for: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_jobs_end_reaches_the_peer_that_submitted_it() {
+    let test = "detached";
+    // Peer 0 offers no slots: the job runs on peer 1, and nothing on peer
+    // 0 follows it.
+    let peers = swarm_with(test, 2, |i, config: &mut NodeConfig, _| {
+        config.compute = slots(u32::from(i == 1));
+    })
+    .await;
+    offers(&peers[0], 1).await;
+    let module = share(&peers[0], test, "hello.wasm", &hello()).await;
+    let job = peers[0]
+        .jobs()
+        .submit(Submit {
+            spec: wasm_spec(module, &[]),
+            detach: true,
+        })
+        .await
+        .unwrap();
+    // `shoal jobs` on the submitter lists it as ended, with its exit code,
+    // without asking anyone.
+    until("the submitter lists the job as ended", || async {
+        peers[0]
+            .jobs()
+            .list(10)
+            .iter()
+            .any(|v| v.job_id == job.to_string() && v.state == "ended" && v.exit_code == Some(0))
+    })
+    .await;
+}

@@ -124,14 +124,9 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         )
         .map_err(|e| NodeError::Task(format!("cannot read the quorum state: {e}")))?,
     );
-    let claims = match &compute.executor {
-        Some(_) => Some(
-            streams
-                .accept(crate::jobs::JOBS_PROTOCOL)
-                .map_err(|_| NodeError::Transport("the jobs protocol is registered twice".into()))?,
-        ),
-        None => None,
-    };
+    let claims = streams
+        .accept(crate::jobs::JOBS_PROTOCOL)
+        .map_err(|_| NodeError::Transport("the jobs protocol is registered twice".into()))?;
     let peer_id = *swarm.local_peer_id();
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -241,9 +236,11 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
     tokio::spawn(crate::quorum::serve(client.downgrade(), quorum_streams));
     tokio::spawn(crate::jobs::home::run(client.downgrade()));
-    if let (Some(executor), Some(claims)) = (client.compute.executor.clone(), claims) {
-        tokio::spawn(crate::jobs::executor::run(client.downgrade(), executor, claims));
-    }
+    tokio::spawn(crate::jobs::executor::run(
+        client.downgrade(),
+        client.compute.executor.clone(),
+        claims,
+    ));
     Ok(client)
 }
 

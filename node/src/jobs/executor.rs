@@ -32,7 +32,7 @@ use shoal_resources::quorum::{
 use shoal_resources::store::Import;
 
 use super::log::{Ended, JobLog};
-use super::protocol::{Answer, Event, MAX_REQUEST_BYTES, Request};
+use super::protocol::{Answer, Event, MAX_NOTICES, MAX_REQUEST_BYTES, Request};
 use super::submission::Submission;
 use super::{ComputeConfig, micros};
 use crate::addr::key_of_peer;
@@ -58,6 +58,9 @@ const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the tenures are looked at when nothing else wakes them.
 const TEND_EVERY: Duration = Duration::from_millis(100);
+/// Results waiting to be told to their submitters, at most (past it a
+/// submitter reads the job's end from its home).
+const MAX_NOTICES_WAITING: usize = 100_000;
 
 /// A job here: waiting for its tenure, queued, running, or ended.
 pub(crate) struct Hosted {
@@ -119,6 +122,10 @@ struct State {
     hosted: BTreeMap<Key, Arc<Hosted>>,
     /// Ended jobs, oldest first (their logs stay in `hosted` until dropped).
     ended: VecDeque<Key>,
+    /// Committed results to tell their submitters, by submitter.
+    notices: HashMap<PeerId, Vec<(Key, Vec<u8>)>>,
+    /// How many those are.
+    noticed: usize,
 }
 
 /// The executor of a peer that offers slots.
@@ -185,6 +192,8 @@ impl Executor {
                 reserved: 0,
                 hosted: BTreeMap::new(),
                 ended: VecDeque::new(),
+                notices: HashMap::new(),
+                noticed: 0,
             }),
             config,
             engine,
@@ -909,7 +918,57 @@ impl Executor {
             output: result.output,
             at: micros(result.ended_at),
         });
-        self.lock().ended.push_back(job);
+        let mut state = self.lock();
+        state.ended.push_back(job);
+        // Its submitter hears of it (best effort: what counts is at the
+        // job's home).
+        if state.noticed < MAX_NOTICES_WAITING {
+            state.noticed += 1;
+            state
+                .notices
+                .entry(hosted.submitter)
+                .or_default()
+                .push((job, bytes.to_vec()));
+        }
+    }
+
+    /// Tells submitters of their jobs' results committed since the last
+    /// call, in batches of at most [`MAX_NOTICES`].
+    fn tell_submitters(&self, client: &Client) {
+        let notices = {
+            let mut state = self.lock();
+            state.noticed = 0;
+            std::mem::take(&mut state.notices)
+        };
+        for (submitter, results) in notices {
+            if submitter == self.local {
+                client.jobs().heard_ended(submitter, results);
+                continue;
+            }
+            let mut batches = vec![Vec::new()];
+            let mut bytes_in_last = 0;
+            for (job, bytes) in results {
+                if batches.last().is_some_and(|b: &Vec<_>| b.len() == MAX_NOTICES)
+                    || bytes_in_last + bytes.len() > MAX_REQUEST_BYTES / 2
+                {
+                    batches.push(Vec::new());
+                    bytes_in_last = 0;
+                }
+                bytes_in_last += bytes.len() + 64;
+                if let Some(last) = batches.last_mut() {
+                    last.push((job, serde_bytes::ByteBuf::from(bytes)));
+                }
+            }
+            for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let request = Request::Ended(batch);
+                    if let Err(e) = super::submit::ask(&client, submitter, &request, MEMBER_TIMEOUT).await {
+                        tracing::debug!("cannot tell {submitter} its jobs ended: {e}");
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -947,9 +1006,39 @@ pub(crate) async fn fetch(client: &Client, id: Key) -> Result<(), String> {
         .map_err(|e| crate::error::error_chain(&e))
 }
 
-/// Publishes the offer, then serves the jobs protocol and tends the
-/// tenures held until the node stops.
-pub(crate) async fn run(node: WeakClient, executor: Arc<Executor>, mut incoming: crate::streams::IncomingStreams) {
+/// Serves the jobs protocol until the node stops: on a peer that offers
+/// slots, publishes the offer first and tends the tenures held; on one
+/// that does not, hears only of its own jobs' ends.
+pub(crate) async fn run(
+    node: WeakClient,
+    executor: Option<Arc<Executor>>,
+    mut incoming: crate::streams::IncomingStreams,
+) {
+    let tending = executor
+        .clone()
+        .map(|executor| tokio::spawn(tend(node.clone(), executor)));
+    let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(permit) = streams.clone().try_acquire_owned() else {
+            tracing::debug!("jobs stream from {peer} refused: {MAX_STREAMS} open");
+            continue;
+        };
+        let Some(client) = node.upgrade() else { break };
+        let executor = executor.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(&client, executor.as_ref(), peer, stream).await {
+                tracing::debug!("jobs stream from {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+    if let Some(tending) = tending {
+        tending.abort();
+    }
+}
+
+/// Publishes the offer, then tends the tenures held.
+async fn tend(node: WeakClient, executor: Arc<Executor>) {
     if let Some(client) = node.upgrade() {
         let offer = executor.offer().clone();
         let publish = async {
@@ -960,49 +1049,50 @@ pub(crate) async fn run(node: WeakClient, executor: Arc<Executor>, mut incoming:
             tracing::warn!("cannot publish the slot offer yet (it is republished with the records): {e}");
         }
     }
-    let tending = {
-        let (executor, node) = (executor.clone(), node.clone());
-        async move {
-            let (answers, mut heard) = tokio::sync::mpsc::unbounded_channel();
-            loop {
-                {
-                    let Some(client) = node.upgrade() else { return };
-                    executor.tend(&node, &client, &answers);
-                }
-                tokio::select! {
-                    batch = heard.recv() => {
-                        if let Some(batch) = batch {
-                            executor.heard(batch);
-                        }
-                    }
-                    () = executor.wake.notified() => {}
-                    () = tokio::time::sleep(TEND_EVERY) => {}
-                }
-            }
+    let (answers, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    loop {
+        {
+            let Some(client) = node.upgrade() else { return };
+            executor.tend(&node, &client, &answers);
+            executor.tell_submitters(&client);
         }
-    };
-    let tending = tokio::spawn(tending);
-    let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
-    while let Some((peer, stream)) = incoming.next().await {
-        let Ok(permit) = streams.clone().try_acquire_owned() else {
-            tracing::debug!("jobs stream from {peer} refused: {MAX_STREAMS} open");
-            continue;
-        };
-        let Some(client) = node.upgrade() else { break };
-        let executor = executor.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve(&client, &executor, peer, stream).await {
-                tracing::debug!("jobs stream from {peer}: {e}");
+        tokio::select! {
+            batch = heard.recv() => {
+                if let Some(batch) = batch {
+                    executor.heard(batch);
+                }
             }
-            drop(permit);
-        });
+            () = executor.wake.notified() => {}
+            () = tokio::time::sleep(TEND_EVERY) => {}
+        }
     }
-    tending.abort();
 }
 
 /// Answers one request.
-async fn serve(client: &Client, executor: &Arc<Executor>, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
+async fn serve(
+    client: &Client,
+    executor: Option<&Arc<Executor>>,
+    peer: PeerId,
+    mut stream: Stream,
+) -> std::io::Result<()> {
     let request: Request = crate::codec::read_cbor(&mut stream, MAX_REQUEST_BYTES).await?;
+    let (request, executor) = match (request, executor) {
+        (Request::Ended(results), _) => {
+            let results = results
+                .into_iter()
+                .map(|(job, bytes)| (job, bytes.into_vec()))
+                .collect();
+            client.jobs().heard_ended(peer, results);
+            stream.write_all(&crate::codec::encode_cbor(&Answer::Done)?).await?;
+            return stream.close().await;
+        }
+        (_, None) => {
+            let refused = Answer::Refused("this peer offers no slots".into());
+            stream.write_all(&crate::codec::encode_cbor(&refused)?).await?;
+            return stream.close().await;
+        }
+        (request, Some(executor)) => (request, executor),
+    };
     if let Request::Watch { job, from } = request {
         return watch(executor, job, from, stream).await;
     }
@@ -1044,6 +1134,14 @@ pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, re
         Request::Cancel { job } => executor.cancel(&peer, &job),
         Request::Checkpoint { .. } => Answer::Refused("a checkpoint is answered on its own stream".into()),
         Request::Watch { .. } => Answer::Refused("a watch is a stream of its own".into()),
+        Request::Ended(results) => {
+            let results = results
+                .into_iter()
+                .map(|(job, bytes)| (job, bytes.into_vec()))
+                .collect();
+            client.jobs().heard_ended(peer, results);
+            Answer::Done
+        }
     }
 }
 

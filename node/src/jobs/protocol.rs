@@ -86,7 +86,15 @@ pub(crate) enum Request {
     Checkpoint { job: Key },
     /// Send me `job`'s output from byte `from` on, then how it ended.
     Watch { job: Key, from: u64 },
+    /// To a submitter, from the executor that committed them: these jobs
+    /// of yours ended, with these results (a job's committed
+    /// [`shoal_resources::compute::JobResult`]), at most [`MAX_NOTICES`].
+    /// It keeps a detached job's state current where it was submitted.
+    Ended(Vec<(Key, serde_bytes::ByteBuf)>),
 }
+
+/// Ended jobs told in one [`Request::Ended`], at most.
+pub(crate) const MAX_NOTICES: usize = 256;
 
 /// An executor's answer to one request.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use shoal_overlay::{Key, PeerInfo};
 use shoal_resources::compute::offer::{class_for, offer_key};
 use shoal_resources::compute::{
-    Candidate, JobKind, JobRecord, JobSpec, JobState, Load, Needs, PlaceAction, PlaceError, Placed, Placement,
-    SlotOffer,
+    Candidate, JobKind, JobRecord, JobResult, JobSpec, JobState, Load, Needs, PlaceAction, PlaceError, Placed,
+    Placement, SlotOffer,
 };
 
 use super::home::{self, Supervised};
@@ -292,6 +292,22 @@ impl Submitted {
             records.send_modify(|n| *n += 1);
         }
         self.log.apply(event);
+    }
+
+    /// A detached job ended with `result`, committed at its home.
+    fn settle(&self, result: &JobResult) {
+        if self.log.progress().0.is_none() {
+            self.log.apply(&Event::Started {
+                at: micros(result.started_at),
+            });
+        }
+        self.log.end(super::log::Ended {
+            exit_code: result.exit_code,
+            error: result.error.clone(),
+            output: result.output,
+            at: micros(result.ended_at),
+        });
+        *lock(&self.position) = None;
     }
 
     fn view(&self) -> JobView {
@@ -706,6 +722,10 @@ impl<'a> Jobs<'a> {
             return Ok(None);
         }
         let submitter = record.as_ref().map_or(job, |r| r.submitter);
+        // Without the submitter's record (a detached job's submitter
+        // writes none) when it was submitted is not known: the earliest
+        // time known stands in for it, below.
+        let unrecorded = record.is_none();
         let mut view = view_of(
             &job,
             &record.unwrap_or_else(|| JobRecord::new(submitter, now())),
@@ -737,10 +757,48 @@ impl<'a> Jobs<'a> {
             view.ended = None;
             view.exit_code = None;
         }
+        if unrecorded {
+            view.queued = view.placed.or(view.started).unwrap_or(view.queued);
+        }
         Ok(Some(view))
     }
 
     /// `job` as this peer knows it (submitted or run here).
+    /// Results the executor `from` committed for jobs submitted here
+    /// ([`Request::Ended`]): a detached job, which nothing follows, learns
+    /// its end from them. A result counts only from the executor this
+    /// peer placed the job on; one from another (the job's home placed it
+    /// again) is checked with the home first.
+    pub(crate) fn heard_ended(&self, from: PeerId, results: Vec<(Key, Vec<u8>)>) {
+        for (job, bytes) in results.into_iter().take(super::protocol::MAX_NOTICES) {
+            let Some(submitted) = lock(&self.compute().submitted).by_key.get(&job).cloned() else {
+                continue;
+            };
+            if submitted.followed || submitted.log.progress().1.is_some() {
+                continue;
+            }
+            let Some(result) = JobResult::decode(&bytes) else {
+                continue;
+            };
+            if result.executor.as_deref() != Some(&from.to_bytes()[..]) {
+                continue;
+            }
+            if lock(&submitted.placed).is_some_and(|(peer, _)| peer == from) {
+                submitted.settle(&result);
+                continue;
+            }
+            let node = self.client.downgrade();
+            tokio::spawn(async move {
+                let Some(client) = node.upgrade() else { return };
+                if let Ok(Some(home)) = home::read_home(&client, job).await
+                    && let Some((_, result)) = home.committed()
+                {
+                    submitted.settle(&result);
+                }
+            });
+        }
+    }
+
     pub(crate) fn local_view(&self, job: &Key) -> Option<JobView> {
         self.local(job)
     }
