@@ -96,6 +96,11 @@ impl JobLog {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// Why this run lost the job, if it did.
+    pub(crate) fn lost(&self) -> Option<String> {
+        self.lock().lost.clone()
+    }
+
     /// Applies an event heard from the executor (a mirror's input); output
     /// at an offset other than the log's end is skipped (a repeat), and so
     /// is output past [`MAX_MIRRORED_BYTES`].

@@ -98,7 +98,10 @@ pub enum SubmitError {
 pub struct JobView {
     /// The job's id (its key).
     pub job_id: String,
-    /// `queued`, `placed`, `running`, `ended` or `cancelled`.
+    /// `queued`, `placed`, `running`, `ended` or `cancelled`; on the
+    /// executor that ran it, `lost` when it lost the job's tenure (cut
+    /// off, or placed again elsewhere) before its end (`error` says why;
+    /// the job's home places it again).
     pub state: String,
     /// The executor's peer id.
     pub peer: Option<String>,
@@ -811,7 +814,10 @@ impl<'a> Jobs<'a> {
         }
         let executor = self.compute().executor.as_ref()?;
         let hosted = executor.job(job)?;
-        Some(hosted_view(self.client.peer_id(), executor, job, &hosted))
+        // A run that lost the job does not say where it is now: its home
+        // does.
+        let view = hosted_view(self.client.peer_id(), executor, job, &hosted);
+        (view.state != "lost").then_some(view)
     }
 
     /// The jobs this peer submitted and the jobs it runs or queues, newest
@@ -1049,9 +1055,11 @@ fn hosted_view(
     hosted: &super::executor::Hosted,
 ) -> JobView {
     let (started, ended) = hosted.log.progress();
-    let state = match (&started, &ended) {
-        (_, Some(_)) => "ended",
-        (Some(_), None) => "running",
+    let lost = hosted.log.lost().filter(|_| ended.is_none());
+    let state = match (&started, &ended, &lost) {
+        (_, Some(_), _) => "ended",
+        (_, None, Some(_)) => "lost",
+        (Some(_), None, None) => "running",
         _ => "placed",
     };
     JobView {
@@ -1060,7 +1068,7 @@ fn hosted_view(
         peer: Some(here.to_string()),
         token: Some(hosted.token),
         exit_code: ended.as_ref().map(|e| e.exit_code),
-        error: ended.as_ref().and_then(|e| e.error.clone()),
+        error: ended.as_ref().and_then(|e| e.error.clone()).or(lost),
         output: ended.as_ref().and_then(|e| e.output).map(|k| k.to_string()),
         queued: hosted.queued_at / 1000,
         placed: Some(hosted.queued_at / 1000),
