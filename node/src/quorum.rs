@@ -217,6 +217,11 @@ impl Quorum {
         lock(&self.entries).get(key).cloned()
     }
 
+    /// What this member holds of `key` at `now`, if it keeps it.
+    pub(crate) fn view(&self, key: &Key, now: shoal_overlay::Instant) -> Option<View> {
+        lock(&self.entries).get(key).map(|e| e.acceptor.view(now))
+    }
+
     /// Handles one request from `from`.
     pub(crate) fn handle(&self, from: &PeerId, wire: Wire) -> Reply {
         match wire {

@@ -43,6 +43,11 @@ pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// per place in distance order: the submitter places the job meanwhile,
 /// and the home steps in only if it did not.
 const RANK_DELAY: Duration = Duration::from_secs(10);
+/// How often a supervisor looks at its own record of the tenure.
+const LAPSE_CHECK: Duration = Duration::from_millis(250);
+/// How much longer, per place in distance order, a member waits after its
+/// own record says the grantee lapsed before it reads the tenure.
+const LAPSE_STAGGER: Duration = Duration::from_secs(1);
 
 /// A job as its supervisor knows it.
 pub(crate) struct Supervised {
@@ -323,6 +328,7 @@ async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
         job.timing.term * 3 * rank
     };
     let mut supervision = Supervision::new(now(), members, job.timing, every, ASK_TIMEOUT);
+    let mut lapsed_since: Option<std::time::Instant> = None;
     loop {
         let Some(client) = node.upgrade() else { return };
         if supervision.result().is_some() {
@@ -332,6 +338,24 @@ async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
         if supervision.poll_timeout().is_some_and(|t| t <= at) {
             supervision.handle_timeout(at);
         }
+        // This member keeps the tenure too: when its own record says the
+        // grantee lapsed (no renewal for a term), the executor is likely
+        // gone, and a standby supervisor need not wait for its next read.
+        // Each rank waits a little longer, so that the nearest live member
+        // acts first and the others hear of its placement.
+        let lapsed_here = client
+            .quorum
+            .view(&job.job, at)
+            .is_some_and(|view| view.lapsed && view.result.is_none());
+        match (lapsed_here, lapsed_since) {
+            (true, None) => lapsed_since = Some(std::time::Instant::now()),
+            (true, Some(since)) if since.elapsed() >= LAPSE_STAGGER * rank => {
+                supervision.check_now(at);
+                lapsed_since = Some(std::time::Instant::now() + job.timing.term);
+            }
+            (false, _) => lapsed_since = None,
+            _ => {}
+        }
         let drove = drive(&client, &mut job, &mut supervision).await;
         if let Some(why) = drove.failed {
             tracing::info!("job {}: placing it again failed: {why}", job.job);
@@ -339,7 +363,7 @@ async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
         let wait = supervision
             .poll_timeout()
             .map_or(Duration::from_secs(1), |t| t.saturating_since(now()))
-            .clamp(Duration::from_millis(10), Duration::from_secs(5));
+            .clamp(Duration::from_millis(10), LAPSE_CHECK);
         drop(client);
         tokio::time::sleep(wait).await;
     }

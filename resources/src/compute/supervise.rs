@@ -159,6 +159,15 @@ impl Supervision {
         }
     }
 
+    /// Reads at once if idle: something suggests the grantee is gone (a
+    /// member's own record of the tenure says it lapsed), so a supervisor
+    /// on a slow standby pace need not wait for its next read.
+    pub fn check_now(&mut self, now: Instant) {
+        if self.stage == Stage::Idle && self.next_check > now {
+            self.next_check = now;
+        }
+    }
+
     /// The committed result, once there is one: supervision is over.
     pub fn result(&self) -> Option<&(Grantee, Vec<u8>)> {
         self.result.as_ref()
@@ -569,6 +578,32 @@ mod tests {
             seen.contains(&SuperviseAction::Abandon(Grantee { peer: key(51), n: 1 })),
             "{seen:?}"
         );
+    }
+
+    #[test]
+    fn a_standby_supervisor_told_the_grantee_lapsed_reads_at_once_not_at_its_pace() {
+        let mut home = Home::new();
+        // Standby: reads every 30 s (three terms).
+        let mut s = Supervision::new(t(0), home.set(), T, Duration::from_secs(30), Duration::from_secs(1));
+        let mut placed = 0u8;
+        let mut place = |_, _, _| {
+            placed += 1;
+            Some(key(10 + placed))
+        };
+        s.handle_timeout(t(0));
+        home.drive(t(0), &mut s, &mut place);
+        let first = Grantee { peer: key(11), n: 1 };
+        assert_eq!(s.current(), Some(first));
+        home.tell(t(100), &Request::Renew(first));
+        // The executor dies; by 12 s every member holds it lapsed. The
+        // standby pace would read next at 30 s.
+        let lapsed = t(12_000);
+        assert!(s.poll_timeout().unwrap() > lapsed);
+        s.check_now(lapsed);
+        assert_eq!(s.poll_timeout(), Some(lapsed));
+        s.handle_timeout(lapsed);
+        home.drive(lapsed, &mut s, &mut place);
+        assert_eq!(s.current().map(|g| g.n), Some(2), "placed anew at 12 s");
     }
 
     #[test]
