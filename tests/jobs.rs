@@ -576,3 +576,95 @@ async fn a_detached_jobs_end_reaches_the_peer_that_submitted_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_job_and_a_drained_one_go_on_from_their_checkpoint_elsewhere() {
+    let test = "move";
+    // Peer 0 submits; peers 1 to 3 run native commands for it.
+    let peers = swarm_with(test, 5, |i, config: &mut NodeConfig, started: &[Client]| {
+        config.compute = ComputeConfig {
+            slots: u32::from((1..=3).contains(&i)),
+            allow_native: true,
+            trust: started.first().map(Client::peer_id).into_iter().collect(),
+            lease_term: Duration::from_secs(2),
+            ..ComputeConfig::default()
+        };
+    })
+    .await;
+    offers(&peers[0], 3).await;
+    // Twelve steps of half a second, checkpointing after each (exit 85).
+    let script = r#"n=$(cat "$SHOAL_CKPT/n" 2>/dev/null || echo 0); n=$((n+1)); echo "step $n" >> "$SHOAL_OUT/log"
+        sleep 0.5; echo $n > "$SHOAL_CKPT/n"; [ $n -lt 12 ] && exit 85; exit 0"#;
+    let spec = JobSpec {
+        kind: Some(JobKind::Native),
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..JobSpec::default()
+    };
+    let job = submit(&peers[0], spec).await;
+    let index_of = |peer: &str| peers.iter().position(|p| p.peer_id().to_string() == peer).unwrap();
+    let steps_on = |index: usize, token: u64| {
+        let count = common::data_dir_existing(test, index).join(format!("jobs/{job}-{token}/ckpt/n"));
+        move || {
+            let count = count.clone();
+            async move {
+                std::fs::read_to_string(&count)
+                    .ok()
+                    .and_then(|n| n.trim().parse::<u32>().ok())
+                    .is_some_and(|n| n >= 2)
+            }
+        }
+    };
+    let first = peers[0].jobs().status(job).await.unwrap().unwrap();
+    let first_index = index_of(first.peer.as_deref().unwrap());
+    until(
+        "two steps on the first peer",
+        steps_on(first_index, first.token.unwrap()),
+    )
+    .await;
+    // Moved by its submitter to a peer of its choice.
+    let target = (1..=3).find(|i| *i != first_index).unwrap();
+    let (moved_to, token) = peers[0]
+        .jobs()
+        .move_job(job, Some(peers[target].peer_id()))
+        .await
+        .unwrap();
+    assert_eq!(moved_to, peers[target].peer_id());
+    assert!(token > first.token.unwrap());
+    // Its run there is over (its directory goes when it ends) before the
+    // move returns: it never runs in two places.
+    let first_dir = common::data_dir_existing(test, first_index).join(format!("jobs/{job}-{}", first.token.unwrap()));
+    assert!(!first_dir.exists(), "the first run has stopped");
+    let left = peers[first_index].jobs().list(10);
+    assert!(
+        left.iter().any(|v| v.job_id == job.to_string() && v.state == "lost"),
+        "the first peer stopped it: {left:?}"
+    );
+    until("a step on the peer moved to", steps_on(target, token)).await;
+    // That peer drains: the job goes to the third.
+    let drained = peers[target].jobs().drain().await.unwrap();
+    assert_eq!(drained.len(), 1, "{drained:?}");
+    let (third, _) = drained[0].1.clone().unwrap();
+    assert_ne!(third, peers[target].peer_id());
+    assert_ne!(
+        third,
+        peers[first_index].peer_id(),
+        "not back where it was moved from: {drained:?}"
+    );
+    let view = ended(&peers[0], job).await;
+    assert_eq!(view.exit_code, Some(0), "{view:?}");
+    assert_eq!(view.peer, Some(third.to_string()), "{view:?}");
+    let output: Key = view.output.unwrap().parse().unwrap();
+    let dir = common::data_dir(test, 104);
+    peers[0]
+        .files()
+        .download(output, None, Default::default(), Some(dir.clone()))
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(dir.join("log")).unwrap();
+    let steps: Vec<u32> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("step ")?.parse().ok())
+        .collect();
+    assert_eq!(steps.last(), Some(&12), "{log}");
+    assert!(steps[0] > 2, "the third peer went on from the checkpoint: {log}");
+}

@@ -295,9 +295,16 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
-    /// One job: status, wait, logs, cancel.
+    /// One job: status, wait, logs, cancel, checkpoint, move.
     #[command(subcommand)]
     Job(jobs::JobCommand),
+    /// Move every job off this peer (each from its newest checkpoint, or
+    /// from the start) and take no new ones until the peer restarts: run
+    /// it before taking a machine away.
+    Drain {
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Stop the running peer (it hands its records on first).
     Down {
         #[command(flatten)]
@@ -574,6 +581,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Slots { talk } => jobs::slots(&talk),
         Command::Jobs { limit, talk } => jobs::list(&talk, limit),
         Command::Job(command) => exit_with(jobs::job(command)?),
+        Command::Drain { talk } => exit_with(jobs::drain(&talk)?),
         Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", NO_BODY, |_: &Stopping| {
             "stopping".to_string()
         }),

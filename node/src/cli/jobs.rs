@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_node::cli_client::ask;
-use shoal_node::control::{JobView, ManyRequest, OutputView, RunRequest, SlotView};
+use shoal_node::control::{Drained, JobView, ManyRequest, MoveRequest, OutputView, RunRequest, SlotView};
 use shoal_node::settings;
 
 use super::Talk;
@@ -100,6 +100,19 @@ pub(crate) enum JobCommand {
     Checkpoint {
         /// The job id.
         id: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Move a job this peer submitted off the peer that runs it: it stops
+    /// there and runs anew on another peer from its newest checkpoint (or
+    /// from the start, if it has none).
+    Move {
+        /// The job id.
+        id: String,
+        /// The peer to move it to (a peer id; `shoal slots` lists them).
+        /// Default: the better of two other fitting peers.
+        #[arg(long)]
+        to: Option<String>,
         #[command(flatten)]
         talk: Talk,
     },
@@ -321,6 +334,23 @@ pub(crate) fn job(command: JobCommand) -> anyhow::Result<i32> {
             print_view(&talk, &view)?;
             Ok(0)
         }
+        JobCommand::Move { id, to, talk } => {
+            let view: JobView = ask(
+                &talk.data_dir,
+                "POST",
+                &format!("/v1/jobs/{id}/move"),
+                Some(&MoveRequest { to }),
+            )?;
+            if !talk.json {
+                eprintln!(
+                    "moved job {id} to {} (grant {})",
+                    view.peer.as_deref().unwrap_or("another peer"),
+                    view.token.unwrap_or(0)
+                );
+            }
+            print_view(&talk, &view)?;
+            Ok(0)
+        }
         JobCommand::Checkpoint { id, talk } => {
             let view: JobView = ask(
                 &talk.data_dir,
@@ -338,6 +368,28 @@ pub(crate) fn job(command: JobCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `shoal drain`.
+pub(crate) fn drain(talk: &Talk) -> anyhow::Result<i32> {
+    let moved: Vec<Drained> = ask(&talk.data_dir, "POST", "/v1/drain", None::<&()>)?;
+    if talk.json {
+        println!("{}", serde_json::to_string(&moved)?);
+    } else {
+        for d in &moved {
+            match (&d.peer, &d.error) {
+                (Some(peer), _) => println!("{}  moved to {peer} (grant {})", d.job_id, d.token.unwrap_or(0)),
+                (None, Some(why)) => println!("{}  not moved: {why}", d.job_id),
+                (None, None) => println!("{}  not moved", d.job_id),
+            }
+        }
+        let failed = moved.iter().filter(|d| d.peer.is_none()).count();
+        eprintln!(
+            "drained: {} job(s) moved, {failed} not; this peer takes no new jobs until it restarts",
+            moved.len() - failed
+        );
+    }
+    Ok(i32::from(moved.iter().any(|d| d.peer.is_none())))
 }
 
 fn print_view(talk: &Talk, view: &JobView) -> anyhow::Result<()> {

@@ -271,6 +271,27 @@ pub struct RunRequest {
     pub detach: bool,
 }
 
+/// Body of `POST /v1/jobs/{id}/move`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MoveRequest {
+    /// The peer id to move the job to; any other fitting peer if absent.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// One job `POST /v1/drain` moved, or could not.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Drained {
+    /// The job.
+    pub job_id: String,
+    /// Where it went.
+    pub peer: Option<String>,
+    /// Its new grant there.
+    pub token: Option<u64>,
+    /// Why it did not move.
+    pub error: Option<String>,
+}
+
 /// Body of `POST /v1/jobs/many`: `repeat` jobs of one spec.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ManyRequest {

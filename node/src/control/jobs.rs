@@ -35,6 +35,8 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/jobs/{id}", get(status).delete(cancel))
         .route("/v1/jobs/{id}/output", get(output))
         .route("/v1/jobs/{id}/checkpoint", axum::routing::post(checkpoint))
+        .route("/v1/jobs/{id}/move", axum::routing::post(move_job))
+        .route("/v1/drain", axum::routing::post(drain))
         .route("/v1/slots", get(slots))
 }
 
@@ -226,6 +228,50 @@ async fn checkpoint(
     let job = parse_key(&id)?;
     state.client.jobs().checkpoint(job).await.map_err(bad)?;
     status(State(state), axum::extract::Path(id)).await
+}
+
+/// `POST /v1/jobs/{id}/move`: stops the job (submitted here) where it
+/// runs and places it anew from its newest checkpoint.
+async fn move_job(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Json(request): Json<super::MoveRequest>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = parse_key(&id)?;
+    let to = match request.to.as_deref() {
+        Some(to) => Some(
+            to.parse::<libp2p::PeerId>()
+                .map_err(|e| bad(format!("--to {to:?} is not a peer id: {e}")))?,
+        ),
+        None => None,
+    };
+    state.client.jobs().move_job(job, to).await.map_err(bad)?;
+    status(State(state), axum::extract::Path(id)).await
+}
+
+/// `POST /v1/drain`: this peer takes no new jobs, and moves every job
+/// it runs or queues to other peers.
+async fn drain(State(state): State<Arc<AppState>>) -> Result<Json<Vec<super::Drained>>, ApiError> {
+    let moved = state.client.jobs().drain().await.map_err(bad)?;
+    Ok(Json(
+        moved
+            .into_iter()
+            .map(|(job, result)| match result {
+                Ok((peer, n)) => super::Drained {
+                    job_id: job.to_string(),
+                    peer: Some(peer.to_string()),
+                    token: Some(n),
+                    error: None,
+                },
+                Err(why) => super::Drained {
+                    job_id: job.to_string(),
+                    peer: None,
+                    token: None,
+                    error: Some(why),
+                },
+            })
+            .collect(),
+    ))
 }
 
 #[derive(serde::Deserialize)]

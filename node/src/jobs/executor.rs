@@ -58,6 +58,10 @@ const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the tenures are looked at when nothing else wakes them.
 const TEND_EVERY: Duration = Duration::from_millis(100);
+/// How long a job let go may take to stop.
+const RELEASE_STOP: Duration = Duration::from_secs(10);
+/// Jobs a drain moves at once, at most.
+const DRAINING_AT_ONCE: usize = 8;
 /// Results waiting to be told to their submitters, at most (past it a
 /// submitter reads the job's end from its home).
 const MAX_NOTICES_WAITING: usize = 100_000;
@@ -80,6 +84,12 @@ pub(crate) struct Hosted {
     /// Microseconds since the epoch.
     pub(crate) queued_at: u64,
     tend: Mutex<Tend>,
+    /// Its signed submission, and its tenure's timing: what placing it
+    /// anew takes.
+    submission: Vec<u8>,
+    timing: Timing,
+    /// Whether its run is under way here.
+    running: std::sync::atomic::AtomicBool,
 }
 
 /// A hosted job's tenure and its result on the way to the members.
@@ -139,6 +149,8 @@ pub(crate) struct Executor {
     wake: tokio::sync::Notify,
     /// This peer.
     local: PeerId,
+    /// Set by `shoal drain`: no new grants, every job moved elsewhere.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Executor {
@@ -201,6 +213,7 @@ impl Executor {
             dir,
             wake: tokio::sync::Notify::new(),
             local,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -279,6 +292,10 @@ impl Executor {
         timing: Timing,
         from: Option<Saved>,
     ) -> Answer {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Answer::Refused("this peer is draining: it takes no new jobs".into());
+        }
+        let bytes = submission.to_vec();
         let Some(submission) = Submission::decode(submission) else {
             return Answer::Refused("the submission does not decode".into());
         };
@@ -340,6 +357,9 @@ impl Executor {
                 saves: 0,
                 reserved: reserve,
             }),
+            submission: bytes,
+            timing,
+            running: std::sync::atomic::AtomicBool::new(false),
         });
         state.ended.retain(|k| *k != job);
         state.hosted.insert(job, hosted);
@@ -499,6 +519,7 @@ impl Executor {
     }
 
     fn spawn_run(self: Arc<Self>, node: WeakClient, job: Key, hosted: Arc<Hosted>) {
+        hosted.running.store(true, std::sync::atomic::Ordering::Release);
         tokio::spawn(async move {
             let (outcome, output) = match node.upgrade() {
                 Some(client) => self.run(&client, job, &hosted).await,
@@ -516,6 +537,7 @@ impl Executor {
             if !lock(&hosted.tend).done {
                 self.finished(&job, &hosted, outcome, output, started);
             }
+            hosted.running.store(false, std::sync::atomic::Ordering::Release);
             self.next(&node);
         });
     }
@@ -909,6 +931,129 @@ impl Executor {
         self.wake.notify_one();
     }
 
+    /// Lets `job` go: stops it here (`why` is what its log says), gives
+    /// its tenure back to its home, and places it anew on another peer
+    /// (`to`, if given) from its newest checkpoint. Returns the new
+    /// executor and grant.
+    pub(crate) async fn release(
+        self: &Arc<Self>,
+        client: &Client,
+        job: Key,
+        why: &str,
+        to: Option<PeerId>,
+    ) -> Result<(PeerId, u64), String> {
+        if to == Some(self.local) {
+            return Err(format!("job {job} runs on {to:?} already", to = self.local));
+        }
+        let hosted = self.job(&job).ok_or_else(|| format!("job {job} is not on this peer"))?;
+        let grantee = {
+            let mut state = self.lock();
+            let mut tend = lock(&hosted.tend);
+            if tend.done || tend.commit.is_some() {
+                return Err(format!("job {job} has ended here"));
+            }
+            tend.done = true;
+            tend.tenure.stop();
+            if !tend.admitted {
+                state.awaiting = state.awaiting.saturating_sub(1);
+                if tend.reserved {
+                    state.reserved = state.reserved.saturating_sub(1);
+                }
+            }
+            let grantee = tend.tenure.grantee();
+            drop(tend);
+            state.queue.remove(&job);
+            state.ended.push_back(job);
+            grantee
+        };
+        hosted.stop(why);
+        hosted.log.lose(why);
+        // The run stops before the tenure goes: nothing runs it twice.
+        let stopping = std::time::Instant::now();
+        while hosted.running.load(std::sync::atomic::Ordering::Acquire) {
+            if stopping.elapsed() > RELEASE_STOP {
+                return Err(format!(
+                    "job {job} did not stop within {} s: its home places it again once its tenure lapses",
+                    RELEASE_STOP.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let wire = Wire::Ask {
+            key: job,
+            request: shoal_resources::quorum::Request::Release(grantee),
+        };
+        let mut replies = crate::quorum::ask_each(client, &hosted.members, &wire, MEMBER_TIMEOUT);
+        let mut released = 0;
+        while let Some((_, reply)) = replies.next().await {
+            if matches!(reply, Ok(Reply::Answer(Vote::Ok))) {
+                released += 1;
+            }
+        }
+        if released < hosted.members.len() / 2 + 1 {
+            return Err(format!(
+                "job {job} is stopped, but its home did not take the release ({released} of {}): it places the job again once the tenure lapses",
+                hosted.members.len()
+            ));
+        }
+        let submission = Submission::decode(&hosted.submission).ok_or("the submission does not decode")?;
+        let mut supervised = super::home::Supervised {
+            job,
+            submission,
+            bytes: hosted.submission.clone(),
+            peers: hosted.members.clone(),
+            timing: hosted.timing,
+            executors: HashMap::new(),
+            to,
+        };
+        let supervision = shoal_resources::compute::Supervision::new(
+            now(),
+            members_of(&hosted.members),
+            hosted.timing,
+            Duration::from_millis(200),
+            MEMBER_TIMEOUT,
+        );
+        let (peer, n, _) = super::home::place_now(client, &mut supervised, supervision, grantee.n)
+            .await
+            .map_err(|e| {
+                format!("job {job} is stopped and released, but placing it again failed (its home goes on trying): {e}")
+            })?;
+        tracing::info!("job {job}: {why}; placed on {peer} as grant {n}");
+        Ok((peer, n))
+    }
+
+    /// `shoal drain`: takes no new jobs from now on, and moves every job
+    /// here elsewhere (from its newest checkpoint). Returns each job with
+    /// where it went, or why it did not.
+    pub(crate) async fn drain(self: &Arc<Self>, client: &Client) -> Vec<(Key, Result<(PeerId, u64), String>)> {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let jobs: Vec<Key> = self
+            .hosted()
+            .into_iter()
+            .filter(|(_, h)| {
+                let tend = lock(&h.tend);
+                !tend.done && tend.commit.is_none()
+            })
+            .map(|(job, _)| job)
+            .collect();
+        futures::stream::iter(jobs)
+            .map(|job| async move {
+                (
+                    job,
+                    self.release(client, job, "drained: its executor stopped offering slots", None)
+                        .await,
+                )
+            })
+            .buffer_unordered(DRAINING_AT_ONCE)
+            .collect()
+            .await
+    }
+
+    /// Whether `shoal drain` was run here.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The job's result is committed: its log ends.
     fn committed(&self, job: Key, hosted: &Hosted, bytes: &[u8]) {
         let Some(result) = JobResult::decode(bytes) else { return };
@@ -1096,6 +1241,26 @@ async fn serve(
     if let Request::Watch { job, from } = request {
         return watch(executor, job, from, stream).await;
     }
+    if let Request::Release { job, to } = request {
+        let answer = match executor.job(&job) {
+            Some(hosted) if hosted.submitter != peer => Answer::Refused("only the job's submitter may move it".into()),
+            _ => {
+                let to = to.and_then(|b| PeerId::from_bytes(&b).ok());
+                match executor
+                    .release(client, job, &format!("moved by its submitter {peer}"), to)
+                    .await
+                {
+                    Ok((peer, n)) => Answer::Moved {
+                        peer: peer.to_bytes().into(),
+                        n,
+                    },
+                    Err(why) => Answer::Refused(why),
+                }
+            }
+        };
+        stream.write_all(&crate::codec::encode_cbor(&answer)?).await?;
+        return stream.close().await;
+    }
     if let Request::Checkpoint { job } = request {
         let answer = executor.checkpoint_now(client, &peer, job).await;
         stream.write_all(&crate::codec::encode_cbor(&answer)?).await?;
@@ -1117,7 +1282,7 @@ pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, re
                 free: load.free,
                 queued: load.queued,
                 running: load.running,
-                fits: executor.offer.fits(&Needs::from(&needs)),
+                fits: executor.offer.fits(&Needs::from(&needs)) && !executor.draining(),
                 offer: Some(executor.offer.clone()),
             }
         }
@@ -1133,6 +1298,7 @@ pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, re
         Request::Drop { job, n } => executor.drop_grant(&job, n),
         Request::Cancel { job } => executor.cancel(&peer, &job),
         Request::Checkpoint { .. } => Answer::Refused("a checkpoint is answered on its own stream".into()),
+        Request::Release { .. } => Answer::Refused("a move is answered on its own stream".into()),
         Request::Watch { .. } => Answer::Refused("a watch is a stream of its own".into()),
         Request::Ended(results) => {
             let results = results

@@ -28,7 +28,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::PeerId;
 use shoal_overlay::Key;
-use shoal_resources::compute::{JobKind, JobResult, Needs, SuperviseAction, Supervision};
+use shoal_resources::compute::{JobKind, JobResult, Needs, PlaceError, SuperviseAction, Supervision};
+
+use super::SubmitError;
 use shoal_resources::quorum::{Grantee, Timing, View};
 
 use super::protocol::Request;
@@ -43,6 +45,11 @@ pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// per place in distance order: the submitter places the job meanwhile,
 /// and the home steps in only if it did not.
 const RANK_DELAY: Duration = Duration::from_secs(10);
+/// How long placing a job may take before the caller is told (the home
+/// goes on trying).
+const PLACE_WITHIN: Duration = Duration::from_secs(30);
+/// Placements nobody answered tried again, at most.
+const PLACE_ATTEMPTS: u32 = 3;
 /// How often a supervisor looks at its own record of the tenure.
 const LAPSE_CHECK: Duration = Duration::from_millis(250);
 /// How much longer, per place in distance order, a member waits after its
@@ -58,6 +65,9 @@ pub(crate) struct Supervised {
     pub(crate) timing: Timing,
     /// The executors placed on, by key.
     pub(crate) executors: HashMap<Key, PeerId>,
+    /// The executor to place it on next, if one was asked for
+    /// (`shoal job move --to`).
+    pub(crate) to: Option<PeerId>,
 }
 
 /// What one drive of a supervision did that its caller cares about.
@@ -111,7 +121,7 @@ pub(crate) async fn drive(client: &Client, job: &mut Supervised, supervision: &m
                     timing: job.timing,
                     from,
                 };
-                match client.jobs().place(&needs, spec, job.job, avoid, &grant).await {
+                match client.jobs().place(&needs, spec, job.job, avoid, job.to, &grant).await {
                     Ok((peer, position)) => {
                         let key = key_of_peer(&peer);
                         if let Some(key) = key {
@@ -289,6 +299,7 @@ pub(crate) async fn run(node: WeakClient) {
                 peers: entry.peers.clone(),
                 timing: entry.timing,
                 executors: HashMap::new(),
+                to: None,
             };
             // The home keeps the job's module, so that the job can run
             // again whoever else goes. Inputs can be large: they are the
@@ -311,6 +322,57 @@ pub(crate) async fn run(node: WeakClient) {
             () = joined.joined.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+/// Drives `supervision` until the job is placed: returns the executor,
+/// the grant number and the job's place in that executor's queue once
+/// the grant holds the tenure. A grant above `after` that another
+/// supervisor made, or a result already committed, ends it too.
+pub(crate) async fn place_now(
+    client: &Client,
+    job: &mut Supervised,
+    mut supervision: Supervision,
+    after: u64,
+) -> Result<(PeerId, u64, u32), SubmitError> {
+    let started = std::time::Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        supervision.handle_timeout(now());
+        let drove = drive(client, job, &mut supervision).await;
+        if let Some(granted) = drove.granted {
+            return Ok(granted);
+        }
+        // Another supervisor placed it first (this peer was slow): it is
+        // placed all the same.
+        if let Some(grantee) = supervision
+            .current()
+            .filter(|g| g.n > after)
+            .or_else(|| supervision.result().map(|(by, _)| *by))
+            && let Some(peer) = peer_of(client, grantee.peer).await
+        {
+            return Ok((peer, grantee.n, 0));
+        }
+        match drove.failed {
+            Some(SubmitError::Place {
+                error: PlaceError::NoAnswer,
+                ..
+            }) if attempts < PLACE_ATTEMPTS => attempts += 1,
+            Some(e) => return Err(e),
+            None => {}
+        }
+        if started.elapsed() > PLACE_WITHIN {
+            return Err(SubmitError::Invalid(format!(
+                "job {} was not placed within {} s (its home goes on trying)",
+                job.job,
+                PLACE_WITHIN.as_secs()
+            )));
+        }
+        let wait = supervision
+            .poll_timeout()
+            .map_or(Duration::from_millis(50), |t| t.saturating_since(now()))
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        tokio::time::sleep(wait).await;
     }
 }
 

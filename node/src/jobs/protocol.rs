@@ -86,6 +86,10 @@ pub(crate) enum Request {
     Checkpoint { job: Key },
     /// Send me `job`'s output from byte `from` on, then how it ended.
     Watch { job: Key, from: u64 },
+    /// Stop `job` here and give its tenure back, then place it anew on
+    /// another peer (`to`, a peer id's bytes, if given) from its newest
+    /// checkpoint (only its submitter may ask). Answered once placed.
+    Release { job: Key, to: Option<serde_bytes::ByteBuf> },
     /// To a submitter, from the executor that committed them: these jobs
     /// of yours ended, with these results (a job's committed
     /// [`shoal_resources::compute::JobResult`]), at most [`MAX_NOTICES`].
@@ -112,6 +116,8 @@ pub(crate) enum Answer {
     Accepted { position: u32 },
     /// Done.
     Done,
+    /// The job was moved: it is grant `n` on `peer` (a peer id's bytes).
+    Moved { peer: serde_bytes::ByteBuf, n: u64 },
     /// Refused, and why.
     Refused(String),
 }

@@ -45,16 +45,15 @@ const COUNT_EVERY: usize = 64;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a claim or a cancel may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a move may take: the job stops, its home takes the release,
+/// and it is placed anew.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Peers that keep a job's tenure (its home), at most.
 pub const HOME_SIZE: usize = 5;
-/// How long a submission waits for its first placement.
-const FIRST_PLACEMENT: Duration = Duration::from_secs(30);
 /// How long the slot class's providers and the offers read are reused.
 const OFFER_TTL: Duration = Duration::from_secs(10);
 /// Candidates whose offers are read per placement, at most.
 const MAX_CANDIDATES: usize = 20;
-/// Placements nobody answered tried again, at most.
-const PLACE_ATTEMPTS: u32 = 3;
 /// Jobs whose output is watched at once on one executor, at most.
 pub const WATCHES_PER_EXECUTOR: usize = 64;
 /// Files remembered as shared, at most.
@@ -402,53 +401,18 @@ impl<'a> Jobs<'a> {
             peers: peers.clone(),
             timing,
             executors: HashMap::new(),
+            to: None,
         };
         // The first placement is this peer's: the home's own supervision
         // waits a little before it reads, and takes over from there.
-        let mut supervision = Supervision::new(
+        let supervision = Supervision::new(
             now(),
             members_of(&peers),
             timing,
             Duration::from_millis(200),
             ASK_TIMEOUT,
         );
-        let started = std::time::Instant::now();
-        let mut attempts = 0u32;
-        let (peer, n, position) = loop {
-            supervision.handle_timeout(now());
-            let drove = home::drive(client, &mut supervised, &mut supervision).await;
-            if let Some(granted) = drove.granted {
-                break granted;
-            }
-            // The job's home placed it first (this peer was slow): it is
-            // placed all the same.
-            if let Some(grantee) = supervision
-                .current()
-                .or_else(|| supervision.result().map(|(by, _)| *by))
-                && let Some(peer) = home::peer_of(client, grantee.peer).await
-            {
-                break (peer, grantee.n, 0);
-            }
-            match drove.failed {
-                Some(SubmitError::Place {
-                    error: PlaceError::NoAnswer,
-                    ..
-                }) if attempts < PLACE_ATTEMPTS => attempts += 1,
-                Some(e) => return Err(e),
-                None => {}
-            }
-            if started.elapsed() > FIRST_PLACEMENT {
-                return Err(SubmitError::Invalid(format!(
-                    "job {job} was not placed within {} s (its home goes on trying)",
-                    FIRST_PLACEMENT.as_secs()
-                )));
-            }
-            let wait = supervision
-                .poll_timeout()
-                .map_or(Duration::from_millis(50), |t| t.saturating_since(now()))
-                .clamp(Duration::from_millis(1), Duration::from_secs(1));
-            tokio::time::sleep(wait).await;
-        };
+        let (peer, n, position) = home::place_now(client, &mut supervised, supervision, 0).await?;
         let submitted = Arc::new(Submitted {
             job,
             log: Arc::default(),
@@ -605,10 +569,20 @@ impl<'a> Jobs<'a> {
         spec: &JobSpec,
         job: Key,
         avoid: Option<Key>,
+        to: Option<PeerId>,
         grant: &Request,
     ) -> Result<(PeerId, u32), SubmitError> {
         let (mut candidates, peers) = self.candidates(needs, spec).await?;
-        if candidates.len() > 1 {
+        if let Some(to) = to {
+            let key = key_of_peer(&to);
+            candidates.retain(|c| Some(c.peer) == key);
+            if candidates.is_empty() {
+                return Err(SubmitError::Invalid(format!(
+                    "{to} offers no slot for the job ({})",
+                    wanted(needs)
+                )));
+            }
+        } else if candidates.len() > 1 {
             candidates.retain(|c| Some(c.peer) != avoid);
         }
         let seed = u64::from_le_bytes(job.to_bytes()[..8].try_into().unwrap_or_default())
@@ -928,6 +902,66 @@ impl<'a> Jobs<'a> {
                 "job {job} was not submitted from this peer (cancel it where it was submitted)"
             )),
         }
+    }
+
+    /// Moves `job` (submitted here) off its executor: it stops there and
+    /// runs anew on another peer (`to`, if given) from its newest
+    /// checkpoint. Returns where it went and its new grant.
+    pub async fn move_job(self, job: Key, to: Option<PeerId>) -> Result<(PeerId, u64), String> {
+        let Some(submitted) = lock(&self.compute().submitted).by_key.get(&job).cloned() else {
+            return Err(format!(
+                "job {job} was not submitted from this peer (ask where it was submitted)"
+            ));
+        };
+        let holder = match home::read_home(self.client, job).await.map_err(|e| e.to_string())? {
+            Some(home) if home.committed().is_some() => return Err(format!("job {job} has ended")),
+            Some(home) => match home.grantee() {
+                Some(grantee) => home::peer_of(self.client, grantee.peer).await,
+                None => None,
+            },
+            None => None,
+        };
+        let peer = holder.ok_or_else(|| format!("job {job} is not placed on any peer now"))?;
+        if to == Some(peer) {
+            return Err(format!("job {job} is on {peer} already"));
+        }
+        let (executor, n) = if peer == self.client.peer_id() {
+            let here = self.compute().executor.as_ref().ok_or("this peer offers no slots")?;
+            here.release(self.client, job, "moved by its submitter", to).await?
+        } else {
+            let request = Request::Release {
+                job,
+                to: to.map(|p| serde_bytes::ByteBuf::from(p.to_bytes())),
+            };
+            match ask(self.client, peer, &request, MOVE_TIMEOUT).await {
+                Ok(Answer::Moved { peer: moved, n }) => (
+                    PeerId::from_bytes(&moved).map_err(|_| format!("{peer} named no peer id"))?,
+                    n,
+                ),
+                Ok(Answer::Refused(why)) => return Err(format!("{peer} refused: {why}")),
+                Ok(other) => return Err(format!("{peer} answered {other:?}")),
+                Err(e) => return Err(format!("cannot reach the executor {peer}: {e}")),
+            }
+        };
+        *lock(&submitted.placed) = Some((executor, n));
+        let mut record = lock(&submitted.record);
+        let _ = record.place(
+            now(),
+            Placed {
+                peer: key_of_peer(&executor).unwrap_or(job),
+                token: n,
+            },
+        );
+        record.executor = Some(executor.to_bytes());
+        Ok((executor, n))
+    }
+
+    /// `shoal drain`: this peer takes no new jobs from now on, and every
+    /// job here moves to another peer. Each job with where it went, or why
+    /// it did not.
+    pub async fn drain(self) -> Result<Vec<(Key, Result<(PeerId, u64), String>)>, String> {
+        let here = self.compute().executor.as_ref().ok_or("this peer offers no slots")?;
+        Ok(here.drain(self.client).await)
     }
 
     /// Asks the executor of `job` (which this peer submitted) to save the
