@@ -592,9 +592,12 @@ async fn a_moved_job_and_a_drained_one_go_on_from_their_checkpoint_elsewhere() {
     })
     .await;
     offers(&peers[0], 3).await;
-    // Twelve steps of half a second, checkpointing after each (exit 85).
+    // Twelve steps of half a second, checkpointing after each (exit 85);
+    // the third takes 12 s, longer than an executor waits for a job it
+    // lets go to stop by itself: a move must stop it.
     let script = r#"n=$(cat "$SHOAL_CKPT/n" 2>/dev/null || echo 0); n=$((n+1)); echo "step $n" >> "$SHOAL_OUT/log"
-        sleep 0.5; echo $n > "$SHOAL_CKPT/n"; [ $n -lt 12 ] && exit 85; exit 0"#;
+        if [ $n -eq 3 ]; then sleep 12; else sleep 0.5; fi
+        echo $n > "$SHOAL_CKPT/n"; [ $n -lt 12 ] && exit 85; exit 0"#;
     let spec = JobSpec {
         kind: Some(JobKind::Native),
         args: vec!["/bin/sh".into(), "-c".into(), script.into()],

@@ -167,6 +167,13 @@ def kill_try(i):
     subprocess.run(["kill", "-9", pid])
     again = until("the job runs again elsewhere", lambda: running(job, first["token"] + 1), every=0.02)
     back = time.monotonic() - t_kill
+    if back > TERM + 2:
+        # A slow try keeps its peers' logs for a look afterwards.
+        keep = f"/tmp/shoal-fo-slow-{os.getpid()}-{i + 1}"
+        os.makedirs(keep, exist_ok=True)
+        for h in range(1, 6):
+            subprocess.run(["cp", f"{work}/h{h}.log", f"{keep}/h{h}.log"])
+        print(f"  (slow: the peers' logs are kept in {keep}; job {job}, killed host {victim})", flush=True)
     end = wait_end(job)
     same = output_of(end) == reference
     print(f"kill {i + 1:2}: host {victim} killed; running again on host {host_of.get(again['peer'], '?')} after {back:5.2f} s; "

@@ -376,13 +376,69 @@ pub(crate) async fn place_now(
     }
 }
 
+/// Watches this member's own record of a job's tenure. A member keeps
+/// the tenure too: when its record says the grantee lapsed (no renewal
+/// for a term), the executor is likely gone, and a supervisor need not
+/// wait for its next read. Each rank waits [`LAPSE_STAGGER`] longer than
+/// the nearer one, so that the nearest live member acts first and the
+/// others hear of its placement.
+struct LapseWatch {
+    rank: u32,
+    term: Duration,
+    /// Since when the grantee looks lapsed here (or, after acting, when
+    /// to look again).
+    since: Option<std::time::Instant>,
+}
+
+impl LapseWatch {
+    /// Whether this member should read the tenure now.
+    fn due(&mut self, client: &Client, job: &Key) -> bool {
+        self.due_at(client.quorum.view(job, now()), std::time::Instant::now())
+    }
+
+    /// [`LapseWatch::due`] with this member's `view` of the tenure at
+    /// `at`.
+    fn due_at(&mut self, view: Option<View>, at: std::time::Instant) -> bool {
+        let lapsed = view.is_some_and(|v| v.grantee.is_some() && v.lapsed && v.result.is_none());
+        if !lapsed {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(at);
+        let waited = at.checked_duration_since(since);
+        if waited.is_none_or(|w| w < LAPSE_STAGGER * self.rank) {
+            return false;
+        }
+        // Acted: look again a term later if it still looks lapsed.
+        self.since = Some(at + self.term);
+        true
+    }
+}
+
 /// Supervises one job from this home member until its result is
 /// committed. The member nearest the job's key (`rank` 0) reads every half
 /// term; the others read far less often (every `3 × rank` terms): they take
 /// over only when it is gone.
 async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
     let rank = u32::try_from(rank).unwrap_or(u32::MAX);
-    tokio::time::sleep(RANK_DELAY * rank.saturating_add(1)).await;
+    let mut lapse = LapseWatch {
+        rank,
+        term: job.timing.term,
+        since: None,
+    };
+    // The submitter places the job first, and nearer members step in
+    // before this one; unless this member's own record says the grantee
+    // lapsed (its executor gone), which cuts the wait short.
+    let start = std::time::Instant::now() + RANK_DELAY * rank.saturating_add(1);
+    while std::time::Instant::now() < start {
+        {
+            let Some(client) = node.upgrade() else { return };
+            if lapse.due(&client, &job.job) {
+                break;
+            }
+        }
+        tokio::time::sleep(LAPSE_CHECK).await;
+    }
     let members = members_of(&job.peers);
     let every = if rank == 0 {
         job.timing.term / 2
@@ -390,7 +446,6 @@ async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
         job.timing.term * 3 * rank
     };
     let mut supervision = Supervision::new(now(), members, job.timing, every, ASK_TIMEOUT);
-    let mut lapsed_since: Option<std::time::Instant> = None;
     loop {
         let Some(client) = node.upgrade() else { return };
         if supervision.result().is_some() {
@@ -400,23 +455,8 @@ async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
         if supervision.poll_timeout().is_some_and(|t| t <= at) {
             supervision.handle_timeout(at);
         }
-        // This member keeps the tenure too: when its own record says the
-        // grantee lapsed (no renewal for a term), the executor is likely
-        // gone, and a standby supervisor need not wait for its next read.
-        // Each rank waits a little longer, so that the nearest live member
-        // acts first and the others hear of its placement.
-        let lapsed_here = client
-            .quorum
-            .view(&job.job, at)
-            .is_some_and(|view| view.lapsed && view.result.is_none());
-        match (lapsed_here, lapsed_since) {
-            (true, None) => lapsed_since = Some(std::time::Instant::now()),
-            (true, Some(since)) if since.elapsed() >= LAPSE_STAGGER * rank => {
-                supervision.check_now(at);
-                lapsed_since = Some(std::time::Instant::now() + job.timing.term);
-            }
-            (false, _) => lapsed_since = None,
-            _ => {}
+        if lapse.due(&client, &job.job) {
+            supervision.check_now(at);
         }
         let drove = drive(&client, &mut job, &mut supervision).await;
         if let Some(why) = drove.failed {
@@ -428,5 +468,58 @@ async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
             .clamp(Duration::from_millis(10), LAPSE_CHECK);
         drop(client);
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_resources::quorum::Grantee;
+    use std::time::Instant;
+
+    fn view(lapsed: bool) -> Option<View> {
+        Some(View {
+            grantee: Some(Grantee {
+                peer: Key::of_content(b"executor"),
+                n: 1,
+            }),
+            lapsed,
+            fresh_for: Duration::ZERO,
+            max_n: 1,
+            saved: None,
+            result: None,
+        })
+    }
+
+    fn watch(rank: u32) -> LapseWatch {
+        LapseWatch {
+            rank,
+            term: Duration::from_secs(10),
+            since: None,
+        }
+    }
+
+    #[test]
+    fn the_nearest_member_acts_on_a_lapse_at_once_and_the_next_a_second_later() {
+        let t = Instant::now();
+        let (mut nearest, mut next) = (watch(0), watch(1));
+        assert!(!nearest.due_at(view(false), t), "a fresh grantee: nothing to do");
+        assert!(nearest.due_at(view(true), t));
+        assert!(!next.due_at(view(true), t));
+        assert!(!next.due_at(view(true), t + Duration::from_millis(500)));
+        assert!(next.due_at(view(true), t + Duration::from_secs(1)));
+        // Having acted, each looks again only a term later.
+        assert!(!nearest.due_at(view(true), t + Duration::from_secs(5)));
+        assert!(nearest.due_at(view(true), t + Duration::from_secs(10)));
+        // A renewal (or a new grantee) resets it; an unplaced job is not a
+        // lapse.
+        let mut other = watch(0);
+        assert!(!other.due_at(view(false), t));
+        let mut unplaced = view(true);
+        if let Some(v) = unplaced.as_mut() {
+            v.grantee = None;
+        }
+        assert!(!other.due_at(unplaced, t));
+        assert!(!other.due_at(None, t));
     }
 }

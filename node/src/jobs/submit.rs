@@ -904,6 +904,20 @@ impl<'a> Jobs<'a> {
         }
     }
 
+    /// The peer that holds `job`'s tenure now, as its home says; an error
+    /// if it has ended or nobody holds it.
+    async fn holder(&self, job: Key) -> Result<PeerId, String> {
+        let holder = match home::read_home(self.client, job).await.map_err(|e| e.to_string())? {
+            Some(home) if home.committed().is_some() => return Err(format!("job {job} has ended")),
+            Some(home) => match home.grantee() {
+                Some(grantee) => home::peer_of(self.client, grantee.peer).await,
+                None => None,
+            },
+            None => None,
+        };
+        holder.ok_or_else(|| format!("job {job} is not placed on any peer now"))
+    }
+
     /// Moves `job` (submitted here) off its executor: it stops there and
     /// runs anew on another peer (`to`, if given) from its newest
     /// checkpoint. Returns where it went and its new grant.
@@ -913,15 +927,7 @@ impl<'a> Jobs<'a> {
                 "job {job} was not submitted from this peer (ask where it was submitted)"
             ));
         };
-        let holder = match home::read_home(self.client, job).await.map_err(|e| e.to_string())? {
-            Some(home) if home.committed().is_some() => return Err(format!("job {job} has ended")),
-            Some(home) => match home.grantee() {
-                Some(grantee) => home::peer_of(self.client, grantee.peer).await,
-                None => None,
-            },
-            None => None,
-        };
-        let peer = holder.ok_or_else(|| format!("job {job} is not placed on any peer now"))?;
+        let peer = self.holder(job).await?;
         if to == Some(peer) {
             return Err(format!("job {job} is on {peer} already"));
         }
@@ -972,15 +978,7 @@ impl<'a> Jobs<'a> {
                 "job {job} was not submitted from this peer (ask where it was submitted)"
             ));
         }
-        let holder = match home::read_home(self.client, job).await.map_err(|e| e.to_string())? {
-            Some(home) if home.committed().is_some() => return Err(format!("job {job} has ended")),
-            Some(home) => match home.grantee() {
-                Some(grantee) => home::peer_of(self.client, grantee.peer).await,
-                None => None,
-            },
-            None => None,
-        };
-        let peer = holder.ok_or_else(|| format!("job {job} is not placed on any peer now"))?;
+        let peer = self.holder(job).await?;
         match ask(
             self.client,
             peer,
