@@ -45,6 +45,9 @@ const COUNT_EVERY: usize = 64;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a claim or a cancel may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Results of jobs placed elsewhere than where this peer placed them,
+/// checked with their home per notice, at most.
+const MAX_CHECKS_PER_NOTICE: usize = 8;
 /// How long a move may take: the job stops, its home takes the release,
 /// and it is placed anew.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -747,6 +750,9 @@ impl<'a> Jobs<'a> {
     /// peer placed the job on; one from another (the job's home placed it
     /// again) is checked with the home first.
     pub(crate) fn heard_ended(&self, from: PeerId, results: Vec<(Key, Vec<u8>)>) {
+        // Each check reads the job's home: a peer that names other
+        // executors' jobs gets a few checked per notice, not hundreds.
+        let mut checks = 0;
         for (job, bytes) in results.into_iter().take(super::protocol::MAX_NOTICES) {
             let Some(submitted) = lock(&self.compute().submitted).by_key.get(&job).cloned() else {
                 continue;
@@ -764,6 +770,10 @@ impl<'a> Jobs<'a> {
                 submitted.settle(&result);
                 continue;
             }
+            if checks == MAX_CHECKS_PER_NOTICE {
+                continue;
+            }
+            checks += 1;
             let node = self.client.downgrade();
             tokio::spawn(async move {
                 let Some(client) = node.upgrade() else { return };
