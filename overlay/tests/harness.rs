@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pair::*;
-use shoal_overlay::{Event, Key, Mode, PeerInfo, Request, Response};
+use shoal_overlay::{Event, Key, Mode, PeerInfo, Request, Response, ValueRecord};
 
 #[test]
 fn lookups_find_the_true_closest_peer() {
@@ -180,6 +180,55 @@ fn a_leaving_home_member_hands_its_records_on() {
         swarm.holders(&key).contains(&fourth),
         "the next-closest peer took the record over"
     );
+}
+
+#[test]
+fn a_restarted_peer_with_many_records_hands_them_on_without_a_storm() {
+    // Five peers, each holding the same 400 records (a restarted peer
+    // restores them from disk); receivers drop requests past 100 open from
+    // one sender, as libp2p does. Sent all at once, the hand-offs overran
+    // that, every drop made a peer stale, and every stale peer sent all of
+    // its records again, for as long as the run lasted.
+    let mut swarm = Swarm::join(5);
+    swarm.capacity = Some(100);
+    let publisher = Ed25519::new(99);
+    let expires = swarm.now + Duration::from_secs(24 * 3600);
+    let records: Vec<ValueRecord> = (0..400u32)
+        .map(|n| ValueRecord::sign(Key::of_content(&n.to_be_bytes()), vec![7; 64], 1, expires, &publisher))
+        .collect();
+    for peer in 0..5 {
+        let now = swarm.now;
+        assert_eq!(swarm.peers[peer].restore_records(now, records.clone(), Vec::new()), 400);
+    }
+    // Peer 4 crashes; the others notice on their next probes.
+    swarm.down.insert(4);
+    swarm.run_for(Duration::from_secs(120));
+    // It comes back with its records.
+    swarm.down.remove(&4);
+    swarm.peers[4] = swarm.core(4, Mode::Server);
+    let now = swarm.now;
+    assert_eq!(swarm.peers[4].restore_records(now, records.clone(), Vec::new()), 400);
+    let seed = swarm.info(0);
+    swarm.peers[4].bootstrap(now, vec![seed]).unwrap();
+    swarm.flush(4);
+    let before: u64 = swarm.sent.iter().sum();
+    swarm.run_for(Duration::from_secs(600));
+    let sent = swarm.sent.iter().sum::<u64>() - before;
+    assert_eq!(
+        swarm.dropped, 0,
+        "requests dropped at capacity ({sent} sent in 10 minutes)"
+    );
+    // The hand-offs and two replication rounds: about 5,300 here, where
+    // the storm sent 148,000.
+    assert!(sent < 8_000, "{sent} requests in 10 minutes");
+    for record in &records {
+        let home: BTreeSet<u32> = swarm.true_closest(&record.key, u32::MAX)[..3].iter().copied().collect();
+        let holders: BTreeSet<u32> = swarm.holders(&record.key).into_iter().collect();
+        assert!(home.is_subset(&holders), "home {home:?}, holders {holders:?}");
+    }
+    for peer in &swarm.peers {
+        peer.check_invariants().unwrap();
+    }
 }
 
 #[test]

@@ -3,9 +3,32 @@
 //! that changed: a peer joined it, a member left the table, or a peer
 //! declined the key or took its decline back.
 
-use super::{Overlay, Purpose};
+use std::collections::BTreeSet;
+
+use super::{Overlay, Purpose, release_if_empty};
 use crate::record::AnyRecord;
 use crate::{Addr, CommandError, Event, Instant, Key, PeerInfo, QueryId, Request};
+
+/// Replication requests that may wait on one peer's answers at a time. A
+/// peer that joins a home, or a home whose member left, is owed every
+/// record at its keys; sent all at once, hundreds of them overran the
+/// receiver (libp2p's request-response takes 100 streams per connection
+/// and drops the rest), the drops counted as failures, the failures made
+/// the receiver stale, and each stale peer sent every one of its records
+/// again: a storm that outlived the restart that began it.
+pub(crate) const HANDOFF_IN_FLIGHT: usize = 8;
+
+/// What this peer owes one peer: the keys whose records it is to be sent,
+/// a few at a time. A key owed twice is sent once, with the records as
+/// they are when its turn comes.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "A: Addr")]
+pub(super) struct Owed<A> {
+    peer: PeerInfo<A>,
+    keys: BTreeSet<Key>,
+    /// Replication requests sent to it and not yet answered.
+    in_flight: usize,
+}
 
 impl<A: Addr> Overlay<A> {
     /// The `r` peers this peer believes form the home of `key`, counting
@@ -104,21 +127,25 @@ impl<A: Addr> Overlay<A> {
         if self.store.is_empty() {
             return;
         }
+        let next = now + self.config.replicate_interval;
         for key in self.store.keys() {
             if self.in_home(&key, &peer.key) {
-                let next = now + self.config.replicate_interval;
-                let records = self.store.records_at(&key, next);
-                for request in self.store_requests(records) {
-                    self.send(now, peer.clone(), request, Purpose::Replicate);
-                }
+                self.store.replicated_until(&key, next);
+                self.owe(&peer, key);
             }
         }
+        self.hand_off(now, &peer.key);
     }
 
     /// A peer left the table: where it was in a home with us, the home now
     /// has a new member. We do not know which member lacks the records, so
     /// all of them get them again; those that hold them answer at once.
+    /// What was still owed to the peer that left is dropped.
     pub(super) fn peer_gone(&mut self, now: Instant, gone: &Key) {
+        if let Some(owed) = self.owed.get_mut(gone) {
+            owed.keys.clear();
+            self.settle(gone);
+        }
         if self.store.is_empty() {
             return;
         }
@@ -128,22 +155,105 @@ impl<A: Addr> Overlay<A> {
                 continue;
             }
             let home = self.home_of(&key);
-            let next = now + self.config.replicate_interval;
-            let records = self.store.records_at(&key, next);
-            self.send_to_home(now, &home, records);
+            self.send_to_home(now, &home, key);
         }
     }
 
-    /// Sends `records` (all at one key) to every member of `home` but this
-    /// peer, provider records batched.
-    pub(super) fn send_to_home(&mut self, now: Instant, home: &[PeerInfo<A>], records: Vec<AnyRecord<A>>) {
+    /// Owes every member of `home` but this peer the records at `key`, and
+    /// marks them replicated for an interval.
+    pub(super) fn send_to_home(&mut self, now: Instant, home: &[PeerInfo<A>], key: Key) {
+        self.store.replicated_until(&key, now + self.config.replicate_interval);
         let local = self.local.key;
-        let requests = self.store_requests(records);
         for member in home.iter().filter(|m| m.key != local) {
-            for request in &requests {
-                self.send(now, member.clone(), request.clone(), Purpose::Replicate);
+            self.owe(member, key);
+            self.hand_off(now, &member.key);
+        }
+    }
+
+    /// Sends `records` to `to` at once, counted against what may wait on it
+    /// (for records about to be forgotten, which cannot wait their turn).
+    pub(super) fn send_now(&mut self, now: Instant, to: &PeerInfo<A>, records: Vec<AnyRecord<A>>) {
+        let requests = self.store_requests(records);
+        self.owed
+            .entry(to.key)
+            .or_insert_with(|| Owed {
+                peer: to.clone(),
+                keys: BTreeSet::new(),
+                in_flight: 0,
+            })
+            .in_flight += requests.len();
+        for request in requests {
+            self.send(now, to.clone(), request, Purpose::Replicate);
+        }
+    }
+
+    /// Adds `key` to what `peer` is owed.
+    fn owe(&mut self, peer: &PeerInfo<A>, key: Key) {
+        let owed = self.owed.entry(peer.key).or_insert_with(|| Owed {
+            peer: peer.clone(),
+            keys: BTreeSet::new(),
+            in_flight: 0,
+        });
+        owed.peer = peer.clone();
+        owed.keys.insert(key);
+    }
+
+    /// Sends `peer` the records it is owed, while fewer than
+    /// [`HANDOFF_IN_FLIGHT`] requests wait on it.
+    pub(super) fn hand_off(&mut self, now: Instant, peer: &Key) {
+        loop {
+            let Some(owed) = self.owed.get_mut(peer) else { return };
+            if owed.in_flight >= HANDOFF_IN_FLIGHT {
+                return;
+            }
+            let Some(key) = owed.keys.pop_first() else {
+                self.settle(peer);
+                return;
+            };
+            let to = owed.peer.clone();
+            // Expired or forgotten since it was owed: nothing to send.
+            let records = self.store.records_of(&key, now);
+            if !records.is_empty() {
+                self.send_now(now, &to, records);
             }
         }
+    }
+
+    /// A replication request to `peer` was answered or failed: the next
+    /// owed records may go.
+    pub(super) fn replicated(&mut self, now: Instant, peer: &Key) {
+        if let Some(owed) = self.owed.get_mut(peer) {
+            owed.in_flight = owed.in_flight.saturating_sub(1);
+        }
+        self.hand_off(now, peer);
+        self.settle(peer);
+    }
+
+    /// Drops everything owed that has not gone out (a leaving peer hands
+    /// its records on by itself).
+    pub(super) fn owe_nothing(&mut self) {
+        for owed in self.owed.values_mut() {
+            owed.keys.clear();
+        }
+        self.owed.retain(|_, o| o.in_flight > 0);
+    }
+
+    /// Forgets `peer`'s entry once nothing is owed or waiting.
+    fn settle(&mut self, peer: &Key) {
+        if self
+            .owed
+            .get(peer)
+            .is_some_and(|o| o.in_flight == 0 && o.keys.is_empty())
+        {
+            self.owed.remove(peer);
+            release_if_empty(&mut self.owed);
+        }
+    }
+
+    /// Replication requests waiting on each peer, as this peer counts them
+    /// (checked against the requests outstanding).
+    pub(super) fn handoffs_in_flight(&self) -> impl Iterator<Item = (&Key, usize)> {
+        self.owed.iter().map(|(k, o)| (k, o.in_flight))
     }
 
     /// The store messages that carry `records`: one per value record, and
@@ -181,7 +291,6 @@ impl<A: Addr> Overlay<A> {
             return;
         }
         let home = self.home_of(key);
-        let records = self.store.records_at(key, now + self.config.replicate_interval);
-        self.send_to_home(now, &home, records);
+        self.send_to_home(now, &home, *key);
     }
 }

@@ -37,6 +37,7 @@ impl<A: Addr> Overlay<A> {
                 }
             }
         }
+        self.owe_nothing();
         self.published_values.clear();
         self.published_providers.clear();
         self.declining.clear();

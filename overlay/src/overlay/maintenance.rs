@@ -93,10 +93,19 @@ impl<A: Addr> Overlay<A> {
             } else {
                 self.config.replicate_interval * OUTSIDE_REPLICATE_FACTOR
             };
-            let records = self.store.records_at(&key, now + interval);
-            self.send_to_home(now, &home, records);
             if self.table.count_closer(&key, &own, far) >= far {
+                // Handed on now, as the records are forgotten.
+                let records = self.store.records_at(&key, now + interval);
+                let local = self.local.key;
+                for member in home.iter().filter(|m| m.key != local) {
+                    self.send_now(now, member, records.clone());
+                }
                 self.store.forget(&key);
+            } else {
+                self.send_to_home(now, &home, key);
+                // (A spare holder's own pace, which `send_to_home` set
+                // to a member's.)
+                self.store.replicated_until(&key, now + interval);
             }
         }
     }

@@ -77,6 +77,7 @@ use crate::{
     RequestId, Response, Rng, Transmit,
 };
 
+use self::homes::Owed;
 use self::leave::Leave;
 use self::provide::Batch;
 use self::records::PublishedValue;
@@ -169,6 +170,9 @@ pub struct Overlay<A: Addr> {
     next_query: u64,
     leave: Option<Leave>,
     batches: BTreeMap<QueryId, Batch>,
+    /// Records owed to peers whose homes changed, by peer, sent a few at
+    /// a time (`homes`).
+    owed: BTreeMap<Key, Owed<A>>,
 }
 
 impl<A: Addr> Overlay<A> {
@@ -219,6 +223,7 @@ impl<A: Addr> Overlay<A> {
             next_query: 0,
             leave: None,
             batches: BTreeMap::new(),
+            owed: BTreeMap::new(),
         })
     }
 
@@ -343,8 +348,11 @@ impl<A: Addr> Overlay<A> {
                     self.eviction_failed(now, &peer);
                 }
             }
-            Purpose::Probe | Purpose::Replicate => {
+            Purpose::Probe => self.observe(now, peer),
+            Purpose::Replicate => {
+                let key = peer.key;
                 self.observe(now, peer);
+                self.replicated(now, &key);
             }
             Purpose::Store { query } => {
                 let stored = match &response {
@@ -462,6 +470,22 @@ impl<A: Addr> Overlay<A> {
         }
         if self.store.len() > self.config.store.max_records {
             return Err("record store over its bound".into());
+        }
+        let mut replicating: BTreeMap<Key, usize> = BTreeMap::new();
+        for out in self.outstanding.values() {
+            if matches!(out.purpose, Purpose::Replicate) {
+                *replicating.entry(out.peer.key).or_default() += 1;
+            }
+        }
+        let counted: BTreeMap<Key, usize> = self
+            .handoffs_in_flight()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (*k, n))
+            .collect();
+        if counted != replicating {
+            return Err(format!(
+                "replication requests outstanding {replicating:?} but counted {counted:?}"
+            ));
         }
         self.store.check_invariants()
     }

@@ -80,7 +80,11 @@ impl<A: Addr> Overlay<A> {
                 self.count_failure(now, &peer);
                 self.batch_stored(now, batch, id, None);
             }
-            Purpose::Probe | Purpose::Replicate => self.count_failure(now, &peer),
+            Purpose::Probe => self.count_failure(now, &peer),
+            Purpose::Replicate => {
+                self.count_failure(now, &peer);
+                self.replicated(now, &peer.key);
+            }
         }
     }
 }

@@ -342,21 +342,42 @@ impl<A: Addr> RecordStore<A> {
         keys
     }
 
-    /// Every record stored under `key`, as store requests, and marks them
-    /// replicated until `next_replicate`.
+    /// Every record stored under `key`, and marks them replicated until
+    /// `next_replicate`.
     pub(crate) fn records_at(&mut self, key: &Key, next_replicate: Instant) -> Vec<AnyRecord<A>> {
+        self.replicated_until(key, next_replicate);
         let mut out = Vec::new();
-        if let Some(s) = self.values.get_mut(key) {
-            s.next_replicate = next_replicate;
+        if let Some(s) = self.values.get(key) {
             out.push(AnyRecord::Value(s.record.clone()));
         }
-        if let Some(list) = self.providers.get_mut(key) {
-            for s in list {
-                s.next_replicate = next_replicate;
-                out.push(AnyRecord::Provider(s.record.clone()));
-            }
+        if let Some(list) = self.providers.get(key) {
+            out.extend(list.iter().map(|s| AnyRecord::Provider(s.record.clone())));
         }
         out
+    }
+
+    /// The records at `key` still alive at `now` (a hand-off sends them
+    /// when its turn comes, which may be after some expired).
+    pub(crate) fn records_of(&self, key: &Key, now: Instant) -> Vec<AnyRecord<A>> {
+        let mut out = Vec::new();
+        if let Some(s) = self.values.get(key).filter(|s| s.record.expires > now) {
+            out.push(AnyRecord::Value(s.record.clone()));
+        }
+        if let Some(list) = self.providers.get(key) {
+            let alive = list.iter().filter(|s| s.record.expires > now);
+            out.extend(alive.map(|s| AnyRecord::Provider(s.record.clone())));
+        }
+        out
+    }
+
+    /// Marks the records at `key` replicated until `next_replicate`.
+    pub(crate) fn replicated_until(&mut self, key: &Key, next_replicate: Instant) {
+        if let Some(s) = self.values.get_mut(key) {
+            s.next_replicate = next_replicate;
+        }
+        for s in self.providers.get_mut(key).into_iter().flatten() {
+            s.next_replicate = next_replicate;
+        }
     }
 
     /// Drops every record at `key` (this peer is far outside its home and

@@ -58,6 +58,8 @@ pub(crate) enum Message {
     Response {
         id: RequestId,
         response: Response<u32>,
+        /// Who answered.
+        by: u32,
     },
 }
 
@@ -71,6 +73,14 @@ pub(crate) struct Swarm {
     pub(crate) events: Vec<(u32, Event<u32>)>,
     /// Requests each peer has sent.
     pub(crate) sent: Vec<u64>,
+    /// Requests from one peer to another sent and not yet answered.
+    pub(crate) open: BTreeMap<(u32, u32), usize>,
+    /// When set, a request arriving while more than this many from the same
+    /// sender are open is dropped unanswered (the sender times out), as
+    /// libp2p's request-response drops streams past 100 per connection.
+    pub(crate) capacity: Option<usize>,
+    /// Requests dropped for want of capacity.
+    pub(crate) dropped: u64,
 }
 
 impl Swarm {
@@ -84,6 +94,9 @@ impl Swarm {
             seq: 0,
             events: Vec::new(),
             sent: Vec::new(),
+            open: BTreeMap::new(),
+            capacity: None,
+            dropped: 0,
         }
     }
 
@@ -137,6 +150,7 @@ impl Swarm {
         while let Some(t) = core.poll_transmit() {
             self.seq += 1;
             self.sent[index as usize] += 1;
+            *self.open.entry((index, t.to.addr)).or_default() += 1;
             let message = Message::Request {
                 from: index,
                 id: t.id,
@@ -180,8 +194,19 @@ impl Swarm {
     }
 
     pub(crate) fn deliver(&mut self, to: u32, message: Message) {
-        if self.down.contains(&to) {
-            return; // lost: the sender will time out
+        let pair = match &message {
+            Message::Request { from, .. } => (*from, to),
+            Message::Response { by, .. } => (to, *by),
+        };
+        let open = self.open.entry(pair).or_default();
+        let over = self.capacity.is_some_and(|c| *open > c);
+        let lost = self.down.contains(&to) || (over && matches!(message, Message::Request { .. }));
+        if lost || matches!(message, Message::Response { .. }) {
+            *open -= 1;
+        }
+        if lost {
+            self.dropped += u64::from(!self.down.contains(&to));
+            return; // the sender will time out
         }
         match message {
             Message::Request {
@@ -196,10 +221,10 @@ impl Swarm {
                 self.seq += 1;
                 self.queue.insert(
                     (self.now + LATENCY, self.seq),
-                    (from, Message::Response { id, response }),
+                    (from, Message::Response { id, response, by: to }),
                 );
             }
-            Message::Response { id, response } => {
+            Message::Response { id, response, .. } => {
                 self.peers[to as usize].handle_response(self.now, id, response);
                 self.flush(to);
             }
