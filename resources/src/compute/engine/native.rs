@@ -54,8 +54,17 @@ impl NativeRunner {
                 "{command}: command not found on this peer (PATH={PATH})"
             )));
         }
+        // By its path: a command looked up in a PATH the child is given
+        // makes the standard library fork the whole peer (copying its page
+        // tables: most of a tiny job's cost on a busy peer) instead of
+        // spawning it the cheap way.
+        let Some(prlimit) = locate("prlimit") else {
+            return Outcome::failed(RunError::Spawn(format!(
+                "prlimit (util-linux) is needed to run native jobs and is not in {PATH}"
+            )));
+        };
         let cpu_seconds = limits.timeout.as_secs().saturating_add(1);
-        let mut cmd = Command::new("prlimit");
+        let mut cmd = Command::new(prlimit);
         cmd.arg(format!("--as={}", limits.memory))
             .arg(format!("--cpu={cpu_seconds}"))
             .arg(format!("--fsize={}", limits.out_bytes.max(1)))
@@ -163,18 +172,27 @@ impl NativeRunner {
 /// Whether `command` names an executable file: a path, or a name found
 /// in [`PATH`].
 fn found(command: &str) -> bool {
+    locate(command).is_some()
+}
+
+/// The executable `command` names: itself if it is a path, else the first
+/// of that name in [`PATH`].
+fn locate(command: &str) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &std::path::Path| {
         p.metadata()
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if command.contains('/') {
-        return executable(std::path::Path::new(command));
+        let path = std::path::PathBuf::from(command);
+        return executable(&path).then_some(path);
     }
-    !command.is_empty()
-        && PATH
-            .split(':')
-            .any(|dir| executable(&std::path::Path::new(dir).join(command)))
+    if command.is_empty() {
+        return None;
+    }
+    PATH.split(':')
+        .map(|dir| std::path::Path::new(dir).join(command))
+        .find(|p| executable(p))
 }
 
 fn kill_group(group: rustix::process::Pid) {
