@@ -146,6 +146,9 @@ pub(crate) struct Quorum {
     validators: BTreeMap<Kind, Validator>,
     /// Woken when a key joins, so that its duties start at once.
     pub(crate) joined: tokio::sync::Notify,
+    /// Keys that joined since [`Quorum::take_joined`] last took them (at
+    /// most [`MAX_KEYS`]; past that the duties' periodic look finds them).
+    fresh: Mutex<Vec<Key>>,
     /// Asks waiting to go to each member together (see [`ask_each`]).
     waiting: Mutex<std::collections::HashMap<PeerId, Vec<Waiting>>>,
 }
@@ -203,13 +206,24 @@ impl Quorum {
             entries: Mutex::new(entries),
             validators,
             joined: tokio::sync::Notify::new(),
+            fresh: Mutex::default(),
             waiting: Mutex::default(),
         })
     }
 
-    /// The keys this peer is a member for, with their entries.
-    pub(crate) fn entries(&self) -> Vec<(Key, Entry)> {
-        lock(&self.entries).iter().map(|(k, e)| (*k, e.clone())).collect()
+    /// The entries `keep` picks (it sees every entry under the lock;
+    /// only the picked ones are copied).
+    pub(crate) fn entries_where(&self, mut keep: impl FnMut(&Key, &Entry) -> bool) -> Vec<(Key, Entry)> {
+        lock(&self.entries)
+            .iter()
+            .filter(|(k, e)| keep(k, e))
+            .map(|(k, e)| (*k, e.clone()))
+            .collect()
+    }
+
+    /// The keys that joined since the last call.
+    pub(crate) fn take_joined(&self) -> Vec<Key> {
+        std::mem::take(&mut *lock(&self.fresh))
     }
 
     /// The entry of `key`, if this peer keeps one.
@@ -314,6 +328,11 @@ impl Quorum {
         }
         entries.insert(key, entry);
         drop(entries);
+        let mut fresh = lock(&self.fresh);
+        if fresh.len() < MAX_KEYS {
+            fresh.push(key);
+        }
+        drop(fresh);
         self.joined.notify_one();
         Reply::Joined
     }

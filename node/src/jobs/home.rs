@@ -37,7 +37,7 @@ use super::protocol::Request;
 use super::submission::Submission;
 use crate::addr::key_of_peer;
 use crate::client::{Client, WeakClient, now};
-use crate::quorum::{Kind, Reply, Wire, members_of};
+use crate::quorum::{Entry, Kind, Reply, Wire, members_of};
 
 /// How long an ask to the members may take.
 pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -265,18 +265,40 @@ pub(crate) async fn peer_of(client: &Client, key: Key) -> Option<PeerId> {
     Some(info.addr.peer)
 }
 
+/// How often the home duty looks at every key it keeps, not only the
+/// ones that just joined.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 /// The home duty: supervises every job this peer keeps the tenure of,
 /// until its result is committed.
 pub(crate) async fn run(node: WeakClient) {
     let mut supervised: HashMap<Key, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut look_at = std::time::Instant::now();
     loop {
         let Some(client) = node.upgrade() else { return };
-        for (key, entry) in client.quorum.entries() {
-            if entry.kind != Kind::Job || supervised.contains_key(&key) {
-                continue;
-            }
-            if entry.acceptor.view(now()).result.is_some() {
-                // Done here (committed, or on its way): nothing to place.
+        let at = now();
+        // Done here (committed, or on its way): nothing to place.
+        let wanted = |entry: &Entry| entry.kind == Kind::Job && entry.acceptor.view(at).result.is_none();
+        // The keys that just joined; every key once a second (those kept
+        // from before a restart, and any whose task ended). Looking at
+        // every key on every join made a batch of n jobs cost n² here.
+        let joined = client.quorum.take_joined();
+        let new: Vec<(Key, Entry)> = if std::time::Instant::now() >= look_at {
+            look_at = std::time::Instant::now() + LOOK_EVERY;
+            supervised.retain(|_, task| !task.is_finished());
+            client
+                .quorum
+                .entries_where(|k, e| !supervised.contains_key(k) && wanted(e))
+        } else {
+            joined
+                .into_iter()
+                .filter(|k| !supervised.contains_key(k))
+                .filter_map(|k| client.quorum.entry(&k).map(|e| (k, e)))
+                .filter(|(_, e)| wanted(e))
+                .collect()
+        };
+        for (key, entry) in new {
+            if supervised.contains_key(&key) {
                 continue;
             }
             let Some(submission) = Submission::decode(&entry.payload) else {
@@ -315,12 +337,11 @@ pub(crate) async fn run(node: WeakClient) {
             });
             supervised.insert(key, tokio::spawn(supervise(client.downgrade(), job, rank)));
         }
-        supervised.retain(|_, task| !task.is_finished());
-        let joined = client.quorum.clone();
+        let quorum = client.quorum.clone();
         drop(client);
         tokio::select! {
-            () = joined.joined.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = quorum.joined.notified() => {}
+            () = tokio::time::sleep_until(look_at.into()) => {}
         }
     }
 }
@@ -433,6 +454,9 @@ async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
     while std::time::Instant::now() < start {
         {
             let Some(client) = node.upgrade() else { return };
+            if holds_result(&client, &job.job) {
+                return;
+            }
             if lapse.due(&client, &job.job) {
                 break;
             }
@@ -448,7 +472,7 @@ async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
     let mut supervision = Supervision::new(now(), members, job.timing, every, ASK_TIMEOUT);
     loop {
         let Some(client) = node.upgrade() else { return };
-        if supervision.result().is_some() {
+        if supervision.result().is_some() || holds_result(&client, &job.job) {
             return;
         }
         let at = now();
@@ -469,6 +493,14 @@ async fn supervise(node: WeakClient, mut job: Supervised, rank: usize) {
         drop(client);
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Whether this member holds the job's result: then the job is done or
+/// being committed, and the members that do not hold it (a majority, if it
+/// is not committed yet) go on supervising. So a short job's members stop
+/// as soon as its result reaches them, not after a read of the home.
+fn holds_result(client: &Client, job: &Key) -> bool {
+    client.quorum.view(job, now()).is_some_and(|v| v.result.is_some())
 }
 
 #[cfg(test)]
