@@ -127,6 +127,25 @@ pub(crate) struct Entry {
     #[serde(with = "serde_bytes")]
     pub(crate) payload: Vec<u8>,
     pub(crate) acceptor: Acceptor,
+    /// Whose key it is (a job's submitter), as its validator says: it may
+    /// change the grantee, as the members may. (Absent in entries saved
+    /// before it was kept: then only the members and the grantee may.)
+    #[serde(default)]
+    pub(crate) owner: Option<Key>,
+}
+
+impl Entry {
+    /// Whether `from` may give the key's tenure to another grantee: a
+    /// member (its supervisors), the key's owner (a job's first
+    /// placement), or the grantee itself (moving its job elsewhere). A
+    /// stranger could otherwise make itself the grantee of a job whose
+    /// executor lapsed, and commit a result of its own.
+    fn may_change(&self, from: &PeerId) -> bool {
+        let key = key_of_peer(from);
+        self.peers.contains(from)
+            || (key.is_some() && key == self.owner)
+            || self.acceptor.view(now()).grantee.is_some_and(|g| Some(g.peer) == key)
+    }
 }
 
 /// The member set of `peers` (peer ids without an overlay key are left
@@ -135,8 +154,9 @@ pub(crate) fn members_of(peers: &[PeerId]) -> Members {
     Members::new(peers.iter().filter_map(key_of_peer))
 }
 
-/// Checks a payload of one kind: whether `from` may join `key` with it.
-pub(crate) type Validator = fn(key: &Key, from: &PeerId, payload: &[u8]) -> Result<(), String>;
+/// Checks a payload of one kind: whether `from` may join `key` with it,
+/// and whose key it is (see [`Entry::owner`]).
+pub(crate) type Validator = fn(key: &Key, from: &PeerId, payload: &[u8]) -> Result<Option<Key>, String>;
 
 /// The keys this peer is a member for.
 pub(crate) struct Quorum {
@@ -274,6 +294,11 @@ impl Quorum {
         let Some(entry) = entries.get_mut(&key) else {
             return Reply::Unknown;
         };
+        if matches!(request, Request::Change(_)) && !entry.may_change(from) {
+            return Reply::Refused(
+                "only the key's members, its owner (a job's submitter) or its grantee change its grantee".into(),
+            );
+        }
         let before = entry.acceptor.clone();
         let answer = entry.acceptor.handle(now(), entry.timing, request);
         if !entry.acceptor.same_durable(&before)
@@ -302,9 +327,10 @@ impl Quorum {
         let Some(validate) = self.validators.get(&kind) else {
             return Reply::Refused(format!("this peer keeps no keys of kind {kind:?}"));
         };
-        if let Err(why) = validate(&key, from, &payload) {
-            return Reply::Refused(why);
-        }
+        let owner = match validate(&key, from, &payload) {
+            Ok(owner) => owner,
+            Err(why) => return Reply::Refused(why),
+        };
         let mut entries = lock(&self.entries);
         if let Some(held) = entries.get(&key) {
             return if held.peers == peers && held.payload == payload {
@@ -322,6 +348,7 @@ impl Quorum {
             timing,
             payload,
             acceptor: Acceptor::new(),
+            owner,
         };
         if let Err(e) = save(&self.dir, &key, &entry) {
             return Reply::Refused(format!("cannot save the state of {key}: {e}"));
@@ -588,8 +615,9 @@ mod tests {
         libp2p::identity::Keypair::generate_ed25519().public().to_peer_id()
     }
 
-    fn accept_all(_: &Key, _: &PeerId, _: &[u8]) -> Result<(), String> {
-        Ok(())
+    /// Any payload; the peer that joins the key owns it.
+    fn accept_all(_: &Key, from: &PeerId, _: &[u8]) -> Result<Option<Key>, String> {
+        Ok(key_of_peer(from))
     }
 
     fn dir(name: &str) -> PathBuf {
@@ -678,6 +706,54 @@ mod tests {
             q.handle(&executor, commit),
             Reply::Answer(Answer::Ok),
             "the grantee itself"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_members_the_owner_or_the_grantee_change_the_grantee() {
+        let (me, member, owner, executor, stranger) = (peer(), peer(), peer(), peer(), peer());
+        let dir = dir("change");
+        let q = quorum(me, &dir);
+        let key = Key::of_content(b"job");
+        let join = Wire::Join {
+            kind: Kind::Job,
+            key,
+            peers: vec![me, member],
+            timing: Timing::DEFAULT,
+            payload: vec![],
+        };
+        assert_eq!(q.handle(&owner, join), Reply::Joined);
+        let grantee = |to: &PeerId, n| Grantee {
+            peer: key_of_peer(to).unwrap(),
+            n,
+        };
+        let change = |to: &PeerId, n| Wire::Ask {
+            key,
+            request: Request::Change(grantee(to, n)),
+        };
+        let release = |by: &PeerId, n| Wire::Ask {
+            key,
+            request: Request::Release(grantee(by, n)),
+        };
+        let refused = |r: Reply| matches!(r, Reply::Refused(_));
+        // A stranger would make itself the grantee (and could then commit
+        // a result of its own).
+        assert!(refused(q.handle(&stranger, change(&stranger, 1))));
+        assert_eq!(q.entry(&key).unwrap().acceptor.view(now()).grantee, None);
+        // A member (a supervisor) places the job.
+        assert_eq!(q.handle(&member, change(&executor, 1)), Reply::Answer(Answer::Ok));
+        // Its executor lets go and moves it to another peer.
+        assert_eq!(q.handle(&executor, release(&executor, 1)), Reply::Answer(Answer::Ok));
+        assert!(refused(q.handle(&stranger, change(&stranger, 2))));
+        assert_eq!(q.handle(&executor, change(&member, 2)), Reply::Answer(Answer::Ok));
+        // The owner (its submitter) places it after that one let go.
+        assert_eq!(q.handle(&member, release(&member, 2)), Reply::Answer(Answer::Ok));
+        assert!(refused(q.handle(&stranger, change(&stranger, 3))));
+        assert_eq!(q.handle(&owner, change(&executor, 3)), Reply::Answer(Answer::Ok));
+        assert_eq!(
+            q.entry(&key).unwrap().acceptor.view(now()).grantee,
+            Some(grantee(&executor, 3))
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

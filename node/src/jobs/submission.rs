@@ -87,10 +87,12 @@ fn message(key: &Key) -> Vec<u8> {
 }
 
 /// The quorum's check of a job's payload: the submission of that key,
-/// signed by its submitter (whoever sends it).
-pub(crate) fn validate(key: &Key, _from: &PeerId, payload: &[u8]) -> Result<(), String> {
+/// signed by its submitter (whoever sends it), who owns the key.
+pub(crate) fn validate(key: &Key, _from: &PeerId, payload: &[u8]) -> Result<Option<Key>, String> {
     let submission = Submission::decode(payload).ok_or("the payload is not a job submission")?;
-    submission.check(key).map(|_| ())
+    submission
+        .check(key)
+        .map(|submitter| crate::addr::key_of_peer(&submitter))
 }
 
 #[cfg(test)]
@@ -112,7 +114,8 @@ mod tests {
         let (key, submission) = Submission::sign(&keypair, spec(), 7).unwrap();
         assert_eq!(submission.check(&key), Ok(keypair.public().to_peer_id()));
         let bytes = submission.encode();
-        assert_eq!(validate(&key, &PeerId::random(), &bytes), Ok(()));
+        let submitter = crate::addr::key_of_peer(&keypair.public().to_peer_id());
+        assert_eq!(validate(&key, &PeerId::random(), &bytes), Ok(submitter));
         // Another job's key.
         assert!(submission.check(&Key::of_content(b"other")).is_err());
         // Another spec under the same signature.
