@@ -38,6 +38,10 @@ pub const QUORUM_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/quorum/1
 
 /// Keys this peer keeps state for, at most.
 pub const MAX_KEYS: usize = 100_000;
+/// How long a member keeps a key after it first holds its result (a job's
+/// record, for `shoal job status` from any peer): then it is forgotten,
+/// sooner if the member is full and a new key joins.
+pub const KEEP_FINISHED: Duration = Duration::from_secs(24 * 3600);
 /// Largest payload a key may carry, bytes.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Most members a set may have.
@@ -132,6 +136,9 @@ pub(crate) struct Entry {
     /// before it was kept: then only the members and the grantee may.)
     #[serde(default)]
     pub(crate) owner: Option<Key>,
+    /// When this member first held a result for the key (by its clock).
+    #[serde(default)]
+    pub(crate) finished: Option<shoal_overlay::Instant>,
 }
 
 impl Entry {
@@ -163,6 +170,8 @@ pub(crate) struct Quorum {
     local: PeerId,
     dir: PathBuf,
     entries: Mutex<BTreeMap<Key, Entry>>,
+    /// Keys kept at most ([`MAX_KEYS`]).
+    max_keys: usize,
     validators: BTreeMap<Kind, Validator>,
     /// Woken when a key joins, so that its duties start at once.
     pub(crate) joined: tokio::sync::Notify,
@@ -212,6 +221,10 @@ impl Quorum {
             match ciborium::from_reader::<Entry, _>(bytes.as_slice()) {
                 Ok(mut entry) => {
                     entry.acceptor.restarted(at, entry.timing);
+                    if entry.finished.is_none() && entry.acceptor.view(at).result.is_some() {
+                        // Saved before the time was kept: counts from now.
+                        entry.finished = Some(at);
+                    }
                     entries.insert(key, entry);
                 }
                 Err(e) => {
@@ -224,6 +237,7 @@ impl Quorum {
             local,
             dir,
             entries: Mutex::new(entries),
+            max_keys: MAX_KEYS,
             validators,
             joined: tokio::sync::Notify::new(),
             fresh: Mutex::default(),
@@ -239,6 +253,31 @@ impl Quorum {
             .filter(|(k, e)| keep(k, e))
             .map(|(k, e)| (*k, e.clone()))
             .collect()
+    }
+
+    /// Forgets the keys whose result this member has held since before
+    /// `before` (their files too); how many.
+    pub(crate) fn forget_finished(&self, before: shoal_overlay::Instant) -> usize {
+        let gone: Vec<Key> = {
+            let mut entries = lock(&self.entries);
+            let gone: Vec<Key> = entries
+                .iter()
+                .filter(|(_, e)| e.finished.is_some_and(|at| at < before))
+                .map(|(k, _)| *k)
+                .collect();
+            for key in &gone {
+                entries.remove(key);
+            }
+            gone
+        };
+        for key in &gone {
+            if let Err(e) = std::fs::remove_file(self.dir.join(key.to_string()))
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("cannot remove the state of {key}: {e}");
+            }
+        }
+        gone.len()
     }
 
     /// The keys that joined since the last call.
@@ -299,13 +338,18 @@ impl Quorum {
                 "only the key's members, its owner (a job's submitter) or its grantee change its grantee".into(),
             );
         }
-        let before = entry.acceptor.clone();
-        let answer = entry.acceptor.handle(now(), entry.timing, request);
+        let (before, finished) = (entry.acceptor.clone(), entry.finished);
+        let at = now();
+        let answer = entry.acceptor.handle(at, entry.timing, request);
+        if entry.finished.is_none() && entry.acceptor.view(at).result.is_some() {
+            entry.finished = Some(at);
+        }
         if !entry.acceptor.same_durable(&before)
             && let Err(e) = save(&self.dir, &key, entry)
         {
             // Not on disk: not done.
             entry.acceptor = before;
+            entry.finished = finished;
             return Reply::Refused(format!("cannot save the state of {key}: {e}"));
         }
         Reply::Answer(answer)
@@ -339,8 +383,18 @@ impl Quorum {
                 Reply::Refused(format!("{key} has joined already, with another set or payload"))
             };
         }
-        if entries.len() >= MAX_KEYS {
-            return Reply::Refused(format!("this peer keeps {MAX_KEYS} keys already"));
+        if entries.len() >= self.max_keys {
+            // Full: the key that finished longest ago makes room.
+            let oldest = entries
+                .iter()
+                .filter_map(|(k, e)| e.finished.map(|at| (at, *k)))
+                .min()
+                .map(|(_, k)| k);
+            let Some(oldest) = oldest else {
+                return Reply::Refused(format!("this peer keeps {} unfinished keys already", self.max_keys));
+            };
+            entries.remove(&oldest);
+            let _ = std::fs::remove_file(self.dir.join(oldest.to_string()));
         }
         let entry = Entry {
             kind,
@@ -349,6 +403,7 @@ impl Quorum {
             payload,
             acceptor: Acceptor::new(),
             owner,
+            finished: None,
         };
         if let Err(e) = save(&self.dir, &key, &entry) {
             return Reply::Refused(format!("cannot save the state of {key}: {e}"));
@@ -755,6 +810,59 @@ mod tests {
             q.entry(&key).unwrap().acceptor.view(now()).grantee,
             Some(grantee(&executor, 3))
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_finished_key_makes_room_when_full_and_is_forgotten_after_a_day() {
+        let (me, owner, executor) = (peer(), peer(), peer());
+        let dir = dir("forget");
+        let mut q = quorum(me, &dir);
+        q.max_keys = 2;
+        let join = |name: &[u8]| Wire::Join {
+            kind: Kind::Job,
+            key: Key::of_content(name),
+            peers: vec![me],
+            timing: Timing::DEFAULT,
+            payload: vec![],
+        };
+        let finish = |q: &Quorum, name: &[u8]| {
+            let (key, by) = (
+                Key::of_content(name),
+                Grantee {
+                    peer: key_of_peer(&executor).unwrap(),
+                    n: 1,
+                },
+            );
+            let change = Wire::Ask {
+                key,
+                request: Request::Change(by),
+            };
+            assert_eq!(q.handle(&owner, change), Reply::Answer(Answer::Ok));
+            let commit = Wire::Ask {
+                key,
+                request: Request::Commit {
+                    by,
+                    result: b"done".to_vec(),
+                },
+            };
+            assert_eq!(q.handle(&executor, commit), Reply::Answer(Answer::Ok));
+        };
+        let file = |name: &[u8]| dir.join("quorum").join(Key::of_content(name).to_string());
+        assert_eq!(q.handle(&owner, join(b"a")), Reply::Joined);
+        assert_eq!(q.handle(&owner, join(b"b")), Reply::Joined);
+        finish(&q, b"a");
+        // Full: the finished key makes room for a new one.
+        assert_eq!(q.handle(&owner, join(b"c")), Reply::Joined);
+        assert!(q.entry(&Key::of_content(b"a")).is_none() && !file(b"a").exists());
+        // Full of unfinished keys: refused.
+        assert!(matches!(q.handle(&owner, join(b"d")), Reply::Refused(_)));
+        // A finished key is kept for a day, then forgotten.
+        finish(&q, b"b");
+        assert_eq!(q.forget_finished(now() - KEEP_FINISHED), 0);
+        assert_eq!(q.forget_finished(now() + Duration::from_secs(1)), 1);
+        assert!(q.entry(&Key::of_content(b"b")).is_none() && !file(b"b").exists());
+        assert!(q.entry(&Key::of_content(b"c")).is_some() && file(b"c").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

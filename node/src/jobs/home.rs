@@ -268,12 +268,16 @@ pub(crate) async fn peer_of(client: &Client, key: Key) -> Option<PeerId> {
 /// How often the home duty looks at every key it keeps, not only the
 /// ones that just joined.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How often it forgets the jobs that ended long ago
+/// ([`crate::quorum::KEEP_FINISHED`]).
+const FORGET_EVERY: Duration = Duration::from_secs(60);
 
 /// The home duty: supervises every job this peer keeps the tenure of,
 /// until its result is committed.
 pub(crate) async fn run(node: WeakClient) {
     let mut supervised: HashMap<Key, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut look_at = std::time::Instant::now();
+    let mut forget_at = std::time::Instant::now();
     loop {
         let Some(client) = node.upgrade() else { return };
         let at = now();
@@ -286,6 +290,13 @@ pub(crate) async fn run(node: WeakClient) {
         let new: Vec<(Key, Entry)> = if std::time::Instant::now() >= look_at {
             look_at = std::time::Instant::now() + LOOK_EVERY;
             supervised.retain(|_, task| !task.is_finished());
+            if std::time::Instant::now() >= forget_at {
+                forget_at = std::time::Instant::now() + FORGET_EVERY;
+                let forgot = client.quorum.forget_finished(at - crate::quorum::KEEP_FINISHED);
+                if forgot > 0 {
+                    tracing::debug!("forgot {forgot} jobs that ended over a day ago");
+                }
+            }
             client
                 .quorum
                 .entries_where(|k, e| !supervised.contains_key(k) && wanted(e))
