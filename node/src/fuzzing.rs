@@ -59,6 +59,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("identity", identity),
     ("blob_request", blob_request),
     ("blob_response", blob_response),
+    ("quorum_message", quorum_message),
 ];
 
 /// An overlay request as a peer sends it (the body of a frame): decoded
@@ -431,5 +432,68 @@ impl AsyncWrite for Remote<'_> {
 
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A message of the quorum protocol (`/shoal/quorum/1`) as a peer sends
+/// it, a member's reply, or a member's saved state file: each decoded as
+/// the node decodes it and round-tripped; a request is also handled by a
+/// member (its state in a scratch directory, the node's validators), which
+/// answers without panicking, and a state file is read back as a member
+/// reads its directory on start.
+pub fn quorum_message(data: &[u8]) {
+    use crate::quorum::{Entry, Kind, Quorum, Reply, Validator, Wire};
+    use std::sync::OnceLock;
+    static MEMBER: OnceLock<(libp2p::PeerId, Quorum)> = OnceLock::new();
+    if let Ok(wire) = ciborium::from_reader::<Wire, _>(data) {
+        let again = codec::encode_cbor(&wire).expect("a request encodes");
+        let back: Wire = ciborium::from_reader(&again[4..]).expect("a request decodes again");
+        assert_eq!(format!("{back:?}"), format!("{wire:?}"), "a request round-trips");
+        let (local, member) = MEMBER.get_or_init(|| {
+            let local = libp2p::identity::Keypair::ed25519_from_bytes([9; 32])
+                .expect("a fixed seed makes a key")
+                .public()
+                .to_peer_id();
+            // One scratch member for the whole run, emptied first.
+            let dir = std::env::temp_dir().join("shoal-fuzz-quorum");
+            let _ = std::fs::remove_dir_all(&dir);
+            let validators = [(Kind::Job, crate::jobs::submission::validate as Validator)].into();
+            (
+                local,
+                Quorum::open(local, &dir, validators).expect("a scratch member opens"),
+            )
+        });
+        // From another peer, and from the member itself (its own asks).
+        let other = libp2p::identity::Keypair::ed25519_from_bytes([8; 32])
+            .expect("a fixed seed makes a key")
+            .public()
+            .to_peer_id();
+        let _ = member.handle(&other, wire.clone());
+        let _ = member.handle(local, wire);
+    }
+    if let Ok(reply) = ciborium::from_reader::<Reply, _>(data) {
+        let again = codec::encode_cbor(&reply).expect("a reply encodes");
+        let back: Reply = ciborium::from_reader(&again[4..]).expect("a reply decodes again");
+        assert_eq!(back, reply, "a reply round-trips");
+    }
+    if ciborium::from_reader::<Entry, _>(data).is_ok() {
+        let dir = std::env::temp_dir().join(format!(
+            "shoal-fuzz-quorum-entry-{}-{}",
+            std::process::id(),
+            blake3::hash(data).to_hex()
+        ));
+        let state = dir.join("quorum");
+        if std::fs::create_dir_all(&state).is_ok()
+            && std::fs::write(state.join(shoal_overlay::Key::of_content(data).to_string()), data).is_ok()
+        {
+            let local = libp2p::PeerId::random();
+            let validators = [(Kind::Job, crate::jobs::submission::validate as Validator)].into();
+            let member = Quorum::open(local, &dir, validators).expect("a state file that decodes is read back");
+            assert!(
+                member.entry(&shoal_overlay::Key::of_content(data)).is_some(),
+                "a state file that decodes is kept"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

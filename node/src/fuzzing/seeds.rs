@@ -63,6 +63,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             .collect(),
         "blob_request" => blob_requests(),
         "blob_response" => blob_responses(),
+        "quorum_message" => quorum_messages(),
         _ => Vec::new(),
     }
 }
@@ -436,4 +437,91 @@ fn job_records() -> Vec<Vec<u8>> {
     let mut ended = running.clone();
     let _ = ended.end(at(4), by, 3, Some(Key::of_content(b"output")));
     [queued, running, ended].iter().map(JobRecord::encode).collect()
+}
+
+/// Messages of the quorum protocol: a join carrying a signed job, each
+/// kind of ask alone and batched, a describe; replies; a member's state
+/// file.
+fn quorum_messages() -> Vec<Vec<u8>> {
+    use crate::quorum::{Entry, Kind, Reply, Wire};
+    use shoal_resources::compute::{JobKind, JobSpec};
+    use shoal_resources::quorum::{Acceptor, Answer, Grantee, Request as Ask, Saved, Timing};
+    let spec = JobSpec {
+        kind: Some(JobKind::Native),
+        args: vec!["/bin/true".into()],
+        ..JobSpec::default()
+    };
+    let keypair = Keypair::ed25519_from_bytes([7; 32]).expect("a fixed seed makes a key");
+    let submitter = keypair.public().to_peer_id();
+    let (job, submission) =
+        crate::jobs::submission::Submission::sign(&keypair, spec, 7).expect("an ed25519 key signs a submission");
+    let member = Keypair::ed25519_from_bytes([9; 32])
+        .expect("a fixed seed makes a key")
+        .public()
+        .to_peer_id();
+    let by = Grantee {
+        peer: crate::addr::key_of_peer(&submitter).expect("an ed25519 peer id names its key"),
+        n: 2,
+    };
+    let saved = Saved {
+        by,
+        seq: 1,
+        state: Key::of_content(b"a checkpoint").to_bytes().to_vec(),
+    };
+    let wires = [
+        Wire::Join {
+            kind: Kind::Job,
+            key: job,
+            peers: vec![member, submitter],
+            timing: Timing::DEFAULT,
+            payload: submission.encode(),
+        },
+        Wire::Ask {
+            key: job,
+            request: Ask::Read,
+        },
+        Wire::Ask {
+            key: job,
+            request: Ask::Change(by),
+        },
+        Wire::Many(vec![
+            (job, Ask::Renew(by)),
+            (job, Ask::Save(saved.clone())),
+            (
+                job,
+                Ask::Commit {
+                    by,
+                    result: b"a result".to_vec(),
+                },
+            ),
+            (job, Ask::Release(by)),
+        ]),
+        Wire::Describe { key: job },
+    ];
+    let replies = [
+        Reply::Joined,
+        Reply::Unknown,
+        Reply::Refused("no".into()),
+        Reply::Many(vec![Reply::Answer(Answer::Ok), Reply::Unknown]),
+    ];
+    let entry = Entry {
+        kind: Kind::Job,
+        peers: vec![member, submitter],
+        timing: Timing::DEFAULT,
+        payload: submission.encode(),
+        acceptor: Acceptor::new(),
+        owner: None,
+        finished: Some(Instant::from_micros(1_700_000_000_000_000)),
+    };
+    let mut out: Vec<Vec<u8>> = wires.iter().map(cbor).collect();
+    out.extend(replies.iter().map(cbor));
+    out.push(cbor(&entry));
+    out
+}
+
+/// `value` as CBOR.
+fn cbor<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(value, &mut bytes).expect("a seed encodes");
+    bytes
 }
