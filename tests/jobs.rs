@@ -647,12 +647,9 @@ async fn a_moved_job_and_a_drained_one_go_on_from_their_checkpoint_elsewhere() {
     let drained = peers[target].jobs().drain().await.unwrap();
     assert_eq!(drained.len(), 1, "{drained:?}");
     let (third, _) = drained[0].1.clone().unwrap();
-    assert_ne!(third, peers[target].peer_id());
-    assert_ne!(
-        third,
-        peers[first_index].peer_id(),
-        "not back where it was moved from: {drained:?}"
-    );
+    // Anywhere but the drained peer: back on the first is as good as the
+    // third (both are free; which one the two probes pick varies).
+    assert_ne!(third, peers[target].peer_id(), "{drained:?}");
     let view = ended(&peers[0], job).await;
     assert_eq!(view.exit_code, Some(0), "{view:?}");
     assert_eq!(view.peer, Some(third.to_string()), "{view:?}");
