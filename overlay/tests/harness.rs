@@ -232,6 +232,36 @@ fn a_restarted_peer_with_many_records_hands_them_on_without_a_storm() {
 }
 
 #[test]
+fn a_leaving_peer_with_many_records_hands_every_one_on() {
+    // 400 records at a peer that leaves, receivers that drop requests past
+    // 100 open from one sender: sent all at once, most hand-offs were
+    // dropped and failed.
+    let mut swarm = Swarm::join(5);
+    swarm.capacity = Some(100);
+    let publisher = Ed25519::new(99);
+    let expires = swarm.now + Duration::from_secs(24 * 3600);
+    let records: Vec<ValueRecord> = (0..400u32)
+        .map(|n| ValueRecord::sign(Key::of_content(&n.to_be_bytes()), vec![7; 64], 1, expires, &publisher))
+        .collect();
+    let now = swarm.now;
+    assert_eq!(swarm.peers[4].restore_records(now, records.clone(), Vec::new()), 400);
+    let query = swarm.peers[4].leave(now);
+    swarm.flush(4);
+    let event = swarm.await_event(|e| matches!(e, Event::Left { query: q, .. } if *q == query));
+    let Event::Left { handed_off, failed, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!((failed, swarm.dropped), (0, 0), "handed off {handed_off}");
+    assert_eq!(handed_off, 400 * 3);
+    swarm.down.insert(4);
+    for record in &records {
+        let home: BTreeSet<u32> = swarm.true_closest(&record.key, 4)[..3].iter().copied().collect();
+        let holders: BTreeSet<u32> = swarm.holders(&record.key).into_iter().collect();
+        assert!(home.is_subset(&holders), "home {home:?}, holders {holders:?}");
+    }
+}
+
+#[test]
 fn clients_never_enter_routing_tables() {
     let mut swarm = Swarm::join(12);
     let client = swarm.spawn(Mode::Client);

@@ -19,6 +19,11 @@ EVERY=${4:-60}
 WORK=$(mktemp -d /tmp/shoal-bench-ckpt.XXXXXX)
 cleanup() {
   for p in a b c; do [ -f "$WORK/$p.pid" ] && kill "$(cat "$WORK/$p.pid")" 2>/dev/null || true; done
+  # The peers write as they stop: remove their directories after.
+  for p in a b c; do
+    [ -f "$WORK/$p.pid" ] || continue
+    for _ in $(seq 50); do kill -0 "$(cat "$WORK/$p.pid")" 2>/dev/null || break; sleep 0.1; done
+  done
   rm -rf "$WORK"
 }
 trap cleanup EXIT

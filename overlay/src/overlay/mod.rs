@@ -168,7 +168,7 @@ pub struct Overlay<A: Addr> {
     events: VecDeque<Event<A>>,
     next_request: u64,
     next_query: u64,
-    leave: Option<Leave>,
+    leave: Option<Leave<A>>,
     batches: BTreeMap<QueryId, Batch>,
     /// Records owed to peers whose homes changed, by peer, sent a few at
     /// a time (`homes`).

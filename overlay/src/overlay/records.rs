@@ -201,16 +201,8 @@ impl<A: Addr> Overlay<A> {
     }
 
     pub(super) fn store_answered(&mut self, now: Instant, id: QueryId, stored: bool) {
-        if let Some(leave) = self.leave.as_mut().filter(|l| l.query == id) {
-            leave.pending -= 1;
-            if stored {
-                leave.handed_off += 1;
-            } else {
-                leave.failed += 1;
-            }
-            if leave.pending == 0 {
-                self.finish_leave();
-            }
+        if self.leave.as_ref().is_some_and(|l| l.query == id) {
+            self.leave_answered(now, stored);
             return;
         }
         let Some(query) = self.queries.get_mut(&id) else { return };
