@@ -210,7 +210,7 @@ impl Supervision {
                 if let Answer::View(view) = answer {
                     views.insert(member, view);
                 }
-                if views.len() >= self.members.majority() {
+                if views.len() >= self.members.majority() && !unsure(&self.members, views) {
                     let Stage::Reading { views, .. } = std::mem::replace(&mut self.stage, Stage::Idle) else {
                         return;
                     };
@@ -358,6 +358,16 @@ impl Supervision {
         }
         self.history.push_back((now, happened));
     }
+}
+
+/// Whether `views` (a majority's, not every member's) show a result
+/// that only some of them hold: it may be committed at the members not
+/// heard yet. The read then waits for them (until its deadline) rather
+/// than place a finished job again, which would only have its next
+/// grantee commit the same result under another grant.
+fn unsure(members: &Members, views: &BTreeMap<Key, View>) -> bool {
+    let holding = views.values().filter(|v| v.result.is_some()).count();
+    holding > 0 && holding < members.majority() && views.len() < members.len()
 }
 
 fn count(tally: &mut Tally, member: Key, answer: &Answer) -> Outcome {
@@ -562,6 +572,29 @@ mod tests {
         }
         assert_eq!(s.result(), Some(&(next, vec![0])));
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_read_that_sees_a_result_at_a_minority_waits_for_the_rest_before_placing_again() {
+        let mut home = Home::new();
+        let mut s = supervision(t(0), &home);
+        s.handle_timeout(t(0));
+        home.drive(t(0), &mut s, &mut |_, _, _| Some(key(30)));
+        let by = Grantee { peer: key(30), n: 1 };
+        home.tell(t(5), &Request::Renew(by));
+        // Committed at the last three members; the first two missed it,
+        // and the executor, done, renews no more.
+        home.up = vec![false, false, true, true, true];
+        assert_eq!(home.tell(t(10), &Request::Commit { by, result: vec![0] }), 3);
+        home.up = vec![true; 5];
+        // Reads answered in member order: the first three answers hold the
+        // result once; the two after them make it a majority.
+        while s.result().is_none() {
+            let at = s.poll_timeout().unwrap();
+            s.handle_timeout(at);
+            home.drive(at, &mut s, &mut |_, _, _| panic!("a committed job is not placed again"));
+        }
+        assert_eq!(s.result(), Some(&(by, vec![0])));
     }
 
     #[test]
