@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pair::*;
-use shoal_overlay::{Event, Key, Mode, PeerInfo, Request, Response, ValueRecord};
+use shoal_overlay::{Event, Key, Mode, PeerInfo, Request, Response};
 
 #[test]
 fn lookups_find_the_true_closest_peer() {
@@ -191,11 +191,7 @@ fn a_restarted_peer_with_many_records_hands_them_on_without_a_storm() {
     // its records again, for as long as the run lasted.
     let mut swarm = Swarm::join(5);
     swarm.capacity = Some(100);
-    let publisher = Ed25519::new(99);
-    let expires = swarm.now + Duration::from_secs(24 * 3600);
-    let records: Vec<ValueRecord> = (0..400u32)
-        .map(|n| ValueRecord::sign(Key::of_content(&n.to_be_bytes()), vec![7; 64], 1, expires, &publisher))
-        .collect();
+    let records = many_records(&swarm, 400);
     for peer in 0..5 {
         let now = swarm.now;
         assert_eq!(swarm.peers[peer].restore_records(now, records.clone(), Vec::new()), 400);
@@ -221,11 +217,7 @@ fn a_restarted_peer_with_many_records_hands_them_on_without_a_storm() {
     // The hand-offs and two replication rounds: about 5,300 here, where
     // the storm sent 148,000.
     assert!(sent < 8_000, "{sent} requests in 10 minutes");
-    for record in &records {
-        let home: BTreeSet<u32> = swarm.true_closest(&record.key, u32::MAX)[..3].iter().copied().collect();
-        let holders: BTreeSet<u32> = swarm.holders(&record.key).into_iter().collect();
-        assert!(home.is_subset(&holders), "home {home:?}, holders {holders:?}");
-    }
+    homes_hold(&swarm, &records, u32::MAX);
     for peer in &swarm.peers {
         peer.check_invariants().unwrap();
     }
@@ -238,11 +230,7 @@ fn a_leaving_peer_with_many_records_hands_every_one_on() {
     // dropped and failed.
     let mut swarm = Swarm::join(5);
     swarm.capacity = Some(100);
-    let publisher = Ed25519::new(99);
-    let expires = swarm.now + Duration::from_secs(24 * 3600);
-    let records: Vec<ValueRecord> = (0..400u32)
-        .map(|n| ValueRecord::sign(Key::of_content(&n.to_be_bytes()), vec![7; 64], 1, expires, &publisher))
-        .collect();
+    let records = many_records(&swarm, 400);
     let now = swarm.now;
     assert_eq!(swarm.peers[4].restore_records(now, records.clone(), Vec::new()), 400);
     let query = swarm.peers[4].leave(now);
@@ -254,11 +242,7 @@ fn a_leaving_peer_with_many_records_hands_every_one_on() {
     assert_eq!((failed, swarm.dropped), (0, 0), "handed off {handed_off}");
     assert_eq!(handed_off, 400 * 3);
     swarm.down.insert(4);
-    for record in &records {
-        let home: BTreeSet<u32> = swarm.true_closest(&record.key, 4)[..3].iter().copied().collect();
-        let holders: BTreeSet<u32> = swarm.holders(&record.key).into_iter().collect();
-        assert!(home.is_subset(&holders), "home {home:?}, holders {holders:?}");
-    }
+    homes_hold(&swarm, &records, 4);
 }
 
 #[test]

@@ -17,34 +17,18 @@ MIB=${2:-100}
 PASSES=${3:-12000}
 EVERY=${4:-60}
 WORK=$(mktemp -d /tmp/shoal-bench-ckpt.XXXXXX)
+. tests/bench/peers.sh
 cleanup() {
-  for p in a b c; do [ -f "$WORK/$p.pid" ] && kill "$(cat "$WORK/$p.pid")" 2>/dev/null || true; done
-  # The peers write as they stop: remove their directories after.
-  for p in a b c; do
-    [ -f "$WORK/$p.pid" ] || continue
-    for _ in $(seq 50); do kill -0 "$(cat "$WORK/$p.pid")" 2>/dev/null || break; sleep 0.1; done
-  done
+  stop_peers
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 examples/jobs/build.sh "$WORK/wasm" >/dev/null
-up() { # up NAME ARGS...
-  local name=$1; shift
-  "$SHOAL" up --no-mdns --data-dir "$WORK/$name" --listen /ip4/127.0.0.1/tcp/0 --slots 1 "$@" \
-    >"$WORK/$name.out" 2>"$WORK/$name.log" &
-  echo $! >"$WORK/$name.pid"
-  for _ in $(seq 100); do grep -q '^ready' "$WORK/$name.out" 2>/dev/null && return; sleep 0.1; done
-  echo "peer $name did not start" >&2; exit 1
-}
-up a
-A_ADDR=$(awk '/^listening on \/ip4\/127.0.0.1\/tcp/ {print $3; exit}' "$WORK/a.out")
-up b --bootstrap "$A_ADDR"
-up c --bootstrap "$A_ADDR"
-for _ in $(seq 100); do
-  [ "$("$SHOAL" slots --json --data-dir "$WORK/a" | grep -o '"peer"' | wc -l)" = 3 ] && break
-  sleep 0.2
-done
+up a 1
+up b 1 --bootstrap "$(addr_of a)"
+up c 1 --bootstrap "$(addr_of a)"
+wait_offers 3
 
 python3 - "$SHOAL" "$WORK" "$MIB" "$PASSES" "$EVERY" <<'PY'
 import json, os, subprocess, sys, time

@@ -18,8 +18,9 @@ RUNS=${2:-200}
 BATCH=${3:-10000}
 INDIVIDUAL=${4:-1000}
 WORK=$(mktemp -d /tmp/shoal-bench-jobs.XXXXXX)
+. tests/bench/peers.sh
 cleanup() {
-  for p in a b c; do [ -f "$WORK/$p.pid" ] && kill "$(cat "$WORK/$p.pid")" 2>/dev/null || true; done
+  stop_peers
   tests/bench/slurm.sh stop
 }
 trap cleanup EXIT
@@ -27,24 +28,13 @@ trap cleanup EXIT
 examples/jobs/build.sh "$WORK/wasm" >/dev/null
 tests/bench/slurm.sh start 6
 
-up() { # up NAME ARGS...
-  local name=$1; shift
-  "$SHOAL" up --no-mdns --data-dir "$WORK/$name" --listen /ip4/127.0.0.1/tcp/0 --slots 2 "$@" \
-    >"$WORK/$name.out" 2>"$WORK/$name.log" &
-  echo $! >"$WORK/$name.pid"
-  for _ in $(seq 100); do grep -q '^ready' "$WORK/$name.out" 2>/dev/null && return; sleep 0.1; done
-  echo "peer $name did not start" >&2; exit 1
-}
-up a
-A_ID=$(awk '/^peer id/ {print $3}' "$WORK/a.out")
-A_ADDR=$(awk '/^listening on \/ip4\/127.0.0.1\/tcp/ {print $3; exit}' "$WORK/a.out")
+up a 2
+A_ID=$(id_of a)
+A_ADDR=$(addr_of a)
 # b and c run native commands for a (the submitter).
-up b --bootstrap "$A_ADDR" --allow-native --trust "$A_ID"
-up c --bootstrap "$A_ADDR" --allow-native --trust "$A_ID"
-for _ in $(seq 100); do
-  [ "$("$SHOAL" slots --json --data-dir "$WORK/a" | grep -o '"peer"' | wc -l)" = 3 ] && break
-  sleep 0.2
-done
+up b 2 --bootstrap "$A_ADDR" --allow-native --trust "$A_ID"
+up c 2 --bootstrap "$A_ADDR" --allow-native --trust "$A_ID"
+wait_offers 3
 "$SHOAL" slots --data-dir "$WORK/a"
 
 python3 - "$SHOAL" "$WORK" "$RUNS" "$BATCH" "$INDIVIDUAL" <<'PY'

@@ -364,3 +364,23 @@ pub(crate) fn save_and_resume(swarm: &mut Swarm, index: u32, signer_of: u32, con
     swarm.peers[index as usize] = copy;
     Ok(())
 }
+
+/// `n` value records at distinct keys, signed by a publisher outside the
+/// swarm, living a day.
+pub(crate) fn many_records(swarm: &Swarm, n: u32) -> Vec<ValueRecord> {
+    let publisher = Ed25519::new(u32::MAX);
+    let expires = swarm.now + Duration::from_secs(24 * 3600);
+    (0..n)
+        .map(|i| ValueRecord::sign(Key::of_content(&i.to_be_bytes()), vec![7; 64], 1, expires, &publisher))
+        .collect()
+}
+
+/// Asserts that the three live peers nearest each record's key (leaving
+/// out `exclude`) hold it.
+pub(crate) fn homes_hold(swarm: &Swarm, records: &[ValueRecord], exclude: u32) {
+    for record in records {
+        let home: BTreeSet<u32> = swarm.true_closest(&record.key, exclude)[..3].iter().copied().collect();
+        let holders: BTreeSet<u32> = swarm.holders(&record.key).into_iter().collect();
+        assert!(home.is_subset(&holders), "home {home:?}, holders {holders:?}");
+    }
+}
