@@ -667,4 +667,17 @@ async fn a_moved_job_and_a_drained_one_go_on_from_their_checkpoint_elsewhere() {
         .collect();
     assert_eq!(steps.last(), Some(&12), "{log}");
     assert!(steps[0] > 2, "the third peer went on from the checkpoint: {log}");
+    // Its history, read from its home by a peer that had no part in it:
+    // moved, drained, done, each on its executor, with the checkpoints
+    // each placement sent.
+    let history = peers[4].jobs().history(job).await.unwrap();
+    let ran: Vec<_> = history.iter().filter(|p| p.ran).collect();
+    let whys: Vec<_> = ran.iter().map(|p| p.why.as_deref()).collect();
+    assert_eq!(whys, [Some("moved"), Some("drained"), Some("done")], "{history:?}");
+    assert_eq!(ran[0].token, first.token.unwrap(), "{history:?}");
+    assert_eq!(ran[0].peer, first.peer, "{history:?}");
+    assert_eq!(ran[1].token, token, "{history:?}");
+    assert_eq!(ran[2].peer, Some(third.to_string()), "{history:?}");
+    assert!(ran[0].checkpoints >= 2, "{history:?}");
+    assert!(ran.windows(2).all(|w| w[0].token < w[1].token), "{history:?}");
 }

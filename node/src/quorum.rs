@@ -28,7 +28,7 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
-use shoal_resources::quorum::{Acceptor, Answer, Grantee, Members, Request, Timing, View};
+use shoal_resources::quorum::{Acceptor, Answer, Grantee, Members, Request, Tenancy, Timing, View};
 
 use crate::addr::key_of_peer;
 use crate::client::{Client, WeakClient, now};
@@ -98,6 +98,9 @@ pub(crate) enum Reply {
         #[serde(with = "peer_ids")]
         peers: Vec<PeerId>,
         view: View,
+        /// The grants this member made (absent from older peers).
+        #[serde(default)]
+        history: Vec<Tenancy>,
     },
 }
 
@@ -310,6 +313,7 @@ impl Quorum {
                 Some(entry) => Reply::Entry {
                     peers: entry.peers.clone(),
                     view: entry.acceptor.view(now()),
+                    history: entry.acceptor.history().cloned().collect(),
                 },
                 None => Reply::Unknown,
             },
@@ -425,7 +429,7 @@ impl Quorum {
 /// it does not run, or commit a result of its own.
 fn acting_as(request: &Request) -> Option<Grantee> {
     match request {
-        Request::Renew(by) | Request::Release(by) => Some(*by),
+        Request::Renew(by) | Request::Release { by, .. } => Some(*by),
         Request::Save(save) => Some(save.by),
         Request::Commit { by, .. } => Some(*by),
         Request::Read | Request::Change(_) => None,
@@ -789,7 +793,10 @@ mod tests {
         };
         let release = |by: &PeerId, n| Wire::Ask {
             key,
-            request: Request::Release(grantee(by, n)),
+            request: Request::Release {
+                by: grantee(by, n),
+                why: shoal_resources::quorum::LetGo::Moved,
+            },
         };
         let refused = |r: Reply| matches!(r, Reply::Refused(_));
         // A stranger would make itself the grantee (and could then commit

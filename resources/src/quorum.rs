@@ -161,7 +161,12 @@ pub enum Request {
     /// (so of two changes that race, a member takes one).
     Change(Grantee),
     /// The grantee lets go: the key may be given to another at once.
-    Release(Grantee),
+    Release {
+        /// The grantee.
+        by: Grantee,
+        /// Why, for the key's history.
+        why: LetGo,
+    },
     /// The grantee saves its progress (a job's checkpoint), numbered: a
     /// member keeps the save with the highest grant number and, within it,
     /// the highest `seq`. A later grantee starts from what a majority
@@ -269,6 +274,58 @@ pub struct Acceptor {
     fresh_until: Instant,
     saved: Option<Saved>,
     result: Option<(Grantee, Vec<u8>)>,
+    /// The grants made here, for the key's history (not for safety).
+    #[serde(default)]
+    history: std::collections::VecDeque<Tenancy>,
+}
+
+/// Grants one member keeps in a key's history, at most.
+pub const MAX_TENANCIES: usize = 16;
+
+/// Why a grantee let go of a key ([`Request::Release`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LetGo {
+    /// It is done with it (a named lease given back).
+    Released,
+    /// Moved on request (a job moved by its submitter).
+    Moved,
+    /// Its peer drains: it moves everything off.
+    Drained,
+    /// Its peer was busy while another sat idle.
+    Rebalanced,
+}
+
+/// How a grant ended, as one member saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ending {
+    /// The grantee committed a result.
+    Committed,
+    /// The grantee let go.
+    LetGo(LetGo),
+    /// It went stale (its peer crashed or was cut off) and the key was
+    /// given to another.
+    Lapsed,
+    /// Given to another before it ever renewed here (a placement that
+    /// lost a race, or never started).
+    Superseded,
+}
+
+/// One grant in a key's history, as one member saw it (times by that
+/// member's clock).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenancy {
+    /// The grantee.
+    pub by: Grantee,
+    /// When this member accepted the grant.
+    pub granted_at: Instant,
+    /// Whether a renewal of it was confirmed here.
+    pub acted: bool,
+    /// Saves (a job's checkpoints) this member took from it.
+    pub saves: u64,
+    /// When the last of them came.
+    pub saved_at: Option<Instant>,
+    /// When and how it ended here.
+    pub ended: Option<(Instant, Ending)>,
 }
 
 impl Acceptor {
@@ -286,6 +343,7 @@ impl Acceptor {
                     return self.stale();
                 }
                 self.fresh_until = self.fresh_until.max(now + timing.fresh_for());
+                self.mark(by, |t| t.acted = true);
                 Answer::Confirmed(self.result.clone())
             }
             Request::Change(to) => {
@@ -300,18 +358,38 @@ impl Acceptor {
                 {
                     return Answer::Refused(Refusal::Fresh { current });
                 }
+                if let Some(before) = self.grantee {
+                    self.mark(before, |t| {
+                        let why = if t.acted { Ending::Lapsed } else { Ending::Superseded };
+                        t.ended.get_or_insert((now, why));
+                    });
+                }
                 self.grantee = Some(to);
                 self.max_n = to.n;
+                if self.history.len() == MAX_TENANCIES {
+                    self.history.pop_front();
+                }
+                self.history.push_back(Tenancy {
+                    by: to,
+                    granted_at: now,
+                    acted: false,
+                    saves: 0,
+                    saved_at: None,
+                    ended: None,
+                });
                 // The new grantee has not acted yet, but it may as soon as
                 // a majority confirms its first renewal.
                 self.fresh_until = now + timing.fresh_for();
                 Answer::Ok
             }
-            Request::Release(by) => {
+            Request::Release { by, why } => {
                 if self.grantee != Some(by) {
                     return self.stale();
                 }
                 self.fresh_until = now;
+                self.mark(by, |t| {
+                    t.ended.get_or_insert((now, Ending::LetGo(why)));
+                });
                 Answer::Ok
             }
             Request::Save(save) => {
@@ -319,7 +397,12 @@ impl Acceptor {
                     return self.stale();
                 }
                 if self.saved.as_ref().is_none_or(|held| held.order() < save.order()) {
+                    let by = save.by;
                     self.saved = Some(save);
+                    self.mark(by, |t| {
+                        t.saves += 1;
+                        t.saved_at = Some(now);
+                    });
                 }
                 Answer::Ok
             }
@@ -328,6 +411,9 @@ impl Acceptor {
                     return self.stale();
                 }
                 self.result = Some((by, result));
+                self.mark(by, |t| {
+                    t.ended.get_or_insert((now, Ending::Committed));
+                });
                 Answer::Ok
             }
         }
@@ -352,6 +438,19 @@ impl Acceptor {
             && self.max_n == other.max_n
             && self.saved == other.saved
             && self.result == other.result
+            && self.history == other.history
+    }
+
+    /// The grants this member made, oldest first (at most
+    /// [`MAX_TENANCIES`], the newest kept).
+    pub fn history(&self) -> impl Iterator<Item = &Tenancy> {
+        self.history.iter()
+    }
+
+    fn mark(&mut self, by: Grantee, change: impl FnOnce(&mut Tenancy)) {
+        if let Some(t) = self.history.iter_mut().rev().find(|t| t.by == by) {
+            change(t);
+        }
     }
 
     /// What this member holds, at `now`.
@@ -718,10 +817,87 @@ mod tests {
     }
 
     #[test]
+    fn the_history_says_each_grant_its_saves_and_why_it_ended() {
+        let mut a = Acceptor::new();
+        let save = |by, seq| {
+            Request::Save(Saved {
+                by,
+                seq,
+                state: vec![seq as u8],
+            })
+        };
+        // Grant 1 acts, saves twice and is lost (it stops renewing).
+        a.handle(t(0), T, Request::Change(g(10, 1)));
+        a.handle(t(1), T, Request::Renew(g(10, 1)));
+        a.handle(t(2), T, save(g(10, 1), 1));
+        a.handle(t(3), T, save(g(10, 1), 2));
+        a.handle(t(3), T, save(g(10, 1), 2)); // said again: one save
+        // Grant 2 never renews before grant 3 replaces it.
+        a.handle(t(60_000), T, Request::Change(g(11, 2)));
+        a.handle(t(120_000), T, Request::Change(g(12, 3)));
+        // Grant 3 is moved; a stale release from grant 1 changes nothing.
+        a.handle(t(120_001), T, Request::Renew(g(12, 3)));
+        a.handle(
+            t(120_002),
+            T,
+            Request::Release {
+                by: g(10, 1),
+                why: LetGo::Drained,
+            },
+        );
+        a.handle(
+            t(120_003),
+            T,
+            Request::Release {
+                by: g(12, 3),
+                why: LetGo::Moved,
+            },
+        );
+        // Grant 4 commits.
+        a.handle(t(120_004), T, Request::Change(g(13, 4)));
+        a.handle(t(120_005), T, Request::Renew(g(13, 4)));
+        let commit = Request::Commit {
+            by: g(13, 4),
+            result: vec![1],
+        };
+        a.handle(t(120_006), T, commit);
+        let h: Vec<_> = a
+            .history()
+            .map(|x| (x.by.n, x.acted, x.saves, x.ended.map(|e| e.1)))
+            .collect();
+        assert_eq!(
+            h,
+            [
+                (1, true, 2, Some(Ending::Lapsed)),
+                (2, false, 0, Some(Ending::Superseded)),
+                (3, true, 0, Some(Ending::LetGo(LetGo::Moved))),
+                (4, true, 0, Some(Ending::Committed)),
+            ]
+        );
+        assert_eq!(a.history().next().unwrap().saved_at, Some(t(3)));
+        // Bounded: the newest grants are kept.
+        for n in 5..40 {
+            a.handle(t(200_000 + n * 60_000), T, Request::Change(g(14, n)));
+        }
+        assert_eq!(a.history().count(), MAX_TENANCIES);
+        assert_eq!(a.history().last().unwrap().by.n, 39);
+    }
+
+    #[test]
     fn a_release_frees_the_key_at_once_and_a_later_grantee_learns_the_result_held() {
         let mut a = Acceptor::new();
         a.handle(t(0), T, Request::Change(g(10, 1)));
-        assert_eq!(a.handle(t(1), T, Request::Release(g(10, 1))), Answer::Ok);
+        assert_eq!(
+            a.handle(
+                t(1),
+                T,
+                Request::Release {
+                    by: g(10, 1),
+                    why: LetGo::Moved
+                }
+            ),
+            Answer::Ok
+        );
         assert_eq!(a.handle(t(2), T, Request::Change(g(11, 2))), Answer::Ok);
         let commit = |by, result| Request::Commit { by, result };
         assert_eq!(a.handle(t(3), T, commit(g(11, 2), vec![7])), Answer::Ok);

@@ -307,13 +307,38 @@ pub(crate) fn job_text(v: &JobView) -> String {
         lines.push(format!("output   {o}"));
     }
     lines.push(format!("times    {} (seconds since the epoch)", times(v)));
+    if !v.history.is_empty() {
+        lines.push("history  token  placed (s since the epoch)  executor  checkpoints  ended".into());
+    }
+    for p in &v.history {
+        let ckpts = match p.last_checkpoint {
+            Some(at) => format!("{} (last {:.1})", p.checkpoints, at as f64 / 1000.0),
+            None => p.checkpoints.to_string(),
+        };
+        let end = match (&p.why, p.ended) {
+            (Some(why), Some(at)) => format!("{why} at {:.1}", at as f64 / 1000.0),
+            _ if p.ran => "running".to_string(),
+            _ => "placed".to_string(),
+        };
+        lines.push(format!(
+            "         {:<5}  {:.1}  {}  {ckpts}  {end}",
+            p.token,
+            p.placed as f64 / 1000.0,
+            p.peer.as_deref().unwrap_or("(not found)"),
+        ));
+    }
     lines.join("\n")
 }
 
 pub(crate) fn job(command: JobCommand) -> anyhow::Result<i32> {
     match command {
         JobCommand::Status { id, talk } => {
-            let view: JobView = ask(&talk.data_dir, "GET", &format!("/v1/jobs/{id}"), None::<&()>)?;
+            let view: JobView = ask(
+                &talk.data_dir,
+                "GET",
+                &format!("/v1/jobs/{id}?history=true"),
+                None::<&()>,
+            )?;
             print_view(&talk, &view)?;
             Ok(0)
         }

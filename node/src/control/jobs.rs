@@ -32,7 +32,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/jobs", get(list).post(run))
         .route("/v1/jobs/many", axum::routing::post(many))
-        .route("/v1/jobs/{id}", get(status).delete(cancel))
+        .route("/v1/jobs/{id}", get(status_route).delete(cancel))
         .route("/v1/jobs/{id}/output", get(output))
         .route("/v1/jobs/{id}/checkpoint", axum::routing::post(checkpoint))
         .route("/v1/jobs/{id}/move", axum::routing::post(move_job))
@@ -188,6 +188,28 @@ struct ListQuery {
 /// `GET /v1/jobs?limit=N`: the newest N (default 1000) jobs here.
 async fn list(State(state): State<Arc<AppState>>, Query(query): Query<ListQuery>) -> Json<Vec<JobView>> {
     Json(state.client.jobs().list(query.limit.unwrap_or(LISTED).min(MAX_LISTED)))
+}
+
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    /// Whether to read the job's history from its home too.
+    #[serde(default)]
+    history: bool,
+}
+
+/// `GET /v1/jobs/{id}[?history=true]`: the job's state; with its history
+/// (each placement, as its home's members recorded it) when asked.
+async fn status_route(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Query(query): Query<StatusQuery>,
+) -> Result<Json<JobView>, ApiError> {
+    let mut view = status(State(state.clone()), axum::extract::Path(id)).await?;
+    if query.history {
+        let job = parse_key(&view.job_id)?;
+        view.history = state.client.jobs().history(job).await.map_err(node_failure)?;
+    }
+    Ok(view)
 }
 
 async fn status(

@@ -494,7 +494,13 @@ fn quorum_messages() -> Vec<Vec<u8>> {
                     result: b"a result".to_vec(),
                 },
             ),
-            (job, Ask::Release(by)),
+            (
+                job,
+                Ask::Release {
+                    by,
+                    why: shoal_resources::quorum::LetGo::Drained,
+                },
+            ),
         ]),
         Wire::Describe { key: job },
     ];

@@ -27,7 +27,7 @@ use shoal_resources::compute::engine::{
 use shoal_resources::compute::offer::{SlotOffer, offer_key};
 use shoal_resources::compute::{FairQueue, JobKind, JobResult, JobSpec, Needs};
 use shoal_resources::quorum::{
-    Answer as Vote, Grantee, Outcome as Tallied, Request as Ask, Saved, Tally, Tenure, Timing,
+    Answer as Vote, Grantee, LetGo, Outcome as Tallied, Request as Ask, Saved, Tally, Tenure, Timing,
 };
 use shoal_resources::store::Import;
 
@@ -931,15 +931,15 @@ impl Executor {
         self.wake.notify_one();
     }
 
-    /// Lets `job` go: stops it here (`why` is what its log says), gives
-    /// its tenure back to its home, and places it anew on another peer
-    /// (`to`, if given) from its newest checkpoint. Returns the new
-    /// executor and grant.
+    /// Lets `job` go: stops it here (`why` is what its log says, `reason`
+    /// what its home's history keeps), gives its tenure back to its home,
+    /// and places it anew on another peer (`to`, if given) from its newest
+    /// checkpoint. Returns the new executor and grant.
     pub(crate) async fn release(
         self: &Arc<Self>,
         client: &Client,
         job: Key,
-        why: &str,
+        (reason, why): (LetGo, &str),
         to: Option<PeerId>,
     ) -> Result<(PeerId, u64), String> {
         if to == Some(self.local) {
@@ -981,7 +981,10 @@ impl Executor {
         }
         let wire = Wire::Ask {
             key: job,
-            request: shoal_resources::quorum::Request::Release(grantee),
+            request: shoal_resources::quorum::Request::Release {
+                by: grantee,
+                why: reason,
+            },
         };
         let mut replies = crate::quorum::ask_each(client, &hosted.members, &wire, MEMBER_TIMEOUT);
         let mut released = 0;
@@ -1040,8 +1043,13 @@ impl Executor {
             .map(|job| async move {
                 (
                     job,
-                    self.release(client, job, "drained: its executor stopped offering slots", None)
-                        .await,
+                    self.release(
+                        client,
+                        job,
+                        (LetGo::Drained, "drained: its executor stopped offering slots"),
+                        None,
+                    )
+                    .await,
                 )
             })
             .buffer_unordered(DRAINING_AT_ONCE)
@@ -1247,7 +1255,12 @@ async fn serve(
             _ => {
                 let to = to.and_then(|b| PeerId::from_bytes(&b).ok());
                 match executor
-                    .release(client, job, &format!("moved by its submitter {peer}"), to)
+                    .release(
+                        client,
+                        job,
+                        (LetGo::Moved, &format!("moved by its submitter {peer}")),
+                        to,
+                    )
                     .await
                 {
                     Ok((peer, n)) => Answer::Moved {

@@ -31,7 +31,7 @@ use shoal_overlay::Key;
 use shoal_resources::compute::{JobKind, JobResult, Needs, PlaceError, SuperviseAction, Supervision};
 
 use super::SubmitError;
-use shoal_resources::quorum::{Grantee, Timing, View};
+use shoal_resources::quorum::{Ending, Grantee, Tenancy, Timing, View};
 
 use super::protocol::Request;
 use super::submission::Submission;
@@ -168,6 +168,7 @@ pub(crate) async fn drive(client: &Client, job: &mut Supervised, supervision: &m
 pub(crate) struct HomeState {
     pub(crate) peers: Vec<PeerId>,
     pub(crate) views: Vec<View>,
+    pub(crate) histories: Vec<Vec<Tenancy>>,
 }
 
 impl HomeState {
@@ -188,10 +189,54 @@ impl HomeState {
             .and_then(|(bytes, (_, by))| Some((by, JobResult::decode(bytes)?)))
     }
 
+    /// The job's grants, oldest first, from what the members answering
+    /// recorded: each as the members together saw it (the earliest grant
+    /// time, ran if any saw it renewed, the most checkpoints, and the
+    /// ending that says most: a commit, then a let-go, then a lapse).
+    pub(crate) fn history(&self) -> Vec<Tenancy> {
+        merge_histories(&self.histories)
+    }
+
     /// The newest grant any member answering holds.
     pub(crate) fn grantee(&self) -> Option<Grantee> {
         self.views.iter().filter_map(|v| v.grantee).max_by_key(|g| g.n)
     }
+}
+
+fn merge_histories(histories: &[Vec<Tenancy>]) -> Vec<Tenancy> {
+    let says = |e: &Ending| match e {
+        Ending::Committed => 3,
+        Ending::LetGo(_) => 2,
+        Ending::Lapsed => 1,
+        Ending::Superseded => 0,
+    };
+    let mut by_grant: std::collections::BTreeMap<(u64, Key), Tenancy> = std::collections::BTreeMap::new();
+    for t in histories.iter().flatten() {
+        let Some(held) = by_grant.get_mut(&(t.by.n, t.by.peer)) else {
+            by_grant.insert((t.by.n, t.by.peer), t.clone());
+            continue;
+        };
+        held.granted_at = held.granted_at.min(t.granted_at);
+        held.acted |= t.acted;
+        held.saves = held.saves.max(t.saves);
+        held.saved_at = held.saved_at.max(t.saved_at);
+        held.ended = match (held.ended, t.ended) {
+            (Some(a), Some(b)) if says(&b.1) > says(&a.1) || (says(&b.1) == says(&a.1) && b.0 < a.0) => Some(b),
+            (None, b) => b,
+            (a, _) => a,
+        };
+    }
+    // A grant a member saw end by a lapse while it had not yet heard of
+    // a renewal still ran if another member saw it renewed.
+    by_grant
+        .into_values()
+        .map(|mut t| {
+            if t.acted && matches!(t.ended, Some((_, Ending::Superseded))) {
+                t.ended = t.ended.map(|(at, _)| (at, Ending::Lapsed));
+            }
+            t
+        })
+        .collect()
 }
 
 /// Reads a job's state from its home: the peers nearest its key that keep
@@ -203,13 +248,15 @@ pub(crate) async fn read_home(client: &Client, job: Key) -> Result<Option<HomeSt
     let mut replies = crate::quorum::ask_each(client, &asked, &Wire::Describe { key: job }, ASK_TIMEOUT);
     let mut state: Option<HomeState> = None;
     while let Some((_, reply)) = replies.next().await {
-        if let Ok(Reply::Entry { peers, view }) = reply {
+        if let Ok(Reply::Entry { peers, view, history }) = reply {
             let state = state.get_or_insert_with(|| HomeState {
                 peers: peers.clone(),
                 views: Vec::new(),
+                histories: Vec::new(),
             });
             if state.peers == peers {
                 state.views.push(view);
+                state.histories.push(history);
             }
         }
     }
@@ -540,6 +587,54 @@ mod tests {
             term: Duration::from_secs(10),
             since: None,
         }
+    }
+
+    #[test]
+    fn the_history_merges_what_each_member_saw_of_each_grant() {
+        use shoal_resources::quorum::LetGo;
+        let at = shoal_overlay::Instant::from_micros;
+        let grant = |n| Grantee {
+            peer: Key::of_content(&[n as u8]),
+            n,
+        };
+        let tenancy = |n, granted, acted, saves, ended| Tenancy {
+            by: grant(n),
+            granted_at: at(granted),
+            acted,
+            saves,
+            saved_at: (saves > 0).then(|| at(granted + saves)),
+            ended,
+        };
+        // One member heard grant 1 renewed and saw it lapse; another never
+        // heard a renewal but took more of its checkpoints. Grant 2's
+        // release reached only the first.
+        let a = vec![
+            tenancy(1, 10, true, 2, Some((at(100), Ending::Lapsed))),
+            tenancy(2, 101, true, 0, Some((at(200), Ending::LetGo(LetGo::Moved)))),
+            tenancy(3, 201, false, 0, None),
+        ];
+        let b = vec![
+            tenancy(1, 12, false, 3, Some((at(90), Ending::Superseded))),
+            tenancy(2, 100, true, 0, Some((at(210), Ending::Lapsed))),
+        ];
+        let merged = merge_histories(&[a, b]);
+        let seen: Vec<_> = merged
+            .iter()
+            .map(|t| (t.by.n, t.granted_at, t.acted, t.saves, t.ended))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, at(10), true, 3, Some((at(100), Ending::Lapsed))),
+                (2, at(100), true, 0, Some((at(200), Ending::LetGo(LetGo::Moved)))),
+                (3, at(201), false, 0, None),
+            ]
+        );
+        // One member's view alone: a grant it saw superseded that another
+        // saw renewed ran, and was lost.
+        let c = vec![tenancy(4, 300, false, 0, Some((at(400), Ending::Superseded)))];
+        let d = vec![tenancy(4, 300, true, 0, None)];
+        assert_eq!(merge_histories(&[c, d])[0].ended, Some((at(400), Ending::Lapsed)));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use shoal_resources::compute::engine::WasmEngine;
 
 pub use output::{OutputChunk, OutputView};
 pub use protocol::JOBS_PROTOCOL;
-pub use submit::{JobView, SlotView, Submit, SubmitError};
+pub use submit::{JobView, PlacementView, SlotView, Submit, SubmitError};
 
 use crate::client::Client;
 

@@ -32,7 +32,7 @@ use crate::addr::{NodeAddr, key_of_peer};
 use crate::client::{Client, now};
 use crate::quorum::{Kind, Reply, Wire, members_of};
 use shoal_resources::compute::Supervision;
-use shoal_resources::quorum::Timing;
+use shoal_resources::quorum::{Ending, LetGo, Timing};
 
 /// Jobs this peer keeps having submitted, at most (the oldest go).
 pub const KEPT_SUBMITTED: usize = 100_000;
@@ -129,6 +129,34 @@ pub struct JobView {
     /// Whether this peer submitted it (else it runs here, or was read
     /// from its home).
     pub submitted_here: bool,
+    /// Each placement, oldest first, as the job's home recorded it (only
+    /// when asked: `shoal job status`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<PlacementView>,
+}
+
+/// One placement of a job, as its home's members recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementView {
+    /// The lease token (grant number) of the placement.
+    pub token: u64,
+    /// The executor's peer id, if it could be found.
+    pub peer: Option<String>,
+    /// When the home granted it (milliseconds since the Unix epoch).
+    pub placed: u64,
+    /// Whether the executor ran it (its lease was renewed).
+    pub ran: bool,
+    /// Checkpoints the home took from this placement.
+    pub checkpoints: u64,
+    /// When the last of them came.
+    pub last_checkpoint: Option<u64>,
+    /// When it ended.
+    pub ended: Option<u64>,
+    /// Why: `done`, `executor lost` (crashed or cut off: its lease
+    /// lapsed), `drained`, `moved`, `rebalanced` (its executor was busy
+    /// while another sat idle), `released`, or `never ran` (placed again
+    /// before it started); none while it lasts.
+    pub why: Option<String>,
 }
 
 /// A peer's slots as `shoal slots` shows them.
@@ -272,6 +300,7 @@ fn view_of(job: &Key, record: &JobRecord, executor: Option<PeerId>, submitted_he
         ended: record.ended_at.map(ms),
         position: None,
         submitted_here,
+        history: Vec::new(),
     }
 }
 
@@ -743,6 +772,38 @@ impl<'a> Jobs<'a> {
         Ok(Some(view))
     }
 
+    /// `job`'s placements, oldest first, as the members of its home that
+    /// answer recorded them (empty if none does).
+    pub async fn history(self, job: Key) -> Result<Vec<PlacementView>, crate::NodeError> {
+        let Some(home) = home::read_home(self.client, job).await? else {
+            return Ok(Vec::new());
+        };
+        let ms = |at: shoal_overlay::Instant| at.as_micros() / 1000;
+        let mut peers: HashMap<Key, Option<String>> = HashMap::new();
+        let mut out = Vec::new();
+        for t in home.history() {
+            let peer = match peers.get(&t.by.peer) {
+                Some(known) => known.clone(),
+                None => {
+                    let found = home::peer_of(self.client, t.by.peer).await.map(|p| p.to_string());
+                    peers.insert(t.by.peer, found.clone());
+                    found
+                }
+            };
+            out.push(PlacementView {
+                token: t.by.n,
+                peer,
+                placed: ms(t.granted_at),
+                ran: t.acted,
+                checkpoints: t.saves,
+                last_checkpoint: t.saved_at.map(ms),
+                ended: t.ended.map(|(at, _)| ms(at)),
+                why: t.ended.map(|(_, why)| ending_text(why).to_string()),
+            });
+        }
+        Ok(out)
+    }
+
     /// `job` as this peer knows it (submitted or run here).
     /// Results the executor `from` committed for jobs submitted here
     /// ([`Request::Ended`]): a detached job, which nothing follows, learns
@@ -943,7 +1004,8 @@ impl<'a> Jobs<'a> {
         }
         let (executor, n) = if peer == self.client.peer_id() {
             let here = self.compute().executor.as_ref().ok_or("this peer offers no slots")?;
-            here.release(self.client, job, "moved by its submitter", to).await?
+            here.release(self.client, job, (LetGo::Moved, "moved by its submitter"), to)
+                .await?
         } else {
             let request = Request::Release {
                 job,
@@ -1070,6 +1132,18 @@ fn wanted(needs: &Needs) -> String {
     parts.join(", ")
 }
 
+fn ending_text(why: Ending) -> &'static str {
+    match why {
+        Ending::Committed => "done",
+        Ending::Lapsed => "executor lost",
+        Ending::Superseded => "never ran",
+        Ending::LetGo(LetGo::Drained) => "drained",
+        Ending::LetGo(LetGo::Moved) => "moved",
+        Ending::LetGo(LetGo::Rebalanced) => "rebalanced",
+        Ending::LetGo(LetGo::Released) => "released",
+    }
+}
+
 fn slot_view(peer: PeerId, offer: &SlotOffer, free: u32, running: u32, queued: u32) -> SlotView {
     SlotView {
         peer: peer.to_string(),
@@ -1118,6 +1192,7 @@ fn hosted_view(
         ended: ended.map(|e| e.at / 1000),
         position: executor.position(job).map(|p| p as u32 + 1),
         submitted_here: false,
+        history: Vec::new(),
     }
 }
 
