@@ -217,6 +217,49 @@ async fn a_job_runs_on_another_peer_and_its_output_is_fetched_by_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_output_pinned_with_replicas_outlives_its_executor() {
+    let test = "replicas";
+    // Peer 0 submits; 1 and 2 run jobs.
+    let peers = swarm_with(test, 5, |i, config: &mut NodeConfig, _| {
+        config.compute = slots(u32::from(i == 1 || i == 2));
+    })
+    .await;
+    offers(&peers[0], 2).await;
+    let module = share(&peers[0], test, "hello.wasm", &hello()).await;
+    let mut spec = wasm_spec(module, &[]);
+    spec.replicas = 2;
+    let job = submit(&peers[0], spec).await;
+    let view = ended(&peers[0], job).await;
+    assert_eq!(view.exit_code, Some(0), "{view:?}");
+    let output: Key = view.output.clone().unwrap().parse().unwrap();
+    let executor = peers
+        .iter()
+        .find(|p| Some(p.peer_id().to_string()) == view.peer)
+        .unwrap();
+    // The output's home fetches its copies from the executor.
+    until("a second peer holds the output", || async {
+        peers[0].get_providers(output).await.is_ok_and(|p| p.len() >= 2)
+    })
+    .await;
+    executor.leave().await.unwrap();
+    let dir = common::data_dir(test, 101);
+    peers[0]
+        .files()
+        .download(output, None, Default::default(), Some(dir.clone()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dir.join("r.txt")).unwrap(), b"result");
+    // More copies than a home has is refused before the job runs.
+    let mut spec = wasm_spec(module, &[]);
+    spec.replicas = 200;
+    let refused = peers[0].jobs().submit(Submit { spec, detach: false }).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("--replicas")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_an_input_runs_on_the_inputs_provider() {
     let test = "beside-input";
     let peers = swarm_with(test, 4, |_, config: &mut NodeConfig, _| config.compute = slots(1)).await;

@@ -47,6 +47,12 @@ pub(crate) struct RunArgs {
     /// Print the job id once placed and return; follow it with `shoal job`.
     #[arg(long)]
     detach: bool,
+    /// Keep R copies of the job's output at the output's home, as `shoal
+    /// pin --replicas R` does (the executor pins it before the job counts
+    /// as ended), so the output outlives its executor. Default: no pin;
+    /// the executor alone provides the output.
+    #[arg(long, value_name = "R")]
+    replicas: Option<u8>,
     /// Submit N copies of the job at once (each its own job; with
     /// --detach): prints their ids, one per line.
     #[arg(long, value_name = "N", requires = "detach")]
@@ -162,6 +168,7 @@ fn body_of(args: &RunArgs) -> anyhow::Result<RunRequest> {
         timeout_ms: args.timeout.map_or(0, |t| t.as_millis().max(1) as u64),
         labels: args.labels.iter().cloned().collect(),
         detach: args.detach,
+        replicas: args.replicas.unwrap_or(0),
     })
 }
 

@@ -269,6 +269,9 @@ pub struct RunRequest {
     /// not mirror its output.
     #[serde(default)]
     pub detach: bool,
+    /// Copies of the output its home keeps (`--replicas`; 0: none).
+    #[serde(default)]
+    pub replicas: u8,
 }
 
 /// Body of `POST /v1/jobs/{id}/move`.

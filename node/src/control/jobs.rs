@@ -105,6 +105,7 @@ async fn spec_of(state: &AppState, body: RunRequest) -> Result<JobSpec, ApiError
         memory: body.memory,
         timeout_ms: body.timeout_ms,
         labels: body.labels,
+        replicas: body.replicas,
     })
 }
 

@@ -345,6 +345,7 @@ fn jobs_messages() -> Vec<Vec<u8>> {
         memory: 64 << 20,
         timeout_ms: 30_000,
         labels: Default::default(),
+        replicas: 0,
     };
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes([7; 32]).expect("a fixed seed makes a key");
     let (job, submission) =

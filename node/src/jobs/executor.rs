@@ -700,6 +700,21 @@ impl Executor {
                 .share(dir.outputs(), Import::Copy)
                 .await
                 .map_err(|e| format!("cannot share /out: {e}"))?;
+            if spec.replicas > 0 {
+                // Before the result commits: once the job counts as ended,
+                // its output's home is fetching copies, so the output
+                // outlives this executor. A pin that cannot be stored
+                // leaves the output provided here only: said in the log.
+                if let Err(e) = client.pins().pin(info.id, spec.replicas).await {
+                    let why = format!("the output {} was not pinned: {e}", info.id);
+                    tracing::warn!("job {job}: {why}");
+                    shoal_resources::compute::engine::Sink::write(
+                        &*hosted.log,
+                        shoal_resources::compute::engine::Stream::Stderr,
+                        format!("shoal: {why}\n").as_bytes(),
+                    );
+                }
+            }
             Some(info.id)
         } else {
             None

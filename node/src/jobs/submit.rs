@@ -412,6 +412,12 @@ impl<'a> Jobs<'a> {
         let (spec, detach) = (what.spec, what.detach);
         check_spec(&spec).map_err(SubmitError::Invalid)?;
         let client = self.client;
+        if usize::from(spec.replicas) > client.replication {
+            return Err(SubmitError::Invalid(format!(
+                "--replicas must be between 1 and {} in this swarm (the output's home is its {} closest peers)",
+                client.replication, client.replication
+            )));
+        }
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| SubmitError::Invalid(e.to_string()))?;
         let nonce = u64::from_le_bytes(nonce);

@@ -38,6 +38,17 @@ pub struct JobSpec {
     pub timeout_ms: u64,
     /// Labels the slot must carry (`--where`).
     pub labels: BTreeMap<String, String>,
+    /// Copies of the job's output its home keeps (`--replicas`): the
+    /// executor pins the output before it commits the result, so the
+    /// output outlives the executor. 0: none; the executor alone provides
+    /// it. (Left out of the canonical bytes when 0, so the keys of jobs
+    /// that do not ask stay what they were.)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replicas: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 impl JobSpec {
@@ -341,6 +352,7 @@ mod tests {
             memory: 64 << 20,
             timeout_ms: 60_000,
             labels: BTreeMap::new(),
+            replicas: 0,
         }
     }
 
