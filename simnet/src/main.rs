@@ -151,7 +151,8 @@ enum Scenario {
         checkpoint_every_min: f64,
     },
     /// Place jobs on peers' slots with power-of-d choices and, on the same
-    /// arrivals, at random (one probe); print both as JSON. A first model:
+    /// arrivals, at random (one probe), each with and without executors
+    /// handing queued jobs to idle peers; print all four as JSON. A first model:
     /// the slot index is a uniform sample of offers, the overlay is not
     /// simulated (see the scenario's docs).
     Jobs {

@@ -16,6 +16,8 @@
 //!   newest checkpoint when no executor holds it.
 //! - [`queue`]: an executor's jobs waiting for a slot, fair across
 //!   submitters.
+//! - [`steal`]: an executor handing the back of its queue to peers with
+//!   slots free.
 //! - `engine` (feature `compute-engine`): running a job on this machine —
 //!   WebAssembly in wasmtime's sandbox, native commands under rlimits.
 
@@ -25,10 +27,12 @@ pub mod job;
 pub mod offer;
 pub mod place;
 pub mod queue;
+pub mod steal;
 pub mod supervise;
 
 pub use job::{JobError, JobRecord, JobResult, JobSpec, JobState, Placed};
 pub use offer::{JobKind, Needs, SlotOffer};
 pub use place::{Candidate, Load, PlaceAction, PlaceError, Placement};
 pub use queue::{FairQueue, QueueError};
+pub use steal::Steal;
 pub use supervise::{Happened, SuperviseAction, Supervision};

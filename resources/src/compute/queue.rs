@@ -116,6 +116,22 @@ impl FairQueue {
         Some(ahead)
     }
 
+    /// Every job waiting, in the order they would start if nothing else
+    /// arrives.
+    pub fn in_order(&self) -> Vec<Key> {
+        let mut order = Vec::with_capacity(self.len());
+        let mut round = 0;
+        while order.len() < self.len() {
+            for s in &self.turns {
+                if let Some(job) = self.by_submitter.get(s).and_then(|jobs| jobs.get(round)) {
+                    order.push(*job);
+                }
+            }
+            round += 1;
+        }
+        order
+    }
+
     /// Jobs waiting.
     pub fn len(&self) -> usize {
         self.submitter_of.len()
@@ -187,6 +203,7 @@ mod tests {
             let waiting: Vec<Key> = (0..n).map(|i| key(1000 + i)).filter(|j| queue.position(j).is_some()).collect();
             let predicted: BTreeMap<Key, usize> =
                 waiting.iter().map(|j| (*j, queue.position(j).unwrap())).collect();
+            let listed = queue.in_order();
             let mut order = Vec::new();
             while let Some((submitter, job)) = queue.pop() {
                 order.push((submitter, job));
@@ -194,6 +211,7 @@ mod tests {
             for (i, (_, job)) in order.iter().enumerate() {
                 prop_assert_eq!(predicted.get(job).copied(), Some(i));
             }
+            prop_assert_eq!(listed, order.iter().map(|(_, j)| *j).collect::<Vec<_>>());
             // Fair: between two consecutive jobs of one submitter, no other
             // submitter starts two.
             for (i, (submitter, _)) in order.iter().enumerate() {

@@ -1,7 +1,11 @@
 //! The `jobs` scenario (first version, issue 18): jobs placed on peers'
 //! slots by [`Placement`] — the machine the node will run — and queued by
 //! each executor's [`FairQueue`], compared in one run with random
-//! placement (one probe).
+//! placement (one probe); each policy also with executors handing the
+//! back of their queue to peers with a free slot ([`Steal`], the machine
+//! the node's executor runs: probes and hand-offs take LAN delays, a
+//! hand-off three of them, for the release at the job's home and the new
+//! grant).
 //!
 //! What is modelled, and what is not yet: each message takes a one-way
 //! LAN delay (0.1–0.6 ms, drawn per message); a probe reads the executor's
@@ -21,7 +25,7 @@ use std::time::Duration;
 
 use shoal_overlay::{Instant, Key, Rng};
 use shoal_resources::compute::{
-    Candidate, FairQueue, JobKind, Load, Needs, PlaceAction, PlaceError, Placement, SlotOffer,
+    Candidate, FairQueue, JobKind, Load, Needs, PlaceAction, PlaceError, Placement, SlotOffer, Steal,
 };
 
 /// What the scenario runs.
@@ -77,6 +81,10 @@ pub struct PolicyReport {
     pub queue_mean: f64,
     /// Of the jobs with an input, the share that ran on a peer holding it.
     pub input_local: f64,
+    /// Whether executors handed queued jobs to idle peers ([`Steal`]).
+    pub stealing: bool,
+    /// Jobs so handed on.
+    pub handed_on: usize,
 }
 
 /// The scenario's report: the policy asked for and random placement.
@@ -92,20 +100,28 @@ pub struct JobsReport {
     pub load: f64,
     /// Power-of-d choices.
     pub power_of_d: PolicyReport,
+    /// Power-of-d choices, and executors hand queued jobs to idle peers.
+    pub power_of_d_stealing: PolicyReport,
     /// One random candidate.
     pub random: PolicyReport,
+    /// One random candidate, and executors hand queued jobs to idle peers.
+    pub random_stealing: PolicyReport,
 }
 
-/// Runs the scenario twice on the same arrivals: with `spec.d` probes,
-/// input holders preferred, and at random (one probe, inputs ignored).
+/// Runs the scenario four times on the same arrivals: with `spec.d`
+/// probes, input holders preferred, and at random (one probe, inputs
+/// ignored); each with and without executors handing queued jobs to idle
+/// peers.
 pub fn jobs(spec: &JobsSpec) -> JobsReport {
     JobsReport {
         peers: spec.peers,
         slots: spec.slots,
         jobs: spec.jobs,
         load: spec.load,
-        power_of_d: run(spec, spec.d, true),
-        random: run(spec, 1, false),
+        power_of_d: run(spec, spec.d, true, false),
+        power_of_d_stealing: run(spec, spec.d, true, true),
+        random: run(spec, 1, false, false),
+        random_stealing: run(spec, 1, false, true),
     }
 }
 
@@ -136,11 +152,38 @@ enum Ev {
         peer: usize,
     },
     Sample,
+    /// An executor with jobs waiting considers handing some on.
+    StealTick {
+        peer: usize,
+    },
+    /// Its probe reaches `to`, and the answer comes back.
+    StealProbe {
+        from: usize,
+        to: usize,
+    },
+    StealAnswer {
+        from: usize,
+        to: usize,
+        free: u32,
+        queued: u32,
+    },
+    /// A job handed on reaches the peer it was placed on (its release at
+    /// its home and its new grant: three messages' time).
+    Handed {
+        job: usize,
+        to: usize,
+    },
 }
 
 struct Peer {
     running: u32,
     queue: FairQueue,
+    steal: Steal,
+    /// A `StealTick` is on its way.
+    ticking: bool,
+    /// The round under way: the jobs it may hand, the answers so far, the
+    /// answers still awaited.
+    round: Option<(Vec<Key>, Vec<(Key, Load)>, usize)>,
 }
 
 struct Job {
@@ -150,6 +193,8 @@ struct Job {
     placement: Placement,
     started: Option<u64>,
     claimed: Option<u64>,
+    /// When it joined the queue it waits in.
+    queued_at: u64,
     /// Whether the peer that took it held its input when it was claimed.
     local: bool,
 }
@@ -176,7 +221,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
+fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool, stealing: bool) -> PolicyReport {
     let mut rng = Rng::derive(spec.seed, 11);
     let mut arrivals = Rng::derive(spec.seed, 12);
     let offer = SlotOffer {
@@ -197,9 +242,13 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
     let gap_us = 1e6 / (capacity_per_s * spec.load);
     let mean_service_us = spec.mean_service.as_secs_f64() * 1e6;
     let mut peers: Vec<Peer> = (0..spec.peers)
-        .map(|_| Peer {
+        .enumerate()
+        .map(|(i, _)| Peer {
             running: 0,
             queue: FairQueue::new(1 << 20),
+            steal: Steal::new(spec.seed ^ i as u64),
+            ticking: false,
+            round: None,
         })
         .collect();
     let mut jobs: Vec<Job> = Vec::with_capacity(spec.jobs);
@@ -223,6 +272,7 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
                 .with_input_bonus(spec.input_bonus),
             started: None,
             claimed: None,
+            queued_at: 0,
             local: false,
         });
         push(&mut queue, t as u64, Ev::Arrive(j));
@@ -231,7 +281,10 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
     let (mut queue_max, mut queue_sum, mut queue_samples) = (0usize, 0f64, 0u64);
     let mut unplaced = 0usize;
     let mut left = spec.jobs;
+    let mut handed_on = 0usize;
     let hop = |rng: &mut Rng| 100 + rng.below(500);
+    let patience = Steal::new(0).patience.as_micros() as u64;
+    let every = Steal::new(0).every.as_micros() as u64;
     while let Some(Reverse((now, _, ev))) = queue.pop() {
         let at = Instant::from_micros(now);
         let mut touched = None;
@@ -290,6 +343,11 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
                     push(&mut queue, now + service.max(1), Ev::Finish { peer });
                 } else {
                     let _ = p.queue.push(submitter, key_of(job));
+                    jobs[job].queued_at = now;
+                    if stealing && !p.ticking {
+                        p.ticking = true;
+                        push(&mut queue, now + patience, Ev::StealTick { peer });
+                    }
                 }
                 if let Some(i) = jobs[job].input {
                     // The executor fetches the input to run the job, and
@@ -317,6 +375,99 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
                     jobs[index_of(&next)].started = Some(now);
                     let service = (-mean_service_us * (1.0 - rng.unit_f64()).ln()) as u64;
                     push(&mut queue, now + service.max(1), Ev::Finish { peer });
+                }
+            }
+            Ev::StealTick { peer } => {
+                let p = &mut peers[peer];
+                p.ticking = false;
+                if p.round.is_some() {
+                    continue;
+                }
+                let waiting: Vec<(Key, Instant)> = p
+                    .queue
+                    .in_order()
+                    .into_iter()
+                    .map(|k| (k, Instant::from_micros(jobs[index_of(&k)].queued_at)))
+                    .collect();
+                let due = p.steal.due(at, &waiting);
+                let picks = if due.is_empty() {
+                    Vec::new()
+                } else {
+                    let listed: Vec<Key> = (0..spec.candidates).map(|_| key_of(rng.index(spec.peers))).collect();
+                    p.steal.pick(&listed, &key_of(peer))
+                };
+                if picks.is_empty() {
+                    if !p.queue.is_empty() {
+                        p.ticking = true;
+                        push(&mut queue, now + every / 2, Ev::StealTick { peer });
+                    }
+                    continue;
+                }
+                p.round = Some((due, Vec::new(), picks.len()));
+                for to in picks {
+                    let back = now + hop(&mut rng);
+                    push(
+                        &mut queue,
+                        back,
+                        Ev::StealProbe {
+                            from: peer,
+                            to: index_of(&to),
+                        },
+                    );
+                }
+            }
+            Ev::StealProbe { from, to } => {
+                let p = &peers[to];
+                let (free, queued) = (spec.slots - p.running, p.queue.len() as u32);
+                let back = now + hop(&mut rng);
+                push(&mut queue, back, Ev::StealAnswer { from, to, free, queued });
+            }
+            Ev::StealAnswer { from, to, free, queued } => {
+                let p = &mut peers[from];
+                let Some((_, loads, awaited)) = p.round.as_mut() else {
+                    continue;
+                };
+                loads.push((key_of(to), Load { free, queued }));
+                *awaited -= 1;
+                if *awaited > 0 {
+                    continue;
+                }
+                let (due, loads, _) = p.round.take().unwrap_or_default();
+                for (job, to) in p.steal.assign(&due, &loads) {
+                    // A job that started here meanwhile stays.
+                    if p.queue.remove(&job) {
+                        handed_on += 1;
+                        let back = now + hop(&mut rng) + hop(&mut rng) + hop(&mut rng);
+                        push(
+                            &mut queue,
+                            back,
+                            Ev::Handed {
+                                job: index_of(&job),
+                                to: index_of(&to),
+                            },
+                        );
+                    }
+                }
+                if !p.queue.is_empty() && !p.ticking {
+                    p.ticking = true;
+                    push(&mut queue, now + every, Ev::StealTick { peer: from });
+                }
+            }
+            Ev::Handed { job, to } => {
+                let submitter = key_of(jobs[job].submitter);
+                let p = &mut peers[to];
+                if p.running < spec.slots {
+                    p.running += 1;
+                    jobs[job].started = Some(now);
+                    let service = (-mean_service_us * (1.0 - rng.unit_f64()).ln()) as u64;
+                    push(&mut queue, now + service.max(1), Ev::Finish { peer: to });
+                } else {
+                    let _ = p.queue.push(submitter, key_of(job));
+                    jobs[job].queued_at = now;
+                    if !p.ticking {
+                        p.ticking = true;
+                        push(&mut queue, now + patience, Ev::StealTick { peer: to });
+                    }
                 }
             }
             Ev::Sample => {
@@ -390,6 +541,8 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool) -> PolicyReport {
         } else {
             local as f64 / with_input.len() as f64
         },
+        stealing,
+        handed_on,
     }
 }
 
@@ -458,6 +611,20 @@ mod tests {
             pinned_only.input_local < cached.input_local - 0.1,
             "{pinned_only:?} against {cached:?}"
         );
+    }
+
+    #[test]
+    fn executors_that_hand_queued_jobs_to_idle_peers_cut_the_wait() {
+        let report = jobs(&spec(0.8));
+        for (with, without) in [
+            (&report.random_stealing, &report.random),
+            (&report.power_of_d_stealing, &report.power_of_d),
+        ] {
+            assert_eq!(with.placed, 4000, "{with:?}");
+            assert!(with.handed_on > 0 && without.handed_on == 0, "{with:?}");
+            assert!(with.wait_s_p99 < without.wait_s_p99, "{with:?} against {without:?}");
+            assert!(with.queue_mean < without.queue_mean, "{with:?} against {without:?}");
+        }
     }
 
     #[test]
