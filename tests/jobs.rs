@@ -260,6 +260,61 @@ async fn a_jobs_output_pinned_with_replicas_outlives_its_executor() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_queued_behind_a_long_one_is_handed_to_a_peer_that_frees_up() {
+    let test = "steal";
+    // Peer 0 submits; 1 and 2 have a slot each.
+    let peers = swarm_with(test, 3, |i, config: &mut NodeConfig, _| {
+        config.compute = slots(u32::from(i > 0));
+    })
+    .await;
+    offers(&peers[0], 2).await;
+    let long = share(&peers[0], test, "long.wasm", &spin(200_000_000_000)).await;
+    let short = share(&peers[0], test, "short.wasm", &hello()).await;
+    let submitter = peers[0].clone();
+    let running = |job| {
+        let submitter = submitter.clone();
+        async move {
+            submitter
+                .jobs()
+                .status(job)
+                .await
+                .unwrap()
+                .filter(|v| v.state == "running")
+        }
+    };
+    let a = submit(&peers[0], wasm_spec(long, &[])).await;
+    until("a runs", || async { running(a).await.is_some() }).await;
+    let b = submit(&peers[0], wasm_spec(long, &[])).await;
+    until("b runs", || async { running(b).await.is_some() }).await;
+    let a_on = running(a).await.unwrap().peer.unwrap();
+    // C waits behind A (moved there if it queued behind B).
+    let c = submit(&peers[0], wasm_spec(short, &[])).await;
+    let c_view = peers[0].jobs().status(c).await.unwrap().unwrap();
+    if c_view.peer.as_deref() != Some(a_on.as_str()) {
+        let to = peers
+            .iter()
+            .find(|p| p.peer_id().to_string() == a_on)
+            .unwrap()
+            .peer_id();
+        peers[0].jobs().move_job(c, Some(to)).await.unwrap();
+    }
+    // B's peer frees up: C goes there rather than wait for A.
+    peers[0].jobs().cancel(b).unwrap();
+    let view = ended(&peers[0], c).await;
+    assert_eq!(view.exit_code, Some(0), "{view:?}");
+    assert_ne!(view.peer.as_deref(), Some(a_on.as_str()), "{view:?}");
+    assert!(running(a).await.is_some(), "C ended while A still ran");
+    let history = peers[0].jobs().history(c).await.unwrap();
+    assert!(
+        history.iter().any(|p| p.why.as_deref() == Some("rebalanced")),
+        "{history:?}"
+    );
+    // A stops (or its spinning thread would hold the test's end).
+    peers[0].jobs().cancel(a).unwrap();
+    assert_eq!(ended(&peers[0], a).await.exit_code, Some(130));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_an_input_runs_on_the_inputs_provider() {
     let test = "beside-input";
     let peers = swarm_with(test, 4, |_, config: &mut NodeConfig, _| config.compute = slots(1)).await;

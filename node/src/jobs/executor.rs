@@ -25,7 +25,7 @@ use shoal_resources::compute::engine::{
     CHECKPOINT_EXIT, Cancel, JobDir, Limits, NativeRunner, Outcome, Run, RunError, WasmEngine,
 };
 use shoal_resources::compute::offer::{SlotOffer, offer_key};
-use shoal_resources::compute::{FairQueue, JobKind, JobResult, JobSpec, Needs};
+use shoal_resources::compute::{FairQueue, JobKind, JobResult, JobSpec, Load, Needs, Steal};
 use shoal_resources::quorum::{
     Answer as Vote, Grantee, LetGo, Outcome as Tallied, Request as Ask, Saved, Tally, Tenure, Timing,
 };
@@ -60,6 +60,9 @@ const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
 const TEND_EVERY: Duration = Duration::from_millis(100);
 /// How long a job let go may take to stop.
 const RELEASE_STOP: Duration = Duration::from_secs(10);
+/// How often the queue is looked at for jobs to hand on (a round runs
+/// at most once a second, [`Steal`]).
+const STEAL_EVERY: Duration = Duration::from_millis(500);
 /// Jobs a drain moves at once, at most.
 const DRAINING_AT_ONCE: usize = 8;
 /// Results waiting to be told to their submitters, at most (past it a
@@ -1073,6 +1076,21 @@ impl Executor {
     }
 
     /// Whether `shoal drain` was run here.
+    /// The jobs waiting here, in the order they would start, and since
+    /// when each is here.
+    fn queued_in_order(&self) -> Vec<(Key, shoal_overlay::Instant)> {
+        let state = self.lock();
+        state
+            .queue
+            .in_order()
+            .into_iter()
+            .filter_map(|job| {
+                let hosted = state.hosted.get(&job)?;
+                Some((job, shoal_overlay::Instant::from_micros(hosted.queued_at)))
+            })
+            .collect()
+    }
+
     pub(crate) fn draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -1185,6 +1203,9 @@ pub(crate) async fn run(
     let tending = executor
         .clone()
         .map(|executor| tokio::spawn(tend(node.clone(), executor)));
+    let stealing = executor
+        .clone()
+        .map(|executor| tokio::spawn(steal(node.clone(), executor)));
     let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
     while let Some((peer, stream)) = incoming.next().await {
         let Ok(permit) = streams.clone().try_acquire_owned() else {
@@ -1202,6 +1223,91 @@ pub(crate) async fn run(
     }
     if let Some(tending) = tending {
         tending.abort();
+    }
+    if let Some(stealing) = stealing {
+        stealing.abort();
+    }
+}
+
+/// While jobs wait here, hands the back of the queue to peers that have a
+/// slot free ([`Steal`]): each job through its release to its home, which
+/// places it on that peer under a new grant. The jobs of one round all
+/// need what the first needs (the peers probed must fit them).
+async fn steal(node: WeakClient, executor: Arc<Executor>) {
+    let Some(client) = node.upgrade() else { return };
+    let mut steal = Steal::new(u64::from_le_bytes(
+        client.key().to_bytes()[..8].try_into().unwrap_or_default(),
+    ));
+    drop(client);
+    loop {
+        tokio::time::sleep(STEAL_EVERY).await;
+        let Some(client) = node.upgrade() else { return };
+        if executor.draining() {
+            continue;
+        }
+        let waiting = executor.queued_in_order();
+        let due = steal.due(now(), &waiting);
+        let Some(first) = due.first().and_then(|job| executor.job(job)) else {
+            continue;
+        };
+        let needs = first.spec.needs();
+        let due: Vec<Key> = due
+            .into_iter()
+            .filter(|job| executor.job(job).is_some_and(|h| h.spec.needs() == needs))
+            .collect();
+        let (candidates, peers) = match client.jobs().candidates(&needs, &first.spec).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!("work stealing: no candidates: {e}");
+                continue;
+            }
+        };
+        let fitting: Vec<Key> = candidates
+            .iter()
+            .filter(|c| c.offer.fits(&needs))
+            .map(|c| c.peer)
+            .collect();
+        let probe = Request::Probe(super::protocol::WireNeeds {
+            kind: needs.kind,
+            memory: needs.memory,
+            labels: needs.labels.clone(),
+        });
+        let asked = steal.pick(&fitting, &client.key()).into_iter().filter_map(|key| {
+            let peer = peers.get(&key).copied()?;
+            let (client, probe) = (client.clone(), probe.clone());
+            Some(async move {
+                match super::submit::ask(&client, peer, &probe, super::submit::PROBE_TIMEOUT).await {
+                    Ok(Answer::Load {
+                        free,
+                        queued,
+                        fits: true,
+                        ..
+                    }) => Some((key, Load { free, queued })),
+                    _ => None,
+                }
+            })
+        });
+        let loads: Vec<(Key, Load)> = futures::future::join_all(asked).await.into_iter().flatten().collect();
+        let handed = steal.assign(&due, &loads);
+        futures::stream::iter(handed)
+            .filter_map(|(job, to)| {
+                let peer = peers.get(&to).copied();
+                async move { Some((job, peer?)) }
+            })
+            .for_each_concurrent(DRAINING_AT_ONCE, |(job, peer)| {
+                let (executor, client) = (executor.clone(), client.clone());
+                async move {
+                    let why = format!("handed to {peer}, which had a slot free while this peer's queue was long");
+                    match executor
+                        .release(&client, job, (LetGo::Rebalanced, &why), Some(peer))
+                        .await
+                    {
+                        Ok((to, n)) => tracing::info!("job {job} handed to {to} (grant {n}): a slot was free there"),
+                        Err(e) => tracing::debug!("job {job} not handed on: {e}"),
+                    }
+                }
+            })
+            .await;
     }
 }
 

@@ -28,7 +28,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::PeerId;
 use shoal_overlay::Key;
-use shoal_resources::compute::{JobKind, JobResult, Needs, PlaceError, SuperviseAction, Supervision};
+use shoal_resources::compute::{JobResult, PlaceError, SuperviseAction, Supervision};
 
 use super::SubmitError;
 use shoal_resources::quorum::{Ending, Grantee, Tenancy, Timing, View};
@@ -104,11 +104,7 @@ pub(crate) async fn drive(client: &Client, job: &mut Supervised, supervision: &m
             }
             SuperviseAction::Place { n, avoid, from } => {
                 let spec = &job.submission.spec;
-                let needs = Needs {
-                    kind: Some(spec.kind.unwrap_or(JobKind::Wasm)),
-                    memory: spec.memory,
-                    labels: spec.labels.clone(),
-                };
+                let needs = spec.needs();
                 let grant = Request::Grant {
                     job: job.job,
                     submission: job.bytes.clone(),

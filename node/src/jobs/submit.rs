@@ -42,7 +42,7 @@ pub const KEPT_LOG_BYTES: u64 = 512 << 20;
 /// Additions between two counts of the bytes kept.
 const COUNT_EVERY: usize = 64;
 /// How long a probe may take (dial included).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a claim or a cancel may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Results of jobs placed elsewhere than where this peer placed them,
@@ -514,7 +514,7 @@ impl<'a> Jobs<'a> {
 
     /// Candidates for `needs`: the slot class's providers and the inputs'
     /// providers, with their offers.
-    async fn candidates(
+    pub(crate) async fn candidates(
         &self,
         needs: &Needs,
         spec: &JobSpec,
@@ -1235,7 +1235,15 @@ async fn follow(node: crate::client::WeakClient, job: Arc<Submitted>) {
             let Ok(Some(home)) = home::read_home(&client, job.job).await else {
                 continue;
             };
-            if let Some((_, result)) = home.committed() {
+            if let Some((by, result)) = home.committed() {
+                // It ran to its end under a later grant than the one
+                // followed (placed again, and quick): that grant is the
+                // job's placement.
+                if by.n > token
+                    && let Some(executor) = result.executor.as_ref().and_then(|b| PeerId::from_bytes(b).ok())
+                {
+                    *lock(&job.placed) = Some((executor, by.n));
+                }
                 job.log.end(super::log::Ended {
                     exit_code: result.exit_code,
                     error: result.error.clone(),

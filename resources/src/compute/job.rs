@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use shoal_overlay::{Instant, Key};
 
-use super::offer::JobKind;
+use super::offer::{JobKind, Needs};
 
 /// The first bytes of a job record's value.
 const MAGIC: &[u8; 13] = b"shoal-job-v1\n";
@@ -59,6 +59,15 @@ impl JobSpec {
         // Writing CBOR into a Vec cannot fail.
         let _ = ciborium::into_writer(self, &mut out);
         out
+    }
+
+    /// What the job needs of a slot (a spec naming no kind is WebAssembly).
+    pub fn needs(&self) -> Needs {
+        Needs {
+            kind: Some(self.kind.unwrap_or(JobKind::Wasm)),
+            memory: self.memory,
+            labels: self.labels.clone(),
+        }
     }
 
     /// The job's key: BLAKE3 of the canonical spec, the submitter and a

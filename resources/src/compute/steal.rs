@@ -104,7 +104,9 @@ impl Steal {
             .map(|(peer, l)| (*peer, l.free))
             .collect();
         free.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let slots = free.iter().flat_map(|(peer, n)| std::iter::repeat_n(*peer, *n as usize));
+        let slots = free
+            .iter()
+            .flat_map(|(peer, n)| std::iter::repeat_n(*peer, *n as usize));
         jobs.iter().copied().zip(slots).collect()
     }
 }
@@ -149,7 +151,10 @@ mod tests {
             steal.assign(&jobs, &loads),
             [(key(10), key(3)), (key(11), key(3)), (key(12), key(1))]
         );
-        assert!(steal.assign(&jobs, &[(key(2), load(0, 0))]).is_empty(), "every slot busy: nothing moves");
+        assert!(
+            steal.assign(&jobs, &[(key(2), load(0, 0))]).is_empty(),
+            "every slot busy: nothing moves"
+        );
     }
 
     #[test]

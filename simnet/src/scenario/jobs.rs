@@ -183,8 +183,12 @@ struct Peer {
     ticking: bool,
     /// The round under way: the jobs it may hand, the answers so far, the
     /// answers still awaited.
-    round: Option<(Vec<Key>, Vec<(Key, Load)>, usize)>,
+    round: Option<Round>,
 }
+
+/// A stealing round: the jobs it may hand, the answers so far, the answers
+/// still awaited.
+type Round = (Vec<Key>, Vec<(Key, Load)>, usize);
 
 struct Job {
     submitter: usize,
