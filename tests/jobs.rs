@@ -314,6 +314,93 @@ async fn a_job_queued_behind_a_long_one_is_handed_to_a_peer_that_frees_up() {
     assert_eq!(ended(&peers[0], a).await.exit_code, Some(130));
 }
 
+/// A stepping module (`shoal_step`, run in steps and saved whole between
+/// them): `_initialize` prints "init"; each of 400 steps spins a while and
+/// adds to one of 64 words; the last writes their fold to /out/r.txt.
+fn stepper() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 2048) "r.txtinit\0a")
+  (global $steps (export "steps") (mut i64) (i64.const 0))
+  (func $write (param $fd i32) (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_initialize") (call $write (i32.const 1) (i32.const 2053) (i32.const 5)))
+  (func (export "shoal_step") (result i32)
+    (local $slot i32) (local $n i64) (local $sum i64)
+    (global.set $steps (i64.add (global.get $steps) (i64.const 1)))
+    (local.set $n (i64.const 20000000))
+    (loop $spin (local.set $n (i64.sub (local.get $n) (i64.const 1)))
+      (br_if $spin (i64.ne (local.get $n) (i64.const 0))))
+    (local.set $slot (i32.add (i32.const 65536)
+      (i32.shl (i32.wrap_i64 (i64.rem_u (global.get $steps) (i64.const 64))) (i32.const 3))))
+    (i64.store (local.get $slot)
+      (i64.add (i64.load (local.get $slot)) (i64.mul (global.get $steps) (i64.const 2654435761))))
+    (if (i64.lt_u (global.get $steps) (i64.const 400)) (then (return (i32.const -1))))
+    (local.set $slot (i32.const 65536))
+    (loop $fold
+      (local.set $sum (i64.xor (i64.rotl (local.get $sum) (i64.const 7)) (i64.load (local.get $slot))))
+      (local.set $slot (i32.add (local.get $slot) (i32.const 8)))
+      (br_if $fold (i32.lt_u (local.get $slot) (i32.const 66048))))
+    (i64.store (i32.const 1024) (local.get $sum))
+    (drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 2048) (i32.const 5) (i32.const 1)
+        (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 16)))
+    (call $write (i32.load (i32.const 16)) (i32.const 1024) (i32.const 8))
+    (i32.const 0)))"#,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stepping_module_drained_mid_run_goes_on_elsewhere_from_where_it_was() {
+    let test = "transparent";
+    let peers = swarm_with(test, 3, |i, config: &mut NodeConfig, _| {
+        config.compute = slots(u32::from(i > 0));
+    })
+    .await;
+    offers(&peers[0], 2).await;
+    let module = share(&peers[0], test, "stepper.wasm", &stepper()).await;
+    // Uninterrupted, for the output to compare with.
+    let whole = ended(&peers[0], submit(&peers[0], wasm_spec(module, &[])).await).await;
+    assert_eq!(whole.exit_code, Some(0), "{whole:?}");
+    let job = submit(&peers[0], wasm_spec(module, &[])).await;
+    let first = loop {
+        let view = peers[0].jobs().status(job).await.unwrap().unwrap();
+        if view.state == "running" {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let index = peers
+        .iter()
+        .position(|p| Some(p.peer_id().to_string()) == first.peer)
+        .unwrap();
+    let drained = peers[index].jobs().drain().await.unwrap();
+    assert_eq!(drained.len(), 1, "{drained:?}");
+    let view = ended(&peers[0], job).await;
+    assert_eq!(view.exit_code, Some(0), "{view:?}");
+    assert_eq!(view.output, whole.output, "the same /out as the uninterrupted run");
+    let last = peers
+        .iter()
+        .find(|p| Some(p.peer_id().to_string()) == view.peer)
+        .unwrap();
+    assert_ne!(last.peer_id(), peers[index].peer_id());
+    // The drained run was saved whole, and the next went on from there:
+    // it never ran `_initialize`.
+    let history = peers[0].jobs().history(job).await.unwrap();
+    let ran: Vec<_> = history.iter().filter(|p| p.ran).collect();
+    assert_eq!(ran[0].why.as_deref(), Some("drained"), "{history:?}");
+    assert!(ran[0].checkpoints >= 1, "{history:?}");
+    let log = last.jobs().output(job, 0, Duration::ZERO).await.unwrap().unwrap();
+    let printed: Vec<u8> = log.chunks.into_iter().flat_map(|c| c.bytes).collect();
+    assert!(!printed.starts_with(b"init"), "{:?}", String::from_utf8_lossy(&printed));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_an_input_runs_on_the_inputs_provider() {
     let test = "beside-input";

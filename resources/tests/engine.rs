@@ -82,6 +82,7 @@ fn run(engine: &WasmEngine, bytes: &[u8], dir: &JobDir, limits: Limits, cancel: 
         limits,
         sink: sink.clone(),
         cancel,
+        pause: &Cancel::default(),
         clock: wall_clock,
     };
     let outcome = engine.run(id, bytes, run);
@@ -264,6 +265,7 @@ fn native<'a>(
         limits,
         sink: sink.clone(),
         cancel,
+        pause: cancel,
         clock: wall_clock,
     }
 }
@@ -333,4 +335,172 @@ fn a_native_command_is_stopped_at_its_timeout() {
         native(&["30".into()], &[], &dir, limits, &sink, &Cancel::default()),
     );
     assert_eq!(outcome.error, Some(RunError::Timeout(Duration::from_millis(200))));
+}
+
+/// A stepping module (`shoal_step`): `_initialize` writes /out/start.txt;
+/// each step adds to one of 4,096 words at 1 MiB (page 1 of the
+/// snapshot) and counts itself in an exported global, with one more
+/// mutable global left unexported (as LLVM's stack pointer is); every
+/// 1,000th step writes a byte to stderr; the 100,000th folds the words
+/// into 8 bytes on stdout and ends with 0.
+fn stepper() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+  (memory (export "memory") 40)
+  (data (i32.const 2048) "start.txt")
+  (global $steps (export "steps") (mut i64) (i64.const 0))
+  (global $sp (mut i32) (i32.const 65536))
+  (func $write (param $fd i32) (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_initialize")
+    (drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 2048) (i32.const 9) (i32.const 1)
+        (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 16)))
+    (call $write (i32.load (i32.const 16)) (i32.const 2048) (i32.const 9))
+    (drop (call $fd_close (i32.load (i32.const 16)))))
+  (func (export "shoal_step") (result i32)
+    (local $slot i32) (local $i i32) (local $sum i64)
+    (global.set $steps (i64.add (global.get $steps) (i64.const 1)))
+    (local.set $slot (i32.add (i32.const 1048576)
+      (i32.shl (i32.wrap_i64 (i64.rem_u (global.get $steps) (i64.const 4096))) (i32.const 3))))
+    (i64.store (local.get $slot)
+      (i64.add (i64.load (local.get $slot)) (i64.mul (global.get $steps) (i64.const 2654435761))))
+    (if (i64.eqz (i64.rem_u (global.get $steps) (i64.const 1000)))
+      (then (call $write (i32.const 2) (i32.const 2048) (i32.const 1))))
+    (if (i64.lt_u (global.get $steps) (i64.const 100000)) (then (return (i32.const -1))))
+    (loop $fold
+      (local.set $sum (i64.xor (i64.rotl (local.get $sum) (i64.const 7))
+        (i64.load (i32.add (i32.const 1048576) (i32.shl (local.get $i) (i32.const 3))))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $fold (i32.lt_u (local.get $i) (i32.const 4096))))
+    (i64.store (i32.const 1024) (local.get $sum))
+    (call $write (i32.const 1) (i32.const 1024) (i32.const 8))
+    (i32.const 0)))"#,
+    )
+    .unwrap()
+}
+
+/// Collects output, and pauses the run at its `after`-th write to stderr.
+struct PauseAt {
+    out: Collect,
+    pause: Cancel,
+    writes: std::sync::atomic::AtomicU32,
+    after: u32,
+}
+
+impl Sink for PauseAt {
+    fn write(&self, stream: Stream, bytes: &[u8]) {
+        self.out.write(stream, bytes);
+        if stream == Stream::Stderr && self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == self.after
+        {
+            self.pause.cancel();
+        }
+    }
+}
+
+/// Runs `bytes` in `dir`, pausing at the `after`-th write to stderr (0:
+/// never); returns the outcome and stdout.
+fn run_pausing(engine: &WasmEngine, bytes: &[u8], dir: &JobDir, after: u32) -> (Outcome, Vec<u8>) {
+    let sink = Arc::new(PauseAt {
+        out: Collect::default(),
+        pause: Cancel::default(),
+        writes: Default::default(),
+        after,
+    });
+    let args = ["job".to_string()];
+    let outcome = engine.run(
+        Key::of_content(bytes),
+        bytes,
+        Run {
+            args: &args,
+            env: &[],
+            dir,
+            limits: limits(),
+            sink: sink.clone(),
+            cancel: &Cancel::default(),
+            pause: &sink.pause.clone(),
+            clock: wall_clock,
+        },
+    );
+    let stdout = sink
+        .out
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| *s == Stream::Stdout)
+        .flat_map(|(_, b)| b.clone())
+        .collect();
+    (outcome, stdout)
+}
+
+fn copy_ckpt(from: &JobDir, to: &JobDir) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from.checkpoints().join("."))
+        .arg(to.checkpoints())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_stepping_module_paused_between_steps_goes_on_elsewhere_to_the_same_end() {
+    let bytes = stepper();
+    assert!(snapshot::steppable(&bytes));
+    // Uninterrupted.
+    let whole = dir("steps-whole");
+    let (outcome, expected) = run_pausing(&WasmEngine::new().unwrap(), &bytes, &whole, 0);
+    assert_eq!(outcome, Outcome::exited(0));
+    assert_eq!(expected.len(), 8);
+    // Paused after step 1,000, on one "peer" ...
+    let first = dir("steps-first");
+    let (outcome, stdout) = run_pausing(&WasmEngine::new().unwrap(), &bytes, &first, 1);
+    assert!(matches!(outcome.error, Some(RunError::Paused { .. })), "{outcome:?}");
+    assert!(stdout.is_empty());
+    assert!(snapshot::held(&first));
+    // ... again after step 2,000 on a second, resumed from the first's
+    // snapshot: only the pages the steps wrote differ ...
+    let second = dir("steps-second");
+    copy_ckpt(&first, &second);
+    let (outcome, _) = run_pausing(&WasmEngine::new().unwrap(), &bytes, &second, 1);
+    assert!(matches!(outcome.error, Some(RunError::Paused { .. })), "{outcome:?}");
+    let pages = |d: &JobDir| -> std::collections::BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(d.checkpoints().join(snapshot::SNAPSHOT_DIR).join("memory"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (pages(&first), pages(&second));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    let changed: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
+    assert_eq!(changed, ["00001"], "only the words' page: 1 MiB of the 40 pages");
+    assert!(a.len() <= 3, "zero pages are not saved: {:?}", a.keys());
+    // ... and a third runs it to its end: the same 8 bytes, and the file
+    // written before the first pause is in its /out.
+    let third = dir("steps-third");
+    copy_ckpt(&second, &third);
+    let (outcome, stdout) = run_pausing(&WasmEngine::new().unwrap(), &bytes, &third, 0);
+    assert_eq!(outcome, Outcome::exited(0));
+    assert_eq!(stdout, expected);
+    assert_eq!(std::fs::read(third.outputs().join("start.txt")).unwrap(), b"start.txt");
+    assert!(!snapshot::held(&third), "the snapshot is gone once resumed");
+    // A module whose state is not all visible is run, but not in steps.
+    let hidden = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (global $a (mut i32) (i32.const 0)) (global $b (mut i32) (i32.const 0))
+            (func (export "shoal_step") (result i32) (i32.const 0)) (func (export "_start")))"#,
+    )
+    .unwrap();
+    assert!(!snapshot::steppable(&hidden));
 }

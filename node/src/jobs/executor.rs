@@ -58,6 +58,10 @@ const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the tenures are looked at when nothing else wakes them.
 const TEND_EVERY: Duration = Duration::from_millis(100);
+/// How long a stepping module let go may take to pause and have its
+/// snapshot kept by its home (then it is stopped, and goes on from its
+/// last checkpoint).
+const PAUSE_STOP: Duration = Duration::from_secs(60);
 /// How long a job let go may take to stop.
 const RELEASE_STOP: Duration = Duration::from_secs(10);
 /// How often the queue is looked at for jobs to hand on (a round runs
@@ -82,6 +86,9 @@ pub(crate) struct Hosted {
     from: Option<Saved>,
     pub(crate) log: Arc<JobLog>,
     pub(crate) cancel: Cancel,
+    /// Pauses a stepping module between two steps, to save it whole
+    /// (`shoal_resources::compute::engine::snapshot`).
+    pause: Cancel,
     /// Why it was stopped, if the executor stopped it.
     pub(crate) stopped: Mutex<Option<String>>,
     /// Microseconds since the epoch.
@@ -350,6 +357,7 @@ impl Executor {
             from,
             log: Arc::default(),
             cancel: Cancel::default(),
+            pause: Cancel::default(),
             stopped: Mutex::new(None),
             queued_at: micros(now()),
             tend: Mutex::new(Tend {
@@ -536,8 +544,10 @@ impl Executor {
             };
             let started = hosted.log.progress().0;
             // A run stopped because its tenure ended has no result to
-            // commit: the home places the job again.
-            if !lock(&hosted.tend).done {
+            // commit: the home places the job again; nor has one paused
+            // to go elsewhere (its release follows).
+            let paused = matches!(outcome.error, Some(RunError::Paused { .. }));
+            if !lock(&hosted.tend).done && !paused {
                 self.finished(&job, &hosted, outcome, output, started);
             }
             hosted.running.store(false, std::sync::atomic::Ordering::Release);
@@ -649,10 +659,11 @@ impl Executor {
         let args = spec.args.clone();
         hosted.log.start(micros(now()));
         let outcome = loop {
-            let (engine, log, cancel, run_dir, env, args, module) = (
+            let (engine, log, cancel, pause, run_dir, env, args, module) = (
                 engine.clone(),
                 log.clone(),
                 cancel.clone(),
+                hosted.pause.clone(),
                 run_dir.clone(),
                 env.clone(),
                 args.clone(),
@@ -666,6 +677,7 @@ impl Executor {
                     limits,
                     sink: log.clone(),
                     cancel: &cancel,
+                    pause: &pause,
                     clock: std::time::Instant::now,
                 };
                 match module {
@@ -682,6 +694,19 @@ impl Executor {
             })
             .await
             .map_err(|e| e.to_string())?;
+            if let Some(RunError::Paused { memory }) = outcome.error {
+                // Paused to go elsewhere (a drain, a move): its snapshot
+                // is under /ckpt, and goes to its home as a checkpoint.
+                let started = std::time::Instant::now();
+                match self.checkpoint(client, job, hosted, &dir).await {
+                    Ok(id) => tracing::info!(
+                        "job {job}: paused and saved whole ({memory} bytes of memory) as {id} in {} ms",
+                        started.elapsed().as_millis()
+                    ),
+                    Err(e) => tracing::warn!("job {job}: its snapshot was not saved: {e}"),
+                }
+                break outcome;
+            }
             if outcome.exit_code != CHECKPOINT_EXIT || outcome.error.is_some() || hosted.cancel.is_cancelled() {
                 break outcome;
             }
@@ -694,6 +719,9 @@ impl Executor {
                 tracing::warn!("job {job}: its checkpoint was not saved: {e}");
             }
         };
+        if matches!(outcome.error, Some(RunError::Paused { .. })) {
+            return Ok((outcome, None));
+        }
         let wrote = std::fs::read_dir(dir.outputs())
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
@@ -964,6 +992,18 @@ impl Executor {
             return Err(format!("job {job} runs on {to:?} already", to = self.local));
         }
         let hosted = self.job(&job).ok_or_else(|| format!("job {job} is not on this peer"))?;
+        // A stepping module is paused between two steps and saved whole
+        // (its tenure still held, so its home takes the snapshot): it goes
+        // on elsewhere from where it was, not from its last checkpoint.
+        let steps = hosted.spec.module.is_some_and(|id| self.engine.steps(&id));
+        if steps && hosted.running.load(std::sync::atomic::Ordering::Acquire) {
+            let pausing = std::time::Instant::now();
+            hosted.pause.cancel();
+            while hosted.running.load(std::sync::atomic::Ordering::Acquire) && pausing.elapsed() < PAUSE_STOP {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tracing::info!("job {job}: paused for its move in {} ms", pausing.elapsed().as_millis());
+        }
         let grantee = {
             let mut state = self.lock();
             let mut tend = lock(&hosted.tend);

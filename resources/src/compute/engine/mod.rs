@@ -15,6 +15,7 @@
 pub type Clock = fn() -> std::time::Instant;
 
 pub mod native;
+pub mod snapshot;
 pub mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,10 @@ pub struct Run<'a> {
     pub sink: Arc<dyn Sink>,
     /// Stops it.
     pub cancel: &'a Cancel,
+    /// Pauses it: a stepping module ([`snapshot`]) is saved under `ckpt/`
+    /// after the step under way and the run ends with
+    /// [`RunError::Paused`]; any other job ignores it.
+    pub pause: &'a Cancel,
     /// Tells the time, for its deadline.
     pub clock: Clock,
 }
@@ -128,6 +133,13 @@ pub enum RunError {
     /// It was cancelled (by its submitter, or because its lease lapsed).
     #[error("the job was cancelled")]
     Cancelled,
+    /// It was paused between two steps and saved under `ckpt/` (to go on
+    /// from there, here or elsewhere).
+    #[error("the job was paused and saved ({memory} bytes of memory)")]
+    Paused {
+        /// Bytes of memory saved.
+        memory: u64,
+    },
     /// It wrote more than its cap under `out/`.
     #[error("the job wrote more than {cap} bytes under /out")]
     OutputOverCap {
@@ -156,7 +168,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Timeout(_) => 124,
-            RunError::Cancelled => 130,
+            RunError::Cancelled | RunError::Paused { .. } => 130,
             RunError::OutOfMemory { .. } => 137,
             RunError::Trap(_) | RunError::OutputOverCap { .. } | RunError::LogOverCap { .. } => 134,
             _ => 125,

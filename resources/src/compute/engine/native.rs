@@ -48,6 +48,7 @@ impl NativeRunner {
             sink,
             cancel,
             clock,
+            pause: _,
         } = run;
         if !found(command) {
             return Outcome::failed(RunError::Spawn(format!(

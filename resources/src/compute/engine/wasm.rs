@@ -27,7 +27,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::{Cancel, LogBudget, Outcome, Run, RunError, Sink, Stream, trees_bytes};
+use super::{Cancel, JobDir, LogBudget, Outcome, Run, RunError, Sink, Stream, snapshot, trees_bytes};
 
 /// How often the engine's epoch advances: the resolution of timeouts and
 /// cancels.
@@ -66,12 +66,19 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     }
 }
 
+/// A module compiled and linked, and whether it runs in steps.
+#[derive(Clone)]
+struct Prepared {
+    pre: InstancePre<Ctx>,
+    steps: bool,
+}
+
 /// The WebAssembly engine of a peer: one wasmtime engine, its epoch
 /// ticker, and the compiled modules.
 pub struct WasmEngine {
     engine: Engine,
     linker: Linker<Ctx>,
-    cache: Mutex<VecDeque<(Key, InstancePre<Ctx>)>>,
+    cache: Mutex<VecDeque<(Key, Prepared)>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -124,7 +131,7 @@ impl WasmEngine {
     /// it compiled already. Fails with a clear error for bytes that are not
     /// a module, do not validate, import what the sandbox lacks, or are not
     /// a command.
-    fn prepare(&self, id: Key, bytes: &[u8]) -> Result<InstancePre<Ctx>, RunError> {
+    fn prepare(&self, id: Key, bytes: &[u8]) -> Result<Prepared, RunError> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(at) = cache.iter().position(|(k, _)| *k == id) {
             let entry = cache.remove(at).expect("the position is in the cache");
@@ -140,6 +147,13 @@ impl WasmEngine {
         Ok(pre)
     }
 
+    /// Whether module `id`, compiled here, runs in steps (and so can be
+    /// paused and saved whole, [`snapshot`]); `false` for one not compiled.
+    pub fn steps(&self, id: &Key) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.iter().any(|(k, prepared)| k == id && prepared.steps)
+    }
+
     /// Checks that `bytes` are a WASI command module this engine can run,
     /// without running it (and keeps it compiled: a module checked once is
     /// not compiled again, here or for a run).
@@ -147,7 +161,7 @@ impl WasmEngine {
         self.prepare(Key::of_content(bytes), bytes).map(|_| ())
     }
 
-    fn compile(&self, bytes: &[u8]) -> Result<InstancePre<Ctx>, RunError> {
+    fn compile(&self, bytes: &[u8]) -> Result<Prepared, RunError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(RunError::NotWasm);
         }
@@ -155,12 +169,15 @@ impl WasmEngine {
         if let Some(missing) = module.imports().find(|i| i.module() != "wasi_snapshot_preview1") {
             return Err(RunError::Import(format!("`{}::{}`", missing.module(), missing.name())));
         }
-        if module.get_export("_start").is_none() {
+        let steps = snapshot::steppable(bytes);
+        if module.get_export("_start").is_none() && !steps {
             return Err(RunError::NoStart);
         }
-        self.linker
+        let pre = self
+            .linker
             .instantiate_pre(&module)
-            .map_err(|e| RunError::Import(format!("{e:#}")))
+            .map_err(|e| RunError::Import(format!("{e:#}")))?;
+        Ok(Prepared { pre, steps })
     }
 
     /// Runs module `id` (its bytes: `bytes`) as `run` says until it exits,
@@ -173,12 +190,18 @@ impl WasmEngine {
             limits,
             sink,
             cancel,
+            pause,
             clock,
         } = run;
-        let pre = match self.prepare(id, bytes) {
-            Ok(pre) => pre,
+        let Prepared { pre, steps } = match self.prepare(id, bytes) {
+            Ok(prepared) => prepared,
             Err(e) => return Outcome::failed(e),
         };
+        if !steps {
+            // Only a stepping module can use a snapshot: any other job
+            // must not see one in its /ckpt.
+            let _ = std::fs::remove_dir_all(dir.checkpoints().join(snapshot::SNAPSHOT_DIR));
+        }
         let budget = LogBudget::new(limits.log_bytes);
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args)
@@ -221,15 +244,19 @@ impl WasmEngine {
         let mut watch = watch;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| watch.tick());
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
-            .and_then(|start| start.call(&mut store, ()));
+        let result = pre.instantiate(&mut store).and_then(|instance| {
+            if steps {
+                return step(&mut store, &instance, dir, pause);
+            }
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call(&mut store, ()).map(|()| Ended::Exit(0))
+        });
         drop(store);
         let stopped = stopped_by.lock().unwrap_or_else(|p| p.into_inner()).take();
         let outcome = match (result, stopped) {
             (_, Some(why)) => Outcome::failed(why),
-            (Ok(()), None) => Outcome::exited(0),
+            (Ok(Ended::Exit(code)), None) => Outcome::exited(code),
+            (Ok(Ended::Failed(why)), None) => Outcome::failed(why),
             (Err(e), None) => {
                 if let Some(exit) = e.downcast_ref::<I32Exit>() {
                     Outcome::exited(exit.0)
@@ -242,7 +269,50 @@ impl WasmEngine {
                 }
             }
         };
-        over_out_cap(&dir.capped(), limits.out_bytes).map_or(outcome, Outcome::failed)
+        // A snapshot is the engine's, not the job's: it does not count.
+        let snapshot = dir.checkpoints().join(snapshot::SNAPSHOT_DIR);
+        let theirs = trees_bytes(&dir.capped(), u64::MAX).saturating_sub(super::tree_bytes(&snapshot, u64::MAX));
+        if theirs > limits.out_bytes {
+            return Outcome::failed(RunError::OutputOverCap { cap: limits.out_bytes });
+        }
+        outcome
+    }
+}
+
+/// How a run that did not trap ended.
+enum Ended {
+    Exit(i32),
+    Failed(RunError),
+}
+
+/// Runs a stepping module: from its snapshot if `ckpt/` holds one, else
+/// from `_initialize`; then `shoal_step` until it returns an exit code, or
+/// until `pause` is set (then it is saved between two steps).
+fn step(
+    store: &mut Store<Ctx>,
+    instance: &wasmtime::Instance,
+    dir: &JobDir,
+    pause: &Cancel,
+) -> wasmtime::Result<Ended> {
+    if snapshot::held(dir) {
+        if let Err(e) = snapshot::restore(&mut *store, instance, dir) {
+            return Ok(Ended::Failed(e));
+        }
+    } else if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
+        init.call(&mut *store, ())?;
+    }
+    let step = instance.get_typed_func::<(), i32>(&mut *store, snapshot::STEP)?;
+    loop {
+        if pause.is_cancelled() {
+            return Ok(match snapshot::save(&mut *store, instance, dir) {
+                Ok(memory) => Ended::Failed(RunError::Paused { memory }),
+                Err(e) => Ended::Failed(e),
+            });
+        }
+        match step.call(&mut *store, ())? {
+            -1 => continue,
+            code => return Ok(Ended::Exit(code)),
+        }
     }
 }
 
