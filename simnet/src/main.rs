@@ -196,10 +196,14 @@ enum Scenario {
     /// Jobs supervised from their home through partitions, crashes, lost
     /// and late messages and clock drift, over a range of seeds: five
     /// members keep each job's tenure, three supervise it at once, four
-    /// executors run it and save checkpoints. An oracle that knows real
-    /// time counts executors of one job allowed to act at once, jobs with
-    /// two committed results, and jobs not done by the end; a violation
-    /// prints its seed and the command exits with 1.
+    /// executors run it and save checkpoints. With --peers above 9, each
+    /// job's home is the five peers nearest its key in a swarm that size,
+    /// any other peer runs it, and --churn-per-s crashes peers besides
+    /// (the 10,000-peer run: --peers 10000 --jobs 1000 --churn-per-s 10
+    /// --seeds 1). An oracle that knows real time counts executors of one
+    /// job allowed to act at once, jobs with two committed results, and
+    /// jobs not done by the end (lost); a violation prints its seed and
+    /// the command exits with 1.
     Supervise {
         /// The first seed.
         #[arg(long, default_value_t = 0)]
@@ -223,6 +227,13 @@ enum Scenario {
         /// Seconds of calm at the end, in which every job must finish.
         #[arg(long, default_value_t = 180)]
         heal_s: u64,
+        /// Peers in the swarm (9: every job's home is the same five).
+        #[arg(long, default_value_t = 9)]
+        peers: usize,
+        /// Crashes per second besides the faults, during --fault-s (each
+        /// crashed peer comes back after 1 to 60 s with its disk).
+        #[arg(long, default_value_t = 0.0)]
+        churn_per_s: f64,
     },
     /// Go on with a durability run saved with --checkpoint, from where it
     /// was saved: it ends exactly as the run would have ended uninterrupted
@@ -360,8 +371,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             loss,
             fault_s,
             heal_s,
+            peers,
+            churn_per_s,
         } => {
             anyhow::ensure!(jobs > 0, "--jobs must be positive");
+            anyhow::ensure!(
+                peers >= 9,
+                "--peers must be at least 9 (a home of five and four executors)"
+            );
+            anyhow::ensure!(churn_per_s >= 0.0, "--churn-per-s must not be negative");
             anyhow::ensure!((0.0..1.0).contains(&drift), "--drift must be between 0 and 1");
             anyhow::ensure!((0.0..1.0).contains(&loss), "--loss must be between 0 and 1");
             let spec = scenario::SuperviseSpec {
@@ -370,6 +388,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 loss,
                 fault_s,
                 heal_s,
+                peers,
+                churn_per_s,
                 ..scenario::SuperviseSpec::default()
             };
             let wall = std::time::Instant::now();

@@ -273,7 +273,11 @@ impl<'a> Files<'a> {
                 }
                 for entry in entries {
                     let mut from = providers.clone();
-                    if let Ok(found) = self.client.get_providers(entry.blob.id).await {
+                    // A file held here already (an unchanged page of a job's
+                    // snapshot, a file two directories share) needs no
+                    // providers: its fetch only checks and files it.
+                    let held = self.client.blobs.contains(&entry.blob.id);
+                    if !held && let Ok(found) = self.client.get_providers(entry.blob.id).await {
                         for p in found {
                             if p.addr.peer != self.client.peer_id && !from.contains(&p.addr.peer) {
                                 self.client.add_addresses(p.addr.peer, p.addr.addrs.clone()).await?;
