@@ -234,6 +234,9 @@ enum Scenario {
         /// crashed peer comes back after 1 to 60 s with its disk).
         #[arg(long, default_value_t = 0.0)]
         churn_per_s: f64,
+        /// Seconds of work each job needs (it checkpoints every 4 s).
+        #[arg(long, default_value_t = 20.0)]
+        work_s: f64,
     },
     /// Go on with a durability run saved with --checkpoint, from where it
     /// was saved: it ends exactly as the run would have ended uninterrupted
@@ -373,7 +376,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             heal_s,
             peers,
             churn_per_s,
+            work_s,
         } => {
+            anyhow::ensure!(work_s > 0.0, "--work-s must be positive");
             anyhow::ensure!(jobs > 0, "--jobs must be positive");
             anyhow::ensure!(
                 peers >= 9,
@@ -390,6 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 heal_s,
                 peers,
                 churn_per_s,
+                work_s,
                 ..scenario::SuperviseSpec::default()
             };
             let wall = std::time::Instant::now();
