@@ -82,7 +82,7 @@ fn run(engine: &WasmEngine, bytes: &[u8], dir: &JobDir, limits: Limits, cancel: 
         limits,
         sink: sink.clone(),
         cancel,
-        pause: &Cancel::default(),
+        pause: &Pause::default(),
         clock: wall_clock,
     };
     let outcome = engine.run(id, bytes, run);
@@ -250,6 +250,8 @@ fn a_module_cannot_fill_the_disk_through_out_nor_through_stdout() {
     );
 }
 
+static NO_PAUSE: std::sync::LazyLock<Pause> = std::sync::LazyLock::new(Pause::default);
+
 fn native<'a>(
     args: &'a [String],
     env: &'a [(String, String)],
@@ -265,7 +267,7 @@ fn native<'a>(
         limits,
         sink: sink.clone(),
         cancel,
-        pause: cancel,
+        pause: &NO_PAUSE,
         clock: wall_clock,
     }
 }
@@ -388,17 +390,25 @@ fn stepper() -> Vec<u8> {
 /// Collects output, and pauses the run at its `after`-th write to stderr.
 struct PauseAt {
     out: Collect,
-    pause: Cancel,
+    pause: Pause,
     writes: std::sync::atomic::AtomicU32,
     after: u32,
+    /// Saves (and goes on) at this write to stderr.
+    save_at: u32,
 }
 
 impl Sink for PauseAt {
     fn write(&self, stream: Stream, bytes: &[u8]) {
         self.out.write(stream, bytes);
-        if stream == Stream::Stderr && self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == self.after
-        {
-            self.pause.cancel();
+        if stream != Stream::Stderr {
+            return;
+        }
+        let n = self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n == self.after {
+            self.pause.stop();
+        }
+        if n == self.save_at {
+            self.pause.save();
         }
     }
 }
@@ -406,11 +416,24 @@ impl Sink for PauseAt {
 /// Runs `bytes` in `dir`, pausing at the `after`-th write to stderr (0:
 /// never); returns the outcome and stdout.
 fn run_pausing(engine: &WasmEngine, bytes: &[u8], dir: &JobDir, after: u32) -> (Outcome, Vec<u8>) {
+    run_saving(engine, bytes, dir, after, 0).0
+}
+
+/// The same, asking for a save (and going on) at the `save_at`-th write
+/// to stderr; also returns whether that save was done.
+fn run_saving(
+    engine: &WasmEngine,
+    bytes: &[u8],
+    dir: &JobDir,
+    after: u32,
+    save_at: u32,
+) -> ((Outcome, Vec<u8>), Option<bool>) {
     let sink = Arc::new(PauseAt {
         out: Collect::default(),
-        pause: Cancel::default(),
+        pause: Pause::default(),
         writes: Default::default(),
         after,
+        save_at,
     });
     let args = ["job".to_string()];
     let outcome = engine.run(
@@ -436,7 +459,7 @@ fn run_pausing(engine: &WasmEngine, bytes: &[u8], dir: &JobDir, after: u32) -> (
         .filter(|(s, _)| *s == Stream::Stdout)
         .flat_map(|(_, b)| b.clone())
         .collect();
-    (outcome, stdout)
+    ((outcome, stdout), sink.pause.saved())
 }
 
 fn copy_ckpt(from: &JobDir, to: &JobDir) {
@@ -496,6 +519,13 @@ fn a_stepping_module_paused_between_steps_goes_on_elsewhere_to_the_same_end() {
     assert_eq!(stdout, expected);
     assert_eq!(std::fs::read(third.outputs().join("start.txt")).unwrap(), b"start.txt");
     assert!(!snapshot::held(&third), "the snapshot is gone once resumed");
+    // Saved while it goes on (a pre-copy): the run is not disturbed, and
+    // what it saved is gone once it ends.
+    let copied = dir("steps-copied");
+    let (ran, saved) = run_saving(&WasmEngine::new().unwrap(), &bytes, &copied, 0, 3);
+    assert_eq!(ran, (Outcome::exited(0), expected.clone()));
+    assert_eq!(saved, Some(true));
+    assert!(!snapshot::held(&copied));
     // A module whose state is not all visible is run, but not in steps.
     let hidden = wat::parse_str(
         r#"(module (memory (export "memory") 1) (global $a (mut i32) (i32.const 0)) (global $b (mut i32) (i32.const 0))

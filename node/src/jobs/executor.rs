@@ -22,7 +22,7 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use shoal_overlay::Key;
 use shoal_resources::compute::engine::{
-    CHECKPOINT_EXIT, Cancel, JobDir, Limits, NativeRunner, Outcome, Run, RunError, WasmEngine,
+    CHECKPOINT_EXIT, Cancel, JobDir, Limits, NativeRunner, Outcome, Pause, Run, RunError, WasmEngine,
 };
 use shoal_resources::compute::offer::{SlotOffer, offer_key};
 use shoal_resources::compute::{FairQueue, JobKind, JobResult, JobSpec, Load, Needs, Steal};
@@ -88,7 +88,7 @@ pub(crate) struct Hosted {
     pub(crate) cancel: Cancel,
     /// Pauses a stepping module between two steps, to save it whole
     /// (`shoal_resources::compute::engine::snapshot`).
-    pause: Cancel,
+    pause: Pause,
     /// Why it was stopped, if the executor stopped it.
     pub(crate) stopped: Mutex<Option<String>>,
     /// Microseconds since the epoch.
@@ -357,7 +357,7 @@ impl Executor {
             from,
             log: Arc::default(),
             cancel: Cancel::default(),
-            pause: Cancel::default(),
+            pause: Pause::default(),
             stopped: Mutex::new(None),
             queued_at: micros(now()),
             tend: Mutex::new(Tend {
@@ -996,10 +996,28 @@ impl Executor {
         // (its tenure still held, so its home takes the snapshot): it goes
         // on elsewhere from where it was, not from its last checkpoint.
         let steps = hosted.spec.module.is_some_and(|id| self.engine.steps(&id));
-        if steps && hosted.running.load(std::sync::atomic::Ordering::Acquire) {
+        let running = || hosted.running.load(std::sync::atomic::Ordering::Acquire);
+        if steps && running() {
+            // First a pre-copy: saved while it goes on, and kept by its
+            // home; the pause then sends only the pages changed since.
+            let copying = std::time::Instant::now();
+            hosted.pause.save();
+            while running() && hosted.pause.saved().is_none() && copying.elapsed() < PAUSE_STOP {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let root = self.dir.join(format!("{job}-{}", hosted.token));
+            if hosted.pause.saved() == Some(true) && running() {
+                match self.checkpoint(client, job, &hosted, &JobDir::at(&root)).await {
+                    Ok(id) => tracing::info!(
+                        "job {job}: pre-copy {id} kept by its home in {} ms while it ran",
+                        copying.elapsed().as_millis()
+                    ),
+                    Err(e) => tracing::info!("job {job}: no pre-copy ({e}): the pause sends it all"),
+                }
+            }
             let pausing = std::time::Instant::now();
-            hosted.pause.cancel();
-            while hosted.running.load(std::sync::atomic::Ordering::Acquire) && pausing.elapsed() < PAUSE_STOP {
+            hosted.pause.stop();
+            while running() && pausing.elapsed() < PAUSE_STOP {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             tracing::info!("job {job}: paused for its move in {} ms", pausing.elapsed().as_millis());

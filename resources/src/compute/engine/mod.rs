@@ -70,10 +70,9 @@ pub struct Run<'a> {
     pub sink: Arc<dyn Sink>,
     /// Stops it.
     pub cancel: &'a Cancel,
-    /// Pauses it: a stepping module ([`snapshot`]) is saved under `ckpt/`
-    /// after the step under way and the run ends with
-    /// [`RunError::Paused`]; any other job ignores it.
-    pub pause: &'a Cancel,
+    /// Pauses a stepping module ([`snapshot`]), or has it saved while it
+    /// goes on; any other job ignores it.
+    pub pause: &'a Pause,
     /// Tells the time, for its deadline.
     pub clock: Clock,
 }
@@ -100,6 +99,56 @@ impl Cancel {
     /// Whether [`Cancel::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Asks a stepping module's run ([`snapshot`]), from another thread, to
+/// save the module between two steps: and go on (a *pre-copy*: most of
+/// the state moves while the job still runs), or and stop.
+#[derive(Clone, Debug, Default)]
+pub struct Pause {
+    stop: Arc<AtomicBool>,
+    /// 0: nothing asked; 1: a save asked; 2: saved; 3: the save failed.
+    save: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl Pause {
+    /// Save after the step under way and end the run with
+    /// [`RunError::Paused`].
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Pause::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Save after the step under way, and go on.
+    pub fn save(&self) {
+        self.save.store(1, Ordering::Relaxed);
+    }
+
+    /// Whether the save asked for is done: `Some(true)` saved,
+    /// `Some(false)` failed, `None` not yet (or none asked).
+    pub fn saved(&self) -> Option<bool> {
+        match self.save.load(Ordering::Acquire) {
+            2 => Some(true),
+            3 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The run's side: whether a save is asked for (and so taken up).
+    pub fn take_save(&self) -> bool {
+        self.save
+            .compare_exchange(1, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The run's side: the save asked for is done (or failed).
+    pub fn done_saving(&self, ok: bool) {
+        self.save.store(if ok { 2 } else { 3 }, Ordering::Release);
     }
 }
 

@@ -27,7 +27,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::{Cancel, JobDir, LogBudget, Outcome, Run, RunError, Sink, Stream, snapshot, trees_bytes};
+use super::{Cancel, JobDir, LogBudget, Outcome, Pause, Run, RunError, Sink, Stream, snapshot, trees_bytes};
 
 /// How often the engine's epoch advances: the resolution of timeouts and
 /// cancels.
@@ -288,12 +288,7 @@ enum Ended {
 /// Runs a stepping module: from its snapshot if `ckpt/` holds one, else
 /// from `_initialize`; then `shoal_step` until it returns an exit code, or
 /// until `pause` is set (then it is saved between two steps).
-fn step(
-    store: &mut Store<Ctx>,
-    instance: &wasmtime::Instance,
-    dir: &JobDir,
-    pause: &Cancel,
-) -> wasmtime::Result<Ended> {
+fn step(store: &mut Store<Ctx>, instance: &wasmtime::Instance, dir: &JobDir, pause: &Pause) -> wasmtime::Result<Ended> {
     if snapshot::held(dir) {
         if let Err(e) = snapshot::restore(&mut *store, instance, dir) {
             return Ok(Ended::Failed(e));
@@ -303,15 +298,23 @@ fn step(
     }
     let step = instance.get_typed_func::<(), i32>(&mut *store, snapshot::STEP)?;
     loop {
-        if pause.is_cancelled() {
+        if pause.is_stopping() {
             return Ok(match snapshot::save(&mut *store, instance, dir) {
                 Ok(memory) => Ended::Failed(RunError::Paused { memory }),
                 Err(e) => Ended::Failed(e),
             });
         }
+        if pause.take_save() {
+            pause.done_saving(snapshot::save(&mut *store, instance, dir).is_ok());
+        }
         match step.call(&mut *store, ())? {
             -1 => continue,
-            code => return Ok(Ended::Exit(code)),
+            code => {
+                // A pre-copy left behind is stale now: a run again (exit
+                // 85) starts from what the job saved, not from it.
+                let _ = std::fs::remove_dir_all(dir.checkpoints().join(snapshot::SNAPSHOT_DIR));
+                return Ok(Ended::Exit(code));
+            }
         }
     }
 }
