@@ -5,17 +5,20 @@
 # /ckpt/state and exits 85; the executor saves /ckpt as a blob, a majority
 # of the job's home fetches and keeps it, and the job runs again from it).
 # Three peers on loopback, one slot each; the job's home is all three.
-# Prints both times, the checkpoints taken, the overhead (goal: at most 5%
-# for 100 MiB every 60 s) and whether both runs ended with the same digest.
+# The two alternate ROUNDS times (plain, checkpointed, plain, ...), so that
+# a slow spell of this shared machine falls on both. Prints every time, the
+# checkpoints taken, the overhead of the medians (goal: at most 5% for
+# 100 MiB every 60 s) and whether every run ended with the same digest.
 #
-# Usage: tests/bench/checkpoint_overhead.sh [SHOAL] [MIB] [PASSES] [EVERY]
-#   defaults: target/release/shoal 100 12000 60
+# Usage: tests/bench/checkpoint_overhead.sh [SHOAL] [MIB] [PASSES] [EVERY] [ROUNDS]
+#   defaults: target/release/shoal 100 12000 60 1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SHOAL=$(realpath "${1:-target/release/shoal}")
 MIB=${2:-100}
 PASSES=${3:-12000}
 EVERY=${4:-60}
+ROUNDS=${5:-1}
 WORK=$(mktemp -d /tmp/shoal-bench-ckpt.XXXXXX)
 . tests/bench/peers.sh
 cleanup() {
@@ -30,9 +33,9 @@ up b 1 --bootstrap "$(addr_of a)"
 up c 1 --bootstrap "$(addr_of a)"
 wait_offers 3
 
-python3 - "$SHOAL" "$WORK" "$MIB" "$PASSES" "$EVERY" <<'PY'
-import json, os, subprocess, sys, time
-shoal, work, mib, passes, every = sys.argv[1:6]
+python3 - "$SHOAL" "$WORK" "$MIB" "$PASSES" "$EVERY" "$ROUNDS" <<'PY'
+import json, os, statistics, subprocess, sys, time
+shoal, work, mib, passes, every, rounds = sys.argv[1:7]
 env = dict(os.environ, SHOAL_TIMEOUT="7200")
 
 def run(label, every):
@@ -49,11 +52,17 @@ def run(label, every):
     print(f"{label:<34} {took:8.1f} s   checkpoints {checkpoints:3d}   digest {digest}", flush=True)
     return took, checkpoints, digest
 
-plain = run("without checkpoints", "0")
-saved = run(f"checkpoint every {every} s ({mib} MiB)", every)
-overhead = (saved[0] - plain[0]) / plain[0] * 100
-print(f"overhead {overhead:+.1f}% for {saved[1]} checkpoints of {mib} MiB (goal <= 5%); "
-      f"digests {'identical' if plain[2] == saved[2] else 'DIFFER'}")
-print(json.dumps({"plain_s": plain[0], "checkpointed_s": saved[0], "checkpoints": saved[1],
-                  "overhead_pct": overhead, "identical": plain[2] == saved[2]}))
+plains, saveds = [], []
+for _ in range(int(rounds)):
+    plains.append(run("without checkpoints", "0"))
+    saveds.append(run(f"checkpoint every {every} s ({mib} MiB)", every))
+plain = statistics.median(p[0] for p in plains)
+saved = statistics.median(s[0] for s in saveds)
+overhead = (saved - plain) / plain * 100
+digests = {r[2] for r in plains + saveds}
+checkpoints = [s[1] for s in saveds]
+print(f"medians of {rounds}: {plain:.1f} s without, {saved:.1f} s with; overhead {overhead:+.1f}% for "
+      f"{checkpoints} checkpoints of {mib} MiB (goal <= 5%); digests {'identical' if len(digests) == 1 else 'DIFFER'}")
+print(json.dumps({"plain_s": [p[0] for p in plains], "checkpointed_s": [s[0] for s in saveds],
+                  "checkpoints": checkpoints, "overhead_pct": overhead, "identical": len(digests) == 1}))
 PY
