@@ -31,7 +31,7 @@ use shoal_overlay::Key;
 use shoal_resources::compute::{JobResult, PlaceError, SuperviseAction, Supervision};
 
 use super::SubmitError;
-use shoal_resources::quorum::{Ending, Grantee, Tenancy, Timing, View};
+use shoal_resources::quorum::{Ending, Grantee, MAX_TENANCIES, Tenancy, Timing, View};
 
 use super::protocol::Request;
 use super::submission::Submission;
@@ -190,7 +190,11 @@ impl HomeState {
     /// time, ran if any saw it renewed, the most checkpoints, and the
     /// ending that says most: a commit, then a let-go, then a lapse).
     pub(crate) fn history(&self) -> Vec<Tenancy> {
-        merge_histories(&self.histories)
+        let mut merged = merge_histories(&self.histories);
+        // Members that disagree (or make grants up) cannot make it long.
+        let extra = merged.len().saturating_sub(2 * MAX_TENANCIES);
+        merged.drain(..extra);
+        merged
     }
 
     /// The newest grant any member answering holds.
@@ -252,6 +256,11 @@ pub(crate) async fn read_home(client: &Client, job: Key) -> Result<Option<HomeSt
             });
             if state.peers == peers {
                 state.views.push(view);
+                // A member keeps at most this many; one that sends more
+                // (each grant's peer is looked up for `status`) is cut.
+                let mut history = history;
+                let extra = history.len().saturating_sub(MAX_TENANCIES);
+                history.drain(..extra);
                 state.histories.push(history);
             }
         }
