@@ -402,6 +402,59 @@ async fn a_stepping_module_drained_mid_run_goes_on_elsewhere_from_where_it_was()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stepping_module_whose_executor_goes_goes_on_from_its_last_snapshot() {
+    let test = "snapshots";
+    // Peer 0 submits; 1 and 2 run jobs and save stepping modules every
+    // 300 ms while they run.
+    let peers = swarm_with(test, 5, |i, config: &mut NodeConfig, _| {
+        config.compute = ComputeConfig {
+            slots: u32::from(i == 1 || i == 2),
+            lease_term: Duration::from_secs(2),
+            snapshot_every: Duration::from_millis(300),
+            ..ComputeConfig::default()
+        };
+    })
+    .await;
+    offers(&peers[0], 2).await;
+    let module = share(&peers[0], test, "stepper.wasm", &stepper()).await;
+    let whole = ended(&peers[0], submit(&peers[0], wasm_spec(module, &[])).await).await;
+    assert_eq!(whole.exit_code, Some(0), "{whole:?}");
+    let job = submit(&peers[0], wasm_spec(module, &[])).await;
+    // Once its home keeps a snapshot, its executor goes.
+    let saved = || async {
+        peers[0]
+            .jobs()
+            .history(job)
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.checkpoints > 0 && p.ended.is_none())
+    };
+    until("a snapshot is kept", saved).await;
+    let first = peers[0].jobs().status(job).await.unwrap().unwrap();
+    let executor = peers
+        .iter()
+        .find(|p| Some(p.peer_id().to_string()) == first.peer)
+        .unwrap();
+    executor.leave().await.unwrap();
+    let view = ended(&peers[3], job).await;
+    assert_eq!(view.exit_code, Some(0), "{view:?}");
+    assert_eq!(view.output, whole.output, "the same /out as the uninterrupted run");
+    let last = peers
+        .iter()
+        .find(|p| Some(p.peer_id().to_string()) == view.peer)
+        .unwrap();
+    assert_ne!(last.peer_id(), executor.peer_id());
+    let log = last.jobs().output(job, 0, Duration::ZERO).await.unwrap().unwrap();
+    let printed: Vec<u8> = log.chunks.into_iter().flat_map(|c| c.bytes).collect();
+    assert!(
+        !printed.starts_with(b"init"),
+        "resumed, not started again: {:?}",
+        String::from_utf8_lossy(&printed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_an_input_runs_on_the_inputs_provider() {
     let test = "beside-input";
     let peers = swarm_with(test, 4, |_, config: &mut NodeConfig, _| config.compute = slots(1)).await;

@@ -89,6 +89,9 @@ pub(crate) struct Hosted {
     /// Pauses a stepping module between two steps, to save it whole
     /// (`shoal_resources::compute::engine::snapshot`).
     pause: Pause,
+    /// Held while a snapshot is asked for and shared (a periodic one, or
+    /// a move's): one at a time.
+    snapshotting: tokio::sync::Mutex<()>,
     /// Why it was stopped, if the executor stopped it.
     pub(crate) stopped: Mutex<Option<String>>,
     /// Microseconds since the epoch.
@@ -358,6 +361,7 @@ impl Executor {
             log: Arc::default(),
             cancel: Cancel::default(),
             pause: Pause::default(),
+            snapshotting: tokio::sync::Mutex::new(()),
             stopped: Mutex::new(None),
             queued_at: micros(now()),
             tend: Mutex::new(Tend {
@@ -531,7 +535,9 @@ impl Executor {
 
     fn spawn_run(self: Arc<Self>, node: WeakClient, job: Key, hosted: Arc<Hosted>) {
         hosted.running.store(true, std::sync::atomic::Ordering::Release);
+        let periodic = tokio::spawn(self.clone().snapshots(node.clone(), job, hosted.clone()));
         tokio::spawn(async move {
+            let _periodic = AbortOnDrop(periodic);
             let (outcome, output) = match node.upgrade() {
                 Some(client) => self.run(&client, job, &hosted).await,
                 None => (
@@ -553,6 +559,43 @@ impl Executor {
             hosted.running.store(false, std::sync::atomic::Ordering::Release);
             self.next(&node);
         });
+    }
+
+    /// Every `snapshot_every` while `job` runs, if it is a stepping
+    /// module: has it saved whole as it goes on, and its home keep that as
+    /// its checkpoint (a crash here then loses at most that much work).
+    async fn snapshots(self: Arc<Self>, node: WeakClient, job: Key, hosted: Arc<Hosted>) {
+        let (Some(module), every) = (hosted.spec.module, self.config.snapshot_every) else {
+            return;
+        };
+        if every.is_zero() {
+            return;
+        }
+        let running = || hosted.running.load(std::sync::atomic::Ordering::Acquire);
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(client) = node.upgrade() else { return };
+            if !running() || !self.engine.steps(&module) {
+                continue;
+            }
+            let _one = hosted.snapshotting.lock().await;
+            if hosted.pause.is_stopping() {
+                return;
+            }
+            let asked = std::time::Instant::now();
+            hosted.pause.save();
+            while running() && hosted.pause.saved().is_none() && asked.elapsed() < PAUSE_STOP {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if hosted.pause.saved() != Some(true) || !running() {
+                continue;
+            }
+            let root = self.dir.join(format!("{job}-{}", hosted.token));
+            match self.checkpoint(&client, job, &hosted, &JobDir::at(&root)).await {
+                Ok(id) => tracing::debug!("job {job}: snapshot {id} kept by its home"),
+                Err(e) => tracing::info!("job {job}: a periodic snapshot was not kept: {e}"),
+            }
+        }
     }
 
     /// Fetches what the job needs, runs it, and shares its `/out`.
@@ -997,6 +1040,11 @@ impl Executor {
         // on elsewhere from where it was, not from its last checkpoint.
         let steps = hosted.spec.module.is_some_and(|id| self.engine.steps(&id));
         let running = || hosted.running.load(std::sync::atomic::Ordering::Acquire);
+        let _one = if steps {
+            Some(hosted.snapshotting.lock().await)
+        } else {
+            None
+        };
         if steps && running() {
             // First a pre-copy: saved while it goes on, and kept by its
             // home; the pause then sends only the pages changed since.
@@ -1248,6 +1296,15 @@ pub(crate) async fn fetch(client: &Client, id: Key) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| crate::error::error_chain(&e))
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Serves the jobs protocol until the node stops: on a peer that offers

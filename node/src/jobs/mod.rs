@@ -67,6 +67,11 @@ pub struct ComputeConfig {
     pub log_bytes: u64,
     /// Candidates probed per placement (`d` of power-of-d choices).
     pub probes: usize,
+    /// How often a stepping module (one that exports `shoal_step`) running
+    /// here is saved whole while it goes on, and its home keeps it: a
+    /// crash of this peer then costs it at most this much work. Zero: only
+    /// when it is moved or drained.
+    pub snapshot_every: Duration,
 }
 
 impl Default for ComputeConfig {
@@ -83,6 +88,7 @@ impl Default for ComputeConfig {
             out_bytes: 1 << 30,
             log_bytes: 64 << 20,
             probes: 2,
+            snapshot_every: Duration::from_secs(60),
         }
     }
 }
