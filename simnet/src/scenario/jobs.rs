@@ -218,6 +218,48 @@ fn index_of(key: &Key) -> usize {
     u64::from_be_bytes(first) as usize
 }
 
+/// A job reaching the peer that takes it (claimed, or handed on).
+struct Take<'a> {
+    peer: &'a mut Peer,
+    index: usize,
+    job: &'a mut Job,
+    key: Key,
+    now: u64,
+    rng: &'a mut Rng,
+}
+
+fn take<'a>(peer: &'a mut Peer, index: usize, job: &'a mut Job, j: usize, now: u64, rng: &'a mut Rng) -> Take<'a> {
+    Take {
+        peer,
+        index,
+        job,
+        key: key_of(j),
+        now,
+        rng,
+    }
+}
+
+impl Take<'_> {
+    /// Starts it in a free slot (its end is the event returned) or queues
+    /// it (and, with stealing, the peer's first stealing tick).
+    fn next(self, spec: &JobsSpec, stealing: bool, mean_service_us: f64, patience: u64) -> Option<(u64, Ev)> {
+        let (p, now) = (self.peer, self.now);
+        if p.running < spec.slots {
+            p.running += 1;
+            self.job.started = Some(now);
+            let service = (-mean_service_us * (1.0 - self.rng.unit_f64()).ln()) as u64;
+            return Some((now + service.max(1), Ev::Finish { peer: self.index }));
+        }
+        let _ = p.queue.push(key_of(self.job.submitter), self.key);
+        self.job.queued_at = now;
+        if stealing && !p.ticking {
+            p.ticking = true;
+            return Some((now + patience, Ev::StealTick { peer: self.index }));
+        }
+        None
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -338,20 +380,9 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool, stealing: bool) -> Policy
                 touched = Some(job);
             }
             Ev::Claim { job, peer } => {
-                let submitter = key_of(jobs[job].submitter);
-                let p = &mut peers[peer];
-                if p.running < spec.slots {
-                    p.running += 1;
-                    jobs[job].started = Some(now);
-                    let service = (-mean_service_us * (1.0 - rng.unit_f64()).ln()) as u64;
-                    push(&mut queue, now + service.max(1), Ev::Finish { peer });
-                } else {
-                    let _ = p.queue.push(submitter, key_of(job));
-                    jobs[job].queued_at = now;
-                    if stealing && !p.ticking {
-                        p.ticking = true;
-                        push(&mut queue, now + patience, Ev::StealTick { peer });
-                    }
+                let taken = take(&mut peers[peer], peer, &mut jobs[job], job, now, &mut rng);
+                if let Some((at, ev)) = taken.next(spec, stealing, mean_service_us, patience) {
+                    push(&mut queue, at, ev);
                 }
                 if let Some(i) = jobs[job].input {
                     // The executor fetches the input to run the job, and
@@ -458,20 +489,9 @@ fn run(spec: &JobsSpec, d: usize, prefer_inputs: bool, stealing: bool) -> Policy
                 }
             }
             Ev::Handed { job, to } => {
-                let submitter = key_of(jobs[job].submitter);
-                let p = &mut peers[to];
-                if p.running < spec.slots {
-                    p.running += 1;
-                    jobs[job].started = Some(now);
-                    let service = (-mean_service_us * (1.0 - rng.unit_f64()).ln()) as u64;
-                    push(&mut queue, now + service.max(1), Ev::Finish { peer: to });
-                } else {
-                    let _ = p.queue.push(submitter, key_of(job));
-                    jobs[job].queued_at = now;
-                    if !p.ticking {
-                        p.ticking = true;
-                        push(&mut queue, now + patience, Ev::StealTick { peer: to });
-                    }
+                let taken = take(&mut peers[to], to, &mut jobs[job], job, now, &mut rng);
+                if let Some((at, ev)) = taken.next(spec, true, mean_service_us, patience) {
+                    push(&mut queue, at, ev);
                 }
             }
             Ev::Sample => {
