@@ -23,7 +23,7 @@ WORK=$(mktemp -d /tmp/shoal-bench-drain.XXXXXX)
 . tests/bench/peers.sh
 cleanup() {
   stop_peers
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 

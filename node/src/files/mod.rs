@@ -122,6 +122,20 @@ impl<'a> Files<'a> {
         how: Import,
         progress: Arc<Progress>,
     ) -> Result<(BlobInfo, Ticket), NodeError> {
+        let (info, ticket, _) = self.share_reusing(path, how, progress, None).await?;
+        Ok((info, ticket))
+    }
+
+    /// [`share_counted`](Self::share_counted), taking the files of a
+    /// directory that `reuse` knows as they were (not hashed or copied
+    /// again); returns `reuse` with this share's files.
+    pub async fn share_reusing(
+        self,
+        path: std::path::PathBuf,
+        how: Import,
+        progress: Arc<Progress>,
+        mut reuse: Option<shoal_resources::store::Reuse>,
+    ) -> Result<(BlobInfo, Ticket, Option<shoal_resources::store::Reuse>), NodeError> {
         let _turn = self
             .client
             .imports
@@ -130,7 +144,7 @@ impl<'a> Files<'a> {
             .map_err(|e| NodeError::Task(e.to_string()))?;
         let store = self.client.blobs.clone();
         let quota = self.client.quota;
-        let (imported, evicted) = tokio::task::spawn_blocking(move || {
+        let (imported, evicted, reuse) = tokio::task::spawn_blocking(move || {
             use shoal_resources::store::{Room, StoreError};
             let now = std::time::SystemTime::now();
             let quota = quota.filter(|_| how == Import::Copy);
@@ -150,7 +164,7 @@ impl<'a> Files<'a> {
                     }
                 }
                 if path.is_dir() {
-                    store.import_dir(&path, how, room.as_mut(), &progress.verified)
+                    store.import_dir(&path, how, room.as_mut(), &progress.verified, reuse.as_mut())
                 } else {
                     Ok((
                         store.import_within(&path, how, room.as_mut(), &progress.verified)?,
@@ -161,7 +175,7 @@ impl<'a> Files<'a> {
             // What was dropped is gone even if a later file of a directory
             // did not fit: it is no longer announced either way.
             let evicted = room.map(|r| r.dropped().to_vec()).unwrap_or_default();
-            (imported, evicted)
+            (imported, evicted, reuse)
         })
         .await
         .map_err(|e| NodeError::Task(e.to_string()))?;
@@ -171,7 +185,7 @@ impl<'a> Files<'a> {
         keys.push(info.id);
         self.client.provide(keys).await?;
         let addrs = self.client.listening().await?.iter().map(ToString::to_string).collect();
-        Ok((info, Ticket { blob: info, addrs }))
+        Ok((info, Ticket { blob: info, addrs }, reuse))
     }
 
     /// Downloads blob `id` (size and a first provider may come from a

@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use shoal_overlay::Key;
+use shoal_resources::compute::engine::snapshot::SNAPSHOT_DIR;
 use shoal_resources::compute::engine::{
     CHECKPOINT_EXIT, Cancel, JobDir, Limits, NativeRunner, Outcome, Pause, Run, RunError, WasmEngine,
 };
@@ -29,7 +30,7 @@ use shoal_resources::compute::{FairQueue, JobKind, JobResult, JobSpec, Load, Nee
 use shoal_resources::quorum::{
     Answer as Vote, Grantee, LetGo, Outcome as Tallied, Request as Ask, Saved, Tally, Tenure, Timing,
 };
-use shoal_resources::store::Import;
+use shoal_resources::store::{Import, Reuse};
 
 use super::log::{Ended, JobLog};
 use super::protocol::{Answer, Event, MAX_NOTICES, MAX_REQUEST_BYTES, Request};
@@ -92,6 +93,9 @@ pub(crate) struct Hosted {
     /// Held while a snapshot is asked for and shared (a periodic one, or
     /// a move's): one at a time.
     snapshotting: tokio::sync::Mutex<()>,
+    /// The snapshot pages its last checkpoint shared (taken by the one
+    /// sharing now): the next share does not hash those unchanged again.
+    pages: Mutex<Option<Reuse>>,
     /// Why it was stopped, if the executor stopped it.
     pub(crate) stopped: Mutex<Option<String>>,
     /// Microseconds since the epoch.
@@ -362,6 +366,7 @@ impl Executor {
             cancel: Cancel::default(),
             pause: Pause::default(),
             snapshotting: tokio::sync::Mutex::new(()),
+            pages: Mutex::new(None),
             stopped: Mutex::new(None),
             queued_at: micros(now()),
             tend: Mutex::new(Tend {
@@ -654,6 +659,7 @@ impl Executor {
             // Placed again: the job goes on from its last checkpoint. One
             // that nobody can send any more is a loss of time, not of the
             // job: it starts from the beginning.
+            let fetching = std::time::Instant::now();
             let restored = match checkpoint_id(saved) {
                 Some(id) => client
                     .files()
@@ -663,6 +669,12 @@ impl Executor {
                     .map_err(|e| format!("cannot fetch checkpoint {id}: {}", crate::error::error_chain(&e))),
                 None => Err("the checkpoint does not name a blob".into()),
             };
+            if let Ok(id) = restored {
+                tracing::info!(
+                    "job {job}: goes on from checkpoint {id}, in place in {} ms",
+                    fetching.elapsed().as_millis()
+                );
+            }
             if let Err(why) = restored {
                 tracing::warn!("{why}: the job starts from the beginning");
                 let _ = std::fs::remove_dir_all(dir.checkpoints());
@@ -800,11 +812,25 @@ impl Executor {
     /// home keep it under this grant: a majority must fetch it and take
     /// the save, so that the job can go on from it whoever is gone.
     async fn checkpoint(&self, client: &Client, job: Key, hosted: &Hosted, dir: &JobDir) -> Result<Key, String> {
-        let (info, _) = client
+        let sharing = std::time::Instant::now();
+        let reuse = lock(&hosted.pages)
+            .take()
+            .unwrap_or_else(|| Reuse::under(format!("{SNAPSHOT_DIR}/memory")));
+        let (info, _, reuse) = client
             .files()
-            .share(dir.checkpoints(), Import::Copy)
+            .share_reusing(dir.checkpoints(), Import::Copy, Arc::default(), Some(reuse))
             .await
             .map_err(|e| format!("cannot share /ckpt: {}", crate::error::error_chain(&e)))?;
+        if let Some(reuse) = reuse {
+            tracing::debug!(
+                "job {job}: /ckpt shared in {} ms ({} pages hashed, {} unchanged)",
+                sharing.elapsed().as_millis(),
+                reuse.counts.0,
+                reuse.counts.1
+            );
+            *lock(&hosted.pages) = Some(reuse);
+        }
+        let shared_in = sharing.elapsed();
         let (by, seq, members) = {
             let mut tend = lock(&hosted.tend);
             tend.saves += 1;
@@ -829,7 +855,12 @@ impl Executor {
             };
             match outcome {
                 Tallied::Agreed => {
-                    tracing::info!("job {job}: checkpoint {seq} saved ({})", info.id);
+                    tracing::info!(
+                        "job {job}: checkpoint {seq} saved ({}): shared in {} ms, kept by a majority {} ms later",
+                        info.id,
+                        shared_in.as_millis(),
+                        (sharing.elapsed() - shared_in).as_millis()
+                    );
                     return Ok(info.id);
                 }
                 Tallied::Refused => break,

@@ -24,6 +24,42 @@ fn import_nonce() -> String {
     format!("import-{}-{nth}", std::process::id())
 }
 
+/// Files a directory's import took before, by identity, so that importing
+/// it again skips those that are still the same file: same device, inode,
+/// size and modification time, and their blob still held here. Only paths
+/// under `under` (relative to the directory) are remembered: the caller
+/// vouches that the files there are replaced, never changed in place (a
+/// change within the clock's tick keeps the modification time). A job's
+/// snapshot pages are such files: the engine links a page that did not
+/// change and writes a new file for one that did.
+#[derive(Clone, Debug, Default)]
+pub struct Reuse {
+    under: String,
+    files: std::collections::HashMap<(u64, u64), (u64, i64, i64, BlobInfo)>,
+    /// Files imported again / taken as they were, in the last import.
+    pub counts: (usize, usize),
+}
+
+impl Reuse {
+    /// Remembers the files below `under` (a relative path, `/`-separated).
+    pub fn under(under: impl Into<String>) -> Self {
+        Reuse {
+            under: under.into(),
+            ..Default::default()
+        }
+    }
+
+    fn covers(&self, rel: &str) -> bool {
+        rel.strip_prefix(self.under.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    fn identity(meta: &std::fs::Metadata) -> ((u64, u64), u64, i64, i64) {
+        use std::os::unix::fs::MetadataExt;
+        ((meta.dev(), meta.ino()), meta.len(), meta.mtime(), meta.mtime_nsec())
+    }
+}
+
 /// Copies everything it reads into `copy`.
 struct Tee<'a, R, W> {
     read: R,
@@ -295,13 +331,19 @@ impl BlobStore {
     /// collection blob, whose id names the directory). Symbolic links and
     /// names that are not portable UTF-8 are refused, not followed.
     /// With `room`, each import makes its room as in [`import_within`](Self::import_within).
+    /// With `reuse`, a file it knows is taken as it was (see [`Reuse`]).
     pub fn import_dir(
         &self,
         dir: &Path,
         how: Import,
         mut room: Option<&mut Room>,
         read: &std::sync::atomic::AtomicU64,
+        mut reuse: Option<&mut Reuse>,
     ) -> Result<(BlobInfo, Vec<BlobInfo>), StoreError> {
+        let mut seen = std::collections::HashMap::new();
+        if let Some(reuse) = reuse.as_deref_mut() {
+            reuse.counts = (0, 0);
+        }
         let unreadable = |path: &Path, source| StoreError::Unreadable {
             path: path.to_path_buf(),
             source,
@@ -335,7 +377,37 @@ impl BlobStore {
                 if kind.is_dir() {
                     stack.push((path, rel));
                 } else if kind.is_file() {
-                    let blob = self.import_within(&path, how, room.as_deref_mut(), read)?;
+                    let known = match reuse.as_deref_mut().filter(|r| how == Import::Copy && r.covers(&rel)) {
+                        Some(reuse) => {
+                            let meta = std::fs::metadata(&path).map_err(|e| unreadable(&path, e))?;
+                            let (file, len, secs, nanos) = Reuse::identity(&meta);
+                            let before = reuse.files.get(&file).copied();
+                            let blob = match before {
+                                Some((l, s, n, blob))
+                                    if (l, s, n) == (len, secs, nanos)
+                                        && matches!(self.read_meta(&blob.id), Ok(Some(Meta { source: None, .. }))) =>
+                                {
+                                    reuse.counts.1 += 1;
+                                    if let Some(room) = room.as_deref_mut() {
+                                        // Not to be dropped for a later file's room.
+                                        room.imported.push(blob.id);
+                                    }
+                                    blob
+                                }
+                                _ => {
+                                    reuse.counts.0 += 1;
+                                    self.import_within(&path, how, room.as_deref_mut(), read)?
+                                }
+                            };
+                            seen.insert(file, (len, secs, nanos, blob));
+                            Some(blob)
+                        }
+                        None => None,
+                    };
+                    let blob = match known {
+                        Some(blob) => blob,
+                        None => self.import_within(&path, how, room.as_deref_mut(), read)?,
+                    };
                     entries.push(crate::collection::Entry { path: rel, blob });
                 } else {
                     return Err(unreadable(
@@ -351,6 +423,10 @@ impl BlobStore {
         std::fs::write(&tmp, listing)?;
         let root = self.import_within(&tmp, Import::Copy, room, &std::sync::atomic::AtomicU64::new(0));
         let _ = std::fs::remove_file(&tmp);
+        if let Some(reuse) = reuse {
+            // Only the files of this import: those gone since are forgotten.
+            reuse.files = seen;
+        }
         Ok((root?, entries.into_iter().map(|e| e.blob).collect()))
     }
 }

@@ -47,6 +47,7 @@ mod quota;
 #[cfg(test)]
 mod tests;
 
+pub use import::Reuse;
 pub use partial::{Partial, WRITE_RUN_BYTES, verify_range};
 pub use quota::{Room, room_for};
 

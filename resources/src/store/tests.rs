@@ -354,7 +354,7 @@ fn a_directory_import_keeps_its_own_earlier_files_when_it_makes_room() {
     let quota = store.usage().unwrap() + 150_000;
     let mut room = Room::new(quota, NOTHING_GIVEN_UP);
     let (listing, files) = store
-        .import_dir(&tree, Import::Copy, Some(&mut room), &AtomicU64::new(0))
+        .import_dir(&tree, Import::Copy, Some(&mut room), &AtomicU64::new(0), None)
         .unwrap();
     assert_eq!(room.dropped(), &[old_id]);
     assert!(files.iter().all(|f| store.contains(&f.id)) && store.contains(&listing.id));

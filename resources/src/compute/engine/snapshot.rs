@@ -120,12 +120,21 @@ pub fn save(mut store: impl AsContextMut, instance: &Instance, dir: &JobDir) -> 
         .ok_or_else(|| io("memory", "the module exports no memory named `memory`"))?;
     let mut saved = 0u64;
     let data = memory.data(&store);
+    let mut before = Vec::with_capacity(PAGE);
     for (i, page) in data.chunks(PAGE).enumerate() {
         if page.iter().all(|b| *b == 0) {
             continue;
         }
-        std::fs::write(fresh.join("memory").join(format!("{i:05}")), page).map_err(|e| io("write", e))?;
+        let name = format!("{i:05}");
+        let (old, new) = (root.join("memory").join(&name), fresh.join("memory").join(&name));
         saved += page.len() as u64;
+        // A page as the last snapshot has it stays that file (linked, not
+        // written): its blob is held already, and a share that knows the
+        // file (see `store::Reuse`) does not hash it again.
+        if same_bytes(&old, page, &mut before) && std::fs::hard_link(&old, &new).is_ok() {
+            continue;
+        }
+        std::fs::write(&new, page).map_err(|e| io("write", e))?;
     }
     let size = data.len() as u64;
     let mut globals = Vec::new();
@@ -156,6 +165,16 @@ pub fn save(mut store: impl AsContextMut, instance: &Instance, dir: &JobDir) -> 
     let _ = std::fs::remove_dir_all(&root);
     std::fs::rename(&fresh, &root).map_err(|e| io("rename", e))?;
     Ok(saved)
+}
+
+/// Whether the file at `path` holds exactly `bytes` (`buf` is scratch).
+fn same_bytes(path: &Path, bytes: &[u8], buf: &mut Vec<u8>) -> bool {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    buf.clear();
+    file.take(bytes.len() as u64 + 1).read_to_end(buf).is_ok() && buf.as_slice() == bytes
 }
 
 /// Whether `dir`'s `ckpt/` holds a snapshot to resume from.

@@ -193,7 +193,9 @@ impl WasmEngine {
             pause,
             clock,
         } = run;
-        let Prepared { pre, steps } = match self.prepare(id, bytes) {
+        let prepared = self.prepare(id, bytes);
+        eprintln!("TEMP prepare {} ms", t0.elapsed().as_millis());
+        let Prepared { pre, steps } = match prepared {
             Ok(prepared) => prepared,
             Err(e) => return Outcome::failed(e),
         };
