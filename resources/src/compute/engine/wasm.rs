@@ -193,9 +193,7 @@ impl WasmEngine {
             pause,
             clock,
         } = run;
-        let prepared = self.prepare(id, bytes);
-        eprintln!("TEMP prepare {} ms", t0.elapsed().as_millis());
-        let Prepared { pre, steps } = match prepared {
+        let Prepared { pre, steps } = match self.prepare(id, bytes) {
             Ok(prepared) => prepared,
             Err(e) => return Outcome::failed(e),
         };
