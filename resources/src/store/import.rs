@@ -35,7 +35,7 @@ fn import_nonce() -> String {
 #[derive(Clone, Debug, Default)]
 pub struct Reuse {
     under: String,
-    files: std::collections::HashMap<(u64, u64), (u64, i64, i64, BlobInfo)>,
+    files: std::collections::BTreeMap<(u64, u64), (u64, i64, i64, BlobInfo)>,
     /// Files imported again / taken as they were, in the last import.
     pub counts: (usize, usize),
 }
@@ -340,7 +340,7 @@ impl BlobStore {
         read: &std::sync::atomic::AtomicU64,
         mut reuse: Option<&mut Reuse>,
     ) -> Result<(BlobInfo, Vec<BlobInfo>), StoreError> {
-        let mut seen = std::collections::HashMap::new();
+        let mut seen = std::collections::BTreeMap::new();
         if let Some(reuse) = reuse.as_deref_mut() {
             reuse.counts = (0, 0);
         }
