@@ -564,3 +564,34 @@ fn downloads_given_up_a_day_ago_and_dead_imports_do_not_keep_their_room() {
     assert!(!dead.exists() && live.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_directory_shared_again_takes_its_unchanged_known_files_as_they_were() {
+    // Files under the prefix that are the same file are not imported
+    // again; one replaced is, and one outside the prefix always is.
+    let dir = temp("reuse");
+    let store = BlobStore::open(&dir.join("s")).unwrap();
+    let tree = dir.join("t");
+    std::fs::create_dir_all(tree.join("snap/memory")).unwrap();
+    std::fs::write(tree.join("snap/memory/a"), content(5000)).unwrap();
+    std::fs::write(tree.join("snap/memory/b"), content(7000)).unwrap();
+    std::fs::write(tree.join("state"), b"one").unwrap();
+    let mut reuse = super::Reuse::under("snap/memory");
+    let import = |reuse: &mut super::Reuse| {
+        store
+            .import_dir(&tree, Import::Copy, None, &AtomicU64::new(0), Some(reuse))
+            .unwrap()
+    };
+    let (first, _) = import(&mut reuse);
+    assert_eq!(reuse.counts, (2, 0));
+    let (again, _) = import(&mut reuse);
+    assert_eq!((reuse.counts, again), ((0, 2), first));
+    // Replaced by a new file with other bytes: imported, and named anew.
+    std::fs::write(tree.join("new"), content(6000)).unwrap();
+    std::fs::rename(tree.join("new"), tree.join("snap/memory/b")).unwrap();
+    let (changed, files) = import(&mut reuse);
+    assert_eq!(reuse.counts, (1, 1));
+    assert_ne!(changed, first);
+    assert!(files.iter().any(|f| f.size == 6000));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
