@@ -395,6 +395,27 @@ struct PauseAt {
     after: u32,
     /// Saves (and goes on) at this write to stderr.
     save_at: u32,
+    /// At this write to stderr, the files in `look_in` and their inodes
+    /// go into `seen`.
+    look_at: u32,
+    look_in: std::path::PathBuf,
+    seen: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// The files in `dir` by name, with their inode numbers.
+fn inodes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect()
 }
 
 impl Sink for PauseAt {
@@ -404,6 +425,9 @@ impl Sink for PauseAt {
             return;
         }
         let n = self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n == self.look_at {
+            *self.seen.lock().unwrap() = inodes(&self.look_in);
+        }
         if n == self.after {
             self.pause.stop();
         }
@@ -417,6 +441,50 @@ impl Sink for PauseAt {
 /// never); returns the outcome and stdout.
 fn run_pausing(engine: &WasmEngine, bytes: &[u8], dir: &JobDir, after: u32) -> (Outcome, Vec<u8>) {
     run_saving(engine, bytes, dir, after, 0).0
+}
+
+/// The snapshot's memory pages under `dir`.
+fn pages_dir(dir: &JobDir) -> std::path::PathBuf {
+    dir.checkpoints().join(snapshot::SNAPSHOT_DIR).join("memory")
+}
+
+/// Runs `bytes` in `dir` as [`run_saving`] does, and returns what
+/// [`inodes`] found in the snapshot's pages at the `look_at`-th write to
+/// stderr.
+fn run_looking(
+    bytes: &[u8],
+    dir: &JobDir,
+    after: u32,
+    save_at: u32,
+    look_at: u32,
+) -> (Outcome, std::collections::BTreeMap<String, u64>) {
+    let sink = Arc::new(PauseAt {
+        out: Collect::default(),
+        pause: Pause::default(),
+        writes: Default::default(),
+        after,
+        save_at,
+        look_at,
+        look_in: pages_dir(dir),
+        seen: Default::default(),
+    });
+    let args = ["job".to_string()];
+    let outcome = WasmEngine::new().unwrap().run(
+        Key::of_content(bytes),
+        bytes,
+        Run {
+            args: &args,
+            env: &[],
+            dir,
+            limits: limits(),
+            sink: sink.clone(),
+            cancel: &Cancel::default(),
+            pause: &sink.pause.clone(),
+            clock: wall_clock,
+        },
+    );
+    let seen = sink.seen.lock().unwrap().clone();
+    (outcome, seen)
 }
 
 /// The same, asking for a save (and going on) at the `save_at`-th write
@@ -434,6 +502,9 @@ fn run_saving(
         writes: Default::default(),
         after,
         save_at,
+        look_at: 0,
+        look_in: Default::default(),
+        seen: Default::default(),
     });
     let args = ["job".to_string()];
     let outcome = engine.run(
@@ -533,4 +604,44 @@ fn a_stepping_module_paused_between_steps_goes_on_elsewhere_to_the_same_end() {
     )
     .unwrap();
     assert!(!snapshot::steppable(&hidden));
+}
+
+#[test]
+fn a_pause_after_a_pre_copy_links_the_pages_that_did_not_change() {
+    let bytes = stepper();
+    // Saved (going on) at the first write to stderr, paused at the second:
+    // the pause's snapshot keeps the pre-copy's file for each page the
+    // steps between did not write (the same inode: not written again,
+    // and a share knows it), and writes the one page they did.
+    let at = dir("steps-linked");
+    let (outcome, before) = run_looking(&bytes, &at, 2, 1, 2);
+    assert!(matches!(outcome.error, Some(RunError::Paused { .. })), "{outcome:?}");
+    let after = inodes(&pages_dir(&at));
+    assert!(before.len() >= 2, "the pre-copy was there at the pause: {before:?}");
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    let written: Vec<&String> = after.keys().filter(|k| before[*k] != after[*k]).collect();
+    assert_eq!(written, ["00001"], "only the words' page is written again");
+}
+
+#[test]
+fn a_stepping_module_never_runs_beside_a_snapshot_it_did_not_come_from() {
+    let bytes = stepper();
+    // Pages without a state (written by a job under its own /ckpt, or
+    // left over): not a snapshot to resume, and gone before the module's
+    // first code runs, since an executor may have laid pages out as
+    // links to its store.
+    let at = dir("steps-stray");
+    std::fs::create_dir_all(pages_dir(&at)).unwrap();
+    std::fs::write(pages_dir(&at).join("00000"), vec![7u8; snapshot::PAGE]).unwrap();
+    let (outcome, seen) = run_looking(&bytes, &at, 0, 0, 1);
+    assert_eq!(outcome, Outcome::exited(0));
+    assert!(seen.is_empty(), "a stray page was there while the job ran: {seen:?}");
+    // A start function would run before a restore: such a module does not
+    // run in steps.
+    let started = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func $s) (start $s)
+            (func (export "shoal_step") (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    assert!(!snapshot::steppable(&started));
 }

@@ -57,13 +57,18 @@ def status(job):
     return json.loads(sh("job", "status", job, "--json", "--data-dir", f"{work}/a").stdout)
 
 def stored(name):
-    total = 0
+    # Bytes on disk: a file with several names (a snapshot page linked to
+    # the store's copy) counts once.
+    total, seen = 0, set()
     for root, _, files in os.walk(f"{work}/{name}"):
         for f in files:
             try:
-                total += os.path.getsize(os.path.join(root, f))
+                st = os.stat(os.path.join(root, f))
             except OSError:
-                pass
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
     return total
 
 def drain(view):

@@ -199,6 +199,23 @@ impl<'a> Files<'a> {
         progress: Arc<Progress>,
         out: Option<std::path::PathBuf>,
     ) -> Result<BlobInfo, NodeError> {
+        let client = self.client;
+        let (info, announce) = self.download_unannounced(id, ticket, progress, out).await?;
+        announce.run(client).await?;
+        Ok(info)
+    }
+
+    /// [`download`](Self::download) without waiting for this peer to be
+    /// announced as a provider of what it fetched: the caller runs the
+    /// returned [`Announce`] (a job's executor does so after it started
+    /// the job it fetched a checkpoint for).
+    pub(crate) async fn download_unannounced(
+        self,
+        id: Key,
+        ticket: Option<Ticket>,
+        progress: Arc<Progress>,
+        out: Option<std::path::PathBuf>,
+    ) -> Result<(BlobInfo, Announce), NodeError> {
         // Until it is filed where it goes (see `Turns`).
         let _turn = self.client.fetching.turn(id).await;
         let mut providers: Vec<PeerId> = Vec::new();
@@ -321,8 +338,23 @@ impl<'a> Files<'a> {
                 }
             }
         }
-        self.client.forget_provided(&evicted, "dropped to make room").await?;
-        self.client.provide(provided).await?;
-        Ok(info)
+        Ok((info, Announce { provided, evicted }))
+    }
+}
+
+/// What a download leaves to announce: the blobs this peer now provides
+/// and those it dropped to make room.
+#[must_use = "a download's blobs are provided once it is announced"]
+pub(crate) struct Announce {
+    provided: Vec<Key>,
+    evicted: Vec<Key>,
+}
+
+impl Announce {
+    /// Announces it.
+    pub(crate) async fn run(self, client: &crate::client::Client) -> Result<(), NodeError> {
+        client.forget_provided(&self.evicted, "dropped to make room").await?;
+        client.provide(self.provided).await?;
+        Ok(())
     }
 }

@@ -30,7 +30,7 @@ use shoal_resources::compute::{FairQueue, JobKind, JobResult, JobSpec, Load, Nee
 use shoal_resources::quorum::{
     Answer as Vote, Grantee, LetGo, Outcome as Tallied, Request as Ask, Saved, Tally, Tenure, Timing,
 };
-use shoal_resources::store::{Import, Reuse};
+use shoal_resources::store::{BlobStore, Import, Reuse};
 
 use super::log::{Ended, JobLog};
 use super::protocol::{Answer, Event, MAX_NOTICES, MAX_REQUEST_BYTES, Request};
@@ -645,6 +645,17 @@ impl Executor {
             }
             _ => None,
         };
+        // Compiled while the inputs and the checkpoint arrive (a job moved
+        // here mid-run waits for both).
+        let compiling = module.clone().map(|(_, bytes)| {
+            let engine = self.engine.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                // A module that does not compile is refused by the run.
+                let _ = engine.check(&bytes);
+                started.elapsed()
+            })
+        });
         for (id, name) in &spec.inputs {
             fetch(client, *id)
                 .await
@@ -655,30 +666,61 @@ impl Executor {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("cannot write input {name}: {e}"))?;
         }
-        if let Some(saved) = &hosted.from {
-            // Placed again: the job goes on from its last checkpoint. One
-            // that nobody can send any more is a loss of time, not of the
-            // job: it starts from the beginning.
-            let fetching = std::time::Instant::now();
-            let restored = match checkpoint_id(saved) {
-                Some(id) => client
+        // Placed again: the job goes on from its last checkpoint. One that
+        // nobody can send any more is a loss of time, not of the job: it
+        // starts from the beginning.
+        let fetching = std::time::Instant::now();
+        let checkpoint = match hosted.from.as_ref().map(checkpoint_id) {
+            None => None,
+            Some(None) => Some(Err("the checkpoint does not name a blob".to_string())),
+            Some(Some(id)) => Some(
+                client
                     .files()
-                    .download(id, None, Arc::default(), Some(dir.checkpoints()))
+                    .download_unannounced(id, None, Arc::default(), None)
                     .await
-                    .map(|_| id)
+                    .map(|(_, announce)| {
+                        // Provided meanwhile: the job need not wait for it.
+                        let client = client.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = announce.run(&client).await {
+                                tracing::debug!("job {job}: its checkpoint is not announced: {e}");
+                            }
+                        });
+                        id
+                    })
                     .map_err(|e| format!("cannot fetch checkpoint {id}: {}", crate::error::error_chain(&e))),
-                None => Err("the checkpoint does not name a blob".into()),
+            ),
+        };
+        if let Some(compiling) = compiling
+            && let Ok(took) = compiling.await
+        {
+            tracing::debug!("job {job}: its module is compiled ({} ms)", took.as_millis());
+        }
+        if let Some(fetched) = checkpoint {
+            // Snapshot pages are linked only for a stepping module (see
+            // `lay_out`); any other job gets copies of its files.
+            let link = module.as_ref().is_some_and(|(id, _)| self.engine.steps(id));
+            let restored = match fetched {
+                Ok(id) => {
+                    let (store, to) = (client.blob_store().clone(), dir.checkpoints());
+                    tokio::task::spawn_blocking(move || lay_out(&store, id, &to, link))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|laid| laid.map(|linked| (id, linked)))
+                        .map_err(|e| format!("cannot write checkpoint {id}: {e}"))
+                }
+                Err(e) => Err(e),
             };
-            if let Ok(id) = restored {
-                tracing::info!(
-                    "job {job}: goes on from checkpoint {id}, in place in {} ms",
+            match restored {
+                Ok((id, linked)) => tracing::info!(
+                    "job {job}: goes on from checkpoint {id}, in place in {} ms ({linked} snapshot pages linked)",
                     fetching.elapsed().as_millis()
-                );
-            }
-            if let Err(why) = restored {
-                tracing::warn!("{why}: the job starts from the beginning");
-                let _ = std::fs::remove_dir_all(dir.checkpoints());
-                std::fs::create_dir_all(dir.checkpoints()).map_err(|e| e.to_string())?;
+                ),
+                Err(why) => {
+                    tracing::warn!("{why}: the job starts from the beginning");
+                    let _ = std::fs::remove_dir_all(dir.checkpoints());
+                    std::fs::create_dir_all(dir.checkpoints()).map_err(|e| e.to_string())?;
+                }
             }
         }
         if hosted.cancel.is_cancelled() {
@@ -1293,6 +1335,41 @@ impl Executor {
             }
         }
     }
+}
+
+/// The largest listing of a checkpoint's files (as for any directory).
+const MAX_CHECKPOINT_LISTING: u64 = 64 * 1024 * 1024;
+
+/// Writes checkpoint `id` (a directory held in `store`) under `to`. With
+/// `link` (the job is a stepping module), a snapshot's memory page is
+/// linked to the store's copy rather than copied: the engine reads it
+/// once and removes the snapshot before any of the job's code runs (a
+/// stepping module has no start function), so nothing writes through
+/// the link. Returns how many pages were linked.
+fn lay_out(store: &BlobStore, id: Key, to: &std::path::Path, link: bool) -> Result<usize, String> {
+    let bytes = store
+        .read_small(&id, MAX_CHECKPOINT_LISTING)
+        .map_err(|e| e.to_string())?;
+    let pages = format!("{SNAPSHOT_DIR}/memory/");
+    let mut linked = 0;
+    let Ok(entries) = shoal_resources::collection::decode(&bytes) else {
+        // One file, not a directory: it is what the checkpoint names.
+        return Err("a checkpoint is a directory".into());
+    };
+    for entry in entries {
+        let path = to.join(&entry.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        let placed = if link && entry.path.starts_with(&pages) {
+            linked += 1;
+            store.link_out(&entry.blob.id, &path)
+        } else {
+            store.export(&entry.blob.id, &path)
+        };
+        placed.map_err(|e| format!("{}: {e}", entry.path))?;
+    }
+    Ok(linked)
 }
 
 /// The blob a saved checkpoint names.

@@ -33,6 +33,21 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Puts blob `id` at `path` (a new file) as a second name of the
+    /// store's own copy, where the store holds one on the same file
+    /// system; else writes a copy there as [`export`](Self::export) does.
+    /// A link shares the store's bytes, so it is only for a reader that
+    /// never writes to `path` and removes it after reading (a snapshot's
+    /// memory page, read once by the engine before any of the job's code
+    /// runs).
+    pub fn link_out(&self, id: &Key, path: &Path) -> Result<(), StoreError> {
+        let meta = self.read_meta(id)?.ok_or(StoreError::Unknown(*id))?;
+        if meta.source.is_none() && std::fs::hard_link(self.path(id, "data"), path).is_ok() {
+            return Ok(());
+        }
+        self.export(id, path)
+    }
+
     /// Moves the store's copy of blob `id` to `path` (a new file) and serves
     /// it in place from there; copies instead if `path` is on another file
     /// system, the blob is already served in place, or it is pinned (a copy

@@ -15,8 +15,10 @@
 //! clang: `clang --target=wasm32-wasi -mexec-model=reactor` and
 //! `__attribute__((export_name("shoal_step"))) int shoal_step(void)`.
 //!
-//! What the module must keep to: a step ends with no file open that a
-//! later step uses (the WASI descriptor table is not saved; `/in`, `/out`,
+//! What the module must keep to: it has no start function (that would
+//! run before a restore, while the next executor's pages may be links to
+//! its store's files; [`steppable`] refuses one); a step ends with no
+//! file open that a later step uses (the WASI descriptor table is not saved; `/in`, `/out`,
 //! `/ckpt` and stdout/stderr are there again after a resume), and a step
 //! takes well under a second (a snapshot waits for the step under way).
 //! The one mutable global a module may keep unexported is LLVM's stack
@@ -96,7 +98,9 @@ pub fn steppable(bytes: &[u8]) -> bool {
                     }
                 }
             }
-            Err(_) => return false,
+            // A start function would run before a restore puts the
+            // memory back (and could reach the snapshot's files).
+            Ok(wasmparser::Payload::StartSection { .. }) | Err(_) => return false,
             _ => {}
         }
     }
@@ -212,12 +216,20 @@ pub fn restore(mut store: impl AsContextMut, instance: &Instance, dir: &JobDir) 
         ));
     }
     for (i, page) in data.chunks_mut(PAGE).enumerate() {
-        match std::fs::read(root.join("memory").join(format!("{i:05}"))) {
-            Ok(bytes) if bytes.len() == page.len() => page.copy_from_slice(&bytes),
-            Ok(bytes) => return Err(io("memory", format!("page {i} holds {} bytes", bytes.len()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => page.fill(0),
+        let mut file = match std::fs::File::open(root.join("memory").join(format!("{i:05}"))) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                page.fill(0);
+                continue;
+            }
             Err(e) => return Err(io("read", e)),
+        };
+        let len = file.metadata().map_err(|e| io("read", e))?.len();
+        if len != page.len() as u64 {
+            return Err(io("memory", format!("page {i} holds {len} bytes")));
         }
+        // Straight into the memory: no copy in between.
+        std::io::Read::read_exact(&mut file, page).map_err(|e| io("read", e))?;
     }
     for (name, kind, bits) in state.globals {
         let global = instance

@@ -293,8 +293,14 @@ fn step(store: &mut Store<Ctx>, instance: &wasmtime::Instance, dir: &JobDir, pau
         if let Err(e) = snapshot::restore(&mut *store, instance, dir) {
             return Ok(Ended::Failed(e));
         }
-    } else if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
-        init.call(&mut *store, ())?;
+    } else {
+        // Not a whole snapshot (a job may write under its own /ckpt): gone
+        // before any of the job's code runs, since the executor may have
+        // laid its pages out as links to its store (see `snapshot`).
+        let _ = std::fs::remove_dir_all(dir.checkpoints().join(snapshot::SNAPSHOT_DIR));
+        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
+            init.call(&mut *store, ())?;
+        }
     }
     let step = instance.get_typed_func::<(), i32>(&mut *store, snapshot::STEP)?;
     loop {
