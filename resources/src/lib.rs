@@ -43,6 +43,7 @@ pub mod collection;
 pub mod compute;
 pub mod fetch;
 pub mod home;
+pub mod lease;
 pub mod pin;
 pub mod quorum;
 #[cfg(feature = "store")]

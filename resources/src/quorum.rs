@@ -247,6 +247,13 @@ pub enum Refusal {
         /// The highest seen.
         seen: u64,
     },
+    /// Another waits before the asker (a named lease's line,
+    /// [`crate::lease::Line`]).
+    #[error("{first} is first in line")]
+    NotFirst {
+        /// Who is first.
+        first: Key,
+    },
 }
 
 /// A member's answer.
@@ -657,7 +664,7 @@ impl Tenure {
                 // seen this grant yet.
                 let superseded = match refusal {
                     Refusal::Stale { current } => current.is_some_and(|c| c.n > mine),
-                    Refusal::Fresh { .. } | Refusal::Number { .. } => false,
+                    Refusal::Fresh { .. } | Refusal::Number { .. } | Refusal::NotFirst { .. } => false,
                 };
                 if superseded && self.members.contains(&member) {
                     r.later.insert(member);

@@ -1,0 +1,667 @@
+//! Named leases: a lock on any name (a deploy, a shared directory, a build
+//! cache), with no provider and no coordinator. The name's key is
+//! `Key::of_name("lease", name)`; the right to hold it is a tenure at a
+//! quorum ([`crate::quorum`]) over the name's home: a majority of its
+//! members grants it, each recording the grant and its term, and the grant
+//! number is the lease's token (it grows with every grant and survives a
+//! member's restart, being on its disk).
+//!
+//! # Why two holders never overlap
+//!
+//! A holder is a [`Tenure`]: it may act only until `sent + term - margin`
+//! by its own clock after a renewal that a majority confirmed, and a
+//! member gives the key to another ([`Request::Change`]) only once the
+//! current holder is not fresh by *its* clock (`term + margin` after it
+//! last confirmed it). Any two majorities of the member set share a
+//! member, so with clock rates within `margin / term` of real time (10%
+//! with the defaults) the old holder has stopped before any member lets a
+//! new one start — the argument in full is in [`crate::quorum`]. What
+//! this module adds cannot break it: the waiting line only decides *who
+//! asks next*, never whether a member accepts a change, so a lost, stale
+//! or reordered line costs order, not safety.
+//!
+//! What it assumes, as jobs do: the member set is fixed when the name is
+//! first used ([`Acquire`] is given it), and a member keeps its state on
+//! disk across a restart. Two peers that first use a name at the same time
+//! with member sets that share no peer (their views of the home disjoint:
+//! a partition that splits the home, at the name's very first use) would
+//! each get a majority of their own; a node therefore joins a name's
+//! members only after asking the home it finds whether a set exists
+//! already, and the set of a name that exists is never chosen again.
+//!
+//! # The waiting line
+//!
+//! A member keeps a [`Line`] per name: waiters with a ticket, first in
+//! line the lowest `(ticket, peer)`. An acquirer first reads the highest
+//! ticket from a majority, takes the next one (Lamport's bakery: two that
+//! read at once may draw the same number, and then the lower peer key goes
+//! first, the same at every member), and registers it at every member,
+//! again every third of a term; a waiter not heard from for `term +
+//! margin` leaves the line. A member refuses a change to a peer that is
+//! not first in its line ([`Line::turn`]); a waiter asks for the lease
+//! once a majority has it first and a majority reads the lease as free.
+//!
+//! Sans-IO: [`Acquire::poll_action`] says what to send to every member,
+//! the `handle_*` methods take the answers, [`Acquire::poll_timeout`]
+//! says when to call [`Acquire::handle_timeout`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_overlay::{Instant, Key};
+
+use crate::quorum::{
+    Acceptor, Answer, Grantee, LetGo, Members, Outcome, Refusal, Request, Tally, Tenure, Timing, View,
+};
+
+/// The longest lease name, bytes.
+pub const MAX_NAME: usize = 200;
+/// Waiters a member keeps in one name's line, at most.
+pub const MAX_WAITERS: usize = 1024;
+
+/// The key of the lease called `name`.
+pub fn lease_key(name: &str) -> Key {
+    Key::of_name("lease", name.as_bytes())
+}
+
+/// Checks a lease name: 1 to [`MAX_NAME`] bytes, no control characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a lease name may not be empty".into());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "a lease name is at most {MAX_NAME} bytes, this one {}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a lease name may not hold control characters".into());
+    }
+    Ok(())
+}
+
+/// What a peer asks a member about a name's line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LineRequest {
+    /// The highest ticket the member has seen.
+    Ticket,
+    /// `peer` waits with `ticket` (again: it keeps its place).
+    Wait {
+        /// The waiter.
+        peer: Key,
+        /// Its ticket.
+        ticket: u64,
+    },
+    /// `peer` stops waiting.
+    Leave {
+        /// The waiter.
+        peer: Key,
+    },
+}
+
+/// A member's answer about a line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LineAnswer {
+    /// The highest ticket seen.
+    Ticket(u64),
+    /// The waiter's place: how many are ahead of it here, and who is first.
+    Place {
+        /// Waiters ahead.
+        ahead: u64,
+        /// The first in line, if any.
+        first: Option<Key>,
+    },
+    /// The line is full here.
+    Full,
+}
+
+/// One name's waiting line at one member. Not durable: after a restart
+/// the waiters register again within a third of a term.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// Each waiter's ticket and until when (this member's clock) it waits.
+    waiting: BTreeMap<Key, (u64, Instant)>,
+    max_ticket: u64,
+}
+
+impl Line {
+    /// Answers `request` at `now`.
+    pub fn handle(&mut self, now: Instant, timing: Timing, request: LineRequest) -> LineAnswer {
+        self.expire(now);
+        match request {
+            LineRequest::Ticket => LineAnswer::Ticket(self.max_ticket),
+            LineRequest::Wait { peer, ticket } => {
+                if !self.waiting.contains_key(&peer) && self.waiting.len() >= MAX_WAITERS {
+                    return LineAnswer::Full;
+                }
+                let until = now + timing.fresh_for();
+                let held = self.waiting.entry(peer).or_insert((ticket, until));
+                // A waiter keeps the place it had here.
+                held.0 = held.0.min(ticket);
+                held.1 = until;
+                self.max_ticket = self.max_ticket.max(ticket);
+                self.place(peer)
+            }
+            LineRequest::Leave { peer } => {
+                self.waiting.remove(&peer);
+                self.place(peer)
+            }
+        }
+    }
+
+    fn place(&self, peer: Key) -> LineAnswer {
+        let first = self.first();
+        let ahead = match self.waiting.get(&peer) {
+            Some(&(ticket, _)) => self
+                .waiting
+                .iter()
+                .filter(|(p, (t, _))| (*t, **p) < (ticket, peer))
+                .count() as u64,
+            None => self.waiting.len() as u64,
+        };
+        LineAnswer::Place { ahead, first }
+    }
+
+    /// The first waiter: the lowest `(ticket, peer)`.
+    fn first(&self) -> Option<Key> {
+        self.waiting.iter().min_by_key(|(p, (t, _))| (*t, **p)).map(|(p, _)| *p)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.waiting.retain(|_, (_, until)| now < *until);
+    }
+
+    /// Whether `peer` may be given the lease at `now`: it is first in line,
+    /// or nobody waits. `Err` names who is first.
+    pub fn turn(&mut self, now: Instant, peer: &Key) -> Result<(), Key> {
+        self.expire(now);
+        match self.first() {
+            Some(first) if first != *peer => Err(first),
+            _ => Ok(()),
+        }
+    }
+
+    /// `peer` got the lease: it waits no more.
+    pub fn granted(&mut self, peer: &Key) {
+        self.waiting.remove(peer);
+    }
+
+    /// Waiters in line at `now`, first first.
+    pub fn waiters(&self, now: Instant) -> Vec<Key> {
+        let mut w: Vec<(u64, Key)> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, until))| now < *until)
+            .map(|(p, (t, _))| (*t, *p))
+            .collect();
+        w.sort_unstable();
+        w.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
+/// A member's answer to a quorum request about a lease from `from`: as
+/// [`Acceptor::handle`], except that only a peer itself may ask for the
+/// lease, and only when it is first in `line` (or nobody waits).
+pub fn answer(
+    acceptor: &mut Acceptor,
+    line: &mut Line,
+    now: Instant,
+    timing: Timing,
+    from: Key,
+    request: Request,
+) -> Answer {
+    if let Request::Change(to) = &request {
+        if to.peer != from {
+            return Answer::Refused(Refusal::Stale {
+                current: acceptor.view(now).grantee,
+            });
+        }
+        if let Err(first) = line.turn(now, &to.peer) {
+            return Answer::Refused(Refusal::NotFirst { first });
+        }
+        let to = *to;
+        let answer = acceptor.handle(now, timing, request);
+        if answer == Answer::Ok {
+            line.granted(&to.peer);
+        }
+        return answer;
+    }
+    acceptor.handle(now, timing, request)
+}
+
+/// What an acquirer asks its driver to send to every member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcquireAction {
+    /// A line request; answer with [`Acquire::handle_line`].
+    Line {
+        /// Names the answers.
+        ask: u64,
+        /// What to send.
+        request: LineRequest,
+    },
+    /// A quorum request; answer with [`Acquire::handle_answer`].
+    Ask {
+        /// Names the answers.
+        ask: u64,
+        /// What to send.
+        request: Request,
+    },
+}
+
+/// Where an acquirer stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// In line: `ahead` waiters before it (as a majority has it), and
+    /// the holder, if one was read.
+    Waiting {
+        /// Waiters ahead of it.
+        ahead: u64,
+        /// Who holds the lease, as last read.
+        holder: Option<Grantee>,
+    },
+    /// It holds the lease: its token is `grantee.n`; it may act until
+    /// [`Acquire::holds_until`].
+    Held(Grantee),
+    /// It held the lease and lost it (no majority confirmed a renewal in
+    /// time): it must have stopped acting.
+    Lost(Grantee),
+    /// It let go or stopped waiting.
+    Released,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Reading the highest ticket.
+    Ticket,
+    /// Registered with `ticket`, waiting for its turn.
+    Waiting,
+    /// Reading whether the lease is free.
+    Reading,
+    /// Asking for it as grant `n`.
+    Changing(Grantee),
+    /// Holding (the tenure renews it).
+    Holding,
+    /// Done: released, left the line, or lost it.
+    Done,
+}
+
+/// One round of a request to every member.
+#[derive(Clone, Debug)]
+struct Round {
+    ask: u64,
+    sent: Instant,
+    tally: Tally,
+    /// Highest ticket, or places, or views, by member.
+    tickets: Vec<u64>,
+    places: Vec<(u64, Option<Key>)>,
+    views: Vec<View>,
+}
+
+/// An acquirer: waits in line for the name's lease, takes it when its turn
+/// comes and the lease is free, holds it by renewing, and lets it go.
+#[derive(Debug)]
+pub struct Acquire {
+    me: Key,
+    members: Members,
+    timing: Timing,
+    phase: Phase,
+    ticket: u64,
+    next_ask: u64,
+    round: Option<Round>,
+    /// When to register in line again, or to try again.
+    next_try: Instant,
+    out: VecDeque<AcquireAction>,
+    tenure: Option<Tenure>,
+    /// Renewal rounds of the tenure, by the ask that carried them.
+    renewals: BTreeMap<u64, u64>,
+    ahead: u64,
+    holder: Option<Grantee>,
+    released: bool,
+}
+
+/// How long a round waits for answers before it counts the silent
+/// members as refusing.
+fn round_wait(timing: Timing) -> Duration {
+    (timing.term / 4).max(Duration::from_millis(100))
+}
+
+/// Bounds the wait before asking again when the lease is held.
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
+impl Acquire {
+    /// Peer `me` starts to acquire the lease whose members are `members`.
+    pub fn new(now: Instant, me: Key, members: Members, timing: Timing) -> Self {
+        let mut a = Acquire {
+            me,
+            members,
+            timing,
+            phase: Phase::Ticket,
+            ticket: 0,
+            next_ask: 0,
+            round: None,
+            next_try: now,
+            out: VecDeque::new(),
+            tenure: None,
+            renewals: BTreeMap::new(),
+            ahead: 0,
+            holder: None,
+            released: false,
+        };
+        a.start_round(now, |ask| AcquireAction::Line {
+            ask,
+            request: LineRequest::Ticket,
+        });
+        a
+    }
+
+    /// The members it asks.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    fn start_round(&mut self, now: Instant, action: impl FnOnce(u64) -> AcquireAction) {
+        let ask = self.next_ask;
+        self.next_ask += 1;
+        self.round = Some(Round {
+            ask,
+            sent: now,
+            tally: Tally::new(self.members.clone()),
+            tickets: Vec::new(),
+            places: Vec::new(),
+            views: Vec::new(),
+        });
+        self.out.push_back(action(ask));
+    }
+
+    /// Where it stands at `now`.
+    pub fn standing(&mut self, now: Instant) -> Standing {
+        if let Some(tenure) = &mut self.tenure {
+            let grantee = tenure.grantee();
+            if tenure.may_act(now) {
+                return Standing::Held(grantee);
+            }
+            if tenure.ended().is_some() {
+                return if self.released {
+                    Standing::Released
+                } else {
+                    Standing::Lost(grantee)
+                };
+            }
+        }
+        if self.phase == Phase::Done {
+            return Standing::Released;
+        }
+        Standing::Waiting {
+            ahead: self.ahead,
+            holder: self.holder,
+        }
+    }
+
+    /// Until when (its own clock) it may act as the holder, if it holds it.
+    pub fn holds_until(&self) -> Option<Instant> {
+        self.tenure.as_ref().and_then(Tenure::acts_until)
+    }
+
+    /// The next request to send to every member.
+    pub fn poll_action(&mut self, now: Instant) -> Option<AcquireAction> {
+        if let Some(tenure) = &mut self.tenure
+            && !self.released
+            && let Some(round) = tenure.poll_renew(now)
+        {
+            let ask = self.next_ask;
+            self.next_ask += 1;
+            self.renewals.insert(ask, round);
+            // Renewal rounds that can no longer count are forgotten.
+            while self.renewals.len() > 8 {
+                self.renewals.pop_first();
+            }
+            self.out.push_back(AcquireAction::Ask {
+                ask,
+                request: Request::Renew(tenure.grantee()),
+            });
+        }
+        self.out.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let round = self.round.as_ref().map(|r| r.sent + round_wait(self.timing));
+        let tenure = self.tenure.as_ref().and_then(Tenure::poll_timeout);
+        let retry = match self.phase {
+            Phase::Waiting => Some(self.next_try),
+            _ => None,
+        };
+        [round, tenure, retry].into_iter().flatten().min()
+    }
+
+    /// Time passes: a round whose members did not all answer counts the
+    /// silent ones as refusing; a waiter registers again.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = &self.round
+            && now >= r.sent + round_wait(self.timing)
+        {
+            let silent: Vec<Key> = self.members.peers().to_vec();
+            for member in silent {
+                if let Some(r) = &mut self.round {
+                    r.tally.refuse(member);
+                }
+            }
+            self.settle(now);
+        }
+        if self.phase == Phase::Waiting && self.round.is_none() && now >= self.next_try {
+            self.register(now);
+        }
+        if let Some(tenure) = &mut self.tenure {
+            let _ = tenure.may_act(now);
+        }
+    }
+
+    fn register(&mut self, now: Instant) {
+        let (peer, ticket) = (self.me, self.ticket);
+        self.start_round(now, |ask| AcquireAction::Line {
+            ask,
+            request: LineRequest::Wait { peer, ticket },
+        });
+    }
+
+    /// A member's answer to line request `ask`.
+    pub fn handle_line(&mut self, now: Instant, ask: u64, member: Key, answer: &LineAnswer) {
+        let Some(r) = self.round.as_mut().filter(|r| r.ask == ask) else {
+            return;
+        };
+        if !self.members.contains(&member) {
+            return;
+        }
+        match answer {
+            LineAnswer::Ticket(t) => {
+                r.tickets.push(*t);
+                r.tally.agree(member);
+            }
+            LineAnswer::Place { ahead, first } => {
+                r.places.push((*ahead, *first));
+                r.tally.agree(member);
+            }
+            LineAnswer::Full => {
+                r.tally.refuse(member);
+            }
+        }
+        self.settle(now);
+    }
+
+    /// A member's answer to quorum request `ask` (a read, a change, a
+    /// renewal, a release).
+    pub fn handle_answer(&mut self, now: Instant, ask: u64, member: Key, answer: &Answer) {
+        if let Some(&round) = self.renewals.get(&ask) {
+            if let Some(tenure) = &mut self.tenure {
+                tenure.handle_answer(now, round, member, answer);
+            }
+            return;
+        }
+        let Some(r) = self.round.as_mut().filter(|r| r.ask == ask) else {
+            return;
+        };
+        if !self.members.contains(&member) {
+            return;
+        }
+        match (answer, &self.phase) {
+            (Answer::View(view), Phase::Reading) => {
+                r.views.push(view.clone());
+                r.tally.agree(member);
+            }
+            (Answer::Ok, Phase::Changing(_)) => {
+                r.tally.agree(member);
+            }
+            (Answer::Refused(refusal), _) => {
+                if let Refusal::Fresh { current } | Refusal::Stale { current: Some(current) } = refusal {
+                    self.holder = Some(*current);
+                }
+                r.tally.refuse(member);
+            }
+            _ => {
+                r.tally.refuse(member);
+            }
+        }
+        self.settle(now);
+    }
+
+    /// Acts on the current round once it is decided.
+    fn settle(&mut self, now: Instant) {
+        let Some(r) = &self.round else { return };
+        let outcome = r.tally.outcome();
+        if outcome == Outcome::Open {
+            return;
+        }
+        let r = self.round.take().expect("a round is open");
+        let majority = self.members.majority();
+        match (self.phase.clone(), outcome) {
+            (Phase::Ticket, Outcome::Agreed) => {
+                self.ticket = r.tickets.iter().max().copied().unwrap_or(0) + 1;
+                self.phase = Phase::Waiting;
+                self.register(now);
+            }
+            (Phase::Waiting, Outcome::Agreed) => {
+                // The place a majority gives: the majority-th smallest.
+                let mut ahead: Vec<u64> = r.places.iter().map(|(a, _)| *a).collect();
+                ahead.sort_unstable();
+                self.ahead = ahead.get(majority - 1).copied().unwrap_or(0);
+                let first_here = r.places.iter().filter(|(_, first)| *first == Some(self.me)).count();
+                self.next_try = now + self.timing.term / 3;
+                if first_here >= majority {
+                    self.phase = Phase::Reading;
+                    self.start_round(now, |ask| AcquireAction::Ask {
+                        ask,
+                        request: Request::Read,
+                    });
+                }
+            }
+            (Phase::Reading, Outcome::Agreed) => {
+                // Held by another while any member of the majority counts
+                // it fresh: wait (at most until the freshest lapses here).
+                let fresh = r
+                    .views
+                    .iter()
+                    .filter(|v| !v.lapsed)
+                    .max_by_key(|v| v.fresh_for)
+                    .cloned();
+                match fresh {
+                    Some(view) => {
+                        self.holder = view.grantee;
+                        self.phase = Phase::Waiting;
+                        self.next_try = now + view.fresh_for.min(MAX_RETRY);
+                    }
+                    None => {
+                        self.holder = None;
+                        let n = r.views.iter().map(|v| v.max_n).max().unwrap_or(0) + 1;
+                        let to = Grantee { peer: self.me, n };
+                        self.phase = Phase::Changing(to);
+                        self.start_round(now, |ask| AcquireAction::Ask {
+                            ask,
+                            request: Request::Change(to),
+                        });
+                    }
+                }
+            }
+            (Phase::Changing(to), Outcome::Agreed) => {
+                self.phase = Phase::Holding;
+                let mut tenure = Tenure::new(now, to, self.members.clone(), self.timing);
+                tenure.renew_now(now);
+                self.tenure = Some(tenure);
+            }
+            (Phase::Holding | Phase::Done, _) => {}
+            // Refused (or no majority answered): back in line, asking
+            // again soon; a change that reached a minority is let go
+            // there, so that it does not keep the lease from the next.
+            (phase, _) => {
+                if let Phase::Changing(by) = phase {
+                    let ask = self.next_ask;
+                    self.next_ask += 1;
+                    self.out.push_back(AcquireAction::Ask {
+                        ask,
+                        request: Request::Release {
+                            by,
+                            why: LetGo::Released,
+                        },
+                    });
+                }
+                self.phase = Phase::Waiting;
+                self.next_try = now + self.timing.term / 3;
+                if self.ticket == 0 {
+                    self.phase = Phase::Ticket;
+                    self.next_try = now + round_wait(self.timing);
+                    self.start_round(now, |ask| AcquireAction::Line {
+                        ask,
+                        request: LineRequest::Ticket,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Lets go: a holder releases the lease (the next in line may take it
+    /// at once), a waiter leaves the line. It must stop acting now.
+    pub fn release(&mut self, now: Instant) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        self.round = None;
+        if let Some(tenure) = &mut self.tenure {
+            let by = tenure.grantee();
+            tenure.stop();
+            let ask = self.next_ask;
+            self.next_ask += 1;
+            self.out.push_back(AcquireAction::Ask {
+                ask,
+                request: Request::Release {
+                    by,
+                    why: LetGo::Released,
+                },
+            });
+        } else if let Phase::Changing(to) = self.phase {
+            // A change may have landed unseen: let it go too.
+            let ask = self.next_ask;
+            self.next_ask += 1;
+            self.out.push_back(AcquireAction::Ask {
+                ask,
+                request: Request::Release {
+                    by: to,
+                    why: LetGo::Released,
+                },
+            });
+        }
+        let me = self.me;
+        let ask = self.next_ask;
+        self.next_ask += 1;
+        self.out.push_back(AcquireAction::Line {
+            ask,
+            request: LineRequest::Leave { peer: me },
+        });
+        self.phase = Phase::Done;
+        let _ = now;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+use std::collections::BTreeSet;
+
+use super::*;
+
+fn key(i: u8) -> Key {
+    Key::from_bytes([i; 32])
+}
+
+const T: Timing = Timing::DEFAULT;
+
+/// Five members and some acquirers, every message delivered at once
+/// (or dropped, for a member that is down), time moving in 10 ms ticks.
+struct Net {
+    now: Instant,
+    members: Vec<(Key, Acceptor, Line)>,
+    down: BTreeSet<Key>,
+    clients: Vec<Acquire>,
+}
+
+impl Net {
+    fn new(clients: usize) -> Self {
+        let members: Vec<(Key, Acceptor, Line)> = (1..=5).map(|i| (key(i), Acceptor::new(), Line::default())).collect();
+        let set = Members::new(members.iter().map(|m| m.0));
+        let now = Instant::from_micros(1_000_000);
+        Net {
+            now,
+            clients: (0..clients)
+                .map(|c| Acquire::new(now, key(100 + c as u8), set.clone(), T))
+                .collect(),
+            members,
+            down: BTreeSet::new(),
+        }
+    }
+
+    /// One client joins later (so that its ticket comes after the others').
+    fn add(&mut self, c: u8) -> usize {
+        let set = Members::new(self.members.iter().map(|m| m.0));
+        self.clients.push(Acquire::new(self.now, key(100 + c), set, T));
+        self.clients.len() - 1
+    }
+
+    fn deliver(&mut self) {
+        for c in 0..self.clients.len() {
+            while let Some(action) = self.clients[c].poll_action(self.now) {
+                let from = key(100 + c as u8);
+                let from = if self.clients[c].me == from {
+                    from
+                } else {
+                    self.clients[c].me
+                };
+                for (k, acceptor, line) in &mut self.members {
+                    if self.down.contains(k) {
+                        continue;
+                    }
+                    match &action {
+                        AcquireAction::Line { ask, request } => {
+                            let a = line.handle(self.now, T, request.clone());
+                            self.clients[c].handle_line(self.now, *ask, *k, &a);
+                        }
+                        AcquireAction::Ask { ask, request } => {
+                            let a = answer(acceptor, line, self.now, T, from, request.clone());
+                            self.clients[c].handle_answer(self.now, *ask, *k, &a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.deliver();
+        self.now = self.now + Duration::from_millis(10);
+        for c in &mut self.clients {
+            if c.poll_timeout().is_some_and(|t| t <= self.now) {
+                c.handle_timeout(self.now);
+            }
+        }
+        self.deliver();
+    }
+
+    /// Steps until `done` or `limit` of virtual time; checks at every step
+    /// that no two clients hold the lease at once.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Net) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            self.step();
+            let now = self.now;
+            let mut holding = 0;
+            for c in &mut self.clients {
+                if matches!(c.standing(now), Standing::Held(_)) {
+                    holding += 1;
+                }
+            }
+            assert!(holding <= 1, "two holders at once");
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn held(&mut self, c: usize) -> Option<u64> {
+        match self.clients[c].standing(self.now) {
+            Standing::Held(g) => Some(g.n),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn waiters_get_the_lease_in_line_order_each_with_a_larger_token() {
+    let mut net = Net::new(1);
+    assert!(net.run_until(Duration::from_secs(1), |n| n.held(0).is_some()));
+    let first = net.held(0).unwrap();
+    let b = net.add(1);
+    net.run_until(Duration::from_millis(200), |_| false);
+    let c = net.add(2);
+    net.run_until(Duration::from_millis(500), |_| false);
+    assert!(matches!(
+        net.clients[b].standing(net.now),
+        Standing::Waiting { ahead: 0, .. }
+    ));
+    assert!(matches!(
+        net.clients[c].standing(net.now),
+        Standing::Waiting { ahead: 1, .. }
+    ));
+    // The holder lets go: the first in line takes it at once (well
+    // within a term), then the next.
+    net.clients[0].release(net.now);
+    assert!(net.run_until(Duration::from_secs(3), |n| n.held(b).is_some()));
+    let second = net.held(b).unwrap();
+    assert!(net.held(c).is_none());
+    net.clients[b].release(net.now);
+    assert!(net.run_until(Duration::from_secs(3), |n| n.held(c).is_some()));
+    let third = net.held(c).unwrap();
+    assert!(first < second && second < third, "{first} {second} {third}");
+    assert_eq!(net.clients[0].standing(net.now), Standing::Released);
+}
+
+#[test]
+fn a_holder_that_vanishes_loses_the_lease_after_its_term_and_the_next_takes_it() {
+    let mut net = Net::new(1);
+    assert!(net.run_until(Duration::from_secs(1), |n| n.held(0).is_some()));
+    let b = net.add(1);
+    // The holder's peer is gone: it sends nothing more (its machine is
+    // left alone), so its tenure runs out by its own clock ...
+    let gone = net.clients.remove(0);
+    let b = b - 1;
+    let start = net.now;
+    assert!(net.run_until(Duration::from_secs(30), |n| n.held(b).is_some()));
+    let waited = net.now.saturating_since(start);
+    // ... and the members give it on only once it is not fresh there: a
+    // term and a margin after its last confirmed renewal (at most a third
+    // of a term before it went), when it had stopped acting already.
+    assert!(waited >= T.fresh_for() - T.term / 3, "after {waited:?}");
+    assert!(gone.holds_until().unwrap() <= net.now);
+}
+
+#[test]
+fn a_minority_of_members_down_does_not_stop_a_lease_and_a_majority_does() {
+    let mut net = Net::new(1);
+    net.down.insert(key(1));
+    net.down.insert(key(2));
+    assert!(net.run_until(Duration::from_secs(2), |n| n.held(0).is_some()));
+    // Renewals go on through three members.
+    assert!(!net.run_until(Duration::from_secs(30), |n| n.held(0).is_none()));
+    // A third member down: no renewal is confirmed, the holder stops.
+    net.down.insert(key(3));
+    assert!(net.run_until(Duration::from_secs(15), |n| n.held(0).is_none()));
+    assert!(matches!(net.clients[0].standing(net.now), Standing::Lost(_)));
+}
+
+#[test]
+fn a_member_refuses_a_change_for_another_peer_or_out_of_turn() {
+    let (mut acceptor, mut line) = (Acceptor::new(), Line::default());
+    let now = Instant::from_micros(1);
+    let a = line.handle(
+        now,
+        T,
+        LineRequest::Wait {
+            peer: key(7),
+            ticket: 1,
+        },
+    );
+    assert_eq!(
+        a,
+        LineAnswer::Place {
+            ahead: 0,
+            first: Some(key(7))
+        }
+    );
+    let b = line.handle(
+        now,
+        T,
+        LineRequest::Wait {
+            peer: key(8),
+            ticket: 2,
+        },
+    );
+    assert_eq!(
+        b,
+        LineAnswer::Place {
+            ahead: 1,
+            first: Some(key(7))
+        }
+    );
+    let for_other = Request::Change(Grantee { peer: key(7), n: 1 });
+    assert!(matches!(
+        answer(&mut acceptor, &mut line, now, T, key(8), for_other.clone()),
+        Answer::Refused(Refusal::Stale { .. })
+    ));
+    let out_of_turn = Request::Change(Grantee { peer: key(8), n: 1 });
+    assert_eq!(
+        answer(&mut acceptor, &mut line, now, T, key(8), out_of_turn),
+        Answer::Refused(Refusal::NotFirst { first: key(7) })
+    );
+    assert_eq!(answer(&mut acceptor, &mut line, now, T, key(7), for_other), Answer::Ok);
+    assert_eq!(line.waiters(now), vec![key(8)], "the holder left the line");
+    // A waiter not heard from for a term and a margin leaves the line.
+    assert!(line.waiters(now + T.fresh_for()).is_empty());
+}
+
+#[test]
+fn names_are_checked() {
+    assert!(check_name("deploy/prod").is_ok());
+    assert!(check_name("").is_err());
+    assert!(check_name("a\nb").is_err());
+    assert!(check_name(&"x".repeat(MAX_NAME + 1)).is_err());
+    assert_ne!(lease_key("a"), lease_key("b"));
+}
