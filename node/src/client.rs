@@ -133,6 +133,8 @@ pub struct Client {
     pub(crate) compute: Arc<crate::jobs::Compute>,
     /// The keys this peer is a quorum member for (see [`crate::quorum`]).
     pub(crate) quorum: Arc<crate::quorum::Quorum>,
+    /// The named leases this peer acquires and holds (see [`crate::leases`]).
+    pub(crate) sessions: Arc<crate::leases::Sessions>,
     /// This peer's identity, which signs what it submits.
     pub(crate) identity: libp2p::identity::Keypair,
     /// Streams this peer asks each peer on at once (jobs, quorum): past a

@@ -116,10 +116,16 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         crate::quorum::Quorum::open(
             keypair.public().to_peer_id(),
             &config.data_dir,
-            [(
-                crate::quorum::Kind::Job,
-                crate::jobs::submission::validate as crate::quorum::Validator,
-            )]
+            [
+                (
+                    crate::quorum::Kind::Job,
+                    crate::jobs::submission::validate as crate::quorum::Validator,
+                ),
+                (
+                    crate::quorum::Kind::Lease,
+                    crate::leases::validate as crate::quorum::Validator,
+                ),
+            ]
             .into(),
         )
         .map_err(|e| NodeError::Task(format!("cannot read the quorum state: {e}")))?,
@@ -225,6 +231,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         quorum,
         identity: keypair.clone(),
         stream_permits: Arc::default(),
+        sessions: Arc::default(),
     };
     tokio::spawn(crate::files::serve(
         client.downgrade(),

@@ -57,6 +57,7 @@ pub mod handoff;
 pub mod identity;
 pub mod jobs;
 pub mod known;
+pub mod leases;
 pub mod limits;
 pub mod pins;
 pub mod quorum;

@@ -32,6 +32,8 @@ use shoal_node::{control, start};
 
 #[path = "cli/jobs.rs"]
 mod jobs;
+#[path = "cli/leases.rs"]
+mod leases;
 
 /// Prints a line on standard output. When the output is closed
 /// (`shoal blobs | head -1`) the process ends quietly, as Unix tools do;
@@ -298,6 +300,9 @@ enum Command {
     /// One job: status, wait, logs, cancel, checkpoint, move.
     #[command(subcommand)]
     Job(jobs::JobCommand),
+    /// Named leases: lock anything by name (acquire, release, run, ls).
+    #[command(subcommand)]
+    Lease(leases::LeaseCommand),
     /// Move every job off this peer (each from its newest checkpoint, or
     /// from the start) and take no new ones until the peer restarts: run
     /// it before taking a machine away.
@@ -582,6 +587,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Jobs { limit, talk } => jobs::list(&talk, limit),
         Command::Job(command) => exit_with(jobs::job(command)?),
         Command::Drain { talk } => exit_with(jobs::drain(&talk)?),
+        Command::Lease(command) => exit_with(leases::lease(command)?),
         Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", NO_BODY, |_: &Stopping| {
             "stopping".to_string()
         }),

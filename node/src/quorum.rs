@@ -28,6 +28,7 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
+use shoal_resources::lease::{Line, LineAnswer, LineRequest};
 use shoal_resources::quorum::{Acceptor, Answer, Grantee, Members, Request, Tenancy, Timing, View};
 
 use crate::addr::key_of_peer;
@@ -56,6 +57,8 @@ const MAX_STREAMS: usize = 1024;
 pub enum Kind {
     /// A job: the payload is its submission.
     Job,
+    /// A named lease: the payload is its name ([`crate::leases`]).
+    Lease,
 }
 
 /// A request on the wire.
@@ -78,6 +81,8 @@ pub(crate) enum Wire {
     /// Several, answered in order (an executor's renewals of the jobs it
     /// holds, batched per member): at most [`MAX_BATCH`].
     Many(Vec<(Key, Request)>),
+    /// About the waiting line of a named lease at `key`.
+    Line { key: Key, request: LineRequest },
 }
 
 /// A reply on the wire.
@@ -93,6 +98,8 @@ pub(crate) enum Reply {
     Refused(String),
     /// The replies to [`Wire::Many`], in order.
     Many(Vec<Reply>),
+    /// The answer to [`Wire::Line`].
+    Line(LineAnswer),
     /// The answer to [`Wire::Describe`].
     Entry {
         #[serde(with = "peer_ids")]
@@ -142,6 +149,10 @@ pub(crate) struct Entry {
     /// When this member first held a result for the key (by its clock).
     #[serde(default)]
     pub(crate) finished: Option<shoal_overlay::Instant>,
+    /// A named lease's waiting line (not kept on disk: waiters register
+    /// again within a third of a term).
+    #[serde(skip)]
+    pub(crate) line: Line,
 }
 
 impl Entry {
@@ -324,6 +335,13 @@ impl Quorum {
                     .collect(),
             ),
             Wire::Many(_) => Reply::Refused(format!("more than {MAX_BATCH} requests in one batch")),
+            Wire::Line { key, request } => match lock(&self.entries).get_mut(&key) {
+                Some(entry) if entry.kind == Kind::Lease => {
+                    Reply::Line(entry.line.handle(now(), entry.timing, request))
+                }
+                Some(_) => Reply::Refused(format!("{key} is not a named lease")),
+                None => Reply::Unknown,
+            },
         }
     }
 
@@ -337,14 +355,21 @@ impl Quorum {
         let Some(entry) = entries.get_mut(&key) else {
             return Reply::Unknown;
         };
-        if matches!(request, Request::Change(_)) && !entry.may_change(from) {
+        if matches!(request, Request::Change(_)) && entry.kind != Kind::Lease && !entry.may_change(from) {
             return Reply::Refused(
                 "only the key's members, its owner (a job's submitter) or its grantee change its grantee".into(),
             );
         }
         let (before, finished) = (entry.acceptor.clone(), entry.finished);
         let at = now();
-        let answer = entry.acceptor.handle(at, entry.timing, request);
+        let answer = match (entry.kind, key_of_peer(from)) {
+            // A lease is taken by the peer itself, in its turn.
+            (Kind::Lease, Some(asker)) => {
+                shoal_resources::lease::answer(&mut entry.acceptor, &mut entry.line, at, entry.timing, asker, request)
+            }
+            (Kind::Lease, None) => return Reply::Refused("a peer without an overlay key takes no lease".into()),
+            (Kind::Job, _) => entry.acceptor.handle(at, entry.timing, request),
+        };
         if entry.finished.is_none() && entry.acceptor.view(at).result.is_some() {
             entry.finished = Some(at);
         }
@@ -408,6 +433,7 @@ impl Quorum {
             acceptor: Acceptor::new(),
             owner,
             finished: None,
+            line: Line::default(),
         };
         if let Err(e) = save(&self.dir, &key, &entry) {
             return Reply::Refused(format!("cannot save the state of {key}: {e}"));
@@ -513,6 +539,8 @@ async fn serve_one(client: &Client, peer: PeerId, mut stream: Stream) -> std::io
 /// (who saved it) or any provider: for a job, the blob of its checkpoint.
 async fn keep(client: &Client, from: PeerId, kind: Kind, state: &[u8]) -> Result<(), String> {
     match kind {
+        // A lease saves nothing.
+        Kind::Lease => Ok(()),
         Kind::Job => {
             let id = Key::from_bytes(<[u8; 32]>::try_from(state).map_err(|_| "a checkpoint names a blob")?);
             if client.blob_store().contains(&id) {

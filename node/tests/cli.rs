@@ -11,6 +11,8 @@ const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
 #[path = "cli/jobs.rs"]
 mod jobs;
+#[path = "cli/leases.rs"]
+mod leases;
 
 /// A test's data directory: empty at first, and removed with everything
 /// beside it that shares its name (its log, its files) when the test ends,

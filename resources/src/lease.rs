@@ -327,8 +327,9 @@ fn round_wait(timing: Timing) -> Duration {
     (timing.term / 4).max(Duration::from_millis(100))
 }
 
-/// Bounds the wait before asking again when the lease is held.
-const MAX_RETRY: Duration = Duration::from_secs(2);
+/// Bounds the wait before the first in line reads again whether the
+/// holder let go (a release is not announced to the waiters).
+const MAX_RETRY: Duration = Duration::from_millis(250);
 
 impl Acquire {
     /// Peer `me` starts to acquire the lease whose members are `members`.

@@ -303,3 +303,45 @@ pub struct ManyRequest {
     /// How many.
     pub repeat: u32,
 }
+
+/// `POST /v1/leases`: acquire a named lease.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    /// The lease's name.
+    pub name: String,
+    /// Hold it at most this long once taken (ms); absent: until released.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// Release it once the caller has not asked about it for a few seconds
+    /// (`shoal lease run`: a killed CLI lets it go).
+    #[serde(default)]
+    pub keepalive: bool,
+}
+
+/// A lease session and where it stands (`POST /v1/leases`, `GET
+/// /v1/leases/session/{n}`).
+pub use crate::leases::{KeptLeaseView, SessionState, SessionView};
+
+/// `GET /v1/leases`: this peer's sessions and the leases it keeps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseList {
+    /// Leases this peer waits for or holds.
+    pub sessions: Vec<SessionView>,
+    /// Leases this peer keeps as a member of their home.
+    pub kept: Vec<KeptLeaseView>,
+}
+
+/// `POST /v1/leases/release`: release lease `name` where this peer holds
+/// or waits for it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// The lease's name.
+    pub name: String,
+}
+
+/// How many sessions were released.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReleasedView {
+    /// Sessions released.
+    pub released: usize,
+}

@@ -12,7 +12,7 @@
 //!   of every route), the request cap, errors as answers.
 //! - `tasks`: long operations (shares, downloads) as numbered tasks the
 //!   CLI polls.
-//! - `overlay`, `files`, `pins`, `jobs`: one route group per part of the node; a
+//! - `overlay`, `files`, `pins`, `jobs`, `leases`: one route group per part of the node; a
 //!   new resource adds a module and merges its group in [`serve`].
 
 use std::path::{Path, PathBuf};
@@ -31,6 +31,7 @@ use crate::Client;
 pub mod api;
 mod files;
 mod jobs;
+mod leases;
 mod overlay;
 mod pins;
 mod tasks;
@@ -144,6 +145,7 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         .merge(files::routes())
         .merge(pins::routes())
         .merge(jobs::routes())
+        .merge(leases::routes())
         .route("/v1/down", post(down))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))

@@ -504,9 +504,17 @@ fn quorum_messages() -> Vec<Vec<u8>> {
             ),
         ]),
         Wire::Describe { key: job },
+        Wire::Line {
+            key: job,
+            request: shoal_resources::lease::LineRequest::Wait { peer: job, ticket: 3 },
+        },
     ];
     let replies = [
         Reply::Joined,
+        Reply::Line(shoal_resources::lease::LineAnswer::Place {
+            ahead: 1,
+            first: Some(job),
+        }),
         Reply::Unknown,
         Reply::Refused("no".into()),
         Reply::Many(vec![Reply::Answer(Answer::Ok), Reply::Unknown]),
@@ -519,6 +527,7 @@ fn quorum_messages() -> Vec<Vec<u8>> {
         acceptor: Acceptor::new(),
         owner: None,
         finished: Some(Instant::from_micros(1_700_000_000_000_000)),
+        line: Default::default(),
     };
     let mut out: Vec<Vec<u8>> = wires.iter().map(cbor).collect();
     out.extend(replies.iter().map(cbor));
