@@ -431,7 +431,7 @@ impl Acquire {
         let round = self.round.as_ref().map(|r| r.sent + round_wait(self.timing));
         let tenure = self.tenure.as_ref().and_then(Tenure::poll_timeout);
         let retry = match self.phase {
-            Phase::Waiting => Some(self.next_try),
+            Phase::Waiting if self.round.is_none() => Some(self.next_try),
             _ => None,
         };
         [round, tenure, retry].into_iter().flatten().min()
@@ -558,14 +558,17 @@ impl Acquire {
                 }
             }
             (Phase::Reading, Outcome::Agreed) => {
-                // Held by another while any member of the majority counts
-                // it fresh: wait (at most until the freshest lapses here).
-                let fresh = r
-                    .views
-                    .iter()
-                    .filter(|v| !v.lapsed)
-                    .max_by_key(|v| v.fresh_for)
-                    .cloned();
+                // Held by another while a majority counts it fresh: wait
+                // (at most until the freshest lapses there). The read only
+                // saves a change that would be refused; what keeps two
+                // holders apart is each member's own rule on a change, so
+                // a member that missed a release does not hold up the
+                // next holder here.
+                let fresh: Vec<&View> = r.views.iter().filter(|v| !v.lapsed).collect();
+                let lapsed = r.views.len() - fresh.len();
+                let fresh = (lapsed < majority)
+                    .then(|| fresh.into_iter().max_by_key(|v| v.fresh_for).cloned())
+                    .flatten();
                 match fresh {
                     Some(view) => {
                         self.holder = view.grantee;
@@ -607,7 +610,7 @@ impl Acquire {
                     });
                 }
                 self.phase = Phase::Waiting;
-                self.next_try = now + self.timing.term / 3;
+                self.next_try = now + self.timing.term / 10;
                 if self.ticket == 0 {
                     self.phase = Phase::Ticket;
                     self.next_try = now + round_wait(self.timing);

@@ -21,6 +21,9 @@
 //! - `supervise`: [`supervise_sweep`], jobs supervised from their home
 //!   through partitions, crashes and clock drift, checked by an oracle
 //!   that knows real time.
+//! - `leases`: [`leases_sweep`], a named lease taken, held and let go by
+//!   clients through the same faults, checked by the same kind of oracle;
+//!   with members down, its acquire latency.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant as WallClock};
@@ -34,6 +37,7 @@ use crate::sim::{PeerIndex, PeerState, Sim, SimConfig, Violation};
 mod churn;
 mod durability;
 mod jobs;
+mod leases;
 mod lookups;
 mod partition;
 mod supervise;
@@ -41,6 +45,7 @@ mod supervise;
 pub use churn::{ChurnSpec, churn};
 pub use durability::{Checkpointing, DurabilityError, DurabilityRun, DurabilitySpec, durability};
 pub use jobs::{JobsReport, JobsSpec, PolicyReport, jobs};
+pub use leases::{LeaseRun, LeaseSpec, LeaseSweep, leases, leases_sweep};
 pub use lookups::lookups;
 pub use partition::{PartitionSpec, partition};
 pub use supervise::{RunReport, SuperviseSpec, SweepReport, supervise, supervise_sweep};

@@ -1,0 +1,612 @@
+//! The `leases` scenario (issue 20): one named lease, five members keeping
+//! it ([`Acceptor`] and [`Line`], answering through
+//! [`shoal_resources::lease::answer`], as the node does), and clients that
+//! take it ([`Acquire`]), hold it for a while and let it go, again and
+//! again — under partitions, crashes of members (their disk kept, their
+//! line lost) and of clients (their session lost), lost and late messages
+//! and clock drift.
+//!
+//! Each peer has its own clock, running at a rate within `1 ± drift` of
+//! real time, started afresh at every restart. Messages take 0.2–5 ms, a
+//! few take up to 3 s, some are lost. Faults come at random for `fault_s`
+//! seconds, then the swarm heals for `heal_s` seconds.
+//!
+//! The oracle, in real time: the intervals during which two clients were
+//! each allowed to act as the holder never overlap. With `down` members
+//! down from the start and no other fault, the run measures the latency
+//! of an acquire (from its start to holding, real time) and how many
+//! acquires succeed.
+
+use std::collections::BTreeMap;
+
+use shoal_overlay::{Instant, Key, Rng};
+use shoal_resources::lease::{Acquire, AcquireAction, Line, LineAnswer, LineRequest, Standing, answer};
+use shoal_resources::quorum::{Acceptor, Answer, Members, Request, Timing};
+
+/// What one run (or sweep) does.
+#[derive(Clone, Debug)]
+pub struct LeaseSpec {
+    /// Clients that want the lease.
+    pub clients: usize,
+    /// Clock rates lie within `1 ± drift` of real time.
+    pub drift: f64,
+    /// Share of messages lost.
+    pub loss: f64,
+    /// Seconds during which faults happen (0: none).
+    pub fault_s: u64,
+    /// Seconds of calm after them.
+    pub heal_s: u64,
+    /// Members down for the whole run (no other fault then).
+    pub down: usize,
+    /// The lease's term and margin.
+    pub timing: Timing,
+}
+
+impl Default for LeaseSpec {
+    fn default() -> Self {
+        LeaseSpec {
+            clients: 4,
+            drift: 0.05,
+            loss: 0.02,
+            fault_s: 120,
+            heal_s: 60,
+            down: 0,
+            timing: Timing::DEFAULT,
+        }
+    }
+}
+
+/// What one seed showed.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LeaseRun {
+    /// The seed.
+    pub seed: u64,
+    /// Pairs of holders allowed to act at the same real time.
+    pub overlaps: usize,
+    /// Grants held (a client reached `Held`).
+    pub grants: usize,
+    /// Acquires started.
+    pub acquires: usize,
+    /// Real ms from an acquire's start to holding, for those in a run
+    /// without faults that found the lease free.
+    pub latencies_ms: Vec<f64>,
+    /// The first violation, in words.
+    pub first_violation: Option<String>,
+}
+
+/// What a sweep over seeds showed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LeaseSweep {
+    /// Seeds `first_seed..first_seed + seeds`.
+    pub first_seed: u64,
+    /// How many.
+    pub seeds: u64,
+    /// Clock rates within `1 ± drift`.
+    pub drift: f64,
+    /// Members down throughout.
+    pub down: usize,
+    /// Overlapping holders, over all seeds.
+    pub overlaps: usize,
+    /// Grants, over all seeds.
+    pub grants: usize,
+    /// Acquires started, over all seeds.
+    pub acquires: usize,
+    /// Seeds with a violation (at most 20).
+    pub violating_seeds: Vec<u64>,
+    /// The first violation, with its seed.
+    pub first_violation: Option<String>,
+    /// Acquire latency of a free lease, real ms: p50.
+    pub acquire_ms_p50: f64,
+    /// The same, p99.
+    pub acquire_ms_p99: f64,
+}
+
+/// Runs `seeds` seeds from `first`.
+pub fn leases_sweep(spec: &LeaseSpec, first: u64, seeds: u64) -> LeaseSweep {
+    let mut sweep = LeaseSweep {
+        first_seed: first,
+        seeds,
+        drift: spec.drift,
+        down: spec.down,
+        overlaps: 0,
+        grants: 0,
+        acquires: 0,
+        violating_seeds: Vec::new(),
+        first_violation: None,
+        acquire_ms_p50: 0.0,
+        acquire_ms_p99: 0.0,
+    };
+    let mut latencies = Vec::new();
+    for seed in first..first + seeds {
+        let run = leases(spec, seed);
+        sweep.overlaps += run.overlaps;
+        sweep.grants += run.grants;
+        sweep.acquires += run.acquires;
+        if let Some(v) = &run.first_violation {
+            if sweep.violating_seeds.len() < 20 {
+                sweep.violating_seeds.push(seed);
+            }
+            sweep.first_violation.get_or_insert(format!("seed {seed}: {v}"));
+        }
+        latencies.extend(run.latencies_ms);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        if latencies.is_empty() {
+            0.0
+        } else {
+            latencies[((latencies.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    sweep.acquire_ms_p50 = at(0.5);
+    sweep.acquire_ms_p99 = at(0.99);
+    sweep
+}
+
+const MEMBERS: usize = 5;
+const SECOND: u64 = 1_000_000;
+
+#[derive(Clone, Debug)]
+enum Msg {
+    Line { ask: u64, request: LineRequest },
+    Ask { ask: u64, request: Request },
+    LineAnswer { ask: u64, answer: LineAnswer },
+    Answer { ask: u64, answer: Answer },
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver {
+        from: usize,
+        to: usize,
+        life: u32,
+        msg: Box<Msg>,
+    },
+    Wake {
+        peer: usize,
+    },
+    Fault,
+    Heal,
+    Restart {
+        peer: usize,
+    },
+}
+
+struct Clock {
+    rate: f64,
+    offset: f64,
+}
+
+impl Clock {
+    fn local(&self, real: u64) -> Instant {
+        Instant::from_micros((self.offset + real as f64 * self.rate).max(0.0) as u64)
+    }
+
+    fn real(&self, local: Instant) -> u64 {
+        ((local.as_micros() as f64 - self.offset) / self.rate).ceil().max(0.0) as u64
+    }
+}
+
+/// A client's current acquisition.
+struct Session {
+    acquire: Acquire,
+    /// Real time it started.
+    started: u64,
+    /// Whether the lease looked free when it started (for the latency).
+    free_at_start: bool,
+    /// Real time it began to hold, until when (real) it may act, and its
+    /// token.
+    holding: Option<(u64, u64, u64)>,
+    /// Real time at which it lets go once holding.
+    hold_for: u64,
+}
+
+struct Peer {
+    up: bool,
+    life: u32,
+    clock: Clock,
+    /// Members: what they keep.
+    acceptor: Acceptor,
+    line: Line,
+    /// Clients: the acquisition under way, and when to start the next.
+    session: Option<Session>,
+    next_start: Option<u64>,
+    wake: Option<u64>,
+}
+
+struct World<'a> {
+    spec: &'a LeaseSpec,
+    rng: Rng,
+    now: u64,
+    peers: Vec<Peer>,
+    keys: Vec<Key>,
+    members: Members,
+    queue: BTreeMap<(u64, u64), Ev>,
+    seq: u64,
+    side: Vec<bool>,
+    /// Every holding interval, real time: (start, end, client, token).
+    held: Vec<(u64, u64, usize, u64)>,
+    report: LeaseRun,
+}
+
+/// Runs one seed.
+pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
+    let mut rng = Rng::derive(seed, 20);
+    let n = MEMBERS + spec.clients.max(1);
+    let keys: Vec<Key> = (0..n).map(|_| rng.key()).collect();
+    let members = Members::new(keys[..MEMBERS].iter().copied());
+    let peers = (0..n)
+        .map(|_| Peer {
+            up: true,
+            life: 0,
+            clock: clock(&mut rng, spec.drift),
+            acceptor: Acceptor::new(),
+            line: Line::default(),
+            session: None,
+            next_start: None,
+            wake: None,
+        })
+        .collect();
+    let mut world = World {
+        spec,
+        rng,
+        now: 0,
+        peers,
+        keys,
+        members,
+        queue: BTreeMap::new(),
+        seq: 0,
+        side: vec![false; n],
+        held: Vec::new(),
+        report: LeaseRun {
+            seed,
+            ..LeaseRun::default()
+        },
+    };
+    for m in 0..spec.down.min(MEMBERS) {
+        world.peers[m].up = false;
+    }
+    for c in MEMBERS..n {
+        let at = world.rng.below(2 * SECOND);
+        world.peers[c].next_start = Some(at);
+        world.schedule(c, at);
+    }
+    if spec.fault_s > 0 && spec.down == 0 {
+        let first = world.rng.below(5 * SECOND);
+        world.push(first, Ev::Fault);
+    }
+    let end = (spec.fault_s + spec.heal_s) * SECOND;
+    while let Some(((at, _), ev)) = world.queue.pop_first() {
+        if at > end {
+            break;
+        }
+        world.now = at;
+        world.handle(ev);
+    }
+    for c in MEMBERS..n {
+        world.stop_holding(c, end);
+    }
+    world.check();
+    world.report
+}
+
+fn clock(rng: &mut Rng, drift: f64) -> Clock {
+    Clock {
+        rate: 1.0 + drift * (2.0 * rng.unit_f64() - 1.0),
+        offset: rng.below(1_000 * SECOND) as f64,
+    }
+}
+
+impl World<'_> {
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    fn schedule(&mut self, peer: usize, at: u64) {
+        let at = at.max(self.now);
+        if self.peers[peer].wake.is_some_and(|w| w <= at && w >= self.now) {
+            return;
+        }
+        self.peers[peer].wake = Some(at);
+        self.push(at, Ev::Wake { peer });
+    }
+
+    fn local(&self, peer: usize) -> Instant {
+        self.peers[peer].clock.local(self.now)
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        if self.side[from] != self.side[to] || self.rng.chance(self.spec.loss) {
+            return;
+        }
+        let delay = if self.rng.chance(0.02) {
+            self.rng.below(3 * SECOND)
+        } else {
+            200 + self.rng.below(4_800)
+        };
+        let life = self.peers[to].life;
+        self.push(
+            self.now + delay,
+            Ev::Deliver {
+                from,
+                to,
+                life,
+                msg: Box::new(msg),
+            },
+        );
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { from, to, life, msg } => {
+                if !self.peers[to].up || self.peers[to].life != life || self.side[from] != self.side[to] {
+                    return;
+                }
+                self.deliver(from, to, *msg);
+            }
+            Ev::Wake { peer } => {
+                if self.peers[peer].wake != Some(self.now) || !self.peers[peer].up {
+                    return;
+                }
+                self.peers[peer].wake = None;
+                self.tick(peer);
+            }
+            Ev::Fault => self.fault(),
+            Ev::Heal => self.side = vec![false; self.peers.len()],
+            Ev::Restart { peer } => self.restart(peer),
+        }
+    }
+
+    fn fault(&mut self) {
+        if self.now >= self.spec.fault_s * SECOND {
+            return;
+        }
+        if self.rng.chance(0.4) {
+            self.side = (0..self.peers.len()).map(|_| self.rng.chance(0.5)).collect();
+            let lasts = SECOND + self.rng.below(40 * SECOND);
+            self.push(self.now + lasts, Ev::Heal);
+        } else {
+            let peer = self.rng.index(self.peers.len());
+            if self.peers[peer].up {
+                self.crash(peer);
+                let down = SECOND + self.rng.below(30 * SECOND);
+                self.push(self.now + down, Ev::Restart { peer });
+            }
+        }
+        let next = self.now + SECOND + self.rng.below(8 * SECOND);
+        self.push(next, Ev::Fault);
+    }
+
+    fn crash(&mut self, peer: usize) {
+        self.stop_holding(peer, self.now);
+        let p = &mut self.peers[peer];
+        p.up = false;
+        p.life += 1;
+        p.session = None;
+        p.line = Line::default();
+        p.wake = None;
+    }
+
+    fn restart(&mut self, peer: usize) {
+        let fresh = clock(&mut self.rng, self.spec.drift);
+        let timing = self.spec.timing;
+        let p = &mut self.peers[peer];
+        p.up = true;
+        p.clock = fresh;
+        let local = p.clock.local(self.now);
+        p.acceptor.restarted(local, timing);
+        if peer >= MEMBERS {
+            p.next_start = Some(self.now);
+            self.schedule(peer, self.now);
+        }
+    }
+
+    /// Client `c` stops acting as the holder at real `at` (or earlier, if
+    /// its tenure ran out before): its interval goes to the oracle.
+    fn stop_holding(&mut self, c: usize, at: u64) {
+        if let Some(s) = self.peers[c].session.as_mut()
+            && let Some((since, until, token)) = s.holding.take()
+        {
+            self.held.push((since, at.min(until), c, token));
+        }
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
+        let local = self.local(to);
+        let timing = self.spec.timing;
+        match msg {
+            Msg::Line { ask, request } => {
+                let answer = self.peers[to].line.handle(local, timing, request);
+                self.send(to, from, Msg::LineAnswer { ask, answer });
+            }
+            Msg::Ask { ask, request } => {
+                let asker = self.keys[from];
+                let p = &mut self.peers[to];
+                let answer = answer(&mut p.acceptor, &mut p.line, local, timing, asker, request);
+                self.send(to, from, Msg::Answer { ask, answer });
+            }
+            Msg::LineAnswer { ask, answer } => {
+                let member = self.keys[from];
+                if let Some(s) = self.peers[to].session.as_mut() {
+                    s.acquire.handle_line(local, ask, member, &answer);
+                }
+                self.tick(to);
+            }
+            Msg::Answer { ask, answer } => {
+                let member = self.keys[from];
+                if let Some(s) = self.peers[to].session.as_mut() {
+                    s.acquire.handle_answer(local, ask, member, &answer);
+                }
+                self.tick(to);
+            }
+        }
+    }
+
+    /// A client looks at its session: starts one when due, sends what it
+    /// must, notes when it began and stops holding, lets go when done.
+    fn tick(&mut self, c: usize) {
+        if c < MEMBERS || !self.peers[c].up {
+            return;
+        }
+        let local = self.local(c);
+        if self.peers[c].session.is_none() && self.peers[c].next_start.is_some_and(|t| t <= self.now) {
+            self.peers[c].next_start = None;
+            // Latency counts for a lease nobody else holds or wants.
+            let free_at_start = self.spec.fault_s == 0 && !self.others_want(c);
+            // Some hold it past a term, so that renewals (and a holder cut
+            // off mid-hold) are part of every run.
+            let hold_for = SECOND / 2 + self.rng.below(25 * SECOND);
+            self.peers[c].session = Some(Session {
+                acquire: Acquire::new(local, self.keys[c], self.members.clone(), self.spec.timing),
+                started: self.now,
+                free_at_start,
+                holding: None,
+                hold_for,
+            });
+            self.report.acquires += 1;
+        }
+        let Some(s) = self.peers[c].session.as_mut() else {
+            if let Some(t) = self.peers[c].next_start {
+                self.schedule(c, t);
+            }
+            return;
+        };
+        if s.acquire.poll_timeout().is_some_and(|t| t <= local) {
+            s.acquire.handle_timeout(local);
+        }
+        let mut out = Vec::new();
+        while let Some(action) = s.acquire.poll_action(local) {
+            out.push(action);
+        }
+        let standing = s.acquire.standing(local);
+        let mut began = None;
+        let mut ended = false;
+        let p = &mut self.peers[c];
+        let (clock, s) = (&p.clock, p.session.as_mut().expect("a session"));
+        match standing {
+            Standing::Held(g) => {
+                let until = s.acquire.holds_until().map_or(self.now, |u| clock.real(u));
+                match &mut s.holding {
+                    Some((_, u, _)) => *u = (*u).max(until),
+                    None => {
+                        s.holding = Some((self.now, until, g.n));
+                        began = Some(self.now - s.started);
+                    }
+                }
+            }
+            Standing::Lost(_) | Standing::Released => ended = true,
+            Standing::Waiting { .. } => {}
+        }
+        if let Some(waited) = began {
+            self.report.grants += 1;
+            if s.free_at_start {
+                self.report.latencies_ms.push(waited as f64 / 1e3);
+            }
+        }
+        let let_go = s.holding.is_some_and(|(since, _, _)| self.now >= since + s.hold_for);
+        for action in out {
+            for m in 0..MEMBERS {
+                let msg = match &action {
+                    AcquireAction::Line { ask, request } => Msg::Line {
+                        ask: *ask,
+                        request: request.clone(),
+                    },
+                    AcquireAction::Ask { ask, request } => Msg::Ask {
+                        ask: *ask,
+                        request: request.clone(),
+                    },
+                };
+                self.send(c, m, msg);
+            }
+        }
+        if let_go {
+            self.stop_holding(c, self.now);
+            if let Some(s) = self.peers[c].session.as_mut() {
+                s.acquire.release(local);
+            }
+            // Its release goes out, then a pause before the next.
+            self.tick_out(c);
+            ended = true;
+        }
+        if ended {
+            self.stop_holding(c, self.now);
+            self.peers[c].session = None;
+            let next = self.now + self.rng.below(3 * SECOND);
+            self.peers[c].next_start = Some(next);
+            self.schedule(c, next);
+            return;
+        }
+        let s = self.peers[c].session.as_ref().expect("a session");
+        let mut wake = s.acquire.poll_timeout().map(|t| self.peers[c].clock.real(t));
+        if let Some((since, _, _)) = s.holding {
+            let release_at = since + s.hold_for;
+            wake = Some(wake.map_or(release_at, |w| w.min(release_at)));
+        }
+        if let Some(w) = wake {
+            self.schedule(c, w.max(self.now + 1));
+        }
+    }
+
+    /// Sends what client `c`'s session has to send now.
+    fn tick_out(&mut self, c: usize) {
+        let local = self.local(c);
+        let mut out = Vec::new();
+        if let Some(s) = self.peers[c].session.as_mut() {
+            while let Some(action) = s.acquire.poll_action(local) {
+                out.push(action);
+            }
+        }
+        for action in out {
+            for m in 0..MEMBERS {
+                let msg = match &action {
+                    AcquireAction::Line { ask, request } => Msg::Line {
+                        ask: *ask,
+                        request: request.clone(),
+                    },
+                    AcquireAction::Ask { ask, request } => Msg::Ask {
+                        ask: *ask,
+                        request: request.clone(),
+                    },
+                };
+                self.send(c, m, msg);
+            }
+        }
+    }
+
+    fn others_want(&self, c: usize) -> bool {
+        self.peers
+            .iter()
+            .enumerate()
+            .any(|(i, p)| i != c && p.session.is_some())
+    }
+
+    /// The oracle: no two holding intervals of different grants overlap.
+    fn check(&mut self) {
+        let mut held = self.held.clone();
+        held.sort_unstable();
+        // The interval that reaches furthest so far, against each next one.
+        let mut reach: Option<(u64, u64, usize, u64)> = None;
+        for b in held {
+            if let Some(a) = reach
+                && b.0 < a.1
+                && (a.2, a.3) != (b.2, b.3)
+            {
+                self.report.overlaps += 1;
+                self.report.first_violation.get_or_insert(format!(
+                    "client {} (token {}) held {:.3}–{:.3} s and client {} (token {}) from {:.3} s",
+                    a.2,
+                    a.3,
+                    a.0 as f64 / 1e6,
+                    a.1 as f64 / 1e6,
+                    b.2,
+                    b.3,
+                    b.0 as f64 / 1e6
+                ));
+            }
+            if reach.is_none_or(|a| b.1 > a.1) {
+                reach = Some(b);
+            }
+        }
+    }
+}
