@@ -262,7 +262,8 @@ fn run(talk: &Talk, name: &str, wait: Option<Duration>, command: &[String]) -> a
     let SessionState::Held { token, .. } = view.state else {
         bail!("lease {name:?} is not held");
     };
-    let interrupted = super::on_ctrl_c();
+    // Ctrl-C reaches the command too; this process lets go once it ended.
+    let _interrupted = super::on_ctrl_c();
     let (program, args) = command.split_first().context("no command given")?;
     let spawned = std::process::Command::new(program)
         .args(args)
@@ -276,54 +277,59 @@ fn run(talk: &Talk, name: &str, wait: Option<Duration>, command: &[String]) -> a
             bail!("cannot start {program}: {e}");
         }
     };
-    let child = &mut child;
-    let mut version = view.version;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            release(talk, n);
-            return Ok(status.code().unwrap_or(128 + signal_of(&status)));
-        }
-        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
-            // Ctrl-C reached the command too: wait for it, then let go.
-            let status = child.wait()?;
-            release(talk, n);
-            return Ok(status.code().unwrap_or(130));
-        }
-        // Asking keeps the session alive (see `KEEPALIVE`).
-        let now: SessionView = match ask(
-            &talk.data_dir,
-            "GET",
-            &format!("/v1/leases/session/{n}?after={version}&wait_ms=500"),
-            None::<&()>,
-        ) {
-            Ok(view) => view,
-            Err(e) => {
-                stop(child);
-                bail!("lease {name:?}: the daemon is out of reach ({e}); the command was stopped");
+    // A watcher keeps the session alive (see `KEEPALIVE`) and stops the
+    // command if the lease is lost; this thread waits for the command.
+    let pid = rustix::process::Pid::from_child(&child);
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    {
+        let (data_dir, ended, lost) = (talk.data_dir.clone(), ended.clone(), lost.clone());
+        let mut version = view.version;
+        std::thread::spawn(move || {
+            while !ended.load(std::sync::atomic::Ordering::Relaxed) {
+                let why = match ask::<SessionView>(
+                    &data_dir,
+                    "GET",
+                    &format!("/v1/leases/session/{n}?after={version}&wait_ms=1000"),
+                    None::<&()>,
+                ) {
+                    Ok(now) if matches!(now.state, SessionState::Held { .. }) => {
+                        version = now.version;
+                        continue;
+                    }
+                    Ok(now) => describe(&now.state),
+                    Err(e) => format!("out of reach: the daemon does not answer ({e})"),
+                };
+                *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                stop(pid, &ended);
+                return;
             }
-        };
-        version = now.version;
-        if !matches!(now.state, SessionState::Held { .. }) {
-            stop(child);
-            eprintln!("lease {name:?} {}: the command was stopped", describe(&now.state));
-            return Ok(LOST);
-        }
+        });
     }
+    let status = child.wait()?;
+    ended.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(why) = lost.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        eprintln!("lease {name:?} {why}: the command was stopped");
+        return Ok(LOST);
+    }
+    release(talk, n);
+    Ok(status.code().unwrap_or(128 + signal_of(&status)))
 }
 
-/// Stops the command: SIGTERM, then SIGKILL after 5 s.
-fn stop(child: &mut std::process::Child) {
-    let pid = rustix::process::Pid::from_child(child);
+/// Stops the command `pid` until `ended` says it did: SIGTERM, then
+/// SIGKILL after 5 s.
+fn stop(pid: rustix::process::Pid, ended: &std::sync::atomic::AtomicBool) {
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
+        if ended.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    if !ended.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
 }
 
 fn signal_of(status: &std::process::ExitStatus) -> i32 {
