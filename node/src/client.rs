@@ -133,6 +133,10 @@ pub struct Client {
     pub(crate) compute: Arc<crate::jobs::Compute>,
     /// The keys this peer is a quorum member for (see [`crate::quorum`]).
     pub(crate) quorum: Arc<crate::quorum::Quorum>,
+    /// The devices this peer shares (see [`crate::devices`]).
+    pub(crate) provided: Arc<crate::devices::Provided>,
+    /// The devices this peer uses.
+    pub(crate) uses: Arc<crate::devices::using::Uses>,
     /// The named leases this peer acquires and holds (see [`crate::leases`]).
     pub(crate) sessions: Arc<crate::leases::Sessions>,
     /// This peer's identity, which signs what it submits.

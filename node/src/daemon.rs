@@ -109,6 +109,9 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         &config.data_dir,
         keypair.public().to_peer_id(),
     )?);
+    let device_streams = streams
+        .accept(crate::devices::DEVICE_PROTOCOL)
+        .map_err(|_| NodeError::Transport("the device protocol is registered twice".into()))?;
     let quorum_streams = streams
         .accept(crate::quorum::QUORUM_PROTOCOL)
         .map_err(|_| NodeError::Transport("the quorum protocol is registered twice".into()))?;
@@ -232,6 +235,8 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
         identity: keypair.clone(),
         stream_permits: Arc::default(),
         sessions: Arc::default(),
+        provided: Arc::new(crate::devices::Provided::new(&config.data_dir)),
+        uses: Arc::default(),
     };
     tokio::spawn(crate::files::serve(
         client.downgrade(),
@@ -242,6 +247,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     tokio::spawn(crate::pins::run(client.downgrade(), config.pin_check));
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
     tokio::spawn(crate::quorum::serve(client.downgrade(), quorum_streams));
+    tokio::spawn(crate::devices::serve(client.downgrade(), device_streams));
     tokio::spawn(crate::jobs::home::run(client.downgrade()));
     tokio::spawn(crate::jobs::executor::run(
         client.downgrade(),

@@ -49,6 +49,7 @@ pub mod client;
 pub mod codec;
 pub mod control;
 pub mod daemon;
+pub mod devices;
 mod driver;
 pub mod error;
 pub mod files;

@@ -30,6 +30,8 @@ use shoal_node::control::{
 use shoal_node::settings::{self, Given};
 use shoal_node::{control, start};
 
+#[path = "cli/devices.rs"]
+mod devices;
 #[path = "cli/jobs.rs"]
 mod jobs;
 #[path = "cli/leases.rs"]
@@ -300,6 +302,11 @@ enum Command {
     /// One job: status, wait, logs, cancel, checkpoint, move.
     #[command(subcommand)]
     Job(jobs::JobCommand),
+    /// Devices: share this machine's (a TCP service, a command, a
+    /// character device), list the swarm's, use one (share, unshare, ls,
+    /// use).
+    #[command(subcommand)]
+    Device(devices::DeviceCommand),
     /// Named leases: lock anything by name (acquire, release, run, ls).
     #[command(subcommand)]
     Lease(leases::LeaseCommand),
@@ -588,6 +595,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Job(command) => exit_with(jobs::job(command)?),
         Command::Drain { talk } => exit_with(jobs::drain(&talk)?),
         Command::Lease(command) => exit_with(leases::lease(command)?),
+        Command::Device(command) => exit_with(devices::device(command)?),
         Command::Down { talk } => talk_to(&talk, "POST", "/v1/down", NO_BODY, |_: &Stopping| {
             "stopping".to_string()
         }),

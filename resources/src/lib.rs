@@ -41,6 +41,7 @@
 pub mod blob;
 pub mod collection;
 pub mod compute;
+pub mod device;
 pub mod fetch;
 pub mod home;
 pub mod lease;

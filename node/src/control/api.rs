@@ -345,3 +345,51 @@ pub struct ReleasedView {
     /// Sessions released.
     pub released: usize,
 }
+
+/// `POST /v1/devices`: share a device of this machine (one adapter).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ShareDeviceRequest {
+    /// The device's name.
+    pub name: String,
+    /// Its class.
+    pub class: String,
+    /// A local service, `HOST:PORT`.
+    #[serde(default)]
+    pub tcp: Option<String>,
+    /// A command whose stdin and stdout are the device.
+    #[serde(default)]
+    pub cmd: Option<String>,
+    /// A character device or FIFO.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// `POST /v1/devices/unshare`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UnshareRequest {
+    /// The device's name.
+    pub name: String,
+}
+
+/// `POST /v1/devices/use`: take a device and forward a local port to it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UseRequest {
+    /// This device ...
+    #[serde(default)]
+    pub name: Option<String>,
+    /// ... or any device of this class.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Shared with other shared holders.
+    #[serde(default)]
+    pub shared: bool,
+    /// Wait at most this long (ms; 0: fail at once if busy).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// The local address to listen on (default: 127.0.0.1, any port).
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+pub use crate::devices::using::{Target, UseState, UseView};
+pub use crate::devices::{DeviceView, HolderView};

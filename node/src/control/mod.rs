@@ -12,7 +12,7 @@
 //!   of every route), the request cap, errors as answers.
 //! - `tasks`: long operations (shares, downloads) as numbered tasks the
 //!   CLI polls.
-//! - `overlay`, `files`, `pins`, `jobs`, `leases`: one route group per part of the node; a
+//! - `overlay`, `files`, `pins`, `jobs`, `leases`, `devices`: one route group per part of the node; a
 //!   new resource adds a module and merges its group in [`serve`].
 
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use crate::Client;
 
 pub mod api;
+mod devices;
 mod files;
 mod jobs;
 mod leases;
@@ -146,6 +147,7 @@ pub async fn serve(client: Client, data_dir: &Path, shutdown: Arc<Notify>) -> st
         .merge(pins::routes())
         .merge(jobs::routes())
         .merge(leases::routes())
+        .merge(devices::routes())
         .route("/v1/down", post(down))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
