@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
+#[path = "cli/devices.rs"]
+mod devices;
 #[path = "cli/jobs.rs"]
 mod jobs;
 #[path = "cli/leases.rs"]

@@ -482,8 +482,13 @@ async fn open(adapter: &Adapter) -> std::io::Result<(DeviceReader, DeviceWriter,
             }
         }
         Adapter::Path(path) => {
-            let file = tokio::fs::OpenOptions::new().read(true).write(true).open(path).await?;
-            let (r, w) = tokio::io::split(file);
+            // Two handles: a tokio file does one operation at a time, and a
+            // read that waits for the device would hold up every write.
+            // Read-write both, so that opening a FIFO does not wait for
+            // its other end.
+            let mut options = tokio::fs::OpenOptions::new();
+            options.read(true).write(true);
+            let (r, w) = (options.open(path).await?, options.open(path).await?);
             Ok((Box::new(r), Box::new(w), None))
         }
     }
