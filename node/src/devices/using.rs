@@ -164,11 +164,18 @@ impl super::Devices<'_> {
         });
         lock(&uses.sessions).insert(n, session.clone());
         let (to_tx, to_rx) = watch::channel(None::<(PeerId, String, u64)>);
-        tokio::spawn(forward(self.client.downgrade(), listener, to_rx));
+        let (trouble_tx, trouble_rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward(self.client.downgrade(), listener, to_rx, trouble_tx));
         let node = self.client.downgrade();
         tokio::spawn(async move {
             let state = state_tx.clone();
-            let outcome = hold(node, session, target, shared, wait, state_tx, release_rx, to_tx).await;
+            let channels = Channels {
+                state: state_tx,
+                release: release_rx,
+                to: to_tx,
+                trouble: trouble_rx,
+            };
+            let outcome = hold(node, session, target, shared, wait, channels).await;
             if let Err(error) = outcome {
                 state.send_modify(|(v, s)| {
                     *v += 1;
@@ -228,6 +235,7 @@ async fn forward(
     node: WeakClient,
     listener: tokio::net::TcpListener,
     mut to: watch::Receiver<Option<(PeerId, String, u64)>>,
+    trouble: mpsc::UnboundedSender<()>,
 ) {
     loop {
         let local = tokio::select! {
@@ -245,6 +253,7 @@ async fn forward(
         };
         let Some(client) = node.upgrade() else { break };
         let target = to.borrow().clone();
+        let trouble = trouble.clone();
         tokio::spawn(async move {
             let Some((provider, name, token)) = target else {
                 tracing::info!("device connection closed: the lease is not held now");
@@ -256,7 +265,12 @@ async fn forward(
                     let (r, w) = local.into_split();
                     let _ = pipe(stream, Box::new(r), Box::new(w), None).await;
                 }
-                Err(why) => tracing::warn!("device {name:?}: {why}"),
+                Err(why) => {
+                    tracing::warn!("device {name:?}: {why}");
+                    // The holder renews at once: a provider that is gone
+                    // is found out now, not at the next renewal.
+                    let _ = trouble.send(());
+                }
             }
         });
     }
@@ -350,18 +364,33 @@ fn holders_text(holders: &[HolderView]) -> String {
         .join(", ")
 }
 
+/// What a session's task talks through.
+struct Channels {
+    /// Where it stands.
+    state: watch::Sender<(u64, UseState)>,
+    /// The caller lets go.
+    release: mpsc::UnboundedReceiver<()>,
+    /// Where the local port's connections go.
+    to: watch::Sender<Option<(PeerId, String, u64)>>,
+    /// A connection could not reach the provider.
+    trouble: mpsc::UnboundedReceiver<()>,
+}
+
 /// Runs one session until it is over.
-#[allow(clippy::too_many_arguments)]
 async fn hold(
     node: WeakClient,
     session: Arc<UseSession>,
     target: Target,
     shared: bool,
     wait: Option<Duration>,
-    state: watch::Sender<(u64, UseState)>,
-    mut release: mpsc::UnboundedReceiver<()>,
-    to: watch::Sender<Option<(PeerId, String, u64)>>,
+    channels: Channels,
 ) -> Result<(), String> {
+    let Channels {
+        state,
+        mut release,
+        to,
+        mut trouble,
+    } = channels;
     let started = std::time::Instant::now();
     let mut avoid: Vec<PeerId> = Vec::new();
     loop {
@@ -448,9 +477,11 @@ async fn hold(
         );
         tracing::info!("device {name:?} on {provider}: held, token {token}");
         let mut confirmed = std::time::Instant::now();
+        while trouble.try_recv().is_ok() {}
         let lost = loop {
             tokio::select! {
                 _ = tokio::time::sleep(TERM / 3) => {}
+                _ = trouble.recv() => {}
                 _ = release.recv() => {
                     let _ = to.send(None);
                     let _ = lease(&client, provider, &name, DeviceRequest::Release { token }).await;
@@ -470,6 +501,9 @@ async fn hold(
                 Ok(DeviceAnswer::Lost) => break "the provider says the lease ran out".to_string(),
                 Ok(other) => break format!("unexpected answer {other:?}"),
                 Err(why) if confirmed.elapsed() >= TERM => break why,
+                // Another device of the class does not need this one's
+                // lease to lapse first: go at once.
+                Err(why) if matches!(target, Target::Class(_)) => break why,
                 Err(_) => {}
             }
         };

@@ -251,3 +251,95 @@ fn a_holder_cut_off_loses_the_device_and_its_traffic_is_refused() {
     let _ = holder.wait();
     drop(daemons.pop());
 }
+
+#[test]
+fn a_class_moves_to_another_device_when_its_provider_is_killed() {
+    let dirs: Vec<super::TestDir> = (0..3).map(|i| dir(&format!("device-failover-{i}"))).collect();
+    let first = up_with(&dirs[0], None, &["--slots", "0"]);
+    let addr = json(&shoal(&dirs[0], &["status", "--json"]))["listening"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut providers = vec![
+        up_with(&dirs[1], Some(&addr), &["--slots", "0"]),
+        up_with(&dirs[2], Some(&addr), &["--slots", "0"]),
+    ];
+    for (i, d) in dirs[1..].iter().enumerate() {
+        let port = echo_service();
+        let shared = shoal(
+            d,
+            &[
+                "device",
+                "share",
+                &format!("echo-{i}"),
+                "--class",
+                "echo",
+                "--tcp",
+                &format!("127.0.0.1:{port}"),
+            ],
+        );
+        assert!(shared.status.success(), "{}", stderr(&shared));
+    }
+    let user = &dirs[0];
+    until("the user sees both devices", || {
+        json(&shoal(user, &["device", "ls", "--class", "echo", "--json"]))
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut using = Command::new(super::SHOAL)
+        .args([
+            "device",
+            "use",
+            "--class",
+            "echo",
+            "--listen",
+            &format!("127.0.0.1:{local}"),
+            "--data-dir",
+        ])
+        .arg(user.as_os_str())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let works = || {
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", local)) else {
+            return false;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut got = [0u8; 4];
+        c.write_all(b"ping").is_ok() && c.read_exact(&mut got).is_ok() && &got == b"ping"
+    };
+    until("the class's device answers", works);
+    // Which provider holds it: kill that one.
+    let held = json(&shoal(user, &["device", "ls", "--class", "echo", "--json"]));
+    let in_use = held
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|d| !d["holders"].as_array().unwrap().is_empty())
+        .expect("one device is held");
+    let name = held[in_use]["name"].as_str().unwrap().to_string();
+    let gone = if name == "echo-0" { 0 } else { 1 };
+    providers[gone].kill().unwrap();
+    let _ = providers[gone].wait();
+    // The local end works again, through the other device.
+    until("the local port works through the other device", works);
+    let now = json(&shoal(user, &["device", "ls", "--class", "echo", "--json"]));
+    let other = if gone == 0 { "echo-1" } else { "echo-0" };
+    let device = now
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == other)
+        .expect("the other device is listed");
+    assert_eq!(device["holders"].as_array().unwrap().len(), 1, "{now}");
+    let _ = using.kill();
+    let _ = using.wait();
+    drop(first);
+}
