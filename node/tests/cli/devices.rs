@@ -260,7 +260,7 @@ fn a_class_moves_to_another_device_when_its_provider_is_killed() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut providers = vec![
+    let mut providers = [
         up_with(&dirs[1], Some(&addr), &["--slots", "0"]),
         up_with(&dirs[2], Some(&addr), &["--slots", "0"]),
     ];
