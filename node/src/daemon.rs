@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub caps: Option<crate::limits::ConnectionCaps>,
     /// Compute slots offered and how jobs run (default: no slots).
     pub compute: crate::jobs::ComputeConfig,
+    /// Devices to share from the start (`[[device]]` in `shoal.toml`):
+    /// name, class, adapter.
+    pub devices: Vec<(String, String, crate::devices::Adapter)>,
 }
 
 impl NodeConfig {
@@ -80,6 +83,7 @@ impl NodeConfig {
             overlay: None,
             caps: None,
             compute: crate::jobs::ComputeConfig::default(),
+            devices: Vec::new(),
         }
     }
 }
@@ -248,6 +252,10 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
     tokio::spawn(crate::quorum::serve(client.downgrade(), quorum_streams));
     tokio::spawn(crate::devices::serve(client.downgrade(), device_streams));
+    tokio::spawn(crate::devices::share_at_start(
+        client.downgrade(),
+        config.devices.clone(),
+    ));
     tokio::spawn(crate::jobs::home::run(client.downgrade()));
     tokio::spawn(crate::jobs::executor::run(
         client.downgrade(),

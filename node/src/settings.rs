@@ -14,6 +14,11 @@
 //! labels = { gpu = "a100" } # matched by `shoal run --where gpu=a100`
 //! allow_native = true       # native commands, only for `trust`
 //! trust = ["12D3KooW..."]   # peers whose native commands run here
+//!
+//! [[device]]                # shared at every start (`shoal device share`)
+//! name = "printer-2f"
+//! class = "printer"
+//! tcp = "127.0.0.1:631"     # or cmd = "picocom -q /dev/ttyUSB0", or path = "/dev/ttyS0"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -78,6 +83,39 @@ pub struct FileSettings {
     pub allow_native: Option<bool>,
     /// Peers whose native commands run here.
     pub trust: Option<Vec<String>>,
+    /// Devices shared at every start.
+    pub device: Option<Vec<DeviceSetting>>,
+}
+
+/// A device in `shoal.toml`: `[[device]]` with a name, a class and one
+/// adapter.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSetting {
+    /// The device's name.
+    pub name: String,
+    /// Its class.
+    pub class: String,
+    /// A local service, `HOST:PORT`.
+    pub tcp: Option<String>,
+    /// A command whose stdin and stdout are the device.
+    pub cmd: Option<String>,
+    /// A character device or FIFO.
+    pub path: Option<PathBuf>,
+}
+
+impl DeviceSetting {
+    /// The device as the node shares it, or what is wrong with it.
+    pub fn adapter(&self) -> Result<crate::devices::Adapter, String> {
+        shoal_resources::device::check_name("device", &self.name)?;
+        shoal_resources::device::check_name("class", &self.class)?;
+        match (&self.tcp, &self.cmd, &self.path) {
+            (Some(addr), None, None) => Ok(crate::devices::Adapter::Tcp(addr.clone())),
+            (None, Some(cmd), None) => Ok(crate::devices::Adapter::Cmd(cmd.clone())),
+            (None, None, Some(path)) => Ok(crate::devices::Adapter::Path(path.clone())),
+            _ => Err(format!("device {:?}: one of tcp, cmd or path", self.name)),
+        }
+    }
 }
 
 /// Why the settings could not be put together.
@@ -199,6 +237,10 @@ pub fn resolve(data_dir: PathBuf, given: Given) -> Result<NodeConfig, SettingsEr
     } else {
         given.trust
     };
+    for device in file.device.unwrap_or_default() {
+        let adapter = device.adapter().map_err(|why| invalid(format!("[[device]]: {why}")))?;
+        config.devices.push((device.name, device.class, adapter));
+    }
     Ok(config)
 }
 
@@ -341,6 +383,43 @@ mod tests {
             ..Given::default()
         };
         assert_eq!(resolve(d.clone(), given).unwrap().listen, vec![flag]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn devices_in_the_file_are_shared_and_a_bad_one_is_named() {
+        let d = dir("devices");
+        std::fs::write(
+            d.join(SETTINGS_FILE),
+            "[[device]]\nname = \"printer-2f\"\nclass = \"printer\"\ntcp = \"127.0.0.1:631\"\n\n\
+             [[device]]\nname = \"console\"\nclass = \"serial\"\ncmd = \"picocom /dev/ttyUSB0\"\n",
+        )
+        .unwrap();
+        let config = resolve(d.clone(), Given::default()).unwrap();
+        assert_eq!(
+            config.devices,
+            vec![
+                (
+                    "printer-2f".to_string(),
+                    "printer".to_string(),
+                    crate::devices::Adapter::Tcp("127.0.0.1:631".into())
+                ),
+                (
+                    "console".to_string(),
+                    "serial".to_string(),
+                    crate::devices::Adapter::Cmd("picocom /dev/ttyUSB0".into())
+                ),
+            ]
+        );
+        for bad in [
+            "[[device]]\nname = \"x\"\nclass = \"y\"\n",
+            "[[device]]\nname = \"x\"\nclass = \"y\"\ntcp = \"a:1\"\ncmd = \"cat\"\n",
+            "[[device]]\nname = \"a b\"\nclass = \"y\"\ncmd = \"cat\"\n",
+        ] {
+            std::fs::write(d.join(SETTINGS_FILE), bad).unwrap();
+            let err = resolve(d.clone(), Given::default()).unwrap_err().to_string();
+            assert!(err.contains("[[device]]"), "{err}");
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 

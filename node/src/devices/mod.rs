@@ -349,6 +349,29 @@ impl Devices<'_> {
     }
 }
 
+/// Shares `devices` (from `shoal.toml`) once this peer has met another
+/// (or after 30 s alone), so that their announcements reach their homes.
+pub(crate) async fn share_at_start(node: WeakClient, devices: Vec<(String, String, Adapter)>) {
+    if devices.is_empty() {
+        return;
+    }
+    for _ in 0..60 {
+        let Some(client) = node.upgrade() else { return };
+        if client.peers().await.is_ok_and(|p| !p.is_empty()) {
+            break;
+        }
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let Some(client) = node.upgrade() else { return };
+    for (name, class, adapter) in devices {
+        match client.devices().share(&name, &class, adapter).await {
+            Ok(()) => tracing::info!("sharing device {name:?} (class {class:?}) from shoal.toml"),
+            Err(e) => tracing::warn!("device {name:?} from shoal.toml is not shared: {e}"),
+        }
+    }
+}
+
 /// Sends `wire` to `peer` (this peer's own devices are answered directly)
 /// and reads the reply.
 pub(crate) async fn ask(client: &Client, peer: PeerId, wire: &Wire) -> std::io::Result<Reply> {

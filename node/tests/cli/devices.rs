@@ -343,3 +343,32 @@ fn a_class_moves_to_another_device_when_its_provider_is_killed() {
     let _ = using.wait();
     drop(first);
 }
+
+#[test]
+fn a_device_in_shoal_toml_is_shared_at_start() {
+    let (provider, user) = (dir("device-toml-0"), dir("device-toml-1"));
+    let port = echo_service();
+    std::fs::create_dir_all(&*provider).unwrap();
+    std::fs::write(
+        provider.join("shoal.toml"),
+        format!("[[device]]\nname = \"echo-toml\"\nclass = \"echo\"\ntcp = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let _first = up_with(&provider, None, &["--slots", "0"]);
+    let addr = json(&shoal(&provider, &["status", "--json"]))["listening"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _second = up_with(&user, Some(&addr), &["--slots", "0"]);
+    until("the device from shoal.toml is listed", || {
+        let listed = json(&shoal(&user, &["device", "ls", "--json"]));
+        listed.as_array().unwrap().iter().any(|d| d["name"] == "echo-toml")
+    });
+    let out = use_and_say_hello(&user, "echo-toml");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello 1",
+        "{}",
+        stderr(&out)
+    );
+}
