@@ -21,6 +21,8 @@
 //! - `supervise`: [`supervise_sweep`], jobs supervised from their home
 //!   through partitions, crashes and clock drift, checked by an oracle
 //!   that knows real time.
+//! - `devices`: [`devices_sweep`], a device's provider granting its leases
+//!   to clients that are cut off and come back, the provider restarting.
 //! - `leases`: [`leases_sweep`], a named lease taken, held and let go by
 //!   clients through the same faults, checked by the same kind of oracle;
 //!   with members down, its acquire latency.
@@ -35,6 +37,7 @@ use crate::net::{NetConfig, Preset};
 use crate::sim::{PeerIndex, PeerState, Sim, SimConfig, Violation};
 
 mod churn;
+mod devices;
 mod durability;
 mod jobs;
 mod leases;
@@ -43,6 +46,7 @@ mod partition;
 mod supervise;
 
 pub use churn::{ChurnSpec, churn};
+pub use devices::{DeviceSpec, DeviceSweep, devices_sweep};
 pub use durability::{Checkpointing, DurabilityError, DurabilityRun, DurabilitySpec, durability};
 pub use jobs::{JobsReport, JobsSpec, PolicyReport, jobs};
 pub use leases::{LeaseRun, LeaseSpec, LeaseSweep, leases, leases_sweep};
