@@ -188,11 +188,9 @@ fn run(spec: &DeviceSpec, seed: u64, sweep: &mut DeviceSweep, waits: &mut Vec<f6
                     c.holding = Some((token, now + SECOND / 2 + rng.below(20 * SECOND)));
                     c.next_renew = now + TERM.as_micros() as u64 / 3;
                 }
-                DeviceAnswer::Queued { .. } => {
-                    if c.asked.is_none() {
-                        c.asked = Some(now);
-                        queued_order.push(i);
-                    }
+                DeviceAnswer::Queued { .. } if c.asked.is_none() => {
+                    c.asked = Some(now);
+                    queued_order.push(i);
                 }
                 _ => {}
             }
