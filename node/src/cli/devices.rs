@@ -279,7 +279,15 @@ fn use_device(
             let talk = Talk { data_dir, json: false };
             loop {
                 match follow(&talk, n, version, 1000) {
-                    Ok(v) if matches!(v.state, UseState::Held { .. }) => version = v.version,
+                    Ok(v) if matches!(v.state, UseState::Held { .. }) => {
+                        version = v.version;
+                        if let UseState::Held {
+                            problem: Some(problem), ..
+                        } = &v.state
+                        {
+                            eprintln!("{problem}");
+                        }
+                    }
                     Ok(v) => {
                         *over.lock().unwrap_or_else(|p| p.into_inner()) = Some(describe(&v.state));
                         return;

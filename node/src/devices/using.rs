@@ -61,6 +61,10 @@ pub enum UseState {
         provider: String,
         /// The lease's token.
         token: u64,
+        /// The last connection that could not reach the device, and why
+        /// (the provider's words: an adapter that cannot be reached).
+        #[serde(default)]
+        problem: Option<String>,
     },
     /// The lease was lost, and why.
     Lost {
@@ -235,7 +239,7 @@ async fn forward(
     node: WeakClient,
     listener: tokio::net::TcpListener,
     mut to: watch::Receiver<Option<(PeerId, String, u64)>>,
-    trouble: mpsc::UnboundedSender<()>,
+    trouble: mpsc::UnboundedSender<String>,
 ) {
     loop {
         let local = tokio::select! {
@@ -266,10 +270,11 @@ async fn forward(
                     let _ = pipe(stream, Box::new(r), Box::new(w), None).await;
                 }
                 Err(why) => {
-                    tracing::warn!("device {name:?}: {why}");
+                    let why = format!("device {name:?}: {why}");
+                    tracing::warn!("{why}");
                     // The holder renews at once: a provider that is gone
                     // is found out now, not at the next renewal.
-                    let _ = trouble.send(());
+                    let _ = trouble.send(why);
                 }
             }
         });
@@ -373,7 +378,7 @@ struct Channels {
     /// Where the local port's connections go.
     to: watch::Sender<Option<(PeerId, String, u64)>>,
     /// A connection could not reach the provider.
-    trouble: mpsc::UnboundedReceiver<()>,
+    trouble: mpsc::UnboundedReceiver<String>,
 }
 
 /// Runs one session until it is over.
@@ -473,6 +478,7 @@ async fn hold(
                 device: name.clone(),
                 provider: provider.to_string(),
                 token,
+                problem: None,
             },
         );
         tracing::info!("device {name:?} on {provider}: held, token {token}");
@@ -481,7 +487,16 @@ async fn hold(
         let lost = loop {
             tokio::select! {
                 _ = tokio::time::sleep(TERM / 3) => {}
-                _ = trouble.recv() => {}
+                problem = trouble.recv() => {
+                    if let Some(problem) = problem {
+                        state.send_modify(|(v, s)| {
+                            if let UseState::Held { problem: shown, .. } = s {
+                                *v += 1;
+                                *shown = Some(problem);
+                            }
+                        });
+                    }
+                }
                 _ = release.recv() => {
                     let _ = to.send(None);
                     let _ = lease(&client, provider, &name, DeviceRequest::Release { token }).await;

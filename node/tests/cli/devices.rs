@@ -133,6 +133,46 @@ fn each_adapter_kind_carries_bytes_to_the_device_and_back() {
             stderr(&out)
         );
     }
+    // An adapter whose target is gone: the connection closes, the provider
+    // says why in its log, and `use` tells its user.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = shoal(
+        provider,
+        &[
+            "device",
+            "share",
+            "dead",
+            "--class",
+            "gone",
+            "--tcp",
+            &format!("127.0.0.1:{closed}"),
+        ],
+    );
+    assert!(dead.status.success(), "{}", stderr(&dead));
+    let tried = use_then(
+        user,
+        &["dead"],
+        &[
+            "python3",
+            "-c",
+            "import os, socket, time\n\
+             h, p = os.environ['SHOAL_DEVICE_ADDR'].rsplit(':', 1)\n\
+             c = socket.create_connection((h, int(p)))\n\
+             assert c.recv(10) == b''\n\
+             time.sleep(3)",
+        ],
+    );
+    assert!(tried.status.success(), "{}", stderr(&tried));
+    assert!(stderr(&tried).contains("cannot be reached"), "{}", stderr(&tried));
+    assert!(
+        super::log_of(provider).contains("cannot be reached"),
+        "{}",
+        super::log_of(provider)
+    );
     // An unknown device, and a clear error.
     let unknown = use_then(user, &["nope", "--wait", "0"], &["true"]);
     assert_eq!(unknown.status.code(), Some(75));
