@@ -332,6 +332,9 @@ impl BlobStore {
     /// names that are not portable UTF-8 are refused, not followed.
     /// With `room`, each import makes its room as in [`import_within`](Self::import_within).
     /// With `reuse`, a file it knows is taken as it was (see [`Reuse`]).
+    /// A file removed between the listing of its directory and its
+    /// reading is left out (a running job's checkpoint directory changes
+    /// under the share: its temporary files come and go).
     pub fn import_dir(
         &self,
         dir: &Path,
@@ -379,7 +382,11 @@ impl BlobStore {
                 } else if kind.is_file() {
                     let known = match reuse.as_deref_mut().filter(|r| how == Import::Copy && r.covers(&rel)) {
                         Some(reuse) => {
-                            let meta = std::fs::metadata(&path).map_err(|e| unreadable(&path, e))?;
+                            let meta = match std::fs::metadata(&path) {
+                                Ok(meta) => meta,
+                                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                                Err(e) => return Err(unreadable(&path, e)),
+                            };
                             let (file, len, secs, nanos) = Reuse::identity(&meta);
                             let before = reuse.files.get(&file).copied();
                             let blob = match before {
@@ -396,7 +403,10 @@ impl BlobStore {
                                 }
                                 _ => {
                                     reuse.counts.0 += 1;
-                                    self.import_within(&path, how, room.as_deref_mut(), read)?
+                                    match self.import_within(&path, how, room.as_deref_mut(), read) {
+                                        Err(e) if vanished(&e) => continue,
+                                        imported => imported?,
+                                    }
                                 }
                             };
                             seen.insert(file, (len, secs, nanos, blob));
@@ -406,7 +416,10 @@ impl BlobStore {
                     };
                     let blob = match known {
                         Some(blob) => blob,
-                        None => self.import_within(&path, how, room.as_deref_mut(), read)?,
+                        None => match self.import_within(&path, how, room.as_deref_mut(), read) {
+                            Err(e) if vanished(&e) => continue,
+                            imported => imported?,
+                        },
                     };
                     entries.push(crate::collection::Entry { path: rel, blob });
                 } else {
@@ -428,6 +441,15 @@ impl BlobStore {
             reuse.files = seen;
         }
         Ok((root?, entries.into_iter().map(|e| e.blob).collect()))
+    }
+}
+
+/// Whether an import failed because its file was gone by the time it was
+/// read.
+fn vanished(e: &StoreError) -> bool {
+    match e {
+        StoreError::Unreadable { source, .. } | StoreError::Io(source) => source.kind() == io::ErrorKind::NotFound,
+        _ => false,
     }
 }
 
