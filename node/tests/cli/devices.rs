@@ -412,3 +412,60 @@ fn a_device_in_shoal_toml_is_shared_at_start() {
         stderr(&out)
     );
 }
+
+#[test]
+fn shared_holders_share_a_device_and_an_exclusive_one_waits_for_them() {
+    let (dirs, _daemons) = two("shared");
+    let (provider, user) = (&dirs[0], &dirs[1]);
+    let port = echo_service();
+    let shared = shoal(
+        provider,
+        &[
+            "device",
+            "share",
+            "scope",
+            "--class",
+            "echo",
+            "--tcp",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    assert!(shared.status.success(), "{}", stderr(&shared));
+    until("the user sees the device", || {
+        !json(&shoal(user, &["device", "ls", "--json"]))
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    // The user holds it shared while its command runs.
+    let marker = user.join("holding");
+    let mut first = Command::new(super::SHOAL)
+        .args(["device", "use", "--data-dir"])
+        .arg(user.as_os_str())
+        .args([
+            "scope",
+            "--shared",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {}; sleep 4", marker.display()),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    until("the first shared holder runs", || marker.exists());
+    // A second shared holder gets it at once; an exclusive one does not.
+    let second = use_then(provider, &["scope", "--shared", "--wait", "0"], &["true"]);
+    assert!(
+        second.status.success(),
+        "a shared holder was refused: {}",
+        stderr(&second)
+    );
+    let exclusive = use_then(provider, &["scope", "--wait", "0"], &["true"]);
+    assert_eq!(exclusive.status.code(), Some(75), "{}", stderr(&exclusive));
+    assert!(stderr(&exclusive).contains("busy"), "{}", stderr(&exclusive));
+    // Once the shared holder is done, the exclusive one takes it.
+    assert!(first.wait().unwrap().success());
+    let after = use_then(provider, &["scope", "--wait", "10s"], &["true"]);
+    assert!(after.status.success(), "{}", stderr(&after));
+}
