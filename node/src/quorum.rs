@@ -335,6 +335,13 @@ impl Quorum {
                     .collect(),
             ),
             Wire::Many(_) => Reply::Refused(format!("more than {MAX_BATCH} requests in one batch")),
+            // A peer stands in line, or leaves it, only as itself.
+            Wire::Line {
+                request: LineRequest::Wait { peer, .. } | LineRequest::Leave { peer },
+                ..
+            } if key_of_peer(from) != Some(peer) => {
+                Reply::Refused("a peer waits in line, or leaves it, only as itself".into())
+            }
             Wire::Line { key, request } => match lock(&self.entries).get_mut(&key) {
                 Some(entry) if entry.kind == Kind::Lease => {
                     Reply::Line(entry.line.handle(now(), entry.timing, request))
@@ -715,6 +722,49 @@ mod tests {
 
     fn quorum(local: PeerId, dir: &std::path::Path) -> Quorum {
         Quorum::open(local, dir, [(Kind::Job, accept_all as Validator)].into()).unwrap()
+    }
+
+    #[test]
+    fn a_peer_stands_in_a_leases_line_only_as_itself() {
+        let (me, asker, other) = (peer(), peer(), peer());
+        let dir = dir("line");
+        let q = Quorum::open(me, &dir, [(Kind::Lease, accept_all as Validator)].into()).unwrap();
+        let key = Key::of_content(b"lease");
+        let join = Wire::Join {
+            kind: Kind::Lease,
+            key,
+            peers: vec![me],
+            timing: Timing::DEFAULT,
+            payload: b"name".to_vec(),
+        };
+        assert_eq!(q.handle(&asker, join), Reply::Joined);
+        let as_other = Wire::Line {
+            key,
+            request: LineRequest::Wait {
+                peer: key_of_peer(&other).unwrap(),
+                ticket: 0,
+            },
+        };
+        assert!(matches!(q.handle(&asker, as_other), Reply::Refused(_)));
+        let leave_other = Wire::Line {
+            key,
+            request: LineRequest::Leave {
+                peer: key_of_peer(&other).unwrap(),
+            },
+        };
+        assert!(matches!(q.handle(&asker, leave_other), Reply::Refused(_)));
+        let as_itself = Wire::Line {
+            key,
+            request: LineRequest::Wait {
+                peer: key_of_peer(&asker).unwrap(),
+                ticket: 1,
+            },
+        };
+        assert!(matches!(
+            q.handle(&asker, as_itself),
+            Reply::Line(LineAnswer::Place { ahead: 0, .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

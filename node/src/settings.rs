@@ -244,6 +244,15 @@ pub fn resolve(data_dir: PathBuf, given: Given) -> Result<NodeConfig, SettingsEr
     Ok(config)
 }
 
+/// A `--wait`: a duration as [`parse_duration`] reads it, or `0` (do not
+/// wait at all).
+pub fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
 /// The slots a peer offers unless told: one per core.
 pub fn default_slots() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))

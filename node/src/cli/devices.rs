@@ -76,7 +76,7 @@ pub(crate) enum DeviceCommand {
         shared: bool,
         /// Wait at most this long for it (0: fail at once, naming the
         /// holder). Default: as long as it takes.
-        #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+        #[arg(long, value_name = "DURATION", value_parser = settings::parse_wait)]
         wait: Option<Duration>,
         /// Forward this local address to the device (default: 127.0.0.1
         /// and a free port, printed).
@@ -91,14 +91,6 @@ pub(crate) enum DeviceCommand {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-}
-
-/// A `--wait`: a duration, or 0.
-fn parse_wait(text: &str) -> Result<Duration, String> {
-    if text.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    settings::parse_duration(text)
 }
 
 /// The exit code when the device was busy past `--wait` or its lease was

@@ -29,7 +29,7 @@ pub(crate) enum LeaseCommand {
         ttl: Option<Duration>,
         /// Wait at most this long for it (0: fail at once, naming the
         /// holder). Default: as long as it takes.
-        #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+        #[arg(long, value_name = "DURATION", value_parser = settings::parse_wait)]
         wait: Option<Duration>,
         #[command(flatten)]
         talk: Talk,
@@ -52,7 +52,7 @@ pub(crate) enum LeaseCommand {
         name: String,
         /// Wait at most this long for it (0: fail at once, naming the
         /// holder). Default: as long as it takes.
-        #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+        #[arg(long, value_name = "DURATION", value_parser = settings::parse_wait)]
         wait: Option<Duration>,
         #[command(flatten)]
         talk: Talk,
@@ -66,14 +66,6 @@ pub(crate) enum LeaseCommand {
         #[command(flatten)]
         talk: Talk,
     },
-}
-
-/// A `--wait`: a duration, or 0.
-fn parse_wait(text: &str) -> Result<Duration, String> {
-    if text.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    settings::parse_duration(text)
 }
 
 /// The exit code of `lease run` when the lease was lost, and of `acquire`

@@ -20,6 +20,8 @@
 use std::collections::BTreeMap;
 
 use shoal_overlay::{Instant, Key, Rng};
+
+use super::drift::{Clock, clock};
 use shoal_resources::lease::{Acquire, AcquireAction, Line, LineAnswer, LineRequest, Standing, answer};
 use shoal_resources::quorum::{Acceptor, Answer, Members, Request, Timing};
 
@@ -172,21 +174,6 @@ enum Ev {
     },
 }
 
-struct Clock {
-    rate: f64,
-    offset: f64,
-}
-
-impl Clock {
-    fn local(&self, real: u64) -> Instant {
-        Instant::from_micros((self.offset + real as f64 * self.rate).max(0.0) as u64)
-    }
-
-    fn real(&self, local: Instant) -> u64 {
-        ((local.as_micros() as f64 - self.offset) / self.rate).ceil().max(0.0) as u64
-    }
-}
-
 /// A client's current acquisition.
 struct Session {
     acquire: Acquire,
@@ -288,13 +275,6 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
     }
     world.check();
     world.report
-}
-
-fn clock(rng: &mut Rng, drift: f64) -> Clock {
-    Clock {
-        rate: 1.0 + drift * (2.0 * rng.unit_f64() - 1.0),
-        offset: rng.below(1_000 * SECOND) as f64,
-    }
 }
 
 impl World<'_> {
@@ -505,21 +485,7 @@ impl World<'_> {
             }
         }
         let let_go = s.holding.is_some_and(|(since, _, _)| self.now >= since + s.hold_for);
-        for action in out {
-            for m in 0..MEMBERS {
-                let msg = match &action {
-                    AcquireAction::Line { ask, request } => Msg::Line {
-                        ask: *ask,
-                        request: request.clone(),
-                    },
-                    AcquireAction::Ask { ask, request } => Msg::Ask {
-                        ask: *ask,
-                        request: request.clone(),
-                    },
-                };
-                self.send(c, m, msg);
-            }
-        }
+        self.send_all(c, out);
         if let_go {
             self.stop_holding(c, self.now);
             if let Some(s) = self.peers[c].session.as_mut() {
@@ -548,6 +514,19 @@ impl World<'_> {
         }
     }
 
+    /// Sends `out` from client `c` to every member.
+    fn send_all(&mut self, c: usize, out: Vec<AcquireAction>) {
+        for action in out {
+            let msg = match action {
+                AcquireAction::Line { ask, request } => Msg::Line { ask, request },
+                AcquireAction::Ask { ask, request } => Msg::Ask { ask, request },
+            };
+            for m in 0..MEMBERS {
+                self.send(c, m, msg.clone());
+            }
+        }
+    }
+
     /// Sends what client `c`'s session has to send now.
     fn tick_out(&mut self, c: usize) {
         let local = self.local(c);
@@ -557,21 +536,7 @@ impl World<'_> {
                 out.push(action);
             }
         }
-        for action in out {
-            for m in 0..MEMBERS {
-                let msg = match &action {
-                    AcquireAction::Line { ask, request } => Msg::Line {
-                        ask: *ask,
-                        request: request.clone(),
-                    },
-                    AcquireAction::Ask { ask, request } => Msg::Ask {
-                        ask: *ask,
-                        request: request.clone(),
-                    },
-                };
-                self.send(c, m, msg);
-            }
-        }
+        self.send_all(c, out);
     }
 
     fn others_want(&self, c: usize) -> bool {

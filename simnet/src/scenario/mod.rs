@@ -38,6 +38,7 @@ use crate::sim::{PeerIndex, PeerState, Sim, SimConfig, Violation};
 
 mod churn;
 mod devices;
+mod drift;
 mod durability;
 mod jobs;
 mod leases;

@@ -31,6 +31,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shoal_overlay::{Instant, Key, Rng};
+
+use super::drift::{Clock, clock};
 use shoal_resources::compute::{SuperviseAction, Supervision};
 use shoal_resources::quorum::{Acceptor, Answer, Grantee, Members, Outcome, Request, Saved, Tally, Tenure, Timing};
 
@@ -227,21 +229,6 @@ enum Ev {
     },
 }
 
-struct Clock {
-    rate: f64,
-    offset: f64,
-}
-
-impl Clock {
-    fn local(&self, real: u64) -> Instant {
-        Instant::from_micros((self.offset + real as f64 * self.rate).max(0.0) as u64)
-    }
-
-    fn real(&self, local: Instant) -> u64 {
-        ((local.as_micros() as f64 - self.offset) / self.rate).ceil().max(0.0) as u64
-    }
-}
-
 /// A job as one executor runs it.
 struct Run {
     tenure: Tenure,
@@ -385,13 +372,6 @@ pub fn supervise(spec: &SuperviseSpec, seed: u64) -> RunReport {
     }
     world.finish(end);
     world.report
-}
-
-fn clock(rng: &mut Rng, drift: f64) -> Clock {
-    Clock {
-        rate: 1.0 + drift * (2.0 * rng.unit_f64() - 1.0),
-        offset: rng.below(1_000 * SECOND) as f64,
-    }
 }
 
 impl World<'_> {
