@@ -557,12 +557,27 @@ async fn keep(client: &Client, from: PeerId, kind: Kind, state: &[u8]) -> Result
                 blob: shoal_resources::BlobInfo { id, size: 0 },
                 addrs: vec![format!("/p2p/{from}")],
             };
-            client
+            // From the saver first (a lookup per page would cost more than
+            // the page), and provided from here once kept: the save is
+            // answered without waiting for the overlay.
+            let (_, announce) = client
                 .files()
-                .download(id, Some(ticket), Arc::default(), None)
+                .download_unannounced(
+                    id,
+                    Some(ticket),
+                    Arc::default(),
+                    None,
+                    crate::files::Sources::TicketFirst,
+                )
                 .await
-                .map(|_| ())
-                .map_err(|e| format!("cannot keep checkpoint {id}: {}", crate::error::error_chain(&e)))
+                .map_err(|e| format!("cannot keep checkpoint {id}: {}", crate::error::error_chain(&e)))?;
+            let client = client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = announce.run(&client).await {
+                    tracing::debug!("checkpoint {id} is kept here but not announced: {e}");
+                }
+            });
+            Ok(())
         }
     }
 }

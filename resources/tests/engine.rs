@@ -496,6 +496,18 @@ fn run_saving(
     after: u32,
     save_at: u32,
 ) -> ((Outcome, Vec<u8>), Option<bool>) {
+    run_saving_warm(engine, bytes, dir, after, save_at, None)
+}
+
+/// [`run_saving`] in `warm`, an instance made ready beforehand.
+fn run_saving_warm(
+    engine: &WasmEngine,
+    bytes: &[u8],
+    dir: &JobDir,
+    after: u32,
+    save_at: u32,
+    warm: Option<Warm>,
+) -> ((Outcome, Vec<u8>), Option<bool>) {
     let sink = Arc::new(PauseAt {
         out: Collect::default(),
         pause: Pause::default(),
@@ -507,7 +519,7 @@ fn run_saving(
         seen: Default::default(),
     });
     let args = ["job".to_string()];
-    let outcome = engine.run(
+    let outcome = engine.run_warm(
         Key::of_content(bytes),
         bytes,
         Run {
@@ -520,6 +532,7 @@ fn run_saving(
             pause: &sink.pause.clone(),
             clock: wall_clock,
         },
+        warm,
     );
     let stdout = sink
         .out
@@ -621,6 +634,62 @@ fn a_pause_after_a_pre_copy_links_the_pages_that_did_not_change() {
     assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
     let written: Vec<&String> = after.keys().filter(|k| before[*k] != after[*k]).collect();
     assert_eq!(written, ["00001"], "only the words' page is written again");
+}
+
+/// Copies `from`'s `ckpt/` into `to`'s as links (as the node lays a
+/// fetched checkpoint out from its store): the same files.
+fn link_ckpt(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(from.join("."))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn an_instance_made_ready_from_a_pre_copy_goes_on_from_the_last_snapshot() {
+    let bytes = stepper();
+    let id = Key::of_content(&bytes);
+    let (_, expected) = run_pausing(&WasmEngine::new().unwrap(), &bytes, &dir("warm-whole"), 0);
+    // A pre-copy (paused after step 1,000), which the next peer makes an
+    // instance ready from while the job goes on ...
+    let first = dir("warm-first");
+    let (outcome, _) = run_pausing(&WasmEngine::new().unwrap(), &bytes, &first, 1);
+    assert!(matches!(outcome.error, Some(RunError::Paused { .. })), "{outcome:?}");
+    let ready = dir("warm-ready");
+    link_ckpt(&first.checkpoints(), &ready.checkpoints());
+    let next = WasmEngine::new().unwrap();
+    let warm = next.warm(id, &bytes, &ready.checkpoints(), limits().memory).unwrap();
+    assert_eq!(warm.module(), id);
+    // ... the job goes on to step 2,000 and pauses: its last snapshot
+    // links the pages that did not change and writes the one that did ...
+    let second = dir("warm-second");
+    link_ckpt(&first.checkpoints(), &second.checkpoints());
+    let (outcome, _) = run_pausing(&WasmEngine::new().unwrap(), &bytes, &second, 1);
+    assert!(matches!(outcome.error, Some(RunError::Paused { .. })), "{outcome:?}");
+    // ... and the warm instance goes on from that last snapshot, not from
+    // the pre-copy it holds: the same end as an uninterrupted run (a
+    // changed page taken for an unchanged one would change the sum).
+    let third = dir("warm-third");
+    link_ckpt(&second.checkpoints(), &third.checkpoints());
+    let ((outcome, stdout), _) = run_saving_warm(&next, &bytes, &third, 0, 0, Some(warm));
+    assert_eq!(outcome, Outcome::exited(0));
+    assert_eq!(stdout, expected);
+    assert_eq!(std::fs::read(third.outputs().join("start.txt")).unwrap(), b"start.txt");
+    // An instance of another module is not used: the run starts afresh.
+    let other = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "shoal_step") (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let fourth = dir("warm-fourth");
+    link_ckpt(&second.checkpoints(), &fourth.checkpoints());
+    let stranger = next
+        .warm(Key::of_content(&other), &other, &ready.checkpoints(), limits().memory)
+        .unwrap();
+    let ((outcome, stdout), _) = run_saving_warm(&next, &bytes, &fourth, 0, 0, Some(stranger));
+    assert_eq!((outcome, stdout), (Outcome::exited(0), expected));
 }
 
 #[test]

@@ -122,20 +122,23 @@ impl<'a> Files<'a> {
         how: Import,
         progress: Arc<Progress>,
     ) -> Result<(BlobInfo, Ticket), NodeError> {
-        let (info, ticket, _) = self.share_reusing(path, how, progress, None).await?;
+        let (info, ticket, _, announce) = self.share_unannounced(path, how, progress, None).await?;
+        announce.run(self.client).await?;
         Ok((info, ticket))
     }
 
     /// [`share_counted`](Self::share_counted), taking the files of a
     /// directory that `reuse` knows as they were (not hashed or copied
-    /// again); returns `reuse` with this share's files.
-    pub async fn share_reusing(
+    /// again); returns `reuse` with this share's files, and leaves the
+    /// announcement to the caller (a job's checkpoint is fetched from the
+    /// executor by its home, which need not wait for the overlay).
+    pub(crate) async fn share_unannounced(
         self,
         path: std::path::PathBuf,
         how: Import,
         progress: Arc<Progress>,
         mut reuse: Option<shoal_resources::store::Reuse>,
-    ) -> Result<(BlobInfo, Ticket, Option<shoal_resources::store::Reuse>), NodeError> {
+    ) -> Result<(BlobInfo, Ticket, Option<shoal_resources::store::Reuse>, Announce), NodeError> {
         let _turn = self
             .client
             .imports
@@ -181,11 +184,14 @@ impl<'a> Files<'a> {
         .map_err(|e| NodeError::Task(e.to_string()))?;
         self.client.forget_provided(&evicted, "dropped to make room").await?;
         let (info, files) = imported?;
-        let mut keys: Vec<Key> = files.iter().map(|f| f.id).collect();
-        keys.push(info.id);
-        self.client.provide(keys).await?;
+        let mut provided: Vec<Key> = files.iter().map(|f| f.id).collect();
+        provided.push(info.id);
         let addrs = self.client.listening().await?.iter().map(ToString::to_string).collect();
-        Ok((info, Ticket { blob: info, addrs }, reuse))
+        let announce = Announce {
+            provided,
+            evicted: Vec::new(),
+        };
+        Ok((info, Ticket { blob: info, addrs }, reuse, announce))
     }
 
     /// Downloads blob `id` (size and a first provider may come from a
@@ -200,7 +206,9 @@ impl<'a> Files<'a> {
         out: Option<std::path::PathBuf>,
     ) -> Result<BlobInfo, NodeError> {
         let client = self.client;
-        let (info, announce) = self.download_unannounced(id, ticket, progress, out).await?;
+        let (info, announce) = self
+            .download_unannounced(id, ticket, progress, out, Sources::All)
+            .await?;
         announce.run(client).await?;
         Ok(info)
     }
@@ -208,13 +216,16 @@ impl<'a> Files<'a> {
     /// [`download`](Self::download) without waiting for this peer to be
     /// announced as a provider of what it fetched: the caller runs the
     /// returned [`Announce`] (a job's executor does so after it started
-    /// the job it fetched a checkpoint for).
+    /// the job it fetched a checkpoint for). `sources` says whether the
+    /// overlay is asked for more providers at once or only when the
+    /// ticket's fail.
     pub(crate) async fn download_unannounced(
         self,
         id: Key,
         ticket: Option<Ticket>,
         progress: Arc<Progress>,
         out: Option<std::path::PathBuf>,
+        sources: Sources,
     ) -> Result<(BlobInfo, Announce), NodeError> {
         // Until it is filed where it goes (see `Turns`).
         let _turn = self.client.fetching.turn(id).await;
@@ -233,20 +244,9 @@ impl<'a> Files<'a> {
                 providers.push(peer);
             }
         }
-        if !self.client.blobs.contains(&id) {
-            // The overlay may not be reachable; a ticket alone is enough.
-            if let Ok(found) = self.client.get_providers(id).await {
-                for p in found {
-                    if !providers.contains(&p.addr.peer) {
-                        self.client.add_addresses(p.addr.peer, p.addr.addrs.clone()).await?;
-                        providers.push(p.addr.peer);
-                    }
-                }
-            }
-        }
         providers.retain(|p| *p != self.client.peer_id);
         // A ticket's size is a claim: the fetch proves the size first.
-        let claimed = ticket.map(|t| t.blob.size);
+        let claimed = ticket.map(|t| t.blob.size).filter(|size| *size > 0);
         progress
             .size
             .store(claimed.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
@@ -254,17 +254,9 @@ impl<'a> Files<'a> {
             info,
             mut evicted,
             downloaded,
-        } = fetch(
-            self.client.blobs.clone(),
-            self.client.streams.clone(),
-            id,
-            claimed,
-            providers.clone(),
-            progress.clone(),
-            None,
-            self.client.quota,
-        )
-        .await?;
+        } = self
+            .fetch_from(id, claimed, &providers, sources, progress.clone(), None)
+            .await?;
         let mut provided = vec![info.id];
         // A directory's id names its listing: fetch every file it lists.
         let listing = if info.size <= MAX_LISTING_BYTES {
@@ -295,6 +287,7 @@ impl<'a> Files<'a> {
                 .map_err(|e| NodeError::Task(e.to_string()))??;
             }
             (Some(entries), out) => {
+                use futures::StreamExt;
                 // Sizes from the sharer's listing: summed without overflow;
                 // each file's fetch checks its own against the disk.
                 let total = entries.iter().fold(0u64, |sum, e| sum.saturating_add(e.blob.size));
@@ -302,37 +295,31 @@ impl<'a> Files<'a> {
                 if let Some(out) = &out {
                     std::fs::create_dir_all(out).map_err(|e| NodeError::Store(e.into()))?;
                 }
-                for entry in entries {
-                    let mut from = providers.clone();
-                    // A file held here already (an unchanged page of a job's
-                    // snapshot, a file two directories share) needs no
-                    // providers: its fetch only checks and files it.
-                    let held = self.client.blobs.contains(&entry.blob.id);
-                    if !held && let Ok(found) = self.client.get_providers(entry.blob.id).await {
-                        for p in found {
-                            if p.addr.peer != self.client.peer_id && !from.contains(&p.addr.peer) {
-                                self.client.add_addresses(p.addr.peer, p.addr.addrs.clone()).await?;
-                                from.push(p.addr.peer);
-                            }
-                        }
-                    }
+                // Several files at once: a snapshot's changed pages arrive
+                // together, not one round trip after another.
+                let mut files = futures::stream::iter(entries.into_iter().map(|entry| {
+                    let (providers, progress) = (&providers, progress.clone());
                     let target = out.as_ref().map(|o| o.join(&entry.path));
-                    // (A listing cannot name itself: its id hashes its entries.)
-                    let _entry_turn = self.client.fetching.turn(entry.blob.id).await;
-                    if let Some(parent) = target.as_ref().and_then(|t| t.parent()) {
-                        std::fs::create_dir_all(parent).map_err(|e| NodeError::Store(e.into()))?;
+                    async move {
+                        // (A listing cannot name itself: its id hashes its entries.)
+                        let _entry_turn = self.client.fetching.turn(entry.blob.id).await;
+                        if let Some(parent) = target.as_ref().and_then(|t| t.parent()) {
+                            std::fs::create_dir_all(parent).map_err(|e| NodeError::Store(e.into()))?;
+                        }
+                        self.fetch_from(
+                            entry.blob.id,
+                            Some(entry.blob.size),
+                            providers,
+                            sources,
+                            progress,
+                            target,
+                        )
+                        .await
                     }
-                    let got = fetch(
-                        self.client.blobs.clone(),
-                        self.client.streams.clone(),
-                        entry.blob.id,
-                        Some(entry.blob.size),
-                        from,
-                        progress.clone(),
-                        target,
-                        self.client.quota,
-                    )
-                    .await?;
+                }))
+                .buffer_unordered(FILES_AT_ONCE);
+                while let Some(got) = files.next().await {
+                    let got = got?;
                     provided.push(got.info.id);
                     evicted.extend(got.evicted);
                 }
@@ -340,7 +327,67 @@ impl<'a> Files<'a> {
         }
         Ok((info, Announce { provided, evicted }))
     }
+
+    /// Fetches one blob from `first` and, as `sources` says, from the
+    /// providers the overlay knows. A blob held here already needs no
+    /// providers: its fetch only checks and files it.
+    async fn fetch_from(
+        self,
+        id: Key,
+        claimed: Option<u64>,
+        first: &[PeerId],
+        sources: Sources,
+        progress: Arc<Progress>,
+        target: Option<std::path::PathBuf>,
+    ) -> Result<Fetched, NodeError> {
+        let attempt = |providers: Vec<PeerId>, target: Option<std::path::PathBuf>| {
+            fetch(
+                self.client.blobs.clone(),
+                self.client.streams.clone(),
+                id,
+                claimed,
+                providers,
+                progress.clone(),
+                target,
+                self.client.quota,
+            )
+        };
+        let held = self.client.blobs.contains(&id);
+        if held || (sources == Sources::TicketFirst && !first.is_empty()) {
+            match attempt(first.to_vec(), target.clone()).await {
+                Ok(fetched) => return Ok(fetched),
+                Err(e) if held => return Err(e.into()),
+                Err(e) => tracing::debug!("{id}: not from the ticket's providers ({e}); asking the overlay"),
+            }
+        }
+        let mut from = first.to_vec();
+        // The overlay may not be reachable; a ticket alone is enough.
+        if let Ok(found) = self.client.get_providers(id).await {
+            for p in found {
+                if p.addr.peer != self.client.peer_id && !from.contains(&p.addr.peer) {
+                    self.client.add_addresses(p.addr.peer, p.addr.addrs.clone()).await?;
+                    from.push(p.addr.peer);
+                }
+            }
+        }
+        Ok(attempt(from, target).await?)
+    }
 }
+
+/// Where a download looks for providers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sources {
+    /// The ticket's and every one the overlay knows, together (several
+    /// providers at once are faster for a large file).
+    All,
+    /// The ticket's alone, the overlay asked only if they fail: a
+    /// checkpoint fetched from the peer that just saved it, where a
+    /// lookup per file costs more than the file.
+    TicketFirst,
+}
+
+/// Files of a directory fetched at once.
+const FILES_AT_ONCE: usize = 8;
 
 /// What a download leaves to announce: the blobs this peer now provides
 /// and those it dropped to make room.

@@ -23,7 +23,7 @@ use libp2p::{PeerId, Stream};
 use shoal_overlay::Key;
 use shoal_resources::compute::engine::snapshot::SNAPSHOT_DIR;
 use shoal_resources::compute::engine::{
-    CHECKPOINT_EXIT, Cancel, JobDir, Limits, NativeRunner, Outcome, Pause, Run, RunError, WasmEngine,
+    CHECKPOINT_EXIT, Cancel, JobDir, Limits, NativeRunner, Outcome, Pause, Run, RunError, Warm, WasmEngine,
 };
 use shoal_resources::compute::offer::{SlotOffer, offer_key};
 use shoal_resources::compute::{FairQueue, JobKind, JobResult, JobSpec, Load, Needs, Steal};
@@ -168,7 +168,21 @@ pub(crate) struct Executor {
     local: PeerId,
     /// Set by `shoal drain`: no new grants, every job moved elsewhere.
     draining: std::sync::atomic::AtomicBool,
+    /// Turns for [`Request::Prepare`]: [`PREPARING`] at a time.
+    preparing: tokio::sync::Semaphore,
+    /// An instance made ready for a moved job (see `prepare`), numbered.
+    warm: Mutex<Option<(u64, Warm)>>,
 }
+
+/// How long an instance made ready for a moved job waits for it.
+const WARM_FOR: Duration = Duration::from_secs(30);
+
+/// How long a moved job's next executor may take to get ready (fetch and
+/// compile its module, fetch its pre-copy) while the job still runs.
+const PREPARE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Preparations for a moved job one executor makes at once.
+const PREPARING: usize = 2;
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -231,6 +245,8 @@ impl Executor {
             wake: tokio::sync::Notify::new(),
             local,
             draining: std::sync::atomic::AtomicBool::new(false),
+            preparing: tokio::sync::Semaphore::new(PREPARING),
+            warm: Mutex::new(None),
         })
     }
 
@@ -607,7 +623,15 @@ impl Executor {
     async fn run(&self, client: &Client, job: Key, hosted: &Hosted) -> (Outcome, Option<Key>) {
         let root = self.dir.join(format!("{job}-{}", hosted.token));
         let result = self.run_in(client, job, &root, hosted).await;
-        let _ = tokio::fs::remove_dir_all(&root).await;
+        if matches!(&result, Ok((outcome, _)) if matches!(outcome.error, Some(RunError::Paused { .. }))) {
+            // Paused for a move: its release waits for this run to end,
+            // not for its files to go (a next run here has its own
+            // directory, named by its token).
+            let root = root.clone();
+            tokio::spawn(async move { tokio::fs::remove_dir_all(&root).await });
+        } else {
+            let _ = tokio::fs::remove_dir_all(&root).await;
+        }
         match result {
             Ok(done) => done,
             Err(e) => (
@@ -676,7 +700,18 @@ impl Executor {
             Some(Some(id)) => Some(
                 client
                     .files()
-                    .download_unannounced(id, None, Arc::default(), None)
+                    .download_unannounced(
+                        id,
+                        // A majority of the job's home keeps it: asked
+                        // first, the overlay only if they cannot send it.
+                        Some(shoal_resources::Ticket {
+                            blob: shoal_resources::BlobInfo { id, size: 0 },
+                            addrs: hosted.members.iter().map(|p| format!("/p2p/{p}")).collect(),
+                        }),
+                        Arc::default(),
+                        None,
+                        crate::files::Sources::TicketFirst,
+                    )
                     .await
                     .map(|(_, announce)| {
                         // Provided meanwhile: the job need not wait for it.
@@ -766,6 +801,8 @@ impl Executor {
                 args.clone(),
                 module.clone(),
             );
+            // Made ready for this job before it came (see `prepare`).
+            let warm = module.as_ref().and_then(|(id, _)| self.take_warm(id));
             let outcome = tokio::task::spawn_blocking(move || {
                 let run = |args| Run {
                     args,
@@ -781,7 +818,7 @@ impl Executor {
                     Some((id, bytes)) => {
                         let mut argv = vec!["job.wasm".to_string()];
                         argv.extend(args.iter().cloned());
-                        engine.run(id, &bytes, run(&argv))
+                        engine.run_warm(id, &bytes, run(&argv), warm)
                     }
                     None => {
                         let (command, rest) = args.split_first().map_or(("", &[][..]), |(c, r)| (c.as_str(), r));
@@ -858,11 +895,19 @@ impl Executor {
         let reuse = lock(&hosted.pages)
             .take()
             .unwrap_or_else(|| Reuse::under(format!("{SNAPSHOT_DIR}/memory")));
-        let (info, _, reuse) = client
+        let (info, _, reuse, announce) = client
             .files()
-            .share_reusing(dir.checkpoints(), Import::Copy, Arc::default(), Some(reuse))
+            .share_unannounced(dir.checkpoints(), Import::Copy, Arc::default(), Some(reuse))
             .await
             .map_err(|e| format!("cannot share /ckpt: {}", crate::error::error_chain(&e)))?;
+        // The home fetches it from here (see `quorum::keep`); the overlay
+        // hears of it meanwhile.
+        let announcing = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = announce.run(&announcing).await {
+                tracing::debug!("job {job}: its checkpoint is not announced: {e}");
+            }
+        });
         if let Some(reuse) = reuse {
             tracing::debug!(
                 "job {job}: /ckpt shared in {} ms ({} pages hashed, {} unchanged)",
@@ -910,6 +955,131 @@ impl Executor {
             }
         }
         Err("no majority of the job's home took it".into())
+    }
+
+    /// Gets ready for a job of `module` that goes on from `checkpoint`
+    /// (asked by `from`, its executor, before it pauses the job): the
+    /// module compiled and the checkpoint held here, so that the grant
+    /// that follows starts at once. Any peer may ask, as any may probe or
+    /// claim: it costs this peer a fetch and a compile, [`PREPARING`] at
+    /// a time, and nothing runs.
+    async fn prepare(self: &Arc<Self>, client: &Client, from: PeerId, module: Key, checkpoint: Option<Key>) -> Answer {
+        if self.draining() {
+            return Answer::Refused("this peer is draining".into());
+        }
+        if !self.offer.kinds.contains(&JobKind::Wasm) {
+            return Answer::Refused("this peer runs no WebAssembly jobs".into());
+        }
+        let Ok(_turn) = self.preparing.try_acquire() else {
+            return Answer::Refused(format!("{PREPARING} preparations under way here"));
+        };
+        let started = std::time::Instant::now();
+        let ready = async {
+            fetch(client, module)
+                .await
+                .map_err(|e| format!("cannot fetch the module {module}: {e}"))?;
+            let (store, engine) = (client.blob_store().clone(), self.engine.clone());
+            tokio::task::spawn_blocking(move || {
+                let bytes = store
+                    .read_small(&module, MAX_MODULE_BYTES)
+                    .map_err(|e| format!("cannot read the module {module}: {e}"))?;
+                engine.check(&bytes).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            if let Some(id) = checkpoint {
+                let ticket = shoal_resources::Ticket {
+                    blob: shoal_resources::BlobInfo { id, size: 0 },
+                    addrs: vec![format!("/p2p/{from}")],
+                };
+                let (_, announce) = client
+                    .files()
+                    .download_unannounced(
+                        id,
+                        Some(ticket),
+                        Arc::default(),
+                        None,
+                        crate::files::Sources::TicketFirst,
+                    )
+                    .await
+                    .map_err(|e| format!("cannot fetch checkpoint {id}: {}", crate::error::error_chain(&e)))?;
+                let announcing = client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = announce.run(&announcing).await {
+                        tracing::debug!("checkpoint {id}: not announced: {e}");
+                    }
+                });
+                // An instance with the pre-copy in its memory: the job's
+                // last snapshot then puts back only what changed since.
+                let scratch = self.dir.join(format!("warm-{module}"));
+                let (store, engine, memory) = (
+                    client.blob_store().clone(),
+                    self.engine.clone(),
+                    self.config.slot_memory,
+                );
+                let made = tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    let ckpt = scratch.join("ckpt");
+                    let made = lay_out(&store, id, &ckpt, true).and_then(|_| {
+                        let bytes = store
+                            .read_small(&module, MAX_MODULE_BYTES)
+                            .map_err(|e| format!("cannot read the module {module}: {e}"))?;
+                        engine.warm(module, &bytes, &ckpt, memory).map_err(|e| e.to_string())
+                    });
+                    // The pages it read stay open in it.
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    made
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                match made {
+                    Ok(warm) => self.keep_warm(warm),
+                    // Not needed to go on: the job reads every page then.
+                    Err(e) => tracing::info!("module {module}: no instance made ready: {e}"),
+                }
+            }
+            Ok::<_, String>(())
+        };
+        match ready.await {
+            Ok(()) => {
+                tracing::info!(
+                    "ready for a job of module {module} moved here by {from} ({} ms)",
+                    started.elapsed().as_millis()
+                );
+                Answer::Done
+            }
+            Err(why) => Answer::Refused(why),
+        }
+    }
+
+    /// Keeps `warm` for the job it was made for (one at a time: it holds
+    /// a job's memory), for [`WARM_FOR`] at most.
+    fn keep_warm(self: &Arc<Self>, warm: Warm) {
+        let serial = {
+            let mut held = lock(&self.warm);
+            let serial = held.as_ref().map_or(0, |(n, _)| n + 1);
+            *held = Some((serial, warm));
+            serial
+        };
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(WARM_FOR).await;
+            if let Some(this) = this.upgrade() {
+                let mut held = lock(&this.warm);
+                if held.as_ref().is_some_and(|(n, _)| *n == serial) {
+                    *held = None;
+                }
+            }
+        });
+    }
+
+    /// The instance made ready for a job of `module`, if any.
+    fn take_warm(&self, module: &Key) -> Option<Warm> {
+        let mut held = lock(&self.warm);
+        if held.as_ref().is_some_and(|(_, w)| w.module() == *module) {
+            return held.take().map(|(_, w)| w);
+        }
+        None
     }
 
     /// Saves the checkpoint of `job` now, for its submitter
@@ -1118,6 +1288,7 @@ impl Executor {
         } else {
             None
         };
+        let mut chosen = None;
         if steps && running() {
             // First a pre-copy: saved while it goes on, and kept by its
             // home; the pause then sends only the pages changed since.
@@ -1127,14 +1298,24 @@ impl Executor {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             let root = self.dir.join(format!("{job}-{}", hosted.token));
+            let mut pre_copy = None;
             if hosted.pause.saved() == Some(true) && running() {
                 match self.checkpoint(client, job, &hosted, &JobDir::at(&root)).await {
-                    Ok(id) => tracing::info!(
-                        "job {job}: pre-copy {id} kept by its home in {} ms while it ran",
-                        copying.elapsed().as_millis()
-                    ),
+                    Ok(id) => {
+                        tracing::info!(
+                            "job {job}: pre-copy {id} kept by its home in {} ms while it ran",
+                            copying.elapsed().as_millis()
+                        );
+                        pre_copy = Some(id);
+                    }
                     Err(e) => tracing::info!("job {job}: no pre-copy ({e}): the pause sends it all"),
                 }
+            }
+            // The next executor, chosen now, compiles the module and
+            // fetches the pre-copy while the job still runs here: the
+            // pause then waits for neither.
+            if to.is_none() && running() {
+                chosen = self.ready_next(client, job, &hosted, pre_copy).await;
             }
             let pausing = std::time::Instant::now();
             hosted.pause.stop();
@@ -1204,22 +1385,70 @@ impl Executor {
             peers: hosted.members.clone(),
             timing: hosted.timing,
             executors: HashMap::new(),
-            to,
+            to: to.or(chosen),
         };
-        let supervision = shoal_resources::compute::Supervision::new(
-            now(),
-            members_of(&hosted.members),
-            hosted.timing,
-            Duration::from_millis(200),
-            MEMBER_TIMEOUT,
-        );
-        let (peer, n, _) = super::home::place_now(client, &mut supervised, supervision, grantee.n)
-            .await
-            .map_err(|e| {
-                format!("job {job} is stopped and released, but placing it again failed (its home goes on trying): {e}")
-            })?;
+        let supervision = || {
+            shoal_resources::compute::Supervision::new(
+                now(),
+                members_of(&hosted.members),
+                hosted.timing,
+                Duration::from_millis(200),
+                MEMBER_TIMEOUT,
+            )
+        };
+        let mut placed = super::home::place_now(client, &mut supervised, supervision(), grantee.n).await;
+        if let (Err(e), None, Some(ready)) = (&placed, to, chosen) {
+            // The peer got ready, but its slot went to another job
+            // meanwhile: any other will do.
+            tracing::info!("job {job}: {ready} got ready but did not take it ({e}); placing it anywhere");
+            supervised.to = None;
+            placed = super::home::place_now(client, &mut supervised, supervision(), grantee.n).await;
+        }
+        let (peer, n, _) = placed.map_err(|e| {
+            format!("job {job} is stopped and released, but placing it again failed (its home goes on trying): {e}")
+        })?;
         tracing::info!("job {job}: {why}; placed on {peer} as grant {n}");
         Ok((peer, n))
+    }
+
+    /// Chooses where `job` (a stepping module about to pause for a move)
+    /// goes next and has that peer get ready for it: its module compiled
+    /// and `checkpoint` (the pre-copy) held. `None` when no peer could be
+    /// chosen or got ready in time: the placement after the pause then
+    /// chooses as for any job.
+    async fn ready_next(&self, client: &Client, job: Key, hosted: &Hosted, checkpoint: Option<Key>) -> Option<PeerId> {
+        let module = hosted.spec.module?;
+        let started = std::time::Instant::now();
+        let peer = match client
+            .jobs()
+            .choose(&hosted.spec.needs(), &hosted.spec, job, Some(client.key()))
+            .await
+        {
+            Ok(peer) if peer != self.local => peer,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::info!("job {job}: no next executor chosen before its pause: {e}");
+                return None;
+            }
+        };
+        let request = Request::Prepare { module, checkpoint };
+        match super::submit::ask(client, peer, &request, PREPARE_WITHIN).await {
+            Ok(Answer::Done) => {
+                tracing::info!(
+                    "job {job}: {peer} is ready to go on with it ({} ms)",
+                    started.elapsed().as_millis()
+                );
+                Some(peer)
+            }
+            Ok(Answer::Refused(why)) => {
+                tracing::info!("job {job}: {peer} did not get ready for it: {why}");
+                None
+            }
+            other => {
+                tracing::info!("job {job}: {peer} did not get ready for it: {other:?}");
+                None
+            }
+        }
     }
 
     /// `shoal drain`: takes no new jobs from now on, and moves every job
@@ -1618,6 +1847,11 @@ async fn serve(
         stream.write_all(&crate::codec::encode_cbor(&answer)?).await?;
         return stream.close().await;
     }
+    if let Request::Prepare { module, checkpoint } = request {
+        let answer = executor.prepare(client, peer, module, checkpoint).await;
+        stream.write_all(&crate::codec::encode_cbor(&answer)?).await?;
+        return stream.close().await;
+    }
     if let Request::Checkpoint { job } = request {
         let answer = executor.checkpoint_now(client, &peer, job).await;
         stream.write_all(&crate::codec::encode_cbor(&answer)?).await?;
@@ -1655,6 +1889,7 @@ pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, re
         Request::Drop { job, n } => executor.drop_grant(&job, n),
         Request::Cancel { job } => executor.cancel(&peer, &job),
         Request::Checkpoint { .. } => Answer::Refused("a checkpoint is answered on its own stream".into()),
+        Request::Prepare { .. } => Answer::Refused("a preparation is answered on its own stream".into()),
         Request::Release { .. } => Answer::Refused("a move is answered on its own stream".into()),
         Request::Watch { .. } => Answer::Refused("a watch is a stream of its own".into()),
         Request::Ended(results) => {

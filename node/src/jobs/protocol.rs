@@ -90,6 +90,11 @@ pub(crate) enum Request {
     /// another peer (`to`, a peer id's bytes, if given) from its newest
     /// checkpoint (only its submitter may ask). Answered once placed.
     Release { job: Key, to: Option<serde_bytes::ByteBuf> },
+    /// Get ready to go on with a job of `module` from `checkpoint`: you
+    /// are about to be granted it (a stepping module moved by a drain or
+    /// a move). Compile the module and fetch the checkpoint now, so that
+    /// the job's pause does not wait for either. Answered once ready.
+    Prepare { module: Key, checkpoint: Option<Key> },
     /// To a submitter, from the executor that committed them: these jobs
     /// of yours ended, with these results (a job's committed
     /// [`shoal_resources::compute::JobResult`]), at most [`MAX_NOTICES`].

@@ -610,6 +610,32 @@ impl<'a> Jobs<'a> {
         to: Option<PeerId>,
         grant: &Request,
     ) -> Result<(PeerId, u32), SubmitError> {
+        self.place_or_choose(needs, spec, job, avoid, to, Some(grant)).await
+    }
+
+    /// The peer the placement machine would claim for the job, probed
+    /// but not claimed: a moved job's next executor, chosen before the
+    /// job pauses so that it can get ready.
+    pub(crate) async fn choose(
+        &self,
+        needs: &Needs,
+        spec: &JobSpec,
+        job: Key,
+        avoid: Option<Key>,
+    ) -> Result<PeerId, SubmitError> {
+        Ok(self.place_or_choose(needs, spec, job, avoid, None, None).await?.0)
+    }
+
+    /// [`place`](Self::place), or with no `grant`, [`choose`](Self::choose).
+    async fn place_or_choose(
+        &self,
+        needs: &Needs,
+        spec: &JobSpec,
+        job: Key,
+        avoid: Option<Key>,
+        to: Option<PeerId>,
+        grant: Option<&Request>,
+    ) -> Result<(PeerId, u32), SubmitError> {
         let (mut candidates, peers) = self.candidates(needs, spec).await?;
         if let Some(to) = to {
             let key = key_of_peer(&to);
@@ -625,7 +651,7 @@ impl<'a> Jobs<'a> {
         }
         let seed = u64::from_le_bytes(job.to_bytes()[..8].try_into().unwrap_or_default())
             ^ match grant {
-                Request::Grant { n, .. } => *n,
+                Some(Request::Grant { n, .. }) => *n,
                 _ => 0,
             };
         let mut placement = Placement::new(needs.clone(), self.compute().config.probes, PROBE_TIMEOUT, seed);
@@ -653,7 +679,11 @@ impl<'a> Jobs<'a> {
                     continue;
                 };
                 let request = if claim {
-                    grant.clone()
+                    match grant {
+                        Some(grant) => grant.clone(),
+                        // Chosen, not claimed.
+                        None => return Ok((peer, 0)),
+                    }
                 } else {
                     Request::Probe(wire.clone())
                 };

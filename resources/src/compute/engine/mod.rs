@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use native::NativeRunner;
-pub use wasm::WasmEngine;
+pub use wasm::{Warm, WasmEngine};
 
 /// Which of a job's output streams bytes were written to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -186,12 +186,81 @@ pub fn held(dir: &JobDir) -> bool {
     dir.checkpoints().join(SNAPSHOT_DIR).join("state").is_file()
 }
 
-/// Resumes `instance` (fresh, not initialized) from the snapshot under
-/// `dir`'s `ckpt/`, puts back what the job had written under `/out`, and
-/// removes the snapshot (the job must not see it, nor count it against
-/// its cap).
-pub fn restore(mut store: impl AsContextMut, instance: &Instance, dir: &JobDir) -> Result<(), RunError> {
+/// What an instance made ready before its job came (see
+/// [`super::wasm::Warm`]) knows of one page of its memory.
+#[derive(Debug)]
+pub(crate) enum Page {
+    /// Unknown: read it.
+    Unknown,
+    /// All zero.
+    Zero,
+    /// The bytes of this page file, held open so that no other file can
+    /// take its inode: a page file of a later snapshot that is the same
+    /// file (a link to the same blob in the store) holds the same bytes.
+    File(std::fs::File),
+}
+
+/// The memory size the snapshot under `dir`'s `ckpt/` has, if it holds one.
+pub(crate) fn memory_size(dir: &JobDir) -> Option<u64> {
+    let state = std::fs::read(dir.checkpoints().join(SNAPSHOT_DIR).join("state")).ok()?;
+    let state: State = ciborium::from_reader(&state[..]).ok()?;
+    Some(state.memory)
+}
+
+/// Resumes `instance` (fresh, not initialized; or made ready from an
+/// earlier snapshot of the same job, `known` saying what each page of its
+/// memory holds) from the snapshot under `dir`'s `ckpt/`, puts back what
+/// the job had written under `/out`, and removes the snapshot (the job
+/// must not see it, nor count it against its cap).
+pub fn restore(store: impl AsContextMut, instance: &Instance, dir: &JobDir) -> Result<(), RunError> {
+    restore_over(store, instance, dir, Vec::new())
+}
+
+/// [`restore`] over memory whose pages `known` describes: only the pages
+/// that differ are read.
+pub(crate) fn restore_over(
+    mut store: impl AsContextMut,
+    instance: &Instance,
+    dir: &JobDir,
+    known: Vec<Page>,
+) -> Result<(), RunError> {
     let root = dir.checkpoints().join(SNAPSHOT_DIR);
+    let state = read_memory(&mut store, instance, &root, known)?.0;
+    for (name, kind, bits) in state.globals {
+        let global = instance
+            .get_global(&mut store, &name)
+            .ok_or_else(|| io("globals", format!("the module exports no global `{name}`")))?;
+        let value = match kind {
+            0 => Val::I32(bits as u32 as i32),
+            1 => Val::I64(bits as i64),
+            2 => Val::F32(bits as u32),
+            3 => Val::F64(bits),
+            _ => return Err(io("globals", format!("`{name}` has an unknown type"))),
+        };
+        global.set(&mut store, value).map_err(|e| io("globals", e))?;
+    }
+    copy_tree(&root.join("out"), &dir.outputs()).map_err(|e| io("restore /out", e))?;
+    std::fs::remove_dir_all(&root).map_err(|e| io("remove", e))?;
+    Ok(())
+}
+
+/// Puts the memory of the snapshot under `ckpt` (a `ckpt/` directory)
+/// into `instance`, which runs nothing meanwhile: what an instance made
+/// ready for a moved job holds before the job's last snapshot arrives.
+/// Returns what each page holds now.
+pub(crate) fn warm_memory(store: impl AsContextMut, instance: &Instance, ckpt: &Path) -> Result<Vec<Page>, RunError> {
+    Ok(read_memory(store, instance, &ckpt.join(SNAPSHOT_DIR), Vec::new())?.1)
+}
+
+/// Grows `instance`'s memory to the snapshot's size at `root` and reads
+/// its pages, but for those `known` says it holds already.
+fn read_memory(
+    mut store: impl AsContextMut,
+    instance: &Instance,
+    root: &Path,
+    mut known: Vec<Page>,
+) -> Result<(State, Vec<Page>), RunError> {
+    use std::os::unix::fs::MetadataExt;
     let state = std::fs::read(root.join("state")).map_err(|e| io("read", e))?;
     let state: State = ciborium::from_reader(&state[..]).map_err(|e| io("state", e))?;
     let memory = instance
@@ -215,38 +284,39 @@ pub fn restore(mut store: impl AsContextMut, instance: &Instance, dir: &JobDir) 
             format!("{} bytes, the snapshot has {}", data.len(), state.memory),
         ));
     }
+    let mut now = Vec::with_capacity(data.len().div_ceil(PAGE));
     for (i, page) in data.chunks_mut(PAGE).enumerate() {
+        let before = known
+            .get_mut(i)
+            .map_or(Page::Unknown, |p| std::mem::replace(p, Page::Unknown));
         let mut file = match std::fs::File::open(root.join("memory").join(format!("{i:05}"))) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                page.fill(0);
+                if !matches!(before, Page::Zero) {
+                    page.fill(0);
+                }
+                now.push(Page::Zero);
                 continue;
             }
             Err(e) => return Err(io("read", e)),
         };
-        let len = file.metadata().map_err(|e| io("read", e))?.len();
-        if len != page.len() as u64 {
-            return Err(io("memory", format!("page {i} holds {len} bytes")));
+        let meta = file.metadata().map_err(|e| io("read", e))?;
+        if meta.len() != page.len() as u64 {
+            return Err(io("memory", format!("page {i} holds {} bytes", meta.len())));
+        }
+        if let Page::File(held) = &before
+            && let Ok(was) = held.metadata()
+            && (was.dev(), was.ino()) == (meta.dev(), meta.ino())
+        {
+            // The same file as the one read before: the same bytes.
+            now.push(before);
+            continue;
         }
         // Straight into the memory: no copy in between.
         std::io::Read::read_exact(&mut file, page).map_err(|e| io("read", e))?;
+        now.push(Page::File(file));
     }
-    for (name, kind, bits) in state.globals {
-        let global = instance
-            .get_global(&mut store, &name)
-            .ok_or_else(|| io("globals", format!("the module exports no global `{name}`")))?;
-        let value = match kind {
-            0 => Val::I32(bits as u32 as i32),
-            1 => Val::I64(bits as i64),
-            2 => Val::F32(bits as u32),
-            3 => Val::F64(bits),
-            _ => return Err(io("globals", format!("`{name}` has an unknown type"))),
-        };
-        global.set(&mut store, value).map_err(|e| io("globals", e))?;
-    }
-    copy_tree(&root.join("out"), &dir.outputs()).map_err(|e| io("restore /out", e))?;
-    std::fs::remove_dir_all(&root).map_err(|e| io("remove", e))?;
-    Ok(())
+    Ok((state, now))
 }
 
 /// Copies the files under `from` into `to` (created), keeping their

@@ -73,6 +73,41 @@ struct Prepared {
     steps: bool,
 }
 
+/// A stepping module instantiated before its job is granted here, its
+/// memory already holding an earlier snapshot of the job (a moved job's
+/// pre-copy): going on from the job's last snapshot then reads only the
+/// pages that changed since, not the whole memory. No code of the module
+/// has run in it; the job's WASI state and limits are put in when it runs
+/// ([`WasmEngine::run_warm`]).
+pub struct Warm {
+    id: Key,
+    store: Store<Ctx>,
+    instance: wasmtime::Instance,
+    pages: Vec<snapshot::Page>,
+    memory: u64,
+}
+
+impl std::fmt::Debug for Warm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warm")
+            .field("id", &self.id)
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Warm {
+    /// The module it is an instance of.
+    pub fn module(&self) -> Key {
+        self.id
+    }
+
+    /// Bytes of linear memory it holds.
+    pub fn memory(&self) -> u64 {
+        self.memory
+    }
+}
+
 /// The WebAssembly engine of a peer: one wasmtime engine, its epoch
 /// ticker, and the compiled modules.
 pub struct WasmEngine {
@@ -180,9 +215,55 @@ impl WasmEngine {
         Ok(Prepared { pre, steps })
     }
 
+    /// Makes a stepping module `id` ready to go on from the snapshot
+    /// under `ckpt` (a `ckpt/` directory, its pages laid out there) before
+    /// its job is granted here: instantiated, nothing of it run, its
+    /// memory (at most `memory` bytes) holding the snapshot's pages.
+    /// Blocks the calling thread.
+    pub fn warm(&self, id: Key, bytes: &[u8], ckpt: &std::path::Path, memory: u64) -> Result<Warm, RunError> {
+        let Prepared { pre, steps } = self.prepare(id, bytes)?;
+        if !steps {
+            return Err(RunError::Invalid("the module does not run in steps".into()));
+        }
+        let mut store = Store::new(
+            &self.engine,
+            Ctx {
+                // The job's own is put in before any of its code runs.
+                wasi: WasiCtxBuilder::new().build_p1(),
+                limiter: MemoryCap {
+                    limit: memory,
+                    hit: Arc::default(),
+                },
+            },
+        );
+        store.limiter(|ctx| &mut ctx.limiter);
+        // No start function (`steppable`): instantiating runs nothing.
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| RunError::Trap(format!("{e:?}")))?;
+        let pages = snapshot::warm_memory(&mut store, &instance, ckpt)?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .map_or(0, |m| m.data_size(&store) as u64);
+        Ok(Warm {
+            id,
+            store,
+            instance,
+            pages,
+            memory,
+        })
+    }
+
     /// Runs module `id` (its bytes: `bytes`) as `run` says until it exits,
     /// fails, times out or is cancelled. Blocks the calling thread.
     pub fn run(&self, id: Key, bytes: &[u8], run: Run<'_>) -> Outcome {
+        self.run_warm(id, bytes, run, None)
+    }
+
+    /// [`run`](Self::run), in `warm` if it is an instance of this module
+    /// made ready from an earlier snapshot than the one the job goes on
+    /// from (else it is dropped and the run starts as any other).
+    pub fn run_warm(&self, id: Key, bytes: &[u8], run: Run<'_>, warm: Option<Warm>) -> Outcome {
         let Run {
             args,
             env,
@@ -218,16 +299,32 @@ impl WasmEngine {
             return Outcome::failed(RunError::Io(format!("{e:#}")));
         }
         let oom = Arc::new(AtomicBool::new(false));
-        let mut store = Store::new(
-            &self.engine,
-            Ctx {
-                wasi: wasi.build_p1(),
-                limiter: MemoryCap {
-                    limit: limits.memory,
-                    hit: oom.clone(),
-                },
+        let ctx = Ctx {
+            wasi: wasi.build_p1(),
+            limiter: MemoryCap {
+                limit: limits.memory,
+                hit: oom.clone(),
             },
-        );
+        };
+        // A warm instance serves only a job that goes on from a snapshot
+        // of its module at least as large, within this run's cap.
+        let warm = warm.filter(|w| {
+            steps
+                && w.id == id
+                && snapshot::memory_size(dir).is_some_and(|size| w.memory <= size && size <= limits.memory)
+        });
+        let (mut store, warm) = match warm {
+            Some(Warm {
+                mut store,
+                instance,
+                pages,
+                ..
+            }) => {
+                *store.data_mut() = ctx;
+                (store, Some((instance, pages)))
+            }
+            None => (Store::new(&self.engine, ctx), None),
+        };
         store.limiter(|ctx| &mut ctx.limiter);
         let started = clock();
         let stopped_by = Arc::new(Mutex::new(None::<RunError>));
@@ -244,9 +341,13 @@ impl WasmEngine {
         let mut watch = watch;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| watch.tick());
-        let result = pre.instantiate(&mut store).and_then(|instance| {
+        let result = match warm {
+            Some((instance, pages)) => Ok((instance, pages)),
+            None => pre.instantiate(&mut store).map(|instance| (instance, Vec::new())),
+        };
+        let result = result.and_then(|(instance, pages)| {
             if steps {
-                return step(&mut store, &instance, dir, pause);
+                return step(&mut store, &instance, dir, pause, pages);
             }
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call(&mut store, ()).map(|()| Ended::Exit(0))
@@ -288,9 +389,15 @@ enum Ended {
 /// Runs a stepping module: from its snapshot if `ckpt/` holds one, else
 /// from `_initialize`; then `shoal_step` until it returns an exit code, or
 /// until `pause` is set (then it is saved between two steps).
-fn step(store: &mut Store<Ctx>, instance: &wasmtime::Instance, dir: &JobDir, pause: &Pause) -> wasmtime::Result<Ended> {
+fn step(
+    store: &mut Store<Ctx>,
+    instance: &wasmtime::Instance,
+    dir: &JobDir,
+    pause: &Pause,
+    known: Vec<snapshot::Page>,
+) -> wasmtime::Result<Ended> {
     if snapshot::held(dir) {
-        if let Err(e) = snapshot::restore(&mut *store, instance, dir) {
+        if let Err(e) = snapshot::restore_over(&mut *store, instance, dir, known) {
             return Ok(Ended::Failed(e));
         }
     } else {
