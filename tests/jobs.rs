@@ -396,6 +396,10 @@ async fn a_stepping_module_drained_mid_run_goes_on_elsewhere_from_where_it_was()
     let ran: Vec<_> = history.iter().filter(|p| p.ran).collect();
     assert_eq!(ran[0].why.as_deref(), Some("drained"), "{history:?}");
     assert!(ran[0].checkpoints >= 1, "{history:?}");
+    // The snapshot it paused with went along with the next grant, which
+    // went on from it and had the home keep it (the home held only the
+    // pre-copy when the job moved).
+    assert!(ran.len() >= 2 && ran[ran.len() - 1].checkpoints >= 1, "{history:?}");
     let log = last.jobs().output(job, 0, Duration::ZERO).await.unwrap().unwrap();
     let printed: Vec<u8> = log.chunks.into_iter().flat_map(|c| c.bytes).collect();
     assert!(!printed.starts_with(b"init"), "{:?}", String::from_utf8_lossy(&printed));

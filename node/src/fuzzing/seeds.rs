@@ -363,6 +363,7 @@ fn jobs_messages() -> Vec<Vec<u8>> {
             members: vec![serde_bytes::ByteBuf::from(keypair.public().to_peer_id().to_bytes())],
             timing: shoal_resources::quorum::Timing::DEFAULT,
             from: None,
+            newer: None,
         },
         Request::Go { job, n: 3 },
         Request::Drop { job, n: 3 },

@@ -85,6 +85,12 @@ pub(crate) struct Hosted {
     members: Vec<PeerId>,
     /// The checkpoint to start from.
     from: Option<Saved>,
+    /// A later snapshot to go on from if it can be fetched (see
+    /// `Request::Grant`), and the peer that sent the grant.
+    newer: Option<(Saved, PeerId)>,
+    /// The snapshot this run saved as it paused for a move: the next
+    /// grant goes on from it.
+    paused_as: Mutex<Option<Saved>>,
     pub(crate) log: Arc<JobLog>,
     pub(crate) cancel: Cancel,
     /// Pauses a stepping module between two steps, to save it whole
@@ -176,6 +182,10 @@ pub(crate) struct Executor {
 
 /// How long an instance made ready for a moved job waits for it.
 const WARM_FOR: Duration = Duration::from_secs(30);
+
+/// How long a moved job's next executor waits for the snapshot its last
+/// executor paused it with before it goes on from the one its home keeps.
+const NEWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// How long a moved job's next executor may take to get ready (fetch and
 /// compile its module, fetch its pre-copy) while the job still runs.
@@ -323,7 +333,7 @@ impl Executor {
         n: u64,
         members: &[serde_bytes::ByteBuf],
         timing: Timing,
-        from: Option<Saved>,
+        (from, newer): (Option<Saved>, Option<(Saved, PeerId)>),
     ) -> Answer {
         if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
             return Answer::Refused("this peer is draining: it takes no new jobs".into());
@@ -378,6 +388,8 @@ impl Executor {
             token: n,
             members,
             from,
+            newer,
+            paused_as: Mutex::new(None),
             log: Arc::default(),
             cancel: Cancel::default(),
             pause: Pause::default(),
@@ -694,38 +706,39 @@ impl Executor {
         // nobody can send any more is a loss of time, not of the job: it
         // starts from the beginning.
         let fetching = std::time::Instant::now();
-        let checkpoint = match hosted.from.as_ref().map(checkpoint_id) {
-            None => None,
-            Some(None) => Some(Err("the checkpoint does not name a blob".to_string())),
-            Some(Some(id)) => Some(
-                client
-                    .files()
-                    .download_unannounced(
-                        id,
-                        // A majority of the job's home keeps it: asked
-                        // first, the overlay only if they cannot send it.
-                        Some(shoal_resources::Ticket {
-                            blob: shoal_resources::BlobInfo { id, size: 0 },
-                            addrs: hosted.members.iter().map(|p| format!("/p2p/{p}")).collect(),
-                        }),
-                        Arc::default(),
-                        None,
-                        crate::files::Sources::TicketFirst,
-                    )
-                    .await
-                    .map(|(_, announce)| {
-                        // Provided meanwhile: the job need not wait for it.
-                        let client = client.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = announce.run(&client).await {
-                                tracing::debug!("job {job}: its checkpoint is not announced: {e}");
-                            }
-                        });
-                        id
-                    })
-                    .map_err(|e| format!("cannot fetch checkpoint {id}: {}", crate::error::error_chain(&e))),
-            ),
-        };
+        // A snapshot its last executor saved as it paused it for a move
+        // comes first: from that executor, or the home if it saved it
+        // there meanwhile. Once the job goes on from it, this grant has
+        // its home keep it.
+        let mut adopted = None;
+        let mut checkpoint = None;
+        if let Some((newer, granter)) = &hosted.newer
+            && let Some(id) = checkpoint_id(newer)
+        {
+            let sources: Vec<PeerId> = std::iter::once(*granter)
+                .chain(hosted.members.iter().copied())
+                .collect();
+            match tokio::time::timeout(NEWER_WITHIN, fetch_checkpoint(client, id, &sources)).await {
+                Ok(Ok(id)) => {
+                    adopted = Some(id);
+                    checkpoint = Some(Ok(id));
+                }
+                Ok(Err(e)) => tracing::info!("job {job}: {e}: it goes on from the checkpoint its home keeps"),
+                Err(_) => tracing::info!(
+                    "job {job}: its last snapshot {id} did not arrive within {} s: it goes on from the checkpoint its home keeps",
+                    NEWER_WITHIN.as_secs()
+                ),
+            }
+        }
+        if checkpoint.is_none() {
+            checkpoint = match hosted.from.as_ref().map(checkpoint_id) {
+                None => None,
+                Some(None) => Some(Err("the checkpoint does not name a blob".to_string())),
+                // A majority of the job's home keeps it: asked first, the
+                // overlay only if they cannot send it.
+                Some(Some(id)) => Some(fetch_checkpoint(client, id, &hosted.members).await),
+            };
+        }
         if let Some(compiling) = compiling
             && let Ok(took) = compiling.await
         {
@@ -803,7 +816,7 @@ impl Executor {
             );
             // Made ready for this job before it came (see `prepare`).
             let warm = module.as_ref().and_then(|(id, _)| self.take_warm(id));
-            let outcome = tokio::task::spawn_blocking(move || {
+            let running = tokio::task::spawn_blocking(move || {
                 let run = |args| Run {
                     args,
                     env: &env,
@@ -825,18 +838,48 @@ impl Executor {
                         NativeRunner.run(command, run(rest))
                     }
                 }
-            })
-            .await
+            });
+            let outcome = match adopted.take() {
+                // Kept by its home while it runs.
+                Some(id) => {
+                    let keep = async {
+                        match self
+                            .save_at_home(client, job, hosted, id, std::time::Instant::now())
+                            .await
+                        {
+                            Ok(_) => tracing::debug!("job {job}: its home keeps the snapshot it went on from"),
+                            Err(e) => {
+                                tracing::info!("job {job}: its home did not keep the snapshot it went on from: {e}")
+                            }
+                        }
+                    };
+                    futures::join!(running, keep).0
+                }
+                None => running.await,
+            }
             .map_err(|e| e.to_string())?;
             if let Some(RunError::Paused { memory }) = outcome.error {
                 // Paused to go elsewhere (a drain, a move): its snapshot
-                // is under /ckpt, and goes to its home as a checkpoint.
+                // is under /ckpt, shared from here, and goes with the
+                // next grant, which has the home keep it (see
+                // `Request::Grant`): the pause does not wait for that.
                 let started = std::time::Instant::now();
-                match self.checkpoint(client, job, hosted, &dir).await {
-                    Ok(id) => tracing::info!(
-                        "job {job}: paused and saved whole ({memory} bytes of memory) as {id} in {} ms",
-                        started.elapsed().as_millis()
-                    ),
+                match self.share_checkpoint(client, job, hosted, &dir).await {
+                    Ok(id) => {
+                        let saved = {
+                            let tend = lock(&hosted.tend);
+                            Saved {
+                                by: tend.tenure.grantee(),
+                                seq: tend.saves + 1,
+                                state: id.to_bytes().to_vec(),
+                            }
+                        };
+                        *lock(&hosted.paused_as) = Some(saved);
+                        tracing::info!(
+                            "job {job}: paused and saved whole ({memory} bytes of memory) as {id} in {} ms",
+                            started.elapsed().as_millis()
+                        );
+                    }
                     Err(e) => tracing::warn!("job {job}: its snapshot was not saved: {e}"),
                 }
                 break outcome;
@@ -892,6 +935,15 @@ impl Executor {
     /// the save, so that the job can go on from it whoever is gone.
     async fn checkpoint(&self, client: &Client, job: Key, hosted: &Hosted, dir: &JobDir) -> Result<Key, String> {
         let sharing = std::time::Instant::now();
+        let id = self.share_checkpoint(client, job, hosted, dir).await?;
+        self.save_at_home(client, job, hosted, id, sharing).await
+    }
+
+    /// Shares `dir`'s `/ckpt` (its snapshot pages that did not change are
+    /// not hashed again), provided from here at once and announced in the
+    /// background.
+    async fn share_checkpoint(&self, client: &Client, job: Key, hosted: &Hosted, dir: &JobDir) -> Result<Key, String> {
+        let sharing = std::time::Instant::now();
         let reuse = lock(&hosted.pages)
             .take()
             .unwrap_or_else(|| Reuse::under(format!("{SNAPSHOT_DIR}/memory")));
@@ -917,6 +969,21 @@ impl Executor {
             );
             *lock(&hosted.pages) = Some(reuse);
         }
+        Ok(info.id)
+    }
+
+    /// Has `job`'s home keep checkpoint `id` (held here) as this grant's
+    /// newest save; answers once a majority keeps it. `sharing`: when the
+    /// checkpoint began to be shared, for the log.
+    async fn save_at_home(
+        &self,
+        client: &Client,
+        job: Key,
+        hosted: &Hosted,
+        id: Key,
+        sharing: std::time::Instant,
+    ) -> Result<Key, String> {
+        let info = shoal_resources::BlobInfo { id, size: 0 };
         let shared_in = sharing.elapsed();
         let (by, seq, members) = {
             let mut tend = lock(&hosted.tend);
@@ -988,27 +1055,7 @@ impl Executor {
             .await
             .map_err(|e| e.to_string())??;
             if let Some(id) = checkpoint {
-                let ticket = shoal_resources::Ticket {
-                    blob: shoal_resources::BlobInfo { id, size: 0 },
-                    addrs: vec![format!("/p2p/{from}")],
-                };
-                let (_, announce) = client
-                    .files()
-                    .download_unannounced(
-                        id,
-                        Some(ticket),
-                        Arc::default(),
-                        None,
-                        crate::files::Sources::TicketFirst,
-                    )
-                    .await
-                    .map_err(|e| format!("cannot fetch checkpoint {id}: {}", crate::error::error_chain(&e)))?;
-                let announcing = client.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = announce.run(&announcing).await {
-                        tracing::debug!("checkpoint {id}: not announced: {e}");
-                    }
-                });
+                fetch_checkpoint(client, id, &[from]).await?;
                 // An instance with the pre-copy in its memory: the job's
                 // last snapshot then puts back only what changed since.
                 let scratch = self.dir.join(format!("warm-{module}"));
@@ -1386,6 +1433,7 @@ impl Executor {
             timing: hosted.timing,
             executors: HashMap::new(),
             to: to.or(chosen),
+            newer: lock(&hosted.paused_as).take(),
         };
         let supervision = || {
             shoal_resources::compute::Supervision::new(
@@ -1623,6 +1671,34 @@ fn truncate(text: &str) -> String {
 }
 
 /// Has blob `id` in the store, downloading it if need be.
+/// Fetches checkpoint `id` from `sources` first (the overlay only if
+/// they cannot send it), provided from here once fetched.
+async fn fetch_checkpoint(client: &Client, id: Key, sources: &[PeerId]) -> Result<Key, String> {
+    let ticket = shoal_resources::Ticket {
+        blob: shoal_resources::BlobInfo { id, size: 0 },
+        addrs: sources.iter().map(|p| format!("/p2p/{p}")).collect(),
+    };
+    let (_, announce) = client
+        .files()
+        .download_unannounced(
+            id,
+            Some(ticket),
+            Arc::default(),
+            None,
+            crate::files::Sources::TicketFirst,
+        )
+        .await
+        .map_err(|e| format!("cannot fetch checkpoint {id}: {}", crate::error::error_chain(&e)))?;
+    // Provided meanwhile: the job need not wait for it.
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = announce.run(&client).await {
+            tracing::debug!("checkpoint {id} is not announced: {e}");
+        }
+    });
+    Ok(id)
+}
+
 pub(crate) async fn fetch(client: &Client, id: Key) -> Result<(), String> {
     if client.blob_store().contains(&id) {
         return Ok(());
@@ -1884,7 +1960,16 @@ pub(crate) fn answer(client: &Client, executor: &Arc<Executor>, peer: PeerId, re
             members,
             timing,
             from,
-        } => executor.grant(client.key(), job, &submission, n, &members, timing, from),
+            newer,
+        } => executor.grant(
+            client.key(),
+            job,
+            &submission,
+            n,
+            &members,
+            timing,
+            (from, newer.map(|newer| (newer, peer))),
+        ),
         Request::Go { job, n } => executor.go(&job, n),
         Request::Drop { job, n } => executor.drop_grant(&job, n),
         Request::Cancel { job } => executor.cancel(&peer, &job),

@@ -74,6 +74,13 @@ pub(crate) enum Request {
         timing: Timing,
         /// The checkpoint to start from.
         from: Option<Saved>,
+        /// A later snapshot than `from`, saved by the job's last executor
+        /// as it paused the job for a move (its home keeps it once this
+        /// grant saves it there): go on from it if it can be fetched —
+        /// from whoever sent this grant first — else from `from`. It is
+        /// trusted as `from` is: as the grant's sender.
+        #[serde(default)]
+        newer: Option<Saved>,
     },
     /// Grant `n` of `job` got its tenure: renew at once.
     Go { job: Key, n: u64 },
