@@ -889,6 +889,7 @@ mod tests {
             request: Request::Release {
                 by: grantee(by, n),
                 why: shoal_resources::quorum::LetGo::Moved,
+                newer: None,
             },
         };
         let refused = |r: Reply| matches!(r, Reply::Refused(_));

@@ -606,6 +606,7 @@ impl Acquire {
                         request: Request::Release {
                             by,
                             why: LetGo::Released,
+                            newer: None,
                         },
                     });
                 }
@@ -641,6 +642,7 @@ impl Acquire {
                 request: Request::Release {
                     by,
                     why: LetGo::Released,
+                    newer: None,
                 },
             });
         } else if let Phase::Changing(to) = self.phase {
@@ -652,6 +654,7 @@ impl Acquire {
                 request: Request::Release {
                     by: to,
                     why: LetGo::Released,
+                    newer: None,
                 },
             });
         }

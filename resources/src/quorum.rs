@@ -52,6 +52,13 @@
 //! is also the fencing token that whatever the grantee writes elsewhere
 //! can carry.
 //!
+//! A grantee that lets go may name progress that no member keeps
+//! ([`Request::Release`]'s `newer`: a job's snapshot as it paused for a
+//! move, held by the grantee); members pass it on as a hint
+//! ([`View::moved_with`]), and the next grantee goes on from it only if it
+//! can fetch it, else from what a majority keeps. It decides nothing here:
+//! neither who holds the key nor which result is committed.
+//!
 //! A member that restarts keeps its state on disk but not its clock: it
 //! counts its grantee fresh for a whole `term + margin` from the restart
 //! ([`Acceptor::restarted`]). What this does not cover: a member that
@@ -166,6 +173,13 @@ pub enum Request {
         by: Grantee,
         /// Why, for the key's history.
         why: LetGo,
+        /// Progress it saved as it let go that the members do not keep
+        /// (a job's snapshot as it paused for a move, held by the grantee
+        /// and fetched by the next one): a hint for the next grant, which
+        /// goes on from it if it can get it, else from what a majority
+        /// keeps ([`View::moved_with`]).
+        #[serde(default)]
+        newer: Option<Saved>,
     },
     /// The grantee saves its progress (a job's checkpoint), numbered: a
     /// member keeps the save with the highest grant number and, within it,
@@ -194,7 +208,8 @@ pub struct Saved {
 }
 
 impl Saved {
-    fn order(&self) -> (u64, u64) {
+    /// Its place among saves: by grant number, then by `seq`.
+    pub fn order(&self) -> (u64, u64) {
         (self.by.n, self.seq)
     }
 
@@ -222,6 +237,9 @@ pub struct View {
     /// The result this member holds and who sent it (committed once a
     /// majority holds the same bytes).
     pub result: Option<(Grantee, Vec<u8>)>,
+    /// Progress the last grantee named as it let go, which members do
+    /// not keep: a hint for the next grant.
+    pub moved_with: Option<Saved>,
 }
 
 /// Why a member refused.
@@ -286,6 +304,10 @@ pub struct Acceptor {
     /// change that must, so a crash may lose its latest marks).
     #[serde(default)]
     history: std::collections::VecDeque<Tenancy>,
+    /// What the last grantee to let go named as its progress then, not
+    /// kept here ([`Request::Release`]).
+    #[serde(default)]
+    moved_with: Option<Saved>,
 }
 
 /// Grants one member keeps in a key's history, at most.
@@ -391,11 +413,17 @@ impl Acceptor {
                 self.fresh_until = now + timing.fresh_for();
                 Answer::Ok
             }
-            Request::Release { by, why } => {
+            Request::Release { by, why, newer } => {
                 if self.grantee != Some(by) {
                     return self.stale();
                 }
                 self.fresh_until = now;
+                // Only its own progress, and later than what is kept.
+                if let Some(newer) = newer.filter(|n| n.by == by)
+                    && self.saved.as_ref().is_none_or(|held| held.order() < newer.order())
+                {
+                    self.moved_with = Some(newer);
+                }
                 self.mark(by, |t| {
                     t.ended.get_or_insert((now, Ending::LetGo(why)));
                 });
@@ -470,6 +498,7 @@ impl Acceptor {
             max_n: self.max_n,
             saved: self.saved.clone(),
             result: self.result.clone(),
+            moved_with: self.moved_with.clone(),
         }
     }
 
@@ -851,6 +880,7 @@ mod tests {
             Request::Release {
                 by: g(10, 1),
                 why: LetGo::Drained,
+                newer: None,
             },
         );
         a.handle(
@@ -859,6 +889,7 @@ mod tests {
             Request::Release {
                 by: g(12, 3),
                 why: LetGo::Moved,
+                newer: None,
             },
         );
         // Grant 4 commits.
@@ -892,6 +923,36 @@ mod tests {
     }
 
     #[test]
+    fn a_release_names_the_progress_it_let_go_with_for_the_next_grant_only_its_own_and_newer() {
+        let saved = |by, seq| Saved {
+            by,
+            seq,
+            state: vec![seq as u8],
+        };
+        let release = |by, newer| Request::Release {
+            by,
+            why: LetGo::Drained,
+            newer,
+        };
+        let mut a = Acceptor::new();
+        a.handle(t(0), T, Request::Change(g(10, 1)));
+        a.handle(t(1), T, Request::Save(saved(g(10, 1), 1)));
+        // Another grantee's progress, or one older than what is kept, is
+        // no hint; the grantee's own later one is, beside what is kept.
+        a.handle(t(2), T, release(g(10, 1), Some(saved(g(11, 2), 5))));
+        assert_eq!(a.view(t(2)).moved_with, None);
+        a.handle(t(3), T, Request::Change(g(10, 2)));
+        a.handle(t(4), T, Request::Save(saved(g(10, 2), 3)));
+        a.handle(t(5), T, release(g(10, 2), Some(saved(g(10, 2), 2))));
+        assert_eq!(a.view(t(5)).moved_with, None);
+        a.handle(t(6), T, Request::Change(g(10, 3)));
+        a.handle(t(7), T, release(g(10, 3), Some(saved(g(10, 3), 1))));
+        let view = a.view(t(7));
+        assert_eq!(view.moved_with, Some(saved(g(10, 3), 1)));
+        assert_eq!(view.saved, Some(saved(g(10, 2), 3)), "kept as it was");
+    }
+
+    #[test]
     fn a_release_frees_the_key_at_once_and_a_later_grantee_learns_the_result_held() {
         let mut a = Acceptor::new();
         a.handle(t(0), T, Request::Change(g(10, 1)));
@@ -901,7 +962,8 @@ mod tests {
                 T,
                 Request::Release {
                     by: g(10, 1),
-                    why: LetGo::Moved
+                    why: LetGo::Moved,
+                    newer: None,
                 }
             ),
             Answer::Ok

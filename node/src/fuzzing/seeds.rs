@@ -501,6 +501,11 @@ fn quorum_messages() -> Vec<Vec<u8>> {
                 Ask::Release {
                     by,
                     why: shoal_resources::quorum::LetGo::Drained,
+                    newer: Some(shoal_resources::quorum::Saved {
+                        by,
+                        seq: 2,
+                        state: vec![9; 32],
+                    }),
                 },
             ),
         ]),

@@ -1057,7 +1057,11 @@ impl Executor {
             if let Some(id) = checkpoint {
                 fetch_checkpoint(client, id, &[from]).await?;
                 // An instance with the pre-copy in its memory: the job's
-                // last snapshot then puts back only what changed since.
+                // last snapshot then puts back only what changed since
+                // (one made ready already serves as well).
+                if self.holds_warm(&module) {
+                    return Ok(());
+                }
                 let scratch = self.dir.join(format!("warm-{module}"));
                 let (store, engine, memory) = (
                     client.blob_store().clone(),
@@ -1118,6 +1122,11 @@ impl Executor {
                 }
             }
         });
+    }
+
+    /// Whether an instance is ready for a job of `module`.
+    fn holds_warm(&self, module: &Key) -> bool {
+        lock(&self.warm).as_ref().is_some_and(|(_, w)| w.module() == *module)
     }
 
     /// The instance made ready for a job of `module`, if any.
@@ -1370,6 +1379,23 @@ impl Executor {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             tracing::info!("job {job}: paused for its move in {} ms", pausing.elapsed().as_millis());
+            // The next executor fetches the snapshot it goes on from while
+            // the home takes the release and the new grant.
+            let paused_as = lock(&hosted.paused_as).as_ref().and_then(checkpoint_id);
+            if let (Some(peer), Some(module), Some(id)) = (chosen, hosted.spec.module, paused_as) {
+                let (client, request) = (
+                    client.clone(),
+                    Request::Prepare {
+                        module,
+                        checkpoint: Some(id),
+                    },
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = super::submit::ask(&client, peer, &request, PREPARE_WITHIN).await {
+                        tracing::debug!("job {job}: {peer} did not fetch its last snapshot ahead: {e}");
+                    }
+                });
+            }
         }
         let grantee = {
             let mut state = self.lock();
@@ -1409,6 +1435,9 @@ impl Executor {
             request: shoal_resources::quorum::Request::Release {
                 by: grantee,
                 why: reason,
+                // The snapshot it paused with, held here: whoever places
+                // it next has the next executor go on from it.
+                newer: lock(&hosted.paused_as).take(),
             },
         };
         let mut replies = crate::quorum::ask_each(client, &hosted.members, &wire, MEMBER_TIMEOUT);
@@ -1433,7 +1462,6 @@ impl Executor {
             timing: hosted.timing,
             executors: HashMap::new(),
             to: to.or(chosen),
-            newer: lock(&hosted.paused_as).take(),
         };
         let supervision = || {
             shoal_resources::compute::Supervision::new(

@@ -31,7 +31,7 @@ use shoal_overlay::Key;
 use shoal_resources::compute::{JobResult, PlaceError, SuperviseAction, Supervision};
 
 use super::SubmitError;
-use shoal_resources::quorum::{Ending, Grantee, MAX_TENANCIES, Saved, Tenancy, Timing, View};
+use shoal_resources::quorum::{Ending, Grantee, MAX_TENANCIES, Tenancy, Timing, View};
 
 use super::protocol::Request;
 use super::submission::Submission;
@@ -68,9 +68,6 @@ pub(crate) struct Supervised {
     /// The executor to place it on next, if one was asked for
     /// (`shoal job move --to`).
     pub(crate) to: Option<PeerId>,
-    /// The snapshot its last executor saved as it paused it for a move,
-    /// which the home may not keep yet (see `Request::Grant`).
-    pub(crate) newer: Option<Saved>,
 }
 
 /// What one drive of a supervision did that its caller cares about.
@@ -105,7 +102,7 @@ pub(crate) async fn drive(client: &Client, job: &mut Supervised, supervision: &m
                     supervision.handle_timeout(now());
                 }
             }
-            SuperviseAction::Place { n, avoid, from } => {
+            SuperviseAction::Place { n, avoid, from, newer } => {
                 let spec = &job.submission.spec;
                 let needs = spec.needs();
                 let grant = Request::Grant {
@@ -118,12 +115,8 @@ pub(crate) async fn drive(client: &Client, job: &mut Supervised, supervision: &m
                         .map(|p| serde_bytes::ByteBuf::from(p.to_bytes()))
                         .collect(),
                     timing: job.timing,
-                    // Only a snapshot later than the one the home keeps.
-                    newer: job.newer.clone().filter(|newer| {
-                        from.as_ref()
-                            .is_none_or(|from| (newer.by.n, newer.seq) > (from.by.n, from.seq))
-                    }),
                     from,
+                    newer,
                 };
                 match client.jobs().place(&needs, spec, job.job, avoid, job.to, &grant).await {
                     Ok((peer, position)) => {
@@ -393,7 +386,6 @@ pub(crate) async fn run(node: WeakClient) {
                 timing: entry.timing,
                 executors: HashMap::new(),
                 to: None,
-                newer: None,
             };
             // The home keeps the job's module, so that the job can run
             // again whoever else goes. Inputs can be large: they are the
@@ -592,6 +584,7 @@ mod tests {
             max_n: 1,
             saved: None,
             result: None,
+            moved_with: None,
         })
     }
 

@@ -440,7 +440,6 @@ impl<'a> Jobs<'a> {
             timing,
             executors: HashMap::new(),
             to: None,
-            newer: None,
         };
         // The first placement is this peer's: the home's own supervision
         // waits a little before it reads, and takes over from there.

@@ -44,6 +44,10 @@ pub enum SuperviseAction {
         avoid: Option<Key>,
         /// Where to start from.
         from: Option<Saved>,
+        /// Later progress the last grantee named as it let go, which the
+        /// members do not keep: where to go on from if the executor can
+        /// get it ([`crate::quorum::View::moved_with`]).
+        newer: Option<Saved>,
     },
     /// The placement got the tenure: the executor may renew at once.
     Granted(Grantee),
@@ -136,6 +140,7 @@ impl Supervision {
             n: 1,
             avoid: None,
             from: None,
+            newer: None,
         });
         supervision
     }
@@ -313,11 +318,15 @@ impl Supervision {
                     self.note(now, Happened::Lost(lost));
                 }
                 let from = Saved::newest(views.values().filter_map(|v| v.saved.as_ref())).cloned();
+                let newer = Saved::newest(views.values().filter_map(|v| v.moved_with.as_ref()))
+                    .filter(|newer| from.as_ref().is_none_or(|from| from.order() < newer.order()))
+                    .cloned();
                 self.stage = Stage::Placing;
                 self.actions.push_back(SuperviseAction::Place {
                     n: max_n.saturating_add(1),
                     avoid,
                     from,
+                    newer,
                 });
             }
             Some(wait) => {
@@ -440,7 +449,7 @@ mod tests {
                             }
                         }
                     }
-                    SuperviseAction::Place { n, avoid, from } => {
+                    SuperviseAction::Place { n, avoid, from, .. } => {
                         let executor = place(n, avoid, from);
                         s.handle_placed(now, n, executor);
                     }
@@ -595,6 +604,47 @@ mod tests {
             home.drive(at, &mut s, &mut |_, _, _| panic!("a committed job is not placed again"));
         }
         assert_eq!(s.result(), Some(&(by, vec![0])));
+    }
+
+    #[test]
+    fn a_job_let_go_with_progress_the_home_does_not_keep_is_placed_to_go_on_from_it() {
+        use crate::quorum::LetGo;
+        let mut home = Home::new();
+        let mut s = supervision(t(0), &home);
+        s.handle_timeout(t(0));
+        home.drive(t(0), &mut s, &mut |_, _, _| Some(key(30)));
+        let by = Grantee { peer: key(30), n: 1 };
+        home.tell(t(1), &Request::Renew(by));
+        let saved = |seq| Saved {
+            by,
+            seq,
+            state: vec![seq as u8],
+        };
+        // A pre-copy the home keeps, then a release naming the snapshot
+        // the executor paused with (held by the executor alone).
+        home.tell(t(2), &Request::Save(saved(1)));
+        home.tell(
+            t(3),
+            &Request::Release {
+                by,
+                why: LetGo::Drained,
+                newer: Some(saved(2)),
+            },
+        );
+        let mut placed = Vec::new();
+        while placed.is_empty() {
+            let at = s.poll_timeout().unwrap();
+            s.handle_timeout(at);
+            placed.extend(
+                home.drive(at, &mut s, &mut |_, _, _| Some(key(31)))
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        SuperviseAction::Place { from, newer, .. } => Some((from, newer)),
+                        _ => None,
+                    }),
+            );
+        }
+        assert_eq!(placed, [(Some(saved(1)), Some(saved(2)))]);
     }
 
     #[test]

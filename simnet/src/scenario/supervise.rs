@@ -718,7 +718,7 @@ impl World<'_> {
                             }
                         }
                     }
-                    SuperviseAction::Place { n, avoid, from } => {
+                    SuperviseAction::Place { n, avoid, from, .. } => {
                         let executor = self.executor_for(job, avoid);
                         self.peers[peer].claims.insert(job, (n, local + CLAIM_WAIT));
                         self.send(peer, executor, Msg::Claim { job, n, from });
