@@ -238,8 +238,9 @@ pub struct View {
     /// majority holds the same bytes).
     pub result: Option<(Grantee, Vec<u8>)>,
     /// Progress the last grantee named as it let go, which members do
-    /// not keep: a hint for the next grant.
-    pub moved_with: Option<Saved>,
+    /// not keep: a hint for the next grant (boxed: a view is mostly
+    /// without one).
+    pub moved_with: Option<Box<Saved>>,
 }
 
 /// Why a member refused.
@@ -498,7 +499,7 @@ impl Acceptor {
             max_n: self.max_n,
             saved: self.saved.clone(),
             result: self.result.clone(),
-            moved_with: self.moved_with.clone(),
+            moved_with: self.moved_with.clone().map(Box::new),
         }
     }
 
@@ -948,7 +949,7 @@ mod tests {
         a.handle(t(6), T, Request::Change(g(10, 3)));
         a.handle(t(7), T, release(g(10, 3), Some(saved(g(10, 3), 1))));
         let view = a.view(t(7));
-        assert_eq!(view.moved_with, Some(saved(g(10, 3), 1)));
+        assert_eq!(view.moved_with, Some(Box::new(saved(g(10, 3), 1))));
         assert_eq!(view.saved, Some(saved(g(10, 2), 3)), "kept as it was");
     }
 

@@ -318,7 +318,7 @@ impl Supervision {
                     self.note(now, Happened::Lost(lost));
                 }
                 let from = Saved::newest(views.values().filter_map(|v| v.saved.as_ref())).cloned();
-                let newer = Saved::newest(views.values().filter_map(|v| v.moved_with.as_ref()))
+                let newer = Saved::newest(views.values().filter_map(|v| v.moved_with.as_deref()))
                     .filter(|newer| from.as_ref().is_none_or(|from| from.order() < newer.order()))
                     .cloned();
                 self.stage = Stage::Placing;
