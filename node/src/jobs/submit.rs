@@ -649,6 +649,21 @@ impl<'a> Jobs<'a> {
         } else if candidates.len() > 1 {
             candidates.retain(|c| Some(c.peer) != avoid);
         }
+        if let (Some(to), Some(grant)) = (to, grant) {
+            // The peer named (a move's target, chosen and made ready
+            // already): claimed at once, its grant saying whether it fits.
+            let refusal = match ask(self.client, to, grant, ASK_TIMEOUT).await {
+                Ok(Answer::Accepted { position }) => return Ok((to, position)),
+                Ok(Answer::Refused(why)) => format!("{to} refused: {why}"),
+                Ok(other) => format!("{to} answered {other:?}"),
+                Err(e) => format!("{to} did not answer: {e}"),
+            };
+            return Err(SubmitError::Place {
+                error: PlaceError::NoAnswer,
+                wanted: wanted(needs),
+                refusals: vec![refusal],
+            });
+        }
         let seed = u64::from_le_bytes(job.to_bytes()[..8].try_into().unwrap_or_default())
             ^ match grant {
                 Some(Request::Grant { n, .. }) => *n,

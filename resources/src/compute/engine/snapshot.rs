@@ -174,11 +174,15 @@ pub fn save(mut store: impl AsContextMut, instance: &Instance, dir: &JobDir) -> 
 /// Whether the file at `path` holds exactly `bytes` (`buf` is scratch).
 fn same_bytes(path: &Path, bytes: &[u8], buf: &mut Vec<u8>) -> bool {
     use std::io::Read;
-    let Ok(file) = std::fs::File::open(path) else {
+    let Ok(mut file) = std::fs::File::open(path) else {
         return false;
     };
-    buf.clear();
-    file.take(bytes.len() as u64 + 1).read_to_end(buf).is_ok() && buf.as_slice() == bytes
+    if file.metadata().map(|m| m.len()).ok() != Some(bytes.len() as u64) {
+        return false;
+    }
+    // One read into a buffer of the page's size (no growing it).
+    buf.resize(bytes.len(), 0);
+    file.read_exact(buf).is_ok() && buf.as_slice() == bytes
 }
 
 /// Whether `dir`'s `ckpt/` holds a snapshot to resume from.
