@@ -122,8 +122,7 @@ impl<'a> Files<'a> {
         how: Import,
         progress: Arc<Progress>,
     ) -> Result<(BlobInfo, Ticket), NodeError> {
-        let (info, ticket, _, announce) = self.share_unannounced(path, how, progress, None).await?;
-        announce.run(self.client).await?;
+        let (info, ticket, _, _) = self.share_turn(path, how, progress, None, true).await?;
         Ok((info, ticket))
     }
 
@@ -137,7 +136,21 @@ impl<'a> Files<'a> {
         path: std::path::PathBuf,
         how: Import,
         progress: Arc<Progress>,
+        reuse: Option<shoal_resources::store::Reuse>,
+    ) -> Result<(BlobInfo, Ticket, Option<shoal_resources::store::Reuse>, Announce), NodeError> {
+        self.share_turn(path, how, progress, reuse, false).await
+    }
+
+    /// A share in one of the node's import turns; with `announce`, this
+    /// peer is announced as the provider before the turn ends (the
+    /// returned [`Announce`] is then empty).
+    async fn share_turn(
+        self,
+        path: std::path::PathBuf,
+        how: Import,
+        progress: Arc<Progress>,
         mut reuse: Option<shoal_resources::store::Reuse>,
+        announce: bool,
     ) -> Result<(BlobInfo, Ticket, Option<shoal_resources::store::Reuse>, Announce), NodeError> {
         let _turn = self
             .client
@@ -187,11 +200,14 @@ impl<'a> Files<'a> {
         let mut provided: Vec<Key> = files.iter().map(|f| f.id).collect();
         provided.push(info.id);
         let addrs = self.client.listening().await?.iter().map(ToString::to_string).collect();
-        let announce = Announce {
+        let mut later = Announce {
             provided,
             evicted: Vec::new(),
         };
-        Ok((info, Ticket { blob: info, addrs }, reuse, announce))
+        if announce {
+            self.client.provide(std::mem::take(&mut later.provided)).await?;
+        }
+        Ok((info, Ticket { blob: info, addrs }, reuse, later))
     }
 
     /// Downloads blob `id` (size and a first provider may come from a
