@@ -343,9 +343,13 @@ impl Quorum {
                 Reply::Refused("a peer waits in line, or leaves it, only as itself".into())
             }
             Wire::Line { key, request } => match lock(&self.entries).get_mut(&key) {
-                Some(entry) if entry.kind == Kind::Lease => {
-                    Reply::Line(entry.line.handle(now(), entry.timing, request))
-                }
+                Some(entry) if entry.kind == Kind::Lease => Reply::Line(shoal_resources::lease::line_answer(
+                    &entry.acceptor,
+                    &mut entry.line,
+                    now(),
+                    entry.timing,
+                    request,
+                )),
                 Some(_) => Reply::Refused(format!("{key} is not a named lease")),
                 None => Reply::Unknown,
             },

@@ -40,6 +40,9 @@
 //! margin` leaves the line. A member refuses a change to a peer that is
 //! not first in its line ([`Line::turn`]); a waiter asks for the lease
 //! once a majority has it first and a majority reads the lease as free.
+//! A waiter that stands first while the lease is free and never asks for
+//! it (a hostile peer with ticket 0) is sent to the back after
+//! [`SQUAT_TERMS`] terms: it can hold the line up that long, not forever.
 //!
 //! Sans-IO: [`Acquire::poll_action`] says what to send to every member,
 //! the `handle_*` methods take the answers, [`Acquire::poll_timeout`]
@@ -112,6 +115,12 @@ pub enum LineAnswer {
         ahead: u64,
         /// The first in line, if any.
         first: Option<Key>,
+        /// The lowest ticket this member takes from the waiter: above 0
+        /// once it sent the waiter to the back ([`Line`]). An honest waiter
+        /// takes it as its ticket and registers it at every member, so
+        /// that their lines agree again.
+        #[serde(default)]
+        floor: u64,
     },
     /// The line is full here.
     Full,
@@ -119,27 +128,59 @@ pub enum LineAnswer {
 
 /// One name's waiting line at one member. Not durable: after a restart
 /// the waiters register again within a third of a term.
+///
+/// A waiter chooses its own ticket, so a hostile one could take ticket 0
+/// and stand first forever without ever taking the lease. A member
+/// therefore sends a first waiter that leaves a *free* lease untaken for
+/// [`SQUAT_TERMS`] times `term + margin` to the back of its line, and
+/// keeps it there (any ticket it names again counts as at least the next
+/// one, its *floor*) for [`BACK_TERMS`] times that. An honest waiter asks
+/// within moments of being first at a majority with the lease free; one
+/// sent back all the same (it could reach only a minority of the members
+/// meanwhile) learns its floor from the member's answer, takes it as its
+/// ticket and registers it at every member, so that the lines agree again
+/// rather than each member putting another waiter first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     /// Each waiter's ticket and until when (this member's clock) it waits.
     waiting: BTreeMap<Key, (u64, Instant)>,
     max_ticket: u64,
+    /// The first waiter while the lease is free here, and since when.
+    #[serde(default)]
+    first_since: Option<(Key, Instant)>,
+    /// Waiters sent to the back: the lowest ticket each may have, and
+    /// until when.
+    #[serde(default)]
+    sent_back: BTreeMap<Key, (u64, Instant)>,
 }
 
+/// Terms (`term + margin`) a first waiter may leave a free lease untaken
+/// at a member before that member sends it to the back of its line.
+pub const SQUAT_TERMS: u32 = 2;
+/// Terms a waiter sent to the back stays there.
+pub const BACK_TERMS: u32 = 16;
+
 impl Line {
-    /// Answers `request` at `now`.
-    pub fn handle(&mut self, now: Instant, timing: Timing, request: LineRequest) -> LineAnswer {
-        self.expire(now);
+    /// Answers `request` at `now`; `free`: whether the lease is free at
+    /// this member (no grantee fresh here).
+    pub fn handle(&mut self, now: Instant, timing: Timing, free: bool, request: LineRequest) -> LineAnswer {
+        self.watch(now, timing, free);
         match request {
             LineRequest::Ticket => LineAnswer::Ticket(self.max_ticket),
             LineRequest::Wait { peer, ticket } => {
                 if !self.waiting.contains_key(&peer) && self.waiting.len() >= MAX_WAITERS {
                     return LineAnswer::Full;
                 }
+                // One sent to the back names no lower ticket than it got.
+                let ticket = self
+                    .sent_back
+                    .get(&peer)
+                    .map_or(ticket, |(floor, _)| ticket.max(*floor));
                 let until = now + timing.fresh_for();
                 let held = self.waiting.entry(peer).or_insert((ticket, until));
-                // A waiter keeps the place it had here.
-                held.0 = held.0.min(ticket);
+                // The ticket it names now (an honest waiter changes it only
+                // to go back, when a member sent it there).
+                held.0 = ticket;
                 held.1 = until;
                 self.max_ticket = self.max_ticket.max(ticket);
                 self.place(peer)
@@ -161,7 +202,8 @@ impl Line {
                 .count() as u64,
             None => self.waiting.len() as u64,
         };
-        LineAnswer::Place { ahead, first }
+        let floor = self.sent_back.get(&peer).map_or(0, |(floor, _)| *floor);
+        LineAnswer::Place { ahead, first, floor }
     }
 
     /// The first waiter: the lowest `(ticket, peer)`.
@@ -171,6 +213,45 @@ impl Line {
 
     fn expire(&mut self, now: Instant) {
         self.waiting.retain(|_, (_, until)| now < *until);
+        self.sent_back.retain(|_, (_, until)| now < *until);
+    }
+
+    /// Expires waiters, and sends to the back a first waiter that has
+    /// left the lease free here for [`SQUAT_TERMS`] terms.
+    fn watch(&mut self, now: Instant, timing: Timing, free: bool) {
+        self.expire(now);
+        let first = self.first().filter(|_| free);
+        let Some(first) = first else {
+            self.first_since = None;
+            return;
+        };
+        let since = match self.first_since {
+            Some((peer, since)) if peer == first => since,
+            _ => {
+                self.first_since = Some((first, now));
+                return;
+            }
+        };
+        if now.saturating_since(since) < timing.fresh_for() * SQUAT_TERMS {
+            return;
+        }
+        let back = self.max_ticket.saturating_add(1);
+        self.max_ticket = back;
+        if let Some(held) = self.waiting.get_mut(&first) {
+            held.0 = back;
+        }
+        if self.sent_back.len() >= MAX_WAITERS
+            && let Some(oldest) = self
+                .sent_back
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(k, _)| *k)
+        {
+            self.sent_back.remove(&oldest);
+        }
+        self.sent_back
+            .insert(first, (back, now + timing.fresh_for() * BACK_TERMS));
+        self.first_since = None;
     }
 
     /// Whether `peer` may be given the lease at `now`: it is first in line,
@@ -218,6 +299,7 @@ pub fn answer(
                 current: acceptor.view(now).grantee,
             });
         }
+        line.watch(now, timing, acceptor.view(now).lapsed);
         if let Err(first) = line.turn(now, &to.peer) {
             return Answer::Refused(Refusal::NotFirst { first });
         }
@@ -229,6 +311,18 @@ pub fn answer(
         return answer;
     }
     acceptor.handle(now, timing, request)
+}
+
+/// A member's answer to a line request about a lease: [`Line::handle`],
+/// the lease free when no grantee is fresh at this member.
+pub fn line_answer(
+    acceptor: &Acceptor,
+    line: &mut Line,
+    now: Instant,
+    timing: Timing,
+    request: LineRequest,
+) -> LineAnswer {
+    line.handle(now, timing, acceptor.view(now).lapsed, request)
 }
 
 /// What an acquirer asks its driver to send to every member.
@@ -297,6 +391,8 @@ struct Round {
     tickets: Vec<u64>,
     places: Vec<(u64, Option<Key>)>,
     views: Vec<View>,
+    /// A member sent this waiter to the back: its ticket was raised.
+    raised: bool,
 }
 
 /// An acquirer: waits in line for the name's lease, takes it when its turn
@@ -372,6 +468,7 @@ impl Acquire {
             tickets: Vec::new(),
             places: Vec::new(),
             views: Vec::new(),
+            raised: false,
         });
         self.out.push_back(action(ask));
     }
@@ -480,9 +577,13 @@ impl Acquire {
                 r.tickets.push(*t);
                 r.tally.agree(member);
             }
-            LineAnswer::Place { ahead, first } => {
+            LineAnswer::Place { ahead, first, floor } => {
                 r.places.push((*ahead, *first));
                 r.tally.agree(member);
+                if *floor > self.ticket {
+                    self.ticket = *floor;
+                    r.raised = true;
+                }
             }
             LineAnswer::Full => {
                 r.tally.refuse(member);
@@ -549,7 +650,11 @@ impl Acquire {
                 self.ahead = ahead.get(majority - 1).copied().unwrap_or(0);
                 let first_here = r.places.iter().filter(|(_, first)| *first == Some(self.me)).count();
                 self.next_try = now + self.timing.term / 3;
-                if first_here >= majority {
+                if r.raised {
+                    // Sent to the back somewhere: there with the raised
+                    // ticket at every member at once.
+                    self.next_try = now;
+                } else if first_here >= majority {
                     self.phase = Phase::Reading;
                     self.start_round(now, |ask| AcquireAction::Ask {
                         ask,

@@ -520,6 +520,7 @@ fn quorum_messages() -> Vec<Vec<u8>> {
         Reply::Line(shoal_resources::lease::LineAnswer::Place {
             ahead: 1,
             first: Some(job),
+            floor: 4,
         }),
         Reply::Unknown,
         Reply::Refused("no".into()),

@@ -54,7 +54,7 @@ impl Net {
                     }
                     match &action {
                         AcquireAction::Line { ask, request } => {
-                            let a = line.handle(self.now, T, request.clone());
+                            let a = line_answer(acceptor, line, self.now, T, request.clone());
                             self.clients[c].handle_line(self.now, *ask, *k, &a);
                         }
                         AcquireAction::Ask { ask, request } => {
@@ -177,6 +177,7 @@ fn a_member_refuses_a_change_for_another_peer_or_out_of_turn() {
     let a = line.handle(
         now,
         T,
+        true,
         LineRequest::Wait {
             peer: key(7),
             ticket: 1,
@@ -186,12 +187,14 @@ fn a_member_refuses_a_change_for_another_peer_or_out_of_turn() {
         a,
         LineAnswer::Place {
             ahead: 0,
-            first: Some(key(7))
+            first: Some(key(7)),
+            floor: 0
         }
     );
     let b = line.handle(
         now,
         T,
+        true,
         LineRequest::Wait {
             peer: key(8),
             ticket: 2,
@@ -201,7 +204,8 @@ fn a_member_refuses_a_change_for_another_peer_or_out_of_turn() {
         b,
         LineAnswer::Place {
             ahead: 1,
-            first: Some(key(7))
+            first: Some(key(7)),
+            floor: 0
         }
     );
     let for_other = Request::Change(Grantee { peer: key(7), n: 1 });
@@ -227,4 +231,68 @@ fn names_are_checked() {
     assert!(check_name("a\nb").is_err());
     assert!(check_name(&"x".repeat(MAX_NAME + 1)).is_err());
     assert_ne!(lease_key("a"), lease_key("b"));
+}
+
+#[test]
+fn a_first_waiter_that_leaves_a_free_lease_untaken_goes_to_the_back_and_stays_there() {
+    let mut line = Line::default();
+    let wait = |peer, ticket| LineRequest::Wait {
+        peer: key(peer),
+        ticket,
+    };
+    let mut now = Instant::from_micros(1);
+    // A squatter takes ticket 0; an honest waiter comes after it.
+    line.handle(now, T, true, wait(9, 0));
+    line.handle(now, T, true, wait(7, 1));
+    assert_eq!(line.waiters(now), [key(9), key(7)]);
+    // Both keep registering; while the lease is held, nobody is pushed.
+    let step = T.fresh_for() / 3;
+    for _ in 0..(3 * SQUAT_TERMS + 3) {
+        now = now + step;
+        line.handle(now, T, false, wait(9, 0));
+        line.handle(now, T, false, wait(7, 1));
+    }
+    assert_eq!(line.waiters(now), [key(9), key(7)]);
+    // The lease is free: first in line, the squatter never asks for it.
+    // After SQUAT_TERMS terms it is at the back ...
+    for _ in 0..(3 * SQUAT_TERMS + 2) {
+        now = now + step;
+        line.handle(now, T, true, wait(9, 0));
+        line.handle(now, T, true, wait(7, 1));
+    }
+    assert_eq!(line.waiters(now), [key(7), key(9)]);
+    // ... and stays there whatever ticket it names: the honest waiter's
+    // turn.
+    line.handle(now, T, true, wait(9, 0));
+    assert_eq!(line.turn(now, &key(7)), Ok(()));
+    assert_eq!(line.turn(now, &key(9)), Err(key(7)));
+}
+
+#[test]
+fn a_squatter_first_in_line_holds_a_free_lease_up_for_a_while_not_forever() {
+    let mut net = Net::new(1);
+    // A hostile peer stands first at every member with ticket 0, again
+    // and again, and never asks for the lease.
+    let squat = |net: &mut Net| {
+        let now = net.now;
+        for (_, acceptor, line) in &mut net.members {
+            let request = LineRequest::Wait {
+                peer: key(1),
+                ticket: 0,
+            };
+            line_answer(acceptor, line, now, T, request);
+        }
+    };
+    squat(&mut net);
+    // The honest client waits behind it for a while ...
+    assert!(!net.run_until(T.fresh_for(), |n| {
+        squat(n);
+        n.held(0).is_some()
+    }));
+    // ... and then every member has sent the squatter to the back, and
+    // the client takes the lease.
+    assert!(net.run_until(T.fresh_for() * (SQUAT_TERMS + 1), |n| {
+        squat(n);
+        n.held(0).is_some()
+    }));
 }

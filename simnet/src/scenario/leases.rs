@@ -397,7 +397,8 @@ impl World<'_> {
         let timing = self.spec.timing;
         match msg {
             Msg::Line { ask, request } => {
-                let answer = self.peers[to].line.handle(local, timing, request);
+                let p = &mut self.peers[to];
+                let answer = shoal_resources::lease::line_answer(&p.acceptor, &mut p.line, local, timing, request);
                 self.send(to, from, Msg::LineAnswer { ask, answer });
             }
             Msg::Ask { ask, request } => {
