@@ -296,3 +296,35 @@ fn a_squatter_first_in_line_holds_a_free_lease_up_for_a_while_not_forever() {
         n.held(0).is_some()
     }));
 }
+
+#[test]
+fn a_waiter_sent_back_where_it_could_not_take_the_lease_takes_its_new_place_at_every_member() {
+    let mut net = Net::new(1);
+    assert!(net.run_until(Duration::from_secs(1), |n| n.held(0).is_some()));
+    // A and then B wait behind the holder.
+    let a = net.add(1);
+    let b = net.add(2);
+    assert!(!net.run_until(Duration::from_millis(200), |_| false));
+    // The holder goes, and members 3, 4 and 5 with it: A, first in line,
+    // reaches only members 1 and 2, where the lease is free once the
+    // holder's term is over, and stands first there without a majority
+    // to take it: they send it back.
+    net.clients.remove(0);
+    let (a, b) = (a - 1, b - 1);
+    for m in 3..=5 {
+        net.down.insert(key(m));
+    }
+    let sent_back = |n: &mut Net| {
+        n.members[..2]
+            .iter()
+            .all(|(_, _, line)| line.sent_back.contains_key(&key(101)))
+    };
+    assert!(net.run_until(T.fresh_for() * (SQUAT_TERMS + 2), sent_back));
+    // Members 3 and 4 come back (5 stays down: a grant needs three of the
+    // four). A learned its floor and registers it everywhere, so every
+    // member has the same first: the lease is taken at once, not after
+    // the members hold A back no more.
+    net.down.remove(&key(3));
+    net.down.remove(&key(4));
+    assert!(net.run_until(T.fresh_for(), |n| n.held(a).is_some() || n.held(b).is_some()));
+}
