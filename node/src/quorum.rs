@@ -557,31 +557,14 @@ async fn keep(client: &Client, from: PeerId, kind: Kind, state: &[u8]) -> Result
             if client.blob_store().contains(&id) {
                 return Ok(());
             }
-            let ticket = shoal_resources::Ticket {
-                blob: shoal_resources::BlobInfo { id, size: 0 },
-                addrs: vec![format!("/p2p/{from}")],
-            };
             // From the saver first (a lookup per page would cost more than
-            // the page), and provided from here once kept: the save is
-            // answered without waiting for the overlay.
-            let (_, announce) = client
+            // the page); the save is answered without waiting for the
+            // overlay to hear that this peer keeps it.
+            client
                 .files()
-                .download_unannounced(
-                    id,
-                    Some(ticket),
-                    Arc::default(),
-                    None,
-                    crate::files::Sources::TicketFirst,
-                )
+                .fetch_from_first(id, &[from])
                 .await
-                .map_err(|e| format!("cannot keep checkpoint {id}: {}", crate::error::error_chain(&e)))?;
-            let client = client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = announce.run(&client).await {
-                    tracing::debug!("checkpoint {id} is kept here but not announced: {e}");
-                }
-            });
-            Ok(())
+                .map_err(|e| format!("cannot keep checkpoint {id}: {}", crate::error::error_chain(&e)))
         }
     }
 }

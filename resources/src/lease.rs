@@ -139,7 +139,10 @@ pub enum LineAnswer {
 /// sent back all the same (it could reach only a minority of the members
 /// meanwhile) learns its floor from the member's answer, takes it as its
 /// ticket and registers it at every member, so that the lines agree again
-/// rather than each member putting another waiter first.
+/// rather than each member putting another waiter first. A waiter takes a
+/// floor only when no majority has it first, and at most [`MAX_WAITERS`]
+/// above its ticket: one hostile member can cost it places while it waits
+/// behind others, not stop it once a majority has it first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     /// Each waiter's ticket and until when (this member's clock) it waits.
@@ -391,8 +394,9 @@ struct Round {
     tickets: Vec<u64>,
     places: Vec<(u64, Option<Key>)>,
     views: Vec<View>,
-    /// A member sent this waiter to the back: its ticket was raised.
-    raised: bool,
+    /// The highest floor a member named for this waiter (see
+    /// [`Line`]), at most [`MAX_WAITERS`] above its ticket.
+    floor: u64,
 }
 
 /// An acquirer: waits in line for the name's lease, takes it when its turn
@@ -468,7 +472,7 @@ impl Acquire {
             tickets: Vec::new(),
             places: Vec::new(),
             views: Vec::new(),
-            raised: false,
+            floor: 0,
         });
         self.out.push_back(action(ask));
     }
@@ -580,10 +584,10 @@ impl Acquire {
             LineAnswer::Place { ahead, first, floor } => {
                 r.places.push((*ahead, *first));
                 r.tally.agree(member);
-                if *floor > self.ticket {
-                    self.ticket = *floor;
-                    r.raised = true;
-                }
+                // One member alone cannot send it arbitrarily far back.
+                r.floor = r
+                    .floor
+                    .max((*floor).min(self.ticket.saturating_add(MAX_WAITERS as u64)));
             }
             LineAnswer::Full => {
                 r.tally.refuse(member);
@@ -639,7 +643,7 @@ impl Acquire {
         let majority = self.members.majority();
         match (self.phase.clone(), outcome) {
             (Phase::Ticket, Outcome::Agreed) => {
-                self.ticket = r.tickets.iter().max().copied().unwrap_or(0) + 1;
+                self.ticket = r.tickets.iter().max().copied().unwrap_or(0).saturating_add(1);
                 self.phase = Phase::Waiting;
                 self.register(now);
             }
@@ -650,9 +654,12 @@ impl Acquire {
                 self.ahead = ahead.get(majority - 1).copied().unwrap_or(0);
                 let first_here = r.places.iter().filter(|(_, first)| *first == Some(self.me)).count();
                 self.next_try = now + self.timing.term / 3;
-                if r.raised {
-                    // Sent to the back somewhere: there with the raised
-                    // ticket at every member at once.
+                if first_here < majority && r.floor > self.ticket {
+                    // Sent to the back somewhere, and first nowhere that
+                    // counts: the floor as its ticket, at every member at
+                    // once, so that their lines agree again. (A majority
+                    // that has it first goes on whatever one member says.)
+                    self.ticket = r.floor;
                     self.next_try = now;
                 } else if first_here >= majority {
                     self.phase = Phase::Reading;
@@ -717,6 +724,9 @@ impl Acquire {
                 }
                 self.phase = Phase::Waiting;
                 self.next_try = now + self.timing.term / 10;
+                // No majority answered: a floor a member named is taken
+                // (a waiter cut off from the rest, sent back where it was).
+                self.ticket = self.ticket.max(r.floor);
                 if self.ticket == 0 {
                     self.phase = Phase::Ticket;
                     self.next_try = now + round_wait(self.timing);

@@ -390,6 +390,29 @@ impl<'a> Files<'a> {
     }
 }
 
+impl Files<'_> {
+    /// Fetches blob `id` from `sources` first (the overlay is asked only
+    /// if they cannot send it) and announces this peer as its provider in
+    /// the background: a checkpoint fetched from the peer that saved it,
+    /// where waiting for the overlay would cost more than the transfer.
+    pub(crate) async fn fetch_from_first(self, id: Key, sources: &[PeerId]) -> Result<(), NodeError> {
+        let ticket = Ticket {
+            blob: BlobInfo { id, size: 0 },
+            addrs: sources.iter().map(|p| format!("/p2p/{p}")).collect(),
+        };
+        let (_, announce) = self
+            .download_unannounced(id, Some(ticket), Arc::default(), None, Sources::TicketFirst)
+            .await?;
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = announce.run(&client).await {
+                tracing::debug!("{id} is held here but not announced: {e}");
+            }
+        });
+        Ok(())
+    }
+}
+
 /// Where a download looks for providers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Sources {

@@ -1698,35 +1698,18 @@ fn truncate(text: &str) -> String {
     text[..end].to_string()
 }
 
-/// Has blob `id` in the store, downloading it if need be.
 /// Fetches checkpoint `id` from `sources` first (the overlay only if
-/// they cannot send it), provided from here once fetched.
+/// they cannot send it); the job need not wait for its announcement.
 async fn fetch_checkpoint(client: &Client, id: Key, sources: &[PeerId]) -> Result<Key, String> {
-    let ticket = shoal_resources::Ticket {
-        blob: shoal_resources::BlobInfo { id, size: 0 },
-        addrs: sources.iter().map(|p| format!("/p2p/{p}")).collect(),
-    };
-    let (_, announce) = client
+    client
         .files()
-        .download_unannounced(
-            id,
-            Some(ticket),
-            Arc::default(),
-            None,
-            crate::files::Sources::TicketFirst,
-        )
+        .fetch_from_first(id, sources)
         .await
-        .map_err(|e| format!("cannot fetch checkpoint {id}: {}", crate::error::error_chain(&e)))?;
-    // Provided meanwhile: the job need not wait for it.
-    let client = client.clone();
-    tokio::spawn(async move {
-        if let Err(e) = announce.run(&client).await {
-            tracing::debug!("checkpoint {id} is not announced: {e}");
-        }
-    });
-    Ok(id)
+        .map(|()| id)
+        .map_err(|e| format!("cannot fetch checkpoint {id}: {}", crate::error::error_chain(&e)))
 }
 
+/// Has blob `id` in the store, downloading it if need be.
 pub(crate) async fn fetch(client: &Client, id: Key) -> Result<(), String> {
     if client.blob_store().contains(&id) {
         return Ok(());

@@ -328,3 +328,54 @@ fn a_waiter_sent_back_where_it_could_not_take_the_lease_takes_its_new_place_at_e
     net.down.remove(&key(4));
     assert!(net.run_until(T.fresh_for(), |n| n.held(a).is_some() || n.held(b).is_some()));
 }
+
+#[test]
+fn one_member_naming_a_floor_does_not_send_back_a_waiter_a_majority_has_first_nor_far() {
+    let first = LineAnswer::Place {
+        ahead: 0,
+        first: Some(key(100)),
+        floor: 0,
+    };
+    // A hostile member answers first, naming the largest floor, and says
+    // the waiter is first there (so a majority has it first) or not.
+    for says_first in [true, false] {
+        let hostile = LineAnswer::Place {
+            ahead: 9,
+            first: Some(if says_first { key(100) } else { key(9) }),
+            floor: u64::MAX,
+        };
+        let now = Instant::from_micros(1);
+        let members: Vec<Key> = (1..=5).map(key).collect();
+        let mut a = Acquire::new(now, key(100), Members::new(members.clone()), T);
+        let Some(AcquireAction::Line { ask, .. }) = a.poll_action(now) else {
+            panic!("a ticket is asked first")
+        };
+        for m in &members {
+            a.handle_line(now, ask, *m, &LineAnswer::Ticket(0));
+        }
+        let Some(AcquireAction::Line { ask, .. }) = a.poll_action(now) else {
+            panic!("then it registers")
+        };
+        a.handle_line(now, ask, members[4], &hostile);
+        for m in &members[..4] {
+            a.handle_line(now, ask, *m, &first);
+        }
+        if says_first {
+            assert_eq!(a.ticket, 1, "a majority has it first: its ticket is its own");
+            assert!(
+                matches!(
+                    a.poll_action(now),
+                    Some(AcquireAction::Ask {
+                        request: Request::Read,
+                        ..
+                    })
+                ),
+                "it goes on to read the lease"
+            );
+        } else {
+            // Not first at a majority of those that answered: back, but
+            // no further than a full line.
+            assert_eq!(a.ticket, 1 + MAX_WAITERS as u64);
+        }
+    }
+}

@@ -229,7 +229,7 @@ pub(crate) fn restore_over(
     known: Vec<Page>,
 ) -> Result<(), RunError> {
     let root = dir.checkpoints().join(SNAPSHOT_DIR);
-    let state = read_memory(&mut store, instance, &root, known)?.0;
+    let state = read_memory(&mut store, instance, &root, known, 0)?.0;
     for (name, kind, bits) in state.globals {
         let global = instance
             .get_global(&mut store, &name)
@@ -253,16 +253,23 @@ pub(crate) fn restore_over(
 /// ready for a moved job holds before the job's last snapshot arrives.
 /// Returns what each page holds now.
 pub(crate) fn warm_memory(store: impl AsContextMut, instance: &Instance, ckpt: &Path) -> Result<Vec<Page>, RunError> {
-    Ok(read_memory(store, instance, &ckpt.join(SNAPSHOT_DIR), Vec::new())?.1)
+    Ok(read_memory(store, instance, &ckpt.join(SNAPSHOT_DIR), Vec::new(), HELD_PAGES)?.1)
 }
 
+/// Page files a warm instance holds open, at most (its first pages; the
+/// rest are read again when the job goes on): bounded by the process's
+/// open files, not by the job's memory.
+const HELD_PAGES: usize = 256;
+
 /// Grows `instance`'s memory to the snapshot's size at `root` and reads
-/// its pages, but for those `known` says it holds already.
+/// its pages, but for those `known` says it holds already; returns what
+/// each page holds, at most `hold` page files kept open.
 fn read_memory(
     mut store: impl AsContextMut,
     instance: &Instance,
     root: &Path,
     mut known: Vec<Page>,
+    hold: usize,
 ) -> Result<(State, Vec<Page>), RunError> {
     use std::os::unix::fs::MetadataExt;
     let state = std::fs::read(root.join("state")).map_err(|e| io("read", e))?;
@@ -318,7 +325,7 @@ fn read_memory(
         }
         // Straight into the memory: no copy in between.
         std::io::Read::read_exact(&mut file, page).map_err(|e| io("read", e))?;
-        now.push(Page::File(file));
+        now.push(if i < hold { Page::File(file) } else { Page::Unknown });
     }
     Ok((state, now))
 }
