@@ -61,6 +61,9 @@ pub struct NodeConfig {
     /// Devices to share from the start (`[[device]]` in `shoal.toml`):
     /// name, class, adapter.
     pub devices: Vec<(String, String, crate::devices::Adapter)>,
+    /// How long a member of a named lease's set may be silent before the
+    /// set moves without it ([`crate::leases::GONE_AFTER`] by default).
+    pub member_gone_after: Duration,
 }
 
 impl NodeConfig {
@@ -84,6 +87,7 @@ impl NodeConfig {
             caps: None,
             compute: crate::jobs::ComputeConfig::default(),
             devices: Vec::new(),
+            member_gone_after: crate::leases::GONE_AFTER,
         }
     }
 }
@@ -251,6 +255,7 @@ pub async fn start(config: NodeConfig) -> Result<Client, NodeError> {
     tokio::spawn(crate::pins::run(client.downgrade(), config.pin_check));
     tokio::spawn(crate::handoff::accept(client.downgrade(), offers));
     tokio::spawn(crate::quorum::serve(client.downgrade(), quorum_streams));
+    tokio::spawn(crate::leases::homes::run(client.downgrade(), config.member_gone_after));
     tokio::spawn(crate::devices::serve(client.downgrade(), device_streams));
     tokio::spawn(crate::devices::share_at_start(
         client.downgrade(),

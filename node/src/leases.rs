@@ -11,6 +11,10 @@
 //! so that two peers creating the name at once with overlapping views of
 //! its home cannot both succeed with different sets.
 //!
+//! The set moves with the name's home ([`homes`]: a member gone for good,
+//! or the peers nearest the name changed); a session follows it, and
+//! one that starts asks the home for the newest set.
+//!
 //! Each acquisition is a *session* here, numbered, run by a task of its
 //! own until it is released, lost, or its caller stops asking: a session
 //! held for a command (`lease run`) must be asked about at least every
@@ -32,6 +36,9 @@ use tokio::sync::{mpsc, watch};
 use crate::addr::key_of_peer;
 use crate::client::{Client, WeakClient, now};
 use crate::quorum::{Kind, Reply, Wire, ask_each, members_of};
+
+pub(crate) mod homes;
+pub use homes::GONE_AFTER;
 
 /// Members of a lease's set, at most (the name's home).
 pub const HOME_SIZE: usize = 5;
@@ -283,18 +290,19 @@ impl Leases<'_> {
     }
 }
 
-/// The member set of lease `name`: the one its home keeps, or a new one
-/// every peer of the home joined.
-async fn members(client: &Client, name: &str, key: Key) -> Result<Vec<PeerId>, String> {
+/// The member set of lease `name` and its number: the one its home keeps
+/// (the newest set the first member to answer knows: an older one sends
+/// the session on), or a new one every peer of the home joined.
+async fn members(client: &Client, name: &str, key: Key) -> Result<(u64, Vec<PeerId>), String> {
     let home = crate::jobs::home::nearest_peers(client, key, HOME_SIZE)
         .await
         .map_err(|e| format!("cannot find the home of lease {name:?}: {e}"))?;
     let mut replies = ask_each(client, &home, &Wire::Describe { key }, ASK_TIMEOUT);
     while let Some((_, reply)) = replies.next().await {
-        if let Ok(Reply::Entry { peers, .. }) = reply
+        if let Ok(Reply::Entry { peers, epoch, .. }) = reply
             && !peers.is_empty()
         {
-            return Ok(peers);
+            return Ok((epoch, peers));
         }
     }
     let join = Wire::Join {
@@ -318,11 +326,11 @@ async fn members(client: &Client, name: &str, key: Key) -> Result<Vec<PeerId>, S
         // Another peer may have created it meanwhile, with its own view.
         let mut replies = ask_each(client, &home, &Wire::Describe { key }, ASK_TIMEOUT);
         while let Some((_, reply)) = replies.next().await {
-            if let Ok(Reply::Entry { peers, .. }) = reply
+            if let Ok(Reply::Entry { peers, epoch, .. }) = reply
                 && !peers.is_empty()
                 && peers != home
             {
-                return Ok(peers);
+                return Ok((epoch, peers));
             }
         }
         return Err(format!(
@@ -331,7 +339,7 @@ async fn members(client: &Client, name: &str, key: Key) -> Result<Vec<PeerId>, S
             missing.join("; ")
         ));
     }
-    Ok(home)
+    Ok((0, home))
 }
 
 /// What comes back to a session's task: an answer to one of its asks.
@@ -351,19 +359,37 @@ async fn run(
 ) -> Result<(), String> {
     let key = lease_key(&name);
     let client = node.upgrade().ok_or("the node stopped")?;
-    let peers = members(&client, &name, key).await?;
+    let (mut epoch, mut peers) = members(&client, &name, key).await?;
     let mut names: BTreeMap<Key, String> = peers
         .iter()
         .filter_map(|p| key_of_peer(p).map(|k| (k, p.to_string())))
         .collect();
     drop(client);
     let me = node.upgrade().ok_or("the node stopped")?.key();
-    let mut acquire = Acquire::new(now(), me, members_of(&peers), Timing::DEFAULT);
+    let mut acquire = Acquire::new(now(), me, epoch, members_of(&peers), Timing::DEFAULT);
     let (heard_tx, mut heard) = mpsc::unbounded_channel::<Heard>();
     let mut held_since: Option<std::time::Instant> = None;
     let mut released = false;
     loop {
         let client = node.upgrade().ok_or("the node stopped")?;
+        // The lease's member set moved: asks go to the new one.
+        if let (e, Some(next)) = acquire.epoch()
+            && e != epoch
+        {
+            match crate::quorum::peers_of(&next.addrs, &next.members) {
+                Ok(moved) => {
+                    tracing::info!("lease {name:?}: its member set moved (epoch {e})");
+                    epoch = e;
+                    peers = moved;
+                    for p in &peers {
+                        if let Some(k) = key_of_peer(p) {
+                            names.insert(k, p.to_string());
+                        }
+                    }
+                }
+                Err(why) => return Err(format!("lease {name:?} moved to a set this peer cannot reach: {why}")),
+            }
+        }
         while let Some(action) = acquire.poll_action(now()) {
             send(&client, &peers, key, action, heard_tx.clone());
         }
@@ -458,8 +484,8 @@ fn abandoned(client: &Client, state: &watch::Sender<Versioned>) -> bool {
 /// Sends one action to every member; each answer comes back on `heard`.
 fn send(client: &Client, peers: &[PeerId], key: Key, action: AcquireAction, heard: mpsc::UnboundedSender<Heard>) {
     let (ask, wire) = match action {
-        AcquireAction::Line { ask, request } => (ask, Wire::Line { key, request }),
-        AcquireAction::Ask { ask, request } => (ask, Wire::Ask { key, request }),
+        AcquireAction::Line { ask, epoch, request } => (ask, Wire::Line { key, request, epoch }),
+        AcquireAction::Ask { ask, epoch, request } => (ask, Wire::Ask { key, request, epoch }),
     };
     let mut replies = ask_each(client, peers, &wire, ASK_TIMEOUT);
     tokio::spawn(async move {

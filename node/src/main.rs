@@ -124,7 +124,8 @@ enum Command {
     /// Each setting comes from its flag, else its SHOAL_* environment
     /// variable, else `shoal.toml` in the data directory (keys `listen`,
     /// `bootstrap`, `mdns`, `swarm_key`, `quota`, `slots`, `slot_memory`, `labels`,
-    /// `allow_native`, `trust`; see README.md), else the default.
+    /// `allow_native`, `trust`, `member_gone_after`; see README.md), else
+    /// the default.
     #[command(verbatim_doc_comment)]
     Up {
         /// Where the identity key, records, remembered peers, shoal.toml and
@@ -186,6 +187,13 @@ enum Command {
         /// File: trust = ["12D3KooW..."].
         #[arg(long, env = "SHOAL_TRUST", value_delimiter = ',', value_name = "PEER_ID")]
         trust: Vec<libp2p::PeerId>,
+        /// How long a member of a named lease's set may be silent before
+        /// the set moves to the name's home without it (carrying the
+        /// holder and its token). Default 60s; at least 1s.
+        /// File: member_gone_after = "60s".
+        #[arg(long, env = "SHOAL_MEMBER_GONE_AFTER", value_name = "DURATION",
+              value_parser = settings::parse_duration)]
+        member_gone_after: Option<std::time::Duration>,
     },
     /// Swarm keys for private swarms.
     #[command(subcommand)]
@@ -470,6 +478,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             labels,
             allow_native,
             trust,
+            member_gone_after,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -486,6 +495,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 labels,
                 allow_native,
                 trust,
+                member_gone_after,
             };
             runtime.block_on(up(data_dir, given))
         }

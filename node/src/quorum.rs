@@ -28,8 +28,9 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use shoal_overlay::Key;
-use shoal_resources::lease::{Line, LineAnswer, LineRequest};
+use shoal_resources::lease::{Kept, Line, LineAnswer, LineRequest};
 use shoal_resources::quorum::{Acceptor, Answer, Grantee, Members, Request, Tenancy, Timing, View};
+use shoal_resources::rehome::{Home, RehomeAnswer, RehomeRequest};
 
 use crate::addr::key_of_peer;
 use crate::client::{Client, WeakClient, now};
@@ -74,15 +75,37 @@ pub(crate) enum Wire {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
-    /// A request about `key`.
-    Ask { key: Key, request: Request },
+    /// A request about `key`, for its member set `epoch` (a named lease's
+    /// set may move: [`shoal_resources::rehome`]; a job's is epoch 0).
+    Ask {
+        key: Key,
+        request: Request,
+        #[serde(default)]
+        epoch: u64,
+    },
     /// What this member keeps for `key`: the member set and its view.
     Describe { key: Key },
     /// Several, answered in order (an executor's renewals of the jobs it
     /// holds, batched per member): at most [`MAX_BATCH`].
     Many(Vec<(Key, Request)>),
-    /// About the waiting line of a named lease at `key`.
-    Line { key: Key, request: LineRequest },
+    /// About the waiting line of a named lease at `key`, for its member
+    /// set `epoch`.
+    Line {
+        key: Key,
+        request: LineRequest,
+        #[serde(default)]
+        epoch: u64,
+    },
+    /// About moving the member set of the named lease at `key`, from a
+    /// member of the set; its timing and payload (the name) for a peer of
+    /// the next set that does not keep it yet.
+    Rehome {
+        key: Key,
+        request: RehomeRequest,
+        timing: Timing,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
 }
 
 /// A reply on the wire.
@@ -100,6 +123,8 @@ pub(crate) enum Reply {
     Many(Vec<Reply>),
     /// The answer to [`Wire::Line`].
     Line(LineAnswer),
+    /// The answer to [`Wire::Rehome`].
+    Rehome(RehomeAnswer),
     /// The answer to [`Wire::Describe`].
     Entry {
         #[serde(with = "peer_ids")]
@@ -108,6 +133,10 @@ pub(crate) enum Reply {
         /// The grants this member made (absent from older peers).
         #[serde(default)]
         history: Vec<Tenancy>,
+        /// The member set's number (`peers` is the newest set this member
+        /// knows: its own, or the one its set moved to).
+        #[serde(default)]
+        epoch: u64,
     },
 }
 
@@ -153,6 +182,10 @@ pub(crate) struct Entry {
     /// again within a third of a term).
     #[serde(skip)]
     pub(crate) line: Line,
+    /// Which member set this member serves, and its moves (a named
+    /// lease's; a job's set never moves).
+    #[serde(default)]
+    pub(crate) home: Home,
 }
 
 impl Entry {
@@ -167,6 +200,33 @@ impl Entry {
             || (key.is_some() && key == self.owner)
             || self.acceptor.view(now()).grantee.is_some_and(|g| Some(g.peer) == key)
     }
+}
+
+/// Peer ids as the opaque addresses of a moved set
+/// ([`shoal_resources::rehome::Next::addrs`]).
+pub(crate) fn addrs_of(peers: &[PeerId]) -> Vec<u8> {
+    let raw: Vec<serde_bytes::ByteBuf> = peers.iter().map(|p| serde_bytes::ByteBuf::from(p.to_bytes())).collect();
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&raw, &mut bytes).expect("peer ids encode");
+    bytes
+}
+
+/// The peer ids a moved set's addresses name: at most [`MAX_MEMBERS`],
+/// each with an overlay key, and exactly `members`.
+pub(crate) fn peers_of(addrs: &[u8], members: &Members) -> Result<Vec<PeerId>, String> {
+    if addrs.len() > MAX_MEMBERS * 64 {
+        return Err("a member set's addresses are too long".into());
+    }
+    let raw: Vec<serde_bytes::ByteBuf> =
+        ciborium::from_reader(addrs).map_err(|e| format!("a member set's addresses do not decode: {e}"))?;
+    let peers = raw
+        .iter()
+        .map(|b| PeerId::from_bytes(b).map_err(|e| format!("not a peer id: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if peers.is_empty() || peers.len() > MAX_MEMBERS || members_of(&peers) != *members || peers.len() != members.len() {
+        return Err("a member set's addresses do not name its members".into());
+    }
+    Ok(peers)
 }
 
 /// The member set of `peers` (peer ids without an overlay key are left
@@ -319,19 +379,34 @@ impl Quorum {
                 timing,
                 payload,
             } => self.join(from, kind, key, peers, timing, payload),
-            Wire::Ask { key, request } => self.ask(from, key, request),
+            Wire::Ask { key, request, epoch } => self.ask(from, key, request, epoch),
             Wire::Describe { key } => match lock(&self.entries).get(&key) {
-                Some(entry) => Reply::Entry {
-                    peers: entry.peers.clone(),
-                    view: entry.acceptor.view(now()),
-                    history: entry.acceptor.history().cloned().collect(),
-                },
+                Some(entry) => {
+                    // The newest set it knows: where its own moved, if it did.
+                    let moved = entry
+                        .home
+                        .moved()
+                        .and_then(|n| Some((n.epoch, peers_of(&n.addrs, &n.members).ok()?)));
+                    let (epoch, peers) = moved.unwrap_or_else(|| (entry.home.epoch(), entry.peers.clone()));
+                    Reply::Entry {
+                        peers,
+                        view: entry.acceptor.view(now()),
+                        history: entry.acceptor.history().cloned().collect(),
+                        epoch,
+                    }
+                }
                 None => Reply::Unknown,
             },
+            Wire::Rehome {
+                key,
+                request,
+                timing,
+                payload,
+            } => self.rehome(from, key, request, timing, payload),
             Wire::Many(items) if items.len() <= MAX_BATCH => Reply::Many(
                 items
                     .into_iter()
-                    .map(|(key, request)| self.ask(from, key, request))
+                    .map(|(key, request)| self.ask(from, key, request, 0))
                     .collect(),
             ),
             Wire::Many(_) => Reply::Refused(format!("more than {MAX_BATCH} requests in one batch")),
@@ -342,12 +417,16 @@ impl Quorum {
             } if key_of_peer(from) != Some(peer) => {
                 Reply::Refused("a peer waits in line, or leaves it, only as itself".into())
             }
-            Wire::Line { key, request } => match lock(&self.entries).get_mut(&key) {
+            Wire::Line { key, request, epoch } => match lock(&self.entries).get_mut(&key) {
                 Some(entry) if entry.kind == Kind::Lease => Reply::Line(shoal_resources::lease::line_answer(
-                    &entry.acceptor,
-                    &mut entry.line,
+                    Kept {
+                        acceptor: &mut entry.acceptor,
+                        line: &mut entry.line,
+                        home: &entry.home,
+                    },
                     now(),
                     entry.timing,
+                    epoch,
                     request,
                 )),
                 Some(_) => Reply::Refused(format!("{key} is not a named lease")),
@@ -356,7 +435,7 @@ impl Quorum {
         }
     }
 
-    fn ask(&self, from: &PeerId, key: Key, request: Request) -> Reply {
+    fn ask(&self, from: &PeerId, key: Key, request: Request, epoch: u64) -> Reply {
         if let Some(by) = acting_as(&request)
             && key_of_peer(from) != Some(by.peer)
         {
@@ -375,9 +454,18 @@ impl Quorum {
         let at = now();
         let answer = match (entry.kind, key_of_peer(from)) {
             // A lease is taken by the peer itself, in its turn.
-            (Kind::Lease, Some(asker)) => {
-                shoal_resources::lease::answer(&mut entry.acceptor, &mut entry.line, at, entry.timing, asker, request)
-            }
+            (Kind::Lease, Some(asker)) => shoal_resources::lease::answer(
+                Kept {
+                    acceptor: &mut entry.acceptor,
+                    line: &mut entry.line,
+                    home: &entry.home,
+                },
+                at,
+                entry.timing,
+                asker,
+                epoch,
+                request,
+            ),
             (Kind::Lease, None) => return Reply::Refused("a peer without an overlay key takes no lease".into()),
             (Kind::Job, _) => entry.acceptor.handle(at, entry.timing, request),
         };
@@ -445,6 +533,7 @@ impl Quorum {
             owner,
             finished: None,
             line: Line::default(),
+            home: Home::default(),
         };
         if let Err(e) = save(&self.dir, &key, &entry) {
             return Reply::Refused(format!("cannot save the state of {key}: {e}"));
@@ -458,6 +547,90 @@ impl Quorum {
         drop(fresh);
         self.joined.notify_one();
         Reply::Joined
+    }
+}
+
+impl Quorum {
+    /// A request about moving a named lease's member set
+    /// ([`shoal_resources::rehome`]): from a member of the set this peer
+    /// serves for it, or, to install the next set here, from any peer
+    /// with a valid name (this peer must be among the set's members).
+    fn rehome(&self, from: &PeerId, key: Key, request: RehomeRequest, timing: Timing, payload: Vec<u8>) -> Reply {
+        let at = now();
+        let mut entries = lock(&self.entries);
+        let install = match &request {
+            RehomeRequest::Install(next) => {
+                let peers = match peers_of(&next.addrs, &next.members) {
+                    Ok(peers) => peers,
+                    Err(why) => return Reply::Refused(why),
+                };
+                if !peers.contains(&self.local) {
+                    return Reply::Refused("this peer is not among the next set's members".into());
+                }
+                Some(peers)
+            }
+            _ => None,
+        };
+        if install.is_some() && !entries.contains_key(&key) {
+            // A peer of the next set that does not keep the lease yet.
+            if payload.len() > MAX_PAYLOAD
+                || timing.term.is_zero()
+                || timing.margin >= timing.term
+                || timing.term > Duration::from_secs(3600)
+            {
+                return Reply::Refused("a lease's name or timing is out of bounds".into());
+            }
+            let Some(validate) = self.validators.get(&Kind::Lease) else {
+                return Reply::Refused("this peer keeps no named leases".into());
+            };
+            if let Err(why) = validate(&key, from, &payload) {
+                return Reply::Refused(why);
+            }
+            if entries.len() >= self.max_keys {
+                return Reply::Refused(format!("this peer keeps {} keys already", self.max_keys));
+            }
+            entries.insert(
+                key,
+                Entry {
+                    kind: Kind::Lease,
+                    peers: Vec::new(),
+                    timing,
+                    payload,
+                    acceptor: Acceptor::new(),
+                    owner: None,
+                    finished: None,
+                    line: Line::default(),
+                    home: Home::default(),
+                },
+            );
+        }
+        let Some(entry) = entries.get_mut(&key) else {
+            return Reply::Unknown;
+        };
+        if entry.kind != Kind::Lease {
+            return Reply::Refused(format!("{key} is not a named lease: its set does not move"));
+        }
+        if install.is_none() && !entry.peers.contains(from) {
+            return Reply::Refused("only a member of the lease's set moves it".into());
+        }
+        let before = entry.clone();
+        let answer = entry.home.handle(&mut entry.acceptor, at, entry.timing, request);
+        if let Some(peers) = install
+            && entry.home.epoch() != before.home.epoch()
+        {
+            entry.peers = peers;
+            entry.line = Line::default();
+        }
+        let changed = entry.home != before.home || !entry.acceptor.same_durable(&before.acceptor);
+        if changed && let Err(e) = save(&self.dir, &key, entry) {
+            if before.peers.is_empty() {
+                entries.remove(&key);
+            } else {
+                *entry = before;
+            }
+            return Reply::Refused(format!("cannot save the state of {key}: {e}"));
+        }
+        Reply::Rehome(answer)
     }
 }
 
@@ -510,7 +683,7 @@ async fn serve_one(client: &Client, peer: PeerId, mut stream: Stream) -> std::io
     // What a save names is kept here before the save is taken: a save a
     // majority took is then one a majority can give back.
     let items: Vec<(Key, &Request)> = match &wire {
-        Wire::Ask { key, request } => vec![(*key, request)],
+        Wire::Ask { key, request, .. } => vec![(*key, request)],
         Wire::Many(items) if items.len() <= MAX_BATCH => items.iter().map(|(k, r)| (*k, r)).collect(),
         _ => Vec::new(),
     };
@@ -534,7 +707,7 @@ async fn serve_one(client: &Client, peer: PeerId, mut stream: Stream) -> std::io
                 .enumerate()
                 .map(|(i, (key, request))| match unkept.remove(&i) {
                     Some(why) => Reply::Refused(why),
-                    None => quorum.handle(&peer, Wire::Ask { key, request }),
+                    None => quorum.handle(&peer, Wire::Ask { key, request, epoch: 0 }),
                 })
                 .collect(),
         ),
@@ -651,7 +824,7 @@ pub(crate) async fn ask_one(
     within: Duration,
 ) -> std::io::Result<Reply> {
     if peer == client.peer_id() {
-        return ask(client, peer, Wire::Ask { key, request }, within).await;
+        return ask(client, peer, Wire::Ask { key, request, epoch: 0 }, within).await;
     }
     ask_batched(client, peer, key, request, within).await
 }
@@ -693,7 +866,8 @@ pub(crate) fn ask_each(
             let (client, peer, wire) = (client.clone(), *peer, wire.clone());
             async move {
                 let reply = match wire {
-                    Wire::Ask { key, request } => ask_one(&client, peer, key, request, within).await,
+                    // Only a job's asks are batched (a lease's carry its set).
+                    Wire::Ask { key, request, epoch: 0 } => ask_one(&client, peer, key, request, within).await,
                     wire => ask(&client, peer, wire, within).await,
                 };
                 (peer, reply)
@@ -741,6 +915,7 @@ mod tests {
         };
         assert_eq!(q.handle(&asker, join), Reply::Joined);
         let as_other = Wire::Line {
+            epoch: 0,
             key,
             request: LineRequest::Wait {
                 peer: key_of_peer(&other).unwrap(),
@@ -749,6 +924,7 @@ mod tests {
         };
         assert!(matches!(q.handle(&asker, as_other), Reply::Refused(_)));
         let leave_other = Wire::Line {
+            epoch: 0,
             key,
             request: LineRequest::Leave {
                 peer: key_of_peer(&other).unwrap(),
@@ -756,6 +932,7 @@ mod tests {
         };
         assert!(matches!(q.handle(&asker, leave_other), Reply::Refused(_)));
         let as_itself = Wire::Line {
+            epoch: 0,
             key,
             request: LineRequest::Wait {
                 peer: key_of_peer(&asker).unwrap(),
@@ -790,6 +967,7 @@ mod tests {
             n: 1,
         };
         let change = Wire::Ask {
+            epoch: 0,
             key,
             request: Request::Change(grantee),
         };
@@ -825,11 +1003,13 @@ mod tests {
             n: 1,
         };
         let change = Wire::Ask {
+            epoch: 0,
             key,
             request: Request::Change(grantee),
         };
         assert_eq!(q.handle(&from, change), Reply::Answer(Answer::Ok));
         let commit = Wire::Ask {
+            epoch: 0,
             key,
             request: Request::Commit {
                 by: grantee,
@@ -868,10 +1048,12 @@ mod tests {
             n,
         };
         let change = |to: &PeerId, n| Wire::Ask {
+            epoch: 0,
             key,
             request: Request::Change(grantee(to, n)),
         };
         let release = |by: &PeerId, n| Wire::Ask {
+            epoch: 0,
             key,
             request: Request::Release {
                 by: grantee(by, n),
@@ -923,11 +1105,13 @@ mod tests {
                 },
             );
             let change = Wire::Ask {
+                epoch: 0,
                 key,
                 request: Request::Change(by),
             };
             assert_eq!(q.handle(&owner, change), Reply::Answer(Answer::Ok));
             let commit = Wire::Ask {
+                epoch: 0,
                 key,
                 request: Request::Commit {
                     by,
@@ -987,6 +1171,7 @@ mod tests {
             q.handle(
                 &from,
                 Wire::Ask {
+                    epoch: 0,
                     key: Key::of_content(b"other"),
                     request: Request::Read
                 }

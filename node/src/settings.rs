@@ -57,6 +57,8 @@ pub struct Given {
     pub allow_native: bool,
     /// `--trust PEER_ID`.
     pub trust: Vec<libp2p::PeerId>,
+    /// `--member-gone-after`.
+    pub member_gone_after: Option<std::time::Duration>,
 }
 
 /// The contents of `shoal.toml`.
@@ -85,6 +87,8 @@ pub struct FileSettings {
     pub trust: Option<Vec<String>>,
     /// Devices shared at every start.
     pub device: Option<Vec<DeviceSetting>>,
+    /// How long a lease member may be silent before its set moves on.
+    pub member_gone_after: Option<String>,
 }
 
 /// A device in `shoal.toml`: `[[device]]` with a name, a class and one
@@ -237,6 +241,14 @@ pub fn resolve(data_dir: PathBuf, given: Given) -> Result<NodeConfig, SettingsEr
     } else {
         given.trust
     };
+    config.member_gone_after = match (given.member_gone_after, file.member_gone_after) {
+        (Some(d), _) => d,
+        (None, Some(text)) => parse_duration(&text).map_err(|why| invalid(format!("member_gone_after: {why}")))?,
+        (None, None) => config.member_gone_after,
+    };
+    if config.member_gone_after < std::time::Duration::from_secs(1) {
+        return Err(invalid("member_gone_after: at least 1s".into()));
+    }
     for device in file.device.unwrap_or_default() {
         let adapter = device.adapter().map_err(|why| invalid(format!("[[device]]: {why}")))?;
         config.devices.push((device.name, device.class, adapter));

@@ -57,6 +57,7 @@ use shoal_overlay::{Instant, Key};
 use crate::quorum::{
     Acceptor, Answer, Grantee, LetGo, Members, Outcome, Refusal, Request, Tally, Tenure, Timing, View,
 };
+use crate::rehome::{Home, Next};
 
 /// The longest lease name, bytes.
 pub const MAX_NAME: usize = 200;
@@ -124,6 +125,9 @@ pub enum LineAnswer {
     },
     /// The line is full here.
     Full,
+    /// The asker's member set is not the current one: these are the
+    /// lease's members now ([`crate::rehome`]).
+    Moved(Box<Next>),
 }
 
 /// One name's waiting line at one member. Not durable: after a restart
@@ -285,17 +289,30 @@ impl Line {
     }
 }
 
-/// A member's answer to a quorum request about a lease from `from`: as
-/// [`Acceptor::handle`], except that only a peer itself may ask for the
-/// lease, and only when it is first in `line` (or nobody waits).
-pub fn answer(
-    acceptor: &mut Acceptor,
-    line: &mut Line,
-    now: Instant,
-    timing: Timing,
-    from: Key,
-    request: Request,
-) -> Answer {
+/// What one member keeps for one lease, borrowed from wherever its
+/// driver keeps it: the tenure's state and the member set's ([`Home`]),
+/// both durable, and the waiting line, not.
+#[derive(Debug)]
+pub struct Kept<'a> {
+    /// The tenure at the quorum.
+    pub acceptor: &'a mut Acceptor,
+    /// Which member set it serves, and its moves.
+    pub home: &'a Home,
+    /// The waiting line.
+    pub line: &'a mut Line,
+}
+
+/// A member's answer to a quorum request of member set `epoch` about a
+/// lease from `from`: as [`Acceptor::handle`], except that only a peer
+/// itself may ask for the lease, and only when it is first in `line` (or
+/// nobody waits); a request of another epoch than the one this member
+/// serves, or one that would change the lease while its set is being
+/// handed on, is refused ([`Home::admit`]).
+pub fn answer(kept: Kept<'_>, now: Instant, timing: Timing, from: Key, epoch: u64, request: Request) -> Answer {
+    if let Some(refused) = kept.home.admit(epoch, &request) {
+        return refused;
+    }
+    let Kept { acceptor, line, .. } = kept;
     if let Request::Change(to) = &request {
         if to.peer != from {
             return Answer::Refused(Refusal::Stale {
@@ -316,16 +333,14 @@ pub fn answer(
     acceptor.handle(now, timing, request)
 }
 
-/// A member's answer to a line request about a lease: [`Line::handle`],
-/// the lease free when no grantee is fresh at this member.
-pub fn line_answer(
-    acceptor: &Acceptor,
-    line: &mut Line,
-    now: Instant,
-    timing: Timing,
-    request: LineRequest,
-) -> LineAnswer {
-    line.handle(now, timing, acceptor.view(now).lapsed, request)
+/// A member's answer to a line request of member set `epoch` about a
+/// lease: [`Line::handle`], the lease free when no grantee is fresh at
+/// this member; [`LineAnswer::Moved`] to an asker of an older set.
+pub fn line_answer(kept: Kept<'_>, now: Instant, timing: Timing, epoch: u64, request: LineRequest) -> LineAnswer {
+    if let Some(Refusal::Moved(next)) = kept.home.refusal(epoch, true) {
+        return LineAnswer::Moved(next);
+    }
+    kept.line.handle(now, timing, kept.acceptor.view(now).lapsed, request)
 }
 
 /// What an acquirer asks its driver to send to every member.
@@ -335,6 +350,8 @@ pub enum AcquireAction {
     Line {
         /// Names the answers.
         ask: u64,
+        /// The member set it is for.
+        epoch: u64,
         /// What to send.
         request: LineRequest,
     },
@@ -342,6 +359,8 @@ pub enum AcquireAction {
     Ask {
         /// Names the answers.
         ask: u64,
+        /// The member set it is for.
+        epoch: u64,
         /// What to send.
         request: Request,
     },
@@ -419,6 +438,18 @@ pub struct Acquire {
     ahead: u64,
     holder: Option<Grantee>,
     released: bool,
+    /// The member set it asks ([`crate::rehome`]).
+    epoch: u64,
+    /// The set it moved to last, if it moved.
+    moved: Option<Next>,
+    /// Next sets members named, and which members named each.
+    heard_moved: Vec<(Next, std::collections::BTreeSet<Key>)>,
+}
+
+/// A request to every member, before it is numbered.
+enum Send {
+    Line(LineRequest),
+    Ask(Request),
 }
 
 /// How long a round waits for answers before it counts the silent
@@ -432,9 +463,14 @@ fn round_wait(timing: Timing) -> Duration {
 const MAX_RETRY: Duration = Duration::from_millis(250);
 
 impl Acquire {
-    /// Peer `me` starts to acquire the lease whose members are `members`.
-    pub fn new(now: Instant, me: Key, members: Members, timing: Timing) -> Self {
+    /// Peer `me` starts to acquire the lease whose members are `members`,
+    /// the set numbered `epoch` ([`crate::rehome`]; 0: the set the name
+    /// was created with).
+    pub fn new(now: Instant, me: Key, epoch: u64, members: Members, timing: Timing) -> Self {
         let mut a = Acquire {
+            epoch,
+            moved: None,
+            heard_moved: Vec::new(),
             me,
             members,
             timing,
@@ -450,10 +486,7 @@ impl Acquire {
             holder: None,
             released: false,
         };
-        a.start_round(now, |ask| AcquireAction::Line {
-            ask,
-            request: LineRequest::Ticket,
-        });
+        a.start_round(now, Send::Line(LineRequest::Ticket));
         a
     }
 
@@ -462,9 +495,14 @@ impl Acquire {
         &self.members
     }
 
-    fn start_round(&mut self, now: Instant, action: impl FnOnce(u64) -> AcquireAction) {
-        let ask = self.next_ask;
-        self.next_ask += 1;
+    /// The member set it asks: its number and, once it moved, the set
+    /// as the move named it (with the driver's addresses of its members).
+    pub fn epoch(&self) -> (u64, Option<&Next>) {
+        (self.epoch, self.moved.as_ref())
+    }
+
+    fn start_round(&mut self, now: Instant, what: Send) {
+        let ask = self.send(what);
         self.round = Some(Round {
             ask,
             sent: now,
@@ -474,7 +512,83 @@ impl Acquire {
             views: Vec::new(),
             floor: 0,
         });
-        self.out.push_back(action(ask));
+    }
+
+    /// Numbers `what` and queues it; its number.
+    fn send(&mut self, what: Send) -> u64 {
+        let (ask, epoch) = (self.next_ask, self.epoch);
+        self.next_ask += 1;
+        self.out.push_back(match what {
+            Send::Line(request) => AcquireAction::Line { ask, epoch, request },
+            Send::Ask(request) => AcquireAction::Ask { ask, epoch, request },
+        });
+        ask
+    }
+
+    /// Member `member` of the current set says the set moved to `next`.
+    /// Once a majority of the set said it moved, it goes on to the set
+    /// most of them named (members name the set chosen after theirs, or a
+    /// later one they were installed in) — as the holder if it holds the
+    /// lease (the new set starts with it as grantee), else back in line
+    /// with its ticket. One member alone cannot send it anywhere.
+    fn heard_moved(&mut self, now: Instant, member: Key, next: &Next) {
+        if next.epoch <= self.epoch || !self.members.contains(&member) {
+            return;
+        }
+        // A member's latest word counts.
+        for (_, named) in &mut self.heard_moved {
+            named.remove(&member);
+        }
+        self.heard_moved.retain(|(_, named)| !named.is_empty());
+        match self.heard_moved.iter_mut().find(|(n, _)| n == next) {
+            Some((_, named)) => {
+                named.insert(member);
+            }
+            None => self.heard_moved.push((next.clone(), [member].into())),
+        }
+        let said: usize = self.heard_moved.iter().map(|(_, named)| named.len()).sum();
+        if said < self.members.majority() {
+            return;
+        }
+        // Most named; of those, the lowest epoch (the next step).
+        let Some(next) = self
+            .heard_moved
+            .iter()
+            .max_by_key(|(n, named)| (named.len(), std::cmp::Reverse(n.epoch)))
+            .map(|(n, _)| n.clone())
+        else {
+            return;
+        };
+        self.heard_moved.clear();
+        self.epoch = next.epoch;
+        self.members = next.members.clone();
+        self.round = None;
+        self.renewals.clear();
+        match self.phase.clone() {
+            Phase::Holding => {
+                if let Some(tenure) = &mut self.tenure {
+                    tenure.moved(now, next.members.clone());
+                }
+            }
+            // Its change may have landed at the old set before it was
+            // sealed: then the new set starts with it as grantee.
+            Phase::Changing(to) if next.grantee == Some(to) => {
+                self.phase = Phase::Holding;
+                let mut tenure = Tenure::new(now, to, self.members.clone(), self.timing);
+                tenure.renew_now(now);
+                self.tenure = Some(tenure);
+            }
+            Phase::Done => {}
+            _ if self.ticket == 0 => {
+                self.phase = Phase::Ticket;
+                self.start_round(now, Send::Line(LineRequest::Ticket));
+            }
+            _ => {
+                self.phase = Phase::Waiting;
+                self.register(now);
+            }
+        }
+        self.moved = Some(next);
     }
 
     /// Where it stands at `now`.
@@ -521,6 +635,7 @@ impl Acquire {
             }
             self.out.push_back(AcquireAction::Ask {
                 ask,
+                epoch: self.epoch,
                 request: Request::Renew(tenure.grantee()),
             });
         }
@@ -562,10 +677,7 @@ impl Acquire {
 
     fn register(&mut self, now: Instant) {
         let (peer, ticket) = (self.me, self.ticket);
-        self.start_round(now, |ask| AcquireAction::Line {
-            ask,
-            request: LineRequest::Wait { peer, ticket },
-        });
+        self.start_round(now, Send::Line(LineRequest::Wait { peer, ticket }));
     }
 
     /// A member's answer to line request `ask`.
@@ -577,6 +689,15 @@ impl Acquire {
             return;
         }
         match answer {
+            LineAnswer::Moved(next) => {
+                let next = next.clone();
+                r.tally.refuse(member);
+                self.heard_moved(now, member, &next);
+                if self.round.as_ref().is_some_and(|r| r.ask == ask) {
+                    self.settle(now);
+                }
+                return;
+            }
             LineAnswer::Ticket(t) => {
                 r.tickets.push(*t);
                 r.tally.agree(member);
@@ -599,6 +720,13 @@ impl Acquire {
     /// A member's answer to quorum request `ask` (a read, a change, a
     /// renewal, a release).
     pub fn handle_answer(&mut self, now: Instant, ask: u64, member: Key, answer: &Answer) {
+        if let Answer::Refused(Refusal::Moved(next)) = answer {
+            let before = self.epoch;
+            self.heard_moved(now, member, next);
+            if self.epoch != before {
+                return;
+            }
+        }
         if let Some(&round) = self.renewals.get(&ask) {
             if let Some(tenure) = &mut self.tenure {
                 tenure.handle_answer(now, round, member, answer);
@@ -663,10 +791,7 @@ impl Acquire {
                     self.next_try = now;
                 } else if first_here >= majority {
                     self.phase = Phase::Reading;
-                    self.start_round(now, |ask| AcquireAction::Ask {
-                        ask,
-                        request: Request::Read,
-                    });
+                    self.start_round(now, Send::Ask(Request::Read));
                 }
             }
             (Phase::Reading, Outcome::Agreed) => {
@@ -692,10 +817,7 @@ impl Acquire {
                         let n = r.views.iter().map(|v| v.max_n).max().unwrap_or(0) + 1;
                         let to = Grantee { peer: self.me, n };
                         self.phase = Phase::Changing(to);
-                        self.start_round(now, |ask| AcquireAction::Ask {
-                            ask,
-                            request: Request::Change(to),
-                        });
+                        self.start_round(now, Send::Ask(Request::Change(to)));
                     }
                 }
             }
@@ -711,16 +833,11 @@ impl Acquire {
             // there, so that it does not keep the lease from the next.
             (phase, _) => {
                 if let Phase::Changing(by) = phase {
-                    let ask = self.next_ask;
-                    self.next_ask += 1;
-                    self.out.push_back(AcquireAction::Ask {
-                        ask,
-                        request: Request::Release {
-                            by,
-                            why: LetGo::Released,
-                            newer: None,
-                        },
-                    });
+                    self.send(Send::Ask(Request::Release {
+                        by,
+                        why: LetGo::Released,
+                        newer: None,
+                    }));
                 }
                 self.phase = Phase::Waiting;
                 self.next_try = now + self.timing.term / 10;
@@ -730,10 +847,7 @@ impl Acquire {
                 if self.ticket == 0 {
                     self.phase = Phase::Ticket;
                     self.next_try = now + round_wait(self.timing);
-                    self.start_round(now, |ask| AcquireAction::Line {
-                        ask,
-                        request: LineRequest::Ticket,
-                    });
+                    self.start_round(now, Send::Line(LineRequest::Ticket));
                 }
             }
         }
@@ -750,36 +864,21 @@ impl Acquire {
         if let Some(tenure) = &mut self.tenure {
             let by = tenure.grantee();
             tenure.stop();
-            let ask = self.next_ask;
-            self.next_ask += 1;
-            self.out.push_back(AcquireAction::Ask {
-                ask,
-                request: Request::Release {
-                    by,
-                    why: LetGo::Released,
-                    newer: None,
-                },
-            });
+            self.send(Send::Ask(Request::Release {
+                by,
+                why: LetGo::Released,
+                newer: None,
+            }));
         } else if let Phase::Changing(to) = self.phase {
             // A change may have landed unseen: let it go too.
-            let ask = self.next_ask;
-            self.next_ask += 1;
-            self.out.push_back(AcquireAction::Ask {
-                ask,
-                request: Request::Release {
-                    by: to,
-                    why: LetGo::Released,
-                    newer: None,
-                },
-            });
+            self.send(Send::Ask(Request::Release {
+                by: to,
+                why: LetGo::Released,
+                newer: None,
+            }));
         }
         let me = self.me;
-        let ask = self.next_ask;
-        self.next_ask += 1;
-        self.out.push_back(AcquireAction::Line {
-            ask,
-            request: LineRequest::Leave { peer: me },
-        });
+        self.send(Send::Line(LineRequest::Leave { peer: me }));
         self.phase = Phase::Done;
         let _ = now;
     }

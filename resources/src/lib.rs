@@ -31,6 +31,9 @@
 //! - [`quorum`]: tenure at a quorum — the right to act on a key granted
 //!   and kept by a majority of a fixed set of peers, with the argument why
 //!   two holders never overlap; job supervision and named leases use it.
+//! - [`rehome`]: handing a key's member set, with its state, to its new
+//!   home (Paxos among the old set), so that a named lease outlives the
+//!   peers that first kept it.
 //! - [`compute`]: compute slots — slot offers, placement by power-of-d
 //!   choices, fenced slot leases, the executor's fair queue, job records
 //!   and the home's rule for them; the engine (feature `compute-engine`)
@@ -47,6 +50,7 @@ pub mod home;
 pub mod lease;
 pub mod pin;
 pub mod quorum;
+pub mod rehome;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod ticket;

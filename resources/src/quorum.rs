@@ -273,6 +273,14 @@ pub enum Refusal {
         /// Who is first.
         first: Key,
     },
+    /// The member set is being handed to the next ([`crate::rehome`]):
+    /// this member answers nothing that changes the key any more.
+    #[error("the key's member set is being handed on")]
+    Sealed,
+    /// The asker's member set is not the current one: the key's members
+    /// are these ([`crate::rehome`]).
+    #[error("the key's member set is now epoch {}", .0.epoch)]
+    Moved(Box<crate::rehome::Next>),
 }
 
 /// A member's answer.
@@ -457,6 +465,20 @@ impl Acceptor {
         }
     }
 
+    /// A member of a key's next member set, given the grantee and the
+    /// highest grant number the old set's sealed majority held, the
+    /// grantee fresh until `fresh_until` by this member's clock
+    /// ([`crate::rehome`]). What else the old set kept (saves, a result,
+    /// the history) is not carried: a named lease has none of it.
+    pub fn installed(grantee: Option<Grantee>, max_n: u64, fresh_until: Instant) -> Self {
+        Acceptor {
+            grantee,
+            max_n: max_n.max(grantee.map_or(0, |g| g.n)),
+            fresh_until,
+            ..Acceptor::default()
+        }
+    }
+
     /// After a restart at `now` (state read back from disk, clock not):
     /// the grantee counts as fresh for a whole period.
     pub fn restarted(&mut self, now: Instant, timing: Timing) {
@@ -535,6 +557,16 @@ impl Tally {
             agreed: BTreeSet::new(),
             refused: BTreeSet::new(),
         }
+    }
+
+    /// The members it counts.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// Whether `member` agreed.
+    pub fn agreed(&self, member: &Key) -> bool {
+        self.agreed.contains(member)
     }
 
     /// `member` agreed (answers from non-members, and second answers, do
@@ -694,7 +726,11 @@ impl Tenure {
                 // seen this grant yet.
                 let superseded = match refusal {
                     Refusal::Stale { current } => current.is_some_and(|c| c.n > mine),
-                    Refusal::Fresh { .. } | Refusal::Number { .. } | Refusal::NotFirst { .. } => false,
+                    Refusal::Fresh { .. }
+                    | Refusal::Number { .. }
+                    | Refusal::NotFirst { .. }
+                    | Refusal::Sealed
+                    | Refusal::Moved(_) => false,
                 };
                 if superseded && self.members.contains(&member) {
                     r.later.insert(member);
@@ -730,6 +766,18 @@ impl Tenure {
     /// Before that, `None` too: it may not act yet anyway.
     pub fn adopted(&self) -> Option<&[u8]> {
         self.adopted.as_ref()?.as_ref().map(|(_, result)| result.as_slice())
+    }
+
+    /// The key's members are now `members` (its member set was handed
+    /// on, carrying this grantee: [`crate::rehome`]): renewals go there
+    /// from now on, the first at once. What the old set confirmed still
+    /// counts: the new members count the grantee fresh for a whole period
+    /// from when they took the set, after every confirmation the old set
+    /// gave.
+    pub fn moved(&mut self, now: Instant, members: Members) {
+        self.members = members;
+        self.rounds.clear();
+        self.renew_now(now);
     }
 
     /// Renews at once (the grant just landed: no need to wait for the

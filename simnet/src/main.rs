@@ -241,9 +241,11 @@ enum Scenario {
     /// Named leases (one name, five members, clients that take it, hold it
     /// for 0.5–25.5 s and let it go, again and again) through partitions,
     /// crashes of members and clients, lost and late messages and clock
-    /// drift, over a range of seeds. An oracle that knows real time counts
-    /// clients allowed to act as the holder at once; a violation prints
-    /// its seed and the command exits with 1. With --down K, K members are
+    /// drift, and changes of the name's home (members leave for good, the
+    /// set moves to the new home with the lease's state), over a range of
+    /// seeds. An oracle that knows real time counts clients allowed to act
+    /// as the holder at once; a violation prints its seed and the command
+    /// exits with 1. With --down K, K members are
     /// down throughout and nothing else fails: the report's acquire
     /// latency is then that of a lease with a member missing.
     Leases {
@@ -272,6 +274,11 @@ enum Scenario {
         /// Members down throughout (no other fault then).
         #[arg(long, default_value_t = 0)]
         down: usize,
+        /// Keep the member set fixed: no member leaves for good and the
+        /// set never moves (by default members leave now and then and
+        /// the set moves to its new home, the clients following it).
+        #[arg(long)]
+        fixed_home: bool,
     },
     /// One device's leases at its provider (the machine the node runs):
     /// clients take it (exclusive or shared), hold it 0.5–20.5 s renewing,
@@ -497,6 +504,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fault_s,
             heal_s,
             down,
+            fixed_home,
         } => {
             anyhow::ensure!(clients > 0, "--clients must be positive");
             anyhow::ensure!(down <= 5, "--down is at most 5 (the members)");
@@ -509,6 +517,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fault_s: if down > 0 { 0 } else { fault_s },
                 heal_s,
                 down,
+                home_churn: !fixed_home,
                 ..scenario::LeaseSpec::default()
             };
             let wall = std::time::Instant::now();

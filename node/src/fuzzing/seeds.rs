@@ -470,6 +470,14 @@ fn quorum_messages() -> Vec<Vec<u8>> {
         seq: 1,
         state: Key::of_content(b"a checkpoint").to_bytes().to_vec(),
     };
+    let next = shoal_resources::rehome::Next {
+        epoch: 1,
+        members: shoal_resources::quorum::Members::new([job]),
+        addrs: crate::quorum::addrs_of(&[member]),
+        grantee: Some(by),
+        fresh_for: std::time::Duration::from_secs(3),
+        max_n: 7,
+    };
     let wires = [
         Wire::Join {
             kind: Kind::Job,
@@ -481,10 +489,12 @@ fn quorum_messages() -> Vec<Vec<u8>> {
         Wire::Ask {
             key: job,
             request: Ask::Read,
+            epoch: 0,
         },
         Wire::Ask {
             key: job,
             request: Ask::Change(by),
+            epoch: 2,
         },
         Wire::Many(vec![
             (job, Ask::Renew(by)),
@@ -513,6 +523,22 @@ fn quorum_messages() -> Vec<Vec<u8>> {
         Wire::Line {
             key: job,
             request: shoal_resources::lease::LineRequest::Wait { peer: job, ticket: 3 },
+            epoch: 1,
+        },
+        Wire::Rehome {
+            key: job,
+            request: shoal_resources::rehome::RehomeRequest::Seal {
+                epoch: 0,
+                ballot: shoal_resources::rehome::Ballot { round: 1, by: job },
+            },
+            timing: Timing::DEFAULT,
+            payload: b"a name".to_vec(),
+        },
+        Wire::Rehome {
+            key: job,
+            request: shoal_resources::rehome::RehomeRequest::Install(next.clone()),
+            timing: Timing::DEFAULT,
+            payload: b"a name".to_vec(),
         },
     ];
     let replies = [
@@ -525,6 +551,7 @@ fn quorum_messages() -> Vec<Vec<u8>> {
         Reply::Unknown,
         Reply::Refused("no".into()),
         Reply::Many(vec![Reply::Answer(Answer::Ok), Reply::Unknown]),
+        Reply::Rehome(shoal_resources::rehome::RehomeAnswer::Moved(next)),
     ];
     let entry = Entry {
         kind: Kind::Job,
@@ -535,6 +562,7 @@ fn quorum_messages() -> Vec<Vec<u8>> {
         owner: None,
         finished: Some(Instant::from_micros(1_700_000_000_000_000)),
         line: Default::default(),
+        home: Default::default(),
     };
     let mut out: Vec<Vec<u8>> = wires.iter().map(cbor).collect();
     out.extend(replies.iter().map(cbor));

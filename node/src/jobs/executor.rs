@@ -998,6 +998,7 @@ impl Executor {
         let wire = Wire::Ask {
             key: job,
             request: save,
+            epoch: 0,
         };
         let mut tally = Tally::new(members);
         let mut replies = crate::quorum::ask_each(client, &hosted.members, &wire, CHECKPOINT_TIMEOUT);
@@ -1432,6 +1433,7 @@ impl Executor {
         }
         let wire = Wire::Ask {
             key: job,
+            epoch: 0,
             request: shoal_resources::quorum::Request::Release {
                 by: grantee,
                 why: reason,

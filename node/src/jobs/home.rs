@@ -86,7 +86,11 @@ pub(crate) async fn drive(client: &Client, job: &mut Supervised, supervision: &m
     while let Some(action) = supervision.poll_action() {
         match action {
             SuperviseAction::Ask { ask, request } => {
-                let wire = Wire::Ask { key: job.job, request };
+                let wire = Wire::Ask {
+                    key: job.job,
+                    request,
+                    epoch: 0,
+                };
                 let mut replies = crate::quorum::ask_each(client, &job.peers, &wire, ASK_TIMEOUT);
                 while let Some((peer, reply)) = replies.next().await {
                     if let (Ok(Reply::Answer(answer)), Some(member)) = (reply, key_of_peer(&peer)) {
@@ -249,7 +253,10 @@ pub(crate) async fn read_home(client: &Client, job: Key) -> Result<Option<HomeSt
     let mut replies = crate::quorum::ask_each(client, &asked, &Wire::Describe { key: job }, ASK_TIMEOUT);
     let mut state: Option<HomeState> = None;
     while let Some((_, reply)) = replies.next().await {
-        if let Ok(Reply::Entry { peers, view, history }) = reply {
+        if let Ok(Reply::Entry {
+            peers, view, history, ..
+        }) = reply
+        {
             let state = state.get_or_insert_with(|| HomeState {
                 peers: peers.clone(),
                 views: Vec::new(),

@@ -2,7 +2,8 @@
 //! one holder at a time, `--wait 0` naming the holder, waiters served in
 //! line order with growing tokens, and `lease run` letting go when its
 //! command ends, when the command is killed, and (after its keepalive)
-//! when the CLI itself is killed.
+//! when the CLI itself is killed; and between six, a lease outliving the
+//! members that first kept it (its set moves to the name's home).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,19 +13,25 @@ use super::{Daemon, dir, json, shoal, stderr, up_with};
 
 /// Three daemons that know each other; the first's data directory first.
 fn three(name: &str) -> (Vec<super::TestDir>, Vec<Daemon>) {
-    let dirs: Vec<super::TestDir> = (0..3).map(|i| dir(&format!("lease-{name}-{i}"))).collect();
-    let first = up_with(&dirs[0], None, &["--slots", "0"]);
+    swarm(name, 3, &[])
+}
+
+/// `n` daemons that know each other, each started with `extra` too.
+fn swarm(name: &str, n: usize, extra: &[&str]) -> (Vec<super::TestDir>, Vec<Daemon>) {
+    let dirs: Vec<super::TestDir> = (0..n).map(|i| dir(&format!("lease-{name}-{i}"))).collect();
+    let extra: Vec<&str> = ["--slots", "0"].iter().chain(extra).copied().collect();
+    let first = up_with(&dirs[0], None, &extra);
     let addr = json(&shoal(&dirs[0], &["status", "--json"]))["listening"][0]
         .as_str()
         .unwrap()
         .to_string();
     let mut daemons = vec![first];
     for d in &dirs[1..] {
-        daemons.push(up_with(d, Some(&addr), &["--slots", "0"]));
+        daemons.push(up_with(d, Some(&addr), &extra));
     }
     for d in &dirs {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while json(&shoal(d, &["peers", "--json"])).as_array().unwrap().len() < 2 {
+        while json(&shoal(d, &["peers", "--json"])).as_array().unwrap().len() < n - 1 {
             assert!(Instant::now() < deadline, "the daemons never met");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -155,4 +162,43 @@ fn lease_run_lets_go_when_its_command_is_killed_and_when_it_is_killed_itself() {
     assert!(taken.status.success(), "the lease was never let go: {}", stderr(&taken));
     let _ = Command::new("kill").args(["-9", &read(&pid_file)]).status();
     let _ = std::fs::remove_file(&pid_file);
+}
+
+/// Whether `data_dir`'s daemon keeps lease `name` as a member.
+fn keeps(data_dir: &Path, name: &str) -> bool {
+    let list = json(&shoal(data_dir, &["lease", "ls", "--json"]));
+    list["kept"].as_array().unwrap().iter().any(|k| k["name"] == name)
+}
+
+/// Takes lease `name` at `data_dir` (waiting up to `wait`) and lets it
+/// go; its token.
+fn take_and_release(data_dir: &Path, name: &str, wait: &str) -> u64 {
+    let taken = shoal(data_dir, &["lease", "acquire", name, "--wait", wait]);
+    assert!(taken.status.success(), "{}", stderr(&taken));
+    let released = shoal(data_dir, &["lease", "release", name]);
+    assert!(released.status.success(), "{}", stderr(&released));
+    String::from_utf8_lossy(&taken.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_lease_outlives_the_members_that_first_kept_it() {
+    // Six daemons: the lease's five members and one more.
+    let (dirs, mut daemons) = swarm("outlives", 6, &["--member-gone-after", "2s"]);
+    let name = "shared-dir";
+    let first = take_and_release(&dirs[0], name, "10s");
+    let members: Vec<usize> = (0..6).filter(|&i| keeps(&dirs[i], name)).collect();
+    assert_eq!(members.len(), 5, "the lease is kept by its home's five peers");
+    let spare = (0..6).find(|i| !members.contains(i)).unwrap();
+    // Three members go, one after the other; the first daemon (the one
+    // asked) stays.
+    let gone: Vec<usize> = members.iter().copied().filter(|&i| i != 0).take(3).collect();
+    daemons[gone[0]].kill().unwrap();
+    // The set moves to the name's home without it: the spare keeps it.
+    until("the lease's set moves to the spare", || keeps(&dirs[spare], name));
+    daemons[gone[1]].kill().unwrap();
+    daemons[gone[2]].kill().unwrap();
+    // A majority of the first set is gone; the lease is still taken, its
+    // token above every earlier one.
+    let after = take_and_release(&dirs[0], name, "60s");
+    assert!(after > first, "tokens {first} then {after}");
 }

@@ -8,24 +8,36 @@ fn key(i: u8) -> Key {
 
 const T: Timing = Timing::DEFAULT;
 
+/// A member's state that never moved, borrowed.
+fn kept<'a>(acceptor: &'a mut Acceptor, line: &'a mut Line) -> Kept<'a> {
+    static HOME: std::sync::LazyLock<Home> = std::sync::LazyLock::new(Home::default);
+    Kept {
+        acceptor,
+        line,
+        home: &HOME,
+    }
+}
+
 /// Five members and some acquirers, every message delivered at once
 /// (or dropped, for a member that is down), time moving in 10 ms ticks.
 struct Net {
     now: Instant,
-    members: Vec<(Key, Acceptor, Line)>,
+    members: Vec<(Key, Acceptor, Line, Home)>,
     down: BTreeSet<Key>,
     clients: Vec<Acquire>,
 }
 
 impl Net {
     fn new(clients: usize) -> Self {
-        let members: Vec<(Key, Acceptor, Line)> = (1..=5).map(|i| (key(i), Acceptor::new(), Line::default())).collect();
+        let members: Vec<(Key, Acceptor, Line, Home)> = (1..=5)
+            .map(|i| (key(i), Acceptor::new(), Line::default(), Home::default()))
+            .collect();
         let set = Members::new(members.iter().map(|m| m.0));
         let now = Instant::from_micros(1_000_000);
         Net {
             now,
             clients: (0..clients)
-                .map(|c| Acquire::new(now, key(100 + c as u8), set.clone(), T))
+                .map(|c| Acquire::new(now, key(100 + c as u8), 0, set.clone(), T))
                 .collect(),
             members,
             down: BTreeSet::new(),
@@ -35,7 +47,7 @@ impl Net {
     /// One client joins later (so that its ticket comes after the others').
     fn add(&mut self, c: u8) -> usize {
         let set = Members::new(self.members.iter().map(|m| m.0));
-        self.clients.push(Acquire::new(self.now, key(100 + c), set, T));
+        self.clients.push(Acquire::new(self.now, key(100 + c), 0, set, T));
         self.clients.len() - 1
     }
 
@@ -48,17 +60,18 @@ impl Net {
                 } else {
                     self.clients[c].me
                 };
-                for (k, acceptor, line) in &mut self.members {
+                for (k, acceptor, line, home) in &mut self.members {
                     if self.down.contains(k) {
                         continue;
                     }
+                    let kept = Kept { acceptor, line, home };
                     match &action {
-                        AcquireAction::Line { ask, request } => {
-                            let a = line_answer(acceptor, line, self.now, T, request.clone());
+                        AcquireAction::Line { ask, epoch, request } => {
+                            let a = line_answer(kept, self.now, T, *epoch, request.clone());
                             self.clients[c].handle_line(self.now, *ask, *k, &a);
                         }
-                        AcquireAction::Ask { ask, request } => {
-                            let a = answer(acceptor, line, self.now, T, from, request.clone());
+                        AcquireAction::Ask { ask, epoch, request } => {
+                            let a = answer(kept, self.now, T, from, *epoch, request.clone());
                             self.clients[c].handle_answer(self.now, *ask, *k, &a);
                         }
                     }
@@ -210,15 +223,18 @@ fn a_member_refuses_a_change_for_another_peer_or_out_of_turn() {
     );
     let for_other = Request::Change(Grantee { peer: key(7), n: 1 });
     assert!(matches!(
-        answer(&mut acceptor, &mut line, now, T, key(8), for_other.clone()),
+        answer(kept(&mut acceptor, &mut line), now, T, key(8), 0, for_other.clone()),
         Answer::Refused(Refusal::Stale { .. })
     ));
     let out_of_turn = Request::Change(Grantee { peer: key(8), n: 1 });
     assert_eq!(
-        answer(&mut acceptor, &mut line, now, T, key(8), out_of_turn),
+        answer(kept(&mut acceptor, &mut line), now, T, key(8), 0, out_of_turn),
         Answer::Refused(Refusal::NotFirst { first: key(7) })
     );
-    assert_eq!(answer(&mut acceptor, &mut line, now, T, key(7), for_other), Answer::Ok);
+    assert_eq!(
+        answer(kept(&mut acceptor, &mut line), now, T, key(7), 0, for_other),
+        Answer::Ok
+    );
     assert_eq!(line.waiters(now), vec![key(8)], "the holder left the line");
     // A waiter not heard from for a term and a margin leaves the line.
     assert!(line.waiters(now + T.fresh_for()).is_empty());
@@ -275,12 +291,12 @@ fn a_squatter_first_in_line_holds_a_free_lease_up_for_a_while_not_forever() {
     // and again, and never asks for the lease.
     let squat = |net: &mut Net| {
         let now = net.now;
-        for (_, acceptor, line) in &mut net.members {
+        for (_, acceptor, line, home) in &mut net.members {
             let request = LineRequest::Wait {
                 peer: key(1),
                 ticket: 0,
             };
-            line_answer(acceptor, line, now, T, request);
+            line_answer(Kept { acceptor, line, home }, now, T, 0, request);
         }
     };
     squat(&mut net);
@@ -317,7 +333,7 @@ fn a_waiter_sent_back_where_it_could_not_take_the_lease_takes_its_new_place_at_e
     let sent_back = |n: &mut Net| {
         n.members[..2]
             .iter()
-            .all(|(_, _, line)| line.sent_back.contains_key(&key(101)))
+            .all(|(_, _, line, _)| line.sent_back.contains_key(&key(101)))
     };
     assert!(net.run_until(T.fresh_for() * (SQUAT_TERMS + 2), sent_back));
     // Members 3 and 4 come back (5 stays down: a grant needs three of the
@@ -346,7 +362,7 @@ fn one_member_naming_a_floor_does_not_send_back_a_waiter_a_majority_has_first_no
         };
         let now = Instant::from_micros(1);
         let members: Vec<Key> = (1..=5).map(key).collect();
-        let mut a = Acquire::new(now, key(100), Members::new(members.clone()), T);
+        let mut a = Acquire::new(now, key(100), 0, Members::new(members.clone()), T);
         let Some(AcquireAction::Line { ask, .. }) = a.poll_action(now) else {
             panic!("a ticket is asked first")
         };

@@ -6,6 +6,14 @@
 //! line lost) and of clients (their session lost), lost and late messages
 //! and clock drift.
 //!
+//! With `home_churn` (the default) the lease's home changes too: a
+//! member leaves for good now and then, and now and then the peers
+//! nearest the name change; a member of the current set that sees it
+//! moves the set to its new home ([`Rehome`], the node's own code), with
+//! the clients following it there ([`Acquire`]). Five spare peers can join
+//! the home; a newcomer starts from the newest set any move finished (as
+//! the node's lookup of the home would give).
+//!
 //! Each peer has its own clock, running at a rate within `1 ± drift` of
 //! real time, started afresh at every restart. Messages take 0.2–5 ms, a
 //! few take up to 3 s, some are lost. Faults come at random for `fault_s`
@@ -22,8 +30,9 @@ use std::collections::BTreeMap;
 use shoal_overlay::{Instant, Key, Rng};
 
 use super::drift::{Clock, clock};
-use shoal_resources::lease::{Acquire, AcquireAction, Line, LineAnswer, LineRequest, Standing, answer};
+use shoal_resources::lease::{Acquire, AcquireAction, Kept, Line, LineAnswer, LineRequest, Standing, answer};
 use shoal_resources::quorum::{Acceptor, Answer, Members, Request, Timing};
+use shoal_resources::rehome::{Home, Rehome, RehomeAnswer, RehomeRequest};
 
 /// What one run (or sweep) does.
 #[derive(Clone, Debug)]
@@ -42,6 +51,8 @@ pub struct LeaseSpec {
     pub down: usize,
     /// The lease's term and margin.
     pub timing: Timing,
+    /// Members leave for good and the home moves (see the module docs).
+    pub home_churn: bool,
 }
 
 impl Default for LeaseSpec {
@@ -54,6 +65,7 @@ impl Default for LeaseSpec {
             heal_s: 60,
             down: 0,
             timing: Timing::DEFAULT,
+            home_churn: true,
         }
     }
 }
@@ -74,6 +86,12 @@ pub struct LeaseRun {
     pub latencies_ms: Vec<f64>,
     /// The first violation, in words.
     pub first_violation: Option<String>,
+    /// Members that left for good.
+    pub left: usize,
+    /// Moves of the member set that finished.
+    pub moves: usize,
+    /// Grants after the first move.
+    pub grants_after_a_move: usize,
 }
 
 /// What a sweep over seeds showed.
@@ -93,6 +111,12 @@ pub struct LeaseSweep {
     pub grants: usize,
     /// Acquires started, over all seeds.
     pub acquires: usize,
+    /// Members that left for good, over all seeds.
+    pub left: usize,
+    /// Moves of the member set, over all seeds.
+    pub moves: usize,
+    /// Grants after a seed's first move, over all seeds.
+    pub grants_after_a_move: usize,
     /// Seeds with a violation (at most 20).
     pub violating_seeds: Vec<u64>,
     /// The first violation, with its seed.
@@ -113,6 +137,9 @@ pub fn leases_sweep(spec: &LeaseSpec, first: u64, seeds: u64) -> LeaseSweep {
         overlaps: 0,
         grants: 0,
         acquires: 0,
+        left: 0,
+        moves: 0,
+        grants_after_a_move: 0,
         violating_seeds: Vec::new(),
         first_violation: None,
         acquire_ms_p50: 0.0,
@@ -124,6 +151,9 @@ pub fn leases_sweep(spec: &LeaseSpec, first: u64, seeds: u64) -> LeaseSweep {
         sweep.overlaps += run.overlaps;
         sweep.grants += run.grants;
         sweep.acquires += run.acquires;
+        sweep.left += run.left;
+        sweep.moves += run.moves;
+        sweep.grants_after_a_move += run.grants_after_a_move;
         if let Some(v) = &run.first_violation {
             if sweep.violating_seeds.len() < 20 {
                 sweep.violating_seeds.push(seed);
@@ -146,14 +176,20 @@ pub fn leases_sweep(spec: &LeaseSpec, first: u64, seeds: u64) -> LeaseSweep {
 }
 
 const MEMBERS: usize = 5;
+/// Peers that may join the home: the first set, then the spares.
+const POOL: usize = MEMBERS + 5;
+/// Members that leave for good in one run, at most.
+const MAX_LEFT: usize = 4;
 const SECOND: u64 = 1_000_000;
 
 #[derive(Clone, Debug)]
 enum Msg {
-    Line { ask: u64, request: LineRequest },
-    Ask { ask: u64, request: Request },
+    Line { ask: u64, epoch: u64, request: LineRequest },
+    Ask { ask: u64, epoch: u64, request: Request },
     LineAnswer { ask: u64, answer: LineAnswer },
     Answer { ask: u64, answer: Answer },
+    Rehome { ask: u64, request: RehomeRequest },
+    RehomeAnswer { ask: u64, answer: RehomeAnswer },
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +208,9 @@ enum Ev {
     Restart {
         peer: usize,
     },
+    /// A look at the home: a member of the current set moves it if one
+    /// of its members left, or (sometimes) because the home changed.
+    Look,
 }
 
 /// A client's current acquisition.
@@ -195,6 +234,11 @@ struct Peer {
     /// Members: what they keep.
     acceptor: Acceptor,
     line: Line,
+    home: Home,
+    /// A move of the set it runs (lost when it crashes).
+    mover: Option<Rehome>,
+    /// It left for good.
+    gone: bool,
     /// Clients: the acquisition under way, and when to start the next.
     session: Option<Session>,
     next_start: Option<u64>,
@@ -207,7 +251,10 @@ struct World<'a> {
     now: u64,
     peers: Vec<Peer>,
     keys: Vec<Key>,
-    members: Members,
+    index: BTreeMap<Key, usize>,
+    /// The newest set a move finished, and its epoch: where a newcomer
+    /// starts.
+    latest: (u64, Members),
     queue: BTreeMap<(u64, u64), Ev>,
     seq: u64,
     side: Vec<bool>,
@@ -219,9 +266,10 @@ struct World<'a> {
 /// Runs one seed.
 pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
     let mut rng = Rng::derive(seed, 20);
-    let n = MEMBERS + spec.clients.max(1);
+    let n = POOL + spec.clients.max(1);
     let keys: Vec<Key> = (0..n).map(|_| rng.key()).collect();
     let members = Members::new(keys[..MEMBERS].iter().copied());
+    let index = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let peers = (0..n)
         .map(|_| Peer {
             up: true,
@@ -229,6 +277,9 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
             clock: clock(&mut rng, spec.drift),
             acceptor: Acceptor::new(),
             line: Line::default(),
+            home: Home::default(),
+            mover: None,
+            gone: false,
             session: None,
             next_start: None,
             wake: None,
@@ -240,7 +291,8 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
         now: 0,
         peers,
         keys,
-        members,
+        index,
+        latest: (0, members),
         queue: BTreeMap::new(),
         seq: 0,
         side: vec![false; n],
@@ -253,7 +305,7 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
     for m in 0..spec.down.min(MEMBERS) {
         world.peers[m].up = false;
     }
-    for c in MEMBERS..n {
+    for c in POOL..n {
         let at = world.rng.below(2 * SECOND);
         world.peers[c].next_start = Some(at);
         world.schedule(c, at);
@@ -261,6 +313,9 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
     if spec.fault_s > 0 && spec.down == 0 {
         let first = world.rng.below(5 * SECOND);
         world.push(first, Ev::Fault);
+    }
+    if spec.home_churn && spec.down == 0 {
+        world.push(2 * SECOND, Ev::Look);
     }
     let end = (spec.fault_s + spec.heal_s) * SECOND;
     while let Some(((at, _), ev)) = world.queue.pop_first() {
@@ -270,7 +325,7 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
         world.now = at;
         world.handle(ev);
     }
-    for c in MEMBERS..n {
+    for c in POOL..n {
         world.stop_holding(c, end);
     }
     world.check();
@@ -335,6 +390,94 @@ impl World<'_> {
             Ev::Fault => self.fault(),
             Ev::Heal => self.side = vec![false; self.peers.len()],
             Ev::Restart { peer } => self.restart(peer),
+            Ev::Look => self.look(),
+        }
+    }
+
+    /// A member of the newest set moves it when one of its members left,
+    /// and during the faults now and then because the home changed: the
+    /// gone (or one live member) out, spares in.
+    fn look(&mut self) {
+        self.push(self.now + 2 * SECOND, Ev::Look);
+        let (epoch, set) = self.latest.clone();
+        let ids: Vec<usize> = set.peers().iter().map(|k| self.index[k]).collect();
+        let gone: Vec<usize> = ids.iter().copied().filter(|&i| self.peers[i].gone).collect();
+        let changed = self.now < self.spec.fault_s * SECOND && self.rng.chance(0.1);
+        // A move that sealed members and never finished (its mover
+        // crashed or was cut off) is finished by another.
+        let stuck = ids
+            .iter()
+            .any(|&i| self.peers[i].up && self.peers[i].home.sealed() && self.peers[i].home.moved().is_none());
+        if gone.is_empty() && !changed && !stuck {
+            return;
+        }
+        if self.peers[..POOL].iter().any(|p| p.mover.is_some() && p.up) {
+            return;
+        }
+        let Some(&driver) = ids.iter().find(|&&i| self.peers[i].up && !self.peers[i].gone) else {
+            return;
+        };
+        let mut out = gone;
+        if out.is_empty() && !stuck {
+            out.push(ids[self.rng.index(ids.len())]);
+        }
+        let mut next: Vec<usize> = ids.iter().copied().filter(|i| !out.contains(i)).collect();
+        let mut spares: Vec<usize> = (0..POOL).filter(|i| !ids.contains(i) && !self.peers[*i].gone).collect();
+        while next.len() < MEMBERS && !spares.is_empty() {
+            next.push(spares.swap_remove(self.rng.index(spares.len())));
+        }
+        let to = Members::new(next.iter().map(|&i| self.keys[i]));
+        let local = self.local(driver);
+        let me = self.keys[driver];
+        // The driver moves the set it serves (the newest a move finished,
+        // or a later one whose mover never said so).
+        let current = self.peers[driver].home.installed().cloned();
+        let from = match &current {
+            Some(c) if c.epoch != epoch => c.members.clone(),
+            _ => set,
+        };
+        self.peers[driver].mover = Some(Rehome::new(local, me, current, from, to, Vec::new(), self.spec.timing));
+        self.tick_mover(driver);
+    }
+
+    /// Member `m` looks at the move it runs: sends what it must, and
+    /// notes how it ended.
+    fn tick_mover(&mut self, m: usize) {
+        let local = self.local(m);
+        let Some(mover) = self.peers[m].mover.as_mut() else {
+            return;
+        };
+        if mover.poll_timeout().is_some_and(|t| t <= local) {
+            mover.handle_timeout(local);
+        }
+        let mut out = Vec::new();
+        while let Some(action) = mover.poll_action() {
+            out.push(action);
+        }
+        let outcome = mover.outcome().cloned();
+        let done = mover.is_done();
+        let wake = mover.poll_timeout();
+        for action in out {
+            for k in action.to.peers() {
+                let to = self.index[k];
+                let msg = Msg::Rehome {
+                    ask: action.ask,
+                    request: action.request.clone(),
+                };
+                self.send(m, to, msg);
+            }
+        }
+        if let Some(Ok(next)) = outcome
+            && next.epoch > self.latest.0
+        {
+            self.report.moves += 1;
+            self.latest = (next.epoch, next.members);
+        }
+        if done {
+            self.peers[m].mover = None;
+        } else if let Some(w) = wake {
+            let at = self.peers[m].clock.real(w);
+            self.schedule(m, at.max(self.now + 1));
         }
     }
 
@@ -342,13 +485,24 @@ impl World<'_> {
         if self.now >= self.spec.fault_s * SECOND {
             return;
         }
-        if self.rng.chance(0.4) {
+        let set: Vec<usize> = self.latest.1.peers().iter().map(|k| self.index[k]).collect();
+        let left = self.peers.iter().filter(|p| p.gone).count();
+        if self.spec.home_churn && left < MAX_LEFT && set.iter().all(|&i| !self.peers[i].gone) && self.rng.chance(0.15)
+        {
+            // A member of the newest set leaves for good.
+            let peer = set[self.rng.index(set.len())];
+            if self.peers[peer].up {
+                self.crash(peer);
+            }
+            self.peers[peer].gone = true;
+            self.report.left += 1;
+        } else if self.rng.chance(0.4) {
             self.side = (0..self.peers.len()).map(|_| self.rng.chance(0.5)).collect();
             let lasts = SECOND + self.rng.below(40 * SECOND);
             self.push(self.now + lasts, Ev::Heal);
         } else {
             let peer = self.rng.index(self.peers.len());
-            if self.peers[peer].up {
+            if self.peers[peer].up && !self.peers[peer].gone {
                 self.crash(peer);
                 let down = SECOND + self.rng.below(30 * SECOND);
                 self.push(self.now + down, Ev::Restart { peer });
@@ -365,10 +519,14 @@ impl World<'_> {
         p.life += 1;
         p.session = None;
         p.line = Line::default();
+        p.mover = None;
         p.wake = None;
     }
 
     fn restart(&mut self, peer: usize) {
+        if self.peers[peer].gone {
+            return;
+        }
         let fresh = clock(&mut self.rng, self.spec.drift);
         let timing = self.spec.timing;
         let p = &mut self.peers[peer];
@@ -376,7 +534,7 @@ impl World<'_> {
         p.clock = fresh;
         let local = p.clock.local(self.now);
         p.acceptor.restarted(local, timing);
-        if peer >= MEMBERS {
+        if peer >= POOL {
             p.next_start = Some(self.now);
             self.schedule(peer, self.now);
         }
@@ -396,16 +554,38 @@ impl World<'_> {
         let local = self.local(to);
         let timing = self.spec.timing;
         match msg {
-            Msg::Line { ask, request } => {
+            Msg::Line { ask, epoch, request } => {
                 let p = &mut self.peers[to];
-                let answer = shoal_resources::lease::line_answer(&p.acceptor, &mut p.line, local, timing, request);
+                let kept = Kept {
+                    acceptor: &mut p.acceptor,
+                    line: &mut p.line,
+                    home: &p.home,
+                };
+                let answer = shoal_resources::lease::line_answer(kept, local, timing, epoch, request);
                 self.send(to, from, Msg::LineAnswer { ask, answer });
             }
-            Msg::Ask { ask, request } => {
+            Msg::Ask { ask, epoch, request } => {
                 let asker = self.keys[from];
                 let p = &mut self.peers[to];
-                let answer = answer(&mut p.acceptor, &mut p.line, local, timing, asker, request);
+                let kept = Kept {
+                    acceptor: &mut p.acceptor,
+                    line: &mut p.line,
+                    home: &p.home,
+                };
+                let answer = answer(kept, local, timing, asker, epoch, request);
                 self.send(to, from, Msg::Answer { ask, answer });
+            }
+            Msg::Rehome { ask, request } => {
+                let p = &mut self.peers[to];
+                let answer = p.home.handle(&mut p.acceptor, local, timing, request);
+                self.send(to, from, Msg::RehomeAnswer { ask, answer });
+            }
+            Msg::RehomeAnswer { ask, answer } => {
+                let member = self.keys[from];
+                if let Some(mover) = self.peers[to].mover.as_mut() {
+                    mover.handle_answer(local, ask, member, &answer);
+                }
+                self.tick_mover(to);
             }
             Msg::LineAnswer { ask, answer } => {
                 let member = self.keys[from];
@@ -427,7 +607,10 @@ impl World<'_> {
     /// A client looks at its session: starts one when due, sends what it
     /// must, notes when it began and stops holding, lets go when done.
     fn tick(&mut self, c: usize) {
-        if c < MEMBERS || !self.peers[c].up {
+        if c < POOL && self.peers[c].up {
+            self.tick_mover(c);
+        }
+        if c < POOL || !self.peers[c].up {
             return;
         }
         let local = self.local(c);
@@ -439,7 +622,13 @@ impl World<'_> {
             // off mid-hold) are part of every run.
             let hold_for = SECOND / 2 + self.rng.below(25 * SECOND);
             self.peers[c].session = Some(Session {
-                acquire: Acquire::new(local, self.keys[c], self.members.clone(), self.spec.timing),
+                acquire: Acquire::new(
+                    local,
+                    self.keys[c],
+                    self.latest.0,
+                    self.latest.1.clone(),
+                    self.spec.timing,
+                ),
                 started: self.now,
                 free_at_start,
                 holding: None,
@@ -481,6 +670,9 @@ impl World<'_> {
         }
         if let Some(waited) = began {
             self.report.grants += 1;
+            if self.report.moves > 0 {
+                self.report.grants_after_a_move += 1;
+            }
             if s.free_at_start {
                 self.report.latencies_ms.push(waited as f64 / 1e3);
             }
@@ -515,14 +707,18 @@ impl World<'_> {
         }
     }
 
-    /// Sends `out` from client `c` to every member.
+    /// Sends `out` from client `c` to every member of the set it asks.
     fn send_all(&mut self, c: usize, out: Vec<AcquireAction>) {
+        let Some(s) = self.peers[c].session.as_ref() else {
+            return;
+        };
+        let to: Vec<usize> = s.acquire.members().peers().iter().map(|k| self.index[k]).collect();
         for action in out {
             let msg = match action {
-                AcquireAction::Line { ask, request } => Msg::Line { ask, request },
-                AcquireAction::Ask { ask, request } => Msg::Ask { ask, request },
+                AcquireAction::Line { ask, epoch, request } => Msg::Line { ask, epoch, request },
+                AcquireAction::Ask { ask, epoch, request } => Msg::Ask { ask, epoch, request },
             };
-            for m in 0..MEMBERS {
+            for &m in &to {
                 self.send(c, m, msg.clone());
             }
         }

@@ -1,0 +1,211 @@
+//! The members' duty for the named leases this peer keeps: moving a
+//! lease's member set to the name's home as it is now
+//! ([`shoal_resources::rehome`]), so that a lease outlives the peers that
+//! first kept it and stays where an acquirer looks for it.
+//!
+//! Every look (a quarter of `gone_after`, between 1 and 10 s), for each
+//! lease whose current set this peer belongs to, it asks the other members
+//! whether they are there (`Describe`). Only the member with the lowest
+//! overlay key among those that answered goes on: it looks up the peers
+//! nearest the name, and moves the set there when a member has not
+//! answered for `gone_after`, when two or more of the set are no longer
+//! among the nearest, or when a move sealed the set and did not finish
+//! within three terms (its mover crashed). The new set is the nearest
+//! peers, without the gone ones; it needs three at least.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::PeerId;
+use shoal_overlay::Key;
+use shoal_resources::rehome::{Rehome, RehomeRequest};
+use tokio::sync::mpsc;
+
+use super::HOME_SIZE;
+use crate::addr::key_of_peer;
+use crate::client::{Client, WeakClient, now};
+use crate::quorum::{Entry, Kind, Reply, Wire, addrs_of, ask_each, members_of, peers_of};
+
+/// How long a member may be silent before the set moves without it, by
+/// default.
+pub const GONE_AFTER: Duration = Duration::from_secs(60);
+/// Leases one look moves at most (each move takes a few round trips).
+const MOVES_PER_LOOK: usize = 16;
+/// How long one ask may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Fewest members a moved set has.
+const MIN_MEMBERS: usize = 3;
+
+/// What the duty remembers between looks.
+#[derive(Default)]
+struct Memory {
+    /// Since when each member of each lease has not answered.
+    silent: BTreeMap<(Key, PeerId), Instant>,
+    /// Since when each lease's set has been sealed here without moving.
+    sealed: BTreeMap<Key, Instant>,
+}
+
+/// Runs the duty until the node stops.
+pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
+    let every = (gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut memory = Memory::default();
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(client) = node.upgrade() else { return };
+        let kept = client.quorum.entries_where(|_, e| {
+            e.kind == Kind::Lease && e.home.moved().is_none() && e.peers.contains(&client.peer_id())
+        });
+        let keys: BTreeSet<Key> = kept.iter().map(|(k, _)| *k).collect();
+        memory.silent.retain(|(k, _), _| keys.contains(k));
+        memory.sealed.retain(|k, _| keys.contains(k));
+        let mut moves = 0;
+        for (key, entry) in kept {
+            if moves >= MOVES_PER_LOOK {
+                break;
+            }
+            if let Some(to) = look(&client, key, &entry, gone_after, &mut memory).await {
+                moves += 1;
+                rehome(&client, key, &entry, to).await;
+            }
+        }
+    }
+}
+
+/// Whether this member should move the set of `key` now, and where to.
+async fn look(
+    client: &Client,
+    key: Key,
+    entry: &Entry,
+    gone_after: Duration,
+    memory: &mut Memory,
+) -> Option<Vec<PeerId>> {
+    let me = client.peer_id();
+    let others: Vec<PeerId> = entry.peers.iter().filter(|p| **p != me).copied().collect();
+    let mut replies = ask_each(client, &others, &Wire::Describe { key }, ASK_TIMEOUT);
+    let mut answered = BTreeSet::new();
+    while let Some((peer, reply)) = replies.next().await {
+        if reply.is_ok() {
+            answered.insert(peer);
+        }
+    }
+    let at = Instant::now();
+    for p in &others {
+        if answered.contains(p) {
+            memory.silent.remove(&(key, *p));
+        } else {
+            memory.silent.entry((key, *p)).or_insert(at);
+        }
+    }
+    let sealed_since = if entry.home.sealed() {
+        Some(*memory.sealed.entry(key).or_insert(at))
+    } else {
+        memory.sealed.remove(&key);
+        None
+    };
+    // The lowest key among those that answered moves it.
+    let mine = client.key();
+    if answered.iter().any(|p| key_of_peer(p).is_some_and(|k| k < mine)) {
+        return None;
+    }
+    let gone: BTreeSet<PeerId> = others
+        .iter()
+        .filter(|p| {
+            memory
+                .silent
+                .get(&(key, **p))
+                .is_some_and(|since| at.duration_since(*since) >= gone_after)
+        })
+        .copied()
+        .collect();
+    let stuck = sealed_since.is_some_and(|since| at.duration_since(since) >= entry.timing.fresh_for() * 3);
+    let home = crate::jobs::home::nearest_peers(client, key, HOME_SIZE + gone.len())
+        .await
+        .ok()?;
+    let to: Vec<PeerId> = home
+        .into_iter()
+        .filter(|p| !gone.contains(p) && (answered.contains(p) || !entry.peers.contains(p) || *p == me))
+        .take(HOME_SIZE)
+        .collect();
+    let outside = entry.peers.iter().filter(|p| !to.contains(p)).count();
+    if to.len() < MIN_MEMBERS || !(stuck || !gone.is_empty() || outside >= 2) {
+        return None;
+    }
+    Some(to)
+}
+
+/// What comes back to a move: an answer to one of its asks.
+type Heard = (u64, Key, Reply);
+
+/// Moves the set of `key` to `to`, and says how it went in the log.
+async fn rehome(client: &Client, key: Key, entry: &Entry, to: Vec<PeerId>) {
+    let name = String::from_utf8_lossy(&entry.payload).into_owned();
+    let mut peers: BTreeMap<Key, PeerId> = entry
+        .peers
+        .iter()
+        .chain(&to)
+        .filter_map(|p| key_of_peer(p).map(|k| (k, *p)))
+        .collect();
+    let mut mover = Rehome::new(
+        now(),
+        client.key(),
+        entry.home.installed().cloned(),
+        members_of(&entry.peers),
+        members_of(&to),
+        addrs_of(&to),
+        entry.timing,
+    );
+    let (heard_tx, mut heard) = mpsc::unbounded_channel::<Heard>();
+    let deadline = tokio::time::Instant::now() + entry.timing.term * 4;
+    loop {
+        while let Some(action) = mover.poll_action() {
+            if let RehomeRequest::Install(next) | RehomeRequest::Chosen(next) = &action.request
+                && let Ok(named) = peers_of(&next.addrs, &next.members)
+            {
+                peers.extend(named.iter().filter_map(|p| key_of_peer(p).map(|k| (k, *p))));
+            }
+            let targets: Vec<PeerId> = action.to.peers().iter().filter_map(|k| peers.get(k)).copied().collect();
+            let wire = Wire::Rehome {
+                key,
+                request: action.request,
+                timing: entry.timing,
+                payload: entry.payload.clone(),
+            };
+            let mut replies = ask_each(client, &targets, &wire, ASK_TIMEOUT);
+            let (tx, ask) = (heard_tx.clone(), action.ask);
+            tokio::spawn(async move {
+                while let Some((peer, reply)) = replies.next().await {
+                    if let (Some(member), Ok(reply)) = (key_of_peer(&peer), reply)
+                        && tx.send((ask, member, reply)).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        if mover.is_done() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        let wake = mover
+            .poll_timeout()
+            .map_or(Duration::from_secs(1), |t| t.saturating_since(now()))
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            got = heard.recv() => {
+                if let Some((ask, member, Reply::Rehome(answer))) = got {
+                    mover.handle_answer(now(), ask, member, &answer);
+                }
+            }
+            () = tokio::time::sleep(wake) => mover.handle_timeout(now()),
+        }
+    }
+    match mover.outcome() {
+        Some(Ok(next)) => tracing::info!(
+            "lease {name:?}: its member set moved to its home now (epoch {}, {} members)",
+            next.epoch,
+            next.members.len()
+        ),
+        Some(Err(why)) => tracing::warn!("lease {name:?}: its member set could not move: {why}"),
+        None => tracing::warn!("lease {name:?}: moving its member set took too long; another look tries again"),
+    }
+}
