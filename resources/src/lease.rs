@@ -20,9 +20,13 @@
 //! asks next*, never whether a member accepts a change, so a lost, stale
 //! or reordered line costs order, not safety.
 //!
-//! What it assumes, as jobs do: the member set is fixed when the name is
-//! first used ([`Acquire`] is given it), and a member keeps its state on
-//! disk across a restart. Two peers that first use a name at the same time
+//! What it assumes, as jobs do: a member keeps its state on disk across a
+//! restart. The member set is the name's home when the name is first used;
+//! it moves to the name's home as that changes ([`crate::rehome`]: the
+//! old set agrees on the next and seals itself, the next starts from the
+//! holder and its token), every request naming the set it is for, and an
+//! acquirer or holder follows a move once a majority of its set says so.
+//! Two peers that first use a name at the same time
 //! with member sets that share no peer (their views of the home disjoint:
 //! a partition that splits the home, at the name's very first use) would
 //! each get a majority of their own; a node therefore joins a name's

@@ -65,7 +65,8 @@
 //! loses its disk and comes back empty (it would count as a member that
 //! never saw the key), and a change of the member set (a majority of the
 //! set gone for good leaves the key unavailable, though never doubly
-//! held).
+//! held): named leases move their set with [`crate::rehome`], jobs keep
+//! theirs.
 //!
 //! Sans-IO: inputs carry the caller's `now`; the driver carries requests
 //! and answers, and persists an acceptor's state before it sends the
