@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::PeerId;
 use shoal_overlay::Key;
-use shoal_resources::rehome::{Rehome, RehomeRequest};
+use shoal_resources::rehome::{Next, Rehome, RehomeRequest};
 use tokio::sync::mpsc;
 
 use super::HOME_SIZE;
@@ -44,6 +44,10 @@ struct Memory {
     silent: BTreeMap<(Key, PeerId), Instant>,
     /// Since when each lease's set has been sealed here without moving.
     sealed: BTreeMap<Key, Instant>,
+    /// Leases whose set moved on without this member, though it never
+    /// learned so itself (it was sealed for a value that was not chosen):
+    /// its moves would only find the set moved again.
+    left: BTreeSet<Key>,
 }
 
 /// Runs the duty until the node stops.
@@ -59,14 +63,23 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
         let keys: BTreeSet<Key> = kept.iter().map(|(k, _)| *k).collect();
         memory.silent.retain(|(k, _), _| keys.contains(k));
         memory.sealed.retain(|k, _| keys.contains(k));
+        memory.left.retain(|k| keys.contains(k));
         let mut moves = 0;
         for (key, entry) in kept {
             if moves >= MOVES_PER_LOOK {
                 break;
             }
+            if memory.left.contains(&key) {
+                continue;
+            }
             if let Some(to) = look(&client, key, &entry, gone_after, &mut memory).await {
                 moves += 1;
-                rehome(&client, key, &entry, to).await;
+                let moved = rehome(&client, key, &entry, to).await;
+                if moved.is_some_and(|next| !next.members.contains(&client.key()))
+                    && client.quorum.entry(&key).is_some_and(|e| e.home.moved().is_none())
+                {
+                    memory.left.insert(key);
+                }
             }
         }
     }
@@ -137,8 +150,9 @@ async fn look(
 /// What comes back to a move: an answer to one of its asks.
 type Heard = (u64, Key, Reply);
 
-/// Moves the set of `key` to `to`, and says how it went in the log.
-async fn rehome(client: &Client, key: Key, entry: &Entry, to: Vec<PeerId>) {
+/// Moves the set of `key` to `to`, and says how it went in the log; the
+/// set that serves the key now, if the move (or an earlier one) finished.
+async fn rehome(client: &Client, key: Key, entry: &Entry, to: Vec<PeerId>) -> Option<Next> {
     let name = String::from_utf8_lossy(&entry.payload).into_owned();
     let mut peers: BTreeMap<Key, PeerId> = entry
         .peers
@@ -200,12 +214,16 @@ async fn rehome(client: &Client, key: Key, entry: &Entry, to: Vec<PeerId>) {
         }
     }
     match mover.outcome() {
-        Some(Ok(next)) => tracing::info!(
-            "lease {name:?}: its member set moved to its home now (epoch {}, {} members)",
-            next.epoch,
-            next.members.len()
-        ),
+        Some(Ok(next)) => {
+            tracing::info!(
+                "lease {name:?}: its member set moved to its home now (epoch {}, {} members)",
+                next.epoch,
+                next.members.len()
+            );
+            return Some(next.clone());
+        }
         Some(Err(why)) => tracing::warn!("lease {name:?}: its member set could not move: {why}"),
         None => tracing::warn!("lease {name:?}: moving its member set took too long; another look tries again"),
     }
+    None
 }
