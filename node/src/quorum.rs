@@ -567,6 +567,9 @@ impl Quorum {
                 if !peers.contains(&self.local) {
                     return Reply::Refused("this peer is not among the next set's members".into());
                 }
+                if next.epoch == 0 {
+                    return Reply::Refused("the set after another is numbered above 0".into());
+                }
                 Some(peers)
             }
             _ => None,
@@ -610,7 +613,19 @@ impl Quorum {
         if entry.kind != Kind::Lease {
             return Reply::Refused(format!("{key} is not a named lease: its set does not move"));
         }
-        if install.is_none() && !entry.peers.contains(from) {
+        // Only a member of the set this peer serves moves it — or, to
+        // install a set here, a member of the set this peer accepted or
+        // knows it moved to (a straggler sent its own set again). A key new
+        // here is installed from anyone (as a key joins).
+        let sender = key_of_peer(from);
+        let named = |next: Option<&shoal_resources::rehome::Next>| {
+            next.zip(sender).is_some_and(|(n, k)| n.members.contains(&k))
+        };
+        let known = !entry.peers.is_empty();
+        if known
+            && !entry.peers.contains(from)
+            && !(install.is_some() && (named(entry.home.accepted()) || named(entry.home.moved())))
+        {
             return Reply::Refused("only a member of the lease's set moves it".into());
         }
         let before = entry.clone();

@@ -574,14 +574,11 @@ impl Acquire {
                     tenure.moved(now, next.members.clone());
                 }
             }
-            // Its change may have landed at the old set before it was
-            // sealed: then the new set starts with it as grantee.
-            Phase::Changing(to) if next.grantee == Some(to) => {
-                self.phase = Phase::Holding;
-                let mut tenure = Tenure::new(now, to, self.members.clone(), self.timing);
-                tenure.renew_now(now);
-                self.tenure = Some(tenure);
-            }
+            // A change still in flight failed: the new set may start with
+            // it as grantee (the highest grant number a sealed member
+            // held), but it may have reached only a minority while another
+            // holds the lease, so it is asked for again at the new set,
+            // never taken by the move (the grant lapses there unrenewed).
             Phase::Done => {}
             _ if self.ticket == 0 => {
                 self.phase = Phase::Ticket;

@@ -772,9 +772,9 @@ impl Tenure {
     /// The key's members are now `members` (its member set was handed
     /// on, carrying this grantee: [`crate::rehome`]): renewals go there
     /// from now on, the first at once. What the old set confirmed still
-    /// counts: the new members count the grantee fresh for a whole period
-    /// from when they took the set, after every confirmation the old set
-    /// gave.
+    /// counts: the new members count the grantee fresh, from when they
+    /// took the set, for as long as the old set's sealed members still
+    /// did ([`crate::rehome`]).
     pub fn moved(&mut self, now: Instant, members: Members) {
         self.members = members;
         self.rounds.clear();

@@ -215,6 +215,12 @@ impl Home {
         self.installed.as_ref()
     }
 
+    /// The lowest round a mover on this peer may use next: above every
+    /// ballot it promised (see [`Rehome::new`]).
+    pub fn next_round(&self) -> u64 {
+        self.promised.map_or(1, |b| b.round.saturating_add(1))
+    }
+
     /// The value it accepted, if any: a mover that finds a member sealed
     /// and never told what was chosen goes on with it.
     pub fn accepted(&self) -> Option<&Next> {
@@ -296,13 +302,20 @@ impl Home {
                     && self.moved.is_none()
                     && self.accepted.as_ref().is_some_and(|(_, a)| *a == next)
                 {
-                    self.moved = Some(next);
+                    self.moved = Some(next.clone());
                 }
-                RehomeAnswer::Done
+                // Where it knows the set went, if it does.
+                match (&self.moved, &self.installed) {
+                    (Some(moved), _) => RehomeAnswer::Moved(moved.clone()),
+                    (None, Some(installed)) if installed.epoch >= next.epoch => RehomeAnswer::Moved(installed.clone()),
+                    _ => RehomeAnswer::Done,
+                }
             }
             RehomeRequest::Install(next) => {
                 if next.epoch > self.epoch {
-                    *acceptor = Acceptor::installed(next.grantee, next.max_n, now + next.fresh_for);
+                    // Tokens never go back here, whatever the set says.
+                    let max_n = next.max_n.max(acceptor.view(now).max_n);
+                    *acceptor = Acceptor::installed(next.grantee, max_n, now + next.fresh_for);
                     let _ = timing;
                     *self = Home {
                         epoch: next.epoch,
@@ -385,18 +398,39 @@ pub struct Rehome {
     /// The set being moved as it was installed (none for epoch 0): sent
     /// to a member of it that never took it.
     current: Option<Next>,
-    /// After the move: members of the next set that have not said they
-    /// installed it, when to send it to them again, and how often it was.
-    stragglers: Option<(Next, BTreeSet<Key>, Instant, u32)>,
+    /// After the move: who has not confirmed it yet, when to send it to
+    /// them again, and how often it was.
+    stragglers: Option<Stragglers>,
+    /// The asks that carried an install, and those that said it was
+    /// chosen: an answer counts only for its own kind.
+    installs: BTreeSet<u64>,
+    chosen: BTreeSet<u64>,
+    /// Old members that said they know where the set went.
+    informed: BTreeSet<Key>,
+}
+
+/// After a move: members of the next set that have not said they installed
+/// it, and members of the old set that have not said they know it was
+/// chosen (an acquirer follows a move once a majority of its set says so).
+#[derive(Debug)]
+struct Stragglers {
+    next: Next,
+    uninstalled: BTreeSet<Key>,
+    uninformed: BTreeSet<Key>,
+    at: Instant,
+    tries: u32,
 }
 
 impl Rehome {
-    /// Peer `me` starts to move its set (`current`, as it was installed;
-    /// `None`: the set the key joined with, `from`) to `to` (`addrs`: how
-    /// its driver reaches them).
+    /// Peer `ballot.by` starts to move its set (`current`, as it was
+    /// installed; `None`: the set the key joined with, `from`) to `to`
+    /// (`addrs`: how its driver reaches them), first under `ballot`: its
+    /// round must be above every round this peer used before for the key
+    /// (a ballot names one value only; the driver keeps a counter, or
+    /// takes a clock's microseconds, and at least [`Home::next_round`]).
     pub fn new(
         now: Instant,
-        me: Key,
+        ballot: Ballot,
         current: Option<Next>,
         from: Members,
         to: Members,
@@ -407,13 +441,16 @@ impl Rehome {
         let mut r = Rehome {
             current,
             stragglers: None,
-            me,
+            installs: BTreeSet::new(),
+            chosen: BTreeSet::new(),
+            informed: BTreeSet::new(),
+            me: ballot.by,
             epoch,
             from,
             to,
             addrs,
             timing,
-            ballot: Ballot { round: 1, by: me },
+            ballot,
             phase: Phase::Seal,
             round: None,
             next_ask: 0,
@@ -447,28 +484,41 @@ impl Rehome {
     /// When to call [`handle_timeout`](Self::handle_timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let round = self.round.as_ref().map(|r| r.sent + wait(self.timing));
-        let again = self.stragglers.as_ref().map(|s| s.2);
+        let again = self.stragglers.as_ref().map(|s| s.at);
         round.into_iter().chain(again).min()
     }
 
     /// Time passes: a round whose members did not answer in time counts
     /// them as refusing; stragglers are sent the new set again.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some((next, missing, at, tries)) = &mut self.stragglers
-            && now >= *at
+        if let Some(st) = &mut self.stragglers
+            && now >= st.at
         {
-            if missing.is_empty() || *tries >= MAX_ATTEMPTS {
+            if (st.uninstalled.is_empty() && st.uninformed.is_empty()) || st.tries >= MAX_ATTEMPTS {
                 self.stragglers = None;
             } else {
-                *tries += 1;
-                *at = now + wait(self.timing);
-                let ask = self.next_ask;
-                self.next_ask += 1;
-                self.out.push_back(RehomeAction {
-                    ask,
-                    to: Members::new(missing.iter().copied()),
-                    request: RehomeRequest::Install(next.clone()),
-                });
+                st.tries += 1;
+                st.at = now + wait(self.timing);
+                let sends = [
+                    (&st.uninstalled, RehomeRequest::Install(st.next.clone())),
+                    (&st.uninformed, RehomeRequest::Chosen(st.next.clone())),
+                ];
+                for (to, request) in sends {
+                    if to.is_empty() {
+                        continue;
+                    }
+                    let ask = self.next_ask;
+                    self.next_ask += 1;
+                    match request {
+                        RehomeRequest::Install(_) => self.installs.insert(ask),
+                        _ => self.chosen.insert(ask),
+                    };
+                    self.out.push_back(RehomeAction {
+                        ask,
+                        to: Members::new(to.iter().copied()),
+                        request,
+                    });
+                }
             }
         }
         if let Some(r) = &mut self.round
@@ -502,26 +552,44 @@ impl Rehome {
 
     fn install(&mut self, now: Instant, next: Next) {
         self.phase = Phase::Install(next.clone());
-        // The old members learn it (no answer counted), the new take it.
+        // The old members learn it, the new take it.
         let ask = self.next_ask;
         self.next_ask += 1;
+        self.chosen.insert(ask);
         self.out.push_back(RehomeAction {
             ask,
             to: self.from.clone(),
             request: RehomeRequest::Chosen(next.clone()),
         });
+        self.installs.insert(self.next_ask);
         self.start(now, next.members.clone(), RehomeRequest::Install(next));
     }
 
     /// Member `member`'s answer to `ask`.
     pub fn handle_answer(&mut self, now: Instant, ask: u64, member: Key, answer: &RehomeAnswer) {
-        if let Some((_, missing, _, _)) = &mut self.stragglers
-            && *answer == RehomeAnswer::Done
-        {
-            missing.remove(&member);
-            if missing.is_empty() {
-                self.stragglers = None;
+        if self.chosen.contains(&ask) {
+            // An old member says it knows where the set went.
+            if matches!(answer, RehomeAnswer::Moved(n) if n.epoch > self.epoch) {
+                self.informed.insert(member);
+                if let Some(st) = &mut self.stragglers {
+                    st.uninformed.remove(&member);
+                }
             }
+        } else if self.installs.contains(&ask)
+            && *answer == RehomeAnswer::Done
+            && let Some(st) = &mut self.stragglers
+        {
+            st.uninstalled.remove(&member);
+        }
+        if self
+            .stragglers
+            .as_ref()
+            .is_some_and(|st| st.uninstalled.is_empty() && st.uninformed.is_empty())
+        {
+            self.stragglers = None;
+        }
+        if self.chosen.contains(&ask) {
+            return;
         }
         // A member of the set being moved that never took it: it is sent
         // the set (it answers the next round).
@@ -622,16 +690,23 @@ impl Rehome {
             }
             (Phase::Propose(next), Outcome::Agreed) => self.install(now, next),
             (Phase::Install(next), Outcome::Agreed) => {
-                let missing: BTreeSet<Key> = next
+                let uninstalled: BTreeSet<Key> = next
                     .members
                     .peers()
                     .iter()
                     .filter(|k| !r.tally.agreed(k))
                     .copied()
                     .collect();
-                if !missing.is_empty() {
-                    self.stragglers = Some((next.clone(), missing, now + wait(self.timing), 0));
-                }
+                // Old members that said they know: none counted yet, but
+                // their answers to the first `Chosen` may be in already.
+                let uninformed: BTreeSet<Key> = self.from.peers().iter().copied().collect();
+                self.stragglers = Some(Stragglers {
+                    next: next.clone(),
+                    uninstalled,
+                    uninformed: uninformed.difference(&self.informed).copied().collect(),
+                    at: now + wait(self.timing),
+                    tries: 0,
+                });
                 self.finish(Ok(next));
             }
             (Phase::Done, _) => {}

@@ -4,22 +4,26 @@
 //! first kept it and stays where an acquirer looks for it.
 //!
 //! Every look (a quarter of `gone_after`, between 1 and 10 s), for each
-//! lease whose current set this peer belongs to, it asks the other members
+//! lease whose current set this peer belongs to (at most
+//! [`LOOKS_AT_ONCE`] at a time, in turn), it asks the other members
 //! whether they are there (`Describe`). Only the member with the lowest
-//! overlay key among those that answered goes on: it looks up the peers
-//! nearest the name, and moves the set there when a member has not
-//! answered for `gone_after`, when two or more of the set are no longer
-//! among the nearest, or when a move sealed the set and did not finish
-//! within three terms (its mover crashed). The new set is the nearest
-//! peers, without the gone ones; it needs three at least.
+//! overlay key among those that answered and still serve the set goes on:
+//! it looks up the peers nearest the name, and moves the set there when a
+//! member has not answered for `gone_after`, when two or more of the set
+//! are no longer among the nearest (a member silent for less than
+//! `gone_after` has the benefit of the doubt), or when a move sealed the
+//! set and did not finish within three terms (its mover crashed). The new
+//! set is the nearest peers, without the gone ones; it needs three at
+//! least.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::PeerId;
 use shoal_overlay::Key;
-use shoal_resources::rehome::{Next, Rehome, RehomeRequest};
+use shoal_resources::rehome::{Ballot, Next, Rehome, RehomeRequest};
 use tokio::sync::mpsc;
 
 use super::HOME_SIZE;
@@ -30,8 +34,6 @@ use crate::quorum::{Entry, Kind, Reply, Wire, addrs_of, ask_each, members_of, pe
 /// How long a member may be silent before the set moves without it, by
 /// default.
 pub const GONE_AFTER: Duration = Duration::from_secs(60);
-/// Leases one look moves at most (each move takes a few round trips).
-const MOVES_PER_LOOK: usize = 16;
 /// How long one ask may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Fewest members a moved set has.
@@ -50,39 +52,64 @@ struct Memory {
     left: BTreeSet<Key>,
 }
 
+/// Looks (and the moves they start) under way at once, at most.
+const LOOKS_AT_ONCE: usize = 8;
+
 /// Runs the duty until the node stops.
 pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
     let every = (gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let mut memory = Memory::default();
+    let memory = Arc::new(Mutex::new(Memory::default()));
+    // Keys with a look or a move under way, and the permits they hold.
+    let busy: Arc<Mutex<BTreeSet<Key>>> = Arc::default();
+    let permits = Arc::new(tokio::sync::Semaphore::new(LOOKS_AT_ONCE));
+    let mut cursor = 0usize;
     loop {
         tokio::time::sleep(every).await;
         let Some(client) = node.upgrade() else { return };
-        let kept = client.quorum.entries_where(|_, e| {
+        let mut kept = client.quorum.entries_where(|_, e| {
             e.kind == Kind::Lease && e.home.moved().is_none() && e.peers.contains(&client.peer_id())
         });
-        let keys: BTreeSet<Key> = kept.iter().map(|(k, _)| *k).collect();
-        memory.silent.retain(|(k, _), _| keys.contains(k));
-        memory.sealed.retain(|k, _| keys.contains(k));
-        memory.left.retain(|k| keys.contains(k));
-        let mut moves = 0;
+        {
+            let keys: BTreeSet<Key> = kept.iter().map(|(k, _)| *k).collect();
+            let mut m = lock(&memory);
+            m.silent.retain(|(k, _), _| keys.contains(k));
+            m.sealed.retain(|k, _| keys.contains(k));
+            m.left.retain(|k| keys.contains(k));
+            kept.retain(|(k, _)| !m.left.contains(k));
+        }
+        // Each look starts where the last stopped, so that every lease has
+        // its turn however many there are.
+        if !kept.is_empty() {
+            let start = cursor % kept.len();
+            kept.rotate_left(start);
+        }
         for (key, entry) in kept {
-            if moves >= MOVES_PER_LOOK {
-                break;
-            }
-            if memory.left.contains(&key) {
+            if lock(&busy).contains(&key) {
                 continue;
             }
-            if let Some(to) = look(&client, key, &entry, gone_after, &mut memory).await {
-                moves += 1;
-                let moved = rehome(&client, key, &entry, to).await;
-                if moved.is_some_and(|next| !next.members.contains(&client.key()))
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            cursor += 1;
+            lock(&busy).insert(key);
+            let (client, memory, busy) = (client.clone(), memory.clone(), busy.clone());
+            tokio::spawn(async move {
+                if let Some(to) = look(&client, key, &entry, gone_after, &memory).await
+                    && let Some(next) = rehome(&client, key, &entry, to).await
+                    && !next.members.contains(&client.key())
                     && client.quorum.entry(&key).is_some_and(|e| e.home.moved().is_none())
                 {
-                    memory.left.insert(key);
+                    lock(&memory).left.insert(key);
                 }
-            }
+                lock(&busy).remove(&key);
+                drop(permit);
+            });
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether this member should move the set of `key` now, and where to.
@@ -91,56 +118,71 @@ async fn look(
     key: Key,
     entry: &Entry,
     gone_after: Duration,
-    memory: &mut Memory,
+    memory: &Mutex<Memory>,
 ) -> Option<Vec<PeerId>> {
     let me = client.peer_id();
     let others: Vec<PeerId> = entry.peers.iter().filter(|p| **p != me).copied().collect();
     let mut replies = ask_each(client, &others, &Wire::Describe { key }, ASK_TIMEOUT);
-    let mut answered = BTreeSet::new();
+    // Who answered, and the set each serves (or knows the key moved to).
+    let mut answered: BTreeMap<PeerId, u64> = BTreeMap::new();
     while let Some((peer, reply)) = replies.next().await {
-        if reply.is_ok() {
-            answered.insert(peer);
+        match reply {
+            Ok(Reply::Entry { epoch, .. }) => {
+                answered.insert(peer, epoch);
+            }
+            Ok(_) => {
+                answered.insert(peer, entry.home.epoch());
+            }
+            Err(_) => {}
         }
     }
     let at = Instant::now();
-    for p in &others {
-        if answered.contains(p) {
-            memory.silent.remove(&(key, *p));
-        } else {
-            memory.silent.entry((key, *p)).or_insert(at);
+    let (gone, silent, stuck) = {
+        let mut m = lock(memory);
+        for p in &others {
+            if answered.contains_key(p) {
+                m.silent.remove(&(key, *p));
+            } else {
+                m.silent.entry((key, *p)).or_insert(at);
+            }
         }
-    }
-    let sealed_since = if entry.home.sealed() {
-        Some(*memory.sealed.entry(key).or_insert(at))
-    } else {
-        memory.sealed.remove(&key);
-        None
+        let sealed_since = if entry.home.sealed() {
+            Some(*m.sealed.entry(key).or_insert(at))
+        } else {
+            m.sealed.remove(&key);
+            None
+        };
+        let silent_for = |p: &PeerId| m.silent.get(&(key, *p)).map(|since| at.duration_since(*since));
+        let gone: BTreeSet<PeerId> = others
+            .iter()
+            .filter(|p| silent_for(p).is_some_and(|d| d >= gone_after))
+            .copied()
+            .collect();
+        let silent: BTreeSet<PeerId> = others.iter().filter(|p| silent_for(p).is_some()).copied().collect();
+        let stuck = sealed_since.is_some_and(|since| at.duration_since(since) >= entry.timing.fresh_for() * 3);
+        (gone, silent, stuck)
     };
-    // The lowest key among those that answered moves it.
+    // The lowest key among those that answered and still serve this set
+    // moves it (one that moved on already does not look at it any more).
     let mine = client.key();
-    if answered.iter().any(|p| key_of_peer(p).is_some_and(|k| k < mine)) {
+    let epoch = entry.home.epoch();
+    if answered
+        .iter()
+        .any(|(p, e)| *e <= epoch && key_of_peer(p).is_some_and(|k| k < mine))
+    {
         return None;
     }
-    let gone: BTreeSet<PeerId> = others
-        .iter()
-        .filter(|p| {
-            memory
-                .silent
-                .get(&(key, **p))
-                .is_some_and(|since| at.duration_since(*since) >= gone_after)
-        })
-        .copied()
-        .collect();
-    let stuck = sealed_since.is_some_and(|since| at.duration_since(since) >= entry.timing.fresh_for() * 3);
     let home = crate::jobs::home::nearest_peers(client, key, HOME_SIZE + gone.len())
         .await
         .ok()?;
-    let to: Vec<PeerId> = home
-        .into_iter()
-        .filter(|p| !gone.contains(p) && (answered.contains(p) || !entry.peers.contains(p) || *p == me))
-        .take(HOME_SIZE)
-        .collect();
-    let outside = entry.peers.iter().filter(|p| !to.contains(p)).count();
+    let to: Vec<PeerId> = home.into_iter().filter(|p| !gone.contains(p)).take(HOME_SIZE).collect();
+    // Members no longer among the nearest; one silent but not yet gone
+    // has the benefit of the doubt.
+    let outside = entry
+        .peers
+        .iter()
+        .filter(|p| !to.contains(p) && (gone.contains(p) || !silent.contains(p)))
+        .count();
     if to.len() < MIN_MEMBERS || !(stuck || !gone.is_empty() || outside >= 2) {
         return None;
     }
@@ -160,9 +202,18 @@ async fn rehome(client: &Client, key: Key, entry: &Entry, to: Vec<PeerId>) -> Op
         .chain(&to)
         .filter_map(|p| key_of_peer(p).map(|k| (k, *p)))
         .collect();
+    // A round above every one this peer used for the key: its own
+    // promises, and the clock's microseconds (a move never repeats one).
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let ballot = Ballot {
+        round: entry.home.next_round().max(clock),
+        by: client.key(),
+    };
     let mut mover = Rehome::new(
         now(),
-        client.key(),
+        ballot,
         entry.home.installed().cloned(),
         members_of(&entry.peers),
         members_of(&to),

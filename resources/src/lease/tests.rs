@@ -395,3 +395,82 @@ fn one_member_naming_a_floor_does_not_send_back_a_waiter_a_majority_has_first_no
         }
     }
 }
+
+#[test]
+fn a_change_in_flight_when_the_set_moves_is_asked_again_at_the_new_set_never_taken_by_the_move() {
+    // An acquirer reads the lease free and asks for it as grant 4; before
+    // a majority answers, the set moves, and the new set starts with grant
+    // 4 as its grantee (a member that took the change was sealed with it)
+    // — though the change may have reached only a minority while another
+    // holds the lease. The acquirer must not hold the lease by the move.
+    let now = Instant::from_micros(1);
+    let old: Vec<Key> = (1..=5).map(key).collect();
+    let mut a = Acquire::new(now, key(100), 0, Members::new(old.clone()), T);
+    let ask = |a: &mut Acquire| match a.poll_action(now) {
+        Some(AcquireAction::Line { ask, .. } | AcquireAction::Ask { ask, .. }) => ask,
+        None => panic!("it asks"),
+    };
+    let n = ask(&mut a);
+    for m in &old {
+        a.handle_line(now, n, *m, &LineAnswer::Ticket(0));
+    }
+    let n = ask(&mut a);
+    let first = LineAnswer::Place {
+        ahead: 0,
+        first: Some(key(100)),
+        floor: 0,
+    };
+    for m in &old {
+        a.handle_line(now, n, *m, &first);
+    }
+    let n = ask(&mut a);
+    let free = View {
+        grantee: Some(Grantee { peer: key(50), n: 3 }),
+        lapsed: true,
+        fresh_for: Duration::ZERO,
+        max_n: 3,
+        saved: None,
+        result: None,
+        moved_with: None,
+    };
+    for m in &old {
+        a.handle_answer(now, n, *m, &Answer::View(free.clone()));
+    }
+    let change = match a.poll_action(now) {
+        Some(AcquireAction::Ask {
+            ask,
+            request: Request::Change(to),
+            ..
+        }) => (ask, to),
+        other => panic!("it asks for the lease, not {other:?}"),
+    };
+    assert_eq!(change.1.n, 4);
+    let next = crate::rehome::Next {
+        epoch: 1,
+        members: Members::new((6..=10).map(key)),
+        addrs: Vec::new(),
+        grantee: Some(change.1),
+        fresh_for: T.fresh_for(),
+        max_n: 4,
+    };
+    for m in &old[..3] {
+        a.handle_answer(
+            now,
+            change.0,
+            *m,
+            &Answer::Refused(Refusal::Moved(Box::new(next.clone()))),
+        );
+    }
+    assert_eq!(a.epoch().0, 1, "it follows the move");
+    // Whatever the new set would confirm, it is not renewing a grant.
+    for _ in 0..10 {
+        if let Some(AcquireAction::Ask {
+            request: Request::Renew(_),
+            ..
+        }) = a.poll_action(now)
+        {
+            panic!("it renews a grant it never got");
+        }
+    }
+    assert!(matches!(a.standing(now), Standing::Waiting { .. }));
+}

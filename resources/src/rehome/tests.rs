@@ -27,6 +27,8 @@ struct Net {
     clients: Vec<Acquire>,
     /// Clients cut off: nothing they send arrives.
     cut: BTreeSet<usize>,
+    /// Members the next `Chosen` sent to each is lost on its way to.
+    lose_chosen: BTreeSet<Key>,
     movers: Vec<(Key, Rehome)>,
 }
 
@@ -42,6 +44,7 @@ impl Net {
             down: BTreeSet::new(),
             clients: Vec::new(),
             cut: BTreeSet::new(),
+            lose_chosen: BTreeSet::new(),
             movers: Vec::new(),
         }
     }
@@ -58,7 +61,9 @@ impl Net {
         let to = Members::new(to.iter().map(|&i| key(i)));
         let current = self.members[&key(by)].home.installed().cloned();
         assert_eq!(current.as_ref().map_or(0, |c| c.epoch), epoch);
-        let r = Rehome::new(self.now, key(by), current, from, to, Vec::new(), T);
+        let round = self.members[&key(by)].home.next_round();
+        let ballot = Ballot { round, by: key(by) };
+        let r = Rehome::new(self.now, ballot, current, from, to, Vec::new(), T);
         self.movers.push((key(by), r));
         self.movers.len() - 1
     }
@@ -102,6 +107,9 @@ impl Net {
             while let Some(action) = self.movers[i].1.poll_action() {
                 for k in action.to.peers() {
                     if self.down.contains(k) {
+                        continue;
+                    }
+                    if matches!(action.request, RehomeRequest::Chosen(_)) && self.lose_chosen.remove(k) {
                         continue;
                     }
                     let m = self.members.get_mut(k).expect("a peer");
@@ -225,6 +233,7 @@ fn a_sealed_member_refuses_every_change_and_renewal_but_answers_reads() {
         home: &m.home,
     };
     assert!(matches!(answer(kept, now, T, me, 0, Request::Read), Answer::View(_)));
+    assert_eq!(m.home.next_round(), 2, "a mover here goes above what it promised");
     // A lower ballot is refused, naming the one promised.
     let lower = Ballot { round: 0, by: key(2) };
     assert_eq!(
@@ -362,4 +371,21 @@ fn a_holder_cut_off_just_before_a_move_is_counted_fresh_at_the_new_set_until_it_
         net.now
     );
     assert_eq!(net.clients[b].epoch().0, 1);
+}
+
+#[test]
+fn old_members_that_missed_the_news_of_a_move_are_told_again() {
+    let mut net = Net::new();
+    let a = net.add(0);
+    assert!(net.run_until(Duration::from_secs(1), |n| n.held(a).is_some()));
+    // Members 1-3 never hear that the move was chosen, the first time.
+    net.lose_chosen = [key(1), key(2), key(3)].into();
+    let r = net.rehome(4, 0, first_set(), &[4, 5, 6, 7, 8]);
+    assert!(net.run_until(Duration::from_secs(2), |n| n.moved(r).is_some()));
+    // They are told again: a majority of the old set can send askers on.
+    assert!(net.run_until(T.term, |n| (1..=3).all(|i| n.members[&key(i)].home.moved().is_some())));
+    assert!(net.run_until(T.term, |n| n.movers[r].1.is_done()));
+    // And the holder follows.
+    assert!(net.run_until(T.term, |n| n.clients[a].epoch().0 == 1));
+    assert!(net.held(a).is_some());
 }

@@ -32,7 +32,7 @@ use shoal_overlay::{Instant, Key, Rng};
 use super::drift::{Clock, clock};
 use shoal_resources::lease::{Acquire, AcquireAction, Kept, Line, LineAnswer, LineRequest, Standing, answer};
 use shoal_resources::quorum::{Acceptor, Answer, Members, Request, Timing};
-use shoal_resources::rehome::{Home, Rehome, RehomeAnswer, RehomeRequest};
+use shoal_resources::rehome::{Ballot, Home, Rehome, RehomeAnswer, RehomeRequest};
 
 /// What one run (or sweep) does.
 #[derive(Clone, Debug)]
@@ -239,6 +239,8 @@ struct Peer {
     mover: Option<Rehome>,
     /// It left for good.
     gone: bool,
+    /// The next round its moves may use.
+    rounds: u64,
     /// Clients: the acquisition under way, and when to start the next.
     session: Option<Session>,
     next_start: Option<u64>,
@@ -280,6 +282,7 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
             home: Home::default(),
             mover: None,
             gone: false,
+            rounds: 1,
             session: None,
             next_start: None,
             wake: None,
@@ -436,7 +439,23 @@ impl World<'_> {
             Some(c) if c.epoch != epoch => c.members.clone(),
             _ => set,
         };
-        self.peers[driver].mover = Some(Rehome::new(local, me, current, from, to, Vec::new(), self.spec.timing));
+        // A round above every one this peer used (kept on its disk).
+        let p = &mut self.peers[driver];
+        p.rounds = p.rounds.max(p.home.next_round());
+        let ballot = Ballot {
+            round: p.rounds,
+            by: me,
+        };
+        p.rounds += 1;
+        p.mover = Some(Rehome::new(
+            local,
+            ballot,
+            current,
+            from,
+            to,
+            Vec::new(),
+            self.spec.timing,
+        ));
         self.tick_mover(driver);
     }
 
