@@ -9,6 +9,8 @@
 # Prints p50/p99 (ms) of:
 #   - shoal lease acquire NAME   (until the daemon holds it; the CLI exits)
 #   - shoal lease run NAME -- true     (take, run `true`, let go)
+#   - shoal device use DEVICE -- true  (a device's lease from its provider,
+#                                        peer b: take, run `true`, let go)
 #   - etcdctl lock NAME true           (take, run `true`, let go)
 #
 # Usage: tests/bench/lease_latency.sh [SHOAL] [RUNS]
@@ -33,6 +35,10 @@ trap cleanup EXIT
 
 up a 0
 for n in b c d e; do up $n 0 --bootstrap "$(addr_of a)"; done
+ECHO=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 tests/bench/stream_ways.py echo 127.0.0.1 "$ECHO" &
+ETCD_PIDS+=($!)
+"$SHOAL" device share bench-dev --class bench --tcp "127.0.0.1:$ECHO" --data-dir "$WORK/b"
 
 cluster=""
 for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:$((23800 + i)),"; done
@@ -68,15 +74,18 @@ def timed(args):
         sys.exit(f"{' '.join(args)}: exit {r.returncode}: {r.stderr}")
     return ms
 
-acquire, shoal_run, etcd_run = [], [], []
+acquire, shoal_run, device_run, etcd_run = [], [], [], []
 name = "bench/lock"
+device = [shoal, "device", "use", "bench-dev", "--data-dir", f"{work}/a", "--", "true"]
 # One of each first, not counted (connections, the name's first use).
 timed([shoal, "lease", "run", name, "--data-dir", f"{work}/a", "--", "true"])
+timed(device)
 timed(["etcdctl", f"--endpoints={endpoints}", "lock", name, "true"])
 for i in range(runs):
     acquire.append(timed([shoal, "lease", "acquire", name, "--data-dir", f"{work}/a"]))
     timed([shoal, "lease", "release", name, "--data-dir", f"{work}/a"])
     shoal_run.append(timed([shoal, "lease", "run", name, "--data-dir", f"{work}/a", "--", "true"]))
+    device_run.append(timed(device))
     etcd_run.append(timed(["etcdctl", f"--endpoints={endpoints}", "lock", name, "true"]))
 
 def pct(xs, p):
@@ -86,6 +95,7 @@ def pct(xs, p):
 print(f"{runs} runs each, uncontended, loopback; ms p50 / p99")
 for label, xs in [("shoal lease acquire (5 members)", acquire),
                   ("shoal lease run -- true (5 members)", shoal_run),
+                  ("shoal device use -- true (its provider)", device_run),
                   ("etcdctl lock -- true (3 members)", etcd_run)]:
     print(f"  {label:<40} {pct(xs, 0.5):8.1f} / {pct(xs, 0.99):8.1f}")
 PY

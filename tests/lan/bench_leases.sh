@@ -3,9 +3,11 @@
 # 10.81.0.0/24, created and removed here; nothing leaves the machine):
 #
 #   lease:    `shoal lease run NAME -- true` from host 1 (the name's home is
-#             all five hosts) against `etcdctl lock NAME true` from host 1
-#             to a three-member etcd cluster on hosts 3-5, alternating, RUNS
-#             times each: p50/p99 ms.
+#             all five hosts) and `shoal device use lat-h2 -- true` from
+#             host 1 (a device's lease, granted by its provider, host 2)
+#             against `etcdctl lock NAME true` from host 1 to a three-member
+#             etcd cluster on hosts 3-5, alternating, RUNS times each:
+#             p50/p99 ms.
 #   cut off:  host 4 holds echo-h2 (a connection open through it), host 5
 #             waits in line; host 4's link goes down: the time until host
 #             5 gets the device, and whether host 4's old connection is
@@ -85,7 +87,12 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-echo "== lease: shoal lease run vs etcdctl lock, from host 1, $RUNS runs each"
+# A device on host 2 for its lease's latency (an echo nobody connects to).
+on 2 python3 tests/bench/stream_ways.py echo 127.0.0.1 7008 &
+disown
+on 2 "$SHOAL" device share lat-h2 --class lat --tcp 127.0.0.1:7008 --data-dir "$WORK/h2"
+
+echo "== lease: shoal lease run and shoal device use vs etcdctl lock, from host 1, $RUNS runs each"
 python3 - "$SHOAL" "$WORK" "$PREFIX" "$RUNS" "$ENDPOINTS" <<'PY'
 import os, subprocess, sys, time
 shoal, work, prefix, runs, endpoints = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
@@ -98,15 +105,19 @@ def timed(args):
         sys.exit(f"{' '.join(args)}: exit {r.returncode}: {r.stderr}")
     return ms
 name = "lan/lock"
+device = [shoal, "device", "use", "lat-h2", "--data-dir", f"{work}/h1", "--", "true"]
 timed([shoal, "lease", "run", name, "--data-dir", f"{work}/h1", "--", "true"])
+timed(device)
 timed(["etcdctl", f"--endpoints={endpoints}", "lock", name, "true"])
-s, e = [], []
+s, d, e = [], [], []
 for _ in range(runs):
     s.append(timed([shoal, "lease", "run", name, "--data-dir", f"{work}/h1", "--", "true"]))
+    d.append(timed(device))
     e.append(timed(["etcdctl", f"--endpoints={endpoints}", "lock", name, "true"]))
 def pct(xs, p):
     xs = sorted(xs); return xs[round((len(xs) - 1) * p)]
 print(f"  shoal lease run -- true (5 members)  p50 {pct(s, .5):6.1f} ms  p99 {pct(s, .99):6.1f} ms")
+print(f"  shoal device use -- true (host 2)    p50 {pct(d, .5):6.1f} ms  p99 {pct(d, .99):6.1f} ms")
 print(f"  etcdctl lock -- true (3 members)     p50 {pct(e, .5):6.1f} ms  p99 {pct(e, .99):6.1f} ms")
 PY
 

@@ -302,18 +302,32 @@ fn use_device(
             .env("SHOAL_DEVICE_TOKEN", token.to_string())
             .spawn()
             .with_context(|| format!("cannot start {program}"))?;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                break status.code().unwrap_or(128);
-            }
-            if let Some(why) = is_over() {
-                let _ = child.kill();
-                let _ = child.wait();
-                eprintln!("device {device:?} {why}: the command was stopped");
-                return Ok(NOT_NOW);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        // This thread waits for the command (its end is seen at once); a
+        // watcher kills it if the session ends first.
+        let pid = rustix::process::Pid::from_child(&child);
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (ended, killed, over) = (ended.clone(), killed.clone(), over.clone());
+            std::thread::spawn(move || {
+                while !ended.load(std::sync::atomic::Ordering::Relaxed) {
+                    if over.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                        killed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
         }
+        let status = child.wait()?;
+        ended.store(true, std::sync::atomic::Ordering::Relaxed);
+        if killed.load(std::sync::atomic::Ordering::Relaxed) {
+            let why = is_over().unwrap_or_default();
+            eprintln!("device {device:?} {why}: the command was stopped");
+            return Ok(NOT_NOW);
+        }
+        status.code().unwrap_or(128)
     } else if stdio {
         let mut conn = std::net::TcpStream::connect(&addr).with_context(|| format!("cannot reach {addr}"))?;
         let mut reader = conn.try_clone()?;

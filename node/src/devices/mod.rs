@@ -140,6 +140,9 @@ pub(crate) struct Provided {
     /// The peer ids of the peers that asked for a lease, by overlay key
     /// (for the listing; at most [`MAX_NAMES`]).
     names: Mutex<BTreeMap<Key, PeerId>>,
+    /// The providers of devices this peer used lately, and when they were
+    /// looked up ([`using`]: at most [`MAX_NAMES`]).
+    pub(crate) found: Mutex<BTreeMap<String, (Vec<PeerId>, std::time::Instant)>>,
 }
 
 /// Peer ids a provider remembers for its listing, at most.
@@ -156,6 +159,7 @@ impl Provided {
             dir: data_dir.join("devices"),
             devices: Mutex::new(BTreeMap::new()),
             names: Mutex::new(BTreeMap::new()),
+            found: Mutex::new(BTreeMap::new()),
         }
     }
 

@@ -283,9 +283,27 @@ async fn forward(
 
 /// The devices that might serve `target`, best first: a named device's
 /// providers; a class's devices, free ones first, leaving out `avoid`.
-async fn candidates(client: &Client, target: &Target, avoid: &[PeerId]) -> Result<Vec<(PeerId, String)>, String> {
+/// How long the providers of a device found by name are used again
+/// without a lookup (a provider that does not answer, or no longer shares
+/// it, sends the session to a fresh lookup).
+const FOUND_FOR: Duration = Duration::from_secs(30);
+
+/// The devices to try for `target`, and whether they came from this
+/// peer's recent lookups rather than the overlay.
+async fn candidates(
+    client: &Client,
+    target: &Target,
+    avoid: &[PeerId],
+) -> Result<(Vec<(PeerId, String)>, bool), String> {
     match target {
         Target::Name(name) => {
+            let found = lock(&client.provided.found)
+                .get(name)
+                .filter(|(_, at)| at.elapsed() < FOUND_FOR)
+                .map(|(providers, _)| providers.clone());
+            if let Some(providers) = found.filter(|p| !p.is_empty()) {
+                return Ok((providers.into_iter().map(|p| (p, name.clone())).collect(), true));
+            }
             let mut providers: Vec<PeerId> = client
                 .get_providers(device_key(name))
                 .await
@@ -297,16 +315,28 @@ async fn candidates(client: &Client, target: &Target, avoid: &[PeerId]) -> Resul
                 providers.insert(0, client.peer_id());
             }
             providers.dedup();
-            Ok(providers.into_iter().map(|p| (p, name.clone())).collect())
+            if !providers.is_empty() {
+                let mut found = lock(&client.provided.found);
+                if found.len() >= super::MAX_NAMES
+                    && let Some(oldest) = found.iter().min_by_key(|(_, (_, at))| *at).map(|(n, _)| n.clone())
+                {
+                    found.remove(&oldest);
+                }
+                found.insert(name.clone(), (providers.clone(), std::time::Instant::now()));
+            }
+            Ok((providers.into_iter().map(|p| (p, name.clone())).collect(), false))
         }
         Target::Class(class) => {
             let mut devices: Vec<DeviceView> = client.devices().list(Some(class)).await?;
             devices.sort_by_key(|d| !d.holders.is_empty());
-            Ok(devices
-                .into_iter()
-                .filter_map(|d| d.provider.parse::<PeerId>().ok().map(|p| (p, d.name)))
-                .filter(|(p, _)| !avoid.contains(p))
-                .collect())
+            Ok((
+                devices
+                    .into_iter()
+                    .filter_map(|d| d.provider.parse::<PeerId>().ok().map(|p| (p, d.name)))
+                    .filter(|(p, _)| !avoid.contains(p))
+                    .collect(),
+                false,
+            ))
         }
     }
 }
@@ -401,7 +431,7 @@ async fn hold(
     loop {
         let client = node.upgrade().ok_or("the node stopped")?;
         set(&state, UseState::Finding);
-        let found = candidates(&client, &target, &avoid).await?;
+        let (found, from_cache) = candidates(&client, &target, &avoid).await?;
         let Some((provider, name)) = found.first().cloned() else {
             let what = match &target {
                 Target::Name(name) => format!("unknown device {name:?}: no peer shares it"),
@@ -446,6 +476,11 @@ async fn hold(
                 Ok(DeviceAnswer::Full) => return Err(format!("device {name:?}: its line is full")),
                 Ok(other) => return Err(format!("device {name:?}: unexpected answer {other:?}")),
                 Err(why) => {
+                    if from_cache {
+                        // Found a while ago: look it up afresh.
+                        lock(&client.provided.found).remove(&name);
+                        break 0;
+                    }
                     if matches!(target, Target::Class(_)) {
                         tracing::info!("device {name:?} on {provider}: {why}; trying another of its class");
                         avoid.push(provider);

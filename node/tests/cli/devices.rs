@@ -469,3 +469,24 @@ fn shared_holders_share_a_device_and_an_exclusive_one_waits_for_them() {
     let after = use_then(provider, &["scope", "--wait", "10s"], &["true"]);
     assert!(after.status.success(), "{}", stderr(&after));
 }
+
+#[test]
+fn a_device_used_by_name_is_found_again_when_another_peer_shares_it() {
+    let (dirs, _daemons) = two("found");
+    let (a, b) = (&dirs[0], &dirs[1]);
+    let port = echo_service().to_string();
+    let target = format!("127.0.0.1:{port}");
+    let shared = shoal(a, &["device", "share", "mover", "--class", "echo", "--tcp", &target]);
+    assert!(shared.status.success(), "{}", stderr(&shared));
+    // b uses it once (and remembers where it was found) ...
+    let used = use_and_say_hello(b, "mover");
+    assert!(used.status.success(), "{}", stderr(&used));
+    // ... then it moves: a stops sharing it, b shares it itself.
+    let unshared = shoal(a, &["device", "unshare", "mover"]);
+    assert!(unshared.status.success(), "{}", stderr(&unshared));
+    let shared = shoal(b, &["device", "share", "mover", "--class", "echo", "--tcp", &target]);
+    assert!(shared.status.success(), "{}", stderr(&shared));
+    // The next use does not keep asking the old provider.
+    let used = use_then(b, &["mover", "--wait", "10s"], &["true"]);
+    assert!(used.status.success(), "{}", stderr(&used));
+}
