@@ -135,6 +135,17 @@ pub struct KeptLeaseView {
     pub token: Option<u64>,
     /// Waiters in line here.
     pub waiting: usize,
+    /// The number of the member set this peer serves (0: the set the
+    /// name was created with; each move of the set adds one).
+    #[serde(default)]
+    pub epoch: u64,
+    /// How many members that set has.
+    #[serde(default)]
+    pub members: usize,
+    /// Whether the set moved on without this peer (it then only sends
+    /// askers on).
+    #[serde(default)]
+    pub moved_on: bool,
 }
 
 struct Session {
@@ -284,6 +295,9 @@ impl Leases<'_> {
                     }),
                     token: holder.map(|g| g.n),
                     waiting: e.line.waiters(at).len(),
+                    epoch: e.home.epoch(),
+                    members: e.peers.len(),
+                    moved_on: e.home.moved().is_some(),
                 }
             })
             .collect()

@@ -134,7 +134,18 @@ pub(crate) fn lease(command: LeaseCommand) -> anyhow::Result<i32> {
                     (Some(peer), Some(token)) => format!("held by {peer} (token {token})"),
                     _ => "free".to_string(),
                 };
-                println!("{:<32} kept here: {holder}, {} waiting", k.name, k.waiting);
+                if k.moved_on {
+                    println!(
+                        "{:<32} kept here once: its set moved on (epoch {})",
+                        k.name,
+                        k.epoch + 1
+                    );
+                    continue;
+                }
+                println!(
+                    "{:<32} kept here: {holder}, {} waiting; a set of {} (epoch {})",
+                    k.name, k.waiting, k.members, k.epoch
+                );
             }
             Ok(0)
         }

@@ -175,13 +175,35 @@ async fn look(
     let home = crate::jobs::home::nearest_peers(client, key, HOME_SIZE + gone.len())
         .await
         .ok()?;
-    let to: Vec<PeerId> = home.into_iter().filter(|p| !gone.contains(p)).take(HOME_SIZE).collect();
+    // A lookup that found fewer peers than a full home says nothing about
+    // who is nearest (the overlay may not know them all yet): only gone
+    // members move the set then.
+    let full = home.len() >= HOME_SIZE + gone.len();
+    // Peers not in the set join it only if they answer now (the overlay's
+    // table may still name a peer that died).
+    let newcomers: Vec<PeerId> = home
+        .iter()
+        .filter(|p| !entry.peers.contains(p) && **p != me)
+        .copied()
+        .collect();
+    let mut alive = BTreeSet::new();
+    let mut replies = ask_each(client, &newcomers, &Wire::Describe { key }, ASK_TIMEOUT);
+    while let Some((peer, reply)) = replies.next().await {
+        if reply.is_ok() {
+            alive.insert(peer);
+        }
+    }
+    let to: Vec<PeerId> = home
+        .into_iter()
+        .filter(|p| !gone.contains(p) && (entry.peers.contains(p) || *p == me || alive.contains(p)))
+        .take(HOME_SIZE)
+        .collect();
     // Members no longer among the nearest; one silent but not yet gone
     // has the benefit of the doubt.
     let outside = entry
         .peers
         .iter()
-        .filter(|p| !to.contains(p) && (gone.contains(p) || !silent.contains(p)))
+        .filter(|p| full && !gone.contains(p) && !silent.contains(p) && !to.contains(p))
         .count();
     if to.len() < MIN_MEMBERS || !(stuck || !gone.is_empty() || outside >= 2) {
         return None;
