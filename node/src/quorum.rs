@@ -630,6 +630,11 @@ impl Quorum {
         }
         let before = entry.clone();
         let answer = entry.home.handle(&mut entry.acceptor, at, entry.timing, request);
+        // A set that moved on without this peer is kept here only to send
+        // askers on, and forgotten like a finished key.
+        if entry.home.moved().is_some() && before.home.moved().is_none() {
+            entry.finished.get_or_insert(at);
+        }
         if let Some(peers) = install
             && entry.home.epoch() != before.home.epoch()
         {
@@ -958,6 +963,79 @@ mod tests {
             q.handle(&asker, as_itself),
             Reply::Line(LineAnswer::Place { ahead: 0, .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_leases_set_is_moved_only_by_its_members_and_a_set_moved_on_is_forgotten_after_a_day() {
+        use shoal_resources::rehome::{Ballot, Next, RehomeAnswer, RehomeRequest};
+        let (me, m2, m3, stranger) = (peer(), peer(), peer(), peer());
+        let dir = dir("rehome");
+        let q = Quorum::open(me, &dir, [(Kind::Lease, accept_all as Validator)].into()).unwrap();
+        let key = Key::of_content(b"moving lease");
+        let join = Wire::Join {
+            kind: Kind::Lease,
+            key,
+            peers: vec![me, m2, m3],
+            timing: Timing::DEFAULT,
+            payload: b"name".to_vec(),
+        };
+        assert_eq!(q.handle(&m2, join), Reply::Joined);
+        let rehome = |request| Wire::Rehome {
+            key,
+            request,
+            timing: Timing::DEFAULT,
+            payload: b"name".to_vec(),
+        };
+        let ballot = Ballot {
+            round: 1,
+            by: key_of_peer(&m2).unwrap(),
+        };
+        let seal = RehomeRequest::Seal { epoch: 0, ballot };
+        assert!(matches!(q.handle(&stranger, rehome(seal.clone())), Reply::Refused(_)));
+        assert!(matches!(
+            q.handle(&m2, rehome(seal)),
+            Reply::Rehome(RehomeAnswer::Promise { .. })
+        ));
+        // The next set leaves this peer out.
+        let next_peers = vec![m2, m3, stranger];
+        let next = Next {
+            epoch: 1,
+            members: members_of(&next_peers),
+            addrs: addrs_of(&next_peers),
+            grantee: None,
+            fresh_for: Duration::ZERO,
+            max_n: 0,
+        };
+        // A stranger may not install a set over the one kept here.
+        let install = RehomeRequest::Install(Next {
+            members: members_of(&[me, stranger]),
+            addrs: addrs_of(&[me, stranger]),
+            ..next.clone()
+        });
+        assert!(matches!(q.handle(&stranger, rehome(install)), Reply::Refused(_)));
+        let propose = RehomeRequest::Propose {
+            epoch: 0,
+            ballot,
+            next: next.clone(),
+        };
+        assert_eq!(q.handle(&m2, rehome(propose)), Reply::Rehome(RehomeAnswer::Done));
+        assert!(matches!(
+            q.handle(&m2, rehome(RehomeRequest::Chosen(next.clone()))),
+            Reply::Rehome(RehomeAnswer::Moved(_))
+        ));
+        // Askers of the old set are sent on; a day later it is forgotten.
+        let read = Wire::Ask {
+            key,
+            request: Request::Read,
+            epoch: 0,
+        };
+        assert!(matches!(
+            q.handle(&m2, read),
+            Reply::Answer(Answer::Refused(shoal_resources::quorum::Refusal::Moved(_)))
+        ));
+        assert_eq!(q.forget_finished(now() - KEEP_FINISHED), 0);
+        assert_eq!(q.forget_finished(now() + Duration::from_secs(1)), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
