@@ -572,7 +572,15 @@ impl Quorum {
                 }
                 Some(peers)
             }
-            _ => None,
+            // A set proposed or chosen must name at most MAX_MEMBERS peers
+            // this peer could reach, or it could never be installed.
+            RehomeRequest::Propose { next, .. } | RehomeRequest::Chosen(next) => {
+                if let Err(why) = peers_of(&next.addrs, &next.members) {
+                    return Reply::Refused(why);
+                }
+                None
+            }
+            RehomeRequest::Seal { .. } => None,
         };
         if install.is_some() && !entries.contains_key(&key) {
             // A peer of the next set that does not keep the lease yet.
@@ -1019,6 +1027,15 @@ mod tests {
             ballot,
             next: next.clone(),
         };
+        let unreachable = RehomeRequest::Propose {
+            epoch: 0,
+            ballot,
+            next: Next {
+                addrs: Vec::new(),
+                ..next.clone()
+            },
+        };
+        assert!(matches!(q.handle(&m2, rehome(unreachable)), Reply::Refused(_)));
         assert_eq!(q.handle(&m2, rehome(propose)), Reply::Rehome(RehomeAnswer::Done));
         assert!(matches!(
             q.handle(&m2, rehome(RehomeRequest::Chosen(next.clone()))),

@@ -315,8 +315,11 @@ impl Home {
                 if next.epoch > self.epoch {
                     // Tokens never go back here, whatever the set says.
                     let max_n = next.max_n.max(acceptor.view(now).max_n);
-                    *acceptor = Acceptor::installed(next.grantee, max_n, now + next.fresh_for);
-                    let _ = timing;
+                    // No member ever counts a grantee fresh for longer than
+                    // a whole period: a set that says more (a hostile
+                    // mover's) cannot hold the key up for longer.
+                    let fresh_for = next.fresh_for.min(timing.fresh_for());
+                    *acceptor = Acceptor::installed(next.grantee, max_n, now + fresh_for);
                     *self = Home {
                         epoch: next.epoch,
                         installed: Some(next),

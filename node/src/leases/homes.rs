@@ -8,7 +8,8 @@
 //! [`LOOKS_AT_ONCE`] at a time, in turn), it asks the other members
 //! whether they are there (`Describe`). Only the member with the lowest
 //! overlay key among those that answered and still serve the set goes on:
-//! it looks up the peers nearest the name, and moves the set there when a
+//! it looks up the peers nearest the name (when a member is gone or the
+//! set stuck, else at most every minute), and moves the set there when a
 //! member has not answered for `gone_after`, when two or more of the set
 //! are no longer among the nearest (a member silent for less than
 //! `gone_after` has the benefit of the doubt), or when a move sealed the
@@ -50,7 +51,15 @@ struct Memory {
     /// learned so itself (it was sealed for a value that was not chosen):
     /// its moves would only find the set moved again.
     left: BTreeSet<Key>,
+    /// When each lease's home was last looked up while its set was whole:
+    /// then a lookup (an overlay query) is spent at most every
+    /// [`HOME_EVERY`].
+    homed: BTreeMap<Key, Instant>,
 }
+
+/// How often the home of a lease whose members all answer is looked up,
+/// to see whether nearer peers joined.
+const HOME_EVERY: Duration = Duration::from_secs(60);
 
 /// Looks (and the moves they start) under way at once, at most.
 const LOOKS_AT_ONCE: usize = 8;
@@ -75,6 +84,7 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
             m.silent.retain(|(k, _), _| keys.contains(k));
             m.sealed.retain(|k, _| keys.contains(k));
             m.left.retain(|k| keys.contains(k));
+            m.homed.retain(|k, _| keys.contains(k));
             kept.retain(|(k, _)| !m.left.contains(k));
         }
         // Each look starts where the last stopped, so that every lease has
@@ -171,6 +181,18 @@ async fn look(
         .any(|(p, e)| *e <= epoch && key_of_peer(p).is_some_and(|k| k < mine))
     {
         return None;
+    }
+    // With every member there, only new peers nearer the name could move
+    // the set: worth an overlay lookup now and then, not every look.
+    if gone.is_empty() && !stuck {
+        let mut m = lock(memory);
+        if m.homed
+            .get(&key)
+            .is_some_and(|last| at.duration_since(*last) < HOME_EVERY)
+        {
+            return None;
+        }
+        m.homed.insert(key, at);
     }
     let home = crate::jobs::home::nearest_peers(client, key, HOME_SIZE + gone.len())
         .await

@@ -389,3 +389,23 @@ fn old_members_that_missed_the_news_of_a_move_are_told_again() {
     assert!(net.run_until(T.term, |n| n.clients[a].epoch().0 == 1));
     assert!(net.held(a).is_some());
 }
+
+#[test]
+fn an_installed_set_counts_its_grantee_fresh_for_at_most_a_whole_period() {
+    let mut m = Member::default();
+    let now = Instant::from_micros(1);
+    let grantee = Grantee { peer: key(9), n: 3 };
+    let next = Next {
+        epoch: 1,
+        members: Members::new([key(1)]),
+        addrs: Vec::new(),
+        grantee: Some(grantee),
+        fresh_for: Duration::from_secs(100 * 365 * 24 * 3600),
+        max_n: 3,
+    };
+    assert_eq!(
+        m.home.handle(&mut m.acceptor, now, T, RehomeRequest::Install(next)),
+        RehomeAnswer::Done
+    );
+    assert_eq!(m.acceptor.view(now).fresh_for, T.fresh_for());
+}
