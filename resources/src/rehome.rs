@@ -78,9 +78,10 @@
 //! A key whose set moves carries no saves and no result: named leases use
 //! it, jobs (whose members keep those) keep their set.
 //!
-//! Sans-IO: [`Home::handle`] is a member's answer, [`Rehome`] the mover;
-//! the driver carries their messages and persists a member's [`Home`]
-//! (with its acceptor) before it answers.
+//! Sans-IO: [`Home::handle`] is a member's answer, [`Rehome`] the mover,
+//! [`watch::Watch`] the members' duty that decides when a set moves and
+//! where; the driver carries their messages and persists a member's
+//! [`Home`] (with its acceptor) before it answers.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -749,6 +750,8 @@ impl Rehome {
 fn wait(timing: Timing) -> Duration {
     (timing.term / 4).max(Duration::from_millis(100))
 }
+
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -279,6 +279,11 @@ enum Scenario {
         /// the set moves to its new home, the clients following it).
         #[arg(long)]
         fixed_home: bool,
+        /// Seconds a member may be silent before the members' duty moves
+        /// the set without it (the node's --member-gone-after; a run
+        /// lasts minutes, so shorter than the node's 60 s by default).
+        #[arg(long, default_value_t = 8)]
+        gone_after_s: u64,
     },
     /// One device's leases at its provider (the machine the node runs):
     /// clients take it (exclusive or shared), hold it 0.5–20.5 s renewing,
@@ -505,7 +510,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             heal_s,
             down,
             fixed_home,
+            gone_after_s,
         } => {
+            anyhow::ensure!(gone_after_s > 0, "--gone-after-s must be at least 1");
             anyhow::ensure!(clients > 0, "--clients must be positive");
             anyhow::ensure!(down <= 5, "--down is at most 5 (the members)");
             anyhow::ensure!((0.0..1.0).contains(&drift), "--drift must be between 0 and 1");
@@ -518,6 +525,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 heal_s,
                 down,
                 home_churn: !fixed_home,
+                gone_after: std::time::Duration::from_secs(gone_after_s),
                 ..scenario::LeaseSpec::default()
             };
             let wall = std::time::Instant::now();

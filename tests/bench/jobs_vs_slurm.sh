@@ -74,9 +74,28 @@ def throughput(name, submit, done, n):
     print(f"batch    {name:<36} {n} jobs: submitted in {submitted:6.1f} s, all finished in {total:6.1f} s = {n / total:7.0f} jobs/s", flush=True)
     return n / total
 
+def stages(name, argv):
+    """Where one job's time goes: `run --json` gives the job's own times
+    (ms since the epoch, from the submitter's and executor's clocks, which
+    are the same clock here); the CLI's start and exit are timed around."""
+    spans = {k: [] for k in ("cli start -> queued", "queued -> placed", "placed -> started", "started -> ended", "ended -> cli exit")}
+    for _ in range(runs):
+        t0 = time.time() * 1000
+        r = subprocess.run(argv[:2] + ["--json"] + argv[2:], capture_output=True, text=True, env=env)
+        t1 = time.time() * 1000
+        if r.returncode != 0:
+            sys.exit(f"{name} failed: {r.stderr}")
+        j = json.loads(r.stdout)
+        for k, v in zip(spans, (j["queued"] - t0, j["placed"] - j["queued"], j["started"] - j["placed"], j["ended"] - j["started"], t1 - j["ended"])):
+            spans[k].append(v)
+    print(f"stages   {name}: " + ", ".join(f"{k} {q(v, .5):.1f}" for k, v in spans.items()) + " ms (p50)", flush=True)
+
 lat = {}
 lat["srun"] = latency("srun /bin/true", ["srun", "/bin/true"])
+# The floor of any shoal command: the process, control.json, one call.
+lat["status"] = latency("shoal status (the CLI's floor)", [shoal, "status"] + a)
 lat["native"] = latency("shoal run --native -- /bin/true", [shoal, "run", "--native"] + a + ["--", "/bin/true"])
+stages("shoal run --native -- /bin/true", [shoal, "run", "--native"] + a + ["--", "/bin/true"])
 lat["wasm"] = latency("shoal run hello.wasm", [shoal, "run", f"{work}/wasm/hello.wasm"] + a)
 
 def count_shoal():

@@ -3,27 +3,22 @@
 //! ([`shoal_resources::rehome`]), so that a lease outlives the peers that
 //! first kept it and stays where an acquirer looks for it.
 //!
-//! Every look (a quarter of `gone_after`, between 1 and 10 s), for each
-//! lease whose current set this peer belongs to (at most
-//! [`LOOKS_AT_ONCE`] at a time, in turn), it asks the other members
-//! whether they are there (`Describe`). Only the member with the lowest
-//! overlay key among those that answered and still serve the set goes on:
-//! it looks up the peers nearest the name (when a member is gone or the
-//! set stuck, else at most every minute), and moves the set there when a
-//! member has not answered for `gone_after`, when two or more of the set
-//! are no longer among the nearest (a member silent for less than
-//! `gone_after` has the benefit of the doubt), or when a move sealed the
-//! set and did not finish within three terms (its mover crashed). The new
-//! set is the nearest peers, without the gone ones; it needs three at
-//! least.
+//! When and where a set moves is [`Watch`]'s rule (the simulator runs the
+//! same); this module carries its asks. Every look (a quarter of
+//! `gone_after`, between 1 and 10 s), for each lease whose current set
+//! this peer belongs to (at most [`LOOKS_AT_ONCE`] at a time, in turn),
+//! it asks the other members whether they are there (`Describe`), looks
+//! the home up in the overlay when the watch says so, asks the newcomers
+//! whether they are there, and moves the set where the watch says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::PeerId;
 use shoal_overlay::Key;
+use shoal_resources::rehome::watch::{Serving, Step, Watch};
 use shoal_resources::rehome::{Ballot, Next, Rehome, RehomeRequest};
 use tokio::sync::mpsc;
 
@@ -37,29 +32,17 @@ use crate::quorum::{Entry, Kind, Reply, Wire, addrs_of, ask_each, members_of, pe
 pub const GONE_AFTER: Duration = Duration::from_secs(60);
 /// How long one ask may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
-/// Fewest members a moved set has.
-const MIN_MEMBERS: usize = 3;
 
 /// What the duty remembers between looks.
 #[derive(Default)]
 struct Memory {
-    /// Since when each member of each lease has not answered.
-    silent: BTreeMap<(Key, PeerId), Instant>,
-    /// Since when each lease's set has been sealed here without moving.
-    sealed: BTreeMap<Key, Instant>,
+    /// Each lease's watch.
+    watches: BTreeMap<Key, Watch>,
     /// Leases whose set moved on without this member, though it never
     /// learned so itself (it was sealed for a value that was not chosen):
     /// its moves would only find the set moved again.
     left: BTreeSet<Key>,
-    /// When each lease's home was last looked up while its set was whole:
-    /// then a lookup (an overlay query) is spent at most every
-    /// [`HOME_EVERY`].
-    homed: BTreeMap<Key, Instant>,
 }
-
-/// How often the home of a lease whose members all answer is looked up,
-/// to see whether nearer peers joined.
-const HOME_EVERY: Duration = Duration::from_secs(60);
 
 /// Looks (and the moves they start) under way at once, at most.
 const LOOKS_AT_ONCE: usize = 8;
@@ -81,10 +64,8 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
         {
             let keys: BTreeSet<Key> = kept.iter().map(|(k, _)| *k).collect();
             let mut m = lock(&memory);
-            m.silent.retain(|(k, _), _| keys.contains(k));
-            m.sealed.retain(|k, _| keys.contains(k));
+            m.watches.retain(|k, _| keys.contains(k));
             m.left.retain(|k| keys.contains(k));
-            m.homed.retain(|k, _| keys.contains(k));
             kept.retain(|(k, _)| !m.left.contains(k));
         }
         // Each look starts where the last stopped, so that every lease has
@@ -131,106 +112,63 @@ async fn look(
     memory: &Mutex<Memory>,
 ) -> Option<Vec<PeerId>> {
     let me = client.peer_id();
+    let set = members_of(&entry.peers);
+    let serving = Serving {
+        me: client.key(),
+        set: &set,
+        epoch: entry.home.epoch(),
+        sealed: entry.home.sealed(),
+        timing: entry.timing,
+    };
     let others: Vec<PeerId> = entry.peers.iter().filter(|p| **p != me).copied().collect();
     let mut replies = ask_each(client, &others, &Wire::Describe { key }, ASK_TIMEOUT);
-    // Who answered, and the set each serves (or knows the key moved to).
-    let mut answered: BTreeMap<PeerId, u64> = BTreeMap::new();
+    // Who answered, and the epoch of the set each serves (or knows the
+    // key moved to).
+    let mut answered: BTreeMap<Key, u64> = BTreeMap::new();
     while let Some((peer, reply)) = replies.next().await {
-        match reply {
-            Ok(Reply::Entry { epoch, .. }) => {
-                answered.insert(peer, epoch);
-            }
-            Ok(_) => {
-                answered.insert(peer, entry.home.epoch());
-            }
-            Err(_) => {}
-        }
-    }
-    let at = Instant::now();
-    let (gone, silent, stuck) = {
-        let mut m = lock(memory);
-        for p in &others {
-            if answered.contains_key(p) {
-                m.silent.remove(&(key, *p));
-            } else {
-                m.silent.entry((key, *p)).or_insert(at);
-            }
-        }
-        let sealed_since = if entry.home.sealed() {
-            Some(*m.sealed.entry(key).or_insert(at))
-        } else {
-            m.sealed.remove(&key);
-            None
+        let epoch = match reply {
+            Ok(Reply::Entry { epoch, .. }) => epoch,
+            Ok(_) => entry.home.epoch(),
+            Err(_) => continue,
         };
-        let silent_for = |p: &PeerId| m.silent.get(&(key, *p)).map(|since| at.duration_since(*since));
-        let gone: BTreeSet<PeerId> = others
-            .iter()
-            .filter(|p| silent_for(p).is_some_and(|d| d >= gone_after))
-            .copied()
-            .collect();
-        let silent: BTreeSet<PeerId> = others.iter().filter(|p| silent_for(p).is_some()).copied().collect();
-        let stuck = sealed_since.is_some_and(|since| at.duration_since(since) >= entry.timing.fresh_for() * 3);
-        (gone, silent, stuck)
-    };
-    // The lowest key among those that answered and still serve this set
-    // moves it (one that moved on already does not look at it any more).
-    let mine = client.key();
-    let epoch = entry.home.epoch();
-    if answered
-        .iter()
-        .any(|(p, e)| *e <= epoch && key_of_peer(p).is_some_and(|k| k < mine))
-    {
-        return None;
-    }
-    // With every member there, only new peers nearer the name could move
-    // the set: worth an overlay lookup now and then, not every look.
-    if gone.is_empty() && !stuck {
-        let mut m = lock(memory);
-        if m.homed
-            .get(&key)
-            .is_some_and(|last| at.duration_since(*last) < HOME_EVERY)
-        {
-            return None;
+        if let Some(k) = key_of_peer(&peer) {
+            answered.insert(k, epoch);
         }
-        m.homed.insert(key, at);
     }
-    let home = crate::jobs::home::nearest_peers(client, key, HOME_SIZE + gone.len())
-        .await
-        .ok()?;
-    // A lookup that found fewer peers than a full home says nothing about
-    // who is nearest (the overlay may not know them all yet): only gone
-    // members move the set then.
-    let full = home.len() >= HOME_SIZE + gone.len();
-    // Peers not in the set join it only if they answer now (the overlay's
-    // table may still name a peer that died).
-    let newcomers: Vec<PeerId> = home
+    let step = lock(memory)
+        .watches
+        .entry(key)
+        .or_insert_with(|| Watch::new(gone_after, HOME_SIZE))
+        .heard(now(), serving, &answered);
+    let Step::FindHome { count } = step else {
+        return None;
+    };
+    let home = crate::jobs::home::nearest_peers(client, key, count).await.ok()?;
+    let by_key: BTreeMap<Key, PeerId> = home.iter().filter_map(|p| Some((key_of_peer(p)?, *p))).collect();
+    let home: Vec<Key> = home.iter().filter_map(key_of_peer).collect();
+    let newcomers: Vec<PeerId> = lock(memory)
+        .watches
+        .get(&key)?
+        .newcomers(serving, &home)
         .iter()
-        .filter(|p| !entry.peers.contains(p) && **p != me)
-        .copied()
+        .filter_map(|k| by_key.get(k).copied())
         .collect();
     let mut alive = BTreeSet::new();
     let mut replies = ask_each(client, &newcomers, &Wire::Describe { key }, ASK_TIMEOUT);
     while let Some((peer, reply)) = replies.next().await {
-        if reply.is_ok() {
-            alive.insert(peer);
+        if let (Ok(_), Some(k)) = (reply, key_of_peer(&peer)) {
+            alive.insert(k);
         }
     }
-    let to: Vec<PeerId> = home
-        .into_iter()
-        .filter(|p| !gone.contains(p) && (entry.peers.contains(p) || *p == me || alive.contains(p)))
-        .take(HOME_SIZE)
-        .collect();
-    // Members no longer among the nearest; one silent but not yet gone
-    // has the benefit of the doubt.
-    let outside = entry
+    let to = lock(memory).watches.get_mut(&key)?.choose(serving, &home, &alive)?;
+    // The set's own peers and the home's, by key.
+    let peers: BTreeMap<Key, PeerId> = entry
         .peers
         .iter()
-        .filter(|p| full && !gone.contains(p) && !silent.contains(p) && !to.contains(p))
-        .count();
-    if to.len() < MIN_MEMBERS || !(stuck || !gone.is_empty() || outside >= 2) {
-        return None;
-    }
-    Some(to)
+        .filter_map(|p| Some((key_of_peer(p)?, *p)))
+        .chain(by_key)
+        .collect();
+    to.peers().iter().map(|k| peers.get(k).copied()).collect()
 }
 
 /// What comes back to a move: an answer to one of its asks.

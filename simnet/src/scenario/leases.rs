@@ -7,12 +7,17 @@
 //! and clock drift.
 //!
 //! With `home_churn` (the default) the lease's home changes too: a
-//! member leaves for good now and then, and now and then the peers
-//! nearest the name change; a member of the current set that sees it
-//! moves the set to its new home ([`Rehome`], the node's own code), with
-//! the clients following it there ([`Acquire`]). Five spare peers can join
-//! the home; a newcomer starts from the newest set any move finished (as
-//! the node's lookup of the home would give).
+//! member leaves for good now and then, and now and then a spare peer
+//! comes nearer the name than a member. Every member does the node's
+//! duty ([`Watch`], the node's own rule): every quarter of `gone_after`
+//! it asks the other members of the set it serves whether they are
+//! there, looks the home up when the watch says so (the world's order of
+//! nearness: peers that left for good are out of it, peers down for a
+//! while are not), asks the newcomers whether they are there, and moves
+//! the set where the watch says ([`Rehome`], the node's own code), with
+//! the clients following it there ([`Acquire`]). Five spare peers can
+//! join the home; a client starts from the newest set any move finished
+//! (as the node's lookup of the home would give).
 //!
 //! Each peer has its own clock, running at a rate within `1 ± drift` of
 //! real time, started afresh at every restart. Messages take 0.2–5 ms, a
@@ -32,6 +37,7 @@ use shoal_overlay::{Instant, Key, Rng};
 use super::drift::{Clock, clock};
 use shoal_resources::lease::{Acquire, AcquireAction, Kept, Line, LineAnswer, LineRequest, Standing, answer};
 use shoal_resources::quorum::{Acceptor, Answer, Members, Request, Timing};
+use shoal_resources::rehome::watch::{Serving, Step, Watch};
 use shoal_resources::rehome::{Ballot, Home, Rehome, RehomeAnswer, RehomeRequest};
 
 /// What one run (or sweep) does.
@@ -53,6 +59,10 @@ pub struct LeaseSpec {
     pub timing: Timing,
     /// Members leave for good and the home moves (see the module docs).
     pub home_churn: bool,
+    /// How long a member may be silent before its set moves without it
+    /// (the node's `--member-gone-after`, shorter here: a run lasts
+    /// minutes).
+    pub gone_after: std::time::Duration,
 }
 
 impl Default for LeaseSpec {
@@ -66,6 +76,7 @@ impl Default for LeaseSpec {
             down: 0,
             timing: Timing::DEFAULT,
             home_churn: true,
+            gone_after: std::time::Duration::from_secs(8),
         }
     }
 }
@@ -181,15 +192,47 @@ const POOL: usize = MEMBERS + 5;
 /// Members that leave for good in one run, at most.
 const MAX_LEFT: usize = 4;
 const SECOND: u64 = 1_000_000;
+/// How long a look waits for answers (the node's ask timeout).
+const ASK_TIMEOUT: u64 = 2 * SECOND;
 
 #[derive(Clone, Debug)]
 enum Msg {
-    Line { ask: u64, epoch: u64, request: LineRequest },
-    Ask { ask: u64, epoch: u64, request: Request },
-    LineAnswer { ask: u64, answer: LineAnswer },
-    Answer { ask: u64, answer: Answer },
-    Rehome { ask: u64, request: RehomeRequest },
-    RehomeAnswer { ask: u64, answer: RehomeAnswer },
+    Line {
+        ask: u64,
+        epoch: u64,
+        request: LineRequest,
+    },
+    Ask {
+        ask: u64,
+        epoch: u64,
+        request: Request,
+    },
+    LineAnswer {
+        ask: u64,
+        answer: LineAnswer,
+    },
+    Answer {
+        ask: u64,
+        answer: Answer,
+    },
+    Rehome {
+        ask: u64,
+        request: RehomeRequest,
+    },
+    RehomeAnswer {
+        ask: u64,
+        answer: RehomeAnswer,
+    },
+    /// A member's duty asks whether a peer is there (the node's
+    /// `Describe`).
+    Describe {
+        look: u64,
+    },
+    /// Here: the epoch of the newest set it knows, if it keeps the key.
+    Described {
+        look: u64,
+        epoch: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -208,9 +251,25 @@ enum Ev {
     Restart {
         peer: usize,
     },
-    /// A look at the home: a member of the current set moves it if one
-    /// of its members left, or (sometimes) because the home changed.
+    /// Every member's duty looks at its set; during the faults, a spare
+    /// may come nearer the name than a member.
     Look,
+    /// A member's look stops waiting for answers.
+    LookDue {
+        peer: usize,
+        look: u64,
+    },
+}
+
+/// A member's look under way (lost when it crashes).
+struct Looking {
+    id: u64,
+    /// Asked, and not answered yet.
+    waiting: Vec<usize>,
+    /// The other members that answered, and the epoch each knows.
+    answered: BTreeMap<Key, u64>,
+    /// Once the home was looked up: it, and the newcomers that answered.
+    home: Option<(Vec<Key>, std::collections::BTreeSet<Key>)>,
 }
 
 /// A client's current acquisition.
@@ -237,6 +296,12 @@ struct Peer {
     home: Home,
     /// A move of the set it runs (lost when it crashes).
     mover: Option<Rehome>,
+    /// Its duty: what it remembers between looks, and the look under way
+    /// (both lost when it crashes), and whether its set moved on without
+    /// it (as the node's duty notes it).
+    watch: Option<Watch>,
+    looking: Option<Looking>,
+    left: bool,
     /// It left for good.
     gone: bool,
     /// The next round its moves may use.
@@ -257,6 +322,11 @@ struct World<'a> {
     /// The newest set a move finished, and its epoch: where a newcomer
     /// starts.
     latest: (u64, Members),
+    /// The first set (epoch 0).
+    first: Members,
+    /// The pool's peers, nearest the name first: the home a lookup finds.
+    rank: Vec<usize>,
+    looks: u64,
     queue: BTreeMap<(u64, u64), Ev>,
     seq: u64,
     side: Vec<bool>,
@@ -281,6 +351,9 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
             line: Line::default(),
             home: Home::default(),
             mover: None,
+            watch: None,
+            looking: None,
+            left: false,
             gone: false,
             rounds: 1,
             session: None,
@@ -295,7 +368,10 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
         peers,
         keys,
         index,
-        latest: (0, members),
+        latest: (0, members.clone()),
+        first: members,
+        rank: (0..POOL).collect(),
+        looks: 0,
         queue: BTreeMap::new(),
         seq: 0,
         side: vec![false; n],
@@ -394,53 +470,154 @@ impl World<'_> {
             Ev::Heal => self.side = vec![false; self.peers.len()],
             Ev::Restart { peer } => self.restart(peer),
             Ev::Look => self.look(),
+            Ev::LookDue { peer, look } => self.look_due(peer, look),
         }
     }
 
-    /// A member of the newest set moves it when one of its members left,
-    /// and during the faults now and then because the home changed: the
-    /// gone (or one live member) out, spares in.
+    /// Every member's duty: each up member that keeps the lease and is not
+    /// looking or moving already starts a look; during the faults, a
+    /// spare comes nearer the name than a member now and then.
     fn look(&mut self) {
-        self.push(self.now + 2 * SECOND, Ev::Look);
-        let (epoch, set) = self.latest.clone();
-        let ids: Vec<usize> = set.peers().iter().map(|k| self.index[k]).collect();
-        let gone: Vec<usize> = ids.iter().copied().filter(|&i| self.peers[i].gone).collect();
-        let changed = self.now < self.spec.fault_s * SECOND && self.rng.chance(0.1);
-        // A move that sealed members and never finished (its mover
-        // crashed or was cut off) is finished by another.
-        let stuck = ids
+        let every =
+            (self.spec.gone_after / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(10));
+        self.push(self.now + every.as_micros() as u64, Ev::Look);
+        if self.now < self.spec.fault_s * SECOND && self.rng.chance(0.1) {
+            let near = self.rng.index(MEMBERS);
+            let far = MEMBERS + self.rng.index(POOL - MEMBERS);
+            self.rank.swap(near, far);
+        }
+        for m in 0..POOL {
+            let p = &self.peers[m];
+            if !p.up || p.gone || p.left || p.looking.is_some() || p.mover.is_some() {
+                continue;
+            }
+            let Some(set) = self.serving(m) else { continue };
+            self.looks += 1;
+            let id = self.looks;
+            let others: Vec<usize> = set.peers().iter().map(|k| self.index[k]).filter(|&i| i != m).collect();
+            for &o in &others {
+                self.send(m, o, Msg::Describe { look: id });
+            }
+            self.peers[m].looking = Some(Looking {
+                id,
+                waiting: others,
+                answered: BTreeMap::new(),
+                home: None,
+            });
+            self.push(self.now + ASK_TIMEOUT, Ev::LookDue { peer: m, look: id });
+        }
+    }
+
+    /// The set member `m` serves, if it keeps the lease (a member of its
+    /// set that did not move on): its installed set, or the first.
+    fn serving(&self, m: usize) -> Option<Members> {
+        let home = &self.peers[m].home;
+        if home.moved().is_some() {
+            return None;
+        }
+        let set = home
+            .installed()
+            .map_or_else(|| self.first.clone(), |n| n.members.clone());
+        set.contains(&self.keys[m]).then_some(set)
+    }
+
+    /// An answer to member `m`'s look `look` from peer `from`.
+    fn described(&mut self, m: usize, from: usize, look: u64, epoch: Option<u64>) {
+        let key = self.keys[from];
+        let own = self.peers[m].home.epoch();
+        let Some(l) = self.peers[m].looking.as_mut().filter(|l| l.id == look) else {
+            return;
+        };
+        let Some(at) = l.waiting.iter().position(|&w| w == from) else {
+            return;
+        };
+        l.waiting.swap_remove(at);
+        match &mut l.home {
+            None => {
+                l.answered.insert(key, epoch.unwrap_or(own));
+            }
+            Some((_, alive)) => {
+                alive.insert(key);
+            }
+        }
+        if l.waiting.is_empty() {
+            self.look_due(m, look);
+        }
+    }
+
+    /// Member `m`'s look `look` has its answers (or waited long enough):
+    /// the watch says what next.
+    fn look_due(&mut self, m: usize, look: u64) {
+        if !self.peers[m].up || self.peers[m].looking.as_ref().is_none_or(|l| l.id != look) {
+            return;
+        }
+        let Some(set) = self.serving(m) else {
+            self.peers[m].looking = None;
+            return;
+        };
+        let local = self.local(m);
+        let (gone_after, timing) = (self.spec.gone_after, self.spec.timing);
+        let me = self.keys[m];
+        // The overlay's answer to a lookup: the nearest peers still in it
+        // (one down for a while is still in its tables).
+        let present: Vec<Key> = self
+            .rank
             .iter()
-            .any(|&i| self.peers[i].up && self.peers[i].home.sealed() && self.peers[i].home.moved().is_none());
-        if gone.is_empty() && !changed && !stuck {
+            .filter(|&&i| !self.peers[i].gone)
+            .map(|&i| self.keys[i])
+            .collect();
+        let p = &mut self.peers[m];
+        let serving = Serving {
+            me,
+            set: &set,
+            epoch: p.home.epoch(),
+            sealed: p.home.sealed(),
+            timing,
+        };
+        let watch = p.watch.get_or_insert_with(|| Watch::new(gone_after, MEMBERS));
+        let Some(l) = p.looking.as_mut() else { return };
+        if let Some((home, alive)) = l.home.take() {
+            let to = watch.choose(serving, &home, &alive);
+            p.looking = None;
+            if let Some(to) = to {
+                self.start_move(m, to);
+            }
             return;
         }
-        if self.peers[..POOL].iter().any(|p| p.mover.is_some() && p.up) {
-            return;
-        }
-        let Some(&driver) = ids.iter().find(|&&i| self.peers[i].up && !self.peers[i].gone) else {
+        let Step::FindHome { count } = watch.heard(local, serving, &l.answered) else {
+            p.looking = None;
             return;
         };
-        let mut out = gone;
-        if out.is_empty() && !stuck {
-            out.push(ids[self.rng.index(ids.len())]);
+        let home: Vec<Key> = present.into_iter().take(count).collect();
+        let newcomers = watch.newcomers(serving, &home);
+        l.home = Some((home, std::collections::BTreeSet::new()));
+        let newcomers: Vec<usize> = newcomers.iter().map(|k| self.index[k]).collect();
+        if newcomers.is_empty() {
+            self.look_due(m, look);
+            return;
         }
-        let mut next: Vec<usize> = ids.iter().copied().filter(|i| !out.contains(i)).collect();
-        let mut spares: Vec<usize> = (0..POOL).filter(|i| !ids.contains(i) && !self.peers[*i].gone).collect();
-        while next.len() < MEMBERS && !spares.is_empty() {
-            next.push(spares.swap_remove(self.rng.index(spares.len())));
+        self.looks += 1;
+        let id = self.looks;
+        if let Some(l) = self.peers[m].looking.as_mut() {
+            l.id = id;
+            l.waiting = newcomers.clone();
         }
-        let to = Members::new(next.iter().map(|&i| self.keys[i]));
-        let local = self.local(driver);
-        let me = self.keys[driver];
-        // The driver moves the set it serves (the newest a move finished,
-        // or a later one whose mover never said so).
-        let current = self.peers[driver].home.installed().cloned();
-        let from = match &current {
-            Some(c) if c.epoch != epoch => c.members.clone(),
-            _ => set,
-        };
+        for o in newcomers {
+            self.send(m, o, Msg::Describe { look: id });
+        }
+        self.push(self.now + ASK_TIMEOUT, Ev::LookDue { peer: m, look: id });
+    }
+
+    /// Member `m` moves the set it serves to `to`.
+    fn start_move(&mut self, m: usize, to: Members) {
+        let local = self.local(m);
+        let me = self.keys[m];
+        let current = self.peers[m].home.installed().cloned();
+        let from = current
+            .as_ref()
+            .map_or_else(|| self.first.clone(), |c| c.members.clone());
         // A round above every one this peer used (kept on its disk).
-        let p = &mut self.peers[driver];
+        let p = &mut self.peers[m];
         p.rounds = p.rounds.max(p.home.next_round());
         let ballot = Ballot {
             round: p.rounds,
@@ -456,7 +633,7 @@ impl World<'_> {
             Vec::new(),
             self.spec.timing,
         ));
-        self.tick_mover(driver);
+        self.tick_mover(m);
     }
 
     /// Member `m` looks at the move it runs: sends what it must, and
@@ -486,11 +663,17 @@ impl World<'_> {
                 self.send(m, to, msg);
             }
         }
-        if let Some(Ok(next)) = outcome
-            && next.epoch > self.latest.0
-        {
-            self.report.moves += 1;
-            self.latest = (next.epoch, next.members);
+        if let Some(Ok(next)) = outcome {
+            // Moved on without this member, which never learned so itself:
+            // the node's duty stops looking at the set.
+            let me = self.keys[m];
+            if !next.members.contains(&me) && self.peers[m].home.moved().is_none() {
+                self.peers[m].left = true;
+            }
+            if next.epoch > self.latest.0 {
+                self.report.moves += 1;
+                self.latest = (next.epoch, next.members);
+            }
         }
         if done {
             self.peers[m].mover = None;
@@ -539,6 +722,9 @@ impl World<'_> {
         p.session = None;
         p.line = Line::default();
         p.mover = None;
+        p.watch = None;
+        p.looking = None;
+        p.left = false;
         p.wake = None;
     }
 
@@ -599,6 +785,13 @@ impl World<'_> {
                 let answer = p.home.handle(&mut p.acceptor, local, timing, request);
                 self.send(to, from, Msg::RehomeAnswer { ask, answer });
             }
+            Msg::Describe { look } => {
+                let home = &self.peers[to].home;
+                let keeps = home.installed().is_some() || home.moved().is_some() || to < MEMBERS;
+                let epoch = keeps.then(|| home.moved().map_or(home.epoch(), |n| n.epoch));
+                self.send(to, from, Msg::Described { look, epoch });
+            }
+            Msg::Described { look, epoch } => self.described(to, from, look, epoch),
             Msg::RehomeAnswer { ask, answer } => {
                 let member = self.keys[from];
                 if let Some(mover) = self.peers[to].mover.as_mut() {
