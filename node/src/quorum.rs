@@ -175,6 +175,12 @@ pub(crate) struct Entry {
     /// before it was kept: then only the members and the grantee may.)
     #[serde(default)]
     pub(crate) owner: Option<Key>,
+    /// Whose join (or install) brought the key here: a job's submitter, a
+    /// lease's first user or mover. No one peer fills more than half of a
+    /// member's room with keys that never finish ([`Quorum::room_for`]).
+    /// (Absent in entries saved before it was kept.)
+    #[serde(default)]
+    pub(crate) by: Option<Key>,
     /// When this member first held a result for the key (by its clock).
     #[serde(default)]
     pub(crate) finished: Option<shoal_overlay::Instant>,
@@ -511,6 +517,10 @@ impl Quorum {
                 Reply::Refused(format!("{key} has joined already, with another set or payload"))
             };
         }
+        let by = owner.or_else(|| key_of_peer(from));
+        if let Err(why) = self.room_for(&entries, by) {
+            return Reply::Refused(why);
+        }
         if entries.len() >= self.max_keys {
             // Full: the key that finished longest ago makes room.
             let oldest = entries
@@ -531,6 +541,7 @@ impl Quorum {
             payload,
             acceptor: Acceptor::new(),
             owner,
+            by,
             finished: None,
             line: Line::default(),
             home: Home::default(),
@@ -551,6 +562,30 @@ impl Quorum {
 }
 
 impl Quorum {
+    /// Whether `by` may bring one more key here: while the member is less
+    /// than half full anyone may; past that, a peer whose keys that have
+    /// not finished fill half of its room already may not (a hostile or
+    /// runaway peer — a submitter of 100,000 jobs, a user of as many
+    /// lease names, which never finish — could otherwise fill it and
+    /// have every other peer's keys refused).
+    fn room_for(&self, entries: &BTreeMap<Key, Entry>, by: Option<Key>) -> Result<(), String> {
+        let half = self.max_keys / 2;
+        let Some(by) = by.filter(|_| entries.len() >= half) else {
+            return Ok(());
+        };
+        let theirs = entries
+            .values()
+            .filter(|e| e.by == Some(by) && e.finished.is_none())
+            .count();
+        if theirs >= half {
+            return Err(format!(
+                "{by} brought {theirs} unfinished keys here already: one peer fills at most half of the {} this peer keeps",
+                self.max_keys
+            ));
+        }
+        Ok(())
+    }
+
     /// A request about moving a named lease's member set
     /// ([`shoal_resources::rehome`]): from a member of the set this peer
     /// serves for it, or, to install the next set here, from any peer
@@ -600,6 +635,9 @@ impl Quorum {
             if entries.len() >= self.max_keys {
                 return Reply::Refused(format!("this peer keeps {} keys already", self.max_keys));
             }
+            if let Err(why) = self.room_for(&entries, key_of_peer(from)) {
+                return Reply::Refused(why);
+            }
             entries.insert(
                 key,
                 Entry {
@@ -609,6 +647,7 @@ impl Quorum {
                     payload,
                     acceptor: Acceptor::new(),
                     owner: None,
+                    by: key_of_peer(from),
                     finished: None,
                     line: Line::default(),
                     home: Home::default(),
@@ -908,6 +947,7 @@ pub(crate) fn ask_each(
 mod tests {
     use super::*;
     use shoal_resources::quorum::Grantee;
+    use shoal_resources::rehome::Next;
 
     fn peer() -> PeerId {
         libp2p::identity::Keypair::generate_ed25519().public().to_peer_id()
@@ -1193,58 +1233,117 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn a_finished_key_makes_room_when_full_and_is_forgotten_after_a_day() {
-        let (me, owner, executor) = (peer(), peer(), peer());
-        let dir = dir("forget");
-        let mut q = quorum(me, &dir);
-        q.max_keys = 2;
-        let join = |name: &[u8]| Wire::Join {
+    /// A job joined by `owner` under `name`; [`finish`] commits its result.
+    fn job_join(me: PeerId, name: &[u8]) -> Wire {
+        Wire::Join {
             kind: Kind::Job,
             key: Key::of_content(name),
             peers: vec![me],
             timing: Timing::DEFAULT,
             payload: vec![],
+        }
+    }
+
+    /// Places the job `name` (as its `owner`) on `executor` and commits
+    /// its result.
+    fn finish(q: &Quorum, owner: &PeerId, executor: &PeerId, name: &[u8]) {
+        let (key, by) = (
+            Key::of_content(name),
+            Grantee {
+                peer: key_of_peer(executor).unwrap(),
+                n: 1,
+            },
+        );
+        let change = Wire::Ask {
+            epoch: 0,
+            key,
+            request: Request::Change(by),
         };
-        let finish = |q: &Quorum, name: &[u8]| {
-            let (key, by) = (
-                Key::of_content(name),
-                Grantee {
-                    peer: key_of_peer(&executor).unwrap(),
-                    n: 1,
-                },
-            );
-            let change = Wire::Ask {
-                epoch: 0,
-                key,
-                request: Request::Change(by),
-            };
-            assert_eq!(q.handle(&owner, change), Reply::Answer(Answer::Ok));
-            let commit = Wire::Ask {
-                epoch: 0,
-                key,
-                request: Request::Commit {
-                    by,
-                    result: b"done".to_vec(),
-                },
-            };
-            assert_eq!(q.handle(&executor, commit), Reply::Answer(Answer::Ok));
+        assert_eq!(q.handle(owner, change), Reply::Answer(Answer::Ok));
+        let commit = Wire::Ask {
+            epoch: 0,
+            key,
+            request: Request::Commit {
+                by,
+                result: b"done".to_vec(),
+            },
         };
+        assert_eq!(q.handle(executor, commit), Reply::Answer(Answer::Ok));
+    }
+
+    #[test]
+    fn a_finished_key_makes_room_when_full_and_is_forgotten_after_a_day() {
+        let (me, owner, other, executor) = (peer(), peer(), peer(), peer());
+        let dir = dir("forget");
+        let mut q = quorum(me, &dir);
+        q.max_keys = 2;
         let file = |name: &[u8]| dir.join("quorum").join(Key::of_content(name).to_string());
-        assert_eq!(q.handle(&owner, join(b"a")), Reply::Joined);
-        assert_eq!(q.handle(&owner, join(b"b")), Reply::Joined);
-        finish(&q, b"a");
+        assert_eq!(q.handle(&owner, job_join(me, b"a")), Reply::Joined);
+        assert_eq!(q.handle(&other, job_join(me, b"b")), Reply::Joined);
+        finish(&q, &owner, &executor, b"a");
         // Full: the finished key makes room for a new one.
-        assert_eq!(q.handle(&owner, join(b"c")), Reply::Joined);
+        assert_eq!(q.handle(&owner, job_join(me, b"c")), Reply::Joined);
         assert!(q.entry(&Key::of_content(b"a")).is_none() && !file(b"a").exists());
         // Full of unfinished keys: refused.
-        assert!(matches!(q.handle(&owner, join(b"d")), Reply::Refused(_)));
+        assert!(matches!(q.handle(&executor, job_join(me, b"d")), Reply::Refused(_)));
         // A finished key is kept for a day, then forgotten.
-        finish(&q, b"b");
+        finish(&q, &other, &executor, b"b");
         assert_eq!(q.forget_finished(now() - KEEP_FINISHED), 0);
         assert_eq!(q.forget_finished(now() + Duration::from_secs(1)), 1);
         assert!(q.entry(&Key::of_content(b"b")).is_none() && !file(b"b").exists());
         assert!(q.entry(&Key::of_content(b"c")).is_some() && file(b"c").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_peer_fills_at_most_half_of_a_members_room_with_unfinished_keys() {
+        let (me, greedy, other, executor) = (peer(), peer(), peer(), peer());
+        let dir = dir("share");
+        let mut q = quorum(me, &dir);
+        q.max_keys = 4;
+        assert_eq!(q.handle(&greedy, job_join(me, b"1")), Reply::Joined);
+        assert_eq!(q.handle(&greedy, job_join(me, b"2")), Reply::Joined);
+        // Half the room is its own unfinished keys: refused, and said why.
+        match q.handle(&greedy, job_join(me, b"3")) {
+            Reply::Refused(why) => assert!(why.contains("at most half"), "{why}"),
+            other => panic!("joined a third: {other:?}"),
+        }
+        // Another peer still finds room.
+        assert_eq!(q.handle(&other, job_join(me, b"4")), Reply::Joined);
+        // One of its keys finished: it may bring another.
+        finish(&q, &greedy, &executor, b"1");
+        assert_eq!(q.handle(&greedy, job_join(me, b"3")), Reply::Joined);
+        // The same holds for named leases, which never finish, and for a
+        // set installed here by a mover.
+        let leases = dir.join("leases");
+        let mut q = Quorum::open(me, &leases, [(Kind::Lease, accept_all as Validator)].into()).unwrap();
+        q.max_keys = 4;
+        let lease = |name: &str| Wire::Join {
+            kind: Kind::Lease,
+            key: Key::of_content(name.as_bytes()),
+            peers: vec![me],
+            timing: Timing::DEFAULT,
+            payload: name.as_bytes().to_vec(),
+        };
+        assert_eq!(q.handle(&greedy, lease("a")), Reply::Joined);
+        assert_eq!(q.handle(&greedy, lease("b")), Reply::Joined);
+        assert!(matches!(q.handle(&greedy, lease("c")), Reply::Refused(_)));
+        let next = Next {
+            epoch: 1,
+            members: members_of(&[me]),
+            addrs: addrs_of(&[me]),
+            grantee: None,
+            fresh_for: Duration::ZERO,
+            max_n: 0,
+        };
+        let install = Wire::Rehome {
+            key: Key::of_content(b"c"),
+            request: RehomeRequest::Install(next),
+            timing: Timing::DEFAULT,
+            payload: b"c".to_vec(),
+        };
+        assert!(matches!(q.handle(&greedy, install.clone()), Reply::Refused(_)));
+        assert!(!matches!(q.handle(&other, install), Reply::Refused(_)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

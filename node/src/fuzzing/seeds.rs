@@ -560,6 +560,7 @@ fn quorum_messages() -> Vec<Vec<u8>> {
         payload: submission.encode(),
         acceptor: Acceptor::new(),
         owner: None,
+        by: None,
         finished: Some(Instant::from_micros(1_700_000_000_000_000)),
         line: Default::default(),
         home: Default::default(),
