@@ -85,6 +85,11 @@ pub(crate) enum Wire {
     },
     /// What this member keeps for `key`: the member set and its view.
     Describe { key: Key },
+    /// Which of `keys` this member keeps, and the epoch of the newest set
+    /// it knows for each (its own, or the one its set moved to): the lease
+    /// duty's one ping to a member for every lease they share, at most
+    /// [`MAX_BATCH`] keys.
+    Epochs { keys: Vec<Key> },
     /// Several, answered in order (an executor's renewals of the jobs it
     /// holds, batched per member): at most [`MAX_BATCH`].
     Many(Vec<(Key, Request)>),
@@ -125,6 +130,8 @@ pub(crate) enum Reply {
     Line(LineAnswer),
     /// The answer to [`Wire::Rehome`].
     Rehome(RehomeAnswer),
+    /// The answer to [`Wire::Epochs`], in order (none: not kept here).
+    Epochs(Vec<Option<u64>>),
     /// The answer to [`Wire::Describe`].
     Entry {
         #[serde(with = "peer_ids")]
@@ -403,6 +410,18 @@ impl Quorum {
                 }
                 None => Reply::Unknown,
             },
+            Wire::Epochs { keys } if keys.len() <= MAX_BATCH => {
+                let entries = lock(&self.entries);
+                Reply::Epochs(
+                    keys.iter()
+                        .map(|k| {
+                            let e = entries.get(k)?;
+                            Some(e.home.moved().map_or(e.home.epoch(), |n| n.epoch))
+                        })
+                        .collect(),
+                )
+            }
+            Wire::Epochs { .. } => Reply::Refused(format!("more than {MAX_BATCH} keys in one batch")),
             Wire::Rehome {
                 key,
                 request,
@@ -966,6 +985,31 @@ mod tests {
 
     fn quorum(local: PeerId, dir: &std::path::Path) -> Quorum {
         Quorum::open(local, dir, [(Kind::Job, accept_all as Validator)].into()).unwrap()
+    }
+
+    #[test]
+    fn a_member_says_in_one_answer_which_leases_it_keeps_and_at_which_epoch() {
+        let (me, asker) = (peer(), peer());
+        let dir = dir("epochs");
+        let q = Quorum::open(me, &dir, [(Kind::Lease, accept_all as Validator)].into()).unwrap();
+        let (kept, other) = (Key::of_content(b"kept"), Key::of_content(b"other"));
+        let join = Wire::Join {
+            kind: Kind::Lease,
+            key: kept,
+            peers: vec![me],
+            timing: Timing::DEFAULT,
+            payload: b"kept".to_vec(),
+        };
+        assert_eq!(q.handle(&asker, join), Reply::Joined);
+        let epochs = Wire::Epochs {
+            keys: vec![other, kept],
+        };
+        assert_eq!(q.handle(&asker, epochs), Reply::Epochs(vec![None, Some(0)]));
+        let too_many = Wire::Epochs {
+            keys: vec![kept; MAX_BATCH + 1],
+        };
+        assert!(matches!(q.handle(&asker, too_many), Reply::Refused(_)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -520,6 +520,9 @@ fn quorum_messages() -> Vec<Vec<u8>> {
             ),
         ]),
         Wire::Describe { key: job },
+        Wire::Epochs {
+            keys: vec![job, by.peer],
+        },
         Wire::Line {
             key: job,
             request: shoal_resources::lease::LineRequest::Wait { peer: job, ticket: 3 },
@@ -549,6 +552,7 @@ fn quorum_messages() -> Vec<Vec<u8>> {
             floor: 4,
         }),
         Reply::Unknown,
+        Reply::Epochs(vec![Some(2), None]),
         Reply::Refused("no".into()),
         Reply::Many(vec![Reply::Answer(Answer::Ok), Reply::Unknown]),
         Reply::Rehome(shoal_resources::rehome::RehomeAnswer::Moved(next)),

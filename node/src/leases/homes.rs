@@ -5,17 +5,20 @@
 //!
 //! When and where a set moves is [`Watch`]'s rule (the simulator runs the
 //! same); this module carries its asks. Every look (a quarter of
-//! `gone_after`, between 1 and 10 s), for each lease whose current set
-//! this peer belongs to (at most [`LOOKS_AT_ONCE`] at a time, in turn),
-//! it asks the other members whether they are there (`Describe`), looks
-//! the home up in the overlay when the watch says so, asks the newcomers
-//! whether they are there, and moves the set where the watch says.
+//! `gone_after`, between 1 and 10 s) it asks each peer that shares a set
+//! with this one, once for all the leases they share
+//! ([`Wire::Epochs`]), whether it is there and which set it serves; for
+//! each lease whose watch says so it then looks the home up in the
+//! overlay, asks the newcomers whether they are there, and moves the set
+//! where the watch says (at most [`LOOKS_AT_ONCE`] lookups and moves at
+//! a time).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use shoal_overlay::Key;
 use shoal_resources::rehome::watch::{Serving, Step, Watch};
@@ -25,7 +28,7 @@ use tokio::sync::mpsc;
 use super::HOME_SIZE;
 use crate::addr::key_of_peer;
 use crate::client::{Client, WeakClient, now};
-use crate::quorum::{Entry, Kind, Reply, Wire, addrs_of, ask_each, members_of, peers_of};
+use crate::quorum::{Entry, Kind, MAX_BATCH, Reply, Wire, addrs_of, ask, ask_each, members_of, peers_of};
 
 /// How long a member may be silent before the set moves without it, by
 /// default.
@@ -44,17 +47,16 @@ struct Memory {
     left: BTreeSet<Key>,
 }
 
-/// Looks (and the moves they start) under way at once, at most.
+/// Lookups and moves under way at once, at most.
 const LOOKS_AT_ONCE: usize = 8;
 
 /// Runs the duty until the node stops.
 pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
     let every = (gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let memory = Arc::new(Mutex::new(Memory::default()));
-    // Keys with a look or a move under way, and the permits they hold.
+    // Keys with a lookup or a move under way.
     let busy: Arc<Mutex<BTreeSet<Key>>> = Arc::default();
     let permits = Arc::new(tokio::sync::Semaphore::new(LOOKS_AT_ONCE));
-    let mut cursor = 0usize;
     loop {
         tokio::time::sleep(every).await;
         let Some(client) = node.upgrade() else { return };
@@ -66,26 +68,33 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
             let mut m = lock(&memory);
             m.watches.retain(|k, _| keys.contains(k));
             m.left.retain(|k| keys.contains(k));
-            kept.retain(|(k, _)| !m.left.contains(k));
+            let busy = lock(&busy);
+            kept.retain(|(k, _)| !m.left.contains(k) && !busy.contains(k));
         }
-        // Each look starts where the last stopped, so that every lease has
-        // its turn however many there are.
-        if !kept.is_empty() {
-            let start = cursor % kept.len();
-            kept.rotate_left(start);
-        }
+        let heard = ping(&client, &kept).await;
         for (key, entry) in kept {
-            if lock(&busy).contains(&key) {
-                continue;
-            }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                break;
+            let set = members_of(&entry.peers);
+            let serving = Serving {
+                me: client.key(),
+                set: &set,
+                epoch: entry.home.epoch(),
+                sealed: entry.home.sealed(),
+                timing: entry.timing,
             };
-            cursor += 1;
+            let answered = heard.get(&key).cloned().unwrap_or_default();
+            let step = lock(&memory)
+                .watches
+                .entry(key)
+                .or_insert_with(|| Watch::new(gone_after, HOME_SIZE))
+                .heard(now(), serving, &answered);
+            let Step::FindHome { count } = step else {
+                continue;
+            };
             lock(&busy).insert(key);
-            let (client, memory, busy) = (client.clone(), memory.clone(), busy.clone());
+            let (client, memory, busy, permits) = (client.clone(), memory.clone(), busy.clone(), permits.clone());
             tokio::spawn(async move {
-                if let Some(to) = look(&client, key, &entry, gone_after, &memory).await
+                if let Ok(_permit) = permits.acquire_owned().await
+                    && let Some(to) = find_home(&client, key, &entry, count, &memory).await
                     && let Some(next) = rehome(&client, key, &entry, to).await
                     && !next.members.contains(&client.key())
                     && client.quorum.entry(&key).is_some_and(|e| e.home.moved().is_none())
@@ -93,7 +102,6 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
                     lock(&memory).left.insert(key);
                 }
                 lock(&busy).remove(&key);
-                drop(permit);
             });
         }
     }
@@ -103,15 +111,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether this member should move the set of `key` now, and where to.
-async fn look(
+/// Asks every peer that shares a set of `kept` with this one, once for
+/// all the leases they share, whether it is there: for each lease, the
+/// other members that answered and the epoch each serves or knows the
+/// lease moved to (a member that keeps nothing for it counts as serving
+/// this peer's epoch, as one that answers `Describe` with `Unknown`).
+async fn ping(client: &Client, kept: &[(Key, Entry)]) -> BTreeMap<Key, BTreeMap<Key, u64>> {
+    let me = client.peer_id();
+    let own: BTreeMap<Key, u64> = kept.iter().map(|(k, e)| (*k, e.home.epoch())).collect();
+    let mut shared: BTreeMap<PeerId, Vec<Key>> = BTreeMap::new();
+    for (key, entry) in kept {
+        for peer in entry.peers.iter().filter(|p| **p != me) {
+            shared.entry(*peer).or_default().push(*key);
+        }
+    }
+    let mut asks = FuturesUnordered::new();
+    for (peer, keys) in shared {
+        for chunk in keys.chunks(MAX_BATCH) {
+            let (client, keys) = (client.clone(), chunk.to_vec());
+            asks.push(async move {
+                let wire = Wire::Epochs { keys: keys.clone() };
+                (peer, keys, ask(&client, peer, wire, ASK_TIMEOUT).await)
+            });
+        }
+    }
+    let mut heard: BTreeMap<Key, BTreeMap<Key, u64>> = BTreeMap::new();
+    while let Some((peer, keys, reply)) = asks.next().await {
+        let (Ok(reply), Some(member)) = (reply, key_of_peer(&peer)) else {
+            continue;
+        };
+        let epochs = match reply {
+            Reply::Epochs(epochs) if epochs.len() == keys.len() => epochs,
+            _ => vec![None; keys.len()],
+        };
+        for (key, epoch) in keys.into_iter().zip(epochs) {
+            let epoch = epoch.or_else(|| own.get(&key).copied()).unwrap_or_default();
+            heard.entry(key).or_default().insert(member, epoch);
+        }
+    }
+    heard
+}
+
+/// Where to move the set of `key`, if anywhere, once its watch asked for
+/// the `count` peers nearest it.
+async fn find_home(
     client: &Client,
     key: Key,
     entry: &Entry,
-    gone_after: Duration,
+    count: usize,
     memory: &Mutex<Memory>,
 ) -> Option<Vec<PeerId>> {
-    let me = client.peer_id();
     let set = members_of(&entry.peers);
     let serving = Serving {
         me: client.key(),
@@ -119,29 +168,6 @@ async fn look(
         epoch: entry.home.epoch(),
         sealed: entry.home.sealed(),
         timing: entry.timing,
-    };
-    let others: Vec<PeerId> = entry.peers.iter().filter(|p| **p != me).copied().collect();
-    let mut replies = ask_each(client, &others, &Wire::Describe { key }, ASK_TIMEOUT);
-    // Who answered, and the epoch of the set each serves (or knows the
-    // key moved to).
-    let mut answered: BTreeMap<Key, u64> = BTreeMap::new();
-    while let Some((peer, reply)) = replies.next().await {
-        let epoch = match reply {
-            Ok(Reply::Entry { epoch, .. }) => epoch,
-            Ok(_) => entry.home.epoch(),
-            Err(_) => continue,
-        };
-        if let Some(k) = key_of_peer(&peer) {
-            answered.insert(k, epoch);
-        }
-    }
-    let step = lock(memory)
-        .watches
-        .entry(key)
-        .or_insert_with(|| Watch::new(gone_after, HOME_SIZE))
-        .heard(now(), serving, &answered);
-    let Step::FindHome { count } = step else {
-        return None;
     };
     let home = crate::jobs::home::nearest_peers(client, key, count).await.ok()?;
     let by_key: BTreeMap<Key, PeerId> = home.iter().filter_map(|p| Some((key_of_peer(p)?, *p))).collect();
