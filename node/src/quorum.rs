@@ -267,6 +267,12 @@ pub(crate) struct Quorum {
     fresh: Mutex<Vec<Key>>,
     /// Asks waiting to go to each member together (see [`ask_each`]).
     waiting: Mutex<std::collections::HashMap<PeerId, Vec<Waiting>>>,
+    /// Unfinished keys per peer that brought them ([`Entry::by`]), counted
+    /// while this member is at least half full, at most every
+    /// `recount_every` (a count walks every entry), and raised by each key
+    /// taken in between ([`Quorum::room_for`]).
+    shares: Mutex<Option<(std::time::Instant, BTreeMap<Key, usize>)>>,
+    recount_every: Duration,
 }
 
 /// An ask about one key waiting for its member's next batch.
@@ -329,6 +335,8 @@ impl Quorum {
             joined: tokio::sync::Notify::new(),
             fresh: Mutex::default(),
             waiting: Mutex::default(),
+            shares: Mutex::default(),
+            recount_every: Duration::from_secs(1),
         })
     }
 
@@ -587,21 +595,36 @@ impl Quorum {
     /// runaway peer — a submitter of 100,000 jobs, a user of as many
     /// lease names, which never finish — could otherwise fill it and
     /// have every other peer's keys refused).
+    ///
+    /// The count is at most `recount_every` old: keys that finished since
+    /// count until the next recount, keys taken since are added as taken.
     fn room_for(&self, entries: &BTreeMap<Key, Entry>, by: Option<Key>) -> Result<(), String> {
-        let half = self.max_keys / 2;
+        let half = (self.max_keys / 2).max(1);
         let Some(by) = by.filter(|_| entries.len() >= half) else {
             return Ok(());
         };
-        let theirs = entries
-            .values()
-            .filter(|e| e.by == Some(by) && e.finished.is_none())
-            .count();
+        let mut shares = lock(&self.shares);
+        if shares.as_ref().is_none_or(|(at, _)| at.elapsed() >= self.recount_every) {
+            let mut counts = BTreeMap::new();
+            for e in entries.values().filter(|e| e.finished.is_none()) {
+                if let Some(by) = e.by {
+                    *counts.entry(by).or_insert(0usize) += 1;
+                }
+            }
+            *shares = Some((std::time::Instant::now(), counts));
+        }
+        let Some((_, counted)) = shares.as_mut() else {
+            return Ok(());
+        };
+        let theirs = counted.get(&by).copied().unwrap_or(0);
         if theirs >= half {
             return Err(format!(
-                "{by} brought {theirs} unfinished keys here already: one peer fills at most half of the {} this peer keeps",
+                "the peer with key {by} brought {theirs} unfinished keys here already: one peer fills at most half of the {} this peer keeps",
                 self.max_keys
             ));
         }
+        // Taken (the caller inserts it next).
+        *counted.entry(by).or_insert(0) += 1;
         Ok(())
     }
 
@@ -1321,6 +1344,7 @@ mod tests {
         let dir = dir("forget");
         let mut q = quorum(me, &dir);
         q.max_keys = 2;
+        q.recount_every = Duration::ZERO;
         let file = |name: &[u8]| dir.join("quorum").join(Key::of_content(name).to_string());
         assert_eq!(q.handle(&owner, job_join(me, b"a")), Reply::Joined);
         assert_eq!(q.handle(&other, job_join(me, b"b")), Reply::Joined);
@@ -1345,6 +1369,7 @@ mod tests {
         let dir = dir("share");
         let mut q = quorum(me, &dir);
         q.max_keys = 4;
+        q.recount_every = Duration::ZERO;
         assert_eq!(q.handle(&greedy, job_join(me, b"1")), Reply::Joined);
         assert_eq!(q.handle(&greedy, job_join(me, b"2")), Reply::Joined);
         // Half the room is its own unfinished keys: refused, and said why.
@@ -1354,14 +1379,30 @@ mod tests {
         }
         // Another peer still finds room.
         assert_eq!(q.handle(&other, job_join(me, b"4")), Reply::Joined);
+        // A key it brought already joins again.
+        assert_eq!(q.handle(&greedy, job_join(me, b"2")), Reply::Joined);
         // One of its keys finished: it may bring another.
         finish(&q, &greedy, &executor, b"1");
         assert_eq!(q.handle(&greedy, job_join(me, b"3")), Reply::Joined);
+        // Between two counts, each key taken counts at once.
+        let dir2 = dir.join("cached");
+        let mut q = quorum(me, &dir2);
+        q.max_keys = 12;
+        q.recount_every = Duration::from_secs(3600);
+        for name in [b"o1", b"o2", b"o3"] {
+            assert_eq!(q.handle(&other, job_join(me, name)), Reply::Joined);
+        }
+        // Counted once at the fourth (half full), then kept up by each.
+        for name in [b"g1", b"g2", b"g3", b"g4", b"g5", b"g6"] {
+            assert_eq!(q.handle(&greedy, job_join(me, name)), Reply::Joined);
+        }
+        assert!(matches!(q.handle(&greedy, job_join(me, b"g7")), Reply::Refused(_)));
         // The same holds for named leases, which never finish, and for a
         // set installed here by a mover.
         let leases = dir.join("leases");
         let mut q = Quorum::open(me, &leases, [(Kind::Lease, accept_all as Validator)].into()).unwrap();
         q.max_keys = 4;
+        q.recount_every = Duration::ZERO;
         let lease = |name: &str| Wire::Join {
             kind: Kind::Lease,
             key: Key::of_content(name.as_bytes()),

@@ -86,7 +86,7 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
                 .watches
                 .entry(key)
                 .or_insert_with(|| Watch::new(gone_after, HOME_SIZE))
-                .heard(now(), serving, &answered);
+                .heard(steady(), serving, &answered);
             let Step::FindHome { count } = step else {
                 continue;
             };
@@ -109,6 +109,16 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The watches' clock: time since this process started, which only moves
+/// forward (a wall clock stepped forward by `gone_after` would make every
+/// member that missed one ping look gone at once, and one stepped back
+/// would stop the watch for as long).
+fn steady() -> shoal_overlay::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let since = START.get_or_init(std::time::Instant::now).elapsed();
+    shoal_overlay::Instant::from_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Asks every peer that shares a set of `kept` with this one, once for

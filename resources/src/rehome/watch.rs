@@ -20,8 +20,9 @@
 //! - when a move sealed the set and did not finish within three whole
 //!   periods of the lease (its mover crashed or was cut off).
 //!
-//! The next set is the nearest peers that answered, without the gone
-//! ones, [`MIN_MEMBERS`] at least. The move itself is a [`super::Rehome`];
+//! The next set is the nearest peers found, without the gone members and
+//! the newcomers that did not answer (a member silent for less than
+//! `gone_after` stays), [`MIN_MEMBERS`] at least. The move itself is a [`super::Rehome`];
 //! whether two members move at once matters only to liveness (Paxos
 //! makes the next set one).
 
@@ -106,7 +107,8 @@ impl Watch {
         }
     }
 
-    /// A look's answers at `at`: `answered` maps each other member that
+    /// A look's answers at `at` (a clock that only moves forward):
+    /// `answered` maps each other member that
     /// answered to the epoch of the set it serves or knows the key moved
     /// to.
     pub fn heard(&mut self, at: Instant, serving: Serving<'_>, answered: &BTreeMap<Key, u64>) -> Step {

@@ -264,6 +264,13 @@ enum Ev {
 /// A member's look under way (lost when it crashes).
 struct Looking {
     id: u64,
+    /// What the member served when the look began (the node's duty works
+    /// from the entry it read then): the set, its epoch, whether sealed,
+    /// the installed value a move starts from.
+    set: Members,
+    epoch: u64,
+    sealed: bool,
+    installed: Option<shoal_resources::rehome::Next>,
     /// Asked, and not answered yet.
     waiting: Vec<usize>,
     /// The other members that answered, and the epoch each knows.
@@ -498,8 +505,14 @@ impl World<'_> {
             for &o in &others {
                 self.send(m, o, Msg::Describe { look: id });
             }
+            let home = &self.peers[m].home;
+            let (epoch, sealed, installed) = (home.epoch(), home.sealed(), home.installed().cloned());
             self.peers[m].looking = Some(Looking {
                 id,
+                set,
+                epoch,
+                sealed,
+                installed,
                 waiting: others,
                 answered: BTreeMap::new(),
                 home: None,
@@ -551,10 +564,6 @@ impl World<'_> {
         if !self.peers[m].up || self.peers[m].looking.as_ref().is_none_or(|l| l.id != look) {
             return;
         }
-        let Some(set) = self.serving(m) else {
-            self.peers[m].looking = None;
-            return;
-        };
         let local = self.local(m);
         let (gone_after, timing) = (self.spec.gone_after, self.spec.timing);
         let me = self.keys[m];
@@ -567,20 +576,20 @@ impl World<'_> {
             .map(|&i| self.keys[i])
             .collect();
         let p = &mut self.peers[m];
-        let serving = Serving {
-            me,
-            set: &set,
-            epoch: p.home.epoch(),
-            sealed: p.home.sealed(),
-            timing,
-        };
         let watch = p.watch.get_or_insert_with(|| Watch::new(gone_after, MEMBERS));
         let Some(l) = p.looking.as_mut() else { return };
+        let serving = Serving {
+            me,
+            set: &l.set,
+            epoch: l.epoch,
+            sealed: l.sealed,
+            timing,
+        };
         if let Some((home, alive)) = l.home.take() {
             let to = watch.choose(serving, &home, &alive);
-            p.looking = None;
+            let Some(l) = p.looking.take() else { return };
             if let Some(to) = to {
-                self.start_move(m, to);
+                self.start_move(m, to, l.set, l.installed);
             }
             return;
         }
@@ -608,14 +617,11 @@ impl World<'_> {
         self.push(self.now + ASK_TIMEOUT, Ev::LookDue { peer: m, look: id });
     }
 
-    /// Member `m` moves the set it serves to `to`.
-    fn start_move(&mut self, m: usize, to: Members) {
+    /// Member `m` moves the set it served when its look began (`from`,
+    /// and the installed value `current`) to `to`.
+    fn start_move(&mut self, m: usize, to: Members, from: Members, current: Option<shoal_resources::rehome::Next>) {
         let local = self.local(m);
         let me = self.keys[m];
-        let current = self.peers[m].home.installed().cloned();
-        let from = current
-            .as_ref()
-            .map_or_else(|| self.first.clone(), |c| c.members.clone());
         // A round above every one this peer used (kept on its disk).
         let p = &mut self.peers[m];
         p.rounds = p.rounds.max(p.home.next_round());
