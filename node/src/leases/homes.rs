@@ -43,8 +43,10 @@ struct Memory {
     watches: BTreeMap<Key, Watch>,
     /// Leases whose set moved on without this member, though it never
     /// learned so itself (it was sealed for a value that was not chosen):
-    /// its moves would only find the set moved again.
-    left: BTreeSet<Key>,
+    /// its moves would only find the set moved again. Kept with the epoch
+    /// of the set it served then: a later set that names it again is
+    /// watched.
+    left: BTreeMap<Key, u64>,
 }
 
 /// Lookups and moves under way at once, at most.
@@ -67,9 +69,10 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
             let keys: BTreeSet<Key> = kept.iter().map(|(k, _)| *k).collect();
             let mut m = lock(&memory);
             m.watches.retain(|k, _| keys.contains(k));
-            m.left.retain(|k| keys.contains(k));
+            let epochs: BTreeMap<Key, u64> = kept.iter().map(|(k, e)| (*k, e.home.epoch())).collect();
+            m.left.retain(|k, epoch| epochs.get(k) == Some(epoch));
             let busy = lock(&busy);
-            kept.retain(|(k, _)| !m.left.contains(k) && !busy.contains(k));
+            kept.retain(|(k, _)| !m.left.contains_key(k) && !busy.contains(k));
         }
         let heard = ping(&client, &kept).await;
         for (key, entry) in kept {
@@ -99,7 +102,7 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
                     && !next.members.contains(&client.key())
                     && client.quorum.entry(&key).is_some_and(|e| e.home.moved().is_none())
                 {
-                    lock(&memory).left.insert(key);
+                    lock(&memory).left.insert(key, entry.home.epoch());
                 }
                 lock(&busy).remove(&key);
             });

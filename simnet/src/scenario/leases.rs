@@ -308,7 +308,9 @@ struct Peer {
     /// it (as the node's duty notes it).
     watch: Option<Watch>,
     looking: Option<Looking>,
-    left: bool,
+    /// Set to the epoch of the set it served then (a later set that names
+    /// it again is watched).
+    left: Option<u64>,
     /// It left for good.
     gone: bool,
     /// The next round its moves may use.
@@ -360,7 +362,7 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
             mover: None,
             watch: None,
             looking: None,
-            left: false,
+            left: None,
             gone: false,
             rounds: 1,
             session: None,
@@ -495,7 +497,7 @@ impl World<'_> {
         }
         for m in 0..POOL {
             let p = &self.peers[m];
-            if !p.up || p.gone || p.left || p.looking.is_some() || p.mover.is_some() {
+            if !p.up || p.gone || p.left == Some(p.home.epoch()) || p.looking.is_some() || p.mover.is_some() {
                 continue;
             }
             let Some(set) = self.serving(m) else { continue };
@@ -674,7 +676,7 @@ impl World<'_> {
             // the node's duty stops looking at the set.
             let me = self.keys[m];
             if !next.members.contains(&me) && self.peers[m].home.moved().is_none() {
-                self.peers[m].left = true;
+                self.peers[m].left = Some(self.peers[m].home.epoch());
             }
             if next.epoch > self.latest.0 {
                 self.report.moves += 1;
@@ -730,7 +732,7 @@ impl World<'_> {
         p.mover = None;
         p.watch = None;
         p.looking = None;
-        p.left = false;
+        p.left = None;
         p.wake = None;
     }
 
