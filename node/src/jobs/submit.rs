@@ -442,8 +442,11 @@ impl<'a> Jobs<'a> {
             to: None,
         };
         // The first placement is this peer's: the home's own supervision
-        // waits a little before it reads, and takes over from there.
-        let supervision = Supervision::new(
+        // waits a little before it reads, and takes over from there. The
+        // job is new (its key has a fresh nonce): placed as grant 1 without
+        // a first read (a member refuses the number if another supervisor
+        // placed it meanwhile, and this one then reads).
+        let supervision = Supervision::first(
             now(),
             members_of(&peers),
             timing,

@@ -353,7 +353,7 @@ pub fn supervise(spec: &SuperviseSpec, seed: u64) -> RunReport {
     };
     for p in 0..n {
         if !world.supervises[p].is_empty() {
-            world.start_supervisions(p);
+            world.start_supervisions(p, true);
             world.reschedule(p);
         }
     }
@@ -405,13 +405,22 @@ impl World<'_> {
         );
     }
 
-    fn start_supervisions(&mut self, p: usize) {
+    /// Starts `p`'s supervisions. At the start (`new`) each job's nearest
+    /// member places it as its submitter does, as grant 1 without a first
+    /// read ([`Supervision::first`]), racing the others; after a restart
+    /// every supervisor reads first.
+    fn start_supervisions(&mut self, p: usize, new: bool) {
         let local = self.local(p);
         let timing = self.spec.timing;
         self.peers[p].supervisions = self.supervises[p]
             .iter()
             .map(|job| {
-                let s = Supervision::new(
+                let start = if new && self.homes[*job].first() == Some(&p) {
+                    Supervision::first
+                } else {
+                    Supervision::new
+                };
+                let s = start(
                     local,
                     self.members[*job].clone(),
                     timing,
@@ -567,7 +576,7 @@ impl World<'_> {
             a.restarted(local, timing);
         }
         if !self.supervises[peer].is_empty() {
-            self.start_supervisions(peer);
+            self.start_supervisions(peer, false);
         }
         self.reschedule(peer);
     }
