@@ -77,13 +77,7 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
         let heard = ping(&client, &kept).await;
         for (key, entry) in kept {
             let set = members_of(&entry.peers);
-            let serving = Serving {
-                me: client.key(),
-                set: &set,
-                epoch: entry.home.epoch(),
-                sealed: entry.home.sealed(),
-                timing: entry.timing,
-            };
+            let serving = serving(&client, &entry, &set);
             let answered = heard.get(&key).cloned().unwrap_or_default();
             let step = lock(&memory)
                 .watches
@@ -107,6 +101,18 @@ pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
                 lock(&busy).remove(&key);
             });
         }
+    }
+}
+
+/// This member's view of the set it serves for `entry` (`set`, its
+/// members), for its watch.
+fn serving<'a>(client: &Client, entry: &Entry, set: &'a shoal_resources::quorum::Members) -> Serving<'a> {
+    Serving {
+        me: client.key(),
+        set,
+        epoch: entry.home.epoch(),
+        sealed: entry.home.sealed(),
+        timing: entry.timing,
     }
 }
 
@@ -175,13 +181,7 @@ async fn find_home(
     memory: &Mutex<Memory>,
 ) -> Option<Vec<PeerId>> {
     let set = members_of(&entry.peers);
-    let serving = Serving {
-        me: client.key(),
-        set: &set,
-        epoch: entry.home.epoch(),
-        sealed: entry.home.sealed(),
-        timing: entry.timing,
-    };
+    let serving = serving(client, entry, &set);
     let home = crate::jobs::home::nearest_peers(client, key, count).await.ok()?;
     let by_key: BTreeMap<Key, PeerId> = home.iter().filter_map(|p| Some((key_of_peer(p)?, *p))).collect();
     let home: Vec<Key> = home.iter().filter_map(key_of_peer).collect();
