@@ -392,14 +392,6 @@ impl Quorum {
 
     /// Handles one request from `from`.
     pub(crate) fn handle(&self, from: &PeerId, wire: Wire) -> Reply {
-        self.handle_near(from, wire, None)
-    }
-
-    /// [`Quorum::handle`], with `near`, the peers this one knows nearest
-    /// the key, for a request that proposes a lease's next set from
-    /// another peer: the set must be plausible
-    /// ([`shoal_resources::rehome::watch::plausible`]).
-    pub(crate) fn handle_near(&self, from: &PeerId, wire: Wire, near: Option<&[Key]>) -> Reply {
         match wire {
             Wire::Join {
                 kind,
@@ -443,7 +435,7 @@ impl Quorum {
                 request,
                 timing,
                 payload,
-            } => self.rehome(from, key, request, timing, payload, near),
+            } => self.rehome(from, key, request, timing, payload),
             Wire::Many(items) if items.len() <= MAX_BATCH => Reply::Many(
                 items
                     .into_iter()
@@ -640,30 +632,9 @@ impl Quorum {
     /// ([`shoal_resources::rehome`]): from a member of the set this peer
     /// serves for it, or, to install the next set here, from any peer
     /// with a valid name (this peer must be among the set's members).
-    fn rehome(
-        &self,
-        from: &PeerId,
-        key: Key,
-        request: RehomeRequest,
-        timing: Timing,
-        payload: Vec<u8>,
-        near: Option<&[Key]>,
-    ) -> Reply {
+    fn rehome(&self, from: &PeerId, key: Key, request: RehomeRequest, timing: Timing, payload: Vec<u8>) -> Reply {
         let at = now();
         let mut entries = lock(&self.entries);
-        if let (Some(near), RehomeRequest::Propose { next, .. }) = (near, &request)
-            && let Some(me) = key_of_peer(&self.local)
-        {
-            let serving = entries
-                .get(&key)
-                .map_or_else(|| members_of(&[]), |e| members_of(&e.peers));
-            if !shoal_resources::rehome::watch::plausible(&next.members, &serving, me, near) {
-                return Reply::Refused(
-                    "the set proposed names peers that are neither in the lease's set nor among the peers this one knows nearest its name"
-                        .into(),
-                );
-            }
-        }
         let install = match &request {
             RehomeRequest::Install(next) => {
                 let peers = match peers_of(&next.addrs, &next.members) {
@@ -836,17 +807,6 @@ async fn serve_one(client: &Client, peer: PeerId, mut stream: Stream) -> std::io
             unkept.insert(i, why);
         }
     }
-    // A lease's next set proposed by another peer is checked against the
-    // peers this one knows nearest the name. (An install is of a set a
-    // majority of the old one accepted, each having checked it.)
-    let near = match &wire {
-        Wire::Rehome {
-            key,
-            request: RehomeRequest::Propose { .. },
-            ..
-        } => Some(near_keys(client, key).await),
-        _ => None,
-    };
     let quorum = client.quorum.clone();
     let reply = tokio::task::spawn_blocking(move || match wire {
         Wire::Ask { .. } if !unkept.is_empty() => Reply::Refused(unkept.into_values().next().unwrap_or_default()),
@@ -860,25 +820,12 @@ async fn serve_one(client: &Client, peer: PeerId, mut stream: Stream) -> std::io
                 })
                 .collect(),
         ),
-        wire => quorum.handle_near(&peer, wire, near.as_deref()),
+        wire => quorum.handle(&peer, wire),
     })
     .await
     .map_err(std::io::Error::other)?;
     stream.write_all(&crate::codec::encode_cbor(&reply)?).await?;
     stream.close().await
-}
-
-/// The peers this one knows nearest `key` (its routing table, stale
-/// entries too): two homes' worth of a named lease.
-async fn near_keys(client: &Client, key: &Key) -> Vec<Key> {
-    let mut known: Vec<Key> = client
-        .routing_table()
-        .await
-        .map(|table| table.into_iter().map(|(info, _)| info.key).collect())
-        .unwrap_or_default();
-    known.sort_by_key(|k| k.distance(key));
-    known.truncate(2 * crate::leases::HOME_SIZE);
-    known
 }
 
 /// Keeps here what a save of a key of `kind` names, fetching it from `from`
@@ -1196,17 +1143,7 @@ mod tests {
             },
         };
         assert!(matches!(q.handle(&m2, rehome(unreachable)), Reply::Refused(_)));
-        // The stranger is not among the peers this one knows nearest the
-        // name: a set naming it is refused; once it is, the set is taken.
-        match q.handle_near(&m2, rehome(propose.clone()), Some(&[])) {
-            Reply::Refused(why) => assert!(why.contains("nearest"), "{why}"),
-            other => panic!("took a set far from the name: {other:?}"),
-        }
-        let near = [key_of_peer(&stranger).unwrap()];
-        assert_eq!(
-            q.handle_near(&m2, rehome(propose), Some(&near)),
-            Reply::Rehome(RehomeAnswer::Done)
-        );
+        assert_eq!(q.handle(&m2, rehome(propose)), Reply::Rehome(RehomeAnswer::Done));
         assert!(matches!(
             q.handle(&m2, rehome(RehomeRequest::Chosen(next.clone()))),
             Reply::Rehome(RehomeAnswer::Moved(_))

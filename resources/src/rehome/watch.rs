@@ -203,19 +203,6 @@ impl Watch {
     }
 }
 
-/// Whether a set proposed by a mover is one this member
-/// could have chosen itself: each of its peers is this member, in the set
-/// it serves, or among `near`, the peers it knows nearest the key (a
-/// couple of homes' worth). A member takes a move only from a member of
-/// its set; this keeps a hostile member from moving the key to peers of
-/// its own choosing far from it. (Peers near the key are what an overlay
-/// member knows best, so an honest mover's set passes.)
-pub fn plausible(next: &Members, serving: &Members, me: Key, near: &[Key]) -> bool {
-    next.peers()
-        .iter()
-        .all(|k| *k == me || serving.contains(k) || near.contains(k))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,18 +334,6 @@ mod tests {
             w.choose(serving(1, &members, true), &home, &BTreeSet::new()),
             Some(members.clone())
         );
-    }
-
-    #[test]
-    fn a_set_of_peers_far_from_the_key_is_not_plausible() {
-        let serving = set(&[1, 2, 3, 4, 5]);
-        let near = [key(1), key(2), key(6), key(7)];
-        assert!(plausible(&set(&[1, 2, 3, 6, 7]), &serving, key(1), &near));
-        assert!(
-            plausible(&set(&[2, 3, 4, 5, 9]), &serving, key(9), &near),
-            "this member itself"
-        );
-        assert!(!plausible(&set(&[1, 2, 3, 6, 8]), &serving, key(1), &near));
     }
 
     #[test]

@@ -37,7 +37,7 @@ use shoal_overlay::{Instant, Key, Rng};
 use super::drift::{Clock, clock};
 use shoal_resources::lease::{Acquire, AcquireAction, Kept, Line, LineAnswer, LineRequest, Standing, answer};
 use shoal_resources::quorum::{Acceptor, Answer, Members, Request, Timing};
-use shoal_resources::rehome::watch::{Serving, Step, Watch, plausible};
+use shoal_resources::rehome::watch::{Serving, Step, Watch};
 use shoal_resources::rehome::{Ballot, Home, Rehome, RehomeAnswer, RehomeRequest};
 
 /// What one run (or sweep) does.
@@ -789,22 +789,6 @@ impl World<'_> {
                 self.send(to, from, Msg::Answer { ask, answer });
             }
             Msg::Rehome { ask, request } => {
-                // As the node: a next set proposed by another peer must
-                // name only peers of the set served here, or among the
-                // peers nearest the name (the world's order).
-                if let RehomeRequest::Propose { next, .. } = &request {
-                    let near: Vec<Key> = self
-                        .rank
-                        .iter()
-                        .filter(|&&i| !self.peers[i].gone)
-                        .take(2 * MEMBERS)
-                        .map(|&i| self.keys[i])
-                        .collect();
-                    let serving = self.serving(to).unwrap_or_else(|| Members::new([]));
-                    if !plausible(&next.members, &serving, self.keys[to], &near) {
-                        return;
-                    }
-                }
                 let p = &mut self.peers[to];
                 let answer = p.home.handle(&mut p.acceptor, local, timing, request);
                 self.send(to, from, Msg::RehomeAnswer { ask, answer });
