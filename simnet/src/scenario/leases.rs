@@ -301,8 +301,10 @@ struct Peer {
     acceptor: Acceptor,
     line: Line,
     home: Home,
-    /// A move of the set it runs (lost when it crashes).
+    /// A move of the set it runs (lost when it crashes), and the epoch of
+    /// the set it moves (the one it served when its look began).
     mover: Option<Rehome>,
+    moving_from: u64,
     /// Its duty: what it remembers between looks, and the look under way
     /// (both lost when it crashes), and whether its set moved on without
     /// it (as the node's duty notes it).
@@ -360,6 +362,7 @@ pub fn leases(spec: &LeaseSpec, seed: u64) -> LeaseRun {
             line: Line::default(),
             home: Home::default(),
             mover: None,
+            moving_from: 0,
             watch: None,
             looking: None,
             left: None,
@@ -632,6 +635,7 @@ impl World<'_> {
             by: me,
         };
         p.rounds += 1;
+        p.moving_from = current.as_ref().map_or(0, |n| n.epoch);
         p.mover = Some(Rehome::new(
             local,
             ballot,
@@ -676,7 +680,7 @@ impl World<'_> {
             // the node's duty stops looking at the set.
             let me = self.keys[m];
             if !next.members.contains(&me) && self.peers[m].home.moved().is_none() {
-                self.peers[m].left = Some(self.peers[m].home.epoch());
+                self.peers[m].left = Some(self.peers[m].moving_from);
             }
             if next.epoch > self.latest.0 {
                 self.report.moves += 1;
