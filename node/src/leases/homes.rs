@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use shoal_overlay::Key;
 use shoal_resources::rehome::watch::{Serving, Step, Watch};
@@ -51,6 +50,9 @@ struct Memory {
 
 /// Lookups and moves under way at once, at most.
 const LOOKS_AT_ONCE: usize = 8;
+/// Pings (one per peer sharing leases, per 256 of them) under way at once,
+/// at most.
+const PINGS_AT_ONCE: usize = 32;
 
 /// Runs the duty until the node stops.
 pub(crate) async fn run(node: WeakClient, gone_after: Duration) {
@@ -144,16 +146,28 @@ async fn ping(client: &Client, kept: &[(Key, Entry)]) -> BTreeMap<Key, BTreeMap<
             shared.entry(*peer).or_default().push(*key);
         }
     }
-    let mut asks = FuturesUnordered::new();
+    let mut asks = Vec::new();
     for (peer, keys) in shared {
         for chunk in keys.chunks(MAX_BATCH) {
             let (client, keys) = (client.clone(), chunk.to_vec());
             asks.push(async move {
                 let wire = Wire::Epochs { keys: keys.clone() };
-                (peer, keys, ask(&client, peer, wire, ASK_TIMEOUT).await)
+                let reply = match ask(&client, peer, wire, ASK_TIMEOUT).await {
+                    Ok(reply) => Ok(reply),
+                    // A peer from before `Epochs` cannot read it: one that
+                    // answers `Describe` is there all the same (serving
+                    // this peer's epochs, as far as this look can tell).
+                    Err(_) => ask(&client, peer, Wire::Describe { key: keys[0] }, ASK_TIMEOUT)
+                        .await
+                        .map(|_| Reply::Unknown),
+                };
+                (peer, keys, reply)
             });
         }
     }
+    // However many peers share leases with this one, a few dozen pings at
+    // a time.
+    let mut asks = futures::stream::iter(asks).buffer_unordered(PINGS_AT_ONCE);
     let mut heard: BTreeMap<Key, BTreeMap<Key, u64>> = BTreeMap::new();
     while let Some((peer, keys, reply)) = asks.next().await {
         let (Ok(reply), Some(member)) = (reply, key_of_peer(&peer)) else {
